@@ -1,0 +1,5 @@
+pub mod grammar {
+    #[derive(pest_derive::Parser)]
+    #[grammar = "../grammar/flow.pest"]
+    pub struct FlowGrammar;
+}
