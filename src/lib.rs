@@ -1,4 +1,19 @@
+//! flowc: the compiler and checker for Flow, a typed workflow language for
+//! reliable multi-step AI agent workflows.
+//!
+//! The pipeline, one module per stage (see ARCHITECTURE.md):
+//! `loader` (reads files, resolves `use`) → `parser` (text → `ast`) →
+//! `lower` (names and types → `ir::Program`, a typed graph per flow) →
+//! `check` (graph passes → `CheckedProgram`). [`compile`] chains them.
+
+pub mod ast;
+pub mod code;
+pub mod diagnostic;
+pub mod parser;
+pub mod source;
+
 pub mod grammar {
+    //! The pest grammar, `grammar/flow.pest`.
     #[derive(pest_derive::Parser)]
     #[grammar = "../grammar/flow.pest"]
     pub struct FlowGrammar;

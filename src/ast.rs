@@ -1,0 +1,507 @@
+//! The untyped syntax tree, exactly as written, with a span on every node.
+//! Names are plain strings here; `lower` resolves them.
+
+use crate::source::{FileId, Span};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ident {
+    pub name: String,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Module {
+    pub file: FileId,
+    pub items: Vec<Item>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    Use(Use),
+    Type(TypeDecl),
+    Model(ModelDecl),
+    Resource(Ident),
+    Provider(ProviderDecl),
+    Tool(ToolDecl),
+    Agent(AgentDecl),
+    Flow(FlowDecl),
+    Test(TestDecl),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Use {
+    pub path: ModulePath,
+    pub names: Vec<Ident>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModulePath {
+    /// `std.models`
+    Std(Vec<Ident>),
+    /// `"./shared.flow"`
+    File(String),
+}
+
+// ------------------------------------------------------------------ types
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TypeDecl {
+    pub name: Ident,
+    pub ty: TypeExpr,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TypeExpr {
+    pub kind: TypeExprKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TypeExprKind {
+    /// `"a" | "b"` (two or more members).
+    Union(Vec<TypeExpr>),
+    /// `T?`
+    Optional(Box<TypeExpr>),
+    /// `T matching /re/ len 1..5 >= 0`
+    Constrained(Box<TypeExpr>, Vec<Constraint>),
+    List(Box<TypeExpr>),
+    Record(Vec<FieldDecl>),
+    Schema(String),
+    Literal(Literal),
+    Named(Ident),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FieldDecl {
+    pub name: Ident,
+    pub optional: bool,
+    pub ty: TypeExpr,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Constraint {
+    pub kind: ConstraintKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConstraintKind {
+    Matching(String),
+    Len { min: Option<u64>, max: Option<u64> },
+    Bound(BoundOp, f64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BoundOp {
+    Ge,
+    Gt,
+    Le,
+    Lt,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Literal {
+    Str(String),
+    Number(f64),
+    Bool(bool),
+}
+
+// ------------------------------------------------------------------ declarations
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelDecl {
+    pub name: Ident,
+    pub provider: Ident,
+    pub model_id: String,
+    pub model_id_span: Span,
+    pub params: Vec<(Ident, Expr)>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProviderDecl {
+    pub name: Ident,
+    pub protocol: Option<Ident>,
+    pub base_url: Option<EnvOrString>,
+    pub api_key: Option<Ident>,
+    pub prices: Vec<Price>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnvOrString {
+    pub env: Option<Ident>,
+    pub default: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Price {
+    /// `None` for the wildcard `*`.
+    pub model: Option<String>,
+    /// US dollars per million tokens.
+    pub input: f64,
+    pub output: f64,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    pub name: Ident,
+    pub optional: bool,
+    pub ty: TypeExpr,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolDecl {
+    pub name: Ident,
+    pub params: Vec<Param>,
+    pub output: TypeExpr,
+    pub clauses: Vec<ToolClause>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolClause {
+    pub kind: ToolClauseKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ToolClauseKind {
+    Http { method: String, url: Template },
+    Exec(Vec<Template>),
+    Builtin(String),
+    Header { name: String, value: Template },
+    Effect(Effect),
+    Reads(Vec<Ident>),
+    Writes(Vec<Ident>),
+    Timeout(Quantity),
+    Retry(Retry),
+    Idempotency(Template),
+    Limit(Quantity),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Effect {
+    Read,
+    Write,
+    Irreversible,
+}
+
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Read => "read",
+            Effect::Write => "write",
+            Effect::Irreversible => "irreversible",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retry {
+    pub attempts: u32,
+    pub on: Vec<Ident>,
+    pub backoff: Option<(Quantity, Option<f64>)>,
+    pub cap: Option<Quantity>,
+    pub jitter: bool,
+    pub span: Span,
+}
+
+/// A number with its unit as written: `30s`, `100k`, `$1.50`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quantity {
+    pub value: f64,
+    pub unit: Unit,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Count,
+    Seconds,
+    Dollars,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentDecl {
+    pub name: Ident,
+    pub params: Vec<Param>,
+    pub output: TypeExpr,
+    pub clauses: Vec<AgentClause>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentClause {
+    pub kind: AgentClauseKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentClauseKind {
+    Model(Ident),
+    Tools(Vec<Ident>),
+    May(Effect),
+    MaxSteps(u64),
+    MaxRepeat(u64),
+    Instructions(Template),
+    Budget(Budget),
+    Timeout(Quantity),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Budget {
+    pub entries: Vec<(Ident, Quantity)>,
+    pub span: Span,
+}
+
+// ------------------------------------------------------------------ flows
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowDecl {
+    pub name: Ident,
+    pub params: Vec<Param>,
+    pub output: TypeExpr,
+    pub body: Vec<Stmt>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    Budget(Budget),
+    Let(Let),
+    Check(Check),
+    Return(Expr, Span),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Let {
+    pub name: Ident,
+    pub step: Step,
+    pub after: Vec<Ident>,
+    pub fallback: Option<Step>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Check {
+    pub name: Ident,
+    pub requires: Vec<(Expr, Template)>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub kind: StepKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepKind {
+    Call(Call),
+    Llm(LlmStep),
+    Approve(ApproveStep),
+    For(ForStep),
+    If(IfStep),
+    Match(MatchStep),
+    Expr(Expr),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    pub callee: Ident,
+    pub args: Vec<(Ident, Expr)>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlmStep {
+    pub model: Ident,
+    pub output: TypeExpr,
+    pub clauses: Vec<LlmClause>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlmClause {
+    pub kind: LlmClauseKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum LlmClauseKind {
+    Prompt(Template),
+    System(Template),
+    Retry(Retry),
+    Timeout(Quantity),
+    MaxTokens(Quantity),
+    Budget(Budget),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApproveStep {
+    pub gate: Ident,
+    pub show: Vec<Expr>,
+    pub timeout: Option<Quantity>,
+    pub on_timeout: Option<(Decision, Span)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    Reject,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForStep {
+    pub var: Ident,
+    pub iterable: Expr,
+    pub parallel: Option<(u64, Span)>,
+    pub body: Block,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct IfStep {
+    pub condition: Expr,
+    pub then: Block,
+    pub otherwise: Option<Block>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatchStep {
+    pub scrutinee: Expr,
+    pub arms: Vec<MatchArm>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatchArm {
+    /// `None` for `_`.
+    pub pattern: Option<Literal>,
+    pub pattern_span: Span,
+    pub body: Block,
+}
+
+/// Steps followed by the value the block produces. A branch written as a
+/// single step is a block with no statements.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Block {
+    pub stmts: Vec<Stmt>,
+    pub result: Box<Step>,
+    pub span: Span,
+}
+
+// ------------------------------------------------------------------ expressions
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExprKind {
+    Str(Template),
+    Number(f64),
+    Bool(bool),
+    Null,
+    Object(Vec<(Ident, Expr)>),
+    List(Vec<Expr>),
+    Env(Ident),
+    Name(Ident),
+    Member(Box<Expr>, Ident),
+    Index(Box<Expr>, Box<Expr>),
+    Not(Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Compare(Box<Expr>, CompareOp, Box<Expr>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl CompareOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompareOp::Eq => "==",
+            CompareOp::Ne => "!=",
+            CompareOp::Lt => "<",
+            CompareOp::Le => "<=",
+            CompareOp::Gt => ">",
+            CompareOp::Ge => ">=",
+        }
+    }
+}
+
+/// A string with `{expr}` interpolations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Template {
+    pub parts: Vec<TemplatePart>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TemplatePart {
+    Text(String),
+    Expr(Expr),
+}
+
+impl Template {
+    /// The text when the template has no interpolation.
+    pub fn as_plain(&self) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                TemplatePart::Text(t) => out.push_str(t),
+                TemplatePart::Expr(_) => return None,
+            }
+        }
+        Some(out)
+    }
+
+    pub fn exprs(&self) -> impl Iterator<Item = &Expr> {
+        self.parts.iter().filter_map(|p| match p {
+            TemplatePart::Expr(e) => Some(e),
+            TemplatePart::Text(_) => None,
+        })
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TestDecl {
+    pub name: String,
+    pub name_span: Span,
+    pub stmts: Vec<TestStmt>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TestStmt {
+    Run(Call),
+    Given { target: Ident, outcome: Given, span: Span },
+    GivenGate { gate: Ident, outcome: GateOutcome, span: Span },
+    Expect(Expr),
+    ExpectCalls { target: Ident, times: u64, span: Span },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Given {
+    Returns(Expr),
+    Fails(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum GateOutcome {
+    Approves(Option<Expr>),
+    Rejects(Option<String>),
+}

@@ -1,0 +1,1300 @@
+//! Text → [`ast::Module`]. The pest grammar (`grammar/flow.pest`) does the
+//! recognising; this file turns its pairs into the syntax tree and turns its
+//! failures into `S001` diagnostics.
+//!
+//! Recovery: the file is parsed one top-level item at a time. After a broken
+//! item the parser resumes at the next line that starts with a top-level
+//! keyword, so every broken item gets its own diagnostic.
+
+use pest::error::{ErrorVariant, InputLocation};
+use pest::iterators::Pair;
+use pest::Parser as _;
+
+use crate::ast::*;
+use crate::code::Code;
+use crate::diagnostic::Diagnostic;
+use crate::grammar::{FlowGrammar, Rule};
+use crate::source::{FileId, Span};
+
+const ITEM_KEYWORDS: &[&str] = &["use", "type", "model", "resource", "provider", "tool", "agent", "flow", "test"];
+
+/// Parses one file. Never fails: broken items are left out of the module and
+/// reported.
+pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
+    // Lets a failed parse say which tokens it expected.
+    pest::set_error_detail(true);
+    let mut parser = Parser { file, base: 0, diagnostics: Vec::new() };
+    let mut items = Vec::new();
+    let mut pos = 0;
+    while pos < text.len() {
+        let rest = &text[pos..];
+        if FlowGrammar::parse(Rule::trailing, rest).is_ok() {
+            break;
+        }
+        parser.base = pos;
+        match FlowGrammar::parse(Rule::item_only, rest) {
+            Ok(mut pairs) => match pairs.next() {
+                Some(pair) => {
+                    let end = pair.as_span().end();
+                    if let Some(item) = parser.item(pair) {
+                        items.push(item);
+                    }
+                    if end == 0 {
+                        break;
+                    }
+                    pos += end;
+                }
+                None => break,
+            },
+            Err(error) => {
+                let at = match error.location {
+                    InputLocation::Pos(p) => p,
+                    InputLocation::Span((s, _)) => s,
+                };
+                parser.diagnostics.push(syntax_error(file, text, pos, &error));
+                match next_item_start(text, pos + at.max(1)) {
+                    Some(next) => pos = next,
+                    None => break,
+                }
+            }
+        }
+    }
+    (Module { file, items }, parser.diagnostics)
+}
+
+/// The first line at or after `from` (the line containing `from` excluded)
+/// that begins with a top-level keyword.
+fn next_item_start(text: &str, from: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = from.min(text.len());
+    loop {
+        // advance to the start of the next line
+        while i < bytes.len() && bytes[i] != b'\n' {
+            i += 1;
+        }
+        if i >= bytes.len() {
+            return None;
+        }
+        i += 1;
+        let line = &text[i..];
+        for kw in ITEM_KEYWORDS {
+            if let Some(after) = line.strip_prefix(kw) {
+                if after.starts_with([' ', '\t', '"']) {
+                    return Some(i);
+                }
+            }
+        }
+    }
+}
+
+fn syntax_error(file: FileId, text: &str, base: usize, error: &pest::error::Error<Rule>) -> Diagnostic {
+    let (start, end) = match error.location {
+        InputLocation::Pos(p) => (base + p, base + p),
+        InputLocation::Span((s, e)) => (base + s, base + e),
+    };
+    let found = describe_found(text, start);
+    let width = found_width(text, start);
+    let span = Span::new(file, start, start + width.max(end - start));
+    let mut tokens: Vec<String> = Vec::new();
+    if let Some(attempts) = error.parse_attempts() {
+        for token in attempts.expected_tokens() {
+            // Ranges (`a..z`) and built-in rules say nothing a reader can use.
+            let token = token.to_string();
+            let is_range = token.chars().count() == 4 && token.get(1..3) == Some("..");
+            if token != "BUILTIN_RULE" && !is_range && !token.trim().is_empty() && token != "//" && token != "\u{feff}" {
+                tokens.push(token);
+            }
+        }
+    }
+    let mut described: Vec<&str> = Vec::new();
+    if let ErrorVariant::ParsingError { positives, .. } = &error.variant {
+        described.extend(positives.iter().filter_map(|r| describe_rule(*r)));
+    }
+    // A description such as "an expression" already covers the tokens that
+    // can start one; listing them too would bury the message.
+    let covered = |t: &str| -> bool {
+        let starts_value = ["(", "-", "[", "{", "\"", "\"\"\"", "_", "env", "true", "false", "null", "not"];
+        let starts_type = ["-", "[", "{", "\"", "\"\"\"", "_", "true", "false", "schema"];
+        (described.contains(&"an expression") && starts_value.contains(&t))
+            || (described.contains(&"a type") && starts_type.contains(&t))
+            || (t == "_" && described.iter().any(|d| d.contains("name")))
+    };
+    let mut expected: Vec<String> =
+        tokens.iter().filter(|t| !covered(t)).map(|t| format!("`{t}`")).collect();
+    expected.sort();
+    expected.dedup();
+    described.sort();
+    described.dedup();
+    expected.extend(described.iter().map(|d| d.to_string()));
+    let expected_text = match expected.len() {
+        0 => "something else".to_string(),
+        1 => expected[0].clone(),
+        _ => {
+            let last = expected.pop().unwrap_or_default();
+            format!("one of {} or {}", expected.join(", "), last)
+        }
+    };
+    Diagnostic::new(Code::Syntax, span, format!("expected {expected_text}, found {found}"))
+        .label(format!("expected {expected_text}"))
+}
+
+fn found_width(text: &str, at: usize) -> usize {
+    let rest = text.get(at..).unwrap_or("");
+    let mut chars = rest.chars();
+    match chars.next() {
+        None => 0,
+        Some(c) if c.is_alphanumeric() || c == '_' => {
+            rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len())
+        }
+        Some(c) => c.len_utf8(),
+    }
+}
+
+fn describe_found(text: &str, at: usize) -> String {
+    let rest = text.get(at..).unwrap_or("");
+    match rest.chars().next() {
+        None => "end of file".to_string(),
+        Some('\n') | Some('\r') => "end of line".to_string(),
+        Some(c) if c.is_alphanumeric() || c == '_' => format!("`{}`", &rest[..found_width(text, at)]),
+        Some(c) if c.is_control() => format!("byte {:#04x}", c as u32),
+        Some(c) => format!("`{c}`"),
+    }
+}
+
+/// How a rule is named in "expected …" messages; `None` for rules whose
+/// literal tokens already say it.
+fn describe_rule(rule: Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::ident | Rule::word | Rule::name | Rule::type_name => "a name",
+        Rule::field_name => "a field name",
+        Rule::string | Rule::plain_string | Rule::triple_string => "a string",
+        Rule::number => "a number",
+        Rule::integer | Rule::range_bound => "a whole number",
+        Rule::count => "a count such as `800` or `100k`",
+        Rule::duration => "a duration such as `30s`",
+        Rule::money => "an amount such as `$1.00`",
+        Rule::regex => "a pattern such as `/^[a-z]+$/`",
+        Rule::type_expr | Rule::type_term => "a type",
+        Rule::expr | Rule::or_expr | Rule::and_expr | Rule::not_expr | Rule::compare | Rule::postfix => {
+            "an expression"
+        }
+        Rule::use_decl
+        | Rule::type_decl
+        | Rule::model_decl
+        | Rule::resource_decl
+        | Rule::provider_decl
+        | Rule::tool_decl
+        | Rule::agent_decl
+        | Rule::flow_decl
+        | Rule::test_decl => "a declaration (`use`, `type`, `model`, `resource`, `tool`, `agent`, `flow` or `test`)",
+        Rule::http_method => "an HTTP method (`GET`, `POST`, `PUT`, `PATCH`, `DELETE`)",
+        Rule::effect_kind => "an effect (`read`, `write` or `irreversible`)",
+        Rule::retry_class => {
+            "a failure class (`rate_limit`, `timeout`, `server_error`, `connection` or `invalid`)"
+        }
+        Rule::decision => "`approve` or `reject`",
+        Rule::compare_op => "a comparison",
+        Rule::bound_op => "a bound (`>=`, `>`, `<=`, `<`)",
+        Rule::EOI => "end of file",
+        _ => return None,
+    })
+}
+
+fn is_keyword(rule: Rule) -> bool {
+    matches!(
+        rule,
+        Rule::kw_use
+            | Rule::kw_type
+            | Rule::kw_model
+            | Rule::kw_resource
+            | Rule::kw_tool
+            | Rule::kw_agent
+            | Rule::kw_flow
+            | Rule::kw_test
+            | Rule::kw_provider
+            | Rule::kw_let
+            | Rule::kw_return
+            | Rule::kw_llm
+            | Rule::kw_approve
+            | Rule::kw_for
+            | Rule::kw_in
+            | Rule::kw_parallel
+            | Rule::kw_if
+            | Rule::kw_else
+            | Rule::kw_match
+            | Rule::kw_check
+            | Rule::kw_require
+            | Rule::kw_after
+            | Rule::kw_fallback
+            | Rule::kw_budget
+            | Rule::kw_and
+            | Rule::kw_or
+            | Rule::kw_not
+            | Rule::kw_env
+    )
+}
+
+/// The children of a pair without the keyword tokens.
+fn kids(pair: Pair<'_, Rule>) -> impl Iterator<Item = Pair<'_, Rule>> {
+    pair.into_inner().filter(|p| !is_keyword(p.as_rule()))
+}
+
+struct Parser {
+    file: FileId,
+    /// Offset of the current item's text in the file.
+    base: usize,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// Takes the next child; the grammar guarantees it exists, so a missing one
+/// is a bug in this file, reported as a syntax error rather than a panic.
+macro_rules! next {
+    ($self:ident, $it:expr, $at:expr) => {
+        match $it.next() {
+            Some(p) => p,
+            None => return $self.internal($at),
+        }
+    };
+}
+
+impl Parser {
+    fn span(&self, pair: &Pair<'_, Rule>) -> Span {
+        let s = pair.as_span();
+        Span::new(self.file, self.base + s.start(), self.base + s.end())
+    }
+
+    fn ident(&self, pair: &Pair<'_, Rule>) -> Ident {
+        Ident { name: pair.as_str().to_string(), span: self.span(pair) }
+    }
+
+    fn internal<T>(&mut self, span: Span) -> Option<T> {
+        self.diagnostics.push(
+            Diagnostic::new(Code::Syntax, span, "this construct could not be read")
+                .label("not understood")
+                .help("this is a bug in flowc's parser; please report it with this file"),
+        );
+        None
+    }
+
+    fn error(&mut self, span: Span, message: impl Into<String>, label: impl Into<String>) {
+        self.diagnostics.push(Diagnostic::new(Code::Syntax, span, message).label(label));
+    }
+
+    fn item(&mut self, pair: Pair<'_, Rule>) -> Option<Item> {
+        let span = self.span(&pair);
+        Some(match pair.as_rule() {
+            Rule::use_decl => Item::Use(self.use_decl(pair)?),
+            Rule::type_decl => Item::Type(self.type_decl(pair)?),
+            Rule::model_decl => Item::Model(self.model_decl(pair)?),
+            Rule::resource_decl => {
+                let mut it = kids(pair);
+                let name = next!(self, it, span);
+                Item::Resource(self.ident(&name))
+            }
+            Rule::provider_decl => Item::Provider(self.provider_decl(pair)?),
+            Rule::tool_decl => Item::Tool(self.tool_decl(pair)?),
+            Rule::agent_decl => Item::Agent(self.agent_decl(pair)?),
+            Rule::flow_decl => Item::Flow(self.flow_decl(pair)?),
+            Rule::test_decl => Item::Test(self.test_decl(pair)?),
+            _ => return self.internal(span),
+        })
+    }
+
+    fn use_decl(&mut self, pair: Pair<'_, Rule>) -> Option<Use> {
+        let span = self.span(&pair);
+        let mut it = kids(pair);
+        let path_pair = next!(self, it, span);
+        let path = {
+            let mut parts = path_pair.into_inner().peekable();
+            match parts.peek().map(|p| p.as_rule()) {
+                Some(Rule::string) => {
+                    let p = next!(self, parts, span);
+                    let t = self.template(p)?;
+                    match t.as_plain() {
+                        Some(s) => ModulePath::File(s),
+                        None => {
+                            self.error(t.span, "a module path cannot interpolate values", "interpolation here");
+                            return None;
+                        }
+                    }
+                }
+                _ => ModulePath::Std(parts.map(|p| self.ident(&p)).collect()),
+            }
+        };
+        let names = it.map(|p| self.ident(&p)).collect();
+        Some(Use { path, names, span })
+    }
+
+    fn type_decl(&mut self, pair: Pair<'_, Rule>) -> Option<TypeDecl> {
+        let span = self.span(&pair);
+        let mut it = kids(pair);
+        let name = self.ident(&next!(self, it, span));
+        let ty = next!(self, it, span);
+        let ty = match ty.as_rule() {
+            Rule::record_type => self.record_type(ty)?,
+            _ => self.type_expr(ty)?,
+        };
+        Some(TypeDecl { name, ty, span })
+    }
+
+    fn type_expr(&mut self, pair: Pair<'_, Rule>) -> Option<TypeExpr> {
+        let span = self.span(&pair);
+        let mut terms = Vec::new();
+        for term in pair.into_inner() {
+            terms.push(self.type_term(term)?);
+        }
+        if terms.len() == 1 {
+            return terms.pop();
+        }
+        Some(TypeExpr { kind: TypeExprKind::Union(terms), span })
+    }
+
+    fn type_term(&mut self, pair: Pair<'_, Rule>) -> Option<TypeExpr> {
+        let span = self.span(&pair);
+        let mut it = pair.into_inner();
+        let atom = next!(self, it, span);
+        let mut ty = self.type_atom(atom)?;
+        let mut constraints = Vec::new();
+        for p in it {
+            match p.as_rule() {
+                Rule::optional => ty = TypeExpr { kind: TypeExprKind::Optional(Box::new(ty)), span },
+                _ => constraints.push(self.constraint(p)?),
+            }
+        }
+        if !constraints.is_empty() {
+            // Constraints bind to the value type, inside any `?`.
+            ty = match ty.kind {
+                TypeExprKind::Optional(inner) => {
+                    let inner_span = inner.span;
+                    let c = TypeExpr { kind: TypeExprKind::Constrained(inner, constraints), span: inner_span };
+                    TypeExpr { kind: TypeExprKind::Optional(Box::new(c)), span }
+                }
+                kind => TypeExpr { kind: TypeExprKind::Constrained(Box::new(TypeExpr { kind, span }), constraints), span },
+            };
+        }
+        Some(ty)
+    }
+
+    fn type_atom(&mut self, pair: Pair<'_, Rule>) -> Option<TypeExpr> {
+        let span = self.span(&pair);
+        let kind = match pair.as_rule() {
+            Rule::list_type => {
+                let mut it = pair.into_inner();
+                let inner = next!(self, it, span);
+                TypeExprKind::List(Box::new(self.type_expr(inner)?))
+            }
+            Rule::record_type => return self.record_type(pair),
+            Rule::schema_type => {
+                let mut it = pair.into_inner();
+                let t = self.template(next!(self, it, span))?;
+                match t.as_plain() {
+                    Some(path) => TypeExprKind::Schema(path),
+                    None => {
+                        self.error(t.span, "a schema path cannot interpolate values", "interpolation here");
+                        return None;
+                    }
+                }
+            }
+            Rule::literal_type => {
+                let mut it = pair.into_inner();
+                TypeExprKind::Literal(self.literal(next!(self, it, span))?)
+            }
+            Rule::type_name => {
+                let mut it = pair.into_inner();
+                TypeExprKind::Named(self.ident(&next!(self, it, span)))
+            }
+            _ => return self.internal(span),
+        };
+        Some(TypeExpr { kind, span })
+    }
+
+    fn record_type(&mut self, pair: Pair<'_, Rule>) -> Option<TypeExpr> {
+        let span = self.span(&pair);
+        let mut fields = Vec::new();
+        for field in pair.into_inner() {
+            let fspan = self.span(&field);
+            let mut it = field.into_inner();
+            let name = self.ident(&next!(self, it, fspan));
+            let mut optional = false;
+            let mut p = next!(self, it, fspan);
+            if p.as_rule() == Rule::optional {
+                optional = true;
+                p = next!(self, it, fspan);
+            }
+            let ty = self.type_expr(p)?;
+            fields.push(FieldDecl { name, optional, ty });
+        }
+        Some(TypeExpr { kind: TypeExprKind::Record(fields), span })
+    }
+
+    fn constraint(&mut self, pair: Pair<'_, Rule>) -> Option<Constraint> {
+        let span = self.span(&pair);
+        let kind = match pair.as_rule() {
+            Rule::matching => {
+                let mut it = pair.into_inner();
+                let re = next!(self, it, span).as_str();
+                let body = &re[1..re.len() - 1];
+                // `\/` is how a slash is written inside the delimiters.
+                ConstraintKind::Matching(body.replace("\\/", "/"))
+            }
+            Rule::length => {
+                let mut it = pair.into_inner();
+                let range = next!(self, it, span);
+                let rspan = self.span(&range);
+                let text = range.as_str();
+                let whole = |s: &str| -> Result<Option<u64>, ()> {
+                    let s = s.trim();
+                    if s.is_empty() { Ok(None) } else { s.parse::<u64>().map(Some).map_err(|_| ()) }
+                };
+                let parsed = match text.split_once("..") {
+                    Some((lo, hi)) => whole(lo).and_then(|lo| whole(hi).map(|hi| (lo, hi))),
+                    None => whole(text).map(|n| (n, n)),
+                };
+                match parsed {
+                    Ok((min, max)) => ConstraintKind::Len { min, max },
+                    Err(()) => {
+                        self.error(rspan, "this length is too large", "at most 18446744073709551615");
+                        return None;
+                    }
+                }
+            }
+            Rule::bound => {
+                let mut it = pair.into_inner();
+                let op = match next!(self, it, span).as_str() {
+                    ">=" => BoundOp::Ge,
+                    ">" => BoundOp::Gt,
+                    "<=" => BoundOp::Le,
+                    _ => BoundOp::Lt,
+                };
+                let n = self.number(&next!(self, it, span))?;
+                ConstraintKind::Bound(op, n)
+            }
+            _ => return self.internal(span),
+        };
+        Some(Constraint { kind, span })
+    }
+
+    fn whole(&mut self, pair: &Pair<'_, Rule>) -> Option<u64> {
+        match pair.as_str().parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.error(self.span(pair), "this number is too large", "at most 18446744073709551615");
+                None
+            }
+        }
+    }
+
+    fn number(&mut self, pair: &Pair<'_, Rule>) -> Option<f64> {
+        match pair.as_str().parse::<f64>() {
+            Ok(n) if n.is_finite() => Some(n),
+            _ => {
+                self.error(self.span(pair), "this number is too large", "not a finite number");
+                None
+            }
+        }
+    }
+
+    fn literal(&mut self, pair: Pair<'_, Rule>) -> Option<Literal> {
+        Some(match pair.as_rule() {
+            Rule::string => {
+                let t = self.template(pair)?;
+                match t.as_plain() {
+                    Some(s) => Literal::Str(s),
+                    None => {
+                        self.error(t.span, "a literal cannot interpolate values", "interpolation here");
+                        return None;
+                    }
+                }
+            }
+            Rule::number => Literal::Number(self.number(&pair)?),
+            Rule::bool => Literal::Bool(pair.as_str() == "true"),
+            _ => return self.internal(self.span(&pair)),
+        })
+    }
+
+    fn quantity(&mut self, pair: Pair<'_, Rule>) -> Option<Quantity> {
+        let span = self.span(&pair);
+        let text = pair.as_str();
+        let (digits, unit, scale) = match pair.as_rule() {
+            Rule::money => (&text[1..], Unit::Dollars, 1.0),
+            Rule::duration => {
+                let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+                let scale = match &text[split..] {
+                    "ms" => 0.001,
+                    "s" => 1.0,
+                    "m" => 60.0,
+                    "h" => 3600.0,
+                    _ => 86400.0,
+                };
+                (&text[..split], Unit::Seconds, scale)
+            }
+            Rule::count => match text.as_bytes().last() {
+                Some(b'k') => (&text[..text.len() - 1], Unit::Count, 1_000.0),
+                Some(b'M') => (&text[..text.len() - 1], Unit::Count, 1_000_000.0),
+                _ => (text, Unit::Count, 1.0),
+            },
+            _ => return self.internal(span),
+        };
+        match digits.parse::<f64>() {
+            Ok(v) if (v * scale).is_finite() => Some(Quantity { value: v * scale, unit, span }),
+            _ => {
+                self.error(span, "this number is too large", "not a finite number");
+                None
+            }
+        }
+    }
+
+    fn model_decl(&mut self, pair: Pair<'_, Rule>) -> Option<ModelDecl> {
+        let span = self.span(&pair);
+        let mut it = kids(pair);
+        let name = self.ident(&next!(self, it, span));
+        let provider = self.ident(&next!(self, it, span));
+        let id = self.template(next!(self, it, span))?;
+        let model_id = match id.as_plain() {
+            Some(s) => s,
+            None => {
+                self.error(id.span, "a model name cannot interpolate values", "interpolation here");
+                return None;
+            }
+        };
+        let params = match it.next() {
+            Some(obj) => self.object_entries(obj)?,
+            None => Vec::new(),
+        };
+        Some(ModelDecl { name, provider, model_id, model_id_span: id.span, params, span })
+    }
+
+    fn provider_decl(&mut self, pair: Pair<'_, Rule>) -> Option<ProviderDecl> {
+        let span = self.span(&pair);
+        let mut it = kids(pair);
+        let name = self.ident(&next!(self, it, span));
+        let mut decl = ProviderDecl { name, protocol: None, base_url: None, api_key: None, prices: Vec::new(), span };
+        for clause in it {
+            let cspan = self.span(&clause);
+            match clause.as_rule() {
+                Rule::protocol_clause => {
+                    let mut c = clause.into_inner();
+                    decl.protocol = Some(self.ident(&next!(self, c, cspan)));
+                }
+                Rule::base_url_clause => {
+                    let mut c = clause.into_inner();
+                    let eos = next!(self, c, cspan);
+                    let mut value = EnvOrString { env: None, default: None };
+                    for p in kids(eos) {
+                        match p.as_rule() {
+                            Rule::env_ref => {
+                                let mut e = kids(p);
+                                value.env = Some(self.ident(&next!(self, e, cspan)));
+                            }
+                            _ => value.default = self.template(p)?.as_plain(),
+                        }
+                    }
+                    decl.base_url = Some(value);
+                }
+                Rule::api_key_clause => {
+                    let mut c = clause.into_inner();
+                    let mut e = kids(next!(self, c, cspan));
+                    decl.api_key = Some(self.ident(&next!(self, e, cspan)));
+                }
+                Rule::price_clause => {
+                    let mut c = clause.into_inner();
+                    let model = next!(self, c, cspan);
+                    let model = match model.as_rule() {
+                        Rule::wildcard => None,
+                        _ => self.template(model)?.as_plain(),
+                    };
+                    let input = self.quantity(next!(self, c, cspan))?.value;
+                    let output = self.quantity(next!(self, c, cspan))?.value;
+                    decl.prices.push(Price { model, input, output, span: cspan });
+                }
+                _ => return self.internal(cspan),
+            }
+        }
+        Some(decl)
+    }
+
+    fn params(&mut self, pair: Pair<'_, Rule>) -> Option<Vec<Param>> {
+        let mut params = Vec::new();
+        for p in pair.into_inner() {
+            let pspan = self.span(&p);
+            let mut it = p.into_inner();
+            let name = self.ident(&next!(self, it, pspan));
+            let mut ty = next!(self, it, pspan);
+            let mut optional = false;
+            if ty.as_rule() == Rule::optional {
+                optional = true;
+                ty = next!(self, it, pspan);
+            }
+            params.push(Param { name, optional, ty: self.type_expr(ty)? });
+        }
+        Some(params)
+    }
+
+    fn tool_decl(&mut self, pair: Pair<'_, Rule>) -> Option<ToolDecl> {
+        let span = self.span(&pair);
+        let mut it = kids(pair);
+        let name = self.ident(&next!(self, it, span));
+        let params = self.params(next!(self, it, span))?;
+        let output = self.type_expr(next!(self, it, span))?;
+        let mut clauses = Vec::new();
+        for clause in it {
+            self.tool_clause(clause, &mut clauses)?;
+        }
+        Some(ToolDecl { name, params, output, clauses, span })
+    }
+
+    fn tool_clause(&mut self, clause: Pair<'_, Rule>, out: &mut Vec<ToolClause>) -> Option<()> {
+        let span = self.span(&clause);
+        let rule = clause.as_rule();
+        let mut c = kids(clause);
+        let kind = match rule {
+            Rule::http_clause => {
+                let method = next!(self, c, span).as_str().to_string();
+                ToolClauseKind::Http { method, url: self.template(next!(self, c, span))? }
+            }
+            Rule::exec_clause => {
+                let mut argv = Vec::new();
+                for a in c {
+                    argv.push(self.template(a)?);
+                }
+                ToolClauseKind::Exec(argv)
+            }
+            Rule::builtin_clause => {
+                let t = self.template(next!(self, c, span))?;
+                ToolClauseKind::Builtin(t.as_plain().unwrap_or_default())
+            }
+            Rule::header_clause => {
+                let n = self.template(next!(self, c, span))?;
+                let Some(name) = n.as_plain() else {
+                    self.error(n.span, "a header name cannot interpolate values", "interpolation here");
+                    return None;
+                };
+                ToolClauseKind::Header { name, value: self.template(next!(self, c, span))? }
+            }
+            Rule::effect_clause => {
+                let kind = effect(next!(self, c, span).as_str());
+                let first_span = span;
+                out.push(ToolClause { kind: ToolClauseKind::Effect(kind), span: first_span });
+                for rw in c {
+                    self.tool_clause(rw, out)?;
+                }
+                return Some(());
+            }
+            Rule::reads_clause => ToolClauseKind::Reads(c.map(|p| self.ident(&p)).collect()),
+            Rule::writes_clause => ToolClauseKind::Writes(c.map(|p| self.ident(&p)).collect()),
+            Rule::timeout_clause => ToolClauseKind::Timeout(self.quantity(next!(self, c, span))?),
+            Rule::retry_clause => {
+                ToolClauseKind::Retry(self.retry(span, c)?)
+            }
+            Rule::idempotency_clause => ToolClauseKind::Idempotency(self.template(next!(self, c, span))?),
+            Rule::limit_clause => ToolClauseKind::Limit(self.quantity(next!(self, c, span))?),
+            _ => return self.internal(span),
+        };
+        out.push(ToolClause { kind, span });
+        Some(())
+    }
+
+    fn retry<'i>(&mut self, span: Span, mut c: impl Iterator<Item = Pair<'i, Rule>>) -> Option<Retry> {
+        let n = next!(self, c, span);
+        let attempts = match n.as_str().parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                self.error(self.span(&n), "too many retries", "at most 4294967295");
+                return None;
+            }
+        };
+        let mut retry = Retry { attempts, on: Vec::new(), backoff: None, cap: None, jitter: false, span };
+        for p in c {
+            let pspan = self.span(&p);
+            match p.as_rule() {
+                Rule::retry_on => retry.on = p.into_inner().map(|q| self.ident(&q)).collect(),
+                Rule::backoff => {
+                    let mut b = p.into_inner();
+                    let base = self.quantity(next!(self, b, pspan))?;
+                    let factor = match b.next() {
+                        Some(f) => Some(self.number(&f)?),
+                        None => None,
+                    };
+                    retry.backoff = Some((base, factor));
+                }
+                Rule::cap => {
+                    let mut b = p.into_inner();
+                    retry.cap = Some(self.quantity(next!(self, b, pspan))?);
+                }
+                Rule::jitter => retry.jitter = true,
+                _ => return self.internal(pspan),
+            }
+        }
+        Some(retry)
+    }
+
+    fn agent_decl(&mut self, pair: Pair<'_, Rule>) -> Option<AgentDecl> {
+        let span = self.span(&pair);
+        let mut it = kids(pair).peekable();
+        let name = self.ident(&next!(self, it, span));
+        let params = match it.peek().map(|p| p.as_rule()) {
+            Some(Rule::params) => self.params(next!(self, it, span))?,
+            _ => Vec::new(),
+        };
+        let output = self.type_expr(next!(self, it, span))?;
+        let mut clauses = Vec::new();
+        for clause in it {
+            let cspan = self.span(&clause);
+            let rule = clause.as_rule();
+            let kind = match rule {
+                Rule::budget => AgentClauseKind::Budget(self.budget(clause)?),
+                _ => {
+                    let mut c = kids(clause);
+                    match rule {
+                        Rule::agent_model => AgentClauseKind::Model(self.ident(&next!(self, c, cspan))),
+                        Rule::tools_clause => AgentClauseKind::Tools(c.map(|p| self.ident(&p)).collect()),
+                        Rule::may_clause => AgentClauseKind::May(effect(next!(self, c, cspan).as_str())),
+                        Rule::max_steps_clause => {
+                            let n = next!(self, c, cspan);
+                            AgentClauseKind::MaxSteps(self.whole(&n)?)
+                        }
+                        Rule::max_repeat_clause => {
+                            let n = next!(self, c, cspan);
+                            AgentClauseKind::MaxRepeat(self.whole(&n)?)
+                        }
+                        Rule::instructions_clause => {
+                            AgentClauseKind::Instructions(self.template(next!(self, c, cspan))?)
+                        }
+                        Rule::timeout_clause => AgentClauseKind::Timeout(self.quantity(next!(self, c, cspan))?),
+                        _ => return self.internal(cspan),
+                    }
+                }
+            };
+            clauses.push(AgentClause { kind, span: cspan });
+        }
+        Some(AgentDecl { name, params, output, clauses, span })
+    }
+
+    fn budget(&mut self, pair: Pair<'_, Rule>) -> Option<Budget> {
+        let span = self.span(&pair);
+        let mut entries = Vec::new();
+        for entry in kids(pair) {
+            let espan = self.span(&entry);
+            let mut e = entry.into_inner();
+            let key = self.ident(&next!(self, e, espan));
+            let q = self.quantity(next!(self, e, espan))?;
+            entries.push((key, q));
+        }
+        Some(Budget { entries, span })
+    }
+
+    fn flow_decl(&mut self, pair: Pair<'_, Rule>) -> Option<FlowDecl> {
+        let span = self.span(&pair);
+        let mut it = kids(pair);
+        let name = self.ident(&next!(self, it, span));
+        let params = self.params(next!(self, it, span))?;
+        let output = self.type_expr(next!(self, it, span))?;
+        let mut body = Vec::new();
+        for stmt in it {
+            body.push(self.stmt(stmt)?);
+        }
+        Some(FlowDecl { name, params, output, body, span })
+    }
+
+    fn stmt(&mut self, pair: Pair<'_, Rule>) -> Option<Stmt> {
+        let span = self.span(&pair);
+        Some(match pair.as_rule() {
+            Rule::budget => Stmt::Budget(self.budget(pair)?),
+            Rule::let_stmt => Stmt::Let(self.let_stmt(pair)?),
+            Rule::check_stmt => {
+                let mut it = kids(pair);
+                let name = self.ident(&next!(self, it, span));
+                let mut requires = Vec::new();
+                for r in it {
+                    let rspan = self.span(&r);
+                    let mut rr = kids(r);
+                    let cond = self.expr(next!(self, rr, rspan))?;
+                    let msg = self.template(next!(self, rr, rspan))?;
+                    requires.push((cond, msg));
+                }
+                Stmt::Check(Check { name, requires, span })
+            }
+            Rule::return_stmt => {
+                let mut it = kids(pair);
+                Stmt::Return(self.expr(next!(self, it, span))?, span)
+            }
+            _ => return self.internal(span),
+        })
+    }
+
+    fn let_stmt(&mut self, pair: Pair<'_, Rule>) -> Option<Let> {
+        let span = self.span(&pair);
+        let mut it = kids(pair);
+        let name = self.ident(&next!(self, it, span));
+        let step = self.step(next!(self, it, span))?;
+        let mut after = Vec::new();
+        let mut fallback = None;
+        for suffix in it {
+            let sspan = self.span(&suffix);
+            match suffix.as_rule() {
+                Rule::after_clause => after.extend(kids(suffix).map(|p| self.ident(&p))),
+                Rule::fallback_clause => {
+                    let mut f = kids(suffix);
+                    fallback = Some(self.step(next!(self, f, sspan))?);
+                }
+                _ => return self.internal(sspan),
+            }
+        }
+        Some(Let { name, step, after, fallback, span })
+    }
+
+    fn step(&mut self, pair: Pair<'_, Rule>) -> Option<Step> {
+        let span = self.span(&pair);
+        let kind = match pair.as_rule() {
+            Rule::call => StepKind::Call(self.call(pair)?),
+            Rule::llm_step => {
+                let mut it = kids(pair);
+                let model = self.ident(&next!(self, it, span));
+                let output = self.type_expr(next!(self, it, span))?;
+                let mut clauses = Vec::new();
+                for clause in it {
+                    let cspan = self.span(&clause);
+                    let rule = clause.as_rule();
+                    let kind = match rule {
+                        Rule::budget => LlmClauseKind::Budget(self.budget(clause)?),
+                        Rule::retry_clause => LlmClauseKind::Retry(self.retry(cspan, kids(clause))?),
+                        _ => {
+                            let mut c = kids(clause);
+                            let p = next!(self, c, cspan);
+                            match rule {
+                                Rule::prompt_clause => LlmClauseKind::Prompt(self.template(p)?),
+                                Rule::system_clause => LlmClauseKind::System(self.template(p)?),
+                                Rule::timeout_clause => LlmClauseKind::Timeout(self.quantity(p)?),
+                                Rule::max_tokens_clause => LlmClauseKind::MaxTokens(self.quantity(p)?),
+                                _ => return self.internal(cspan),
+                            }
+                        }
+                    };
+                    clauses.push(LlmClause { kind, span: cspan });
+                }
+                StepKind::Llm(LlmStep { model, output, clauses })
+            }
+            Rule::approve_step => {
+                let mut it = kids(pair);
+                let gate = self.ident(&next!(self, it, span));
+                let mut step = ApproveStep { gate, show: Vec::new(), timeout: None, on_timeout: None };
+                for clause in it {
+                    let cspan = self.span(&clause);
+                    let rule = clause.as_rule();
+                    let mut c = kids(clause);
+                    let p = next!(self, c, cspan);
+                    match rule {
+                        Rule::show_clause => step.show.push(self.expr(p)?),
+                        Rule::timeout_clause => step.timeout = Some(self.quantity(p)?),
+                        Rule::on_timeout_clause => {
+                            let d = if p.as_str() == "approve" { Decision::Approve } else { Decision::Reject };
+                            step.on_timeout = Some((d, self.span(&p)));
+                        }
+                        _ => return self.internal(cspan),
+                    }
+                }
+                StepKind::Approve(step)
+            }
+            Rule::for_step => {
+                let mut it = kids(pair);
+                let var = self.ident(&next!(self, it, span));
+                let iterable = self.expr(next!(self, it, span))?;
+                let mut p = next!(self, it, span);
+                let mut parallel = None;
+                if p.as_rule() == Rule::parallel {
+                    let pspan = self.span(&p);
+                    let mut n = kids(p);
+                    let count = next!(self, n, pspan);
+                    parallel = Some((self.whole(&count)?, pspan));
+                    p = next!(self, it, span);
+                }
+                let body = self.block(p)?;
+                StepKind::For(ForStep { var, iterable, parallel, body })
+            }
+            Rule::if_step => StepKind::If(self.if_step(pair)?),
+            Rule::match_step => {
+                let mut it = kids(pair);
+                let scrutinee = self.expr(next!(self, it, span))?;
+                let mut arms = Vec::new();
+                for arm in it {
+                    let aspan = self.span(&arm);
+                    let mut a = arm.into_inner();
+                    let pat = next!(self, a, aspan);
+                    let pattern_span = self.span(&pat);
+                    let mut pi = pat.into_inner();
+                    let lit = next!(self, pi, pattern_span);
+                    let pattern = match lit.as_rule() {
+                        Rule::wildcard_pattern => None,
+                        _ => Some(self.literal(lit)?),
+                    };
+                    let body_pair = next!(self, a, aspan);
+                    let body = match body_pair.as_rule() {
+                        Rule::block => self.block(body_pair)?,
+                        _ => {
+                            let step = self.step(body_pair)?;
+                            Block { stmts: Vec::new(), span: step.span, result: Box::new(step) }
+                        }
+                    };
+                    arms.push(MatchArm { pattern, pattern_span, body });
+                }
+                StepKind::Match(MatchStep { scrutinee, arms })
+            }
+            _ => StepKind::Expr(self.expr(pair)?),
+        };
+        Some(Step { kind, span })
+    }
+
+    fn if_step(&mut self, pair: Pair<'_, Rule>) -> Option<IfStep> {
+        let span = self.span(&pair);
+        let mut it = kids(pair);
+        let condition = self.expr(next!(self, it, span))?;
+        let then = self.block(next!(self, it, span))?;
+        let otherwise = match it.next() {
+            None => None,
+            Some(p) if p.as_rule() == Rule::if_step => {
+                let nested_span = self.span(&p);
+                let nested = self.if_step(p)?;
+                let step = Step { kind: StepKind::If(nested), span: nested_span };
+                Some(Block { stmts: Vec::new(), span: nested_span, result: Box::new(step) })
+            }
+            Some(p) => Some(self.block(p)?),
+        };
+        Some(IfStep { condition, then, otherwise })
+    }
+
+    fn block(&mut self, pair: Pair<'_, Rule>) -> Option<Block> {
+        let span = self.span(&pair);
+        let mut items: Vec<Pair<'_, Rule>> = pair.into_inner().collect();
+        let last = match items.pop() {
+            Some(p) => p,
+            None => return self.internal(span),
+        };
+        let mut stmts = Vec::new();
+        for s in items {
+            stmts.push(self.stmt(s)?);
+        }
+        let result = Box::new(self.step(last)?);
+        Some(Block { stmts, result, span })
+    }
+
+    fn call(&mut self, pair: Pair<'_, Rule>) -> Option<Call> {
+        let span = self.span(&pair);
+        let mut it = pair.into_inner();
+        let callee = self.ident(&next!(self, it, span));
+        let mut args = Vec::new();
+        for arg in it {
+            let aspan = self.span(&arg);
+            let mut a = arg.into_inner();
+            let name = self.ident(&next!(self, a, aspan));
+            let value = self.expr(next!(self, a, aspan))?;
+            args.push((name, value));
+        }
+        Some(Call { callee, args, span })
+    }
+
+    fn object_entries(&mut self, pair: Pair<'_, Rule>) -> Option<Vec<(Ident, Expr)>> {
+        let mut entries = Vec::new();
+        for entry in pair.into_inner() {
+            let espan = self.span(&entry);
+            let mut e = entry.into_inner();
+            let key = self.ident(&next!(self, e, espan));
+            let value = self.expr(next!(self, e, espan))?;
+            entries.push((key, value));
+        }
+        Some(entries)
+    }
+
+    fn expr(&mut self, pair: Pair<'_, Rule>) -> Option<Expr> {
+        let span = self.span(&pair);
+        match pair.as_rule() {
+            Rule::expr => {
+                let mut it = pair.into_inner();
+                self.expr(next!(self, it, span))
+            }
+            Rule::or_expr | Rule::and_expr => {
+                let is_or = pair.as_rule() == Rule::or_expr;
+                let mut it = kids(pair);
+                let mut left = self.expr(next!(self, it, span))?;
+                for right in it {
+                    let right = self.expr(right)?;
+                    let s = left.span.to(right.span);
+                    let kind = if is_or {
+                        ExprKind::Or(Box::new(left), Box::new(right))
+                    } else {
+                        ExprKind::And(Box::new(left), Box::new(right))
+                    };
+                    left = Expr { kind, span: s };
+                }
+                Some(left)
+            }
+            Rule::not_expr => {
+                let mut it = pair.into_inner();
+                let first = next!(self, it, span);
+                if first.as_rule() == Rule::not_op {
+                    let inner = self.expr(next!(self, it, span))?;
+                    Some(Expr { kind: ExprKind::Not(Box::new(inner)), span })
+                } else {
+                    self.expr(first)
+                }
+            }
+            Rule::compare => {
+                let mut it = pair.into_inner();
+                let left = self.expr(next!(self, it, span))?;
+                match it.next() {
+                    None => Some(left),
+                    Some(op) => {
+                        let op = match op.as_str() {
+                            "==" => CompareOp::Eq,
+                            "!=" => CompareOp::Ne,
+                            "<=" => CompareOp::Le,
+                            ">=" => CompareOp::Ge,
+                            "<" => CompareOp::Lt,
+                            _ => CompareOp::Gt,
+                        };
+                        let right = self.expr(next!(self, it, span))?;
+                        Some(Expr { kind: ExprKind::Compare(Box::new(left), op, Box::new(right)), span })
+                    }
+                }
+            }
+            Rule::postfix => {
+                let mut it = pair.into_inner();
+                let mut e = self.expr(next!(self, it, span))?;
+                for p in it {
+                    let pspan = self.span(&p);
+                    let s = e.span.to(pspan);
+                    let rule = p.as_rule();
+                    let mut inner = p.into_inner();
+                    let x = next!(self, inner, pspan);
+                    e = match rule {
+                        Rule::member => Expr { kind: ExprKind::Member(Box::new(e), self.ident(&x)), span: s },
+                        _ => Expr { kind: ExprKind::Index(Box::new(e), Box::new(self.expr(x)?)), span: s },
+                    };
+                }
+                Some(e)
+            }
+            Rule::string => Some(Expr { kind: ExprKind::Str(self.template(pair)?), span }),
+            Rule::number => Some(Expr { kind: ExprKind::Number(self.number(&pair)?), span }),
+            Rule::bool => Some(Expr { kind: ExprKind::Bool(pair.as_str() == "true"), span }),
+            Rule::null => Some(Expr { kind: ExprKind::Null, span }),
+            Rule::object => Some(Expr { kind: ExprKind::Object(self.object_entries(pair)?), span }),
+            Rule::list => {
+                let mut items = Vec::new();
+                for p in pair.into_inner() {
+                    items.push(self.expr(p)?);
+                }
+                Some(Expr { kind: ExprKind::List(items), span })
+            }
+            Rule::env_ref => {
+                let mut it = kids(pair);
+                Some(Expr { kind: ExprKind::Env(self.ident(&next!(self, it, span))), span })
+            }
+            Rule::name => {
+                let mut it = pair.into_inner();
+                Some(Expr { kind: ExprKind::Name(self.ident(&next!(self, it, span))), span })
+            }
+            _ => self.internal(span),
+        }
+    }
+
+    fn test_decl(&mut self, pair: Pair<'_, Rule>) -> Option<TestDecl> {
+        let span = self.span(&pair);
+        let mut it = kids(pair);
+        let name_pair = next!(self, it, span);
+        let name_t = self.template(name_pair)?;
+        let name = name_t.as_plain().unwrap_or_default();
+        let mut stmts = Vec::new();
+        for stmt in it {
+            let sspan = self.span(&stmt);
+            let rule = stmt.as_rule();
+            let mut s = kids(stmt);
+            let first = next!(self, s, sspan);
+            stmts.push(match rule {
+                Rule::run_clause => TestStmt::Run(self.call(first)?),
+                Rule::given_clause => {
+                    let given_rule = first.as_rule();
+                    let mut g = kids(first);
+                    let target = self.ident(&next!(self, g, sspan));
+                    let outcome = next!(self, g, sspan);
+                    let outcome_rule = outcome.as_rule();
+                    let mut o = outcome.into_inner();
+                    match (given_rule, outcome_rule) {
+                        (Rule::given_gate, Rule::approves) => {
+                            let with = match o.next() {
+                                Some(e) => Some(self.expr(e)?),
+                                None => None,
+                            };
+                            TestStmt::GivenGate { gate: target, outcome: GateOutcome::Approves(with), span: sspan }
+                        }
+                        (Rule::given_gate, _) => {
+                            let why = match o.next() {
+                                Some(t) => self.template(t)?.as_plain(),
+                                None => None,
+                            };
+                            TestStmt::GivenGate { gate: target, outcome: GateOutcome::Rejects(why), span: sspan }
+                        }
+                        (_, Rule::returns) => {
+                            let e = self.expr(next!(self, o, sspan))?;
+                            TestStmt::Given { target, outcome: Given::Returns(e), span: sspan }
+                        }
+                        _ => {
+                            let msg = self.template(next!(self, o, sspan))?.as_plain().unwrap_or_default();
+                            TestStmt::Given { target, outcome: Given::Fails(msg), span: sspan }
+                        }
+                    }
+                }
+                Rule::expect_clause => match first.as_rule() {
+                    Rule::expect_calls => {
+                        let mut c = first.into_inner();
+                        let target = self.ident(&next!(self, c, sspan));
+                        let n = next!(self, c, sspan);
+                        TestStmt::ExpectCalls { target, times: self.whole(&n)?, span: sspan }
+                    }
+                    _ => TestStmt::Expect(self.expr(first)?),
+                },
+                _ => return self.internal(sspan),
+            });
+        }
+        Some(TestDecl { name, name_span: name_t.span, stmts, span })
+    }
+
+    fn template(&mut self, pair: Pair<'_, Rule>) -> Option<Template> {
+        let span = self.span(&pair);
+        let mut it = pair.into_inner();
+        let inner = next!(self, it, span);
+        let triple = inner.as_rule() == Rule::triple_string;
+        let mut parts: Vec<TemplatePart> = Vec::new();
+        let mut text = String::new();
+        for part in inner.into_inner() {
+            match part.as_rule() {
+                Rule::plain_text | Rule::triple_text => text.push_str(part.as_str()),
+                Rule::escape => match self.unescape(&part) {
+                    Some(c) => text.push(c),
+                    None => return None,
+                },
+                Rule::interpolation => {
+                    let pspan = self.span(&part);
+                    if !text.is_empty() {
+                        parts.push(TemplatePart::Text(std::mem::take(&mut text)));
+                    }
+                    let mut e = part.into_inner();
+                    parts.push(TemplatePart::Expr(self.expr(next!(self, e, pspan))?));
+                }
+                _ => return self.internal(self.span(&part)),
+            }
+        }
+        if !text.is_empty() {
+            parts.push(TemplatePart::Text(text));
+        }
+        if triple {
+            dedent(&mut parts);
+        }
+        Some(Template { parts, span })
+    }
+
+    fn unescape(&mut self, pair: &Pair<'_, Rule>) -> Option<char> {
+        let s = pair.as_str();
+        Some(match s {
+            "{{" => '{',
+            "}}" => '}',
+            "\\\"" => '"',
+            "\\\\" => '\\',
+            "\\n" => '\n',
+            "\\t" => '\t',
+            "\\r" => '\r',
+            "\\{" => '{',
+            "\\}" => '}',
+            _ => {
+                let hex = s.trim_start_matches("\\u{").trim_end_matches('}');
+                match u32::from_str_radix(hex, 16).ok().and_then(char::from_u32) {
+                    Some(c) => c,
+                    None => {
+                        self.error(self.span(pair), "this is not a Unicode scalar value", "invalid escape");
+                        return None;
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn effect(text: &str) -> Effect {
+    match text {
+        "read" => Effect::Read,
+        "write" => Effect::Write,
+        _ => Effect::Irreversible,
+    }
+}
+
+/// Removes the line break after the opening quotes, the line the closing
+/// quotes stand on, and the indentation common to every non-blank line of a
+/// `"""` string. A line that holds only an interpolation is not blank.
+fn dedent(parts: &mut Vec<TemplatePart>) {
+    if let Some(TemplatePart::Text(t)) = parts.first_mut() {
+        if let Some(rest) = t.strip_prefix("\r\n").or_else(|| t.strip_prefix('\n')) {
+            *t = rest.to_string();
+        } else {
+            // Text on the opening line is kept as written; only later lines are dedented.
+            return dedent_after_first_line(parts);
+        }
+    }
+    if let Some(TemplatePart::Text(t)) = parts.last_mut() {
+        let cut = t.rfind('\n').map_or(0, |p| p);
+        if t[cut..].trim().is_empty() {
+            t.truncate(cut);
+        }
+    }
+    strip_common_indent(parts, true);
+}
+
+fn dedent_after_first_line(parts: &mut Vec<TemplatePart>) {
+    if let Some(TemplatePart::Text(t)) = parts.last_mut() {
+        if let Some(cut) = t.rfind('\n') {
+            if t[cut..].trim().is_empty() {
+                t.truncate(cut);
+            }
+        }
+    }
+    strip_common_indent(parts, false);
+}
+
+/// `first_is_line_start`: whether the very beginning counts as a line start.
+fn strip_common_indent(parts: &mut Vec<TemplatePart>, first_is_line_start: bool) {
+    let indent_of = |line: &str| line.len() - line.trim_start_matches([' ', '\t']).len();
+    let mut common = usize::MAX;
+    let count = parts.len();
+    for (i, part) in parts.iter().enumerate() {
+        let TemplatePart::Text(t) = part else { continue };
+        let followed_by_expr = i + 1 < count;
+        let segments: Vec<&str> = t.split('\n').collect();
+        for (n, line) in segments.iter().enumerate() {
+            let at_line_start = n > 0 || (i == 0 && first_is_line_start);
+            if !at_line_start {
+                continue;
+            }
+            let last = n + 1 == segments.len();
+            if !line.trim().is_empty() || (last && followed_by_expr) {
+                common = common.min(indent_of(line));
+            }
+        }
+    }
+    if common == usize::MAX || common == 0 {
+        parts.retain(|p| !matches!(p, TemplatePart::Text(t) if t.is_empty()));
+        return;
+    }
+    for (i, part) in parts.iter_mut().enumerate() {
+        let TemplatePart::Text(t) = part else { continue };
+        let mut out = String::with_capacity(t.len());
+        for (n, line) in t.split('\n').enumerate() {
+            if n > 0 {
+                out.push('\n');
+            }
+            if n > 0 || (i == 0 && first_is_line_start) {
+                out.push_str(&line[indent_of(line).min(common)..]);
+            } else {
+                out.push_str(line);
+            }
+        }
+        *t = out;
+    }
+    parts.retain(|p| !matches!(p, TemplatePart::Text(t) if t.is_empty()));
+}
