@@ -9,8 +9,15 @@
 pub mod ast;
 pub mod code;
 pub mod diagnostic;
+pub mod ir;
+pub mod loader;
+pub mod lower;
 pub mod parser;
+pub mod schema;
 pub mod source;
+pub mod stdlib;
+mod suggest;
+pub mod types;
 
 pub mod grammar {
     //! The pest grammar, `grammar/flow.pest`.

@@ -1,0 +1,412 @@
+//! The typed program: names resolved, types attached, and each flow a
+//! dataflow graph (petgraph) of steps. `lower` builds it; `check` proves
+//! properties of it and wraps it in `CheckedProgram`.
+
+use petgraph::graph::{DiGraph, NodeIndex};
+
+use crate::ast::{CompareOp, Decision, Effect};
+use crate::source::{FileId, Span};
+use crate::types::{Lit, Ty, TypeTable};
+
+macro_rules! id {
+    ($($name:ident),*) => {$(
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u32);
+        impl $name {
+            pub fn index(self) -> usize { self.0 as usize }
+        }
+    )*};
+}
+id!(ProviderId, ModelId, ResourceId, ToolId, AgentId, FlowId, RegionId);
+
+#[derive(Debug, Default)]
+pub struct Program {
+    pub types: TypeTable,
+    pub providers: Vec<Provider>,
+    pub models: Vec<Model>,
+    pub resources: Vec<Resource>,
+    pub tools: Vec<Tool>,
+    pub agents: Vec<Agent>,
+    pub flows: Vec<Flow>,
+    pub tests: Vec<Test>,
+    /// The files that were checked at the user's request (not only imported).
+    pub roots: Vec<FileId>,
+}
+
+#[derive(Debug)]
+pub struct Resource {
+    pub name: String,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    OpenAi,
+    Anthropic,
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub span: Span,
+    pub protocol: Protocol,
+    pub base_url_env: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub prices: Vec<Price>,
+}
+
+/// US dollars per million tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Price {
+    /// `None` prices every model of the provider.
+    pub model: Option<String>,
+    pub input: f64,
+    pub output: f64,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub name: String,
+    pub span: Span,
+    pub provider: ProviderId,
+    pub model_id: String,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u64>,
+    pub fallback: Option<ModelId>,
+    /// Other parameters, passed to the provider as written.
+    pub extra: Vec<(String, serde_json::Value)>,
+    pub price: Option<Price>,
+}
+
+#[derive(Debug)]
+pub struct Param {
+    pub name: String,
+    pub ty: Ty,
+    pub optional: bool,
+    pub span: Span,
+}
+
+#[derive(Debug)]
+pub enum ToolKind {
+    Http { method: String, url: Template, headers: Vec<(String, Template)> },
+    Exec { argv: Vec<Template> },
+    Builtin { name: String },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    pub on: Vec<String>,
+    pub base_seconds: f64,
+    pub factor: f64,
+    pub cap_seconds: Option<f64>,
+    pub jitter: bool,
+    pub span: Span,
+}
+
+#[derive(Debug)]
+pub struct Tool {
+    pub name: String,
+    pub span: Span,
+    pub params: Vec<Param>,
+    pub output: Ty,
+    pub kind: Option<ToolKind>,
+    pub effect: Effect,
+    pub effect_span: Option<Span>,
+    pub reads: Vec<ResourceId>,
+    pub writes: Vec<ResourceId>,
+    pub timeout_seconds: Option<f64>,
+    pub retry: Option<RetryPolicy>,
+    pub idempotency: Option<Template>,
+    pub limit_tokens: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Agent {
+    pub name: String,
+    pub span: Span,
+    pub params: Vec<Param>,
+    pub output: Ty,
+    pub model: Option<ModelId>,
+    pub tools: Vec<(ToolId, Span)>,
+    pub may: Effect,
+    pub max_steps: Option<u64>,
+    pub max_repeat: Option<u64>,
+    pub instructions: Option<Template>,
+    pub budget: Option<Budget>,
+    pub timeout_seconds: Option<f64>,
+}
+
+impl Agent {
+    /// The strongest effect any of its tools has (what calling it may do).
+    pub fn effect(&self, tools: &[Tool]) -> Effect {
+        self.tools.iter().map(|(t, _)| tools[t.index()].effect).filter(|e| *e <= self.may).max().unwrap_or(Effect::Read)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Budget {
+    pub tokens: Option<u64>,
+    pub cost: Option<f64>,
+    pub steps: Option<u64>,
+    pub tool_calls: Option<u64>,
+    pub wall_seconds: Option<f64>,
+    pub span: Span,
+}
+
+#[derive(Debug)]
+pub struct Flow {
+    pub name: String,
+    pub span: Span,
+    pub params: Vec<Param>,
+    pub output: Ty,
+    pub budget: Option<Budget>,
+    pub graph: DiGraph<Step, Dep>,
+    pub regions: Vec<Region>,
+    /// The step that produces the flow's result (`return`).
+    pub output_step: Option<NodeIndex>,
+}
+
+/// Why one step waits for another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dep {
+    /// The step reads the other's value.
+    Data,
+    /// `after x`: ordering without data.
+    After,
+    /// A `check` guards the values it validates.
+    Guard,
+    /// Region structure: a body step waits for its loop or branch entry; a
+    /// loop or branch completes after every step in its body.
+    Region,
+}
+
+/// Where a step sits: the flow body, a loop body, or a branch arm.
+#[derive(Debug, Clone)]
+pub struct Region {
+    pub parent: Option<RegionId>,
+    pub kind: RegionKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionKind {
+    Root,
+    /// A loop body; runs once per item, `parallel` at a time.
+    Loop { node: NodeIndex, parallel: u64 },
+    /// One arm of an `if` or `match` (`node` is the branch's join step).
+    Arm { node: NodeIndex, arm: usize },
+}
+
+#[derive(Debug)]
+pub struct Step {
+    pub name: String,
+    /// The name as written (`let name`), or the construct for unnamed steps.
+    pub span: Span,
+    pub region: RegionId,
+    pub kind: StepKind,
+    pub ty: Ty,
+    pub fallback: Option<Fallback>,
+    /// True when the step's value is read by another step or the output.
+    pub named: bool,
+}
+
+#[derive(Debug)]
+pub enum Fallback {
+    Value(Expr),
+    Call(CallTarget, Vec<(String, Expr)>, Span),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallTarget {
+    Tool(ToolId),
+    Agent(AgentId),
+    Flow(FlowId),
+}
+
+#[derive(Debug)]
+pub enum StepKind {
+    Value(Expr),
+    Call { target: CallTarget, args: Vec<(String, Expr)> },
+    Llm(LlmCall),
+    Approve { gate: String, show: Vec<Expr>, timeout_seconds: Option<f64>, on_timeout: Decision },
+    /// The item of a loop: runs once per element of `iterable`.
+    LoopItem { iterable: Expr },
+    /// A loop's result: the list of its body's results.
+    Loop { item: NodeIndex, body: RegionId, result: NodeIndex, parallel: u64 },
+    /// Evaluates a branch condition or match subject; the arms wait for it.
+    Decide { subject: Expr },
+    /// The join of an `if` (arms 0 = then, 1 = else) or `match`.
+    Branch { decide: NodeIndex, arms: Vec<Arm> },
+    Check { requires: Vec<(Expr, Template)> },
+    /// The flow's `return`.
+    Output(Expr),
+}
+
+#[derive(Debug)]
+pub struct Arm {
+    /// `None` for `_` and `else`.
+    pub pattern: Option<Lit>,
+    pub span: Span,
+    pub region: RegionId,
+    /// `None` for a missing `else` (the value is null).
+    pub result: Option<NodeIndex>,
+}
+
+#[derive(Debug)]
+pub struct LlmCall {
+    pub model: ModelId,
+    pub output: Ty,
+    pub prompt: Option<Template>,
+    pub system: Option<Template>,
+    pub retry: Option<RetryPolicy>,
+    pub max_tokens: Option<u64>,
+    pub timeout_seconds: Option<f64>,
+    pub budget: Option<Budget>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub ty: Ty,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub enum ExprKind {
+    Str(Template),
+    Number(f64),
+    Bool(bool),
+    Null,
+    Object(Vec<(String, Expr)>),
+    List(Vec<Expr>),
+    Env(String),
+    /// A flow or agent parameter.
+    Param(usize),
+    /// Another step's value (or a loop item).
+    Step(NodeIndex),
+    Member(Box<Expr>, String),
+    Len(Box<Expr>),
+    Index(Box<Expr>, Box<Expr>),
+    Not(Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Compare(Box<Expr>, CompareOp, Box<Expr>),
+    /// A name that did not resolve; already reported.
+    Error,
+}
+
+#[derive(Clone, Debug)]
+pub struct Template {
+    pub parts: Vec<TemplatePart>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub enum TemplatePart {
+    Text(String),
+    Expr(Expr),
+}
+
+#[derive(Debug)]
+pub struct Test {
+    pub name: String,
+    pub span: Span,
+    pub flow: Option<FlowId>,
+    pub args: Vec<(String, Expr)>,
+    pub givens: Vec<TestGiven>,
+    pub expects: Vec<Expr>,
+    pub expect_calls: Vec<(CallTarget, u64, Span)>,
+}
+
+#[derive(Debug)]
+pub enum TestGiven {
+    Tool { tool: ToolId, outcome: GivenOutcome, span: Span },
+    Model { model: ModelId, outcome: GivenOutcome, span: Span },
+    Agent { agent: AgentId, outcome: GivenOutcome, span: Span },
+    Gate { gate: String, approve: bool, with: Option<Expr>, reason: Option<String>, span: Span },
+}
+
+#[derive(Debug)]
+pub enum GivenOutcome {
+    Returns(Expr),
+    Fails(String),
+}
+
+impl Expr {
+    /// Every step this expression reads.
+    pub fn steps(&self, out: &mut Vec<NodeIndex>) {
+        match &self.kind {
+            ExprKind::Step(n) => out.push(*n),
+            ExprKind::Str(t) => t.steps(out),
+            ExprKind::Object(fields) => fields.iter().for_each(|(_, e)| e.steps(out)),
+            ExprKind::List(items) => items.iter().for_each(|e| e.steps(out)),
+            ExprKind::Member(e, _) | ExprKind::Len(e) | ExprKind::Not(e) => e.steps(out),
+            ExprKind::Index(a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) | ExprKind::Compare(a, _, b) => {
+                a.steps(out);
+                b.steps(out);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Template {
+    pub fn steps(&self, out: &mut Vec<NodeIndex>) {
+        for part in &self.parts {
+            if let TemplatePart::Expr(e) = part {
+                e.steps(out);
+            }
+        }
+    }
+
+    /// The number of characters of fixed text (for prompt size estimates).
+    pub fn text_len(&self) -> usize {
+        self.parts.iter().map(|p| if let TemplatePart::Text(t) = p { t.chars().count() } else { 0 }).sum()
+    }
+}
+
+impl Flow {
+    /// Whether `region` is `ancestor` or nested inside it.
+    pub fn region_within(&self, mut region: RegionId, ancestor: RegionId) -> bool {
+        loop {
+            if region == ancestor {
+                return true;
+            }
+            match self.regions[region.index()].parent {
+                Some(p) => region = p,
+                None => return false,
+            }
+        }
+    }
+
+    /// How many times a step in `region` can run per run of the flow, or
+    /// `None` if some enclosing loop is unbounded.
+    pub fn iterations(&self, region: RegionId, types: &TypeTable) -> Option<u64> {
+        let mut count: u64 = 1;
+        let mut r = Some(region);
+        while let Some(id) = r {
+            let reg = &self.regions[id.index()];
+            if let RegionKind::Loop { node, .. } = reg.kind {
+                if let StepKind::Loop { item, .. } = self.graph[node].kind {
+                    if let StepKind::LoopItem { iterable } = &self.graph[item].kind {
+                        count = count.saturating_mul(types.max_len(&iterable.ty)?);
+                    }
+                }
+            }
+            r = reg.parent;
+        }
+        Some(count)
+    }
+}
+
+impl CallTarget {
+    pub fn name<'a>(&self, program: &'a Program) -> &'a str {
+        match self {
+            CallTarget::Tool(t) => &program.tools[t.index()].name,
+            CallTarget::Agent(a) => &program.agents[a.index()].name,
+            CallTarget::Flow(f) => &program.flows[f.index()].name,
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Reads source files, parses them, and follows `use` to the modules they
+//! import: relative `.flow` files and the embedded standard library. It also
+//! reads the JSON Schema files that `schema "…"` types name.
+//!
+//! Architecture invariant: this is the only stage that does IO. `lower` and
+//! `check` work on the [`Workspace`] it returns.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::ast::{self, Item, ModulePath, Stmt, StepKind, TypeExpr, TypeExprKind};
+use crate::code::Code;
+use crate::diagnostic::Diagnostic;
+use crate::parser;
+use crate::source::{FileId, Origin, SourceFile, Sources, Span};
+use crate::stdlib;
+
+#[derive(Debug)]
+pub struct LoadedModule {
+    pub file: FileId,
+    pub ast: ast::Module,
+    /// For each `use` item, in order: the module it names, if found.
+    pub imports: Vec<Option<usize>>,
+}
+
+/// Everything one compilation reads.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    pub sources: Sources,
+    pub modules: Vec<LoadedModule>,
+    /// The modules the user asked for, as opposed to ones they import.
+    pub roots: Vec<usize>,
+    /// `schema "path"` files, keyed by the file that names them and the path as written.
+    pub schemas: HashMap<(FileId, String), Result<serde_json::Value, String>>,
+    pub problems: Vec<Diagnostic>,
+}
+
+#[derive(Default)]
+pub struct Loader {
+    ws: Workspace,
+    by_key: HashMap<String, usize>,
+}
+
+impl Loader {
+    pub fn new() -> Loader {
+        Loader::default()
+    }
+
+    /// Loads a file the user named. An unreadable file is an IO error for the
+    /// caller (exit status 2), not a diagnostic.
+    pub fn load_path(&mut self, path: &Path) -> std::io::Result<usize> {
+        let key = key_for(path);
+        if let Some(&m) = self.by_key.get(&key) {
+            self.mark_root(m);
+            return Ok(m);
+        }
+        let bytes = std::fs::read(path)?;
+        let m = self.add(path.display().to_string(), Origin::Disk(path.to_path_buf()), &bytes, key);
+        self.mark_root(m);
+        Ok(m)
+    }
+
+    /// Loads text that has no file (standard input).
+    pub fn load_bytes(&mut self, name: &str, bytes: &[u8]) -> usize {
+        let m = self.add(name.to_string(), Origin::Stdin, bytes, format!("<{name}>"));
+        self.mark_root(m);
+        m
+    }
+
+    pub fn finish(self) -> Workspace {
+        self.ws
+    }
+
+    fn mark_root(&mut self, m: usize) {
+        if !self.ws.roots.contains(&m) {
+            self.ws.roots.push(m);
+        }
+    }
+
+    fn add(&mut self, name: String, origin: Origin, bytes: &[u8], key: String) -> usize {
+        let (text, bad_utf8) = match std::str::from_utf8(bytes) {
+            Ok(s) => (Arc::<str>::from(s), None),
+            Err(e) => (Arc::<str>::from(String::from_utf8_lossy(bytes).as_ref()), Some(e.valid_up_to())),
+        };
+        let base_dir = match &origin {
+            Origin::Disk(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            _ => PathBuf::from("."),
+        };
+        let file = self.ws.sources.add(SourceFile::new(name, origin, text.clone()));
+        if let Some(at) = bad_utf8 {
+            let width = text[at..].chars().next().map_or(0, char::len_utf8);
+            self.ws.problems.push(
+                Diagnostic::new(Code::Syntax, Span::new(file, at, at + width), "this file is not valid UTF-8")
+                    .label("invalid byte here")
+                    .help("Flow files are UTF-8 text; re-save the file as UTF-8"),
+            );
+        }
+        let (module, problems) = parser::parse(file, &text);
+        self.ws.problems.extend(problems);
+        let index = self.ws.modules.len();
+        self.by_key.insert(key, index);
+        self.ws.modules.push(LoadedModule { file, ast: module, imports: Vec::new() });
+        self.read_schemas(index, &base_dir);
+        self.follow_imports(index, &base_dir);
+        index
+    }
+
+    fn follow_imports(&mut self, index: usize, base_dir: &Path) {
+        let uses: Vec<(ModulePath, Span)> = self.ws.modules[index]
+            .ast
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Use(u) => Some((u.path.clone(), u.span)),
+                _ => None,
+            })
+            .collect();
+        let mut imports = Vec::with_capacity(uses.len());
+        for (path, span) in uses {
+            imports.push(self.import(&path, span, base_dir));
+        }
+        self.ws.modules[index].imports = imports;
+    }
+
+    fn import(&mut self, path: &ModulePath, span: Span, base_dir: &Path) -> Option<usize> {
+        match path {
+            ModulePath::Std(parts) => {
+                let dotted = parts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(".");
+                if let Some(&m) = self.by_key.get(&dotted) {
+                    return Some(m);
+                }
+                match stdlib::find(&dotted) {
+                    Some((name, text)) => {
+                        Some(self.add(name.to_string(), Origin::Std(name), text.as_bytes(), dotted))
+                    }
+                    None => {
+                        let known: Vec<&str> = stdlib::MODULES.iter().map(|(p, _, _)| *p).collect();
+                        self.ws.problems.push(
+                            Diagnostic::new(Code::UnresolvedImport, span, format!("there is no module `{dotted}`"))
+                                .label("unknown module")
+                                .help(format!(
+                                    "the standard library has {}; a file is imported by its path in quotes, as in `use \"./shared.flow\".{{Name}}`",
+                                    known.join(", ")
+                                )),
+                        );
+                        None
+                    }
+                }
+            }
+            ModulePath::File(rel) => {
+                let full = base_dir.join(rel);
+                let key = key_for(&full);
+                if let Some(&m) = self.by_key.get(&key) {
+                    return Some(m);
+                }
+                match std::fs::read(&full) {
+                    Ok(bytes) => {
+                        let name = display_path(&full);
+                        Some(self.add(name, Origin::Disk(full.clone()), &bytes, key))
+                    }
+                    Err(e) => {
+                        self.ws.problems.push(
+                            Diagnostic::new(Code::UnresolvedImport, span, format!("cannot read `{rel}`: {e}"))
+                                .label("imported here")
+                                .help(format!("the path is relative to this file's folder: {}", display_path(&full))),
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_schemas(&mut self, index: usize, base_dir: &Path) {
+        let module = &self.ws.modules[index];
+        let file = module.file;
+        let mut paths = Vec::new();
+        for item in &module.ast.items {
+            item_types(item, &mut |t| schema_paths(t, &mut paths));
+        }
+        for path in paths {
+            if self.ws.schemas.contains_key(&(file, path.clone())) {
+                continue;
+            }
+            let full = base_dir.join(&path);
+            let result = std::fs::read_to_string(&full)
+                .map_err(|e| format!("cannot read {}: {e}", display_path(&full)))
+                .and_then(|text| {
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .map_err(|e| format!("{} is not JSON: {e}", display_path(&full)))
+                });
+            self.ws.schemas.insert((file, path), result);
+        }
+    }
+}
+
+fn key_for(path: &Path) -> String {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+}
+
+fn display_path(path: &Path) -> String {
+    let s = path.display().to_string();
+    s.strip_prefix("./").map(str::to_string).unwrap_or(s)
+}
+
+fn schema_paths(ty: &TypeExpr, out: &mut Vec<String>) {
+    match &ty.kind {
+        TypeExprKind::Schema(p) => out.push(p.clone()),
+        TypeExprKind::Union(ts) => ts.iter().for_each(|t| schema_paths(t, out)),
+        TypeExprKind::Optional(t) | TypeExprKind::List(t) | TypeExprKind::Constrained(t, _) => schema_paths(t, out),
+        TypeExprKind::Record(fields) => fields.iter().for_each(|f| schema_paths(&f.ty, out)),
+        TypeExprKind::Literal(_) | TypeExprKind::Named(_) => {}
+    }
+}
+
+/// Calls `f` on every type expression written in an item.
+fn item_types(item: &Item, f: &mut dyn FnMut(&TypeExpr)) {
+    match item {
+        Item::Type(t) => f(&t.ty),
+        Item::Tool(t) => {
+            t.params.iter().for_each(|p| f(&p.ty));
+            f(&t.output);
+        }
+        Item::Agent(a) => {
+            a.params.iter().for_each(|p| f(&p.ty));
+            f(&a.output);
+        }
+        Item::Flow(fl) => {
+            fl.params.iter().for_each(|p| f(&p.ty));
+            f(&fl.output);
+            stmts_types(&fl.body, f);
+        }
+        _ => {}
+    }
+}
+
+fn stmts_types(stmts: &[Stmt], f: &mut dyn FnMut(&TypeExpr)) {
+    for s in stmts {
+        if let Stmt::Let(l) = s {
+            step_types(&l.step, f);
+        }
+    }
+}
+
+fn step_types(step: &ast::Step, f: &mut dyn FnMut(&TypeExpr)) {
+    match &step.kind {
+        StepKind::Llm(l) => f(&l.output),
+        StepKind::For(fs) => block_types(&fs.body, f),
+        StepKind::If(i) => {
+            block_types(&i.then, f);
+            if let Some(b) = &i.otherwise {
+                block_types(b, f);
+            }
+        }
+        StepKind::Match(m) => m.arms.iter().for_each(|a| block_types(&a.body, f)),
+        _ => {}
+    }
+}
+
+fn block_types(block: &ast::Block, f: &mut dyn FnMut(&TypeExpr)) {
+    stmts_types(&block.stmts, f);
+    step_types(&block.result, f);
+}

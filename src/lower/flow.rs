@@ -1,0 +1,1056 @@
+//! Flow bodies → step graphs, and `test` blocks.
+//!
+//! A flow body is a set of bindings, not a sequence: a step may use a value
+//! written below it. So bindings are declared first and each is defined on
+//! demand, the first time its value (and so its type) is needed. A binding
+//! reached again while it is being defined is a cycle; the edge is kept and
+//! `check` reports it with the whole loop.
+
+use std::collections::HashMap;
+
+use petgraph::graph::NodeIndex;
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+
+use crate::ast::{self, Decision, Stmt};
+use crate::code::Code;
+use crate::diagnostic::Diagnostic;
+use crate::ir::*;
+use crate::source::Span;
+use crate::suggest::did_you_mean;
+use crate::types::{Constraints, Lit, Ty};
+
+use super::expr::{lower_expr, lower_template, mismatch};
+use super::{lit, Lowerer, Symbol};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Pending,
+    InProgress,
+    Done,
+}
+
+#[derive(Clone, Copy)]
+enum Pending<'a> {
+    Let(&'a ast::Let),
+    Check(&'a ast::Check),
+}
+
+struct FlowBuilder<'a> {
+    m: usize,
+    name: String,
+    params: Vec<(String, Ty)>,
+    graph: petgraph::graph::DiGraph<Step, Dep>,
+    regions: Vec<Region>,
+    region_nodes: Vec<Vec<NodeIndex>>,
+    scopes: Vec<HashMap<String, NodeIndex>>,
+    /// Every binding name in the flow, for duplicates across blocks.
+    names: HashMap<String, Span>,
+    gates: HashMap<String, Span>,
+    pending: HashMap<NodeIndex, (Pending<'a>, RegionId, usize)>,
+    state: HashMap<NodeIndex, State>,
+    /// Loops being lowered, with their body region (for D002).
+    open_loops: Vec<(NodeIndex, RegionId)>,
+    region: RegionId,
+    checks: Vec<NodeIndex>,
+}
+
+pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &ast::FlowDecl) {
+    let params: Vec<(String, Ty)> =
+        cx.program.flows[id.index()].params.iter().map(|p| (p.name.clone(), p.ty.clone())).collect();
+    let mut b = FlowBuilder {
+        m,
+        name: decl.name.name.clone(),
+        params,
+        graph: Default::default(),
+        regions: vec![Region { parent: None, kind: RegionKind::Root }],
+        region_nodes: vec![Vec::new()],
+        scopes: Vec::new(),
+        names: HashMap::new(),
+        gates: HashMap::new(),
+        pending: HashMap::new(),
+        state: HashMap::new(),
+        open_loops: Vec::new(),
+        region: RegionId(0),
+        checks: Vec::new(),
+    };
+    let root = RegionId(0);
+    b.scopes.push(HashMap::new());
+    let declared = b.declare(cx, &decl.body, root);
+    for node in declared {
+        b.define(cx, node);
+    }
+    let mut budget: Option<Budget> = None;
+    let mut output: Option<NodeIndex> = None;
+    for stmt in &decl.body {
+        match stmt {
+            Stmt::Budget(bd) => {
+                if budget.is_some() {
+                    cx.repeated(bd.span, "budget");
+                } else {
+                    budget = Some(cx.budget(bd));
+                }
+            }
+            Stmt::Return(e, span) => {
+                if let Some(prev) = output {
+                    let prev_span: Span = b.graph[prev].span;
+                    let d = Diagnostic::new(Code::BadReturn, *span, format!("flow `{}` returns twice", decl.name.name))
+                        .label("second `return`")
+                        .with(prev_span, "first `return`")
+                        .help("a flow has exactly one `return`: it is the flow's value, not a jump");
+                    cx.report(d);
+                    continue;
+                }
+                let value = b.expr(cx, e);
+                let flow_output = cx.program.flows[id.index()].output.clone();
+                if !cx.program.types.assignable(&value.ty, &flow_output) {
+                    mismatch(cx, value.span, &flow_output, &value.ty, "the returned value must have the flow's declared type");
+                }
+                let node = b.add(Step {
+                    name: "return".into(),
+                    span: *span,
+                    region: root,
+                    kind: StepKind::Value(value.clone()),
+                    ty: value.ty.clone(),
+                    fallback: None,
+                    named: false,
+                });
+                b.connect(&value, node);
+                b.graph[node].kind = StepKind::Output(value);
+                output = Some(node);
+            }
+            _ => {}
+        }
+    }
+    if output.is_none() {
+        let d = Diagnostic::new(Code::BadReturn, decl.name.span, format!("flow `{}` has no `return`", decl.name.name))
+            .label("this flow produces no value")
+            .help("end the flow with `return value`, whose type is the flow's declared result");
+        cx.report(d);
+    }
+    b.add_guards();
+    let flow = &mut cx.program.flows[id.index()];
+    flow.budget = budget;
+    flow.graph = b.graph;
+    flow.regions = b.regions;
+    flow.output_step = output;
+}
+
+impl<'a> FlowBuilder<'a> {
+    fn add(&mut self, step: Step) -> NodeIndex {
+        let region = step.region;
+        let n = self.graph.add_node(step);
+        self.region_nodes[region.index()].push(n);
+        n
+    }
+
+    fn new_region(&mut self, kind: RegionKind) -> RegionId {
+        self.regions.push(Region { parent: Some(self.region), kind });
+        self.region_nodes.push(Vec::new());
+        RegionId(self.regions.len() as u32 - 1)
+    }
+
+    /// Adds a data edge from every step `e` reads to `to`.
+    fn connect(&mut self, e: &Expr, to: NodeIndex) {
+        let mut reads = Vec::new();
+        e.steps(&mut reads);
+        self.connect_all(&reads, to, Dep::Data);
+    }
+
+    fn connect_template(&mut self, t: &Template, to: NodeIndex) {
+        let mut reads = Vec::new();
+        t.steps(&mut reads);
+        self.connect_all(&reads, to, Dep::Data);
+    }
+
+    fn connect_all(&mut self, from: &[NodeIndex], to: NodeIndex, dep: Dep) {
+        for &f in from {
+            if !self.graph.edges_connecting(f, to).any(|e| *e.weight() == dep) {
+                self.graph.add_edge(f, to, dep);
+            }
+        }
+    }
+
+    /// Creates a node for every binding of a block and makes its name visible.
+    fn declare(&mut self, cx: &mut Lowerer<'_, '_>, stmts: &'a [Stmt], region: RegionId) -> Vec<NodeIndex> {
+        let depth = self.scopes.len();
+        let mut out = Vec::new();
+        for stmt in stmts {
+            let (name, span, pending) = match stmt {
+                Stmt::Let(l) => (&l.name, l.span, Pending::Let(l)),
+                Stmt::Check(c) => (&c.name, c.span, Pending::Check(c)),
+                _ => continue,
+            };
+            if let Some(prev) = self.names.get(&name.name) {
+                let d = Diagnostic::new(Code::DuplicateName, name.span, format!("`{}` is bound twice in flow `{}`", name.name, self.name))
+                    .label("bound again here")
+                    .with(*prev, "first bound here")
+                    .help("every step in a flow has its own name, so traces and resumed runs can tell them apart");
+                cx.report(d);
+                continue;
+            }
+            if self.params.iter().any(|(p, _)| *p == name.name) {
+                let d = Diagnostic::new(Code::DuplicateName, name.span, format!("`{}` is already a parameter of flow `{}`", name.name, self.name))
+                    .label("shadows the parameter")
+                    .help("give the step another name");
+                cx.report(d);
+                continue;
+            }
+            self.names.insert(name.name.clone(), name.span);
+            let _ = span;
+            let kind = match pending {
+                Pending::Check(_) => StepKind::Check { requires: Vec::new() },
+                Pending::Let(_) => StepKind::Value(null_expr(name.span)),
+            };
+            let node = self.add(Step {
+                name: name.name.clone(),
+                span: name.span,
+                region,
+                kind,
+                ty: Ty::Error,
+                fallback: None,
+                named: true,
+            });
+            if let Some(scope) = self.scopes.last_mut() {
+                scope.insert(name.name.clone(), node);
+            }
+            self.pending.insert(node, (pending, region, depth));
+            self.state.insert(node, State::Pending);
+            out.push(node);
+        }
+        out
+    }
+
+    /// Defines a declared binding (once), in the scope it was declared in.
+    fn define(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex) {
+        if self.state.get(&node) != Some(&State::Pending) {
+            return;
+        }
+        let Some(&(pending, region, depth)) = self.pending.get(&node) else { return };
+        self.state.insert(node, State::InProgress);
+        let saved_scopes = self.scopes.split_off(depth.min(self.scopes.len()));
+        let saved_region = std::mem::replace(&mut self.region, region);
+        let saved_loops = std::mem::take(&mut self.open_loops);
+        // The loops enclosing the definition site are still open.
+        self.open_loops = saved_loops.iter().copied().filter(|(_, body)| self.within(region, *body)).collect();
+        let mut after_scope = self.scopes.clone();
+        after_scope.extend(saved_scopes.iter().take(0).cloned());
+        match pending {
+            Pending::Let(l) => {
+                let name = l.name.name.clone();
+                self.step_into(cx, node, &l.step, &name);
+                if let Some(fb) = &l.fallback {
+                    self.fallback(cx, node, fb);
+                }
+                for a in &l.after {
+                    match self.lookup(&a.name) {
+                        Some(target) => {
+                            if target == node {
+                                let d = Diagnostic::new(Code::Cycle, a.span, format!("`{}` cannot run after itself", a.name))
+                                    .label("names its own step")
+                                    .help("`after` names another step that must finish first");
+                                cx.report(d);
+                            } else {
+                                self.define(cx, target);
+                                self.connect_all(&[target], node, Dep::After);
+                            }
+                        }
+                        None => self.unknown_name(cx, a),
+                    }
+                }
+            }
+            Pending::Check(c) => {
+                let mut requires = Vec::new();
+                for (cond, message) in &c.requires {
+                    let e = self.expr(cx, cond);
+                    if !cx.program.types.assignable(&e.ty, &Ty::Bool) {
+                        mismatch(cx, e.span, &Ty::Bool, &e.ty, "a `require` states a condition that must be true");
+                    }
+                    self.connect(&e, node);
+                    let t = self.template(cx, message);
+                    self.connect_template(&t, node);
+                    requires.push((e, t));
+                }
+                self.graph[node].kind = StepKind::Check { requires };
+                self.graph[node].ty = Ty::Bool;
+                self.checks.push(node);
+            }
+        }
+        self.open_loops = saved_loops;
+        self.region = saved_region;
+        self.scopes.extend(saved_scopes);
+        self.state.insert(node, State::Done);
+    }
+
+    fn within(&self, mut region: RegionId, ancestor: RegionId) -> bool {
+        loop {
+            if region == ancestor {
+                return true;
+            }
+            match self.regions[region.index()].parent {
+                Some(p) => region = p,
+                None => return false,
+            }
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Option<NodeIndex> {
+        self.scopes.iter().rev().find_map(|s| s.get(name).copied())
+    }
+
+    fn unknown_name(&mut self, cx: &mut Lowerer<'_, '_>, name: &ast::Ident) {
+        if let Some(symbol) = cx.lookup(self.m, &name.name) {
+            let d = Diagnostic::new(Code::WrongKind, name.span, format!("`{}` is {}, not a value", name.name, symbol.kind()))
+                .label("not a step or parameter")
+                .help("expressions read parameters and the values of steps; call tools, agents and flows with `name(arg: value)`");
+            cx.report(d);
+            return;
+        }
+        let candidates: Vec<&str> = self
+            .scopes
+            .iter()
+            .flat_map(|s| s.keys())
+            .map(String::as_str)
+            .chain(self.params.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        let mut d = Diagnostic::new(Code::UndefinedName, name.span, format!("there is no step or parameter named `{}`", name.name))
+            .label("unknown name");
+        d = match did_you_mean(&name.name, candidates) {
+            Some(s) => d.help(format!("did you mean `{s}`?")),
+            None if self.names.contains_key(&name.name) => {
+                d.help(format!("`{}` is bound inside a loop or branch, and is visible only there", name.name))
+            }
+            None => d.help("bind it with `let`, or add it to the flow's parameters"),
+        };
+        cx.report(d);
+    }
+
+    fn resolve(&mut self, cx: &mut Lowerer<'_, '_>, name: &ast::Ident) -> (ExprKind, Ty) {
+        if let Some(node) = self.lookup(&name.name) {
+            if let Some(&(lp, _)) = self.open_loops.iter().find(|(lp, _)| *lp == node) {
+                let d = Diagnostic::new(
+                    Code::LoopReadsOwnResults,
+                    name.span,
+                    format!("the body of loop `{}` reads the loop's own results", name.name),
+                )
+                .label("read inside its own loop")
+                .with(self.graph[lp].span, "the loop is bound here")
+                .help("iterations cannot see the list they are building; compute what they need before the loop");
+                cx.report(d);
+                return (ExprKind::Error, Ty::Error);
+            }
+            self.define(cx, node);
+            return (ExprKind::Step(node), self.graph[node].ty.clone());
+        }
+        if let Some(i) = self.params.iter().position(|(p, _)| *p == name.name) {
+            return (ExprKind::Param(i), self.params[i].1.clone());
+        }
+        self.unknown_name(cx, name);
+        (ExprKind::Error, Ty::Error)
+    }
+
+    fn expr(&mut self, cx: &mut Lowerer<'_, '_>, e: &ast::Expr) -> Expr {
+        let mut resolve = |cx: &mut Lowerer<'_, '_>, name: &ast::Ident| self.resolve(cx, name);
+        lower_expr(cx, e, &mut resolve)
+    }
+
+    fn template(&mut self, cx: &mut Lowerer<'_, '_>, t: &ast::Template) -> Template {
+        let mut resolve = |cx: &mut Lowerer<'_, '_>, name: &ast::Ident| self.resolve(cx, name);
+        lower_template(cx, t, &mut resolve)
+    }
+
+    /// Lowers `step` into `node`: sets its kind and type, and its edges.
+    fn step_into(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex, step: &'a ast::Step, name: &str) {
+        let (kind, ty) = match &step.kind {
+            ast::StepKind::Expr(e) => {
+                let e = self.expr(cx, e);
+                self.connect(&e, node);
+                let ty = widen(&e.ty);
+                (StepKind::Value(e), ty)
+            }
+            ast::StepKind::Call(call) => match self.call(cx, call) {
+                Some((target, args, ty)) => {
+                    for (_, a) in &args {
+                        self.connect(a, node);
+                    }
+                    (StepKind::Call { target, args }, ty)
+                }
+                None => (StepKind::Value(null_expr(call.span)), Ty::Error),
+            },
+            ast::StepKind::Llm(llm) => self.llm(cx, node, llm, step.span),
+            ast::StepKind::Approve(ap) => {
+                if let Some(prev) = self.gates.get(&ap.gate.name) {
+                    let d = Diagnostic::new(Code::DuplicateName, ap.gate.span, format!("gate `{}` is declared twice", ap.gate.name))
+                        .label("declared again here")
+                        .with(*prev, "first declared here")
+                        .help("reviewers approve a gate by its name, so each gate in a flow needs its own");
+                    cx.report(d);
+                } else {
+                    self.gates.insert(ap.gate.name.clone(), ap.gate.span);
+                }
+                let show: Vec<Expr> = ap.show.iter().map(|e| self.expr(cx, e)).collect();
+                for e in &show {
+                    self.connect(e, node);
+                }
+                if show.is_empty() {
+                    let d = Diagnostic::new(Code::InvalidDeclaration, ap.gate.span, format!("gate `{}` shows the reviewer nothing", ap.gate.name))
+                        .label("no `show`")
+                        .help("add `show value`: the reviewer approves exactly what the gate shows, and the gate's value is the first thing shown");
+                    cx.report(d);
+                }
+                let ty = show.first().map_or(Ty::Error, |e| widen(&e.ty));
+                let timeout = ap.timeout.as_ref().and_then(|q| cx.seconds(q));
+                let on_timeout = ap.on_timeout.map_or(Decision::Reject, |(d, _)| d);
+                (StepKind::Approve { gate: ap.gate.name.clone(), show, timeout_seconds: timeout, on_timeout }, ty)
+            }
+            ast::StepKind::For(f) => self.for_loop(cx, node, f, name),
+            ast::StepKind::If(i) => self.if_branch(cx, node, i, name, step.span),
+            ast::StepKind::Match(mt) => self.match_branch(cx, node, mt, name, step.span),
+        };
+        self.graph[node].kind = kind;
+        self.graph[node].ty = ty;
+    }
+
+    fn call(&mut self, cx: &mut Lowerer<'_, '_>, call: &ast::Call) -> Option<(CallTarget, Vec<(String, Expr)>, Ty)> {
+        let (target, params, output): (CallTarget, Vec<(String, Ty, bool)>, Ty) = match cx.lookup(self.m, &call.callee.name) {
+            Some(Symbol::Tool(t)) => {
+                let tool = &cx.program.tools[t.index()];
+                (CallTarget::Tool(t), tool.params.iter().map(|p| (p.name.clone(), p.ty.clone(), p.optional)).collect(), tool.output.clone())
+            }
+            Some(Symbol::Agent(a)) => {
+                let agent = &cx.program.agents[a.index()];
+                (CallTarget::Agent(a), agent.params.iter().map(|p| (p.name.clone(), p.ty.clone(), p.optional)).collect(), agent.output.clone())
+            }
+            Some(Symbol::Flow(f)) => {
+                let flow = &cx.program.flows[f.index()];
+                (CallTarget::Flow(f), flow.params.iter().map(|p| (p.name.clone(), p.ty.clone(), p.optional)).collect(), flow.output.clone())
+            }
+            Some(Symbol::Model(_)) => {
+                cx.wrong_kind(&call.callee, Symbol::Model(ModelId(0)), "a tool, agent or flow", &format!("ask a model with `llm {} -> Type {{ prompt \"…\" }}`", call.callee.name));
+                return None;
+            }
+            Some(other) => {
+                cx.wrong_kind(&call.callee, other, "a tool, agent or flow", "only tools, agents and flows can be called");
+                return None;
+            }
+            None => {
+                if self.lookup(&call.callee.name).is_some() || self.params.iter().any(|(p, _)| *p == call.callee.name) {
+                    let d = Diagnostic::new(Code::WrongKind, call.callee.span, format!("`{}` is a value, not a tool, agent or flow", call.callee.name))
+                        .label("cannot be called")
+                        .help("only declared tools, agents and flows can be called");
+                    cx.report(d);
+                } else {
+                    cx.undefined(self.m, &call.callee, "tool, agent or flow", |s| matches!(s, Symbol::Tool(_) | Symbol::Agent(_) | Symbol::Flow(_)));
+                }
+                return None;
+            }
+        };
+        let args = self.args(cx, call, &params);
+        Some((target, args, output))
+    }
+
+    fn args(&mut self, cx: &mut Lowerer<'_, '_>, call: &ast::Call, params: &[(String, Ty, bool)]) -> Vec<(String, Expr)> {
+        let mut resolve = |cx: &mut Lowerer<'_, '_>, name: &ast::Ident| self.resolve(cx, name);
+        check_args(cx, call, params, &mut resolve)
+    }
+
+    fn llm(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex, llm: &ast::LlmStep, span: Span) -> (StepKind, Ty) {
+        let model = match cx.lookup(self.m, &llm.model.name) {
+            Some(Symbol::Model(md)) => Some(md),
+            Some(other) => {
+                cx.wrong_kind(&llm.model, other, "a model", "`llm` asks a declared model, as in `llm analyst -> T { … }`");
+                None
+            }
+            None => {
+                cx.undefined(self.m, &llm.model, "model", |s| matches!(s, Symbol::Model(_)));
+                None
+            }
+        };
+        let output = cx.ty(self.m, &llm.output);
+        let mut call = LlmCall {
+            model: model.unwrap_or(ModelId(u32::MAX)),
+            output: output.clone(),
+            prompt: None,
+            system: None,
+            retry: None,
+            max_tokens: None,
+            timeout_seconds: None,
+            budget: None,
+        };
+        for clause in &llm.clauses {
+            match &clause.kind {
+                ast::LlmClauseKind::Prompt(t) => {
+                    if call.prompt.is_some() {
+                        cx.repeated(clause.span, "prompt");
+                    }
+                    let t = self.template(cx, t);
+                    self.connect_template(&t, node);
+                    call.prompt = Some(t);
+                }
+                ast::LlmClauseKind::System(t) => {
+                    let t = self.template(cx, t);
+                    self.connect_template(&t, node);
+                    call.system = Some(t);
+                }
+                ast::LlmClauseKind::Retry(r) => call.retry = cx.retry(r, true),
+                ast::LlmClauseKind::Timeout(q) => call.timeout_seconds = cx.seconds(q),
+                ast::LlmClauseKind::MaxTokens(q) => call.max_tokens = cx.count(q),
+                ast::LlmClauseKind::Budget(b) => call.budget = Some(cx.budget(b)),
+            }
+        }
+        if call.prompt.is_none() {
+            let d = Diagnostic::new(Code::InvalidDeclaration, span, "this `llm` step has no prompt")
+                .label("no `prompt` clause")
+                .help("add `prompt \"…\"`; interpolate step values with `{name}`");
+            cx.report(d);
+        }
+        if model.is_none() {
+            return (StepKind::Value(null_expr(span)), output);
+        }
+        (StepKind::Llm(call), output)
+    }
+
+    fn for_loop(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex, f: &'a ast::ForStep, name: &str) -> (StepKind, Ty) {
+        let iterable = self.expr(cx, &f.iterable);
+        let element = match cx.program.types.element(&iterable.ty) {
+            Some(t) => t,
+            None => {
+                let shown = cx.program.types.display(&iterable.ty);
+                let d = Diagnostic::new(Code::TypeMismatch, iterable.span, format!("`for` goes over a list, and this is `{shown}`"))
+                    .label(format!("this is `{shown}`"))
+                    .help("loop over a list value, as in `for item in items { … }`");
+                cx.report(d);
+                Ty::Error
+            }
+        };
+        let parallel = match f.parallel {
+            Some((0, span)) => {
+                let d = Diagnostic::new(Code::InvalidDeclaration, span, "`parallel 0` would run nothing")
+                    .label("zero iterations at a time")
+                    .help("write `parallel N` with N of at least 1, or leave it out to run one at a time");
+                cx.report(d);
+                1
+            }
+            Some((n, _)) => n,
+            None => 1,
+        };
+        let body = self.new_region(RegionKind::Loop { node, parallel });
+        let outer_region = std::mem::replace(&mut self.region, body);
+        let item = self.add(Step {
+            name: format!("{name}.item"),
+            span: f.var.span,
+            region: body,
+            kind: StepKind::LoopItem { iterable: iterable.clone() },
+            ty: element,
+            fallback: None,
+            named: true,
+        });
+        self.connect(&iterable, item);
+        self.open_loops.push((node, body));
+        self.scopes.push(HashMap::from([(f.var.name.clone(), item)]));
+        let result = self.block(cx, &f.body, body, &format!("{name}.result"));
+        self.scopes.pop();
+        self.open_loops.pop();
+        self.region = outer_region;
+        self.wire_region(body, Some(item), node);
+        self.connect_all(&[result], node, Dep::Data);
+        let max = cx.program.types.max_len(&iterable.ty);
+        let result_ty = self.graph[result].ty.clone();
+        let ty = Ty::List(Box::new(result_ty), Constraints { max_len: max, ..Constraints::default() });
+        (StepKind::Loop { item, body, result, parallel }, ty)
+    }
+
+    /// Region edges: the entry before every step directly in the region, and
+    /// every such step before the join.
+    fn wire_region(&mut self, region: RegionId, entry: Option<NodeIndex>, join: NodeIndex) {
+        let members = self.region_nodes[region.index()].clone();
+        for n in members {
+            if Some(n) == entry {
+                continue;
+            }
+            if let Some(e) = entry {
+                self.connect_all(&[e], n, Dep::Region);
+            }
+            self.connect_all(&[n], join, Dep::Region);
+        }
+        if let Some(e) = entry {
+            self.connect_all(&[e], join, Dep::Region);
+        }
+    }
+
+    fn block(&mut self, cx: &mut Lowerer<'_, '_>, block: &'a ast::Block, region: RegionId, result_name: &str) -> NodeIndex {
+        self.scopes.push(HashMap::new());
+        let declared = self.declare(cx, &block.stmts, region);
+        for n in declared {
+            self.define(cx, n);
+        }
+        let result = self.add(Step {
+            name: result_name.to_string(),
+            span: block.result.span,
+            region,
+            kind: StepKind::Value(null_expr(block.result.span)),
+            ty: Ty::Error,
+            fallback: None,
+            named: false,
+        });
+        self.step_into(cx, result, &block.result, result_name);
+        self.scopes.pop();
+        result
+    }
+
+    fn decide(&mut self, subject: Expr, name: String, span: Span) -> NodeIndex {
+        let decide = self.add(Step {
+            name,
+            span,
+            region: self.region,
+            kind: StepKind::Decide { subject: subject.clone() },
+            ty: subject.ty.clone(),
+            fallback: None,
+            named: false,
+        });
+        self.connect(&subject, decide);
+        decide
+    }
+
+    fn arm(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex, decide: NodeIndex, index: usize, block: &'a ast::Block, name: String) -> (RegionId, NodeIndex) {
+        let region = self.new_region(RegionKind::Arm { node, arm: index });
+        let outer = std::mem::replace(&mut self.region, region);
+        let result = self.block(cx, block, region, &name);
+        self.region = outer;
+        self.wire_region(region, Some(decide), node);
+        self.connect_all(&[result], node, Dep::Data);
+        (region, result)
+    }
+
+    fn if_branch(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex, i: &'a ast::IfStep, name: &str, span: Span) -> (StepKind, Ty) {
+        let cond = self.expr(cx, &i.condition);
+        if !cx.program.types.assignable(&cond.ty, &Ty::Bool) {
+            mismatch(cx, cond.span, &Ty::Bool, &cond.ty, "an `if` condition is a boolean");
+        }
+        let decide = self.decide(cond, format!("{name}.if"), i.condition.span);
+        let (then_region, then_result) = self.arm(cx, node, decide, 0, &i.then, format!("{name}.then"));
+        let mut arms = vec![Arm { pattern: Some(Lit::Bool(true)), span: i.then.span, region: then_region, result: Some(then_result) }];
+        let then_ty = self.graph[then_result].ty.clone();
+        let ty = match &i.otherwise {
+            Some(block) => {
+                let (r, res) = self.arm(cx, node, decide, 1, block, format!("{name}.else"));
+                arms.push(Arm { pattern: None, span: block.span, region: r, result: Some(res) });
+                let else_ty = self.graph[res].ty.clone();
+                join_types(cx, &[(then_ty, i.then.result.span), (else_ty, block.result.span)], span)
+            }
+            None => {
+                let region = self.new_region(RegionKind::Arm { node, arm: 1 });
+                arms.push(Arm { pattern: None, span, region, result: None });
+                optional(then_ty)
+            }
+        };
+        self.connect_all(&[decide], node, Dep::Region);
+        (StepKind::Branch { decide, arms }, ty)
+    }
+
+    fn match_branch(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex, mt: &'a ast::MatchStep, name: &str, span: Span) -> (StepKind, Ty) {
+        let subject = self.expr(cx, &mt.scrutinee);
+        let subject_ty = cx.program.types.resolve(&subject.ty).clone();
+        let decide = self.decide(subject, format!("{name}.match"), mt.scrutinee.span);
+        let mut arms = Vec::new();
+        let mut tys = Vec::new();
+        let mut seen: Vec<(Lit, Span)> = Vec::new();
+        let mut wildcard: Option<Span> = None;
+        for (i, arm) in mt.arms.iter().enumerate() {
+            let pattern = arm.pattern.as_ref().map(lit);
+            self.check_pattern(cx, &pattern, arm.pattern_span, &subject_ty, &seen, wildcard);
+            match &pattern {
+                Some(l) => seen.push((l.clone(), arm.pattern_span)),
+                None => wildcard = wildcard.or(Some(arm.pattern_span)),
+            }
+            let (region, result) = self.arm(cx, node, decide, i, &arm.body, format!("{name}.arm{}", i + 1));
+            tys.push((self.graph[result].ty.clone(), arm.body.result.span));
+            arms.push(Arm { pattern, span: arm.pattern_span, region, result: Some(result) });
+        }
+        self.connect_all(&[decide], node, Dep::Region);
+        let mut ty = if tys.is_empty() { Ty::Null } else { join_types(cx, &tys, span) };
+        let exhaustive = wildcard.is_some()
+            || match &subject_ty {
+                Ty::Union(ls) => ls.iter().all(|l| seen.iter().any(|(s, _)| s == l)),
+                Ty::Literal(l) => seen.iter().any(|(s, _)| s == l),
+                Ty::Bool => [true, false].iter().all(|b| seen.iter().any(|(s, _)| *s == Lit::Bool(*b))),
+                _ => false,
+            };
+        if !exhaustive {
+            // With no arm taken, the value is null.
+            ty = optional(ty);
+            arms.push(Arm { pattern: None, span, region: self.new_region(RegionKind::Arm { node, arm: mt.arms.len() }), result: None });
+        }
+        (StepKind::Branch { decide, arms }, ty)
+    }
+
+    fn check_pattern(&mut self, cx: &mut Lowerer<'_, '_>, pattern: &Option<Lit>, span: Span, subject: &Ty, seen: &[(Lit, Span)], wildcard: Option<Span>) {
+        let unreachable = |reason: String, label: &str| {
+            Diagnostic::new(Code::UnreachableArm, span, reason).label(label.to_string())
+        };
+        if let Some(w) = wildcard {
+            let d = unreachable("this arm comes after `_`, which matches everything".into(), "never reached")
+                .with(w, "`_` matches first")
+                .help("put `_` last, or remove this arm");
+            cx.report(d);
+            return;
+        }
+        let Some(l) = pattern else { return };
+        if let Some((_, prev)) = seen.iter().find(|(s, _)| s == l) {
+            let d = unreachable(format!("{l} is matched by an earlier arm"), "never reached")
+                .with(*prev, "matched here first")
+                .help("remove the duplicate arm");
+            cx.report(d);
+            return;
+        }
+        let types = &cx.program.types;
+        let possible = match subject {
+            Ty::Union(ls) => ls.contains(l),
+            Ty::Literal(s) => s == l,
+            Ty::Optional(inner) => types.assignable(&Ty::Literal(l.clone()), inner),
+            Ty::Error | Ty::Json | Ty::Schema(_) => true,
+            other => types.assignable(&Ty::Literal(l.clone()), other),
+        };
+        if !possible {
+            let shown = types.display(subject);
+            let d = unreachable(format!("{l} can never be a `{shown}`"), "no value of the subject's type is this")
+                .help(format!("the subject is `{shown}`; match one of its values"));
+            cx.report(d);
+        }
+    }
+
+    fn fallback(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex, fb: &ast::Step) {
+        let step_ty = self.graph[node].ty.clone();
+        let can_fail = matches!(self.graph[node].kind, StepKind::Call { .. } | StepKind::Llm(_));
+        if !can_fail {
+            let d = Diagnostic::new(Code::InvalidDeclaration, fb.span, "only calls and `llm` steps can fall back")
+                .label("this step cannot fail over")
+                .help("put `fallback` after a tool, agent, flow or `llm` step");
+            cx.report(d);
+            return;
+        }
+        let (fallback, ty, span) = match &fb.kind {
+            ast::StepKind::Call(call) => match self.call(cx, call) {
+                Some((target, args, ty)) => {
+                    for (_, a) in &args {
+                        self.connect(a, node);
+                    }
+                    (Fallback::Call(target, args, call.span), ty, call.span)
+                }
+                None => return,
+            },
+            ast::StepKind::Expr(e) => {
+                let e = self.expr(cx, e);
+                self.connect(&e, node);
+                let (ty, span) = (e.ty.clone(), e.span);
+                (Fallback::Value(e), ty, span)
+            }
+            _ => return,
+        };
+        if !cx.program.types.assignable(&ty, &step_ty) {
+            mismatch(cx, span, &step_ty, &ty, "a fallback must produce the same type as the step it replaces");
+        }
+        self.graph[node].fallback = Some(fallback);
+    }
+
+    /// A `check` guards every later use of the values it validates: each step
+    /// that reads a checked value (and is not needed by the check itself)
+    /// waits for the check to pass.
+    fn add_guards(&mut self) {
+        for &check in &self.checks.clone() {
+            let checked: Vec<NodeIndex> = self
+                .graph
+                .edges_directed(check, Direction::Incoming)
+                .filter(|e| *e.weight() == Dep::Data)
+                .map(|e| e.source())
+                .collect();
+            let ancestors = ancestors(&self.graph, check);
+            let mut guarded = Vec::new();
+            for value in checked {
+                for e in self.graph.edges_directed(value, Direction::Outgoing) {
+                    let user = e.target();
+                    if *e.weight() == Dep::Data && user != check && !ancestors.contains(&user) {
+                        guarded.push(user);
+                    }
+                }
+            }
+            for user in guarded {
+                self.connect_all(&[check], user, Dep::Guard);
+            }
+        }
+    }
+}
+
+fn ancestors(graph: &petgraph::graph::DiGraph<Step, Dep>, node: NodeIndex) -> std::collections::HashSet<NodeIndex> {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![node];
+    while let Some(n) = stack.pop() {
+        for p in graph.neighbors_directed(n, Direction::Incoming) {
+            if seen.insert(p) {
+                stack.push(p);
+            }
+        }
+    }
+    seen
+}
+
+/// A binding's type: literal types widen to their base (`let s = "a"` is a string).
+fn widen(ty: &Ty) -> Ty {
+    match ty {
+        Ty::Literal(Lit::Str(_)) => Ty::string(),
+        Ty::Literal(Lit::Number(n)) if n.fract() == 0.0 => Ty::int(),
+        Ty::Literal(Lit::Number(_)) => Ty::number(),
+        Ty::Literal(Lit::Bool(_)) => Ty::Bool,
+        other => other.clone(),
+    }
+}
+
+fn optional(ty: Ty) -> Ty {
+    match ty {
+        Ty::Optional(_) | Ty::Error | Ty::Json | Ty::Null => ty,
+        other => Ty::Optional(Box::new(other)),
+    }
+}
+
+/// The type of a value that comes from one of several branches.
+fn join_types(cx: &mut Lowerer<'_, '_>, tys: &[(Ty, Span)], span: Span) -> Ty {
+    let types = &cx.program.types;
+    let widened: Vec<(Ty, Span)> = tys.iter().map(|(t, s)| (widen(t), *s)).collect();
+    let non_null: Vec<&(Ty, Span)> = widened.iter().filter(|(t, _)| !matches!(t, Ty::Null)).collect();
+    let has_null = non_null.len() < widened.len();
+    let Some(first) = non_null.first() else { return Ty::Null };
+    let joined = non_null
+        .iter()
+        .find(|(cand, _)| non_null.iter().all(|(t, _)| types.assignable(t, cand)))
+        .map(|(t, _)| t.clone());
+    let joined = match joined {
+        Some(t) => t,
+        None => {
+            let odd = non_null.iter().find(|(t, _)| !types.assignable(t, &first.0)).unwrap_or(first);
+            let (a, b) = (types.display(&first.0), types.display(&odd.0));
+            let d = Diagnostic::new(Code::TypeMismatch, odd.1, format!("the branches produce different types: `{a}` and `{b}`"))
+                .label(format!("this is `{b}`"))
+                .with(first.1, format!("this is `{a}`"))
+                .with(span, "the branches of this step")
+                .help("every branch must produce a value of the same type");
+            cx.report(d);
+            Ty::Error
+        }
+    };
+    if has_null {
+        optional(joined)
+    } else {
+        joined
+    }
+}
+
+fn null_expr(span: Span) -> Expr {
+    Expr { kind: ExprKind::Null, ty: Ty::Error, span }
+}
+
+/// Matches a call's named arguments to the callee's parameters.
+fn check_args(
+    cx: &mut Lowerer<'_, '_>,
+    call: &ast::Call,
+    params: &[(String, Ty, bool)],
+    resolve: &mut super::expr::Resolver<'_>,
+) -> Vec<(String, Expr)> {
+    let mut out: Vec<(String, Expr)> = Vec::new();
+    for (name, value) in &call.args {
+        let e = lower_expr(cx, value, resolve);
+        if out.iter().any(|(n, _)| *n == name.name) {
+            let d = Diagnostic::new(Code::DuplicateName, name.span, format!("argument `{}` is given twice", name.name))
+                .label("given again here")
+                .help("give each argument once");
+            cx.report(d);
+            continue;
+        }
+        match params.iter().find(|(p, _, _)| *p == name.name) {
+            Some((_, ty, _)) => {
+                if !cx.program.types.assignable(&e.ty, ty) {
+                    let types = &cx.program.types;
+                    let (want, got) = (types.display(ty), types.display(&e.ty));
+                    let d = Diagnostic::new(Code::TypeMismatch, e.span, format!("argument `{}` expects `{want}`, found `{got}`", name.name))
+                        .label(format!("this is `{got}`"))
+                        .help(format!("`{}` takes `{}: {want}`", call.callee.name, name.name));
+                    cx.report(d);
+                }
+            }
+            None => {
+                let mut d = Diagnostic::new(Code::UnknownArgument, name.span, format!("`{}` takes no argument `{}`", call.callee.name, name.name))
+                    .label("unknown argument");
+                d = match did_you_mean(&name.name, params.iter().map(|(p, _, _)| p.as_str())) {
+                    Some(s) => d.help(format!("did you mean `{s}`?")),
+                    None if params.is_empty() => d.help(format!("`{}` takes no arguments", call.callee.name)),
+                    None => d.help(format!(
+                        "its arguments are {}",
+                        params.iter().map(|(p, _, _)| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+                    )),
+                };
+                cx.report(d);
+            }
+        }
+        out.push((name.name.clone(), e));
+    }
+    let missing: Vec<String> = params
+        .iter()
+        .filter(|(p, _, optional)| !optional && !out.iter().any(|(n, _)| n == p))
+        .map(|(p, ty, _)| format!("{p}: {}", cx.program.types.display(ty)))
+        .collect();
+    if !missing.is_empty() {
+        let plural = if missing.len() == 1 { "argument" } else { "arguments" };
+        let d = Diagnostic::new(
+            Code::MissingArgument,
+            call.callee.span,
+            format!("`{}` is called without {plural} {}", call.callee.name, missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")),
+        )
+        .label(format!("missing {plural}"))
+        .help("pass every parameter that is not optional (`name?: T`), by name");
+        cx.report(d);
+    }
+    out
+}
+
+pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDecl) {
+    let mut no_names = |cx: &mut Lowerer<'_, '_>, name: &ast::Ident| -> (ExprKind, Ty) {
+        let d = Diagnostic::new(Code::UndefinedName, name.span, format!("there is no value named `{}` here", name.name))
+            .label("unknown name")
+            .help("test values are literals; only `expect` can read `output`, the flow's result");
+        cx.report(d);
+        (ExprKind::Error, Ty::Error)
+    };
+    let mut test = Test {
+        name: decl.name.clone(),
+        span: decl.name_span,
+        flow: None,
+        args: Vec::new(),
+        givens: Vec::new(),
+        expects: Vec::new(),
+        expect_calls: Vec::new(),
+    };
+    let mut run_span: Option<Span> = None;
+    for stmt in &decl.stmts {
+        if let ast::TestStmt::Run(call) = stmt {
+            if let Some(prev) = run_span {
+                let d = Diagnostic::new(Code::InvalidDeclaration, call.span, "a test runs one flow")
+                    .label("second `run`")
+                    .with(prev, "first `run`")
+                    .help("write a separate `test` for each run");
+                cx.report(d);
+                continue;
+            }
+            run_span = Some(call.span);
+            match cx.lookup(m, &call.callee.name) {
+                Some(Symbol::Flow(f)) => {
+                    let params: Vec<(String, Ty, bool)> = cx.program.flows[f.index()].params.iter().map(|p| (p.name.clone(), p.ty.clone(), p.optional)).collect();
+                    test.flow = Some(f);
+                    test.args = check_args(cx, call, &params, &mut no_names);
+                }
+                Some(other) => cx.wrong_kind(&call.callee, other, "a flow", "a test runs a flow: `run name(arg: value)`"),
+                None => cx.undefined(m, &call.callee, "flow", |s| matches!(s, Symbol::Flow(_))),
+            }
+        }
+    }
+    let output_ty = test.flow.map_or(Ty::Error, |f| cx.program.flows[f.index()].output.clone());
+    for stmt in &decl.stmts {
+        match stmt {
+            ast::TestStmt::Run(_) => {}
+            ast::TestStmt::Given { target, outcome, span } => {
+                let outcome_ir = |cx: &mut Lowerer<'_, '_>, no: &mut super::expr::Resolver<'_>| match outcome {
+                    ast::Given::Returns(e) => GivenOutcome::Returns(lower_expr(cx, e, no)),
+                    ast::Given::Fails(msg) => GivenOutcome::Fails(msg.clone()),
+                };
+                match cx.lookup(m, &target.name) {
+                    Some(Symbol::Tool(t)) => {
+                        let o = outcome_ir(cx, &mut no_names);
+                        if let GivenOutcome::Returns(e) = &o {
+                            let want = cx.program.tools[t.index()].output.clone();
+                            if !cx.program.types.assignable(&e.ty, &want) {
+                                mismatch(cx, e.span, &want, &e.ty, "a given result must have the tool's declared result type");
+                            }
+                        }
+                        test.givens.push(TestGiven::Tool { tool: t, outcome: o, span: *span });
+                    }
+                    Some(Symbol::Model(md)) => {
+                        let o = outcome_ir(cx, &mut no_names);
+                        test.givens.push(TestGiven::Model { model: md, outcome: o, span: *span });
+                    }
+                    Some(Symbol::Agent(a)) => {
+                        let o = outcome_ir(cx, &mut no_names);
+                        if let GivenOutcome::Returns(e) = &o {
+                            let want = cx.program.agents[a.index()].output.clone();
+                            if !cx.program.types.assignable(&e.ty, &want) {
+                                mismatch(cx, e.span, &want, &e.ty, "a given result must have the agent's declared result type");
+                            }
+                        }
+                        test.givens.push(TestGiven::Agent { agent: a, outcome: o, span: *span });
+                    }
+                    Some(other) => cx.wrong_kind(target, other, "a tool, model or agent", "`given` replaces what a tool, model or agent returns"),
+                    None => cx.undefined(m, target, "tool, model or agent", |s| matches!(s, Symbol::Tool(_) | Symbol::Model(_) | Symbol::Agent(_))),
+                }
+            }
+            ast::TestStmt::GivenGate { gate, outcome, span } => {
+                let known = test.flow.map(|f| flow_has_gate(&cx.program, f, &gate.name, 0)).unwrap_or(true);
+                if !known {
+                    let d = Diagnostic::new(Code::UndefinedName, gate.span, format!("the flow under test has no gate named `{}`", gate.name))
+                        .label("unknown gate")
+                        .help("name a gate declared with `approve name { … }` in the flow or a flow it calls");
+                    cx.report(d);
+                }
+                let (approve, with, reason) = match outcome {
+                    ast::GateOutcome::Approves(e) => (true, e.as_ref().map(|e| lower_expr(cx, e, &mut no_names)), None),
+                    ast::GateOutcome::Rejects(r) => (false, None, r.clone()),
+                };
+                test.givens.push(TestGiven::Gate { gate: gate.name.clone(), approve, with, reason, span: *span });
+            }
+            ast::TestStmt::Expect(e) => {
+                let out_ty = output_ty.clone();
+                let mut output = |cx: &mut Lowerer<'_, '_>, name: &ast::Ident| -> (ExprKind, Ty) {
+                    if name.name == "output" {
+                        (ExprKind::Param(0), out_ty.clone())
+                    } else {
+                        no_names(cx, name)
+                    }
+                };
+                let e = lower_expr(cx, e, &mut output);
+                if !cx.program.types.assignable(&e.ty, &Ty::Bool) {
+                    mismatch(cx, e.span, &Ty::Bool, &e.ty, "an `expect` states a condition on `output` that must be true");
+                }
+                test.expects.push(e);
+            }
+            ast::TestStmt::ExpectCalls { target, times, span } => match cx.lookup(m, &target.name) {
+                Some(Symbol::Tool(t)) => test.expect_calls.push((CallTarget::Tool(t), *times, *span)),
+                Some(Symbol::Agent(a)) => test.expect_calls.push((CallTarget::Agent(a), *times, *span)),
+                Some(Symbol::Flow(f)) => test.expect_calls.push((CallTarget::Flow(f), *times, *span)),
+                Some(other) => cx.wrong_kind(target, other, "a tool, agent or flow", "count calls of tools, agents and flows"),
+                None => cx.undefined(m, target, "tool, agent or flow", |s| matches!(s, Symbol::Tool(_) | Symbol::Agent(_) | Symbol::Flow(_))),
+            },
+        }
+    }
+    if run_span.is_none() {
+        let d = Diagnostic::new(Code::InvalidDeclaration, decl.name_span, format!("test {:?} runs no flow", decl.name))
+            .label("no `run`")
+            .help("add `run flow_name(arg: value)`");
+        cx.report(d);
+    }
+    if test.expects.is_empty() && test.expect_calls.is_empty() {
+        let d = Diagnostic::new(Code::TestWithoutExpectation, decl.name_span, format!("test {:?} expects nothing", decl.name))
+            .label("no `expect`")
+            .help("add `expect output.field == value` or `expect tool called N times`; a test that checks nothing always passes");
+        cx.report(d);
+    }
+    let _ = cx.module_file(m);
+    cx.program.tests.push(test);
+}
+
+fn flow_has_gate(program: &Program, flow: FlowId, gate: &str, depth: u32) -> bool {
+    if depth > 32 {
+        return false;
+    }
+    let f = &program.flows[flow.index()];
+    f.graph.node_weights().any(|s| match &s.kind {
+        StepKind::Approve { gate: g, .. } => g == gate,
+        StepKind::Call { target: CallTarget::Flow(sub), .. } => flow_has_gate(program, *sub, gate, depth + 1),
+        _ => false,
+    })
+}
