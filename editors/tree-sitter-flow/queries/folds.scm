@@ -1,0 +1,26 @@
+; Folding: every braced or bracketed construct that may span lines.
+
+[
+  (record_type)
+  (provider_declaration)
+  (price_clause)
+  (tool_body)
+  (agent_body)
+  (budget)
+  (flow_body)
+  (check_statement)
+  (llm_step)
+  (approve_step)
+  (match_step)
+  (block)
+  (object)
+  (list)
+  (list_type)
+  (parameters)
+  (arguments)
+  (exec_clause)
+  (tools_clause)
+  (use_declaration)
+  (test_declaration)
+  (string)
+] @fold
