@@ -7,12 +7,15 @@
 //! `check` (graph passes → `CheckedProgram`). [`compile`] chains them.
 
 pub mod ast;
+pub mod check;
 pub mod code;
+mod compile;
 pub mod diagnostic;
 pub mod ir;
 pub mod loader;
 pub mod lower;
 pub mod parser;
+pub mod render;
 pub mod schema;
 pub mod source;
 pub mod stdlib;
@@ -25,3 +28,6 @@ pub mod grammar {
     #[grammar = "../grammar/flow.pest"]
     pub struct FlowGrammar;
 }
+
+pub use check::CheckedProgram;
+pub use compile::{compile, compile_workspace, flow_files, Compilation, Input, InputError};

@@ -1,7 +1,215 @@
-fn main() {
-    let path = std::env::args().nth(1).unwrap();
-    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap()).to_string();
-    let (m, d) = flowc::parser::parse(flowc::source::FileId(0), &text);
-    println!("{} items", m.items.len());
-    for x in d { println!("{} {:?}", x.message, x.span); }
+//! The `flowc` command line.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use flowc::code::Code;
+use flowc::{compile, flow_files, render, Input};
+
+/// flowc: check and run Flow workflows.
+#[derive(Parser)]
+#[command(name = "flowc", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check .flow files and report every problem found.
+    ///
+    /// Exit status: 0 when there are no errors (and no warnings with
+    /// `--deny warnings`), 1 when problems were found, 2 on usage or I/O errors.
+    Check {
+        /// Files or folders (searched for *.flow); `-` reads standard input.
+        /// Defaults to the current folder.
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        /// Treat warnings as errors (`--deny warnings`).
+        #[arg(long, value_name = "warnings")]
+        deny: Option<Deny>,
+        /// When to colour the output.
+        #[arg(long, value_enum, default_value_t = Color::Auto)]
+        color: Color,
+    },
+    /// Explain a diagnostic code, with a wrong and a right example.
+    Explain {
+        /// A code such as A001, or its name such as ungated-irreversible.
+        code: Option<String>,
+        /// List every code.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Print the JSON Schemas of a file's types and tool signatures.
+    Schema {
+        /// The .flow file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+    Sarif,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Deny {
+    Warnings,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { paths, format, deny, color } => check(paths, format, deny.is_some(), color),
+        Command::Explain { code, list } => explain(code, list),
+        Command::Schema { file } => schema(file),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            let _ = writeln!(std::io::stderr(), "error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Turns command-line paths into compiler inputs.
+fn inputs(paths: Vec<PathBuf>) -> Result<Vec<Input>, String> {
+    let paths = if paths.is_empty() { vec![PathBuf::from(".")] } else { paths };
+    let mut out = Vec::new();
+    for p in paths {
+        if p.as_os_str() == "-" {
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).map_err(|e| format!("cannot read standard input: {e}"))?;
+            out.push(Input::Text { name: "<stdin>".into(), bytes });
+        } else if p.is_dir() {
+            let files = flow_files(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            if files.is_empty() {
+                return Err(format!("no .flow files in {}", p.display()));
+            }
+            out.extend(files.into_iter().map(Input::Path));
+        } else if p.exists() {
+            out.push(Input::Path(p));
+        } else {
+            return Err(format!("{}: no such file or folder", p.display()));
+        }
+    }
+    Ok(out)
+}
+
+fn check(paths: Vec<PathBuf>, format: Format, deny_warnings: bool, color: Color) -> Result<ExitCode, String> {
+    let inputs = inputs(paths)?;
+    let mut compilation = compile(&inputs).map_err(|e| e.to_string())?;
+    if deny_warnings {
+        compilation.problems.deny_warnings();
+    }
+    let problems = compilation.problems.sorted();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let written = match format {
+        Format::Json => {
+            let doc = render::json(&compilation.sources, &compilation.roots, &problems);
+            writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
+        }
+        Format::Sarif => {
+            let doc = render::sarif(&compilation.sources, &problems);
+            writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
+        }
+        Format::Human => {
+            let use_color = match color {
+                Color::Always => true,
+                Color::Never => false,
+                Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            };
+            let stderr = std::io::stderr();
+            let mut err = stderr.lock();
+            for d in &problems {
+                let _ = write!(err, "{}", render::human(&compilation.sources, d, use_color));
+            }
+            let errors = compilation.problems.errors.len();
+            let warnings = compilation.problems.warnings.len();
+            let files = compilation.roots.len();
+            let files = format!("{files} file{}", if files == 1 { "" } else { "s" });
+            if errors + warnings == 0 {
+                writeln!(err, "checked {files}: no problems")
+            } else {
+                writeln!(err, "checked {files}: {}, {}", count(errors, "error"), count(warnings, "warning"))
+            }
+        }
+    };
+    written.map_err(|e| format!("cannot write the report: {e}"))?;
+    Ok(if compilation.problems.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+fn explain(code: Option<String>, list: bool) -> Result<ExitCode, String> {
+    let mut out = std::io::stdout().lock();
+    if list || code.is_none() {
+        for c in Code::ALL {
+            let severity = match c.severity() {
+                flowc::code::Severity::Error => "error",
+                flowc::code::Severity::Warning => "warning",
+            };
+            writeln!(out, "{}  {:<26} {:<8} {}", c.as_str(), c.slug(), severity, c.summary()).map_err(|e| e.to_string())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = code.unwrap_or_default();
+    match Code::parse(&text) {
+        Some(c) => {
+            write!(out, "{}", c.explanation()).map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => Err(format!("there is no code `{text}`; `flowc explain --list` lists them")),
+    }
+}
+
+fn schema(file: PathBuf) -> Result<ExitCode, String> {
+    let compilation = compile(&[Input::Path(file.clone())]).map_err(|e| e.to_string())?;
+    let Some(checked) = &compilation.program else {
+        for d in compilation.problems.sorted() {
+            eprint!("{}", render::human(&compilation.sources, d, false));
+        }
+        return Ok(ExitCode::from(1));
+    };
+    let program = checked.program();
+    let root = compilation.roots.first().cloned().unwrap_or_default();
+    let in_root = |span: flowc::source::Span| compilation.sources.get(span.file).name == root;
+    let mut types = serde_json::Map::new();
+    for (i, def) in program.types.defs.iter().enumerate() {
+        let _ = i;
+        let ty = flowc::types::Ty::Named(flowc::types::TypeId(i as u32));
+        types.insert(def.name.clone(), flowc::schema::document(&program.types, &ty));
+    }
+    let mut tools = serde_json::Map::new();
+    for tool in program.tools.iter().filter(|t| in_root(t.span)) {
+        let params: Vec<_> = tool.params.iter().map(|p| (p.name.clone(), p.ty.clone(), p.optional)).collect();
+        tools.insert(
+            tool.name.clone(),
+            serde_json::json!({
+                "arguments": flowc::schema::params_document(&program.types, &params),
+                "result": flowc::schema::document(&program.types, &tool.output),
+            }),
+        );
+    }
+    let doc = serde_json::json!({"types": types, "tools": tools});
+    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
 }

@@ -233,8 +233,6 @@ impl<'a> FlowBuilder<'a> {
         let saved_loops = std::mem::take(&mut self.open_loops);
         // The loops enclosing the definition site are still open.
         self.open_loops = saved_loops.iter().copied().filter(|(_, body)| self.within(region, *body)).collect();
-        let mut after_scope = self.scopes.clone();
-        after_scope.extend(saved_scopes.iter().take(0).cloned());
         match pending {
             Pending::Let(l) => {
                 let name = l.name.name.clone();
@@ -242,6 +240,13 @@ impl<'a> FlowBuilder<'a> {
                 if let Some(fb) = &l.fallback {
                     self.fallback(cx, node, fb);
                 }
+                // A loop or branch waits at its entry, so nothing inside it
+                // starts before the steps named by `after`.
+                let entry = match self.graph[node].kind {
+                    StepKind::Loop { item, .. } => item,
+                    StepKind::Branch { decide, .. } => decide,
+                    _ => node,
+                };
                 for a in &l.after {
                     match self.lookup(&a.name) {
                         Some(target) => {
@@ -252,7 +257,7 @@ impl<'a> FlowBuilder<'a> {
                                 cx.report(d);
                             } else {
                                 self.define(cx, target);
-                                self.connect_all(&[target], node, Dep::After);
+                                self.connect_all(&[target], entry, Dep::After);
                             }
                         }
                         None => self.unknown_name(cx, a),

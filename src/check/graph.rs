@@ -1,0 +1,96 @@
+//! G001: steps that depend on each other in a circle. G002: flows that call
+//! each other recursively.
+
+use petgraph::algo::tarjan_scc;
+use petgraph::graph::{DiGraph, NodeIndex};
+
+use crate::code::Code;
+use crate::diagnostic::Diagnostic;
+use crate::ir::{CallTarget, Program};
+
+use super::calls;
+
+/// Reports cycles; returns, per flow, whether its graph is acyclic.
+pub(super) fn cycles(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<bool> {
+    let mut acyclic = Vec::with_capacity(program.flows.len());
+    for flow in &program.flows {
+        let mut ok = true;
+        for scc in tarjan_scc(&flow.graph) {
+            let self_loop = scc.len() == 1 && flow.graph.contains_edge(scc[0], scc[0]);
+            if scc.len() < 2 && !self_loop {
+                continue;
+            }
+            ok = false;
+            // Name the steps in source order, so the message is stable.
+            let mut steps: Vec<NodeIndex> = scc.clone();
+            steps.sort_by_key(|n| flow.graph[*n].span);
+            let named: Vec<NodeIndex> = steps.iter().copied().filter(|n| flow.graph[*n].named).collect();
+            let shown = if named.is_empty() { &steps } else { &named };
+            let first = shown[0];
+            let circle: Vec<String> = shown.iter().map(|n| format!("`{}`", flow.graph[*n].name)).collect();
+            let mut d = Diagnostic::new(
+                Code::Cycle,
+                flow.graph[first].span,
+                if shown.len() == 1 {
+                    format!("`{}` depends on its own value", flow.graph[first].name)
+                } else {
+                    format!("steps {} depend on each other in a circle", circle.join(", "))
+                },
+            )
+            .label("part of the cycle")
+            .help("a flow is a graph without cycles: break the circle by computing one of these values from earlier steps");
+            for n in shown.iter().skip(1) {
+                d = d.with(flow.graph[*n].span, "also in the cycle");
+            }
+            out.push(d);
+        }
+        acyclic.push(ok);
+    }
+    acyclic
+}
+
+/// Flows calling flows must form a tree: recursion has no bound.
+pub(super) fn recursion(program: &Program, out: &mut Vec<Diagnostic>) {
+    let mut g: DiGraph<usize, petgraph::graph::NodeIndex> = DiGraph::new();
+    let nodes: Vec<NodeIndex> = (0..program.flows.len()).map(|i| g.add_node(i)).collect();
+    for (i, flow) in program.flows.iter().enumerate() {
+        for (step, target) in calls(flow) {
+            if let CallTarget::Flow(f) = target {
+                g.add_edge(nodes[i], nodes[f.index()], step);
+            }
+        }
+    }
+    for scc in tarjan_scc(&g) {
+        let self_loop = scc.len() == 1 && g.contains_edge(scc[0], scc[0]);
+        if scc.len() < 2 && !self_loop {
+            continue;
+        }
+        let mut flows: Vec<usize> = scc.iter().map(|n| g[*n]).collect();
+        flows.sort_by_key(|f| program.flows[*f].span);
+        // Point at each call that closes the circle.
+        let first = flows[0];
+        let names: Vec<String> = flows.iter().map(|f| format!("`{}`", program.flows[*f].name)).collect();
+        let mut d = Diagnostic::new(
+            Code::RecursiveFlow,
+            program.flows[first].span,
+            if flows.len() == 1 {
+                format!("flow `{}` calls itself", program.flows[first].name)
+            } else {
+                format!("flows {} call each other in a circle", names.join(", "))
+            },
+        )
+        .label("recursive flow")
+        .help("recursion has no bound on its depth or cost; write the repetition as a `for` loop over a list with a maximum length");
+        for f in &flows {
+            let flow = &program.flows[*f];
+            for (step, target) in calls(flow) {
+                if let CallTarget::Flow(callee) = target {
+                    if flows.contains(&callee.index()) {
+                        d = d.with(flow.graph[step].span, format!("calls `{}`", program.flows[callee.index()].name));
+                    }
+                }
+            }
+        }
+        out.push(d);
+    }
+}

@@ -1,0 +1,95 @@
+//! Properties of the typed program, one small pass per property. Every pass
+//! reads the [`Program`] and reports into the same list; none stops the
+//! others. Only [`check`] can make a [`CheckedProgram`], and only when no
+//! error was found, so nothing downstream can run an unchecked graph.
+//!
+//! Architecture invariant: checking does no IO.
+
+mod approval;
+mod cost;
+mod dead;
+mod graph;
+mod limits;
+mod reach;
+mod resources;
+mod secrets;
+
+use crate::diagnostic::{Diagnostic, Problems};
+use crate::ir::{CallTarget, Flow, FlowId, Program, StepKind};
+use crate::source::Sources;
+
+/// A program that passed every check. It can only be built by [`check`].
+#[derive(Debug)]
+pub struct CheckedProgram {
+    program: Program,
+}
+
+impl CheckedProgram {
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+}
+
+/// Runs every pass. Returns the checked program when there are no errors;
+/// either way `problems` holds everything found.
+pub fn check(program: Program, sources: &Sources, problems: &mut Problems) -> Option<CheckedProgram> {
+    let mut found: Vec<Diagnostic> = Vec::new();
+    let acyclic = graph::cycles(&program, &mut found);
+    graph::recursion(&program, &mut found);
+    limits::check(&program, &mut found);
+    reach::check(&program, &mut found);
+    secrets::check(&program, &mut found);
+    dead::check(&program, &mut found);
+    // The graph passes below need acyclic step graphs.
+    for (i, flow) in program.flows.iter().enumerate() {
+        if !acyclic[i] {
+            continue;
+        }
+        approval::check(&program, flow, &mut found);
+        resources::check(&program, FlowId(i as u32), &mut found);
+    }
+    cost::check(&program, &acyclic, &mut found);
+    // The standard library is checked by flowc's own tests; users see only
+    // problems in their files.
+    problems.extend(found.into_iter().filter(|d| !sources.get(d.span.file).is_std()));
+    if problems.has_errors() {
+        None
+    } else {
+        Some(CheckedProgram { program })
+    }
+}
+
+/// Every call a flow makes, with its node.
+pub(crate) fn calls(flow: &Flow) -> impl Iterator<Item = (petgraph::graph::NodeIndex, CallTarget)> + '_ {
+    flow.graph.node_indices().flat_map(move |n| {
+        let step = &flow.graph[n];
+        let main = match &step.kind {
+            StepKind::Call { target, .. } => Some((n, *target)),
+            _ => None,
+        };
+        let fallback = match &step.fallback {
+            Some(crate::ir::Fallback::Call(target, _, _)) => Some((n, *target)),
+            _ => None,
+        };
+        main.into_iter().chain(fallback)
+    })
+}
+
+/// The strongest effect calling `target` may have.
+pub(crate) fn effect_of(program: &Program, target: CallTarget) -> crate::ast::Effect {
+    effect_at_depth(program, target, 0)
+}
+
+fn effect_at_depth(program: &Program, target: CallTarget, depth: u32) -> crate::ast::Effect {
+    use crate::ast::Effect;
+    match target {
+        CallTarget::Tool(t) => program.tools[t.index()].effect,
+        CallTarget::Agent(a) => program.agents[a.index()].effect(&program.tools),
+        // Recursion is reported elsewhere; the depth bound keeps this finite.
+        CallTarget::Flow(_) if depth > 32 => Effect::Read,
+        CallTarget::Flow(f) => calls(&program.flows[f.index()])
+            .map(|(_, t)| effect_at_depth(program, t, depth + 1))
+            .max()
+            .unwrap_or(Effect::Read),
+    }
+}

@@ -1,0 +1,194 @@
+//! D001: a hidden dependency. Two steps that may run at the same time touch
+//! the same resource and one of them writes it, so the outcome depends on
+//! timing. Steps may run at the same time when no path orders them and they
+//! are not in different arms of one branch; the iterations of a `parallel`
+//! loop run at the same time as each other, so a step there that writes a
+//! resource conflicts with its own other iterations.
+//!
+//! Reachability is computed once, as a bitset of "accessor" ancestors per
+//! node in topological order: O((V + E) · A / 64) for A accessing steps.
+
+use std::collections::{BTreeMap, HashSet};
+
+use petgraph::algo::toposort;
+use petgraph::graph::NodeIndex;
+use petgraph::Direction;
+
+use crate::code::Code;
+use crate::diagnostic::Diagnostic;
+use crate::ir::{CallTarget, Flow, FlowId, Program, RegionId, RegionKind, ResourceId};
+
+use super::calls;
+
+#[derive(Clone, Copy)]
+struct Access {
+    node: NodeIndex,
+    resource: ResourceId,
+    writes: bool,
+}
+
+pub(super) fn check(program: &Program, id: FlowId, out: &mut Vec<Diagnostic>) {
+    let flow = &program.flows[id.index()];
+    let accesses = accesses(program, flow);
+    if accesses.is_empty() {
+        return;
+    }
+    let Ok(order) = toposort(&flow.graph, None) else { return };
+    // Accessor nodes get bit positions.
+    let mut bit: BTreeMap<NodeIndex, usize> = BTreeMap::new();
+    for a in &accesses {
+        let next = bit.len();
+        bit.entry(a.node).or_insert(next);
+    }
+    let words = bit.len().div_ceil(64);
+    let mut ancestors = vec![0u64; flow.graph.node_count() * words];
+    for &n in &order {
+        let base = n.index() * words;
+        for p in flow.graph.neighbors_directed(n, Direction::Incoming) {
+            let pb = p.index() * words;
+            for w in 0..words {
+                let v = ancestors[pb + w];
+                ancestors[base + w] |= v;
+            }
+            if let Some(&b) = bit.get(&p) {
+                ancestors[base + b / 64] |= 1 << (b % 64);
+            }
+        }
+    }
+    let before = |a: NodeIndex, b: NodeIndex| -> bool {
+        let i = bit[&a];
+        ancestors[b.index() * words + i / 64] & (1 << (i % 64)) != 0
+    };
+    let mut reported: HashSet<(NodeIndex, NodeIndex, ResourceId)> = HashSet::new();
+    for (i, a) in accesses.iter().enumerate() {
+        for b in &accesses[i..] {
+            if a.resource != b.resource || !(a.writes || b.writes) {
+                continue;
+            }
+            let (x, y) = if flow.graph[a.node].span <= flow.graph[b.node].span { (a, b) } else { (b, a) };
+            let key = (x.node, y.node, x.resource);
+            if reported.contains(&key) {
+                continue;
+            }
+            let parallel_loop = shared_parallel_loop(flow, flow.graph[x.node].region, flow.graph[y.node].region);
+            let concurrent = if x.node == y.node {
+                parallel_loop.is_some()
+            } else {
+                parallel_loop.is_some()
+                    || (!before(x.node, y.node) && !before(y.node, x.node) && !exclusive(flow, x.node, y.node))
+            };
+            if !concurrent {
+                continue;
+            }
+            reported.insert(key);
+            out.push(report(program, flow, x, y, parallel_loop));
+        }
+    }
+}
+
+fn report(program: &Program, flow: &Flow, x: &Access, y: &Access, parallel_loop: Option<(NodeIndex, u64)>) -> Diagnostic {
+    let resource = &program.resources[x.resource.index()].name;
+    let verb = |a: &Access| if a.writes { "writes" } else { "reads" };
+    let (sx, sy) = (&flow.graph[x.node], &flow.graph[y.node]);
+    if x.node == y.node {
+        let (lp, n) = parallel_loop.unwrap_or((x.node, 2));
+        return Diagnostic::new(
+            Code::HiddenDependency,
+            sy.span,
+            format!("`{}` writes `{resource}` in up to {n} iterations at once", sy.name),
+        )
+        .label(format!("{} `{resource}` in every iteration", verb(y)))
+        .with(flow.graph[lp].span, format!("loop runs `parallel {n}`"))
+        .help("the iterations are not ordered, so the writes race: run the loop one item at a time (remove `parallel`), or declare separate resources for what each iteration touches");
+    }
+    let mut d = Diagnostic::new(
+        Code::HiddenDependency,
+        sy.span,
+        format!("`{}` {} `{resource}` while `{}` may {} it at the same time", sy.name, verb(y), sx.name, verb(x).trim_end_matches('s')),
+    )
+    .label(format!("{} `{resource}`", verb(y)))
+    .with(sx.span, format!("{} `{resource}`, with nothing ordering the two", verb(x)));
+    d = match parallel_loop {
+        Some((lp, n)) => d
+            .with(flow.graph[lp].span, format!("their iterations run `parallel {n}`"))
+            .help("one iteration's step is not ordered with another's: run the loop one item at a time (remove `parallel`)"),
+        None => d.help(format!(
+            "order them: make one use the other's value, or write `after {}` on `{}`",
+            sx.name, sy.name
+        )),
+    };
+    d
+}
+
+/// The resources each step reads and writes, through tools, agents and sub-flows.
+fn accesses(program: &Program, flow: &Flow) -> Vec<Access> {
+    let mut out = Vec::new();
+    for (node, target) in calls(flow) {
+        let mut rs = Vec::new();
+        target_resources(program, target, &mut rs, 0);
+        for (resource, writes) in rs {
+            // Keep one access per (node, resource), writing if any is a write.
+            match out.iter_mut().find(|a: &&mut Access| a.node == node && a.resource == resource) {
+                Some(a) => a.writes |= writes,
+                None => out.push(Access { node, resource, writes }),
+            }
+        }
+    }
+    out
+}
+
+fn target_resources(program: &Program, target: CallTarget, out: &mut Vec<(ResourceId, bool)>, depth: u32) {
+    match target {
+        CallTarget::Tool(t) => {
+            let tool = &program.tools[t.index()];
+            out.extend(tool.reads.iter().map(|r| (*r, false)));
+            out.extend(tool.writes.iter().map(|r| (*r, true)));
+        }
+        CallTarget::Agent(a) => {
+            let agent = &program.agents[a.index()];
+            for (t, _) in &agent.tools {
+                if program.tools[t.index()].effect <= agent.may {
+                    target_resources(program, CallTarget::Tool(*t), out, depth);
+                }
+            }
+        }
+        CallTarget::Flow(f) if depth < 32 => {
+            for (_, t) in calls(&program.flows[f.index()]) {
+                target_resources(program, t, out, depth + 1);
+            }
+        }
+        CallTarget::Flow(_) => {}
+    }
+}
+
+/// The innermost loop with `parallel` above 1 that encloses both regions.
+fn shared_parallel_loop(flow: &Flow, a: RegionId, b: RegionId) -> Option<(NodeIndex, u64)> {
+    let mut r = Some(a);
+    while let Some(id) = r {
+        let region = &flow.regions[id.index()];
+        if let RegionKind::Loop { node, parallel } = region.kind {
+            if parallel > 1 && flow.region_within(b, id) {
+                return Some((node, parallel));
+            }
+        }
+        r = region.parent;
+    }
+    None
+}
+
+/// Whether two steps sit in different arms of the same branch.
+fn exclusive(flow: &Flow, a: NodeIndex, b: NodeIndex) -> bool {
+    let arm_path = |n: NodeIndex| {
+        let mut path = Vec::new();
+        let mut r = Some(flow.graph[n].region);
+        while let Some(id) = r {
+            if let RegionKind::Arm { node, arm } = flow.regions[id.index()].kind {
+                path.push((node, arm));
+            }
+            r = flow.regions[id.index()].parent;
+        }
+        path
+    };
+    let (pa, pb) = (arm_path(a), arm_path(b));
+    pa.iter().any(|(node, arm)| pb.iter().any(|(n2, arm2)| n2 == node && arm2 != arm))
+}

@@ -1,0 +1,96 @@
+//! `compile()`: the pipeline from paths to a checked program, in one call.
+
+use std::path::{Path, PathBuf};
+
+use crate::check::{check, CheckedProgram};
+use crate::diagnostic::Problems;
+use crate::loader::{Loader, Workspace};
+use crate::lower::lower;
+use crate::source::Sources;
+
+/// What the user asked to compile.
+#[derive(Clone, Debug)]
+pub enum Input {
+    Path(PathBuf),
+    /// Standard input, or any text with no file.
+    Text { name: String, bytes: Vec<u8> },
+}
+
+/// The result of a compilation: every source read, every problem found, and
+/// the checked program when there were no errors.
+#[derive(Debug)]
+pub struct Compilation {
+    pub sources: Sources,
+    pub problems: Problems,
+    pub program: Option<CheckedProgram>,
+    /// Names of the files the user asked for, in order.
+    pub roots: Vec<String>,
+}
+
+/// A file or folder that could not be read: a usage error, not a diagnostic.
+#[derive(Debug)]
+pub struct InputError {
+    pub path: PathBuf,
+    pub error: std::io::Error,
+}
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot read {}: {}", self.path.display(), self.error)
+    }
+}
+
+/// load → parse → lower → check.
+pub fn compile(inputs: &[Input]) -> Result<Compilation, InputError> {
+    let mut loader = Loader::new();
+    for input in inputs {
+        match input {
+            Input::Path(p) => {
+                loader.load_path(p).map_err(|error| InputError { path: p.clone(), error })?;
+            }
+            Input::Text { name, bytes } => {
+                loader.load_bytes(name, bytes);
+            }
+        }
+    }
+    Ok(compile_workspace(loader.finish()))
+}
+
+pub fn compile_workspace(ws: Workspace) -> Compilation {
+    let mut found = ws.problems.clone();
+    let program = lower(&ws, &mut found);
+    let mut problems = Problems::default();
+    // Problems found before `check` in the standard library are flowc's own bugs,
+    // caught by its tests; users see their files only.
+    problems.extend(found.into_iter().filter(|d| !ws.sources.get(d.span.file).is_std()));
+    let roots = ws.roots.iter().map(|&m| ws.sources.get(ws.modules[m].file).name.clone()).collect();
+    let mut ws = ws;
+    let sources = std::mem::take(&mut ws.sources);
+    let checked = check(program, &sources, &mut problems);
+    Compilation { sources, problems, program: checked, roots }
+}
+
+/// Every `.flow` file under `dir`, sorted, skipping hidden folders and build output.
+pub fn flow_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let kind = e.file_type()?;
+            if kind.is_dir() {
+                if !name.starts_with('.') && name != "node_modules" && name != "target" {
+                    stack.push(path);
+                }
+            } else if name.ends_with(".flow") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

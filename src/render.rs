@@ -1,0 +1,283 @@
+//! The one place diagnostics become text: rich terminal output (miette),
+//! JSON for tools, and SARIF 2.1.0 for code scanning.
+
+use std::fmt;
+use std::sync::Arc;
+
+use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceSpan};
+use serde_json::{json, Value};
+
+use crate::code::{Code, Severity};
+use crate::diagnostic::Diagnostic;
+use crate::source::{Sources, Span};
+
+/// Output width of rendered diagnostics: fixed, so output is the same in a
+/// terminal, a CI log and a golden test.
+pub const WIDTH: usize = 100;
+
+/// One diagnostic as miette sees it.
+struct Report<'a> {
+    diagnostic: &'a Diagnostic,
+    /// The labels shown on this report's own source.
+    labels: Vec<(Span, String)>,
+    source: NamedSource<Arc<str>>,
+    related: Vec<Report<'a>>,
+    severity: Severity,
+    message: String,
+    code: bool,
+}
+
+impl fmt::Debug for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Report<'_> {}
+
+impl miette::Diagnostic for Report<'_> {
+    fn code<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
+        if !self.code {
+            return None;
+        }
+        Some(Box::new(format!("{}({})", self.diagnostic.code, self.diagnostic.code.slug())))
+    }
+
+    fn severity(&self) -> Option<miette::Severity> {
+        Some(match self.severity {
+            Severity::Error => miette::Severity::Error,
+            Severity::Warning => miette::Severity::Warning,
+        })
+    }
+
+    fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
+        if !self.code {
+            return None;
+        }
+        self.diagnostic.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        Some(&self.source)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        Some(Box::new(self.labels.iter().enumerate().map(|(i, (span, text))| {
+            let text = if text.is_empty() { None } else { Some(text.clone()) };
+            let span = SourceSpan::new((span.start as usize).into(), span.len());
+            if i == 0 {
+                LabeledSpan::new_primary_with_span(text, span)
+            } else {
+                LabeledSpan::new_with_span(text, span)
+            }
+        })))
+    }
+
+    fn related<'b>(&'b self) -> Option<Box<dyn Iterator<Item = &'b dyn miette::Diagnostic> + 'b>> {
+        if self.related.is_empty() {
+            return None;
+        }
+        Some(Box::new(self.related.iter().map(|r| r as &dyn miette::Diagnostic)))
+    }
+}
+
+fn named_source(sources: &Sources, span: Span) -> NamedSource<Arc<str>> {
+    let file = sources.get(span.file);
+    NamedSource::new(file.name.clone(), file.text.clone())
+}
+
+/// Renders one diagnostic for a terminal. Labels in other files than the
+/// primary span are shown as related notes with their own source.
+pub fn human(sources: &Sources, d: &Diagnostic, color: bool) -> String {
+    let mut labels = vec![(d.span, d.label.clone())];
+    let mut related = Vec::new();
+    for l in &d.labels {
+        if l.span.file == d.span.file {
+            labels.push((l.span, l.message.clone()));
+        } else {
+            related.push(Report {
+                diagnostic: d,
+                labels: vec![(l.span, String::new())],
+                source: named_source(sources, l.span),
+                related: Vec::new(),
+                severity: Severity::Warning,
+                message: l.message.clone(),
+                code: false,
+            });
+        }
+    }
+    let report = Report {
+        diagnostic: d,
+        labels,
+        source: named_source(sources, d.span),
+        related,
+        severity: d.severity,
+        message: d.message.clone(),
+        code: true,
+    };
+    let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+    let handler = GraphicalReportHandler::new_themed(theme).with_width(WIDTH).with_links(false);
+    let mut out = String::new();
+    if handler.render_report(&mut out, &report).is_err() {
+        // Rendering into a String cannot fail short of a bug in miette; fall
+        // back to the plain form rather than lose the diagnostic.
+        out = plain(sources, d);
+    }
+    out
+}
+
+/// `file:line:col: severity[CODE]: message`, for logs and fallbacks.
+pub fn plain(sources: &Sources, d: &Diagnostic) -> String {
+    let file = sources.get(d.span.file);
+    let (line, col) = file.line_col(d.span.start);
+    let severity = match d.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    };
+    format!("{}:{line}:{col}: {severity}[{}]: {}\n", file.name, d.code, d.message)
+}
+
+fn position(sources: &Sources, span: Span) -> Value {
+    let file = sources.get(span.file);
+    let (sl, sc) = file.line_col(span.start);
+    let (el, ec) = file.line_col(span.end);
+    json!({
+        "start": {"line": sl, "column": sc, "offset": span.start},
+        "end": {"line": el, "column": ec, "offset": span.end},
+    })
+}
+
+/// The `--format json` document (schema documented in docs/json-output.md).
+pub fn json(sources: &Sources, files: &[String], diagnostics: &[&Diagnostic]) -> Value {
+    let items: Vec<Value> = diagnostics
+        .iter()
+        .map(|d| {
+            json!({
+                "code": d.code.as_str(),
+                "slug": d.code.slug(),
+                "severity": severity_name(d.severity),
+                "message": d.message,
+                "file": sources.get(d.span.file).name,
+                "span": position(sources, d.span),
+                "label": d.label,
+                "labels": d.labels.iter().map(|l| json!({
+                    "file": sources.get(l.span.file).name,
+                    "span": position(sources, l.span),
+                    "message": l.message,
+                })).collect::<Vec<_>>(),
+                "help": d.help,
+            })
+        })
+        .collect();
+    let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+    json!({
+        "version": 1,
+        "files": files,
+        "diagnostics": items,
+        "summary": {"errors": errors, "warnings": diagnostics.len() - errors},
+    })
+}
+
+fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    }
+}
+
+fn region(sources: &Sources, span: Span) -> Value {
+    let file = sources.get(span.file);
+    let (sl, sc) = file.line_col(span.start);
+    let (el, ec) = file.line_col(span.end);
+    json!({"startLine": sl, "startColumn": sc, "endLine": el, "endColumn": ec, "charOffset": span.start, "charLength": span.len()})
+}
+
+fn location(sources: &Sources, span: Span, message: Option<&str>) -> Value {
+    let mut loc = json!({
+        "physicalLocation": {
+            "artifactLocation": {"uri": uri(&sources.get(span.file).name)},
+            "region": region(sources, span),
+        }
+    });
+    if let Some(m) = message {
+        loc["message"] = json!({"text": m});
+    }
+    loc
+}
+
+/// A relative URI reference for a path as the user wrote it.
+fn uri(path: &str) -> String {
+    let mut out = String::new();
+    for c in path.chars() {
+        match c {
+            '\\' => out.push('/'),
+            c if c.is_ascii_alphanumeric() || "-._~/:".contains(c) => out.push(c),
+            c => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `--format sarif` log (SARIF 2.1.0).
+pub fn sarif(sources: &Sources, diagnostics: &[&Diagnostic]) -> Value {
+    let rules: Vec<Value> = Code::ALL
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.as_str(),
+                "name": c.slug(),
+                "shortDescription": {"text": c.summary()},
+                "fullDescription": {"text": c.explanation()},
+                "help": {"text": format!("Run `flowc explain {}` for examples.", c.as_str())},
+                "defaultConfiguration": {"level": severity_name(c.severity())},
+            })
+        })
+        .collect();
+    let results: Vec<Value> = diagnostics
+        .iter()
+        .map(|d| {
+            let index = Code::ALL.iter().position(|c| *c == d.code).unwrap_or(0);
+            let mut text = d.message.clone();
+            if let Some(h) = &d.help {
+                text = format!("{text}\nhelp: {h}");
+            }
+            json!({
+                "ruleId": d.code.as_str(),
+                "ruleIndex": index,
+                "level": severity_name(d.severity),
+                "message": {"text": text},
+                "locations": [location(sources, d.span, if d.label.is_empty() { None } else { Some(&d.label) })],
+                "relatedLocations": d.labels.iter().enumerate().map(|(i, l)| {
+                    let mut loc = location(sources, l.span, Some(&l.message));
+                    loc["id"] = json!(i);
+                    loc
+                }).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {
+                "name": "flowc",
+                "version": env!("CARGO_PKG_VERSION"),
+                "semanticVersion": env!("CARGO_PKG_VERSION"),
+                "rules": rules,
+            }},
+            "columnKind": "unicodeCodePoints",
+            "results": results,
+        }],
+    })
+}
