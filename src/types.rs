@@ -214,6 +214,7 @@ impl TypeTable {
             (Ty::Int(_), Ty::Int(_)) => true,
             (Ty::Literal(Lit::Number(n)), Ty::Int(_)) => n.fract() == 0.0,
             (Ty::Union(ls), Ty::Number(_)) => ls.iter().all(|l| matches!(l, Lit::Number(_))),
+            (Ty::Union(ls), Ty::Int(_)) => ls.iter().all(|l| matches!(l, Lit::Number(n) if n.fract() == 0.0)),
             (Ty::Bool, Ty::Bool) | (Ty::Literal(Lit::Bool(_)), Ty::Bool) => true,
             (Ty::Literal(a), Ty::Literal(b)) => a == b,
             (Ty::Literal(a), Ty::Union(bs)) => bs.contains(a),
@@ -233,6 +234,74 @@ impl TypeTable {
                 required_present && no_extra
             }
             _ => false,
+        }
+    }
+
+    /// The least type both values fit, if there is one: literals of one kind
+    /// merge into a union, records join field by field, null makes an optional.
+    pub fn join(&self, a: &Ty, b: &Ty) -> Option<Ty> {
+        self.join_depth(a, b, 0)
+    }
+
+    fn join_depth(&self, a: &Ty, b: &Ty, depth: u32) -> Option<Ty> {
+        if depth > 32 {
+            return None;
+        }
+        if self.assignable(a, b) {
+            return Some(b.clone());
+        }
+        if self.assignable(b, a) {
+            return Some(a.clone());
+        }
+        let (ra, rb) = (self.resolve(a), self.resolve(b));
+        let lits = |t: &Ty| -> Option<Vec<Lit>> {
+            match t {
+                Ty::Literal(l) => Some(vec![l.clone()]),
+                Ty::Union(ls) => Some(ls.clone()),
+                _ => None,
+            }
+        };
+        match (ra, rb) {
+            (Ty::Null, other) | (other, Ty::Null) => Some(Ty::Optional(Box::new(other.clone()))),
+            (Ty::Optional(x), y) | (y, Ty::Optional(x)) => {
+                let inner = self.join_depth(x, y, depth + 1)?;
+                Some(match inner {
+                    Ty::Optional(_) => inner,
+                    t => Ty::Optional(Box::new(t)),
+                })
+            }
+            (Ty::List(x, _), Ty::List(y, _)) => Some(Ty::list(self.join_depth(x, y, depth + 1)?)),
+            (Ty::Record(fs), Ty::Record(gs)) => {
+                // A field only one side has becomes optional.
+                let mut fields = Vec::with_capacity(fs.len().max(gs.len()));
+                for f in fs {
+                    match gs.iter().find(|g| g.name == f.name) {
+                        Some(g) => fields.push(Field {
+                            name: f.name.clone(),
+                            ty: self.join_depth(&f.ty, &g.ty, depth + 1)?,
+                            optional: f.optional || g.optional,
+                        }),
+                        None => fields.push(Field { optional: true, ..f.clone() }),
+                    }
+                }
+                for g in gs {
+                    if !fs.iter().any(|f| f.name == g.name) {
+                        fields.push(Field { optional: true, ..g.clone() });
+                    }
+                }
+                Some(Ty::Record(fields))
+            }
+            _ => {
+                let (la, lb) = (lits(ra)?, lits(rb)?);
+                let mut all = la;
+                for l in lb {
+                    if !all.contains(&l) {
+                        all.push(l);
+                    }
+                }
+                let same_kind = all.iter().all(|l| std::mem::discriminant(l) == std::mem::discriminant(&all[0]));
+                same_kind.then_some(Ty::Union(all))
+            }
         }
     }
 

@@ -179,23 +179,21 @@ fn list_type(cx: &mut Lowerer<'_, '_>, items: &[Expr]) -> Ty {
     let Some(first) = items.first() else {
         return Ty::list(Ty::Error);
     };
-    let lits: Option<Vec<Lit>> =
-        items.iter().map(|i| if let Ty::Literal(l) = &i.ty { Some(l.clone()) } else { None }).collect();
-    if let Some(mut lits) = lits {
-        let same_kind = lits.iter().all(|l| std::mem::discriminant(l) == std::mem::discriminant(&lits[0]));
-        if same_kind {
-            lits.dedup();
-            return Ty::list(if lits.len() == 1 { Ty::Literal(lits.remove(0)) } else { Ty::Union(lits) });
+    let types = &cx.program.types;
+    let mut joined = first.ty.clone();
+    let mut odd = None;
+    for item in &items[1..] {
+        match types.join(&joined, &item.ty) {
+            Some(t) => joined = t,
+            None => {
+                odd = Some(item);
+                break;
+            }
         }
     }
-    let types = &cx.program.types;
-    if items.iter().all(|i| types.assignable(&i.ty, &first.ty)) {
-        return Ty::list(first.ty.clone());
-    }
-    if let Some(wide) = items.iter().find(|w| items.iter().all(|i| types.assignable(&i.ty, &w.ty))) {
-        return Ty::list(wide.ty.clone());
-    }
-    let odd = items.iter().find(|i| !types.assignable(&i.ty, &first.ty)).unwrap_or(first);
+    let Some(odd) = odd else {
+        return Ty::list(joined);
+    };
     let (a, b) = (types.display(&first.ty), types.display(&odd.ty));
     let d = Diagnostic::new(Code::TypeMismatch, odd.span, format!("a list holds one type, but this item is `{b}`"))
         .label(format!("this is `{b}`"))

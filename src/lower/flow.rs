@@ -824,10 +824,10 @@ fn join_types(cx: &mut Lowerer<'_, '_>, tys: &[(Ty, Span)], span: Span) -> Ty {
     let non_null: Vec<&(Ty, Span)> = widened.iter().filter(|(t, _)| !matches!(t, Ty::Null)).collect();
     let has_null = non_null.len() < widened.len();
     let Some(first) = non_null.first() else { return Ty::Null };
-    let joined = non_null
-        .iter()
-        .find(|(cand, _)| non_null.iter().all(|(t, _)| types.assignable(t, cand)))
-        .map(|(t, _)| t.clone());
+    let mut joined = Some(first.0.clone());
+    for (t, _) in &non_null[1..] {
+        joined = joined.and_then(|j| types.join(&j, t));
+    }
     let joined = match joined {
         Some(t) => t,
         None => {
