@@ -1,0 +1,2 @@
+" Flow (flowc workflow language) files
+autocmd BufRead,BufNewFile *.flow set filetype=flow

@@ -1,0 +1,24 @@
+" Vim filetype plugin for Flow, the typed workflow language checked by flowc.
+
+if exists('b:did_ftplugin')
+  finish
+endif
+let b:did_ftplugin = 1
+
+setlocal commentstring=//\ %s
+setlocal comments=://
+setlocal formatoptions-=t formatoptions+=croql
+setlocal expandtab shiftwidth=2 softtabstop=2
+setlocal suffixesadd=.flow
+
+" `%` jumps between the quotes of a triple-quoted string too (matchit).
+let b:match_words = '"""\s*$:^\s*"""'
+
+let b:undo_ftplugin = 'setlocal commentstring< comments< formatoptions< expandtab<'
+      \ . ' shiftwidth< softtabstop< suffixesadd< | unlet! b:match_words'
+
+" `:make` runs the checker on the current file.
+if executable('flowc')
+  setlocal makeprg=flowc\ check\ %
+  let b:undo_ftplugin .= ' | setlocal makeprg<'
+endif
