@@ -35,6 +35,8 @@ trap 'rm -rf "$work"' EXIT
 export PRE_COMMIT_HOME="${PRE_COMMIT_HOME:-$work/cache}"
 export PRE_COMMIT_COLOR=never
 export GIT_CONFIG_NOSYSTEM=1
+# A private HOME for git's global config; cargo and rustup keep their own.
+export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
 export HOME="$work/home"
 mkdir -p "$HOME" "$work/bin"
 git config --global user.email "test@example.invalid"
