@@ -9,8 +9,10 @@ For every file given:
     lets the first (Helix) or the last (Neovim) match win.
 
 Usage: check_highlights.py TREE_SITTER_BIN GRAMMAR_DIR FILE...
-Prints one line per file ("ok FILE" / "FAIL FILE: ...") and exits 1 on failure.
+Prints one line per file ("ok - highlights: FILE" / "FAIL - highlights: FILE")
+and exits 1 on failure.
 """
+import os
 import re
 import subprocess
 import sys
@@ -66,11 +68,11 @@ def main():
         problems = check(ts, grammar, path)
         if problems:
             failed += 1
-            print(f"FAIL {path}:")
+            print(f"FAIL - highlights: {os.path.relpath(path)}")
             for p in problems[:20]:
                 print(f"    {p}")
         else:
-            print(f"ok {path}")
+            print(f"ok - highlights: {os.path.relpath(path)}")
     sys.exit(1 if failed else 0)
 
 
