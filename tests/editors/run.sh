@@ -166,6 +166,25 @@ if [[ $ts_ok == 1 ]]; then
       fail "tree-sitter query compiles: queries/$query.scm"
     fi
   done
+  # Zed's extra queries, and the highlights rewritten for Helix's scopes.
+  sed -f "$repo/editors/helix/highlights.sed" "$ts_dir/queries/highlights.scm" >"$work/helix-highlights.scm"
+  for query in "$repo"/editors/zed/languages/flow/*.scm "$work/helix-highlights.scm"; do
+    name="${query#"$repo"/}"
+    [[ "$query" == "$work/helix-highlights.scm" ]] && name="helix highlights (editors/helix/highlights.sed)"
+    if ts query "$query" "$repo/editors/vscode/test/fixtures/flows.flow" >"$work/query.out" 2>&1 \
+      && ! grep -qi 'error' "$work/query.out"; then
+      ok "tree-sitter query compiles: $name"
+    else
+      sed 's/^/    /' "$work/query.out" | head -20
+      fail "tree-sitter query compiles: $name"
+    fi
+  done
+  if grep -nE '@(number|boolean|module|property|character|spell)\b|@keyword\.(import|conditional|repeat|return|modifier|type)\b|@string\.escape|@variable\.member|@function\.call' \
+    "$work/helix-highlights.scm"; then
+    fail "helix highlights use only Helix scopes"
+  else
+    ok "helix highlights use only Helix scopes"
+  fi
 fi
 
 # ------------------------------------------------------------------ parse check

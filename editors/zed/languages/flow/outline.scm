@@ -1,0 +1,10 @@
+(type_declaration "type" @context name: (type_identifier) @name) @item
+(model_declaration "model" @context name: (identifier) @name) @item
+(resource_declaration "resource" @context name: (identifier) @name) @item
+(provider_declaration "provider" @context name: (identifier) @name) @item
+(tool_declaration "tool" @context name: (identifier) @name) @item
+(agent_declaration "agent" @context name: (identifier) @name) @item
+(flow_declaration "flow" @context name: (identifier) @name) @item
+(test_declaration "test" @context name: (string) @name) @item
+(let_statement "let" @context name: (identifier) @name) @item
+(check_statement "check" @context name: (identifier) @name) @item
