@@ -37,6 +37,7 @@ export PRE_COMMIT_COLOR=never
 export GIT_CONFIG_NOSYSTEM=1
 # A private HOME for git's global config; cargo and rustup keep their own.
 export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
+if [[ -z "${PYENV_ROOT:-}" && -d "$HOME/.pyenv" ]]; then export PYENV_ROOT="$HOME/.pyenv"; fi
 export HOME="$work/home"
 mkdir -p "$HOME" "$work/bin"
 git config --global user.email "test@example.invalid"
