@@ -24,6 +24,12 @@ pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
     // Lets a failed parse say which tokens it expected.
     pest::set_error_detail(true);
     let mut parser = Parser { file, base: 0, diagnostics: Vec::new() };
+    if let Some(at) = too_deep(text) {
+        let d = Diagnostic::new(Code::Syntax, Span::new(file, at, at + 1), format!("this nests deeper than {MAX_DEPTH} levels"))
+            .label("too deep")
+            .help("split the value into named steps; flowc refuses deeper nesting rather than risk running out of stack");
+        return (Module { file, items: Vec::new() }, vec![d]);
+    }
     let mut items = Vec::new();
     let mut pos = 0;
     while pos < text.len() {
@@ -60,6 +66,86 @@ pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
         }
     }
     (Module { file, items }, parser.diagnostics)
+}
+
+/// How deeply `(`, `[` and `{` may nest. Real flows stay far below it; the
+/// parser and lowering recurse once per level, so this bounds their stack.
+pub const MAX_DEPTH: usize = 64;
+
+/// The offset where bracket nesting first exceeds [`MAX_DEPTH`], outside
+/// strings and comments.
+fn too_deep(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut chain = 0usize;
+    let mut previous_else = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' => {
+                let triple = bytes[i..].starts_with(b"\"\"\"");
+                i += if triple { 3 } else { 1 };
+                while i < bytes.len() {
+                    if bytes[i] == b'\\' {
+                        i += 2;
+                        continue;
+                    }
+                    if triple && bytes[i..].starts_with(b"\"\"\"") {
+                        i += 2;
+                        break;
+                    }
+                    if !triple && (bytes[i] == b'"' || bytes[i] == b'\n') {
+                        break;
+                    }
+                    // Interpolations nest too.
+                    if bytes[i] == b'{' {
+                        depth += 1;
+                        if depth > MAX_DEPTH {
+                            return Some(i);
+                        }
+                    } else if bytes[i] == b'}' {
+                        depth = depth.saturating_sub(1);
+                    }
+                    i += 1;
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(i);
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                // Chains that recurse without brackets: `not not …` and `else if …`.
+                let start = i;
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                match &text[start..i] {
+                    "not" => chain += 1,
+                    "if" if previous_else => chain += 1,
+                    "else" => {}
+                    // Counted per statement: no real statement comes near the limit.
+                    "let" | "return" | "check" | "require" | "flow" | "test" | "expect" => chain = 0,
+                    _ => {}
+                }
+                previous_else = &text[start..i] == "else";
+                if chain > MAX_DEPTH {
+                    return Some(start);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The first line at or after `from` (the line containing `from` excluded)

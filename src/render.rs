@@ -15,6 +15,9 @@ use crate::source::{Sources, Span};
 /// terminal, a CI log and a golden test.
 pub const WIDTH: usize = 100;
 
+/// Past this column a diagnostic is rendered in the plain one-line form.
+const MAX_COLUMN: usize = 2000;
+
 /// One diagnostic as miette sees it.
 struct Report<'a> {
     diagnostic: &'a Diagnostic,
@@ -95,6 +98,23 @@ fn named_source(sources: &Sources, span: Span) -> NamedSource<Arc<str>> {
 /// Renders one diagnostic for a terminal. Labels in other files than the
 /// primary span are shown as related notes with their own source.
 pub fn human(sources: &Sources, d: &Diagnostic, color: bool) -> String {
+    // miette pads labels with format widths, which cannot exceed u16; a label
+    // thousands of columns into a line is unreadable in a terminal anyway.
+    let too_wide = std::iter::once(d.span).chain(d.labels.iter().map(|l| l.span)).any(|span| {
+        let file = sources.get(span.file);
+        let (_, col) = file.line_col(span.end);
+        col > MAX_COLUMN
+    });
+    if too_wide {
+        let mut out = plain(sources, d);
+        if !d.label.is_empty() {
+            out.push_str(&format!("  = {}\n", d.label));
+        }
+        if let Some(h) = &d.help {
+            out.push_str(&format!("  help: {h}\n"));
+        }
+        return out;
+    }
     let mut labels = vec![(d.span, d.label.clone())];
     let mut related = Vec::new();
     for l in &d.labels {
