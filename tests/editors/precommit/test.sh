@@ -145,7 +145,7 @@ if [[ "${FLOWC_PRECOMMIT_RUST:-0}" == 1 ]]; then
   rm "$work/bin/flowc"
   git clone -q --no-hardlinks "$repo" "$work/rust-hooks"
   cp "$repo/.pre-commit-hooks.yaml" "$work/rust-hooks/"
-  git -C "$work/rust-hooks" commit -q -am "work tree hooks" || true
+  git -C "$work/rust-hooks" commit -q -am "work tree hooks" >/dev/null 2>&1 || true
   test_hook "$work/rust-hooks" flowc-check
 fi
 
