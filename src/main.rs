@@ -2,7 +2,6 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -71,20 +70,24 @@ enum Color {
     Never,
 }
 
-fn main() -> ExitCode {
+fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { paths, format, deny, color } => check(paths, format, deny.is_some(), color),
         Command::Explain { code, list } => explain(code, list),
         Command::Schema { file } => schema(file),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(message) => {
             let _ = writeln!(std::io::stderr(), "error: {message}");
-            ExitCode::from(2)
+            2
         }
-    }
+    };
+    // Exiting here skips freeing the program's memory one allocation at a
+    // time, a measurable share of a large check; the OS reclaims it at once.
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
 }
 
 /// Turns command-line paths into compiler inputs.
@@ -111,7 +114,7 @@ fn inputs(paths: Vec<PathBuf>) -> Result<Vec<Input>, String> {
     Ok(out)
 }
 
-fn check(paths: Vec<PathBuf>, format: Format, deny_warnings: bool, color: Color) -> Result<ExitCode, String> {
+fn check(paths: Vec<PathBuf>, format: Format, deny_warnings: bool, color: Color) -> Result<i32, String> {
     let inputs = inputs(paths)?;
     let mut compilation = compile(&inputs).map_err(|e| e.to_string())?;
     if deny_warnings {
@@ -152,14 +155,14 @@ fn check(paths: Vec<PathBuf>, format: Format, deny_warnings: bool, color: Color)
         }
     };
     written.map_err(|e| format!("cannot write the report: {e}"))?;
-    Ok(if compilation.problems.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if compilation.problems.has_errors() { 1 } else { 0 })
 }
 
 fn count(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
-fn explain(code: Option<String>, list: bool) -> Result<ExitCode, String> {
+fn explain(code: Option<String>, list: bool) -> Result<i32, String> {
     let mut out = std::io::stdout().lock();
     if list || code.is_none() {
         for c in Code::ALL {
@@ -169,25 +172,25 @@ fn explain(code: Option<String>, list: bool) -> Result<ExitCode, String> {
             };
             writeln!(out, "{}  {:<26} {:<8} {}", c.as_str(), c.slug(), severity, c.summary()).map_err(|e| e.to_string())?;
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     let text = code.unwrap_or_default();
     match Code::parse(&text) {
         Some(c) => {
             write!(out, "{}", c.explanation()).map_err(|e| e.to_string())?;
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
         None => Err(format!("there is no code `{text}`; `flowc explain --list` lists them")),
     }
 }
 
-fn schema(file: PathBuf) -> Result<ExitCode, String> {
+fn schema(file: PathBuf) -> Result<i32, String> {
     let compilation = compile(&[Input::Path(file.clone())]).map_err(|e| e.to_string())?;
     let Some(checked) = &compilation.program else {
         for d in compilation.problems.sorted() {
             eprint!("{}", render::human(&compilation.sources, d, false));
         }
-        return Ok(ExitCode::from(1));
+        return Ok(1);
     };
     let program = checked.program();
     let root = compilation.roots.first().cloned().unwrap_or_default();
@@ -211,5 +214,5 @@ fn schema(file: PathBuf) -> Result<ExitCode, String> {
     }
     let doc = serde_json::json!({"types": types, "tools": tools});
     println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }

@@ -16,13 +16,20 @@ use crate::diagnostic::Diagnostic;
 use crate::grammar::{FlowGrammar, Rule};
 use crate::source::{FileId, Span};
 
+/// Words that can never name a binding, a declaration or a parameter.
+/// Field names, argument names and clause words are not reserved.
+pub const RESERVED: &[&str] = &[
+    "use", "type", "model", "resource", "tool", "agent", "flow", "test", "provider", "let", "return", "llm", "approve",
+    "for", "in", "parallel", "if", "else", "match", "check", "require", "after", "fallback", "budget", "true", "false",
+    "null", "and", "or", "not", "env",
+];
+
 const ITEM_KEYWORDS: &[&str] = &["use", "type", "model", "resource", "provider", "tool", "agent", "flow", "test"];
 
 /// Parses one file. Never fails: broken items are left out of the module and
 /// reported.
 pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
     // Lets a failed parse say which tokens it expected.
-    pest::set_error_detail(true);
     let mut parser = Parser { file, base: 0, diagnostics: Vec::new() };
     if let Some(at) = too_deep(text) {
         let d = Diagnostic::new(Code::Syntax, Span::new(file, at, at + 1), format!("this nests deeper than {MAX_DEPTH} levels"))
@@ -53,6 +60,11 @@ pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
                 None => break,
             },
             Err(error) => {
+                // Tracking what was expected doubles parse time, so only a
+                // failed item is parsed again with it on.
+                pest::set_error_detail(true);
+                let error = FlowGrammar::parse(Rule::item_only, rest).err().unwrap_or(error);
+                pest::set_error_detail(false);
                 let at = match error.location {
                     InputLocation::Pos(p) => p,
                     InputLocation::Span((s, _)) => s,
@@ -261,9 +273,7 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
         Rule::money => "an amount such as `$1.00`",
         Rule::regex => "a pattern such as `/^[a-z]+$/`",
         Rule::type_expr | Rule::type_term => "a type",
-        Rule::expr | Rule::or_expr | Rule::and_expr | Rule::not_expr | Rule::compare | Rule::postfix => {
-            "an expression"
-        }
+        Rule::expr => "an expression",
         Rule::use_decl
         | Rule::type_decl
         | Rule::model_decl
@@ -349,8 +359,17 @@ impl Parser {
         Span::new(self.file, self.base + s.start(), self.base + s.end())
     }
 
-    fn ident(&self, pair: &Pair<'_, Rule>) -> Ident {
-        Ident { name: pair.as_str().to_string(), span: self.span(pair) }
+    fn ident(&mut self, pair: &Pair<'_, Rule>) -> Ident {
+        let name = pair.as_str();
+        let span = self.span(pair);
+        if pair.as_rule() == Rule::ident && RESERVED.contains(&name) {
+            self.diagnostics.push(
+                Diagnostic::new(Code::Syntax, span, format!("`{name}` is a reserved word"))
+                    .label("cannot be used as a name")
+                    .help(format!("choose another name, such as `{name}_`")),
+            );
+        }
+        Ident { name: name.to_string(), span }
     }
 
     fn internal<T>(&mut self, span: Span) -> Option<T> {
@@ -1094,69 +1113,12 @@ impl Parser {
         let span = self.span(&pair);
         match pair.as_rule() {
             Rule::expr => {
-                let mut it = pair.into_inner();
-                self.expr(next!(self, it, span))
-            }
-            Rule::or_expr | Rule::and_expr => {
-                let is_or = pair.as_rule() == Rule::or_expr;
-                let mut it = kids(pair);
-                let mut left = self.expr(next!(self, it, span))?;
-                for right in it {
-                    let right = self.expr(right)?;
-                    let s = left.span.to(right.span);
-                    let kind = if is_or {
-                        ExprKind::Or(Box::new(left), Box::new(right))
-                    } else {
-                        ExprKind::And(Box::new(left), Box::new(right))
-                    };
-                    left = Expr { kind, span: s };
+                let mut tokens = pair.into_inner().peekable();
+                let e = self.climb(&mut tokens, 0, span)?;
+                match tokens.next() {
+                    None => Some(e),
+                    Some(extra) => self.internal(self.span(&extra)),
                 }
-                Some(left)
-            }
-            Rule::not_expr => {
-                let mut it = pair.into_inner();
-                let first = next!(self, it, span);
-                if first.as_rule() == Rule::not_op {
-                    let inner = self.expr(next!(self, it, span))?;
-                    Some(Expr { kind: ExprKind::Not(Box::new(inner)), span })
-                } else {
-                    self.expr(first)
-                }
-            }
-            Rule::compare => {
-                let mut it = pair.into_inner();
-                let left = self.expr(next!(self, it, span))?;
-                match it.next() {
-                    None => Some(left),
-                    Some(op) => {
-                        let op = match op.as_str() {
-                            "==" => CompareOp::Eq,
-                            "!=" => CompareOp::Ne,
-                            "<=" => CompareOp::Le,
-                            ">=" => CompareOp::Ge,
-                            "<" => CompareOp::Lt,
-                            _ => CompareOp::Gt,
-                        };
-                        let right = self.expr(next!(self, it, span))?;
-                        Some(Expr { kind: ExprKind::Compare(Box::new(left), op, Box::new(right)), span })
-                    }
-                }
-            }
-            Rule::postfix => {
-                let mut it = pair.into_inner();
-                let mut e = self.expr(next!(self, it, span))?;
-                for p in it {
-                    let pspan = self.span(&p);
-                    let s = e.span.to(pspan);
-                    let rule = p.as_rule();
-                    let mut inner = p.into_inner();
-                    let x = next!(self, inner, pspan);
-                    e = match rule {
-                        Rule::member => Expr { kind: ExprKind::Member(Box::new(e), self.ident(&x)), span: s },
-                        _ => Expr { kind: ExprKind::Index(Box::new(e), Box::new(self.expr(x)?)), span: s },
-                    };
-                }
-                Some(e)
             }
             Rule::string => Some(Expr { kind: ExprKind::Str(self.template(pair)?), span }),
             Rule::number => Some(Expr { kind: ExprKind::Number(self.number(&pair)?), span }),
@@ -1241,6 +1203,68 @@ impl Parser {
             });
         }
         Some(TestDecl { name, name_span: name_t.span, stmts, span })
+    }
+
+    /// Precedence climbing over an `expr`'s flat tokens. `not` binds looser
+    /// than comparisons, so `not a == b` is `not (a == b)`.
+    fn climb<'i>(
+        &mut self,
+        tokens: &mut std::iter::Peekable<pest::iterators::Pairs<'i, Rule>>,
+        min: u8,
+        span: Span,
+    ) -> Option<Expr> {
+        const NOT: u8 = 3;
+        let first = next!(self, tokens, span);
+        let mut left = if first.as_rule() == Rule::not_op {
+            let start = self.span(&first);
+            let operand = self.climb(tokens, NOT, span)?;
+            let s = start.to(operand.span);
+            Expr { kind: ExprKind::Not(Box::new(operand)), span: s }
+        } else {
+            let mut e = self.expr(first)?;
+            while let Some(p) = tokens.next_if(|p| matches!(p.as_rule(), Rule::member | Rule::index)) {
+                let pspan = self.span(&p);
+                let s = e.span.to(pspan);
+                let rule = p.as_rule();
+                let mut inner = p.into_inner();
+                let x = next!(self, inner, pspan);
+                e = match rule {
+                    Rule::member => Expr { kind: ExprKind::Member(Box::new(e), self.ident(&x)), span: s },
+                    _ => Expr { kind: ExprKind::Index(Box::new(e), Box::new(self.expr(x)?)), span: s },
+                };
+            }
+            e
+        };
+        loop {
+            let precedence = match tokens.peek().map(|p| p.as_rule()) {
+                Some(Rule::or_op) => 1,
+                Some(Rule::and_op) => 2,
+                Some(Rule::compare_op) => 4,
+                _ => return Some(left),
+            };
+            if precedence < min {
+                return Some(left);
+            }
+            let op = next!(self, tokens, span);
+            let right = self.climb(tokens, precedence + 1, span)?;
+            let s = left.span.to(right.span);
+            let kind = match op.as_rule() {
+                Rule::or_op => ExprKind::Or(Box::new(left), Box::new(right)),
+                Rule::and_op => ExprKind::And(Box::new(left), Box::new(right)),
+                _ => {
+                    let cmp = match op.as_str() {
+                        "==" => CompareOp::Eq,
+                        "!=" => CompareOp::Ne,
+                        "<=" => CompareOp::Le,
+                        ">=" => CompareOp::Ge,
+                        "<" => CompareOp::Lt,
+                        _ => CompareOp::Gt,
+                    };
+                    ExprKind::Compare(Box::new(left), cmp, Box::new(right))
+                }
+            };
+            left = Expr { kind, span: s };
+        }
     }
 
     fn template(&mut self, pair: Pair<'_, Rule>) -> Option<Template> {

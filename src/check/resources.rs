@@ -29,7 +29,11 @@ struct Access {
 
 pub(super) fn check(program: &Program, id: FlowId, out: &mut Vec<Diagnostic>) {
     let flow = &program.flows[id.index()];
-    let accesses = accesses(program, flow);
+    let mut accesses = accesses(program, flow);
+    // Reads of a resource nothing writes cannot conflict; leave them out of
+    // the reachability sets.
+    let written: HashSet<ResourceId> = accesses.iter().filter(|a| a.writes).map(|a| a.resource).collect();
+    accesses.retain(|a| written.contains(&a.resource));
     if accesses.is_empty() {
         return;
     }
@@ -60,12 +64,11 @@ pub(super) fn check(program: &Program, id: FlowId, out: &mut Vec<Diagnostic>) {
         ancestors[b.index() * words + i / 64] & (1 << (i % 64)) != 0
     };
     let mut reported: HashSet<(NodeIndex, NodeIndex, ResourceId)> = HashSet::new();
-    for (i, a) in accesses.iter().enumerate() {
-        for b in &accesses[i..] {
-            if a.resource != b.resource || !(a.writes || b.writes) {
-                continue;
-            }
-            let (x, y) = if flow.graph[a.node].span <= flow.graph[b.node].span { (a, b) } else { (b, a) };
+    // Only pairs with a write can conflict: pair each writer with every
+    // access to its resource, instead of every access with every other.
+    for w in accesses.iter().filter(|a| a.writes) {
+        for other in accesses.iter().filter(|o| o.resource == w.resource) {
+            let (x, y) = if flow.graph[w.node].span <= flow.graph[other.node].span { (w, other) } else { (other, w) };
             let key = (x.node, y.node, x.resource);
             if reported.contains(&key) {
                 continue;
@@ -122,13 +125,15 @@ fn report(program: &Program, flow: &Flow, x: &Access, y: &Access, parallel_loop:
 
 /// The resources each step reads and writes, through tools, agents and sub-flows.
 fn accesses(program: &Program, flow: &Flow) -> Vec<Access> {
-    let mut out = Vec::new();
+    let mut out: Vec<Access> = Vec::new();
     for (node, target) in calls(flow) {
         let mut rs = Vec::new();
         target_resources(program, target, &mut rs, 0);
+        // A node's own accesses are contiguous (a call and its fallback come
+        // together): merge per resource, writing if any is a write.
+        let start = out.iter().rposition(|a| a.node != node).map_or(0, |i| i + 1);
         for (resource, writes) in rs {
-            // Keep one access per (node, resource), writing if any is a write.
-            match out.iter_mut().find(|a: &&mut Access| a.node == node && a.resource == resource) {
+            match out[start..].iter_mut().find(|a| a.resource == resource) {
                 Some(a) => a.writes |= writes,
                 None => out.push(Access { node, resource, writes }),
             }

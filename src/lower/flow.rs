@@ -760,37 +760,62 @@ impl<'a> FlowBuilder<'a> {
 
     /// A `check` guards every later use of the values it validates: each step
     /// that reads a checked value (and is not needed by the check itself)
-    /// waits for the check to pass.
+    /// waits for the check to pass. All candidates are found on the graph
+    /// without guard edges, then the edges are added.
     fn add_guards(&mut self) {
-        for &check in &self.checks.clone() {
-            let checked: Vec<NodeIndex> = self
-                .graph
-                .edges_directed(check, Direction::Incoming)
-                .filter(|e| *e.weight() == Dep::Data)
-                .map(|e| e.source())
-                .collect();
-            let ancestors = ancestors(&self.graph, check);
-            let mut guarded = Vec::new();
-            for value in checked {
+        if self.checks.is_empty() {
+            return;
+        }
+        // Longest-path levels bound the search for each check's ancestors: an
+        // ancestor of a candidate sits on a lower level, so the backward walk
+        // from the check stops below the lowest candidate.
+        let position: Option<Vec<usize>> = petgraph::algo::toposort(&self.graph, None).ok().map(|order| {
+            let mut level = vec![0usize; self.graph.node_count()];
+            for n in order {
+                let l = self.graph.neighbors_directed(n, Direction::Incoming).map(|p| level[p.index()] + 1).max().unwrap_or(0);
+                level[n.index()] = l;
+            }
+            level
+        });
+        let mut edges = Vec::new();
+        for &check in &self.checks {
+            let mut candidates: Vec<NodeIndex> = Vec::new();
+            for value in self.graph.neighbors_directed(check, Direction::Incoming) {
                 for e in self.graph.edges_directed(value, Direction::Outgoing) {
                     let user = e.target();
-                    if *e.weight() == Dep::Data && user != check && !ancestors.contains(&user) {
-                        guarded.push(user);
+                    if *e.weight() == Dep::Data && user != check && !candidates.contains(&user) {
+                        candidates.push(user);
                     }
                 }
             }
-            for user in guarded {
-                self.connect_all(&[check], user, Dep::Guard);
+            if candidates.is_empty() {
+                continue;
             }
+            let floor = position.as_ref().map_or(0, |pos| candidates.iter().map(|c| pos[c.index()]).min().unwrap_or(0));
+            let ancestors = ancestors_above(&self.graph, check, position.as_deref(), floor);
+            edges.extend(candidates.into_iter().filter(|u| !ancestors.contains(u)).map(|u| (check, u)));
+        }
+        for (check, user) in edges {
+            self.connect_all(&[check], user, Dep::Guard);
         }
     }
 }
 
-fn ancestors(graph: &petgraph::graph::DiGraph<Step, Dep>, node: NodeIndex) -> std::collections::HashSet<NodeIndex> {
+/// The ancestors of `node` whose level is at least `floor`
+/// (all ancestors when there is no order, as in a graph with a cycle).
+fn ancestors_above(
+    graph: &petgraph::graph::DiGraph<Step, Dep>,
+    node: NodeIndex,
+    position: Option<&[usize]>,
+    floor: usize,
+) -> std::collections::HashSet<NodeIndex> {
     let mut seen = std::collections::HashSet::new();
     let mut stack = vec![node];
     while let Some(n) = stack.pop() {
         for p in graph.neighbors_directed(n, Direction::Incoming) {
+            if position.is_some_and(|pos| pos[p.index()] < floor) {
+                continue;
+            }
             if seen.insert(p) {
                 stack.push(p);
             }
