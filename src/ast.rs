@@ -13,6 +13,8 @@ pub struct Ident {
 pub struct Module {
     pub file: FileId,
     pub items: Vec<Item>,
+    /// Names of items that failed to parse: uses of them are not reported again.
+    pub broken: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -121,6 +121,9 @@ pub struct Tool {
     pub retry: Option<RetryPolicy>,
     pub idempotency: Option<Template>,
     pub limit_tokens: Option<u64>,
+    /// Named somewhere it could not be used (a duplicate declaration, a tool
+    /// used as a value): already reported, so not also "never called".
+    pub mentioned: bool,
 }
 
 #[derive(Debug)]
@@ -167,6 +170,9 @@ pub struct Flow {
     pub regions: Vec<Region>,
     /// The step that produces the flow's result (`return`).
     pub output_step: Option<NodeIndex>,
+    /// A name in the body did not resolve (already reported): what looks
+    /// unused may be what the misspelled name meant.
+    pub unresolved: bool,
 }
 
 /// Why one step waits for another.
@@ -398,6 +404,30 @@ impl Flow {
             r = reg.parent;
         }
         Some(count)
+    }
+}
+
+impl Step {
+    /// How messages name the step: `` `x` `` for a binding, and for the steps
+    /// lowering makes inside loops and branches, what they are part of.
+    pub fn display(&self) -> String {
+        describe_step_name(&self.name)
+    }
+}
+
+fn describe_step_name(name: &str) -> String {
+    let Some((owner, part)) = name.rsplit_once('.') else {
+        return if name == "return" { "the `return`".into() } else { format!("`{name}`") };
+    };
+    let owner_text = describe_step_name(owner);
+    match part {
+        "then" | "else" => format!("the `{part}` branch of {owner_text}"),
+        "result" => format!("the body of loop {owner_text}"),
+        "item" => format!("an item of loop {owner_text}"),
+        "if" => format!("the condition of {owner_text}"),
+        "match" => format!("the subject of {owner_text}"),
+        arm if arm.starts_with("arm") => format!("arm {} of {owner_text}", &arm[3..]),
+        _ => format!("`{name}`"),
     }
 }
 

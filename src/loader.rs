@@ -161,7 +161,7 @@ impl Loader {
                     }
                     Err(e) => {
                         self.ws.problems.push(
-                            Diagnostic::new(Code::UnresolvedImport, span, format!("cannot read `{rel}`: {e}"))
+                            Diagnostic::new(Code::UnresolvedImport, span, format!("cannot read `{rel}`: {}", io_reason(&e)))
                                 .label("imported here")
                                 .help(format!("the path is relative to this file's folder: {}", display_path(&full))),
                         );
@@ -185,7 +185,7 @@ impl Loader {
             }
             let full = base_dir.join(&path);
             let result = std::fs::read_to_string(&full)
-                .map_err(|e| format!("cannot read {}: {e}", display_path(&full)))
+                .map_err(|e| format!("cannot read {}: {}", display_path(&full), io_reason(&e)))
                 .and_then(|text| {
                     serde_json::from_str::<serde_json::Value>(&text)
                         .map_err(|e| format!("{} is not JSON: {e}", display_path(&full)))
@@ -199,9 +199,19 @@ fn key_for(path: &Path) -> String {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
 }
 
+/// The path as a reader wants it: no `.` components.
 fn display_path(path: &Path) -> String {
-    let s = path.display().to_string();
-    s.strip_prefix("./").map(str::to_string).unwrap_or(s)
+    let clean: PathBuf = path.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+    clean.display().to_string()
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        std::io::ErrorKind::IsADirectory => "it is a folder".into(),
+        _ => e.to_string(),
+    }
 }
 
 fn schema_paths(ty: &TypeExpr, out: &mut Vec<String>) {

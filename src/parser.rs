@@ -35,9 +35,10 @@ pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
         let d = Diagnostic::new(Code::Syntax, Span::new(file, at, at + 1), format!("this nests deeper than {MAX_DEPTH} levels"))
             .label("too deep")
             .help("split the value into named steps; flowc refuses deeper nesting rather than risk running out of stack");
-        return (Module { file, items: Vec::new() }, vec![d]);
+        return (Module { file, items: Vec::new(), broken: Vec::new() }, vec![d]);
     }
     let mut items = Vec::new();
+    let mut broken = Vec::new();
     let mut pos = 0;
     while pos < text.len() {
         let rest = &text[pos..];
@@ -70,6 +71,9 @@ pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
                     InputLocation::Span((s, _)) => s,
                 };
                 parser.diagnostics.push(syntax_error(file, text, pos, &error));
+                if let Some(name) = item_name(rest) {
+                    broken.push(name);
+                }
                 match next_item_start(text, pos + at.max(1)) {
                     Some(next) => pos = next,
                     None => break,
@@ -77,7 +81,17 @@ pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
             }
         }
     }
-    (Module { file, items }, parser.diagnostics)
+    (Module { file, items, broken }, parser.diagnostics)
+}
+
+/// The name a (possibly broken) item declares: `tool NAME(…` → `NAME`.
+fn item_name(text: &str) -> Option<String> {
+    let mut words = text.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty());
+    let keyword = words.next()?;
+    if !ITEM_KEYWORDS.contains(&keyword) || keyword == "use" || keyword == "test" {
+        return None;
+    }
+    words.next().map(str::to_string)
 }
 
 /// How deeply `(`, `[` and `{` may nest. Real flows stay far below it; the
@@ -191,6 +205,7 @@ fn syntax_error(file: FileId, text: &str, base: usize, error: &pest::error::Erro
         InputLocation::Span((s, e)) => (base + s, base + e),
     };
     let found = describe_found(text, start);
+    let found = found.as_str();
     let width = found_width(text, start);
     let span = Span::new(file, start, start + width.max(end - start));
     let mut tokens: Vec<String> = Vec::new();
@@ -208,14 +223,32 @@ fn syntax_error(file: FileId, text: &str, base: usize, error: &pest::error::Erro
     if let ErrorVariant::ParsingError { positives, .. } = &error.variant {
         described.extend(positives.iter().filter_map(|r| describe_rule(*r)));
     }
+    // Two shapes of mistake deserve their own sentence.
+    let at_number = text[start..].starts_with(|c: char| c.is_ascii_digit());
+    if tokens.iter().any(|t| t == "ms") && (at_number || text[..start].ends_with(|c: char| c.is_ascii_digit())) {
+        return Diagnostic::new(Code::Syntax, span, "a duration needs a unit")
+            .label("number without a unit")
+            .help("write the unit after the number: `500ms`, `30s`, `15m`, `48h` or `2d`");
+    }
+    if found == "end of line" && tokens.iter().any(|t| t == "\"") {
+        return Diagnostic::new(Code::Syntax, span, "this string is not closed on its line")
+            .label("the line ends inside the string")
+            .help("close it with `\"`; for text over several lines use `\"\"\"…\"\"\"`");
+    }
     // A description such as "an expression" already covers the tokens that
     // can start one; listing them too would bury the message.
     let covered = |t: &str| -> bool {
-        let starts_value = ["(", "-", "[", "{", "\"", "\"\"\"", "_", "env", "true", "false", "null", "not"];
-        let starts_type = ["-", "[", "{", "\"", "\"\"\"", "_", "true", "false", "schema"];
-        (described.contains(&"an expression") && starts_value.contains(&t))
-            || (described.contains(&"a type") && starts_type.contains(&t))
-            || (t == "_" && described.iter().any(|d| d.contains("name")))
+        let starts_value = ["(", "-", "[", "{", "\"", "\"\"\"", "env", "true", "false", "null", "not"];
+        let starts_type = ["-", "[", "{", "\"", "\"\"\"", "true", "false", "schema"];
+        let has = |prefix: &str| described.iter().any(|d| d.starts_with(prefix));
+        t == "_"
+            || (has("an expression") && starts_value.contains(&t))
+            || (has("a type") && starts_type.contains(&t))
+            || (has("a number") && t == "-")
+            || (has("an effect") && ["read", "write", "irreversible"].contains(&t))
+            || (has("an HTTP method") && ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&t))
+            || (has("`approve` or") && ["approve", "reject"].contains(&t))
+            || (has("a failure class") && ["rate_limit", "timeout", "server_error", "connection", "invalid"].contains(&t))
     };
     let mut expected: Vec<String> =
         tokens.iter().filter(|t| !covered(t)).map(|t| format!("`{t}`")).collect();
@@ -356,7 +389,10 @@ macro_rules! next {
 impl Parser {
     fn span(&self, pair: &Pair<'_, Rule>) -> Span {
         let s = pair.as_span();
-        Span::new(self.file, self.base + s.start(), self.base + s.end())
+        // A rule that ends in an optional part can take the whitespace before
+        // it; a label should end where the text does.
+        let trimmed = pair.as_str().trim_end().len();
+        Span::new(self.file, self.base + s.start(), self.base + s.start() + trimmed)
     }
 
     fn ident(&mut self, pair: &Pair<'_, Rule>) -> Ident {
@@ -379,6 +415,14 @@ impl Parser {
                 .help("this is a bug in flowc's parser; please report it with this file"),
         );
         None
+    }
+
+    fn repeated(&mut self, span: Span, clause: &str) {
+        self.diagnostics.push(
+            Diagnostic::new(Code::InvalidDeclaration, span, format!("`{clause}` is given twice"))
+                .label("repeated clause")
+                .help(format!("keep one `{clause}`")),
+        );
     }
 
     fn error(&mut self, span: Span, message: impl Into<String>, label: impl Into<String>) {
@@ -590,7 +634,13 @@ impl Parser {
     }
 
     fn number(&mut self, pair: &Pair<'_, Rule>) -> Option<f64> {
-        match pair.as_str().parse::<f64>() {
+        let text = pair.as_str();
+        let (digits, scale) = match text.as_bytes().last() {
+            Some(b'k') => (&text[..text.len() - 1], 1e3),
+            Some(b'M') => (&text[..text.len() - 1], 1e6),
+            _ => (text, 1.0),
+        };
+        match digits.parse::<f64>().map(|n| n * scale) {
             Ok(n) if n.is_finite() => Some(n),
             _ => {
                 self.error(self.span(pair), "this number is too large", "not a finite number");
@@ -990,8 +1040,16 @@ impl Parser {
                     let p = next!(self, c, cspan);
                     match rule {
                         Rule::show_clause => step.show.push(self.expr(p)?),
-                        Rule::timeout_clause => step.timeout = Some(self.quantity(p)?),
+                        Rule::timeout_clause => {
+                            if step.timeout.is_some() {
+                                self.repeated(cspan, "timeout");
+                            }
+                            step.timeout = Some(self.quantity(p)?);
+                        }
                         Rule::on_timeout_clause => {
+                            if step.on_timeout.is_some() {
+                                self.repeated(cspan, "on_timeout");
+                            }
                             let d = if p.as_str() == "approve" { Decision::Approve } else { Decision::Reject };
                             step.on_timeout = Some((d, self.span(&p)));
                         }
@@ -1137,8 +1195,11 @@ impl Parser {
                 Some(Expr { kind: ExprKind::Env(self.ident(&next!(self, it, span))), span })
             }
             Rule::name => {
+                // A use of a name; reserved words are reported where names are declared.
                 let mut it = pair.into_inner();
-                Some(Expr { kind: ExprKind::Name(self.ident(&next!(self, it, span))), span })
+                let p = next!(self, it, span);
+                let name = Ident { name: p.as_str().to_string(), span: self.span(&p) };
+                Some(Expr { kind: ExprKind::Name(name), span })
             }
             _ => self.internal(span),
         }
@@ -1149,7 +1210,10 @@ impl Parser {
         let mut it = kids(pair);
         let name_pair = next!(self, it, span);
         let name_t = self.template(name_pair)?;
-        let name = name_t.as_plain().unwrap_or_default();
+        let Some(name) = name_t.as_plain() else {
+            self.error(name_t.span, "a test name cannot interpolate values", "interpolation here");
+            return None;
+        };
         let mut stmts = Vec::new();
         for stmt in it {
             let sspan = self.span(&stmt);

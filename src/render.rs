@@ -49,7 +49,11 @@ impl miette::Diagnostic for Report<'_> {
         if !self.code {
             return None;
         }
-        Some(Box::new(format!("{}({})", self.diagnostic.code, self.diagnostic.code.slug())))
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        Some(Box::new(format!("{severity}[{}]: {}", self.diagnostic.code, self.diagnostic.code.slug())))
     }
 
     fn severity(&self) -> Option<miette::Severity> {

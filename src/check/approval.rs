@@ -16,7 +16,7 @@ use petgraph::Direction;
 use crate::ast::{Decision, Effect};
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
-use crate::ir::{Fallback, Flow, Program, StepKind};
+use crate::ir::{CallTarget, Fallback, Flow, Program, StepKind};
 
 use super::effect_of;
 
@@ -65,16 +65,24 @@ pub(super) fn check(program: &Program, flow: &Flow, out: &mut Vec<Diagnostic>) {
             targets.push(*target);
         }
         for target in targets {
+            // A sub-flow gates its own irreversible calls: its own check proves it.
+            if matches!(target, CallTarget::Flow(_)) {
+                continue;
+            }
             if effect_of(program, target) != Effect::Irreversible || guarded[n.index()] {
                 continue;
             }
             let name = target.name(program);
+            let what = match target {
+                CallTarget::Agent(_) => "which may call irreversible tools",
+                _ => "which is irreversible",
+            };
             let mut d = Diagnostic::new(
                 Code::UngatedIrreversible,
                 step.span,
-                format!("`{}` calls `{name}`, which is irreversible, and can run without an approval", step.name),
+                format!("{} calls `{name}`, {what}, and can run without an approval", step.display()),
             )
-            .label("no approval gate on every path to this call")
+            .label("reachable without passing an approval gate")
             .help(format!(
                 "make the call depend on an `approve` gate: pass the gate's value into it, or write `after <gate step>`; in `flow {}` every path that reaches this step must pass the gate",
                 flow.name

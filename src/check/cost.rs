@@ -4,17 +4,31 @@
 //!
 //! The worst case of a region is the sum over its steps; a loop multiplies
 //! its body by the iterable's maximum length; a branch takes its most
-//! expensive arm. A model call costs attempts × (prompt + max_tokens) for
-//! each model in its fallback chain; the prompt counts its fixed text
-//! (4 characters a token) plus the `limit` of any tool output it quotes.
-//! Approval waits do not count toward `wall`.
+//! expensive arm. What counts:
+//! - tokens and cost: each model call costs attempts × (prompt + max_tokens)
+//!   for each model of its fallback chain; an agent costs max_steps turns.
+//!   A prompt counts its fixed text (4 characters a token) and each value it
+//!   quotes at that value's bound: a tool output at its `limit`, a model
+//!   output at its `max_tokens`, anything else by its type (`string len ..N`,
+//!   `[T] len ..N`, records, numbers). A value with no bound counts nothing:
+//!   the runtime still reserves the real size before each call.
+//! - steps: every tool call, model call, agent turn, approval and check.
+//! - tool_calls: every tool call attempt, and every agent turn.
+//!
+//! Waiting at an approval gate does not count toward `wall`.
+
+use std::collections::HashMap;
 
 use petgraph::graph::NodeIndex;
 
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
-use crate::ir::{Budget, CallTarget, Fallback, Flow, LlmCall, ModelId, Program, RegionId, StepKind, Template, TemplatePart};
+use crate::ir::{
+    Agent, Budget, CallTarget, ExprKind, Fallback, Flow, LlmCall, ModelId, Program, RegionId, StepKind, Template,
+    TemplatePart,
+};
 use crate::source::Span;
+use crate::types::{Lit, Ty, TypeTable};
 
 #[derive(Clone, Debug, Default)]
 struct Worst {
@@ -24,18 +38,22 @@ struct Worst {
     tool_calls: f64,
     /// A model call whose model has no price: the cost has no bound.
     unpriced: Option<(Span, String)>,
-    /// A loop that has no bound; already reported.
+    /// A loop with no bound; already reported as B005.
     unbounded: bool,
     terms: Vec<Term>,
 }
 
+/// One line of the arithmetic shown in a B004 help.
 #[derive(Clone, Debug)]
 struct Term {
     span: Span,
-    text: String,
+    tokens_text: String,
+    cost_text: String,
+    count_text: String,
     tokens: f64,
     cost: f64,
     steps: f64,
+    tool_calls: f64,
 }
 
 impl Worst {
@@ -49,7 +67,7 @@ impl Worst {
         self.terms.extend(other.terms);
     }
 
-    fn times(mut self, n: f64, why: &str) -> Worst {
+    fn times(mut self, n: f64, label: &str) -> Worst {
         self.tokens *= n;
         self.cost *= n;
         self.steps *= n;
@@ -58,57 +76,61 @@ impl Worst {
             t.tokens *= n;
             t.cost *= n;
             t.steps *= n;
-            t.text = format!("{} {why} × {}", group(n), t.text);
+            t.tool_calls *= n;
+            t.tokens_text = format!("{label} × ({})", t.tokens_text);
+            t.cost_text = format!("{label} × ({})", t.cost_text);
+            t.count_text = format!("{label} × ({})", t.count_text);
         }
         self
     }
 
     fn max(self, other: Worst) -> Worst {
-        let tokens = self.tokens.max(other.tokens);
-        let cost = self.cost.max(other.cost);
-        let steps = self.steps.max(other.steps);
-        let tool_calls = self.tool_calls.max(other.tool_calls);
-        let unpriced = self.unpriced.clone().or(other.unpriced.clone());
-        let unbounded = self.unbounded || other.unbounded;
-        let mut terms = if self.tokens >= other.tokens { self.terms } else { other.terms };
-        terms.iter_mut().for_each(|t| t.text = format!("(costliest arm) {}", t.text));
-        Worst { tokens, cost, steps, tool_calls, unpriced, unbounded, terms }
+        let pick_terms = if self.tokens + self.steps >= other.tokens + other.steps { self.terms } else { other.terms };
+        Worst {
+            tokens: self.tokens.max(other.tokens),
+            cost: self.cost.max(other.cost),
+            steps: self.steps.max(other.steps),
+            tool_calls: self.tool_calls.max(other.tool_calls),
+            unpriced: self.unpriced.or(other.unpriced),
+            unbounded: self.unbounded || other.unbounded,
+            terms: pick_terms,
+        }
     }
 }
 
-pub(super) fn check(program: &Program, acyclic: &[bool], out: &mut Vec<Diagnostic>) {
+/// `analyzable[i]`: flow `i` has an acyclic graph and is not recursive.
+pub(super) fn check(program: &Program, analyzable: &[bool], out: &mut Vec<Diagnostic>) {
     let mut memo: Vec<Option<Worst>> = vec![None; program.flows.len()];
     for (i, flow) in program.flows.iter().enumerate() {
-        if !acyclic[i] {
+        if !analyzable[i] {
             continue;
         }
-        let worst = flow_worst(program, i, acyclic, &mut memo, out, 0);
+        let worst = flow_worst(program, i, analyzable, &mut memo, out);
         if let Some(budget) = &flow.budget {
-            compare(program, &format!("flow `{}`", flow.name), budget, &worst, out);
+            compare(&format!("flow `{}`", flow.name), budget, &worst, out);
         }
-        // A step's own budget.
         for n in flow.graph.node_indices() {
             if let StepKind::Llm(l) = &flow.graph[n].kind {
                 if let Some(b) = &l.budget {
                     let w = llm_worst(program, flow, n, l);
-                    compare(program, &format!("step `{}`", flow.graph[n].name), b, &w, out);
+                    compare(&format!("step {}", flow.graph[n].display()), b, &w, out);
                 }
             }
         }
     }
     for agent in &program.agents {
         if let Some(b) = &agent.budget {
-            let w = agent_worst(program, agent, agent.span);
-            compare(program, &format!("agent `{}`", agent.name), b, &w, out);
+            let w = agent_worst(program, agent, agent.span, &agent.name);
+            compare(&format!("agent `{}`", agent.name), b, &w, out);
         }
     }
 }
 
-fn flow_worst(program: &Program, i: usize, acyclic: &[bool], memo: &mut Vec<Option<Worst>>, out: &mut Vec<Diagnostic>, depth: u32) -> Worst {
+fn flow_worst(program: &Program, i: usize, analyzable: &[bool], memo: &mut Vec<Option<Worst>>, out: &mut Vec<Diagnostic>) -> Worst {
     if let Some(w) = &memo[i] {
         return w.clone();
     }
-    if depth > 32 || !acyclic[i] {
+    if !analyzable[i] {
         return Worst::default();
     }
     let flow = &program.flows[i];
@@ -116,7 +138,7 @@ fn flow_worst(program: &Program, i: usize, acyclic: &[bool], memo: &mut Vec<Opti
     for n in flow.graph.node_indices() {
         members[flow.graph[n].region.index()].push(n);
     }
-    let mut cx = FlowCost { program, flow, members, acyclic, memo, out, depth };
+    let mut cx = FlowCost { program, flow, members: &members, analyzable, memo, out };
     let w = cx.region(RegionId(0));
     cx.memo[i] = Some(w.clone());
     w
@@ -125,17 +147,16 @@ fn flow_worst(program: &Program, i: usize, acyclic: &[bool], memo: &mut Vec<Opti
 struct FlowCost<'a, 'o> {
     program: &'a Program,
     flow: &'a Flow,
-    members: Vec<Vec<NodeIndex>>,
-    acyclic: &'a [bool],
+    members: &'a [Vec<NodeIndex>],
+    analyzable: &'a [bool],
     memo: &'o mut Vec<Option<Worst>>,
     out: &'o mut Vec<Diagnostic>,
-    depth: u32,
 }
 
 impl FlowCost<'_, '_> {
     fn region(&mut self, region: RegionId) -> Worst {
         let mut total = Worst::default();
-        for n in self.members[region.index()].clone() {
+        for &n in &self.members[region.index()] {
             let w = self.step(n);
             total.add(w);
         }
@@ -146,21 +167,21 @@ impl FlowCost<'_, '_> {
         let (program, flow) = (self.program, self.flow);
         let step = &flow.graph[n];
         let mut w = Worst::default();
-        let counts_as_step = step.named && !matches!(step.kind, StepKind::LoopItem { .. });
-        if counts_as_step {
-            w.steps = 1.0;
-        }
         match &step.kind {
             StepKind::Llm(l) => w.add(llm_worst(program, flow, n, l)),
-            StepKind::Call { target, .. } => w.add(self.call(*target, step.span, &step.name)),
+            StepKind::Call { target, .. } => w.add(self.call(*target, step.span, &step.display())),
+            StepKind::Approve { .. } | StepKind::Check { .. } => w.steps = 1.0,
             StepKind::Loop { item, body, .. } => {
                 let body_worst = self.region(*body);
                 let iterable_ty = match &flow.graph[*item].kind {
                     StepKind::LoopItem { iterable } => iterable.ty.clone(),
-                    _ => crate::types::Ty::Error,
+                    _ => Ty::Error,
                 };
                 match program.types.max_len(&iterable_ty) {
-                    Some(max) => w.add(body_worst.times(max as f64, "iterations")),
+                    Some(max) => {
+                        let label = format!("{} iterations of loop {}", group(max as f64), step.display());
+                        w.add(body_worst.times(max as f64, &label));
+                    }
                     None => {
                         self.unbounded(n, &body_worst);
                         let mut b = body_worst;
@@ -185,30 +206,51 @@ impl FlowCost<'_, '_> {
             _ => {}
         }
         if let Some(Fallback::Call(target, _, span)) = &step.fallback {
-            let f = self.call(*target, *span, &format!("{} (fallback)", step.name));
+            let f = self.call(*target, *span, &format!("the fallback of {}", step.display()));
             w.add(f);
         }
         w
     }
 
-    fn call(&mut self, target: CallTarget, span: Span, name: &str) -> Worst {
+    fn call(&mut self, target: CallTarget, span: Span, who: &str) -> Worst {
         let program = self.program;
         match target {
             CallTarget::Tool(t) => {
                 let tool = &program.tools[t.index()];
                 let attempts = 1.0 + tool.retry.as_ref().map_or(0.0, |r| r.retries as f64);
-                Worst { tool_calls: attempts, ..Worst::default() }
+                Worst {
+                    steps: 1.0,
+                    tool_calls: attempts,
+                    terms: vec![Term {
+                        span,
+                        tokens_text: String::new(),
+                        cost_text: String::new(),
+                        count_text: format!("{who} calls `{}`: {} attempt{}", tool.name, group(attempts), plural(attempts)),
+                        tokens: 0.0,
+                        cost: 0.0,
+                        steps: 1.0,
+                        tool_calls: attempts,
+                    }],
+                    ..Worst::default()
+                }
             }
-            CallTarget::Agent(a) => agent_worst(program, &program.agents[a.index()], span),
+            CallTarget::Agent(a) => agent_worst(program, &program.agents[a.index()], span, who),
             CallTarget::Flow(f) => {
-                let mut w = flow_worst(program, f.index(), self.acyclic, self.memo, self.out, self.depth + 1);
+                let mut w = flow_worst(program, f.index(), self.analyzable, self.memo, self.out);
                 let callee = &program.flows[f.index()].name;
                 w.terms = vec![Term {
                     span,
-                    text: format!("`{name}` calls flow `{callee}`: {} tokens", group(w.tokens)),
+                    tokens_text: format!("{who} runs flow `{callee}`: {} tokens", group(w.tokens)),
+                    cost_text: format!("{who} runs flow `{callee}`: {}", money(w.cost)),
+                    count_text: format!(
+                        "{who} runs flow `{callee}`: {} steps, {} tool calls",
+                        group(w.steps),
+                        group(w.tool_calls)
+                    ),
                     tokens: w.tokens,
                     cost: w.cost,
                     steps: w.steps,
+                    tool_calls: w.tool_calls,
                 }];
                 w
             }
@@ -243,7 +285,7 @@ impl FlowCost<'_, '_> {
             Diagnostic::new(
                 Code::UnboundedIteration,
                 step.span,
-                format!("loop `{}` {} once per item, and its list has no maximum length", step.name, spends.join(" and ")),
+                format!("loop {} {} once per item, and its list has no maximum length", step.display(), spends.join(" and ")),
             )
             .label("unbounded loop")
             .with(iterable_span, "a list with no `len ..N`")
@@ -254,7 +296,7 @@ impl FlowCost<'_, '_> {
 
 fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall) -> Worst {
     let step = &flow.graph[n];
-    let mut w = Worst::default();
+    let mut w = Worst { steps: 1.0, ..Worst::default() };
     if l.model.index() >= program.models.len() {
         return w;
     }
@@ -263,65 +305,119 @@ fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall) -> Worst
     for model in chain(program, l.model) {
         let m = &program.models[model.index()];
         let Some(max_out) = l.max_tokens.or(m.max_tokens) else { continue };
-        let tokens = attempts as f64 * (prompt + max_out as f64);
-        let cost = match &m.price {
-            Some(p) => attempts as f64 * (prompt * p.input + max_out as f64 * p.output) / 1e6,
+        let a = attempts as f64;
+        let out = max_out as f64;
+        let tokens = a * (prompt + out);
+        let via = if model == l.model { String::new() } else { format!(" on fallback `{}`", m.name) };
+        let who = if step.named {
+            format!("llm {}{via}", step.display())
+        } else {
+            format!("the llm call in {}{via}", step.display())
+        };
+        let times = format!("{attempts} attempt{}", plural(a));
+        let (cost, cost_text) = match &m.price {
+            Some(p) => {
+                let cost = a * (prompt * p.input + out * p.output) / 1e6;
+                let text = format!(
+                    "{who}: {times} × ({} in × ${}/M + {} out × ${}/M) = {}",
+                    group(prompt),
+                    price(p.input),
+                    group(out),
+                    price(p.output),
+                    money(cost)
+                );
+                (cost, text)
+            }
             None => {
                 w.unpriced = Some((step.span, format!("model `{}` ({:?})", m.name, m.model_id)));
-                0.0
+                (0.0, format!("{who}: unpriced"))
             }
         };
         w.tokens += tokens;
         w.cost += cost;
-        let via = if model == l.model { String::new() } else { format!(" on fallback `{}`", m.name) };
         w.terms.push(Term {
             span: step.span,
-            text: format!(
-                "llm `{}`{via}: {attempts} attempt{} × ({} max_tokens + {} prompt) = {} tokens",
-                step.name,
-                if attempts == 1 { "" } else { "s" },
-                group(max_out as f64),
-                group(prompt),
-                group(tokens)
-            ),
+            tokens_text: format!("{who}: {times} × ({} max_tokens + {} prompt) = {} tokens", group(out), group(prompt), group(tokens)),
+            cost_text,
+            count_text: format!("{who}: 1 step"),
             tokens,
             cost,
             steps: 0.0,
+            tool_calls: 0.0,
         });
+    }
+    if let Some(first) = w.terms.first_mut() {
+        first.steps = 1.0;
     }
     w
 }
 
-fn agent_worst(program: &Program, agent: &crate::ir::Agent, span: Span) -> Worst {
-    let mut w = Worst::default();
+fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst {
     let steps = agent.max_steps.unwrap_or(0) as f64;
-    w.steps = steps;
-    w.tool_calls = steps;
+    let mut w = Worst { steps, tool_calls: steps, ..Worst::default() };
+    let count_text = format!("{who} runs agent `{}`: {} turns", agent.name, group(steps));
     let Some(model) = agent.model else { return w };
     let prompt = agent.instructions.as_ref().map_or(0.0, |t| (t.text_len() as f64 / 4.0).ceil());
     for id in chain(program, model) {
         let m = &program.models[id.index()];
         let Some(max_out) = m.max_tokens else { continue };
-        let tokens = steps * (prompt + max_out as f64);
+        let out = max_out as f64;
+        let tokens = steps * (prompt + out);
+        let (cost, cost_text) = match &m.price {
+            Some(p) => {
+                let cost = steps * (prompt * p.input + out * p.output) / 1e6;
+                let text = format!(
+                    "agent `{}`: {} max_steps × ({} in × ${}/M + {} out × ${}/M) = {}",
+                    agent.name,
+                    group(steps),
+                    group(prompt),
+                    price(p.input),
+                    group(out),
+                    price(p.output),
+                    money(cost)
+                );
+                (cost, text)
+            }
+            None => {
+                w.unpriced = Some((span, format!("model `{}` ({:?})", m.name, m.model_id)));
+                (0.0, format!("agent `{}`: unpriced", agent.name))
+            }
+        };
         w.tokens += tokens;
-        match &m.price {
-            Some(p) => w.cost += steps * (prompt * p.input + max_out as f64 * p.output) / 1e6,
-            None => w.unpriced = Some((span, format!("model `{}` ({:?})", m.name, m.model_id))),
-        }
+        w.cost += cost;
         w.terms.push(Term {
             span,
-            text: format!(
+            tokens_text: format!(
                 "agent `{}`: {} max_steps × ({} max_tokens + {} prompt) = {} tokens",
                 agent.name,
                 group(steps),
-                group(max_out as f64),
+                group(out),
                 group(prompt),
                 group(tokens)
             ),
+            cost_text,
+            count_text: count_text.clone(),
             tokens,
-            cost: w.cost,
-            steps,
+            cost,
+            steps: 0.0,
+            tool_calls: 0.0,
         });
+    }
+    match w.terms.first_mut() {
+        Some(first) => {
+            first.steps = steps;
+            first.tool_calls = steps;
+        }
+        None => w.terms.push(Term {
+            span,
+            tokens_text: String::new(),
+            cost_text: String::new(),
+            count_text,
+            tokens: 0.0,
+            cost: 0.0,
+            steps,
+            tool_calls: steps,
+        }),
     }
     w
 }
@@ -340,16 +436,38 @@ fn chain(program: &Program, first: ModelId) -> Vec<ModelId> {
     out
 }
 
+/// Tokens a prompt template can reach: its text, and each quoted value at
+/// its bound. The quotes of one step together never count more than what
+/// that step can produce (a tool's `limit`, a model's `max_tokens`).
 fn prompt_tokens(program: &Program, flow: &Flow, t: Option<&Template>) -> f64 {
     let Some(t) = t else { return 0.0 };
     let mut tokens = (t.text_len() as f64 / 4.0).ceil();
+    let mut charged: HashMap<NodeIndex, f64> = HashMap::new();
     for part in &t.parts {
-        if let TemplatePart::Expr(e) = part {
-            let mut steps = Vec::new();
-            e.steps(&mut steps);
-            for s in steps {
-                if let StepKind::Call { target: CallTarget::Tool(tool), .. } = &flow.graph[s].kind {
-                    tokens += program.tools[tool.index()].limit_tokens.unwrap_or(0) as f64;
+        let TemplatePart::Expr(e) = part else { continue };
+        let own = type_tokens(&program.types, &e.ty, 0);
+        let mut steps = Vec::new();
+        e.steps(&mut steps);
+        let cap = |s: NodeIndex| step_cap(program, flow, s);
+        match (own, steps.as_slice()) {
+            (Some(bound), [only]) => {
+                let limit = cap(*only).unwrap_or(f64::INFINITY);
+                let used = charged.entry(*only).or_insert(0.0);
+                let add = bound.min((limit - *used).max(0.0));
+                *used += add;
+                tokens += add;
+            }
+            (Some(bound), _) => tokens += bound,
+            (None, _) => {
+                for s in steps {
+                    if let Some(limit) = cap(s) {
+                        let used = charged.entry(s).or_insert(0.0);
+                        tokens += (limit - *used).max(0.0);
+                        *used = limit;
+                    }
+                }
+                if let ExprKind::Param(_) = e.kind {
+                    // An unbounded parameter: counted by the runtime only.
                 }
             }
         }
@@ -357,61 +475,87 @@ fn prompt_tokens(program: &Program, flow: &Flow, t: Option<&Template>) -> f64 {
     tokens
 }
 
-fn compare(program: &Program, owner: &str, budget: &Budget, worst: &Worst, out: &mut Vec<Diagnostic>) {
-    let _ = program;
+/// What a step can put into a prompt at most, if it says.
+fn step_cap(program: &Program, flow: &Flow, s: NodeIndex) -> Option<f64> {
+    match &flow.graph[s].kind {
+        StepKind::Call { target: CallTarget::Tool(t), .. } => program.tools[t.index()].limit_tokens.map(|l| l as f64),
+        StepKind::Llm(l) => {
+            let m = program.models.get(l.model.index())?;
+            l.max_tokens.or(m.max_tokens).map(|t| t as f64)
+        }
+        _ => None,
+    }
+}
+
+/// Tokens a value of this type takes in a prompt (as JSON), if bounded.
+fn type_tokens(types: &TypeTable, ty: &Ty, depth: u32) -> Option<f64> {
+    if depth > 16 {
+        return None;
+    }
+    match ty {
+        Ty::Named(_) => type_tokens(types, types.resolve(ty), depth + 1),
+        Ty::String(c) => c.max_len.map(|n| (n as f64 / 4.0).ceil() + 1.0),
+        Ty::Literal(Lit::Str(s)) => Some((s.len() as f64 / 4.0).ceil() + 1.0),
+        Ty::Union(ls) => Some(ls.iter().map(|l| (l.to_string().len() as f64 / 4.0).ceil() + 1.0).fold(0.0, f64::max)),
+        Ty::Number(_) | Ty::Int(_) | Ty::Bool | Ty::Null | Ty::Literal(_) => Some(3.0),
+        Ty::Optional(inner) => type_tokens(types, inner, depth + 1),
+        Ty::List(inner, c) => {
+            let n = c.max_len? as f64;
+            Some(n * (type_tokens(types, inner, depth + 1)? + 1.0) + 1.0)
+        }
+        Ty::Record(fields) => {
+            let mut total = 2.0;
+            for f in fields {
+                total += (f.name.len() as f64 / 4.0).ceil() + 2.0 + type_tokens(types, &f.ty, depth + 1)?;
+            }
+            Some(total)
+        }
+        Ty::Error | Ty::Json | Ty::Schema(_) => None,
+    }
+}
+
+fn compare(owner: &str, budget: &Budget, worst: &Worst, out: &mut Vec<Diagnostic>) {
     if worst.unbounded {
         return;
     }
-    let mut over = Vec::new();
-    if let Some(limit) = budget.tokens {
-        if worst.tokens > limit as f64 {
-            over.push(("tokens", group(worst.tokens), group(limit as f64), Metric::Tokens));
-        }
+    if let (Some(limit), Some((span, model))) = (budget.cost, &worst.unpriced) {
+        out.push(
+            Diagnostic::new(Code::BudgetExceeded, *span, format!("the cost of {owner} has no bound: {model} has no price"))
+                .label("unpriced model call")
+                .with(budget.span, format!("budget of {}", money(limit)))
+                .help("use a model the provider prices (see `std.models`), or add a `price` for it to the provider"),
+        );
     }
-    if let Some(limit) = budget.cost {
-        if let Some((span, model)) = &worst.unpriced {
-            out.push(
-                Diagnostic::new(Code::BudgetExceeded, *span, format!("the cost of {owner} has no bound: {model} has no price"))
-                    .label("unpriced model call")
-                    .with(budget.span, format!("budget of {}", money(limit)))
-                    .help("use a model the provider prices (see `std.models`), or add a `price` for it to the provider"),
-            );
-        } else if worst.cost > limit + 1e-9 {
-            over.push(("cost", money(worst.cost), money(limit), Metric::Cost));
+    let checks: [(Metric, Option<f64>); 4] = [
+        (Metric::Tokens, budget.tokens.map(|t| t as f64)),
+        (Metric::Cost, if worst.unpriced.is_some() { None } else { budget.cost }),
+        (Metric::Steps, budget.steps.map(|t| t as f64)),
+        (Metric::ToolCalls, budget.tool_calls.map(|t| t as f64)),
+    ];
+    for (metric, limit) in checks {
+        let Some(limit) = limit else { continue };
+        let found = metric.total(worst);
+        if found <= limit + 1e-9 {
+            continue;
         }
-    }
-    if let Some(limit) = budget.steps {
-        if worst.steps > limit as f64 {
-            over.push(("steps", group(worst.steps), group(limit as f64), Metric::Steps));
-        }
-    }
-    if let Some(limit) = budget.tool_calls {
-        if worst.tool_calls > limit as f64 {
-            over.push(("tool_calls", group(worst.tool_calls), group(limit as f64), Metric::ToolCalls));
-        }
-    }
-    for (what, found, limit, metric) in over {
         let mut terms: Vec<&Term> = worst.terms.iter().filter(|t| metric.of(t) > 0.0).collect();
         terms.sort_by(|a, b| metric.of(b).total_cmp(&metric.of(a)).then(a.span.cmp(&b.span)));
-        let mut help = format!("worst case {found} {what}");
-        match metric {
-            Metric::Tokens | Metric::Cost => {
-                let lines: Vec<String> = terms.iter().take(4).map(|t| t.text.clone()).collect();
-                if !lines.is_empty() {
-                    help = format!("{help} = {}", lines.join(" + "));
-                    if terms.len() > 4 {
-                        help.push_str(&format!(" + {} more", terms.len() - 4));
-                    }
-                }
+        let lines: Vec<String> = terms.iter().take(4).map(|t| metric.text(t).to_string()).collect();
+        let mut help = format!("worst case {}", metric.show(found));
+        if !lines.is_empty() {
+            help.push_str(&format!(" = {}", lines.join(" + ")));
+            if terms.len() > 4 {
+                help.push_str(&format!(" + {} more", terms.len() - 4));
             }
-            Metric::Steps | Metric::ToolCalls => {}
         }
-        help.push_str(&format!(
-            "; raise the budget to at least {found}, or lower max_tokens, retries or the lists' maximum lengths"
-        ));
-        let mut d = Diagnostic::new(Code::BudgetExceeded, budget.span, format!("{owner} can spend {found} {what}, over its budget of {limit}"))
-            .label(format!("budget of {limit} {what}"))
-            .help(help);
+        help.push_str(&format!("; raise the budget to at least {}, or {}", metric.show(found), metric.lower()));
+        let mut d = Diagnostic::new(
+            Code::BudgetExceeded,
+            budget.span,
+            format!("{owner} can spend {}, over its budget of {}", metric.show(found), metric.show(limit)),
+        )
+        .label(format!("budget of {}", metric.show(limit)))
+        .help(help);
         for t in terms.iter().take(3) {
             d = d.with(t.span, "spends from this budget");
         }
@@ -433,7 +577,41 @@ impl Metric {
             Metric::Tokens => t.tokens,
             Metric::Cost => t.cost,
             Metric::Steps => t.steps,
-            Metric::ToolCalls => 0.0,
+            Metric::ToolCalls => t.tool_calls,
+        }
+    }
+
+    fn total(self, w: &Worst) -> f64 {
+        match self {
+            Metric::Tokens => w.tokens,
+            Metric::Cost => w.cost,
+            Metric::Steps => w.steps,
+            Metric::ToolCalls => w.tool_calls,
+        }
+    }
+
+    fn text(self, t: &Term) -> &str {
+        match self {
+            Metric::Tokens => &t.tokens_text,
+            Metric::Cost => &t.cost_text,
+            Metric::Steps | Metric::ToolCalls => &t.count_text,
+        }
+    }
+
+    fn show(self, n: f64) -> String {
+        match self {
+            Metric::Tokens => format!("{} tokens", group(n)),
+            Metric::Cost => money(n),
+            Metric::Steps => format!("{} steps", group(n)),
+            Metric::ToolCalls => format!("{} tool calls", group(n)),
+        }
+    }
+
+    fn lower(self) -> &'static str {
+        match self {
+            Metric::Tokens | Metric::Cost => "lower max_tokens, retries or the lists' maximum lengths",
+            Metric::Steps => "lower the lists' maximum lengths or the agents' max_steps",
+            Metric::ToolCalls => "lower retries, the lists' maximum lengths or the agents' max_steps",
         }
     }
 }
@@ -452,10 +630,24 @@ fn group(n: f64) -> String {
     out
 }
 
+fn plural(n: f64) -> &'static str {
+    if n == 1.0 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Money as written in budgets: cents when whole, more digits when small.
 fn money(n: f64) -> String {
-    if n >= 1.0 {
+    if n >= 1.0 || n == 0.0 || (n * 100.0).fract() == 0.0 {
         format!("${n:.2}")
     } else {
         format!("${n:.4}")
     }
+}
+
+fn price(n: f64) -> String {
+    let s = format!("{n:.2}");
+    s
 }

@@ -13,6 +13,9 @@ use super::effect_of;
 
 pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
     for flow in &program.flows {
+        if flow.unresolved {
+            continue;
+        }
         let effectful = effectful_regions(program, flow);
         for n in flow.graph.node_indices() {
             let step = &flow.graph[n];
@@ -34,13 +37,16 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
             }
             let what = match step.kind {
                 StepKind::Llm(_) => "a model call",
-                StepKind::Approve { .. } => "an approval nobody waits for",
+                StepKind::Approve { .. } => "an approval no step waits for",
                 StepKind::Call { .. } => "a read-only call",
                 _ => "a value",
             };
             out.push(
                 Diagnostic::new(Code::DeadStep, step.span, format!("the value of `{}` is never used", step.name))
-                    .label(format!("{what} whose result goes nowhere"))
+                    .label(match step.kind {
+                        StepKind::Approve { .. } => what.to_string(),
+                        _ => format!("{what} whose result goes nowhere"),
+                    })
                     .help(format!("use `{}` in a later step or the `return`, order a step with `after {}`, or remove it", step.name, step.name)),
             );
         }
@@ -54,7 +60,8 @@ fn effectful_regions(program: &Program, flow: &Flow) -> Vec<bool> {
     for step in flow.graph.node_weights() {
         let intrinsic = match &step.kind {
             StepKind::Call { target, .. } => effect_of(program, *target) > Effect::Read,
-            StepKind::Check { .. } | StepKind::Approve { .. } => true,
+            // A check can fail the run; a gate with nothing after it guards nothing.
+            StepKind::Check { .. } => true,
             _ => false,
         };
         if !intrinsic {

@@ -27,14 +27,14 @@ pub(super) fn cycles(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<bool> 
             let named: Vec<NodeIndex> = steps.iter().copied().filter(|n| flow.graph[*n].named).collect();
             let shown = if named.is_empty() { &steps } else { &named };
             let first = shown[0];
-            let circle: Vec<String> = shown.iter().map(|n| format!("`{}`", flow.graph[*n].name)).collect();
+            let circle: Vec<String> = shown.iter().map(|n| flow.graph[*n].display()).collect();
             let mut d = Diagnostic::new(
                 Code::Cycle,
                 flow.graph[first].span,
                 if shown.len() == 1 {
-                    format!("`{}` depends on its own value", flow.graph[first].name)
+                    format!("{} depends on its own value", flow.graph[first].display())
                 } else {
-                    format!("steps {} depend on each other in a circle", circle.join(", "))
+                    format!("{} depend on each other in a circle", and_list(&circle))
                 },
             )
             .label("part of the cycle")
@@ -49,8 +49,19 @@ pub(super) fn cycles(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<bool> 
     acyclic
 }
 
-/// Flows calling flows must form a tree: recursion has no bound.
-pub(super) fn recursion(program: &Program, out: &mut Vec<Diagnostic>) {
+/// "`a`", "`a` and `b`", "`a`, `b` and `c`".
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// Flows calling flows must form a tree: recursion has no bound. Returns,
+/// per flow, whether it is part of a recursive circle.
+pub(super) fn recursion(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<bool> {
+    let mut recursive = vec![false; program.flows.len()];
     let mut g: DiGraph<usize, petgraph::graph::NodeIndex> = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..program.flows.len()).map(|i| g.add_node(i)).collect();
     for (i, flow) in program.flows.iter().enumerate() {
@@ -66,17 +77,21 @@ pub(super) fn recursion(program: &Program, out: &mut Vec<Diagnostic>) {
             continue;
         }
         let mut flows: Vec<usize> = scc.iter().map(|n| g[*n]).collect();
+        for f in &flows {
+            recursive[*f] = true;
+        }
         flows.sort_by_key(|f| program.flows[*f].span);
         // Point at each call that closes the circle.
         let first = flows[0];
         let names: Vec<String> = flows.iter().map(|f| format!("`{}`", program.flows[*f].name)).collect();
+        let names = and_list(&names);
         let mut d = Diagnostic::new(
             Code::RecursiveFlow,
             program.flows[first].span,
             if flows.len() == 1 {
                 format!("flow `{}` calls itself", program.flows[first].name)
             } else {
-                format!("flows {} call each other in a circle", names.join(", "))
+                format!("flows {names} call each other in a circle")
             },
         )
         .label("recursive flow")
@@ -93,4 +108,5 @@ pub(super) fn recursion(program: &Program, out: &mut Vec<Diagnostic>) {
         }
         out.push(d);
     }
+    recursive
 }

@@ -35,7 +35,7 @@ impl CheckedProgram {
 pub fn check(program: Program, sources: &Sources, problems: &mut Problems) -> Option<CheckedProgram> {
     let mut found: Vec<Diagnostic> = Vec::new();
     let acyclic = graph::cycles(&program, &mut found);
-    graph::recursion(&program, &mut found);
+    let recursive = graph::recursion(&program, &mut found);
     limits::check(&program, &mut found);
     reach::check(&program, &mut found);
     secrets::check(&program, &mut found);
@@ -48,7 +48,8 @@ pub fn check(program: Program, sources: &Sources, problems: &mut Problems) -> Op
         approval::check(&program, flow, &mut found);
         resources::check(&program, FlowId(i as u32), &mut found);
     }
-    cost::check(&program, &acyclic, &mut found);
+    let analyzable: Vec<bool> = acyclic.iter().zip(&recursive).map(|(a, r)| *a && !*r).collect();
+    cost::check(&program, &analyzable, &mut found);
     // The standard library is checked by flowc's own tests; users see only
     // problems in their files.
     problems.extend(found.into_iter().filter(|d| !sources.get(d.span.file).is_std()));

@@ -20,7 +20,10 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
                     *span,
                     format!("agent `{}` may {}, but `{}` is {}", agent.name, agent.may.as_str(), t.name, describe(t.effect)),
                 )
-                .label(format!("a {} tool", t.effect.as_str()))
+                .label(match t.effect {
+                    crate::ast::Effect::Irreversible => "an irreversible tool".to_string(),
+                    e => format!("a {} tool", e.as_str()),
+                })
                 .help(format!(
                     "remove `{}` from the agent's tools, or widen it with `may {}` (an irreversible action still needs an approval gate before the agent runs)",
                     t.name,
@@ -43,7 +46,8 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
                 }
                 CallTarget::Agent(a) => {
                     let agent = &program.agents[a.index()];
-                    reached.extend(agent.tools.iter().filter(|(t, _)| program.tools[t.index()].effect <= agent.may).map(|(t, _)| t.index()));
+                    // A tool `may` forbids is reported as U003 already.
+                    reached.extend(agent.tools.iter().map(|(t, _)| t.index()));
                 }
                 CallTarget::Flow(_) => {}
             }
@@ -52,7 +56,7 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
     // A file without flows is a library: its tools are for the files that import it.
     let files_with_flows: HashSet<_> = program.flows.iter().map(|f| f.span.file).collect();
     for (i, tool) in program.tools.iter().enumerate() {
-        if reached.contains(&i) || !files_with_flows.contains(&tool.span.file) {
+        if reached.contains(&i) || tool.mentioned || !files_with_flows.contains(&tool.span.file) {
             continue;
         }
         out.push(

@@ -98,7 +98,7 @@ fn report(program: &Program, flow: &Flow, x: &Access, y: &Access, parallel_loop:
         return Diagnostic::new(
             Code::HiddenDependency,
             sy.span,
-            format!("`{}` writes `{resource}` in up to {n} iterations at once", sy.name),
+            format!("{} writes `{resource}` in up to {n} iterations at once", sy.display()),
         )
         .label(format!("{} `{resource}` in every iteration", verb(y)))
         .with(flow.graph[lp].span, format!("loop runs `parallel {n}`"))
@@ -107,7 +107,7 @@ fn report(program: &Program, flow: &Flow, x: &Access, y: &Access, parallel_loop:
     let mut d = Diagnostic::new(
         Code::HiddenDependency,
         sy.span,
-        format!("`{}` {} `{resource}` while `{}` may {} it at the same time", sy.name, verb(y), sx.name, verb(x).trim_end_matches('s')),
+        format!("{} {} `{resource}` while {} may {} it at the same time", sy.display(), verb(y), sx.display(), verb(x).trim_end_matches('s')),
     )
     .label(format!("{} `{resource}`", verb(y)))
     .with(sx.span, format!("{} `{resource}`, with nothing ordering the two", verb(x)));

@@ -53,6 +53,7 @@ struct FlowBuilder<'a> {
     open_loops: Vec<(NodeIndex, RegionId)>,
     region: RegionId,
     checks: Vec<NodeIndex>,
+    unresolved: bool,
 }
 
 pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &ast::FlowDecl) {
@@ -73,6 +74,7 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
         open_loops: Vec::new(),
         region: RegionId(0),
         checks: Vec::new(),
+        unresolved: false,
     };
     let root = RegionId(0);
     b.scopes.push(HashMap::new());
@@ -134,6 +136,7 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
     flow.graph = b.graph;
     flow.regions = b.regions;
     flow.output_step = output;
+    flow.unresolved = b.unresolved;
 }
 
 impl<'a> FlowBuilder<'a> {
@@ -304,6 +307,10 @@ impl<'a> FlowBuilder<'a> {
     }
 
     fn unknown_name(&mut self, cx: &mut Lowerer<'_, '_>, name: &ast::Ident) {
+        self.unresolved = true;
+        if cx.is_poisoned(self.m, &name.name) {
+            return;
+        }
         if let Some(symbol) = cx.lookup(self.m, &name.name) {
             let d = Diagnostic::new(Code::WrongKind, name.span, format!("`{}` is {}, not a value", name.name, symbol.kind()))
                 .label("not a step or parameter")
@@ -439,6 +446,7 @@ impl<'a> FlowBuilder<'a> {
                 return None;
             }
             None => {
+                self.unresolved = true;
                 if self.lookup(&call.callee.name).is_some() || self.params.iter().any(|(p, _)| *p == call.callee.name) {
                     let d = Diagnostic::new(Code::WrongKind, call.callee.span, format!("`{}` is a value, not a tool, agent or flow", call.callee.name))
                         .label("cannot be called")
@@ -482,12 +490,22 @@ impl<'a> FlowBuilder<'a> {
             timeout_seconds: None,
             budget: None,
         };
+        let mut seen: Vec<&'static str> = Vec::new();
         for clause in &llm.clauses {
+            let name = match &clause.kind {
+                ast::LlmClauseKind::Prompt(_) => "prompt",
+                ast::LlmClauseKind::System(_) => "system",
+                ast::LlmClauseKind::Retry(_) => "retry",
+                ast::LlmClauseKind::Timeout(_) => "timeout",
+                ast::LlmClauseKind::MaxTokens(_) => "max_tokens",
+                ast::LlmClauseKind::Budget(_) => "budget",
+            };
+            if seen.contains(&name) {
+                cx.repeated(clause.span, name);
+            }
+            seen.push(name);
             match &clause.kind {
                 ast::LlmClauseKind::Prompt(t) => {
-                    if call.prompt.is_some() {
-                        cx.repeated(clause.span, "prompt");
-                    }
                     let t = self.template(cx, t);
                     self.connect_template(&t, node);
                     call.prompt = Some(t);

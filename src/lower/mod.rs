@@ -6,7 +6,7 @@
 mod expr;
 mod flow;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::ast::{self, AgentClauseKind, Effect, Item, ToolClauseKind, TypeExprKind, Unit};
 use crate::code::Code;
@@ -47,7 +47,7 @@ impl Symbol {
 /// complete even when there are errors (unresolved parts become `Ty::Error`
 /// and `ExprKind::Error`), so later passes can still report what they find.
 pub fn lower(ws: &Workspace, problems: &mut Vec<Diagnostic>) -> Program {
-    let mut cx = Lowerer { ws, program: Program::default(), problems, scopes: Vec::new(), locals: Vec::new() };
+    let mut cx = Lowerer { ws, program: Program::default(), problems, scopes: Vec::new(), locals: Vec::new(), poisoned: Vec::new() };
     cx.declare_all();
     cx.import_all();
     cx.define_all();
@@ -63,6 +63,9 @@ pub(crate) struct Lowerer<'w, 'p> {
     scopes: Vec<HashMap<String, (Symbol, Span)>>,
     /// Per module: only its own declarations (what other modules may import).
     locals: Vec<HashMap<String, (Symbol, Span)>>,
+    /// Per module: names whose declaration or import failed and was already
+    /// reported; their uses are not reported again.
+    poisoned: Vec<HashSet<String>>,
 }
 
 impl<'w, 'p> Lowerer<'w, 'p> {
@@ -72,6 +75,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
 
     fn declare_all(&mut self) {
         for (m, module) in self.ws.modules.iter().enumerate() {
+            self.poisoned.push(module.ast.broken.iter().cloned().collect());
             let mut scope: HashMap<String, (Symbol, Span)> = HashMap::new();
             for item in &module.ast.items {
                 let (name, symbol) = match item {
@@ -125,6 +129,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             retry: None,
                             idempotency: None,
                             limit_tokens: None,
+                            mentioned: false,
                         });
                         (&t.name, Symbol::Tool(ToolId(self.program.tools.len() as u32 - 1)))
                     }
@@ -155,11 +160,15 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             graph: Default::default(),
                             regions: Vec::new(),
                             output_step: None,
+                            unresolved: false,
                         });
                         (&f.name, Symbol::Flow(FlowId(self.program.flows.len() as u32 - 1)))
                     }
                 };
                 if let Some((previous, prev_span)) = scope.get(&name.name) {
+                    if let Symbol::Tool(t) = symbol {
+                        self.program.tools[t.index()].mentioned = true;
+                    }
                     let d = Diagnostic::new(Code::DuplicateName, name.span, format!("`{}` is declared twice", name.name))
                         .label("declared again here")
                         .with(*prev_span, format!("first declared here as {}", previous.kind()))
@@ -182,10 +191,18 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 _ => None,
             });
             for (u, target) in uses.zip(module.imports.iter()) {
-                let Some(target) = *target else { continue };
+                let Some(target) = *target else {
+                    // The loader reported the missing module.
+                    self.poisoned[m].extend(u.names.iter().map(|n| n.name.clone()));
+                    continue;
+                };
                 for name in &u.names {
                     let Some(&(symbol, _)) = self.locals[target].get(&name.name) else {
-                        let module_name = self.ws.sources.get(self.ws.modules[target].file).name.clone();
+                        self.poisoned[m].insert(name.name.clone());
+                        let module_name = match &u.path {
+                            ast::ModulePath::Std(parts) => parts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join("."),
+                            ast::ModulePath::File(path) => path.clone(),
+                        };
                         let mut d = Diagnostic::new(
                             Code::UnresolvedImport,
                             name.span,
@@ -223,8 +240,17 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         self.scopes[m].get(name).map(|(s, _)| *s)
     }
 
+    /// Whether `name` failed to be declared or imported in module `m` (and
+    /// was reported then).
+    pub(crate) fn is_poisoned(&self, m: usize, name: &str) -> bool {
+        self.poisoned[m].contains(name)
+    }
+
     /// Reports an unknown top-level name, suggesting one of the wanted kind.
     pub(crate) fn undefined(&mut self, m: usize, name: &ast::Ident, wanted: &str, fits: fn(Symbol) -> bool) {
+        if self.is_poisoned(m, &name.name) {
+            return;
+        }
         let candidates: Vec<&str> =
             self.scopes[m].iter().filter(|(_, (s, _))| fits(*s)).map(|(n, _)| n.as_str()).collect();
         let mut d = Diagnostic::new(Code::UndefinedName, name.span, format!("there is no {wanted} named `{}`", name.name))
@@ -238,6 +264,9 @@ impl<'w, 'p> Lowerer<'w, 'p> {
     }
 
     pub(crate) fn wrong_kind(&mut self, name: &ast::Ident, found: Symbol, wanted: &str, help: &str) {
+        if let Symbol::Tool(t) = found {
+            self.program.tools[t.index()].mentioned = true;
+        }
         let d = Diagnostic::new(
             Code::WrongKind,
             name.span,
@@ -380,6 +409,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                         self.wrong_kind(name, other, "a type", "a type is `string`, `number`, `int`, `bool`, `json`, a list `[T]`, a record `{ … }` or a declared `type`");
                         Ty::Error
                     }
+                    None if self.is_poisoned(m, &name.name) => Ty::Error,
                     None => {
                         let builtins = ["string", "number", "int", "bool", "json"];
                         let candidates: Vec<&str> = self.scopes[m]
@@ -510,10 +540,11 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                         self.bad_constraint(con.span, "only strings can be `matching` a pattern");
                         continue;
                     }
-                    if let Err(e) = regex_syntax::Parser::new().parse(re) {
+                    // The engine JSON Schema validation uses at run time.
+                    if let Err(e) = fancy_regex::Regex::new(re) {
                         let d = Diagnostic::new(Code::InvalidConstraint, con.span, "this pattern is not a valid regular expression")
                             .label(first_line(&e.to_string()))
-                            .help("patterns use the ECMA-262 syntax JSON Schema uses, such as /^[A-Z]{3}-[0-9]+$/");
+                            .help("patterns are regular expressions as JSON Schema's `pattern` takes them, such as /^[A-Z]{3}-[0-9]+$/");
                         self.report(d);
                         continue;
                     }
@@ -708,9 +739,24 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                     }
                     timeout = self.seconds(q);
                 }
-                ToolClauseKind::Retry(r) => retry = self.retry(r, false),
-                ToolClauseKind::Idempotency(t) => idempotency = Some(expr::tool_template(self, t, &param_names)),
-                ToolClauseKind::Limit(q) => limit = self.count(q),
+                ToolClauseKind::Retry(r) => {
+                    if retry.is_some() {
+                        self.repeated(clause.span, "retry");
+                    }
+                    retry = self.retry(r, false);
+                }
+                ToolClauseKind::Idempotency(t) => {
+                    if idempotency.is_some() {
+                        self.repeated(clause.span, "idempotency");
+                    }
+                    idempotency = Some(expr::tool_template(self, t, &param_names));
+                }
+                ToolClauseKind::Limit(q) => {
+                    if limit.is_some() {
+                        self.repeated(clause.span, "limit");
+                    }
+                    limit = self.count(q);
+                }
             }
         }
         if !headers.is_empty() {
@@ -837,7 +883,22 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         let mut instructions = None;
         let mut budget = None;
         let mut timeout = None;
+        let mut seen: Vec<&'static str> = Vec::new();
         for clause in &decl.clauses {
+            let name = match &clause.kind {
+                AgentClauseKind::Model(_) => "model",
+                AgentClauseKind::Tools(_) => "tools",
+                AgentClauseKind::May(_) => "may",
+                AgentClauseKind::MaxSteps(_) => "max_steps",
+                AgentClauseKind::MaxRepeat(_) => "max_repeat",
+                AgentClauseKind::Instructions(_) => "instructions",
+                AgentClauseKind::Budget(_) => "budget",
+                AgentClauseKind::Timeout(_) => "timeout",
+            };
+            if seen.contains(&name) {
+                self.repeated(clause.span, name);
+            }
+            seen.push(name);
             match &clause.kind {
                 AgentClauseKind::Model(name) => match self.lookup(m, &name.name) {
                     Some(Symbol::Model(md)) => model = Some(md),
