@@ -15,7 +15,10 @@ use flowc::source::FileId;
 
 fn parse_and_check(c: &mut Criterion) {
     let mut group = c.benchmark_group("generated");
-    group.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
     for steps in [100usize, 1_000, 10_000] {
         let source = generated::flow_source(steps);
         let lines = source.lines().count() as u64;
@@ -39,8 +42,11 @@ fn parse_and_check(c: &mut Criterion) {
         });
         group.bench_with_input(BenchmarkId::new("end_to_end", steps), &source, |b, s| {
             b.iter(|| {
-                let c = flowc::compile(&[flowc::Input::Text { name: "gen.flow".into(), bytes: s.as_bytes().to_vec() }])
-                    .expect("loads");
+                let c = flowc::compile(&[flowc::Input::Text {
+                    name: "gen.flow".into(),
+                    bytes: s.as_bytes().to_vec(),
+                }])
+                .expect("loads");
                 assert!(c.program.is_some());
             })
         });
@@ -50,11 +56,16 @@ fn parse_and_check(c: &mut Criterion) {
 
 fn process(c: &mut Criterion) {
     let mut group = c.benchmark_group("process");
-    group.sample_size(30).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(4));
     let example = "examples/invoice_reconciliation.flow";
     group.bench_function("flowc_check_example", |b| {
         b.iter(|| {
-            let out = Command::new(env!("CARGO_BIN_EXE_flowc")).args(["check", example]).output().expect("runs");
+            let out = Command::new(env!("CARGO_BIN_EXE_flowc"))
+                .args(["check", example])
+                .output()
+                .expect("runs");
             assert!(out.status.success());
         })
     });

@@ -44,7 +44,10 @@ tool publish(id: string, verdict: Verdict) -> { published: bool } {
 "#,
     );
     let _ = writeln!(s, "flow generated(seed: string) -> [Verdict] {{");
-    let _ = writeln!(s, "  budget {{ tokens 100M, cost $1000, steps 10M, tool_calls 10M, wall 10h }}");
+    let _ = writeln!(
+        s,
+        "  budget {{ tokens 100M, cost $1000, steps 10M, tool_calls 10M, wall 10h }}"
+    );
     let _ = writeln!(s, "  let s0 = fetch(id: seed)");
     // The most recent step whose value is a Record.
     let mut rec = 0;
@@ -54,7 +57,10 @@ tool publish(id: string, verdict: Verdict) -> { published: bool } {
         match i % 10 {
             3 => {
                 let _ = writeln!(s, "  let s{i} = llm judge -> Verdict {{");
-                let _ = writeln!(s, "    prompt \"Judge {{s{rec}.id}} with score {{s{rec}.score}}.\"");
+                let _ = writeln!(
+                    s,
+                    "    prompt \"Judge {{s{rec}.id}} with score {{s{rec}.score}}.\""
+                );
                 let _ = writeln!(s, "    retry 1 on invalid");
                 let _ = writeln!(s, "  }}");
                 verdicts.push(i);
@@ -62,7 +68,10 @@ tool publish(id: string, verdict: Verdict) -> { published: bool } {
             5 if i % 100 == 5 => {
                 let _ = writeln!(s, "  let l{i} = list_records(prefix: s{rec}.id)");
                 let _ = writeln!(s, "  let s{i} = for r in l{i} parallel 4 {{");
-                let _ = writeln!(s, "    let n{i} = llm judge -> Verdict {{ prompt \"Is {{r.id}} fine?\" }}");
+                let _ = writeln!(
+                    s,
+                    "    let n{i} = llm judge -> Verdict {{ prompt \"Is {{r.id}} fine?\" }}"
+                );
                 let _ = writeln!(s, "    n{i}");
                 let _ = writeln!(s, "  }}");
                 loops.push(i);
@@ -83,11 +92,26 @@ tool publish(id: string, verdict: Verdict) -> { published: bool } {
             }
         }
     }
-    let join = |xs: &[usize]| xs.iter().map(|v| format!("s{v}")).collect::<Vec<_>>().join(", ");
+    let join = |xs: &[usize]| {
+        xs.iter()
+            .map(|v| format!("s{v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let _ = writeln!(s, "  let verdicts = [{}]", join(&verdicts));
-    let notes = if loops.is_empty() { String::new() } else { format!(", show [{}]", join(&loops)) };
-    let _ = writeln!(s, "  let ok = approve release {{ show verdicts{notes}, timeout 24h }}");
-    let _ = writeln!(s, "  let sent = publish(id: seed, verdict: ok[0]) after s{rec}");
+    let notes = if loops.is_empty() {
+        String::new()
+    } else {
+        format!(", show [{}]", join(&loops))
+    };
+    let _ = writeln!(
+        s,
+        "  let ok = approve release {{ show verdicts{notes}, timeout 24h }}"
+    );
+    let _ = writeln!(
+        s,
+        "  let sent = publish(id: seed, verdict: ok[0]) after s{rec}"
+    );
     let _ = writeln!(s, "  return ok");
     let _ = writeln!(s, "}}");
     s

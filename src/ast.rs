@@ -274,7 +274,7 @@ pub struct FlowDecl {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stmt {
     Budget(Budget),
-    Let(Let),
+    Let(Box<Let>),
     Check(Check),
     Return(Expr, Span),
 }
@@ -490,10 +490,22 @@ pub struct TestDecl {
 #[derive(Clone, Debug, PartialEq)]
 pub enum TestStmt {
     Run(Call),
-    Given { target: Ident, outcome: Given, span: Span },
-    GivenGate { gate: Ident, outcome: GateOutcome, span: Span },
+    Given {
+        target: Ident,
+        outcome: Given,
+        span: Span,
+    },
+    GivenGate {
+        gate: Ident,
+        outcome: GateOutcome,
+        span: Span,
+    },
     Expect(Expr),
-    ExpectCalls { target: Ident, times: u64, span: Span },
+    ExpectCalls {
+        target: Ident,
+        times: u64,
+        span: Span,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -83,7 +83,10 @@ codes! {
 impl Code {
     /// Looks a code up by its code (`A001`, any case) or its slug.
     pub fn parse(text: &str) -> Option<Code> {
-        Code::ALL.iter().copied().find(|c| c.as_str().eq_ignore_ascii_case(text) || c.slug() == text)
+        Code::ALL
+            .iter()
+            .copied()
+            .find(|c| c.as_str().eq_ignore_ascii_case(text) || c.slug() == text)
     }
 }
 

@@ -13,7 +13,10 @@ use crate::source::Sources;
 pub enum Input {
     Path(PathBuf),
     /// Standard input, or any text with no file.
-    Text { name: String, bytes: Vec<u8> },
+    Text {
+        name: String,
+        bytes: Vec<u8>,
+    },
 }
 
 /// The result of a compilation: every source read, every problem found, and
@@ -46,7 +49,10 @@ pub fn compile(inputs: &[Input]) -> Result<Compilation, InputError> {
     for input in inputs {
         match input {
             Input::Path(p) => {
-                loader.load_path(p).map_err(|error| InputError { path: p.clone(), error })?;
+                loader.load_path(p).map_err(|error| InputError {
+                    path: p.clone(),
+                    error,
+                })?;
             }
             Input::Text { name, bytes } => {
                 loader.load_bytes(name, bytes);
@@ -62,12 +68,25 @@ pub fn compile_workspace(ws: Workspace) -> Compilation {
     let mut problems = Problems::default();
     // Problems found before `check` in the standard library are flowc's own bugs,
     // caught by its tests; users see their files only.
-    problems.extend(found.into_iter().filter(|d| !ws.sources.get(d.span.file).is_std()));
-    let roots = ws.roots.iter().map(|&m| ws.sources.get(ws.modules[m].file).name.clone()).collect();
+    problems.extend(
+        found
+            .into_iter()
+            .filter(|d| !ws.sources.get(d.span.file).is_std()),
+    );
+    let roots = ws
+        .roots
+        .iter()
+        .map(|&m| ws.sources.get(ws.modules[m].file).name.clone())
+        .collect();
     let mut ws = ws;
     let sources = std::mem::take(&mut ws.sources);
     let checked = check(program, &sources, &mut problems);
-    Compilation { sources, problems, program: checked, roots }
+    Compilation {
+        sources,
+        problems,
+        program: checked,
+        roots,
+    }
 }
 
 /// Every `.flow` file under `dir`, sorted, skipping hidden folders and build output.

@@ -43,7 +43,10 @@ impl Diagnostic {
     }
 
     pub fn with(mut self, span: Span, text: impl Into<String>) -> Diagnostic {
-        self.labels.push(Label { span, message: text.into() });
+        self.labels.push(Label {
+            span,
+            message: text.into(),
+        });
         self
     }
 

@@ -89,9 +89,17 @@ pub struct Param {
 
 #[derive(Debug)]
 pub enum ToolKind {
-    Http { method: String, url: Template, headers: Vec<(String, Template)> },
-    Exec { argv: Vec<Template> },
-    Builtin { name: String },
+    Http {
+        method: String,
+        url: Template,
+        headers: Vec<(String, Template)>,
+    },
+    Exec {
+        argv: Vec<Template>,
+    },
+    Builtin {
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -145,7 +153,12 @@ pub struct Agent {
 impl Agent {
     /// The strongest effect any of its tools has (what calling it may do).
     pub fn effect(&self, tools: &[Tool]) -> Effect {
-        self.tools.iter().map(|(t, _)| tools[t.index()].effect).filter(|e| *e <= self.may).max().unwrap_or(Effect::Read)
+        self.tools
+            .iter()
+            .map(|(t, _)| tools[t.index()].effect)
+            .filter(|e| *e <= self.may)
+            .max()
+            .unwrap_or(Effect::Read)
     }
 }
 
@@ -200,9 +213,15 @@ pub struct Region {
 pub enum RegionKind {
     Root,
     /// A loop body; runs once per item, `parallel` at a time.
-    Loop { node: NodeIndex, parallel: u64 },
+    Loop {
+        node: NodeIndex,
+        parallel: u64,
+    },
     /// One arm of an `if` or `match` (`node` is the branch's join step).
-    Arm { node: NodeIndex, arm: usize },
+    Arm {
+        node: NodeIndex,
+        arm: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -234,18 +253,40 @@ pub enum CallTarget {
 #[derive(Debug)]
 pub enum StepKind {
     Value(Expr),
-    Call { target: CallTarget, args: Vec<(String, Expr)> },
-    Llm(LlmCall),
-    Approve { gate: String, show: Vec<Expr>, timeout_seconds: Option<f64>, on_timeout: Decision },
+    Call {
+        target: CallTarget,
+        args: Vec<(String, Expr)>,
+    },
+    Llm(Box<LlmCall>),
+    Approve {
+        gate: String,
+        show: Vec<Expr>,
+        timeout_seconds: Option<f64>,
+        on_timeout: Decision,
+    },
     /// The item of a loop: runs once per element of `iterable`.
-    LoopItem { iterable: Expr },
+    LoopItem {
+        iterable: Expr,
+    },
     /// A loop's result: the list of its body's results.
-    Loop { item: NodeIndex, body: RegionId, result: NodeIndex, parallel: u64 },
+    Loop {
+        item: NodeIndex,
+        body: RegionId,
+        result: NodeIndex,
+        parallel: u64,
+    },
     /// Evaluates a branch condition or match subject; the arms wait for it.
-    Decide { subject: Expr },
+    Decide {
+        subject: Expr,
+    },
     /// The join of an `if` (arms 0 = then, 1 = else) or `match`.
-    Branch { decide: NodeIndex, arms: Vec<Arm> },
-    Check { requires: Vec<(Expr, Template)> },
+    Branch {
+        decide: NodeIndex,
+        arms: Vec<Arm>,
+    },
+    Check {
+        requires: Vec<(Expr, Template)>,
+    },
     /// The flow's `return`.
     Output(Expr),
 }
@@ -328,10 +369,28 @@ pub struct Test {
 
 #[derive(Debug)]
 pub enum TestGiven {
-    Tool { tool: ToolId, outcome: GivenOutcome, span: Span },
-    Model { model: ModelId, outcome: GivenOutcome, span: Span },
-    Agent { agent: AgentId, outcome: GivenOutcome, span: Span },
-    Gate { gate: String, approve: bool, with: Option<Expr>, reason: Option<String>, span: Span },
+    Tool {
+        tool: ToolId,
+        outcome: GivenOutcome,
+        span: Span,
+    },
+    Model {
+        model: ModelId,
+        outcome: GivenOutcome,
+        span: Span,
+    },
+    Agent {
+        agent: AgentId,
+        outcome: GivenOutcome,
+        span: Span,
+    },
+    Gate {
+        gate: String,
+        approve: bool,
+        with: Option<Expr>,
+        reason: Option<String>,
+        span: Span,
+    },
 }
 
 #[derive(Debug)]
@@ -349,7 +408,10 @@ impl Expr {
             ExprKind::Object(fields) => fields.iter().for_each(|(_, e)| e.steps(out)),
             ExprKind::List(items) => items.iter().for_each(|e| e.steps(out)),
             ExprKind::Member(e, _) | ExprKind::Len(e) | ExprKind::Not(e) => e.steps(out),
-            ExprKind::Index(a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) | ExprKind::Compare(a, _, b) => {
+            ExprKind::Index(a, b)
+            | ExprKind::And(a, b)
+            | ExprKind::Or(a, b)
+            | ExprKind::Compare(a, _, b) => {
                 a.steps(out);
                 b.steps(out);
             }
@@ -369,7 +431,16 @@ impl Template {
 
     /// The number of characters of fixed text (for prompt size estimates).
     pub fn text_len(&self) -> usize {
-        self.parts.iter().map(|p| if let TemplatePart::Text(t) = p { t.chars().count() } else { 0 }).sum()
+        self.parts
+            .iter()
+            .map(|p| {
+                if let TemplatePart::Text(t) = p {
+                    t.chars().count()
+                } else {
+                    0
+                }
+            })
+            .sum()
     }
 }
 
@@ -417,7 +488,11 @@ impl Step {
 
 fn describe_step_name(name: &str) -> String {
     let Some((owner, part)) = name.rsplit_once('.') else {
-        return if name == "return" { "the `return`".into() } else { format!("`{name}`") };
+        return if name == "return" {
+            "the `return`".into()
+        } else {
+            format!("`{name}`")
+        };
     };
     let owner_text = describe_step_name(owner);
     match part {

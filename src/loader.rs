@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::ast::{self, Item, ModulePath, Stmt, StepKind, TypeExpr, TypeExprKind};
+use crate::ast::{self, Item, ModulePath, StepKind, Stmt, TypeExpr, TypeExprKind};
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::parser;
@@ -56,7 +56,12 @@ impl Loader {
             return Ok(m);
         }
         let bytes = std::fs::read(path)?;
-        let m = self.add(path.display().to_string(), Origin::Disk(path.to_path_buf()), &bytes, key);
+        let m = self.add(
+            path.display().to_string(),
+            Origin::Disk(path.to_path_buf()),
+            &bytes,
+            key,
+        );
         self.mark_root(m);
         Ok(m)
     }
@@ -81,26 +86,40 @@ impl Loader {
     fn add(&mut self, name: String, origin: Origin, bytes: &[u8], key: String) -> usize {
         let (text, bad_utf8) = match std::str::from_utf8(bytes) {
             Ok(s) => (Arc::<str>::from(s), None),
-            Err(e) => (Arc::<str>::from(String::from_utf8_lossy(bytes).as_ref()), Some(e.valid_up_to())),
+            Err(e) => (
+                Arc::<str>::from(String::from_utf8_lossy(bytes).as_ref()),
+                Some(e.valid_up_to()),
+            ),
         };
         let base_dir = match &origin {
             Origin::Disk(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
             _ => PathBuf::from("."),
         };
-        let file = self.ws.sources.add(SourceFile::new(name, origin, text.clone()));
+        let file = self
+            .ws
+            .sources
+            .add(SourceFile::new(name, origin, text.clone()));
         if let Some(at) = bad_utf8 {
             let width = text[at..].chars().next().map_or(0, char::len_utf8);
             self.ws.problems.push(
-                Diagnostic::new(Code::Syntax, Span::new(file, at, at + width), "this file is not valid UTF-8")
-                    .label("invalid byte here")
-                    .help("Flow files are UTF-8 text; re-save the file as UTF-8"),
+                Diagnostic::new(
+                    Code::Syntax,
+                    Span::new(file, at, at + width),
+                    "this file is not valid UTF-8",
+                )
+                .label("invalid byte here")
+                .help("Flow files are UTF-8 text; re-save the file as UTF-8"),
             );
         }
         let (module, problems) = parser::parse(file, &text);
         self.ws.problems.extend(problems);
         let index = self.ws.modules.len();
         self.by_key.insert(key, index);
-        self.ws.modules.push(LoadedModule { file, ast: module, imports: Vec::new() });
+        self.ws.modules.push(LoadedModule {
+            file,
+            ast: module,
+            imports: Vec::new(),
+        });
         self.read_schemas(index, &base_dir);
         self.follow_imports(index, &base_dir);
         index
@@ -126,7 +145,11 @@ impl Loader {
     fn import(&mut self, path: &ModulePath, span: Span, base_dir: &Path) -> Option<usize> {
         match path {
             ModulePath::Std(parts) => {
-                let dotted = parts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(".");
+                let dotted = parts
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(".");
                 if let Some(&m) = self.by_key.get(&dotted) {
                     return Some(m);
                 }
@@ -161,9 +184,16 @@ impl Loader {
                     }
                     Err(e) => {
                         self.ws.problems.push(
-                            Diagnostic::new(Code::UnresolvedImport, span, format!("cannot read `{rel}`: {}", io_reason(&e)))
-                                .label("imported here")
-                                .help(format!("the path is relative to this file's folder: {}", display_path(&full))),
+                            Diagnostic::new(
+                                Code::UnresolvedImport,
+                                span,
+                                format!("cannot read `{rel}`: {}", io_reason(&e)),
+                            )
+                            .label("imported here")
+                            .help(format!(
+                                "the path is relative to this file's folder: {}",
+                                display_path(&full)
+                            )),
                         );
                         None
                     }
@@ -196,12 +226,18 @@ impl Loader {
 }
 
 fn key_for(path: &Path) -> String {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// The path as a reader wants it: no `.` components.
 fn display_path(path: &Path) -> String {
-    let clean: PathBuf = path.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+    let clean: PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
     clean.display().to_string()
 }
 
@@ -218,7 +254,9 @@ fn schema_paths(ty: &TypeExpr, out: &mut Vec<String>) {
     match &ty.kind {
         TypeExprKind::Schema(p) => out.push(p.clone()),
         TypeExprKind::Union(ts) => ts.iter().for_each(|t| schema_paths(t, out)),
-        TypeExprKind::Optional(t) | TypeExprKind::List(t) | TypeExprKind::Constrained(t, _) => schema_paths(t, out),
+        TypeExprKind::Optional(t) | TypeExprKind::List(t) | TypeExprKind::Constrained(t, _) => {
+            schema_paths(t, out)
+        }
         TypeExprKind::Record(fields) => fields.iter().for_each(|f| schema_paths(&f.ty, out)),
         TypeExprKind::Literal(_) | TypeExprKind::Named(_) => {}
     }

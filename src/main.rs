@@ -73,7 +73,12 @@ enum Color {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { paths, format, deny, color } => check(paths, format, deny.is_some(), color),
+        Command::Check {
+            paths,
+            format,
+            deny,
+            color,
+        } => check(paths, format, deny.is_some(), color),
         Command::Explain { code, list } => explain(code, list),
         Command::Schema { file } => schema(file),
     };
@@ -92,13 +97,22 @@ fn main() {
 
 /// Turns command-line paths into compiler inputs.
 fn inputs(paths: Vec<PathBuf>) -> Result<Vec<Input>, String> {
-    let paths = if paths.is_empty() { vec![PathBuf::from(".")] } else { paths };
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        paths
+    };
     let mut out = Vec::new();
     for p in paths {
         if p.as_os_str() == "-" {
             let mut bytes = Vec::new();
-            std::io::stdin().read_to_end(&mut bytes).map_err(|e| format!("cannot read standard input: {e}"))?;
-            out.push(Input::Text { name: "<stdin>".into(), bytes });
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("cannot read standard input: {e}"))?;
+            out.push(Input::Text {
+                name: "<stdin>".into(),
+                bytes,
+            });
         } else if p.is_dir() {
             let files = flow_files(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
             if files.is_empty() {
@@ -114,7 +128,12 @@ fn inputs(paths: Vec<PathBuf>) -> Result<Vec<Input>, String> {
     Ok(out)
 }
 
-fn check(paths: Vec<PathBuf>, format: Format, deny_warnings: bool, color: Color) -> Result<i32, String> {
+fn check(
+    paths: Vec<PathBuf>,
+    format: Format,
+    deny_warnings: bool,
+    color: Color,
+) -> Result<i32, String> {
     let inputs = inputs(paths)?;
     let mut compilation = compile(&inputs).map_err(|e| e.to_string())?;
     if deny_warnings {
@@ -126,17 +145,27 @@ fn check(paths: Vec<PathBuf>, format: Format, deny_warnings: bool, color: Color)
     let written = match format {
         Format::Json => {
             let doc = render::json(&compilation.sources, &compilation.roots, &problems);
-            writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&doc).unwrap_or_default()
+            )
         }
         Format::Sarif => {
             let doc = render::sarif(&compilation.sources, &problems);
-            writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&doc).unwrap_or_default()
+            )
         }
         Format::Human => {
             let use_color = match color {
                 Color::Always => true,
                 Color::Never => false,
-                Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                Color::Auto => {
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+                }
             };
             let stderr = std::io::stderr();
             let mut err = stderr.lock();
@@ -150,12 +179,21 @@ fn check(paths: Vec<PathBuf>, format: Format, deny_warnings: bool, color: Color)
             if errors + warnings == 0 {
                 writeln!(err, "checked {files}: no problems")
             } else {
-                writeln!(err, "checked {files}: {}, {}", count(errors, "error"), count(warnings, "warning"))
+                writeln!(
+                    err,
+                    "checked {files}: {}, {}",
+                    count(errors, "error"),
+                    count(warnings, "warning")
+                )
             }
         }
     };
     written.map_err(|e| format!("cannot write the report: {e}"))?;
-    Ok(if compilation.problems.has_errors() { 1 } else { 0 })
+    Ok(if compilation.problems.has_errors() {
+        1
+    } else {
+        0
+    })
 }
 
 fn count(n: usize, what: &str) -> String {
@@ -170,7 +208,15 @@ fn explain(code: Option<String>, list: bool) -> Result<i32, String> {
                 flowc::code::Severity::Error => "error",
                 flowc::code::Severity::Warning => "warning",
             };
-            writeln!(out, "{}  {:<26} {:<8} {}", c.as_str(), c.slug(), severity, c.summary()).map_err(|e| e.to_string())?;
+            writeln!(
+                out,
+                "{}  {:<26} {:<8} {}",
+                c.as_str(),
+                c.slug(),
+                severity,
+                c.summary()
+            )
+            .map_err(|e| e.to_string())?;
         }
         return Ok(0);
     }
@@ -180,7 +226,9 @@ fn explain(code: Option<String>, list: bool) -> Result<i32, String> {
             write!(out, "{}", c.explanation()).map_err(|e| e.to_string())?;
             Ok(0)
         }
-        None => Err(format!("there is no code `{text}`; `flowc explain --list` lists them")),
+        None => Err(format!(
+            "there is no code `{text}`; `flowc explain --list` lists them"
+        )),
     }
 }
 
@@ -199,11 +247,18 @@ fn schema(file: PathBuf) -> Result<i32, String> {
     for (i, def) in program.types.defs.iter().enumerate() {
         let _ = i;
         let ty = flowc::types::Ty::Named(flowc::types::TypeId(i as u32));
-        types.insert(def.name.clone(), flowc::schema::document(&program.types, &ty));
+        types.insert(
+            def.name.clone(),
+            flowc::schema::document(&program.types, &ty),
+        );
     }
     let mut tools = serde_json::Map::new();
     for tool in program.tools.iter().filter(|t| in_root(t.span)) {
-        let params: Vec<_> = tool.params.iter().map(|p| (p.name.clone(), p.ty.clone(), p.optional)).collect();
+        let params: Vec<_> = tool
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
+            .collect();
         tools.insert(
             tool.name.clone(),
             serde_json::json!({

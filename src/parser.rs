@@ -19,23 +19,36 @@ use crate::source::{FileId, Span};
 /// Words that can never name a binding, a declaration or a parameter.
 /// Field names, argument names and clause words are not reserved.
 pub const RESERVED: &[&str] = &[
-    "use", "type", "model", "resource", "tool", "agent", "flow", "test", "provider", "let", "return", "llm", "approve",
-    "for", "in", "parallel", "if", "else", "match", "check", "require", "after", "fallback", "budget", "true", "false",
-    "null", "and", "or", "not", "env",
+    "use", "type", "model", "resource", "tool", "agent", "flow", "test", "provider", "let",
+    "return", "llm", "approve", "for", "in", "parallel", "if", "else", "match", "check", "require",
+    "after", "fallback", "budget", "true", "false", "null", "and", "or", "not", "env",
 ];
 
-const ITEM_KEYWORDS: &[&str] = &["use", "type", "model", "resource", "provider", "tool", "agent", "flow", "test"];
+const ITEM_KEYWORDS: &[&str] = &[
+    "use", "type", "model", "resource", "provider", "tool", "agent", "flow", "test",
+];
 
 /// Parses one file. Never fails: broken items are left out of the module and
 /// reported.
 pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
     // Lets a failed parse say which tokens it expected.
-    let mut parser = Parser { file, base: 0, diagnostics: Vec::new() };
+    let mut parser = Parser {
+        file,
+        base: 0,
+        diagnostics: Vec::new(),
+    };
     if let Some(at) = too_deep(text) {
         let d = Diagnostic::new(Code::Syntax, Span::new(file, at, at + 1), format!("this nests deeper than {MAX_DEPTH} levels"))
             .label("too deep")
             .help("split the value into named steps; flowc refuses deeper nesting rather than risk running out of stack");
-        return (Module { file, items: Vec::new(), broken: Vec::new() }, vec![d]);
+        return (
+            Module {
+                file,
+                items: Vec::new(),
+                broken: Vec::new(),
+            },
+            vec![d],
+        );
     }
     let mut items = Vec::new();
     let mut broken = Vec::new();
@@ -64,13 +77,17 @@ pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
                 // Tracking what was expected doubles parse time, so only a
                 // failed item is parsed again with it on.
                 pest::set_error_detail(true);
-                let error = FlowGrammar::parse(Rule::item_only, rest).err().unwrap_or(error);
+                let error = FlowGrammar::parse(Rule::item_only, rest)
+                    .err()
+                    .unwrap_or(error);
                 pest::set_error_detail(false);
                 let at = match error.location {
                     InputLocation::Pos(p) => p,
                     InputLocation::Span((s, _)) => s,
                 };
-                parser.diagnostics.push(syntax_error(file, text, pos, &error));
+                parser
+                    .diagnostics
+                    .push(syntax_error(file, text, pos, &error));
                 if let Some(name) = item_name(rest) {
                     broken.push(name);
                 }
@@ -81,12 +98,21 @@ pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
             }
         }
     }
-    (Module { file, items, broken }, parser.diagnostics)
+    (
+        Module {
+            file,
+            items,
+            broken,
+        },
+        parser.diagnostics,
+    )
 }
 
 /// The name a (possibly broken) item declares: `tool NAME(…` → `NAME`.
 fn item_name(text: &str) -> Option<String> {
-    let mut words = text.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty());
+    let mut words = text
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty());
     let keyword = words.next()?;
     if !ITEM_KEYWORDS.contains(&keyword) || keyword == "use" || keyword == "test" {
         return None;
@@ -158,7 +184,9 @@ fn too_deep(text: &str) -> Option<usize> {
                     "if" if previous_else => chain += 1,
                     "else" => {}
                     // Counted per statement: no real statement comes near the limit.
-                    "let" | "return" | "check" | "require" | "flow" | "test" | "expect" => chain = 0,
+                    "let" | "return" | "check" | "require" | "flow" | "test" | "expect" => {
+                        chain = 0
+                    }
                     _ => {}
                 }
                 previous_else = &text[start..i] == "else";
@@ -199,7 +227,12 @@ fn next_item_start(text: &str, from: usize) -> Option<usize> {
     }
 }
 
-fn syntax_error(file: FileId, text: &str, base: usize, error: &pest::error::Error<Rule>) -> Diagnostic {
+fn syntax_error(
+    file: FileId,
+    text: &str,
+    base: usize,
+    error: &pest::error::Error<Rule>,
+) -> Diagnostic {
     let (start, end) = match error.location {
         InputLocation::Pos(p) => (base + p, base + p),
         InputLocation::Span((s, e)) => (base + s, base + e),
@@ -214,7 +247,12 @@ fn syntax_error(file: FileId, text: &str, base: usize, error: &pest::error::Erro
             // Ranges (`a..z`) and built-in rules say nothing a reader can use.
             let token = token.to_string();
             let is_range = token.chars().count() == 4 && token.get(1..3) == Some("..");
-            if token != "BUILTIN_RULE" && !is_range && !token.trim().is_empty() && token != "//" && token != "\u{feff}" {
+            if token != "BUILTIN_RULE"
+                && !is_range
+                && !token.trim().is_empty()
+                && token != "//"
+                && token != "\u{feff}"
+            {
                 tokens.push(token);
             }
         }
@@ -225,7 +263,9 @@ fn syntax_error(file: FileId, text: &str, base: usize, error: &pest::error::Erro
     }
     // Two shapes of mistake deserve their own sentence.
     let at_number = text[start..].starts_with(|c: char| c.is_ascii_digit());
-    if tokens.iter().any(|t| t == "ms") && (at_number || text[..start].ends_with(|c: char| c.is_ascii_digit())) {
+    if tokens.iter().any(|t| t == "ms")
+        && (at_number || text[..start].ends_with(|c: char| c.is_ascii_digit()))
+    {
         return Diagnostic::new(Code::Syntax, span, "a duration needs a unit")
             .label("number without a unit")
             .help("write the unit after the number: `500ms`, `30s`, `15m`, `48h` or `2d`");
@@ -238,7 +278,9 @@ fn syntax_error(file: FileId, text: &str, base: usize, error: &pest::error::Erro
     // A description such as "an expression" already covers the tokens that
     // can start one; listing them too would bury the message.
     let covered = |t: &str| -> bool {
-        let starts_value = ["(", "-", "[", "{", "\"", "\"\"\"", "env", "true", "false", "null", "not"];
+        let starts_value = [
+            "(", "-", "[", "{", "\"", "\"\"\"", "env", "true", "false", "null", "not",
+        ];
         let starts_type = ["-", "[", "{", "\"", "\"\"\"", "true", "false", "schema"];
         let has = |prefix: &str| described.iter().any(|d| d.starts_with(prefix));
         t == "_"
@@ -248,10 +290,21 @@ fn syntax_error(file: FileId, text: &str, base: usize, error: &pest::error::Erro
             || (has("an effect") && ["read", "write", "irreversible"].contains(&t))
             || (has("an HTTP method") && ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&t))
             || (has("`approve` or") && ["approve", "reject"].contains(&t))
-            || (has("a failure class") && ["rate_limit", "timeout", "server_error", "connection", "invalid"].contains(&t))
+            || (has("a failure class")
+                && [
+                    "rate_limit",
+                    "timeout",
+                    "server_error",
+                    "connection",
+                    "invalid",
+                ]
+                .contains(&t))
     };
-    let mut expected: Vec<String> =
-        tokens.iter().filter(|t| !covered(t)).map(|t| format!("`{t}`")).collect();
+    let mut expected: Vec<String> = tokens
+        .iter()
+        .filter(|t| !covered(t))
+        .map(|t| format!("`{t}`"))
+        .collect();
     expected.sort();
     expected.dedup();
     described.sort();
@@ -265,8 +318,12 @@ fn syntax_error(file: FileId, text: &str, base: usize, error: &pest::error::Erro
             format!("one of {} or {}", expected.join(", "), last)
         }
     };
-    Diagnostic::new(Code::Syntax, span, format!("expected {expected_text}, found {found}"))
-        .label(format!("expected {expected_text}"))
+    Diagnostic::new(
+        Code::Syntax,
+        span,
+        format!("expected {expected_text}, found {found}"),
+    )
+    .label(format!("expected {expected_text}"))
 }
 
 fn found_width(text: &str, at: usize) -> usize {
@@ -274,9 +331,9 @@ fn found_width(text: &str, at: usize) -> usize {
     let mut chars = rest.chars();
     match chars.next() {
         None => 0,
-        Some(c) if c.is_alphanumeric() || c == '_' => {
-            rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len())
-        }
+        Some(c) if c.is_alphanumeric() || c == '_' => rest
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len()),
         Some(c) => c.len_utf8(),
     }
 }
@@ -286,7 +343,9 @@ fn describe_found(text: &str, at: usize) -> String {
     match rest.chars().next() {
         None => "end of file".to_string(),
         Some('\n') | Some('\r') => "end of line".to_string(),
-        Some(c) if c.is_alphanumeric() || c == '_' => format!("`{}`", &rest[..found_width(text, at)]),
+        Some(c) if c.is_alphanumeric() || c == '_' => {
+            format!("`{}`", &rest[..found_width(text, at)])
+        }
         Some(c) if c.is_control() => format!("byte {:#04x}", c as u32),
         Some(c) => format!("`{c}`"),
     }
@@ -315,7 +374,9 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
         | Rule::tool_decl
         | Rule::agent_decl
         | Rule::flow_decl
-        | Rule::test_decl => "a declaration (`use`, `type`, `model`, `resource`, `tool`, `agent`, `flow` or `test`)",
+        | Rule::test_decl => {
+            "a declaration (`use`, `type`, `model`, `resource`, `tool`, `agent`, `flow` or `test`)"
+        }
         Rule::http_method => "an HTTP method (`GET`, `POST`, `PUT`, `PATCH`, `DELETE`)",
         Rule::effect_kind => "an effect (`read`, `write` or `irreversible`)",
         Rule::retry_class => {
@@ -392,7 +453,11 @@ impl Parser {
         // A rule that ends in an optional part can take the whitespace before
         // it; a label should end where the text does.
         let trimmed = pair.as_str().trim_end().len();
-        Span::new(self.file, self.base + s.start(), self.base + s.start() + trimmed)
+        Span::new(
+            self.file,
+            self.base + s.start(),
+            self.base + s.start() + trimmed,
+        )
     }
 
     fn ident(&mut self, pair: &Pair<'_, Rule>) -> Ident {
@@ -405,7 +470,10 @@ impl Parser {
                     .help(format!("choose another name, such as `{name}_`")),
             );
         }
-        Ident { name: name.to_string(), span }
+        Ident {
+            name: name.to_string(),
+            span,
+        }
     }
 
     fn internal<T>(&mut self, span: Span) -> Option<T> {
@@ -419,14 +487,19 @@ impl Parser {
 
     fn repeated(&mut self, span: Span, clause: &str) {
         self.diagnostics.push(
-            Diagnostic::new(Code::InvalidDeclaration, span, format!("`{clause}` is given twice"))
-                .label("repeated clause")
-                .help(format!("keep one `{clause}`")),
+            Diagnostic::new(
+                Code::InvalidDeclaration,
+                span,
+                format!("`{clause}` is given twice"),
+            )
+            .label("repeated clause")
+            .help(format!("keep one `{clause}`")),
         );
     }
 
     fn error(&mut self, span: Span, message: impl Into<String>, label: impl Into<String>) {
-        self.diagnostics.push(Diagnostic::new(Code::Syntax, span, message).label(label));
+        self.diagnostics
+            .push(Diagnostic::new(Code::Syntax, span, message).label(label));
     }
 
     fn item(&mut self, pair: Pair<'_, Rule>) -> Option<Item> {
@@ -462,7 +535,11 @@ impl Parser {
                     match t.as_plain() {
                         Some(s) => ModulePath::File(s),
                         None => {
-                            self.error(t.span, "a module path cannot interpolate values", "interpolation here");
+                            self.error(
+                                t.span,
+                                "a module path cannot interpolate values",
+                                "interpolation here",
+                            );
                             return None;
                         }
                     }
@@ -495,7 +572,10 @@ impl Parser {
         if terms.len() == 1 {
             return terms.pop();
         }
-        Some(TypeExpr { kind: TypeExprKind::Union(terms), span })
+        Some(TypeExpr {
+            kind: TypeExprKind::Union(terms),
+            span,
+        })
     }
 
     fn type_term(&mut self, pair: Pair<'_, Rule>) -> Option<TypeExpr> {
@@ -506,7 +586,12 @@ impl Parser {
         let mut constraints = Vec::new();
         for p in it {
             match p.as_rule() {
-                Rule::optional => ty = TypeExpr { kind: TypeExprKind::Optional(Box::new(ty)), span },
+                Rule::optional => {
+                    ty = TypeExpr {
+                        kind: TypeExprKind::Optional(Box::new(ty)),
+                        span,
+                    }
+                }
                 _ => constraints.push(self.constraint(p)?),
             }
         }
@@ -515,10 +600,19 @@ impl Parser {
             ty = match ty.kind {
                 TypeExprKind::Optional(inner) => {
                     let inner_span = inner.span;
-                    let c = TypeExpr { kind: TypeExprKind::Constrained(inner, constraints), span: inner_span };
-                    TypeExpr { kind: TypeExprKind::Optional(Box::new(c)), span }
+                    let c = TypeExpr {
+                        kind: TypeExprKind::Constrained(inner, constraints),
+                        span: inner_span,
+                    };
+                    TypeExpr {
+                        kind: TypeExprKind::Optional(Box::new(c)),
+                        span,
+                    }
                 }
-                kind => TypeExpr { kind: TypeExprKind::Constrained(Box::new(TypeExpr { kind, span }), constraints), span },
+                kind => TypeExpr {
+                    kind: TypeExprKind::Constrained(Box::new(TypeExpr { kind, span }), constraints),
+                    span,
+                },
             };
         }
         Some(ty)
@@ -539,7 +633,11 @@ impl Parser {
                 match t.as_plain() {
                     Some(path) => TypeExprKind::Schema(path),
                     None => {
-                        self.error(t.span, "a schema path cannot interpolate values", "interpolation here");
+                        self.error(
+                            t.span,
+                            "a schema path cannot interpolate values",
+                            "interpolation here",
+                        );
                         return None;
                     }
                 }
@@ -573,7 +671,10 @@ impl Parser {
             let ty = self.type_expr(p)?;
             fields.push(FieldDecl { name, optional, ty });
         }
-        Some(TypeExpr { kind: TypeExprKind::Record(fields), span })
+        Some(TypeExpr {
+            kind: TypeExprKind::Record(fields),
+            span,
+        })
     }
 
     fn constraint(&mut self, pair: Pair<'_, Rule>) -> Option<Constraint> {
@@ -593,7 +694,11 @@ impl Parser {
                 let text = range.as_str();
                 let whole = |s: &str| -> Result<Option<u64>, ()> {
                     let s = s.trim();
-                    if s.is_empty() { Ok(None) } else { s.parse::<u64>().map(Some).map_err(|_| ()) }
+                    if s.is_empty() {
+                        Ok(None)
+                    } else {
+                        s.parse::<u64>().map(Some).map_err(|_| ())
+                    }
                 };
                 let parsed = match text.split_once("..") {
                     Some((lo, hi)) => whole(lo).and_then(|lo| whole(hi).map(|hi| (lo, hi))),
@@ -602,7 +707,11 @@ impl Parser {
                 match parsed {
                     Ok((min, max)) => ConstraintKind::Len { min, max },
                     Err(()) => {
-                        self.error(rspan, "this length is too large", "at most 18446744073709551615");
+                        self.error(
+                            rspan,
+                            "this length is too large",
+                            "at most 18446744073709551615",
+                        );
                         return None;
                     }
                 }
@@ -627,7 +736,11 @@ impl Parser {
         match pair.as_str().parse::<u64>() {
             Ok(n) => Some(n),
             Err(_) => {
-                self.error(self.span(pair), "this number is too large", "at most 18446744073709551615");
+                self.error(
+                    self.span(pair),
+                    "this number is too large",
+                    "at most 18446744073709551615",
+                );
                 None
             }
         }
@@ -643,7 +756,11 @@ impl Parser {
         match digits.parse::<f64>().map(|n| n * scale) {
             Ok(n) if n.is_finite() => Some(n),
             _ => {
-                self.error(self.span(pair), "this number is too large", "not a finite number");
+                self.error(
+                    self.span(pair),
+                    "this number is too large",
+                    "not a finite number",
+                );
                 None
             }
         }
@@ -656,7 +773,11 @@ impl Parser {
                 match t.as_plain() {
                     Some(s) => Literal::Str(s),
                     None => {
-                        self.error(t.span, "a literal cannot interpolate values", "interpolation here");
+                        self.error(
+                            t.span,
+                            "a literal cannot interpolate values",
+                            "interpolation here",
+                        );
                         return None;
                     }
                 }
@@ -673,7 +794,9 @@ impl Parser {
         let (digits, unit, scale) = match pair.as_rule() {
             Rule::money => (&text[1..], Unit::Dollars, 1.0),
             Rule::duration => {
-                let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+                let split = text
+                    .find(|c: char| c.is_ascii_alphabetic())
+                    .unwrap_or(text.len());
                 let scale = match &text[split..] {
                     "ms" => 0.001,
                     "s" => 1.0,
@@ -691,7 +814,11 @@ impl Parser {
             _ => return self.internal(span),
         };
         match digits.parse::<f64>() {
-            Ok(v) if (v * scale).is_finite() => Some(Quantity { value: v * scale, unit, span }),
+            Ok(v) if (v * scale).is_finite() => Some(Quantity {
+                value: v * scale,
+                unit,
+                span,
+            }),
             _ => {
                 self.error(span, "this number is too large", "not a finite number");
                 None
@@ -708,7 +835,11 @@ impl Parser {
         let model_id = match id.as_plain() {
             Some(s) => s,
             None => {
-                self.error(id.span, "a model name cannot interpolate values", "interpolation here");
+                self.error(
+                    id.span,
+                    "a model name cannot interpolate values",
+                    "interpolation here",
+                );
                 return None;
             }
         };
@@ -716,14 +847,28 @@ impl Parser {
             Some(obj) => self.object_entries(obj)?,
             None => Vec::new(),
         };
-        Some(ModelDecl { name, provider, model_id, model_id_span: id.span, params, span })
+        Some(ModelDecl {
+            name,
+            provider,
+            model_id,
+            model_id_span: id.span,
+            params,
+            span,
+        })
     }
 
     fn provider_decl(&mut self, pair: Pair<'_, Rule>) -> Option<ProviderDecl> {
         let span = self.span(&pair);
         let mut it = kids(pair);
         let name = self.ident(&next!(self, it, span));
-        let mut decl = ProviderDecl { name, protocol: None, base_url: None, api_key: None, prices: Vec::new(), span };
+        let mut decl = ProviderDecl {
+            name,
+            protocol: None,
+            base_url: None,
+            api_key: None,
+            prices: Vec::new(),
+            span,
+        };
         for clause in it {
             let cspan = self.span(&clause);
             match clause.as_rule() {
@@ -734,7 +879,10 @@ impl Parser {
                 Rule::base_url_clause => {
                     let mut c = clause.into_inner();
                     let eos = next!(self, c, cspan);
-                    let mut value = EnvOrString { env: None, default: None };
+                    let mut value = EnvOrString {
+                        env: None,
+                        default: None,
+                    };
                     for p in kids(eos) {
                         match p.as_rule() {
                             Rule::env_ref => {
@@ -760,7 +908,12 @@ impl Parser {
                     };
                     let input = self.quantity(next!(self, c, cspan))?.value;
                     let output = self.quantity(next!(self, c, cspan))?.value;
-                    decl.prices.push(Price { model, input, output, span: cspan });
+                    decl.prices.push(Price {
+                        model,
+                        input,
+                        output,
+                        span: cspan,
+                    });
                 }
                 _ => return self.internal(cspan),
             }
@@ -780,7 +933,11 @@ impl Parser {
                 optional = true;
                 ty = next!(self, it, pspan);
             }
-            params.push(Param { name, optional, ty: self.type_expr(ty)? });
+            params.push(Param {
+                name,
+                optional,
+                ty: self.type_expr(ty)?,
+            });
         }
         Some(params)
     }
@@ -795,7 +952,13 @@ impl Parser {
         for clause in it {
             self.tool_clause(clause, &mut clauses)?;
         }
-        Some(ToolDecl { name, params, output, clauses, span })
+        Some(ToolDecl {
+            name,
+            params,
+            output,
+            clauses,
+            span,
+        })
     }
 
     fn tool_clause(&mut self, clause: Pair<'_, Rule>, out: &mut Vec<ToolClause>) -> Option<()> {
@@ -805,7 +968,10 @@ impl Parser {
         let kind = match rule {
             Rule::http_clause => {
                 let method = next!(self, c, span).as_str().to_string();
-                ToolClauseKind::Http { method, url: self.template(next!(self, c, span))? }
+                ToolClauseKind::Http {
+                    method,
+                    url: self.template(next!(self, c, span))?,
+                }
             }
             Rule::exec_clause => {
                 let mut argv = Vec::new();
@@ -821,15 +987,25 @@ impl Parser {
             Rule::header_clause => {
                 let n = self.template(next!(self, c, span))?;
                 let Some(name) = n.as_plain() else {
-                    self.error(n.span, "a header name cannot interpolate values", "interpolation here");
+                    self.error(
+                        n.span,
+                        "a header name cannot interpolate values",
+                        "interpolation here",
+                    );
                     return None;
                 };
-                ToolClauseKind::Header { name, value: self.template(next!(self, c, span))? }
+                ToolClauseKind::Header {
+                    name,
+                    value: self.template(next!(self, c, span))?,
+                }
             }
             Rule::effect_clause => {
                 let kind = effect(next!(self, c, span).as_str());
                 let first_span = span;
-                out.push(ToolClause { kind: ToolClauseKind::Effect(kind), span: first_span });
+                out.push(ToolClause {
+                    kind: ToolClauseKind::Effect(kind),
+                    span: first_span,
+                });
                 for rw in c {
                     self.tool_clause(rw, out)?;
                 }
@@ -838,10 +1014,10 @@ impl Parser {
             Rule::reads_clause => ToolClauseKind::Reads(c.map(|p| self.ident(&p)).collect()),
             Rule::writes_clause => ToolClauseKind::Writes(c.map(|p| self.ident(&p)).collect()),
             Rule::timeout_clause => ToolClauseKind::Timeout(self.quantity(next!(self, c, span))?),
-            Rule::retry_clause => {
-                ToolClauseKind::Retry(self.retry(span, c)?)
+            Rule::retry_clause => ToolClauseKind::Retry(self.retry(span, c)?),
+            Rule::idempotency_clause => {
+                ToolClauseKind::Idempotency(self.template(next!(self, c, span))?)
             }
-            Rule::idempotency_clause => ToolClauseKind::Idempotency(self.template(next!(self, c, span))?),
             Rule::limit_clause => ToolClauseKind::Limit(self.quantity(next!(self, c, span))?),
             _ => return self.internal(span),
         };
@@ -849,7 +1025,11 @@ impl Parser {
         Some(())
     }
 
-    fn retry<'i>(&mut self, span: Span, mut c: impl Iterator<Item = Pair<'i, Rule>>) -> Option<Retry> {
+    fn retry<'i>(
+        &mut self,
+        span: Span,
+        mut c: impl Iterator<Item = Pair<'i, Rule>>,
+    ) -> Option<Retry> {
         let n = next!(self, c, span);
         let attempts = match n.as_str().parse::<u32>() {
             Ok(n) => n,
@@ -858,7 +1038,14 @@ impl Parser {
                 return None;
             }
         };
-        let mut retry = Retry { attempts, on: Vec::new(), backoff: None, cap: None, jitter: false, span };
+        let mut retry = Retry {
+            attempts,
+            on: Vec::new(),
+            backoff: None,
+            cap: None,
+            jitter: false,
+            span,
+        };
         for p in c {
             let pspan = self.span(&p);
             match p.as_rule() {
@@ -901,9 +1088,15 @@ impl Parser {
                 _ => {
                     let mut c = kids(clause);
                     match rule {
-                        Rule::agent_model => AgentClauseKind::Model(self.ident(&next!(self, c, cspan))),
-                        Rule::tools_clause => AgentClauseKind::Tools(c.map(|p| self.ident(&p)).collect()),
-                        Rule::may_clause => AgentClauseKind::May(effect(next!(self, c, cspan).as_str())),
+                        Rule::agent_model => {
+                            AgentClauseKind::Model(self.ident(&next!(self, c, cspan)))
+                        }
+                        Rule::tools_clause => {
+                            AgentClauseKind::Tools(c.map(|p| self.ident(&p)).collect())
+                        }
+                        Rule::may_clause => {
+                            AgentClauseKind::May(effect(next!(self, c, cspan).as_str()))
+                        }
                         Rule::max_steps_clause => {
                             let n = next!(self, c, cspan);
                             AgentClauseKind::MaxSteps(self.whole(&n)?)
@@ -915,14 +1108,22 @@ impl Parser {
                         Rule::instructions_clause => {
                             AgentClauseKind::Instructions(self.template(next!(self, c, cspan))?)
                         }
-                        Rule::timeout_clause => AgentClauseKind::Timeout(self.quantity(next!(self, c, cspan))?),
+                        Rule::timeout_clause => {
+                            AgentClauseKind::Timeout(self.quantity(next!(self, c, cspan))?)
+                        }
                         _ => return self.internal(cspan),
                     }
                 }
             };
             clauses.push(AgentClause { kind, span: cspan });
         }
-        Some(AgentDecl { name, params, output, clauses, span })
+        Some(AgentDecl {
+            name,
+            params,
+            output,
+            clauses,
+            span,
+        })
     }
 
     fn budget(&mut self, pair: Pair<'_, Rule>) -> Option<Budget> {
@@ -948,14 +1149,20 @@ impl Parser {
         for stmt in it {
             body.push(self.stmt(stmt)?);
         }
-        Some(FlowDecl { name, params, output, body, span })
+        Some(FlowDecl {
+            name,
+            params,
+            output,
+            body,
+            span,
+        })
     }
 
     fn stmt(&mut self, pair: Pair<'_, Rule>) -> Option<Stmt> {
         let span = self.span(&pair);
         Some(match pair.as_rule() {
             Rule::budget => Stmt::Budget(self.budget(pair)?),
-            Rule::let_stmt => Stmt::Let(self.let_stmt(pair)?),
+            Rule::let_stmt => Stmt::Let(Box::new(self.let_stmt(pair)?)),
             Rule::check_stmt => {
                 let mut it = kids(pair);
                 let name = self.ident(&next!(self, it, span));
@@ -967,7 +1174,11 @@ impl Parser {
                     let msg = self.template(next!(self, rr, rspan))?;
                     requires.push((cond, msg));
                 }
-                Stmt::Check(Check { name, requires, span })
+                Stmt::Check(Check {
+                    name,
+                    requires,
+                    span,
+                })
             }
             Rule::return_stmt => {
                 let mut it = kids(pair);
@@ -995,7 +1206,13 @@ impl Parser {
                 _ => return self.internal(sspan),
             }
         }
-        Some(Let { name, step, after, fallback, span })
+        Some(Let {
+            name,
+            step,
+            after,
+            fallback,
+            span,
+        })
     }
 
     fn step(&mut self, pair: Pair<'_, Rule>) -> Option<Step> {
@@ -1012,7 +1229,9 @@ impl Parser {
                     let rule = clause.as_rule();
                     let kind = match rule {
                         Rule::budget => LlmClauseKind::Budget(self.budget(clause)?),
-                        Rule::retry_clause => LlmClauseKind::Retry(self.retry(cspan, kids(clause))?),
+                        Rule::retry_clause => {
+                            LlmClauseKind::Retry(self.retry(cspan, kids(clause))?)
+                        }
                         _ => {
                             let mut c = kids(clause);
                             let p = next!(self, c, cspan);
@@ -1020,19 +1239,30 @@ impl Parser {
                                 Rule::prompt_clause => LlmClauseKind::Prompt(self.template(p)?),
                                 Rule::system_clause => LlmClauseKind::System(self.template(p)?),
                                 Rule::timeout_clause => LlmClauseKind::Timeout(self.quantity(p)?),
-                                Rule::max_tokens_clause => LlmClauseKind::MaxTokens(self.quantity(p)?),
+                                Rule::max_tokens_clause => {
+                                    LlmClauseKind::MaxTokens(self.quantity(p)?)
+                                }
                                 _ => return self.internal(cspan),
                             }
                         }
                     };
                     clauses.push(LlmClause { kind, span: cspan });
                 }
-                StepKind::Llm(LlmStep { model, output, clauses })
+                StepKind::Llm(LlmStep {
+                    model,
+                    output,
+                    clauses,
+                })
             }
             Rule::approve_step => {
                 let mut it = kids(pair);
                 let gate = self.ident(&next!(self, it, span));
-                let mut step = ApproveStep { gate, show: Vec::new(), timeout: None, on_timeout: None };
+                let mut step = ApproveStep {
+                    gate,
+                    show: Vec::new(),
+                    timeout: None,
+                    on_timeout: None,
+                };
                 for clause in it {
                     let cspan = self.span(&clause);
                     let rule = clause.as_rule();
@@ -1050,7 +1280,11 @@ impl Parser {
                             if step.on_timeout.is_some() {
                                 self.repeated(cspan, "on_timeout");
                             }
-                            let d = if p.as_str() == "approve" { Decision::Approve } else { Decision::Reject };
+                            let d = if p.as_str() == "approve" {
+                                Decision::Approve
+                            } else {
+                                Decision::Reject
+                            };
                             step.on_timeout = Some((d, self.span(&p)));
                         }
                         _ => return self.internal(cspan),
@@ -1072,7 +1306,12 @@ impl Parser {
                     p = next!(self, it, span);
                 }
                 let body = self.block(p)?;
-                StepKind::For(ForStep { var, iterable, parallel, body })
+                StepKind::For(ForStep {
+                    var,
+                    iterable,
+                    parallel,
+                    body,
+                })
             }
             Rule::if_step => StepKind::If(self.if_step(pair)?),
             Rule::match_step => {
@@ -1095,10 +1334,18 @@ impl Parser {
                         Rule::block => self.block(body_pair)?,
                         _ => {
                             let step = self.step(body_pair)?;
-                            Block { stmts: Vec::new(), span: step.span, result: Box::new(step) }
+                            Block {
+                                stmts: Vec::new(),
+                                span: step.span,
+                                result: Box::new(step),
+                            }
                         }
                     };
-                    arms.push(MatchArm { pattern, pattern_span, body });
+                    arms.push(MatchArm {
+                        pattern,
+                        pattern_span,
+                        body,
+                    });
                 }
                 StepKind::Match(MatchStep { scrutinee, arms })
             }
@@ -1117,12 +1364,23 @@ impl Parser {
             Some(p) if p.as_rule() == Rule::if_step => {
                 let nested_span = self.span(&p);
                 let nested = self.if_step(p)?;
-                let step = Step { kind: StepKind::If(nested), span: nested_span };
-                Some(Block { stmts: Vec::new(), span: nested_span, result: Box::new(step) })
+                let step = Step {
+                    kind: StepKind::If(nested),
+                    span: nested_span,
+                };
+                Some(Block {
+                    stmts: Vec::new(),
+                    span: nested_span,
+                    result: Box::new(step),
+                })
             }
             Some(p) => Some(self.block(p)?),
         };
-        Some(IfStep { condition, then, otherwise })
+        Some(IfStep {
+            condition,
+            then,
+            otherwise,
+        })
     }
 
     fn block(&mut self, pair: Pair<'_, Rule>) -> Option<Block> {
@@ -1137,7 +1395,11 @@ impl Parser {
             stmts.push(self.stmt(s)?);
         }
         let result = Box::new(self.step(last)?);
-        Some(Block { stmts, result, span })
+        Some(Block {
+            stmts,
+            result,
+            span,
+        })
     }
 
     fn call(&mut self, pair: Pair<'_, Rule>) -> Option<Call> {
@@ -1178,28 +1440,55 @@ impl Parser {
                     Some(extra) => self.internal(self.span(&extra)),
                 }
             }
-            Rule::string => Some(Expr { kind: ExprKind::Str(self.template(pair)?), span }),
-            Rule::number => Some(Expr { kind: ExprKind::Number(self.number(&pair)?), span }),
-            Rule::bool => Some(Expr { kind: ExprKind::Bool(pair.as_str() == "true"), span }),
-            Rule::null => Some(Expr { kind: ExprKind::Null, span }),
-            Rule::object => Some(Expr { kind: ExprKind::Object(self.object_entries(pair)?), span }),
+            Rule::string => Some(Expr {
+                kind: ExprKind::Str(self.template(pair)?),
+                span,
+            }),
+            Rule::number => Some(Expr {
+                kind: ExprKind::Number(self.number(&pair)?),
+                span,
+            }),
+            Rule::bool => Some(Expr {
+                kind: ExprKind::Bool(pair.as_str() == "true"),
+                span,
+            }),
+            Rule::null => Some(Expr {
+                kind: ExprKind::Null,
+                span,
+            }),
+            Rule::object => Some(Expr {
+                kind: ExprKind::Object(self.object_entries(pair)?),
+                span,
+            }),
             Rule::list => {
                 let mut items = Vec::new();
                 for p in pair.into_inner() {
                     items.push(self.expr(p)?);
                 }
-                Some(Expr { kind: ExprKind::List(items), span })
+                Some(Expr {
+                    kind: ExprKind::List(items),
+                    span,
+                })
             }
             Rule::env_ref => {
                 let mut it = kids(pair);
-                Some(Expr { kind: ExprKind::Env(self.ident(&next!(self, it, span))), span })
+                Some(Expr {
+                    kind: ExprKind::Env(self.ident(&next!(self, it, span))),
+                    span,
+                })
             }
             Rule::name => {
                 // A use of a name; reserved words are reported where names are declared.
                 let mut it = pair.into_inner();
                 let p = next!(self, it, span);
-                let name = Ident { name: p.as_str().to_string(), span: self.span(&p) };
-                Some(Expr { kind: ExprKind::Name(name), span })
+                let name = Ident {
+                    name: p.as_str().to_string(),
+                    span: self.span(&p),
+                };
+                Some(Expr {
+                    kind: ExprKind::Name(name),
+                    span,
+                })
             }
             _ => self.internal(span),
         }
@@ -1211,7 +1500,11 @@ impl Parser {
         let name_pair = next!(self, it, span);
         let name_t = self.template(name_pair)?;
         let Some(name) = name_t.as_plain() else {
-            self.error(name_t.span, "a test name cannot interpolate values", "interpolation here");
+            self.error(
+                name_t.span,
+                "a test name cannot interpolate values",
+                "interpolation here",
+            );
             return None;
         };
         let mut stmts = Vec::new();
@@ -1235,22 +1528,41 @@ impl Parser {
                                 Some(e) => Some(self.expr(e)?),
                                 None => None,
                             };
-                            TestStmt::GivenGate { gate: target, outcome: GateOutcome::Approves(with), span: sspan }
+                            TestStmt::GivenGate {
+                                gate: target,
+                                outcome: GateOutcome::Approves(with),
+                                span: sspan,
+                            }
                         }
                         (Rule::given_gate, _) => {
                             let why = match o.next() {
                                 Some(t) => self.template(t)?.as_plain(),
                                 None => None,
                             };
-                            TestStmt::GivenGate { gate: target, outcome: GateOutcome::Rejects(why), span: sspan }
+                            TestStmt::GivenGate {
+                                gate: target,
+                                outcome: GateOutcome::Rejects(why),
+                                span: sspan,
+                            }
                         }
                         (_, Rule::returns) => {
                             let e = self.expr(next!(self, o, sspan))?;
-                            TestStmt::Given { target, outcome: Given::Returns(e), span: sspan }
+                            TestStmt::Given {
+                                target,
+                                outcome: Given::Returns(e),
+                                span: sspan,
+                            }
                         }
                         _ => {
-                            let msg = self.template(next!(self, o, sspan))?.as_plain().unwrap_or_default();
-                            TestStmt::Given { target, outcome: Given::Fails(msg), span: sspan }
+                            let msg = self
+                                .template(next!(self, o, sspan))?
+                                .as_plain()
+                                .unwrap_or_default();
+                            TestStmt::Given {
+                                target,
+                                outcome: Given::Fails(msg),
+                                span: sspan,
+                            }
                         }
                     }
                 }
@@ -1259,14 +1571,23 @@ impl Parser {
                         let mut c = first.into_inner();
                         let target = self.ident(&next!(self, c, sspan));
                         let n = next!(self, c, sspan);
-                        TestStmt::ExpectCalls { target, times: self.whole(&n)?, span: sspan }
+                        TestStmt::ExpectCalls {
+                            target,
+                            times: self.whole(&n)?,
+                            span: sspan,
+                        }
                     }
                     _ => TestStmt::Expect(self.expr(first)?),
                 },
                 _ => return self.internal(sspan),
             });
         }
-        Some(TestDecl { name, name_span: name_t.span, stmts, span })
+        Some(TestDecl {
+            name,
+            name_span: name_t.span,
+            stmts,
+            span,
+        })
     }
 
     /// Precedence climbing over an `expr`'s flat tokens. `not` binds looser
@@ -1283,18 +1604,29 @@ impl Parser {
             let start = self.span(&first);
             let operand = self.climb(tokens, NOT, span)?;
             let s = start.to(operand.span);
-            Expr { kind: ExprKind::Not(Box::new(operand)), span: s }
+            Expr {
+                kind: ExprKind::Not(Box::new(operand)),
+                span: s,
+            }
         } else {
             let mut e = self.expr(first)?;
-            while let Some(p) = tokens.next_if(|p| matches!(p.as_rule(), Rule::member | Rule::index)) {
+            while let Some(p) =
+                tokens.next_if(|p| matches!(p.as_rule(), Rule::member | Rule::index))
+            {
                 let pspan = self.span(&p);
                 let s = e.span.to(pspan);
                 let rule = p.as_rule();
                 let mut inner = p.into_inner();
                 let x = next!(self, inner, pspan);
                 e = match rule {
-                    Rule::member => Expr { kind: ExprKind::Member(Box::new(e), self.ident(&x)), span: s },
-                    _ => Expr { kind: ExprKind::Index(Box::new(e), Box::new(self.expr(x)?)), span: s },
+                    Rule::member => Expr {
+                        kind: ExprKind::Member(Box::new(e), self.ident(&x)),
+                        span: s,
+                    },
+                    _ => Expr {
+                        kind: ExprKind::Index(Box::new(e), Box::new(self.expr(x)?)),
+                        span: s,
+                    },
                 };
             }
             e
@@ -1382,7 +1714,11 @@ impl Parser {
                 match u32::from_str_radix(hex, 16).ok().and_then(char::from_u32) {
                     Some(c) => c,
                     None => {
-                        self.error(self.span(pair), "this is not a Unicode scalar value", "invalid escape");
+                        self.error(
+                            self.span(pair),
+                            "this is not a Unicode scalar value",
+                            "invalid escape",
+                        );
                         return None;
                     }
                 }
@@ -1437,7 +1773,9 @@ fn strip_common_indent(parts: &mut Vec<TemplatePart>, first_is_line_start: bool)
     let mut common = usize::MAX;
     let count = parts.len();
     for (i, part) in parts.iter().enumerate() {
-        let TemplatePart::Text(t) = part else { continue };
+        let TemplatePart::Text(t) = part else {
+            continue;
+        };
         let followed_by_expr = i + 1 < count;
         let segments: Vec<&str> = t.split('\n').collect();
         for (n, line) in segments.iter().enumerate() {
@@ -1456,7 +1794,9 @@ fn strip_common_indent(parts: &mut Vec<TemplatePart>, first_is_line_start: bool)
         return;
     }
     for (i, part) in parts.iter_mut().enumerate() {
-        let TemplatePart::Text(t) = part else { continue };
+        let TemplatePart::Text(t) = part else {
+            continue;
+        };
         let mut out = String::with_capacity(t.len());
         for (n, line) in t.split('\n').enumerate() {
             if n > 0 {

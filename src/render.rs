@@ -53,7 +53,11 @@ impl miette::Diagnostic for Report<'_> {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        Some(Box::new(format!("{severity}[{}]: {}", self.diagnostic.code, self.diagnostic.code.slug())))
+        Some(Box::new(format!(
+            "{severity}[{}]: {}",
+            self.diagnostic.code,
+            self.diagnostic.code.slug()
+        )))
     }
 
     fn severity(&self) -> Option<miette::Severity> {
@@ -67,7 +71,10 @@ impl miette::Diagnostic for Report<'_> {
         if !self.code {
             return None;
         }
-        self.diagnostic.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.diagnostic
+            .help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
@@ -75,22 +82,30 @@ impl miette::Diagnostic for Report<'_> {
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        Some(Box::new(self.labels.iter().enumerate().map(|(i, (span, text))| {
-            let text = if text.is_empty() { None } else { Some(text.clone()) };
-            let span = SourceSpan::new((span.start as usize).into(), span.len());
-            if i == 0 {
-                LabeledSpan::new_primary_with_span(text, span)
-            } else {
-                LabeledSpan::new_with_span(text, span)
-            }
-        })))
+        Some(Box::new(self.labels.iter().enumerate().map(
+            |(i, (span, text))| {
+                let text = if text.is_empty() {
+                    None
+                } else {
+                    Some(text.clone())
+                };
+                let span = SourceSpan::new((span.start as usize).into(), span.len());
+                if i == 0 {
+                    LabeledSpan::new_primary_with_span(text, span)
+                } else {
+                    LabeledSpan::new_with_span(text, span)
+                }
+            },
+        )))
     }
 
     fn related<'b>(&'b self) -> Option<Box<dyn Iterator<Item = &'b dyn miette::Diagnostic> + 'b>> {
         if self.related.is_empty() {
             return None;
         }
-        Some(Box::new(self.related.iter().map(|r| r as &dyn miette::Diagnostic)))
+        Some(Box::new(
+            self.related.iter().map(|r| r as &dyn miette::Diagnostic),
+        ))
     }
 }
 
@@ -104,11 +119,13 @@ fn named_source(sources: &Sources, span: Span) -> NamedSource<Arc<str>> {
 pub fn human(sources: &Sources, d: &Diagnostic, color: bool) -> String {
     // miette pads labels with format widths, which cannot exceed u16; a label
     // thousands of columns into a line is unreadable in a terminal anyway.
-    let too_wide = std::iter::once(d.span).chain(d.labels.iter().map(|l| l.span)).any(|span| {
-        let file = sources.get(span.file);
-        let (_, col) = file.line_col(span.end);
-        col > MAX_COLUMN
-    });
+    let too_wide = std::iter::once(d.span)
+        .chain(d.labels.iter().map(|l| l.span))
+        .any(|span| {
+            let file = sources.get(span.file);
+            let (_, col) = file.line_col(span.end);
+            col > MAX_COLUMN
+        });
     if too_wide {
         let mut out = plain(sources, d);
         if !d.label.is_empty() {
@@ -145,8 +162,14 @@ pub fn human(sources: &Sources, d: &Diagnostic, color: bool) -> String {
         message: d.message.clone(),
         code: true,
     };
-    let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
-    let handler = GraphicalReportHandler::new_themed(theme).with_width(WIDTH).with_links(false);
+    let theme = if color {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_width(WIDTH)
+        .with_links(false);
     let mut out = String::new();
     if handler.render_report(&mut out, &report).is_err() {
         // Rendering into a String cannot fail short of a bug in miette; fall
@@ -164,7 +187,10 @@ pub fn plain(sources: &Sources, d: &Diagnostic) -> String {
         Severity::Error => "error",
         Severity::Warning => "warning",
     };
-    format!("{}:{line}:{col}: {severity}[{}]: {}\n", file.name, d.code, d.message)
+    format!(
+        "{}:{line}:{col}: {severity}[{}]: {}\n",
+        file.name, d.code, d.message
+    )
 }
 
 fn position(sources: &Sources, span: Span) -> Value {
@@ -199,7 +225,10 @@ pub fn json(sources: &Sources, files: &[String], diagnostics: &[&Diagnostic]) ->
             })
         })
         .collect();
-    let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+    let errors = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
     json!({
         "version": 1,
         "files": files,

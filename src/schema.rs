@@ -58,7 +58,11 @@ fn lower(table: &TypeTable, ty: &Ty, defs: &mut BTreeMap<String, Value>) -> Valu
         Ty::Literal(l) => json!({"const": lit(l)}),
         Ty::Union(ls) => json!({"enum": ls.iter().map(lit).collect::<Vec<_>>()}),
         Ty::Optional(inner) => json!({"anyOf": [lower(table, inner, defs), {"type": "null"}]}),
-        Ty::List(inner, c) => with_constraints(json!({"type": "array", "items": lower(table, inner, defs)}), c, true),
+        Ty::List(inner, c) => with_constraints(
+            json!({"type": "array", "items": lower(table, inner, defs)}),
+            c,
+            true,
+        ),
         Ty::Record(fields) => {
             let mut props = Map::new();
             let mut required = Vec::new();
@@ -102,7 +106,11 @@ fn with_constraints(mut schema: Value, c: &Constraints, list: bool) -> Value {
     if let Some(p) = &c.pattern {
         map.insert("pattern".into(), json!(p));
     }
-    let (min_key, max_key) = if list { ("minItems", "maxItems") } else { ("minLength", "maxLength") };
+    let (min_key, max_key) = if list {
+        ("minItems", "maxItems")
+    } else {
+        ("minLength", "maxLength")
+    };
     if let Some(n) = c.min_len {
         map.insert(min_key.into(), json!(n));
     }
@@ -110,10 +118,26 @@ fn with_constraints(mut schema: Value, c: &Constraints, list: bool) -> Value {
         map.insert(max_key.into(), json!(n));
     }
     if let Some((n, exclusive)) = c.min {
-        map.insert(if exclusive { "exclusiveMinimum" } else { "minimum" }.into(), json!(n));
+        map.insert(
+            if exclusive {
+                "exclusiveMinimum"
+            } else {
+                "minimum"
+            }
+            .into(),
+            json!(n),
+        );
     }
     if let Some((n, exclusive)) = c.max {
-        map.insert(if exclusive { "exclusiveMaximum" } else { "maximum" }.into(), json!(n));
+        map.insert(
+            if exclusive {
+                "exclusiveMaximum"
+            } else {
+                "maximum"
+            }
+            .into(),
+            json!(n),
+        );
     }
     schema
 }

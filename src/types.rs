@@ -214,7 +214,9 @@ impl TypeTable {
             (Ty::Int(_), Ty::Int(_)) => true,
             (Ty::Literal(Lit::Number(n)), Ty::Int(_)) => n.fract() == 0.0,
             (Ty::Union(ls), Ty::Number(_)) => ls.iter().all(|l| matches!(l, Lit::Number(_))),
-            (Ty::Union(ls), Ty::Int(_)) => ls.iter().all(|l| matches!(l, Lit::Number(n) if n.fract() == 0.0)),
+            (Ty::Union(ls), Ty::Int(_)) => ls
+                .iter()
+                .all(|l| matches!(l, Lit::Number(n) if n.fract() == 0.0)),
             (Ty::Bool, Ty::Bool) | (Ty::Literal(Lit::Bool(_)), Ty::Bool) => true,
             (Ty::Literal(a), Ty::Literal(b)) => a == b,
             (Ty::Literal(a), Ty::Union(bs)) => bs.contains(a),
@@ -222,14 +224,15 @@ impl TypeTable {
             (Ty::Union(as_), Ty::Literal(b)) => as_.iter().all(|a| a == b),
             (Ty::List(a, _), Ty::List(b, _)) => self.assignable_depth(a, b, d),
             (Ty::Record(fs), Ty::Record(gs)) => {
-                let required_present = gs.iter().all(|g| {
-                    match fs.iter().find(|f| f.name == g.name) {
-                        Some(f) => {
-                            (g.optional || !f.optional) && self.assignable_depth(&f.ty, &g.ty, d)
-                        }
-                        None => g.optional,
-                    }
-                });
+                let required_present =
+                    gs.iter()
+                        .all(|g| match fs.iter().find(|f| f.name == g.name) {
+                            Some(f) => {
+                                (g.optional || !f.optional)
+                                    && self.assignable_depth(&f.ty, &g.ty, d)
+                            }
+                            None => g.optional,
+                        });
                 let no_extra = fs.iter().all(|f| gs.iter().any(|g| g.name == f.name));
                 required_present && no_extra
             }
@@ -281,12 +284,18 @@ impl TypeTable {
                             ty: self.join_depth(&f.ty, &g.ty, depth + 1)?,
                             optional: f.optional || g.optional,
                         }),
-                        None => fields.push(Field { optional: true, ..f.clone() }),
+                        None => fields.push(Field {
+                            optional: true,
+                            ..f.clone()
+                        }),
                     }
                 }
                 for g in gs {
                     if !fs.iter().any(|f| f.name == g.name) {
-                        fields.push(Field { optional: true, ..g.clone() });
+                        fields.push(Field {
+                            optional: true,
+                            ..g.clone()
+                        });
                     }
                 }
                 Some(Ty::Record(fields))
@@ -299,7 +308,9 @@ impl TypeTable {
                         all.push(l);
                     }
                 }
-                let same_kind = all.iter().all(|l| std::mem::discriminant(l) == std::mem::discriminant(&all[0]));
+                let same_kind = all
+                    .iter()
+                    .all(|l| std::mem::discriminant(l) == std::mem::discriminant(&all[0]));
                 same_kind.then_some(Ty::Union(all))
             }
         }
@@ -334,7 +345,8 @@ impl TypeTable {
                 out.push_str(&parts.join(" | "));
             }
             Ty::Optional(inner) => {
-                let union = matches!(self.resolve(inner), Ty::Union(_)) && !matches!(**inner, Ty::Named(_));
+                let union =
+                    matches!(self.resolve(inner), Ty::Union(_)) && !matches!(**inner, Ty::Named(_));
                 if union {
                     out.push('(');
                 }

@@ -5,7 +5,11 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 fn flowc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flowc")).args(args).env_remove("NO_COLOR").output().expect("flowc runs")
+    Command::new(env!("CARGO_BIN_EXE_flowc"))
+        .args(args)
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("flowc runs")
 }
 
 fn flowc_stdin(args: &[&str], input: &[u8]) -> Output {
@@ -16,7 +20,12 @@ fn flowc_stdin(args: &[&str], input: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("flowc runs");
-    child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
     child.wait_with_output().expect("flowc exits")
 }
 
@@ -26,25 +35,50 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn examples_check_clean_without_warnings() {
-    let out = flowc(&["check", "--deny", "warnings", "--color", "never", "examples/"]);
+    let out = flowc(&[
+        "check",
+        "--deny",
+        "warnings",
+        "--color",
+        "never",
+        "examples/",
+    ]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains('⚠') && !stderr.contains("warning"), "{stderr}");
+    assert!(
+        !stderr.contains('⚠') && !stderr.contains("warning"),
+        "{stderr}"
+    );
     assert!(stderr.contains("no problems"), "{stderr}");
 }
 
 #[test]
 fn there_are_at_least_eight_examples() {
     let files = flowc::flow_files(std::path::Path::new("examples")).expect("examples folder");
-    let with_flows = files.iter().filter(|f| std::fs::read_to_string(f).unwrap_or_default().contains("\nflow ")).count();
+    let with_flows = files
+        .iter()
+        .filter(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .contains("\nflow ")
+        })
+        .count();
     assert!(with_flows >= 8, "only {with_flows} examples declare a flow");
 }
 
 #[test]
 fn stdlib_modules_check_clean() {
     for (module, _, source) in flowc::stdlib::MODULES {
-        let out = flowc_stdin(&["check", "--deny", "warnings", "--color", "never", "-"], source.as_bytes());
-        assert_eq!(out.status.code(), Some(0), "{module}: {}", text(&out.stderr));
+        let out = flowc_stdin(
+            &["check", "--deny", "warnings", "--color", "never", "-"],
+            source.as_bytes(),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{module}: {}",
+            text(&out.stderr)
+        );
     }
 }
 
@@ -65,7 +99,11 @@ fn every_example_cut_in_half_is_reported() {
         let out = flowc_stdin(&["check", "--color", "never", "-"], half);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{}: {stderr}", path.display());
-        assert!(stderr.contains('×') && !stderr.contains("panicked"), "{}: {stderr}", path.display());
+        assert!(
+            stderr.contains('×') && !stderr.contains("panicked"),
+            "{}: {stderr}",
+            path.display()
+        );
     }
 }
 
@@ -78,11 +116,16 @@ fn json_output_is_valid_and_stable_in_shape() {
     assert!(doc["files"].as_array().is_some_and(|f| f.len() >= 8));
     assert_eq!(doc["summary"]["errors"], 0);
 
-    let out = flowc_stdin(&["check", "--format", "json", "-"], b"flow f() -> string { return x }");
+    let out = flowc_stdin(
+        &["check", "--format", "json", "-"],
+        b"flow f() -> string { return x }",
+    );
     assert_eq!(out.status.code(), Some(1));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
     let d = &doc["diagnostics"].as_array().expect("array")[0];
-    for key in ["code", "slug", "severity", "message", "file", "span", "label", "labels", "help"] {
+    for key in [
+        "code", "slug", "severity", "message", "file", "span", "label", "labels", "help",
+    ] {
         assert!(d.get(key).is_some(), "diagnostic lacks `{key}`: {d}");
     }
     assert_eq!(d["span"]["start"]["line"], 1);
@@ -97,7 +140,10 @@ fn json_output_is_valid_and_stable_in_shape() {
 fn sarif_validator() -> jsonschema::Validator {
     let text = std::fs::read_to_string("tests/sarif-schema-2.1.0.json").expect("schema file");
     let broken = r#""^[a-zA-Z]{2}|^[a-zA-Z]{2}-[a-zA-Z]{2}]?$""#;
-    assert!(text.contains(broken), "the schema changed; revisit this workaround");
+    assert!(
+        text.contains(broken),
+        "the schema changed; revisit this workaround"
+    );
     let text = text.replace(broken, r#""^[a-zA-Z]{2}(-[a-zA-Z]{2})?$""#);
     let schema: serde_json::Value = serde_json::from_str(&text).expect("schema JSON");
     jsonschema::validator_for(&schema).expect("valid SARIF schema")
@@ -114,7 +160,10 @@ fn sarif_output_validates_against_the_sarif_schema() {
     assert_eq!(broken.status.code(), Some(1));
     for out in [clean, broken] {
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
-        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| format!("{e} at {}", e.instance_path())).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
         assert!(errors.is_empty(), "SARIF schema violations: {errors:#?}");
         assert_eq!(doc["version"], "2.1.0");
     }
@@ -122,12 +171,28 @@ fn sarif_output_validates_against_the_sarif_schema() {
 
 #[test]
 fn exit_codes_distinguish_problems_from_usage_errors() {
-    assert_eq!(flowc(&["check", "no/such/file.flow"]).status.code(), Some(2));
-    assert_eq!(flowc(&["check", "--format", "yaml", "examples/"]).status.code(), Some(2));
+    assert_eq!(
+        flowc(&["check", "no/such/file.flow"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        flowc(&["check", "--format", "yaml", "examples/"])
+            .status
+            .code(),
+        Some(2)
+    );
     assert_eq!(flowc(&["explain", "Z999"]).status.code(), Some(2));
     let warn_only = b"use std.models.{openai}\nmodel m = openai(\"gpt-4o-mini\") { max_tokens: 100 }\nflow f(q: string) -> string {\n  budget { tokens 10k }\n  let unused = llm m -> string { prompt \"{q}\" }\n  return q\n}\n";
-    assert_eq!(flowc_stdin(&["check", "-"], warn_only).status.code(), Some(0));
-    assert_eq!(flowc_stdin(&["check", "--deny", "warnings", "-"], warn_only).status.code(), Some(1));
+    assert_eq!(
+        flowc_stdin(&["check", "-"], warn_only).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        flowc_stdin(&["check", "--deny", "warnings", "-"], warn_only)
+            .status
+            .code(),
+        Some(1)
+    );
 }
 
 #[test]

@@ -14,7 +14,10 @@ fn example(text: &str, heading: &str) -> Option<String> {
 }
 
 fn codes_in(source: &str) -> (Vec<Code>, bool) {
-    let input = Input::Text { name: "example.flow".into(), bytes: source.as_bytes().to_vec() };
+    let input = Input::Text {
+        name: "example.flow".into(),
+        bytes: source.as_bytes().to_vec(),
+    };
     let compilation = compile(&[input]).expect("text input never fails to load");
     let problems = compilation.problems.sorted();
     let codes = problems.iter().map(|d| d.code).collect();
@@ -27,13 +30,18 @@ fn explanations_have_working_examples() {
     for code in Code::ALL {
         let text = code.explanation();
         if !text.starts_with(&format!("# {} {}", code.as_str(), code.slug())) {
-            failures.push(format!("{code}: explanation must start with `# {code} {}`", code.slug()));
+            failures.push(format!(
+                "{code}: explanation must start with `# {code} {}`",
+                code.slug()
+            ));
         }
         match example(text, "Wrong") {
             Some(src) => {
                 let (codes, _) = codes_in(&src);
                 if !codes.contains(code) {
-                    failures.push(format!("{code}: the wrong example reports {codes:?}, not {code}"));
+                    failures.push(format!(
+                        "{code}: the wrong example reports {codes:?}, not {code}"
+                    ));
                 }
             }
             None => failures.push(format!("{code}: no `## Wrong` example")),

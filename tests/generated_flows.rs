@@ -8,9 +8,17 @@ mod generated;
 fn generated_flows_check_clean() {
     for steps in [10, 100, 1000] {
         let source = generated::flow_source(steps);
-        let c = flowc::compile(&[flowc::Input::Text { name: format!("gen{steps}.flow"), bytes: source.into_bytes() }])
-            .expect("loads");
-        let problems: Vec<String> = c.problems.sorted().iter().map(|d| flowc::render::plain(&c.sources, d)).collect();
+        let c = flowc::compile(&[flowc::Input::Text {
+            name: format!("gen{steps}.flow"),
+            bytes: source.into_bytes(),
+        }])
+        .expect("loads");
+        let problems: Vec<String> = c
+            .problems
+            .sorted()
+            .iter()
+            .map(|d| flowc::render::plain(&c.sources, d))
+            .collect();
         assert!(problems.is_empty(), "{steps} steps: {problems:#?}");
     }
 }

@@ -27,7 +27,11 @@ fn expected_codes(path: &Path) -> BTreeSet<String> {
         .lines()
         .find_map(|l| l.trim().strip_prefix("// expect:"))
         .unwrap_or_else(|| panic!("{} has no `// expect:` header", path.display()));
-    header.split_whitespace().filter(|c| *c != "clean").map(str::to_string).collect()
+    header
+        .split_whitespace()
+        .filter(|c| *c != "clean")
+        .map(str::to_string)
+        .collect()
 }
 
 fn run_check(path: &Path, format: &str) -> std::process::Output {
@@ -46,7 +50,8 @@ fn golden_outputs_match() {
     for path in golden_files() {
         let expected = expected_codes(&path);
         let json = run_check(&path, "json");
-        let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("valid JSON report");
+        let doc: serde_json::Value =
+            serde_json::from_slice(&json.stdout).expect("valid JSON report");
         let found: BTreeSet<String> = doc["diagnostics"]
             .as_array()
             .expect("diagnostics array")
@@ -54,13 +59,20 @@ fn golden_outputs_match() {
             .map(|d| d["code"].as_str().expect("code").to_string())
             .collect();
         if found != expected {
-            failures.push(format!("{}: expected codes {expected:?}, reported {found:?}", path.display()));
+            failures.push(format!(
+                "{}: expected codes {expected:?}, reported {found:?}",
+                path.display()
+            ));
         }
         let human = run_check(&path, "human");
         let has_errors = doc["summary"]["errors"].as_u64().unwrap_or(0) > 0;
         let want_status = if has_errors { 1 } else { 0 };
         if human.status.code() != Some(want_status) {
-            failures.push(format!("{}: exit status {:?}, expected {want_status}", path.display(), human.status.code()));
+            failures.push(format!(
+                "{}: exit status {:?}, expected {want_status}",
+                path.display(),
+                human.status.code()
+            ));
         }
         let stderr = String::from_utf8(human.stderr).expect("UTF-8 output");
         let snapshot = path.with_extension("stderr");
@@ -75,10 +87,18 @@ fn golden_outputs_match() {
                 path.display(),
                 snapshot.display()
             )),
-            Err(_) => failures.push(format!("{}: no snapshot; run with FLOWC_BLESS=1", path.display())),
+            Err(_) => failures.push(format!(
+                "{}: no snapshot; run with FLOWC_BLESS=1",
+                path.display()
+            )),
         }
     }
-    assert!(failures.is_empty(), "{} golden failures:\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} golden failures:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 #[test]
@@ -87,6 +107,13 @@ fn every_code_has_a_golden_test() {
     for path in golden_files() {
         covered.extend(expected_codes(&path));
     }
-    let missing: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).filter(|c| !covered.contains(*c)).collect();
-    assert!(missing.is_empty(), "codes without a golden test: {missing:?}");
+    let missing: Vec<&str> = Code::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .filter(|c| !covered.contains(*c))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "codes without a golden test: {missing:?}"
+    );
 }

@@ -6,7 +6,11 @@ use flowc::{compile, Input};
 use proptest::prelude::*;
 
 fn compile_bytes(bytes: &[u8]) -> flowc::Compilation {
-    compile(&[Input::Text { name: "fuzz.flow".into(), bytes: bytes.to_vec() }]).expect("text input always loads")
+    compile(&[Input::Text {
+        name: "fuzz.flow".into(),
+        bytes: bytes.to_vec(),
+    }])
+    .expect("text input always loads")
 }
 
 /// Fragments of real syntax, so generated inputs get deep into the grammar

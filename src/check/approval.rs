@@ -21,7 +21,9 @@ use crate::ir::{CallTarget, Fallback, Flow, Program, StepKind};
 use super::effect_of;
 
 pub(super) fn check(program: &Program, flow: &Flow, out: &mut Vec<Diagnostic>) {
-    let Ok(order) = toposort(&flow.graph, None) else { return };
+    let Ok(order) = toposort(&flow.graph, None) else {
+        return;
+    };
     let g = &flow.graph;
     let mut guarded = vec![false; g.node_count()];
     // Whether some step directly in a region is guarded; an arm's steps all
@@ -34,13 +36,16 @@ pub(super) fn check(program: &Program, flow: &Flow, out: &mut Vec<Diagnostic>) {
             StepKind::Branch { decide, arms } => {
                 guarded[decide.index()]
                     || (!arms.is_empty()
-                        && arms.iter().all(|arm| {
-                            arm.result.is_some() && region_guarded[arm.region.index()]
-                        }))
-                    || preds().any(|p| g[p].region == g[n].region && p != *decide && guarded[p.index()])
+                        && arms
+                            .iter()
+                            .all(|arm| arm.result.is_some() && region_guarded[arm.region.index()]))
+                    || preds()
+                        .any(|p| g[p].region == g[n].region && p != *decide && guarded[p.index()])
             }
             StepKind::Loop { item, body, .. } => {
-                guarded[item.index()] || preds().any(|p| !flow.region_within(g[p].region, *body) && guarded[p.index()])
+                guarded[item.index()]
+                    || preds()
+                        .any(|p| !flow.region_within(g[p].region, *body) && guarded[p.index()])
             }
             _ => preds().any(|p| guarded[p.index()]),
         };
@@ -51,7 +56,11 @@ pub(super) fn check(program: &Program, flow: &Flow, out: &mut Vec<Diagnostic>) {
     let gates: Vec<_> = g
         .node_indices()
         .filter_map(|n| match &g[n].kind {
-            StepKind::Approve { on_timeout: Decision::Approve, gate, .. } => Some((n, gate.clone())),
+            StepKind::Approve {
+                on_timeout: Decision::Approve,
+                gate,
+                ..
+            } => Some((n, gate.clone())),
             _ => None,
         })
         .collect();
@@ -88,7 +97,10 @@ pub(super) fn check(program: &Program, flow: &Flow, out: &mut Vec<Diagnostic>) {
                 flow.name
             ));
             for (gate, gate_name) in &gates {
-                d = d.with(g[*gate].span, format!("gate `{gate_name}` approves itself on timeout, so it does not count"));
+                d = d.with(
+                    g[*gate].span,
+                    format!("gate `{gate_name}` approves itself on timeout, so it does not count"),
+                );
             }
             out.push(d);
         }

@@ -24,8 +24,8 @@ use petgraph::graph::NodeIndex;
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::ir::{
-    Agent, Budget, CallTarget, ExprKind, Fallback, Flow, LlmCall, ModelId, Program, RegionId, StepKind, Template,
-    TemplatePart,
+    Agent, Budget, CallTarget, ExprKind, Fallback, Flow, LlmCall, ModelId, Program, RegionId,
+    StepKind, Template, TemplatePart,
 };
 use crate::source::Span;
 use crate::types::{Lit, Ty, TypeTable};
@@ -85,7 +85,11 @@ impl Worst {
     }
 
     fn max(self, other: Worst) -> Worst {
-        let pick_terms = if self.tokens + self.steps >= other.tokens + other.steps { self.terms } else { other.terms };
+        let pick_terms = if self.tokens + self.steps >= other.tokens + other.steps {
+            self.terms
+        } else {
+            other.terms
+        };
         Worst {
             tokens: self.tokens.max(other.tokens),
             cost: self.cost.max(other.cost),
@@ -126,7 +130,13 @@ pub(super) fn check(program: &Program, analyzable: &[bool], out: &mut Vec<Diagno
     }
 }
 
-fn flow_worst(program: &Program, i: usize, analyzable: &[bool], memo: &mut Vec<Option<Worst>>, out: &mut Vec<Diagnostic>) -> Worst {
+fn flow_worst(
+    program: &Program,
+    i: usize,
+    analyzable: &[bool],
+    memo: &mut Vec<Option<Worst>>,
+    out: &mut Vec<Diagnostic>,
+) -> Worst {
     if let Some(w) = &memo[i] {
         return w.clone();
     }
@@ -138,7 +148,14 @@ fn flow_worst(program: &Program, i: usize, analyzable: &[bool], memo: &mut Vec<O
     for n in flow.graph.node_indices() {
         members[flow.graph[n].region.index()].push(n);
     }
-    let mut cx = FlowCost { program, flow, members: &members, analyzable, memo, out };
+    let mut cx = FlowCost {
+        program,
+        flow,
+        members: &members,
+        analyzable,
+        memo,
+        out,
+    };
     let w = cx.region(RegionId(0));
     cx.memo[i] = Some(w.clone());
     w
@@ -179,7 +196,11 @@ impl FlowCost<'_, '_> {
                 };
                 match program.types.max_len(&iterable_ty) {
                     Some(max) => {
-                        let label = format!("{} iterations of loop {}", group(max as f64), step.display());
+                        let label = format!(
+                            "{} iterations of loop {}",
+                            group(max as f64),
+                            step.display()
+                        );
                         w.add(body_worst.times(max as f64, &label));
                     }
                     None => {
@@ -206,7 +227,11 @@ impl FlowCost<'_, '_> {
             _ => {}
         }
         if let Some(Fallback::Call(target, _, span)) = &step.fallback {
-            let f = self.call(*target, *span, &format!("the fallback of {}", step.display()));
+            let f = self.call(
+                *target,
+                *span,
+                &format!("the fallback of {}", step.display()),
+            );
             w.add(f);
         }
         w
@@ -225,7 +250,12 @@ impl FlowCost<'_, '_> {
                         span,
                         tokens_text: String::new(),
                         cost_text: String::new(),
-                        count_text: format!("{who} calls `{}`: {} attempt{}", tool.name, group(attempts), plural(attempts)),
+                        count_text: format!(
+                            "{who} calls `{}`: {} attempt{}",
+                            tool.name,
+                            group(attempts),
+                            plural(attempts)
+                        ),
                         tokens: 0.0,
                         cost: 0.0,
                         steps: 1.0,
@@ -296,19 +326,29 @@ impl FlowCost<'_, '_> {
 
 fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall) -> Worst {
     let step = &flow.graph[n];
-    let mut w = Worst { steps: 1.0, ..Worst::default() };
+    let mut w = Worst {
+        steps: 1.0,
+        ..Worst::default()
+    };
     if l.model.index() >= program.models.len() {
         return w;
     }
     let attempts = 1 + l.retry.as_ref().map_or(0, |r| r.retries);
-    let prompt = prompt_tokens(program, flow, l.prompt.as_ref()) + prompt_tokens(program, flow, l.system.as_ref());
+    let prompt = prompt_tokens(program, flow, l.prompt.as_ref())
+        + prompt_tokens(program, flow, l.system.as_ref());
     for model in chain(program, l.model) {
         let m = &program.models[model.index()];
-        let Some(max_out) = l.max_tokens.or(m.max_tokens) else { continue };
+        let Some(max_out) = l.max_tokens.or(m.max_tokens) else {
+            continue;
+        };
         let a = attempts as f64;
         let out = max_out as f64;
         let tokens = a * (prompt + out);
-        let via = if model == l.model { String::new() } else { format!(" on fallback `{}`", m.name) };
+        let via = if model == l.model {
+            String::new()
+        } else {
+            format!(" on fallback `{}`", m.name)
+        };
         let who = if step.named {
             format!("llm {}{via}", step.display())
         } else {
@@ -337,7 +377,12 @@ fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall) -> Worst
         w.cost += cost;
         w.terms.push(Term {
             span: step.span,
-            tokens_text: format!("{who}: {times} × ({} max_tokens + {} prompt) = {} tokens", group(out), group(prompt), group(tokens)),
+            tokens_text: format!(
+                "{who}: {times} × ({} max_tokens + {} prompt) = {} tokens",
+                group(out),
+                group(prompt),
+                group(tokens)
+            ),
             cost_text,
             count_text: format!("{who}: 1 step"),
             tokens,
@@ -354,13 +399,22 @@ fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall) -> Worst
 
 fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst {
     let steps = agent.max_steps.unwrap_or(0) as f64;
-    let mut w = Worst { steps, tool_calls: steps, ..Worst::default() };
+    let mut w = Worst {
+        steps,
+        tool_calls: steps,
+        ..Worst::default()
+    };
     let count_text = format!("{who} runs agent `{}`: {} turns", agent.name, group(steps));
     let Some(model) = agent.model else { return w };
-    let prompt = agent.instructions.as_ref().map_or(0.0, |t| (t.text_len() as f64 / 4.0).ceil());
+    let prompt = agent
+        .instructions
+        .as_ref()
+        .map_or(0.0, |t| (t.text_len() as f64 / 4.0).ceil());
     for id in chain(program, model) {
         let m = &program.models[id.index()];
-        let Some(max_out) = m.max_tokens else { continue };
+        let Some(max_out) = m.max_tokens else {
+            continue;
+        };
         let out = max_out as f64;
         let tokens = steps * (prompt + out);
         let (cost, cost_text) = match &m.price {
@@ -444,7 +498,9 @@ fn prompt_tokens(program: &Program, flow: &Flow, t: Option<&Template>) -> f64 {
     let mut tokens = (t.text_len() as f64 / 4.0).ceil();
     let mut charged: HashMap<NodeIndex, f64> = HashMap::new();
     for part in &t.parts {
-        let TemplatePart::Expr(e) = part else { continue };
+        let TemplatePart::Expr(e) = part else {
+            continue;
+        };
         let own = type_tokens(&program.types, &e.ty, 0);
         let mut steps = Vec::new();
         e.steps(&mut steps);
@@ -478,7 +534,10 @@ fn prompt_tokens(program: &Program, flow: &Flow, t: Option<&Template>) -> f64 {
 /// What a step can put into a prompt at most, if it says.
 fn step_cap(program: &Program, flow: &Flow, s: NodeIndex) -> Option<f64> {
     match &flow.graph[s].kind {
-        StepKind::Call { target: CallTarget::Tool(t), .. } => program.tools[t.index()].limit_tokens.map(|l| l as f64),
+        StepKind::Call {
+            target: CallTarget::Tool(t),
+            ..
+        } => program.tools[t.index()].limit_tokens.map(|l| l as f64),
         StepKind::Llm(l) => {
             let m = program.models.get(l.model.index())?;
             l.max_tokens.or(m.max_tokens).map(|t| t as f64)
@@ -496,7 +555,11 @@ fn type_tokens(types: &TypeTable, ty: &Ty, depth: u32) -> Option<f64> {
         Ty::Named(_) => type_tokens(types, types.resolve(ty), depth + 1),
         Ty::String(c) => c.max_len.map(|n| (n as f64 / 4.0).ceil() + 1.0),
         Ty::Literal(Lit::Str(s)) => Some((s.len() as f64 / 4.0).ceil() + 1.0),
-        Ty::Union(ls) => Some(ls.iter().map(|l| (l.to_string().len() as f64 / 4.0).ceil() + 1.0).fold(0.0, f64::max)),
+        Ty::Union(ls) => Some(
+            ls.iter()
+                .map(|l| (l.to_string().len() as f64 / 4.0).ceil() + 1.0)
+                .fold(0.0, f64::max),
+        ),
         Ty::Number(_) | Ty::Int(_) | Ty::Bool | Ty::Null | Ty::Literal(_) => Some(3.0),
         Ty::Optional(inner) => type_tokens(types, inner, depth + 1),
         Ty::List(inner, c) => {
@@ -506,7 +569,9 @@ fn type_tokens(types: &TypeTable, ty: &Ty, depth: u32) -> Option<f64> {
         Ty::Record(fields) => {
             let mut total = 2.0;
             for f in fields {
-                total += (f.name.len() as f64 / 4.0).ceil() + 2.0 + type_tokens(types, &f.ty, depth + 1)?;
+                total += (f.name.len() as f64 / 4.0).ceil()
+                    + 2.0
+                    + type_tokens(types, &f.ty, depth + 1)?;
             }
             Some(total)
         }
@@ -528,7 +593,14 @@ fn compare(owner: &str, budget: &Budget, worst: &Worst, out: &mut Vec<Diagnostic
     }
     let checks: [(Metric, Option<f64>); 4] = [
         (Metric::Tokens, budget.tokens.map(|t| t as f64)),
-        (Metric::Cost, if worst.unpriced.is_some() { None } else { budget.cost }),
+        (
+            Metric::Cost,
+            if worst.unpriced.is_some() {
+                None
+            } else {
+                budget.cost
+            },
+        ),
         (Metric::Steps, budget.steps.map(|t| t as f64)),
         (Metric::ToolCalls, budget.tool_calls.map(|t| t as f64)),
     ];
@@ -539,8 +611,17 @@ fn compare(owner: &str, budget: &Budget, worst: &Worst, out: &mut Vec<Diagnostic
             continue;
         }
         let mut terms: Vec<&Term> = worst.terms.iter().filter(|t| metric.of(t) > 0.0).collect();
-        terms.sort_by(|a, b| metric.of(b).total_cmp(&metric.of(a)).then(a.span.cmp(&b.span)));
-        let lines: Vec<String> = terms.iter().take(4).map(|t| metric.text(t).to_string()).collect();
+        terms.sort_by(|a, b| {
+            metric
+                .of(b)
+                .total_cmp(&metric.of(a))
+                .then(a.span.cmp(&b.span))
+        });
+        let lines: Vec<String> = terms
+            .iter()
+            .take(4)
+            .map(|t| metric.text(t).to_string())
+            .collect();
         let mut help = format!("worst case {}", metric.show(found));
         if !lines.is_empty() {
             help.push_str(&format!(" = {}", lines.join(" + ")));
@@ -548,11 +629,19 @@ fn compare(owner: &str, budget: &Budget, worst: &Worst, out: &mut Vec<Diagnostic
                 help.push_str(&format!(" + {} more", terms.len() - 4));
             }
         }
-        help.push_str(&format!("; raise the budget to at least {}, or {}", metric.show(found), metric.lower()));
+        help.push_str(&format!(
+            "; raise the budget to at least {}, or {}",
+            metric.show(found),
+            metric.lower()
+        ));
         let mut d = Diagnostic::new(
             Code::BudgetExceeded,
             budget.span,
-            format!("{owner} can spend {}, over its budget of {}", metric.show(found), metric.show(limit)),
+            format!(
+                "{owner} can spend {}, over its budget of {}",
+                metric.show(found),
+                metric.show(limit)
+            ),
         )
         .label(format!("budget of {}", metric.show(limit)))
         .help(help);
@@ -609,9 +698,13 @@ impl Metric {
 
     fn lower(self) -> &'static str {
         match self {
-            Metric::Tokens | Metric::Cost => "lower max_tokens, retries or the lists' maximum lengths",
+            Metric::Tokens | Metric::Cost => {
+                "lower max_tokens, retries or the lists' maximum lengths"
+            }
             Metric::Steps => "lower the lists' maximum lengths or the agents' max_steps",
-            Metric::ToolCalls => "lower retries, the lists' maximum lengths or the agents' max_steps",
+            Metric::ToolCalls => {
+                "lower retries, the lists' maximum lengths or the agents' max_steps"
+            }
         }
     }
 }

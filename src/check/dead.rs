@@ -19,7 +19,12 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
         let effectful = effectful_regions(program, flow);
         for n in flow.graph.node_indices() {
             let step = &flow.graph[n];
-            if !step.named || matches!(step.kind, StepKind::LoopItem { .. } | StepKind::Check { .. }) {
+            if !step.named
+                || matches!(
+                    step.kind,
+                    StepKind::LoopItem { .. } | StepKind::Check { .. }
+                )
+            {
                 continue;
             }
             let used = flow

@@ -24,7 +24,11 @@ pub(super) fn cycles(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<bool> 
             // Name the steps in source order, so the message is stable.
             let mut steps: Vec<NodeIndex> = scc.clone();
             steps.sort_by_key(|n| flow.graph[*n].span);
-            let named: Vec<NodeIndex> = steps.iter().copied().filter(|n| flow.graph[*n].named).collect();
+            let named: Vec<NodeIndex> = steps
+                .iter()
+                .copied()
+                .filter(|n| flow.graph[*n].named)
+                .collect();
             let shown = if named.is_empty() { &steps } else { &named };
             let first = shown[0];
             let circle: Vec<String> = shown.iter().map(|n| flow.graph[*n].display()).collect();
@@ -83,7 +87,10 @@ pub(super) fn recursion(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<boo
         flows.sort_by_key(|f| program.flows[*f].span);
         // Point at each call that closes the circle.
         let first = flows[0];
-        let names: Vec<String> = flows.iter().map(|f| format!("`{}`", program.flows[*f].name)).collect();
+        let names: Vec<String> = flows
+            .iter()
+            .map(|f| format!("`{}`", program.flows[*f].name))
+            .collect();
         let names = and_list(&names);
         let mut d = Diagnostic::new(
             Code::RecursiveFlow,
@@ -101,7 +108,10 @@ pub(super) fn recursion(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<boo
             for (step, target) in calls(flow) {
                 if let CallTarget::Flow(callee) = target {
                     if flows.contains(&callee.index()) {
-                        d = d.with(flow.graph[step].span, format!("calls `{}`", program.flows[callee.index()].name));
+                        d = d.with(
+                            flow.graph[step].span,
+                            format!("calls `{}`", program.flows[callee.index()].name),
+                        );
                     }
                 }
             }

@@ -28,9 +28,13 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
     for tool in &program.tools {
         if tool.timeout_seconds.is_none() {
             out.push(
-                Diagnostic::new(Code::ToolWithoutTimeout, tool.span, format!("tool `{}` has no timeout", tool.name))
-                    .label("a hung call would wait forever")
-                    .help("add `timeout 30s` (or what the service really needs)"),
+                Diagnostic::new(
+                    Code::ToolWithoutTimeout,
+                    tool.span,
+                    format!("tool `{}` has no timeout", tool.name),
+                )
+                .label("a hung call would wait forever")
+                .help("add `timeout 30s` (or what the service really needs)"),
             );
         }
     }

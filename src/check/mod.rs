@@ -32,7 +32,11 @@ impl CheckedProgram {
 
 /// Runs every pass. Returns the checked program when there are no errors;
 /// either way `problems` holds everything found.
-pub fn check(program: Program, sources: &Sources, problems: &mut Problems) -> Option<CheckedProgram> {
+pub fn check(
+    program: Program,
+    sources: &Sources,
+    problems: &mut Problems,
+) -> Option<CheckedProgram> {
     let mut found: Vec<Diagnostic> = Vec::new();
     let acyclic = graph::cycles(&program, &mut found);
     let recursive = graph::recursion(&program, &mut found);
@@ -48,11 +52,19 @@ pub fn check(program: Program, sources: &Sources, problems: &mut Problems) -> Op
         approval::check(&program, flow, &mut found);
         resources::check(&program, FlowId(i as u32), &mut found);
     }
-    let analyzable: Vec<bool> = acyclic.iter().zip(&recursive).map(|(a, r)| *a && !*r).collect();
+    let analyzable: Vec<bool> = acyclic
+        .iter()
+        .zip(&recursive)
+        .map(|(a, r)| *a && !*r)
+        .collect();
     cost::check(&program, &analyzable, &mut found);
     // The standard library is checked by flowc's own tests; users see only
     // problems in their files.
-    problems.extend(found.into_iter().filter(|d| !sources.get(d.span.file).is_std()));
+    problems.extend(
+        found
+            .into_iter()
+            .filter(|d| !sources.get(d.span.file).is_std()),
+    );
     if problems.has_errors() {
         None
     } else {
@@ -61,7 +73,9 @@ pub fn check(program: Program, sources: &Sources, problems: &mut Problems) -> Op
 }
 
 /// Every call a flow makes, with its node.
-pub(crate) fn calls(flow: &Flow) -> impl Iterator<Item = (petgraph::graph::NodeIndex, CallTarget)> + '_ {
+pub(crate) fn calls(
+    flow: &Flow,
+) -> impl Iterator<Item = (petgraph::graph::NodeIndex, CallTarget)> + '_ {
     flow.graph.node_indices().flat_map(move |n| {
         let step = &flow.graph[n];
         let main = match &step.kind {

@@ -60,9 +60,13 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
             continue;
         }
         out.push(
-            Diagnostic::new(Code::UnusedTool, tool.span, format!("tool `{}` is never called", tool.name))
-                .label("no flow or agent can reach it")
-                .help("call it from a flow, list it in an agent that a flow calls, or remove it"),
+            Diagnostic::new(
+                Code::UnusedTool,
+                tool.span,
+                format!("tool `{}` is never called", tool.name),
+            )
+            .label("no flow or agent can reach it")
+            .help("call it from a flow, list it in an agent that a flow calls, or remove it"),
         );
     }
 }

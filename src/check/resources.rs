@@ -32,12 +32,18 @@ pub(super) fn check(program: &Program, id: FlowId, out: &mut Vec<Diagnostic>) {
     let mut accesses = accesses(program, flow);
     // Reads of a resource nothing writes cannot conflict; leave them out of
     // the reachability sets.
-    let written: HashSet<ResourceId> = accesses.iter().filter(|a| a.writes).map(|a| a.resource).collect();
+    let written: HashSet<ResourceId> = accesses
+        .iter()
+        .filter(|a| a.writes)
+        .map(|a| a.resource)
+        .collect();
     accesses.retain(|a| written.contains(&a.resource));
     if accesses.is_empty() {
         return;
     }
-    let Ok(order) = toposort(&flow.graph, None) else { return };
+    let Ok(order) = toposort(&flow.graph, None) else {
+        return;
+    };
     // Accessor nodes get bit positions.
     let mut bit: BTreeMap<NodeIndex, usize> = BTreeMap::new();
     for a in &accesses {
@@ -68,17 +74,24 @@ pub(super) fn check(program: &Program, id: FlowId, out: &mut Vec<Diagnostic>) {
     // access to its resource, instead of every access with every other.
     for w in accesses.iter().filter(|a| a.writes) {
         for other in accesses.iter().filter(|o| o.resource == w.resource) {
-            let (x, y) = if flow.graph[w.node].span <= flow.graph[other.node].span { (w, other) } else { (other, w) };
+            let (x, y) = if flow.graph[w.node].span <= flow.graph[other.node].span {
+                (w, other)
+            } else {
+                (other, w)
+            };
             let key = (x.node, y.node, x.resource);
             if reported.contains(&key) {
                 continue;
             }
-            let parallel_loop = shared_parallel_loop(flow, flow.graph[x.node].region, flow.graph[y.node].region);
+            let parallel_loop =
+                shared_parallel_loop(flow, flow.graph[x.node].region, flow.graph[y.node].region);
             let concurrent = if x.node == y.node {
                 parallel_loop.is_some()
             } else {
                 parallel_loop.is_some()
-                    || (!before(x.node, y.node) && !before(y.node, x.node) && !exclusive(flow, x.node, y.node))
+                    || (!before(x.node, y.node)
+                        && !before(y.node, x.node)
+                        && !exclusive(flow, x.node, y.node))
             };
             if !concurrent {
                 continue;
@@ -89,7 +102,13 @@ pub(super) fn check(program: &Program, id: FlowId, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn report(program: &Program, flow: &Flow, x: &Access, y: &Access, parallel_loop: Option<(NodeIndex, u64)>) -> Diagnostic {
+fn report(
+    program: &Program,
+    flow: &Flow,
+    x: &Access,
+    y: &Access,
+    parallel_loop: Option<(NodeIndex, u64)>,
+) -> Diagnostic {
     let resource = &program.resources[x.resource.index()].name;
     let verb = |a: &Access| if a.writes { "writes" } else { "reads" };
     let (sx, sy) = (&flow.graph[x.node], &flow.graph[y.node]);
@@ -107,10 +126,19 @@ fn report(program: &Program, flow: &Flow, x: &Access, y: &Access, parallel_loop:
     let mut d = Diagnostic::new(
         Code::HiddenDependency,
         sy.span,
-        format!("{} {} `{resource}` while {} may {} it at the same time", sy.display(), verb(y), sx.display(), verb(x).trim_end_matches('s')),
+        format!(
+            "{} {} `{resource}` while {} may {} it at the same time",
+            sy.display(),
+            verb(y),
+            sx.display(),
+            verb(x).trim_end_matches('s')
+        ),
     )
     .label(format!("{} `{resource}`", verb(y)))
-    .with(sx.span, format!("{} `{resource}`, with nothing ordering the two", verb(x)));
+    .with(
+        sx.span,
+        format!("{} `{resource}`, with nothing ordering the two", verb(x)),
+    );
     d = match parallel_loop {
         Some((lp, n)) => d
             .with(flow.graph[lp].span, format!("their iterations run `parallel {n}`"))
@@ -131,18 +159,30 @@ fn accesses(program: &Program, flow: &Flow) -> Vec<Access> {
         target_resources(program, target, &mut rs, 0);
         // A node's own accesses are contiguous (a call and its fallback come
         // together): merge per resource, writing if any is a write.
-        let start = out.iter().rposition(|a| a.node != node).map_or(0, |i| i + 1);
+        let start = out
+            .iter()
+            .rposition(|a| a.node != node)
+            .map_or(0, |i| i + 1);
         for (resource, writes) in rs {
             match out[start..].iter_mut().find(|a| a.resource == resource) {
                 Some(a) => a.writes |= writes,
-                None => out.push(Access { node, resource, writes }),
+                None => out.push(Access {
+                    node,
+                    resource,
+                    writes,
+                }),
             }
         }
     }
     out
 }
 
-fn target_resources(program: &Program, target: CallTarget, out: &mut Vec<(ResourceId, bool)>, depth: u32) {
+fn target_resources(
+    program: &Program,
+    target: CallTarget,
+    out: &mut Vec<(ResourceId, bool)>,
+    depth: u32,
+) {
     match target {
         CallTarget::Tool(t) => {
             let tool = &program.tools[t.index()];
@@ -195,5 +235,6 @@ fn exclusive(flow: &Flow, a: NodeIndex, b: NodeIndex) -> bool {
         path
     };
     let (pa, pb) = (arm_path(a), arm_path(b));
-    pa.iter().any(|(node, arm)| pb.iter().any(|(n2, arm2)| n2 == node && arm2 != arm))
+    pa.iter()
+        .any(|(node, arm)| pb.iter().any(|(n2, arm2)| n2 == node && arm2 != arm))
 }

@@ -4,16 +4,19 @@
 
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
-use crate::ir::{Expr, ExprKind, Fallback, GivenOutcome, Program, StepKind, Template, TemplatePart, TestGiven};
+use crate::ir::{
+    Expr, ExprKind, Fallback, GivenOutcome, Program, StepKind, Template, TemplatePart, TestGiven,
+};
 
 pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
     let mut found: Vec<(&str, crate::source::Span)> = Vec::new();
     for flow in &program.flows {
         for step in flow.graph.node_weights() {
             match &step.kind {
-                StepKind::Value(e) | StepKind::Output(e) | StepKind::Decide { subject: e } | StepKind::LoopItem { iterable: e } => {
-                    expr(e, &mut found)
-                }
+                StepKind::Value(e)
+                | StepKind::Output(e)
+                | StepKind::Decide { subject: e }
+                | StepKind::LoopItem { iterable: e } => expr(e, &mut found),
                 StepKind::Call { args, .. } => args.iter().for_each(|(_, e)| expr(e, &mut found)),
                 StepKind::Llm(l) => {
                     for t in l.prompt.iter().chain(&l.system) {
@@ -29,7 +32,9 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
             }
             match &step.fallback {
                 Some(Fallback::Value(e)) => expr(e, &mut found),
-                Some(Fallback::Call(_, args, _)) => args.iter().for_each(|(_, e)| expr(e, &mut found)),
+                Some(Fallback::Call(_, args, _)) => {
+                    args.iter().for_each(|(_, e)| expr(e, &mut found))
+                }
                 None => {}
             }
         }
@@ -44,9 +49,18 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
         test.expects.iter().for_each(|e| expr(e, &mut found));
         for g in &test.givens {
             match g {
-                TestGiven::Tool { outcome: GivenOutcome::Returns(e), .. }
-                | TestGiven::Model { outcome: GivenOutcome::Returns(e), .. }
-                | TestGiven::Agent { outcome: GivenOutcome::Returns(e), .. } => expr(e, &mut found),
+                TestGiven::Tool {
+                    outcome: GivenOutcome::Returns(e),
+                    ..
+                }
+                | TestGiven::Model {
+                    outcome: GivenOutcome::Returns(e),
+                    ..
+                }
+                | TestGiven::Agent {
+                    outcome: GivenOutcome::Returns(e),
+                    ..
+                } => expr(e, &mut found),
                 TestGiven::Gate { with: Some(e), .. } => expr(e, &mut found),
                 _ => {}
             }
@@ -76,7 +90,10 @@ fn expr<'a>(e: &'a Expr, found: &mut Vec<(&'a str, crate::source::Span)>) {
         ExprKind::Object(fields) => fields.iter().for_each(|(_, v)| expr(v, found)),
         ExprKind::List(items) => items.iter().for_each(|v| expr(v, found)),
         ExprKind::Member(a, _) | ExprKind::Len(a) | ExprKind::Not(a) => expr(a, found),
-        ExprKind::Index(a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) | ExprKind::Compare(a, _, b) => {
+        ExprKind::Index(a, b)
+        | ExprKind::And(a, b)
+        | ExprKind::Or(a, b)
+        | ExprKind::Compare(a, _, b) => {
             expr(a, found);
             expr(b, found);
         }

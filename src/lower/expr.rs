@@ -14,7 +14,11 @@ use super::Lowerer;
 /// Resolves a bare name to its value, reporting it if it is unknown.
 pub(crate) type Resolver<'r> = dyn FnMut(&mut Lowerer<'_, '_>, &ast::Ident) -> (ExprKind, Ty) + 'r;
 
-pub(crate) fn lower_expr(cx: &mut Lowerer<'_, '_>, e: &ast::Expr, resolve: &mut Resolver<'_>) -> Expr {
+pub(crate) fn lower_expr(
+    cx: &mut Lowerer<'_, '_>,
+    e: &ast::Expr,
+    resolve: &mut Resolver<'_>,
+) -> Expr {
     let span = e.span;
     let (kind, ty) = match &e.kind {
         ast::ExprKind::Str(t) => {
@@ -34,14 +38,22 @@ pub(crate) fn lower_expr(cx: &mut Lowerer<'_, '_>, e: &ast::Expr, resolve: &mut 
             let mut tys = Vec::new();
             for (k, v) in fields {
                 if out.iter().any(|(n, _)| *n == k.name) {
-                    let d = Diagnostic::new(Code::DuplicateName, k.span, format!("field `{}` is given twice", k.name))
-                        .label("given again here")
-                        .help("give each field once");
+                    let d = Diagnostic::new(
+                        Code::DuplicateName,
+                        k.span,
+                        format!("field `{}` is given twice", k.name),
+                    )
+                    .label("given again here")
+                    .help("give each field once");
                     cx.report(d);
                     continue;
                 }
                 let v = lower_expr(cx, v, resolve);
-                tys.push(crate::types::Field { name: k.name.clone(), ty: v.ty.clone(), optional: false });
+                tys.push(crate::types::Field {
+                    name: k.name.clone(),
+                    ty: v.ty.clone(),
+                    optional: false,
+                });
                 out.push((k.name.clone(), v));
             }
             (ExprKind::Object(out), Ty::Record(tys))
@@ -61,15 +73,25 @@ pub(crate) fn lower_expr(cx: &mut Lowerer<'_, '_>, e: &ast::Expr, resolve: &mut 
             let base = lower_expr(cx, base, resolve);
             let index = lower_expr(cx, index, resolve);
             if !cx.program.types.assignable(&index.ty, &Ty::int()) {
-                mismatch(cx, index.span, &Ty::int(), &index.ty, "a list index is a whole number");
+                mismatch(
+                    cx,
+                    index.span,
+                    &Ty::int(),
+                    &index.ty,
+                    "a list index is a whole number",
+                );
             }
             let ty = match cx.program.types.element(&base.ty) {
                 Some(t) => t,
                 None => {
                     let shown = cx.program.types.display(&base.ty);
-                    let d = Diagnostic::new(Code::TypeMismatch, base.span, format!("only lists can be indexed, and this is `{shown}`"))
-                        .label(format!("this is `{shown}`"))
-                        .help("index a list, as in `items[0]`");
+                    let d = Diagnostic::new(
+                        Code::TypeMismatch,
+                        base.span,
+                        format!("only lists can be indexed, and this is `{shown}`"),
+                    )
+                    .label(format!("this is `{shown}`"))
+                    .help("index a list, as in `items[0]`");
                     cx.report(d);
                     Ty::Error
                 }
@@ -103,7 +125,13 @@ pub(crate) fn lower_expr(cx: &mut Lowerer<'_, '_>, e: &ast::Expr, resolve: &mut 
 fn boolean(cx: &mut Lowerer<'_, '_>, e: &ast::Expr, resolve: &mut Resolver<'_>) -> Expr {
     let e = lower_expr(cx, e, resolve);
     if !cx.program.types.assignable(&e.ty, &Ty::Bool) {
-        mismatch(cx, e.span, &Ty::Bool, &e.ty, "`and`, `or` and `not` take booleans");
+        mismatch(
+            cx,
+            e.span,
+            &Ty::Bool,
+            &e.ty,
+            "`and`, `or` and `not` take booleans",
+        );
     }
     e
 }
@@ -114,13 +142,16 @@ fn compare(cx: &mut Lowerer<'_, '_>, a: &Expr, op: CompareOp, b: &Expr, span: Sp
         CompareOp::Eq | CompareOp::Ne => {
             types.assignable(&a.ty, &b.ty)
                 || types.assignable(&b.ty, &a.ty)
-                || (types.assignable(&a.ty, &Ty::number()) && types.assignable(&b.ty, &Ty::number()))
-                || (types.assignable(&a.ty, &Ty::string()) && types.assignable(&b.ty, &Ty::string()))
+                || (types.assignable(&a.ty, &Ty::number())
+                    && types.assignable(&b.ty, &Ty::number()))
+                || (types.assignable(&a.ty, &Ty::string())
+                    && types.assignable(&b.ty, &Ty::string()))
                 || matches!(b.ty, Ty::Null)
                 || matches!(a.ty, Ty::Null)
         }
         _ => {
-            let number = |t: &Ty| types.assignable(t, &Ty::number()) && !matches!(t, Ty::Json | Ty::Error);
+            let number =
+                |t: &Ty| types.assignable(t, &Ty::number()) && !matches!(t, Ty::Json | Ty::Error);
             let lenient = |t: &Ty| matches!(types.resolve(t), Ty::Json | Ty::Error | Ty::Schema(_));
             (number(&a.ty) || lenient(&a.ty)) && (number(&b.ty) || lenient(&b.ty))
         }
@@ -147,7 +178,12 @@ fn member(cx: &mut Lowerer<'_, '_>, base: Expr, field: &ast::Ident) -> (ExprKind
         Ty::Optional(i) => types.resolve(i).clone(),
         other => other.clone(),
     };
-    if field.name == "len" && matches!(inner, Ty::List(..) | Ty::String(_) | Ty::Literal(Lit::Str(_))) {
+    if field.name == "len"
+        && matches!(
+            inner,
+            Ty::List(..) | Ty::String(_) | Ty::Literal(Lit::Str(_))
+        )
+    {
         return (ExprKind::Len(Box::new(base)), Ty::int());
     }
     match types.field(&base.ty, &field.name) {
@@ -156,19 +192,32 @@ fn member(cx: &mut Lowerer<'_, '_>, base: Expr, field: &ast::Ident) -> (ExprKind
             let shown = types.display(&base.ty);
             let names = types.field_names(&base.ty);
             let mut d = if names.is_empty() {
-                Diagnostic::new(Code::UnknownField, field.span, format!("`{shown}` has no fields"))
-                    .label(format!("`.{}` on a `{shown}`", field.name))
+                Diagnostic::new(
+                    Code::UnknownField,
+                    field.span,
+                    format!("`{shown}` has no fields"),
+                )
+                .label(format!("`.{}` on a `{shown}`", field.name))
             } else {
-                Diagnostic::new(Code::UnknownField, field.span, format!("`{shown}` has no field `{}`", field.name))
-                    .label("unknown field")
+                Diagnostic::new(
+                    Code::UnknownField,
+                    field.span,
+                    format!("`{shown}` has no field `{}`", field.name),
+                )
+                .label("unknown field")
             };
             d = match did_you_mean(&field.name, names.iter().map(String::as_str)) {
                 Some(s) => d.help(format!("did you mean `{s}`?")),
                 None if !names.is_empty() => d.help(format!("its fields are {}", names.join(", "))),
-                None => d.help("`.len` gives the length of a list or string; records have named fields"),
+                None => {
+                    d.help("`.len` gives the length of a list or string; records have named fields")
+                }
             };
             cx.report(d);
-            (ExprKind::Member(Box::new(base), field.name.clone()), Ty::Error)
+            (
+                ExprKind::Member(Box::new(base), field.name.clone()),
+                Ty::Error,
+            )
         }
     }
 }
@@ -195,15 +244,23 @@ fn list_type(cx: &mut Lowerer<'_, '_>, items: &[Expr]) -> Ty {
         return Ty::list(joined);
     };
     let (a, b) = (types.display(&first.ty), types.display(&odd.ty));
-    let d = Diagnostic::new(Code::TypeMismatch, odd.span, format!("a list holds one type, but this item is `{b}`"))
-        .label(format!("this is `{b}`"))
-        .with(first.span, format!("the first item is `{a}`"))
-        .help("give every item of a list the same type");
+    let d = Diagnostic::new(
+        Code::TypeMismatch,
+        odd.span,
+        format!("a list holds one type, but this item is `{b}`"),
+    )
+    .label(format!("this is `{b}`"))
+    .with(first.span, format!("the first item is `{a}`"))
+    .help("give every item of a list the same type");
     cx.report(d);
     Ty::list(Ty::Error)
 }
 
-pub(crate) fn lower_template(cx: &mut Lowerer<'_, '_>, t: &ast::Template, resolve: &mut Resolver<'_>) -> Template {
+pub(crate) fn lower_template(
+    cx: &mut Lowerer<'_, '_>,
+    t: &ast::Template,
+    resolve: &mut Resolver<'_>,
+) -> Template {
     let parts = t
         .parts
         .iter()
@@ -212,23 +269,39 @@ pub(crate) fn lower_template(cx: &mut Lowerer<'_, '_>, t: &ast::Template, resolv
             ast::TemplatePart::Expr(e) => TemplatePart::Expr(lower_expr(cx, e, resolve)),
         })
         .collect();
-    Template { parts, span: t.span }
+    Template {
+        parts,
+        span: t.span,
+    }
 }
 
 /// A template whose names are the given parameters (tools, agents).
-fn params_template(cx: &mut Lowerer<'_, '_>, t: &ast::Template, params: &[(String, Ty)], what: &str) -> Template {
+fn params_template(
+    cx: &mut Lowerer<'_, '_>,
+    t: &ast::Template,
+    params: &[(String, Ty)],
+    what: &str,
+) -> Template {
     let mut resolve = |cx: &mut Lowerer<'_, '_>, name: &ast::Ident| -> (ExprKind, Ty) {
         match params.iter().position(|(n, _)| *n == name.name) {
             Some(i) => (ExprKind::Param(i), params[i].1.clone()),
             None => {
-                let mut d = Diagnostic::new(Code::UndefinedName, name.span, format!("there is no parameter named `{}`", name.name))
-                    .label(format!("not a parameter of this {what}"));
+                let mut d = Diagnostic::new(
+                    Code::UndefinedName,
+                    name.span,
+                    format!("there is no parameter named `{}`", name.name),
+                )
+                .label(format!("not a parameter of this {what}"));
                 d = match did_you_mean(&name.name, params.iter().map(|(n, _)| n.as_str())) {
                     Some(s) => d.help(format!("did you mean `{s}`?")),
                     None if params.is_empty() => d.help(format!("this {what} takes no parameters")),
                     None => d.help(format!(
                         "a {what} template can use its parameters: {}",
-                        params.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                        params
+                            .iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )),
                 };
                 cx.report(d);
@@ -239,19 +312,37 @@ fn params_template(cx: &mut Lowerer<'_, '_>, t: &ast::Template, params: &[(Strin
     lower_template(cx, t, &mut resolve)
 }
 
-pub(crate) fn tool_template(cx: &mut Lowerer<'_, '_>, t: &ast::Template, params: &[(String, Ty)]) -> Template {
+pub(crate) fn tool_template(
+    cx: &mut Lowerer<'_, '_>,
+    t: &ast::Template,
+    params: &[(String, Ty)],
+) -> Template {
     params_template(cx, t, params, "tool")
 }
 
-pub(crate) fn param_template(cx: &mut Lowerer<'_, '_>, t: &ast::Template, params: &[(String, Ty)]) -> Template {
+pub(crate) fn param_template(
+    cx: &mut Lowerer<'_, '_>,
+    t: &ast::Template,
+    params: &[(String, Ty)],
+) -> Template {
     params_template(cx, t, params, "agent")
 }
 
-pub(crate) fn mismatch(cx: &mut Lowerer<'_, '_>, span: Span, expected: &Ty, found: &Ty, help: &str) {
+pub(crate) fn mismatch(
+    cx: &mut Lowerer<'_, '_>,
+    span: Span,
+    expected: &Ty,
+    found: &Ty,
+    help: &str,
+) {
     let types = &cx.program.types;
     let (e, f) = (types.display(expected), types.display(found));
-    let d = Diagnostic::new(Code::TypeMismatch, span, format!("expected `{e}`, found `{f}`"))
-        .label(format!("this is `{f}`"))
-        .help(help.to_string());
+    let d = Diagnostic::new(
+        Code::TypeMismatch,
+        span,
+        format!("expected `{e}`, found `{f}`"),
+    )
+    .label(format!("this is `{f}`"))
+    .help(help.to_string());
     cx.report(d);
 }

@@ -23,6 +23,9 @@ use crate::types::{Constraints, Lit, Ty};
 use super::expr::{lower_expr, lower_template, mismatch};
 use super::{lit, Lowerer, Symbol};
 
+/// A call's target, its typed arguments, and its result type.
+type ResolvedCall = (CallTarget, Vec<(String, Expr)>, Ty);
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum State {
     Pending,
@@ -57,14 +60,20 @@ struct FlowBuilder<'a> {
 }
 
 pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &ast::FlowDecl) {
-    let params: Vec<(String, Ty)> =
-        cx.program.flows[id.index()].params.iter().map(|p| (p.name.clone(), p.ty.clone())).collect();
+    let params: Vec<(String, Ty)> = cx.program.flows[id.index()]
+        .params
+        .iter()
+        .map(|p| (p.name.clone(), p.ty.clone()))
+        .collect();
     let mut b = FlowBuilder {
         m,
         name: decl.name.name.clone(),
         params,
         graph: Default::default(),
-        regions: vec![Region { parent: None, kind: RegionKind::Root }],
+        regions: vec![Region {
+            parent: None,
+            kind: RegionKind::Root,
+        }],
         region_nodes: vec![Vec::new()],
         scopes: Vec::new(),
         names: HashMap::new(),
@@ -96,17 +105,27 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
             Stmt::Return(e, span) => {
                 if let Some(prev) = output {
                     let prev_span: Span = b.graph[prev].span;
-                    let d = Diagnostic::new(Code::BadReturn, *span, format!("flow `{}` returns twice", decl.name.name))
-                        .label("second `return`")
-                        .with(prev_span, "first `return`")
-                        .help("a flow has exactly one `return`: it is the flow's value, not a jump");
+                    let d = Diagnostic::new(
+                        Code::BadReturn,
+                        *span,
+                        format!("flow `{}` returns twice", decl.name.name),
+                    )
+                    .label("second `return`")
+                    .with(prev_span, "first `return`")
+                    .help("a flow has exactly one `return`: it is the flow's value, not a jump");
                     cx.report(d);
                     continue;
                 }
                 let value = b.expr(cx, e);
                 let flow_output = cx.program.flows[id.index()].output.clone();
                 if !cx.program.types.assignable(&value.ty, &flow_output) {
-                    mismatch(cx, value.span, &flow_output, &value.ty, "the returned value must have the flow's declared type");
+                    mismatch(
+                        cx,
+                        value.span,
+                        &flow_output,
+                        &value.ty,
+                        "the returned value must have the flow's declared type",
+                    );
                 }
                 let node = b.add(Step {
                     name: "return".into(),
@@ -125,9 +144,13 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
         }
     }
     if output.is_none() {
-        let d = Diagnostic::new(Code::BadReturn, decl.name.span, format!("flow `{}` has no `return`", decl.name.name))
-            .label("this flow produces no value")
-            .help("end the flow with `return value`, whose type is the flow's declared result");
+        let d = Diagnostic::new(
+            Code::BadReturn,
+            decl.name.span,
+            format!("flow `{}` has no `return`", decl.name.name),
+        )
+        .label("this flow produces no value")
+        .help("end the flow with `return value`, whose type is the flow's declared result");
         cx.report(d);
     }
     b.add_guards();
@@ -148,7 +171,10 @@ impl<'a> FlowBuilder<'a> {
     }
 
     fn new_region(&mut self, kind: RegionKind) -> RegionId {
-        self.regions.push(Region { parent: Some(self.region), kind });
+        self.regions.push(Region {
+            parent: Some(self.region),
+            kind,
+        });
         self.region_nodes.push(Vec::new());
         RegionId(self.regions.len() as u32 - 1)
     }
@@ -168,14 +194,23 @@ impl<'a> FlowBuilder<'a> {
 
     fn connect_all(&mut self, from: &[NodeIndex], to: NodeIndex, dep: Dep) {
         for &f in from {
-            if !self.graph.edges_connecting(f, to).any(|e| *e.weight() == dep) {
+            if !self
+                .graph
+                .edges_connecting(f, to)
+                .any(|e| *e.weight() == dep)
+            {
                 self.graph.add_edge(f, to, dep);
             }
         }
     }
 
     /// Creates a node for every binding of a block and makes its name visible.
-    fn declare(&mut self, cx: &mut Lowerer<'_, '_>, stmts: &'a [Stmt], region: RegionId) -> Vec<NodeIndex> {
+    fn declare(
+        &mut self,
+        cx: &mut Lowerer<'_, '_>,
+        stmts: &'a [Stmt],
+        region: RegionId,
+    ) -> Vec<NodeIndex> {
         let depth = self.scopes.len();
         let mut out = Vec::new();
         for stmt in stmts {
@@ -193,16 +228,25 @@ impl<'a> FlowBuilder<'a> {
                 continue;
             }
             if self.params.iter().any(|(p, _)| *p == name.name) {
-                let d = Diagnostic::new(Code::DuplicateName, name.span, format!("`{}` is already a parameter of flow `{}`", name.name, self.name))
-                    .label("shadows the parameter")
-                    .help("give the step another name");
+                let d = Diagnostic::new(
+                    Code::DuplicateName,
+                    name.span,
+                    format!(
+                        "`{}` is already a parameter of flow `{}`",
+                        name.name, self.name
+                    ),
+                )
+                .label("shadows the parameter")
+                .help("give the step another name");
                 cx.report(d);
                 continue;
             }
             self.names.insert(name.name.clone(), name.span);
             let _ = span;
             let kind = match pending {
-                Pending::Check(_) => StepKind::Check { requires: Vec::new() },
+                Pending::Check(_) => StepKind::Check {
+                    requires: Vec::new(),
+                },
                 Pending::Let(_) => StepKind::Value(null_expr(name.span)),
             };
             let node = self.add(Step {
@@ -229,13 +273,19 @@ impl<'a> FlowBuilder<'a> {
         if self.state.get(&node) != Some(&State::Pending) {
             return;
         }
-        let Some(&(pending, region, depth)) = self.pending.get(&node) else { return };
+        let Some(&(pending, region, depth)) = self.pending.get(&node) else {
+            return;
+        };
         self.state.insert(node, State::InProgress);
         let saved_scopes = self.scopes.split_off(depth.min(self.scopes.len()));
         let saved_region = std::mem::replace(&mut self.region, region);
         let saved_loops = std::mem::take(&mut self.open_loops);
         // The loops enclosing the definition site are still open.
-        self.open_loops = saved_loops.iter().copied().filter(|(_, body)| self.within(region, *body)).collect();
+        self.open_loops = saved_loops
+            .iter()
+            .copied()
+            .filter(|(_, body)| self.within(region, *body))
+            .collect();
         match pending {
             Pending::Let(l) => {
                 let name = l.name.name.clone();
@@ -254,9 +304,13 @@ impl<'a> FlowBuilder<'a> {
                     match self.lookup(&a.name) {
                         Some(target) => {
                             if target == node {
-                                let d = Diagnostic::new(Code::Cycle, a.span, format!("`{}` cannot run after itself", a.name))
-                                    .label("names its own step")
-                                    .help("`after` names another step that must finish first");
+                                let d = Diagnostic::new(
+                                    Code::Cycle,
+                                    a.span,
+                                    format!("`{}` cannot run after itself", a.name),
+                                )
+                                .label("names its own step")
+                                .help("`after` names another step that must finish first");
                                 cx.report(d);
                             } else {
                                 self.define(cx, target);
@@ -272,7 +326,13 @@ impl<'a> FlowBuilder<'a> {
                 for (cond, message) in &c.requires {
                     let e = self.expr(cx, cond);
                     if !cx.program.types.assignable(&e.ty, &Ty::Bool) {
-                        mismatch(cx, e.span, &Ty::Bool, &e.ty, "a `require` states a condition that must be true");
+                        mismatch(
+                            cx,
+                            e.span,
+                            &Ty::Bool,
+                            &e.ty,
+                            "a `require` states a condition that must be true",
+                        );
                     }
                     self.connect(&e, node);
                     let t = self.template(cx, message);
@@ -325,13 +385,18 @@ impl<'a> FlowBuilder<'a> {
             .map(String::as_str)
             .chain(self.params.iter().map(|(n, _)| n.as_str()))
             .collect();
-        let mut d = Diagnostic::new(Code::UndefinedName, name.span, format!("there is no step or parameter named `{}`", name.name))
-            .label("unknown name");
+        let mut d = Diagnostic::new(
+            Code::UndefinedName,
+            name.span,
+            format!("there is no step or parameter named `{}`", name.name),
+        )
+        .label("unknown name");
         d = match did_you_mean(&name.name, candidates) {
             Some(s) => d.help(format!("did you mean `{s}`?")),
-            None if self.names.contains_key(&name.name) => {
-                d.help(format!("`{}` is bound inside a loop or branch, and is visible only there", name.name))
-            }
+            None if self.names.contains_key(&name.name) => d.help(format!(
+                "`{}` is bound inside a loop or branch, and is visible only there",
+                name.name
+            )),
             None => d.help("bind it with `let`, or add it to the flow's parameters"),
         };
         cx.report(d);
@@ -372,7 +437,13 @@ impl<'a> FlowBuilder<'a> {
     }
 
     /// Lowers `step` into `node`: sets its kind and type, and its edges.
-    fn step_into(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex, step: &'a ast::Step, name: &str) {
+    fn step_into(
+        &mut self,
+        cx: &mut Lowerer<'_, '_>,
+        node: NodeIndex,
+        step: &'a ast::Step,
+        name: &str,
+    ) {
         let (kind, ty) = match &step.kind {
             ast::StepKind::Expr(e) => {
                 let e = self.expr(cx, e);
@@ -413,7 +484,15 @@ impl<'a> FlowBuilder<'a> {
                 let ty = show.first().map_or(Ty::Error, |e| widen(&e.ty));
                 let timeout = ap.timeout.as_ref().and_then(|q| cx.seconds(q));
                 let on_timeout = ap.on_timeout.map_or(Decision::Reject, |(d, _)| d);
-                (StepKind::Approve { gate: ap.gate.name.clone(), show, timeout_seconds: timeout, on_timeout }, ty)
+                (
+                    StepKind::Approve {
+                        gate: ap.gate.name.clone(),
+                        show,
+                        timeout_seconds: timeout,
+                        on_timeout,
+                    },
+                    ty,
+                )
             }
             ast::StepKind::For(f) => self.for_loop(cx, node, f, name),
             ast::StepKind::If(i) => self.if_branch(cx, node, i, name, step.span),
@@ -423,59 +502,124 @@ impl<'a> FlowBuilder<'a> {
         self.graph[node].ty = ty;
     }
 
-    fn call(&mut self, cx: &mut Lowerer<'_, '_>, call: &ast::Call) -> Option<(CallTarget, Vec<(String, Expr)>, Ty)> {
-        let (target, params, output): (CallTarget, Vec<(String, Ty, bool)>, Ty) = match cx.lookup(self.m, &call.callee.name) {
-            Some(Symbol::Tool(t)) => {
-                let tool = &cx.program.tools[t.index()];
-                (CallTarget::Tool(t), tool.params.iter().map(|p| (p.name.clone(), p.ty.clone(), p.optional)).collect(), tool.output.clone())
-            }
-            Some(Symbol::Agent(a)) => {
-                let agent = &cx.program.agents[a.index()];
-                (CallTarget::Agent(a), agent.params.iter().map(|p| (p.name.clone(), p.ty.clone(), p.optional)).collect(), agent.output.clone())
-            }
-            Some(Symbol::Flow(f)) => {
-                let flow = &cx.program.flows[f.index()];
-                (CallTarget::Flow(f), flow.params.iter().map(|p| (p.name.clone(), p.ty.clone(), p.optional)).collect(), flow.output.clone())
-            }
-            Some(Symbol::Model(_)) => {
-                cx.wrong_kind(&call.callee, Symbol::Model(ModelId(0)), "a tool, agent or flow", &format!("ask a model with `llm {} -> Type {{ prompt \"…\" }}`", call.callee.name));
-                return None;
-            }
-            Some(other) => {
-                cx.wrong_kind(&call.callee, other, "a tool, agent or flow", "only tools, agents and flows can be called");
-                return None;
-            }
-            None => {
-                self.unresolved = true;
-                if self.lookup(&call.callee.name).is_some() || self.params.iter().any(|(p, _)| *p == call.callee.name) {
-                    let d = Diagnostic::new(Code::WrongKind, call.callee.span, format!("`{}` is a value, not a tool, agent or flow", call.callee.name))
+    fn call(&mut self, cx: &mut Lowerer<'_, '_>, call: &ast::Call) -> Option<ResolvedCall> {
+        let (target, params, output): (CallTarget, Vec<(String, Ty, bool)>, Ty) =
+            match cx.lookup(self.m, &call.callee.name) {
+                Some(Symbol::Tool(t)) => {
+                    let tool = &cx.program.tools[t.index()];
+                    (
+                        CallTarget::Tool(t),
+                        tool.params
+                            .iter()
+                            .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
+                            .collect(),
+                        tool.output.clone(),
+                    )
+                }
+                Some(Symbol::Agent(a)) => {
+                    let agent = &cx.program.agents[a.index()];
+                    (
+                        CallTarget::Agent(a),
+                        agent
+                            .params
+                            .iter()
+                            .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
+                            .collect(),
+                        agent.output.clone(),
+                    )
+                }
+                Some(Symbol::Flow(f)) => {
+                    let flow = &cx.program.flows[f.index()];
+                    (
+                        CallTarget::Flow(f),
+                        flow.params
+                            .iter()
+                            .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
+                            .collect(),
+                        flow.output.clone(),
+                    )
+                }
+                Some(Symbol::Model(_)) => {
+                    cx.wrong_kind(
+                        &call.callee,
+                        Symbol::Model(ModelId(0)),
+                        "a tool, agent or flow",
+                        &format!(
+                            "ask a model with `llm {} -> Type {{ prompt \"…\" }}`",
+                            call.callee.name
+                        ),
+                    );
+                    return None;
+                }
+                Some(other) => {
+                    cx.wrong_kind(
+                        &call.callee,
+                        other,
+                        "a tool, agent or flow",
+                        "only tools, agents and flows can be called",
+                    );
+                    return None;
+                }
+                None => {
+                    self.unresolved = true;
+                    if self.lookup(&call.callee.name).is_some()
+                        || self.params.iter().any(|(p, _)| *p == call.callee.name)
+                    {
+                        let d = Diagnostic::new(
+                            Code::WrongKind,
+                            call.callee.span,
+                            format!(
+                                "`{}` is a value, not a tool, agent or flow",
+                                call.callee.name
+                            ),
+                        )
                         .label("cannot be called")
                         .help("only declared tools, agents and flows can be called");
-                    cx.report(d);
-                } else {
-                    cx.undefined(self.m, &call.callee, "tool, agent or flow", |s| matches!(s, Symbol::Tool(_) | Symbol::Agent(_) | Symbol::Flow(_)));
+                        cx.report(d);
+                    } else {
+                        cx.undefined(self.m, &call.callee, "tool, agent or flow", |s| {
+                            matches!(s, Symbol::Tool(_) | Symbol::Agent(_) | Symbol::Flow(_))
+                        });
+                    }
+                    return None;
                 }
-                return None;
-            }
-        };
+            };
         let args = self.args(cx, call, &params);
         Some((target, args, output))
     }
 
-    fn args(&mut self, cx: &mut Lowerer<'_, '_>, call: &ast::Call, params: &[(String, Ty, bool)]) -> Vec<(String, Expr)> {
+    fn args(
+        &mut self,
+        cx: &mut Lowerer<'_, '_>,
+        call: &ast::Call,
+        params: &[(String, Ty, bool)],
+    ) -> Vec<(String, Expr)> {
         let mut resolve = |cx: &mut Lowerer<'_, '_>, name: &ast::Ident| self.resolve(cx, name);
         check_args(cx, call, params, &mut resolve)
     }
 
-    fn llm(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex, llm: &ast::LlmStep, span: Span) -> (StepKind, Ty) {
+    fn llm(
+        &mut self,
+        cx: &mut Lowerer<'_, '_>,
+        node: NodeIndex,
+        llm: &ast::LlmStep,
+        span: Span,
+    ) -> (StepKind, Ty) {
         let model = match cx.lookup(self.m, &llm.model.name) {
             Some(Symbol::Model(md)) => Some(md),
             Some(other) => {
-                cx.wrong_kind(&llm.model, other, "a model", "`llm` asks a declared model, as in `llm analyst -> T { … }`");
+                cx.wrong_kind(
+                    &llm.model,
+                    other,
+                    "a model",
+                    "`llm` asks a declared model, as in `llm analyst -> T { … }`",
+                );
                 None
             }
             None => {
-                cx.undefined(self.m, &llm.model, "model", |s| matches!(s, Symbol::Model(_)));
+                cx.undefined(self.m, &llm.model, "model", |s| {
+                    matches!(s, Symbol::Model(_))
+                });
                 None
             }
         };
@@ -522,35 +666,55 @@ impl<'a> FlowBuilder<'a> {
             }
         }
         if call.prompt.is_none() {
-            let d = Diagnostic::new(Code::InvalidDeclaration, span, "this `llm` step has no prompt")
-                .label("no `prompt` clause")
-                .help("add `prompt \"…\"`; interpolate step values with `{name}`");
+            let d = Diagnostic::new(
+                Code::InvalidDeclaration,
+                span,
+                "this `llm` step has no prompt",
+            )
+            .label("no `prompt` clause")
+            .help("add `prompt \"…\"`; interpolate step values with `{name}`");
             cx.report(d);
         }
         if model.is_none() {
             return (StepKind::Value(null_expr(span)), output);
         }
-        (StepKind::Llm(call), output)
+        (StepKind::Llm(Box::new(call)), output)
     }
 
-    fn for_loop(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex, f: &'a ast::ForStep, name: &str) -> (StepKind, Ty) {
+    fn for_loop(
+        &mut self,
+        cx: &mut Lowerer<'_, '_>,
+        node: NodeIndex,
+        f: &'a ast::ForStep,
+        name: &str,
+    ) -> (StepKind, Ty) {
         let iterable = self.expr(cx, &f.iterable);
         let element = match cx.program.types.element(&iterable.ty) {
             Some(t) => t,
             None => {
                 let shown = cx.program.types.display(&iterable.ty);
-                let d = Diagnostic::new(Code::TypeMismatch, iterable.span, format!("`for` goes over a list, and this is `{shown}`"))
-                    .label(format!("this is `{shown}`"))
-                    .help("loop over a list value, as in `for item in items { … }`");
+                let d = Diagnostic::new(
+                    Code::TypeMismatch,
+                    iterable.span,
+                    format!("`for` goes over a list, and this is `{shown}`"),
+                )
+                .label(format!("this is `{shown}`"))
+                .help("loop over a list value, as in `for item in items { … }`");
                 cx.report(d);
                 Ty::Error
             }
         };
         let parallel = match f.parallel {
             Some((0, span)) => {
-                let d = Diagnostic::new(Code::InvalidDeclaration, span, "`parallel 0` would run nothing")
-                    .label("zero iterations at a time")
-                    .help("write `parallel N` with N of at least 1, or leave it out to run one at a time");
+                let d = Diagnostic::new(
+                    Code::InvalidDeclaration,
+                    span,
+                    "`parallel 0` would run nothing",
+                )
+                .label("zero iterations at a time")
+                .help(
+                    "write `parallel N` with N of at least 1, or leave it out to run one at a time",
+                );
                 cx.report(d);
                 1
             }
@@ -563,14 +727,17 @@ impl<'a> FlowBuilder<'a> {
             name: format!("{name}.item"),
             span: f.var.span,
             region: body,
-            kind: StepKind::LoopItem { iterable: iterable.clone() },
+            kind: StepKind::LoopItem {
+                iterable: iterable.clone(),
+            },
             ty: element,
             fallback: None,
             named: true,
         });
         self.connect(&iterable, item);
         self.open_loops.push((node, body));
-        self.scopes.push(HashMap::from([(f.var.name.clone(), item)]));
+        self.scopes
+            .push(HashMap::from([(f.var.name.clone(), item)]));
         let result = self.block(cx, &f.body, body, &format!("{name}.result"));
         self.scopes.pop();
         self.open_loops.pop();
@@ -579,8 +746,22 @@ impl<'a> FlowBuilder<'a> {
         self.connect_all(&[result], node, Dep::Data);
         let max = cx.program.types.max_len(&iterable.ty);
         let result_ty = self.graph[result].ty.clone();
-        let ty = Ty::List(Box::new(result_ty), Constraints { max_len: max, ..Constraints::default() });
-        (StepKind::Loop { item, body, result, parallel }, ty)
+        let ty = Ty::List(
+            Box::new(result_ty),
+            Constraints {
+                max_len: max,
+                ..Constraints::default()
+            },
+        );
+        (
+            StepKind::Loop {
+                item,
+                body,
+                result,
+                parallel,
+            },
+            ty,
+        )
     }
 
     /// Region edges: the entry before every step directly in the region, and
@@ -601,7 +782,13 @@ impl<'a> FlowBuilder<'a> {
         }
     }
 
-    fn block(&mut self, cx: &mut Lowerer<'_, '_>, block: &'a ast::Block, region: RegionId, result_name: &str) -> NodeIndex {
+    fn block(
+        &mut self,
+        cx: &mut Lowerer<'_, '_>,
+        block: &'a ast::Block,
+        region: RegionId,
+        result_name: &str,
+    ) -> NodeIndex {
         self.scopes.push(HashMap::new());
         let declared = self.declare(cx, &block.stmts, region);
         for n in declared {
@@ -626,7 +813,9 @@ impl<'a> FlowBuilder<'a> {
             name,
             span,
             region: self.region,
-            kind: StepKind::Decide { subject: subject.clone() },
+            kind: StepKind::Decide {
+                subject: subject.clone(),
+            },
             ty: subject.ty.clone(),
             fallback: None,
             named: false,
@@ -635,7 +824,15 @@ impl<'a> FlowBuilder<'a> {
         decide
     }
 
-    fn arm(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex, decide: NodeIndex, index: usize, block: &'a ast::Block, name: String) -> (RegionId, NodeIndex) {
+    fn arm(
+        &mut self,
+        cx: &mut Lowerer<'_, '_>,
+        node: NodeIndex,
+        decide: NodeIndex,
+        index: usize,
+        block: &'a ast::Block,
+        name: String,
+    ) -> (RegionId, NodeIndex) {
         let region = self.new_region(RegionKind::Arm { node, arm: index });
         let outer = std::mem::replace(&mut self.region, region);
         let result = self.block(cx, block, region, &name);
@@ -645,25 +842,58 @@ impl<'a> FlowBuilder<'a> {
         (region, result)
     }
 
-    fn if_branch(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex, i: &'a ast::IfStep, name: &str, span: Span) -> (StepKind, Ty) {
+    fn if_branch(
+        &mut self,
+        cx: &mut Lowerer<'_, '_>,
+        node: NodeIndex,
+        i: &'a ast::IfStep,
+        name: &str,
+        span: Span,
+    ) -> (StepKind, Ty) {
         let cond = self.expr(cx, &i.condition);
         if !cx.program.types.assignable(&cond.ty, &Ty::Bool) {
-            mismatch(cx, cond.span, &Ty::Bool, &cond.ty, "an `if` condition is a boolean");
+            mismatch(
+                cx,
+                cond.span,
+                &Ty::Bool,
+                &cond.ty,
+                "an `if` condition is a boolean",
+            );
         }
         let decide = self.decide(cond, format!("{name}.if"), i.condition.span);
-        let (then_region, then_result) = self.arm(cx, node, decide, 0, &i.then, format!("{name}.then"));
-        let mut arms = vec![Arm { pattern: Some(Lit::Bool(true)), span: i.then.span, region: then_region, result: Some(then_result) }];
+        let (then_region, then_result) =
+            self.arm(cx, node, decide, 0, &i.then, format!("{name}.then"));
+        let mut arms = vec![Arm {
+            pattern: Some(Lit::Bool(true)),
+            span: i.then.span,
+            region: then_region,
+            result: Some(then_result),
+        }];
         let then_ty = self.graph[then_result].ty.clone();
         let ty = match &i.otherwise {
             Some(block) => {
                 let (r, res) = self.arm(cx, node, decide, 1, block, format!("{name}.else"));
-                arms.push(Arm { pattern: None, span: block.span, region: r, result: Some(res) });
+                arms.push(Arm {
+                    pattern: None,
+                    span: block.span,
+                    region: r,
+                    result: Some(res),
+                });
                 let else_ty = self.graph[res].ty.clone();
-                join_types(cx, &[(then_ty, i.then.result.span), (else_ty, block.result.span)], span)
+                join_types(
+                    cx,
+                    &[(then_ty, i.then.result.span), (else_ty, block.result.span)],
+                    span,
+                )
             }
             None => {
                 let region = self.new_region(RegionKind::Arm { node, arm: 1 });
-                arms.push(Arm { pattern: None, span, region, result: None });
+                arms.push(Arm {
+                    pattern: None,
+                    span,
+                    region,
+                    result: None,
+                });
                 optional(then_ty)
             }
         };
@@ -671,7 +901,14 @@ impl<'a> FlowBuilder<'a> {
         (StepKind::Branch { decide, arms }, ty)
     }
 
-    fn match_branch(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex, mt: &'a ast::MatchStep, name: &str, span: Span) -> (StepKind, Ty) {
+    fn match_branch(
+        &mut self,
+        cx: &mut Lowerer<'_, '_>,
+        node: NodeIndex,
+        mt: &'a ast::MatchStep,
+        name: &str,
+        span: Span,
+    ) -> (StepKind, Ty) {
         let subject = self.expr(cx, &mt.scrutinee);
         let subject_ty = cx.program.types.resolve(&subject.ty).clone();
         let decide = self.decide(subject, format!("{name}.match"), mt.scrutinee.span);
@@ -686,35 +923,72 @@ impl<'a> FlowBuilder<'a> {
                 Some(l) => seen.push((l.clone(), arm.pattern_span)),
                 None => wildcard = wildcard.or(Some(arm.pattern_span)),
             }
-            let (region, result) = self.arm(cx, node, decide, i, &arm.body, format!("{name}.arm{}", i + 1));
+            let (region, result) = self.arm(
+                cx,
+                node,
+                decide,
+                i,
+                &arm.body,
+                format!("{name}.arm{}", i + 1),
+            );
             tys.push((self.graph[result].ty.clone(), arm.body.result.span));
-            arms.push(Arm { pattern, span: arm.pattern_span, region, result: Some(result) });
+            arms.push(Arm {
+                pattern,
+                span: arm.pattern_span,
+                region,
+                result: Some(result),
+            });
         }
         self.connect_all(&[decide], node, Dep::Region);
-        let mut ty = if tys.is_empty() { Ty::Null } else { join_types(cx, &tys, span) };
+        let mut ty = if tys.is_empty() {
+            Ty::Null
+        } else {
+            join_types(cx, &tys, span)
+        };
         let exhaustive = wildcard.is_some()
             || match &subject_ty {
                 Ty::Union(ls) => ls.iter().all(|l| seen.iter().any(|(s, _)| s == l)),
                 Ty::Literal(l) => seen.iter().any(|(s, _)| s == l),
-                Ty::Bool => [true, false].iter().all(|b| seen.iter().any(|(s, _)| *s == Lit::Bool(*b))),
+                Ty::Bool => [true, false]
+                    .iter()
+                    .all(|b| seen.iter().any(|(s, _)| *s == Lit::Bool(*b))),
                 _ => false,
             };
         if !exhaustive {
             // With no arm taken, the value is null.
             ty = optional(ty);
-            arms.push(Arm { pattern: None, span, region: self.new_region(RegionKind::Arm { node, arm: mt.arms.len() }), result: None });
+            arms.push(Arm {
+                pattern: None,
+                span,
+                region: self.new_region(RegionKind::Arm {
+                    node,
+                    arm: mt.arms.len(),
+                }),
+                result: None,
+            });
         }
         (StepKind::Branch { decide, arms }, ty)
     }
 
-    fn check_pattern(&mut self, cx: &mut Lowerer<'_, '_>, pattern: &Option<Lit>, span: Span, subject: &Ty, seen: &[(Lit, Span)], wildcard: Option<Span>) {
+    fn check_pattern(
+        &mut self,
+        cx: &mut Lowerer<'_, '_>,
+        pattern: &Option<Lit>,
+        span: Span,
+        subject: &Ty,
+        seen: &[(Lit, Span)],
+        wildcard: Option<Span>,
+    ) {
         let unreachable = |reason: String, label: &str| {
             Diagnostic::new(Code::UnreachableArm, span, reason).label(label.to_string())
         };
         if let Some(w) = wildcard {
-            let d = unreachable("this arm comes after `_`, which matches everything".into(), "never reached")
-                .with(w, "`_` matches first")
-                .help("put `_` last, or remove this arm");
+            let d = unreachable(
+                "this arm comes after `_`, which matches everything".into(),
+                "never reached",
+            )
+            .with(w, "`_` matches first")
+            .help("put `_` last, or remove this arm");
             cx.report(d);
             return;
         }
@@ -736,19 +1010,29 @@ impl<'a> FlowBuilder<'a> {
         };
         if !possible {
             let shown = types.display(subject);
-            let d = unreachable(format!("{l} can never be a `{shown}`"), "no value of the subject's type is this")
-                .help(format!("the subject is `{shown}`; match one of its values"));
+            let d = unreachable(
+                format!("{l} can never be a `{shown}`"),
+                "no value of the subject's type is this",
+            )
+            .help(format!("the subject is `{shown}`; match one of its values"));
             cx.report(d);
         }
     }
 
     fn fallback(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex, fb: &ast::Step) {
         let step_ty = self.graph[node].ty.clone();
-        let can_fail = matches!(self.graph[node].kind, StepKind::Call { .. } | StepKind::Llm(_));
+        let can_fail = matches!(
+            self.graph[node].kind,
+            StepKind::Call { .. } | StepKind::Llm(_)
+        );
         if !can_fail {
-            let d = Diagnostic::new(Code::InvalidDeclaration, fb.span, "only calls and `llm` steps can fall back")
-                .label("this step cannot fail over")
-                .help("put `fallback` after a tool, agent, flow or `llm` step");
+            let d = Diagnostic::new(
+                Code::InvalidDeclaration,
+                fb.span,
+                "only calls and `llm` steps can fall back",
+            )
+            .label("this step cannot fail over")
+            .help("put `fallback` after a tool, agent, flow or `llm` step");
             cx.report(d);
             return;
         }
@@ -771,7 +1055,13 @@ impl<'a> FlowBuilder<'a> {
             _ => return,
         };
         if !cx.program.types.assignable(&ty, &step_ty) {
-            mismatch(cx, span, &step_ty, &ty, "a fallback must produce the same type as the step it replaces");
+            mismatch(
+                cx,
+                span,
+                &step_ty,
+                &ty,
+                "a fallback must produce the same type as the step it replaces",
+            );
         }
         self.graph[node].fallback = Some(fallback);
     }
@@ -787,14 +1077,22 @@ impl<'a> FlowBuilder<'a> {
         // Longest-path levels bound the search for each check's ancestors: an
         // ancestor of a candidate sits on a lower level, so the backward walk
         // from the check stops below the lowest candidate.
-        let position: Option<Vec<usize>> = petgraph::algo::toposort(&self.graph, None).ok().map(|order| {
-            let mut level = vec![0usize; self.graph.node_count()];
-            for n in order {
-                let l = self.graph.neighbors_directed(n, Direction::Incoming).map(|p| level[p.index()] + 1).max().unwrap_or(0);
-                level[n.index()] = l;
-            }
-            level
-        });
+        let position: Option<Vec<usize>> =
+            petgraph::algo::toposort(&self.graph, None)
+                .ok()
+                .map(|order| {
+                    let mut level = vec![0usize; self.graph.node_count()];
+                    for n in order {
+                        let l = self
+                            .graph
+                            .neighbors_directed(n, Direction::Incoming)
+                            .map(|p| level[p.index()] + 1)
+                            .max()
+                            .unwrap_or(0);
+                        level[n.index()] = l;
+                    }
+                    level
+                });
         let mut edges = Vec::new();
         for &check in &self.checks {
             let mut candidates: Vec<NodeIndex> = Vec::new();
@@ -809,9 +1107,16 @@ impl<'a> FlowBuilder<'a> {
             if candidates.is_empty() {
                 continue;
             }
-            let floor = position.as_ref().map_or(0, |pos| candidates.iter().map(|c| pos[c.index()]).min().unwrap_or(0));
+            let floor = position.as_ref().map_or(0, |pos| {
+                candidates.iter().map(|c| pos[c.index()]).min().unwrap_or(0)
+            });
             let ancestors = ancestors_above(&self.graph, check, position.as_deref(), floor);
-            edges.extend(candidates.into_iter().filter(|u| !ancestors.contains(u)).map(|u| (check, u)));
+            edges.extend(
+                candidates
+                    .into_iter()
+                    .filter(|u| !ancestors.contains(u))
+                    .map(|u| (check, u)),
+            );
         }
         for (check, user) in edges {
             self.connect_all(&[check], user, Dep::Guard);
@@ -864,9 +1169,14 @@ fn optional(ty: Ty) -> Ty {
 fn join_types(cx: &mut Lowerer<'_, '_>, tys: &[(Ty, Span)], span: Span) -> Ty {
     let types = &cx.program.types;
     let widened: Vec<(Ty, Span)> = tys.iter().map(|(t, s)| (widen(t), *s)).collect();
-    let non_null: Vec<&(Ty, Span)> = widened.iter().filter(|(t, _)| !matches!(t, Ty::Null)).collect();
+    let non_null: Vec<&(Ty, Span)> = widened
+        .iter()
+        .filter(|(t, _)| !matches!(t, Ty::Null))
+        .collect();
     let has_null = non_null.len() < widened.len();
-    let Some(first) = non_null.first() else { return Ty::Null };
+    let Some(first) = non_null.first() else {
+        return Ty::Null;
+    };
     let mut joined = Some(first.0.clone());
     for (t, _) in &non_null[1..] {
         joined = joined.and_then(|j| types.join(&j, t));
@@ -874,13 +1184,20 @@ fn join_types(cx: &mut Lowerer<'_, '_>, tys: &[(Ty, Span)], span: Span) -> Ty {
     let joined = match joined {
         Some(t) => t,
         None => {
-            let odd = non_null.iter().find(|(t, _)| !types.assignable(t, &first.0)).unwrap_or(first);
+            let odd = non_null
+                .iter()
+                .find(|(t, _)| !types.assignable(t, &first.0))
+                .unwrap_or(first);
             let (a, b) = (types.display(&first.0), types.display(&odd.0));
-            let d = Diagnostic::new(Code::TypeMismatch, odd.1, format!("the branches produce different types: `{a}` and `{b}`"))
-                .label(format!("this is `{b}`"))
-                .with(first.1, format!("this is `{a}`"))
-                .with(span, "the branches of this step")
-                .help("every branch must produce a value of the same type");
+            let d = Diagnostic::new(
+                Code::TypeMismatch,
+                odd.1,
+                format!("the branches produce different types: `{a}` and `{b}`"),
+            )
+            .label(format!("this is `{b}`"))
+            .with(first.1, format!("this is `{a}`"))
+            .with(span, "the branches of this step")
+            .help("every branch must produce a value of the same type");
             cx.report(d);
             Ty::Error
         }
@@ -893,7 +1210,11 @@ fn join_types(cx: &mut Lowerer<'_, '_>, tys: &[(Ty, Span)], span: Span) -> Ty {
 }
 
 fn null_expr(span: Span) -> Expr {
-    Expr { kind: ExprKind::Null, ty: Ty::Error, span }
+    Expr {
+        kind: ExprKind::Null,
+        ty: Ty::Error,
+        span,
+    }
 }
 
 /// Matches a call's named arguments to the callee's parameters.
@@ -907,9 +1228,13 @@ fn check_args(
     for (name, value) in &call.args {
         let e = lower_expr(cx, value, resolve);
         if out.iter().any(|(n, _)| *n == name.name) {
-            let d = Diagnostic::new(Code::DuplicateName, name.span, format!("argument `{}` is given twice", name.name))
-                .label("given again here")
-                .help("give each argument once");
+            let d = Diagnostic::new(
+                Code::DuplicateName,
+                name.span,
+                format!("argument `{}` is given twice", name.name),
+            )
+            .label("given again here")
+            .help("give each argument once");
             cx.report(d);
             continue;
         }
@@ -918,21 +1243,38 @@ fn check_args(
                 if !cx.program.types.assignable(&e.ty, ty) {
                     let types = &cx.program.types;
                     let (want, got) = (types.display(ty), types.display(&e.ty));
-                    let d = Diagnostic::new(Code::TypeMismatch, e.span, format!("argument `{}` expects `{want}`, found `{got}`", name.name))
-                        .label(format!("this is `{got}`"))
-                        .help(format!("`{}` takes `{}: {want}`", call.callee.name, name.name));
+                    let d = Diagnostic::new(
+                        Code::TypeMismatch,
+                        e.span,
+                        format!("argument `{}` expects `{want}`, found `{got}`", name.name),
+                    )
+                    .label(format!("this is `{got}`"))
+                    .help(format!(
+                        "`{}` takes `{}: {want}`",
+                        call.callee.name, name.name
+                    ));
                     cx.report(d);
                 }
             }
             None => {
-                let mut d = Diagnostic::new(Code::UnknownArgument, name.span, format!("`{}` takes no argument `{}`", call.callee.name, name.name))
-                    .label("unknown argument");
+                let mut d = Diagnostic::new(
+                    Code::UnknownArgument,
+                    name.span,
+                    format!("`{}` takes no argument `{}`", call.callee.name, name.name),
+                )
+                .label("unknown argument");
                 d = match did_you_mean(&name.name, params.iter().map(|(p, _, _)| p.as_str())) {
                     Some(s) => d.help(format!("did you mean `{s}`?")),
-                    None if params.is_empty() => d.help(format!("`{}` takes no arguments", call.callee.name)),
+                    None if params.is_empty() => {
+                        d.help(format!("`{}` takes no arguments", call.callee.name))
+                    }
                     None => d.help(format!(
                         "its arguments are {}",
-                        params.iter().map(|(p, _, _)| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+                        params
+                            .iter()
+                            .map(|(p, _, _)| format!("`{p}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )),
                 };
                 cx.report(d);
@@ -946,11 +1288,23 @@ fn check_args(
         .map(|(p, ty, _)| format!("{p}: {}", cx.program.types.display(ty)))
         .collect();
     if !missing.is_empty() {
-        let plural = if missing.len() == 1 { "argument" } else { "arguments" };
+        let plural = if missing.len() == 1 {
+            "argument"
+        } else {
+            "arguments"
+        };
         let d = Diagnostic::new(
             Code::MissingArgument,
             call.callee.span,
-            format!("`{}` is called without {plural} {}", call.callee.name, missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")),
+            format!(
+                "`{}` is called without {plural} {}",
+                call.callee.name,
+                missing
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         )
         .label(format!("missing {plural}"))
         .help("pass every parameter that is not optional (`name?: T`), by name");
@@ -961,9 +1315,13 @@ fn check_args(
 
 pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDecl) {
     let mut no_names = |cx: &mut Lowerer<'_, '_>, name: &ast::Ident| -> (ExprKind, Ty) {
-        let d = Diagnostic::new(Code::UndefinedName, name.span, format!("there is no value named `{}` here", name.name))
-            .label("unknown name")
-            .help("test values are literals; only `expect` can read `output`, the flow's result");
+        let d = Diagnostic::new(
+            Code::UndefinedName,
+            name.span,
+            format!("there is no value named `{}` here", name.name),
+        )
+        .label("unknown name")
+        .help("test values are literals; only `expect` can read `output`, the flow's result");
         cx.report(d);
         (ExprKind::Error, Ty::Error)
     };
@@ -980,65 +1338,120 @@ pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDec
     for stmt in &decl.stmts {
         if let ast::TestStmt::Run(call) = stmt {
             if let Some(prev) = run_span {
-                let d = Diagnostic::new(Code::InvalidDeclaration, call.span, "a test runs one flow")
-                    .label("second `run`")
-                    .with(prev, "first `run`")
-                    .help("write a separate `test` for each run");
+                let d =
+                    Diagnostic::new(Code::InvalidDeclaration, call.span, "a test runs one flow")
+                        .label("second `run`")
+                        .with(prev, "first `run`")
+                        .help("write a separate `test` for each run");
                 cx.report(d);
                 continue;
             }
             run_span = Some(call.span);
             match cx.lookup(m, &call.callee.name) {
                 Some(Symbol::Flow(f)) => {
-                    let params: Vec<(String, Ty, bool)> = cx.program.flows[f.index()].params.iter().map(|p| (p.name.clone(), p.ty.clone(), p.optional)).collect();
+                    let params: Vec<(String, Ty, bool)> = cx.program.flows[f.index()]
+                        .params
+                        .iter()
+                        .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
+                        .collect();
                     test.flow = Some(f);
                     test.args = check_args(cx, call, &params, &mut no_names);
                 }
-                Some(other) => cx.wrong_kind(&call.callee, other, "a flow", "a test runs a flow: `run name(arg: value)`"),
+                Some(other) => cx.wrong_kind(
+                    &call.callee,
+                    other,
+                    "a flow",
+                    "a test runs a flow: `run name(arg: value)`",
+                ),
                 None => cx.undefined(m, &call.callee, "flow", |s| matches!(s, Symbol::Flow(_))),
             }
         }
     }
-    let output_ty = test.flow.map_or(Ty::Error, |f| cx.program.flows[f.index()].output.clone());
+    let output_ty = test
+        .flow
+        .map_or(Ty::Error, |f| cx.program.flows[f.index()].output.clone());
     for stmt in &decl.stmts {
         match stmt {
             ast::TestStmt::Run(_) => {}
-            ast::TestStmt::Given { target, outcome, span } => {
-                let outcome_ir = |cx: &mut Lowerer<'_, '_>, no: &mut super::expr::Resolver<'_>| match outcome {
-                    ast::Given::Returns(e) => GivenOutcome::Returns(lower_expr(cx, e, no)),
-                    ast::Given::Fails(msg) => GivenOutcome::Fails(msg.clone()),
-                };
+            ast::TestStmt::Given {
+                target,
+                outcome,
+                span,
+            } => {
+                let outcome_ir =
+                    |cx: &mut Lowerer<'_, '_>, no: &mut super::expr::Resolver<'_>| match outcome {
+                        ast::Given::Returns(e) => GivenOutcome::Returns(lower_expr(cx, e, no)),
+                        ast::Given::Fails(msg) => GivenOutcome::Fails(msg.clone()),
+                    };
                 match cx.lookup(m, &target.name) {
                     Some(Symbol::Tool(t)) => {
                         let o = outcome_ir(cx, &mut no_names);
                         if let GivenOutcome::Returns(e) = &o {
                             let want = cx.program.tools[t.index()].output.clone();
                             if !cx.program.types.assignable(&e.ty, &want) {
-                                mismatch(cx, e.span, &want, &e.ty, "a given result must have the tool's declared result type");
+                                mismatch(
+                                    cx,
+                                    e.span,
+                                    &want,
+                                    &e.ty,
+                                    "a given result must have the tool's declared result type",
+                                );
                             }
                         }
-                        test.givens.push(TestGiven::Tool { tool: t, outcome: o, span: *span });
+                        test.givens.push(TestGiven::Tool {
+                            tool: t,
+                            outcome: o,
+                            span: *span,
+                        });
                     }
                     Some(Symbol::Model(md)) => {
                         let o = outcome_ir(cx, &mut no_names);
-                        test.givens.push(TestGiven::Model { model: md, outcome: o, span: *span });
+                        test.givens.push(TestGiven::Model {
+                            model: md,
+                            outcome: o,
+                            span: *span,
+                        });
                     }
                     Some(Symbol::Agent(a)) => {
                         let o = outcome_ir(cx, &mut no_names);
                         if let GivenOutcome::Returns(e) = &o {
                             let want = cx.program.agents[a.index()].output.clone();
                             if !cx.program.types.assignable(&e.ty, &want) {
-                                mismatch(cx, e.span, &want, &e.ty, "a given result must have the agent's declared result type");
+                                mismatch(
+                                    cx,
+                                    e.span,
+                                    &want,
+                                    &e.ty,
+                                    "a given result must have the agent's declared result type",
+                                );
                             }
                         }
-                        test.givens.push(TestGiven::Agent { agent: a, outcome: o, span: *span });
+                        test.givens.push(TestGiven::Agent {
+                            agent: a,
+                            outcome: o,
+                            span: *span,
+                        });
                     }
-                    Some(other) => cx.wrong_kind(target, other, "a tool, model or agent", "`given` replaces what a tool, model or agent returns"),
-                    None => cx.undefined(m, target, "tool, model or agent", |s| matches!(s, Symbol::Tool(_) | Symbol::Model(_) | Symbol::Agent(_))),
+                    Some(other) => cx.wrong_kind(
+                        target,
+                        other,
+                        "a tool, model or agent",
+                        "`given` replaces what a tool, model or agent returns",
+                    ),
+                    None => cx.undefined(m, target, "tool, model or agent", |s| {
+                        matches!(s, Symbol::Tool(_) | Symbol::Model(_) | Symbol::Agent(_))
+                    }),
                 }
             }
-            ast::TestStmt::GivenGate { gate, outcome, span } => {
-                let known = test.flow.map(|f| flow_has_gate(&cx.program, f, &gate.name, 0)).unwrap_or(true);
+            ast::TestStmt::GivenGate {
+                gate,
+                outcome,
+                span,
+            } => {
+                let known = test
+                    .flow
+                    .map(|f| flow_has_gate(&cx.program, f, &gate.name, 0))
+                    .unwrap_or(true);
                 if !known {
                     let d = Diagnostic::new(Code::UndefinedName, gate.span, format!("the flow under test has no gate named `{}`", gate.name))
                         .label("unknown gate")
@@ -1046,10 +1459,20 @@ pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDec
                     cx.report(d);
                 }
                 let (approve, with, reason) = match outcome {
-                    ast::GateOutcome::Approves(e) => (true, e.as_ref().map(|e| lower_expr(cx, e, &mut no_names)), None),
+                    ast::GateOutcome::Approves(e) => (
+                        true,
+                        e.as_ref().map(|e| lower_expr(cx, e, &mut no_names)),
+                        None,
+                    ),
                     ast::GateOutcome::Rejects(r) => (false, None, r.clone()),
                 };
-                test.givens.push(TestGiven::Gate { gate: gate.name.clone(), approve, with, reason, span: *span });
+                test.givens.push(TestGiven::Gate {
+                    gate: gate.name.clone(),
+                    approve,
+                    with,
+                    reason,
+                    span: *span,
+                });
             }
             ast::TestStmt::Expect(e) => {
                 let out_ty = output_ty.clone();
@@ -1062,23 +1485,51 @@ pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDec
                 };
                 let e = lower_expr(cx, e, &mut output);
                 if !cx.program.types.assignable(&e.ty, &Ty::Bool) {
-                    mismatch(cx, e.span, &Ty::Bool, &e.ty, "an `expect` states a condition on `output` that must be true");
+                    mismatch(
+                        cx,
+                        e.span,
+                        &Ty::Bool,
+                        &e.ty,
+                        "an `expect` states a condition on `output` that must be true",
+                    );
                 }
                 test.expects.push(e);
             }
-            ast::TestStmt::ExpectCalls { target, times, span } => match cx.lookup(m, &target.name) {
-                Some(Symbol::Tool(t)) => test.expect_calls.push((CallTarget::Tool(t), *times, *span)),
-                Some(Symbol::Agent(a)) => test.expect_calls.push((CallTarget::Agent(a), *times, *span)),
-                Some(Symbol::Flow(f)) => test.expect_calls.push((CallTarget::Flow(f), *times, *span)),
-                Some(other) => cx.wrong_kind(target, other, "a tool, agent or flow", "count calls of tools, agents and flows"),
-                None => cx.undefined(m, target, "tool, agent or flow", |s| matches!(s, Symbol::Tool(_) | Symbol::Agent(_) | Symbol::Flow(_))),
+            ast::TestStmt::ExpectCalls {
+                target,
+                times,
+                span,
+            } => match cx.lookup(m, &target.name) {
+                Some(Symbol::Tool(t)) => {
+                    test.expect_calls.push((CallTarget::Tool(t), *times, *span))
+                }
+                Some(Symbol::Agent(a)) => {
+                    test.expect_calls
+                        .push((CallTarget::Agent(a), *times, *span))
+                }
+                Some(Symbol::Flow(f)) => {
+                    test.expect_calls.push((CallTarget::Flow(f), *times, *span))
+                }
+                Some(other) => cx.wrong_kind(
+                    target,
+                    other,
+                    "a tool, agent or flow",
+                    "count calls of tools, agents and flows",
+                ),
+                None => cx.undefined(m, target, "tool, agent or flow", |s| {
+                    matches!(s, Symbol::Tool(_) | Symbol::Agent(_) | Symbol::Flow(_))
+                }),
             },
         }
     }
     if run_span.is_none() {
-        let d = Diagnostic::new(Code::InvalidDeclaration, decl.name_span, format!("test {:?} runs no flow", decl.name))
-            .label("no `run`")
-            .help("add `run flow_name(arg: value)`");
+        let d = Diagnostic::new(
+            Code::InvalidDeclaration,
+            decl.name_span,
+            format!("test {:?} runs no flow", decl.name),
+        )
+        .label("no `run`")
+        .help("add `run flow_name(arg: value)`");
         cx.report(d);
     }
     if test.expects.is_empty() && test.expect_calls.is_empty() {
@@ -1098,7 +1549,10 @@ fn flow_has_gate(program: &Program, flow: FlowId, gate: &str, depth: u32) -> boo
     let f = &program.flows[flow.index()];
     f.graph.node_weights().any(|s| match &s.kind {
         StepKind::Approve { gate: g, .. } => g == gate,
-        StepKind::Call { target: CallTarget::Flow(sub), .. } => flow_has_gate(program, *sub, gate, depth + 1),
+        StepKind::Call {
+            target: CallTarget::Flow(sub),
+            ..
+        } => flow_has_gate(program, *sub, gate, depth + 1),
         _ => false,
     })
 }

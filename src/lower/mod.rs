@@ -47,7 +47,14 @@ impl Symbol {
 /// complete even when there are errors (unresolved parts become `Ty::Error`
 /// and `ExprKind::Error`), so later passes can still report what they find.
 pub fn lower(ws: &Workspace, problems: &mut Vec<Diagnostic>) -> Program {
-    let mut cx = Lowerer { ws, program: Program::default(), problems, scopes: Vec::new(), locals: Vec::new(), poisoned: Vec::new() };
+    let mut cx = Lowerer {
+        ws,
+        program: Program::default(),
+        problems,
+        scopes: Vec::new(),
+        locals: Vec::new(),
+        poisoned: Vec::new(),
+    };
     cx.declare_all();
     cx.import_all();
     cx.define_all();
@@ -75,14 +82,21 @@ impl<'w, 'p> Lowerer<'w, 'p> {
 
     fn declare_all(&mut self) {
         for (m, module) in self.ws.modules.iter().enumerate() {
-            self.poisoned.push(module.ast.broken.iter().cloned().collect());
+            self.poisoned
+                .push(module.ast.broken.iter().cloned().collect());
             let mut scope: HashMap<String, (Symbol, Span)> = HashMap::new();
             for item in &module.ast.items {
                 let (name, symbol) = match item {
                     Item::Use(_) | Item::Test(_) => continue,
                     Item::Type(t) => {
-                        self.program.types.defs.push(TypeDef { name: t.name.name.clone(), ty: Ty::Error });
-                        (&t.name, Symbol::Type(TypeId(self.program.types.defs.len() as u32 - 1)))
+                        self.program.types.defs.push(TypeDef {
+                            name: t.name.name.clone(),
+                            ty: Ty::Error,
+                        });
+                        (
+                            &t.name,
+                            Symbol::Type(TypeId(self.program.types.defs.len() as u32 - 1)),
+                        )
                     }
                     Item::Provider(p) => {
                         self.program.providers.push(Provider {
@@ -94,7 +108,10 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             api_key_env: None,
                             prices: Vec::new(),
                         });
-                        (&p.name, Symbol::Provider(ProviderId(self.program.providers.len() as u32 - 1)))
+                        (
+                            &p.name,
+                            Symbol::Provider(ProviderId(self.program.providers.len() as u32 - 1)),
+                        )
                     }
                     Item::Model(md) => {
                         self.program.models.push(Model {
@@ -108,11 +125,20 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             extra: Vec::new(),
                             price: None,
                         });
-                        (&md.name, Symbol::Model(ModelId(self.program.models.len() as u32 - 1)))
+                        (
+                            &md.name,
+                            Symbol::Model(ModelId(self.program.models.len() as u32 - 1)),
+                        )
                     }
                     Item::Resource(r) => {
-                        self.program.resources.push(Resource { name: r.name.clone(), span: r.span });
-                        (r, Symbol::Resource(ResourceId(self.program.resources.len() as u32 - 1)))
+                        self.program.resources.push(Resource {
+                            name: r.name.clone(),
+                            span: r.span,
+                        });
+                        (
+                            r,
+                            Symbol::Resource(ResourceId(self.program.resources.len() as u32 - 1)),
+                        )
                     }
                     Item::Tool(t) => {
                         self.program.tools.push(Tool {
@@ -131,7 +157,10 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             limit_tokens: None,
                             mentioned: false,
                         });
-                        (&t.name, Symbol::Tool(ToolId(self.program.tools.len() as u32 - 1)))
+                        (
+                            &t.name,
+                            Symbol::Tool(ToolId(self.program.tools.len() as u32 - 1)),
+                        )
                     }
                     Item::Agent(a) => {
                         self.program.agents.push(Agent {
@@ -148,7 +177,10 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             budget: None,
                             timeout_seconds: None,
                         });
-                        (&a.name, Symbol::Agent(AgentId(self.program.agents.len() as u32 - 1)))
+                        (
+                            &a.name,
+                            Symbol::Agent(AgentId(self.program.agents.len() as u32 - 1)),
+                        )
                     }
                     Item::Flow(f) => {
                         self.program.flows.push(Flow {
@@ -162,17 +194,27 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             output_step: None,
                             unresolved: false,
                         });
-                        (&f.name, Symbol::Flow(FlowId(self.program.flows.len() as u32 - 1)))
+                        (
+                            &f.name,
+                            Symbol::Flow(FlowId(self.program.flows.len() as u32 - 1)),
+                        )
                     }
                 };
                 if let Some((previous, prev_span)) = scope.get(&name.name) {
                     if let Symbol::Tool(t) = symbol {
                         self.program.tools[t.index()].mentioned = true;
                     }
-                    let d = Diagnostic::new(Code::DuplicateName, name.span, format!("`{}` is declared twice", name.name))
-                        .label("declared again here")
-                        .with(*prev_span, format!("first declared here as {}", previous.kind()))
-                        .help("every top-level name in a file must be unique; rename one of them");
+                    let d = Diagnostic::new(
+                        Code::DuplicateName,
+                        name.span,
+                        format!("`{}` is declared twice", name.name),
+                    )
+                    .label("declared again here")
+                    .with(
+                        *prev_span,
+                        format!("first declared here as {}", previous.kind()),
+                    )
+                    .help("every top-level name in a file must be unique; rename one of them");
                     self.report(d);
                     continue;
                 }
@@ -200,7 +242,11 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                     let Some(&(symbol, _)) = self.locals[target].get(&name.name) else {
                         self.poisoned[m].insert(name.name.clone());
                         let module_name = match &u.path {
-                            ast::ModulePath::Std(parts) => parts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join("."),
+                            ast::ModulePath::Std(parts) => parts
+                                .iter()
+                                .map(|p| p.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join("."),
                             ast::ModulePath::File(path) => path.clone(),
                         };
                         let mut d = Diagnostic::new(
@@ -209,7 +255,9 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             format!("`{module_name}` has no declaration named `{}`", name.name),
                         )
                         .label("not found in that module");
-                        if let Some(s) = did_you_mean(&name.name, self.locals[target].keys().map(String::as_str)) {
+                        if let Some(s) =
+                            did_you_mean(&name.name, self.locals[target].keys().map(String::as_str))
+                        {
                             d = d.help(format!("did you mean `{s}`?"));
                         }
                         self.report(d);
@@ -247,23 +295,44 @@ impl<'w, 'p> Lowerer<'w, 'p> {
     }
 
     /// Reports an unknown top-level name, suggesting one of the wanted kind.
-    pub(crate) fn undefined(&mut self, m: usize, name: &ast::Ident, wanted: &str, fits: fn(Symbol) -> bool) {
+    pub(crate) fn undefined(
+        &mut self,
+        m: usize,
+        name: &ast::Ident,
+        wanted: &str,
+        fits: fn(Symbol) -> bool,
+    ) {
         if self.is_poisoned(m, &name.name) {
             return;
         }
-        let candidates: Vec<&str> =
-            self.scopes[m].iter().filter(|(_, (s, _))| fits(*s)).map(|(n, _)| n.as_str()).collect();
-        let mut d = Diagnostic::new(Code::UndefinedName, name.span, format!("there is no {wanted} named `{}`", name.name))
-            .label(format!("not a declared {wanted}"));
+        let candidates: Vec<&str> = self.scopes[m]
+            .iter()
+            .filter(|(_, (s, _))| fits(*s))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let mut d = Diagnostic::new(
+            Code::UndefinedName,
+            name.span,
+            format!("there is no {wanted} named `{}`", name.name),
+        )
+        .label(format!("not a declared {wanted}"));
         if let Some(s) = did_you_mean(&name.name, candidates) {
             d = d.help(format!("did you mean `{s}`?"));
         } else {
-            d = d.help(format!("declare the {wanted} in this file, or import it with `use`"));
+            d = d.help(format!(
+                "declare the {wanted} in this file, or import it with `use`"
+            ));
         }
         self.report(d);
     }
 
-    pub(crate) fn wrong_kind(&mut self, name: &ast::Ident, found: Symbol, wanted: &str, help: &str) {
+    pub(crate) fn wrong_kind(
+        &mut self,
+        name: &ast::Ident,
+        found: Symbol,
+        wanted: &str,
+        help: &str,
+    ) {
         if let Symbol::Tool(t) = found {
             self.program.tools[t.index()].mentioned = true;
         }
@@ -290,7 +359,12 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 }
             }
         }
-        self.report_alias_cycles(&ws.modules.iter().flat_map(|md| md.ast.items.iter()).collect::<Vec<_>>());
+        self.report_alias_cycles(
+            &ws.modules
+                .iter()
+                .flat_map(|md| md.ast.items.iter())
+                .collect::<Vec<_>>(),
+        );
         let (mut p, mut md, mut t, mut a, mut f) = (0, 0, 0, 0, 0);
         for (m, module) in ws.modules.iter().enumerate() {
             for item in &module.ast.items {
@@ -334,12 +408,9 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         let mut f = 0;
         for (m, module) in ws.modules.iter().enumerate() {
             for item in &module.ast.items {
-                match item {
-                    Item::Flow(decl) => {
-                        flow::lower_flow(self, m, FlowId(f), decl);
-                        f += 1;
-                    }
-                    _ => {}
+                if let Item::Flow(decl) = item {
+                    flow::lower_flow(self, m, FlowId(f), decl);
+                    f += 1;
                 }
             }
         }
@@ -380,15 +451,24 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         let mut out: Vec<Param> = Vec::new();
         for p in params {
             if let Some(prev) = out.iter().find(|q| q.name == p.name.name) {
-                let d = Diagnostic::new(Code::DuplicateName, p.name.span, format!("parameter `{}` is declared twice", p.name.name))
-                    .label("declared again here")
-                    .with(prev.span, "first declared here")
-                    .help("rename one of the parameters");
+                let d = Diagnostic::new(
+                    Code::DuplicateName,
+                    p.name.span,
+                    format!("parameter `{}` is declared twice", p.name.name),
+                )
+                .label("declared again here")
+                .with(prev.span, "first declared here")
+                .help("rename one of the parameters");
                 self.report(d);
                 continue;
             }
             let ty = self.ty(m, &p.ty);
-            out.push(Param { name: p.name.name.clone(), ty, optional: p.optional, span: p.name.span });
+            out.push(Param {
+                name: p.name.name.clone(),
+                ty,
+                optional: p.optional,
+                span: p.name.span,
+            });
         }
         out
     }
@@ -418,11 +498,17 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             .map(|(n, _)| n.as_str())
                             .chain(builtins)
                             .collect();
-                        let mut d = Diagnostic::new(Code::UndefinedName, name.span, format!("there is no type named `{}`", name.name))
-                            .label("unknown type");
+                        let mut d = Diagnostic::new(
+                            Code::UndefinedName,
+                            name.span,
+                            format!("there is no type named `{}`", name.name),
+                        )
+                        .label("unknown type");
                         d = match did_you_mean(&name.name, candidates) {
                             Some(s) => d.help(format!("did you mean `{s}`?")),
-                            None => d.help("declare it with `type Name { … }` or import it with `use`"),
+                            None => {
+                                d.help("declare it with `type Name { … }` or import it with `use`")
+                            }
                         };
                         self.report(d);
                         Ty::Error
@@ -442,14 +528,22 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 let mut out: Vec<Field> = Vec::new();
                 for f in fields {
                     if out.iter().any(|g| g.name == f.name.name) {
-                        let d = Diagnostic::new(Code::DuplicateName, f.name.span, format!("field `{}` is declared twice", f.name.name))
-                            .label("declared again here")
-                            .help("every field of a record needs its own name");
+                        let d = Diagnostic::new(
+                            Code::DuplicateName,
+                            f.name.span,
+                            format!("field `{}` is declared twice", f.name.name),
+                        )
+                        .label("declared again here")
+                        .help("every field of a record needs its own name");
                         self.report(d);
                         continue;
                     }
                     let ty = self.ty(m, &f.ty);
-                    out.push(Field { name: f.name.name.clone(), ty, optional: f.optional });
+                    out.push(Field {
+                        name: f.name.name.clone(),
+                        ty,
+                        optional: f.optional,
+                    });
                 }
                 Ty::Record(out)
             }
@@ -485,13 +579,20 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 let file = self.ws.modules[m].file;
                 match self.ws.schemas.get(&(file, path.clone())) {
                     Some(Ok(value)) if value.is_object() || value.is_boolean() => {
-                        self.program.types.schemas.push(SchemaFile { path: path.clone(), schema: value.clone() });
+                        self.program.types.schemas.push(SchemaFile {
+                            path: path.clone(),
+                            schema: value.clone(),
+                        });
                         Ty::Schema(self.program.types.schemas.len() as u32 - 1)
                     }
                     Some(Ok(_)) => {
-                        let d = Diagnostic::new(Code::InvalidSchemaFile, t.span, format!("`{path}` is not a JSON Schema"))
-                            .label("this file holds JSON, but not an object or boolean schema")
-                            .help("a JSON Schema is a JSON object such as {\"type\": \"object\", …}");
+                        let d = Diagnostic::new(
+                            Code::InvalidSchemaFile,
+                            t.span,
+                            format!("`{path}` is not a JSON Schema"),
+                        )
+                        .label("this file holds JSON, but not an object or boolean schema")
+                        .help("a JSON Schema is a JSON object such as {\"type\": \"object\", …}");
                         self.report(d);
                         Ty::Error
                     }
@@ -552,12 +653,18 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 }
                 ast::ConstraintKind::Len { min, max } => {
                     if is_number {
-                        self.bad_constraint(con.span, "numbers have no length; use bounds such as `>= 0`");
+                        self.bad_constraint(
+                            con.span,
+                            "numbers have no length; use bounds such as `>= 0`",
+                        );
                         continue;
                     }
                     if let (Some(a), Some(b)) = (min, max) {
                         if a > b {
-                            self.bad_constraint(con.span, &format!("the minimum length {a} is above the maximum {b}"));
+                            self.bad_constraint(
+                                con.span,
+                                &format!("the minimum length {a} is above the maximum {b}"),
+                            );
                             continue;
                         }
                     }
@@ -566,7 +673,10 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 }
                 ast::ConstraintKind::Bound(op, n) => {
                     if !is_number {
-                        self.bad_constraint(con.span, "only numbers have bounds; strings and lists take `len`");
+                        self.bad_constraint(
+                            con.span,
+                            "only numbers have bounds; strings and lists take `len`",
+                        );
                         continue;
                     }
                     match op {
@@ -577,7 +687,10 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                     }
                     if let (Some((lo, _)), Some((hi, _))) = (c.min, c.max) {
                         if lo > hi {
-                            self.bad_constraint(con.span, &format!("no number is both at least {lo} and at most {hi}"));
+                            self.bad_constraint(
+                                con.span,
+                                &format!("no number is both at least {lo} and at most {hi}"),
+                            );
                         }
                     }
                 }
@@ -613,7 +726,15 @@ impl<'w, 'p> Lowerer<'w, 'p> {
             p.base_url = url.default.clone();
         }
         p.api_key_env = decl.api_key.as_ref().map(|k| k.name.clone());
-        p.prices = decl.prices.iter().map(|pr| Price { model: pr.model.clone(), input: pr.input, output: pr.output }).collect();
+        p.prices = decl
+            .prices
+            .iter()
+            .map(|pr| Price {
+                model: pr.model.clone(),
+                input: pr.input,
+                output: pr.output,
+            })
+            .collect();
     }
 
     fn model(&mut self, m: usize, id: ModelId, decl: &ast::ModelDecl) {
@@ -624,7 +745,9 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 None
             }
             None => {
-                self.undefined(m, &decl.provider, "provider", |s| matches!(s, Symbol::Provider(_)));
+                self.undefined(m, &decl.provider, "provider", |s| {
+                    matches!(s, Symbol::Provider(_))
+                });
                 None
             }
         };
@@ -639,14 +762,23 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                     _ => self.param_error(value.span, "temperature", "a number from 0 to 2"),
                 },
                 "max_tokens" => match value.kind {
-                    ast::ExprKind::Number(n) if n >= 1.0 && n.fract() == 0.0 => max_tokens = Some(n as u64),
+                    ast::ExprKind::Number(n) if n >= 1.0 && n.fract() == 0.0 => {
+                        max_tokens = Some(n as u64)
+                    }
                     _ => self.param_error(value.span, "max_tokens", "a whole number of at least 1"),
                 },
                 "fallback" => match &value.kind {
                     ast::ExprKind::Name(n) => match self.lookup(m, &n.name) {
                         Some(Symbol::Model(f)) if f != id => fallback = Some(f),
-                        Some(Symbol::Model(_)) => self.param_error(value.span, "fallback", "another model"),
-                        Some(other) => self.wrong_kind(n, other, "a model", "a fallback is another declared model"),
+                        Some(Symbol::Model(_)) => {
+                            self.param_error(value.span, "fallback", "another model")
+                        }
+                        Some(other) => self.wrong_kind(
+                            n,
+                            other,
+                            "a model",
+                            "a fallback is another declared model",
+                        ),
                         None => self.undefined(m, n, "model", |s| matches!(s, Symbol::Model(_))),
                     },
                     _ => self.param_error(value.span, "fallback", "the name of another model"),
@@ -675,9 +807,13 @@ impl<'w, 'p> Lowerer<'w, 'p> {
     }
 
     fn param_error(&mut self, span: Span, key: &str, wanted: &str) {
-        let d = Diagnostic::new(Code::TypeMismatch, span, format!("`{key}` must be {wanted}"))
-            .label(format!("expected {wanted}"))
-            .help("model parameters are constants written in the model declaration");
+        let d = Diagnostic::new(
+            Code::TypeMismatch,
+            span,
+            format!("`{key}` must be {wanted}"),
+        )
+        .label(format!("expected {wanted}"))
+        .help("model parameters are constants written in the model declaration");
         self.report(d);
     }
 
@@ -693,14 +829,21 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         let mut retry = None;
         let mut idempotency = None;
         let mut limit = None;
-        let param_names: Vec<(String, Ty)> = params.iter().map(|p| (p.name.clone(), p.ty.clone())).collect();
+        let param_names: Vec<(String, Ty)> = params
+            .iter()
+            .map(|p| (p.name.clone(), p.ty.clone()))
+            .collect();
         for clause in &decl.clauses {
             let mut set_kind = |this: &mut Self, k: ToolKind| {
                 if let Some((_, prev)) = &kind {
-                    let d = Diagnostic::new(Code::InvalidDeclaration, clause.span, format!("tool `{}` says twice how it runs", decl.name.name))
-                        .label("second implementation")
-                        .with(*prev, "first implementation")
-                        .help("a tool is exactly one of `http`, `exec` or `builtin`");
+                    let d = Diagnostic::new(
+                        Code::InvalidDeclaration,
+                        clause.span,
+                        format!("tool `{}` says twice how it runs", decl.name.name),
+                    )
+                    .label("second implementation")
+                    .with(*prev, "first implementation")
+                    .help("a tool is exactly one of `http`, `exec` or `builtin`");
                     this.report(d);
                 } else {
                     kind = Some((k, clause.span));
@@ -709,19 +852,37 @@ impl<'w, 'p> Lowerer<'w, 'p> {
             match &clause.kind {
                 ToolClauseKind::Http { method, url } => {
                     let url = expr::tool_template(self, url, &param_names);
-                    set_kind(self, ToolKind::Http { method: method.clone(), url, headers: Vec::new() });
+                    set_kind(
+                        self,
+                        ToolKind::Http {
+                            method: method.clone(),
+                            url,
+                            headers: Vec::new(),
+                        },
+                    );
                 }
                 ToolClauseKind::Exec(argv) => {
                     if argv.is_empty() {
-                        let d = Diagnostic::new(Code::InvalidDeclaration, clause.span, "`exec` needs a program to run")
-                            .label("empty argument list")
-                            .help("write the program and its arguments, as in exec [\"ocr\", \"--json\"]");
+                        let d = Diagnostic::new(
+                            Code::InvalidDeclaration,
+                            clause.span,
+                            "`exec` needs a program to run",
+                        )
+                        .label("empty argument list")
+                        .help(
+                            "write the program and its arguments, as in exec [\"ocr\", \"--json\"]",
+                        );
                         self.report(d);
                     }
-                    let argv = argv.iter().map(|a| expr::tool_template(self, a, &param_names)).collect();
+                    let argv = argv
+                        .iter()
+                        .map(|a| expr::tool_template(self, a, &param_names))
+                        .collect();
                     set_kind(self, ToolKind::Exec { argv });
                 }
-                ToolClauseKind::Builtin(name) => set_kind(self, ToolKind::Builtin { name: name.clone() }),
+                ToolClauseKind::Builtin(name) => {
+                    set_kind(self, ToolKind::Builtin { name: name.clone() })
+                }
                 ToolClauseKind::Header { name, value } => {
                     headers.push((name.clone(), expr::tool_template(self, value, &param_names)));
                 }
@@ -763,9 +924,13 @@ impl<'w, 'p> Lowerer<'w, 'p> {
             match &mut kind {
                 Some((ToolKind::Http { headers: h, .. }, _)) => *h = headers,
                 _ => {
-                    let d = Diagnostic::new(Code::InvalidDeclaration, decl.name.span, "only `http` tools send headers")
-                        .label("this tool has `header` clauses")
-                        .help("remove the headers, or make the tool an `http` tool");
+                    let d = Diagnostic::new(
+                        Code::InvalidDeclaration,
+                        decl.name.span,
+                        "only `http` tools send headers",
+                    )
+                    .label("this tool has `header` clauses")
+                    .help("remove the headers, or make the tool an `http` tool");
                     self.report(d);
                 }
             }
@@ -778,7 +943,14 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         }
         let (effect, effect_span) = match effect {
             Some((e, s)) => (e, Some(s)),
-            None => (if writes.is_empty() { Effect::Read } else { Effect::Write }, None),
+            None => (
+                if writes.is_empty() {
+                    Effect::Read
+                } else {
+                    Effect::Write
+                },
+                None,
+            ),
         };
         let tool = &mut self.program.tools[id.index()];
         tool.params = params;
@@ -795,9 +967,13 @@ impl<'w, 'p> Lowerer<'w, 'p> {
     }
 
     pub(crate) fn repeated(&mut self, span: Span, clause: &str) {
-        let d = Diagnostic::new(Code::InvalidDeclaration, span, format!("`{clause}` is given twice"))
-            .label("repeated clause")
-            .help(format!("keep one `{clause}`"));
+        let d = Diagnostic::new(
+            Code::InvalidDeclaration,
+            span,
+            format!("`{clause}` is given twice"),
+        )
+        .label("repeated clause")
+        .help(format!("keep one `{clause}`"));
         self.report(d);
     }
 
@@ -806,7 +982,12 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         for n in names {
             match self.lookup(m, &n.name) {
                 Some(Symbol::Resource(r)) => out.push(r),
-                Some(other) => self.wrong_kind(n, other, "a resource", "declare what a tool touches with `resource name`"),
+                Some(other) => self.wrong_kind(
+                    n,
+                    other,
+                    "a resource",
+                    "declare what a tool touches with `resource name`",
+                ),
                 None => self.undefined(m, n, "resource", |s| matches!(s, Symbol::Resource(_))),
             }
         }
@@ -836,12 +1017,20 @@ impl<'w, 'p> Lowerer<'w, 'p> {
     fn quantity_error(&mut self, span: Span, wanted: &str) {
         let d = Diagnostic::new(Code::TypeMismatch, span, format!("expected {wanted}"))
             .label(format!("expected {wanted}"))
-            .help("durations end in ms, s, m, h or d; counts may end in k or M; money starts with $");
+            .help(
+                "durations end in ms, s, m, h or d; counts may end in k or M; money starts with $",
+            );
         self.report(d);
     }
 
     pub(crate) fn retry(&mut self, r: &ast::Retry, llm: bool) -> Option<RetryPolicy> {
-        let classes = ["rate_limit", "timeout", "server_error", "connection", "invalid"];
+        let classes = [
+            "rate_limit",
+            "timeout",
+            "server_error",
+            "connection",
+            "invalid",
+        ];
         let mut on = Vec::new();
         for c in &r.on {
             if !classes.contains(&c.name.as_str()) {
@@ -862,14 +1051,26 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         };
         if factor < 1.0 {
             if let Some((q, _)) = &r.backoff {
-                let d = Diagnostic::new(Code::InvalidDeclaration, q.span, "a backoff factor below 1 would retry faster each time")
-                    .label("factor below 1")
-                    .help("write `backoff 1s * 2` to double the wait after each attempt");
+                let d = Diagnostic::new(
+                    Code::InvalidDeclaration,
+                    q.span,
+                    "a backoff factor below 1 would retry faster each time",
+                )
+                .label("factor below 1")
+                .help("write `backoff 1s * 2` to double the wait after each attempt");
                 self.report(d);
             }
         }
         let cap = r.cap.as_ref().and_then(|q| self.seconds(q));
-        Some(RetryPolicy { retries: r.attempts, on, base_seconds: base, factor, cap_seconds: cap, jitter: r.jitter, span: r.span })
+        Some(RetryPolicy {
+            retries: r.attempts,
+            on,
+            base_seconds: base,
+            factor,
+            cap_seconds: cap,
+            jitter: r.jitter,
+            span: r.span,
+        })
     }
 
     fn agent(&mut self, m: usize, id: AgentId, decl: &ast::AgentDecl) {
@@ -902,7 +1103,12 @@ impl<'w, 'p> Lowerer<'w, 'p> {
             match &clause.kind {
                 AgentClauseKind::Model(name) => match self.lookup(m, &name.name) {
                     Some(Symbol::Model(md)) => model = Some(md),
-                    Some(other) => self.wrong_kind(name, other, "a model", "an agent's `model` names a declared model"),
+                    Some(other) => self.wrong_kind(
+                        name,
+                        other,
+                        "a model",
+                        "an agent's `model` names a declared model",
+                    ),
                     None => self.undefined(m, name, "model", |s| matches!(s, Symbol::Model(_))),
                 },
                 AgentClauseKind::Tools(names) => {
@@ -910,15 +1116,24 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                         match self.lookup(m, &name.name) {
                             Some(Symbol::Tool(t)) => {
                                 if tools.iter().any(|(u, _)| *u == t) {
-                                    let d = Diagnostic::new(Code::DuplicateName, name.span, format!("`{}` is listed twice", name.name))
-                                        .label("listed again")
-                                        .help("list each tool once");
+                                    let d = Diagnostic::new(
+                                        Code::DuplicateName,
+                                        name.span,
+                                        format!("`{}` is listed twice", name.name),
+                                    )
+                                    .label("listed again")
+                                    .help("list each tool once");
                                     self.report(d);
                                 } else {
                                     tools.push((t, name.span));
                                 }
                             }
-                            Some(other) => self.wrong_kind(name, other, "a tool", "an agent's `tools` lists declared tools"),
+                            Some(other) => self.wrong_kind(
+                                name,
+                                other,
+                                "a tool",
+                                "an agent's `tools` lists declared tools",
+                            ),
                             None => {
                                 let candidates: Vec<&str> = self.scopes[m]
                                     .iter()
@@ -928,7 +1143,10 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                                 let mut d = Diagnostic::new(
                                     Code::UndeclaredAgentTool,
                                     name.span,
-                                    format!("agent `{}` lists `{}`, which is not a declared tool", decl.name.name, name.name),
+                                    format!(
+                                        "agent `{}` lists `{}`, which is not a declared tool",
+                                        decl.name.name, name.name
+                                    ),
                                 )
                                 .label("no tool by this name");
                                 d = match did_you_mean(&name.name, candidates) {
@@ -944,23 +1162,39 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 AgentClauseKind::MaxSteps(n) => max_steps = Some(*n),
                 AgentClauseKind::MaxRepeat(n) => max_repeat = Some(*n),
                 AgentClauseKind::Instructions(t) => {
-                    let names: Vec<(String, Ty)> = params.iter().map(|p| (p.name.clone(), p.ty.clone())).collect();
+                    let names: Vec<(String, Ty)> = params
+                        .iter()
+                        .map(|p| (p.name.clone(), p.ty.clone()))
+                        .collect();
                     instructions = Some(expr::param_template(self, t, &names));
                 }
                 AgentClauseKind::Budget(b) => budget = Some(self.budget(b)),
                 AgentClauseKind::Timeout(q) => timeout = self.seconds(q),
             }
         }
-        if model.is_none() && !decl.clauses.iter().any(|c| matches!(c.kind, AgentClauseKind::Model(_))) {
-            let d = Diagnostic::new(Code::InvalidDeclaration, decl.name.span, format!("agent `{}` has no model", decl.name.name))
-                .label("no `model` clause")
-                .help("add `model name` naming a declared model");
+        if model.is_none()
+            && !decl
+                .clauses
+                .iter()
+                .any(|c| matches!(c.kind, AgentClauseKind::Model(_)))
+        {
+            let d = Diagnostic::new(
+                Code::InvalidDeclaration,
+                decl.name.span,
+                format!("agent `{}` has no model", decl.name.name),
+            )
+            .label("no `model` clause")
+            .help("add `model name` naming a declared model");
             self.report(d);
         }
         if matches!(max_steps, Some(0)) {
-            let d = Diagnostic::new(Code::InvalidDeclaration, decl.name.span, "`max_steps 0` lets the agent do nothing")
-                .label("agent declared here")
-                .help("give the agent at least one step");
+            let d = Diagnostic::new(
+                Code::InvalidDeclaration,
+                decl.name.span,
+                "`max_steps 0` lets the agent do nothing",
+            )
+            .label("agent declared here")
+            .help("give the agent at least one step");
             self.report(d);
         }
         let agent = &mut self.program.agents[id.index()];
@@ -977,7 +1211,10 @@ impl<'w, 'p> Lowerer<'w, 'p> {
     }
 
     pub(crate) fn budget(&mut self, b: &ast::Budget) -> Budget {
-        let mut out = Budget { span: b.span, ..Budget::default() };
+        let mut out = Budget {
+            span: b.span,
+            ..Budget::default()
+        };
         for (key, q) in &b.entries {
             let wanted = match key.name.as_str() {
                 "tokens" => {
@@ -1007,8 +1244,12 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 other => other,
             };
             let keys = ["tokens", "cost", "steps", "tool_calls", "wall"];
-            let mut d = Diagnostic::new(Code::InvalidDeclaration, key.span, format!("`{wanted}` is not a budget"))
-                .label("unknown budget");
+            let mut d = Diagnostic::new(
+                Code::InvalidDeclaration,
+                key.span,
+                format!("`{wanted}` is not a budget"),
+            )
+            .label("unknown budget");
             d = match did_you_mean(wanted, keys) {
                 Some(s) => d.help(format!("did you mean `{s}`?")),
                 None => d.help("budgets are tokens, cost, steps, tool_calls and wall"),
@@ -1032,10 +1273,13 @@ fn resolved_kind(ty: &Ty) -> char {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().rev().find(|l| l.trim_start().starts_with("error:")).map_or_else(
-        || s.lines().last().unwrap_or("").trim().to_string(),
-        |l| l.trim().trim_start_matches("error:").trim().to_string(),
-    )
+    s.lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("error:"))
+        .map_or_else(
+            || s.lines().last().unwrap_or("").trim().to_string(),
+            |l| l.trim().trim_start_matches("error:").trim().to_string(),
+        )
 }
 
 pub(crate) fn lit(l: &ast::Literal) -> Lit {
@@ -1054,10 +1298,15 @@ pub(crate) fn const_json(e: &ast::Expr) -> Option<serde_json::Value> {
         ast::ExprKind::Number(n) => serde_json::Number::from_f64(*n).map(Value::Number)?,
         ast::ExprKind::Bool(b) => Value::Bool(*b),
         ast::ExprKind::Null => Value::Null,
-        ast::ExprKind::List(items) => Value::Array(items.iter().map(const_json).collect::<Option<_>>()?),
-        ast::ExprKind::Object(fields) => {
-            Value::Object(fields.iter().map(|(k, v)| Some((k.name.clone(), const_json(v)?))).collect::<Option<_>>()?)
+        ast::ExprKind::List(items) => {
+            Value::Array(items.iter().map(const_json).collect::<Option<_>>()?)
         }
+        ast::ExprKind::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| Some((k.name.clone(), const_json(v)?)))
+                .collect::<Option<_>>()?,
+        ),
         _ => return None,
     })
 }
