@@ -16,6 +16,7 @@ pub mod loader;
 pub mod lower;
 pub mod parser;
 pub mod render;
+pub mod run;
 pub mod schema;
 pub mod source;
 pub mod stdlib;

@@ -1,0 +1,147 @@
+//! Expressions and templates over JSON values. The checker has proved the
+//! types, so a failure here means a value broke its declared type at run time
+//! (which validation reports first) or an environment variable is missing.
+
+use petgraph::graph::NodeIndex;
+use serde_json::{Map, Number, Value};
+
+use crate::ast::CompareOp;
+use crate::ir::{Expr, ExprKind, Template, TemplatePart};
+
+/// Where names get their values.
+pub trait Scope {
+    /// A flow, agent or tool parameter.
+    fn param(&self, index: usize) -> Option<&Value>;
+    /// A completed step's value (or the current loop item).
+    fn step(&self, node: NodeIndex) -> Option<&Value>;
+    /// An environment variable; only tool templates read these.
+    fn env(&self, name: &str) -> Option<String>;
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalError(pub String);
+
+impl std::fmt::Display for EvalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub fn eval(e: &Expr, scope: &dyn Scope) -> Result<Value, EvalError> {
+    Ok(match &e.kind {
+        ExprKind::Str(t) => Value::String(render(t, scope)?),
+        ExprKind::Number(n) => number(*n),
+        ExprKind::Bool(b) => Value::Bool(*b),
+        ExprKind::Null => Value::Null,
+        ExprKind::Object(fields) => {
+            let mut map = Map::with_capacity(fields.len());
+            for (k, v) in fields {
+                map.insert(k.clone(), eval(v, scope)?);
+            }
+            Value::Object(map)
+        }
+        ExprKind::List(items) => Value::Array(items.iter().map(|i| eval(i, scope)).collect::<Result<_, _>>()?),
+        ExprKind::Env(name) => Value::String(
+            scope.env(name).ok_or_else(|| EvalError(format!("the environment variable {name} is not set")))?,
+        ),
+        ExprKind::Param(i) => scope.param(*i).cloned().ok_or_else(|| EvalError(format!("parameter {i} has no value")))?,
+        ExprKind::Step(n) => {
+            scope.step(*n).cloned().ok_or_else(|| EvalError(format!("step {} has no value yet", n.index())))?
+        }
+        ExprKind::Member(base, field) => match eval(base, scope)? {
+            Value::Object(mut map) => map.remove(field).unwrap_or(Value::Null),
+            Value::Null => Value::Null,
+            other => return Err(EvalError(format!("`.{field}` of a {}", kind(&other)))),
+        },
+        ExprKind::Len(base) => match eval(base, scope)? {
+            Value::Array(items) => Value::from(items.len()),
+            Value::String(s) => Value::from(s.chars().count()),
+            Value::Null => Value::Null,
+            other => return Err(EvalError(format!("`.len` of a {}", kind(&other)))),
+        },
+        ExprKind::Index(base, index) => {
+            let base = eval(base, scope)?;
+            let index = eval(index, scope)?;
+            let i = index.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).ok_or_else(|| {
+                EvalError(format!("a list index must be a whole number, not {index}"))
+            })? as usize;
+            match base {
+                Value::Array(mut items) if i < items.len() => items.swap_remove(i),
+                Value::Array(items) => {
+                    return Err(EvalError(format!("index {i} is past the end of a list of {}", items.len())))
+                }
+                other => return Err(EvalError(format!("indexing a {}", kind(&other)))),
+            }
+        }
+        ExprKind::Not(inner) => Value::Bool(!truth(&eval(inner, scope)?)?),
+        ExprKind::And(a, b) => Value::Bool(truth(&eval(a, scope)?)? && truth(&eval(b, scope)?)?),
+        ExprKind::Or(a, b) => Value::Bool(truth(&eval(a, scope)?)? || truth(&eval(b, scope)?)?),
+        ExprKind::Compare(a, op, b) => Value::Bool(compare(&eval(a, scope)?, *op, &eval(b, scope)?)?),
+        ExprKind::Error => return Err(EvalError("an unresolved name reached the runtime".into())),
+    })
+}
+
+/// A template's text: strings as they are, other values as compact JSON.
+pub fn render(t: &Template, scope: &dyn Scope) -> Result<String, EvalError> {
+    let mut out = String::new();
+    for part in &t.parts {
+        match part {
+            TemplatePart::Text(s) => out.push_str(s),
+            TemplatePart::Expr(e) => match eval(e, scope)? {
+                Value::String(s) => out.push_str(&s),
+                other => out.push_str(&other.to_string()),
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// Whole numbers as integers, so `{count}` renders `3`, not `3.0`.
+pub fn number(n: f64) -> Value {
+    if n.fract() == 0.0 && n.abs() < 9.0e15 {
+        Value::Number(Number::from(n as i64))
+    } else {
+        Number::from_f64(n).map_or(Value::Null, Value::Number)
+    }
+}
+
+fn truth(v: &Value) -> Result<bool, EvalError> {
+    v.as_bool().ok_or_else(|| EvalError(format!("expected a boolean, found a {}", kind(v))))
+}
+
+fn compare(a: &Value, op: CompareOp, b: &Value) -> Result<bool, EvalError> {
+    if let (Some(x), Some(y)) = (a.as_f64(), b.as_f64()) {
+        return Ok(match op {
+            CompareOp::Eq => x == y,
+            CompareOp::Ne => x != y,
+            CompareOp::Lt => x < y,
+            CompareOp::Le => x <= y,
+            CompareOp::Gt => x > y,
+            CompareOp::Ge => x >= y,
+        });
+    }
+    match op {
+        CompareOp::Eq => Ok(a == b),
+        CompareOp::Ne => Ok(a != b),
+        _ => match (a, b) {
+            (Value::String(x), Value::String(y)) => Ok(match op {
+                CompareOp::Lt => x < y,
+                CompareOp::Le => x <= y,
+                CompareOp::Gt => x > y,
+                _ => x >= y,
+            }),
+            _ => Err(EvalError(format!("cannot order a {} and a {}", kind(a), kind(b)))),
+        },
+    }
+}
+
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "list",
+        Value::Object(_) => "record",
+    }
+}
