@@ -2,21 +2,151 @@
 //! call, tool results and model outputs after. Compiled validators are cached
 //! per schema.
 
-use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use serde_json::{Map, Value};
+
+use crate::schema;
 use crate::types::{Ty, TypeTable};
 
-/// A cache of compiled validators, one per distinct schema.
+/// At most this many violations are reported for one value.
+const MAX_ERRORS: usize = 20;
+/// A violation's message quotes the offending value; long ones are cut.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// A cache of compiled validators, one per distinct schema (keyed by the
+/// schema's JSON text). Shared between concurrent steps.
 #[derive(Default)]
 pub struct Validators {
-    _private: (),
+    cache: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
 }
 
 impl Validators {
     /// `Ok` when `value` is a `ty`; otherwise one message per violation, each
     /// naming where in the value it is (`/items/0/amount: -3 is less than 0`).
     pub fn check(&self, types: &TypeTable, ty: &Ty, value: &Value) -> Result<(), Vec<String>> {
-        let _ = (types, ty, value);
-        Err(vec!["validation is being implemented".into()])
+        self.check_schema(&schema::document(types, ty), value)
+    }
+
+    /// `Ok` when `args` fit a parameter list (name, type, optional): every
+    /// required parameter present, no others, each of its type.
+    pub fn check_args(
+        &self,
+        types: &TypeTable,
+        params: &[(String, Ty, bool)],
+        args: &Map<String, Value>,
+    ) -> Result<(), Vec<String>> {
+        // The schema wants a `Value`; validating a clone of the map is
+        // cheaper than a second code path.
+        self.check_schema(
+            &schema::params_document(types, params),
+            &Value::Object(args.clone()),
+        )
+    }
+
+    /// `value` against a JSON Schema document (draft 2020-12).
+    pub fn check_schema(&self, schema: &Value, value: &Value) -> Result<(), Vec<String>> {
+        let validator = self.validator(schema)?;
+        let mut found: Vec<(String, String)> = validator
+            .iter_errors(value)
+            .map(|e| (e.instance_path().to_string(), message(&e)))
+            .collect();
+        if found.is_empty() {
+            return Ok(());
+        }
+        // By path (`/a` before `/a/b`, `/2` before `/10`), then by message.
+        found.sort_by_cached_key(|(path, message)| (path_key(path), message.clone()));
+        found.dedup();
+        let mut errors: Vec<String> = found
+            .into_iter()
+            .map(|(path, message)| {
+                let path = if path.is_empty() { "/" } else { path.as_str() };
+                format!("{path}: {message}")
+            })
+            .collect();
+        if errors.len() > MAX_ERRORS {
+            let more = errors.len() - (MAX_ERRORS - 1);
+            errors.truncate(MAX_ERRORS - 1);
+            errors.push(format!("…and {more} more violations"));
+        }
+        Err(errors)
+    }
+
+    /// The compiled validator of a schema, from the cache when it is there.
+    fn validator(&self, schema: &Value) -> Result<Arc<jsonschema::Validator>, Vec<String>> {
+        let key = schema.to_string();
+        if let Some(v) = self.lock().get(&key) {
+            return Ok(v.clone());
+        }
+        // Compile outside the lock: another step may be validating meanwhile.
+        // Two steps compiling the same schema at once both succeed; one wins.
+        let compiled = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .build(schema)
+            .map_err(|e| {
+                vec![format!(
+                    "/: the type's schema does not compile: {}",
+                    truncate(&e.to_string(), MAX_MESSAGE_CHARS)
+                )]
+            })?;
+        let compiled = Arc::new(compiled);
+        Ok(self.lock().entry(key).or_insert(compiled).clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<jsonschema::Validator>>> {
+        // A panic while holding the lock cannot leave the map half-updated.
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How many distinct schemas have been compiled.
+    pub fn cached(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// The crate's message, with a long quoted value shortened so the part that
+/// says what is wrong survives (`[{…}, …] has more than 200 items`).
+fn message(e: &jsonschema::ValidationError<'_>) -> String {
+    const MAX_VALUE_CHARS: usize = 80;
+    let text = e.to_string();
+    let value = e.instance().to_string();
+    let text = if value.chars().count() > MAX_VALUE_CHARS && text.contains(&value) {
+        text.replacen(&value, &truncate(&value, MAX_VALUE_CHARS), 1)
+    } else {
+        text
+    };
+    truncate(&text, MAX_MESSAGE_CHARS)
+}
+
+/// A JSON pointer as sortable segments: indexes compare as numbers.
+fn path_key(path: &str) -> Vec<(u8, u64, String)> {
+    path.split('/')
+        .skip(1)
+        .map(|seg| match seg.parse::<u64>() {
+            Ok(n) => (0, n, String::new()),
+            Err(_) => (1, 0, seg.to_string()),
+        })
+        .collect()
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn validators_are_shareable() {
+        assert_send_sync::<Validators>();
     }
 }
