@@ -506,6 +506,8 @@ pub enum TestStmt {
         times: u64,
         span: Span,
     },
+    /// `expect failure ["text"]`: the flow must fail (with an error containing the text).
+    ExpectFailure { text: Option<String>, span: Span },
 }
 
 #[derive(Clone, Debug, PartialEq)]

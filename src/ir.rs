@@ -365,6 +365,8 @@ pub struct Test {
     pub givens: Vec<TestGiven>,
     pub expects: Vec<Expr>,
     pub expect_calls: Vec<(CallTarget, u64, Span)>,
+    /// `expect failure`: the flow must fail, with an error containing the text if given.
+    pub expect_failure: Option<Option<String>>,
 }
 
 #[derive(Debug)]

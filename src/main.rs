@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use flowc::code::Code;
 use flowc::{compile, flow_files, render, Input};
 
+mod execute;
+
 /// flowc: check and run Flow workflows.
 #[derive(Parser)]
 #[command(name = "flowc", version, about, long_about = None)]
@@ -35,6 +37,47 @@ enum Command {
         /// When to colour the output.
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
+    },
+    /// Run a flow: its output as JSON on stdout, a summary on stderr.
+    ///
+    /// Exit status: 0 success, 1 the flow failed (or was rejected at a gate),
+    /// 2 usage error, 3 a budget ran out, 4 waiting for an approval.
+    Run {
+        /// The .flow file.
+        file: PathBuf,
+        /// The flow to run (needed when the file declares several).
+        #[arg(long)]
+        flow: Option<String>,
+        /// The flow's parameters as a JSON object, or @FILE.
+        #[arg(long)]
+        input: Option<String>,
+        /// Answer model and tool calls from a recording instead of the
+        /// network (offline; see examples/*.replay.json).
+        #[arg(long, value_name = "FILE")]
+        replay: Option<PathBuf>,
+        /// Approve this gate when the run reaches it.
+        #[arg(long, value_name = "GATE")]
+        approve: Vec<String>,
+        /// Reject this gate when the run reaches it.
+        #[arg(long, value_name = "GATE")]
+        reject: Vec<String>,
+        /// Where to write the trace (default .flowc/runs/RUN/trace.jsonl).
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
+        /// Calls in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// Run the `test` blocks of .flow files, with their givens in place of
+    /// the network.
+    Test {
+        /// Files or folders; defaults to the current folder.
+        paths: Vec<PathBuf>,
+    },
+    /// Print a run's trace as a tree with timings and cost.
+    Trace {
+        /// A run id (from `flowc run`) or a trace file.
+        run: String,
     },
     /// Explain a diagnostic code, with a wrong and a right example.
     Explain {
@@ -80,6 +123,11 @@ fn main() {
             color,
         } => check(paths, format, deny.is_some(), color),
         Command::Explain { code, list } => explain(code, list),
+        Command::Run { file, flow, input, replay, approve, reject, trace, concurrency } => {
+            execute::run_command(execute::RunArgs { file, flow, input, replay, approve, reject, trace, concurrency })
+        }
+        Command::Test { paths } => inputs(paths).and_then(execute::test_command),
+        Command::Trace { run } => execute::trace_command(&run),
         Command::Schema { file } => schema(file),
     };
     let code = match result {

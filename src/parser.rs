@@ -129,14 +129,23 @@ pub const MAX_DEPTH: usize = 64;
 fn too_deep(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
-    let mut chain = 0usize;
-    let mut previous_else = false;
+    // `not not …` in a row, and `else if` links since the last statement.
+    let mut nots = 0usize;
+    let mut else_ifs = 0usize;
+    let mut previous_word = "";
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'/' if bytes.get(i + 1) == Some(&b'/') => {
                 while i < bytes.len() && bytes[i] != b'\n' {
                     i += 1;
+                }
+            }
+            // A pattern after `matching`: its brackets are not nesting.
+            b'/' if previous_word == "matching" => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'/' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
                 }
             }
             b'"' => {
@@ -153,6 +162,10 @@ fn too_deep(text: &str) -> Option<usize> {
                     }
                     if !triple && (bytes[i] == b'"' || bytes[i] == b'\n') {
                         break;
+                    }
+                    if bytes[i..].starts_with(b"{{") || bytes[i..].starts_with(b"}}") {
+                        i += 2;
+                        continue;
                     }
                     // Interpolations nest too.
                     if bytes[i] == b'{' {
@@ -174,23 +187,23 @@ fn too_deep(text: &str) -> Option<usize> {
             }
             b')' | b']' | b'}' => depth = depth.saturating_sub(1),
             c if c.is_ascii_alphabetic() || c == b'_' => {
-                // Chains that recurse without brackets: `not not …` and `else if …`.
                 let start = i;
                 while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
                     i += 1;
                 }
-                match &text[start..i] {
-                    "not" => chain += 1,
-                    "if" if previous_else => chain += 1,
-                    "else" => {}
+                let word = &text[start..i];
+                match word {
+                    "not" => nots += 1,
+                    "if" if previous_word == "else" => else_ifs += 1,
                     // Counted per statement: no real statement comes near the limit.
                     "let" | "return" | "check" | "require" | "flow" | "test" | "expect" => {
-                        chain = 0
+                        nots = 0;
+                        else_ifs = 0;
                     }
-                    _ => {}
+                    _ => nots = 0,
                 }
-                previous_else = &text[start..i] == "else";
-                if chain > MAX_DEPTH {
+                previous_word = word;
+                if nots > MAX_DEPTH || else_ifs > MAX_DEPTH {
                     return Some(start);
                 }
                 continue;
@@ -421,6 +434,7 @@ fn is_keyword(rule: Rule) -> bool {
             | Rule::kw_or
             | Rule::kw_not
             | Rule::kw_env
+            | Rule::kw_failure
     )
 }
 
@@ -926,7 +940,17 @@ impl Parser {
         for p in pair.into_inner() {
             let pspan = self.span(&p);
             let mut it = p.into_inner();
-            let name = self.ident(&next!(self, it, pspan));
+            let name_pair = next!(self, it, pspan);
+            let name = self.ident(&name_pair);
+            // Parameters are read as names in expressions, so unlike fields
+            // and arguments they cannot be reserved words.
+            if RESERVED.contains(&name.name.as_str()) {
+                self.diagnostics.push(
+                    Diagnostic::new(Code::Syntax, name.span, format!("`{}` is a reserved word", name.name))
+                        .label("cannot name a parameter")
+                        .help(format!("choose another name, such as `{}_`", name.name)),
+                );
+            }
             let mut ty = next!(self, it, pspan);
             let mut optional = false;
             if ty.as_rule() == Rule::optional {
@@ -1567,6 +1591,13 @@ impl Parser {
                     }
                 }
                 Rule::expect_clause => match first.as_rule() {
+                    Rule::expect_failure => {
+                        let text = match kids(first).next() {
+                            Some(t) => self.template(t)?.as_plain(),
+                            None => None,
+                        };
+                        TestStmt::ExpectFailure { text, span: sspan }
+                    }
                     Rule::expect_calls => {
                         let mut c = first.into_inner();
                         let target = self.ident(&next!(self, c, sspan));

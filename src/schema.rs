@@ -93,6 +93,7 @@ fn named(table: &TypeTable, id: TypeId, defs: &mut BTreeMap<String, Value>) -> V
 fn lit(l: &Lit) -> Value {
     match l {
         Lit::Str(s) => json!(s),
+        Lit::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => json!(*n as i64),
         Lit::Number(n) => json!(n),
         Lit::Bool(b) => json!(b),
     }

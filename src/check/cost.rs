@@ -49,7 +49,8 @@ struct Term {
     span: Span,
     tokens_text: String,
     cost_text: String,
-    count_text: String,
+    steps_text: String,
+    calls_text: String,
     tokens: f64,
     cost: f64,
     steps: f64,
@@ -79,7 +80,8 @@ impl Worst {
             t.tool_calls *= n;
             t.tokens_text = format!("{label} × ({})", t.tokens_text);
             t.cost_text = format!("{label} × ({})", t.cost_text);
-            t.count_text = format!("{label} × ({})", t.count_text);
+            t.steps_text = format!("{label} × ({})", t.steps_text);
+            t.calls_text = format!("{label} × ({})", t.calls_text);
         }
         self
     }
@@ -187,7 +189,21 @@ impl FlowCost<'_, '_> {
         match &step.kind {
             StepKind::Llm(l) => w.add(llm_worst(program, flow, n, l)),
             StepKind::Call { target, .. } => w.add(self.call(*target, step.span, &step.display())),
-            StepKind::Approve { .. } | StepKind::Check { .. } => w.steps = 1.0,
+            StepKind::Approve { .. } | StepKind::Check { .. } => {
+                let what = if matches!(step.kind, StepKind::Check { .. }) { "check" } else { "gate" };
+                w.steps = 1.0;
+                w.terms.push(Term {
+                    span: step.span,
+                    tokens_text: String::new(),
+                    cost_text: String::new(),
+                    steps_text: format!("{what} {}: 1 step", step.display()),
+                    calls_text: String::new(),
+                    tokens: 0.0,
+                    cost: 0.0,
+                    steps: 1.0,
+                    tool_calls: 0.0,
+                });
+            }
             StepKind::Loop { item, body, .. } => {
                 let body_worst = self.region(*body);
                 let iterable_ty = match &flow.graph[*item].kind {
@@ -250,7 +266,8 @@ impl FlowCost<'_, '_> {
                         span,
                         tokens_text: String::new(),
                         cost_text: String::new(),
-                        count_text: format!(
+                        steps_text: format!("{who} calls `{}`: 1 step", tool.name),
+                        calls_text: format!(
                             "{who} calls `{}`: {} attempt{}",
                             tool.name,
                             group(attempts),
@@ -272,11 +289,8 @@ impl FlowCost<'_, '_> {
                     span,
                     tokens_text: format!("{who} runs flow `{callee}`: {} tokens", group(w.tokens)),
                     cost_text: format!("{who} runs flow `{callee}`: {}", money(w.cost)),
-                    count_text: format!(
-                        "{who} runs flow `{callee}`: {} steps, {} tool calls",
-                        group(w.steps),
-                        group(w.tool_calls)
-                    ),
+                    steps_text: format!("{who} runs flow `{callee}`: {} steps", group(w.steps)),
+                    calls_text: format!("{who} runs flow `{callee}`: {} tool calls", group(w.tool_calls)),
                     tokens: w.tokens,
                     cost: w.cost,
                     steps: w.steps,
@@ -384,7 +398,8 @@ fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall) -> Worst
                 group(tokens)
             ),
             cost_text,
-            count_text: format!("{who}: 1 step"),
+            steps_text: format!("{who}: 1 step"),
+            calls_text: String::new(),
             tokens,
             cost,
             steps: 0.0,
@@ -450,7 +465,8 @@ fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst
                 group(tokens)
             ),
             cost_text,
-            count_text: count_text.clone(),
+            steps_text: count_text.clone(),
+            calls_text: count_text.clone(),
             tokens,
             cost,
             steps: 0.0,
@@ -466,7 +482,8 @@ fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst
             span,
             tokens_text: String::new(),
             cost_text: String::new(),
-            count_text,
+            steps_text: count_text.clone(),
+            calls_text: count_text,
             tokens: 0.0,
             cost: 0.0,
             steps,
@@ -683,7 +700,8 @@ impl Metric {
         match self {
             Metric::Tokens => &t.tokens_text,
             Metric::Cost => &t.cost_text,
-            Metric::Steps | Metric::ToolCalls => &t.count_text,
+            Metric::Steps => &t.steps_text,
+            Metric::ToolCalls => &t.calls_text,
         }
     }
 

@@ -1099,7 +1099,8 @@ impl<'a> FlowBuilder<'a> {
             for value in self.graph.neighbors_directed(check, Direction::Incoming) {
                 for e in self.graph.edges_directed(value, Direction::Outgoing) {
                     let user = e.target();
-                    if *e.weight() == Dep::Data && user != check && !candidates.contains(&user) {
+                    let is_check = matches!(self.graph[user].kind, StepKind::Check { .. });
+                    if *e.weight() == Dep::Data && !is_check && !candidates.contains(&user) {
                         candidates.push(user);
                     }
                 }
@@ -1111,10 +1112,23 @@ impl<'a> FlowBuilder<'a> {
                 candidates.iter().map(|c| pos[c.index()]).min().unwrap_or(0)
             });
             let ancestors = ancestors_above(&self.graph, check, position.as_deref(), floor);
+            // A check inside a loop or branch guards only steps in its own
+            // region (or nested in it): nothing else waits on one iteration.
+            let region = self.graph[check].region;
+            let within = |u: &NodeIndex| {
+                let mut r = Some(self.graph[*u].region);
+                while let Some(id) = r {
+                    if id == region {
+                        return true;
+                    }
+                    r = self.regions[id.index()].parent;
+                }
+                false
+            };
             edges.extend(
                 candidates
                     .into_iter()
-                    .filter(|u| !ancestors.contains(u))
+                    .filter(|u| !ancestors.contains(u) && within(u))
                     .map(|u| (check, u)),
             );
         }
@@ -1333,6 +1347,7 @@ pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDec
         givens: Vec::new(),
         expects: Vec::new(),
         expect_calls: Vec::new(),
+        expect_failure: None,
     };
     let mut run_span: Option<Span> = None;
     for stmt in &decl.stmts {
@@ -1495,6 +1510,12 @@ pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDec
                 }
                 test.expects.push(e);
             }
+            ast::TestStmt::ExpectFailure { text, span } => {
+                if test.expect_failure.is_some() {
+                    cx.repeated(*span, "expect failure");
+                }
+                test.expect_failure = Some(text.clone());
+            }
             ast::TestStmt::ExpectCalls {
                 target,
                 times,
@@ -1532,7 +1553,7 @@ pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDec
         .help("add `run flow_name(arg: value)`");
         cx.report(d);
     }
-    if test.expects.is_empty() && test.expect_calls.is_empty() {
+    if test.expects.is_empty() && test.expect_calls.is_empty() && test.expect_failure.is_none() {
         let d = Diagnostic::new(Code::TestWithoutExpectation, decl.name_span, format!("test {:?} expects nothing", decl.name))
             .label("no `expect`")
             .help("add `expect output.field == value` or `expect tool called N times`; a test that checks nothing always passes");

@@ -64,7 +64,12 @@ pub struct CallError {
 
 impl CallError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> CallError {
-        CallError { class, message: message.into(), retry_after: None, status: None }
+        CallError {
+            class,
+            message: message.into(),
+            retry_after: None,
+            status: None,
+        }
     }
 }
 

@@ -40,14 +40,25 @@ pub fn eval(e: &Expr, scope: &dyn Scope) -> Result<Value, EvalError> {
             }
             Value::Object(map)
         }
-        ExprKind::List(items) => Value::Array(items.iter().map(|i| eval(i, scope)).collect::<Result<_, _>>()?),
-        ExprKind::Env(name) => Value::String(
-            scope.env(name).ok_or_else(|| EvalError(format!("the environment variable {name} is not set")))?,
+        ExprKind::List(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| eval(i, scope))
+                .collect::<Result<_, _>>()?,
         ),
-        ExprKind::Param(i) => scope.param(*i).cloned().ok_or_else(|| EvalError(format!("parameter {i} has no value")))?,
-        ExprKind::Step(n) => {
-            scope.step(*n).cloned().ok_or_else(|| EvalError(format!("step {} has no value yet", n.index())))?
-        }
+        ExprKind::Env(name) => Value::String(
+            scope
+                .env(name)
+                .ok_or_else(|| EvalError(format!("the environment variable {name} is not set")))?,
+        ),
+        ExprKind::Param(i) => scope
+            .param(*i)
+            .cloned()
+            .ok_or_else(|| EvalError(format!("parameter {i} has no value")))?,
+        ExprKind::Step(n) => scope
+            .step(*n)
+            .cloned()
+            .ok_or_else(|| EvalError(format!("step {} has no value yet", n.index())))?,
         ExprKind::Member(base, field) => match eval(base, scope)? {
             Value::Object(mut map) => map.remove(field).unwrap_or(Value::Null),
             Value::Null => Value::Null,
@@ -62,13 +73,19 @@ pub fn eval(e: &Expr, scope: &dyn Scope) -> Result<Value, EvalError> {
         ExprKind::Index(base, index) => {
             let base = eval(base, scope)?;
             let index = eval(index, scope)?;
-            let i = index.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).ok_or_else(|| {
-                EvalError(format!("a list index must be a whole number, not {index}"))
-            })? as usize;
+            let i = index
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .ok_or_else(|| {
+                    EvalError(format!("a list index must be a whole number, not {index}"))
+                })? as usize;
             match base {
                 Value::Array(mut items) if i < items.len() => items.swap_remove(i),
                 Value::Array(items) => {
-                    return Err(EvalError(format!("index {i} is past the end of a list of {}", items.len())))
+                    return Err(EvalError(format!(
+                        "index {i} is past the end of a list of {}",
+                        items.len()
+                    )))
                 }
                 other => return Err(EvalError(format!("indexing a {}", kind(&other)))),
             }
@@ -76,7 +93,9 @@ pub fn eval(e: &Expr, scope: &dyn Scope) -> Result<Value, EvalError> {
         ExprKind::Not(inner) => Value::Bool(!truth(&eval(inner, scope)?)?),
         ExprKind::And(a, b) => Value::Bool(truth(&eval(a, scope)?)? && truth(&eval(b, scope)?)?),
         ExprKind::Or(a, b) => Value::Bool(truth(&eval(a, scope)?)? || truth(&eval(b, scope)?)?),
-        ExprKind::Compare(a, op, b) => Value::Bool(compare(&eval(a, scope)?, *op, &eval(b, scope)?)?),
+        ExprKind::Compare(a, op, b) => {
+            Value::Bool(compare(&eval(a, scope)?, *op, &eval(b, scope)?)?)
+        }
         ExprKind::Error => return Err(EvalError("an unresolved name reached the runtime".into())),
     })
 }
@@ -106,7 +125,8 @@ pub fn number(n: f64) -> Value {
 }
 
 fn truth(v: &Value) -> Result<bool, EvalError> {
-    v.as_bool().ok_or_else(|| EvalError(format!("expected a boolean, found a {}", kind(v))))
+    v.as_bool()
+        .ok_or_else(|| EvalError(format!("expected a boolean, found a {}", kind(v))))
 }
 
 fn compare(a: &Value, op: CompareOp, b: &Value) -> Result<bool, EvalError> {
@@ -130,7 +150,11 @@ fn compare(a: &Value, op: CompareOp, b: &Value) -> Result<bool, EvalError> {
                 CompareOp::Gt => x > y,
                 _ => x >= y,
             }),
-            _ => Err(EvalError(format!("cannot order a {} and a {}", kind(a), kind(b)))),
+            _ => Err(EvalError(format!(
+                "cannot order a {} and a {}",
+                kind(a),
+                kind(b)
+            ))),
         },
     }
 }

@@ -10,8 +10,276 @@
 //!
 //! [`CheckedProgram`]: crate::CheckedProgram
 
+pub mod budget;
 pub mod error;
 pub mod eval;
 pub mod model;
 pub mod tool;
+pub mod trace;
 pub mod validate;
+pub mod plan;
+pub mod scheduler;
+pub mod step;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::ir::{ExprKind, FlowId, TemplatePart, ToolKind};
+use crate::CheckedProgram;
+use budget::{Exhausted, Spend};
+pub use scheduler::{GateDecision, PendingGate, RunError};
+use scheduler::Stop;
+pub use step::{Script, Scripted, Stats, World};
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Completed(Value),
+    Failed(RunError),
+    /// A budget ran out; the run stopped before the call that would overrun it.
+    Exhausted(Exhausted),
+    /// Gates wait for decisions and nothing else can proceed.
+    Waiting(Vec<PendingGate>),
+    /// A gate was rejected and the flow's result depended on it.
+    Rejected,
+}
+
+impl Outcome {
+    /// The process exit status: 0 success, 1 failed or rejected, 3 a budget
+    /// ran out, 4 waiting for approval.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Completed(_) => 0,
+            Outcome::Failed(_) | Outcome::Rejected => 1,
+            Outcome::Exhausted(_) => 3,
+            Outcome::Waiting(_) => 4,
+        }
+    }
+}
+
+pub struct RunOptions {
+    /// Steps in flight at once across the run.
+    pub concurrency: usize,
+    /// Consecutive failed calls that stop the run (0: never).
+    pub breaker: u32,
+    /// Where to write the trace (JSON lines); `None` keeps it in memory.
+    pub trace_path: Option<PathBuf>,
+    pub gates: HashMap<String, GateDecision>,
+    pub world: World,
+    pub env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub run_id: Option<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            concurrency: 32,
+            breaker: 10,
+            trace_path: None,
+            gates: HashMap::new(),
+            world: World::Live,
+            env: Arc::new(|name: &str| std::env::var(name).ok()),
+            run_id: None,
+        }
+    }
+}
+
+/// What a run did.
+pub struct Report {
+    pub run_id: String,
+    pub outcome: Outcome,
+    pub spent: Spend,
+    pub stats: Stats,
+    /// Steps that finished, as `flow.step`.
+    pub completed: Vec<String>,
+    /// Calls per tool, agent and flow name.
+    pub calls: HashMap<String, u64>,
+    pub events: Vec<Value>,
+}
+
+/// A new run id: time-ordered and unique enough for one machine.
+pub fn new_run_id() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("r{secs:x}{:04x}", fastrand::u16(..))
+}
+
+/// Runs flow `flow` of a checked program with `input` (an object of
+/// parameter values). Only a checked program can be run.
+pub fn run(checked: &CheckedProgram, flow: &str, input: &Value, options: RunOptions) -> Result<Report, String> {
+    let program = checked.program();
+    let id = program
+        .flows
+        .iter()
+        .position(|f| f.name == flow)
+        .map(|i| FlowId(i as u32))
+        .ok_or_else(|| format!("there is no flow `{flow}`"))?;
+    let f = &program.flows[id.index()];
+    let empty = Map::new();
+    let input = match input {
+        Value::Object(map) => map,
+        Value::Null => &empty,
+        other => return Err(format!("the input must be a JSON object of parameters, not {}", eval::kind(other))),
+    };
+    let validators = validate::Validators::default();
+    let params: Vec<(String, crate::types::Ty, bool)> = f.params.iter().map(|p| (p.name.clone(), p.ty.clone(), p.optional)).collect();
+    validators
+        .check_args(&program.types, &params, input)
+        .map_err(|errors| format!("the input does not fit flow `{flow}`: {}", errors.join("; ")))?;
+    let values: Vec<Value> = f.params.iter().map(|p| input.get(&p.name).cloned().unwrap_or(Value::Null)).collect();
+    let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
+    let secrets = secret_values(program, &*options.env);
+    let trace = Arc::new(
+        trace::Trace::new(&run_id, options.trace_path.as_deref(), secrets).map_err(|e| format!("cannot write the trace: {e}"))?,
+    );
+    let http = reqwest::Client::builder().build().map_err(|e| format!("cannot start the HTTP client: {e}"))?;
+    let runtime = step::Runtime {
+        program,
+        world: std::cell::RefCell::new(options.world),
+        gates: options.gates,
+        validators,
+        trace: trace.clone(),
+        http,
+        env: options.env,
+        permits: tokio::sync::Semaphore::new(options.concurrency.max(1)),
+        run_id: run_id.clone(),
+        failures: std::cell::Cell::new(0),
+        breaker: options.breaker,
+        completed: Default::default(),
+        waiting: Default::default(),
+        calls: Default::default(),
+        stats: Default::default(),
+        plans: Default::default(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let span = trace.begin(None, "run", flow);
+    let result = rt.block_on(runtime.run_flow(id, values, None, Some(span.id), String::new()));
+    let mut waiting = runtime.waiting.borrow().clone();
+    let outcome = match result {
+        Ok((Some(v), w)) if w.is_empty() && waiting.is_empty() => Outcome::Completed(v),
+        Ok((_, w)) if !w.is_empty() || !waiting.is_empty() => {
+            waiting.extend(w);
+            Outcome::Waiting(waiting)
+        }
+        Ok((_, _)) => Outcome::Rejected,
+        Err(Stop::Failed(e)) => Outcome::Failed(e),
+        Err(Stop::Exhausted(e)) => Outcome::Exhausted(e),
+    };
+    let spent = {
+        let events = trace.events();
+        let flow_span = events.iter().rev().find(|e| e["kind"] == "flow" && e["parent"].as_u64() == Some(span.id));
+        flow_span.map_or(Spend::default(), |e| Spend {
+            tokens: e["tokens"].as_u64().unwrap_or(0),
+            cost: e["cost"].as_f64().unwrap_or(0.0),
+            steps: e["steps"].as_u64().unwrap_or(0),
+            tool_calls: e["tool_calls"].as_u64().unwrap_or(0),
+        })
+    };
+    let status = match &outcome {
+        Outcome::Completed(_) => "ok",
+        Outcome::Failed(_) => "failed",
+        Outcome::Exhausted(_) => "budget_exhausted",
+        Outcome::Waiting(_) => "waiting",
+        Outcome::Rejected => "rejected",
+    };
+    let stats = *runtime.stats.borrow();
+    trace.end(span, status, crate::fields! {"tokens": spent.tokens, "cost": spent.cost, "steps": spent.steps, "tool_calls": spent.tool_calls, "stats": stats});
+    trace.flush();
+    let completed = runtime.completed.borrow().clone();
+    let calls = runtime.calls.borrow().clone();
+    Ok(Report { run_id, outcome, spent, stats, completed, calls, events: trace.events() })
+}
+
+/// The values of every environment variable the program reads: API keys,
+/// base URLs and tool templates' `env.` values. None may reach a trace.
+fn secret_values(program: &crate::ir::Program, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for p in &program.providers {
+        names.extend(p.api_key_env.iter().cloned());
+    }
+    let mut templates: Vec<&crate::ir::Template> = Vec::new();
+    for t in &program.tools {
+        match &t.kind {
+            Some(ToolKind::Http { url, headers, .. }) => {
+                templates.push(url);
+                templates.extend(headers.iter().map(|(_, v)| v));
+            }
+            Some(ToolKind::Exec { argv }) => templates.extend(argv.iter()),
+            _ => {}
+        }
+    }
+    for t in templates {
+        for part in &t.parts {
+            if let TemplatePart::Expr(e) = part {
+                if let ExprKind::Env(name) = &e.kind {
+                    names.push(name.clone());
+                }
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names.iter().filter_map(|n| env(n)).collect()
+}
+
+/// A recording: what the outside world answered, so a run can be replayed
+/// with no network and no key.
+///
+/// ```json
+/// {"input": {...}, "tools": {"search": [result, ...]}, "models": {"analyst": [reply, ...]},
+///  "agents": {"researcher": [result]}, "gates": {"fix": "approve" | "reject" | {"approve": value}}}
+/// ```
+/// Answers are used in order; the last one repeats. `{"$fails": "message"}`
+/// in a list makes that call fail.
+pub struct Recording {
+    pub input: Value,
+    pub script: Script,
+    pub gates: HashMap<String, GateDecision>,
+}
+
+impl Recording {
+    pub fn parse(text: &str) -> Result<Recording, String> {
+        let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let obj = doc.as_object().ok_or("a recording is a JSON object")?;
+        let answers = |key: &str| -> Result<HashMap<String, std::collections::VecDeque<Scripted>>, String> {
+            let mut out = HashMap::new();
+            if let Some(section) = obj.get(key) {
+                let section = section.as_object().ok_or_else(|| format!("`{key}` must be an object of lists"))?;
+                for (name, list) in section {
+                    let list = list.as_array().ok_or_else(|| format!("`{key}.{name}` must be a list of answers"))?;
+                    let q = list
+                        .iter()
+                        .map(|v| match v.get("$fails").and_then(Value::as_str) {
+                            Some(msg) => Scripted::Fails(msg.to_string()),
+                            None => Scripted::Returns(v.clone()),
+                        })
+                        .collect();
+                    out.insert(name.clone(), q);
+                }
+            }
+            Ok(out)
+        };
+        let mut gates = HashMap::new();
+        if let Some(section) = obj.get("gates").and_then(Value::as_object) {
+            for (gate, decision) in section {
+                let d = match decision {
+                    Value::String(s) if s == "approve" => GateDecision::Approve(None),
+                    Value::String(s) if s == "reject" => GateDecision::Reject("rejected in the recording".into()),
+                    Value::Object(m) if m.contains_key("approve") => GateDecision::Approve(m.get("approve").cloned()),
+                    Value::Object(m) if m.contains_key("reject") => {
+                        GateDecision::Reject(m["reject"].as_str().unwrap_or("rejected").to_string())
+                    }
+                    other => return Err(format!("gate `{gate}`: expected \"approve\", \"reject\" or {{\"approve\": value}}, found {other}")),
+                };
+                gates.insert(gate.clone(), d);
+            }
+        }
+        Ok(Recording {
+            input: obj.get("input").cloned().unwrap_or(Value::Null),
+            script: Script { tools: answers("tools")?, models: answers("models")?, agents: answers("agents")? },
+            gates,
+        })
+    }
+}

@@ -1,0 +1,319 @@
+//! The commands that execute programs: `flowc run`, `flowc test` and
+//! `flowc trace`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use flowc::ir::{CallTarget, GivenOutcome, TestGiven};
+use flowc::run::{self, GateDecision, Outcome, Recording, Report, RunOptions, Script, Scripted, World};
+use flowc::{compile, render, Compilation, Input};
+
+/// Options of `flowc run`.
+pub struct RunArgs {
+    pub file: PathBuf,
+    pub flow: Option<String>,
+    pub input: Option<String>,
+    pub replay: Option<PathBuf>,
+    pub approve: Vec<String>,
+    pub reject: Vec<String>,
+    pub trace: Option<PathBuf>,
+    pub concurrency: usize,
+}
+
+fn compiled(inputs: &[Input]) -> Result<Result<Compilation, i32>, String> {
+    let c = compile(inputs).map_err(|e| e.to_string())?;
+    if c.program.is_none() {
+        for d in c.problems.sorted() {
+            eprint!("{}", render::human(&c.sources, d, false));
+        }
+        eprintln!("the program has errors; `flowc check` shows them all");
+        return Ok(Err(1));
+    }
+    Ok(Ok(c))
+}
+
+pub fn run_command(args: RunArgs) -> Result<i32, String> {
+    let c = match compiled(&[Input::Path(args.file.clone())])? {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let Some(checked) = &c.program else { return Ok(1) };
+    let program = checked.program();
+    let root = c.roots.first().cloned().unwrap_or_default();
+    let in_root: Vec<&str> =
+        program.flows.iter().filter(|f| c.sources.get(f.span.file).name == root).map(|f| f.name.as_str()).collect();
+    let flow = match (&args.flow, in_root.as_slice()) {
+        (Some(f), _) => f.clone(),
+        (None, [only]) => only.to_string(),
+        (None, []) => return Err(format!("{} declares no flow", args.file.display())),
+        (None, many) => return Err(format!("{} declares several flows ({}); choose one with --flow", args.file.display(), many.join(", "))),
+    };
+    let recording = match &args.replay {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            Some(Recording::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    let input: Value = match &args.input {
+        Some(text) => {
+            let text = match text.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?,
+                None => text.clone(),
+            };
+            serde_json::from_str(&text).map_err(|e| format!("--input is not JSON: {e}"))?
+        }
+        None => recording.as_ref().map_or(Value::Null, |r| r.input.clone()),
+    };
+    let mut gates = HashMap::new();
+    let world = match recording {
+        Some(r) => {
+            gates.extend(r.gates);
+            World::Scripted(r.script)
+        }
+        None => World::Live,
+    };
+    for g in &args.approve {
+        gates.insert(g.clone(), GateDecision::Approve(None));
+    }
+    for g in &args.reject {
+        gates.insert(g.clone(), GateDecision::Reject("rejected on the command line".into()));
+    }
+    let run_id = run::new_run_id();
+    let trace_path = args.trace.clone().unwrap_or_else(|| PathBuf::from(".flowc/runs").join(&run_id).join("trace.jsonl"));
+    let options = RunOptions {
+        concurrency: args.concurrency,
+        trace_path: Some(trace_path.clone()),
+        gates,
+        world,
+        run_id: Some(run_id),
+        ..RunOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let report = run::run(checked, &flow, &input, options)?;
+    match &report.outcome {
+        Outcome::Completed(v) => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Outcome::Failed(e) => eprintln!("error: {e}"),
+        Outcome::Exhausted(e) => {
+            eprintln!("stopped: {e}");
+            eprintln!("completed: {}", list(&report.completed));
+        }
+        Outcome::Waiting(gates) => {
+            for g in gates {
+                eprintln!("waiting: gate `{}` in flow `{}`{} shows:", g.gate, g.flow, if g.path.is_empty() { String::new() } else { format!(" at {}", g.path) });
+                for v in &g.show {
+                    eprintln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+                }
+            }
+            eprintln!("decide with --approve GATE or --reject GATE (durable approvals come with `flowc approve`)");
+        }
+        Outcome::Rejected => eprintln!("rejected: a gate was rejected and the flow's result depended on it"),
+    }
+    eprintln!("{}", summary(&report, started.elapsed(), &trace_path));
+    Ok(report.outcome.exit_code())
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "nothing".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn summary(report: &Report, elapsed: std::time::Duration, trace: &Path) -> String {
+    let status = match &report.outcome {
+        Outcome::Completed(_) => "completed",
+        Outcome::Failed(_) => "failed",
+        Outcome::Exhausted(_) => "budget exhausted",
+        Outcome::Waiting(_) => "waiting",
+        Outcome::Rejected => "rejected",
+    };
+    let s = &report.stats;
+    let tool_calls = s.tool_calls_ok + s.tool_calls_failed;
+    let rate = if tool_calls == 0 { 100.0 } else { s.tool_calls_ok as f64 * 100.0 / tool_calls as f64 };
+    format!(
+        "run {} {status} in {:.2}s: cost ${:.4}, {} tokens, {} steps, {} model calls, {} tool calls ({rate:.0}% succeeded), {} retries, {} validation rejections\ntrace: {}",
+        report.run_id,
+        elapsed.as_secs_f64(),
+        report.spent.cost,
+        report.spent.tokens,
+        report.spent.steps,
+        s.model_calls,
+        tool_calls,
+        s.retries,
+        s.validation_rejections,
+        trace.display()
+    )
+}
+
+/// `flowc trace RUN`: a run id (under `.flowc/runs/`) or a trace file.
+pub fn trace_command(run: &str) -> Result<i32, String> {
+    let path = if Path::new(run).is_file() {
+        PathBuf::from(run)
+    } else {
+        PathBuf::from(".flowc/runs").join(run).join("trace.jsonl")
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut events = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        events.push(serde_json::from_str::<Value>(line).map_err(|e| format!("{}:{}: not a trace event: {e}", path.display(), i + 1))?);
+    }
+    print!("{}", run::trace::render_tree(&events));
+    Ok(0)
+}
+
+/// `flowc test [PATHS…]`: runs every `test` block with its givens in place
+/// of the network.
+pub fn test_command(inputs: Vec<Input>) -> Result<i32, String> {
+    let c = match compiled(&inputs)? {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let Some(checked) = &c.program else { return Ok(1) };
+    let program = checked.program();
+    let (mut passed, mut failed) = (0, 0);
+    for test in &program.tests {
+        let file = &c.sources.get(test.span.file).name;
+        if !c.roots.contains(file) {
+            continue;
+        }
+        let result = run_test(checked, test);
+        match result {
+            Ok(()) => {
+                passed += 1;
+                println!("test {file}: {:?} ... ok", test.name);
+            }
+            Err(why) => {
+                failed += 1;
+                println!("test {file}: {:?} ... FAILED\n    {}", test.name, why.replace('\n', "\n    "));
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+struct OutputScope(Value);
+
+impl run::eval::Scope for OutputScope {
+    fn param(&self, index: usize) -> Option<&Value> {
+        (index == 0).then_some(&self.0)
+    }
+    fn step(&self, _node: petgraph::graph::NodeIndex) -> Option<&Value> {
+        None
+    }
+    fn env(&self, _name: &str) -> Option<String> {
+        None
+    }
+}
+
+fn run_test(checked: &flowc::CheckedProgram, test: &flowc::ir::Test) -> Result<(), String> {
+    let program = checked.program();
+    let flow = test.flow.ok_or("the test runs no flow")?;
+    let none = OutputScope(Value::Null);
+    let mut input = serde_json::Map::new();
+    for (name, e) in &test.args {
+        input.insert(name.clone(), run::eval::eval(e, &none).map_err(|e| e.0)?);
+    }
+    let mut script = Script::default();
+    let mut gates = HashMap::new();
+    for given in &test.givens {
+        let answer = |o: &GivenOutcome| -> Result<Scripted, String> {
+            Ok(match o {
+                GivenOutcome::Returns(e) => Scripted::Returns(run::eval::eval(e, &none).map_err(|e| e.0)?),
+                GivenOutcome::Fails(m) => Scripted::Fails(m.clone()),
+            })
+        };
+        match given {
+            TestGiven::Tool { tool, outcome, .. } => {
+                script.tools.entry(program.tools[tool.index()].name.clone()).or_default().push_back(answer(outcome)?)
+            }
+            TestGiven::Model { model, outcome, .. } => {
+                script.models.entry(program.models[model.index()].name.clone()).or_default().push_back(answer(outcome)?)
+            }
+            TestGiven::Agent { agent, outcome, .. } => {
+                script.agents.entry(program.agents[agent.index()].name.clone()).or_default().push_back(answer(outcome)?)
+            }
+            TestGiven::Gate { gate, approve, with, reason, .. } => {
+                let decision = if *approve {
+                    GateDecision::Approve(match with {
+                        Some(e) => Some(run::eval::eval(e, &none).map_err(|e| e.0)?),
+                        None => None,
+                    })
+                } else {
+                    GateDecision::Reject(reason.clone().unwrap_or_else(|| "rejected by the test".into()))
+                };
+                gates.insert(gate.clone(), decision);
+            }
+        }
+    }
+    let options = RunOptions { world: World::Scripted(script), gates, breaker: 0, env: std::sync::Arc::new(|_: &str| None), ..RunOptions::default() };
+    let flow_name = &program.flows[flow.index()].name;
+    let report = run::run(checked, flow_name, &Value::Object(input), options)?;
+    let mut problems = Vec::new();
+    if let Some(text) = &test.expect_failure {
+        match &report.outcome {
+            Outcome::Failed(e) => {
+                let message = e.to_string();
+                if let Some(t) = text {
+                    if !message.contains(t.as_str()) {
+                        problems.push(format!("the flow failed as expected, but its error does not contain {t:?}: {message}"));
+                    }
+                }
+            }
+            Outcome::Completed(v) => problems.push(format!("expected the flow to fail, but it completed with {v}")),
+            _ => problems.push("expected the flow to fail, but it stopped otherwise".into()),
+        }
+    }
+    let output = match &report.outcome {
+        Outcome::Completed(v) => Some(v.clone()),
+        Outcome::Failed(_) if test.expect_failure.is_some() => None,
+        Outcome::Failed(e) => {
+            problems.push(format!("the flow failed: {e}"));
+            None
+        }
+        Outcome::Exhausted(e) => {
+            problems.push(format!("the flow ran out of budget: {e}"));
+            None
+        }
+        Outcome::Waiting(g) => {
+            problems.push(format!("the flow waits for gate(s) {} with no `given approve`", g.iter().map(|g| format!("`{}`", g.gate)).collect::<Vec<_>>().join(", ")));
+            None
+        }
+        Outcome::Rejected => None,
+    };
+    if let Some(out) = &output {
+        let scope = OutputScope(out.clone());
+        for e in &test.expects {
+            match run::eval::eval(e, &scope) {
+                Ok(Value::Bool(true)) => {}
+                Ok(_) => problems.push(format!("expectation at byte {} is false; output was {}", e.span.start, out)),
+                Err(err) => problems.push(format!("expectation at byte {} could not be evaluated: {}", e.span.start, err.0)),
+            }
+        }
+    } else if !test.expects.is_empty() && matches!(report.outcome, Outcome::Rejected) {
+        problems.push("the flow was rejected at a gate, so it has no output to check".into());
+    }
+    for (target, times, _) in &test.expect_calls {
+        let name = match target {
+            CallTarget::Tool(t) => &program.tools[t.index()].name,
+            CallTarget::Agent(a) => &program.agents[a.index()].name,
+            CallTarget::Flow(f) => &program.flows[f.index()].name,
+        };
+        let actual = report.calls.get(name).copied().unwrap_or(0);
+        if actual != *times {
+            problems.push(format!("expected `{name}` to be called {times} times, it was called {actual} times"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}

@@ -1,0 +1,267 @@
+//! Budgets are hard. Before a call, its worst case is *reserved*; after it,
+//! the reservation is settled to what was really spent. A reservation that
+//! would take any limit past its value is refused, so the run stops before
+//! the call instead of after the overrun.
+//!
+//! A step or agent with its own budget gets a child ledger: a reservation
+//! must fit the child and every ledger above it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::ir::Budget;
+
+/// An amount of everything a budget limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Spend {
+    pub tokens: u64,
+    pub cost: f64,
+    pub steps: u64,
+    pub tool_calls: u64,
+}
+
+impl Spend {
+    pub fn tokens(tokens: u64, cost: f64) -> Spend {
+        Spend {
+            tokens,
+            cost,
+            ..Spend::default()
+        }
+    }
+    pub fn step() -> Spend {
+        Spend {
+            steps: 1,
+            ..Spend::default()
+        }
+    }
+    pub fn tool_call() -> Spend {
+        Spend {
+            tool_calls: 1,
+            ..Spend::default()
+        }
+    }
+}
+
+/// Which limit a refused reservation would have broken.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exhausted {
+    pub what: &'static str,
+    pub limit: String,
+    pub used: String,
+    pub wanted: String,
+    pub owner: String,
+}
+
+impl std::fmt::Display for Exhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the {} budget of {} is exhausted: {} used or reserved, {} more needed ({})",
+            self.what, self.limit, self.used, self.wanted, self.owner
+        )
+    }
+}
+
+#[derive(Debug)]
+pub struct Ledger {
+    owner: String,
+    limits: Budget,
+    started: Instant,
+    parent: Option<Arc<Ledger>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Settled plus outstanding reservations.
+    committed: Spend,
+    /// Settled only: what was really spent.
+    spent: Spend,
+}
+
+/// A granted reservation; settle it with [`Ledger::settle`].
+#[derive(Debug)]
+#[must_use = "a reservation must be settled"]
+pub struct Reservation {
+    amount: Spend,
+}
+
+impl Ledger {
+    pub fn new(
+        owner: impl Into<String>,
+        limits: Budget,
+        parent: Option<Arc<Ledger>>,
+    ) -> Arc<Ledger> {
+        Arc::new(Ledger {
+            owner: owner.into(),
+            limits,
+            started: Instant::now(),
+            parent,
+            state: Mutex::default(),
+        })
+    }
+
+    /// Reserves `amount` on this ledger and every ledger above it, or on none.
+    pub fn reserve(&self, amount: Spend) -> Result<Reservation, Exhausted> {
+        let mut chain: Vec<&Ledger> = vec![self];
+        let mut p = self.parent.as_deref();
+        while let Some(l) = p {
+            chain.push(l);
+            p = l.parent.as_deref();
+        }
+        // Lock in a fixed order (child to root) and check everything before
+        // changing anything.
+        let mut guards: Vec<_> = chain
+            .iter()
+            .map(|l| l.state.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        for (l, g) in chain.iter().zip(&guards) {
+            l.fits(&g.committed, &amount)?;
+        }
+        for g in &mut guards {
+            add(&mut g.committed, &amount);
+        }
+        Ok(Reservation { amount })
+    }
+
+    /// Replaces a reservation by what was really spent. Spending more than
+    /// was reserved is recorded as it happened (the next reservation then
+    /// fails); the reservation rules make it rare: see `step.rs`.
+    pub fn settle(&self, reservation: Reservation, actual: Spend) {
+        let mut l: Option<&Ledger> = Some(self);
+        while let Some(ledger) = l {
+            let mut g = ledger.state.lock().unwrap_or_else(|e| e.into_inner());
+            sub(&mut g.committed, &reservation.amount);
+            add(&mut g.committed, &actual);
+            add(&mut g.spent, &actual);
+            l = ledger.parent.as_deref();
+        }
+    }
+
+    /// What was really spent so far.
+    pub fn spent(&self) -> Spend {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).spent
+    }
+
+    pub fn limits(&self) -> &Budget {
+        &self.limits
+    }
+
+    /// Time left on the wall clock, if the budget limits it.
+    pub fn wall_left(&self) -> Option<Duration> {
+        self.limits
+            .wall_seconds
+            .map(|w| Duration::from_secs_f64(w).saturating_sub(self.started.elapsed()))
+    }
+
+    fn fits(&self, committed: &Spend, amount: &Spend) -> Result<(), Exhausted> {
+        let over = |what: &'static str, limit: String, used: String, wanted: String| Exhausted {
+            what,
+            limit,
+            used,
+            wanted,
+            owner: self.owner.clone(),
+        };
+        let l = &self.limits;
+        if let Some(max) = l.tokens {
+            if committed.tokens + amount.tokens > max {
+                return Err(over(
+                    "tokens",
+                    max.to_string(),
+                    committed.tokens.to_string(),
+                    amount.tokens.to_string(),
+                ));
+            }
+        }
+        if let Some(max) = l.cost {
+            if committed.cost + amount.cost > max + 1e-12 {
+                return Err(over(
+                    "cost",
+                    format!("${max:.4}"),
+                    format!("${:.4}", committed.cost),
+                    format!("${:.4}", amount.cost),
+                ));
+            }
+        }
+        if let Some(max) = l.steps {
+            if committed.steps + amount.steps > max {
+                return Err(over(
+                    "steps",
+                    max.to_string(),
+                    committed.steps.to_string(),
+                    amount.steps.to_string(),
+                ));
+            }
+        }
+        if let Some(max) = l.tool_calls {
+            if committed.tool_calls + amount.tool_calls > max {
+                return Err(over(
+                    "tool_calls",
+                    max.to_string(),
+                    committed.tool_calls.to_string(),
+                    amount.tool_calls.to_string(),
+                ));
+            }
+        }
+        if let Some(left) = self.wall_left() {
+            if left.is_zero() {
+                let wall = l.wall_seconds.unwrap_or(0.0);
+                return Err(over(
+                    "wall",
+                    format!("{wall}s"),
+                    format!("{:.1}s", self.started.elapsed().as_secs_f64()),
+                    "more time".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn add(a: &mut Spend, b: &Spend) {
+    a.tokens += b.tokens;
+    a.cost += b.cost;
+    a.steps += b.steps;
+    a.tool_calls += b.tool_calls;
+}
+
+fn sub(a: &mut Spend, b: &Spend) {
+    a.tokens = a.tokens.saturating_sub(b.tokens);
+    a.cost = (a.cost - b.cost).max(0.0);
+    a.steps = a.steps.saturating_sub(b.steps);
+    a.tool_calls = a.tool_calls.saturating_sub(b.tool_calls);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(tokens: u64) -> Budget {
+        Budget {
+            tokens: Some(tokens),
+            ..Budget::default()
+        }
+    }
+
+    #[test]
+    fn reservations_never_exceed_the_limit() {
+        let l = Ledger::new("flow", budget(100), None);
+        let a = l.reserve(Spend::tokens(60, 0.0)).expect("fits");
+        assert!(l.reserve(Spend::tokens(50, 0.0)).is_err(), "60 + 50 > 100");
+        l.settle(a, Spend::tokens(20, 0.0));
+        let b = l.reserve(Spend::tokens(50, 0.0)).expect("20 + 50 fits");
+        l.settle(b, Spend::tokens(50, 0.0));
+        assert_eq!(l.spent().tokens, 70);
+    }
+
+    #[test]
+    fn a_child_reservation_must_fit_every_ledger_above() {
+        let root = Ledger::new("flow", budget(100), None);
+        let child = Ledger::new("agent", budget(1000), Some(root.clone()));
+        assert!(child.reserve(Spend::tokens(150, 0.0)).is_err());
+        let r = child.reserve(Spend::tokens(80, 0.0)).expect("fits both");
+        child.settle(r, Spend::tokens(80, 0.0));
+        assert_eq!(root.spent().tokens, 80);
+        assert!(root.reserve(Spend::tokens(30, 0.0)).is_err());
+    }
+}

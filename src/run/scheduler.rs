@@ -1,0 +1,523 @@
+//! The dataflow scheduler. A region (a flow body, one loop iteration, one
+//! branch arm) runs as a loop over the steps whose inputs are ready: cheap
+//! steps (values, checks, decisions) are evaluated at once, calls become
+//! futures polled together, up to the run-wide concurrency limit. A step's
+//! inputs are evaluated before its future starts, so in-flight calls own
+//! their data; when a step fails, dropping the set of futures cancels every
+//! call still in flight (HTTP requests are aborted, programs killed).
+//!
+//! A gate with no decision leaves its branch waiting while everything else
+//! proceeds; when nothing else can, the run ends `waiting`. A rejected gate
+//! skips what depends on it; an iteration whose result is skipped drops out
+//! of its loop's list.
+
+use std::cell::{OnceCell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_util::future::LocalBoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use petgraph::graph::NodeIndex;
+use serde_json::Value;
+
+use super::budget::{Exhausted, Ledger, Spend};
+use super::eval::{eval, render, Scope};
+use super::plan::Plan;
+use super::step::{CallOutcome, Runtime};
+use super::trace::SpanId;
+use crate::ast::Decision;
+use crate::fields;
+use crate::ir::{Arm, Fallback, Flow, FlowId, RegionId, StepKind};
+use crate::types::Lit;
+
+/// Why a run stopped early.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    Failed(RunError),
+    Exhausted(Exhausted),
+}
+
+/// A structured failure: which step, which attempt, what happened.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunError {
+    pub flow: String,
+    pub step: String,
+    pub attempts: u32,
+    pub class: Option<&'static str>,
+    pub message: String,
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step {} of flow `{}` failed", self.step, self.flow)?;
+        if self.attempts > 1 {
+            write!(f, " after {} attempts", self.attempts)?;
+        }
+        if let Some(c) = self.class {
+            write!(f, " ({c})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// A gate that is waiting for a decision.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PendingGate {
+    pub flow: String,
+    pub gate: String,
+    pub path: String,
+    pub show: Vec<Value>,
+}
+
+/// One instance of a region: the values of its steps.
+pub struct Frame {
+    region: RegionId,
+    cells: Vec<OnceCell<Value>>,
+    skipped: RefCell<HashSet<NodeIndex>>,
+    parent: Option<Rc<Frame>>,
+    params: Rc<Vec<Value>>,
+    /// Where this instance is, for idempotency keys and traces: `posted[3]`.
+    pub path: String,
+}
+
+impl Frame {
+    pub fn root(plan: &Plan, params: Vec<Value>, path: String) -> Rc<Frame> {
+        Rc::new(Frame {
+            region: RegionId(0),
+            cells: (0..plan.members[0].len()).map(|_| OnceCell::new()).collect(),
+            skipped: RefCell::default(),
+            parent: None,
+            params: Rc::new(params),
+            path,
+        })
+    }
+
+    fn child(self: &Rc<Frame>, plan: &Plan, region: RegionId, path: String) -> Rc<Frame> {
+        Rc::new(Frame {
+            region,
+            cells: (0..plan.members[region.index()].len()).map(|_| OnceCell::new()).collect(),
+            skipped: RefCell::default(),
+            parent: Some(self.clone()),
+            params: self.params.clone(),
+            path,
+        })
+    }
+
+    fn set(&self, plan: &Plan, n: NodeIndex, value: Value) {
+        let _ = self.cells[plan.slot[n.index()]].set(value);
+    }
+
+    fn get(&self, plan: &Plan, n: NodeIndex) -> Option<&Value> {
+        self.cells[plan.slot[n.index()]].get()
+    }
+}
+
+/// Expression scope over a frame chain.
+pub struct FrameScope<'a> {
+    pub flow: &'a Flow,
+    pub plan: &'a Plan,
+    pub frame: &'a Frame,
+}
+
+impl Scope for FrameScope<'_> {
+    fn param(&self, index: usize) -> Option<&Value> {
+        self.frame.params.get(index)
+    }
+
+    fn step(&self, node: NodeIndex) -> Option<&Value> {
+        let region = self.flow.graph[node].region;
+        let mut f = self.frame;
+        loop {
+            if f.region == region {
+                return f.get(self.plan, node);
+            }
+            f = f.parent.as_deref()?;
+        }
+    }
+
+    fn env(&self, _name: &str) -> Option<String> {
+        // The checker keeps `env.` out of flows (K001).
+        None
+    }
+}
+
+/// What one flow run needs: its graph, plan, budget and trace span.
+pub struct FlowCtx<'a> {
+    pub id: FlowId,
+    pub flow: &'a Flow,
+    pub plan: Rc<Plan>,
+    pub ledger: Arc<Ledger>,
+    pub span: SpanId,
+}
+
+enum Prepared<'a> {
+    Done(Value),
+    Skip,
+    Wait(PendingGate),
+    Future(LocalBoxFuture<'a, Result<Option<Value>, Stop>>),
+}
+
+/// How a region instance ended.
+#[derive(Default)]
+pub struct RegionEnd {
+    pub waiting: Vec<PendingGate>,
+}
+
+impl Runtime<'_> {
+    /// Runs one region instance to the end: every step done, skipped or
+    /// waiting.
+    pub fn run_region<'s>(
+        &'s self,
+        cx: &'s FlowCtx<'s>,
+        region: RegionId,
+        frame: Rc<Frame>,
+    ) -> LocalBoxFuture<'s, Result<RegionEnd, Stop>> {
+        Box::pin(async move {
+            let plan = cx.plan.clone();
+            let members = &plan.members[region.index()];
+            let mut remaining: HashMap<NodeIndex, usize> = HashMap::with_capacity(members.len());
+            let mut ready = Vec::new();
+            for &n in members {
+                if matches!(cx.flow.graph[n].kind, StepKind::LoopItem { .. }) {
+                    continue;
+                }
+                let deps = plan.deps[n.index()].len();
+                if deps == 0 {
+                    ready.push(n);
+                } else {
+                    remaining.insert(n, deps);
+                }
+            }
+            // Deterministic start order: graph order.
+            ready.reverse();
+            let mut running: FuturesUnordered<LocalBoxFuture<'s, (NodeIndex, Result<Option<Value>, Stop>)>> =
+                FuturesUnordered::new();
+            let mut end = RegionEnd::default();
+            loop {
+                while let Some(n) = ready.pop() {
+                    let skip = plan.deps[n.index()].iter().any(|d| frame.skipped.borrow().contains(d));
+                    let prepared = if skip { Prepared::Skip } else { self.prepare(cx, &frame, n)? };
+                    match prepared {
+                        Prepared::Done(v) => {
+                            frame.set(&plan, n, v);
+                            self.finished(cx, n);
+                            release(&plan, n, &mut remaining, &mut ready);
+                        }
+                        Prepared::Skip => {
+                            frame.skipped.borrow_mut().insert(n);
+                            release(&plan, n, &mut remaining, &mut ready);
+                        }
+                        Prepared::Wait(gate) => end.waiting.push(gate),
+                        Prepared::Future(f) => running.push(Box::pin(async move { (n, f.await) })),
+                    }
+                }
+                let Some((n, result)) = running.next().await else { break };
+                match result? {
+                    Some(v) => {
+                        frame.set(&plan, n, v);
+                        self.finished(cx, n);
+                    }
+                    None => {
+                        frame.skipped.borrow_mut().insert(n);
+                    }
+                }
+                release(&plan, n, &mut remaining, &mut ready);
+            }
+            Ok(end)
+        })
+    }
+
+    fn finished(&self, cx: &FlowCtx<'_>, n: NodeIndex) {
+        let step = &cx.flow.graph[n];
+        if step.named {
+            self.completed.borrow_mut().push(format!("{}.{}", cx.flow.name, step.name));
+        }
+    }
+
+    /// Evaluates a ready step's inputs; cheap steps finish here.
+    fn prepare<'s>(&'s self, cx: &'s FlowCtx<'s>, frame: &Rc<Frame>, n: NodeIndex) -> Result<Prepared<'s>, Stop> {
+        let step = &cx.flow.graph[n];
+        let scope = FrameScope { flow: cx.flow, plan: &cx.plan, frame };
+        let fail = |message: String| self.fail(cx, n, 1, None, message);
+        match &step.kind {
+            StepKind::Value(e) | StepKind::Output(e) | StepKind::Decide { subject: e } => {
+                eval(e, &scope).map(Prepared::Done).map_err(|err| fail(err.0))
+            }
+            StepKind::LoopItem { .. } => Ok(Prepared::Skip),
+            StepKind::Check { requires } => {
+                self.spend_step(cx, n)?;
+                for (cond, message) in requires {
+                    let ok = eval(cond, &scope).map_err(|e| fail(e.0))?;
+                    if ok != Value::Bool(true) {
+                        let text = render(message, &scope).unwrap_or_else(|e| e.0);
+                        self.trace.event(Some(cx.span), "check", &step.name, fields! {"status": "failed", "message": text});
+                        return Err(fail(format!("check `{}` failed: {text}", step.name)));
+                    }
+                }
+                self.trace.event(Some(cx.span), "check", &step.name, fields! {"status": "passed"});
+                Ok(Prepared::Done(Value::Bool(true)))
+            }
+            StepKind::Approve { gate, show, on_timeout, .. } => {
+                let shown: Vec<Value> = show.iter().map(|e| eval(e, &scope)).collect::<Result<_, _>>().map_err(|e| fail(e.0))?;
+                self.spend_step(cx, n)?;
+                let value = shown.first().cloned().unwrap_or(Value::Null);
+                match self.gate_decision(&cx.flow.name, gate) {
+                    Some(GateDecision::Approve(edited)) => {
+                        let v = match edited {
+                            Some(v) => {
+                                if let Err(errors) = self.validators.check(&self.program.types, &step.ty, &v) {
+                                    return Err(fail(format!("the edited value for gate `{gate}` does not type-check: {}", errors.join("; "))));
+                                }
+                                v
+                            }
+                            None => value,
+                        };
+                        self.trace.event(Some(cx.span), "gate", gate, fields! {"decision": "approved", "show": shown});
+                        Ok(Prepared::Done(v))
+                    }
+                    Some(GateDecision::Reject(reason)) => {
+                        self.trace.event(Some(cx.span), "gate", gate, fields! {"decision": "rejected", "reason": reason, "show": shown});
+                        Ok(Prepared::Skip)
+                    }
+                    None => {
+                        let _ = on_timeout == &Decision::Approve;
+                        Ok(Prepared::Wait(PendingGate { flow: cx.flow.name.clone(), gate: gate.clone(), path: frame.path.clone(), show: shown }))
+                    }
+                }
+            }
+            StepKind::Call { target, args } => {
+                let args = args
+                    .iter()
+                    .map(|(k, e)| eval(e, &scope).map(|v| (k.clone(), v)))
+                    .collect::<Result<serde_json::Map<String, Value>, _>>()
+                    .map_err(|e| fail(e.0))?;
+                let fallback = match &step.fallback {
+                    Some(Fallback::Value(e)) => Some(FallbackInput::Value(eval(e, &scope).map_err(|e| fail(e.0))?)),
+                    Some(Fallback::Call(t, fargs, _)) => {
+                        let fargs = fargs
+                            .iter()
+                            .map(|(k, e)| eval(e, &scope).map(|v| (k.clone(), v)))
+                            .collect::<Result<serde_json::Map<String, Value>, _>>()
+                            .map_err(|e| fail(e.0))?;
+                        Some(FallbackInput::Call(*t, fargs))
+                    }
+                    None => None,
+                };
+                let target = *target;
+                let path = frame.path.clone();
+                Ok(Prepared::Future(Box::pin(async move {
+                    match self.call(cx, n, target, args, &path).await {
+                        Ok(CallOutcome::Value(v)) => Ok(Some(v)),
+                        Ok(CallOutcome::Skipped) => Ok(None),
+                        Err(Stop::Failed(err)) if fallback.is_some() => {
+                            self.trace.event(Some(cx.span), "fallback", &cx.flow.graph[n].name, fields! {"error": err.message});
+                            match fallback {
+                                Some(FallbackInput::Value(v)) => Ok(Some(v)),
+                                Some(FallbackInput::Call(t, a)) => match self.call(cx, n, t, a, &path).await? {
+                                    CallOutcome::Value(v) => Ok(Some(v)),
+                                    CallOutcome::Skipped => Ok(None),
+                                },
+                                None => Err(Stop::Failed(err)),
+                            }
+                        }
+                        Err(e) => Err(e),
+                    }
+                })))
+            }
+            StepKind::Llm(call) => {
+                let prompt = match &call.prompt {
+                    Some(t) => self.render_prompt(cx, n, t, &scope).map_err(|e| fail(e.0))?,
+                    None => String::new(),
+                };
+                let system = match &call.system {
+                    Some(t) => Some(self.render_prompt(cx, n, t, &scope).map_err(|e| fail(e.0))?),
+                    None => None,
+                };
+                let fallback = match &step.fallback {
+                    Some(Fallback::Value(e)) => Some(eval(e, &scope).map_err(|e| fail(e.0))?),
+                    _ => None,
+                };
+                Ok(Prepared::Future(Box::pin(async move {
+                    match self.llm(cx, n, call, prompt, system).await {
+                        Ok(v) => Ok(Some(v)),
+                        Err(Stop::Failed(err)) if fallback.is_some() => {
+                            self.trace.event(Some(cx.span), "fallback", &cx.flow.graph[n].name, fields! {"error": err.message});
+                            Ok(fallback)
+                        }
+                        Err(e) => Err(e),
+                    }
+                })))
+            }
+            StepKind::Loop { item, body, result, parallel } => {
+                let iterable = match &cx.flow.graph[*item].kind {
+                    StepKind::LoopItem { iterable } => eval(iterable, &scope).map_err(|e| fail(e.0))?,
+                    _ => Value::Null,
+                };
+                let items = match iterable {
+                    Value::Array(items) => items,
+                    Value::Null => Vec::new(),
+                    other => return Err(fail(format!("a loop goes over a list, and this is {}", super::eval::kind(&other)))),
+                };
+                let frame = frame.clone();
+                let (item, body, result, parallel) = (*item, *body, *result, *parallel);
+                Ok(Prepared::Future(Box::pin(async move {
+                    self.run_loop(cx, n, &frame, items, item, body, result, parallel).await.map(Some)
+                })))
+            }
+            StepKind::Branch { decide, arms } => {
+                let subject = scope.step(*decide).cloned().unwrap_or(Value::Null);
+                let chosen = choose_arm(arms, &subject);
+                let frame = frame.clone();
+                Ok(Prepared::Future(Box::pin(async move {
+                    let Some(arm) = chosen else { return Ok(Some(Value::Null)) };
+                    let Some(result) = arm.result else { return Ok(Some(Value::Null)) };
+                    let child = frame.child(&cx.plan, arm.region, frame.path.clone());
+                    let end = self.run_region(cx, arm.region, child.clone()).await?;
+                    self.waiting.borrow_mut().extend(end.waiting);
+                    let scope = FrameScope { flow: cx.flow, plan: &cx.plan, frame: &child };
+                    Ok(scope.step(result).cloned())
+                })))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_loop(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        frame: &Rc<Frame>,
+        items: Vec<Value>,
+        item: NodeIndex,
+        body: RegionId,
+        result: NodeIndex,
+        parallel: u64,
+    ) -> Result<Value, Stop> {
+        let name = &cx.flow.graph[n].name;
+        let count = items.len();
+        let mut results: Vec<Option<Value>> = vec![None; count];
+        let mut running = FuturesUnordered::new();
+        let mut next = 0;
+        let limit = parallel.max(1) as usize;
+        loop {
+            while running.len() < limit && next < count {
+                let i = next;
+                next += 1;
+                let child = frame.child(&cx.plan, body, format!("{}{name}[{i}]", prefix(&frame.path)));
+                child.set(&cx.plan, item, items[i].clone());
+                running.push(Box::pin(async move {
+                    let end = self.run_region(cx, body, child.clone()).await?;
+                    self.waiting.borrow_mut().extend(end.waiting);
+                    let scope = FrameScope { flow: cx.flow, plan: &cx.plan, frame: &child };
+                    Ok::<_, Stop>((i, scope.step(result).cloned()))
+                }) as LocalBoxFuture<'_, Result<(usize, Option<Value>), Stop>>);
+            }
+            let Some(done) = running.next().await else { break };
+            let (i, v) = done?;
+            results[i] = v;
+        }
+        Ok(Value::Array(results.into_iter().flatten().collect()))
+    }
+
+    fn spend_step(&self, cx: &FlowCtx<'_>, n: NodeIndex) -> Result<(), Stop> {
+        let r = cx.ledger.reserve(Spend::step()).map_err(|e| self.exhausted(cx, n, e))?;
+        cx.ledger.settle(r, Spend::step());
+        Ok(())
+    }
+
+    pub fn exhausted(&self, cx: &FlowCtx<'_>, n: NodeIndex, e: Exhausted) -> Stop {
+        self.trace.event(
+            Some(cx.span),
+            "budget",
+            &cx.flow.graph[n].name,
+            fields! {"status": "exhausted", "budget": e.what, "limit": e.limit, "used": e.used, "wanted": e.wanted},
+        );
+        Stop::Exhausted(e)
+    }
+
+    pub fn fail(&self, cx: &FlowCtx<'_>, n: NodeIndex, attempts: u32, class: Option<&'static str>, message: String) -> Stop {
+        Stop::Failed(RunError { flow: cx.flow.name.clone(), step: cx.flow.graph[n].display(), attempts, class, message })
+    }
+
+    /// Renders a prompt, cutting each quoted tool output to its `limit`.
+    fn render_prompt(&self, cx: &FlowCtx<'_>, n: NodeIndex, t: &crate::ir::Template, scope: &FrameScope<'_>) -> Result<String, super::eval::EvalError> {
+        use crate::ir::{CallTarget, TemplatePart};
+        let mut out = String::new();
+        for part in &t.parts {
+            match part {
+                TemplatePart::Text(s) => out.push_str(s),
+                TemplatePart::Expr(e) => {
+                    let text = match eval(e, scope)? {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    let mut steps = Vec::new();
+                    e.steps(&mut steps);
+                    let limit = steps
+                        .iter()
+                        .filter_map(|s| match &cx.flow.graph[*s].kind {
+                            StepKind::Call { target: CallTarget::Tool(tool), .. } => self.program.tools[tool.index()].limit_tokens,
+                            _ => None,
+                        })
+                        .min();
+                    match limit {
+                        Some(tokens) if text.chars().count() as u64 > tokens * 4 => {
+                            let cut: String = text.chars().take((tokens * 4) as usize).collect();
+                            self.trace.event(
+                                Some(cx.span),
+                                "cut",
+                                &cx.flow.graph[n].name,
+                                fields! {"limit_tokens": tokens, "chars_before": text.chars().count(), "chars_after": cut.chars().count()},
+                            );
+                            out.push_str(&cut);
+                        }
+                        _ => out.push_str(&text),
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+enum FallbackInput {
+    Value(Value),
+    Call(crate::ir::CallTarget, serde_json::Map<String, Value>),
+}
+
+/// A gate's decision, from a test's `given`, a recording or the command line.
+#[derive(Clone, Debug)]
+pub enum GateDecision {
+    Approve(Option<Value>),
+    Reject(String),
+}
+
+fn choose_arm<'a>(arms: &'a [Arm], subject: &Value) -> Option<&'a Arm> {
+    arms.iter().find(|arm| match &arm.pattern {
+        None => true,
+        Some(Lit::Bool(b)) => subject == &Value::Bool(*b),
+        Some(Lit::Str(s)) => subject.as_str() == Some(s.as_str()),
+        Some(Lit::Number(x)) => subject.as_f64() == Some(*x),
+    })
+}
+
+fn prefix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}/")
+    }
+}
+
+fn release(plan: &Plan, n: NodeIndex, remaining: &mut HashMap<NodeIndex, usize>, ready: &mut Vec<NodeIndex>) {
+    for d in &plan.dependents[n.index()] {
+        if let Some(count) = remaining.get_mut(d) {
+            *count -= 1;
+            if *count == 0 {
+                remaining.remove(d);
+                ready.push(*d);
+            }
+        }
+    }
+}

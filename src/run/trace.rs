@@ -1,0 +1,231 @@
+//! Every decision of a run as structured events, one JSON object per line.
+//! Spans (run, step, attempt, model_call, tool_call) carry `id`, `parent`,
+//! start and end times, so they map onto OpenTelemetry spans; point events
+//! (validation, budget, cut, gate) hang off a span.
+//!
+//! Secrets never reach the file: every line is scrubbed of the values of the
+//! environment variables the program reads (API keys, tool tokens) before it
+//! is written, whatever field they ended up in.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde_json::{json, Map, Value};
+
+pub type SpanId = u64;
+
+pub struct Trace {
+    run_id: String,
+    started: Instant,
+    next: AtomicU64,
+    out: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+    /// Values that must never appear in the trace.
+    secrets: Vec<String>,
+    /// Every event written, for the run summary and tests.
+    events: Mutex<Vec<Value>>,
+}
+
+impl Trace {
+    /// A trace written to `path` (created, with its folders), or kept in
+    /// memory only when `path` is `None`.
+    pub fn new(
+        run_id: &str,
+        path: Option<&std::path::Path>,
+        secrets: Vec<String>,
+    ) -> std::io::Result<Trace> {
+        let out = match path {
+            Some(p) => {
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                Some(std::io::BufWriter::new(std::fs::File::create(p)?))
+            }
+            None => None,
+        };
+        let mut secrets: Vec<String> = secrets.into_iter().filter(|s| s.len() >= 4).collect();
+        // Longest first, so a secret containing another is scrubbed whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Ok(Trace {
+            run_id: run_id.to_string(),
+            started: Instant::now(),
+            next: AtomicU64::new(1),
+            out: Mutex::new(out),
+            secrets,
+            events: Mutex::default(),
+        })
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    fn ms(&self) -> f64 {
+        (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3
+    }
+
+    /// Opens a span; close it with [`Trace::end`].
+    pub fn begin(&self, parent: Option<SpanId>, kind: &str, name: &str) -> Span {
+        Span {
+            id: self.next.fetch_add(1, Ordering::Relaxed),
+            parent,
+            kind: kind.to_string(),
+            name: name.to_string(),
+            start_ms: self.ms(),
+        }
+    }
+
+    /// Closes a span with its outcome and details.
+    pub fn end(&self, span: Span, status: &str, data: Map<String, Value>) {
+        let mut event = json!({
+            "run": self.run_id,
+            "id": span.id,
+            "parent": span.parent,
+            "kind": span.kind,
+            "name": span.name,
+            "start_ms": span.start_ms,
+            "end_ms": self.ms(),
+            "status": status,
+        });
+        if let Value::Object(map) = &mut event {
+            map.extend(data);
+        }
+        self.write(event);
+    }
+
+    /// A point event under `parent`.
+    pub fn event(&self, parent: Option<SpanId>, kind: &str, name: &str, data: Map<String, Value>) {
+        let mut event = json!({
+            "run": self.run_id,
+            "id": self.next.fetch_add(1, Ordering::Relaxed),
+            "parent": parent,
+            "kind": kind,
+            "name": name,
+            "at_ms": self.ms(),
+        });
+        if let Value::Object(map) = &mut event {
+            map.extend(data);
+        }
+        self.write(event);
+    }
+
+    fn write(&self, event: Value) {
+        let mut line = event.to_string();
+        let mut scrubbed = false;
+        for s in &self.secrets {
+            if line.contains(s.as_str()) {
+                line = line.replace(s.as_str(), "[redacted]");
+                scrubbed = true;
+            }
+        }
+        let event = if scrubbed {
+            serde_json::from_str(&line).unwrap_or(Value::Null)
+        } else {
+            event
+        };
+        if let Some(out) = self.out.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            // A trace that cannot be written must not fail the run it describes.
+            let _ = writeln!(out, "{line}");
+        }
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+    }
+
+    pub fn flush(&self) {
+        if let Some(out) = self.out.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let _ = out.flush();
+        }
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// An open span.
+#[derive(Debug)]
+pub struct Span {
+    pub id: SpanId,
+    pub parent: Option<SpanId>,
+    kind: String,
+    name: String,
+    start_ms: f64,
+}
+
+/// `{"a": 1, …}` as a `Map`, for event details.
+#[macro_export]
+macro_rules! fields {
+    ($($key:literal : $value:expr),* $(,)?) => {{
+        #[allow(unused_mut)]
+        let mut map = serde_json::Map::new();
+        $( map.insert($key.to_string(), serde_json::json!($value)); )*
+        map
+    }};
+}
+
+/// Renders a trace file as an indented tree with timings and cost.
+pub fn render_tree(events: &[Value]) -> String {
+    use std::collections::BTreeMap;
+    let mut children: BTreeMap<Option<u64>, Vec<&Value>> = BTreeMap::new();
+    for e in events {
+        children.entry(e["parent"].as_u64()).or_default().push(e);
+    }
+    for list in children.values_mut() {
+        list.sort_by(|a, b| {
+            let t = |e: &Value| {
+                e["start_ms"]
+                    .as_f64()
+                    .or(e["at_ms"].as_f64())
+                    .unwrap_or(0.0)
+            };
+            t(a).total_cmp(&t(b))
+                .then(a["id"].as_u64().cmp(&b["id"].as_u64()))
+        });
+    }
+    let mut out = String::new();
+    fn walk(
+        out: &mut String,
+        children: &BTreeMap<Option<u64>, Vec<&Value>>,
+        parent: Option<u64>,
+        depth: usize,
+    ) {
+        let Some(list) = children.get(&parent) else {
+            return;
+        };
+        for e in list {
+            let indent = "  ".repeat(depth);
+            let kind = e["kind"].as_str().unwrap_or("?");
+            let name = e["name"].as_str().unwrap_or("");
+            let mut line = format!("{indent}{kind} {name}");
+            if let (Some(s), Some(t)) = (e["start_ms"].as_f64(), e["end_ms"].as_f64()) {
+                line.push_str(&format!("  {:.1} ms", t - s));
+            }
+            if let Some(status) = e["status"].as_str() {
+                line.push_str(&format!("  [{status}]"));
+            }
+            if let Some(tokens) = e["tokens"].as_u64() {
+                line.push_str(&format!("  {tokens} tokens"));
+            }
+            if let Some(cost) = e["cost"].as_f64() {
+                if cost > 0.0 {
+                    line.push_str(&format!("  ${cost:.5}"));
+                }
+            }
+            if let Some(err) = e["error"].as_str() {
+                line.push_str(&format!("  — {err}"));
+            }
+            out.push_str(&line);
+            out.push('\n');
+            walk(out, children, e["id"].as_u64(), depth + 1);
+        }
+    }
+    walk(&mut out, &children, None, 0);
+    out
+}
