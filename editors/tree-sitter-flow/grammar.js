@@ -552,7 +552,7 @@ module.exports = grammar({
 
     // ------------------------------------------------------------ tests
 
-    // test "name" { run f(x: 1)  given tool returns ...  expect output.len == 1 }
+    // test "name" { run f(x: 1)  given tool returns ...  expect output.len == 1  expect failure }
     test_declaration: $ => seq(
       'test',
       field('name', $.string),
@@ -572,7 +572,12 @@ module.exports = grammar({
     returns: $ => seq('returns', $._expression),
     fails: $ => seq('fails', $.string),
 
-    expect_clause: $ => seq('expect', choice($.call_count, $._expression)),
+    // `expect failure` is tried before an expression, as in pest: right after
+    // `expect`, the word `failure` is the keyword (`expect failure.x` does not
+    // parse, `expect failures == 1` does); it stays a name everywhere else.
+    expect_clause: $ => seq('expect', choice($.expect_failure, $.call_count, $._expression)),
+    // expect failure   expect failure "text the error contains"
+    expect_failure: $ => seq('failure', optional(field('message', $.string))),
     call_count: $ => seq(field('target', $.identifier), 'called', $.integer, 'times'),
   },
 });

@@ -179,6 +179,7 @@
   "rejects"
   "with"
   "expect"
+  "failure"
   "called"
   "times"
 ] @keyword
