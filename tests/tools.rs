@@ -315,6 +315,42 @@ async fn http_get_percent_encodes_values_in_path_and_query() {
 }
 
 #[tokio::test]
+async fn http_values_in_the_host_cannot_redirect_the_request() {
+    let (server, addr) = Server::start().await;
+    let p = Program::new(
+        r#"
+tool at(host: string) -> json {
+  http GET "http://{host}/echo/x"
+  effect read
+  timeout 5s
+}
+"#,
+    );
+    let out = call(
+        p.tool("at"),
+        json!({"host": addr.to_string()}),
+        &env(&[]),
+        None,
+        T,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["uri"], "/echo/x");
+    for bad in [
+        format!("{addr}/elsewhere#"),
+        format!("user@{addr}"),
+        format!("{addr}?"),
+    ] {
+        let e = call(p.tool("at"), json!({"host": bad}), &env(&[]), None, T)
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, ErrorClass::Failed, "{}", e.message);
+        assert!(e.message.contains("host"), "{}", e.message);
+    }
+    assert_eq!(server.seen().len(), 1, "no request for the rejected hosts");
+}
+
+#[tokio::test]
 async fn http_post_sends_arguments_headers_and_idempotency_key() {
     let (server, addr) = Server::start().await;
     let p = Program::new(HTTP_TOOLS);

@@ -29,11 +29,14 @@ use super::error::{CallError, ErrorClass};
 use super::eval::{eval, EvalError, Scope};
 use crate::ir::{Expr, ExprKind, Template, TemplatePart, Tool, ToolKind};
 
+/// How templates read `env.NAME` (tests replace the process environment).
+pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
 /// What a tool call needs besides its arguments.
 pub struct ToolContext<'a> {
     pub http: &'a reqwest::Client,
     /// Environment lookup (tests replace the process environment).
-    pub env: &'a (dyn Fn(&str) -> Option<String> + Send + Sync),
+    pub env: &'a EnvLookup,
     /// Sent as `Idempotency-Key` (http) or `FLOWC_IDEMPOTENCY_KEY` (exec).
     pub idempotency_key: Option<String>,
     pub timeout: Duration,
@@ -76,7 +79,7 @@ pub async fn invoke(
 pub fn idempotency_key(
     tool: &Tool,
     args: &Map<String, Value>,
-    env: &(dyn Fn(&str) -> Option<String> + Send + Sync),
+    env: &EnvLookup,
 ) -> Result<Option<String>, CallError> {
     let Some(t) = &tool.idempotency else {
         return Ok(None);
@@ -97,16 +100,12 @@ static NULL: Value = Value::Null;
 struct ToolScope<'a> {
     tool: &'a Tool,
     args: &'a Map<String, Value>,
-    env: &'a (dyn Fn(&str) -> Option<String> + Send + Sync),
+    env: &'a EnvLookup,
     seen_env: RefCell<Vec<String>>,
 }
 
 impl<'a> ToolScope<'a> {
-    fn new(
-        tool: &'a Tool,
-        args: &'a Map<String, Value>,
-        env: &'a (dyn Fn(&str) -> Option<String> + Send + Sync),
-    ) -> ToolScope<'a> {
+    fn new(tool: &'a Tool, args: &'a Map<String, Value>, env: &'a EnvLookup) -> ToolScope<'a> {
         ToolScope {
             tool,
             args,
@@ -173,6 +172,13 @@ fn render_url(t: &Template, scope: &ToolScope<'_>) -> Result<(String, String), E
                 let mut value = text_of(eval(e, scope)?);
                 if past_authority(&real) {
                     value = percent_encode(&value);
+                } else if !real.is_empty() && !mentions_env(e) && value.contains(HOST_BREAKERS) {
+                    // A parameter inside the host (`https://{region}.api.example.com`)
+                    // must not move the request elsewhere (`evil.example/#`).
+                    return Err(EvalError(
+                        "a value in the URL's host contains `/`, `?`, `#`, `@`, `\\` or a space"
+                            .into(),
+                    ));
                 }
                 real.push_str(&value);
                 match env_name(e) {
@@ -189,6 +195,9 @@ fn render_url(t: &Template, scope: &ToolScope<'_>) -> Result<(String, String), E
     }
     Ok((real, redact_url(&shown)))
 }
+
+/// Characters that would end or redirect a URL's host.
+const HOST_BREAKERS: [char; 9] = ['/', '?', '#', '@', '\\', ' ', '\t', '\r', '\n'];
 
 /// Whether text appended to `prefix` lands in a URL's path, query or
 /// fragment (rather than its scheme or host).
@@ -329,9 +338,6 @@ async fn http(
         (real, shown, rendered, scope.secrets())
     };
     secrets.extend(header_values.iter().map(|(_, v)| v.clone()));
-    if let Some(key) = &ctx.idempotency_key {
-        secrets.push(key.clone());
-    }
     let method_upper = method.to_ascii_uppercase();
     let what = format!("{method_upper} {shown_url}");
     let client_error = |message: String| {
@@ -669,9 +675,11 @@ async fn exec(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if let Some(key) = &ctx.idempotency_key {
-        command.env("FLOWC_IDEMPOTENCY_KEY", key);
-    }
+    match &ctx.idempotency_key {
+        Some(key) => command.env("FLOWC_IDEMPOTENCY_KEY", key),
+        // Not one inherited from a flowc that runs this one.
+        None => command.env_remove("FLOWC_IDEMPOTENCY_KEY"),
+    };
     let mut child = command.spawn().map_err(|e| {
         failed(match e.kind() {
             std::io::ErrorKind::NotFound => format!("the program `{shown_program}` was not found"),
