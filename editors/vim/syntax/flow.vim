@@ -64,6 +64,8 @@ syn match flowClause "\<schema\>\ze\s*\""
 " Test blocks.
 syn match flowTestWord "\<run\>\ze\s\+\h\w*\s*("
 syn match flowTestWord "\<\%(given\|expect\|returns\|fails\|approves\|rejects\|with\|called\|times\)\>\%(\s*[:=(.,)\]}]\)\@!"
+" `expect failure` and `expect failure "text"`; `failure` is a name elsewhere.
+syn match flowTestWord "\%(\<expect\s\+\)\@<=failure\>"
 syn match flowBuiltinVar "\<output\>\%(\s*[:$]\)\@!"
 
 " Values that only a clause gives meaning to.
