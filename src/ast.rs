@@ -507,7 +507,10 @@ pub enum TestStmt {
         span: Span,
     },
     /// `expect failure ["text"]`: the flow must fail (with an error containing the text).
-    ExpectFailure { text: Option<String>, span: Span },
+    ExpectFailure {
+        text: Option<String>,
+        span: Span,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use flowc::ir::{CallTarget, GivenOutcome, TestGiven};
-use flowc::run::{self, GateDecision, Outcome, Recording, Report, RunOptions, Script, Scripted, World};
+use flowc::run::{
+    self, GateDecision, Outcome, Recording, Report, RunOptions, Script, Scripted, World,
+};
 use flowc::{compile, render, Compilation, Input};
 
 /// Options of `flowc run`.
@@ -39,28 +41,47 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let Some(checked) = &c.program else { return Ok(1) };
-    let program = checked.program();
-    let root = c.roots.first().cloned().unwrap_or_default();
-    let in_root: Vec<&str> =
-        program.flows.iter().filter(|f| c.sources.get(f.span.file).name == root).map(|f| f.name.as_str()).collect();
-    let flow = match (&args.flow, in_root.as_slice()) {
-        (Some(f), _) => f.clone(),
-        (None, [only]) => only.to_string(),
-        (None, []) => return Err(format!("{} declares no flow", args.file.display())),
-        (None, many) => return Err(format!("{} declares several flows ({}); choose one with --flow", args.file.display(), many.join(", "))),
+    let Some(checked) = &c.program else {
+        return Ok(1);
     };
+    let program = checked.program();
     let recording = match &args.replay {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             Some(Recording::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?)
         }
         None => None,
     };
+    let root = c.roots.first().cloned().unwrap_or_default();
+    let in_root: Vec<&str> = program
+        .flows
+        .iter()
+        .filter(|f| c.sources.get(f.span.file).name == root)
+        .map(|f| f.name.as_str())
+        .collect();
+    let chosen = args
+        .flow
+        .clone()
+        .or_else(|| recording.as_ref().and_then(|r| r.flow.clone()));
+    let flow = match (&chosen, in_root.as_slice()) {
+        (Some(f), _) => f.clone(),
+        (None, [only]) => only.to_string(),
+        (None, []) => return Err(format!("{} declares no flow", args.file.display())),
+        (None, many) => {
+            return Err(format!(
+                "{} declares several flows ({}); choose one with --flow",
+                args.file.display(),
+                many.join(", ")
+            ))
+        }
+    };
     let input: Value = match &args.input {
         Some(text) => {
             let text = match text.strip_prefix('@') {
-                Some(path) => std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?,
+                Some(path) => {
+                    std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?
+                }
                 None => text.clone(),
             };
             serde_json::from_str(&text).map_err(|e| format!("--input is not JSON: {e}"))?
@@ -79,10 +100,17 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
         gates.insert(g.clone(), GateDecision::Approve(None));
     }
     for g in &args.reject {
-        gates.insert(g.clone(), GateDecision::Reject("rejected on the command line".into()));
+        gates.insert(
+            g.clone(),
+            GateDecision::Reject("rejected on the command line".into()),
+        );
     }
     let run_id = run::new_run_id();
-    let trace_path = args.trace.clone().unwrap_or_else(|| PathBuf::from(".flowc/runs").join(&run_id).join("trace.jsonl"));
+    let trace_path = args.trace.clone().unwrap_or_else(|| {
+        PathBuf::from(".flowc/runs")
+            .join(&run_id)
+            .join("trace.jsonl")
+    });
     let options = RunOptions {
         concurrency: args.concurrency,
         trace_path: Some(trace_path.clone()),
@@ -94,7 +122,9 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
     let started = std::time::Instant::now();
     let report = run::run(checked, &flow, &input, options)?;
     match &report.outcome {
-        Outcome::Completed(v) => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Outcome::Completed(v) => {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+        }
         Outcome::Failed(e) => eprintln!("error: {e}"),
         Outcome::Exhausted(e) => {
             eprintln!("stopped: {e}");
@@ -102,14 +132,25 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
         }
         Outcome::Waiting(gates) => {
             for g in gates {
-                eprintln!("waiting: gate `{}` in flow `{}`{} shows:", g.gate, g.flow, if g.path.is_empty() { String::new() } else { format!(" at {}", g.path) });
+                eprintln!(
+                    "waiting: gate `{}` in flow `{}`{} shows:",
+                    g.gate,
+                    g.flow,
+                    if g.path.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" at {}", g.path)
+                    }
+                );
                 for v in &g.show {
                     eprintln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
                 }
             }
             eprintln!("decide with --approve GATE or --reject GATE (durable approvals come with `flowc approve`)");
         }
-        Outcome::Rejected => eprintln!("rejected: a gate was rejected and the flow's result depended on it"),
+        Outcome::Rejected => {
+            eprintln!("rejected: a gate was rejected and the flow's result depended on it")
+        }
     }
     eprintln!("{}", summary(&report, started.elapsed(), &trace_path));
     Ok(report.outcome.exit_code())
@@ -133,7 +174,11 @@ fn summary(report: &Report, elapsed: std::time::Duration, trace: &Path) -> Strin
     };
     let s = &report.stats;
     let tool_calls = s.tool_calls_ok + s.tool_calls_failed;
-    let rate = if tool_calls == 0 { 100.0 } else { s.tool_calls_ok as f64 * 100.0 / tool_calls as f64 };
+    let rate = if tool_calls == 0 {
+        100.0
+    } else {
+        s.tool_calls_ok as f64 * 100.0 / tool_calls as f64
+    };
     format!(
         "run {} {status} in {:.2}s: cost ${:.4}, {} tokens, {} steps, {} model calls, {} tool calls ({rate:.0}% succeeded), {} retries, {} validation rejections\ntrace: {}",
         report.run_id,
@@ -156,13 +201,17 @@ pub fn trace_command(run: &str) -> Result<i32, String> {
     } else {
         PathBuf::from(".flowc/runs").join(run).join("trace.jsonl")
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut events = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        events.push(serde_json::from_str::<Value>(line).map_err(|e| format!("{}:{}: not a trace event: {e}", path.display(), i + 1))?);
+        events.push(
+            serde_json::from_str::<Value>(line)
+                .map_err(|e| format!("{}:{}: not a trace event: {e}", path.display(), i + 1))?,
+        );
     }
     print!("{}", run::trace::render_tree(&events));
     Ok(0)
@@ -175,7 +224,9 @@ pub fn test_command(inputs: Vec<Input>) -> Result<i32, String> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let Some(checked) = &c.program else { return Ok(1) };
+    let Some(checked) = &c.program else {
+        return Ok(1);
+    };
     let program = checked.program();
     let (mut passed, mut failed) = (0, 0);
     for test in &program.tests {
@@ -191,7 +242,11 @@ pub fn test_command(inputs: Vec<Input>) -> Result<i32, String> {
             }
             Err(why) => {
                 failed += 1;
-                println!("test {file}: {:?} ... FAILED\n    {}", test.name, why.replace('\n', "\n    "));
+                println!(
+                    "test {file}: {:?} ... FAILED\n    {}",
+                    test.name,
+                    why.replace('\n', "\n    ")
+                );
             }
         }
     }
@@ -226,34 +281,58 @@ fn run_test(checked: &flowc::CheckedProgram, test: &flowc::ir::Test) -> Result<(
     for given in &test.givens {
         let answer = |o: &GivenOutcome| -> Result<Scripted, String> {
             Ok(match o {
-                GivenOutcome::Returns(e) => Scripted::Returns(run::eval::eval(e, &none).map_err(|e| e.0)?),
+                GivenOutcome::Returns(e) => {
+                    Scripted::Returns(run::eval::eval(e, &none).map_err(|e| e.0)?)
+                }
                 GivenOutcome::Fails(m) => Scripted::Fails(m.clone()),
             })
         };
         match given {
-            TestGiven::Tool { tool, outcome, .. } => {
-                script.tools.entry(program.tools[tool.index()].name.clone()).or_default().push_back(answer(outcome)?)
-            }
-            TestGiven::Model { model, outcome, .. } => {
-                script.models.entry(program.models[model.index()].name.clone()).or_default().push_back(answer(outcome)?)
-            }
-            TestGiven::Agent { agent, outcome, .. } => {
-                script.agents.entry(program.agents[agent.index()].name.clone()).or_default().push_back(answer(outcome)?)
-            }
-            TestGiven::Gate { gate, approve, with, reason, .. } => {
+            TestGiven::Tool { tool, outcome, .. } => script
+                .tools
+                .entry(program.tools[tool.index()].name.clone())
+                .or_default()
+                .push_back(answer(outcome)?),
+            TestGiven::Model { model, outcome, .. } => script
+                .models
+                .entry(program.models[model.index()].name.clone())
+                .or_default()
+                .push_back(answer(outcome)?),
+            TestGiven::Agent { agent, outcome, .. } => script
+                .agents
+                .entry(program.agents[agent.index()].name.clone())
+                .or_default()
+                .push_back(answer(outcome)?),
+            TestGiven::Gate {
+                gate,
+                approve,
+                with,
+                reason,
+                ..
+            } => {
                 let decision = if *approve {
                     GateDecision::Approve(match with {
                         Some(e) => Some(run::eval::eval(e, &none).map_err(|e| e.0)?),
                         None => None,
                     })
                 } else {
-                    GateDecision::Reject(reason.clone().unwrap_or_else(|| "rejected by the test".into()))
+                    GateDecision::Reject(
+                        reason
+                            .clone()
+                            .unwrap_or_else(|| "rejected by the test".into()),
+                    )
                 };
                 gates.insert(gate.clone(), decision);
             }
         }
     }
-    let options = RunOptions { world: World::Scripted(script), gates, breaker: 0, env: std::sync::Arc::new(|_: &str| None), ..RunOptions::default() };
+    let options = RunOptions {
+        world: World::Scripted(script),
+        gates,
+        breaker: 0,
+        env: std::sync::Arc::new(|_: &str| None),
+        ..RunOptions::default()
+    };
     let flow_name = &program.flows[flow.index()].name;
     let report = run::run(checked, flow_name, &Value::Object(input), options)?;
     let mut problems = Vec::new();
@@ -267,7 +346,9 @@ fn run_test(checked: &flowc::CheckedProgram, test: &flowc::ir::Test) -> Result<(
                     }
                 }
             }
-            Outcome::Completed(v) => problems.push(format!("expected the flow to fail, but it completed with {v}")),
+            Outcome::Completed(v) => problems.push(format!(
+                "expected the flow to fail, but it completed with {v}"
+            )),
             _ => problems.push("expected the flow to fail, but it stopped otherwise".into()),
         }
     }
@@ -283,7 +364,13 @@ fn run_test(checked: &flowc::CheckedProgram, test: &flowc::ir::Test) -> Result<(
             None
         }
         Outcome::Waiting(g) => {
-            problems.push(format!("the flow waits for gate(s) {} with no `given approve`", g.iter().map(|g| format!("`{}`", g.gate)).collect::<Vec<_>>().join(", ")));
+            problems.push(format!(
+                "the flow waits for gate(s) {} with no `given approve`",
+                g.iter()
+                    .map(|g| format!("`{}`", g.gate))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
             None
         }
         Outcome::Rejected => None,
@@ -293,8 +380,14 @@ fn run_test(checked: &flowc::CheckedProgram, test: &flowc::ir::Test) -> Result<(
         for e in &test.expects {
             match run::eval::eval(e, &scope) {
                 Ok(Value::Bool(true)) => {}
-                Ok(_) => problems.push(format!("expectation at byte {} is false; output was {}", e.span.start, out)),
-                Err(err) => problems.push(format!("expectation at byte {} could not be evaluated: {}", e.span.start, err.0)),
+                Ok(_) => problems.push(format!(
+                    "expectation at byte {} is false; output was {}",
+                    e.span.start, out
+                )),
+                Err(err) => problems.push(format!(
+                    "expectation at byte {} could not be evaluated: {}",
+                    e.span.start, err.0
+                )),
             }
         }
     } else if !test.expects.is_empty() && matches!(report.outcome, Outcome::Rejected) {
@@ -308,7 +401,9 @@ fn run_test(checked: &flowc::CheckedProgram, test: &flowc::ir::Test) -> Result<(
         };
         let actual = report.calls.get(name).copied().unwrap_or(0);
         if actual != *times {
-            problems.push(format!("expected `{name}` to be called {times} times, it was called {actual} times"));
+            problems.push(format!(
+                "expected `{name}` to be called {times} times, it was called {actual} times"
+            ));
         }
     }
     if problems.is_empty() {

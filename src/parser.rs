@@ -946,9 +946,13 @@ impl Parser {
             // and arguments they cannot be reserved words.
             if RESERVED.contains(&name.name.as_str()) {
                 self.diagnostics.push(
-                    Diagnostic::new(Code::Syntax, name.span, format!("`{}` is a reserved word", name.name))
-                        .label("cannot name a parameter")
-                        .help(format!("choose another name, such as `{}_`", name.name)),
+                    Diagnostic::new(
+                        Code::Syntax,
+                        name.span,
+                        format!("`{}` is a reserved word", name.name),
+                    )
+                    .label("cannot name a parameter")
+                    .help(format!("choose another name, such as `{}_`", name.name)),
                 );
             }
             let mut ty = next!(self, it, pspan);

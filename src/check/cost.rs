@@ -190,7 +190,11 @@ impl FlowCost<'_, '_> {
             StepKind::Llm(l) => w.add(llm_worst(program, flow, n, l)),
             StepKind::Call { target, .. } => w.add(self.call(*target, step.span, &step.display())),
             StepKind::Approve { .. } | StepKind::Check { .. } => {
-                let what = if matches!(step.kind, StepKind::Check { .. }) { "check" } else { "gate" };
+                let what = if matches!(step.kind, StepKind::Check { .. }) {
+                    "check"
+                } else {
+                    "gate"
+                };
                 w.steps = 1.0;
                 w.terms.push(Term {
                     span: step.span,
@@ -290,7 +294,10 @@ impl FlowCost<'_, '_> {
                     tokens_text: format!("{who} runs flow `{callee}`: {} tokens", group(w.tokens)),
                     cost_text: format!("{who} runs flow `{callee}`: {}", money(w.cost)),
                     steps_text: format!("{who} runs flow `{callee}`: {} steps", group(w.steps)),
-                    calls_text: format!("{who} runs flow `{callee}`: {} tool calls", group(w.tool_calls)),
+                    calls_text: format!(
+                        "{who} runs flow `{callee}`: {} tool calls",
+                        group(w.tool_calls)
+                    ),
                     tokens: w.tokens,
                     cost: w.cost,
                     steps: w.steps,

@@ -14,12 +14,12 @@ pub mod budget;
 pub mod error;
 pub mod eval;
 pub mod model;
-pub mod tool;
-pub mod trace;
-pub mod validate;
 pub mod plan;
 pub mod scheduler;
 pub mod step;
+pub mod tool;
+pub mod trace;
+pub mod validate;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,8 +30,8 @@ use serde_json::{Map, Value};
 use crate::ir::{ExprKind, FlowId, TemplatePart, ToolKind};
 use crate::CheckedProgram;
 use budget::{Exhausted, Spend};
-pub use scheduler::{GateDecision, PendingGate, RunError};
 use scheduler::Stop;
+pub use scheduler::{GateDecision, PendingGate, RunError};
 pub use step::{Script, Scripted, Stats, World};
 
 /// How a run ended.
@@ -60,6 +60,9 @@ impl Outcome {
     }
 }
 
+/// How a run reads environment variables (tests substitute their own).
+pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 pub struct RunOptions {
     /// Steps in flight at once across the run.
     pub concurrency: usize,
@@ -69,7 +72,7 @@ pub struct RunOptions {
     pub trace_path: Option<PathBuf>,
     pub gates: HashMap<String, GateDecision>,
     pub world: World,
-    pub env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub env: Env,
     pub run_id: Option<String>,
 }
 
@@ -102,13 +105,20 @@ pub struct Report {
 
 /// A new run id: time-ordered and unique enough for one machine.
 pub fn new_run_id() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     format!("r{secs:x}{:04x}", fastrand::u16(..))
 }
 
 /// Runs flow `flow` of a checked program with `input` (an object of
 /// parameter values). Only a checked program can be run.
-pub fn run(checked: &CheckedProgram, flow: &str, input: &Value, options: RunOptions) -> Result<Report, String> {
+pub fn run(
+    checked: &CheckedProgram,
+    flow: &str,
+    input: &Value,
+    options: RunOptions,
+) -> Result<Report, String> {
     let program = checked.program();
     let id = program
         .flows
@@ -121,20 +131,41 @@ pub fn run(checked: &CheckedProgram, flow: &str, input: &Value, options: RunOpti
     let input = match input {
         Value::Object(map) => map,
         Value::Null => &empty,
-        other => return Err(format!("the input must be a JSON object of parameters, not {}", eval::kind(other))),
+        other => {
+            return Err(format!(
+                "the input must be a JSON object of parameters, not {}",
+                eval::kind(other)
+            ))
+        }
     };
     let validators = validate::Validators::default();
-    let params: Vec<(String, crate::types::Ty, bool)> = f.params.iter().map(|p| (p.name.clone(), p.ty.clone(), p.optional)).collect();
+    let params: Vec<(String, crate::types::Ty, bool)> = f
+        .params
+        .iter()
+        .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
+        .collect();
     validators
         .check_args(&program.types, &params, input)
-        .map_err(|errors| format!("the input does not fit flow `{flow}`: {}", errors.join("; ")))?;
-    let values: Vec<Value> = f.params.iter().map(|p| input.get(&p.name).cloned().unwrap_or(Value::Null)).collect();
+        .map_err(|errors| {
+            format!(
+                "the input does not fit flow `{flow}`: {}",
+                errors.join("; ")
+            )
+        })?;
+    let values: Vec<Value> = f
+        .params
+        .iter()
+        .map(|p| input.get(&p.name).cloned().unwrap_or(Value::Null))
+        .collect();
     let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
     let secrets = secret_values(program, &*options.env);
     let trace = Arc::new(
-        trace::Trace::new(&run_id, options.trace_path.as_deref(), secrets).map_err(|e| format!("cannot write the trace: {e}"))?,
+        trace::Trace::new(&run_id, options.trace_path.as_deref(), secrets)
+            .map_err(|e| format!("cannot write the trace: {e}"))?,
     );
-    let http = reqwest::Client::builder().build().map_err(|e| format!("cannot start the HTTP client: {e}"))?;
+    let http = reqwest::Client::builder()
+        .build()
+        .map_err(|e| format!("cannot start the HTTP client: {e}"))?;
     let runtime = step::Runtime {
         program,
         world: std::cell::RefCell::new(options.world),
@@ -153,7 +184,10 @@ pub fn run(checked: &CheckedProgram, flow: &str, input: &Value, options: RunOpti
         stats: Default::default(),
         plans: Default::default(),
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let span = trace.begin(None, "run", flow);
     let result = rt.block_on(runtime.run_flow(id, values, None, Some(span.id), String::new()));
     let mut waiting = runtime.waiting.borrow().clone();
@@ -169,7 +203,10 @@ pub fn run(checked: &CheckedProgram, flow: &str, input: &Value, options: RunOpti
     };
     let spent = {
         let events = trace.events();
-        let flow_span = events.iter().rev().find(|e| e["kind"] == "flow" && e["parent"].as_u64() == Some(span.id));
+        let flow_span = events
+            .iter()
+            .rev()
+            .find(|e| e["kind"] == "flow" && e["parent"].as_u64() == Some(span.id));
         flow_span.map_or(Spend::default(), |e| Spend {
             tokens: e["tokens"].as_u64().unwrap_or(0),
             cost: e["cost"].as_f64().unwrap_or(0.0),
@@ -189,12 +226,23 @@ pub fn run(checked: &CheckedProgram, flow: &str, input: &Value, options: RunOpti
     trace.flush();
     let completed = runtime.completed.borrow().clone();
     let calls = runtime.calls.borrow().clone();
-    Ok(Report { run_id, outcome, spent, stats, completed, calls, events: trace.events() })
+    Ok(Report {
+        run_id,
+        outcome,
+        spent,
+        stats,
+        completed,
+        calls,
+        events: trace.events(),
+    })
 }
 
 /// The values of every environment variable the program reads: API keys,
 /// base URLs and tool templates' `env.` values. None may reach a trace.
-fn secret_values(program: &crate::ir::Program, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+fn secret_values(
+    program: &crate::ir::Program,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for p in &program.providers {
         names.extend(p.api_key_env.iter().cloned());
@@ -228,12 +276,14 @@ fn secret_values(program: &crate::ir::Program, env: &dyn Fn(&str) -> Option<Stri
 /// with no network and no key.
 ///
 /// ```json
-/// {"input": {...}, "tools": {"search": [result, ...]}, "models": {"analyst": [reply, ...]},
+/// {"flow": "name", "input": {...}, "tools": {"search": [result, ...]}, "models": {"analyst": [reply, ...]},
 ///  "agents": {"researcher": [result]}, "gates": {"fix": "approve" | "reject" | {"approve": value}}}
 /// ```
 /// Answers are used in order; the last one repeats. `{"$fails": "message"}`
 /// in a list makes that call fail.
 pub struct Recording {
+    /// The flow the recording is of, when the file has several.
+    pub flow: Option<String>,
     pub input: Value,
     pub script: Script,
     pub gates: HashMap<String, GateDecision>,
@@ -243,24 +293,29 @@ impl Recording {
     pub fn parse(text: &str) -> Result<Recording, String> {
         let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
         let obj = doc.as_object().ok_or("a recording is a JSON object")?;
-        let answers = |key: &str| -> Result<HashMap<String, std::collections::VecDeque<Scripted>>, String> {
-            let mut out = HashMap::new();
-            if let Some(section) = obj.get(key) {
-                let section = section.as_object().ok_or_else(|| format!("`{key}` must be an object of lists"))?;
-                for (name, list) in section {
-                    let list = list.as_array().ok_or_else(|| format!("`{key}.{name}` must be a list of answers"))?;
-                    let q = list
-                        .iter()
-                        .map(|v| match v.get("$fails").and_then(Value::as_str) {
-                            Some(msg) => Scripted::Fails(msg.to_string()),
-                            None => Scripted::Returns(v.clone()),
-                        })
-                        .collect();
-                    out.insert(name.clone(), q);
+        let answers =
+            |key: &str| -> Result<HashMap<String, std::collections::VecDeque<Scripted>>, String> {
+                let mut out = HashMap::new();
+                if let Some(section) = obj.get(key) {
+                    let section = section
+                        .as_object()
+                        .ok_or_else(|| format!("`{key}` must be an object of lists"))?;
+                    for (name, list) in section {
+                        let list = list
+                            .as_array()
+                            .ok_or_else(|| format!("`{key}.{name}` must be a list of answers"))?;
+                        let q = list
+                            .iter()
+                            .map(|v| match v.get("$fails").and_then(Value::as_str) {
+                                Some(msg) => Scripted::Fails(msg.to_string()),
+                                None => Scripted::Returns(v.clone()),
+                            })
+                            .collect();
+                        out.insert(name.clone(), q);
+                    }
                 }
-            }
-            Ok(out)
-        };
+                Ok(out)
+            };
         let mut gates = HashMap::new();
         if let Some(section) = obj.get("gates").and_then(Value::as_object) {
             for (gate, decision) in section {
@@ -277,8 +332,13 @@ impl Recording {
             }
         }
         Ok(Recording {
+            flow: obj.get("flow").and_then(Value::as_str).map(str::to_string),
             input: obj.get("input").cloned().unwrap_or(Value::Null),
-            script: Script { tools: answers("tools")?, models: answers("models")?, agents: answers("agents")? },
+            script: Script {
+                tools: answers("tools")?,
+                models: answers("models")?,
+                agents: answers("agents")?,
+            },
             gates,
         })
     }

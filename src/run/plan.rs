@@ -76,7 +76,12 @@ impl Plan {
                 slot[node.index()] = i;
             }
         }
-        Plan { members, deps, dependents, slot }
+        Plan {
+            members,
+            deps,
+            dependents,
+            slot,
+        }
     }
 }
 

@@ -85,7 +85,9 @@ impl Frame {
     pub fn root(plan: &Plan, params: Vec<Value>, path: String) -> Rc<Frame> {
         Rc::new(Frame {
             region: RegionId(0),
-            cells: (0..plan.members[0].len()).map(|_| OnceCell::new()).collect(),
+            cells: (0..plan.members[0].len())
+                .map(|_| OnceCell::new())
+                .collect(),
             skipped: RefCell::default(),
             parent: None,
             params: Rc::new(params),
@@ -96,7 +98,9 @@ impl Frame {
     fn child(self: &Rc<Frame>, plan: &Plan, region: RegionId, path: String) -> Rc<Frame> {
         Rc::new(Frame {
             region,
-            cells: (0..plan.members[region.index()].len()).map(|_| OnceCell::new()).collect(),
+            cells: (0..plan.members[region.index()].len())
+                .map(|_| OnceCell::new())
+                .collect(),
             skipped: RefCell::default(),
             parent: Some(self.clone()),
             params: self.params.clone(),
@@ -151,6 +155,9 @@ pub struct FlowCtx<'a> {
     pub span: SpanId,
 }
 
+/// A step in flight: its node and, when it ends, its value (`None`: skipped).
+type Running<'a> = LocalBoxFuture<'a, (NodeIndex, Result<Option<Value>, Stop>)>;
+
 enum Prepared<'a> {
     Done(Value),
     Skip,
@@ -191,13 +198,18 @@ impl Runtime<'_> {
             }
             // Deterministic start order: graph order.
             ready.reverse();
-            let mut running: FuturesUnordered<LocalBoxFuture<'s, (NodeIndex, Result<Option<Value>, Stop>)>> =
-                FuturesUnordered::new();
+            let mut running: FuturesUnordered<Running<'s>> = FuturesUnordered::new();
             let mut end = RegionEnd::default();
             loop {
                 while let Some(n) = ready.pop() {
-                    let skip = plan.deps[n.index()].iter().any(|d| frame.skipped.borrow().contains(d));
-                    let prepared = if skip { Prepared::Skip } else { self.prepare(cx, &frame, n)? };
+                    let skip = plan.deps[n.index()]
+                        .iter()
+                        .any(|d| frame.skipped.borrow().contains(d));
+                    let prepared = if skip {
+                        Prepared::Skip
+                    } else {
+                        self.prepare(cx, &frame, n)?
+                    };
                     match prepared {
                         Prepared::Done(v) => {
                             frame.set(&plan, n, v);
@@ -212,7 +224,9 @@ impl Runtime<'_> {
                         Prepared::Future(f) => running.push(Box::pin(async move { (n, f.await) })),
                     }
                 }
-                let Some((n, result)) = running.next().await else { break };
+                let Some((n, result)) = running.next().await else {
+                    break;
+                };
                 match result? {
                     Some(v) => {
                         frame.set(&plan, n, v);
@@ -231,18 +245,31 @@ impl Runtime<'_> {
     fn finished(&self, cx: &FlowCtx<'_>, n: NodeIndex) {
         let step = &cx.flow.graph[n];
         if step.named {
-            self.completed.borrow_mut().push(format!("{}.{}", cx.flow.name, step.name));
+            self.completed
+                .borrow_mut()
+                .push(format!("{}.{}", cx.flow.name, step.name));
         }
     }
 
     /// Evaluates a ready step's inputs; cheap steps finish here.
-    fn prepare<'s>(&'s self, cx: &'s FlowCtx<'s>, frame: &Rc<Frame>, n: NodeIndex) -> Result<Prepared<'s>, Stop> {
+    fn prepare<'s>(
+        &'s self,
+        cx: &'s FlowCtx<'s>,
+        frame: &Rc<Frame>,
+        n: NodeIndex,
+    ) -> Result<Prepared<'s>, Stop> {
         let step = &cx.flow.graph[n];
-        let scope = FrameScope { flow: cx.flow, plan: &cx.plan, frame };
+        let scope = FrameScope {
+            flow: cx.flow,
+            plan: &cx.plan,
+            frame,
+        };
         let fail = |message: String| self.fail(cx, n, 1, None, message);
         match &step.kind {
             StepKind::Value(e) | StepKind::Output(e) | StepKind::Decide { subject: e } => {
-                eval(e, &scope).map(Prepared::Done).map_err(|err| fail(err.0))
+                eval(e, &scope)
+                    .map(Prepared::Done)
+                    .map_err(|err| fail(err.0))
             }
             StepKind::LoopItem { .. } => Ok(Prepared::Skip),
             StepKind::Check { requires } => {
@@ -251,38 +278,74 @@ impl Runtime<'_> {
                     let ok = eval(cond, &scope).map_err(|e| fail(e.0))?;
                     if ok != Value::Bool(true) {
                         let text = render(message, &scope).unwrap_or_else(|e| e.0);
-                        self.trace.event(Some(cx.span), "check", &step.name, fields! {"status": "failed", "message": text});
+                        self.trace.event(
+                            Some(cx.span),
+                            "check",
+                            &step.name,
+                            fields! {"status": "failed", "message": text},
+                        );
                         return Err(fail(format!("check `{}` failed: {text}", step.name)));
                     }
                 }
-                self.trace.event(Some(cx.span), "check", &step.name, fields! {"status": "passed"});
+                self.trace.event(
+                    Some(cx.span),
+                    "check",
+                    &step.name,
+                    fields! {"status": "passed"},
+                );
                 Ok(Prepared::Done(Value::Bool(true)))
             }
-            StepKind::Approve { gate, show, on_timeout, .. } => {
-                let shown: Vec<Value> = show.iter().map(|e| eval(e, &scope)).collect::<Result<_, _>>().map_err(|e| fail(e.0))?;
+            StepKind::Approve {
+                gate,
+                show,
+                on_timeout,
+                ..
+            } => {
+                let shown: Vec<Value> = show
+                    .iter()
+                    .map(|e| eval(e, &scope))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| fail(e.0))?;
                 self.spend_step(cx, n)?;
                 let value = shown.first().cloned().unwrap_or(Value::Null);
                 match self.gate_decision(&cx.flow.name, gate) {
                     Some(GateDecision::Approve(edited)) => {
                         let v = match edited {
                             Some(v) => {
-                                if let Err(errors) = self.validators.check(&self.program.types, &step.ty, &v) {
+                                if let Err(errors) =
+                                    self.validators.check(&self.program.types, &step.ty, &v)
+                                {
                                     return Err(fail(format!("the edited value for gate `{gate}` does not type-check: {}", errors.join("; "))));
                                 }
                                 v
                             }
                             None => value,
                         };
-                        self.trace.event(Some(cx.span), "gate", gate, fields! {"decision": "approved", "show": shown});
+                        self.trace.event(
+                            Some(cx.span),
+                            "gate",
+                            gate,
+                            fields! {"decision": "approved", "show": shown},
+                        );
                         Ok(Prepared::Done(v))
                     }
                     Some(GateDecision::Reject(reason)) => {
-                        self.trace.event(Some(cx.span), "gate", gate, fields! {"decision": "rejected", "reason": reason, "show": shown});
+                        self.trace.event(
+                            Some(cx.span),
+                            "gate",
+                            gate,
+                            fields! {"decision": "rejected", "reason": reason, "show": shown},
+                        );
                         Ok(Prepared::Skip)
                     }
                     None => {
                         let _ = on_timeout == &Decision::Approve;
-                        Ok(Prepared::Wait(PendingGate { flow: cx.flow.name.clone(), gate: gate.clone(), path: frame.path.clone(), show: shown }))
+                        Ok(Prepared::Wait(PendingGate {
+                            flow: cx.flow.name.clone(),
+                            gate: gate.clone(),
+                            path: frame.path.clone(),
+                            show: shown,
+                        }))
                     }
                 }
             }
@@ -293,7 +356,9 @@ impl Runtime<'_> {
                     .collect::<Result<serde_json::Map<String, Value>, _>>()
                     .map_err(|e| fail(e.0))?;
                 let fallback = match &step.fallback {
-                    Some(Fallback::Value(e)) => Some(FallbackInput::Value(eval(e, &scope).map_err(|e| fail(e.0))?)),
+                    Some(Fallback::Value(e)) => Some(FallbackInput::Value(
+                        eval(e, &scope).map_err(|e| fail(e.0))?,
+                    )),
                     Some(Fallback::Call(t, fargs, _)) => {
                         let fargs = fargs
                             .iter()
@@ -311,13 +376,20 @@ impl Runtime<'_> {
                         Ok(CallOutcome::Value(v)) => Ok(Some(v)),
                         Ok(CallOutcome::Skipped) => Ok(None),
                         Err(Stop::Failed(err)) if fallback.is_some() => {
-                            self.trace.event(Some(cx.span), "fallback", &cx.flow.graph[n].name, fields! {"error": err.message});
+                            self.trace.event(
+                                Some(cx.span),
+                                "fallback",
+                                &cx.flow.graph[n].name,
+                                fields! {"error": err.message},
+                            );
                             match fallback {
                                 Some(FallbackInput::Value(v)) => Ok(Some(v)),
-                                Some(FallbackInput::Call(t, a)) => match self.call(cx, n, t, a, &path).await? {
-                                    CallOutcome::Value(v) => Ok(Some(v)),
-                                    CallOutcome::Skipped => Ok(None),
-                                },
+                                Some(FallbackInput::Call(t, a)) => {
+                                    match self.call(cx, n, t, a, &path).await? {
+                                        CallOutcome::Value(v) => Ok(Some(v)),
+                                        CallOutcome::Skipped => Ok(None),
+                                    }
+                                }
                                 None => Err(Stop::Failed(err)),
                             }
                         }
@@ -327,11 +399,16 @@ impl Runtime<'_> {
             }
             StepKind::Llm(call) => {
                 let prompt = match &call.prompt {
-                    Some(t) => self.render_prompt(cx, n, t, &scope).map_err(|e| fail(e.0))?,
+                    Some(t) => self
+                        .render_prompt(cx, n, t, &scope)
+                        .map_err(|e| fail(e.0))?,
                     None => String::new(),
                 };
                 let system = match &call.system {
-                    Some(t) => Some(self.render_prompt(cx, n, t, &scope).map_err(|e| fail(e.0))?),
+                    Some(t) => Some(
+                        self.render_prompt(cx, n, t, &scope)
+                            .map_err(|e| fail(e.0))?,
+                    ),
                     None => None,
                 };
                 let fallback = match &step.fallback {
@@ -342,27 +419,46 @@ impl Runtime<'_> {
                     match self.llm(cx, n, call, prompt, system).await {
                         Ok(v) => Ok(Some(v)),
                         Err(Stop::Failed(err)) if fallback.is_some() => {
-                            self.trace.event(Some(cx.span), "fallback", &cx.flow.graph[n].name, fields! {"error": err.message});
+                            self.trace.event(
+                                Some(cx.span),
+                                "fallback",
+                                &cx.flow.graph[n].name,
+                                fields! {"error": err.message},
+                            );
                             Ok(fallback)
                         }
                         Err(e) => Err(e),
                     }
                 })))
             }
-            StepKind::Loop { item, body, result, parallel } => {
+            StepKind::Loop {
+                item,
+                body,
+                result,
+                parallel,
+            } => {
                 let iterable = match &cx.flow.graph[*item].kind {
-                    StepKind::LoopItem { iterable } => eval(iterable, &scope).map_err(|e| fail(e.0))?,
+                    StepKind::LoopItem { iterable } => {
+                        eval(iterable, &scope).map_err(|e| fail(e.0))?
+                    }
                     _ => Value::Null,
                 };
                 let items = match iterable {
                     Value::Array(items) => items,
                     Value::Null => Vec::new(),
-                    other => return Err(fail(format!("a loop goes over a list, and this is {}", super::eval::kind(&other)))),
+                    other => {
+                        return Err(fail(format!(
+                            "a loop goes over a list, and this is {}",
+                            super::eval::kind(&other)
+                        )))
+                    }
                 };
                 let frame = frame.clone();
                 let (item, body, result, parallel) = (*item, *body, *result, *parallel);
                 Ok(Prepared::Future(Box::pin(async move {
-                    self.run_loop(cx, n, &frame, items, item, body, result, parallel).await.map(Some)
+                    self.run_loop(cx, n, &frame, items, item, body, result, parallel)
+                        .await
+                        .map(Some)
                 })))
             }
             StepKind::Branch { decide, arms } => {
@@ -370,12 +466,20 @@ impl Runtime<'_> {
                 let chosen = choose_arm(arms, &subject);
                 let frame = frame.clone();
                 Ok(Prepared::Future(Box::pin(async move {
-                    let Some(arm) = chosen else { return Ok(Some(Value::Null)) };
-                    let Some(result) = arm.result else { return Ok(Some(Value::Null)) };
+                    let Some(arm) = chosen else {
+                        return Ok(Some(Value::Null));
+                    };
+                    let Some(result) = arm.result else {
+                        return Ok(Some(Value::Null));
+                    };
                     let child = frame.child(&cx.plan, arm.region, frame.path.clone());
                     let end = self.run_region(cx, arm.region, child.clone()).await?;
                     self.waiting.borrow_mut().extend(end.waiting);
-                    let scope = FrameScope { flow: cx.flow, plan: &cx.plan, frame: &child };
+                    let scope = FrameScope {
+                        flow: cx.flow,
+                        plan: &cx.plan,
+                        frame: &child,
+                    };
                     Ok(scope.step(result).cloned())
                 })))
             }
@@ -404,16 +508,27 @@ impl Runtime<'_> {
             while running.len() < limit && next < count {
                 let i = next;
                 next += 1;
-                let child = frame.child(&cx.plan, body, format!("{}{name}[{i}]", prefix(&frame.path)));
+                let child = frame.child(
+                    &cx.plan,
+                    body,
+                    format!("{}{name}[{i}]", prefix(&frame.path)),
+                );
                 child.set(&cx.plan, item, items[i].clone());
                 running.push(Box::pin(async move {
                     let end = self.run_region(cx, body, child.clone()).await?;
                     self.waiting.borrow_mut().extend(end.waiting);
-                    let scope = FrameScope { flow: cx.flow, plan: &cx.plan, frame: &child };
+                    let scope = FrameScope {
+                        flow: cx.flow,
+                        plan: &cx.plan,
+                        frame: &child,
+                    };
                     Ok::<_, Stop>((i, scope.step(result).cloned()))
-                }) as LocalBoxFuture<'_, Result<(usize, Option<Value>), Stop>>);
+                })
+                    as LocalBoxFuture<'_, Result<(usize, Option<Value>), Stop>>);
             }
-            let Some(done) = running.next().await else { break };
+            let Some(done) = running.next().await else {
+                break;
+            };
             let (i, v) = done?;
             results[i] = v;
         }
@@ -421,7 +536,10 @@ impl Runtime<'_> {
     }
 
     fn spend_step(&self, cx: &FlowCtx<'_>, n: NodeIndex) -> Result<(), Stop> {
-        let r = cx.ledger.reserve(Spend::step()).map_err(|e| self.exhausted(cx, n, e))?;
+        let r = cx
+            .ledger
+            .reserve(Spend::step())
+            .map_err(|e| self.exhausted(cx, n, e))?;
         cx.ledger.settle(r, Spend::step());
         Ok(())
     }
@@ -436,12 +554,31 @@ impl Runtime<'_> {
         Stop::Exhausted(e)
     }
 
-    pub fn fail(&self, cx: &FlowCtx<'_>, n: NodeIndex, attempts: u32, class: Option<&'static str>, message: String) -> Stop {
-        Stop::Failed(RunError { flow: cx.flow.name.clone(), step: cx.flow.graph[n].display(), attempts, class, message })
+    pub fn fail(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        attempts: u32,
+        class: Option<&'static str>,
+        message: String,
+    ) -> Stop {
+        Stop::Failed(RunError {
+            flow: cx.flow.name.clone(),
+            step: cx.flow.graph[n].display(),
+            attempts,
+            class,
+            message,
+        })
     }
 
     /// Renders a prompt, cutting each quoted tool output to its `limit`.
-    fn render_prompt(&self, cx: &FlowCtx<'_>, n: NodeIndex, t: &crate::ir::Template, scope: &FrameScope<'_>) -> Result<String, super::eval::EvalError> {
+    fn render_prompt(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        t: &crate::ir::Template,
+        scope: &FrameScope<'_>,
+    ) -> Result<String, super::eval::EvalError> {
         use crate::ir::{CallTarget, TemplatePart};
         let mut out = String::new();
         for part in &t.parts {
@@ -457,7 +594,10 @@ impl Runtime<'_> {
                     let limit = steps
                         .iter()
                         .filter_map(|s| match &cx.flow.graph[*s].kind {
-                            StepKind::Call { target: CallTarget::Tool(tool), .. } => self.program.tools[tool.index()].limit_tokens,
+                            StepKind::Call {
+                                target: CallTarget::Tool(tool),
+                                ..
+                            } => self.program.tools[tool.index()].limit_tokens,
                             _ => None,
                         })
                         .min();
@@ -510,7 +650,12 @@ fn prefix(path: &str) -> String {
     }
 }
 
-fn release(plan: &Plan, n: NodeIndex, remaining: &mut HashMap<NodeIndex, usize>, ready: &mut Vec<NodeIndex>) {
+fn release(
+    plan: &Plan,
+    n: NodeIndex,
+    remaining: &mut HashMap<NodeIndex, usize>,
+    ready: &mut Vec<NodeIndex>,
+) {
     for d in &plan.dependents[n.index()] {
         if let Some(count) = remaining.get_mut(d) {
             *count -= 1;

@@ -18,12 +18,14 @@ use super::budget::{Ledger, Spend};
 use super::error::{CallError, ErrorClass};
 use super::model::{self, ChatRequest, Endpoint, Message, ToolSpec};
 use super::plan::Plan;
-use super::scheduler::{Frame, FlowCtx, GateDecision, PendingGate, RunError, Stop};
+use super::scheduler::{FlowCtx, Frame, GateDecision, PendingGate, RunError, Stop};
 use super::tool::{self, ToolContext};
 use super::trace::{SpanId, Trace};
 use super::validate::Validators;
 use crate::fields;
-use crate::ir::{Agent, CallTarget, FlowId, LlmCall, ModelId, Program, RetryPolicy, RegionId, Tool};
+use crate::ir::{
+    Agent, CallTarget, FlowId, LlmCall, ModelId, Program, RegionId, RetryPolicy, Tool,
+};
 use crate::types::Ty;
 
 /// A scripted answer (test `given`s and recordings).
@@ -73,7 +75,7 @@ pub struct Runtime<'p> {
     pub validators: Validators,
     pub trace: Arc<Trace>,
     pub http: reqwest::Client,
-    pub env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub env: super::Env,
     pub permits: tokio::sync::Semaphore,
     pub run_id: String,
     /// Consecutive failed attempts across the run, and the limit.
@@ -114,11 +116,28 @@ impl<'p> Runtime<'p> {
     }
 
     /// Runs a flow with argument values, under `parent` budget and span.
-    pub async fn run_flow(&self, id: FlowId, params: Vec<Value>, parent_ledger: Option<Arc<Ledger>>, parent_span: Option<SpanId>, path: String) -> Result<(Option<Value>, Vec<PendingGate>), Stop> {
+    pub async fn run_flow(
+        &self,
+        id: FlowId,
+        params: Vec<Value>,
+        parent_ledger: Option<Arc<Ledger>>,
+        parent_span: Option<SpanId>,
+        path: String,
+    ) -> Result<(Option<Value>, Vec<PendingGate>), Stop> {
         let flow = &self.program.flows[id.index()];
         let span = self.trace.begin(parent_span, "flow", &flow.name);
-        let ledger = Ledger::new(format!("flow `{}`", flow.name), flow.budget.clone().unwrap_or_default(), parent_ledger);
-        let cx = FlowCtx { id, flow, plan: self.plan(id), ledger: ledger.clone(), span: span.id };
+        let ledger = Ledger::new(
+            format!("flow `{}`", flow.name),
+            flow.budget.clone().unwrap_or_default(),
+            parent_ledger,
+        );
+        let cx = FlowCtx {
+            id,
+            flow,
+            plan: self.plan(id),
+            ledger: ledger.clone(),
+            span: span.id,
+        };
         let frame = Frame::root(&cx.plan, params, path);
         let run = self.run_region(&cx, RegionId(0), frame.clone());
         let result = match ledger.wall_left() {
@@ -126,7 +145,13 @@ impl<'p> Runtime<'p> {
                 Ok(r) => r,
                 Err(_) => Err(Stop::Exhausted(super::budget::Exhausted {
                     what: "wall",
-                    limit: format!("{}s", flow.budget.as_ref().and_then(|b| b.wall_seconds).unwrap_or(0.0)),
+                    limit: format!(
+                        "{}s",
+                        flow.budget
+                            .as_ref()
+                            .and_then(|b| b.wall_seconds)
+                            .unwrap_or(0.0)
+                    ),
                     used: format!("{}s", left.as_secs_f64()),
                     wanted: "more time".into(),
                     owner: format!("flow `{}`", flow.name),
@@ -146,35 +171,94 @@ impl<'p> Runtime<'p> {
         }
         self.trace.end(span, status, data);
         let end = result?;
-        let scope = super::scheduler::FrameScope { flow, plan: &cx.plan, frame: &frame };
-        let output = flow.output_step.and_then(|o| super::eval::Scope::step(&scope, o).cloned());
+        let scope = super::scheduler::FrameScope {
+            flow,
+            plan: &cx.plan,
+            frame: &frame,
+        };
+        let output = flow
+            .output_step
+            .and_then(|o| super::eval::Scope::step(&scope, o).cloned());
         Ok((output, end.waiting))
     }
 
     /// A tool, agent or sub-flow call, with retries and budgets.
-    pub async fn call(&self, cx: &FlowCtx<'_>, n: NodeIndex, target: CallTarget, args: Map<String, Value>, path: &str) -> Result<CallOutcome, Stop> {
+    pub async fn call(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        target: CallTarget,
+        args: Map<String, Value>,
+        path: &str,
+    ) -> Result<CallOutcome, Stop> {
         match target {
-            CallTarget::Tool(t) => self.tool_call(cx, n, &self.program.tools[t.index()], args, path).await.map(CallOutcome::Value),
-            CallTarget::Agent(a) => self.agent_call(cx, n, &self.program.agents[a.index()], args).await.map(CallOutcome::Value),
+            CallTarget::Tool(t) => self
+                .tool_call(cx, n, &self.program.tools[t.index()], args, path)
+                .await
+                .map(CallOutcome::Value),
+            CallTarget::Agent(a) => self
+                .agent_call(cx, n, &self.program.agents[a.index()], args)
+                .await
+                .map(CallOutcome::Value),
             CallTarget::Flow(f) => {
                 let callee = &self.program.flows[f.index()];
                 self.count_call(&callee.name);
-                let params: Vec<Value> = callee.params.iter().map(|p| args.get(&p.name).cloned().unwrap_or(Value::Null)).collect();
-                let (out, waiting) = Box::pin(self.run_flow(f, params, Some(cx.ledger.clone()), Some(cx.span), format!("{path}/{}", callee.name))).await?;
+                let params: Vec<Value> = callee
+                    .params
+                    .iter()
+                    .map(|p| args.get(&p.name).cloned().unwrap_or(Value::Null))
+                    .collect();
+                let (out, waiting) = Box::pin(self.run_flow(
+                    f,
+                    params,
+                    Some(cx.ledger.clone()),
+                    Some(cx.span),
+                    format!("{path}/{}", callee.name),
+                ))
+                .await?;
                 self.waiting.borrow_mut().extend(waiting);
                 Ok(out.map_or(CallOutcome::Skipped, CallOutcome::Value))
             }
         }
     }
 
-    async fn tool_call(&self, cx: &FlowCtx<'_>, n: NodeIndex, tool: &Tool, args: Map<String, Value>, path: &str) -> Result<Value, Stop> {
+    async fn tool_call(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        tool: &Tool,
+        args: Map<String, Value>,
+        path: &str,
+    ) -> Result<Value, Stop> {
         self.count_call(&tool.name);
         let step_name = cx.flow.graph[n].name.clone();
-        let params: Vec<(String, Ty, bool)> = tool.params.iter().map(|p| (p.name.clone(), p.ty.clone(), p.optional)).collect();
-        if let Err(errors) = self.validators.check_args(&self.program.types, &params, &args) {
+        let params: Vec<(String, Ty, bool)> = tool
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
+            .collect();
+        if let Err(errors) = self
+            .validators
+            .check_args(&self.program.types, &params, &args)
+        {
             self.stats.borrow_mut().validation_rejections += 1;
-            self.trace.event(Some(cx.span), "validation", &tool.name, fields! {"what": "arguments", "errors": errors});
-            return Err(self.fail(cx, n, 0, Some("invalid"), format!("arguments of `{}` are invalid: {}", tool.name, errors.join("; "))));
+            self.trace.event(
+                Some(cx.span),
+                "validation",
+                &tool.name,
+                fields! {"what": "arguments", "errors": errors},
+            );
+            return Err(self.fail(
+                cx,
+                n,
+                0,
+                Some("invalid"),
+                format!(
+                    "arguments of `{}` are invalid: {}",
+                    tool.name,
+                    errors.join("; ")
+                ),
+            ));
         }
         // Write and irreversible calls get a key that names the run, the step
         // instance and the declared key, so a retry never acts twice.
@@ -195,20 +279,49 @@ impl<'p> Runtime<'p> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let reservation = cx.ledger.reserve(Spend { tool_calls: 1, steps: u64::from(attempt == 1), ..Spend::default() }).map_err(|e| self.exhausted(cx, n, e))?;
-            cx.ledger.settle(reservation, Spend { tool_calls: 1, steps: u64::from(attempt == 1), ..Spend::default() });
+            let reservation = cx
+                .ledger
+                .reserve(Spend {
+                    tool_calls: 1,
+                    steps: u64::from(attempt == 1),
+                    ..Spend::default()
+                })
+                .map_err(|e| self.exhausted(cx, n, e))?;
+            cx.ledger.settle(
+                reservation,
+                Spend {
+                    tool_calls: 1,
+                    steps: u64::from(attempt == 1),
+                    ..Spend::default()
+                },
+            );
             let span = self.trace.begin(Some(cx.span), "tool_call", &tool.name);
             let started = Instant::now();
             let result = {
                 let _permit = self.permits.acquire().await;
-                self.invoke_tool(tool, &args, idempotency_key.clone(), timeout).await
+                self.invoke_tool(tool, &args, idempotency_key.clone(), timeout)
+                    .await
             };
-            let result = result.and_then(|v| match self.validators.check(&self.program.types, &tool.output, &v) {
-                Ok(()) => Ok(v),
-                Err(errors) => {
-                    self.stats.borrow_mut().validation_rejections += 1;
-                    self.trace.event(Some(span.id), "validation", &tool.name, fields! {"what": "result", "errors": errors});
-                    Err(CallError::new(ErrorClass::Invalid, format!("the result does not match `{}`: {}", self.program.types.display(&tool.output), errors.join("; "))))
+            let result = result.and_then(|v| {
+                match self.validators.check(&self.program.types, &tool.output, &v) {
+                    Ok(()) => Ok(v),
+                    Err(errors) => {
+                        self.stats.borrow_mut().validation_rejections += 1;
+                        self.trace.event(
+                            Some(span.id),
+                            "validation",
+                            &tool.name,
+                            fields! {"what": "result", "errors": errors},
+                        );
+                        Err(CallError::new(
+                            ErrorClass::Invalid,
+                            format!(
+                                "the result does not match `{}`: {}",
+                                self.program.types.display(&tool.output),
+                                errors.join("; ")
+                            ),
+                        ))
+                    }
                 }
             });
             let latency = started.elapsed().as_secs_f64() * 1e3;
@@ -228,24 +341,49 @@ impl<'p> Runtime<'p> {
                             self.stats.borrow_mut().retries += 1;
                             tokio::time::sleep(delay).await;
                         }
-                        None => return Err(self.fail(cx, n, attempt, Some(err.class.as_str()), format!("`{}`: {}", tool.name, err.message))),
+                        None => {
+                            return Err(self.fail(
+                                cx,
+                                n,
+                                attempt,
+                                Some(err.class.as_str()),
+                                format!("`{}`: {}", tool.name, err.message),
+                            ))
+                        }
                     }
                 }
             }
         }
     }
 
-    async fn invoke_tool(&self, tool: &Tool, args: &Map<String, Value>, idempotency_key: Option<String>, timeout: Duration) -> Result<Value, CallError> {
+    async fn invoke_tool(
+        &self,
+        tool: &Tool,
+        args: &Map<String, Value>,
+        idempotency_key: Option<String>,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
         if let World::Scripted(script) = &mut *self.world.borrow_mut() {
             return match Script::next(script.tools.get_mut(&tool.name)) {
                 Some(Scripted::Returns(v)) => Ok(v),
                 Some(Scripted::Fails(msg)) => Err(CallError::new(ErrorClass::Failed, msg)),
-                None => Err(CallError::new(ErrorClass::Client, format!("no given result for tool `{}` (scripted runs make no calls)", tool.name))),
+                None => Err(CallError::new(
+                    ErrorClass::Client,
+                    format!(
+                        "no given result for tool `{}` (scripted runs make no calls)",
+                        tool.name
+                    ),
+                )),
             };
         }
         let env = self.env.clone();
         let env_fn = move |name: &str| env(name);
-        let ctx = ToolContext { http: &self.http, env: &env_fn, idempotency_key, timeout };
+        let ctx = ToolContext {
+            http: &self.http,
+            env: &env_fn,
+            idempotency_key,
+            timeout,
+        };
         tool::invoke(tool, args, &ctx).await
     }
 
@@ -253,19 +391,39 @@ impl<'p> Runtime<'p> {
         let f = self.failures.get() + 1;
         self.failures.set(f);
         if self.breaker > 0 && f >= self.breaker {
-            return Err(self.fail(cx, n, 1, Some("circuit_breaker"), format!("{f} consecutive failed calls: the circuit breaker stopped the run")));
+            return Err(self.fail(
+                cx,
+                n,
+                1,
+                Some("circuit_breaker"),
+                format!("{f} consecutive failed calls: the circuit breaker stopped the run"),
+            ));
         }
         Ok(())
     }
 
     /// An `llm` step: attempts with the validation errors fed back, then the
     /// model's fallbacks.
-    pub async fn llm(&self, cx: &FlowCtx<'_>, n: NodeIndex, call: &LlmCall, prompt: String, system: Option<String>) -> Result<Value, Stop> {
+    pub async fn llm(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        call: &LlmCall,
+        prompt: String,
+        system: Option<String>,
+    ) -> Result<Value, Stop> {
         let step = &cx.flow.graph[n];
-        let reservation = cx.ledger.reserve(Spend::step()).map_err(|e| self.exhausted(cx, n, e))?;
+        let reservation = cx
+            .ledger
+            .reserve(Spend::step())
+            .map_err(|e| self.exhausted(cx, n, e))?;
         cx.ledger.settle(reservation, Spend::step());
         let ledger = match &call.budget {
-            Some(b) => Ledger::new(format!("step `{}`", step.name), b.clone(), Some(cx.ledger.clone())),
+            Some(b) => Ledger::new(
+                format!("step `{}`", step.name),
+                b.clone(),
+                Some(cx.ledger.clone()),
+            ),
             None => cx.ledger.clone(),
         };
         let schema = match self.program.types.resolve(&call.output) {
@@ -291,9 +449,23 @@ impl<'p> Runtime<'p> {
                     tools: Vec::new(),
                     extra: model.extra.clone(),
                 };
-                let reply = self.chat(cx, n, &ledger, model_id, &request, Duration::from_secs_f64(call.timeout_seconds.unwrap_or(120.0))).await?;
+                let reply = self
+                    .chat(
+                        cx,
+                        n,
+                        &ledger,
+                        model_id,
+                        &request,
+                        Duration::from_secs_f64(call.timeout_seconds.unwrap_or(120.0)),
+                    )
+                    .await?;
                 let err = match reply {
-                    Ok(text) => match parse_output(&text, &call.output, &self.program.types, &self.validators) {
+                    Ok(text) => match parse_output(
+                        &text,
+                        &call.output,
+                        &self.program.types,
+                        &self.validators,
+                    ) {
                         Ok(v) => {
                             self.failures.set(0);
                             return Ok(v);
@@ -302,7 +474,10 @@ impl<'p> Runtime<'p> {
                             self.stats.borrow_mut().validation_rejections += 1;
                             self.trace.event(Some(cx.span), "validation", &step.name, fields! {"what": "model output", "attempt": attempt, "errors": errors});
                             // The next attempt sees its reply and what was wrong with it.
-                            messages.push(Message::Assistant { text: Some(text), tool_calls: Vec::new() });
+                            messages.push(Message::Assistant {
+                                text: Some(text),
+                                tool_calls: Vec::new(),
+                            });
                             messages.push(Message::User(format!(
                                 "Your reply was not valid. It must be JSON matching the schema. Errors:\n- {}\nReply again with only the corrected JSON.",
                                 errors.join("\n- ")
@@ -313,7 +488,10 @@ impl<'p> Runtime<'p> {
                     Err(e) => e,
                 };
                 self.trip_breaker(cx, n)?;
-                let retryable = call.retry.as_ref().is_some_and(|r| r.on.iter().any(|c| c == err.class.as_str()));
+                let retryable = call
+                    .retry
+                    .as_ref()
+                    .is_some_and(|r| r.on.iter().any(|c| c == err.class.as_str()));
                 last_error = Some((attempt, err.clone()));
                 if !retryable || attempt >= attempts {
                     break;
@@ -326,32 +504,73 @@ impl<'p> Runtime<'p> {
                 }
             }
         }
-        let (attempts, err) = last_error.unwrap_or((0, CallError::new(ErrorClass::Client, "no model to call")));
+        let (attempts, err) =
+            last_error.unwrap_or((0, CallError::new(ErrorClass::Client, "no model to call")));
         Err(self.fail(cx, n, attempts, Some(err.class.as_str()), err.message))
     }
 
     /// One model call: reserve the worst case, call, settle to the usage.
     /// `Ok(Err(_))` is a failed attempt the caller may retry.
-    async fn chat(&self, cx: &FlowCtx<'_>, n: NodeIndex, ledger: &Arc<Ledger>, model_id: ModelId, request: &ChatRequest, timeout: Duration) -> Result<Result<String, CallError>, Stop> {
-        let (text, _) = self.chat_raw(cx, n, ledger, model_id, request, timeout).await?;
+    async fn chat(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        ledger: &Arc<Ledger>,
+        model_id: ModelId,
+        request: &ChatRequest,
+        timeout: Duration,
+    ) -> Result<Result<String, CallError>, Stop> {
+        let (text, _) = self
+            .chat_raw(cx, n, ledger, model_id, request, timeout)
+            .await?;
         Ok(text.map(|r| r.text.unwrap_or_default()))
     }
 
-    async fn chat_raw(&self, cx: &FlowCtx<'_>, n: NodeIndex, ledger: &Arc<Ledger>, model_id: ModelId, request: &ChatRequest, timeout: Duration) -> Result<(Result<model::ChatResponse, CallError>, ()), Stop> {
+    async fn chat_raw(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        ledger: &Arc<Ledger>,
+        model_id: ModelId,
+        request: &ChatRequest,
+        timeout: Duration,
+    ) -> Result<(Result<model::ChatResponse, CallError>, ()), Stop> {
         let model = &self.program.models[model_id.index()];
         let prompt_chars: usize = request.system.as_ref().map_or(0, |s| s.len())
-            + request.messages.iter().map(|m| match m {
-                Message::User(s) => s.len(),
-                Message::Assistant { text, tool_calls } => text.as_ref().map_or(0, |t| t.len()) + tool_calls.iter().map(|c| c.arguments.to_string().len() + c.name.len()).sum::<usize>(),
-                Message::ToolResult { content, .. } => content.len(),
-            }).sum::<usize>()
-            + request.tools.iter().map(|t| t.parameters.to_string().len() + t.description.len()).sum::<usize>()
-            + request.response_schema.as_ref().map_or(0, |s| s.to_string().len());
+            + request
+                .messages
+                .iter()
+                .map(|m| match m {
+                    Message::User(s) => s.len(),
+                    Message::Assistant { text, tool_calls } => {
+                        text.as_ref().map_or(0, |t| t.len())
+                            + tool_calls
+                                .iter()
+                                .map(|c| c.arguments.to_string().len() + c.name.len())
+                                .sum::<usize>()
+                    }
+                    Message::ToolResult { content, .. } => content.len(),
+                })
+                .sum::<usize>()
+            + request
+                .tools
+                .iter()
+                .map(|t| t.parameters.to_string().len() + t.description.len())
+                .sum::<usize>()
+            + request
+                .response_schema
+                .as_ref()
+                .map_or(0, |s| s.to_string().len());
         // The prompt is reserved at one token per two bytes, twice what common
         // tokenizers produce for prose, so a reservation holds the real cost.
         let prompt_tokens = (prompt_chars as u64).div_ceil(2) + 16;
-        let worst = Spend::tokens(prompt_tokens + request.max_tokens, cost(model, prompt_tokens, request.max_tokens));
-        let reservation = ledger.reserve(worst).map_err(|e| self.exhausted(cx, n, e))?;
+        let worst = Spend::tokens(
+            prompt_tokens + request.max_tokens,
+            cost(model, prompt_tokens, request.max_tokens),
+        );
+        let reservation = ledger
+            .reserve(worst)
+            .map_err(|e| self.exhausted(cx, n, e))?;
         let span = self.trace.begin(Some(cx.span), "model_call", &model.name);
         let started = Instant::now();
         self.stats.borrow_mut().model_calls += 1;
@@ -363,9 +582,15 @@ impl<'p> Runtime<'p> {
         let usage = match &result {
             Ok(r) => r.usage,
             // A failed call may still have been billed; assume the prompt was.
-            Err(_) => model::Usage { input_tokens: 0, output_tokens: 0 },
+            Err(_) => model::Usage {
+                input_tokens: 0,
+                output_tokens: 0,
+            },
         };
-        let spent = Spend::tokens(usage.input_tokens + usage.output_tokens, cost(model, usage.input_tokens, usage.output_tokens));
+        let spent = Spend::tokens(
+            usage.input_tokens + usage.output_tokens,
+            cost(model, usage.input_tokens, usage.output_tokens),
+        );
         ledger.settle(reservation, spent);
         let step = &cx.flow.graph[n];
         let mut data = fields! {
@@ -394,10 +619,23 @@ impl<'p> Runtime<'p> {
         Ok((result, ()))
     }
 
-    async fn answer(&self, model_id: ModelId, request: &ChatRequest, timeout: Duration) -> Result<model::ChatResponse, CallError> {
+    async fn answer(
+        &self,
+        model_id: ModelId,
+        request: &ChatRequest,
+        timeout: Duration,
+    ) -> Result<model::ChatResponse, CallError> {
         let model = &self.program.models[model_id.index()];
         if let World::Scripted(script) = &mut *self.world.borrow_mut() {
-            let usage = model::Usage { input_tokens: (request.messages.iter().map(|m| message_json(m).to_string().len()).sum::<usize>() / 4) as u64, output_tokens: 0 };
+            let usage = model::Usage {
+                input_tokens: (request
+                    .messages
+                    .iter()
+                    .map(|m| message_json(m).to_string().len())
+                    .sum::<usize>()
+                    / 4) as u64,
+                output_tokens: 0,
+            };
             return match Script::next(script.models.get_mut(&model.name)) {
                 Some(Scripted::Returns(v)) => {
                     let text = match v {
@@ -405,10 +643,23 @@ impl<'p> Runtime<'p> {
                         other => other.to_string(),
                     };
                     let output_tokens = (text.len() as u64).div_ceil(4).min(request.max_tokens);
-                    Ok(model::ChatResponse { text: Some(text), tool_calls: Vec::new(), usage: model::Usage { output_tokens, ..usage } })
+                    Ok(model::ChatResponse {
+                        text: Some(text),
+                        tool_calls: Vec::new(),
+                        usage: model::Usage {
+                            output_tokens,
+                            ..usage
+                        },
+                    })
                 }
                 Some(Scripted::Fails(msg)) => Err(CallError::new(ErrorClass::ServerError, msg)),
-                None => Err(CallError::new(ErrorClass::Client, format!("no given reply for model `{}` (scripted runs make no calls)", model.name))),
+                None => Err(CallError::new(
+                    ErrorClass::Client,
+                    format!(
+                        "no given reply for model `{}` (scripted runs make no calls)",
+                        model.name
+                    ),
+                )),
             };
         }
         let endpoint = self.endpoint(model_id)?;
@@ -423,49 +674,110 @@ impl<'p> Runtime<'p> {
             .as_deref()
             .and_then(|e| (self.env)(e))
             .or_else(|| provider.base_url.clone())
-            .ok_or_else(|| CallError::new(ErrorClass::Client, format!("provider `{}` has no base URL", provider.name)))?;
+            .ok_or_else(|| {
+                CallError::new(
+                    ErrorClass::Client,
+                    format!("provider `{}` has no base URL", provider.name),
+                )
+            })?;
         let api_key = match &provider.api_key_env {
             Some(var) => match (self.env)(var) {
                 Some(k) => Some(model::Secret::new(k)),
-                None => return Err(CallError::new(ErrorClass::Client, format!("the environment variable {var} is not set (model `{}`)", model.name))),
+                None => {
+                    return Err(CallError::new(
+                        ErrorClass::Client,
+                        format!(
+                            "the environment variable {var} is not set (model `{}`)",
+                            model.name
+                        ),
+                    ))
+                }
             },
             None => None,
         };
-        Ok(Endpoint { protocol: provider.protocol, base_url: base_url.trim_end_matches('/').to_string(), api_key })
+        Ok(Endpoint {
+            protocol: provider.protocol,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key,
+        })
     }
 
     /// An agent: the model chooses among the agent's tools only, within
     /// `max_steps` turns; a call to any other tool, or with invalid
     /// arguments, goes back to the model as an error listing its tools.
-    async fn agent_call(&self, cx: &FlowCtx<'_>, n: NodeIndex, agent: &Agent, args: Map<String, Value>) -> Result<Value, Stop> {
+    async fn agent_call(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        agent: &Agent,
+        args: Map<String, Value>,
+    ) -> Result<Value, Stop> {
         self.count_call(&agent.name);
         if let World::Scripted(script) = &mut *self.world.borrow_mut() {
             if let Some(given) = Script::next(script.agents.get_mut(&agent.name)) {
                 return match given {
                     Scripted::Returns(v) => Ok(v),
-                    Scripted::Fails(msg) => Err(self.fail(cx, n, 1, Some("failed"), format!("agent `{}`: {msg}", agent.name))),
+                    Scripted::Fails(msg) => Err(self.fail(
+                        cx,
+                        n,
+                        1,
+                        Some("failed"),
+                        format!("agent `{}`: {msg}", agent.name),
+                    )),
                 };
             }
         }
         let Some(model_id) = agent.model else {
-            return Err(self.fail(cx, n, 0, None, format!("agent `{}` has no model", agent.name)));
+            return Err(self.fail(
+                cx,
+                n,
+                0,
+                None,
+                format!("agent `{}` has no model", agent.name),
+            ));
         };
         let model = &self.program.models[model_id.index()];
         let ledger = match &agent.budget {
-            Some(b) => Ledger::new(format!("agent `{}`", agent.name), b.clone(), Some(cx.ledger.clone())),
+            Some(b) => Ledger::new(
+                format!("agent `{}`", agent.name),
+                b.clone(),
+                Some(cx.ledger.clone()),
+            ),
             None => cx.ledger.clone(),
         };
-        let tools: Vec<&Tool> = agent.tools.iter().map(|(t, _)| &self.program.tools[t.index()]).filter(|t| t.effect <= agent.may).collect();
+        let tools: Vec<&Tool> = agent
+            .tools
+            .iter()
+            .map(|(t, _)| &self.program.tools[t.index()])
+            .filter(|t| t.effect <= agent.may)
+            .collect();
         let specs: Vec<ToolSpec> = tools
             .iter()
             .map(|t| {
-                let params: Vec<(String, Ty, bool)> = t.params.iter().map(|p| (p.name.clone(), p.ty.clone(), p.optional)).collect();
-                ToolSpec { name: t.name.clone(), description: format!("{} tool; returns {}", t.effect.as_str(), self.program.types.display(&t.output)), parameters: crate::schema::params_document(&self.program.types, &params) }
+                let params: Vec<(String, Ty, bool)> = t
+                    .params
+                    .iter()
+                    .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
+                    .collect();
+                ToolSpec {
+                    name: t.name.clone(),
+                    description: format!(
+                        "{} tool; returns {}",
+                        t.effect.as_str(),
+                        self.program.types.display(&t.output)
+                    ),
+                    parameters: crate::schema::params_document(&self.program.types, &params),
+                }
             })
             .collect();
-        let params: Vec<Value> = agent.params.iter().map(|p| args.get(&p.name).cloned().unwrap_or(Value::Null)).collect();
+        let params: Vec<Value> = agent
+            .params
+            .iter()
+            .map(|p| args.get(&p.name).cloned().unwrap_or(Value::Null))
+            .collect();
         let instructions = match &agent.instructions {
-            Some(t) => super::eval::render(t, &ParamsScope(&params)).map_err(|e| self.fail(cx, n, 0, None, e.0))?,
+            Some(t) => super::eval::render(t, &ParamsScope(&params))
+                .map_err(|e| self.fail(cx, n, 0, None, e.0))?,
             None => String::new(),
         };
         let output_schema = crate::schema::document(&self.program.types, &agent.output);
@@ -478,7 +790,14 @@ impl<'p> Runtime<'p> {
         let mut repeats = 0;
         let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
         for turn in 1..=max_steps {
-            let r = cx.ledger.reserve(Spend { steps: 1, tool_calls: 0, ..Spend::default() }).map_err(|e| self.exhausted(cx, n, e))?;
+            let r = cx
+                .ledger
+                .reserve(Spend {
+                    steps: 1,
+                    tool_calls: 0,
+                    ..Spend::default()
+                })
+                .map_err(|e| self.exhausted(cx, n, e))?;
             cx.ledger.settle(r, Spend::step());
             let request = ChatRequest {
                 model: model.model_id.clone(),
@@ -491,12 +810,20 @@ impl<'p> Runtime<'p> {
                 extra: model.extra.clone(),
             };
             let timeout = Duration::from_secs_f64(agent.timeout_seconds.unwrap_or(120.0));
-            let (reply, _) = self.chat_raw(cx, n, &ledger, model_id, &request, timeout).await?;
+            let (reply, _) = self
+                .chat_raw(cx, n, &ledger, model_id, &request, timeout)
+                .await?;
             let reply = match reply {
                 Ok(r) => r,
                 Err(e) => {
                     self.trip_breaker(cx, n)?;
-                    return Err(self.fail(cx, n, turn as u32, Some(e.class.as_str()), format!("agent `{}`: {}", agent.name, e.message)));
+                    return Err(self.fail(
+                        cx,
+                        n,
+                        turn as u32,
+                        Some(e.class.as_str()),
+                        format!("agent `{}`: {}", agent.name, e.message),
+                    ));
                 }
             };
             if reply.tool_calls.is_empty() {
@@ -505,15 +832,26 @@ impl<'p> Runtime<'p> {
                     Ok(v) => return Ok(v),
                     Err(errors) => {
                         self.stats.borrow_mut().validation_rejections += 1;
-                        messages.push(Message::Assistant { text: Some(text), tool_calls: Vec::new() });
-                        messages.push(Message::User(format!("That answer is not valid: {}. Reply with only the corrected JSON.", errors.join("; "))));
+                        messages.push(Message::Assistant {
+                            text: Some(text),
+                            tool_calls: Vec::new(),
+                        });
+                        messages.push(Message::User(format!(
+                            "That answer is not valid: {}. Reply with only the corrected JSON.",
+                            errors.join("; ")
+                        )));
                         continue;
                     }
                 }
             }
-            messages.push(Message::Assistant { text: reply.text.clone(), tool_calls: reply.tool_calls.clone() });
+            messages.push(Message::Assistant {
+                text: reply.text.clone(),
+                tool_calls: reply.tool_calls.clone(),
+            });
             for call in &reply.tool_calls {
-                let same = last_call.as_ref().is_some_and(|(name, a)| *name == call.name && *a == call.arguments);
+                let same = last_call
+                    .as_ref()
+                    .is_some_and(|(name, a)| *name == call.name && *a == call.arguments);
                 repeats = if same { repeats + 1 } else { 1 };
                 last_call = Some((call.name.clone(), call.arguments.clone()));
                 if max_repeat > 0 && repeats >= max_repeat {
@@ -533,10 +871,22 @@ impl<'p> Runtime<'p> {
                         },
                     },
                 };
-                messages.push(Message::ToolResult { call_id: call.id.clone(), content });
+                messages.push(Message::ToolResult {
+                    call_id: call.id.clone(),
+                    content,
+                });
             }
         }
-        Err(self.fail(cx, n, max_steps as u32, Some("max_steps"), format!("agent `{}` did not finish within {max_steps} steps", agent.name)))
+        Err(self.fail(
+            cx,
+            n,
+            max_steps as u32,
+            Some("max_steps"),
+            format!(
+                "agent `{}` did not finish within {max_steps} steps",
+                agent.name
+            ),
+        ))
     }
 }
 
@@ -575,21 +925,29 @@ impl super::eval::Scope for ParamsScope<'_> {
 fn message_json(m: &Message) -> Value {
     match m {
         Message::User(s) => serde_json::json!({"role": "user", "content": s}),
-        Message::Assistant { text, tool_calls } => serde_json::json!({"role": "assistant", "content": text, "tool_calls": tool_calls.iter().map(|c| serde_json::json!({"name": c.name, "arguments": c.arguments})).collect::<Vec<_>>()}),
-        Message::ToolResult { call_id, content } => serde_json::json!({"role": "tool", "call_id": call_id, "content": content}),
+        Message::Assistant { text, tool_calls } => {
+            serde_json::json!({"role": "assistant", "content": text, "tool_calls": tool_calls.iter().map(|c| serde_json::json!({"name": c.name, "arguments": c.arguments})).collect::<Vec<_>>()})
+        }
+        Message::ToolResult { call_id, content } => {
+            serde_json::json!({"role": "tool", "call_id": call_id, "content": content})
+        }
     }
 }
 
 /// Cuts text that reaches a prompt to a token limit (4 characters a token).
 fn cut(text: &str, limit: Option<u64>) -> String {
     match limit {
-        Some(tokens) if text.chars().count() as u64 > tokens * 4 => text.chars().take((tokens * 4) as usize).collect(),
+        Some(tokens) if text.chars().count() as u64 > tokens * 4 => {
+            text.chars().take((tokens * 4) as usize).collect()
+        }
         _ => text.to_string(),
     }
 }
 
 fn cost(model: &crate::ir::Model, input: u64, output: u64) -> f64 {
-    model.price.as_ref().map_or(0.0, |p| (input as f64 * p.input + output as f64 * p.output) / 1e6)
+    model.price.as_ref().map_or(0.0, |p| {
+        (input as f64 * p.input + output as f64 * p.output) / 1e6
+    })
 }
 
 fn chain(program: &Program, first: ModelId) -> Vec<ModelId> {
@@ -607,7 +965,12 @@ fn chain(program: &Program, first: ModelId) -> Vec<ModelId> {
 
 /// A model's reply as a value of its declared type: text for `string`,
 /// otherwise JSON (a ```json fence around it is tolerated), validated.
-pub fn parse_output(text: &str, ty: &Ty, types: &crate::types::TypeTable, validators: &Validators) -> Result<Value, Vec<String>> {
+pub fn parse_output(
+    text: &str,
+    ty: &Ty,
+    types: &crate::types::TypeTable,
+    validators: &Validators,
+) -> Result<Value, Vec<String>> {
     let value = match types.resolve(ty) {
         Ty::String(_) => Value::String(text.to_string()),
         _ => {
@@ -628,7 +991,11 @@ pub fn parse_output(text: &str, ty: &Ty, types: &crate::types::TypeTable, valida
 /// How long to wait before the next attempt, or `None` to stop retrying.
 /// Exponential backoff from the policy, jittered down by up to half, capped;
 /// a server's `Retry-After` is always honoured.
-pub fn retry_delay(policy: Option<&RetryPolicy>, attempt: u32, err: &CallError) -> Option<Duration> {
+pub fn retry_delay(
+    policy: Option<&RetryPolicy>,
+    attempt: u32,
+    err: &CallError,
+) -> Option<Duration> {
     let policy = policy?;
     if attempt > policy.retries || !policy.on.iter().any(|c| c == err.class.as_str()) {
         return None;
@@ -649,7 +1016,10 @@ pub fn retry_delay(policy: Option<&RetryPolicy>, attempt: u32, err: &CallError) 
 
 /// Outside runs waiting for a decision.
 pub fn pending_names(pending: &[PendingGate]) -> Vec<String> {
-    pending.iter().map(|p| format!("{}.{}", p.flow, p.gate)).collect()
+    pending
+        .iter()
+        .map(|p| format!("{}.{}", p.flow, p.gate))
+        .collect()
 }
 
 #[allow(dead_code)]

@@ -207,6 +207,9 @@ pub fn render_tree(events: &[Value]) -> String {
             if let (Some(s), Some(t)) = (e["start_ms"].as_f64(), e["end_ms"].as_f64()) {
                 line.push_str(&format!("  {:.1} ms", t - s));
             }
+            if let Some(decision) = e["decision"].as_str() {
+                line.push_str(&format!("  [{decision}]"));
+            }
             if let Some(status) = e["status"].as_str() {
                 line.push_str(&format!("  [{status}]"));
             }
