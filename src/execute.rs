@@ -111,7 +111,29 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
             .join(&run_id)
             .join("trace.jsonl")
     });
+    let progress = progress_display();
     let options = RunOptions {
+        observer: progress.as_ref().map(|bar| {
+            let bar = bar.clone();
+            let steps = std::sync::atomic::AtomicU64::new(0);
+            let cost = std::sync::Mutex::new(0.0f64);
+            Box::new(move |e: &Value| {
+                let kind = e["kind"].as_str().unwrap_or("");
+                if matches!(kind, "tool_call" | "model_call" | "check" | "gate") {
+                    steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let mut total = cost.lock().unwrap_or_else(|p| p.into_inner());
+                if kind == "model_call" {
+                    *total += e["cost"].as_f64().unwrap_or(0.0);
+                }
+                bar.set_message(format!(
+                    "{} steps, ${:.4} — {kind} {}",
+                    steps.load(std::sync::atomic::Ordering::Relaxed),
+                    *total,
+                    e["name"].as_str().unwrap_or("")
+                ));
+            }) as run::trace::Observer
+        }),
         concurrency: args.concurrency,
         trace_path: Some(trace_path.clone()),
         gates,
@@ -120,7 +142,11 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
         ..RunOptions::default()
     };
     let started = std::time::Instant::now();
-    let report = run::run(checked, &flow, &input, options)?;
+    let report = run::run(checked, &flow, &input, options);
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+    let report = report?;
     match &report.outcome {
         Outcome::Completed(v) => {
             println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
@@ -154,6 +180,17 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
     }
     eprintln!("{}", summary(&report, started.elapsed(), &trace_path));
     Ok(report.outcome.exit_code())
+}
+
+/// A spinner on stderr, only when stderr is a terminal.
+fn progress_display() -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(bar)
 }
 
 fn list(items: &[String]) -> String {

@@ -1597,7 +1597,18 @@ impl Parser {
                 Rule::expect_clause => match first.as_rule() {
                     Rule::expect_failure => {
                         let text = match kids(first).next() {
-                            Some(t) => self.template(t)?.as_plain(),
+                            Some(t) => {
+                                let t = self.template(t)?;
+                                if t.as_plain().is_none() {
+                                    self.error(
+                                        t.span,
+                                        "the expected error text cannot interpolate values",
+                                        "interpolation here",
+                                    );
+                                    return None;
+                                }
+                                t.as_plain()
+                            }
                             None => None,
                         };
                         TestStmt::ExpectFailure { text, span: sspan }

@@ -1553,6 +1553,14 @@ pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDec
         .help("add `run flow_name(arg: value)`");
         cx.report(d);
     }
+    if test.expect_failure.is_some() {
+        if let Some(e) = test.expects.first() {
+            let d = Diagnostic::new(Code::InvalidDeclaration, e.span, format!("test {:?} expects a failure, so there is no `output` to check", decl.name))
+                .label("never evaluated: the flow must fail")
+                .help("check what happened before the failure with `expect tool called N times`, or write a separate test that completes");
+            cx.report(d);
+        }
+    }
     if test.expects.is_empty() && test.expect_calls.is_empty() && test.expect_failure.is_none() {
         let d = Diagnostic::new(Code::TestWithoutExpectation, decl.name_span, format!("test {:?} expects nothing", decl.name))
             .label("no `expect`")

@@ -74,6 +74,8 @@ pub struct RunOptions {
     pub world: World,
     pub env: Env,
     pub run_id: Option<String>,
+    /// Sees every trace event as it is written (the CLI's progress display).
+    pub observer: Option<trace::Observer>,
 }
 
 impl Default for RunOptions {
@@ -86,6 +88,7 @@ impl Default for RunOptions {
             world: World::Live,
             env: Arc::new(|name: &str| std::env::var(name).ok()),
             run_id: None,
+            observer: None,
         }
     }
 }
@@ -160,8 +163,13 @@ pub fn run(
     let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
     let secrets = secret_values(program, &*options.env);
     let trace = Arc::new(
-        trace::Trace::new(&run_id, options.trace_path.as_deref(), secrets)
-            .map_err(|e| format!("cannot write the trace: {e}"))?,
+        trace::Trace::new(
+            &run_id,
+            options.trace_path.as_deref(),
+            secrets,
+            options.observer,
+        )
+        .map_err(|e| format!("cannot write the trace: {e}"))?,
     );
     let http = reqwest::Client::builder()
         .build()

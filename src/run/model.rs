@@ -330,7 +330,7 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut next = Some(error);
     while let Some(error) = next {
         let part = error.to_string();
-        if parts.last().map_or(true, |last| !last.contains(&part)) {
+        if parts.last().is_none_or(|last| !last.contains(&part)) {
             parts.push(part);
         }
         next = error.source();

@@ -25,7 +25,12 @@ pub struct Trace {
     secrets: Vec<String>,
     /// Every event written, for the run summary and tests.
     events: Mutex<Vec<Value>>,
+    /// Called with every event as it is written (progress displays).
+    observer: Option<Observer>,
 }
+
+/// Sees every trace event as it happens.
+pub type Observer = Box<dyn Fn(&Value) + Send + Sync>;
 
 impl Trace {
     /// A trace written to `path` (created, with its folders), or kept in
@@ -34,6 +39,7 @@ impl Trace {
         run_id: &str,
         path: Option<&std::path::Path>,
         secrets: Vec<String>,
+        observer: Option<Observer>,
     ) -> std::io::Result<Trace> {
         let out = match path {
             Some(p) => {
@@ -54,6 +60,7 @@ impl Trace {
             out: Mutex::new(out),
             secrets,
             events: Mutex::default(),
+            observer,
         })
     }
 
@@ -127,6 +134,9 @@ impl Trace {
         if let Some(out) = self.out.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             // A trace that cannot be written must not fail the run it describes.
             let _ = writeln!(out, "{line}");
+        }
+        if let Some(observe) = &self.observer {
+            observe(&event);
         }
         self.events
             .lock()
