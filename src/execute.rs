@@ -1,5 +1,16 @@
-//! The commands that execute programs: `flowc run`, `flowc test` and
-//! `flowc trace`.
+//! The commands that execute programs and inspect runs: `flowc run`,
+//! `test`, `trace`, `resume`, `approve`, `reject`, `inbox`, `runs`, `show`.
+
+/// `println!` that ends the process quietly when stdout is closed (`| head`)
+/// instead of panicking, as a pipe's reader expects.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(141);
+        }
+    }};
+}
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use flowc::ir::{CallTarget, GivenOutcome, TestGiven};
+use flowc::run::store::{self, Durability, Store};
 use flowc::run::{
     self, GateDecision, Outcome, Recording, Report, RunOptions, Script, Scripted, World,
 };
@@ -22,6 +34,10 @@ pub struct RunArgs {
     pub reject: Vec<String>,
     pub trace: Option<PathBuf>,
     pub concurrency: usize,
+    /// The run store (`.flowc/runs.db` unless told otherwise).
+    pub store: PathBuf,
+    /// Continue this stored run instead of starting one.
+    pub resume: Option<store::RunRecord>,
 }
 
 fn compiled(inputs: &[Input]) -> Result<Result<Compilation, i32>, String> {
@@ -37,7 +53,11 @@ fn compiled(inputs: &[Input]) -> Result<Result<Compilation, i32>, String> {
 }
 
 pub fn run_command(args: RunArgs) -> Result<i32, String> {
-    let c = match compiled(&[Input::Path(args.file.clone())])? {
+    // The canonical path, so the program's fingerprint names files the same
+    // way whichever folder the run is started or resumed from.
+    let file = std::fs::canonicalize(&args.file)
+        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let c = match compiled(&[Input::Path(file)])? {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
@@ -105,11 +125,60 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
             GateDecision::Reject("rejected on the command line".into()),
         );
     }
-    let run_id = run::new_run_id();
-    let trace_path = args.trace.clone().unwrap_or_else(|| {
-        PathBuf::from(".flowc/runs")
-            .join(&run_id)
-            .join("trace.jsonl")
+    let run_id = match &args.resume {
+        Some(r) => r.id.clone(),
+        None => run::new_run_id(),
+    };
+    let trace_path = match &args.resume {
+        Some(r) => PathBuf::from(&r.trace),
+        None => args.trace.clone().unwrap_or_else(|| {
+            PathBuf::from(".flowc/runs")
+                .join(&run_id)
+                .join("trace.jsonl")
+        }),
+    };
+    let program = run::fingerprint::fingerprint(&c.sources);
+    if let Some(r) = &args.resume {
+        let changes = run::fingerprint::changes(&r.program, &program);
+        if !changes.is_empty() {
+            return Err(format!(
+                "run {} cannot resume: its program changed since it started ({}); start a new run, or restore the program",
+                r.id,
+                changes.join("; ")
+            ));
+        }
+    }
+    let store = Store::open(&args.store, Durability::Full).map_err(|e| e.to_string())?;
+    let record = match args.resume.clone() {
+        Some(r) => r,
+        None => store::RunRecord {
+            id: run_id.clone(),
+            file: std::fs::canonicalize(&args.file)
+                .unwrap_or_else(|_| args.file.clone())
+                .display()
+                .to_string(),
+            flow: flow.clone(),
+            program,
+            input: input.clone(),
+            status: "running".into(),
+            output: None,
+            error: None,
+            created_at: store::now(),
+            updated_at: store::now(),
+            spend: Default::default(),
+            trace: trace_path.display().to_string(),
+            replay: args.replay.as_ref().map(|p| {
+                std::fs::canonicalize(p)
+                    .unwrap_or_else(|_| p.clone())
+                    .display()
+                    .to_string()
+            }),
+        },
+    };
+    let durable = Some(run::DurableRun {
+        store,
+        record,
+        resume: args.resume.is_some(),
     });
     let progress = progress_display();
     let options = RunOptions {
@@ -139,6 +208,7 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
         gates,
         world,
         run_id: Some(run_id),
+        durable,
         ..RunOptions::default()
     };
     let started = std::time::Instant::now();
@@ -149,7 +219,7 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
     let report = report?;
     match &report.outcome {
         Outcome::Completed(v) => {
-            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+            out!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
         }
         Outcome::Failed(e) => eprintln!("error: {e}"),
         Outcome::Exhausted(e) => {
@@ -250,7 +320,8 @@ pub fn trace_command(run: &str) -> Result<i32, String> {
                 .map_err(|e| format!("{}:{}: not a trace event: {e}", path.display(), i + 1))?,
         );
     }
-    print!("{}", run::trace::render_tree(&events));
+    let tree = run::trace::render_tree(&events);
+    out!("{}", tree.trim_end());
     Ok(0)
 }
 
@@ -275,11 +346,11 @@ pub fn test_command(inputs: Vec<Input>) -> Result<i32, String> {
         match result {
             Ok(()) => {
                 passed += 1;
-                println!("test {file}: {:?} ... ok", test.name);
+                out!("test {file}: {:?} ... ok", test.name);
             }
             Err(why) => {
                 failed += 1;
-                println!(
+                out!(
                     "test {file}: {:?} ... FAILED\n    {}",
                     test.name,
                     why.replace('\n', "\n    ")
@@ -287,7 +358,7 @@ pub fn test_command(inputs: Vec<Input>) -> Result<i32, String> {
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
+    out!("{passed} passed, {failed} failed");
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
@@ -448,4 +519,308 @@ fn run_test(checked: &flowc::CheckedProgram, test: &flowc::ir::Test) -> Result<(
     } else {
         Err(problems.join("\n"))
     }
+}
+
+fn open_store(path: &Path) -> Result<Store, String> {
+    Store::open(path, Durability::Full).map_err(|e| e.to_string())
+}
+
+fn find_run(store: &Store, id: &str) -> Result<store::RunRecord, String> {
+    store
+        .run(id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("there is no run `{id}` in this store; `flowc runs` lists them"))
+}
+
+/// `flowc resume RUN`: continues a run that crashed, was killed, or waits.
+pub fn resume_command(
+    id: &str,
+    store_path: &Path,
+    approve: Vec<String>,
+    reject: Vec<String>,
+) -> Result<i32, String> {
+    let store = open_store(store_path)?;
+    let record = find_run(&store, id)?;
+    if record.status == "completed" {
+        return Err(format!(
+            "run {id} already completed; `flowc show {id}` shows its steps"
+        ));
+    }
+    drop(store);
+    run_command(RunArgs {
+        file: PathBuf::from(&record.file),
+        flow: Some(record.flow.clone()),
+        input: Some(record.input.to_string()),
+        replay: record.replay.as_ref().map(PathBuf::from),
+        approve,
+        reject,
+        trace: None,
+        concurrency: 32,
+        store: store_path.to_path_buf(),
+        resume: Some(record),
+    })
+}
+
+/// The pending gate a name refers to: a gate name, or the key `flowc inbox` shows.
+fn pending_gate(store: &Store, run: &str, gate: &str) -> Result<store::GateRecord, String> {
+    let pending: Vec<store::GateRecord> = store
+        .gates(Some(run))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|g| g.status == "pending")
+        .collect();
+    let matching: Vec<&store::GateRecord> = pending
+        .iter()
+        .filter(|g| g.key == gate || g.gate == gate)
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] if pending.is_empty() => Err(format!("run {run} waits at no gate")),
+        [] => Err(format!(
+            "run {run} does not wait at `{gate}`; it waits at: {}",
+            pending
+                .iter()
+                .map(|g| g.key.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        many => Err(format!(
+            "`{gate}` waits at {} places; name one: {}",
+            many.len(),
+            many.iter()
+                .map(|g| g.key.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// `flowc approve RUN GATE [--edit FILE]`: an edited value must type-check
+/// against the gate's type.
+pub fn approve_command(
+    run_id: &str,
+    gate: &str,
+    edit: Option<PathBuf>,
+    resume: bool,
+    store_path: &Path,
+) -> Result<i32, String> {
+    let store = open_store(store_path)?;
+    let record = find_run(&store, run_id)?;
+    let g = pending_gate(&store, run_id, gate)?;
+    let value = match &edit {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let value: Value = serde_json::from_str(&text)
+                .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+            let c = match compiled(&[Input::Path(PathBuf::from(&record.file))])? {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let Some(checked) = &c.program else {
+                return Ok(1);
+            };
+            let program = checked.program();
+            let ty = program
+                .flows
+                .iter()
+                .filter(|f| f.name == g.flow)
+                .flat_map(|f| f.graph.node_weights())
+                .find(|s| matches!(&s.kind, flowc::ir::StepKind::Approve { gate: name, .. } if *name == g.gate))
+                .map(|s| s.ty.clone())
+                .ok_or_else(|| format!("flow `{}` no longer has gate `{}`", g.flow, g.gate))?;
+            let validators = run::validate::Validators::default();
+            if let Err(errors) = validators.check(&program.types, &ty, &value) {
+                eprintln!(
+                    "error: the edited value does not type-check against `{}`:\n  {}",
+                    program.types.display(&ty),
+                    errors.join("\n  ")
+                );
+                return Ok(1);
+            }
+            Some(value)
+        }
+        None => None,
+    };
+    if !store
+        .decide_gate(run_id, &g.key, true, value.as_ref(), None)
+        .map_err(|e| e.to_string())?
+    {
+        return Err(format!(
+            "gate {} of run {run_id} was decided meanwhile",
+            g.key
+        ));
+    }
+    eprintln!("approved {} of run {run_id}", g.key);
+    drop(store);
+    if resume {
+        return resume_command(run_id, store_path, Vec::new(), Vec::new());
+    }
+    eprintln!("continue it with `flowc resume {run_id}`");
+    Ok(0)
+}
+
+/// `flowc reject RUN GATE --reason TEXT`.
+pub fn reject_command(
+    run_id: &str,
+    gate: &str,
+    reason: &str,
+    resume: bool,
+    store_path: &Path,
+) -> Result<i32, String> {
+    let store = open_store(store_path)?;
+    find_run(&store, run_id)?;
+    let g = pending_gate(&store, run_id, gate)?;
+    if !store
+        .decide_gate(run_id, &g.key, false, None, Some(reason))
+        .map_err(|e| e.to_string())?
+    {
+        return Err(format!(
+            "gate {} of run {run_id} was decided meanwhile",
+            g.key
+        ));
+    }
+    eprintln!("rejected {} of run {run_id}", g.key);
+    drop(store);
+    if resume {
+        return resume_command(run_id, store_path, Vec::new(), Vec::new());
+    }
+    eprintln!("continue it with `flowc resume {run_id}`");
+    Ok(0)
+}
+
+fn age(at: f64) -> String {
+    let s = (store::now() - at).max(0.0);
+    match s {
+        s if s < 120.0 => format!("{s:.0}s ago"),
+        s if s < 7200.0 => format!("{:.0}m ago", s / 60.0),
+        s if s < 172_800.0 => format!("{:.0}h ago", s / 3600.0),
+        s => format!("{:.0}d ago", s / 86400.0),
+    }
+}
+
+/// `flowc inbox`: every gate waiting for a decision, and what it shows.
+pub fn inbox_command(store_path: &Path) -> Result<i32, String> {
+    let store = open_store(store_path)?;
+    let pending: Vec<store::GateRecord> = store
+        .gates(None)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|g| g.status == "pending")
+        .collect();
+    if pending.is_empty() {
+        out!("no gate is waiting");
+    }
+    for g in &pending {
+        let timeout = match g.timeout_at {
+            Some(t) if t > store::now() => format!(
+                ", {} on timeout in {:.0} min",
+                g.on_timeout,
+                (t - store::now()) / 60.0
+            ),
+            Some(_) => format!(", timed out: {} on resume", g.on_timeout),
+            None => String::new(),
+        };
+        out!(
+            "run {}  gate {}  (flow {}, waiting since {}{timeout})",
+            g.run_id,
+            g.key,
+            g.flow,
+            age(g.created_at)
+        );
+        out!(
+            "  flowc approve {} {}   |   flowc reject {} {} --reason …",
+            g.run_id,
+            g.gate,
+            g.run_id,
+            g.gate
+        );
+        for v in g.show.as_array().into_iter().flatten() {
+            let text = serde_json::to_string_pretty(v).unwrap_or_default();
+            for line in text.lines() {
+                out!("  │ {line}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `flowc runs`: every run in the store, newest first.
+pub fn runs_command(store_path: &Path) -> Result<i32, String> {
+    let store = open_store(store_path)?;
+    let runs = store.runs().map_err(|e| e.to_string())?;
+    if runs.is_empty() {
+        out!("no runs yet");
+    }
+    for r in runs {
+        out!(
+            "{:<18} {:<17} {:<24} ${:<9.4} {:>7} tokens  {}",
+            r.id,
+            r.status,
+            r.flow,
+            r.spend.cost,
+            r.spend.tokens,
+            age(r.created_at)
+        );
+    }
+    Ok(0)
+}
+
+/// `flowc show RUN`: the state of every step.
+pub fn show_command(run_id: &str, store_path: &Path) -> Result<i32, String> {
+    let store = open_store(store_path)?;
+    let r = find_run(&store, run_id)?;
+    out!(
+        "run {}: {} (flow `{}` in {}), started {}",
+        r.id,
+        r.status,
+        r.flow,
+        r.file,
+        age(r.created_at)
+    );
+    out!(
+        "spent: ${:.4}, {} tokens, {} steps, {} tool calls",
+        r.spend.cost,
+        r.spend.tokens,
+        r.spend.steps,
+        r.spend.tool_calls
+    );
+    out!("input: {}", r.input);
+    if let Some(e) = &r.error {
+        out!("error: {e}");
+    }
+    let mut steps: Vec<(String, Option<Value>)> = store
+        .steps(run_id)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
+    steps.sort_by(|a, b| a.0.cmp(&b.0));
+    out!("completed steps ({}):", steps.len());
+    for (key, value) in steps {
+        let shown = match value {
+            Some(v) => {
+                let t = v.to_string();
+                if t.chars().count() > 100 {
+                    format!("{}…", t.chars().take(100).collect::<String>())
+                } else {
+                    t
+                }
+            }
+            None => "(skipped)".into(),
+        };
+        out!("  {key} = {shown}");
+    }
+    for g in store.gates(Some(run_id)).map_err(|e| e.to_string())? {
+        out!(
+            "gate {}: {}{}",
+            g.key,
+            g.status,
+            g.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+        );
+    }
+    if let Some(o) = &r.output {
+        out!("output: {o}");
+    }
+    out!("trace: {}", r.trace);
+    Ok(0)
 }

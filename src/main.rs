@@ -67,6 +67,66 @@ enum Command {
         /// Calls in flight at once.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+        /// The run store.
+        #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
+        store: PathBuf,
+    },
+    /// Continue a run that crashed, was killed, or waited for an approval.
+    /// No completed step runs again; no model is called again for one.
+    Resume {
+        run: String,
+        /// Approve this gate if the run reaches it.
+        #[arg(long, value_name = "GATE")]
+        approve: Vec<String>,
+        /// Reject this gate if the run reaches it.
+        #[arg(long, value_name = "GATE")]
+        reject: Vec<String>,
+        #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
+        store: PathBuf,
+    },
+    /// Approve a gate a run waits at (optionally with an edited value that
+    /// must type-check against the gate's type).
+    Approve {
+        run: String,
+        /// The gate's name, or its key as `flowc inbox` shows it.
+        gate: String,
+        /// A JSON file with the value to continue with instead of the shown one.
+        #[arg(long, value_name = "FILE")]
+        edit: Option<PathBuf>,
+        /// Resume the run right away.
+        #[arg(long)]
+        resume: bool,
+        #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
+        store: PathBuf,
+    },
+    /// Reject a gate a run waits at: what depends on it is skipped.
+    Reject {
+        run: String,
+        gate: String,
+        /// Why, for the record.
+        #[arg(long)]
+        reason: String,
+        /// Resume the run right away.
+        #[arg(long)]
+        resume: bool,
+        #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
+        store: PathBuf,
+    },
+    /// List the gates waiting for a decision, and what each shows.
+    Inbox {
+        #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
+        store: PathBuf,
+    },
+    /// List runs: status, cost, age.
+    Runs {
+        #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
+        store: PathBuf,
+    },
+    /// Show the state of every step of a run.
+    Show {
+        run: String,
+        #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
+        store: PathBuf,
     },
     /// Run the `test` blocks of .flow files, with their givens in place of
     /// the network.
@@ -123,9 +183,51 @@ fn main() {
             color,
         } => check(paths, format, deny.is_some(), color),
         Command::Explain { code, list } => explain(code, list),
-        Command::Run { file, flow, input, replay, approve, reject, trace, concurrency } => {
-            execute::run_command(execute::RunArgs { file, flow, input, replay, approve, reject, trace, concurrency })
-        }
+        Command::Run {
+            file,
+            flow,
+            input,
+            replay,
+            approve,
+            reject,
+            trace,
+            concurrency,
+            store,
+        } => execute::run_command(execute::RunArgs {
+            file,
+            flow,
+            input,
+            replay,
+            approve,
+            reject,
+            trace,
+            concurrency,
+            store,
+            resume: None,
+        }),
+        Command::Resume {
+            run,
+            approve,
+            reject,
+            store,
+        } => execute::resume_command(&run, &store, approve, reject),
+        Command::Approve {
+            run,
+            gate,
+            edit,
+            resume,
+            store,
+        } => execute::approve_command(&run, &gate, edit, resume, &store),
+        Command::Reject {
+            run,
+            gate,
+            reason,
+            resume,
+            store,
+        } => execute::reject_command(&run, &gate, &reason, resume, &store),
+        Command::Inbox { store } => execute::inbox_command(&store),
+        Command::Runs { store } => execute::runs_command(&store),
+        Command::Show { run, store } => execute::show_command(&run, &store),
         Command::Test { paths } => inputs(paths).and_then(execute::test_command),
         Command::Trace { run } => execute::trace_command(&run),
         Command::Schema { file } => schema(file),
@@ -316,6 +418,14 @@ fn schema(file: PathBuf) -> Result<i32, String> {
         );
     }
     let doc = serde_json::json!({"types": types, "tools": tools});
-    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    if writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    )
+    .is_err()
+    {
+        std::process::exit(141);
+    }
     Ok(0)
 }

@@ -138,6 +138,13 @@ impl Ledger {
         }
     }
 
+    /// Counts spending from before this process (a resumed run).
+    pub fn preload(&self, spent: Spend) {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        add(&mut g.committed, &spent);
+        add(&mut g.spent, &spent);
+    }
+
     /// What was really spent so far.
     pub fn spent(&self) -> Spend {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).spent

@@ -13,10 +13,12 @@
 pub mod budget;
 pub mod error;
 pub mod eval;
+pub mod fingerprint;
 pub mod model;
 pub mod plan;
 pub mod scheduler;
 pub mod step;
+pub mod store;
 pub mod tool;
 pub mod trace;
 pub mod validate;
@@ -76,6 +78,17 @@ pub struct RunOptions {
     pub run_id: Option<String>,
     /// Sees every trace event as it is written (the CLI's progress display).
     pub observer: Option<trace::Observer>,
+    /// Record the run in a store (and resume it from there).
+    pub durable: Option<DurableRun>,
+}
+
+/// A run recorded in the run store.
+pub struct DurableRun {
+    pub store: store::Store,
+    /// The run's record; its id is the run id.
+    pub record: store::RunRecord,
+    /// Continue a run the store already has, instead of starting it.
+    pub resume: bool,
 }
 
 impl Default for RunOptions {
@@ -89,6 +102,7 @@ impl Default for RunOptions {
             env: Arc::new(|name: &str| std::env::var(name).ok()),
             run_id: None,
             observer: None,
+            durable: None,
         }
     }
 }
@@ -160,7 +174,34 @@ pub fn run(
         .iter()
         .map(|p| input.get(&p.name).cloned().unwrap_or(Value::Null))
         .collect();
-    let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
+    let mut options = options;
+    let durable = options.durable.take();
+    let run_id = match &durable {
+        Some(d) => d.record.id.clone(),
+        None => options.run_id.clone().unwrap_or_else(new_run_id),
+    };
+    let (durable, base_spend) = match durable {
+        Some(d) => {
+            if !d.resume {
+                d.store.create_run(&d.record).map_err(|e| e.to_string())?;
+            }
+            let done = d.store.steps(&run_id).map_err(|e| e.to_string())?;
+            let base = if d.resume {
+                d.record.spend
+            } else {
+                Spend::default()
+            };
+            (
+                Some(step::Durable {
+                    store: std::cell::RefCell::new(d.store),
+                    run_id: run_id.clone(),
+                    done: std::cell::RefCell::new(done),
+                }),
+                base,
+            )
+        }
+        None => (None, Spend::default()),
+    };
     let secrets = secret_values(program, &*options.env);
     let trace = Arc::new(
         trace::Trace::new(
@@ -191,6 +232,9 @@ pub fn run(
         calls: Default::default(),
         stats: Default::default(),
         plans: Default::default(),
+        durable,
+        root_ledger: Default::default(),
+        base_spend,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -209,21 +253,10 @@ pub fn run(
         Err(Stop::Failed(e)) => Outcome::Failed(e),
         Err(Stop::Exhausted(e)) => Outcome::Exhausted(e),
     };
-    let spent = {
-        let events = trace.events();
-        let flow_span = events
-            .iter()
-            .rev()
-            .find(|e| e["kind"] == "flow" && e["parent"].as_u64() == Some(span.id));
-        flow_span.map_or(Spend::default(), |e| Spend {
-            tokens: e["tokens"].as_u64().unwrap_or(0),
-            cost: e["cost"].as_f64().unwrap_or(0.0),
-            steps: e["steps"].as_u64().unwrap_or(0),
-            tool_calls: e["tool_calls"].as_u64().unwrap_or(0),
-        })
-    };
+    // Everything the run spent, earlier processes of a resumed run included.
+    let spent = runtime.total_spend();
     let status = match &outcome {
-        Outcome::Completed(_) => "ok",
+        Outcome::Completed(_) => "completed",
         Outcome::Failed(_) => "failed",
         Outcome::Exhausted(_) => "budget_exhausted",
         Outcome::Waiting(_) => "waiting",
@@ -232,6 +265,18 @@ pub fn run(
     let stats = *runtime.stats.borrow();
     trace.end(span, status, crate::fields! {"tokens": spent.tokens, "cost": spent.cost, "steps": spent.steps, "tool_calls": spent.tool_calls, "stats": stats});
     trace.flush();
+    if let Some(d) = &runtime.durable {
+        let (output, error) = match &outcome {
+            Outcome::Completed(v) => (Some(v), None),
+            Outcome::Failed(e) => (None, Some(e.to_string())),
+            Outcome::Exhausted(e) => (None, Some(e.to_string())),
+            _ => (None, None),
+        };
+        d.store
+            .borrow()
+            .finish_run(&run_id, status, output, error.as_deref(), spent)
+            .map_err(|e| e.to_string())?;
+    }
     let completed = runtime.completed.borrow().clone();
     let calls = runtime.calls.borrow().clone();
     Ok(Report {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use futures_util::future::LocalBoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use petgraph::graph::NodeIndex;
 use serde_json::Value;
 
@@ -26,7 +27,6 @@ use super::eval::{eval, render, Scope};
 use super::plan::Plan;
 use super::step::{CallOutcome, Runtime};
 use super::trace::SpanId;
-use crate::ast::Decision;
 use crate::fields;
 use crate::ir::{Arm, Fallback, Flow, FlowId, RegionId, StepKind};
 use crate::types::Lit;
@@ -58,6 +58,14 @@ impl std::fmt::Display for RunError {
             write!(f, " ({c})")?;
         }
         write!(f, ": {}", self.message)
+    }
+}
+
+impl RunError {
+    /// The circuit breaker stopped the run: no fallback and no agent may
+    /// absorb this failure.
+    pub fn is_circuit_breaker(&self) -> bool {
+        self.class == Some("circuit_breaker")
     }
 }
 
@@ -159,6 +167,8 @@ pub struct FlowCtx<'a> {
 type Running<'a> = LocalBoxFuture<'a, (NodeIndex, Result<Option<Value>, Stop>)>;
 
 enum Prepared<'a> {
+    /// Completed in an earlier process of this run (`None`: skipped).
+    Cached(Option<Value>),
     Done(Value),
     Skip,
     Wait(PendingGate),
@@ -211,12 +221,33 @@ impl Runtime<'_> {
                         self.prepare(cx, &frame, n)?
                     };
                     match prepared {
+                        Prepared::Cached(v) => {
+                            match v {
+                                Some(v) => {
+                                    frame.set(&plan, n, v);
+                                    self.finished(cx, n);
+                                }
+                                None => {
+                                    frame.skipped.borrow_mut().insert(n);
+                                }
+                            }
+                            release(&plan, n, &mut remaining, &mut ready);
+                        }
                         Prepared::Done(v) => {
+                            if durable_kind(&cx.flow.graph[n].kind) {
+                                self.persist(
+                                    cx,
+                                    &[(step_key(&frame.path, cx, n), Some(v.clone()))],
+                                )?;
+                            }
                             frame.set(&plan, n, v);
                             self.finished(cx, n);
                             release(&plan, n, &mut remaining, &mut ready);
                         }
                         Prepared::Skip => {
+                            if durable_kind(&cx.flow.graph[n].kind) && !skip {
+                                self.persist(cx, &[(step_key(&frame.path, cx, n), None)])?;
+                            }
                             frame.skipped.borrow_mut().insert(n);
                             release(&plan, n, &mut remaining, &mut ready);
                         }
@@ -224,19 +255,35 @@ impl Runtime<'_> {
                         Prepared::Future(f) => running.push(Box::pin(async move { (n, f.await) })),
                     }
                 }
-                let Some((n, result)) = running.next().await else {
+                let Some(first) = running.next().await else {
                     break;
                 };
-                match result? {
-                    Some(v) => {
-                        frame.set(&plan, n, v);
-                        self.finished(cx, n);
-                    }
-                    None => {
-                        frame.skipped.borrow_mut().insert(n);
-                    }
+                // Steps that completed together commit together, before any
+                // step that depends on them starts.
+                let mut done = vec![first];
+                while let Some(Some(more)) = running.next().now_or_never() {
+                    done.push(more);
                 }
-                release(&plan, n, &mut remaining, &mut ready);
+                let mut batch = Vec::with_capacity(done.len());
+                let mut finished = Vec::with_capacity(done.len());
+                for (n, result) in done {
+                    let value = result?;
+                    batch.push((step_key(&frame.path, cx, n), value.clone()));
+                    finished.push((n, value));
+                }
+                self.persist(cx, &batch)?;
+                for (n, value) in finished {
+                    match value {
+                        Some(v) => {
+                            frame.set(&plan, n, v);
+                            self.finished(cx, n);
+                        }
+                        None => {
+                            frame.skipped.borrow_mut().insert(n);
+                        }
+                    }
+                    release(&plan, n, &mut remaining, &mut ready);
+                }
             }
             Ok(end)
         })
@@ -265,6 +312,13 @@ impl Runtime<'_> {
             frame,
         };
         let fail = |message: String| self.fail(cx, n, 1, None, message);
+        if durable_kind(&step.kind) {
+            if let Some(d) = &self.durable {
+                if let Some(v) = d.done.borrow().get(&step_key(&frame.path, cx, n)) {
+                    return Ok(Prepared::Cached(v.clone()));
+                }
+            }
+        }
         match &step.kind {
             StepKind::Value(e) | StepKind::Output(e) | StepKind::Decide { subject: e } => {
                 eval(e, &scope)
@@ -299,7 +353,7 @@ impl Runtime<'_> {
                 gate,
                 show,
                 on_timeout,
-                ..
+                timeout_seconds,
             } => {
                 let shown: Vec<Value> = show
                     .iter()
@@ -308,7 +362,17 @@ impl Runtime<'_> {
                     .map_err(|e| fail(e.0))?;
                 self.spend_step(cx, n)?;
                 let value = shown.first().cloned().unwrap_or(Value::Null);
-                match self.gate_decision(&cx.flow.name, gate) {
+                let key = step_key(&frame.path, cx, n);
+                let pending = PendingGate {
+                    flow: cx.flow.name.clone(),
+                    gate: gate.clone(),
+                    path: frame.path.clone(),
+                    show: shown.clone(),
+                };
+                let decision = self
+                    .gate_decision(&key, &pending, *timeout_seconds, *on_timeout)
+                    .map_err(|e| fail(e.to_string()))?;
+                match decision {
                     Some(GateDecision::Approve(edited)) => {
                         let v = match edited {
                             Some(v) => {
@@ -339,13 +403,13 @@ impl Runtime<'_> {
                         Ok(Prepared::Skip)
                     }
                     None => {
-                        let _ = on_timeout == &Decision::Approve;
-                        Ok(Prepared::Wait(PendingGate {
-                            flow: cx.flow.name.clone(),
-                            gate: gate.clone(),
-                            path: frame.path.clone(),
-                            show: shown,
-                        }))
+                        self.trace.event(
+                            Some(cx.span),
+                            "gate",
+                            gate,
+                            fields! {"decision": "waiting", "show": pending.show},
+                        );
+                        Ok(Prepared::Wait(pending))
                     }
                 }
             }
@@ -371,11 +435,14 @@ impl Runtime<'_> {
                 };
                 let target = *target;
                 let path = frame.path.clone();
+                let key = step_key(&frame.path, cx, n);
                 Ok(Prepared::Future(Box::pin(async move {
-                    match self.call(cx, n, target, args, &path).await {
+                    match self.call(cx, n, target, args, &path, &key).await {
                         Ok(CallOutcome::Value(v)) => Ok(Some(v)),
                         Ok(CallOutcome::Skipped) => Ok(None),
-                        Err(Stop::Failed(err)) if fallback.is_some() => {
+                        Err(Stop::Failed(err))
+                            if fallback.is_some() && !err.is_circuit_breaker() =>
+                        {
                             self.trace.event(
                                 Some(cx.span),
                                 "fallback",
@@ -385,7 +452,10 @@ impl Runtime<'_> {
                             match fallback {
                                 Some(FallbackInput::Value(v)) => Ok(Some(v)),
                                 Some(FallbackInput::Call(t, a)) => {
-                                    match self.call(cx, n, t, a, &path).await? {
+                                    match self
+                                        .call(cx, n, t, a, &path, &format!("{key}#fallback"))
+                                        .await?
+                                    {
                                         CallOutcome::Value(v) => Ok(Some(v)),
                                         CallOutcome::Skipped => Ok(None),
                                     }
@@ -415,10 +485,13 @@ impl Runtime<'_> {
                     Some(Fallback::Value(e)) => Some(eval(e, &scope).map_err(|e| fail(e.0))?),
                     _ => None,
                 };
+                let key = step_key(&frame.path, cx, n);
                 Ok(Prepared::Future(Box::pin(async move {
-                    match self.llm(cx, n, call, prompt, system).await {
+                    match self.llm(cx, n, call, prompt, system, &key).await {
                         Ok(v) => Ok(Some(v)),
-                        Err(Stop::Failed(err)) if fallback.is_some() => {
+                        Err(Stop::Failed(err))
+                            if fallback.is_some() && !err.is_circuit_breaker() =>
+                        {
                             self.trace.event(
                                 Some(cx.span),
                                 "fallback",
@@ -631,6 +704,24 @@ enum FallbackInput {
 pub enum GateDecision {
     Approve(Option<Value>),
     Reject(String),
+}
+
+/// Steps whose results are checkpointed: calls, model calls, gates, loops
+/// and branches. The rest are cheap and deterministic: recomputed on resume.
+fn durable_kind(kind: &StepKind) -> bool {
+    matches!(
+        kind,
+        StepKind::Call { .. }
+            | StepKind::Llm(_)
+            | StepKind::Approve { .. }
+            | StepKind::Loop { .. }
+            | StepKind::Branch { .. }
+    )
+}
+
+/// A step instance's name in the run store: `posted[3]/reconcile.posted.result`.
+pub fn step_key(path: &str, cx: &FlowCtx<'_>, n: NodeIndex) -> String {
+    format!("{}{}.{}", prefix(path), cx.flow.name, cx.flow.graph[n].name)
 }
 
 fn choose_arm<'a>(arms: &'a [Arm], subject: &Value) -> Option<&'a Arm> {

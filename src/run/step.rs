@@ -87,6 +87,19 @@ pub struct Runtime<'p> {
     pub calls: RefCell<HashMap<String, u64>>,
     pub stats: RefCell<Stats>,
     pub plans: RefCell<HashMap<FlowId, Rc<Plan>>>,
+    /// The run store, for durable runs.
+    pub durable: Option<Durable>,
+    pub root_ledger: RefCell<Option<Arc<Ledger>>>,
+    /// Spent by earlier processes of a resumed run.
+    pub base_spend: Spend,
+}
+
+/// A durable run's store and what it already holds.
+pub struct Durable {
+    pub store: RefCell<super::store::Store>,
+    pub run_id: String,
+    /// Completed step instances: key → value (`None`: skipped).
+    pub done: RefCell<HashMap<String, Option<Value>>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -107,8 +120,99 @@ impl<'p> Runtime<'p> {
             .clone()
     }
 
-    pub fn gate_decision(&self, _flow: &str, gate: &str) -> Option<GateDecision> {
-        self.gates.get(gate).cloned()
+    /// A gate's decision: from the run store (an earlier process, `flowc
+    /// approve`, a passed timeout), else from the command line or the test.
+    /// A gate that stays undecided is recorded as pending.
+    pub fn gate_decision(
+        &self,
+        key: &str,
+        pending: &PendingGate,
+        timeout_seconds: Option<f64>,
+        on_timeout: crate::ast::Decision,
+    ) -> Result<Option<GateDecision>, super::store::StoreError> {
+        let given = self.gates.get(&pending.gate).cloned();
+        let Some(d) = &self.durable else {
+            return Ok(given);
+        };
+        let store = d.store.borrow();
+        let record = store.gate(&d.run_id, key)?;
+        if let Some(r) = &record {
+            match r.status.as_str() {
+                "approved" => return Ok(Some(GateDecision::Approve(r.value.clone()))),
+                "rejected" => {
+                    return Ok(Some(GateDecision::Reject(
+                        r.reason.clone().unwrap_or_default(),
+                    )))
+                }
+                _ => {}
+            }
+            if r.timeout_at.is_some_and(|t| super::store::now() >= t) {
+                let approve = r.on_timeout == "approve";
+                store.decide_gate(&d.run_id, key, approve, None, Some("timed out"))?;
+                return Ok(Some(if approve {
+                    GateDecision::Approve(None)
+                } else {
+                    GateDecision::Reject("timed out".into())
+                }));
+            }
+        }
+        if let Some(decision) = given {
+            return Ok(Some(decision));
+        }
+        if record.is_none() {
+            let created = super::store::now();
+            store.pending_gate(&super::store::GateRecord {
+                run_id: d.run_id.clone(),
+                key: key.to_string(),
+                flow: pending.flow.clone(),
+                gate: pending.gate.clone(),
+                show: Value::Array(pending.show.clone()),
+                status: "pending".into(),
+                value: None,
+                reason: None,
+                created_at: created,
+                timeout_at: timeout_seconds.map(|t| created + t),
+                on_timeout: if on_timeout == crate::ast::Decision::Approve {
+                    "approve"
+                } else {
+                    "reject"
+                }
+                .into(),
+            })?;
+        }
+        Ok(None)
+    }
+
+    /// Commits completed steps (and the run's spend) before anything that
+    /// depends on them starts.
+    pub fn persist(&self, cx: &FlowCtx<'_>, batch: &[(String, Option<Value>)]) -> Result<(), Stop> {
+        let Some(d) = &self.durable else {
+            return Ok(());
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let spend = self.total_spend();
+        d.store
+            .borrow_mut()
+            .commit_steps(&d.run_id, batch, spend)
+            .map_err(|e| {
+                Stop::Failed(RunError {
+                    flow: cx.flow.name.clone(),
+                    step: batch[0].0.clone(),
+                    attempts: 0,
+                    class: None,
+                    message: e.to_string(),
+                })
+            })
+    }
+
+    /// What the whole run has spent, earlier processes included.
+    pub fn total_spend(&self) -> Spend {
+        self.root_ledger
+            .borrow()
+            .as_ref()
+            .map_or(Spend::default(), |l| l.spent())
     }
 
     fn count_call(&self, name: &str) {
@@ -126,11 +230,17 @@ impl<'p> Runtime<'p> {
     ) -> Result<(Option<Value>, Vec<PendingGate>), Stop> {
         let flow = &self.program.flows[id.index()];
         let span = self.trace.begin(parent_span, "flow", &flow.name);
+        let is_root = parent_ledger.is_none();
         let ledger = Ledger::new(
             format!("flow `{}`", flow.name),
             flow.budget.clone().unwrap_or_default(),
             parent_ledger,
         );
+        if is_root {
+            // A resumed run starts with what its earlier processes spent.
+            ledger.preload(self.base_spend);
+            *self.root_ledger.borrow_mut() = Some(ledger.clone());
+        }
         let cx = FlowCtx {
             id,
             flow,
@@ -190,16 +300,37 @@ impl<'p> Runtime<'p> {
         target: CallTarget,
         args: Map<String, Value>,
         path: &str,
+        key: &str,
     ) -> Result<CallOutcome, Stop> {
         match target {
             CallTarget::Tool(t) => self
-                .tool_call(cx, n, &self.program.tools[t.index()], args, path)
+                .tool_call(cx, n, &self.program.tools[t.index()], args, path, key)
                 .await
                 .map(CallOutcome::Value),
-            CallTarget::Agent(a) => self
-                .agent_call(cx, n, &self.program.agents[a.index()], args)
-                .await
-                .map(CallOutcome::Value),
+            CallTarget::Agent(a) => {
+                let agent = &self.program.agents[a.index()];
+                let turns = self.agent_call(cx, n, agent, args);
+                // An agent's `timeout` bounds its whole loop, tool calls
+                // included; what is still in flight is cancelled.
+                let result = match agent.timeout_seconds {
+                    Some(secs) => tokio::time::timeout(Duration::from_secs_f64(secs), turns)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(self.fail(
+                                cx,
+                                n,
+                                1,
+                                Some("timeout"),
+                                format!(
+                                    "agent `{}` did not finish within its timeout of {secs}s",
+                                    agent.name
+                                ),
+                            ))
+                        }),
+                    None => turns.await,
+                };
+                result.map(CallOutcome::Value)
+            }
             CallTarget::Flow(f) => {
                 let callee = &self.program.flows[f.index()];
                 self.count_call(&callee.name);
@@ -213,7 +344,16 @@ impl<'p> Runtime<'p> {
                     params,
                     Some(cx.ledger.clone()),
                     Some(cx.span),
-                    format!("{path}/{}", callee.name),
+                    format!(
+                        "{}{}>{}",
+                        if path.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{path}/")
+                        },
+                        cx.flow.graph[n].name,
+                        callee.name
+                    ),
                 ))
                 .await?;
                 self.waiting.borrow_mut().extend(waiting);
@@ -229,6 +369,7 @@ impl<'p> Runtime<'p> {
         tool: &Tool,
         args: Map<String, Value>,
         path: &str,
+        key: &str,
     ) -> Result<Value, Stop> {
         self.count_call(&tool.name);
         let step_name = cx.flow.graph[n].name.clone();
@@ -274,6 +415,14 @@ impl<'p> Runtime<'p> {
         } else {
             None
         };
+        // The intent is committed before the call: a crash between the call
+        // and the step's commit resumes with the same key.
+        if let (Some(d), Some(idem)) = (&self.durable, &idempotency_key) {
+            d.store
+                .borrow()
+                .intent(&d.run_id, key, idem)
+                .map_err(|e| self.fail(cx, n, 0, None, e.to_string()))?;
+        }
         let policy = tool.retry.clone();
         let timeout = Duration::from_secs_f64(tool.timeout_seconds.unwrap_or(30.0));
         let mut attempt = 0u32;
@@ -411,6 +560,7 @@ impl<'p> Runtime<'p> {
         call: &LlmCall,
         prompt: String,
         system: Option<String>,
+        key: &str,
     ) -> Result<Value, Stop> {
         let step = &cx.flow.graph[n];
         let reservation = cx
@@ -449,16 +599,38 @@ impl<'p> Runtime<'p> {
                     tools: Vec::new(),
                     extra: model.extra.clone(),
                 };
-                let reply = self
-                    .chat(
-                        cx,
-                        n,
-                        &ledger,
-                        model_id,
-                        &request,
-                        Duration::from_secs_f64(call.timeout_seconds.unwrap_or(120.0)),
-                    )
-                    .await?;
+                // A reply an earlier process of this run received is not paid for twice.
+                let reply_key = format!("{key}@{}", model.name);
+                let recorded = match &self.durable {
+                    Some(d) => d
+                        .store
+                        .borrow()
+                        .reply(&d.run_id, &reply_key, attempt)
+                        .map_err(|e| self.fail(cx, n, attempt, None, e.to_string()))?,
+                    None => None,
+                };
+                let reply = match recorded {
+                    Some((text, _, _)) => Ok(text),
+                    None => {
+                        let reply = self
+                            .chat(
+                                cx,
+                                n,
+                                &ledger,
+                                model_id,
+                                &request,
+                                Duration::from_secs_f64(call.timeout_seconds.unwrap_or(120.0)),
+                            )
+                            .await?;
+                        if let (Some(d), Ok(text)) = (&self.durable, &reply) {
+                            d.store
+                                .borrow()
+                                .record_reply(&d.run_id, &reply_key, attempt, text, 0, 0)
+                                .map_err(|e| self.fail(cx, n, attempt, None, e.to_string()))?;
+                        }
+                        reply
+                    }
+                };
                 let err = match reply {
                     Ok(text) => match parse_output(
                         &text,
@@ -864,9 +1036,9 @@ impl<'p> Runtime<'p> {
                     }
                     Some(tool) => match call.arguments.as_object() {
                         None => serde_json::json!({"error": "the arguments must be a JSON object", "available_tools": names}).to_string(),
-                        Some(a) => match Box::pin(self.tool_call(cx, n, tool, a.clone(), &format!("{}#{turn}", agent.name))).await {
+                        Some(a) => match Box::pin(self.tool_call(cx, n, tool, a.clone(), &format!("{}#{turn}", agent.name), &format!("{}#{turn}:{}", agent.name, call.id))).await {
                             Ok(v) => cut(&v.to_string(), tool.limit_tokens),
-                            Err(Stop::Failed(e)) => serde_json::json!({"error": e.message, "available_tools": names}).to_string(),
+                            Err(Stop::Failed(e)) if !e.is_circuit_breaker() => serde_json::json!({"error": e.message, "available_tools": names}).to_string(),
                             Err(stop) => return Err(stop),
                         },
                     },

@@ -46,7 +46,12 @@ impl Trace {
                 if let Some(dir) = p.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                Some(std::io::BufWriter::new(std::fs::File::create(p)?))
+                // Appending: a resumed run continues the same trace.
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?;
+                Some(std::io::BufWriter::new(file))
             }
             None => None,
         };
@@ -56,7 +61,10 @@ impl Trace {
         Ok(Trace {
             run_id: run_id.to_string(),
             started: Instant::now(),
-            next: AtomicU64::new(1),
+            // A resumed run appends to its trace from another process: ids
+            // carry a per-process prefix so they never collide (and stay
+            // below 2^53, exact in JSON readers).
+            next: AtomicU64::new((u64::from(fastrand::u32(..1 << 20)) << 32) | 1),
             out: Mutex::new(out),
             secrets,
             events: Mutex::default(),
@@ -68,8 +76,14 @@ impl Trace {
         &self.run_id
     }
 
+    /// Milliseconds since the Unix epoch: comparable across the processes of
+    /// a resumed run.
     fn ms(&self) -> f64 {
-        (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3
+        let _ = self.started;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        (now * 1e6).round() / 1e3
     }
 
     /// Opens a span; close it with [`Trace::end`].
