@@ -148,7 +148,7 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
             ));
         }
     }
-    let store = Store::open(&args.store, Durability::Full).map_err(|e| e.to_string())?;
+    let store = open_store(&args.store)?;
     let record = match args.resume.clone() {
         Some(r) => r,
         None => store::RunRecord {
@@ -522,7 +522,17 @@ fn run_test(checked: &flowc::CheckedProgram, test: &flowc::ir::Test) -> Result<(
 }
 
 fn open_store(path: &Path) -> Result<Store, String> {
-    Store::open(path, Durability::Full).map_err(|e| e.to_string())
+    Store::open(path, durability()?).map_err(|e| e.to_string())
+}
+
+/// `FLOWC_DURABILITY=normal` trades the last commits on a power cut for
+/// fewer fsyncs; the default, `full`, loses nothing that was committed.
+fn durability() -> Result<Durability, String> {
+    match std::env::var("FLOWC_DURABILITY").as_deref() {
+        Err(_) | Ok("full") | Ok("") => Ok(Durability::Full),
+        Ok("normal") => Ok(Durability::Normal),
+        Ok(other) => Err(format!("FLOWC_DURABILITY must be `full` or `normal`, not `{other}`")),
+    }
 }
 
 fn find_run(store: &Store, id: &str) -> Result<store::RunRecord, String> {
