@@ -531,7 +531,9 @@ fn durability() -> Result<Durability, String> {
     match std::env::var("FLOWC_DURABILITY").as_deref() {
         Err(_) | Ok("full") | Ok("") => Ok(Durability::Full),
         Ok("normal") => Ok(Durability::Normal),
-        Ok(other) => Err(format!("FLOWC_DURABILITY must be `full` or `normal`, not `{other}`")),
+        Ok(other) => Err(format!(
+            "FLOWC_DURABILITY must be `full` or `normal`, not `{other}`"
+        )),
     }
 }
 

@@ -446,18 +446,48 @@ impl Template {
     }
 }
 
+/// Whether `region` is `ancestor` or nested inside it.
+pub fn region_within(regions: &[Region], mut region: RegionId, ancestor: RegionId) -> bool {
+    loop {
+        if region == ancestor {
+            return true;
+        }
+        match regions[region.index()].parent {
+            Some(p) => region = p,
+            None => return false,
+        }
+    }
+}
+
+/// A parameter list as (name, type, optional): what argument checks and
+/// schemas take.
+pub fn signature(params: &[Param]) -> Vec<(String, Ty, bool)> {
+    params
+        .iter()
+        .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
+        .collect()
+}
+
+impl Program {
+    /// A model and its fallbacks, each once.
+    pub fn model_chain(&self, first: ModelId) -> Vec<ModelId> {
+        let mut out = vec![first];
+        let mut m = first;
+        while let Some(f) = self.models[m.index()].fallback {
+            if out.contains(&f) {
+                break;
+            }
+            out.push(f);
+            m = f;
+        }
+        out
+    }
+}
+
 impl Flow {
     /// Whether `region` is `ancestor` or nested inside it.
-    pub fn region_within(&self, mut region: RegionId, ancestor: RegionId) -> bool {
-        loop {
-            if region == ancestor {
-                return true;
-            }
-            match self.regions[region.index()].parent {
-                Some(p) => region = p,
-                None => return false,
-            }
-        }
+    pub fn region_within(&self, region: RegionId, ancestor: RegionId) -> bool {
+        region_within(&self.regions, region, ancestor)
     }
 
     /// How many times a step in `region` can run per run of the flow, or

@@ -24,8 +24,8 @@ use petgraph::graph::NodeIndex;
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::ir::{
-    Agent, Budget, CallTarget, ExprKind, Fallback, Flow, LlmCall, ModelId, Program, RegionId,
-    StepKind, Template, TemplatePart,
+    Agent, Budget, CallTarget, ExprKind, Fallback, Flow, LlmCall, Program, RegionId, StepKind,
+    Template, TemplatePart,
 };
 use crate::source::Span;
 use crate::types::{Lit, Ty, TypeTable};
@@ -357,7 +357,7 @@ fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall) -> Worst
     let attempts = 1 + l.retry.as_ref().map_or(0, |r| r.retries);
     let prompt = prompt_tokens(program, flow, l.prompt.as_ref())
         + prompt_tokens(program, flow, l.system.as_ref());
-    for model in chain(program, l.model) {
+    for model in program.model_chain(l.model) {
         let m = &program.models[model.index()];
         let Some(max_out) = l.max_tokens.or(m.max_tokens) else {
             continue;
@@ -432,7 +432,7 @@ fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst
         .instructions
         .as_ref()
         .map_or(0.0, |t| (t.text_len() as f64 / 4.0).ceil());
-    for id in chain(program, model) {
+    for id in program.model_chain(model) {
         let m = &program.models[id.index()];
         let Some(max_out) = m.max_tokens else {
             continue;
@@ -498,20 +498,6 @@ fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst
         }),
     }
     w
-}
-
-/// The model and its fallbacks, each once.
-fn chain(program: &Program, first: ModelId) -> Vec<ModelId> {
-    let mut out = vec![first];
-    let mut m = first;
-    while let Some(f) = program.models[m.index()].fallback {
-        if out.contains(&f) {
-            break;
-        }
-        out.push(f);
-        m = f;
-    }
-    out
 }
 
 /// Tokens a prompt template can reach: its text, and each quoted value at

@@ -350,16 +350,8 @@ impl<'a> FlowBuilder<'a> {
         self.state.insert(node, State::Done);
     }
 
-    fn within(&self, mut region: RegionId, ancestor: RegionId) -> bool {
-        loop {
-            if region == ancestor {
-                return true;
-            }
-            match self.regions[region.index()].parent {
-                Some(p) => region = p,
-                None => return false,
-            }
-        }
+    fn within(&self, region: RegionId, ancestor: RegionId) -> bool {
+        crate::ir::region_within(&self.regions, region, ancestor)
     }
 
     fn lookup(&self, name: &str) -> Option<NodeIndex> {
@@ -509,10 +501,7 @@ impl<'a> FlowBuilder<'a> {
                     let tool = &cx.program.tools[t.index()];
                     (
                         CallTarget::Tool(t),
-                        tool.params
-                            .iter()
-                            .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
-                            .collect(),
+                        crate::ir::signature(&tool.params),
                         tool.output.clone(),
                     )
                 }
@@ -520,11 +509,7 @@ impl<'a> FlowBuilder<'a> {
                     let agent = &cx.program.agents[a.index()];
                     (
                         CallTarget::Agent(a),
-                        agent
-                            .params
-                            .iter()
-                            .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
-                            .collect(),
+                        crate::ir::signature(&agent.params),
                         agent.output.clone(),
                     )
                 }
@@ -532,10 +517,7 @@ impl<'a> FlowBuilder<'a> {
                     let flow = &cx.program.flows[f.index()];
                     (
                         CallTarget::Flow(f),
-                        flow.params
-                            .iter()
-                            .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
-                            .collect(),
+                        crate::ir::signature(&flow.params),
                         flow.output.clone(),
                     )
                 }
@@ -1115,16 +1097,7 @@ impl<'a> FlowBuilder<'a> {
             // A check inside a loop or branch guards only steps in its own
             // region (or nested in it): nothing else waits on one iteration.
             let region = self.graph[check].region;
-            let within = |u: &NodeIndex| {
-                let mut r = Some(self.graph[*u].region);
-                while let Some(id) = r {
-                    if id == region {
-                        return true;
-                    }
-                    r = self.regions[id.index()].parent;
-                }
-                false
-            };
+            let within = |u: &NodeIndex| self.within(self.graph[*u].region, region);
             edges.extend(
                 candidates
                     .into_iter()
@@ -1364,11 +1337,8 @@ pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDec
             run_span = Some(call.span);
             match cx.lookup(m, &call.callee.name) {
                 Some(Symbol::Flow(f)) => {
-                    let params: Vec<(String, Ty, bool)> = cx.program.flows[f.index()]
-                        .params
-                        .iter()
-                        .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
-                        .collect();
+                    let params: Vec<(String, Ty, bool)> =
+                        crate::ir::signature(&cx.program.flows[f.index()].params);
                     test.flow = Some(f);
                     test.args = check_args(cx, call, &params, &mut no_names);
                 }

@@ -156,11 +156,7 @@ pub fn run(
         }
     };
     let validators = validate::Validators::default();
-    let params: Vec<(String, crate::types::Ty, bool)> = f
-        .params
-        .iter()
-        .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
-        .collect();
+    let params: Vec<(String, crate::types::Ty, bool)> = crate::ir::signature(&f.params);
     validators
         .check_args(&program.types, &params, input)
         .map_err(|errors| {

@@ -373,11 +373,7 @@ impl<'p> Runtime<'p> {
     ) -> Result<Value, Stop> {
         self.count_call(&tool.name);
         let step_name = cx.flow.graph[n].name.clone();
-        let params: Vec<(String, Ty, bool)> = tool
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
-            .collect();
+        let params: Vec<(String, Ty, bool)> = crate::ir::signature(&tool.params);
         if let Err(errors) = self
             .validators
             .check_args(&self.program.types, &params, &args)
@@ -581,7 +577,7 @@ impl<'p> Runtime<'p> {
             _ => Some(crate::schema::document(&self.program.types, &call.output)),
         };
         let mut last_error = None;
-        for model_id in chain(self.program, call.model) {
+        for model_id in self.program.model_chain(call.model) {
             let model = &self.program.models[model_id.index()];
             let max_tokens = call.max_tokens.or(model.max_tokens).unwrap_or(1024);
             let mut messages = vec![Message::User(prompt.clone())];
@@ -692,7 +688,7 @@ impl<'p> Runtime<'p> {
         request: &ChatRequest,
         timeout: Duration,
     ) -> Result<Result<String, CallError>, Stop> {
-        let (text, _) = self
+        let text = self
             .chat_raw(cx, n, ledger, model_id, request, timeout)
             .await?;
         Ok(text.map(|r| r.text.unwrap_or_default()))
@@ -706,7 +702,7 @@ impl<'p> Runtime<'p> {
         model_id: ModelId,
         request: &ChatRequest,
         timeout: Duration,
-    ) -> Result<(Result<model::ChatResponse, CallError>, ()), Stop> {
+    ) -> Result<Result<model::ChatResponse, CallError>, Stop> {
         let model = &self.program.models[model_id.index()];
         let prompt_chars: usize = request.system.as_ref().map_or(0, |s| s.len())
             + request
@@ -788,7 +784,7 @@ impl<'p> Runtime<'p> {
                 self.trace.end(span, "error", data);
             }
         }
-        Ok((result, ()))
+        Ok(result)
     }
 
     async fn answer(
@@ -926,11 +922,7 @@ impl<'p> Runtime<'p> {
         let specs: Vec<ToolSpec> = tools
             .iter()
             .map(|t| {
-                let params: Vec<(String, Ty, bool)> = t
-                    .params
-                    .iter()
-                    .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
-                    .collect();
+                let params: Vec<(String, Ty, bool)> = crate::ir::signature(&t.params);
                 ToolSpec {
                     name: t.name.clone(),
                     description: format!(
@@ -982,7 +974,7 @@ impl<'p> Runtime<'p> {
                 extra: model.extra.clone(),
             };
             let timeout = Duration::from_secs_f64(agent.timeout_seconds.unwrap_or(120.0));
-            let (reply, _) = self
+            let reply = self
                 .chat_raw(cx, n, &ledger, model_id, &request, timeout)
                 .await?;
             let reply = match reply {
@@ -1120,19 +1112,6 @@ fn cost(model: &crate::ir::Model, input: u64, output: u64) -> f64 {
     model.price.as_ref().map_or(0.0, |p| {
         (input as f64 * p.input + output as f64 * p.output) / 1e6
     })
-}
-
-fn chain(program: &Program, first: ModelId) -> Vec<ModelId> {
-    let mut out = vec![first];
-    let mut m = first;
-    while let Some(f) = program.models[m.index()].fallback {
-        if out.contains(&f) {
-            break;
-        }
-        out.push(f);
-        m = f;
-    }
-    out
 }
 
 /// A model's reply as a value of its declared type: text for `string`,
