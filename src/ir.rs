@@ -74,6 +74,10 @@ pub struct Model {
     pub temperature: Option<f64>,
     pub max_tokens: Option<u64>,
     pub fallback: Option<ModelId>,
+    /// Calls to this model in flight at once, across the run (`concurrency`).
+    pub concurrency: Option<u64>,
+    /// Calls started per minute at most (`rpm`): spaced evenly.
+    pub rpm: Option<u64>,
     /// Other parameters, passed to the provider as written.
     pub extra: Vec<(String, serde_json::Value)>,
     pub price: Option<Price>,

@@ -122,6 +122,8 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             temperature: None,
                             max_tokens: None,
                             fallback: None,
+                            concurrency: None,
+                            rpm: None,
                             extra: Vec::new(),
                             price: None,
                         });
@@ -754,6 +756,8 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         let mut temperature = None;
         let mut max_tokens = None;
         let mut fallback = None;
+        let mut concurrency = None;
+        let mut rpm = None;
         let mut extra = Vec::new();
         for (key, value) in &decl.params {
             match key.name.as_str() {
@@ -766,6 +770,16 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                         max_tokens = Some(n as u64)
                     }
                     _ => self.param_error(value.span, "max_tokens", "a whole number of at least 1"),
+                },
+                "concurrency" | "rpm" => match value.kind {
+                    ast::ExprKind::Number(n) if n >= 1.0 && n.fract() == 0.0 => {
+                        if key.name == "rpm" {
+                            rpm = Some(n as u64);
+                        } else {
+                            concurrency = Some(n as u64);
+                        }
+                    }
+                    _ => self.param_error(value.span, &key.name, "a whole number of at least 1"),
                 },
                 "fallback" => match &value.kind {
                     ast::ExprKind::Name(n) => match self.lookup(m, &n.name) {
@@ -802,6 +816,8 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         model.temperature = temperature;
         model.max_tokens = max_tokens;
         model.fallback = fallback;
+        model.concurrency = concurrency;
+        model.rpm = rpm;
         model.extra = extra;
         model.price = price;
     }

@@ -228,6 +228,13 @@ pub fn run(
         calls: Default::default(),
         stats: Default::default(),
         plans: Default::default(),
+        model_gates: program
+            .models
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.concurrency.is_some() || m.rpm.is_some())
+            .map(|(i, m)| (crate::ir::ModelId(i as u32), step::ModelGate::new(m)))
+            .collect(),
         durable,
         root_ledger: Default::default(),
         base_spend,

@@ -87,6 +87,9 @@ pub struct Runtime<'p> {
     pub calls: RefCell<HashMap<String, u64>>,
     pub stats: RefCell<Stats>,
     pub plans: RefCell<HashMap<FlowId, Rc<Plan>>>,
+    /// Per model: its own concurrency limit and the earliest time its next
+    /// call may start (`rpm`).
+    pub model_gates: HashMap<ModelId, ModelGate>,
     /// The run store, for durable runs.
     pub durable: Option<Durable>,
     pub root_ledger: RefCell<Option<Arc<Ledger>>>,
@@ -743,6 +746,14 @@ impl<'p> Runtime<'p> {
         let started = Instant::now();
         self.stats.borrow_mut().model_calls += 1;
         let result = {
+            let gate = self.model_gates.get(&model_id);
+            let _model_permit = match gate.and_then(|g| g.permits.as_ref()) {
+                Some(p) => Some(p.acquire().await),
+                None => None,
+            };
+            if let Some(g) = gate {
+                g.wait_turn().await;
+            }
             let _permit = self.permits.acquire().await;
             self.answer(model_id, request, timeout).await
         };
@@ -1051,6 +1062,42 @@ impl<'p> Runtime<'p> {
                 agent.name
             ),
         ))
+    }
+}
+
+/// A model's own limits: calls in flight and calls started per minute.
+pub struct ModelGate {
+    pub permits: Option<tokio::sync::Semaphore>,
+    /// Minimum time between two call starts, and when the next may start.
+    pub spacing: Option<Duration>,
+    pub next: Cell<Option<Instant>>,
+}
+
+impl ModelGate {
+    pub fn new(model: &crate::ir::Model) -> ModelGate {
+        ModelGate {
+            permits: model
+                .concurrency
+                .map(|n| tokio::sync::Semaphore::new(n.max(1) as usize)),
+            spacing: model
+                .rpm
+                .map(|r| Duration::from_secs_f64(60.0 / r.max(1) as f64)),
+            next: Cell::new(None),
+        }
+    }
+
+    /// Waits until this model may start another call under its `rpm`.
+    async fn wait_turn(&self) {
+        let Some(spacing) = self.spacing else { return };
+        let now = Instant::now();
+        let start = match self.next.get() {
+            Some(t) if t > now => t,
+            _ => now,
+        };
+        self.next.set(Some(start + spacing));
+        if start > now {
+            tokio::time::sleep_until(start.into()).await;
+        }
     }
 }
 
