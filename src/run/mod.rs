@@ -247,9 +247,11 @@ pub fn run(
     let result = rt.block_on(runtime.run_flow(id, values, None, Some(span.id), String::new()));
     let mut waiting = runtime.waiting.borrow().clone();
     let outcome = match result {
-        Ok((Some(v), w)) if w.is_empty() && waiting.is_empty() => Outcome::Completed(v),
-        Ok((_, w)) if !w.is_empty() || !waiting.is_empty() => {
-            waiting.extend(w);
+        Ok((Some(v), end)) if end.waiting.is_empty() && waiting.is_empty() => {
+            Outcome::Completed(v)
+        }
+        Ok((_, end)) if !end.waiting.is_empty() || !waiting.is_empty() => {
+            waiting.extend(end.waiting);
             Outcome::Waiting(waiting)
         }
         Ok((_, _)) => Outcome::Rejected,

@@ -163,8 +163,8 @@ pub struct FlowCtx<'a> {
     pub span: SpanId,
 }
 
-/// A step in flight: its node and, when it ends, its value (`None`: skipped).
-type Running<'a> = LocalBoxFuture<'a, (NodeIndex, Result<Option<Value>, Stop>)>;
+/// A step in flight: its node and, when it ends, how.
+type Running<'a> = LocalBoxFuture<'a, (NodeIndex, Result<CallOutcome, Stop>)>;
 
 enum Prepared<'a> {
     /// Completed in an earlier process of this run (`None`: skipped).
@@ -172,13 +172,24 @@ enum Prepared<'a> {
     Done(Value),
     Skip,
     Wait(PendingGate),
-    Future(LocalBoxFuture<'a, Result<Option<Value>, Stop>>),
+    Future(LocalBoxFuture<'a, Result<CallOutcome, Stop>>),
 }
 
 /// How a region instance ended.
 #[derive(Default)]
 pub struct RegionEnd {
+    /// The region's own gates that wait for a decision.
     pub waiting: Vec<PendingGate>,
+    /// A step waits on a gate further in (a loop iteration, a branch arm, a
+    /// called flow), whose gates are in the run's waiting list.
+    pub blocked: bool,
+}
+
+impl RegionEnd {
+    /// Some step of the region has no value because a gate waits.
+    pub fn is_waiting(&self) -> bool {
+        !self.waiting.is_empty() || self.blocked
+    }
 }
 
 impl Runtime<'_> {
@@ -267,7 +278,16 @@ impl Runtime<'_> {
                 let mut batch = Vec::with_capacity(done.len());
                 let mut finished = Vec::with_capacity(done.len());
                 for (n, result) in done {
-                    let value = result?;
+                    let value = match result? {
+                        CallOutcome::Value(v) => Some(v),
+                        CallOutcome::Skipped => None,
+                        // Neither checkpointed nor released: what depends
+                        // on it waits too.
+                        CallOutcome::Waiting => {
+                            end.blocked = true;
+                            continue;
+                        }
+                    };
                     batch.push((step_key(&frame.path, cx, n), value.clone()));
                     finished.push((n, value));
                 }
@@ -438,8 +458,7 @@ impl Runtime<'_> {
                 let key = step_key(&frame.path, cx, n);
                 Ok(Prepared::Future(Box::pin(async move {
                     match self.call(cx, n, target, args, &path, &key).await {
-                        Ok(CallOutcome::Value(v)) => Ok(Some(v)),
-                        Ok(CallOutcome::Skipped) => Ok(None),
+                        Ok(outcome) => Ok(outcome),
                         Err(Stop::Failed(err))
                             if fallback.is_some() && !err.is_circuit_breaker() =>
                         {
@@ -450,15 +469,10 @@ impl Runtime<'_> {
                                 fields! {"error": err.message},
                             );
                             match fallback {
-                                Some(FallbackInput::Value(v)) => Ok(Some(v)),
+                                Some(FallbackInput::Value(v)) => Ok(CallOutcome::Value(v)),
                                 Some(FallbackInput::Call(t, a)) => {
-                                    match self
-                                        .call(cx, n, t, a, &path, &format!("{key}#fallback"))
-                                        .await?
-                                    {
-                                        CallOutcome::Value(v) => Ok(Some(v)),
-                                        CallOutcome::Skipped => Ok(None),
-                                    }
+                                    self.call(cx, n, t, a, &path, &format!("{key}#fallback"))
+                                        .await
                                 }
                                 None => Err(Stop::Failed(err)),
                             }
@@ -488,7 +502,7 @@ impl Runtime<'_> {
                 let key = step_key(&frame.path, cx, n);
                 Ok(Prepared::Future(Box::pin(async move {
                     match self.llm(cx, n, call, prompt, system, &key).await {
-                        Ok(v) => Ok(Some(v)),
+                        Ok(v) => Ok(CallOutcome::Value(v)),
                         Err(Stop::Failed(err))
                             if fallback.is_some() && !err.is_circuit_breaker() =>
                         {
@@ -498,7 +512,7 @@ impl Runtime<'_> {
                                 &cx.flow.graph[n].name,
                                 fields! {"error": err.message},
                             );
-                            Ok(fallback)
+                            Ok(fallback.map_or(CallOutcome::Skipped, CallOutcome::Value))
                         }
                         Err(e) => Err(e),
                     }
@@ -531,7 +545,6 @@ impl Runtime<'_> {
                 Ok(Prepared::Future(Box::pin(async move {
                     self.run_loop(cx, n, &frame, items, item, body, result, parallel)
                         .await
-                        .map(Some)
                 })))
             }
             StepKind::Branch { decide, arms } => {
@@ -540,20 +553,27 @@ impl Runtime<'_> {
                 let frame = frame.clone();
                 Ok(Prepared::Future(Box::pin(async move {
                     let Some(arm) = chosen else {
-                        return Ok(Some(Value::Null));
+                        return Ok(CallOutcome::Value(Value::Null));
                     };
                     let Some(result) = arm.result else {
-                        return Ok(Some(Value::Null));
+                        return Ok(CallOutcome::Value(Value::Null));
                     };
                     let child = frame.child(&cx.plan, arm.region, frame.path.clone());
                     let end = self.run_region(cx, arm.region, child.clone()).await?;
+                    let waiting = end.is_waiting();
                     self.waiting.borrow_mut().extend(end.waiting);
+                    if waiting {
+                        return Ok(CallOutcome::Waiting);
+                    }
                     let scope = FrameScope {
                         flow: cx.flow,
                         plan: &cx.plan,
                         frame: &child,
                     };
-                    Ok(scope.step(result).cloned())
+                    Ok(scope
+                        .step(result)
+                        .cloned()
+                        .map_or(CallOutcome::Skipped, CallOutcome::Value))
                 })))
             }
         }
@@ -570,10 +590,12 @@ impl Runtime<'_> {
         body: RegionId,
         result: NodeIndex,
         parallel: u64,
-    ) -> Result<Value, Stop> {
+    ) -> Result<CallOutcome, Stop> {
         let name = &cx.flow.graph[n].name;
         let count = items.len();
         let mut results: Vec<Option<Value>> = vec![None; count];
+        // An iteration waiting at a gate leaves the whole loop without a value.
+        let mut waiting = false;
         let mut running = FuturesUnordered::new();
         let mut next = 0;
         let limit = parallel.max(1) as usize;
@@ -589,23 +611,30 @@ impl Runtime<'_> {
                 child.set(&cx.plan, item, items[i].clone());
                 running.push(Box::pin(async move {
                     let end = self.run_region(cx, body, child.clone()).await?;
+                    let waiting = end.is_waiting();
                     self.waiting.borrow_mut().extend(end.waiting);
                     let scope = FrameScope {
                         flow: cx.flow,
                         plan: &cx.plan,
                         frame: &child,
                     };
-                    Ok::<_, Stop>((i, scope.step(result).cloned()))
+                    Ok::<_, Stop>((i, scope.step(result).cloned(), waiting))
                 })
-                    as LocalBoxFuture<'_, Result<(usize, Option<Value>), Stop>>);
+                    as LocalBoxFuture<'_, Result<(usize, Option<Value>, bool), Stop>>);
             }
             let Some(done) = running.next().await else {
                 break;
             };
-            let (i, v) = done?;
+            let (i, v, blocked) = done?;
             results[i] = v;
+            waiting |= blocked;
         }
-        Ok(Value::Array(results.into_iter().flatten().collect()))
+        if waiting {
+            return Ok(CallOutcome::Waiting);
+        }
+        Ok(CallOutcome::Value(Value::Array(
+            results.into_iter().flatten().collect(),
+        )))
     }
 
     fn spend_step(&self, cx: &FlowCtx<'_>, n: NodeIndex) -> Result<(), Stop> {

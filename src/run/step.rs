@@ -61,10 +61,15 @@ impl Script {
     }
 }
 
+/// How a call (or any step that ran as a future) ended.
 pub enum CallOutcome {
     Value(Value),
     /// A sub-flow whose result was skipped (a rejected gate).
     Skipped,
+    /// A gate inside it (in a called flow, a loop iteration, a branch arm)
+    /// waits for a decision: it has no value yet, so nothing that depends on
+    /// it may start, and it is not checkpointed.
+    Waiting,
 }
 
 /// Everything a run shares.
@@ -230,7 +235,7 @@ impl<'p> Runtime<'p> {
         parent_ledger: Option<Arc<Ledger>>,
         parent_span: Option<SpanId>,
         path: String,
-    ) -> Result<(Option<Value>, Vec<PendingGate>), Stop> {
+    ) -> Result<(Option<Value>, super::scheduler::RegionEnd), Stop> {
         let flow = &self.program.flows[id.index()];
         let span = self.trace.begin(parent_span, "flow", &flow.name);
         let is_root = parent_ledger.is_none();
@@ -292,7 +297,7 @@ impl<'p> Runtime<'p> {
         let output = flow
             .output_step
             .and_then(|o| super::eval::Scope::step(&scope, o).cloned());
-        Ok((output, end.waiting))
+        Ok((output, end))
     }
 
     /// A tool, agent or sub-flow call, with retries and budgets.
@@ -342,7 +347,7 @@ impl<'p> Runtime<'p> {
                     .iter()
                     .map(|p| args.get(&p.name).cloned().unwrap_or(Value::Null))
                     .collect();
-                let (out, waiting) = Box::pin(self.run_flow(
+                let (out, end) = Box::pin(self.run_flow(
                     f,
                     params,
                     Some(cx.ledger.clone()),
@@ -359,7 +364,11 @@ impl<'p> Runtime<'p> {
                     ),
                 ))
                 .await?;
-                self.waiting.borrow_mut().extend(waiting);
+                let waiting = end.is_waiting();
+                self.waiting.borrow_mut().extend(end.waiting);
+                if waiting {
+                    return Ok(CallOutcome::Waiting);
+                }
                 Ok(out.map_or(CallOutcome::Skipped, CallOutcome::Value))
             }
         }
