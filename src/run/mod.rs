@@ -172,6 +172,12 @@ pub fn run(
         .collect();
     let mut options = options;
     let durable = options.durable.take();
+    // A resumed run's processes append to one trace file; each one's `run`
+    // span hangs under the first process's, so the trace is one tree.
+    let earlier_root = match (&durable, &options.trace_path) {
+        (Some(d), Some(path)) if d.resume => trace::root_span(path),
+        _ => None,
+    };
     let run_id = match &durable {
         Some(d) => d.record.id.clone(),
         None => options.run_id.clone().unwrap_or_else(new_run_id),
@@ -243,13 +249,11 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let span = trace.begin(None, "run", flow);
+    let span = trace.begin(earlier_root, "run", flow);
     let result = rt.block_on(runtime.run_flow(id, values, None, Some(span.id), String::new()));
     let mut waiting = runtime.waiting.borrow().clone();
     let outcome = match result {
-        Ok((Some(v), end)) if end.waiting.is_empty() && waiting.is_empty() => {
-            Outcome::Completed(v)
-        }
+        Ok((Some(v), end)) if end.waiting.is_empty() && waiting.is_empty() => Outcome::Completed(v),
         Ok((_, end)) if !end.waiting.is_empty() || !waiting.is_empty() => {
             waiting.extend(end.waiting);
             Outcome::Waiting(waiting)

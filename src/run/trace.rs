@@ -194,6 +194,18 @@ macro_rules! fields {
     }};
 }
 
+/// The id of the earliest-started root `run` span in a trace file (the
+/// first process of a resumed run to have finished its span), if any.
+pub fn root_span(path: &std::path::Path) -> Option<SpanId> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["kind"] == "run" && e["parent"].is_null())
+        .filter_map(|e| Some((e["start_ms"].as_f64()?, e["id"].as_u64()?)))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, id)| id)
+}
+
 /// Renders a trace file as an indented tree with timings and cost.
 pub fn render_tree(events: &[Value]) -> String {
     use std::collections::BTreeMap;
