@@ -1,0 +1,311 @@
+//! Runtime benchmarks: what the scheduler itself costs, and whether a wide
+//! fan-out really runs at the width it asks for.
+//!
+//! - `orchestration/steps/N`: a flow of N sequential tool calls (each on the
+//!   previous value) against the in-process scripted world, which answers at
+//!   once; so the time is the runtime's own (scheduling, argument and result
+//!   validation, budgets, trace), reported per step. Target: a median of at
+//!   most 20 µs per step, flat within 1.2× from 100 to 10,000 steps.
+//! - `fanout/parallel_1000`: `for x in items parallel 1000 { ping(...) }`
+//!   over 1,000 items, against the loopback mock server answering each call
+//!   after 100 ms, with the run's concurrency at 1,000. Target: wall time
+//!   within 2% of the critical path (100 ms) plus 10 ms, i.e. ≤ 112 ms.
+//!
+//! `cargo bench --bench run`; a summary (medians, per-step ratio, targets)
+//! is printed at the end.
+//!
+//! For profiling and load-insensitive counts (`perf stat -e instructions`),
+//! `FLOWC_RUN_BENCH_STEPS=STEPS:RUNS` makes the bench binary just run the
+//! STEPS-step chain RUNS times and exit, without criterion.
+
+#[allow(dead_code)]
+#[path = "../tests/support/mock_server.rs"]
+mod mock_server;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, BenchmarkId, Criterion, SamplingMode, Throughput};
+use flowc::run::{self, Outcome, RunOptions, Script, Scripted, World};
+use flowc::CheckedProgram;
+use serde_json::{json, Value};
+
+use mock_server::{MockServer, Reply};
+
+const SAMPLES: usize = 10;
+const STEP_SIZES: [usize; 3] = [100, 1_000, 10_000];
+const PER_STEP_TARGET_US: f64 = 20.0;
+const FLATNESS_TARGET: f64 = 1.2;
+const FANOUT_WIDTH: usize = 1_000;
+const FANOUT_LATENCY_MS: u64 = 100;
+
+/// Medians gathered while the benches run, printed by `summary`.
+#[derive(Default)]
+struct Results {
+    /// (steps, median seconds per step)
+    per_step: Vec<(usize, f64)>,
+    /// median wall seconds of the fan-out
+    fanout: Option<f64>,
+}
+
+thread_local! {
+    static RESULTS: RefCell<Results> = RefCell::default();
+}
+
+/// One flow of `steps` sequential tool calls, each on the previous value.
+fn chain_source(steps: usize) -> String {
+    let mut s = String::from(
+        r#"tool step(x: int) -> int {
+  http GET "{env.STEP_URL}/step?x={x}"
+  effect read
+  timeout 5s
+}
+
+flow chain(seed: int) -> int {
+  budget { steps 1M, tool_calls 1M, wall 1h }
+  let s0 = step(x: seed)
+"#,
+    );
+    for i in 1..steps {
+        let _ = writeln!(s, "  let s{i} = step(x: s{})", i - 1);
+    }
+    let _ = writeln!(s, "  return s{}\n}}", steps - 1);
+    s
+}
+
+/// One flow fanning out over up to 1,000 items, all at once.
+fn fanout_source() -> String {
+    format!(
+        r#"type Item {{ id: string len 1..40 }}
+type Ack {{ ok: bool }}
+
+tool ping(id: string) -> Ack {{
+  http GET "{{env.MOCK_URL}}/tools/ping?id={{id}}"
+  effect read
+  timeout 5s
+}}
+
+flow fanout(items: [Item] len ..{FANOUT_WIDTH}) -> [Ack] {{
+  budget {{ steps 10k, tool_calls 10k, wall 10m }}
+  let acks = for it in items parallel {FANOUT_WIDTH} {{
+    ping(id: it.id)
+  }}
+  return acks
+}}
+"#
+    )
+}
+
+fn compile(name: &str, source: &str) -> CheckedProgram {
+    let c = flowc::compile(&[flowc::Input::Text {
+        name: name.into(),
+        bytes: source.as_bytes().to_vec(),
+    }])
+    .expect("loads");
+    match c.program {
+        Some(p) => p,
+        None => panic!("{name} does not check: {:#?}", c.problems),
+    }
+}
+
+/// The median of the per-iteration times of criterion's measured samples
+/// (the last `SAMPLES` calls of `iter_custom`; earlier ones are warm-up).
+/// `None` when the bench did not run (filtered out, or `--profile-time`).
+fn median_per_iter(samples: &[(u64, Duration)]) -> Option<f64> {
+    if samples.len() < SAMPLES {
+        return None;
+    }
+    let measured = &samples[samples.len().saturating_sub(SAMPLES)..];
+    let mut per_iter: Vec<f64> = measured
+        .iter()
+        .map(|(iters, d)| d.as_secs_f64() / *iters as f64)
+        .collect();
+    per_iter.sort_by(f64::total_cmp);
+    let n = per_iter.len();
+    Some(if n % 2 == 1 {
+        per_iter[n / 2]
+    } else {
+        (per_iter[n / 2 - 1] + per_iter[n / 2]) / 2.0
+    })
+}
+
+fn orchestration(c: &mut Criterion) {
+    let mut group = c.benchmark_group("orchestration");
+    group
+        .sample_size(SAMPLES)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    for steps in STEP_SIZES {
+        let checked = compile("chain.flow", &chain_source(steps));
+        let input = json!({"seed": 1});
+        let samples: RefCell<Vec<(u64, Duration)>> = RefCell::default();
+        group.throughput(Throughput::Elements(steps as u64));
+        group.bench_function(BenchmarkId::new("steps", steps), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let options = scripted_options();
+                    let started = Instant::now();
+                    let report = run::run(&checked, "chain", &input, options).expect("runs");
+                    total += started.elapsed();
+                    match &report.outcome {
+                        Outcome::Completed(v) => assert_eq!(v, &json!(1)),
+                        _ => panic!("the chain did not complete: {:?}", report.outcome),
+                    }
+                    assert_eq!(report.stats.tool_calls_ok, steps as u64);
+                    drop(report);
+                }
+                samples.borrow_mut().push((iters, total));
+                total
+            })
+        });
+        let median = median_per_iter(&samples.borrow());
+        if let Some(per_run) = median {
+            let per_step = per_run / steps as f64;
+            RESULTS.with(|r| r.borrow_mut().per_step.push((steps, per_step)));
+        }
+    }
+    group.finish();
+}
+
+/// The in-process world: `step` answers 1 at once, every time.
+fn scripted_options() -> RunOptions {
+    let mut tools = HashMap::new();
+    tools.insert(
+        "step".to_string(),
+        VecDeque::from([Scripted::Returns(json!(1))]),
+    );
+    RunOptions {
+        concurrency: 32,
+        world: World::Scripted(Script {
+            tools,
+            ..Script::default()
+        }),
+        env: Arc::new(|_: &str| None),
+        run_id: Some("bench".into()),
+        ..RunOptions::default()
+    }
+}
+
+fn fanout(c: &mut Criterion) {
+    let server = MockServer::start();
+    server.always(
+        "GET /tools/ping",
+        Reply::delay(FANOUT_LATENCY_MS, Reply::ok(json!({"ok": true}))),
+    );
+    let base = server.base_url();
+    let checked = compile("fanout.flow", &fanout_source());
+    let items: Vec<Value> = (0..FANOUT_WIDTH)
+        .map(|i| json!({"id": format!("item-{i}")}))
+        .collect();
+    let input = json!({"items": items});
+    let mut group = c.benchmark_group("fanout");
+    group
+        .sample_size(SAMPLES)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::Elements(FANOUT_WIDTH as u64));
+    let samples: RefCell<Vec<(u64, Duration)>> = RefCell::default();
+    group.bench_function(BenchmarkId::new("parallel", FANOUT_WIDTH), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let base = base.clone();
+                let options = RunOptions {
+                    concurrency: FANOUT_WIDTH,
+                    world: World::Live,
+                    env: Arc::new(move |name: &str| (name == "MOCK_URL").then(|| base.clone())),
+                    run_id: Some("bench".into()),
+                    ..RunOptions::default()
+                };
+                let started = Instant::now();
+                let report = run::run(&checked, "fanout", &input, options).expect("runs");
+                total += started.elapsed();
+                match &report.outcome {
+                    Outcome::Completed(Value::Array(acks)) => assert_eq!(acks.len(), FANOUT_WIDTH),
+                    _ => panic!("the fan-out did not complete: {:?}", report.outcome),
+                }
+                drop(report);
+            }
+            samples.borrow_mut().push((iters, total));
+            total
+        })
+    });
+    group.finish();
+    let wall = median_per_iter(&samples.borrow());
+    RESULTS.with(|r| r.borrow_mut().fanout = wall);
+}
+
+fn summary(_: &mut Criterion) {
+    RESULTS.with(|r| {
+        let r = r.borrow();
+        println!("\n== flowc run: summary (medians of {SAMPLES} samples) ==");
+        for (steps, per_step) in &r.per_step {
+            let us = per_step * 1e6;
+            let verdict = if us <= PER_STEP_TARGET_US { "ok" } else { "MISSED" };
+            println!(
+                "orchestration  {steps:>6} steps: {:>9.3} ms per run, {us:>7.2} µs per step  (target ≤ {PER_STEP_TARGET_US} µs: {verdict})",
+                per_step * *steps as f64 * 1e3
+            );
+        }
+        let first = r.per_step.first();
+        let last = r.per_step.last();
+        if let (Some((a, pa)), Some((b, pb))) = (first, last) {
+            let ratio = pb / pa;
+            let spread = r.per_step.iter().map(|p| p.1).fold(f64::MIN, f64::max)
+                / r.per_step.iter().map(|p| p.1).fold(f64::MAX, f64::min);
+            let verdict = if spread <= FLATNESS_TARGET { "ok" } else { "MISSED" };
+            println!(
+                "per-step cost {b} / {a} steps: {ratio:.3}×; max/min over all sizes: {spread:.3}×  (target ≤ {FLATNESS_TARGET}×: {verdict})"
+            );
+        }
+        if let Some(wall) = r.fanout {
+            let ms = wall * 1e3;
+            let target = FANOUT_LATENCY_MS as f64 * 1.02 + 10.0;
+            let verdict = if ms <= target { "ok" } else { "MISSED" };
+            println!(
+                "fan-out {FANOUT_WIDTH} × {FANOUT_LATENCY_MS} ms: {ms:.1} ms wall, {:.1} ms over the critical path  (target ≤ {target:.0} ms: {verdict})",
+                ms - FANOUT_LATENCY_MS as f64
+            );
+        }
+    });
+}
+
+/// `FLOWC_RUN_BENCH_STEPS=STEPS:RUNS`: the chain alone, for `perf`.
+fn chain_only(spec: &str) {
+    let (steps, runs) = spec
+        .split_once(':')
+        .and_then(|(s, r)| Some((s.parse::<usize>().ok()?, r.parse::<usize>().ok()?)))
+        .expect("FLOWC_RUN_BENCH_STEPS=STEPS:RUNS");
+    let checked = compile("chain.flow", &chain_source(steps));
+    let input = json!({"seed": 1});
+    let mut total = Duration::ZERO;
+    for _ in 0..runs {
+        let options = scripted_options();
+        let started = Instant::now();
+        let report = run::run(&checked, "chain", &input, options).expect("runs");
+        total += started.elapsed();
+        assert!(matches!(report.outcome, Outcome::Completed(_)));
+    }
+    let per_step = total.as_secs_f64() / (runs * steps) as f64;
+    println!(
+        "{steps} steps × {runs} runs: {:.2} µs per step (mean wall)",
+        per_step * 1e6
+    );
+}
+
+criterion_group!(benches, orchestration, fanout, summary);
+
+fn main() {
+    if let Ok(spec) = std::env::var("FLOWC_RUN_BENCH_STEPS") {
+        chain_only(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
