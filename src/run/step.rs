@@ -631,9 +631,10 @@ impl<'p> Runtime<'p> {
                             )
                             .await?;
                         if let (Some(d), Ok(text)) = (&self.durable, &reply) {
+                            let spend = self.total_spend();
                             d.store
-                                .borrow()
-                                .record_reply(&d.run_id, &reply_key, attempt, text, 0, 0)
+                                .borrow_mut()
+                                .record_reply(&d.run_id, &reply_key, attempt, text, 0, 0, spend)
                                 .map_err(|e| self.fail(cx, n, attempt, None, e.to_string()))?;
                         }
                         reply

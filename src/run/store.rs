@@ -286,10 +286,7 @@ impl Store {
             for (key, value) in batch {
                 stmt.execute(params![run, key, value.as_ref().map(Value::to_string), at])?;
             }
-            tx.execute(
-                "UPDATE runs SET tokens = ?2, cost = ?3, steps = ?4, tool_calls = ?5, updated_at = ?6 WHERE id = ?1",
-                params![run, spend.tokens as i64, spend.cost, spend.steps as i64, spend.tool_calls as i64, at],
-            )?;
+            save_spend(&tx, run, spend, at)?;
         }
         tx.commit()?;
         Ok(())
@@ -316,19 +313,27 @@ impl Store {
             .optional()?)
     }
 
+    /// Records a model reply and, in the same transaction, the run's spend
+    /// so far (which includes the reply): a resume reads the reply back for
+    /// free, so what it cost must already be in the run's spend.
+    #[allow(clippy::too_many_arguments)]
     pub fn record_reply(
-        &self,
+        &mut self,
         run: &str,
         key: &str,
         attempt: u32,
         reply: &str,
         input_tokens: u64,
         output_tokens: u64,
+        spend: Spend,
     ) -> Result<()> {
-        self.conn.execute(
+        let tx = self.conn.transaction()?;
+        tx.execute(
             "INSERT OR REPLACE INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![run, key, attempt, reply, input_tokens as i64, output_tokens as i64],
         )?;
+        save_spend(&tx, run, spend, now())?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -397,6 +402,15 @@ impl Store {
         let rows = stmt.query_map([run], gate_row)?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
+}
+
+/// The run's spend so far (everything this and earlier processes paid for).
+fn save_spend(conn: &Connection, run: &str, spend: Spend, at: f64) -> Result<()> {
+    conn.execute(
+        "UPDATE runs SET tokens = ?2, cost = ?3, steps = ?4, tool_calls = ?5, updated_at = ?6 WHERE id = ?1",
+        params![run, spend.tokens as i64, spend.cost, spend.steps as i64, spend.tool_calls as i64, at],
+    )?;
+    Ok(())
 }
 
 fn json_col(text: Option<String>) -> Value {
