@@ -1,0 +1,1293 @@
+//! Durable runs end to end: the real `flowc` binary as a child process, its
+//! models and tools on a loopback mock server (tests/support/mock_server.rs),
+//! each test in a folder of its own with the run store at `.flowc/runs.db`.
+//!
+//! - a crash test: runs killed with SIGKILL at random moments and resumed,
+//!   again and again, must end with the uninterrupted output, execute every
+//!   irreversible call exactly once (the server dedupes by `Idempotency-Key`),
+//!   never call a model or tool again for a step the store already holds,
+//!   record exactly what the replies they used cost, and leave one trace tree;
+//! - approvals across processes: `flowc inbox`, `approve` (with `--edit` and
+//!   `--resume`), `reject`, gate timeouts, gates in parallel branches, gates
+//!   inside a loop, a branch and a sub-flow;
+//! - a resume under a changed program is refused, naming what changed;
+//! - `flowc runs`, `show` and `trace` on a resumed run.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+use serde_json::{json, Value};
+use support::mock_server::{MockServer, RecordedRequest, Reply, CHAT};
+
+const KEY: &str = "sk-test-DURABLE-0123456789abcdef";
+
+/// Types, the model and the tools every program below shares.
+const PRELUDE: &str = r#"
+use std.models.{openai}
+
+type Scored { name: string, score: int }
+
+model fast = openai("gpt-4o-mini") { temperature: 0, max_tokens: 100 }
+
+tool list_items(q: string) -> { items: [string] len ..8 } {
+  http GET "{env.TOOLS_URL}/tools/items?q={q}"
+  effect read
+  timeout 5s
+}
+
+tool post(name: string, score: int) -> { id: string } {
+  http POST "{env.TOOLS_URL}/tools/post"
+  effect irreversible
+  timeout 5s
+  idempotency "post:{name}"
+}
+"#;
+
+/// A read, a fan-out of model calls, a gate, and an irreversible call per
+/// approved item.
+const CRASH_FLOW: &str = r#"
+flow crash(q: string) -> { scored: [Scored], posted: [{ id: string }] } {
+  budget { tokens 100k, tool_calls 50, steps 100 }
+  let found = list_items(q: q)
+  let scored = for x in found.items parallel 4 {
+    llm fast -> Scored {
+      prompt """
+        Score {x}
+        Rules: the score is ten times the length of the name plus the last
+        digit of its final character's code. Answer with JSON only, exactly
+        the fields name and score, no prose, no code fences, no comments.
+        These rules are long on purpose: every model call's span in the trace
+        then carries a prompt of several hundred bytes, so a run's trace
+        outgrows the writer's buffer and reaches the file while the run is
+        still going, and a kill leaves part of it behind.
+      """
+    }
+  }
+  let ok = approve publish { show scored }
+  let posted = for s in ok parallel 2 {
+    post(name: s.name, score: s.score)
+  }
+  return { scored: scored, posted: posted }
+}
+"#;
+
+/// The items `list_items` returns for `q` (`few`: two, otherwise eight).
+fn items(q: &str) -> Vec<String> {
+    let n = if q == "few" { 2 } else { 8 };
+    (0..n).map(|i| format!("a{i}")).collect()
+}
+
+/// What the model answers to `Score NAME`.
+fn scored(name: &str) -> Value {
+    json!({"name": name, "score": name.len() as u64 * 10 + u64::from(name.bytes().last().unwrap_or(0) % 10)})
+}
+
+// ---- the server -------------------------------------------------------------
+
+/// What the irreversible endpoints did, per `Idempotency-Key`: the first
+/// request with a key executes, later ones replay its response.
+#[derive(Default)]
+struct Ledger {
+    executed: BTreeMap<String, u32>,
+    responses: HashMap<String, Value>,
+    replays: u32,
+    /// Requests without a key (there must be none).
+    unkeyed: u32,
+}
+
+struct Lab {
+    server: MockServer,
+    dir: Scratch,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+/// The user prompt of a chat request.
+fn prompt_of(r: &RecordedRequest) -> String {
+    r.body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"] == "user")
+        .filter_map(|m| m["content"].as_str())
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+impl Lab {
+    /// A server whose model scores `Score NAME` prompts after 20–60 ms, whose
+    /// `list_items` answers [`items`], and whose irreversible endpoints dedupe
+    /// by idempotency key; and a scratch folder holding `program`.
+    fn new(name: &str, program: &str) -> Lab {
+        let server = MockServer::start();
+        server.always(
+            "GET /tools/items",
+            Reply::from_fn(|r| {
+                let q = r
+                    .query
+                    .as_deref()
+                    .and_then(|q| q.strip_prefix("q="))
+                    .unwrap_or("");
+                Reply::delay(10, Reply::ok(json!({ "items": items(q) })))
+            }),
+        );
+        server.always(
+            CHAT,
+            Reply::from_fn(|r| {
+                let prompt = prompt_of(r);
+                let first = prompt.lines().next().unwrap_or("");
+                let name = first.strip_prefix("Score ").unwrap_or(first).trim();
+                Reply::delay(20 + fastrand::u64(0..40), Reply::chat_json(scored(name)))
+            }),
+        );
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        for route in ["POST /tools/post", "POST /tools/left", "POST /tools/right"] {
+            let ledger = ledger.clone();
+            server.always(
+                route,
+                Reply::from_fn(move |r| {
+                    let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+                    let Some(key) = r.header("idempotency-key").map(str::to_string) else {
+                        l.unkeyed += 1;
+                        return Reply::json(400, json!({"error": "no Idempotency-Key"}));
+                    };
+                    if let Some(previous) = l.responses.get(&key).cloned() {
+                        l.replays += 1;
+                        return Reply::ok(previous);
+                    }
+                    *l.executed.entry(key.clone()).or_default() += 1;
+                    let body = json!({"id": format!("P-{}-{}", r.body["name"].as_str().unwrap_or("?"), r.body["score"])});
+                    l.responses.insert(key, body.clone());
+                    // The effect happened; a kill during the delay loses only
+                    // the response.
+                    Reply::delay(15, Reply::ok(body))
+                }),
+            );
+        }
+        let dir = Scratch::new(name);
+        dir.write("prog.flow", &format!("{PRELUDE}\n{program}"));
+        Lab {
+            server,
+            dir,
+            ledger,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_flowc"));
+        c.current_dir(&self.dir.0)
+            .args(args)
+            .env("OPENAI_BASE_URL", self.server.openai_base_url())
+            .env("OPENAI_API_KEY", KEY)
+            .env("TOOLS_URL", self.server.base_url())
+            .env_remove("FLOWC_STORE")
+            .env_remove("FLOWC_IDEMPOTENCY_KEY")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn flowc(&self, args: &[&str]) -> Out {
+        let out = self.command(args).output().expect("flowc starts");
+        Out {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("flowc starts")
+    }
+
+    fn run(&self, input: &str, extra: &[&str]) -> Out {
+        let mut args = vec!["run", "prog.flow", "--input", input];
+        args.extend_from_slice(extra);
+        self.flowc(&args)
+    }
+
+    fn store(&self) -> Connection {
+        Connection::open_with_flags(
+            self.dir.0.join(".flowc/runs.db"),
+            OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("the store opens read-only")
+    }
+
+    fn executed(&self) -> BTreeMap<String, u32> {
+        self.ledger.lock().unwrap().executed.clone()
+    }
+
+    fn requests(&self, method: &str, path: &str) -> Vec<RecordedRequest> {
+        self.server
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path == path)
+            .collect()
+    }
+}
+
+/// What a finished `flowc` process said.
+#[derive(Debug)]
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// The run id from the summary line (`run r… waiting in 0.1s: …`).
+    fn run_id(&self) -> String {
+        self.stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("run "))
+            .filter_map(|l| l.split_whitespace().next())
+            .find(|w| w.starts_with('r'))
+            .unwrap_or_else(|| panic!("no run id in:\n{}", self.stderr))
+            .to_string()
+    }
+
+    fn expect(&self, code: i32) -> &Out {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "expected exit status {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// A folder of its own under the system's temp folder, removed when the test
+/// passes (kept, and named, when it fails).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "flowc-durable-{name}-{}-{nanos}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).expect("create the scratch folder");
+        Scratch(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write a scratch file");
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn read_all(r: Option<impl Read>) -> String {
+    let mut s = String::new();
+    if let Some(mut r) = r {
+        let _ = r.read_to_string(&mut s);
+    }
+    s
+}
+
+/// Waits for a child for at most `limit`, killing it (and failing) after.
+fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for flowc") {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("flowc did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ---- 1. crash and resume ------------------------------------------------------
+
+/// What the store holds of a run: completed step keys, reply keys.
+#[derive(Default, Clone)]
+struct Snapshot {
+    steps: BTreeSet<String>,
+    replies: BTreeSet<String>,
+}
+
+fn snapshot(lab: &Lab, run: &str) -> Snapshot {
+    let conn = lab.store();
+    let keys = |sql: &str| -> BTreeSet<String> {
+        let mut stmt = conn.prepare(sql).expect("query the store");
+        let rows = stmt
+            .query_map([run], |r| r.get::<_, String>(0))
+            .expect("query the store");
+        rows.map(|r| r.expect("a row")).collect()
+    };
+    Snapshot {
+        steps: keys("SELECT key FROM steps WHERE run_id = ?1"),
+        replies: keys("SELECT key FROM replies WHERE run_id = ?1"),
+    }
+}
+
+/// How far a run had got, by what the store holds.
+fn phase(s: &Snapshot) -> &'static str {
+    let has = |k: &str| s.steps.contains(k);
+    if has("crash.posted") {
+        "5 posted"
+    } else if has("crash.ok") {
+        "4 posting"
+    } else if has("crash.scored") {
+        "3 scored"
+    } else if has("crash.found") {
+        "2 scoring"
+    } else {
+        "1 started"
+    }
+}
+
+/// A completed run's output, from the store.
+fn stored_output(lab: &Lab, run: &str) -> Option<Value> {
+    let (status, output): (String, Option<String>) = lab
+        .store()
+        .query_row(
+            "SELECT status, output FROM runs WHERE id = ?1",
+            [run],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the run is in the store");
+    (status == "completed").then(|| {
+        serde_json::from_str(&output.expect("a completed run has an output"))
+            .expect("the stored output is JSON")
+    })
+}
+
+/// The newest run in a folder's store, if any.
+fn newest_run(lab: &Lab) -> Option<String> {
+    let out = lab.flowc(&["runs"]);
+    out.expect(0);
+    out.stdout
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().next())
+        .filter(|w| w.starts_with('r'))
+        .map(str::to_string)
+}
+
+/// Which step instance a request belongs to, by its store key prefix.
+fn request_step(r: &RecordedRequest) -> Option<String> {
+    if r.path == CHAT {
+        let prompt = prompt_of(r);
+        let name = prompt.lines().next()?.strip_prefix("Score a")?;
+        return Some(format!("scored[{}]/", name.trim()));
+    }
+    if r.path == "/tools/post" {
+        // `{run}:posted[3]/crash.…:post:a3`
+        let key = r.header("idempotency-key")?;
+        let (_, rest) = key.split_once(':')?;
+        let (step, _) = rest.rsplit_once(":post:")?;
+        return Some(step.to_string());
+    }
+    if r.path == "/tools/items" {
+        return Some("crash.found".into());
+    }
+    None
+}
+
+#[test]
+fn killed_runs_resume_to_the_uninterrupted_output_with_every_effect_once() {
+    let test_started = Instant::now();
+    let input = r#"{"q": "all"}"#;
+    let gate = ["--approve", "publish"];
+
+    // The uninterrupted run, three times: the same output each time, and
+    // the shortest duration is the span the kills are spread over.
+    let mut expected = Value::Null;
+    let mut full = Duration::MAX;
+    for _ in 0..3 {
+        let lab = Lab::new("crash-reference", CRASH_FLOW);
+        let started = Instant::now();
+        let reference = lab.run(input, &gate);
+        full = full.min(started.elapsed());
+        reference.expect(0);
+        let output = reference.json();
+        assert!(
+            expected.is_null() || output == expected,
+            "{output} vs {expected}"
+        );
+        expected = output;
+        assert_eq!(expected["posted"].as_array().map(Vec::len), Some(8));
+        assert_eq!(lab.server.hits(CHAT), 8);
+        assert_eq!(lab.executed().len(), 8);
+    }
+
+    let mut kills = 0u32;
+    let mut iterations = 0u32;
+    let mut early_kills = 0u32;
+    let mut late_kills = 0u32;
+    // Where the kills landed, by what the store held after them.
+    let mut phases: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut replays = 0u32;
+    // (tokens the run recorded, tokens the server served) per run.
+    let mut spend: Vec<(u64, u64)> = Vec::new();
+    let mut processes = 0u32;
+    // Runs a kill landed in (a run may finish before its kill).
+    let mut killed_runs = 0u32;
+    while killed_runs < 50 && test_started.elapsed() < Duration::from_secs(60) {
+        iterations += 1;
+        let lab = Lab::new("crash", CRASH_FLOW);
+        // Process boundaries: each process's start, and the store as the
+        // processes before it left it.
+        let mut boundaries: Vec<(Instant, Snapshot)> = Vec::new();
+        let mut run_id: Option<String> = None;
+        let mut kills_here = 0u32;
+        let output = loop {
+            let args: Vec<&str> = match &run_id {
+                None => vec!["run", "prog.flow", "--input", input, "--approve", "publish"],
+                Some(id) => vec!["resume", id, "--approve", "publish"],
+            };
+            let snap = match &run_id {
+                Some(id) => snapshot(&lab, id),
+                None => Snapshot::default(),
+            };
+            let spawned = Instant::now();
+            boundaries.push((spawned, snap));
+            let mut child = lab.spawn(&args);
+            processes += 1;
+            // A fresh run is always killed (at a random moment of the
+            // uninterrupted run's span); a resume half of the time, until the
+            // run has had 4 kills.
+            let kill_at = (run_id.is_none() || (kills_here < 4 && fastrand::bool()))
+                .then(|| full.mul_f64(fastrand::f64()));
+            let status = match kill_at {
+                Some(delay) => {
+                    while spawned.elapsed() < delay {
+                        if child.try_wait().expect("poll flowc").is_some() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    if child.try_wait().expect("poll flowc").is_none() {
+                        child.kill().expect("SIGKILL flowc");
+                    }
+                    child.wait().expect("reap flowc")
+                }
+                None => wait_bounded(&mut child, Duration::from_secs(30)),
+            };
+            let stdout = read_all(child.stdout.take());
+            let stderr = read_all(child.stderr.take());
+            match status.code() {
+                Some(0) => break serde_json::from_str::<Value>(&stdout).unwrap_or_else(|e| {
+                    panic!("iteration {iterations}: not JSON ({e}): {stdout}\n{stderr}")
+                }),
+                None => {
+                    kills += 1;
+                    kills_here += 1;
+                    if run_id.is_none() {
+                        run_id = newest_run(&lab);
+                        if run_id.is_none() {
+                            early_kills += 1;
+                        }
+                    }
+                    // Killed after the run was finished, before the process
+                    // exited: the store has the output (and a resume would be
+                    // refused as already completed).
+                    if let Some(output) = run_id.as_deref().and_then(|id| stored_output(&lab, id)) {
+                        late_kills += 1;
+                        break output;
+                    }
+                    if let Some(id) = &run_id {
+                        *phases.entry(phase(&snapshot(&lab, id))).or_default() += 1;
+                    }
+                }
+                Some(code) => panic!(
+                    "iteration {iterations}: flowc {args:?} exited {code}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+                ),
+            }
+            assert!(kills_here < 20, "iteration {iterations}: no progress");
+        };
+        if kills_here > 0 {
+            killed_runs += 1;
+        }
+        let run_id = run_id.unwrap_or_else(|| newest_run(&lab).expect("the run is in the store"));
+
+        // The same output as the run that was never interrupted.
+        assert_eq!(
+            output, expected,
+            "iteration {iterations} ({kills_here} kills): the output differs"
+        );
+
+        // Every irreversible call took effect exactly once.
+        let executed = lab.executed();
+        let expected_keys: BTreeSet<String> = executed.keys().cloned().collect();
+        assert_eq!(executed.len(), 8, "iteration {iterations}: {executed:?}");
+        for (key, n) in &executed {
+            assert_eq!(*n, 1, "iteration {iterations}: {key} executed {n} times");
+            assert!(
+                key.starts_with(&format!("{run_id}:posted[")),
+                "iteration {iterations}: key {key}"
+            );
+        }
+        let names: BTreeSet<String> = expected_keys
+            .iter()
+            .filter_map(|k| k.rsplit_once(":post:").map(|(_, n)| n.to_string()))
+            .collect();
+        assert_eq!(names, items("all").into_iter().collect::<BTreeSet<_>>());
+        assert_eq!(lab.ledger.lock().unwrap().unkeyed, 0);
+        replays += lab.ledger.lock().unwrap().replays;
+
+        // No process asked for what an earlier one had completed: a model
+        // reply in the store is never requested again, a completed tool step
+        // never called again.
+        for r in lab.server.requests() {
+            let Some(step) = request_step(&r) else {
+                panic!(
+                    "iteration {iterations}: unexpected request {} {}",
+                    r.method, r.path
+                )
+            };
+            let before = boundaries
+                .iter()
+                .rev()
+                .find(|(at, _)| *at <= r.received)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default();
+            let done_step = before
+                .steps
+                .iter()
+                .any(|k| k == &step || (step.ends_with('/') && k.starts_with(&step)));
+            let done_reply = r.path == CHAT && before.replies.iter().any(|k| k.starts_with(&step));
+            assert!(
+                !done_step && !done_reply,
+                "iteration {iterations}: {} {} for {step} after it completed in an earlier process",
+                r.method,
+                r.path
+            );
+        }
+        let model_requests = lab.server.hits(CHAT) as u32;
+        assert!(
+            model_requests <= 8 + kills_here * 4,
+            "iteration {iterations}: {model_requests} model requests, {kills_here} kills"
+        );
+
+        // One reply per step and attempt, all first attempts.
+        let conn = lab.store();
+        let replies: Vec<(String, u32)> = conn
+            .prepare("SELECT key, attempt FROM replies WHERE run_id = ?1 ORDER BY key")
+            .unwrap()
+            .query_map([&run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(replies.len(), 8, "{replies:?}");
+        assert!(replies.iter().all(|(_, a)| *a == 1), "{replies:?}");
+        let (status, tokens): (String, u64) = conn
+            .query_row(
+                "SELECT status, tokens FROM runs WHERE id = ?1",
+                [&run_id],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .unwrap();
+        assert_eq!(status, "completed");
+        // The run's recorded spend counts each of its 8 replies (15 tokens
+        // each) once, whichever process received it; what killed processes
+        // received but never recorded is lost (reported below).
+        let served = lab.server.tokens_served();
+        spend.push((tokens, served));
+        assert_eq!(
+            tokens, 120,
+            "iteration {iterations} ({kills_here} kills): the run recorded {tokens} tokens, \
+             the server served {served}"
+        );
+
+        // The trace still reads as one tree, whatever the kills cut off.
+        let trace = lab.flowc(&["trace", &run_id]);
+        assert_eq!(
+            trace.code,
+            Some(0),
+            "iteration {iterations} ({kills_here} kills): {}",
+            trace.stderr
+        );
+        let roots = trace.stdout.lines().filter(|l| !l.starts_with(' ')).count();
+        assert_eq!(roots, 1, "iteration {iterations}:\n{}", trace.stdout);
+    }
+    let elapsed = test_started.elapsed();
+    eprintln!(
+        "crash test: {iterations} runs ({killed_runs} killed), {kills} kills ({early_kills} before the run was stored, {late_kills} after it \
+         completed), {processes} processes, uninterrupted run {full:?}, {elapsed:?} in all; \
+         kills by phase {phases:?}; {replays} irreversible requests replayed by key"
+    );
+    let short = spend.iter().filter(|(t, s)| t < s).count();
+    eprintln!("{short} runs recorded less than the server served (replies killed processes never recorded)");
+    assert!(
+        killed_runs >= 50 || (killed_runs >= 20 && elapsed >= Duration::from_secs(60)),
+        "only {killed_runs} runs killed in {elapsed:?}"
+    );
+}
+
+// ---- 2. approvals across processes -------------------------------------------
+
+const FEW: &str = r#"{"q": "few"}"#;
+
+#[test]
+fn a_paused_run_exits_4_shows_in_the_inbox_and_resumes_after_flowc_approve() {
+    let lab = Lab::new("approve", CRASH_FLOW);
+    let paused = lab.run(FEW, &[]);
+    paused.expect(4);
+    let run = paused.run_id();
+    assert!(
+        paused
+            .stderr
+            .contains("waiting: gate `publish` in flow `crash`"),
+        "{}",
+        paused.stderr
+    );
+    assert!(paused.stdout.is_empty(), "{}", paused.stdout);
+    assert_eq!(lab.server.hits(CHAT), 2);
+    assert!(lab.executed().is_empty());
+
+    let inbox = lab.flowc(&["inbox"]);
+    inbox.expect(0);
+    assert!(
+        inbox.stdout.contains(&format!("run {run}")),
+        "{}",
+        inbox.stdout
+    );
+    assert!(inbox.stdout.contains("gate crash.ok"), "{}", inbox.stdout);
+    assert!(
+        inbox
+            .stdout
+            .contains(&format!("flowc approve {run} publish")),
+        "{}",
+        inbox.stdout
+    );
+    // What the gate shows: the scored items.
+    for name in ["a0", "a1"] {
+        assert!(
+            inbox.stdout.contains(&format!("\"name\": \"{name}\"")),
+            "{}",
+            inbox.stdout
+        );
+    }
+
+    let approved = lab.flowc(&["approve", &run, "publish"]);
+    approved.expect(0);
+    assert!(
+        approved.stderr.contains("approved crash.ok"),
+        "{}",
+        approved.stderr
+    );
+    assert!(approved.stdout.is_empty());
+    // Approving does not run anything by itself.
+    assert!(lab.executed().is_empty());
+    assert!(lab.flowc(&["inbox"]).stdout.contains("no gate is waiting"));
+
+    let resumed = lab.flowc(&["resume", &run]);
+    resumed.expect(0);
+    let output = resumed.json();
+    assert_eq!(output["scored"], json!([scored("a0"), scored("a1")]));
+    assert_eq!(
+        output["posted"],
+        json!([{"id": "P-a0-28"}, {"id": "P-a1-29"}])
+    );
+    assert_eq!(resumed.run_id(), run);
+    // The models were not asked again; each post took effect once.
+    assert_eq!(lab.server.hits(CHAT), 2);
+    assert_eq!(lab.server.hits("/tools/items"), 1);
+    assert_eq!(lab.executed().values().copied().collect::<Vec<_>>(), [1, 1]);
+
+    // A completed run is not resumed again.
+    let again = lab.flowc(&["resume", &run]);
+    again.expect(2);
+    assert!(
+        again.stderr.contains("already completed"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(lab.server.hits("/tools/post"), 2);
+}
+
+#[test]
+fn approve_and_reject_with_resume_continue_the_run_at_once() {
+    let lab = Lab::new("approve-resume", CRASH_FLOW);
+    let first = lab.run(FEW, &[]);
+    first.expect(4);
+    let run = first.run_id();
+    let out = lab.flowc(&["approve", &run, "publish", "--resume"]);
+    out.expect(0);
+    assert_eq!(out.json()["posted"].as_array().map(Vec::len), Some(2));
+    assert_eq!(lab.executed().len(), 2);
+
+    // Rejected with --resume: the run ends rejected, nothing is posted.
+    let second = lab.run(FEW, &[]);
+    second.expect(4);
+    let run2 = second.run_id();
+    assert_ne!(run, run2);
+    let out = lab.flowc(&["reject", &run2, "publish", "--reason", "no", "--resume"]);
+    out.expect(1);
+    assert!(out.stderr.contains("rejected"), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert_eq!(lab.executed().len(), 2, "{:?}", lab.executed());
+    assert!(lab
+        .executed()
+        .keys()
+        .all(|k| k.starts_with(&format!("{run}:"))));
+}
+
+#[test]
+fn a_rejected_gate_ends_the_run_rejected_without_the_irreversible_call() {
+    let lab = Lab::new("reject", CRASH_FLOW);
+    let paused = lab.run(FEW, &[]);
+    paused.expect(4);
+    let run = paused.run_id();
+
+    let rejected = lab.flowc(&["reject", &run, "publish", "--reason", "no"]);
+    rejected.expect(0);
+    assert!(
+        rejected.stderr.contains("rejected crash.ok"),
+        "{}",
+        rejected.stderr
+    );
+
+    let resumed = lab.flowc(&["resume", &run]);
+    resumed.expect(1);
+    assert!(
+        resumed.stderr.contains("rejected: a gate was rejected"),
+        "{}",
+        resumed.stderr
+    );
+    assert_eq!(lab.server.hits("/tools/post"), 0);
+    assert_eq!(lab.server.hits(CHAT), 2);
+
+    let show = lab.flowc(&["show", &run]);
+    show.expect(0);
+    assert!(
+        show.stdout.contains(&format!("run {run}: rejected")),
+        "{}",
+        show.stdout
+    );
+    assert!(
+        show.stdout.contains("gate crash.ok: rejected (no)"),
+        "{}",
+        show.stdout
+    );
+    // A decided gate cannot be decided again.
+    let late = lab.flowc(&["approve", &run, "publish"]);
+    late.expect(2);
+    assert!(late.stderr.contains("waits at no gate"), "{}", late.stderr);
+}
+
+/// A write tool: a gate that approves itself on timeout is not human review,
+/// so it may only guard writes.
+const TIMEOUT_FLOWS: &str = r#"
+tool note(name: string, score: int) -> { id: string } {
+  http POST "{env.TOOLS_URL}/tools/post"
+  effect write
+  timeout 5s
+  idempotency "note:{name}"
+}
+
+flow strict(q: string) -> [{ id: string }] {
+  budget { tokens 100k, tool_calls 50, steps 100 }
+  let found = list_items(q: q)
+  let ok = approve publish { show found.items, timeout 1s, on_timeout reject }
+  let posted = for s in ok {
+    post(name: s, score: 1)
+  }
+  return posted
+}
+
+flow lenient(q: string) -> [{ id: string }] {
+  budget { tokens 100k, tool_calls 50, steps 100 }
+  let found = list_items(q: q)
+  let ok = approve publish { show found.items, timeout 1s, on_timeout approve }
+  let noted = for s in ok {
+    note(name: s, score: 2)
+  }
+  return noted
+}
+"#;
+
+#[test]
+fn a_gate_timeout_applies_its_outcome_on_resume() {
+    let lab = Lab::new("timeout", TIMEOUT_FLOWS);
+    let strict = lab.run(FEW, &["--flow", "strict"]);
+    strict.expect(4);
+    let lenient = lab.run(FEW, &["--flow", "lenient"]);
+    lenient.expect(4);
+    let (strict, lenient) = (strict.run_id(), lenient.run_id());
+    let inbox = lab.flowc(&["inbox"]);
+    assert!(
+        inbox.stdout.contains("reject on timeout in"),
+        "{}",
+        inbox.stdout
+    );
+    assert!(
+        inbox.stdout.contains("approve on timeout in"),
+        "{}",
+        inbox.stdout
+    );
+
+    std::thread::sleep(Duration::from_millis(1500));
+    let inbox = lab.flowc(&["inbox"]);
+    assert!(
+        inbox.stdout.contains("timed out: reject on resume"),
+        "{}",
+        inbox.stdout
+    );
+
+    let out = lab.flowc(&["resume", &strict]);
+    out.expect(1);
+    assert!(out.stderr.contains("rejected"), "{}", out.stderr);
+    assert_eq!(lab.server.hits("/tools/post"), 0);
+    let show = lab.flowc(&["show", &strict]);
+    assert!(
+        show.stdout.contains("gate strict.ok: rejected (timed out)"),
+        "{}",
+        show.stdout
+    );
+
+    let out = lab.flowc(&["resume", &lenient]);
+    out.expect(0);
+    assert_eq!(out.json(), json!([{"id": "P-a0-2"}, {"id": "P-a1-2"}]));
+    assert_eq!(lab.executed().len(), 2);
+    assert!(lab
+        .executed()
+        .keys()
+        .all(|k| k.starts_with(&format!("{lenient}:"))));
+}
+
+#[test]
+fn an_edited_value_must_fit_the_gates_type_and_is_what_the_next_step_receives() {
+    let lab = Lab::new("edit", CRASH_FLOW);
+    let paused = lab.run(FEW, &[]);
+    paused.expect(4);
+    let run = paused.run_id();
+
+    // Missing `score`: refused, and the gate still waits.
+    let bad = lab.dir.write("bad.json", r#"[{"name": "edited"}]"#);
+    let out = lab.flowc(&["approve", &run, "publish", "--edit", bad.to_str().unwrap()]);
+    out.expect(1);
+    assert!(out.stderr.contains("does not type-check"), "{}", out.stderr);
+    assert!(out.stderr.contains("score"), "{}", out.stderr);
+    // Not JSON at all: refused too.
+    let junk = lab.dir.write("junk.json", "[{name: edited}]");
+    let out = lab.flowc(&["approve", &run, "publish", "--edit", junk.to_str().unwrap()]);
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("is not JSON"), "{}", out.stderr);
+    let show = lab.flowc(&["show", &run]);
+    assert!(
+        show.stdout.contains("gate crash.ok: pending"),
+        "{}",
+        show.stdout
+    );
+    assert!(lab.flowc(&["inbox"]).stdout.contains("gate crash.ok"));
+    // Resuming now still waits, and calls nothing.
+    lab.flowc(&["resume", &run]).expect(4);
+    assert_eq!(lab.server.hits("/tools/post"), 0);
+    assert_eq!(lab.server.hits(CHAT), 2);
+
+    let good = lab
+        .dir
+        .write("good.json", r#"[{"name": "edited", "score": 99}]"#);
+    lab.flowc(&["approve", &run, "publish", "--edit", good.to_str().unwrap()])
+        .expect(0);
+    let out = lab.flowc(&["resume", &run]);
+    out.expect(0);
+    let posts = lab.requests("POST", "/tools/post");
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].body, json!({"name": "edited", "score": 99}));
+    let key = posts[0].header("idempotency-key").unwrap_or("");
+    assert!(
+        key.starts_with(&format!("{run}:posted[0]/")) && key.ends_with(":post:edited"),
+        "{key}"
+    );
+    let output = out.json();
+    assert_eq!(output["posted"], json!([{"id": "P-edited-99"}]));
+    assert_eq!(output["scored"], json!([scored("a0"), scored("a1")]));
+}
+
+const TWO_GATES: &str = r#"
+tool post_left(name: string) -> { id: string } {
+  http POST "{env.TOOLS_URL}/tools/left"
+  effect irreversible
+  timeout 5s
+  idempotency "left:{name}"
+}
+
+tool post_right(name: string) -> { id: string } {
+  http POST "{env.TOOLS_URL}/tools/right"
+  effect irreversible
+  timeout 5s
+  idempotency "right:{name}"
+}
+
+flow two(q: string) -> { left: { id: string }, right: { id: string } } {
+  budget { tokens 100k, tool_calls 50, steps 100 }
+  let a = llm fast -> Scored { prompt "Score left-{q}" }
+  let b = llm fast -> Scored { prompt "Score right-{q}" }
+  let la = approve left { show a }
+  let rb = approve right { show b }
+  let pl = post_left(name: la.name)
+  let pr = post_right(name: rb.name)
+  return { left: pl, right: pr }
+}
+"#;
+
+#[test]
+fn two_gates_in_parallel_branches_resolve_in_either_order() {
+    let lab = Lab::new("two-gates", TWO_GATES);
+    for (first, second, q) in [("left", "right", "x"), ("right", "left", "y")] {
+        let chat_before = lab.server.hits(CHAT);
+        let input = format!(r#"{{"q": "{q}"}}"#);
+        let paused = lab.run(&input, &[]);
+        paused.expect(4);
+        let run = paused.run_id();
+        for gate in ["left", "right"] {
+            assert!(
+                paused.stderr.contains(&format!("waiting: gate `{gate}`")),
+                "{}",
+                paused.stderr
+            );
+        }
+        assert_eq!(lab.server.hits(CHAT) - chat_before, 2);
+        let hits = |side: &str| {
+            lab.requests("POST", &format!("/tools/{side}"))
+                .iter()
+                .filter(|r| {
+                    r.header("idempotency-key")
+                        .is_some_and(|k| k.starts_with(&format!("{run}:")))
+                })
+                .count()
+        };
+
+        lab.flowc(&["approve", &run, first]).expect(0);
+        let half = lab.flowc(&["resume", &run]);
+        half.expect(4);
+        assert!(
+            half.stderr.contains(&format!("waiting: gate `{second}`")),
+            "{}",
+            half.stderr
+        );
+        assert!(
+            !half.stderr.contains(&format!("waiting: gate `{first}`")),
+            "{}",
+            half.stderr
+        );
+        // Only the approved branch ran on.
+        assert_eq!((hits(first), hits(second)), (1, 0));
+        let inbox = lab.flowc(&["inbox"]);
+        assert!(
+            inbox.stdout.contains(&format!("gate two.{}", &second[..1]))
+                || inbox.stdout.contains(second)
+        );
+        assert!(
+            !inbox
+                .stdout
+                .contains(&format!("flowc approve {run} {first}")),
+            "{}",
+            inbox.stdout
+        );
+        assert!(
+            inbox
+                .stdout
+                .contains(&format!("flowc approve {run} {second}")),
+            "{}",
+            inbox.stdout
+        );
+
+        lab.flowc(&["approve", &run, second]).expect(0);
+        let done = lab.flowc(&["resume", &run]);
+        done.expect(0);
+        // The first branch's call is not made again.
+        assert_eq!((hits(first), hits(second)), (1, 1));
+        assert_eq!(lab.server.hits(CHAT) - chat_before, 2);
+        let output = done.json();
+        assert_eq!(output["left"], json!({"id": format!("P-left-{q}-null")}));
+        assert_eq!(output["right"], json!({"id": format!("P-right-{q}-null")}));
+    }
+    assert!(lab.executed().values().all(|n| *n == 1));
+    assert_eq!(lab.executed().len(), 4);
+}
+
+const GATE_IN_LOOP: &str = r#"
+flow each(q: string) -> { posted: [{ id: string }], total: Scored } {
+  budget { tokens 100k, tool_calls 50, steps 100 }
+  let found = list_items(q: q)
+  let posted = for x in found.items {
+    let ok = approve each_item { show x }
+    post(name: ok, score: 1)
+  }
+  let total = llm fast -> Scored { prompt "Score total {posted}" }
+  return { posted: posted, total: total }
+}
+"#;
+
+#[test]
+fn gates_inside_a_loop_wait_and_the_loop_completes_after_they_are_approved() {
+    let lab = Lab::new("loop-gates", GATE_IN_LOOP);
+    let paused = lab.run(FEW, &[]);
+    paused.expect(4);
+    let run = paused.run_id();
+    // Nothing that depends on the loop runs while an iteration waits.
+    assert_eq!(lab.server.hits(CHAT), 0, "{}", paused.stderr);
+    let inbox = lab.flowc(&["inbox"]);
+    let keys: Vec<String> = ["posted[0]/each.ok", "posted[1]/each.ok"]
+        .map(String::from)
+        .to_vec();
+    for key in &keys {
+        assert!(
+            inbox.stdout.contains(&format!("gate {key}")),
+            "{}",
+            inbox.stdout
+        );
+    }
+    // The name is ambiguous; the keys are not.
+    let ambiguous = lab.flowc(&["approve", &run, "each_item"]);
+    ambiguous.expect(2);
+    assert!(
+        ambiguous.stderr.contains("waits at 2 places"),
+        "{}",
+        ambiguous.stderr
+    );
+
+    lab.flowc(&["approve", &run, &keys[0]]).expect(0);
+    let half = lab.flowc(&["resume", &run]);
+    half.expect(4);
+    assert_eq!(lab.server.hits(CHAT), 0, "{}", half.stderr);
+    assert_eq!(lab.executed().len(), 1);
+
+    lab.flowc(&["approve", &run, &keys[1]]).expect(0);
+    let done = lab.flowc(&["resume", &run]);
+    done.expect(0);
+    let output = done.json();
+    assert_eq!(
+        output["posted"],
+        json!([{"id": "P-a0-1"}, {"id": "P-a1-1"}])
+    );
+    assert_eq!(lab.executed().values().copied().collect::<Vec<_>>(), [1, 1]);
+    let chats = lab.requests("POST", CHAT);
+    assert_eq!(chats.len(), 1);
+    assert!(
+        prompt_of(&chats[0]).contains("P-a1-1"),
+        "{}",
+        prompt_of(&chats[0])
+    );
+}
+
+const GATE_IN_SUBFLOW: &str = r#"
+flow inner(x: string) -> { id: string } {
+  budget { tokens 10k, tool_calls 10, steps 20 }
+  let ok = approve inner_gate { show x }
+  let p = post(name: ok, score: 2)
+  return p
+}
+
+flow outer(q: string) -> { id: string } {
+  budget { tokens 100k, tool_calls 50, steps 100 }
+  let r = inner(x: q)
+  return r
+}
+"#;
+
+#[test]
+fn a_gate_inside_a_sub_flow_waits_and_the_call_completes_after_approval() {
+    let lab = Lab::new("subflow-gate", GATE_IN_SUBFLOW);
+    let paused = lab.run(FEW, &["--flow", "outer"]);
+    paused.expect(4);
+    let run = paused.run_id();
+    lab.flowc(&["approve", &run, "inner_gate"]).expect(0);
+    let done = lab.flowc(&["resume", &run]);
+    done.expect(0);
+    assert_eq!(done.json(), json!({"id": "P-few-2"}));
+    assert_eq!(lab.executed().len(), 1);
+}
+
+const GATE_IN_BRANCH: &str = r#"
+flow branchy(q: string) -> { posted: { id: string }, total: Scored } {
+  budget { tokens 100k, tool_calls 50, steps 100 }
+  let found = list_items(q: q)
+  let posted = if found.items.len > 1 {
+    let ok = approve big_batch { show found.items }
+    post(name: q, score: ok.len)
+  } else {
+    { id: "none" }
+  }
+  let total = llm fast -> Scored { prompt "Score total {posted.id}" }
+  return { posted: posted, total: total }
+}
+"#;
+
+#[test]
+fn a_gate_inside_a_branch_waits_and_the_branch_completes_after_approval() {
+    let lab = Lab::new("branch-gate", GATE_IN_BRANCH);
+    let paused = lab.run(FEW, &[]);
+    paused.expect(4);
+    let run = paused.run_id();
+    assert_eq!(lab.server.hits(CHAT), 0, "{}", paused.stderr);
+    // Still waiting after a resume with no decision.
+    lab.flowc(&["resume", &run]).expect(4);
+    assert_eq!(lab.server.hits(CHAT), 0);
+    lab.flowc(&["approve", &run, "big_batch"]).expect(0);
+    let done = lab.flowc(&["resume", &run]);
+    done.expect(0);
+    assert_eq!(done.json()["posted"], json!({"id": "P-few-2"}));
+    assert_eq!(lab.executed().len(), 1);
+    let chats = lab.requests("POST", CHAT);
+    assert_eq!(chats.len(), 1);
+    assert_eq!(prompt_of(&chats[0]), "Score total P-few-2");
+}
+
+// ---- 3. a changed program -----------------------------------------------------
+
+#[test]
+fn a_resume_under_a_changed_program_is_refused_naming_the_change() {
+    let lab = Lab::new("changed", CRASH_FLOW);
+    let paused = lab.run(FEW, &[]);
+    paused.expect(4);
+    let run = paused.run_id();
+    lab.flowc(&["approve", &run, "publish"]).expect(0);
+
+    let original = std::fs::read_to_string(lab.dir.0.join("prog.flow")).unwrap();
+    let changed = original.replace("Score {x}", "Rate {x}");
+    assert_ne!(changed, original);
+    lab.dir.write("prog.flow", &changed);
+    let refused = lab.flowc(&["resume", &run]);
+    assert_ne!(refused.code, Some(0), "{refused:?}");
+    assert!(
+        refused.stderr.contains("cannot resume") && refused.stderr.contains("flow crash changed"),
+        "{}",
+        refused.stderr
+    );
+    // Only the changed declaration is named.
+    assert!(!refused.stderr.contains("list_items"), "{}", refused.stderr);
+    assert!(!refused.stderr.contains("tool post"), "{}", refused.stderr);
+    assert_eq!(lab.server.hits("/tools/post"), 0);
+    let runs = lab.flowc(&["runs"]);
+    assert!(runs.stdout.contains("waiting"), "{}", runs.stdout);
+
+    // The original program resumes.
+    lab.dir.write("prog.flow", &original);
+    let done = lab.flowc(&["resume", &run]);
+    done.expect(0);
+    assert_eq!(lab.executed().len(), 2);
+    assert_eq!(lab.server.hits(CHAT), 2);
+}
+
+// ---- 4. inspection --------------------------------------------------------------
+
+#[test]
+fn runs_show_and_trace_follow_a_run_across_processes() {
+    let lab = Lab::new("inspect", CRASH_FLOW);
+    let paused = lab.run(FEW, &[]);
+    paused.expect(4);
+    let run = paused.run_id();
+
+    let runs = lab.flowc(&["runs"]);
+    runs.expect(0);
+    let line = runs
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&run))
+        .unwrap_or_else(|| panic!("{run} not in\n{}", runs.stdout));
+    assert!(line.contains("waiting") && line.contains("crash"), "{line}");
+
+    let show = lab.flowc(&["show", &run]);
+    show.expect(0);
+    assert!(
+        show.stdout
+            .contains(&format!("run {run}: waiting (flow `crash`")),
+        "{}",
+        show.stdout
+    );
+    assert!(
+        show.stdout
+            .contains("crash.found = {\"items\":[\"a0\",\"a1\"]}"),
+        "{}",
+        show.stdout
+    );
+    assert!(show.stdout.contains("scored[0]/crash."), "{}", show.stdout);
+    assert!(show.stdout.contains("scored[1]/crash."), "{}", show.stdout);
+    assert!(
+        show.stdout.contains("gate crash.ok: pending"),
+        "{}",
+        show.stdout
+    );
+    assert!(!show.stdout.contains("posted["), "{}", show.stdout);
+    assert!(!show.stdout.contains("output:"), "{}", show.stdout);
+
+    lab.flowc(&["approve", &run, "publish"]).expect(0);
+    lab.flowc(&["resume", &run]).expect(0);
+
+    let runs = lab.flowc(&["runs"]);
+    let line = runs.stdout.lines().find(|l| l.starts_with(&run)).unwrap();
+    assert!(line.contains("completed"), "{line}");
+    let show = lab.flowc(&["show", &run]);
+    assert!(
+        show.stdout.contains(&format!("run {run}: completed")),
+        "{}",
+        show.stdout
+    );
+    assert!(show.stdout.contains("posted[0]/crash."), "{}", show.stdout);
+    assert!(show.stdout.contains("posted[1]/crash."), "{}", show.stdout);
+    assert!(
+        show.stdout.contains("gate crash.ok: approved"),
+        "{}",
+        show.stdout
+    );
+    assert!(show.stdout.contains("output: {"), "{}", show.stdout);
+
+    let trace = lab.flowc(&["trace", &run]);
+    trace.expect(0);
+    let tree = &trace.stdout;
+    // The first process's calls and the second's.
+    assert_eq!(tree.matches("tool_call list_items").count(), 1, "{tree}");
+    assert_eq!(tree.matches("model_call fast").count(), 2, "{tree}");
+    assert_eq!(tree.matches("tool_call post").count(), 2, "{tree}");
+    assert!(tree.contains("[waiting]"), "{tree}");
+    assert!(tree.contains("[completed]"), "{tree}");
+    // One tree: the first process's run at the root, the second's under it.
+    let roots: Vec<&str> = tree.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(roots.len(), 1, "{tree}");
+    assert!(
+        roots[0].starts_with("run crash") && roots[0].contains("[waiting]"),
+        "{tree}"
+    );
+    assert!(
+        tree.lines()
+            .any(|l| l.starts_with("  run crash") && l.contains("[completed]")),
+        "{tree}"
+    );
+}
