@@ -38,6 +38,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
+    /// Format .flow files in place in the one canonical layout.
+    ///
+    /// Exit status: 0 when done (with `--check`: nothing would change), 1
+    /// when a file has syntax errors or (with `--check`) would change, 2 on
+    /// usage or I/O errors.
+    Fmt {
+        /// Files or folders (searched for *.flow); `-` reads standard input
+        /// and writes standard output. Defaults to the current folder.
+        paths: Vec<PathBuf>,
+        /// Write nothing; list the files that would change and exit 1 if any.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run a flow: its output as JSON on stdout, a summary on stderr.
     ///
     /// Exit status: 0 success, 1 the flow failed (or was rejected at a gate),
@@ -183,6 +196,7 @@ fn main() {
             color,
         } => check(paths, format, deny.is_some(), color),
         Command::Explain { code, list } => explain(code, list),
+        Command::Fmt { paths, check } => flowc::format::run(paths, check),
         Command::Run {
             file,
             flow,
