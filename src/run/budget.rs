@@ -69,6 +69,8 @@ pub struct Ledger {
     started: Instant,
     parent: Option<Arc<Ledger>>,
     state: Mutex<State>,
+    /// Woken when a reservation settles (calls waiting for room).
+    settled: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +100,7 @@ impl Ledger {
             started: Instant::now(),
             parent,
             state: Mutex::default(),
+            settled: tokio::sync::Notify::new(),
         })
     }
 
@@ -124,6 +127,44 @@ impl Ledger {
         Ok(Reservation { amount })
     }
 
+    /// Reserves `amount`, waiting while other calls' reservations are
+    /// outstanding: they usually settle below their worst case, and calls in
+    /// parallel should not fail for room a finished call would free. Fails
+    /// only when nothing outstanding could free any.
+    pub async fn reserve_waiting(&self, amount: Spend) -> Result<Reservation, Exhausted> {
+        loop {
+            match self.reserve(amount) {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    let Some(busy) = self.chain().into_iter().find(|l| l.outstanding()) else {
+                        return Err(e);
+                    };
+                    let settled = busy.settled.notified();
+                    if !busy.outstanding() {
+                        continue;
+                    }
+                    settled.await;
+                }
+            }
+        }
+    }
+
+    fn chain(&self) -> Vec<&Ledger> {
+        let mut chain: Vec<&Ledger> = vec![self];
+        let mut p = self.parent.as_deref();
+        while let Some(l) = p {
+            chain.push(l);
+            p = l.parent.as_deref();
+        }
+        chain
+    }
+
+    /// Whether some reservation on this ledger has not settled yet.
+    fn outstanding(&self) -> bool {
+        let g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        g.committed != g.spent
+    }
+
     /// Replaces a reservation by what was really spent. Spending more than
     /// was reserved is recorded as it happened (the next reservation then
     /// fails); the reservation rules make it rare: see `step.rs`.
@@ -134,6 +175,8 @@ impl Ledger {
             sub(&mut g.committed, &reservation.amount);
             add(&mut g.committed, &actual);
             add(&mut g.spent, &actual);
+            drop(g);
+            ledger.settled.notify_waiters();
             l = ledger.parent.as_deref();
         }
     }
