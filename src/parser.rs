@@ -120,6 +120,66 @@ fn item_name(text: &str) -> Option<String> {
     words.next().map(str::to_string)
 }
 
+/// The length of `text` without the whitespace and `//` comments that
+/// trail its last token (strings are skipped, so `"a // b"` stays whole).
+fn code_end(text: &str) -> usize {
+    let trimmed = text.trim_end();
+    // Only a tail that may hold a comment needs the scan.
+    if !trimmed.contains("//") {
+        return trimmed.len();
+    }
+    let bytes = trimmed.as_bytes();
+    let mut end = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' => {
+                let triple = bytes[i..].starts_with(b"\"\"\"");
+                i += if triple { 3 } else { 1 };
+                while i < bytes.len() {
+                    if bytes[i] == b'\\' {
+                        i += 2;
+                    } else if triple && bytes[i..].starts_with(b"\"\"\"") {
+                        i += 3;
+                        break;
+                    } else if !triple && (bytes[i] == b'"' || bytes[i] == b'\n') {
+                        i += 1;
+                        break;
+                    } else {
+                        i += 1;
+                    }
+                }
+                end = i.min(bytes.len());
+                continue;
+            }
+            // A pattern: slashes inside `/…/` are not comments.
+            b'/' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'/' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                end = i.min(bytes.len());
+                continue;
+            }
+            c if !c.is_ascii_whitespace() => end = i + 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    // Keep a multi-byte character whole.
+    while end < trimmed.len() && !trimmed.is_char_boundary(end) {
+        end += 1;
+    }
+    end
+}
+
 /// How deeply `(`, `[` and `{` may nest. Real flows stay far below it; the
 /// parser and lowering recurse once per level, so this bounds their stack.
 pub const MAX_DEPTH: usize = 64;
@@ -464,9 +524,9 @@ macro_rules! next {
 impl Parser {
     fn span(&self, pair: &Pair<'_, Rule>) -> Span {
         let s = pair.as_span();
-        // A rule that ends in an optional part can take the whitespace before
-        // it; a label should end where the text does.
-        let trimmed = pair.as_str().trim_end().len();
+        // A rule that ends in an optional part can take the whitespace and
+        // comments before it; a label should end where the code does.
+        let trimmed = code_end(pair.as_str());
         Span::new(
             self.file,
             self.base + s.start(),
@@ -1010,7 +1070,17 @@ impl Parser {
             }
             Rule::builtin_clause => {
                 let t = self.template(next!(self, c, span))?;
-                ToolClauseKind::Builtin(t.as_plain().unwrap_or_default())
+                match t.as_plain() {
+                    Some(name) => ToolClauseKind::Builtin(name),
+                    None => {
+                        self.error(
+                            t.span,
+                            "a builtin's name cannot interpolate values",
+                            "interpolation here",
+                        );
+                        return None;
+                    }
+                }
             }
             Rule::header_clause => {
                 let n = self.template(next!(self, c, span))?;
@@ -1564,7 +1634,18 @@ impl Parser {
                         }
                         (Rule::given_gate, _) => {
                             let why = match o.next() {
-                                Some(t) => self.template(t)?.as_plain(),
+                                Some(t) => {
+                                    let t = self.template(t)?;
+                                    if t.as_plain().is_none() {
+                                        self.error(
+                                            t.span,
+                                            "a rejection reason cannot interpolate values",
+                                            "interpolation here",
+                                        );
+                                        return None;
+                                    }
+                                    t.as_plain()
+                                }
                                 None => None,
                             };
                             TestStmt::GivenGate {
@@ -1582,10 +1663,15 @@ impl Parser {
                             }
                         }
                         _ => {
-                            let msg = self
-                                .template(next!(self, o, sspan))?
-                                .as_plain()
-                                .unwrap_or_default();
+                            let t = self.template(next!(self, o, sspan))?;
+                            let Some(msg) = t.as_plain() else {
+                                self.error(
+                                    t.span,
+                                    "a given failure message cannot interpolate values",
+                                    "interpolation here",
+                                );
+                                return None;
+                            };
                             TestStmt::Given {
                                 target,
                                 outcome: Given::Fails(msg),
