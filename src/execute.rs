@@ -242,7 +242,10 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
                     eprintln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
                 }
             }
-            eprintln!("decide with --approve GATE or --reject GATE (durable approvals come with `flowc approve`)");
+            eprintln!(
+                "decide with `flowc approve {id} GATE` or `flowc reject {id} GATE --reason …`, then `flowc resume {id}`",
+                id = report.run_id
+            );
         }
         Outcome::Rejected => {
             eprintln!("rejected: a gate was rejected and the flow's result depended on it")
