@@ -11,6 +11,7 @@ pub mod check;
 pub mod code;
 mod compile;
 pub mod diagnostic;
+pub mod diagram;
 pub mod format;
 pub mod ir;
 pub mod loader;
