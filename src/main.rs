@@ -439,11 +439,7 @@ fn schema(file: PathBuf) -> Result<i32, String> {
     }
     let mut tools = serde_json::Map::new();
     for tool in program.tools.iter().filter(|t| in_root(t.span)) {
-        let params: Vec<_> = tool
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
-            .collect();
+        let params: Vec<_> = flowc::ir::signature(&tool.params);
         tools.insert(
             tool.name.clone(),
             serde_json::json!({
