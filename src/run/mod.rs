@@ -295,7 +295,7 @@ pub fn run(
         stats,
         completed,
         calls,
-        events: trace.events(),
+        events: trace.take_events(),
     })
 }
 

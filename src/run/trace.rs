@@ -132,23 +132,30 @@ impl Trace {
     }
 
     fn write(&self, event: Value) {
-        let mut line = event.to_string();
-        let mut scrubbed = false;
-        for s in &self.secrets {
-            if line.contains(s.as_str()) {
-                line = line.replace(s.as_str(), "[redacted]");
-                scrubbed = true;
+        let to_file = self.out.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        // The line is needed to write it or to scrub it: a trace kept in
+        // memory with no secrets to hide does not serialise every event.
+        let event = if to_file || !self.secrets.is_empty() {
+            let mut line = event.to_string();
+            let mut scrubbed = false;
+            for s in &self.secrets {
+                if line.contains(s.as_str()) {
+                    line = line.replace(s.as_str(), "[redacted]");
+                    scrubbed = true;
+                }
             }
-        }
-        let event = if scrubbed {
-            serde_json::from_str(&line).unwrap_or(Value::Null)
+            if let Some(out) = self.out.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                // A trace that cannot be written must not fail the run it describes.
+                let _ = writeln!(out, "{line}");
+            }
+            if scrubbed {
+                serde_json::from_str(&line).unwrap_or(Value::Null)
+            } else {
+                event
+            }
         } else {
             event
         };
-        if let Some(out) = self.out.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            // A trace that cannot be written must not fail the run it describes.
-            let _ = writeln!(out, "{line}");
-        }
         if let Some(observe) = &self.observer {
             observe(&event);
         }
@@ -170,6 +177,12 @@ impl Trace {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Every event so far, moved out of the trace (which keeps none): the
+    /// run's report takes them without copying.
+    pub fn take_events(&self) -> Vec<Value> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
