@@ -385,10 +385,9 @@ impl<'p> Runtime<'p> {
     ) -> Result<Value, Stop> {
         self.count_call(&tool.name);
         let step_name = cx.flow.graph[n].name.clone();
-        let params: Vec<(String, Ty, bool)> = crate::ir::signature(&tool.params);
         if let Err(errors) = self
             .validators
-            .check_args(&self.program.types, &params, &args)
+            .check_tool_args(&self.program.types, tool, &args)
         {
             self.stats.borrow_mut().validation_rejections += 1;
             self.trace.event(
@@ -460,7 +459,10 @@ impl<'p> Runtime<'p> {
                     .await
             };
             let result = result.and_then(|v| {
-                match self.validators.check(&self.program.types, &tool.output, &v) {
+                match self
+                    .validators
+                    .check_tool_result(&self.program.types, tool, &v)
+                {
                     Ok(()) => Ok(v),
                     Err(errors) => {
                         self.stats.borrow_mut().validation_rejections += 1;

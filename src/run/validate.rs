@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 
+use crate::ir::Tool;
 use crate::schema;
 use crate::types::{Ty, TypeTable};
 
@@ -17,9 +18,14 @@ const MAX_MESSAGE_CHARS: usize = 300;
 
 /// A cache of compiled validators, one per distinct schema (keyed by the
 /// schema's JSON text). Shared between concurrent steps.
+///
+/// Tools' validators are also kept by tool name, so a call does not build
+/// and print its schemas again: one `Validators` serves one program.
 #[derive(Default)]
 pub struct Validators {
     cache: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
+    tool_args: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
+    tool_results: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
 }
 
 impl Validators {
@@ -45,9 +51,56 @@ impl Validators {
         )
     }
 
+    /// A tool's arguments against its parameters, as [`Validators::check_args`].
+    pub fn check_tool_args(
+        &self,
+        types: &TypeTable,
+        tool: &Tool,
+        args: &Map<String, Value>,
+    ) -> Result<(), Vec<String>> {
+        let validator = self.tool_validator(&self.tool_args, &tool.name, || {
+            schema::params_document(types, &crate::ir::signature(&tool.params))
+        })?;
+        Self::violations(&validator, &Value::Object(args.clone()))
+    }
+
+    /// A tool's result against its output type, as [`Validators::check`].
+    pub fn check_tool_result(
+        &self,
+        types: &TypeTable,
+        tool: &Tool,
+        value: &Value,
+    ) -> Result<(), Vec<String>> {
+        let validator = self.tool_validator(&self.tool_results, &tool.name, || {
+            schema::document(types, &tool.output)
+        })?;
+        Self::violations(&validator, value)
+    }
+
+    /// A tool's validator, built from `schema` the first time.
+    fn tool_validator(
+        &self,
+        by_tool: &Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
+        tool: &str,
+        schema: impl FnOnce() -> Value,
+    ) -> Result<Arc<jsonschema::Validator>, Vec<String>> {
+        let lock = || by_tool.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = lock().get(tool) {
+            return Ok(v.clone());
+        }
+        let validator = self.validator(&schema())?;
+        lock().insert(tool.to_string(), validator.clone());
+        Ok(validator)
+    }
+
     /// `value` against a JSON Schema document (draft 2020-12).
     pub fn check_schema(&self, schema: &Value, value: &Value) -> Result<(), Vec<String>> {
         let validator = self.validator(schema)?;
+        Self::violations(&validator, value)
+    }
+
+    /// `Ok`, or one message per violation, by path.
+    fn violations(validator: &jsonschema::Validator, value: &Value) -> Result<(), Vec<String>> {
         let mut found: Vec<(String, String)> = validator
             .iter_errors(value)
             .map(|e| (e.instance_path().to_string(), message(&e)))
