@@ -16,7 +16,9 @@
 //!
 //! For profiling and load-insensitive counts (`perf stat -e instructions`),
 //! `FLOWC_RUN_BENCH_STEPS=STEPS:RUNS` makes the bench binary just run the
-//! STEPS-step chain RUNS times and exit, without criterion.
+//! STEPS-step chain RUNS times and exit, without criterion;
+//! `FLOWC_RUN_BENCH_FANOUT=RUNS` runs the fan-out RUNS times and prints when
+//! the server received the first and the last request of each.
 
 #[allow(dead_code)]
 #[path = "../tests/support/mock_server.rs"]
@@ -49,6 +51,10 @@ struct Results {
     per_step: Vec<(usize, f64)>,
     /// median wall seconds of the fan-out
     fanout: Option<f64>,
+    /// median wall seconds of the same requests with reqwest alone
+    floor: Option<f64>,
+    /// one more fan-out: first and last request received, end (ms)
+    timeline: Option<(f64, f64, f64)>,
 }
 
 thread_local! {
@@ -191,18 +197,106 @@ fn scripted_options() -> RunOptions {
     }
 }
 
+/// The loopback server, the fan-out program and its 1,000 items.
+struct Fanout {
+    server: MockServer,
+    checked: CheckedProgram,
+    input: Value,
+}
+
+impl Fanout {
+    fn new() -> Fanout {
+        let server = MockServer::start();
+        server.always(
+            "GET /tools/ping",
+            Reply::delay(FANOUT_LATENCY_MS, Reply::ok(json!({"ok": true}))),
+        );
+        let items: Vec<Value> = (0..FANOUT_WIDTH)
+            .map(|i| json!({"id": format!("item-{i}")}))
+            .collect();
+        Fanout {
+            server,
+            checked: compile("fanout.flow", &fanout_source()),
+            input: json!({"items": items}),
+        }
+    }
+
+    /// One run's wall time (the report is dropped outside it).
+    fn run_once(&self) -> Duration {
+        let base = self.server.base_url();
+        let options = RunOptions {
+            concurrency: FANOUT_WIDTH,
+            world: World::Live,
+            env: Arc::new(move |name: &str| (name == "MOCK_URL").then(|| base.clone())),
+            run_id: Some("bench".into()),
+            ..RunOptions::default()
+        };
+        let started = Instant::now();
+        let report = run::run(&self.checked, "fanout", &self.input, options).expect("runs");
+        let wall = started.elapsed();
+        match &report.outcome {
+            Outcome::Completed(Value::Array(acks)) => assert_eq!(acks.len(), FANOUT_WIDTH),
+            _ => panic!("the fan-out did not complete: {:?}", report.outcome),
+        }
+        wall
+    }
+
+    /// The same 1,000 requests with reqwest alone, the way a run makes them
+    /// (a new client and a current-thread runtime, all requests at once, each
+    /// with a timeout, bodies read and parsed): the floor for the fan-out.
+    fn reqwest_once(&self) -> Duration {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let base = self.server.base_url();
+        let started = Instant::now();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = reqwest::Client::builder().build().expect("client");
+        let acks = rt.block_on(async {
+            let mut calls: FuturesUnordered<_> = (0..FANOUT_WIDTH)
+                .map(|i| {
+                    let request = client
+                        .get(format!("{base}/tools/ping?id=item-{i}"))
+                        .header("accept", "application/json")
+                        .timeout(Duration::from_secs(5));
+                    async move {
+                        let body = request.send().await?.bytes().await?;
+                        Ok::<Value, reqwest::Error>(
+                            serde_json::from_slice(&body).unwrap_or(Value::Null),
+                        )
+                    }
+                })
+                .collect();
+            let mut acks = Vec::with_capacity(FANOUT_WIDTH);
+            while let Some(ack) = calls.next().await {
+                acks.push(ack.expect("answered"));
+            }
+            acks
+        });
+        drop(rt);
+        let wall = started.elapsed();
+        assert_eq!(acks.len(), FANOUT_WIDTH);
+        wall
+    }
+
+    /// Where one run's time goes, from when the server received each request:
+    /// (first request, last request, end of the run), in ms from its start.
+    fn timeline(&self) -> (f64, f64, f64) {
+        let before = self.server.requests().len();
+        let started = Instant::now();
+        let wall = self.run_once();
+        let requests = self.server.requests();
+        let ms = |t: Instant| t.duration_since(started).as_secs_f64() * 1e3;
+        let received: Vec<f64> = requests[before..].iter().map(|r| ms(r.received)).collect();
+        let first = received.iter().copied().fold(f64::MAX, f64::min);
+        let last = received.iter().copied().fold(f64::MIN, f64::max);
+        (first, last, wall.as_secs_f64() * 1e3)
+    }
+}
+
 fn fanout(c: &mut Criterion) {
-    let server = MockServer::start();
-    server.always(
-        "GET /tools/ping",
-        Reply::delay(FANOUT_LATENCY_MS, Reply::ok(json!({"ok": true}))),
-    );
-    let base = server.base_url();
-    let checked = compile("fanout.flow", &fanout_source());
-    let items: Vec<Value> = (0..FANOUT_WIDTH)
-        .map(|i| json!({"id": format!("item-{i}")}))
-        .collect();
-    let input = json!({"items": items});
+    let fanout = Fanout::new();
     let mut group = c.benchmark_group("fanout");
     group
         .sample_size(SAMPLES)
@@ -213,32 +307,31 @@ fn fanout(c: &mut Criterion) {
     let samples: RefCell<Vec<(u64, Duration)>> = RefCell::default();
     group.bench_function(BenchmarkId::new("parallel", FANOUT_WIDTH), |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let base = base.clone();
-                let options = RunOptions {
-                    concurrency: FANOUT_WIDTH,
-                    world: World::Live,
-                    env: Arc::new(move |name: &str| (name == "MOCK_URL").then(|| base.clone())),
-                    run_id: Some("bench".into()),
-                    ..RunOptions::default()
-                };
-                let started = Instant::now();
-                let report = run::run(&checked, "fanout", &input, options).expect("runs");
-                total += started.elapsed();
-                match &report.outcome {
-                    Outcome::Completed(Value::Array(acks)) => assert_eq!(acks.len(), FANOUT_WIDTH),
-                    _ => panic!("the fan-out did not complete: {:?}", report.outcome),
-                }
-                drop(report);
-            }
+            let total = (0..iters).map(|_| fanout.run_once()).sum();
             samples.borrow_mut().push((iters, total));
+            total
+        })
+    });
+    let floor: RefCell<Vec<(u64, Duration)>> = RefCell::default();
+    group.bench_function(BenchmarkId::new("reqwest_only", FANOUT_WIDTH), |b| {
+        b.iter_custom(|iters| {
+            let total = (0..iters).map(|_| fanout.reqwest_once()).sum();
+            floor.borrow_mut().push((iters, total));
             total
         })
     });
     group.finish();
     let wall = median_per_iter(&samples.borrow());
-    RESULTS.with(|r| r.borrow_mut().fanout = wall);
+    let floor = median_per_iter(&floor.borrow());
+    RESULTS.with(|r| r.borrow_mut().floor = floor);
+    if wall.is_some() {
+        let timeline = fanout.timeline();
+        RESULTS.with(|r| {
+            let mut r = r.borrow_mut();
+            r.fanout = wall;
+            r.timeline = Some(timeline);
+        });
+    }
 }
 
 fn summary(_: &mut Criterion) {
@@ -273,6 +366,21 @@ fn summary(_: &mut Criterion) {
                 ms - FANOUT_LATENCY_MS as f64
             );
         }
+        if let Some(floor) = r.floor {
+            let ms = floor * 1e3;
+            let over = r.fanout.map_or(String::new(), |w| {
+                format!("; the run adds {:.1} ms", (w - floor) * 1e3)
+            });
+            println!("  the same requests with reqwest alone: {ms:.1} ms{over}");
+        }
+        if let Some((first, last, end)) = r.timeline {
+            println!(
+                "  one more fan-out: first request at {first:.1} ms, last at {last:.1} ms (all sent in {:.1} ms), \
+                 last answer due at {:.1} ms, run over at {end:.1} ms",
+                last - first,
+                last + FANOUT_LATENCY_MS as f64
+            );
+        }
     });
 }
 
@@ -301,9 +409,23 @@ fn chain_only(spec: &str) {
 
 criterion_group!(benches, orchestration, fanout, summary);
 
+/// `FLOWC_RUN_BENCH_FANOUT=RUNS`: the fan-out alone, for `perf`.
+fn fanout_only(runs: &str) {
+    let runs: usize = runs.parse().expect("FLOWC_RUN_BENCH_FANOUT=RUNS");
+    let fanout = Fanout::new();
+    for _ in 0..runs {
+        let (first, last, end) = fanout.timeline();
+        println!("requests received from {first:.1} to {last:.1} ms; run over at {end:.1} ms");
+    }
+}
+
 fn main() {
     if let Ok(spec) = std::env::var("FLOWC_RUN_BENCH_STEPS") {
         chain_only(&spec);
+        return;
+    }
+    if let Ok(runs) = std::env::var("FLOWC_RUN_BENCH_FANOUT") {
+        fanout_only(&runs);
         return;
     }
     benches();
