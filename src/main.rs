@@ -87,6 +87,7 @@ enum Command {
     /// Continue a run that crashed, was killed, or waited for an approval.
     /// No completed step runs again; no model is called again for one.
     Resume {
+        /// The run id (`flowc runs` lists them).
         run: String,
         /// Approve this gate if the run reaches it.
         #[arg(long, value_name = "GATE")]
@@ -94,12 +95,14 @@ enum Command {
         /// Reject this gate if the run reaches it.
         #[arg(long, value_name = "GATE")]
         reject: Vec<String>,
+        /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
     },
     /// Approve a gate a run waits at (optionally with an edited value that
     /// must type-check against the gate's type).
     Approve {
+        /// The run id (`flowc runs` lists them).
         run: String,
         /// The gate's name, or its key as `flowc inbox` shows it.
         gate: String,
@@ -109,12 +112,15 @@ enum Command {
         /// Resume the run right away.
         #[arg(long)]
         resume: bool,
+        /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
     },
     /// Reject a gate a run waits at: what depends on it is skipped.
     Reject {
+        /// The run id (`flowc runs` lists them).
         run: String,
+        /// The gate's name, or its key as `flowc inbox` shows it.
         gate: String,
         /// Why, for the record.
         #[arg(long)]
@@ -122,22 +128,27 @@ enum Command {
         /// Resume the run right away.
         #[arg(long)]
         resume: bool,
+        /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
     },
     /// List the gates waiting for a decision, and what each shows.
     Inbox {
+        /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
     },
     /// List runs: status, cost, age.
     Runs {
+        /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
     },
     /// Show the state of every step of a run.
     Show {
+        /// The run id (`flowc runs` lists them).
         run: String,
+        /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
     },
@@ -150,6 +161,7 @@ enum Command {
     /// Print a run's trace as a tree with timings and cost.
     Trace {
         /// A run id (from `flowc run`) or a trace file.
+        /// The run id (`flowc runs` lists them).
         run: String,
     },
     /// Explain a diagnostic code, with a wrong and a right example.
