@@ -198,6 +198,9 @@ pub fn run(
                     store: std::cell::RefCell::new(d.store),
                     run_id: run_id.clone(),
                     done: std::cell::RefCell::new(done),
+                    pending: Default::default(),
+                    commits: Default::default(),
+                    failed: Default::default(),
                 }),
                 base,
             )

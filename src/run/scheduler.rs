@@ -248,8 +248,9 @@ impl Runtime<'_> {
                             if durable_kind(&cx.flow.graph[n].kind) {
                                 self.persist(
                                     cx,
-                                    &[(step_key(&frame.path, cx, n), Some(v.clone()))],
-                                )?;
+                                    vec![(step_key(&frame.path, cx, n), Some(v.clone()))],
+                                )
+                                .await?;
                             }
                             frame.set(&plan, n, v);
                             self.finished(cx, n);
@@ -257,7 +258,8 @@ impl Runtime<'_> {
                         }
                         Prepared::Skip => {
                             if durable_kind(&cx.flow.graph[n].kind) && !skip {
-                                self.persist(cx, &[(step_key(&frame.path, cx, n), None)])?;
+                                self.persist(cx, vec![(step_key(&frame.path, cx, n), None)])
+                                    .await?;
                             }
                             frame.skipped.borrow_mut().insert(n);
                             release(&plan, n, &mut remaining, &mut ready);
@@ -291,7 +293,7 @@ impl Runtime<'_> {
                     batch.push((step_key(&frame.path, cx, n), value.clone()));
                     finished.push((n, value));
                 }
-                self.persist(cx, &batch)?;
+                self.persist(cx, batch).await?;
                 for (n, value) in finished {
                     match value {
                         Some(v) => {

@@ -108,6 +108,12 @@ pub struct Durable {
     pub run_id: String,
     /// Completed step instances: key → value (`None`: skipped).
     pub done: RefCell<HashMap<String, Option<Value>>>,
+    /// Results waiting for the next commit, from every region of the run.
+    pub pending: RefCell<Vec<(String, Option<Value>)>>,
+    /// Commit transactions so far: results pending now go into the next one.
+    pub commits: Cell<u64>,
+    /// Why a commit failed; every later checkpoint fails with it.
+    pub failed: RefCell<Option<String>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -192,27 +198,52 @@ impl<'p> Runtime<'p> {
     }
 
     /// Commits completed steps (and the run's spend) before anything that
-    /// depends on them starts.
-    pub fn persist(&self, cx: &FlowCtx<'_>, batch: &[(String, Option<Value>)]) -> Result<(), Stop> {
+    /// depends on them starts. Group commit across the whole run: the
+    /// results wait one turn of the event loop, so that every step of any
+    /// region completing in that turn (a wide fan-out's calls answering
+    /// together, each in its own loop iteration) joins them; the first of
+    /// those to resume commits them all in one transaction, and the rest find
+    /// their results committed. Nobody waits on anybody else, so a region
+    /// blocked here never holds up the commit of the steps it contains.
+    pub async fn persist(
+        &self,
+        cx: &FlowCtx<'_>,
+        batch: Vec<(String, Option<Value>)>,
+    ) -> Result<(), Stop> {
         let Some(d) = &self.durable else {
             return Ok(());
         };
-        if batch.is_empty() {
+        let Some((first, _)) = batch.first() else {
             return Ok(());
-        }
-        let spend = self.total_spend();
-        d.store
-            .borrow_mut()
-            .commit_steps(&d.run_id, batch, spend)
-            .map_err(|e| {
-                Stop::Failed(RunError {
-                    flow: cx.flow.name.clone(),
-                    step: batch[0].0.clone(),
-                    attempts: 0,
-                    class: None,
-                    message: e.to_string(),
-                })
+        };
+        let failed = |message: String, step: String| {
+            Stop::Failed(RunError {
+                flow: cx.flow.name.clone(),
+                step,
+                attempts: 0,
+                class: None,
+                message,
             })
+        };
+        let step = first.clone();
+        let ticket = d.commits.get() + 1;
+        d.pending.borrow_mut().extend(batch);
+        tokio::task::yield_now().await;
+        if d.commits.get() < ticket {
+            let batch = std::mem::take(&mut *d.pending.borrow_mut());
+            let result = d
+                .store
+                .borrow_mut()
+                .commit_steps(&d.run_id, &batch, self.total_spend());
+            d.commits.set(d.commits.get() + 1);
+            if let Err(e) = result {
+                *d.failed.borrow_mut() = Some(e.to_string());
+            }
+        }
+        match &*d.failed.borrow() {
+            Some(message) => Err(failed(message.clone(), step)),
+            None => Ok(()),
+        }
     }
 
     /// What the whole run has spent, earlier processes included.
