@@ -405,11 +405,12 @@ impl Store {
 }
 
 /// The run's spend so far (everything this and earlier processes paid for).
+/// Runs with every checkpoint: the statement is prepared once per connection.
 fn save_spend(conn: &Connection, run: &str, spend: Spend, at: f64) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE runs SET tokens = ?2, cost = ?3, steps = ?4, tool_calls = ?5, updated_at = ?6 WHERE id = ?1",
-        params![run, spend.tokens as i64, spend.cost, spend.steps as i64, spend.tool_calls as i64, at],
-    )?;
+    )?
+    .execute(params![run, spend.tokens as i64, spend.cost, spend.steps as i64, spend.tool_calls as i64, at])?;
     Ok(())
 }
 
