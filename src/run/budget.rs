@@ -79,6 +79,10 @@ struct State {
     committed: Spend,
     /// Settled only: what was really spent.
     spent: Spend,
+    /// Reservations granted and not settled yet. A count, not a comparison
+    /// of amounts: costs are floats, and rounding would leave committed and
+    /// spent a hair apart forever.
+    open: usize,
 }
 
 /// A granted reservation; settle it with [`Ledger::settle`].
@@ -123,6 +127,7 @@ impl Ledger {
         }
         for g in &mut guards {
             add(&mut g.committed, &amount);
+            g.open += 1;
         }
         Ok(Reservation { amount })
     }
@@ -161,8 +166,7 @@ impl Ledger {
 
     /// Whether some reservation on this ledger has not settled yet.
     fn outstanding(&self) -> bool {
-        let g = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        g.committed != g.spent
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).open > 0
     }
 
     /// Replaces a reservation by what was really spent. Spending more than
@@ -175,6 +179,7 @@ impl Ledger {
             sub(&mut g.committed, &reservation.amount);
             add(&mut g.committed, &actual);
             add(&mut g.spent, &actual);
+            g.open = g.open.saturating_sub(1);
             drop(g);
             ledger.settled.notify_waiters();
             l = ledger.parent.as_deref();
@@ -313,5 +318,28 @@ mod tests {
         child.settle(r, Spend::tokens(80, 0.0));
         assert_eq!(root.spent().tokens, 80);
         assert!(root.reserve(Spend::tokens(30, 0.0)).is_err());
+    }
+
+    #[test]
+    fn a_waiting_reservation_gets_the_room_a_settled_one_frees() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let l = Ledger::new("flow", budget(100), None);
+            let first = l.reserve(Spend::tokens(80, 0.0003)).expect("fits");
+            let waiting = l.reserve_waiting(Spend::tokens(50, 0.0));
+            let settle = async {
+                tokio::task::yield_now().await;
+                l.settle(first, Spend::tokens(30, 0.0001));
+            };
+            let (second, ()) = tokio::join!(waiting, settle);
+            let second = second.expect("room was freed");
+            l.settle(second, Spend::tokens(50, 0.0));
+            // Nothing outstanding: a reservation that cannot fit fails at once,
+            // float costs notwithstanding.
+            assert!(l.reserve_waiting(Spend::tokens(30, 0.0)).await.is_err());
+        });
     }
 }

@@ -783,7 +783,8 @@ impl<'p> Runtime<'p> {
             cost(model, prompt_tokens, request.max_tokens),
         );
         let reservation = ledger
-            .reserve(worst)
+            .reserve_waiting(worst)
+            .await
             .map_err(|e| self.exhausted(cx, n, e))?;
         let span = self.trace.begin(Some(cx.span), "model_call", &model.name);
         let started = Instant::now();
