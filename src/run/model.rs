@@ -435,16 +435,9 @@ fn seconds(secs: f64) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e7)))
 }
 
-/// A `Retry-After` value: delay-seconds or an HTTP date.
+/// A `Retry-After` value (delay-seconds or an HTTP date) as a wait from now.
 fn parse_retry_after(value: &str) -> Option<Duration> {
-    if let Ok(secs) = value.parse::<f64>() {
-        return seconds(secs);
-    }
-    let at = parse_http_date(value)?;
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    super::tool::parse_retry_after(value, SystemTime::now())
 }
 
 /// `1.5s`, `20ms`, `1m30s`, `3 seconds` at the start of `text`.
@@ -481,8 +474,9 @@ fn parse_duration_text(text: &str) -> Option<Duration> {
     }
 }
 
-/// An HTTP date (IMF-fixdate, RFC 850 or asctime), always GMT.
-fn parse_http_date(text: &str) -> Option<SystemTime> {
+/// An HTTP date (IMF-fixdate, RFC 850 or asctime), always GMT. The one
+/// HTTP-date parser: tool calls use it too.
+pub(crate) fn parse_http_date(text: &str) -> Option<SystemTime> {
     const MONTHS: [&str; 12] = [
         "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
     ];
@@ -523,7 +517,7 @@ fn parse_http_date(text: &str) -> Option<SystemTime> {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;

@@ -532,8 +532,8 @@ fn redact_url_like(text: &str) -> String {
         .join(" ")
 }
 
-/// `Retry-After`: delay-seconds, or an HTTP-date (IMF-fixdate, e.g.
-/// `Sun, 06 Nov 1994 08:49:37 GMT`), as a wait from `now`.
+/// `Retry-After`: delay-seconds, or an HTTP-date (any of the three formats
+/// HTTP allows), as a wait from `now`. Model calls use it too.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
@@ -542,49 +542,8 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     if let Ok(secs) = value.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)));
     }
-    let at = parse_http_date(value)?;
-    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
-    Some(Duration::from_secs(at.saturating_sub(now).max(0) as u64))
-}
-
-/// Seconds since the Unix epoch of an IMF-fixdate (the weekday is optional).
-fn parse_http_date(s: &str) -> Option<i64> {
-    let s = match s.split_once(',') {
-        Some((_, rest)) => rest.trim(),
-        None => s,
-    };
-    let mut parts = s.split_ascii_whitespace();
-    let day: u32 = parts.next()?.parse().ok()?;
-    let month = parts.next()?;
-    let year: i64 = parts.next()?.parse().ok()?;
-    let time = parts.next()?;
-    let zone = parts.next()?;
-    if !matches!(zone, "GMT" | "UTC" | "+0000") || parts.next().is_some() {
-        return None;
-    }
-    const MONTHS: [&str; 12] = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
-    let month = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(month))? as u32 + 1;
-    let mut hms = time.split(':');
-    let h: i64 = hms.next()?.parse().ok()?;
-    let m: i64 = hms.next()?.parse().ok()?;
-    let sec: i64 = hms.next()?.parse().ok()?;
-    if hms.next().is_some() || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
-        return None;
-    }
-    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let at = super::model::parse_http_date(value)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// The date of a day since 1970-01-01 (H. Hinnant).
@@ -958,12 +917,15 @@ mod tests {
             "2023-11-14T22:13:20Z"
         );
         assert_eq!(
-            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(784_111_777)
+            crate::run::model::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(UNIX_EPOCH + Duration::from_secs(784_111_777))
         );
         for days in [-800_000i64, -1, 0, 59, 11_016, 19_675, 2_000_000] {
             let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
+            assert_eq!(
+                crate::run::model::days_from_civil(y, i64::from(m), i64::from(d)),
+                days
+            );
         }
         let now = UNIX_EPOCH + Duration::from_secs(784_111_700);
         assert_eq!(
