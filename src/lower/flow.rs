@@ -1371,18 +1371,8 @@ pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDec
                 match cx.lookup(m, &target.name) {
                     Some(Symbol::Tool(t)) => {
                         let o = outcome_ir(cx, &mut no_names);
-                        if let GivenOutcome::Returns(e) = &o {
-                            let want = cx.program.tools[t.index()].output.clone();
-                            if !cx.program.types.assignable(&e.ty, &want) {
-                                mismatch(
-                                    cx,
-                                    e.span,
-                                    &want,
-                                    &e.ty,
-                                    "a given result must have the tool's declared result type",
-                                );
-                            }
-                        }
+                        let want = cx.program.tools[t.index()].output.clone();
+                        check_given(cx, &o, &want, "tool");
                         test.givens.push(TestGiven::Tool {
                             tool: t,
                             outcome: o,
@@ -1399,18 +1389,8 @@ pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDec
                     }
                     Some(Symbol::Agent(a)) => {
                         let o = outcome_ir(cx, &mut no_names);
-                        if let GivenOutcome::Returns(e) = &o {
-                            let want = cx.program.agents[a.index()].output.clone();
-                            if !cx.program.types.assignable(&e.ty, &want) {
-                                mismatch(
-                                    cx,
-                                    e.span,
-                                    &want,
-                                    &e.ty,
-                                    "a given result must have the agent's declared result type",
-                                );
-                            }
-                        }
+                        let want = cx.program.agents[a.index()].output.clone();
+                        check_given(cx, &o, &want, "agent");
                         test.givens.push(TestGiven::Agent {
                             agent: a,
                             outcome: o,
@@ -1539,6 +1519,16 @@ pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDec
     }
     let _ = cx.module_file(m);
     cx.program.tests.push(test);
+}
+
+/// A `given … returns` value must have the declared result type.
+fn check_given(cx: &mut Lowerer<'_, '_>, outcome: &GivenOutcome, want: &Ty, what: &str) {
+    if let GivenOutcome::Returns(e) = outcome {
+        if !cx.program.types.assignable(&e.ty, want) {
+            let help = format!("a given result must have the {what}'s declared result type");
+            mismatch(cx, e.span, want, &e.ty, &help);
+        }
+    }
 }
 
 fn flow_has_gate(program: &Program, flow: FlowId, gate: &str, depth: u32) -> bool {
