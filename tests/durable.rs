@@ -13,7 +13,7 @@
 //! - a resume under a changed program is refused, naming what changed;
 //! - `flowc runs`, `show` and `trace` on a resumed run.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;

@@ -3,7 +3,7 @@
 //! model served by the loopback test server (answers taken from the
 //! example's recording), then `flowc trace` of the trace it wrote.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -1,8 +1,7 @@
 //! The benchmark's generated flows must check clean, so the benchmark times
 //! the path real programs take.
 
-#[path = "../benches/generated.rs"]
-mod generated;
+use crate::generated;
 
 #[test]
 fn generated_flows_check_clean() {

@@ -235,7 +235,7 @@ fn dot_command() -> Command {
         .unwrap_or(false);
     assert!(
         found,
-        "Graphviz `dot` is not on PATH; the DOT output test needs it: `apt-get install -y graphviz`"
+        "Graphviz `dot` is not on PATH; the DOT output test needs it: run `bash tests/setup.sh` (or `apt-get install -y graphviz`)"
     );
     Command::new("dot")
 }

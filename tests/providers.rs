@@ -1,7 +1,7 @@
 //! `flowc::run::model::complete` against a real HTTP server on 127.0.0.1
 //! speaking the OpenAI-compatible and Anthropic APIs (tests/support).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

@@ -8,7 +8,7 @@
 //! Models and tools are pointed at the server through `RunOptions::env`, so
 //! no test touches the process environment.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

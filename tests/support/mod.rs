@@ -1,5 +1,4 @@
-//! Helpers shared by integration tests. Each test binary that needs them
-//! says `mod support;`; not every binary uses every helper.
+//! What the integration tests share: loopback servers and runners.
 #![allow(dead_code)]
 
 pub mod mock_server;

@@ -1,0 +1,22 @@
+//! The integration tests: one binary, one module per area. Shared servers
+//! and runners live in `support`.
+
+mod support;
+
+#[path = "../benches/generated.rs"]
+mod generated;
+
+mod cli;
+mod durable;
+mod example_live;
+mod explain;
+mod format;
+mod generated_flows;
+mod golden;
+mod graph;
+mod providers;
+mod robustness;
+mod run_faults;
+mod runtime;
+mod tools;
+mod validate;

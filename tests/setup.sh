@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond the Rust toolchain, from the
+# package registries only (Debian, npm, PyPI, crates.io), and reuses what is
+# already installed. Idempotent: run it as often as you like.
+#
+# Every need is one function below; a test that finds its tool missing fails
+# with a message naming this script. Tools installed under the repository
+# (npm packages, Python virtualenvs) go to target/test-tools/, which
+# `cargo clean` removes and git ignores.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$repo/target/test-tools"
+mkdir -p "$tools"
+
+apt_updated=0
+apt_install() { # packages... (only the missing ones are installed)
+  local missing=()
+  for p in "$@"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "tests/setup.sh: missing Debian packages ${missing[*]} and no apt-get here" >&2
+    return 1
+  fi
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  if [ $apt_updated -eq 0 ]; then
+    $sudo apt-get update -qq
+    apt_updated=1
+  fi
+  echo "setup: apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# Graphviz (`dot -Tsvg` in the graph tests) and Vim (editor tests).
+need_graphviz_vim() { apt_install graphviz vim; }
+
+need_graphviz_vim
+echo "setup: done (tools in $tools)"
