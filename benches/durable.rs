@@ -41,8 +41,8 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use flowc::run::budget::Spend;
-use flowc::run::store::{self, Durability, RunRecord, Store};
 use flowc::run::{self, DurableRun, Outcome, RunOptions, Script, Scripted, World};
+use flowc::store::{self, Durability, RunRecord, Store};
 use flowc::CheckedProgram;
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use flowc::ir::{CallTarget, GivenOutcome, TestGiven};
-use flowc::run::store::{self, Durability, Store};
 use flowc::run::{
     self, GateDecision, Outcome, Recording, Report, RunOptions, Script, Scripted, World,
 };
+use flowc::store::{self, Durability, Store};
 use flowc::{compile, render, Compilation, Input};
 
 /// Options of `flowc run`.

@@ -22,6 +22,7 @@ pub mod run;
 pub mod schema;
 pub mod source;
 pub mod stdlib;
+pub mod store;
 mod suggest;
 pub mod types;
 

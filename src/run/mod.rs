@@ -18,7 +18,6 @@ pub mod model;
 pub mod plan;
 pub mod scheduler;
 pub mod step;
-pub mod store;
 pub mod tool;
 pub mod trace;
 pub mod validate;
@@ -84,9 +83,9 @@ pub struct RunOptions {
 
 /// A run recorded in the run store.
 pub struct DurableRun {
-    pub store: store::Store,
+    pub store: crate::store::Store,
     /// The run's record; its id is the run id.
-    pub record: store::RunRecord,
+    pub record: crate::store::RunRecord,
     /// Continue a run the store already has, instead of starting it.
     pub resume: bool,
 }

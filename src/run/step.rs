@@ -104,7 +104,7 @@ pub struct Runtime<'p> {
 
 /// A durable run's store and what it already holds.
 pub struct Durable {
-    pub store: RefCell<super::store::Store>,
+    pub store: RefCell<crate::store::Store>,
     pub run_id: String,
     /// Completed step instances: key → value (`None`: skipped).
     pub done: RefCell<HashMap<String, Option<Value>>>,
@@ -143,7 +143,7 @@ impl<'p> Runtime<'p> {
         pending: &PendingGate,
         timeout_seconds: Option<f64>,
         on_timeout: crate::ast::Decision,
-    ) -> Result<Option<GateDecision>, super::store::StoreError> {
+    ) -> Result<Option<GateDecision>, crate::store::StoreError> {
         let given = self.gates.get(&pending.gate).cloned();
         let Some(d) = &self.durable else {
             return Ok(given);
@@ -160,7 +160,7 @@ impl<'p> Runtime<'p> {
                 }
                 _ => {}
             }
-            if r.timeout_at.is_some_and(|t| super::store::now() >= t) {
+            if r.timeout_at.is_some_and(|t| crate::store::now() >= t) {
                 let approve = r.on_timeout == "approve";
                 store.decide_gate(&d.run_id, key, approve, None, Some("timed out"))?;
                 return Ok(Some(if approve {
@@ -174,8 +174,8 @@ impl<'p> Runtime<'p> {
             return Ok(Some(decision));
         }
         if record.is_none() {
-            let created = super::store::now();
-            store.pending_gate(&super::store::GateRecord {
+            let created = crate::store::now();
+            store.pending_gate(&crate::store::GateRecord {
                 run_id: d.run_id.clone(),
                 key: key.to_string(),
                 flow: pending.flow.clone(),

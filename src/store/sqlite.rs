@@ -1,6 +1,4 @@
-//! The run store: every run, every completed step, every model reply per
-//! attempt, every intent to call a tool with an effect, and every approval
-//! gate, in an embedded SQLite file (`.flowc/runs.db` by default).
+//! The SQLite run store: an embedded file (`.flowc/runs.db` by default).
 //!
 //! A step's result is committed before any step that depends on it starts;
 //! steps that complete together commit in one transaction. A row holds one
@@ -14,26 +12,8 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::budget::Spend;
-
-/// How hard a commit waits for the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// fsync on every commit: a committed step survives a power cut.
-    Full,
-    /// fsync at WAL checkpoints: survives a process crash, may lose the last
-    /// commits on a power cut.
-    Normal,
-}
-
-#[derive(Debug)]
-pub struct StoreError(pub String);
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the run store failed: {}", self.0)
-    }
-}
+use super::{now, Durability, GateRecord, RunRecord, StoreError};
+use crate::run::budget::Spend;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
@@ -103,55 +83,12 @@ CREATE TABLE gates (
 ) WITHOUT ROWID;
 "#];
 
-/// A run as the store keeps it.
-#[derive(Clone, Debug)]
-pub struct RunRecord {
-    pub id: String,
-    pub file: String,
-    pub flow: String,
-    /// The program's fingerprint: item name → hash (JSON object).
-    pub program: Value,
-    pub input: Value,
-    pub status: String,
-    pub output: Option<Value>,
-    pub error: Option<String>,
-    pub created_at: f64,
-    pub updated_at: f64,
-    pub spend: Spend,
-    pub trace: String,
-    pub replay: Option<String>,
-}
-
-/// A gate as the store keeps it.
-#[derive(Clone, Debug)]
-pub struct GateRecord {
-    pub run_id: String,
-    pub key: String,
-    pub flow: String,
-    pub gate: String,
-    pub show: Value,
-    /// `pending`, `approved` or `rejected`.
-    pub status: String,
-    pub value: Option<Value>,
-    pub reason: Option<String>,
-    pub created_at: f64,
-    pub timeout_at: Option<f64>,
-    /// `approve` or `reject`.
-    pub on_timeout: String,
-}
-
-pub fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-pub struct Store {
+pub struct SqliteStore {
     conn: Connection,
 }
 
-impl Store {
-    pub fn open(path: &Path, durability: Durability) -> Result<Store> {
+impl SqliteStore {
+    pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir)
@@ -171,7 +108,7 @@ impl Store {
             },
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut store = Store { conn };
+        let mut store = SqliteStore { conn };
         store.migrate()?;
         Ok(store)
     }
