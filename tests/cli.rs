@@ -1,55 +1,27 @@
 //! The `flowc` binary as users and CI run it: exit codes, output formats,
 //! and the examples and standard library checking clean.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
-fn flowc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flowc"))
-        .args(args)
-        .env_remove("NO_COLOR")
-        .output()
-        .expect("flowc runs")
-}
-
-fn flowc_stdin(args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flowc"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("flowc runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("write stdin");
-    child.wait_with_output().expect("flowc exits")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use crate::support::cli::Test;
 
 #[test]
 fn examples_check_clean_without_warnings() {
-    let out = flowc(&[
-        "check",
-        "--deny",
-        "warnings",
-        "--color",
-        "never",
-        "examples/",
-    ]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let out = Test::new()
+        .in_repo()
+        .args([
+            "check",
+            "--deny",
+            "warnings",
+            "--color",
+            "never",
+            "examples/",
+        ])
+        .stderr_has("no problems")
+        .run();
     assert!(
-        !stderr.contains('⚠') && !stderr.contains("warning"),
-        "{stderr}"
+        !out.stderr.contains('⚠') && !out.stderr.contains("warning"),
+        "{}",
+        out.stderr
     );
-    assert!(stderr.contains("no problems"), "{stderr}");
 }
 
 #[test]
@@ -68,60 +40,61 @@ fn there_are_at_least_eight_examples() {
 
 #[test]
 fn stdlib_modules_check_clean() {
-    for (module, _, source) in flowc::stdlib::MODULES {
-        let out = flowc_stdin(
-            &["check", "--deny", "warnings", "--color", "never", "-"],
-            source.as_bytes(),
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{module}: {}",
-            text(&out.stderr)
-        );
+    for (_module, _, source) in flowc::stdlib::MODULES {
+        Test::new()
+            .args(["check", "--deny", "warnings", "--color", "never", "-"])
+            .stdin(source.as_bytes())
+            .run();
     }
 }
 
 #[test]
 fn garbage_on_stdin_is_a_diagnostic_not_a_panic() {
-    let out = flowc_stdin(&["check", "--color", "never", "-"], b"\xff\x00garbage{{");
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("S001"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let out = Test::new()
+        .args(["check", "--color", "never", "-"])
+        .stdin(&b"\xff\x00garbage{{"[..])
+        .stderr_has("S001")
+        .status(1)
+        .run();
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
 
 #[test]
 fn every_example_cut_in_half_is_reported() {
     for path in flowc::flow_files(std::path::Path::new("examples")).expect("examples") {
         let bytes = std::fs::read(&path).expect("readable example");
-        let half = &bytes[..bytes.len() / 2];
-        let out = flowc_stdin(&["check", "--color", "never", "-"], half);
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", path.display());
+        let out = Test::new()
+            .args(["check", "--color", "never", "-"])
+            .stdin(&bytes[..bytes.len() / 2])
+            .stderr_has("×")
+            .status(1)
+            .run();
         assert!(
-            stderr.contains('×') && !stderr.contains("panicked"),
-            "{}: {stderr}",
-            path.display()
+            !out.stderr.contains("panicked"),
+            "{}: {}",
+            path.display(),
+            out.stderr
         );
     }
 }
 
 #[test]
 fn json_output_is_valid_and_stable_in_shape() {
-    let out = flowc(&["check", "--format", "json", "examples/"]);
-    assert_eq!(out.status.code(), Some(0));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let doc = Test::new()
+        .in_repo()
+        .args(["check", "--format", "json", "examples/"])
+        .run()
+        .json();
     assert_eq!(doc["version"], 1);
     assert!(doc["files"].as_array().is_some_and(|f| f.len() >= 8));
     assert_eq!(doc["summary"]["errors"], 0);
 
-    let out = flowc_stdin(
-        &["check", "--format", "json", "-"],
-        b"flow f() -> string { return x }",
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let doc = Test::new()
+        .args(["check", "--format", "json", "-"])
+        .stdin("flow f() -> string { return x }")
+        .status(1)
+        .run()
+        .json();
     let d = &doc["diagnostics"].as_array().expect("array")[0];
     for key in [
         "code", "slug", "severity", "message", "file", "span", "label", "labels", "help",
@@ -152,14 +125,17 @@ fn sarif_validator() -> jsonschema::Validator {
 #[test]
 fn sarif_output_validates_against_the_sarif_schema() {
     let validator = sarif_validator();
-    let clean = flowc(&["check", "--format", "sarif", "examples/"]);
-    let broken = flowc_stdin(
-        &["check", "--format", "sarif", "-"],
-        b"tool t(x: string) -> string { http GET \"{env.A}/{x}\" effect irreversible }\nflow f() -> string { let a = t(x: 1) return a }\n",
-    );
-    assert_eq!(broken.status.code(), Some(1));
+    let clean = Test::new()
+        .in_repo()
+        .args(["check", "--format", "sarif", "examples/"])
+        .run();
+    let broken = Test::new()
+        .args(["check", "--format", "sarif", "-"])
+        .stdin("tool t(x: string) -> string { http GET \"{env.A}/{x}\" effect irreversible }\nflow f() -> string { let a = t(x: 1) return a }\n")
+        .status(1)
+        .run();
     for out in [clean, broken] {
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+        let doc = out.json();
         let errors: Vec<String> = validator
             .iter_errors(&doc)
             .map(|e| format!("{e} at {}", e.instance_path()))
@@ -171,48 +147,45 @@ fn sarif_output_validates_against_the_sarif_schema() {
 
 #[test]
 fn exit_codes_distinguish_problems_from_usage_errors() {
-    assert_eq!(
-        flowc(&["check", "no/such/file.flow"]).status.code(),
-        Some(2)
-    );
-    assert_eq!(
-        flowc(&["check", "--format", "yaml", "examples/"])
-            .status
-            .code(),
-        Some(2)
-    );
-    assert_eq!(flowc(&["explain", "Z999"]).status.code(), Some(2));
-    let warn_only = b"use std.models.{openai}\nmodel m = openai(\"gpt-4o-mini\") { max_tokens: 100 }\nflow f(q: string) -> string {\n  budget { tokens 10k }\n  let unused = llm m -> string { prompt \"{q}\" }\n  return q\n}\n";
-    assert_eq!(
-        flowc_stdin(&["check", "-"], warn_only).status.code(),
-        Some(0)
-    );
-    assert_eq!(
-        flowc_stdin(&["check", "--deny", "warnings", "-"], warn_only)
-            .status
-            .code(),
-        Some(1)
-    );
+    Test::new()
+        .args(["check", "no/such/file.flow"])
+        .stderr_has("no/such/file.flow: no such file or folder")
+        .status(2)
+        .run();
+    Test::new()
+        .in_repo()
+        .args(["check", "--format", "yaml", "examples/"])
+        .status(2)
+        .run();
+    Test::new().args(["explain", "Z999"]).status(2).run();
+    let warn_only = "use std.models.{openai}\nmodel m = openai(\"gpt-4o-mini\") { max_tokens: 100 }\nflow f(q: string) -> string {\n  budget { tokens 10k }\n  let unused = llm m -> string { prompt \"{q}\" }\n  return q\n}\n";
+    Test::new().args(["check", "-"]).stdin(warn_only).run();
+    Test::new()
+        .args(["check", "--deny", "warnings", "-"])
+        .stdin(warn_only)
+        .status(1)
+        .run();
 }
 
 #[test]
 fn explain_lists_and_prints_every_code() {
-    let out = flowc(&["explain", "--list"]);
-    assert_eq!(out.status.code(), Some(0));
-    let list = text(&out.stdout);
+    let list = Test::new().args(["explain", "--list"]).run().stdout;
     for code in flowc::code::Code::ALL {
         assert!(list.contains(code.as_str()), "--list lacks {code}");
-        let one = flowc(&["explain", code.slug()]);
-        assert_eq!(one.status.code(), Some(0));
-        assert!(text(&one.stdout).starts_with(&format!("# {code}")));
+        Test::new()
+            .args(["explain", code.slug()])
+            .stdout_has(&format!("# {code}"))
+            .run();
     }
 }
 
 #[test]
 fn schema_prints_json_schemas_for_types_and_tools() {
-    let out = flowc(&["schema", "examples/invoice_reconciliation.flow"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let doc = Test::new()
+        .in_repo()
+        .args(["schema", "examples/invoice_reconciliation.flow"])
+        .run()
+        .json();
     let types = doc["types"].as_object().expect("types");
     assert!(!types.is_empty());
     let tools = doc["tools"].as_object().expect("tools");

@@ -1,4 +1,5 @@
 //! What the integration tests share: loopback servers and runners.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod mock_server;
