@@ -69,7 +69,8 @@ pub enum TypeExprKind {
     /// `T matching /re/ len 1..5 >= 0`
     Constrained(Box<TypeExpr>, Vec<Constraint>),
     List(Box<TypeExpr>),
-    Record(Vec<FieldDecl>),
+    /// `{ … }` or `exact { … }`.
+    Record(Vec<FieldDecl>, crate::types::Openness),
     Schema(String),
     Literal(Literal),
     Named(Ident),

@@ -1487,7 +1487,7 @@ impl<'s> Printer<'s> {
 
     fn type_decl(&mut self, t: &TypeDecl) -> Doc {
         match &t.ty.kind {
-            TypeExprKind::Record(_) => {
+            TypeExprKind::Record(..) => {
                 cat(vec![text(format!("type {} ", t.name.name)), self.ty(&t.ty)])
             }
             _ => cat(vec![
@@ -2007,7 +2007,13 @@ impl<'s> Printer<'s> {
                 cat(vec![base, text(self.constraints(constraints))])
             }
             TypeExprKind::List(inner) => cat(vec![text("["), self.ty(inner), text("]")]),
-            TypeExprKind::Record(fields) => self.record(fields, t.span),
+            TypeExprKind::Record(fields, openness) => {
+                let record = self.record(fields, t.span);
+                match openness {
+                    crate::types::Openness::Open => record,
+                    crate::types::Openness::Exact => cat(vec![text("exact "), record]),
+                }
+            }
             TypeExprKind::Schema(path) => text(format!("schema {}", quoted(path))),
             TypeExprKind::Literal(lit) => text(self.literal(lit, t.span.start as usize)),
             TypeExprKind::Named(name) => text(name.name.clone()),
@@ -2641,7 +2647,7 @@ fn join_names(names: &[Ident]) -> String {
 
 /// Consecutive one-line items of one kind may go without a blank line.
 fn tight(a: &Item, b: &Item) -> bool {
-    let alias = |t: &TypeDecl| !matches!(t.ty.kind, TypeExprKind::Record(_));
+    let alias = |t: &TypeDecl| !matches!(t.ty.kind, TypeExprKind::Record(..));
     match (a, b) {
         (Item::Use(_), Item::Use(_))
         | (Item::Resource(_), Item::Resource(_))

@@ -257,7 +257,7 @@ fn schema_paths(ty: &TypeExpr, out: &mut Vec<String>) {
         TypeExprKind::Optional(t) | TypeExprKind::List(t) | TypeExprKind::Constrained(t, _) => {
             schema_paths(t, out)
         }
-        TypeExprKind::Record(fields) => fields.iter().for_each(|f| schema_paths(&f.ty, out)),
+        TypeExprKind::Record(fields, _) => fields.iter().for_each(|f| schema_paths(&f.ty, out)),
         TypeExprKind::Literal(_) | TypeExprKind::Named(_) => {}
     }
 }

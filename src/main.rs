@@ -446,7 +446,7 @@ fn schema(file: PathBuf) -> Result<i32, String> {
         let ty = flowc::types::Ty::Named(flowc::types::TypeId(i as u32));
         types.insert(
             def.name.clone(),
-            flowc::schema::document(&program.types, &ty),
+            flowc::schema::document(&program.types, &ty, flowc::types::Boundary::Incoming),
         );
     }
     let mut tools = serde_json::Map::new();
@@ -456,7 +456,7 @@ fn schema(file: PathBuf) -> Result<i32, String> {
             tool.name.clone(),
             serde_json::json!({
                 "arguments": flowc::schema::params_document(&program.types, &params),
-                "result": flowc::schema::document(&program.types, &tool.output),
+                "result": flowc::schema::document(&program.types, &tool.output, flowc::types::Boundary::Incoming),
             }),
         );
     }

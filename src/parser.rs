@@ -732,7 +732,12 @@ impl Parser {
     fn record_type(&mut self, pair: Pair<'_, Rule>) -> Option<TypeExpr> {
         let span = self.span(&pair);
         let mut fields = Vec::new();
+        let mut openness = crate::types::Openness::Open;
         for field in pair.into_inner() {
+            if field.as_rule() == Rule::exact {
+                openness = crate::types::Openness::Exact;
+                continue;
+            }
             let fspan = self.span(&field);
             let mut it = field.into_inner();
             let name = self.ident(&next!(self, it, fspan));
@@ -746,7 +751,7 @@ impl Parser {
             fields.push(FieldDecl { name, optional, ty });
         }
         Some(TypeExpr {
-            kind: TypeExprKind::Record(fields),
+            kind: TypeExprKind::Record(fields, openness),
             span,
         })
     }

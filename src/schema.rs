@@ -1,19 +1,24 @@
 //! Types → JSON Schema (draft 2020-12). This is the contract the runtime
 //! validates tool arguments, tool results and model outputs against, and what
 //! `flowc schema` prints.
+//!
+//! Records lower by [`Boundary`]: coming in (tool results, model outputs) an
+//! open record says `"additionalProperties": true` and an `exact` one
+//! `false`; going out (arguments, the schema a model fills) every record is
+//! exact, so a flow never sends a field nobody declared.
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use crate::types::{Constraints, Lit, Ty, TypeId, TypeTable};
+use crate::types::{Boundary, Constraints, Lit, Openness, Ty, TypeId, TypeTable};
 
 const DIALECT: &str = "https://json-schema.org/draft/2020-12/schema";
 
 /// A self-contained schema for `ty`: named types it uses go into `$defs`.
-pub fn document(table: &TypeTable, ty: &Ty) -> Value {
+pub fn document(table: &TypeTable, ty: &Ty, boundary: Boundary) -> Value {
     let mut defs = BTreeMap::new();
-    let mut schema = lower(table, ty, &mut defs);
+    let mut schema = Lowering { table, boundary }.lower(ty, &mut defs);
     if let Value::Object(map) = &mut schema {
         map.insert("$schema".into(), json!(DIALECT));
         if !defs.is_empty() {
@@ -23,13 +28,18 @@ pub fn document(table: &TypeTable, ty: &Ty) -> Value {
     schema
 }
 
-/// The schema of a parameter list, as an object with one property per parameter.
+/// The schema of a parameter list, as an object with one property per
+/// parameter. Arguments go out, so every record in it is exact.
 pub fn params_document(table: &TypeTable, params: &[(String, Ty, bool)]) -> Value {
     let mut defs = BTreeMap::new();
     let mut props = Map::new();
     let mut required = Vec::new();
+    let lowering = Lowering {
+        table,
+        boundary: Boundary::Outgoing,
+    };
     for (name, ty, optional) in params {
-        props.insert(name.clone(), lower(table, ty, &mut defs));
+        props.insert(name.clone(), lowering.lower(ty, &mut defs));
         if !optional {
             required.push(json!(name));
         }
@@ -47,47 +57,55 @@ pub fn params_document(table: &TypeTable, params: &[(String, Ty, bool)]) -> Valu
     schema
 }
 
-fn lower(table: &TypeTable, ty: &Ty, defs: &mut BTreeMap<String, Value>) -> Value {
-    match ty {
-        Ty::Error | Ty::Json => json!({}),
-        Ty::String(c) => with_constraints(json!({"type": "string"}), c, false),
-        Ty::Number(c) => with_constraints(json!({"type": "number"}), c, false),
-        Ty::Int(c) => with_constraints(json!({"type": "integer"}), c, false),
-        Ty::Bool => json!({"type": "boolean"}),
-        Ty::Null => json!({"type": "null"}),
-        Ty::Literal(l) => json!({"const": lit(l)}),
-        Ty::Union(ls) => json!({"enum": ls.iter().map(lit).collect::<Vec<_>>()}),
-        Ty::Optional(inner) => json!({"anyOf": [lower(table, inner, defs), {"type": "null"}]}),
-        Ty::List(inner, c) => with_constraints(
-            json!({"type": "array", "items": lower(table, inner, defs)}),
-            c,
-            true,
-        ),
-        Ty::Record(fields) => {
-            let mut props = Map::new();
-            let mut required = Vec::new();
-            for f in fields {
-                props.insert(f.name.clone(), lower(table, &f.ty, defs));
-                if !f.optional {
-                    required.push(json!(f.name));
-                }
-            }
-            json!({"type": "object", "properties": props, "required": required, "additionalProperties": false})
-        }
-        Ty::Named(id) => named(table, *id, defs),
-        Ty::Schema(id) => table.schemas[*id as usize].schema.clone(),
-    }
+struct Lowering<'a> {
+    table: &'a TypeTable,
+    boundary: Boundary,
 }
 
-fn named(table: &TypeTable, id: TypeId, defs: &mut BTreeMap<String, Value>) -> Value {
-    let def = table.def(id);
-    if !defs.contains_key(&def.name) {
-        // Insert a placeholder first so recursive types terminate.
-        defs.insert(def.name.clone(), Value::Null);
-        let body = lower(table, &def.ty, defs);
-        defs.insert(def.name.clone(), body);
+impl Lowering<'_> {
+    fn lower(&self, ty: &Ty, defs: &mut BTreeMap<String, Value>) -> Value {
+        match ty {
+            Ty::Error | Ty::Json => json!({}),
+            Ty::String(c) => with_constraints(json!({"type": "string"}), c, false),
+            Ty::Number(c) => with_constraints(json!({"type": "number"}), c, false),
+            Ty::Int(c) => with_constraints(json!({"type": "integer"}), c, false),
+            Ty::Bool => json!({"type": "boolean"}),
+            Ty::Null => json!({"type": "null"}),
+            Ty::Literal(l) => json!({"const": lit(l)}),
+            Ty::Union(ls) => json!({"enum": ls.iter().map(lit).collect::<Vec<_>>()}),
+            Ty::Optional(inner) => json!({"anyOf": [self.lower(inner, defs), {"type": "null"}]}),
+            Ty::List(inner, c) => with_constraints(
+                json!({"type": "array", "items": self.lower(inner, defs)}),
+                c,
+                true,
+            ),
+            Ty::Record(fields, openness) => {
+                let mut props = Map::new();
+                let mut required = Vec::new();
+                for f in fields {
+                    props.insert(f.name.clone(), self.lower(&f.ty, defs));
+                    if !f.optional {
+                        required.push(json!(f.name));
+                    }
+                }
+                let open = self.boundary == Boundary::Incoming && *openness == Openness::Open;
+                json!({"type": "object", "properties": props, "required": required, "additionalProperties": open})
+            }
+            Ty::Named(id) => self.named(*id, defs),
+            Ty::Schema(id) => self.table.schemas[*id as usize].schema.clone(),
+        }
     }
-    json!({"$ref": format!("#/$defs/{}", def.name)})
+
+    fn named(&self, id: TypeId, defs: &mut BTreeMap<String, Value>) -> Value {
+        let def = self.table.def(id);
+        if !defs.contains_key(&def.name) {
+            // Insert a placeholder first so recursive types terminate.
+            defs.insert(def.name.clone(), Value::Null);
+            let body = self.lower(&def.ty, defs);
+            defs.insert(def.name.clone(), body);
+        }
+        json!({"$ref": format!("#/$defs/{}", def.name)})
+    }
 }
 
 fn lit(l: &Lit) -> Value {

@@ -48,6 +48,30 @@ pub struct Field {
     pub optional: bool,
 }
 
+/// Whether a record accepts fields it does not declare in data coming in
+/// (tool results, model outputs). Data going out (tool arguments, the
+/// schema a model is asked to fill) is always exact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Openness {
+    /// `{ … }`: undeclared fields are accepted and dropped, so a real API's
+    /// 300-field response fits a type naming the three fields a flow uses.
+    #[default]
+    Open,
+    /// `exact { … }`: undeclared fields are a validation error.
+    Exact,
+}
+
+/// Which way a value crosses the program's boundary; decides whether open
+/// records accept undeclared fields (see [`Openness`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boundary {
+    /// Tool results and model outputs: open records stay open.
+    Incoming,
+    /// Tool arguments, flow inputs, the schema sent to a model: every record
+    /// is exact.
+    Outgoing,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Ty {
     /// A type that could not be resolved; already reported, fits anywhere.
@@ -64,7 +88,7 @@ pub enum Ty {
     Union(Vec<Lit>),
     Optional(Box<Ty>),
     List(Box<Ty>, Constraints),
-    Record(Vec<Field>),
+    Record(Vec<Field>, Openness),
     Named(TypeId),
     /// A `schema "file.json"` type: its JSON Schema, kept as written.
     Schema(u32),
@@ -148,7 +172,7 @@ impl TypeTable {
     /// The type of `ty.name`, or `None` if there is no such field.
     pub fn field(&self, ty: &Ty, name: &str) -> Option<Ty> {
         match self.resolve(ty) {
-            Ty::Record(fields) => fields.iter().find(|f| f.name == name).map(|f| {
+            Ty::Record(fields, _) => fields.iter().find(|f| f.name == name).map(|f| {
                 if f.optional {
                     Ty::Optional(Box::new(f.ty.clone()))
                 } else {
@@ -175,7 +199,7 @@ impl TypeTable {
     /// The record's field names, for "did you mean" and error labels.
     pub fn field_names(&self, ty: &Ty) -> Vec<String> {
         match self.resolve(ty) {
-            Ty::Record(fields) => fields.iter().map(|f| f.name.clone()).collect(),
+            Ty::Record(fields, _) => fields.iter().map(|f| f.name.clone()).collect(),
             Ty::Optional(inner) => self.field_names(inner),
             _ => Vec::new(),
         }
@@ -223,7 +247,7 @@ impl TypeTable {
             (Ty::Union(as_), Ty::Union(bs)) => as_.iter().all(|a| bs.contains(a)),
             (Ty::Union(as_), Ty::Literal(b)) => as_.iter().all(|a| a == b),
             (Ty::List(a, _), Ty::List(b, _)) => self.assignable_depth(a, b, d),
-            (Ty::Record(fs), Ty::Record(gs)) => {
+            (Ty::Record(fs, _), Ty::Record(gs, _)) => {
                 let required_present =
                     gs.iter()
                         .all(|g| match fs.iter().find(|f| f.name == g.name) {
@@ -274,7 +298,7 @@ impl TypeTable {
                 })
             }
             (Ty::List(x, _), Ty::List(y, _)) => Some(Ty::list(self.join_depth(x, y, depth + 1)?)),
-            (Ty::Record(fs), Ty::Record(gs)) => {
+            (Ty::Record(fs, fo), Ty::Record(gs, go)) => {
                 // A field only one side has becomes optional.
                 let mut fields = Vec::with_capacity(fs.len().max(gs.len()));
                 for f in fs {
@@ -298,7 +322,12 @@ impl TypeTable {
                         });
                     }
                 }
-                Some(Ty::Record(fields))
+                let openness = if *fo == Openness::Exact && *go == Openness::Exact {
+                    Openness::Exact
+                } else {
+                    Openness::Open
+                };
+                Some(Ty::Record(fields, openness))
             }
             _ => {
                 let (la, lb) = (lits(ra)?, lits(rb)?);
@@ -313,6 +342,40 @@ impl TypeTable {
                     .all(|l| std::mem::discriminant(l) == std::mem::discriminant(&all[0]));
                 same_kind.then_some(Ty::Union(all))
             }
+        }
+    }
+
+    /// `value` with only the fields `ty` declares, at every depth: what an
+    /// open record lets in but the flow never sees. Called on values that
+    /// already validated against `ty`, so shapes agree; where they do not,
+    /// the value is kept as it is.
+    pub fn project(&self, ty: &Ty, value: serde_json::Value) -> serde_json::Value {
+        self.project_depth(ty, value, 0)
+    }
+
+    fn project_depth(&self, ty: &Ty, value: serde_json::Value, depth: u32) -> serde_json::Value {
+        use serde_json::Value;
+        if depth > 256 {
+            return value;
+        }
+        match (self.resolve(ty), value) {
+            (Ty::Optional(inner), v) if !v.is_null() => self.project_depth(inner, v, depth + 1),
+            (Ty::List(inner, _), Value::Array(items)) => Value::Array(
+                items
+                    .into_iter()
+                    .map(|v| self.project_depth(inner, v, depth + 1))
+                    .collect(),
+            ),
+            (Ty::Record(fields, _), Value::Object(mut map)) => {
+                let mut out = serde_json::Map::with_capacity(fields.len());
+                for f in fields {
+                    if let Some(v) = map.remove(&f.name) {
+                        out.insert(f.name.clone(), self.project_depth(&f.ty, v, depth + 1));
+                    }
+                }
+                Value::Object(out)
+            }
+            (_, v) => v,
         }
     }
 
@@ -361,7 +424,10 @@ impl TypeTable {
                 self.write(inner, out, depth + 1);
                 out.push(']');
             }
-            Ty::Record(fields) => {
+            Ty::Record(fields, openness) => {
+                if *openness == Openness::Exact {
+                    out.push_str("exact ");
+                }
                 out.push_str("{ ");
                 for (i, f) in fields.iter().enumerate() {
                     if i > 0 {

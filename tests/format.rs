@@ -130,7 +130,7 @@ fn fingerprint(c: &Compilation) -> String {
             "type {} = {} schema {}",
             def.name,
             types.display(&ty),
-            flowc::schema::document(types, &ty)
+            flowc::schema::document(types, &ty, flowc::types::Boundary::Incoming)
         ));
     }
     for m in &p.models {
@@ -198,7 +198,7 @@ fn fingerprint(c: &Compilation) -> String {
             t.idempotency.as_ref().map(|i| template(p, None, i)),
             t.limit_tokens,
             flowc::schema::params_document(types, &params),
-            flowc::schema::document(types, &t.output),
+            flowc::schema::document(types, &t.output, flowc::types::Boundary::Incoming),
         ));
     }
     for a in &p.agents {

@@ -14,6 +14,7 @@ mod format;
 mod generated_flows;
 mod golden;
 mod graph;
+mod open_records;
 mod providers;
 mod robustness;
 mod run_faults;

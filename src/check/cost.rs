@@ -576,7 +576,7 @@ fn type_tokens(types: &TypeTable, ty: &Ty, depth: u32) -> Option<f64> {
             let n = c.max_len? as f64;
             Some(n * (type_tokens(types, inner, depth + 1)? + 1.0) + 1.0)
         }
-        Ty::Record(fields) => {
+        Ty::Record(fields, _) => {
             let mut total = 2.0;
             for f in fields {
                 total += (f.name.len() as f64 / 4.0).ceil()

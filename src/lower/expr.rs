@@ -56,7 +56,10 @@ pub(crate) fn lower_expr(
                 });
                 out.push((k.name.clone(), v));
             }
-            (ExprKind::Object(out), Ty::Record(tys))
+            (
+                ExprKind::Object(out),
+                Ty::Record(tys, crate::types::Openness::Open),
+            )
         }
         ast::ExprKind::List(items) => {
             let items: Vec<Expr> = items.iter().map(|i| lower_expr(cx, i, resolve)).collect();

@@ -526,7 +526,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                     other => Ty::Optional(Box::new(other)),
                 }
             }
-            TypeExprKind::Record(fields) => {
+            TypeExprKind::Record(fields, openness) => {
                 let mut out: Vec<Field> = Vec::new();
                 for f in fields {
                     if out.iter().any(|g| g.name == f.name.name) {
@@ -547,7 +547,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                         optional: f.optional,
                     });
                 }
-                Ty::Record(out)
+                Ty::Record(out, *openness)
             }
             TypeExprKind::Union(members) => {
                 let mut lits: Vec<Lit> = Vec::new();

@@ -492,9 +492,9 @@ impl<'p> Runtime<'p> {
             let result = result.and_then(|v| {
                 match self
                     .validators
-                    .check_tool_result(&self.program.types, tool, &v)
+                    .accept_tool_result(&self.program.types, tool, v)
                 {
-                    Ok(()) => Ok(v),
+                    Ok(v) => Ok(v),
                     Err(errors) => {
                         self.stats.borrow_mut().validation_rejections += 1;
                         self.trace.event(
@@ -619,7 +619,11 @@ impl<'p> Runtime<'p> {
         };
         let schema = match self.program.types.resolve(&call.output) {
             Ty::String(_) => None,
-            _ => Some(crate::schema::document(&self.program.types, &call.output)),
+            _ => Some(crate::schema::document(
+                &self.program.types,
+                &call.output,
+                crate::types::Boundary::Outgoing,
+            )),
         };
         let mut last_error = None;
         for model_id in self.program.model_chain(call.model) {
@@ -999,7 +1003,11 @@ impl<'p> Runtime<'p> {
                 .map_err(|e| self.fail(cx, n, 0, None, e.0))?,
             None => String::new(),
         };
-        let output_schema = crate::schema::document(&self.program.types, &agent.output);
+        let output_schema = crate::schema::document(
+            &self.program.types,
+            &agent.output,
+            crate::types::Boundary::Outgoing,
+        );
         let mut messages = vec![Message::User(format!(
             "{instructions}\n\nWhen you are done, reply with only JSON matching this schema:\n{output_schema}"
         ))];
@@ -1226,8 +1234,7 @@ pub fn parse_output(
             serde_json::from_str(body).map_err(|e| vec![format!("the reply is not JSON: {e}")])?
         }
     };
-    validators.check(types, ty, &value)?;
-    Ok(value)
+    validators.accept(types, ty, value)
 }
 
 /// How long to wait before the next attempt, or `None` to stop retrying.

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::ir::Tool;
 use crate::schema;
-use crate::types::{Ty, TypeTable};
+use crate::types::{Boundary, Ty, TypeTable};
 
 /// At most this many violations are reported for one value.
 const MAX_ERRORS: usize = 20;
@@ -29,10 +29,19 @@ pub struct Validators {
 }
 
 impl Validators {
-    /// `Ok` when `value` is a `ty`; otherwise one message per violation, each
-    /// naming where in the value it is (`/items/0/amount: -3 is less than 0`).
+    /// `Ok` when `value` is exactly a `ty` (no undeclared fields anywhere);
+    /// otherwise one message per violation, each naming where in the value it
+    /// is (`/items/0/amount: -3 is less than 0`).
     pub fn check(&self, types: &TypeTable, ty: &Ty, value: &Value) -> Result<(), Vec<String>> {
-        self.check_schema(&schema::document(types, ty), value)
+        self.check_schema(&schema::document(types, ty, Boundary::Outgoing), value)
+    }
+
+    /// A value coming in (a model's output): validated with open records
+    /// accepting undeclared fields, then cut down to the declared ones, so
+    /// the flow and its prompts see only what the type names.
+    pub fn accept(&self, types: &TypeTable, ty: &Ty, value: Value) -> Result<Value, Vec<String>> {
+        self.check_schema(&schema::document(types, ty, Boundary::Incoming), &value)?;
+        Ok(types.project(ty, value))
     }
 
     /// `Ok` when `args` fit a parameter list (name, type, optional): every
@@ -64,17 +73,18 @@ impl Validators {
         Self::violations(&validator, &Value::Object(args.clone()))
     }
 
-    /// A tool's result against its output type, as [`Validators::check`].
-    pub fn check_tool_result(
+    /// A tool's result against its output type, as [`Validators::accept`].
+    pub fn accept_tool_result(
         &self,
         types: &TypeTable,
         tool: &Tool,
-        value: &Value,
-    ) -> Result<(), Vec<String>> {
+        value: Value,
+    ) -> Result<Value, Vec<String>> {
         let validator = self.tool_validator(&self.tool_results, &tool.name, || {
-            schema::document(types, &tool.output)
+            schema::document(types, &tool.output, Boundary::Incoming)
         })?;
-        Self::violations(&validator, value)
+        Self::violations(&validator, &value)?;
+        Ok(types.project(&tool.output, value))
     }
 
     /// A tool's validator, built from `schema` the first time.
