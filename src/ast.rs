@@ -28,6 +28,7 @@ pub enum Item {
     Agent(AgentDecl),
     Flow(FlowDecl),
     Test(TestDecl),
+    Eval(EvalDecl),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -524,4 +525,49 @@ pub enum Given {
 pub enum GateOutcome {
     Approves(Option<Expr>),
     Rejects(Option<String>),
+}
+
+// ------------------------------------------------------------------ evals
+
+/// `eval "name" { run flow … score … }`: measures a flow over a dataset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalDecl {
+    pub name: String,
+    pub name_span: Span,
+    pub clauses: Vec<EvalClause>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalClause {
+    pub kind: EvalClauseKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum EvalClauseKind {
+    /// `run flow [expecting Type]`
+    Run {
+        flow: Ident,
+        expecting: Option<TypeExpr>,
+    },
+    /// `dataset "rows.jsonl"` (JSON lines or CSV, relative to the file).
+    Dataset {
+        path: String,
+        path_span: Span,
+    },
+    /// `row { param: value } [expecting value]`
+    Row {
+        input: Expr,
+        expecting: Option<Expr>,
+    },
+    /// `score name [weight N] = expr` or `= llm model -> T { … }`
+    Score {
+        name: Ident,
+        weight: Option<(f64, Span)>,
+        scorer: Step,
+    },
+    Threshold(f64),
+    Concurrency(u64),
+    Budget(Budget),
 }

@@ -1449,6 +1449,7 @@ impl<'s> Printer<'s> {
             Item::Agent(a) => span(a.span),
             Item::Flow(f) => span(f.span),
             Item::Test(t) => span(t.span),
+            Item::Eval(e) => span(e.span),
         }
     }
 
@@ -1463,6 +1464,7 @@ impl<'s> Printer<'s> {
             Item::Agent(a) => self.agent_decl(a),
             Item::Flow(f) => self.flow_decl(f),
             Item::Test(t) => self.test_decl(t),
+            Item::Eval(e) => self.eval_decl(e),
         }
     }
 
@@ -1905,6 +1907,56 @@ impl<'s> Printer<'s> {
         }
         let body = self.body(inner, t.span.end as usize);
         cat(vec![text(format!("test {} ", quoted(&t.name))), body])
+    }
+
+    fn eval_decl(&mut self, d: &EvalDecl) -> Doc {
+        let mut inner = Vec::new();
+        for (i, c) in d.clauses.iter().enumerate() {
+            let (s, e) = span(c.span);
+            inner.push(Doc::Hard);
+            let blank = if i == 0 { Blank::Never } else { Blank::Source };
+            inner.push(self.elem(s, e, blank, |p| p.eval_clause(c)));
+        }
+        let body = self.body(inner, d.span.end as usize);
+        cat(vec![text(format!("eval {} ", quoted(&d.name))), body])
+    }
+
+    fn eval_clause(&mut self, c: &EvalClause) -> Doc {
+        match &c.kind {
+            EvalClauseKind::Run { flow, expecting } => match expecting {
+                Some(t) => cat(vec![
+                    text(format!("run {} expecting ", flow.name)),
+                    self.signature_type(t),
+                ]),
+                None => text(format!("run {}", flow.name)),
+            },
+            EvalClauseKind::Dataset { path, path_span } => {
+                let (s, e) = span(*path_span);
+                text(format!("dataset {}", self.plain_or_copied(path, s, e)))
+            }
+            EvalClauseKind::Row { input, expecting } => {
+                let mut parts = vec![text("row "), self.expr(input)];
+                if let Some(e) = expecting {
+                    parts.push(text(" expecting "));
+                    parts.push(self.expr(e));
+                }
+                cat(parts)
+            }
+            EvalClauseKind::Score {
+                name,
+                weight,
+                scorer,
+            } => {
+                let head = match weight {
+                    Some((w, _)) => format!("score {} weight {w} = ", name.name),
+                    None => format!("score {} = ", name.name),
+                };
+                cat(vec![text(head), self.step(scorer)])
+            }
+            EvalClauseKind::Threshold(t) => text(format!("threshold {t}")),
+            EvalClauseKind::Concurrency(n) => text(format!("concurrency {n}")),
+            EvalClauseKind::Budget(b) => self.budget(b),
+        }
     }
 
     fn test_stmt(&mut self, stmt: &TestStmt, start: usize, end: usize) -> Doc {

@@ -19,13 +19,13 @@ use crate::source::{FileId, Span};
 /// Words that can never name a binding, a declaration or a parameter.
 /// Field names, argument names and clause words are not reserved.
 pub const RESERVED: &[&str] = &[
-    "use", "type", "model", "resource", "tool", "agent", "flow", "test", "provider", "let",
+    "use", "type", "model", "resource", "tool", "agent", "flow", "test", "eval", "provider", "let",
     "return", "llm", "approve", "for", "in", "parallel", "if", "else", "match", "check", "require",
     "after", "fallback", "budget", "true", "false", "null", "and", "or", "not", "env",
 ];
 
 const ITEM_KEYWORDS: &[&str] = &[
-    "use", "type", "model", "resource", "provider", "tool", "agent", "flow", "test",
+    "use", "type", "model", "resource", "provider", "tool", "agent", "flow", "test", "eval",
 ];
 
 /// Parses one file. Never fails: broken items are left out of the module and
@@ -114,7 +114,11 @@ fn item_name(text: &str) -> Option<String> {
         .split(|c: char| !(c.is_alphanumeric() || c == '_'))
         .filter(|w| !w.is_empty());
     let keyword = words.next()?;
-    if !ITEM_KEYWORDS.contains(&keyword) || keyword == "use" || keyword == "test" {
+    if !ITEM_KEYWORDS.contains(&keyword)
+        || keyword == "use"
+        || keyword == "test"
+        || keyword == "eval"
+    {
         return None;
     }
     words.next().map(str::to_string)
@@ -447,8 +451,9 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
         | Rule::tool_decl
         | Rule::agent_decl
         | Rule::flow_decl
-        | Rule::test_decl => {
-            "a declaration (`use`, `type`, `model`, `resource`, `tool`, `agent`, `flow` or `test`)"
+        | Rule::test_decl
+        | Rule::eval_decl => {
+            "a declaration (`use`, `type`, `model`, `resource`, `tool`, `agent`, `flow`, `test` or `eval`)"
         }
         Rule::http_method => "an HTTP method (`GET`, `POST`, `PUT`, `PATCH`, `DELETE`)",
         Rule::effect_kind => "an effect (`read`, `write` or `irreversible`)",
@@ -474,6 +479,7 @@ fn is_keyword(rule: Rule) -> bool {
             | Rule::kw_agent
             | Rule::kw_flow
             | Rule::kw_test
+            | Rule::kw_eval
             | Rule::kw_provider
             | Rule::kw_let
             | Rule::kw_return
@@ -592,6 +598,7 @@ impl Parser {
             Rule::agent_decl => Item::Agent(self.agent_decl(pair)?),
             Rule::flow_decl => Item::Flow(self.flow_decl(pair)?),
             Rule::test_decl => Item::Test(self.test_decl(pair)?),
+            Rule::eval_decl => Item::Eval(self.eval_decl(pair)?),
             _ => return self.internal(span),
         })
     }
@@ -1723,6 +1730,99 @@ impl Parser {
             name,
             name_span: name_t.span,
             stmts,
+            span,
+        })
+    }
+
+    fn eval_decl(&mut self, pair: Pair<'_, Rule>) -> Option<EvalDecl> {
+        let span = self.span(&pair);
+        let mut it = kids(pair);
+        let name_t = self.template(next!(self, it, span))?;
+        let Some(name) = name_t.as_plain() else {
+            self.error(
+                name_t.span,
+                "an eval name cannot interpolate values",
+                "interpolation here",
+            );
+            return None;
+        };
+        let mut clauses = Vec::new();
+        for clause in it {
+            let cspan = self.span(&clause);
+            let rule = clause.as_rule();
+            let kind = match rule {
+                Rule::budget => EvalClauseKind::Budget(self.budget(clause)?),
+                Rule::eval_run => {
+                    let mut c = kids(clause);
+                    let flow = self.ident(&next!(self, c, cspan));
+                    let expecting = match c.next() {
+                        Some(e) => {
+                            let mut e = kids(e);
+                            Some(self.type_expr(next!(self, e, cspan))?)
+                        }
+                        None => None,
+                    };
+                    EvalClauseKind::Run { flow, expecting }
+                }
+                Rule::dataset_clause => {
+                    let mut c = kids(clause);
+                    let t = self.template(next!(self, c, cspan))?;
+                    let Some(path) = t.as_plain() else {
+                        self.error(
+                            t.span,
+                            "a dataset path cannot interpolate values",
+                            "interpolation here",
+                        );
+                        return None;
+                    };
+                    EvalClauseKind::Dataset {
+                        path,
+                        path_span: t.span,
+                    }
+                }
+                Rule::row_clause => {
+                    let mut c = kids(clause);
+                    let input = self.expr(next!(self, c, cspan))?;
+                    let expecting = match c.next() {
+                        Some(e) => Some(self.expr(e)?),
+                        None => None,
+                    };
+                    EvalClauseKind::Row { input, expecting }
+                }
+                Rule::score_clause => {
+                    let mut c = kids(clause);
+                    let name = self.ident(&next!(self, c, cspan));
+                    let mut next = next!(self, c, cspan);
+                    let mut weight = None;
+                    if next.as_rule() == Rule::score_weight {
+                        let wspan = self.span(&next);
+                        let mut w = kids(next);
+                        weight = Some((self.number(&next!(self, w, wspan))?, wspan));
+                        next = next!(self, c, cspan);
+                    }
+                    let scorer = self.step(next)?;
+                    EvalClauseKind::Score {
+                        name,
+                        weight,
+                        scorer,
+                    }
+                }
+                Rule::threshold_clause => {
+                    let mut c = kids(clause);
+                    EvalClauseKind::Threshold(self.number(&next!(self, c, cspan))?)
+                }
+                Rule::concurrency_clause => {
+                    let mut c = kids(clause);
+                    EvalClauseKind::Concurrency(self.whole(&next!(self, c, cspan))?)
+                }
+                _ => return self.internal(cspan),
+            };
+            clauses.push(EvalClause { kind, span: cspan });
+        }
+        Some(EvalDecl {
+            name,
+            name_span: name_t.span,
+            clauses,
             span,
         })
     }

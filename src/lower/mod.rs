@@ -87,7 +87,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
             let mut scope: HashMap<String, (Symbol, Span)> = HashMap::new();
             for item in &module.ast.items {
                 let (name, symbol) = match item {
-                    Item::Use(_) | Item::Test(_) => continue,
+                    Item::Use(_) | Item::Test(_) | Item::Eval(_) => continue,
                     Item::Type(t) => {
                         self.program.types.defs.push(TypeDef {
                             name: t.name.name.clone(),

@@ -44,7 +44,7 @@ pub fn fingerprint(sources: &Sources) -> Value {
                 Item::Agent(a) => ("agent", a.name.name.clone(), a.span),
                 Item::Flow(f) => ("flow", f.name.name.clone(), f.span),
                 // Tests do not change what a run does.
-                Item::Test(_) => continue,
+                Item::Test(_) | Item::Eval(_) => continue,
             };
             let text = file
                 .text
