@@ -72,5 +72,38 @@ fn process(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_and_check, process);
+/// The hidden-dependency check (D001) when every step writes one resource:
+/// 10,000 steps ordered by `after`, against the same chain writing nothing
+/// it tracks (the floor). The two must stay within 1.5× of each other.
+fn all_writers(c: &mut Criterion) {
+    let mut group = c.benchmark_group("chain");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
+    let steps = std::env::var("FLOWC_CHAIN_BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000usize);
+    for (name, shared) in [("plain", false), ("all_writers", true)] {
+        let source = generated::chain_source(steps, shared);
+        group.bench_with_input(BenchmarkId::new(name, steps), &source, |b, s| {
+            b.iter_batched(
+                || {
+                    let mut loader = Loader::new();
+                    loader.load_bytes("chain.flow", s.as_bytes());
+                    loader.finish()
+                },
+                |ws| {
+                    let c = flowc::compile_workspace(ws);
+                    assert!(c.program.is_some());
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, parse_and_check, all_writers, process);
 criterion_main!(benches);

@@ -116,3 +116,28 @@ tool publish(id: string, verdict: Verdict) -> { published: bool } {
     let _ = writeln!(s, "}}");
     s
 }
+
+/// A chain of `steps` write calls, each `after` the one before it. With
+/// `shared_resource`, every call writes the same resource, which the
+/// hidden-dependency check (D001) must prove ordered; without, the calls
+/// write nothing it tracks, so the chain is the floor for that proof.
+pub fn chain_source(steps: usize, shared_resource: bool) -> String {
+    let mut s = String::new();
+    let writes = if shared_resource { " writes ledger" } else { "" };
+    let _ = writeln!(
+        s,
+        "resource ledger\n\ntool touch(n: number) -> {{ ok: bool }} {{\n  http POST \"https://ledger.example.com/touch\"\n  effect write{writes}\n  timeout 5s\n}}\n"
+    );
+    let _ = writeln!(s, "flow chain() -> bool {{");
+    let _ = writeln!(
+        s,
+        "  budget {{ steps 10M, tool_calls 10M, wall 10h }}"
+    );
+    let _ = writeln!(s, "  let s0 = touch(n: 0)");
+    for i in 1..steps {
+        let _ = writeln!(s, "  let s{i} = touch(n: {i}) after s{}", i - 1);
+    }
+    let _ = writeln!(s, "  return s{}.ok", steps.saturating_sub(1));
+    let _ = writeln!(s, "}}");
+    s
+}

@@ -68,12 +68,15 @@ codes! {
     UnusedTool = "U002", "unused-tool", Warning, "a declared tool that no flow or agent can call";
     ForbiddenEffect = "U003", "forbidden-effect", Error, "an agent that lists a tool whose effect its `may` forbids";
     UngatedIrreversible = "A001", "ungated-irreversible", Error, "an irreversible call that can run without an approval gate first";
+    RetryWithoutIdempotency = "A003", "retry-without-idempotency", Error, "a write or irreversible tool retried after a failure that may have taken effect, with no idempotency key";
     AgentWithoutMaxSteps = "B001", "agent-without-max-steps", Error, "an agent with no `max_steps` bound";
     FlowWithoutBudget = "B002", "flow-without-budget", Error, "a flow with no `budget`";
     ToolWithoutTimeout = "B003", "tool-without-timeout", Error, "a tool with no `timeout`";
     BudgetExceeded = "B004", "budget-exceeded", Error, "a worst case (tokens, cost or steps) above the declared budget";
     UnboundedIteration = "B005", "unbounded-iteration", Error, "a loop that calls models over a list with no maximum length";
     ModelWithoutMaxTokens = "B006", "model-without-max-tokens", Error, "a model call whose output length is not bounded";
+    BudgetBoundsNothing = "B007", "budget-bounds-nothing", Warning, "a flow budget with no `wall` (nothing bounds time), or with only `wall` (nothing bounds spend)";
+    TooManyTools = "B008", "too-many-tools", Warning, "an agent with more tools than a model chooses among reliably";
     DeadStep = "X001", "dead-step", Warning, "a step whose value is never used and that has no effect";
     UnreachableArm = "X002", "unreachable-arm", Warning, "a `match` arm that can never be taken";
     SecretInPrompt = "K001", "secret-in-prompt", Error, "an `env.` value used outside a tool or provider, where it could leak";

@@ -190,6 +190,10 @@ pub struct Flow {
     /// A name in the body did not resolve (already reported): what looks
     /// unused may be what the misspelled name meant.
     pub unresolved: bool,
+    /// Steps whose `after` names something that did not resolve (already
+    /// reported): the ordering the author meant is missing, so ordering
+    /// checks (D001, A001) say nothing more about them.
+    pub dropped_after: Vec<NodeIndex>,
 }
 
 /// Why one step waits for another.

@@ -21,3 +21,24 @@ fn generated_flows_check_clean() {
         assert!(problems.is_empty(), "{steps} steps: {problems:#?}");
     }
 }
+
+#[test]
+fn generated_chains_check_clean() {
+    for steps in [10, 1000] {
+        for shared in [false, true] {
+            let source = generated::chain_source(steps, shared);
+            let c = flowc::compile(&[flowc::Input::Text {
+                name: format!("chain{steps}.flow"),
+                bytes: source.into_bytes(),
+            }])
+            .expect("loads");
+            let problems: Vec<String> = c
+                .problems
+                .sorted()
+                .iter()
+                .map(|d| flowc::render::plain(&c.sources, d))
+                .collect();
+            assert!(problems.is_empty(), "{steps} steps, shared {shared}: {problems:#?}");
+        }
+    }
+}

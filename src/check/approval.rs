@@ -78,7 +78,11 @@ pub(super) fn check(program: &Program, flow: &Flow, out: &mut Vec<Diagnostic>) {
             if matches!(target, CallTarget::Flow(_)) {
                 continue;
             }
-            if effect_of(program, target) != Effect::Irreversible || guarded[n.index()] {
+            // A misspelled `after` (reported as N001) is the missing gate.
+            if effect_of(program, target) != Effect::Irreversible
+                || guarded[n.index()]
+                || super::after_dropped(flow, n)
+            {
                 continue;
             }
             let name = target.name(program);

@@ -1,10 +1,15 @@
 //! Declarations that leave something unbounded: B001 an agent without
 //! `max_steps`, B002 a flow without a budget, B003 a tool without a timeout,
-//! B006 a model without `max_tokens`.
+//! B006 a model without `max_tokens`, B007 a flow budget that bounds no time
+//! or no spend, B008 an agent with more tools than a model picks among well.
 
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::ir::{Program, StepKind};
+
+/// Above this many tools an agent's model picks the wrong tool noticeably
+/// more often (tool selection degrades past 15–20 tools); B008 warns.
+pub(crate) const MAX_AGENT_TOOLS: usize = 15;
 
 pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
     for agent in &program.agents {
@@ -16,7 +21,43 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
             );
         }
     }
+    for agent in &program.agents {
+        if agent.tools.len() > MAX_AGENT_TOOLS {
+            let extra = agent.tools.get(MAX_AGENT_TOOLS).map(|(_, s)| *s);
+            let mut d = Diagnostic::new(
+                Code::TooManyTools,
+                agent.span,
+                format!(
+                    "agent `{}` chooses among {} tools, more than the {MAX_AGENT_TOOLS} a model picks from reliably",
+                    agent.name,
+                    agent.tools.len()
+                ),
+            )
+            .label(format!("{} tools", agent.tools.len()))
+            .help("split it into specialised agents of a few tools each (one to search, one to write, ...) and call them from the flow, or from a coordinating agent's flow");
+            if let Some(s) = extra {
+                d = d.with(s, format!("tool {} of {}", MAX_AGENT_TOOLS + 1, agent.tools.len()));
+            }
+            out.push(d);
+        }
+    }
     for flow in &program.flows {
+        if let Some(b) = &flow.budget {
+            let spend = b.tokens.is_some() || b.cost.is_some() || b.steps.is_some() || b.tool_calls.is_some();
+            if !spend {
+                out.push(
+                    Diagnostic::new(Code::BudgetBoundsNothing, b.span, format!("the budget of flow `{}` bounds no spend", flow.name))
+                        .label("only `wall`")
+                        .help("add what the run may spend, such as `steps 50, tool_calls 100` (and `tokens 100k, cost $1.00` when it calls models): `wall` alone lets a run spend without limit until the clock runs out"),
+                );
+            } else if b.wall_seconds.is_none() {
+                out.push(
+                    Diagnostic::new(Code::BudgetBoundsNothing, b.span, format!("the budget of flow `{}` bounds no time", flow.name))
+                        .label("no `wall`")
+                        .help("add `wall 10m` (or what the run really needs): without it a run that waits on slow calls holds its budget and its place forever; time at approval gates does not count"),
+                );
+            }
+        }
         if flow.budget.is_none() {
             out.push(
                 Diagnostic::new(Code::FlowWithoutBudget, flow.span, format!("flow `{}` has no budget", flow.name))

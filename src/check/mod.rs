@@ -12,6 +12,7 @@ mod graph;
 mod limits;
 mod reach;
 mod resources;
+mod retries;
 mod secrets;
 
 use crate::diagnostic::{Diagnostic, Problems};
@@ -41,7 +42,14 @@ pub fn check(
     let acyclic = graph::cycles(&program, &mut found);
     let recursive = graph::recursion(&program, &mut found);
     limits::check(&program, &mut found);
-    reach::check(&program, &mut found);
+    retries::check(&program, &mut found);
+    // Text a syntax error made the parser skip may call any tool, so no tool
+    // is "never called" then.
+    let discarded = problems
+        .errors
+        .iter()
+        .any(|d| d.code == crate::code::Code::Syntax);
+    reach::check(&program, discarded, &mut found);
     secrets::check(&program, &mut found);
     dead::check(&program, &mut found);
     // The graph passes below need acyclic step graphs.
@@ -88,6 +96,33 @@ pub(crate) fn calls(
         };
         main.into_iter().chain(fallback)
     })
+}
+
+/// Whether `n`, or a loop or branch that encloses it, lost an `after` to a
+/// name that did not resolve (reported as N001): its missing order is that
+/// mistake, not another one.
+pub(crate) fn after_dropped(flow: &Flow, n: petgraph::graph::NodeIndex) -> bool {
+    if flow.dropped_after.is_empty() {
+        return false;
+    }
+    if flow.dropped_after.contains(&n) {
+        return true;
+    }
+    let mut r = Some(flow.graph[n].region);
+    while let Some(id) = r {
+        let region = &flow.regions[id.index()];
+        let owner = match region.kind {
+            crate::ir::RegionKind::Loop { node, .. } | crate::ir::RegionKind::Arm { node, .. } => {
+                Some(node)
+            }
+            crate::ir::RegionKind::Root => None,
+        };
+        if owner.is_some_and(|o| flow.dropped_after.contains(&o)) {
+            return true;
+        }
+        r = region.parent;
+    }
+    false
 }
 
 /// The strongest effect calling `target` may have.

@@ -10,7 +10,8 @@ use crate::ir::{CallTarget, Program};
 
 use super::calls;
 
-pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
+/// `discarded`: a syntax error made the parser skip text, whose calls are unknown.
+pub(super) fn check(program: &Program, discarded: bool, out: &mut Vec<Diagnostic>) {
     for agent in &program.agents {
         for (tool, span) in &agent.tools {
             let t = &program.tools[tool.index()];
@@ -37,6 +38,9 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
         }
     }
 
+    if discarded {
+        return;
+    }
     let mut reached: HashSet<usize> = HashSet::new();
     for flow in &program.flows {
         for (_, target) in calls(flow) {

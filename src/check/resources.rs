@@ -5,8 +5,10 @@
 //! loop run at the same time as each other, so a step there that writes a
 //! resource conflicts with its own other iterations.
 //!
-//! Reachability is computed once, as a bitset of "accessor" ancestors per
-//! node in topological order: O((V + E) · A / 64) for A accessing steps.
+//! Per resource, the common case (every access ordered with every write) is
+//! recognised in linear time from the writers' order; only a resource whose
+//! accesses are not in one chain is searched pair by pair, with a bitset of
+//! accessor ancestors per node.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -29,30 +31,129 @@ struct Access {
 
 pub(super) fn check(program: &Program, id: FlowId, out: &mut Vec<Diagnostic>) {
     let flow = &program.flows[id.index()];
-    let mut accesses = accesses(program, flow);
-    // Reads of a resource nothing writes cannot conflict; leave them out of
-    // the reachability sets.
-    let written: HashSet<ResourceId> = accesses
-        .iter()
-        .filter(|a| a.writes)
-        .map(|a| a.resource)
-        .collect();
-    accesses.retain(|a| written.contains(&a.resource));
-    if accesses.is_empty() {
+    let accesses = accesses(program, flow);
+    // Reads of a resource nothing writes cannot conflict; group the rest by
+    // resource.
+    let mut by_resource: BTreeMap<ResourceId, Vec<Access>> = BTreeMap::new();
+    for a in &accesses {
+        by_resource.entry(a.resource).or_default().push(*a);
+    }
+    by_resource.retain(|_, accs| accs.iter().any(|a| a.writes));
+    if by_resource.is_empty() {
         return;
     }
     let Ok(order) = toposort(&flow.graph, None) else {
         return;
     };
-    // Accessor nodes get bit positions.
+    let mut position = vec![0usize; flow.graph.node_count()];
+    for (i, n) in order.iter().enumerate() {
+        position[n.index()] = i;
+    }
+    for accs in by_resource.values() {
+        if totally_ordered(flow, &order, &position, accs) {
+            continue;
+        }
+        pairwise(program, flow, &order, accs, out);
+    }
+}
+
+/// The common case in linear time: every write of the resource is ordered
+/// after the one before it, and every read sits between two consecutive
+/// writes (after the one, before the other). Then no two accesses can run at
+/// once, by transitivity. `latest[n]` is the topological position of the
+/// latest writer among `n`'s ancestors, `earliest[n]` that of the earliest
+/// writer among its descendants: a writer reaches the next one exactly when
+/// it is the latest writer above it. Anything else (exclusive arms, parallel
+/// loops, real conflicts) goes to the pairwise search.
+fn totally_ordered(flow: &Flow, order: &[NodeIndex], position: &[usize], accs: &[Access]) -> bool {
+    if accs
+        .iter()
+        .any(|a| in_parallel_loop(flow, flow.graph[a.node].region))
+    {
+        return false;
+    }
+    let mut writer = vec![false; flow.graph.node_count()];
+    let mut writers: Vec<usize> = Vec::new();
+    for a in accs.iter().filter(|a| a.writes) {
+        if !writer[a.node.index()] {
+            writer[a.node.index()] = true;
+            writers.push(position[a.node.index()]);
+        }
+    }
+    writers.sort_unstable();
+    const NONE: usize = usize::MAX;
+    let mut latest = vec![NONE; flow.graph.node_count()];
+    for &n in order {
+        let mut best = NONE;
+        for p in flow.graph.neighbors_directed(n, Direction::Incoming) {
+            for cand in [latest[p.index()], if writer[p.index()] { position[p.index()] } else { NONE }] {
+                if cand != NONE && (best == NONE || cand > best) {
+                    best = cand;
+                }
+            }
+        }
+        latest[n.index()] = best;
+    }
+    let mut earliest = vec![NONE; flow.graph.node_count()];
+    for &n in order.iter().rev() {
+        let mut best = NONE;
+        for c in flow.graph.neighbors_directed(n, Direction::Outgoing) {
+            for cand in [earliest[c.index()], if writer[c.index()] { position[c.index()] } else { NONE }] {
+                best = best.min(cand);
+            }
+        }
+        earliest[n.index()] = best;
+    }
+    let node_at = |pos: usize| order[pos];
+    for pair in writers.windows(2) {
+        if latest[node_at(pair[1]).index()] != pair[0] {
+            return false;
+        }
+    }
+    for a in accs.iter().filter(|a| !writer[a.node.index()]) {
+        let p = position[a.node.index()];
+        let i = writers.partition_point(|&w| w < p);
+        if i > 0 && latest[a.node.index()] != writers[i - 1] {
+            return false;
+        }
+        if i < writers.len() && earliest[a.node.index()] != writers[i] {
+            return false;
+        }
+    }
+    true
+}
+
+fn in_parallel_loop(flow: &Flow, region: RegionId) -> bool {
+    let mut r = Some(region);
+    while let Some(id) = r {
+        let reg = &flow.regions[id.index()];
+        if let RegionKind::Loop { parallel, .. } = reg.kind {
+            if parallel > 1 {
+                return true;
+            }
+        }
+        r = reg.parent;
+    }
+    false
+}
+
+/// Every conflicting pair of one resource's accesses. Reachability is a
+/// bitset of accessor ancestors per node: O((V + E) · A / 64).
+fn pairwise(
+    program: &Program,
+    flow: &Flow,
+    order: &[NodeIndex],
+    accesses: &[Access],
+    out: &mut Vec<Diagnostic>,
+) {
     let mut bit: BTreeMap<NodeIndex, usize> = BTreeMap::new();
-    for a in &accesses {
+    for a in accesses {
         let next = bit.len();
         bit.entry(a.node).or_insert(next);
     }
     let words = bit.len().div_ceil(64);
     let mut ancestors = vec![0u64; flow.graph.node_count() * words];
-    for &n in &order {
+    for &n in order {
         let base = n.index() * words;
         for p in flow.graph.neighbors_directed(n, Direction::Incoming) {
             let pb = p.index() * words;
@@ -69,17 +170,18 @@ pub(super) fn check(program: &Program, id: FlowId, out: &mut Vec<Diagnostic>) {
         let i = bit[&a];
         ancestors[b.index() * words + i / 64] & (1 << (i % 64)) != 0
     };
-    let mut reported: HashSet<(NodeIndex, NodeIndex, ResourceId)> = HashSet::new();
+    let dropped = |n: NodeIndex| super::after_dropped(flow, n);
+    let mut reported: HashSet<(NodeIndex, NodeIndex)> = HashSet::new();
     // Only pairs with a write can conflict: pair each writer with every
-    // access to its resource, instead of every access with every other.
+    // access, instead of every access with every other.
     for w in accesses.iter().filter(|a| a.writes) {
-        for other in accesses.iter().filter(|o| o.resource == w.resource) {
+        for other in accesses {
             let (x, y) = if flow.graph[w.node].span <= flow.graph[other.node].span {
                 (w, other)
             } else {
                 (other, w)
             };
-            let key = (x.node, y.node, x.resource);
+            let key = (x.node, y.node);
             if reported.contains(&key) {
                 continue;
             }
@@ -93,7 +195,7 @@ pub(super) fn check(program: &Program, id: FlowId, out: &mut Vec<Diagnostic>) {
                         && !before(y.node, x.node)
                         && !exclusive(flow, x.node, y.node))
             };
-            if !concurrent {
+            if !concurrent || (parallel_loop.is_none() && (dropped(x.node) || dropped(y.node))) {
                 continue;
             }
             reported.insert(key);

@@ -244,7 +244,16 @@ fn list_type(cx: &mut Lowerer<'_, '_>, items: &[Expr]) -> Ty {
         }
     }
     let Some(odd) = odd else {
-        return Ty::list(joined);
+        // A literal's length is known: loops over it are bounded.
+        let n = items.len() as u64;
+        return Ty::List(
+            Box::new(joined),
+            crate::types::Constraints {
+                min_len: Some(n),
+                max_len: Some(n),
+                ..Default::default()
+            },
+        );
     };
     let (a, b) = (types.display(&first.ty), types.display(&odd.ty));
     let d = Diagnostic::new(

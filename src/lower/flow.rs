@@ -47,8 +47,9 @@ struct FlowBuilder<'a> {
     regions: Vec<Region>,
     region_nodes: Vec<Vec<NodeIndex>>,
     scopes: Vec<HashMap<String, NodeIndex>>,
-    /// Every binding name in the flow, for duplicates across blocks.
-    names: HashMap<String, Span>,
+    /// Every binding of the flow by name, with its region: a name is bound
+    /// once per flow, except in exclusive arms of one branch.
+    names: HashMap<String, Vec<(Span, RegionId)>>,
     gates: HashMap<String, Span>,
     pending: HashMap<NodeIndex, (Pending<'a>, RegionId, usize)>,
     state: HashMap<NodeIndex, State>,
@@ -57,6 +58,7 @@ struct FlowBuilder<'a> {
     region: RegionId,
     checks: Vec<NodeIndex>,
     unresolved: bool,
+    dropped_after: Vec<NodeIndex>,
 }
 
 pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &ast::FlowDecl) {
@@ -84,6 +86,7 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
         region: RegionId(0),
         checks: Vec::new(),
         unresolved: false,
+        dropped_after: Vec::new(),
     };
     let root = RegionId(0);
     b.scopes.push(HashMap::new());
@@ -160,6 +163,7 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
     flow.regions = b.regions;
     flow.output_step = output;
     flow.unresolved = b.unresolved;
+    flow.dropped_after = b.dropped_after;
 }
 
 impl<'a> FlowBuilder<'a> {
@@ -219,15 +223,22 @@ impl<'a> FlowBuilder<'a> {
                 Stmt::Check(c) => (&c.name, c.span, Pending::Check(c)),
                 _ => continue,
             };
-            if let Some(prev) = self.names.get(&name.name) {
+            let clash = self.names.get(&name.name).and_then(|prev| {
+                prev.iter()
+                    .find(|(_, r)| !self.exclusive_regions(*r, region))
+                    .map(|(s, _)| *s)
+            });
+            if let Some(prev) = clash {
                 let d = Diagnostic::new(Code::DuplicateName, name.span, format!("`{}` is bound twice in flow `{}`", name.name, self.name))
                     .label("bound again here")
-                    .with(*prev, "first bound here")
-                    .help("every step in a flow has its own name, so traces and resumed runs can tell them apart");
+                    .with(prev, "first bound here")
+                    .help("every step in a flow has its own name, so traces and resumed runs can tell them apart; only the arms of one `if` or `match`, of which one runs, may each bind the same name");
                 cx.report(d);
-                continue;
-            }
-            if self.params.iter().any(|(p, _)| *p == name.name) {
+                // Still bound here, so the uses below it resolve and are
+                // not also reported as unknown names; one of the two now
+                // looks unused, which is the same mistake (no X001).
+                self.unresolved = true;
+            } else if self.params.iter().any(|(p, _)| *p == name.name) {
                 let d = Diagnostic::new(
                     Code::DuplicateName,
                     name.span,
@@ -239,9 +250,12 @@ impl<'a> FlowBuilder<'a> {
                 .label("shadows the parameter")
                 .help("give the step another name");
                 cx.report(d);
-                continue;
+            } else {
+                self.names
+                    .entry(name.name.clone())
+                    .or_default()
+                    .push((name.span, region));
             }
-            self.names.insert(name.name.clone(), name.span);
             let _ = span;
             let kind = match pending {
                 Pending::Check(_) => StepKind::Check {
@@ -317,7 +331,10 @@ impl<'a> FlowBuilder<'a> {
                                 self.connect_all(&[target], entry, Dep::After);
                             }
                         }
-                        None => self.unknown_name(cx, a),
+                        None => {
+                            self.dropped_after.push(node);
+                            self.unknown_name(cx, a);
+                        }
                     }
                 }
             }
@@ -348,6 +365,25 @@ impl<'a> FlowBuilder<'a> {
         self.region = saved_region;
         self.scopes.extend(saved_scopes);
         self.state.insert(node, State::Done);
+    }
+
+    /// Whether two regions sit in different arms of one branch, so that at
+    /// most one of them runs.
+    fn exclusive_regions(&self, a: RegionId, b: RegionId) -> bool {
+        let arms = |r: RegionId| {
+            let mut path = Vec::new();
+            let mut r = Some(r);
+            while let Some(id) = r {
+                if let RegionKind::Arm { node, arm } = self.regions[id.index()].kind {
+                    path.push((node, arm));
+                }
+                r = self.regions[id.index()].parent;
+            }
+            path
+        };
+        let (pa, pb) = (arms(a), arms(b));
+        pa.iter()
+            .any(|(n, arm)| pb.iter().any(|(n2, arm2)| n == n2 && arm != arm2))
     }
 
     fn within(&self, region: RegionId, ancestor: RegionId) -> bool {
@@ -1016,6 +1052,12 @@ impl<'a> FlowBuilder<'a> {
             .label("this step cannot fail over")
             .help("put `fallback` after a tool, agent, flow or `llm` step");
             cx.report(d);
+            // The discarded fallback still names its tool: not "never called".
+            if let ast::StepKind::Call(call) = &fb.kind {
+                if let Some(Symbol::Tool(t)) = cx.lookup(self.m, &call.callee.name) {
+                    cx.program.tools[t.index()].mentioned = true;
+                }
+            }
             return;
         }
         let (fallback, ty, span) = match &fb.kind {

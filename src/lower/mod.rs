@@ -195,6 +195,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             regions: Vec::new(),
                             output_step: None,
                             unresolved: false,
+                            dropped_after: Vec::new(),
                         });
                         (
                             &f.name,
