@@ -123,16 +123,17 @@ tool publish(id: string, verdict: Verdict) -> { published: bool } {
 /// write nothing it tracks, so the chain is the floor for that proof.
 pub fn chain_source(steps: usize, shared_resource: bool) -> String {
     let mut s = String::new();
-    let writes = if shared_resource { " writes ledger" } else { "" };
+    let writes = if shared_resource {
+        " writes ledger"
+    } else {
+        ""
+    };
     let _ = writeln!(
         s,
         "resource ledger\n\ntool touch(n: number) -> {{ ok: bool }} {{\n  http POST \"https://ledger.example.com/touch\"\n  effect write{writes}\n  timeout 5s\n}}\n"
     );
     let _ = writeln!(s, "flow chain() -> bool {{");
-    let _ = writeln!(
-        s,
-        "  budget {{ steps 10M, tool_calls 10M, wall 10h }}"
-    );
+    let _ = writeln!(s, "  budget {{ steps 10M, tool_calls 10M, wall 10h }}");
     let _ = writeln!(s, "  let s0 = touch(n: 0)");
     for i in 1..steps {
         let _ = writeln!(s, "  let s{i} = touch(n: {i}) after s{}", i - 1);

@@ -38,7 +38,10 @@ fn generated_chains_check_clean() {
                 .iter()
                 .map(|d| flowc::render::plain(&c.sources, d))
                 .collect();
-            assert!(problems.is_empty(), "{steps} steps, shared {shared}: {problems:#?}");
+            assert!(
+                problems.is_empty(),
+                "{steps} steps, shared {shared}: {problems:#?}"
+            );
         }
     }
 }

@@ -36,14 +36,20 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
             .label(format!("{} tools", agent.tools.len()))
             .help("split it into specialised agents of a few tools each (one to search, one to write, ...) and call them from the flow, or from a coordinating agent's flow");
             if let Some(s) = extra {
-                d = d.with(s, format!("tool {} of {}", MAX_AGENT_TOOLS + 1, agent.tools.len()));
+                d = d.with(
+                    s,
+                    format!("tool {} of {}", MAX_AGENT_TOOLS + 1, agent.tools.len()),
+                );
             }
             out.push(d);
         }
     }
     for flow in &program.flows {
         if let Some(b) = &flow.budget {
-            let spend = b.tokens.is_some() || b.cost.is_some() || b.steps.is_some() || b.tool_calls.is_some();
+            let spend = b.tokens.is_some()
+                || b.cost.is_some()
+                || b.steps.is_some()
+                || b.tool_calls.is_some();
             if !spend {
                 out.push(
                     Diagnostic::new(Code::BudgetBoundsNothing, b.span, format!("the budget of flow `{}` bounds no spend", flow.name))

@@ -86,7 +86,14 @@ fn totally_ordered(flow: &Flow, order: &[NodeIndex], position: &[usize], accs: &
     for &n in order {
         let mut best = NONE;
         for p in flow.graph.neighbors_directed(n, Direction::Incoming) {
-            for cand in [latest[p.index()], if writer[p.index()] { position[p.index()] } else { NONE }] {
+            for cand in [
+                latest[p.index()],
+                if writer[p.index()] {
+                    position[p.index()]
+                } else {
+                    NONE
+                },
+            ] {
                 if cand != NONE && (best == NONE || cand > best) {
                     best = cand;
                 }
@@ -98,7 +105,14 @@ fn totally_ordered(flow: &Flow, order: &[NodeIndex], position: &[usize], accs: &
     for &n in order.iter().rev() {
         let mut best = NONE;
         for c in flow.graph.neighbors_directed(n, Direction::Outgoing) {
-            for cand in [earliest[c.index()], if writer[c.index()] { position[c.index()] } else { NONE }] {
+            for cand in [
+                earliest[c.index()],
+                if writer[c.index()] {
+                    position[c.index()]
+                } else {
+                    NONE
+                },
+            ] {
                 best = best.min(cand);
             }
         }
