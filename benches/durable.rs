@@ -42,7 +42,7 @@ use criterion::{
 };
 use flowc::run::budget::Spend;
 use flowc::run::{self, DurableRun, Outcome, RunOptions, Script, Scripted, World};
-use flowc::store::{self, Durability, RunRecord, Store};
+use flowc::store::{self, Durability, Lease, RunRecord, Store};
 use flowc::CheckedProgram;
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
@@ -178,6 +178,8 @@ fn record(id: &str, flow: &str, input: &Value) -> RunRecord {
         spend: Spend::default(),
         trace: String::new(),
         replay: None,
+        owner: None,
+        lease_until: None,
     }
 }
 
@@ -195,6 +197,17 @@ fn scripted_world() -> World {
 }
 
 fn durable_options(store: Store, record: RunRecord, resume: bool) -> RunOptions {
+    let lease = if resume {
+        match store
+            .acquire(&record.id, &store::owner_id(), store::lease_ttl())
+            .expect("takes the lease")
+        {
+            store::Acquired::Taken(_, lease) => lease,
+            _ => panic!("the run is free to resume"),
+        }
+    } else {
+        Lease::new_run(&record.id)
+    };
     RunOptions {
         concurrency: 32,
         world: scripted_world(),
@@ -203,6 +216,7 @@ fn durable_options(store: Store, record: RunRecord, resume: bool) -> RunOptions 
             store,
             record,
             resume,
+            lease,
         }),
         ..RunOptions::default()
     }
@@ -271,6 +285,7 @@ fn bare_connection(path: &Path, durability: Durability) -> Connection {
 /// connection, alternately, so both see the same disk and the same load.
 struct CommitPair {
     store: Store,
+    lease: Lease,
     bare: Connection,
     value: Value,
     text: String,
@@ -292,7 +307,7 @@ impl CommitPair {
         };
         let started = Instant::now();
         self.store
-            .commit_steps("commit", &batch, spend)
+            .commit_steps(&self.lease, &batch, spend)
             .expect("commits");
         started.elapsed()
     }
@@ -323,12 +338,14 @@ fn commit(c: &mut Criterion) {
         let name = durability_name(durability);
         let dir = TempDir::new(&format!("commit-{name}"));
         let store = Store::open(&dir.path("runs.db"), durability).expect("opens the store");
+        let lease = Lease::new_run("commit");
         store
-            .create_run(&record("commit", "chain", &json!({"seed": 1})))
+            .create_run(&record("commit", "chain", &json!({"seed": 1})), &lease)
             .expect("creates the run");
         let value = payload();
         let pair = RefCell::new(CommitPair {
             store,
+            lease,
             bare: bare_connection(&dir.path("bare.db"), durability),
             text: value.to_string(),
             value,
@@ -493,6 +510,7 @@ fn fanout(c: &mut Criterion) {
                 store,
                 record: record(id, "fanout", &input),
                 resume: false,
+                lease: Lease::new_run(id),
             }),
             ..RunOptions::default()
         }

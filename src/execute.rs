@@ -21,7 +21,7 @@ use flowc::ir::{CallTarget, GivenOutcome, TestGiven};
 use flowc::run::{
     self, GateDecision, Outcome, Recording, Report, RunOptions, Script, Scripted, World,
 };
-use flowc::store::{self, Durability, Store};
+use flowc::store::{self, Acquired, Durability, Lease, Store, StoreError};
 use flowc::{compile, render, Compilation, Input};
 
 /// Options of `flowc run`.
@@ -36,8 +36,8 @@ pub struct RunArgs {
     pub concurrency: usize,
     /// The run store (`.flowc/runs.db` unless told otherwise).
     pub store: PathBuf,
-    /// Continue this stored run instead of starting one.
-    pub resume: Option<store::RunRecord>,
+    /// Continue this stored run (its lease taken) instead of starting one.
+    pub resume: Option<(store::RunRecord, Lease)>,
 }
 
 fn compiled(inputs: &[Input]) -> Result<Result<Compilation, i32>, String> {
@@ -52,7 +52,7 @@ fn compiled(inputs: &[Input]) -> Result<Result<Compilation, i32>, String> {
     Ok(Ok(c))
 }
 
-pub fn run_command(args: RunArgs) -> Result<i32, String> {
+fn run(args: RunArgs) -> Result<i32, Failure> {
     // The canonical path, so the program's fingerprint names files the same
     // way whichever folder the run is started or resumed from.
     let file = std::fs::canonicalize(&args.file)
@@ -87,13 +87,14 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
     let flow = match (&chosen, in_root.as_slice()) {
         (Some(f), _) => f.clone(),
         (None, [only]) => only.to_string(),
-        (None, []) => return Err(format!("{} declares no flow", args.file.display())),
+        (None, []) => return Err(format!("{} declares no flow", args.file.display()).into()),
         (None, many) => {
             return Err(format!(
                 "{} declares several flows ({}); choose one with --flow",
                 args.file.display(),
                 many.join(", ")
-            ))
+            )
+            .into())
         }
     };
     let input: Value = match &args.input {
@@ -126,11 +127,11 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
         );
     }
     let run_id = match &args.resume {
-        Some(r) => r.id.clone(),
+        Some((r, _)) => r.id.clone(),
         None => run::new_run_id(),
     };
     let trace_path = match &args.resume {
-        Some(r) => PathBuf::from(&r.trace),
+        Some((r, _)) => PathBuf::from(&r.trace),
         None => args.trace.clone().unwrap_or_else(|| {
             PathBuf::from(".flowc/runs")
                 .join(&run_id)
@@ -138,47 +139,55 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
         }),
     };
     let program = run::fingerprint::fingerprint(&c.sources);
-    if let Some(r) = &args.resume {
+    if let Some((r, _)) = &args.resume {
         let changes = run::fingerprint::changes(&r.program, &program);
         if !changes.is_empty() {
             return Err(format!(
                 "run {} cannot resume: its program changed since it started ({}); start a new run, or restore the program",
                 r.id,
                 changes.join("; ")
-            ));
+            ).into());
         }
     }
     let store = open_store(&args.store)?;
-    let record = match args.resume.clone() {
-        Some(r) => r,
-        None => store::RunRecord {
-            id: run_id.clone(),
-            file: std::fs::canonicalize(&args.file)
-                .unwrap_or_else(|_| args.file.clone())
-                .display()
-                .to_string(),
-            flow: flow.clone(),
-            program,
-            input: input.clone(),
-            status: "running".into(),
-            output: None,
-            error: None,
-            created_at: store::now(),
-            updated_at: store::now(),
-            spend: Default::default(),
-            trace: trace_path.display().to_string(),
-            replay: args.replay.as_ref().map(|p| {
-                std::fs::canonicalize(p)
-                    .unwrap_or_else(|_| p.clone())
+    let (record, lease) = match args.resume.clone() {
+        Some(resumed) => resumed,
+        None => (
+            store::RunRecord {
+                id: run_id.clone(),
+                file: std::fs::canonicalize(&args.file)
+                    .unwrap_or_else(|_| args.file.clone())
                     .display()
-                    .to_string()
-            }),
-        },
+                    .to_string(),
+                flow: flow.clone(),
+                program,
+                input: input.clone(),
+                status: "running".into(),
+                output: None,
+                error: None,
+                created_at: store::now(),
+                updated_at: store::now(),
+                spend: Default::default(),
+                trace: trace_path.display().to_string(),
+                replay: args.replay.as_ref().map(|p| {
+                    std::fs::canonicalize(p)
+                        .unwrap_or_else(|_| p.clone())
+                        .display()
+                        .to_string()
+                }),
+                owner: None,
+                lease_until: None,
+            },
+            Lease::new_run(&run_id),
+        ),
     };
+    // Renews the lease while the run is live, on a connection of its own.
+    let heartbeat = store::Heartbeat::start(store.reopen()?, lease.clone());
     let durable = Some(run::DurableRun {
         store,
         record,
         resume: args.resume.is_some(),
+        lease,
     });
     let progress = progress_display();
     let options = RunOptions {
@@ -209,10 +218,12 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
         world,
         run_id: Some(run_id),
         durable,
+        interruptible: true,
         ..RunOptions::default()
     };
     let started = std::time::Instant::now();
     let report = run::run(checked, &flow, &input, options);
+    drop(heartbeat);
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
@@ -250,6 +261,11 @@ pub fn run_command(args: RunArgs) -> Result<i32, String> {
         Outcome::Rejected => {
             eprintln!("rejected: a gate was rejected and the flow's result depended on it")
         }
+        Outcome::Interrupted => eprintln!(
+            "interrupted: continue it with `flowc resume {}`",
+            report.run_id
+        ),
+        Outcome::Store(e) => eprintln!("error: {e}"),
     }
     eprintln!("{}", summary(&report, started.elapsed(), &trace_path));
     Ok(report.outcome.exit_code())
@@ -281,6 +297,8 @@ fn summary(report: &Report, elapsed: std::time::Duration, trace: &Path) -> Strin
         Outcome::Exhausted(_) => "budget exhausted",
         Outcome::Waiting(_) => "waiting",
         Outcome::Rejected => "rejected",
+        Outcome::Interrupted => "interrupted",
+        Outcome::Store(_) => "stopped",
     };
     let s = &report.stats;
     let tool_calls = s.tool_calls_ok + s.tool_calls_failed;
@@ -485,6 +503,10 @@ fn run_test(checked: &flowc::CheckedProgram, test: &flowc::ir::Test) -> Result<(
             None
         }
         Outcome::Rejected => None,
+        Outcome::Interrupted | Outcome::Store(_) => {
+            problems.push("the run stopped before it ended".into());
+            None
+        }
     };
     if let Some(out) = &output {
         let scope = OutputScope(out.clone());
@@ -524,8 +546,94 @@ fn run_test(checked: &flowc::CheckedProgram, test: &flowc::ir::Test) -> Result<(
     }
 }
 
-fn open_store(path: &Path) -> Result<Store, String> {
-    Store::open(path, durability()?).map_err(|e| e.to_string())
+fn open_store(path: &Path) -> Result<Store, Failure> {
+    Ok(Store::open(path, durability()?)?)
+}
+
+/// Why a command stopped early: a usage problem (exit 2) or the run store
+/// (exit 6, [`run::EXIT_STORE`]; 5 when another process holds the run).
+pub enum Failure {
+    Usage(String),
+    Store(StoreError),
+    /// Another live process holds the run's lease.
+    Leased(String),
+}
+
+impl From<String> for Failure {
+    fn from(m: String) -> Failure {
+        Failure::Usage(m)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        Failure::Store(e)
+    }
+}
+
+/// The exit status of a command that stopped early, its message on stderr.
+fn finish(result: Result<i32, Failure>) -> Result<i32, String> {
+    match result {
+        Ok(code) => Ok(code),
+        Err(Failure::Usage(m)) => Err(m),
+        Err(Failure::Store(e)) => {
+            eprintln!("error: {e}");
+            Ok(match e {
+                StoreError::LeaseLost(_) => run::EXIT_LEASED,
+                _ => run::EXIT_STORE,
+            })
+        }
+        Err(Failure::Leased(m)) => {
+            eprintln!("error: {m}");
+            Ok(run::EXIT_LEASED)
+        }
+    }
+}
+
+pub fn run_command(args: RunArgs) -> Result<i32, String> {
+    finish(run(args))
+}
+
+pub fn resume_command(
+    id: &str,
+    store_path: &Path,
+    approve: Vec<String>,
+    reject: Vec<String>,
+    wait: bool,
+) -> Result<i32, String> {
+    finish(resume(id, store_path, approve, reject, wait))
+}
+
+pub fn approve_command(
+    run_id: &str,
+    gate: &str,
+    edit: Option<PathBuf>,
+    resume: bool,
+    store_path: &Path,
+) -> Result<i32, String> {
+    finish(approve(run_id, gate, edit, resume, store_path))
+}
+
+pub fn reject_command(
+    run_id: &str,
+    gate: &str,
+    reason: &str,
+    resume: bool,
+    store_path: &Path,
+) -> Result<i32, String> {
+    finish(reject(run_id, gate, reason, resume, store_path))
+}
+
+pub fn inbox_command(store_path: &Path) -> Result<i32, String> {
+    finish(inbox(store_path))
+}
+
+pub fn runs_command(store_path: &Path) -> Result<i32, String> {
+    finish(runs(store_path))
+}
+
+pub fn show_command(run_id: &str, store_path: &Path) -> Result<i32, String> {
+    finish(show(run_id, store_path))
 }
 
 /// `FLOWC_DURABILITY=normal` trades the last commits on a power cut for
@@ -540,29 +648,58 @@ fn durability() -> Result<Durability, String> {
     }
 }
 
-fn find_run(store: &Store, id: &str) -> Result<store::RunRecord, String> {
-    store
-        .run(id)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("there is no run `{id}` in this store; `flowc runs` lists them"))
+fn find_run(store: &Store, id: &str) -> Result<store::RunRecord, Failure> {
+    store.run(id)?.ok_or_else(|| {
+        format!("there is no run `{id}` in this store; `flowc runs` lists them").into()
+    })
 }
 
-/// `flowc resume RUN`: continues a run that crashed, was killed, or waits.
-pub fn resume_command(
+/// `flowc resume RUN`: continues a run that crashed, was killed, was
+/// interrupted, or waits. Takes the run's lease first: a run another live
+/// process drives is refused (exit 5), or waited for with `wait`.
+fn resume(
     id: &str,
     store_path: &Path,
     approve: Vec<String>,
     reject: Vec<String>,
-) -> Result<i32, String> {
+    wait: bool,
+) -> Result<i32, Failure> {
     let store = open_store(store_path)?;
-    let record = find_run(&store, id)?;
+    let (record, lease) = loop {
+        match store.acquire(id, &store::owner_id(), store::lease_ttl())? {
+            Acquired::Taken(record, lease) => break (*record, lease),
+            Acquired::Missing => {
+                return Err(format!(
+                    "there is no run `{id}` in this store; `flowc runs` lists them"
+                )
+                .into())
+            }
+            Acquired::Held { owner, until } if !wait => {
+                return Err(Failure::Leased(format!(
+                    "run {id} is being driven by another process ({owner}; its lease runs {:.0}s more unless renewed); wait for it with `flowc resume {id} --wait`",
+                    (until - store::now()).max(0.0)
+                )))
+            }
+            Acquired::Held { .. } => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    };
     if record.status == "completed" {
-        return Err(format!(
-            "run {id} already completed; `flowc show {id}` shows its steps"
-        ));
+        store.release(&lease)?;
+        if wait {
+            // Whoever held it finished it meanwhile.
+            eprintln!("run {id} completed");
+            out!(
+                "{}",
+                serde_json::to_string_pretty(record.output.as_ref().unwrap_or(&Value::Null))
+                    .unwrap_or_default()
+            );
+            return Ok(0);
+        }
+        return Err(
+            format!("run {id} already completed; `flowc show {id}` shows its steps").into(),
+        );
     }
-    drop(store);
-    run_command(RunArgs {
+    let result = run(RunArgs {
         file: PathBuf::from(&record.file),
         flow: Some(record.flow.clone()),
         input: Some(record.input.to_string()),
@@ -572,15 +709,19 @@ pub fn resume_command(
         trace: None,
         concurrency: 32,
         store: store_path.to_path_buf(),
-        resume: Some(record),
-    })
+        resume: Some((record, lease.clone())),
+    });
+    if result.is_err() {
+        // Stopped before the run did anything: let the next process have it.
+        let _ = store.release(&lease);
+    }
+    result
 }
 
 /// The pending gate a name refers to: a gate name, or the key `flowc inbox` shows.
-fn pending_gate(store: &Store, run: &str, gate: &str) -> Result<store::GateRecord, String> {
+fn pending_gate(store: &Store, run: &str, gate: &str) -> Result<store::GateRecord, Failure> {
     let pending: Vec<store::GateRecord> = store
-        .gates(Some(run))
-        .map_err(|e| e.to_string())?
+        .gates(Some(run))?
         .into_iter()
         .filter(|g| g.status == "pending")
         .collect();
@@ -590,7 +731,7 @@ fn pending_gate(store: &Store, run: &str, gate: &str) -> Result<store::GateRecor
         .collect();
     match matching.as_slice() {
         [one] => Ok((*one).clone()),
-        [] if pending.is_empty() => Err(format!("run {run} waits at no gate")),
+        [] if pending.is_empty() => Err(format!("run {run} waits at no gate").into()),
         [] => Err(format!(
             "run {run} does not wait at `{gate}`; it waits at: {}",
             pending
@@ -598,7 +739,8 @@ fn pending_gate(store: &Store, run: &str, gate: &str) -> Result<store::GateRecor
                 .map(|g| g.key.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
-        )),
+        )
+        .into()),
         many => Err(format!(
             "`{gate}` waits at {} places; name one: {}",
             many.len(),
@@ -606,19 +748,20 @@ fn pending_gate(store: &Store, run: &str, gate: &str) -> Result<store::GateRecor
                 .map(|g| g.key.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
-        )),
+        )
+        .into()),
     }
 }
 
 /// `flowc approve RUN GATE [--edit FILE]`: an edited value must type-check
 /// against the gate's type.
-pub fn approve_command(
+fn approve(
     run_id: &str,
     gate: &str,
     edit: Option<PathBuf>,
     resume: bool,
     store_path: &Path,
-) -> Result<i32, String> {
+) -> Result<i32, Failure> {
     let store = open_store(store_path)?;
     let record = find_run(&store, run_id)?;
     let g = pending_gate(&store, run_id, gate)?;
@@ -657,48 +800,36 @@ pub fn approve_command(
         }
         None => None,
     };
-    if !store
-        .decide_gate(run_id, &g.key, true, value.as_ref(), None)
-        .map_err(|e| e.to_string())?
-    {
-        return Err(format!(
-            "gate {} of run {run_id} was decided meanwhile",
-            g.key
-        ));
+    if !store.decide_gate(run_id, &g.key, true, value.as_ref(), None)? {
+        return Err(format!("gate {} of run {run_id} was decided meanwhile", g.key).into());
     }
     eprintln!("approved {} of run {run_id}", g.key);
     drop(store);
     if resume {
-        return resume_command(run_id, store_path, Vec::new(), Vec::new());
+        return self::resume(run_id, store_path, Vec::new(), Vec::new(), false);
     }
     eprintln!("continue it with `flowc resume {run_id}`");
     Ok(0)
 }
 
 /// `flowc reject RUN GATE --reason TEXT`.
-pub fn reject_command(
+fn reject(
     run_id: &str,
     gate: &str,
     reason: &str,
     resume: bool,
     store_path: &Path,
-) -> Result<i32, String> {
+) -> Result<i32, Failure> {
     let store = open_store(store_path)?;
     find_run(&store, run_id)?;
     let g = pending_gate(&store, run_id, gate)?;
-    if !store
-        .decide_gate(run_id, &g.key, false, None, Some(reason))
-        .map_err(|e| e.to_string())?
-    {
-        return Err(format!(
-            "gate {} of run {run_id} was decided meanwhile",
-            g.key
-        ));
+    if !store.decide_gate(run_id, &g.key, false, None, Some(reason))? {
+        return Err(format!("gate {} of run {run_id} was decided meanwhile", g.key).into());
     }
     eprintln!("rejected {} of run {run_id}", g.key);
     drop(store);
     if resume {
-        return resume_command(run_id, store_path, Vec::new(), Vec::new());
+        return self::resume(run_id, store_path, Vec::new(), Vec::new(), false);
     }
     eprintln!("continue it with `flowc resume {run_id}`");
     Ok(0)
@@ -715,11 +846,10 @@ fn age(at: f64) -> String {
 }
 
 /// `flowc inbox`: every gate waiting for a decision, and what it shows.
-pub fn inbox_command(store_path: &Path) -> Result<i32, String> {
+fn inbox(store_path: &Path) -> Result<i32, Failure> {
     let store = open_store(store_path)?;
     let pending: Vec<store::GateRecord> = store
-        .gates(None)
-        .map_err(|e| e.to_string())?
+        .gates(None)?
         .into_iter()
         .filter(|g| g.status == "pending")
         .collect();
@@ -761,9 +891,9 @@ pub fn inbox_command(store_path: &Path) -> Result<i32, String> {
 }
 
 /// `flowc runs`: every run in the store, newest first.
-pub fn runs_command(store_path: &Path) -> Result<i32, String> {
+fn runs(store_path: &Path) -> Result<i32, Failure> {
     let store = open_store(store_path)?;
-    let runs = store.runs().map_err(|e| e.to_string())?;
+    let runs = store.runs()?;
     if runs.is_empty() {
         out!("no runs yet");
     }
@@ -782,7 +912,7 @@ pub fn runs_command(store_path: &Path) -> Result<i32, String> {
 }
 
 /// `flowc show RUN`: the state of every step.
-pub fn show_command(run_id: &str, store_path: &Path) -> Result<i32, String> {
+fn show(run_id: &str, store_path: &Path) -> Result<i32, Failure> {
     let store = open_store(store_path)?;
     let r = find_run(&store, run_id)?;
     out!(
@@ -804,11 +934,7 @@ pub fn show_command(run_id: &str, store_path: &Path) -> Result<i32, String> {
     if let Some(e) = &r.error {
         out!("error: {e}");
     }
-    let mut steps: Vec<(String, Option<Value>)> = store
-        .steps(run_id)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .collect();
+    let mut steps: Vec<(String, Option<Value>)> = store.steps(run_id)?.into_iter().collect();
     steps.sort_by(|a, b| a.0.cmp(&b.0));
     out!("completed steps ({}):", steps.len());
     for (key, value) in steps {
@@ -825,7 +951,7 @@ pub fn show_command(run_id: &str, store_path: &Path) -> Result<i32, String> {
         };
         out!("  {key} = {shown}");
     }
-    for g in store.gates(Some(run_id)).map_err(|e| e.to_string())? {
+    for g in store.gates(Some(run_id))? {
         out!(
             "gate {}: {}{}",
             g.key,

@@ -54,7 +54,9 @@ enum Command {
     /// Run a flow: its output as JSON on stdout, a summary on stderr.
     ///
     /// Exit status: 0 success, 1 the flow failed (or was rejected at a gate),
-    /// 2 usage error, 3 a budget ran out, 4 waiting for an approval.
+    /// 2 usage error, 3 a budget ran out, 4 waiting for an approval, 5
+    /// another process holds the run, 6 the run store failed, 130
+    /// interrupted (SIGINT/SIGTERM; resumable).
     Run {
         /// The .flow file.
         file: PathBuf,
@@ -95,6 +97,10 @@ enum Command {
         /// Reject this gate if the run reaches it.
         #[arg(long, value_name = "GATE")]
         reject: Vec<String>,
+        /// If another live process drives the run, wait until it stops
+        /// (instead of exiting 5), then continue the run if it is unfinished.
+        #[arg(long)]
+        wait: bool,
         /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
@@ -255,8 +261,9 @@ fn main() {
             run,
             approve,
             reject,
+            wait,
             store,
-        } => execute::resume_command(&run, &store, approve, reject),
+        } => execute::resume_command(&run, &store, approve, reject, wait),
         Command::Approve {
             run,
             gate,

@@ -148,7 +148,14 @@ impl Lab {
             }),
         );
         let ledger = Arc::new(Mutex::new(Ledger::default()));
-        for route in ["POST /tools/post", "POST /tools/left", "POST /tools/right"] {
+        for route in [
+            "POST /tools/post",
+            "POST /tools/left",
+            "POST /tools/right",
+            "POST /tools/slow",
+        ] {
+            // `slow` keeps a run alive long enough for a second process to meet it.
+            let latency = if route.ends_with("slow") { 150 } else { 15 };
             let ledger = ledger.clone();
             server.always(
                 route,
@@ -167,7 +174,7 @@ impl Lab {
                     l.responses.insert(key, body.clone());
                     // The effect happened; a kill during the delay loses only
                     // the response.
-                    Reply::delay(15, Reply::ok(body))
+                    Reply::delay(latency, Reply::ok(body))
                 }),
             );
         }
@@ -1289,5 +1296,239 @@ fn runs_show_and_trace_follow_a_run_across_processes() {
         tree.lines()
             .any(|l| l.starts_with("  run crash") && l.contains("[completed]")),
         "{tree}"
+    );
+}
+
+// ---- 5. leases: one driver per run ----------------------------------------------
+
+/// Eight irreversible calls of 150 ms, one after another: a run that lives
+/// for more than a second.
+const SLOW_FLOW: &str = r#"
+tool slow(name: string, score: int) -> { id: string } {
+  http POST "{env.TOOLS_URL}/tools/slow"
+  effect write
+  timeout 5s
+  idempotency "slow:{name}"
+}
+
+flow chain(q: string) -> [{ id: string }] {
+  budget { tool_calls 50, steps 100 }
+  let found = list_items(q: q)
+  let posted = for x in found.items parallel 1 {
+    slow(name: x, score: 1)
+  }
+  return posted
+}
+"#;
+
+/// The output of an uninterrupted `chain` run over `list_items("many")`.
+fn slow_output() -> Value {
+    Value::Array(
+        items("many")
+            .iter()
+            .map(|x| json!({"id": format!("P-{x}-1")}))
+            .collect(),
+    )
+}
+
+/// Waits until the server executed `n` distinct slow calls.
+fn wait_for_executions(lab: &Lab, n: usize) {
+    let started = Instant::now();
+    while lab.executed().len() < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the run never reached {n} executions: {:?}",
+            lab.executed()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Every slow call executed exactly once per key.
+fn assert_each_once(lab: &Lab) {
+    let executed = lab.executed();
+    assert_eq!(executed.len(), 8, "every item posted: {executed:?}");
+    assert!(
+        executed.values().all(|&n| n == 1),
+        "an effect executed twice: {executed:?}"
+    );
+    assert_eq!(lab.ledger.lock().unwrap().unkeyed, 0);
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} failed");
+}
+
+fn finished(mut child: Child) -> Out {
+    let status = wait_bounded(&mut child, Duration::from_secs(60));
+    Out {
+        code: status.code(),
+        stdout: read_all(child.stdout.take()),
+        stderr: read_all(child.stderr.take()),
+    }
+}
+
+#[test]
+fn two_concurrent_resumes_of_a_killed_run_drive_it_exactly_once() {
+    let lab = Lab::new("two-resumes", SLOW_FLOW);
+    let mut first = lab.spawn(&["run", "prog.flow", "--input", r#"{"q":"many"}"#]);
+    wait_for_executions(&lab, 2);
+    first.kill().expect("SIGKILL the run");
+    let _ = first.wait();
+    let run = newest_run(&lab).expect("the run is stored");
+    let before = lab.requests("POST", "/tools/slow").len();
+    let a = lab.spawn(&["resume", &run]);
+    let b = lab.spawn(&["resume", &run]);
+    let (a, b) = (finished(a), finished(b));
+    let (driver, refused) = if a.code == Some(0) { (a, b) } else { (b, a) };
+    driver.expect(0);
+    assert_eq!(driver.json(), slow_output());
+    refused.expect(5);
+    assert!(
+        refused
+            .stderr
+            .contains("is being driven by another process")
+            && refused.stderr.contains("--wait"),
+        "the refusal says who holds the run and how to wait:\n{}",
+        refused.stderr
+    );
+    assert_each_once(&lab);
+    // Only the one driver called the server for the remaining items (and
+    // at most once more for the call the kill cut off, which replays).
+    let after = lab.requests("POST", "/tools/slow").len() - before;
+    let remaining = 8 - before.min(8);
+    assert!(
+        after == remaining || after == remaining + 1,
+        "{after} calls after the kill for {remaining} remaining items"
+    );
+    assert_eq!(stored_output(&lab, &run), Some(slow_output()));
+}
+
+#[test]
+fn resume_wait_waits_for_the_live_driver_and_reports_its_output() {
+    let lab = Lab::new("resume-wait", SLOW_FLOW);
+    let first = lab.spawn(&["run", "prog.flow", "--input", r#"{"q":"many"}"#]);
+    wait_for_executions(&lab, 1);
+    let run = newest_run(&lab).expect("the run is stored");
+    // Without --wait: refused at once, exit 5.
+    let refused = lab.flowc(&["resume", &run]);
+    refused.expect(5);
+    let waiting = lab.spawn(&["resume", &run, "--wait"]);
+    let first = finished(first);
+    first.expect(0);
+    let waited = finished(waiting);
+    waited.expect(0);
+    assert_eq!(waited.json(), slow_output());
+    assert_each_once(&lab);
+    assert_eq!(lab.requests("POST", "/tools/slow").len(), 8);
+}
+
+#[test]
+fn ctrl_c_leaves_the_run_interrupted_and_resume_completes_it() {
+    let lab = Lab::new("interrupt", SLOW_FLOW);
+    let child = lab.spawn(&["run", "prog.flow", "--input", r#"{"q":"many"}"#]);
+    wait_for_executions(&lab, 2);
+    signal(&child, "INT");
+    let stopped = finished(child);
+    stopped.expect(130);
+    assert!(
+        stopped.stderr.contains("interrupted"),
+        "the run says it was interrupted:\n{}",
+        stopped.stderr
+    );
+    let run = newest_run(&lab).expect("the run is stored");
+    let runs = lab.flowc(&["runs"]);
+    runs.expect(0);
+    let line = runs
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&run))
+        .expect("flowc runs lists the run");
+    assert!(line.contains("interrupted"), "flowc runs: {line}");
+    assert!(
+        lab.executed().len() < 8,
+        "the interrupt stopped the run early"
+    );
+    let resumed = lab.flowc(&["resume", &run]);
+    resumed.expect(0);
+    assert_eq!(resumed.json(), slow_output());
+    assert_each_once(&lab);
+    // SIGTERM too.
+    let lab = Lab::new("terminate", SLOW_FLOW);
+    let child = lab.spawn(&["run", "prog.flow", "--input", r#"{"q":"many"}"#]);
+    wait_for_executions(&lab, 1);
+    signal(&child, "TERM");
+    finished(child).expect(130);
+    let run = newest_run(&lab).expect("the run is stored");
+    let resumed = lab.flowc(&["resume", &run]);
+    resumed.expect(0);
+    assert_eq!(resumed.json(), slow_output());
+    assert_each_once(&lab);
+}
+
+#[test]
+fn sixty_four_concurrent_runs_on_one_new_store_all_complete() {
+    let lab = Lab::new(
+        "contention",
+        r#"
+flow one(q: string) -> [string] {
+  budget { tool_calls 5, steps 10 }
+  let found = list_items(q: q)
+  return found.items
+}
+"#,
+    );
+    let total = 400;
+    let width = 64;
+    let mut live: Vec<Child> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    let mut started = 0;
+    let mut done = 0;
+    let began = Instant::now();
+    while done < total {
+        while live.len() < width && started < total {
+            live.push(lab.spawn(&["run", "prog.flow", "--input", r#"{"q":"few"}"#]));
+            started += 1;
+        }
+        let mut i = 0;
+        while i < live.len() {
+            if live[i].try_wait().expect("wait for flowc").is_some() {
+                let out = finished(live.swap_remove(i));
+                done += 1;
+                if out.code != Some(0) {
+                    failures.push(format!("exit {:?}: {}", out.code, out.stderr));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(600),
+            "400 runs took more than 10 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} runs failed; first: {}",
+        failures.len(),
+        failures[0]
+    );
+    let conn = lab.store();
+    let completed: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM runs WHERE status = 'completed' AND owner IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count runs");
+    assert_eq!(completed, total as i64);
+    eprintln!(
+        "contention: {total} runs, {width} at once, {:.1}s",
+        began.elapsed().as_secs_f64()
     );
 }

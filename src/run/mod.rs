@@ -46,20 +46,50 @@ pub enum Outcome {
     Waiting(Vec<PendingGate>),
     /// A gate was rejected and the flow's result depended on it.
     Rejected,
+    /// SIGINT or SIGTERM: in-flight calls were cancelled (their intents stay
+    /// recorded); a durable run can be resumed.
+    Interrupted,
+    /// The run store failed, or another process took the run over.
+    Store(crate::store::StoreError),
 }
 
 impl Outcome {
     /// The process exit status: 0 success, 1 failed or rejected, 3 a budget
-    /// ran out, 4 waiting for approval.
+    /// ran out, 4 waiting for approval, 5 another process holds the run, 6
+    /// the run store failed, 130 interrupted.
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Completed(_) => 0,
             Outcome::Failed(_) | Outcome::Rejected => 1,
             Outcome::Exhausted(_) => 3,
             Outcome::Waiting(_) => 4,
+            Outcome::Store(crate::store::StoreError::LeaseLost(_)) => EXIT_LEASED,
+            Outcome::Store(_) => EXIT_STORE,
+            Outcome::Interrupted => EXIT_INTERRUPTED,
+        }
+    }
+
+    /// The run's status in the store.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Completed(_) => "completed",
+            Outcome::Failed(_) => "failed",
+            Outcome::Exhausted(_) => "budget_exhausted",
+            Outcome::Waiting(_) => "waiting",
+            Outcome::Rejected => "rejected",
+            Outcome::Interrupted => "interrupted",
+            // The run is not over: whoever holds it (or the next resume) continues it.
+            Outcome::Store(_) => "running",
         }
     }
 }
+
+/// Exit status when another live process holds the run's lease.
+pub const EXIT_LEASED: i32 = 5;
+/// Exit status when the run store cannot be read or written.
+pub const EXIT_STORE: i32 = 6;
+/// Exit status of a run stopped by SIGINT or SIGTERM (128 + SIGINT).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// How a run reads environment variables (tests substitute their own).
 pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -79,6 +109,9 @@ pub struct RunOptions {
     pub observer: Option<trace::Observer>,
     /// Record the run in a store (and resume it from there).
     pub durable: Option<DurableRun>,
+    /// Stop gracefully on SIGINT and SIGTERM (the CLI's runs): the run ends
+    /// `interrupted` instead of the process dying mid-step.
+    pub interruptible: bool,
 }
 
 /// A run recorded in the run store.
@@ -88,6 +121,9 @@ pub struct DurableRun {
     pub record: crate::store::RunRecord,
     /// Continue a run the store already has, instead of starting it.
     pub resume: bool,
+    /// This process's lease on the run (taken by `Store::acquire` for a
+    /// resume; `Lease::new_run` for a new run).
+    pub lease: crate::store::Lease,
 }
 
 impl Default for RunOptions {
@@ -102,6 +138,7 @@ impl Default for RunOptions {
             run_id: None,
             observer: None,
             durable: None,
+            interruptible: false,
         }
     }
 }
@@ -184,7 +221,9 @@ pub fn run(
     let (durable, base_spend) = match durable {
         Some(d) => {
             if !d.resume {
-                d.store.create_run(&d.record).map_err(|e| e.to_string())?;
+                d.store
+                    .create_run(&d.record, &d.lease)
+                    .map_err(|e| e.to_string())?;
             }
             let done = d.store.steps(&run_id).map_err(|e| e.to_string())?;
             let base = if d.resume {
@@ -196,6 +235,7 @@ pub fn run(
                 Some(step::Durable {
                     store: std::cell::RefCell::new(d.store),
                     run_id: run_id.clone(),
+                    lease: d.lease,
                     done: std::cell::RefCell::new(done),
                     pending: Default::default(),
                     commits: Default::default(),
@@ -252,30 +292,46 @@ pub fn run(
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let span = trace.begin(earlier_root, "run", flow);
-    let result = rt.block_on(runtime.run_flow(id, values, None, Some(span.id), String::new()));
-    let mut waiting = runtime.waiting.borrow().clone();
-    let outcome = match result {
-        Ok((Some(v), end)) if end.waiting.is_empty() && waiting.is_empty() => Outcome::Completed(v),
-        Ok((_, end)) if !end.waiting.is_empty() || !waiting.is_empty() => {
-            waiting.extend(end.waiting);
-            Outcome::Waiting(waiting)
+    let interruptible = options.interruptible;
+    let result = rt.block_on(async {
+        let flow = runtime.run_flow(id, values, None, Some(span.id), String::new());
+        if !interruptible {
+            return Some(flow.await);
         }
-        Ok((_, _)) => Outcome::Rejected,
-        Err(Stop::Failed(e)) => Outcome::Failed(e),
-        Err(Stop::Exhausted(e)) => Outcome::Exhausted(e),
+        // Dropping the flow's future cancels every call in flight.
+        tokio::select! {
+            r = flow => Some(r),
+            () = stop_signal() => None,
+        }
+    });
+    let mut waiting = runtime.waiting.borrow().clone();
+    let store_failed = runtime
+        .durable
+        .as_ref()
+        .and_then(|d| d.failed.borrow_mut().take());
+    let outcome = match (result, store_failed) {
+        (_, Some(e)) => Outcome::Store(e),
+        (None, None) => Outcome::Interrupted,
+        (Some(result), None) => match result {
+            Ok((Some(v), end)) if end.waiting.is_empty() && waiting.is_empty() => {
+                Outcome::Completed(v)
+            }
+            Ok((_, end)) if !end.waiting.is_empty() || !waiting.is_empty() => {
+                waiting.extend(end.waiting);
+                Outcome::Waiting(waiting)
+            }
+            Ok((_, _)) => Outcome::Rejected,
+            Err(Stop::Failed(e)) => Outcome::Failed(e),
+            Err(Stop::Exhausted(e)) => Outcome::Exhausted(e),
+        },
     };
     // Everything the run spent, earlier processes of a resumed run included.
     let spent = runtime.total_spend();
-    let status = match &outcome {
-        Outcome::Completed(_) => "completed",
-        Outcome::Failed(_) => "failed",
-        Outcome::Exhausted(_) => "budget_exhausted",
-        Outcome::Waiting(_) => "waiting",
-        Outcome::Rejected => "rejected",
-    };
+    let status = outcome.status();
     let stats = *runtime.stats.borrow();
     trace.end(span, status, crate::fields! {"tokens": spent.tokens, "cost": spent.cost, "steps": spent.steps, "tool_calls": spent.tool_calls, "stats": stats});
     trace.flush();
+    let mut outcome = outcome;
     if let Some(d) = &runtime.durable {
         let (output, error) = match &outcome {
             Outcome::Completed(v) => (Some(v), None),
@@ -283,10 +339,19 @@ pub fn run(
             Outcome::Exhausted(e) => (None, Some(e.to_string())),
             _ => (None, None),
         };
-        d.store
-            .borrow()
-            .finish_run(&run_id, status, output, error.as_deref(), spent)
-            .map_err(|e| e.to_string())?;
+        let store = d.store.borrow();
+        let finished = match &outcome {
+            // A lost lease is no longer ours to release; a failing store
+            // gets one try to let the run go.
+            Outcome::Store(crate::store::StoreError::LeaseLost(_)) => Ok(()),
+            Outcome::Store(_) => store.release(&d.lease),
+            _ => store.finish_run(&d.lease, status, output, error.as_deref(), spent),
+        };
+        if let Err(e) = finished {
+            if !matches!(outcome, Outcome::Store(_)) {
+                outcome = Outcome::Store(e);
+            }
+        }
     }
     let completed = runtime.completed.borrow().clone();
     let calls = runtime.calls.borrow().clone();
@@ -299,6 +364,30 @@ pub fn run(
         calls,
         events: trace.take_events(),
     })
+}
+
+/// Resolves at the first SIGINT or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// The values of every environment variable the program reads: API keys,

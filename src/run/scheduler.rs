@@ -393,7 +393,12 @@ impl Runtime<'_> {
                 };
                 let decision = self
                     .gate_decision(&key, &pending, *timeout_seconds, *on_timeout)
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| {
+                        fail(match &self.durable {
+                            Some(d) => d.store_failed(e),
+                            None => e.to_string(),
+                        })
+                    })?;
                 match decision {
                     Some(GateDecision::Approve(edited)) => {
                         let v = match edited {

@@ -106,14 +106,26 @@ pub struct Runtime<'p> {
 pub struct Durable {
     pub store: RefCell<crate::store::Store>,
     pub run_id: String,
+    /// This process's lease on the run: every write is fenced by it.
+    pub lease: crate::store::Lease,
     /// Completed step instances: key → value (`None`: skipped).
     pub done: RefCell<HashMap<String, Option<Value>>>,
     /// Results waiting for the next commit, from every region of the run.
     pub pending: RefCell<Vec<(String, Option<Value>)>>,
     /// Commit transactions so far: results pending now go into the next one.
     pub commits: Cell<u64>,
-    /// Why a commit failed; every later checkpoint fails with it.
-    pub failed: RefCell<Option<String>>,
+    /// Why a write to the store failed; every later checkpoint fails with
+    /// it, and the run ends with it.
+    pub failed: RefCell<Option<crate::store::StoreError>>,
+}
+
+impl Durable {
+    /// Remembers a failed write (the run ends with it) and says what failed.
+    pub fn store_failed(&self, e: crate::store::StoreError) -> String {
+        let message = e.to_string();
+        self.failed.borrow_mut().get_or_insert(e);
+        message
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -175,24 +187,27 @@ impl<'p> Runtime<'p> {
         }
         if record.is_none() {
             let created = crate::store::now();
-            store.pending_gate(&crate::store::GateRecord {
-                run_id: d.run_id.clone(),
-                key: key.to_string(),
-                flow: pending.flow.clone(),
-                gate: pending.gate.clone(),
-                show: Value::Array(pending.show.clone()),
-                status: "pending".into(),
-                value: None,
-                reason: None,
-                created_at: created,
-                timeout_at: timeout_seconds.map(|t| created + t),
-                on_timeout: if on_timeout == crate::ast::Decision::Approve {
-                    "approve"
-                } else {
-                    "reject"
-                }
-                .into(),
-            })?;
+            store.pending_gate(
+                &d.lease,
+                &crate::store::GateRecord {
+                    run_id: d.run_id.clone(),
+                    key: key.to_string(),
+                    flow: pending.flow.clone(),
+                    gate: pending.gate.clone(),
+                    show: Value::Array(pending.show.clone()),
+                    status: "pending".into(),
+                    value: None,
+                    reason: None,
+                    created_at: created,
+                    timeout_at: timeout_seconds.map(|t| created + t),
+                    on_timeout: if on_timeout == crate::ast::Decision::Approve {
+                        "approve"
+                    } else {
+                        "reject"
+                    }
+                    .into(),
+                },
+            )?;
         }
         Ok(None)
     }
@@ -234,14 +249,14 @@ impl<'p> Runtime<'p> {
             let result = d
                 .store
                 .borrow_mut()
-                .commit_steps(&d.run_id, &batch, self.total_spend());
+                .commit_steps(&d.lease, &batch, self.total_spend());
             d.commits.set(d.commits.get() + 1);
             if let Err(e) = result {
-                *d.failed.borrow_mut() = Some(e.to_string());
+                *d.failed.borrow_mut() = Some(e);
             }
         }
         match &*d.failed.borrow() {
-            Some(message) => Err(failed(message.clone(), step)),
+            Some(e) => Err(failed(e.to_string(), step)),
             None => Ok(()),
         }
     }
@@ -458,8 +473,8 @@ impl<'p> Runtime<'p> {
         if let (Some(d), Some(idem)) = (&self.durable, &idempotency_key) {
             d.store
                 .borrow()
-                .intent(&d.run_id, key, idem)
-                .map_err(|e| self.fail(cx, n, 0, None, e.to_string()))?;
+                .intent(&d.lease, key, idem)
+                .map_err(|e| self.fail(cx, n, 0, None, d.store_failed(e)))?;
         }
         let policy = tool.retry.clone();
         let timeout = Duration::from_secs_f64(tool.timeout_seconds.unwrap_or(30.0));
@@ -671,8 +686,8 @@ impl<'p> Runtime<'p> {
                             let spend = self.total_spend();
                             d.store
                                 .borrow_mut()
-                                .record_reply(&d.run_id, &reply_key, attempt, text, 0, 0, spend)
-                                .map_err(|e| self.fail(cx, n, attempt, None, e.to_string()))?;
+                                .record_reply(&d.lease, &reply_key, attempt, text, 0, 0, spend)
+                                .map_err(|e| self.fail(cx, n, attempt, None, d.store_failed(e)))?;
                         }
                         reply
                     }

@@ -6,14 +6,17 @@
 //! A step's result is committed before any step that depends on it starts;
 //! steps that complete together commit in one transaction.
 
+mod lease;
 mod sqlite;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::run::budget::Spend;
+pub use lease::{owner_id, ttl as lease_ttl, Acquired, Heartbeat, Lease};
 pub use sqlite::SqliteStore;
 
 /// How hard a commit waits for the disk.
@@ -26,12 +29,27 @@ pub enum Durability {
     Normal,
 }
 
-#[derive(Debug)]
-pub struct StoreError(pub String);
+/// Why a store operation failed.
+#[derive(Clone, Debug)]
+pub enum StoreError {
+    /// The store could not be read or written (locked too long, gone, corrupt).
+    Failed(String),
+    /// The store stayed locked by other processes for longer than flowc waits.
+    Busy(String),
+    /// Another process took the run over: this process's lease is no longer
+    /// the run's, and its write was rejected (fencing).
+    LeaseLost(String),
+}
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the run store failed: {}", self.0)
+        match self {
+            StoreError::Failed(m) | StoreError::Busy(m) => write!(f, "the run store failed: {m}"),
+            StoreError::LeaseLost(run) => write!(
+                f,
+                "run {run} was taken over by another process (this process's lease expired); it stopped without writing"
+            ),
+        }
     }
 }
 
@@ -52,6 +70,10 @@ pub struct RunRecord {
     pub spend: Spend,
     pub trace: String,
     pub replay: Option<String>,
+    /// The process that holds the run's lease (`HOST/PID/NONCE`), if any.
+    pub owner: Option<String>,
+    /// When that lease expires unless renewed.
+    pub lease_until: Option<f64>,
 }
 
 /// A gate as the store keeps it.
@@ -78,144 +100,95 @@ pub fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// A run store, whichever backend holds it.
-pub enum Store {
-    Sqlite(SqliteStore),
-}
-
-type Result<T> = std::result::Result<T, StoreError>;
-
-impl Store {
-    /// Opens (and migrates) the SQLite store at `path`.
-    pub fn open(path: &Path, durability: Durability) -> Result<Store> {
-        Ok(Store::Sqlite(SqliteStore::open(path, durability)?))
-    }
-
-    pub fn create_run(&self, r: &RunRecord) -> Result<()> {
-        match self {
-            Store::Sqlite(s) => s.create_run(r),
-        }
-    }
-
-    pub fn run(&self, id: &str) -> Result<Option<RunRecord>> {
-        match self {
-            Store::Sqlite(s) => s.run(id),
-        }
-    }
-
+/// What every backend does. Every write a run makes takes its [`Lease`] and
+/// is fenced by it: it fails with [`StoreError::LeaseLost`] once another
+/// process took the run over.
+pub trait Backend: Send {
+    /// Another connection to the same store (the lease heartbeat's).
+    fn reopen(&self) -> Result<Store>;
+    /// Records a new run, its lease held by `lease`.
+    fn create_run(&self, r: &RunRecord, lease: &Lease) -> Result<()>;
+    /// Takes the run's lease if nobody live holds it, reading the run in the
+    /// same transaction.
+    fn acquire(&self, id: &str, owner: &str, ttl: Duration) -> Result<Acquired>;
+    /// Extends the lease; `false` if it was taken over.
+    fn renew(&self, lease: &Lease) -> Result<bool>;
+    /// Gives the lease up without finishing the run.
+    fn release(&self, lease: &Lease) -> Result<()>;
+    fn run(&self, id: &str) -> Result<Option<RunRecord>>;
     /// Runs, newest first.
-    pub fn runs(&self) -> Result<Vec<RunRecord>> {
-        match self {
-            Store::Sqlite(s) => s.runs(),
-        }
-    }
-
-    pub fn finish_run(
+    fn runs(&self) -> Result<Vec<RunRecord>>;
+    /// Records how the run ended and releases its lease.
+    fn finish_run(
         &self,
-        id: &str,
+        lease: &Lease,
         status: &str,
         output: Option<&Value>,
         error: Option<&str>,
         spend: Spend,
-    ) -> Result<()> {
-        match self {
-            Store::Sqlite(s) => s.finish_run(id, status, output, error, spend),
-        }
-    }
-
+    ) -> Result<()>;
     /// Completed steps: key → value (`None` for a step that was skipped).
-    pub fn steps(&self, run: &str) -> Result<HashMap<String, Option<Value>>> {
-        match self {
-            Store::Sqlite(s) => s.steps(run),
-        }
-    }
-
+    fn steps(&self, run: &str) -> Result<HashMap<String, Option<Value>>>;
     /// Commits steps that completed together, and the run's spend so far, in
     /// one transaction.
-    pub fn commit_steps(
-        &mut self,
-        run: &str,
+    fn commit_steps(
+        &self,
+        lease: &Lease,
         batch: &[(String, Option<Value>)],
         spend: Spend,
-    ) -> Result<()> {
-        match self {
-            Store::Sqlite(s) => s.commit_steps(run, batch, spend),
-        }
-    }
-
+    ) -> Result<()>;
     /// Records the intent to call a tool with an effect, before the call.
-    pub fn intent(&self, run: &str, key: &str, idempotency_key: &str) -> Result<()> {
-        match self {
-            Store::Sqlite(s) => s.intent(run, key, idempotency_key),
-        }
-    }
-
+    fn intent(&self, lease: &Lease, key: &str, idempotency_key: &str) -> Result<()>;
     /// The idempotency key recorded for an intent, if the call was attempted before.
-    pub fn intent_key(&self, run: &str, key: &str) -> Result<Option<String>> {
-        match self {
-            Store::Sqlite(s) => s.intent_key(run, key),
-        }
-    }
-
+    fn intent_key(&self, run: &str, key: &str) -> Result<Option<String>>;
     /// Records a model reply and, in the same transaction, the run's spend
     /// so far (which includes the reply): a resume reads the reply back for
     /// free, so what it cost must already be in the run's spend.
     #[allow(clippy::too_many_arguments)]
-    pub fn record_reply(
-        &mut self,
-        run: &str,
+    fn record_reply(
+        &self,
+        lease: &Lease,
         key: &str,
         attempt: u32,
         reply: &str,
         input_tokens: u64,
         output_tokens: u64,
         spend: Spend,
-    ) -> Result<()> {
-        match self {
-            Store::Sqlite(s) => {
-                s.record_reply(run, key, attempt, reply, input_tokens, output_tokens, spend)
-            }
-        }
-    }
-
+    ) -> Result<()>;
     /// A model reply recorded for a step's attempt: (text, input tokens, output tokens).
-    pub fn reply(&self, run: &str, key: &str, attempt: u32) -> Result<Option<(String, u64, u64)>> {
-        match self {
-            Store::Sqlite(s) => s.reply(run, key, attempt),
-        }
-    }
-
-    pub fn gate(&self, run: &str, key: &str) -> Result<Option<GateRecord>> {
-        match self {
-            Store::Sqlite(s) => s.gate(run, key),
-        }
-    }
-
+    fn reply(&self, run: &str, key: &str, attempt: u32) -> Result<Option<(String, u64, u64)>>;
+    fn gate(&self, run: &str, key: &str) -> Result<Option<GateRecord>>;
     /// Records a gate the run is waiting at (once).
-    pub fn pending_gate(&self, g: &GateRecord) -> Result<()> {
-        match self {
-            Store::Sqlite(s) => s.pending_gate(g),
-        }
-    }
-
-    /// Decides a pending gate; `false` if it was not pending.
-    pub fn decide_gate(
+    fn pending_gate(&self, lease: &Lease, g: &GateRecord) -> Result<()>;
+    /// Decides a pending gate; `false` if it was not pending. Not fenced: a
+    /// decision is recorded by whoever makes it, and the run reads it.
+    fn decide_gate(
         &self,
         run: &str,
         key: &str,
         approve: bool,
         value: Option<&Value>,
         reason: Option<&str>,
-    ) -> Result<bool> {
-        match self {
-            Store::Sqlite(s) => s.decide_gate(run, key, approve, value, reason),
-        }
-    }
-
+    ) -> Result<bool>;
     /// Gates of one run (or of every run), oldest first.
-    pub fn gates(&self, run: Option<&str>) -> Result<Vec<GateRecord>> {
-        match self {
-            Store::Sqlite(s) => s.gates(run),
-        }
+    fn gates(&self, run: Option<&str>) -> Result<Vec<GateRecord>>;
+}
+
+/// A run store, whichever backend holds it.
+pub struct Store(Box<dyn Backend>);
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+impl Store {
+    /// Opens (and migrates) the SQLite store at `path`.
+    pub fn open(path: &Path, durability: Durability) -> Result<Store> {
+        Ok(Store(Box::new(SqliteStore::open(path, durability)?)))
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+    fn deref(&self) -> &(dyn Backend + 'static) {
+        &*self.0
     }
 }

@@ -7,24 +7,30 @@
 //! step survives a power cut.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde_json::Value;
 
-use super::{now, Durability, GateRecord, RunRecord, StoreError};
+use super::lease::owner_is_dead;
+use super::{now, Acquired, Backend, Durability, GateRecord, Lease, RunRecord, Store, StoreError};
 use crate::run::budget::Spend;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
-        StoreError(e.to_string())
+        if is_busy(&e) {
+            return StoreError::Busy(e.to_string());
+        }
+        StoreError::Failed(e.to_string())
     }
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// Versioned schema: migration `i` brings the file from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,
     file TEXT NOT NULL,
@@ -81,23 +87,107 @@ CREATE TABLE gates (
     decided_at REAL,
     PRIMARY KEY (run_id, key)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+ALTER TABLE runs ADD COLUMN owner TEXT;
+ALTER TABLE runs ADD COLUMN lease_until REAL;
+ALTER TABLE runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 pub struct SqliteStore {
     conn: Connection,
+    path: PathBuf,
+    durability: Durability,
+}
+
+/// Whether an error is SQLite saying another connection holds the lock.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Runs `f` again while SQLite reports the store busy, with growing,
+/// jittered pauses, for up to a minute. Only ever wraps a whole transaction
+/// (or a statement that is one): a busy error rolls it back, so running it
+/// again is safe.
+fn retry<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let started = std::time::Instant::now();
+    let mut pause = 1u64;
+    loop {
+        match f() {
+            Err(e) if is_busy(&e) && started.elapsed() < Duration::from_secs(60) => {
+                std::thread::sleep(Duration::from_millis(pause + fastrand::u64(..=pause)));
+                pause = (pause * 2).min(50);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A write transaction: `BEGIN IMMEDIATE` takes the write lock at once, so
+/// two writers never deadlock upgrading read locks (which SQLite reports as
+/// busy without waiting).
+fn write_tx(conn: &Connection) -> rusqlite::Result<Transaction<'_>> {
+    Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
+}
+
+/// The lease check every write of a run makes first, in its transaction:
+/// the run's epoch must still be the lease's. Renews the lease too.
+fn fence(conn: &Connection, lease: &Lease) -> Result<()> {
+    let changed = conn
+        .prepare_cached("UPDATE runs SET lease_until = ?3 WHERE id = ?1 AND epoch = ?2")?
+        .execute(params![lease.run_id, lease.epoch, lease.until()])?;
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost(lease.run_id.clone()))
+    }
+}
+
+/// Commits `f`'s writes in one write transaction, retried while busy.
+fn in_write_tx<T>(
+    conn: &Connection,
+    mut f: impl FnMut(&Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    let mut outcome: Option<Result<T>> = None;
+    retry(|| {
+        let tx = write_tx(conn)?;
+        match f(&tx) {
+            Ok(v) => {
+                tx.commit()?;
+                outcome = Some(Ok(v));
+            }
+            // A busy statement inside the transaction: retry it whole.
+            Err(StoreError::Busy(m)) => {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                    Some(m),
+                ));
+            }
+            Err(e) => outcome = Some(Err(e)),
+        }
+        Ok(())
+    })?;
+    outcome.unwrap_or_else(|| Err(StoreError::Failed("the transaction did not run".into())))
 }
 
 impl SqliteStore {
     pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Failed(format!("cannot create {}: {e}", dir.display()))
+                })?;
             }
         }
         let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // Switching to WAL needs the file to itself for a moment: many
+        // processes opening one new store at once retry it.
+        retry(|| conn.pragma_update(None, "journal_mode", "WAL"))?;
         conn.pragma_update(
             None,
             "synchronous",
@@ -108,98 +198,194 @@ impl SqliteStore {
             },
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut store = SqliteStore { conn };
+        let store = SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+            durability,
+        };
         store.migrate()?;
         Ok(store)
     }
 
-    fn migrate(&mut self) -> Result<()> {
-        let version: i64 = self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let version =
-            usize::try_from(version).map_err(|_| StoreError("bad schema version".into()))?;
-        if version > MIGRATIONS.len() {
-            return Err(StoreError(format!(
-                "the store was written by a newer flowc (schema {version}, this flowc knows {})",
-                MIGRATIONS.len()
-            )));
+    fn migrate(&self) -> Result<()> {
+        let version = |conn: &Connection| -> Result<usize> {
+            let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            usize::try_from(v).map_err(|_| StoreError::Failed("bad schema version".into()))
+        };
+        let check = |v: usize| {
+            if v > MIGRATIONS.len() {
+                Err(StoreError::Failed(format!(
+                    "the store was written by a newer flowc (schema {v}, this flowc knows {})",
+                    MIGRATIONS.len()
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        let v = retry(|| {
+            self.conn
+                .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        })?;
+        if usize::try_from(v).is_ok_and(|v| v == MIGRATIONS.len()) {
+            return Ok(());
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = self.conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
-        }
+        // Another process may migrate at the same time: read the version
+        // again under the write lock.
+        in_write_tx(&self.conn, |tx| {
+            let v = version(tx)?;
+            check(v)?;
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(v) {
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Backend for SqliteStore {
+    fn reopen(&self) -> Result<Store> {
+        Ok(Store(Box::new(SqliteStore::open(
+            &self.path,
+            self.durability,
+        )?)))
+    }
+
+    fn create_run(&self, r: &RunRecord, lease: &Lease) -> Result<()> {
+        retry(|| {
+            self.conn.execute(
+            "INSERT INTO runs (id, file, flow, program, input, status, created_at, updated_at, trace, replay, owner, lease_until, epoch)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![r.id, r.file, r.flow, r.program.to_string(), r.input.to_string(), r.status, r.created_at, r.trace, r.replay, lease.owner, lease.until(), lease.epoch],
+        )
+        })?;
         Ok(())
     }
 
-    pub fn create_run(&self, r: &RunRecord) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO runs (id, file, flow, program, input, status, created_at, updated_at, trace, replay)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
-            params![r.id, r.file, r.flow, r.program.to_string(), r.input.to_string(), r.status, r.created_at, r.trace, r.replay],
-        )?;
+    /// Takes the run's lease if nobody live holds it, reading the run in the
+    /// same transaction.
+    fn acquire(&self, id: &str, owner: &str, ttl: Duration) -> Result<Acquired> {
+        in_write_tx(&self.conn, |tx| {
+            let Some(record) = tx
+                .query_row("SELECT * FROM runs WHERE id = ?1", [id], run_row)
+                .optional()?
+            else {
+                return Ok(Acquired::Missing);
+            };
+            if let (Some(holder), Some(until)) = (&record.owner, record.lease_until) {
+                if holder != owner && until > now() && !owner_is_dead(holder) {
+                    return Ok(Acquired::Held {
+                        owner: holder.clone(),
+                        until,
+                    });
+                }
+            }
+            let epoch: i64 = tx.query_row(
+                "UPDATE runs SET owner = ?2, lease_until = ?3, epoch = epoch + 1 WHERE id = ?1 RETURNING epoch",
+                params![id, owner, now() + ttl.as_secs_f64()],
+                |r| r.get(0),
+            )?;
+            let lease = Lease {
+                run_id: id.to_string(),
+                owner: owner.to_string(),
+                epoch,
+                ttl,
+            };
+            Ok(Acquired::Taken(Box::new(record), lease))
+        })
+    }
+
+    /// Extends the lease; `false` if it was taken over.
+    fn renew(&self, lease: &Lease) -> Result<bool> {
+        match in_write_tx(&self.conn, |tx| fence(tx, lease)) {
+            Ok(()) => Ok(true),
+            Err(StoreError::LeaseLost(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the lease up without finishing the run.
+    fn release(&self, lease: &Lease) -> Result<()> {
+        retry(|| {
+            self.conn.execute(
+                "UPDATE runs SET owner = NULL, lease_until = NULL WHERE id = ?1 AND epoch = ?2",
+                params![lease.run_id, lease.epoch],
+            )
+        })?;
         Ok(())
     }
 
-    pub fn run(&self, id: &str) -> Result<Option<RunRecord>> {
-        Ok(self
-            .conn
-            .query_row("SELECT * FROM runs WHERE id = ?1", [id], run_row)
-            .optional()?)
+    fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        Ok(retry(|| {
+            self.conn
+                .query_row("SELECT * FROM runs WHERE id = ?1", [id], run_row)
+                .optional()
+        })?)
     }
 
     /// Runs, newest first.
-    pub fn runs(&self) -> Result<Vec<RunRecord>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT * FROM runs ORDER BY created_at DESC")?;
-        let rows = stmt.query_map([], run_row)?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    fn runs(&self) -> Result<Vec<RunRecord>> {
+        Ok(retry(|| {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT * FROM runs ORDER BY created_at DESC")?;
+            let rows = stmt.query_map([], run_row)?;
+            rows.collect::<std::result::Result<_, _>>()
+        })?)
     }
 
-    pub fn finish_run(
+    /// Records how the run ended and releases its lease (fenced).
+    fn finish_run(
         &self,
-        id: &str,
+        lease: &Lease,
         status: &str,
         output: Option<&Value>,
         error: Option<&str>,
         spend: Spend,
     ) -> Result<()> {
-        self.conn.execute(
-            "UPDATE runs SET status = ?2, output = ?3, error = ?4, updated_at = ?5,
-             tokens = ?6, cost = ?7, steps = ?8, tool_calls = ?9 WHERE id = ?1",
-            params![
-                id,
-                status,
-                output.map(Value::to_string),
-                error,
-                now(),
-                spend.tokens as i64,
-                spend.cost,
-                spend.steps as i64,
-                spend.tool_calls as i64
-            ],
-        )?;
-        Ok(())
+        let changed = retry(|| {
+            self.conn.execute(
+                "UPDATE runs SET status = ?3, output = ?4, error = ?5, updated_at = ?6,
+             tokens = ?7, cost = ?8, steps = ?9, tool_calls = ?10, owner = NULL, lease_until = NULL
+             WHERE id = ?1 AND epoch = ?2",
+                params![
+                    lease.run_id,
+                    lease.epoch,
+                    status,
+                    output.map(Value::to_string),
+                    error,
+                    now(),
+                    spend.tokens as i64,
+                    spend.cost,
+                    spend.steps as i64,
+                    spend.tool_calls as i64
+                ],
+            )
+        })?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(lease.run_id.clone()))
+        }
     }
 
     /// Completed steps: key → value (`None` for a step that was skipped).
-    pub fn steps(&self, run: &str) -> Result<HashMap<String, Option<Value>>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT key, value FROM steps WHERE run_id = ?1")?;
-        let rows = stmt.query_map([run], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    fn steps(&self, run: &str) -> Result<HashMap<String, Option<Value>>> {
+        let rows: Vec<(String, Option<String>)> = retry(|| {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT key, value FROM steps WHERE run_id = ?1")?;
+            let rows = stmt.query_map([run], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })?;
+            rows.collect()
         })?;
         let mut out = HashMap::new();
-        for row in rows {
-            let (key, value) = row?;
+        for (key, value) in rows {
             let value = match value {
                 Some(text) => Some(
                     serde_json::from_str(&text)
-                        .map_err(|e| StoreError(format!("step {key}: {e}")))?,
+                        .map_err(|e| StoreError::Failed(format!("step {key}: {e}")))?,
                 ),
                 None => None,
             };
@@ -209,54 +395,61 @@ impl SqliteStore {
     }
 
     /// Commits steps that completed together, and the run's spend so far, in
-    /// one transaction.
-    pub fn commit_steps(
-        &mut self,
-        run: &str,
+    /// one transaction fenced by the lease.
+    fn commit_steps(
+        &self,
+        lease: &Lease,
         batch: &[(String, Option<Value>)],
         spend: Spend,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO steps (run_id, key, value, completed_at) VALUES (?1, ?2, ?3, ?4)")?;
+        in_write_tx(&self.conn, |tx| {
             let at = now();
+            save_spend(tx, lease, spend, at)?;
+            let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO steps (run_id, key, value, completed_at) VALUES (?1, ?2, ?3, ?4)")?;
             for (key, value) in batch {
-                stmt.execute(params![run, key, value.as_ref().map(Value::to_string), at])?;
+                stmt.execute(params![
+                    lease.run_id,
+                    key,
+                    value.as_ref().map(Value::to_string),
+                    at
+                ])?;
             }
-            save_spend(&tx, run, spend, at)?;
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Records the intent to call a tool with an effect, before the call.
-    pub fn intent(&self, run: &str, key: &str, idempotency_key: &str) -> Result<()> {
-        self.conn.execute(
-            "INSERT OR IGNORE INTO intents (run_id, key, idempotency_key, started_at) VALUES (?1, ?2, ?3, ?4)",
-            params![run, key, idempotency_key, now()],
-        )?;
-        Ok(())
+    fn intent(&self, lease: &Lease, key: &str, idempotency_key: &str) -> Result<()> {
+        in_write_tx(&self.conn, |tx| {
+            fence(tx, lease)?;
+            tx.execute(
+                "INSERT OR IGNORE INTO intents (run_id, key, idempotency_key, started_at) VALUES (?1, ?2, ?3, ?4)",
+                params![lease.run_id, key, idempotency_key, now()],
+            )?;
+            Ok(())
+        })
     }
 
     /// The idempotency key recorded for an intent, if the call was attempted before.
-    pub fn intent_key(&self, run: &str, key: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT idempotency_key FROM intents WHERE run_id = ?1 AND key = ?2",
-                [run, key],
-                |r| r.get(0),
-            )
-            .optional()?)
+    fn intent_key(&self, run: &str, key: &str) -> Result<Option<String>> {
+        Ok(retry(|| {
+            self.conn
+                .query_row(
+                    "SELECT idempotency_key FROM intents WHERE run_id = ?1 AND key = ?2",
+                    [run, key],
+                    |r| r.get(0),
+                )
+                .optional()
+        })?)
     }
 
     /// Records a model reply and, in the same transaction, the run's spend
     /// so far (which includes the reply): a resume reads the reply back for
     /// free, so what it cost must already be in the run's spend.
     #[allow(clippy::too_many_arguments)]
-    pub fn record_reply(
-        &mut self,
-        run: &str,
+    fn record_reply(
+        &self,
+        lease: &Lease,
         key: &str,
         attempt: u32,
         reply: &str,
@@ -264,51 +457,57 @@ impl SqliteStore {
         output_tokens: u64,
         spend: Spend,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT OR REPLACE INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![run, key, attempt, reply, input_tokens as i64, output_tokens as i64],
-        )?;
-        save_spend(&tx, run, spend, now())?;
-        tx.commit()?;
-        Ok(())
+        in_write_tx(&self.conn, |tx| {
+            save_spend(tx, lease, spend, now())?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![lease.run_id, key, attempt, reply, input_tokens as i64, output_tokens as i64])?;
+            Ok(())
+        })
     }
 
     /// A model reply recorded for a step's attempt: (text, input tokens, output tokens).
-    pub fn reply(&self, run: &str, key: &str, attempt: u32) -> Result<Option<(String, u64, u64)>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT reply, input_tokens, output_tokens FROM replies WHERE run_id = ?1 AND key = ?2 AND attempt = ?3",
-                params![run, key, attempt],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
-            )
-            .optional()?)
+    fn reply(&self, run: &str, key: &str, attempt: u32) -> Result<Option<(String, u64, u64)>> {
+        Ok(retry(|| {
+            self.conn
+                .query_row(
+                    "SELECT reply, input_tokens, output_tokens FROM replies WHERE run_id = ?1 AND key = ?2 AND attempt = ?3",
+                    params![run, key, attempt],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
+                )
+                .optional()
+        })?)
     }
 
-    pub fn gate(&self, run: &str, key: &str) -> Result<Option<GateRecord>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT * FROM gates WHERE run_id = ?1 AND key = ?2",
-                [run, key],
-                gate_row,
-            )
-            .optional()?)
+    fn gate(&self, run: &str, key: &str) -> Result<Option<GateRecord>> {
+        Ok(retry(|| {
+            self.conn
+                .query_row(
+                    "SELECT * FROM gates WHERE run_id = ?1 AND key = ?2",
+                    [run, key],
+                    gate_row,
+                )
+                .optional()
+        })?)
     }
 
-    /// Records a gate the run is waiting at (once).
-    pub fn pending_gate(&self, g: &GateRecord) -> Result<()> {
-        self.conn.execute(
-            "INSERT OR IGNORE INTO gates (run_id, key, flow, gate, show, status, created_at, timeout_at, on_timeout)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8)",
-            params![g.run_id, g.key, g.flow, g.gate, g.show.to_string(), g.created_at, g.timeout_at, g.on_timeout],
-        )?;
-        Ok(())
+    /// Records a gate the run is waiting at (once), fenced by the lease.
+    fn pending_gate(&self, lease: &Lease, g: &GateRecord) -> Result<()> {
+        in_write_tx(&self.conn, |tx| {
+            fence(tx, lease)?;
+            tx.execute(
+                "INSERT OR IGNORE INTO gates (run_id, key, flow, gate, show, status, created_at, timeout_at, on_timeout)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8)",
+                params![g.run_id, g.key, g.flow, g.gate, g.show.to_string(), g.created_at, g.timeout_at, g.on_timeout],
+            )?;
+            Ok(())
+        })
     }
 
-    /// Decides a pending gate; `false` if it was not pending.
-    pub fn decide_gate(
+    /// Decides a pending gate; `false` if it was not pending. Not fenced: a
+    /// decision is recorded by whoever makes it, and the run reads it.
+    fn decide_gate(
         &self,
         run: &str,
         key: &str,
@@ -316,39 +515,48 @@ impl SqliteStore {
         value: Option<&Value>,
         reason: Option<&str>,
     ) -> Result<bool> {
-        let changed = self.conn.execute(
-            "UPDATE gates SET status = ?3, value = ?4, reason = ?5, decided_at = ?6
+        let changed = retry(|| {
+            self.conn.execute(
+                "UPDATE gates SET status = ?3, value = ?4, reason = ?5, decided_at = ?6
              WHERE run_id = ?1 AND key = ?2 AND status = 'pending'",
-            params![
-                run,
-                key,
-                if approve { "approved" } else { "rejected" },
-                value.map(Value::to_string),
-                reason,
-                now()
-            ],
-        )?;
+                params![
+                    run,
+                    key,
+                    if approve { "approved" } else { "rejected" },
+                    value.map(Value::to_string),
+                    reason,
+                    now()
+                ],
+            )
+        })?;
         Ok(changed == 1)
     }
 
     /// Gates of one run (or of every run), oldest first.
-    pub fn gates(&self, run: Option<&str>) -> Result<Vec<GateRecord>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT * FROM gates WHERE (?1 IS NULL OR run_id = ?1) ORDER BY created_at")?;
-        let rows = stmt.query_map([run], gate_row)?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    fn gates(&self, run: Option<&str>) -> Result<Vec<GateRecord>> {
+        Ok(retry(|| {
+            let mut stmt = self.conn.prepare(
+                "SELECT * FROM gates WHERE (?1 IS NULL OR run_id = ?1) ORDER BY created_at",
+            )?;
+            let rows = stmt.query_map([run], gate_row)?;
+            rows.collect::<std::result::Result<_, _>>()
+        })?)
     }
 }
 
 /// The run's spend so far (everything this and earlier processes paid for).
 /// Runs with every checkpoint: the statement is prepared once per connection.
-fn save_spend(conn: &Connection, run: &str, spend: Spend, at: f64) -> Result<()> {
-    conn.prepare_cached(
-        "UPDATE runs SET tokens = ?2, cost = ?3, steps = ?4, tool_calls = ?5, updated_at = ?6 WHERE id = ?1",
+/// Fenced by the lease (and renews it): the first write of every checkpoint.
+fn save_spend(conn: &Connection, lease: &Lease, spend: Spend, at: f64) -> Result<()> {
+    let changed = conn.prepare_cached(
+        "UPDATE runs SET tokens = ?3, cost = ?4, steps = ?5, tool_calls = ?6, updated_at = ?7, lease_until = ?8 WHERE id = ?1 AND epoch = ?2",
     )?
-    .execute(params![run, spend.tokens as i64, spend.cost, spend.steps as i64, spend.tool_calls as i64, at])?;
-    Ok(())
+    .execute(params![lease.run_id, lease.epoch, spend.tokens as i64, spend.cost, spend.steps as i64, spend.tool_calls as i64, at, lease.until()])?;
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost(lease.run_id.clone()))
+    }
 }
 
 fn json_col(text: Option<String>) -> Value {
@@ -378,6 +586,8 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         },
         trace: r.get("trace")?,
         replay: r.get("replay")?,
+        owner: r.get("owner")?,
+        lease_until: r.get("lease_until")?,
     })
 }
 
