@@ -174,10 +174,16 @@ pub struct ToolClause {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum ToolClauseKind {
-    Http { method: String, url: Template },
+    Http {
+        method: String,
+        url: Template,
+    },
     Exec(Vec<Template>),
     Builtin(String),
-    Header { name: String, value: Template },
+    Header {
+        name: String,
+        value: Template,
+    },
     Effect(Effect),
     Reads(Vec<Ident>),
     Writes(Vec<Ident>),
@@ -185,6 +191,54 @@ pub enum ToolClauseKind {
     Retry(Retry),
     Idempotency(Template),
     Limit(Quantity),
+    /// `query { name: expr, … }` (always an object expression).
+    Query(Expr),
+    /// `body [json|form] expr`
+    Body {
+        encoding: BodyEncoding,
+        value: Expr,
+    },
+    /// `format json|text`
+    Format(ResponseFormat),
+    /// `raw a, b`: parameters interpolated into the URL as written.
+    Raw(Vec<Ident>),
+}
+
+/// How an `http` tool's `body` is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BodyEncoding {
+    /// `application/json` (the default).
+    #[default]
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
+}
+
+impl BodyEncoding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyEncoding::Json => "json",
+            BodyEncoding::Form => "form",
+        }
+    }
+}
+
+/// How an `http` tool's response body is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseFormat {
+    /// Parsed as JSON; the response must say it is JSON.
+    Json,
+    /// Taken as text (a `string` result).
+    Text,
+}
+
+impl ResponseFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseFormat::Json => "json",
+            ResponseFormat::Text => "text",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

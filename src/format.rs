@@ -1766,6 +1766,16 @@ impl<'s> Printer<'s> {
             ToolClauseKind::Retry(r) => text(self.retry(r)),
             ToolClauseKind::Idempotency(t) => cat(vec![text("idempotency "), self.template(t)]),
             ToolClauseKind::Limit(q) => text(format!("limit {} tokens", self.quantity(q))),
+            ToolClauseKind::Query(e) => cat(vec![text("query "), self.expr(e)]),
+            ToolClauseKind::Body { encoding, value } => {
+                let head = match encoding {
+                    BodyEncoding::Json => "body ".to_string(),
+                    BodyEncoding::Form => "body form ".to_string(),
+                };
+                cat(vec![text(head), self.expr(value)])
+            }
+            ToolClauseKind::Format(f) => text(format!("format {}", f.as_str())),
+            ToolClauseKind::Raw(names) => text(format!("raw {}", join_names(names))),
         }
     }
 

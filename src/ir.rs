@@ -4,6 +4,7 @@
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
+pub use crate::ast::{BodyEncoding, ResponseFormat};
 use crate::ast::{CompareOp, Decision, Effect};
 use crate::source::{FileId, Span};
 use crate::types::{Lit, Ty, TypeTable};
@@ -97,6 +98,16 @@ pub enum ToolKind {
         method: String,
         url: Template,
         headers: Vec<(String, Template)>,
+        /// `query { … }`: appended to the URL's query string; absent and
+        /// null values are left out, lists repeat the name.
+        query: Vec<(String, Expr)>,
+        body: HttpBody,
+        /// How the response body is read: `text` by default for a `string`
+        /// result, `json` otherwise.
+        format: ResponseFormat,
+        /// Parameters (by index) interpolated into the URL as written
+        /// (`raw path`), not percent-encoded as one segment.
+        raw: Vec<usize>,
     },
     Exec {
         argv: Vec<Template>,
@@ -104,6 +115,18 @@ pub enum ToolKind {
     Builtin {
         name: String,
     },
+}
+
+/// What an `http` tool sends as its request body.
+#[derive(Clone, Debug)]
+pub enum HttpBody {
+    /// Nothing (GET and DELETE without a `body` clause).
+    None,
+    /// POST, PUT and PATCH without a `body` clause: the arguments the URL,
+    /// query and headers do not use, as a JSON object (absent ones left out).
+    Args(Vec<usize>),
+    /// `body [json|form] expr`.
+    Value(BodyEncoding, Box<Expr>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -428,9 +451,37 @@ impl Expr {
             _ => {}
         }
     }
+
+    /// Every parameter this expression reads (in a tool, agent or flow).
+    pub fn params(&self, out: &mut Vec<usize>) {
+        match &self.kind {
+            ExprKind::Param(i) => out.push(*i),
+            ExprKind::Str(t) => t.params(out),
+            ExprKind::Object(fields) => fields.iter().for_each(|(_, e)| e.params(out)),
+            ExprKind::List(items) => items.iter().for_each(|e| e.params(out)),
+            ExprKind::Member(e, _) | ExprKind::Len(e) | ExprKind::Not(e) => e.params(out),
+            ExprKind::Index(a, b)
+            | ExprKind::And(a, b)
+            | ExprKind::Or(a, b)
+            | ExprKind::Compare(a, _, b) => {
+                a.params(out);
+                b.params(out);
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Template {
+    /// Every parameter this template reads.
+    pub fn params(&self, out: &mut Vec<usize>) {
+        for part in &self.parts {
+            if let TemplatePart::Expr(e) = part {
+                e.params(out);
+            }
+        }
+    }
+
     pub fn steps(&self, out: &mut Vec<NodeIndex>) {
         for part in &self.parts {
             if let TemplatePart::Expr(e) = part {

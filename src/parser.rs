@@ -1129,6 +1129,26 @@ impl Parser {
                 ToolClauseKind::Idempotency(self.template(next!(self, c, span))?)
             }
             Rule::limit_clause => ToolClauseKind::Limit(self.quantity(next!(self, c, span))?),
+            Rule::query_clause => ToolClauseKind::Query(self.expr(next!(self, c, span))?),
+            Rule::body_clause => {
+                let mut p = next!(self, c, span);
+                let mut encoding = BodyEncoding::Json;
+                if p.as_rule() == Rule::body_encoding {
+                    if p.as_str() == "form" {
+                        encoding = BodyEncoding::Form;
+                    }
+                    p = next!(self, c, span);
+                }
+                ToolClauseKind::Body {
+                    encoding,
+                    value: self.expr(p)?,
+                }
+            }
+            Rule::format_clause => ToolClauseKind::Format(match next!(self, c, span).as_str() {
+                "text" => ResponseFormat::Text,
+                _ => ResponseFormat::Json,
+            }),
+            Rule::raw_clause => ToolClauseKind::Raw(c.map(|p| self.ident(&p)).collect()),
             _ => return self.internal(span),
         };
         out.push(ToolClause { kind, span });

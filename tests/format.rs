@@ -166,12 +166,31 @@ fn fingerprint(c: &Compilation) -> String {
                 method,
                 url,
                 headers,
+                query,
+                body,
+                format,
+                raw,
             }) => {
                 let headers: Vec<String> = headers
                     .iter()
                     .map(|(n, v)| format!("{n}: {}", template(p, None, v)))
                     .collect();
-                format!("http {method} {} {headers:?}", template(p, None, url))
+                let query: Vec<String> = query
+                    .iter()
+                    .map(|(n, v)| format!("{n}={}", expr(p, None, v)))
+                    .collect();
+                let body = match body {
+                    ir::HttpBody::None => "none".to_string(),
+                    ir::HttpBody::Args(args) => format!("args {args:?}"),
+                    ir::HttpBody::Value(encoding, v) => {
+                        format!("{} {}", encoding.as_str(), expr(p, None, v))
+                    }
+                };
+                format!(
+                    "http {method} {} {headers:?} query {query:?} body {body} format {} raw {raw:?}",
+                    template(p, None, url),
+                    format.as_str()
+                )
             }
             Some(ToolKind::Exec { argv }) => {
                 let argv: Vec<String> = argv.iter().map(|a| template(p, None, a)).collect();
@@ -603,6 +622,8 @@ type Wrapper {
   count: int >= 0
 }
 type External = schema "./every.schema.json"
+type Strict exact {a: int,
+  b?: exact { c: string }}
 
 model fast = openai("gpt-4o-mini") { temperature: 0.20, max_tokens: 1k }
 model careful = anthropic("claude-sonnet-4-5") {temperature: 0, max_tokens: 800,
@@ -631,6 +652,13 @@ tool save(item: Item) -> { ok: bool } {
   effect write writes store
   timeout 10s
   idempotency "save:{item.id}"
+}
+
+tool publish(path: string, page?: int, note: string) -> string {
+  http PUT "https://api.example.com/files/{path}"
+  query {page: page,   per_page: 100}
+  body form { text: note }   format text raw path
+  timeout 5s
 }
 
 tool notify(text: string len 1..500) -> { sent: bool } {
@@ -761,6 +789,8 @@ fn a_file_with_every_construct_formats_without_changing_its_meaning() {
         "  retry 3 on rate_limit, timeout backoff 1s * 2.0 cap 30s jitter\n  limit 1.5k tokens\n",
         "  exec [\n    \"/usr/bin/save\", \"--id\", \"{item.id}\", \"--level\", \"{item.level}\", \"--store\", \"primary\",\n    \"--verbose\",\n  ]\n",
         "  effect irreversible writes inbox\n",
+        "  query { page: page, per_page: 100 }\n  body form { text: note }\n  format text\n  raw path\n",
+        "type Strict exact { a: int, b?: exact { c: string } }\n",
         "  model fast\n  tools [lookup]\n  may read\n  max_steps 4\n  max_repeat 2\n  timeout 2m\n",
         "    Find the item about {topic}.\n      Indented line, \"quoted\", {{braces}} and a backslash \\\\.\n\n    Stop when done.\n  \"\"\"\n",
         "    require judged.level == \"low\" or judged.level == \"high\", \"bad level\"\n",

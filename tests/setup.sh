@@ -36,5 +36,28 @@ apt_install() { # packages... (only the missing ones are installed)
 # Graphviz (`dot -Tsvg` in the graph tests) and Vim (editor tests).
 need_graphviz_vim() { apt_install graphviz vim; }
 
+# npm packages into target/test-tools/NAME (one folder per need, reused).
+npm_install() { # folder package...
+  local dir="$tools/$1"; shift
+  mkdir -p "$dir"
+  local missing=0
+  for p in "$@"; do
+    [ -d "$dir/node_modules/${p%@*}" ] || missing=1
+  done
+  [ $missing -eq 0 ] && return 0
+  echo "setup: npm install $* (into $dir)"
+  (cd "$dir" && npm install --no-audit --no-fund --silent "$@" >/dev/null)
+}
+
+# The MCP reference server (tests/mcp.rs): `npx --no-install
+# mcp-server-everything stdio` from target/test-tools/mcp-everything.
+need_mcp_everything() { npm_install mcp-everything @modelcontextprotocol/server-everything; }
+
+# GitHub's OpenAPI description served by Prism (tests/github_review.rs):
+# `prism mock SPEC -h 127.0.0.1 -p PORT` from target/test-tools/prism.
+need_prism_github() { npm_install prism @stoplight/prism-cli @octokit/openapi; }
+
 need_graphviz_vim
+need_mcp_everything
+need_prism_github
 echo "setup: done (tools in $tools)"

@@ -287,14 +287,12 @@ pub(crate) fn lower_template(
     }
 }
 
-/// A template whose names are the given parameters (tools, agents).
-fn params_template(
-    cx: &mut Lowerer<'_, '_>,
-    t: &ast::Template,
-    params: &[(String, Ty)],
-    what: &str,
-) -> Template {
-    let mut resolve = |cx: &mut Lowerer<'_, '_>, name: &ast::Ident| -> (ExprKind, Ty) {
+/// Resolves names to the given parameters (tools, agents), reporting others.
+fn params_resolver<'p>(
+    params: &'p [(String, Ty)],
+    what: &'p str,
+) -> impl FnMut(&mut Lowerer<'_, '_>, &ast::Ident) -> (ExprKind, Ty) + 'p {
+    move |cx: &mut Lowerer<'_, '_>, name: &ast::Ident| -> (ExprKind, Ty) {
         match params.iter().position(|(n, _)| *n == name.name) {
             Some(i) => (ExprKind::Param(i), params[i].1.clone()),
             None => {
@@ -320,8 +318,25 @@ fn params_template(
                 (ExprKind::Error, Ty::Error)
             }
         }
-    };
+    }
+}
+
+/// A template whose names are the given parameters (tools, agents).
+fn params_template(
+    cx: &mut Lowerer<'_, '_>,
+    t: &ast::Template,
+    params: &[(String, Ty)],
+    what: &str,
+) -> Template {
+    let mut resolve = params_resolver(params, what);
     lower_template(cx, t, &mut resolve)
+}
+
+/// An expression in a tool declaration (`query`, `body`): its names are the
+/// tool's parameters.
+pub(crate) fn tool_expr(cx: &mut Lowerer<'_, '_>, e: &ast::Expr, params: &[(String, Ty)]) -> Expr {
+    let mut resolve = params_resolver(params, "tool");
+    lower_expr(cx, e, &mut resolve)
 }
 
 pub(crate) fn tool_template(

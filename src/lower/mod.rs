@@ -846,6 +846,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         let mut retry = None;
         let mut idempotency = None;
         let mut limit = None;
+        let mut request = HttpRequestClauses::default();
         let param_names: Vec<(String, Ty)> = params
             .iter()
             .map(|p| (p.name.clone(), p.ty.clone()))
@@ -875,6 +876,10 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             method: method.clone(),
                             url,
                             headers: Vec::new(),
+                            query: Vec::new(),
+                            body: HttpBody::None,
+                            format: ResponseFormat::Json,
+                            raw: Vec::new(),
                         },
                     );
                 }
@@ -935,6 +940,48 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                     }
                     limit = self.count(q);
                 }
+                ToolClauseKind::Query(e) => {
+                    if request.query.is_some() {
+                        self.repeated(clause.span, "query");
+                    }
+                    let lowered = expr::tool_expr(self, e, &param_names);
+                    let entries = match lowered.kind {
+                        ExprKind::Object(entries) => entries,
+                        _ => Vec::new(),
+                    };
+                    request.query = Some((entries, clause.span));
+                }
+                ToolClauseKind::Body { encoding, value } => {
+                    if request.body.is_some() {
+                        self.repeated(clause.span, "body");
+                    }
+                    let value = expr::tool_expr(self, value, &param_names);
+                    request.body = Some((*encoding, value, clause.span));
+                }
+                ToolClauseKind::Format(f) => {
+                    if request.format.is_some() {
+                        self.repeated(clause.span, "format");
+                    }
+                    request.format = Some((*f, clause.span));
+                }
+                ToolClauseKind::Raw(names) => {
+                    for n in names {
+                        match param_names.iter().position(|(p, _)| *p == n.name) {
+                            Some(i) => request.raw.push(i),
+                            None => {
+                                let d = Diagnostic::new(
+                                    Code::UndefinedName,
+                                    n.span,
+                                    format!("there is no parameter named `{}`", n.name),
+                                )
+                                .label("not a parameter of this tool")
+                                .help("`raw` names parameters whose value goes into the URL as written");
+                                self.report(d);
+                            }
+                        }
+                    }
+                    request.raw_span.get_or_insert(clause.span);
+                }
             }
         }
         if !headers.is_empty() {
@@ -952,6 +999,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 }
             }
         }
+        self.http_request(decl, &output, &mut kind, request);
         if kind.is_none() {
             let d = Diagnostic::new(Code::InvalidDeclaration, decl.name.span, format!("tool `{}` does not say how it runs", decl.name.name))
                 .label("no `http`, `exec` or `builtin` clause")
@@ -981,6 +1029,80 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         tool.retry = retry;
         tool.idempotency = idempotency;
         tool.limit_tokens = limit;
+    }
+
+    /// Puts an `http` tool's request clauses into its kind, or reports them
+    /// on a tool of another kind; fills in the default body and format.
+    fn http_request(
+        &mut self,
+        decl: &ast::ToolDecl,
+        output: &Ty,
+        kind: &mut Option<(ToolKind, Span)>,
+        request: HttpRequestClauses,
+    ) {
+        let HttpRequestClauses {
+            query: query_clause,
+            body: body_clause,
+            format: format_clause,
+            raw: raw_params,
+            raw_span,
+        } = request;
+        let Some((
+            ToolKind::Http {
+                method,
+                url,
+                headers,
+                query,
+                body,
+                format,
+                raw,
+            },
+            _,
+        )) = kind
+        else {
+            let misplaced = [
+                query_clause.as_ref().map(|(_, s)| (*s, "query")),
+                body_clause.as_ref().map(|(_, _, s)| (*s, "body")),
+                format_clause.map(|(_, s)| (s, "format")),
+                raw_span.map(|s| (s, "raw")),
+            ];
+            if kind.is_some() {
+                for (span, clause) in misplaced.into_iter().flatten() {
+                    let d = Diagnostic::new(
+                        Code::InvalidDeclaration,
+                        span,
+                        format!("only `http` tools have `{clause}`"),
+                    )
+                    .label(format!("`{clause}` on a tool that is not `http`"))
+                    .help("remove the clause, or make the tool an `http` tool");
+                    self.report(d);
+                }
+            }
+            return;
+        };
+        *query = query_clause.map(|(q, _)| q).unwrap_or_default();
+        *raw = raw_params;
+        *format = match format_clause {
+            Some((f, _)) => f,
+            None => match self.program.types.resolve(output) {
+                Ty::String(_) => ResponseFormat::Text,
+                _ => ResponseFormat::Json,
+            },
+        };
+        *body = match body_clause {
+            Some((encoding, value, _)) => HttpBody::Value(encoding, Box::new(value)),
+            None if matches!(method.as_str(), "POST" | "PUT" | "PATCH") => {
+                // The arguments that say where the request goes are not
+                // also sent in its body.
+                let mut used = Vec::new();
+                url.params(&mut used);
+                headers.iter().for_each(|(_, t)| t.params(&mut used));
+                query.iter().for_each(|(_, e)| e.params(&mut used));
+                let n = decl.params.len();
+                HttpBody::Args((0..n).filter(|i| !used.contains(i)).collect())
+            }
+            None => HttpBody::None,
+        };
     }
 
     pub(crate) fn repeated(&mut self, span: Span, clause: &str) {
@@ -1326,4 +1448,15 @@ pub(crate) fn const_json(e: &ast::Expr) -> Option<serde_json::Value> {
         ),
         _ => return None,
     })
+}
+
+/// An `http` tool's request clauses as written, before they are checked
+/// against its kind.
+#[derive(Default)]
+struct HttpRequestClauses {
+    query: Option<(Vec<(String, Expr)>, Span)>,
+    body: Option<(BodyEncoding, Expr, Span)>,
+    format: Option<(ResponseFormat, Span)>,
+    raw: Vec<usize>,
+    raw_span: Option<Span>,
 }

@@ -63,6 +63,7 @@ pub async fn invoke(
             method,
             url,
             headers,
+            ..
         }) => http(tool, method, url, headers, args, ctx).await,
         Some(ToolKind::Exec { argv }) => exec(tool, argv, args, ctx).await,
         Some(ToolKind::Builtin { name }) => builtin(tool, name, args, ctx).await,
