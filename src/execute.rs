@@ -38,6 +38,8 @@ pub struct RunArgs {
     pub store: PathBuf,
     /// Continue this stored run (its lease taken) instead of starting one.
     pub resume: Option<(store::RunRecord, Lease)>,
+    /// `--otlp`: the collector to export the trace to.
+    pub otlp: Option<String>,
 }
 
 fn compiled(inputs: &[Input]) -> Result<Result<Compilation, i32>, String> {
@@ -219,6 +221,9 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
         run_id: Some(run_id),
         durable,
         interruptible: true,
+        otlp: run::otel::OtlpSettings::resolve(args.otlp.as_deref(), &|name: &str| {
+            std::env::var(name).ok()
+        }),
         ..RunOptions::default()
     };
     let started = std::time::Instant::now();
@@ -307,8 +312,16 @@ fn summary(report: &Report, elapsed: std::time::Duration, trace: &Path) -> Strin
     } else {
         s.tool_calls_ok as f64 * 100.0 / tool_calls as f64
     };
+    let export = match report.export {
+        Some(e) if e.dropped == 0 => format!("\notlp: {} spans exported", e.delivered),
+        Some(e) => format!(
+            "\notlp: {} spans exported, {} dropped (the collector was unreachable, slow or refused them)",
+            e.delivered, e.dropped
+        ),
+        None => String::new(),
+    };
     format!(
-        "run {} {status} in {:.2}s: cost ${:.4}, {} tokens, {} steps, {} model calls, {} tool calls ({rate:.0}% succeeded), {} retries, {} validation rejections\ntrace: {}",
+        "run {} {status} in {:.2}s: cost ${:.4}, {} tokens, {} steps, {} model calls, {} tool calls ({rate:.0}% succeeded), {} retries, {} validation rejections\ntrace: {}{export}",
         report.run_id,
         elapsed.as_secs_f64(),
         report.spent.cost,
@@ -600,8 +613,9 @@ pub fn resume_command(
     approve: Vec<String>,
     reject: Vec<String>,
     wait: bool,
+    otlp: Option<String>,
 ) -> Result<i32, String> {
-    finish(resume(id, store_path, approve, reject, wait))
+    finish(resume(id, store_path, approve, reject, wait, otlp))
 }
 
 pub fn approve_command(
@@ -663,6 +677,7 @@ fn resume(
     approve: Vec<String>,
     reject: Vec<String>,
     wait: bool,
+    otlp: Option<String>,
 ) -> Result<i32, Failure> {
     let store = open_store(store_path)?;
     let (record, lease) = loop {
@@ -710,6 +725,7 @@ fn resume(
         concurrency: 32,
         store: store_path.to_path_buf(),
         resume: Some((record, lease.clone())),
+        otlp,
     });
     if result.is_err() {
         // Stopped before the run did anything: let the next process have it.
@@ -806,7 +822,7 @@ fn approve(
     eprintln!("approved {} of run {run_id}", g.key);
     drop(store);
     if resume {
-        return self::resume(run_id, store_path, Vec::new(), Vec::new(), false);
+        return self::resume(run_id, store_path, Vec::new(), Vec::new(), false, None);
     }
     eprintln!("continue it with `flowc resume {run_id}`");
     Ok(0)
@@ -829,7 +845,7 @@ fn reject(
     eprintln!("rejected {} of run {run_id}", g.key);
     drop(store);
     if resume {
-        return self::resume(run_id, store_path, Vec::new(), Vec::new(), false);
+        return self::resume(run_id, store_path, Vec::new(), Vec::new(), false, None);
     }
     eprintln!("continue it with `flowc resume {run_id}`");
     Ok(0)

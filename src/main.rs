@@ -82,6 +82,11 @@ enum Command {
         /// Calls in flight at once.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+        /// Also export the trace over OTLP/HTTP to this collector (its base
+        /// URL; `/v1/traces` is added). The OTEL_EXPORTER_OTLP_* variables
+        /// do the same.
+        #[arg(long, value_name = "URL")]
+        otlp: Option<String>,
         /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
@@ -101,6 +106,11 @@ enum Command {
         /// (instead of exiting 5), then continue the run if it is unfinished.
         #[arg(long)]
         wait: bool,
+        /// Also export the trace over OTLP/HTTP to this collector (its base
+        /// URL; `/v1/traces` is added). The OTEL_EXPORTER_OTLP_* variables
+        /// do the same.
+        #[arg(long, value_name = "URL")]
+        otlp: Option<String>,
         /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
@@ -244,6 +254,7 @@ fn main() {
             reject,
             trace,
             concurrency,
+            otlp,
             store,
         } => execute::run_command(execute::RunArgs {
             file,
@@ -256,14 +267,16 @@ fn main() {
             concurrency,
             store,
             resume: None,
+            otlp,
         }),
         Command::Resume {
             run,
             approve,
             reject,
             wait,
+            otlp,
             store,
-        } => execute::resume_command(&run, &store, approve, reject, wait),
+        } => execute::resume_command(&run, &store, approve, reject, wait, otlp),
         Command::Approve {
             run,
             gate,

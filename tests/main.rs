@@ -15,6 +15,7 @@ mod generated_flows;
 mod golden;
 mod graph;
 mod open_records;
+mod otel;
 mod providers;
 mod robustness;
 mod run_faults;

@@ -57,7 +57,24 @@ need_mcp_everything() { npm_install mcp-everything @modelcontextprotocol/server-
 # `prism mock SPEC -h 127.0.0.1 -p PORT` from target/test-tools/prism.
 need_prism_github() { npm_install prism @stoplight/prism-cli @octokit/openapi; }
 
+# An OTLP/HTTP receiver for the export tests (tests/otlp_receiver.py):
+# PyPI `opentelemetry-proto` (and the protobuf runtime it brings) in a
+# virtualenv at target/test-tools/otlp-venv.
+need_otlp_receiver() {
+  local venv="$tools/otlp-venv"
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2' 2>/dev/null; then
+    return 0
+  fi
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    apt_install python3-venv
+    python3 -m venv "$venv"
+  fi
+  echo "setup: pip install opentelemetry-proto into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'opentelemetry-proto>=1.20,<2'
+}
+
 need_graphviz_vim
 need_mcp_everything
 need_prism_github
+need_otlp_receiver
 echo "setup: done (tools in $tools)"

@@ -89,6 +89,7 @@ async fn call(
         env: env.as_ref(),
         idempotency_key: key.map(String::from),
         timeout,
+        traceparent: None,
     };
     invoke(tool, &args(a), &ctx).await
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod fingerprint;
 pub mod model;
+pub mod otel;
 pub mod plan;
 pub mod scheduler;
 pub mod step;
@@ -112,6 +113,8 @@ pub struct RunOptions {
     /// Stop gracefully on SIGINT and SIGTERM (the CLI's runs): the run ends
     /// `interrupted` instead of the process dying mid-step.
     pub interruptible: bool,
+    /// Export the trace over OTLP too (see [`otel`]).
+    pub otlp: Option<otel::OtlpSettings>,
 }
 
 /// A run recorded in the run store.
@@ -139,6 +142,7 @@ impl Default for RunOptions {
             observer: None,
             durable: None,
             interruptible: false,
+            otlp: None,
         }
     }
 }
@@ -154,6 +158,8 @@ pub struct Report {
     /// Calls per tool, agent and flow name.
     pub calls: HashMap<String, u64>,
     pub events: Vec<Value>,
+    /// What OTLP export sent and dropped, when it was on.
+    pub export: Option<otel::ExportSummary>,
 }
 
 /// A new run id: time-ordered and unique enough for one machine.
@@ -218,6 +224,12 @@ pub fn run(
         Some(d) => d.record.id.clone(),
         None => options.run_id.clone().unwrap_or_else(new_run_id),
     };
+    // Started before the run is recorded: a collector URL that cannot be
+    // used is a mistake to report before anything runs.
+    let export = match &options.otlp {
+        Some(settings) => Some(otel::Export::start(settings, otel::trace_id(&run_id))?),
+        None => None,
+    };
     let (durable, base_spend) = match durable {
         Some(d) => {
             if !d.resume {
@@ -247,15 +259,17 @@ pub fn run(
         None => (None, Spend::default()),
     };
     let secrets = secret_values(program, &*options.env);
-    let trace = Arc::new(
-        trace::Trace::new(
-            &run_id,
-            options.trace_path.as_deref(),
-            secrets,
-            options.observer,
-        )
-        .map_err(|e| format!("cannot write the trace: {e}"))?,
-    );
+    let mut trace = trace::Trace::new(
+        &run_id,
+        options.trace_path.as_deref(),
+        secrets,
+        options.observer,
+    )
+    .map_err(|e| format!("cannot write the trace: {e}"))?;
+    if let Some(export) = export {
+        trace.set_export(export);
+    }
+    let trace = Arc::new(trace);
     let http = reqwest::Client::builder()
         .build()
         .map_err(|e| format!("cannot start the HTTP client: {e}"))?;
@@ -329,9 +343,18 @@ pub fn run(
     let spent = runtime.total_spend();
     let status = outcome.status();
     let stats = *runtime.stats.borrow();
-    trace.end(span, status, crate::fields! {"tokens": spent.tokens, "cost": spent.cost, "steps": spent.steps, "tool_calls": spent.tool_calls, "stats": stats});
+    let mut data = crate::fields! {"tokens": spent.tokens, "cost": spent.cost, "steps": spent.steps, "tool_calls": spent.tool_calls, "stats": stats};
+    // The flow's limits, so `flowc stats` can say how far under them a run stayed.
+    if let Some(b) = &f.budget {
+        data.insert(
+            "budget".into(),
+            serde_json::json!({"tokens": b.tokens, "cost": b.cost, "steps": b.steps, "tool_calls": b.tool_calls, "wall_seconds": b.wall_seconds}),
+        );
+    }
+    trace.end(span, status, data);
     trace.flush();
     let mut outcome = outcome;
+    let export = trace.finish_export();
     if let Some(d) = &runtime.durable {
         let (output, error) = match &outcome {
             Outcome::Completed(v) => (Some(v), None),
@@ -363,6 +386,7 @@ pub fn run(
         completed,
         calls,
         events: trace.take_events(),
+        export,
     })
 }
 

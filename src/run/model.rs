@@ -99,6 +99,10 @@ pub struct ChatResponse {
     pub text: Option<String>,
     pub tool_calls: Vec<ToolCall>,
     pub usage: Usage,
+    /// The model that answered, as the provider names it.
+    pub model: Option<String>,
+    /// Why the model stopped (`stop`, `length`, `tool_calls`, `end_turn`, …).
+    pub finish_reasons: Vec<String>,
 }
 
 /// The Anthropic API version this client speaks.
@@ -126,16 +130,29 @@ pub async fn complete(
     request: &ChatRequest,
     timeout: Duration,
 ) -> Result<ChatResponse, CallError> {
-    let outcome = match tokio::time::timeout(timeout, attempt(http, endpoint, request)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(CallError::new(
-            ErrorClass::Timeout,
-            format!(
-                "{} gave no complete reply within {timeout:?}",
-                label(endpoint.protocol)
-            ),
-        )),
-    };
+    complete_traced(http, endpoint, request, timeout, None).await
+}
+
+/// [`complete`], sending `traceparent` (the W3C trace context of the call's
+/// span) with the request.
+pub async fn complete_traced(
+    http: &reqwest::Client,
+    endpoint: &Endpoint,
+    request: &ChatRequest,
+    timeout: Duration,
+    traceparent: Option<&str>,
+) -> Result<ChatResponse, CallError> {
+    let outcome =
+        match tokio::time::timeout(timeout, attempt(http, endpoint, request, traceparent)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(CallError::new(
+                ErrorClass::Timeout,
+                format!(
+                    "{} gave no complete reply within {timeout:?}",
+                    label(endpoint.protocol)
+                ),
+            )),
+        };
     outcome.map_err(|error| redact(error, endpoint.api_key.as_ref()))
 }
 
@@ -144,6 +161,7 @@ struct Parsed {
     text: Option<String>,
     tool_calls: Vec<ToolCall>,
     usage: Option<Usage>,
+    finish_reasons: Vec<String>,
 }
 
 /// Where a request went, for error messages (no credentials, no query).
@@ -169,6 +187,7 @@ async fn attempt(
     http: &reqwest::Client,
     endpoint: &Endpoint,
     request: &ChatRequest,
+    traceparent: Option<&str>,
 ) -> Result<ChatResponse, CallError> {
     let base = endpoint.base_url.trim_end_matches('/');
     let (url, body) = match endpoint.protocol {
@@ -205,6 +224,10 @@ async fn attempt(
                 HeaderValue::from_static(ANTHROPIC_VERSION),
             );
         }
+    }
+
+    if let Some(value) = traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
+        headers.insert("traceparent", value);
     }
 
     let response = http
@@ -265,6 +288,11 @@ async fn attempt(
         text,
         tool_calls: parsed.tool_calls,
         usage,
+        model: value
+            .get("model")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        finish_reasons: parsed.finish_reasons,
     })
 }
 
@@ -801,10 +829,16 @@ mod openai {
                 output_tokens: count(u, "completion_tokens")?,
             })
         });
+        let finish_reasons = choice
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .map(|r| vec![r.to_string()])
+            .unwrap_or_default();
         Ok(Parsed {
             text,
             tool_calls,
             usage,
+            finish_reasons,
         })
     }
 }
@@ -964,6 +998,11 @@ mod anthropic {
             text,
             tool_calls,
             usage,
+            finish_reasons: reply
+                .get("stop_reason")
+                .and_then(Value::as_str)
+                .map(|r| vec![r.to_string()])
+                .unwrap_or_default(),
         })
     }
 }

@@ -163,6 +163,20 @@ pub struct FlowCtx<'a> {
     pub span: SpanId,
 }
 
+impl<'a> FlowCtx<'a> {
+    /// The same flow with calls hanging under span `span` (a step's, an
+    /// agent's).
+    pub fn in_span(&self, span: SpanId) -> FlowCtx<'a> {
+        FlowCtx {
+            id: self.id,
+            flow: self.flow,
+            plan: self.plan.clone(),
+            ledger: self.ledger.clone(),
+            span,
+        }
+    }
+}
+
 /// A step in flight: its node and, when it ends, how.
 type Running<'a> = LocalBoxFuture<'a, (NodeIndex, Result<CallOutcome, Stop>)>;
 
@@ -464,11 +478,19 @@ impl Runtime<'_> {
                 let path = frame.path.clone();
                 let key = step_key(&frame.path, cx, n);
                 Ok(Prepared::Future(Box::pin(async move {
-                    match self.call(cx, n, target, args, &path, &key).await {
+                    // Calls hang under a span of their step.
+                    let span = self
+                        .trace
+                        .begin(Some(cx.span), "step", &cx.flow.graph[n].name);
+                    let scx = cx.in_span(span.id);
+                    let cx = &scx;
+                    let mut fell_back = false;
+                    let result = match self.call(cx, n, target, args, &path, &key).await {
                         Ok(outcome) => Ok(outcome),
                         Err(Stop::Failed(err))
                             if fallback.is_some() && !err.is_circuit_breaker() =>
                         {
+                            fell_back = true;
                             self.trace.event(
                                 Some(cx.span),
                                 "fallback",
@@ -485,7 +507,9 @@ impl Runtime<'_> {
                             }
                         }
                         Err(e) => Err(e),
-                    }
+                    };
+                    self.end_step(cx, span, &key, fell_back, &result);
+                    result
                 })))
             }
             StepKind::Llm(call) => {
@@ -508,11 +532,18 @@ impl Runtime<'_> {
                 };
                 let key = step_key(&frame.path, cx, n);
                 Ok(Prepared::Future(Box::pin(async move {
-                    match self.llm(cx, n, call, prompt, system, &key).await {
+                    let span = self
+                        .trace
+                        .begin(Some(cx.span), "step", &cx.flow.graph[n].name);
+                    let scx = cx.in_span(span.id);
+                    let cx = &scx;
+                    let mut fell_back = false;
+                    let result = match self.llm(cx, n, call, prompt, system, &key).await {
                         Ok(v) => Ok(CallOutcome::Value(v)),
                         Err(Stop::Failed(err))
                             if fallback.is_some() && !err.is_circuit_breaker() =>
                         {
+                            fell_back = true;
                             self.trace.event(
                                 Some(cx.span),
                                 "fallback",
@@ -522,7 +553,9 @@ impl Runtime<'_> {
                             Ok(fallback.map_or(CallOutcome::Skipped, CallOutcome::Value))
                         }
                         Err(e) => Err(e),
-                    }
+                    };
+                    self.end_step(cx, span, &key, fell_back, &result);
+                    result
                 })))
             }
             StepKind::Loop {
@@ -651,6 +684,71 @@ impl Runtime<'_> {
             .map_err(|e| self.exhausted(cx, n, e))?;
         cx.ledger.settle(r, Spend::step());
         Ok(())
+    }
+
+    /// Closes a call or `llm` step's span: its key, how it ended, and what
+    /// is left of the flow's budget.
+    fn end_step(
+        &self,
+        cx: &FlowCtx<'_>,
+        span: super::trace::Span,
+        key: &str,
+        fell_back: bool,
+        result: &Result<CallOutcome, Stop>,
+    ) {
+        let status = match result {
+            Ok(CallOutcome::Value(_)) => "ok",
+            Ok(CallOutcome::Skipped) => "skipped",
+            Ok(CallOutcome::Waiting) => "waiting",
+            Err(Stop::Failed(_)) => "failed",
+            Err(Stop::Exhausted(_)) => "budget_exhausted",
+        };
+        let limits = cx.ledger.limits();
+        let spent = cx.ledger.spent();
+        let mut remaining = serde_json::Map::new();
+        if let Some(cost) = limits.cost {
+            remaining.insert(
+                "cost".into(),
+                serde_json::json!((cost - spent.cost).max(0.0)),
+            );
+        }
+        if let Some(t) = limits.tokens {
+            remaining.insert(
+                "tokens".into(),
+                serde_json::json!(t.saturating_sub(spent.tokens)),
+            );
+        }
+        if let Some(t) = limits.steps {
+            remaining.insert(
+                "steps".into(),
+                serde_json::json!(t.saturating_sub(spent.steps)),
+            );
+        }
+        if let Some(t) = limits.tool_calls {
+            remaining.insert(
+                "tool_calls".into(),
+                serde_json::json!(t.saturating_sub(spent.tool_calls)),
+            );
+        }
+        // The step's key in the run store: unique in the run, stable across
+        // its processes.
+        let mut data = fields! {"path": key, "fallback": fell_back};
+        if !remaining.is_empty() {
+            data.insert("budget_remaining".into(), Value::Object(remaining));
+        }
+        match result {
+            Err(Stop::Failed(e)) => {
+                data.insert("error".into(), Value::String(e.message.clone()));
+                if let Some(class) = e.class {
+                    data.insert("class".into(), Value::String(class.into()));
+                }
+            }
+            Err(Stop::Exhausted(e)) => {
+                data.insert("error".into(), Value::String(e.to_string()));
+            }
+            Ok(_) => {}
+        }
+        self.trace.end(span, status, data);
     }
 
     pub fn exhausted(&self, cx: &FlowCtx<'_>, n: NodeIndex, e: Exhausted) -> Stop {

@@ -363,6 +363,10 @@ impl<'p> Runtime<'p> {
                 .map(CallOutcome::Value),
             CallTarget::Agent(a) => {
                 let agent = &self.program.agents[a.index()];
+                // The agent's model and tool calls hang under its span.
+                let span = self.trace.begin(Some(cx.span), "agent", &agent.name);
+                let acx = cx.in_span(span.id);
+                let cx = &acx;
                 let turns = self.agent_call(cx, n, agent, args);
                 // An agent's `timeout` bounds its whole loop, tool calls
                 // included; what is still in flight is cancelled.
@@ -383,6 +387,26 @@ impl<'p> Runtime<'p> {
                         }),
                     None => turns.await,
                 };
+                let mut data = fields! {"step": cx.flow.graph[n].name};
+                if let Some(model) = agent.model.map(|m| &self.program.models[m.index()]) {
+                    data.insert("model".into(), Value::String(model.model_id.clone()));
+                    data.insert(
+                        "provider".into(),
+                        Value::String(self.program.providers[model.provider.index()].name.clone()),
+                    );
+                }
+                let status = match &result {
+                    Ok(_) => "ok",
+                    Err(Stop::Failed(e)) => {
+                        data.insert("error".into(), Value::String(e.message.clone()));
+                        if let Some(class) = e.class {
+                            data.insert("class".into(), Value::String(class.into()));
+                        }
+                        "failed"
+                    }
+                    Err(Stop::Exhausted(_)) => "budget_exhausted",
+                };
+                self.trace.end(span, status, data);
                 result.map(CallOutcome::Value)
             }
             CallTarget::Flow(f) => {
@@ -501,7 +525,8 @@ impl<'p> Runtime<'p> {
             let started = Instant::now();
             let result = {
                 let _permit = self.permits.acquire().await;
-                self.invoke_tool(tool, &args, idempotency_key.clone(), timeout)
+                let traceparent = self.trace.traceparent(span.id);
+                self.invoke_tool(tool, &args, idempotency_key.clone(), timeout, traceparent)
                     .await
             };
             let result = result.and_then(|v| {
@@ -567,6 +592,7 @@ impl<'p> Runtime<'p> {
         args: &Map<String, Value>,
         idempotency_key: Option<String>,
         timeout: Duration,
+        traceparent: String,
     ) -> Result<Value, CallError> {
         if let World::Scripted(script) = &mut *self.world.borrow_mut() {
             return match Script::next(script.tools.get_mut(&tool.name)) {
@@ -588,6 +614,7 @@ impl<'p> Runtime<'p> {
             env: &env_fn,
             idempotency_key,
             timeout,
+            traceparent: Some(traceparent),
         };
         tool::invoke(tool, args, &ctx).await
     }
@@ -680,6 +707,7 @@ impl<'p> Runtime<'p> {
                                 model_id,
                                 &request,
                                 Duration::from_secs_f64(call.timeout_seconds.unwrap_or(120.0)),
+                                attempt,
                             )
                             .await?;
                         if let (Some(d), Ok(text)) = (&self.durable, &reply) {
@@ -744,6 +772,7 @@ impl<'p> Runtime<'p> {
 
     /// One model call: reserve the worst case, call, settle to the usage.
     /// `Ok(Err(_))` is a failed attempt the caller may retry.
+    #[allow(clippy::too_many_arguments)]
     async fn chat(
         &self,
         cx: &FlowCtx<'_>,
@@ -752,13 +781,15 @@ impl<'p> Runtime<'p> {
         model_id: ModelId,
         request: &ChatRequest,
         timeout: Duration,
+        attempt: u32,
     ) -> Result<Result<String, CallError>, Stop> {
         let text = self
-            .chat_raw(cx, n, ledger, model_id, request, timeout)
+            .chat_raw(cx, n, ledger, model_id, request, timeout, attempt)
             .await?;
         Ok(text.map(|r| r.text.unwrap_or_default()))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn chat_raw(
         &self,
         cx: &FlowCtx<'_>,
@@ -767,6 +798,7 @@ impl<'p> Runtime<'p> {
         model_id: ModelId,
         request: &ChatRequest,
         timeout: Duration,
+        attempt: u32,
     ) -> Result<Result<model::ChatResponse, CallError>, Stop> {
         let model = &self.program.models[model_id.index()];
         let prompt_chars: usize = request.system.as_ref().map_or(0, |s| s.len())
@@ -818,7 +850,8 @@ impl<'p> Runtime<'p> {
                 g.wait_turn().await;
             }
             let _permit = self.permits.acquire().await;
-            self.answer(model_id, request, timeout).await
+            let traceparent = self.trace.traceparent(span.id);
+            self.answer(model_id, request, timeout, traceparent).await
         };
         let latency = started.elapsed().as_secs_f64() * 1e3;
         let usage = match &result {
@@ -838,6 +871,8 @@ impl<'p> Runtime<'p> {
         let mut data = fields! {
             "step": step.name,
             "model": model.model_id,
+            "provider": self.program.providers[model.provider.index()].name,
+            "attempt": attempt,
             "parameters": serde_json::json!({"max_tokens": request.max_tokens, "temperature": request.temperature}),
             "prompt": request.messages.iter().map(message_json).collect::<Vec<_>>(),
             "system": request.system,
@@ -849,6 +884,12 @@ impl<'p> Runtime<'p> {
         };
         match &result {
             Ok(r) => {
+                if let Some(m) = &r.model {
+                    data.insert("response_model".into(), Value::String(m.clone()));
+                }
+                if !r.finish_reasons.is_empty() {
+                    data.insert("finish_reasons".into(), serde_json::json!(r.finish_reasons));
+                }
                 data.insert("response".into(), serde_json::json!({"text": r.text, "tool_calls": r.tool_calls.iter().map(|c| serde_json::json!({"name": c.name, "arguments": c.arguments})).collect::<Vec<_>>()}));
                 self.trace.end(span, "ok", data);
             }
@@ -866,6 +907,7 @@ impl<'p> Runtime<'p> {
         model_id: ModelId,
         request: &ChatRequest,
         timeout: Duration,
+        traceparent: String,
     ) -> Result<model::ChatResponse, CallError> {
         let model = &self.program.models[model_id.index()];
         if let World::Scripted(script) = &mut *self.world.borrow_mut() {
@@ -888,6 +930,8 @@ impl<'p> Runtime<'p> {
                     Ok(model::ChatResponse {
                         text: Some(text),
                         tool_calls: Vec::new(),
+                        model: None,
+                        finish_reasons: Vec::new(),
                         usage: model::Usage {
                             output_tokens,
                             ..usage
@@ -905,7 +949,7 @@ impl<'p> Runtime<'p> {
             };
         }
         let endpoint = self.endpoint(model_id)?;
-        model::complete(&self.http, &endpoint, request, timeout).await
+        model::complete_traced(&self.http, &endpoint, request, timeout, Some(&traceparent)).await
     }
 
     fn endpoint(&self, model_id: ModelId) -> Result<Endpoint, CallError> {
@@ -1053,7 +1097,7 @@ impl<'p> Runtime<'p> {
             };
             let timeout = Duration::from_secs_f64(agent.timeout_seconds.unwrap_or(120.0));
             let reply = self
-                .chat_raw(cx, n, &ledger, model_id, &request, timeout)
+                .chat_raw(cx, n, &ledger, model_id, &request, timeout, turn as u32)
                 .await?;
             let reply = match reply {
                 Ok(r) => r,

@@ -40,6 +40,8 @@ pub struct ToolContext<'a> {
     /// Sent as `Idempotency-Key` (http) or `FLOWC_IDEMPOTENCY_KEY` (exec).
     pub idempotency_key: Option<String>,
     pub timeout: Duration,
+    /// The W3C `traceparent` of the call's span, sent as a header (http).
+    pub traceparent: Option<String>,
 }
 
 /// The largest response body or program output read, in bytes.
@@ -379,6 +381,14 @@ async fn http(
             client_error("the idempotency key is not allowed in an HTTP header".into())
         })?;
         header_map.insert("idempotency-key", value);
+    }
+
+    if let Some(value) = ctx
+        .traceparent
+        .as_deref()
+        .and_then(|t| reqwest::header::HeaderValue::from_str(t).ok())
+    {
+        header_map.insert("traceparent", value);
     }
 
     let sends_body = matches!(

@@ -27,6 +27,10 @@ pub struct Trace {
     events: Mutex<Vec<Value>>,
     /// Called with every event as it is written (progress displays).
     observer: Option<Observer>,
+    /// The run's OpenTelemetry trace id (see [`super::otel::trace_id`]).
+    trace_id: u128,
+    /// OTLP export of every span, when on.
+    export: Option<super::otel::Export>,
 }
 
 /// Sees every trace event as it happens.
@@ -69,7 +73,25 @@ impl Trace {
             secrets,
             events: Mutex::default(),
             observer,
+            trace_id: super::otel::trace_id(run_id),
+            export: None,
         })
+    }
+
+    /// Sends every span to an OTLP collector too.
+    pub fn set_export(&mut self, export: super::otel::Export) {
+        self.export = Some(export);
+    }
+
+    /// The W3C `traceparent` of span `span`, for an outgoing call made in it.
+    pub fn traceparent(&self, span: SpanId) -> String {
+        super::otel::traceparent(self.trace_id, span, self.export.is_some())
+    }
+
+    /// Waits (at most the export timeout) for the exporter to send what it
+    /// holds; `None` when export is off.
+    pub fn finish_export(&self) -> Option<super::otel::ExportSummary> {
+        self.export.as_ref().map(super::otel::Export::finish)
     }
 
     pub fn run_id(&self) -> &str {
@@ -158,6 +180,9 @@ impl Trace {
         };
         if let Some(observe) = &self.observer {
             observe(&event);
+        }
+        if let Some(export) = &self.export {
+            export.record(&event);
         }
         self.events
             .lock()
