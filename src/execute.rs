@@ -642,8 +642,42 @@ pub fn inbox_command(store_path: &Path) -> Result<i32, String> {
     finish(inbox(store_path))
 }
 
-pub fn runs_command(store_path: &Path) -> Result<i32, String> {
-    finish(runs(store_path))
+pub fn runs_command(
+    store_path: &Path,
+    status: Option<String>,
+    flow: Option<String>,
+    since: Option<&str>,
+    json: bool,
+) -> Result<i32, String> {
+    let filter = filter(flow, since, status)?;
+    finish(runs(store_path, &filter, json))
+}
+
+pub fn stats_command(
+    store_path: &Path,
+    flow: Option<String>,
+    since: Option<&str>,
+    json: bool,
+) -> Result<i32, String> {
+    let filter = filter(flow, since, None)?;
+    finish(stats(store_path, &filter, json))
+}
+
+/// The runs `--flow`, `--since` and `--status` admit.
+fn filter(
+    flow: Option<String>,
+    since: Option<&str>,
+    status: Option<String>,
+) -> Result<flowc::stats::Filter, String> {
+    let since = match since {
+        Some(text) => Some(store::now() - flowc::stats::parse_duration(text)?),
+        None => None,
+    };
+    Ok(flowc::stats::Filter {
+        flow,
+        since,
+        status,
+    })
 }
 
 pub fn show_command(run_id: &str, store_path: &Path) -> Result<i32, String> {
@@ -907,12 +941,45 @@ fn inbox(store_path: &Path) -> Result<i32, Failure> {
 }
 
 /// `flowc runs`: every run in the store, newest first.
-fn runs(store_path: &Path) -> Result<i32, Failure> {
+fn runs(store_path: &Path, filter: &flowc::stats::Filter, json: bool) -> Result<i32, Failure> {
     let store = open_store(store_path)?;
-    let runs = store.runs()?;
-    if runs.is_empty() {
-        out!("no runs yet");
+    let runs: Vec<store::RunRecord> = store
+        .runs()?
+        .into_iter()
+        .filter(|r| filter.admits(r))
+        .collect();
+    if json {
+        let list: Vec<Value> = runs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id, "flow": r.flow, "status": r.status,
+                    "cost": r.spend.cost, "tokens": r.spend.tokens,
+                    "steps": r.spend.steps, "tool_calls": r.spend.tool_calls,
+                    "created_at": r.created_at, "updated_at": r.updated_at,
+                    "error": r.error, "trace": r.trace,
+                })
+            })
+            .collect();
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return Ok(0);
     }
+    if runs.is_empty() {
+        out!("no runs");
+        return Ok(0);
+    }
+    out!(
+        "{:<18} {:<17} {:<24} {:<10} {:>7}         {}",
+        "RUN",
+        "STATUS",
+        "FLOW",
+        "COST",
+        "TOKENS",
+        "STARTED"
+    );
     for r in runs {
         out!(
             "{:<18} {:<17} {:<24} ${:<9.4} {:>7} tokens  {}",
@@ -922,6 +989,85 @@ fn runs(store_path: &Path) -> Result<i32, Failure> {
             r.spend.cost,
             r.spend.tokens,
             age(r.created_at)
+        );
+    }
+    Ok(0)
+}
+
+/// `flowc stats`: metrics across the store's runs.
+fn stats(store_path: &Path, filter: &flowc::stats::Filter, json: bool) -> Result<i32, Failure> {
+    let store = open_store(store_path)?;
+    let runs = store.runs()?;
+    let stats = flowc::stats::compute(&runs, filter, &flowc::stats::trace_events);
+    if json {
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&stats).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    let s = &stats.all;
+    if s.runs == 0 {
+        out!("no runs");
+        return Ok(0);
+    }
+    let statuses: Vec<String> = s
+        .by_status
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    out!("runs: {} ({})", s.runs, statuses.join(", "));
+    out!(
+        "cost per run: p50 ${:.4}  p95 ${:.4}  max ${:.4}  total ${:.4}",
+        s.cost.p50,
+        s.cost.p95,
+        s.cost.max,
+        s.cost.total
+    );
+    out!(
+        "tokens per run: p50 {}  p95 {}  max {}  total {}",
+        s.tokens.p50,
+        s.tokens.p95,
+        s.tokens.max,
+        s.tokens.total
+    );
+    for (name, t) in &s.tools {
+        let failures: Vec<String> = t.failures.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        out!(
+            "tool {name}: {} calls, {:.1}% succeeded{}",
+            t.calls,
+            t.success_rate * 100.0,
+            if failures.is_empty() {
+                String::new()
+            } else {
+                format!(" (failed: {})", failures.join(", "))
+            }
+        );
+    }
+    let g = &s.guardrails;
+    out!(
+        "guardrail rejections: {} ({:.2} per run): {} invalid outputs, {} invalid tool calls, {} blocked effects, {} budget stops, {} failed checks",
+        g.total, g.per_run, g.invalid_outputs, g.invalid_tool_calls, g.blocked_effects, g.budget_stops, g.failed_checks
+    );
+    out!("retries: {}  fallbacks: {}", s.retries, s.fallbacks);
+    if s.gate_wait_seconds.count > 0 {
+        out!(
+            "gate waits: {}, p50 {:.1}s, max {:.1}s",
+            s.gate_wait_seconds.count,
+            s.gate_wait_seconds.p50,
+            s.gate_wait_seconds.max
+        );
+    }
+    for (flow, f) in &stats.flows {
+        let hist: Vec<String> = f
+            .step_histogram
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect();
+        out!(
+            "flow {flow}: {} runs, reliability {:.3} ({} of {} succeeded, budget adherence {:.3}, latency adherence {:.3}), steps per run {}",
+            f.runs, f.reliability.score, f.reliability.successful, f.reliability.finished,
+            f.reliability.budget_adherence, f.reliability.latency_adherence, hist.join(" ")
         );
     }
     Ok(0)

@@ -21,6 +21,7 @@ pub mod render;
 pub mod run;
 pub mod schema;
 pub mod source;
+pub mod stats;
 pub mod stdlib;
 pub mod store;
 mod suggest;

@@ -154,8 +154,36 @@ enum Command {
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
     },
-    /// List runs: status, cost, age.
+    /// List runs, newest first: status, flow, cost, tokens, age.
     Runs {
+        /// Only runs with this status (completed, failed, budget_exhausted,
+        /// waiting, rejected, running, interrupted).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs of this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        /// Only runs started within this long (7d, 12h, 30m).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value_t = ListFormat::Human)]
+        format: ListFormat,
+        /// The run store.
+        #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
+        store: PathBuf,
+    },
+    /// Metrics across the runs of a store: cost and tokens per run, tool
+    /// success rates, step counts, guardrail rejections, retries, gate
+    /// waits, reliability (docs/observability.md defines each).
+    Stats {
+        /// Only runs of this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        /// Only runs started within this long (7d, 12h, 30m).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value_t = ListFormat::Human)]
+        format: ListFormat,
         /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
@@ -220,6 +248,13 @@ enum Format {
     Human,
     Json,
     Sarif,
+}
+
+/// Output of `runs` and `stats`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ListFormat {
+    Human,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -292,7 +327,25 @@ fn main() {
             store,
         } => execute::reject_command(&run, &gate, &reason, resume, &store),
         Command::Inbox { store } => execute::inbox_command(&store),
-        Command::Runs { store } => execute::runs_command(&store),
+        Command::Runs {
+            status,
+            flow,
+            since,
+            format,
+            store,
+        } => execute::runs_command(
+            &store,
+            status,
+            flow,
+            since.as_deref(),
+            format == ListFormat::Json,
+        ),
+        Command::Stats {
+            flow,
+            since,
+            format,
+            store,
+        } => execute::stats_command(&store, flow, since.as_deref(), format == ListFormat::Json),
         Command::Show { run, store } => execute::show_command(&run, &store),
         Command::Test { paths } => inputs(paths).and_then(execute::test_command),
         Command::Trace { run } => execute::trace_command(&run),

@@ -405,9 +405,10 @@ fn stored_output(lab: &Lab, run: &str) -> Option<Value> {
 fn newest_run(lab: &Lab) -> Option<String> {
     let out = lab.flowc(&["runs"]);
     out.expect(0);
+    // The first line after the header.
     out.stdout
         .lines()
-        .next()
+        .nth(1)
         .and_then(|l| l.split_whitespace().next())
         .filter(|w| w.starts_with('r'))
         .map(str::to_string)

@@ -20,5 +20,6 @@ mod providers;
 mod robustness;
 mod run_faults;
 mod runtime;
+mod stats;
 mod tools;
 mod validate;
