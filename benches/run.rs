@@ -11,6 +11,11 @@
 //!   after 100 ms, with the run's concurrency at 1,000. Target: wall time
 //!   within 2% of the critical path (100 ms) plus 10 ms, i.e. ≤ 112 ms.
 //!
+//! - `export/steps/1000`: the same 1,000-step chain with OTLP export off and
+//!   on (to the loopback mock server; its answers do not matter, the
+//!   exporter's thread sends in the background): what export adds per step
+//!   in process, end of run (the last batch) included. Target: ≤ 2 µs.
+//!
 //! `cargo bench --bench run`; a summary (medians, per-step ratio, targets)
 //! is printed at the end.
 //!
@@ -55,6 +60,8 @@ struct Results {
     floor: Option<f64>,
     /// one more fan-out: first and last request received, end (ms)
     timeline: Option<(f64, f64, f64)>,
+    /// median seconds per step of the chain with export off, then on
+    export: Vec<(&'static str, f64)>,
 }
 
 thread_local! {
@@ -373,6 +380,16 @@ fn summary(_: &mut Criterion) {
             });
             println!("  the same requests with reqwest alone: {ms:.1} ms{over}");
         }
+        if let [("off", off), ("on", on)] = r.export.as_slice() {
+            let extra = (on - off) * 1e6;
+            let verdict = if extra <= EXPORT_TARGET_US { "ok" } else { "MISSED" };
+            println!(
+                "export {EXPORT_STEPS} steps: off {:.2} µs/step, on {:.2} µs/step, {extra:.2} µs/step extra, {:.3}×  (target ≤ {EXPORT_TARGET_US} µs: {verdict})",
+                off * 1e6,
+                on * 1e6,
+                on / off
+            );
+        }
         if let Some((first, last, end)) = r.timeline {
             println!(
                 "  one more fan-out: first request at {first:.1} ms, last at {last:.1} ms (all sent in {:.1} ms), \
@@ -407,7 +424,57 @@ fn chain_only(spec: &str) {
     );
 }
 
-criterion_group!(benches, orchestration, fanout, summary);
+const EXPORT_STEPS: usize = 1_000;
+const EXPORT_TARGET_US: f64 = 2.0;
+
+fn export(c: &mut Criterion) {
+    let server = MockServer::start();
+    let mut group = c.benchmark_group("export");
+    group
+        .sample_size(SAMPLES)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    let checked = compile("chain.flow", &chain_source(EXPORT_STEPS));
+    let input = json!({"seed": 1});
+    for mode in ["off", "on"] {
+        let samples: RefCell<Vec<(u64, Duration)>> = RefCell::default();
+        group.throughput(Throughput::Elements(EXPORT_STEPS as u64));
+        group.bench_function(BenchmarkId::new(mode, EXPORT_STEPS), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut options = scripted_options();
+                    if mode == "on" {
+                        options.otlp = Some(run::otel::OtlpSettings {
+                            endpoint: Some(server.base_url()),
+                            capture_content: false,
+                            timeout: Duration::from_secs(5),
+                        });
+                    }
+                    let started = Instant::now();
+                    let report = run::run(&checked, "chain", &input, options).expect("runs");
+                    total += started.elapsed();
+                    assert!(matches!(report.outcome, Outcome::Completed(_)));
+                    assert_eq!(report.export.is_some(), mode == "on");
+                }
+                samples.borrow_mut().push((iters, total));
+                total
+            })
+        });
+        let median = median_per_iter(&samples.borrow());
+        if let Some(per_run) = median {
+            RESULTS.with(|r| {
+                r.borrow_mut()
+                    .export
+                    .push((mode, per_run / EXPORT_STEPS as f64))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, orchestration, fanout, export, summary);
 
 /// `FLOWC_RUN_BENCH_FANOUT=RUNS`: the fan-out alone, for `perf`.
 fn fanout_only(runs: &str) {
