@@ -68,6 +68,7 @@ codes! {
     UnusedTool = "U002", "unused-tool", Warning, "a declared tool that no flow or agent can call";
     ForbiddenEffect = "U003", "forbidden-effect", Error, "an agent that lists a tool whose effect its `may` forbids";
     UngatedIrreversible = "A001", "ungated-irreversible", Error, "an irreversible call that can run without an approval gate first";
+    UntrustedToEffect = "A002", "untrusted-to-effect", Error, "untrusted content (a tool result, a model's output) reaches a write or irreversible call that no reviewer saw it go into";
     RetryWithoutIdempotency = "A003", "retry-without-idempotency", Error, "a write or irreversible tool retried after a failure that may have taken effect, with no idempotency key";
     AgentWithoutMaxSteps = "B001", "agent-without-max-steps", Error, "an agent with no `max_steps` bound";
     FlowWithoutBudget = "B002", "flow-without-budget", Error, "a flow with no `budget`";

@@ -8,51 +8,174 @@
 //! result may come from zero iterations, so only what precedes the loop
 //! guards it. A gate that approves itself on timeout (`on_timeout approve`)
 //! guards nothing: no human may ever have looked.
+//!
+//! Across flows: a sub-flow whose result is released by its own gate is a
+//! gate for its caller (a per-flow summary, computed callees first), and a
+//! sub-flow's own irreversible calls are proven in the sub-flow. Element-wise:
+//! a loop whose body's result passed a gate yields a list of approved
+//! elements, so a loop over that list is guarded item by item (with no
+//! elements, it runs nothing).
 
 use petgraph::algo::toposort;
+use petgraph::graph::NodeIndex;
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
 use crate::ast::{Decision, Effect};
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
-use crate::ir::{CallTarget, Fallback, Flow, Program, StepKind};
+use crate::ir::{CallTarget, ExprKind, Fallback, Flow, Program, StepKind};
 
 use super::effect_of;
 
-pub(super) fn check(program: &Program, flow: &Flow, out: &mut Vec<Diagnostic>) {
-    let Ok(order) = toposort(&flow.graph, None) else {
+/// Which gates guard each step, as a bitset over the flow's gates in node
+/// order (a flow with more than 64 gates shares the last bit among the rest:
+/// "guarded" stays exact, "by which gate" gets coarser). A call of a flow
+/// whose result is released by its own gate counts as a gate too (bit of the
+/// call step), so a sub-flow that returns an approved value guards its
+/// caller's uses of it. `elements[n]`: for a loop, the gates every element
+/// of its list passed (its body's result was guarded), so a later loop over
+/// that list is guarded item by item. `None` if the graph has a cycle.
+pub(super) struct Guards {
+    pub(super) gates: Vec<NodeIndex>,
+    pub(super) of: Vec<u64>,
+}
+
+impl Guards {
+    fn bit(&self, n: NodeIndex) -> u64 {
+        match self.gates.iter().position(|g| *g == n) {
+            Some(i) => 1 << i.min(63),
+            None => 0,
+        }
+    }
+
+    /// The gate steps whose bits are in `set`.
+    pub(super) fn gates_in(&self, set: u64) -> impl Iterator<Item = NodeIndex> + '_ {
+        self.gates
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| set & (1 << (*i).min(63)) != 0)
+            .map(|(_, g)| *g)
+    }
+}
+
+pub(super) fn guards(flow: &Flow, output_gated: &[bool]) -> Option<Guards> {
+    let order = toposort(&flow.graph, None).ok()?;
+    let g = &flow.graph;
+    let gates: Vec<NodeIndex> = g
+        .node_indices()
+        .filter(|&n| match &g[n].kind {
+            StepKind::Approve { on_timeout, .. } => *on_timeout != Decision::Approve,
+            StepKind::Call {
+                target: CallTarget::Flow(f),
+                ..
+            } => output_gated.get(f.index()).copied().unwrap_or(false),
+            _ => false,
+        })
+        .collect();
+    let mut guards = Guards {
+        gates,
+        of: vec![0; g.node_count()],
+    };
+    let mut elements = vec![0u64; g.node_count()];
+    // The gates some step directly in a region passed; an arm's steps all
+    // come before its join in topological order.
+    let mut region_gates = vec![0u64; flow.regions.len()];
+    for &n in &order {
+        let preds = || g.edges_directed(n, Direction::Incoming).map(|e| e.source());
+        let own = guards.bit(n);
+        let of = &guards.of;
+        let set = own
+            | match &g[n].kind {
+                StepKind::Branch { decide, arms } => {
+                    let all_arms = if arms.is_empty() || arms.iter().any(|a| a.result.is_none()) {
+                        0
+                    } else {
+                        arms.iter()
+                            .map(|a| region_gates[a.region.index()])
+                            .fold(u64::MAX, |acc, x| acc & x)
+                    };
+                    of[decide.index()]
+                        | all_arms
+                        | preds()
+                            .filter(|p| g[*p].region == g[n].region && p != decide)
+                            .fold(0, |acc, p| acc | of[p.index()])
+                }
+                StepKind::Loop { item, body, result, .. } => {
+                    elements[n.index()] = of[result.index()];
+                    of[item.index()]
+                        | preds()
+                            .filter(|p| !flow.region_within(g[*p].region, *body))
+                            .fold(0, |acc, p| acc | of[p.index()])
+                }
+                StepKind::LoopItem { iterable } => {
+                    let from_elements = match iterable.kind {
+                        ExprKind::Step(list) => elements[list.index()],
+                        _ => 0,
+                    };
+                    from_elements | preds().fold(0, |acc, p| acc | of[p.index()])
+                }
+                StepKind::Value(e) => {
+                    // `let approved = drafts_loop` keeps the per-element guard.
+                    if let ExprKind::Step(m) = e.kind {
+                        elements[n.index()] = elements[m.index()];
+                    }
+                    preds().fold(0, |acc, p| acc | of[p.index()])
+                }
+                _ => preds().fold(0, |acc, p| acc | of[p.index()]),
+            };
+        guards.of[n.index()] = set;
+        region_gates[g[n].region.index()] |= set;
+    }
+    Some(guards)
+}
+
+/// Per flow, whether its result is released by one of its own gates (or a
+/// sub-flow's): then a call of it guards what its caller does with it.
+pub(super) fn gated_outputs(program: &Program, acyclic: &[bool]) -> Vec<bool> {
+    let mut memo: Vec<Option<bool>> = vec![None; program.flows.len()];
+    for i in 0..program.flows.len() {
+        gated_output(program, i, acyclic, &mut memo, 0);
+    }
+    memo.into_iter().map(|v| v.unwrap_or(false)).collect()
+}
+
+fn gated_output(
+    program: &Program,
+    i: usize,
+    acyclic: &[bool],
+    memo: &mut Vec<Option<bool>>,
+    depth: u32,
+) -> bool {
+    if let Some(v) = memo[i] {
+        return v;
+    }
+    // Recursion (G002) and cycles are reported elsewhere: not gated.
+    memo[i] = Some(false);
+    if depth > 32 || !acyclic[i] {
+        return false;
+    }
+    let flow = &program.flows[i];
+    for (_, target) in super::calls(flow) {
+        if let CallTarget::Flow(f) = target {
+            gated_output(program, f.index(), acyclic, memo, depth + 1);
+        }
+    }
+    let known: Vec<bool> = memo.iter().map(|v| v.unwrap_or(false)).collect();
+    let gated = match (guards(flow, &known), flow.output_step) {
+        (Some(gs), Some(out)) => gs.of[out.index()] != 0,
+        _ => false,
+    };
+    memo[i] = Some(gated);
+    gated
+}
+
+pub(super) fn check(program: &Program, flow: &Flow, output_gated: &[bool], out: &mut Vec<Diagnostic>) {
+    let Some(guards) = guards(flow, output_gated) else {
         return;
     };
     let g = &flow.graph;
-    let mut guarded = vec![false; g.node_count()];
-    // Whether some step directly in a region is guarded; an arm's steps all
-    // come before its join in topological order.
-    let mut region_guarded = vec![false; flow.regions.len()];
-    for &n in &order {
-        let preds = || g.edges_directed(n, Direction::Incoming).map(|e| e.source());
-        guarded[n.index()] = match &g[n].kind {
-            StepKind::Approve { on_timeout, .. } if *on_timeout != Decision::Approve => true,
-            StepKind::Branch { decide, arms } => {
-                guarded[decide.index()]
-                    || (!arms.is_empty()
-                        && arms
-                            .iter()
-                            .all(|arm| arm.result.is_some() && region_guarded[arm.region.index()]))
-                    || preds()
-                        .any(|p| g[p].region == g[n].region && p != *decide && guarded[p.index()])
-            }
-            StepKind::Loop { item, body, .. } => {
-                guarded[item.index()]
-                    || preds()
-                        .any(|p| !flow.region_within(g[p].region, *body) && guarded[p.index()])
-            }
-            _ => preds().any(|p| guarded[p.index()]),
-        };
-        if guarded[n.index()] {
-            region_guarded[g[n].region.index()] = true;
-        }
-    }
+    let guarded: Vec<bool> = guards.of.iter().map(|s| *s != 0).collect();
     let gates: Vec<_> = g
         .node_indices()
         .filter_map(|n| match &g[n].kind {

@@ -14,6 +14,7 @@ mod reach;
 mod resources;
 mod retries;
 mod secrets;
+mod taint;
 
 use crate::diagnostic::{Diagnostic, Problems};
 use crate::ir::{CallTarget, Flow, FlowId, Program, StepKind};
@@ -53,11 +54,12 @@ pub fn check(
     secrets::check(&program, &mut found);
     dead::check(&program, &mut found);
     // The graph passes below need acyclic step graphs.
+    let output_gated = approval::gated_outputs(&program, &acyclic);
     for (i, flow) in program.flows.iter().enumerate() {
         if !acyclic[i] {
             continue;
         }
-        approval::check(&program, flow, &mut found);
+        approval::check(&program, flow, &output_gated, &mut found);
         resources::check(&program, FlowId(i as u32), &mut found);
     }
     let analyzable: Vec<bool> = acyclic
@@ -66,6 +68,7 @@ pub fn check(
         .map(|(a, r)| *a && !*r)
         .collect();
     cost::check(&program, &analyzable, &mut found);
+    taint::check(&program, &analyzable, &output_gated, &mut found);
     // The standard library is checked by flowc's own tests; users see only
     // problems in their files.
     problems.extend(
