@@ -101,7 +101,9 @@ pub(super) fn guards(flow: &Flow, output_gated: &[bool]) -> Option<Guards> {
                             .filter(|p| g[*p].region == g[n].region && p != decide)
                             .fold(0, |acc, p| acc | of[p.index()])
                 }
-                StepKind::Loop { item, body, result, .. } => {
+                StepKind::Loop {
+                    item, body, result, ..
+                } => {
                     elements[n.index()] = of[result.index()];
                     of[item.index()]
                         | preds()
@@ -170,7 +172,12 @@ fn gated_output(
     gated
 }
 
-pub(super) fn check(program: &Program, flow: &Flow, output_gated: &[bool], out: &mut Vec<Diagnostic>) {
+pub(super) fn check(
+    program: &Program,
+    flow: &Flow,
+    output_gated: &[bool],
+    out: &mut Vec<Diagnostic>,
+) {
     let Some(guards) = guards(flow, output_gated) else {
         return;
     };

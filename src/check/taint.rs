@@ -90,7 +90,15 @@ fn analyze(
     // Callees first: their summaries are read at the call sites.
     for (_, target) in super::calls(flow) {
         if let CallTarget::Flow(f) = target {
-            analyze(program, f.index(), analyzable, output_gated, memo, out, depth + 1);
+            analyze(
+                program,
+                f.index(),
+                analyzable,
+                output_gated,
+                memo,
+                out,
+                depth + 1,
+            );
         }
     }
     let Some(guards) = guards(flow, output_gated) else {
@@ -144,7 +152,9 @@ fn analyze(
                             (CallTarget::Agent(_), _) => {
                                 format!("agent `{name_of}`, which may {}", effect.as_str())
                             }
-                            (_, Effect::Irreversible) => format!("`{name_of}`, which is irreversible"),
+                            (_, Effect::Irreversible) => {
+                                format!("`{name_of}`, which is irreversible")
+                            }
                             _ => format!("`{name_of}`, which writes"),
                         };
                         (
@@ -186,7 +196,14 @@ fn analyze(
     summary
 }
 
-fn report(flow: &Flow, span: Span, arg: &str, what: &str, path: &[Hop], n: NodeIndex) -> Diagnostic {
+fn report(
+    flow: &Flow,
+    span: Span,
+    arg: &str,
+    what: &str,
+    path: &[Hop],
+    n: NodeIndex,
+) -> Diagnostic {
     let source = path.first().map(|(_, t)| t.clone()).unwrap_or_default();
     let mut d = Diagnostic::new(
         Code::UntrustedToEffect,
@@ -211,7 +228,10 @@ fn report(flow: &Flow, span: Span, arg: &str, what: &str, path: &[Hop], n: NodeI
 }
 
 /// The calls a step makes (its call and its fallback call), with arguments.
-fn call_sites(flow: &Flow, n: NodeIndex) -> Vec<(CallTarget, &[(String, Expr)], Span)> {
+/// A call a step makes: its target, its arguments and where it is written.
+type CallSite<'a> = (CallTarget, &'a [(String, Expr)], Span);
+
+fn call_sites(flow: &Flow, n: NodeIndex) -> Vec<CallSite<'_>> {
     let step = &flow.graph[n];
     let mut out = Vec::new();
     if let StepKind::Call { target, args } = &step.kind {
@@ -275,7 +295,7 @@ impl FlowTaint<'_> {
             let mut more: Vec<(Item, Span)> = Vec::new();
             let mut source: Option<String> = None;
             let mut via = format!("flows into {}", step.display());
-            let mut calls: Vec<(CallTarget, &[(String, Expr)], Span)> = Vec::new();
+            let mut calls: Vec<CallSite<'_>> = Vec::new();
             match &step.kind {
                 StepKind::Call { .. } => calls = call_sites(self.flow, n),
                 StepKind::Llm(l) => {
@@ -287,8 +307,12 @@ impl FlowTaint<'_> {
                             .map_or("?", |m| m.name.as_str())
                     ))
                 }
-                StepKind::Value(e) | StepKind::Output(e) => reads(&self.program.types, e, &mut more),
-                StepKind::Approve { on_timeout, show, .. } => {
+                StepKind::Value(e) | StepKind::Output(e) => {
+                    reads(&self.program.types, e, &mut more)
+                }
+                StepKind::Approve {
+                    on_timeout, show, ..
+                } => {
                     // A gate's value was reviewed, unless nobody had to look.
                     if *on_timeout == Decision::Approve {
                         for s in show.iter().take(1) {
@@ -301,9 +325,11 @@ impl FlowTaint<'_> {
                     reads(&self.program.types, iterable, &mut more)
                 }
                 StepKind::Loop { result, .. } => more.push((Item::Node(*result), step.span)),
-                StepKind::Branch { arms, .. } => {
-                    more.extend(arms.iter().filter_map(|a| a.result).map(|r| (Item::Node(r), step.span)))
-                }
+                StepKind::Branch { arms, .. } => more.extend(
+                    arms.iter()
+                        .filter_map(|a| a.result)
+                        .map(|r| (Item::Node(r), step.span)),
+                ),
                 StepKind::Decide { .. } | StepKind::Check { .. } => {}
             }
             if let Some(Fallback::Value(e)) = &step.fallback {
@@ -317,24 +343,44 @@ impl FlowTaint<'_> {
             for (target, args, _) in calls {
                 match target {
                     CallTarget::Tool(t) => {
-                        source = Some(format!("the result of tool `{}`", self.program.tools[t.index()].name))
+                        source = Some(format!(
+                            "the result of tool `{}`",
+                            self.program.tools[t.index()].name
+                        ))
                     }
                     CallTarget::Agent(a) => {
-                        source = Some(format!("the answer of agent `{}`", self.program.agents[a.index()].name))
+                        source = Some(format!(
+                            "the answer of agent `{}`",
+                            self.program.agents[a.index()].name
+                        ))
                     }
                     CallTarget::Flow(f) => {
                         let callee = &self.program.flows[f.index()];
-                        let Some(summary) = &self.memo[f.index()] else { continue };
+                        let Some(summary) = &self.memo[f.index()] else {
+                            continue;
+                        };
                         for o in &summary.output {
                             match o {
                                 Origin::Source(inner) => {
-                                    let first = inner.first().map(|(_, t)| t.clone()).unwrap_or_default();
-                                    source = Some(format!("{first}, returned by flow `{}`", callee.name));
+                                    let first =
+                                        inner.first().map(|(_, t)| t.clone()).unwrap_or_default();
+                                    source = Some(format!(
+                                        "{first}, returned by flow `{}`",
+                                        callee.name
+                                    ));
                                 }
                                 Origin::Param(p, _) => {
-                                    let Some(param) = callee.params.get(*p) else { continue };
-                                    if let Some((_, a)) = args.iter().find(|(name, _)| *name == param.name) {
-                                        via = format!("goes through flow `{}` into {}", callee.name, step.display());
+                                    let Some(param) = callee.params.get(*p) else {
+                                        continue;
+                                    };
+                                    if let Some((_, a)) =
+                                        args.iter().find(|(name, _)| *name == param.name)
+                                    {
+                                        via = format!(
+                                            "goes through flow `{}` into {}",
+                                            callee.name,
+                                            step.display()
+                                        );
                                         reads(&self.program.types, a, &mut more);
                                     }
                                 }
@@ -372,7 +418,9 @@ impl FlowTaint<'_> {
         let mut cur = Some(item);
         let mut first = true;
         while let Some(i) = cur {
-            let Some((up, span, text)) = next.get(&i) else { break };
+            let Some((up, span, text)) = next.get(&i) else {
+                break;
+            };
             let label_span = match (first, at, i) {
                 (true, Some(s), _) => s,
                 (_, _, Item::Node(n)) => self.flow.graph[n].span,
