@@ -24,6 +24,14 @@ use flowc::run::{
 use flowc::store::{self, Acquired, Durability, Lease, Store, StoreError};
 use flowc::{compile, render, Compilation, Input};
 
+use crate::cli::style;
+use crate::ListFormat;
+
+/// Prints a JSON document on stdout (pretty, one document per command).
+fn print_json(doc: &Value) {
+    out!("{}", serde_json::to_string_pretty(doc).unwrap_or_default());
+}
+
 /// Options of `flowc run`.
 pub struct RunArgs {
     pub file: PathBuf,
@@ -45,8 +53,9 @@ pub struct RunArgs {
 fn compiled(inputs: &[Input]) -> Result<Result<Compilation, i32>, String> {
     let c = compile(inputs).map_err(|e| e.to_string())?;
     if c.program.is_none() {
+        let color = style::stderr_color();
         for d in c.problems.sorted() {
-            eprint!("{}", render::human(&c.sources, d, false));
+            eprint!("{}", render::human(&c.sources, d, color));
         }
         eprintln!("the program has errors; `flowc check` shows them all");
         return Ok(Err(1));
@@ -57,9 +66,21 @@ fn compiled(inputs: &[Input]) -> Result<Result<Compilation, i32>, String> {
 fn run(args: RunArgs) -> Result<i32, Failure> {
     // The canonical path, so the program's fingerprint names files the same
     // way whichever folder the run is started or resumed from.
-    let file = std::fs::canonicalize(&args.file)
-        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
-    let c = match compiled(&[Input::Path(file)])? {
+    let source = if args.file.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        Input::Text {
+            name: "<stdin>".into(),
+            bytes,
+        }
+    } else {
+        Input::Path(
+            std::fs::canonicalize(&args.file)
+                .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?,
+        )
+    };
+    let c = match compiled(&[source])? {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
@@ -272,14 +293,16 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
         ),
         Outcome::Store(e) => eprintln!("error: {e}"),
     }
-    eprintln!("{}", summary(&report, started.elapsed(), &trace_path));
+    if !style::quiet() {
+        eprintln!("{}", summary(&report, started.elapsed(), &trace_path));
+    }
     Ok(report.outcome.exit_code())
 }
 
 /// A spinner on stderr, only when stderr is a terminal.
 fn progress_display() -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
+    if !std::io::stderr().is_terminal() || style::quiet() {
         return None;
     }
     let bar = indicatif::ProgressBar::new_spinner();
@@ -336,14 +359,21 @@ fn summary(report: &Report, elapsed: std::time::Duration, trace: &Path) -> Strin
 }
 
 /// `flowc trace RUN`: a run id (under `.flowc/runs/`) or a trace file.
-pub fn trace_command(run: &str) -> Result<i32, String> {
-    let path = if Path::new(run).is_file() {
+pub fn trace_command(run: &str, format: ListFormat) -> Result<i32, String> {
+    let path = if run == "-" || Path::new(run).is_file() {
         PathBuf::from(run)
     } else {
         PathBuf::from(".flowc/runs").join(run).join("trace.jsonl")
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = if run == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        text
+    } else {
+        std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+    };
     let mut events = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -354,6 +384,10 @@ pub fn trace_command(run: &str) -> Result<i32, String> {
                 .map_err(|e| format!("{}:{}: not a trace event: {e}", path.display(), i + 1))?,
         );
     }
+    if format == ListFormat::Json {
+        print_json(&serde_json::json!({"version": 1, "events": events}));
+        return Ok(0);
+    }
     let tree = run::trace::render_tree(&events);
     out!("{}", tree.trim_end());
     Ok(0)
@@ -361,7 +395,7 @@ pub fn trace_command(run: &str) -> Result<i32, String> {
 
 /// `flowc test [PATHS…]`: runs every `test` block with its givens in place
 /// of the network.
-pub fn test_command(inputs: Vec<Input>) -> Result<i32, String> {
+pub fn test_command(inputs: Vec<Input>, format: ListFormat) -> Result<i32, String> {
     let c = match compiled(&inputs)? {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -371,28 +405,67 @@ pub fn test_command(inputs: Vec<Input>) -> Result<i32, String> {
     };
     let program = checked.program();
     let (mut passed, mut failed) = (0, 0);
+    let mut results = Vec::new();
     for test in &program.tests {
         let file = &c.sources.get(test.span.file).name;
         if !c.roots.contains(file) {
             continue;
         }
-        let result = run_test(checked, test);
+        let (line, column) = c.sources.get(test.span.file).line_col(test.span.start);
+        let started = std::time::Instant::now();
+        let result = run_test(checked, &c.sources, test);
+        let millis = started.elapsed().as_secs_f64() * 1000.0;
+        if format == ListFormat::Json {
+            results.push(serde_json::json!({
+                "file": file,
+                "line": line,
+                "column": column,
+                "name": test.name,
+                "passed": result.is_ok(),
+                "failures": match &result {
+                    Ok(()) => Vec::new(),
+                    Err(why) => why.split("\n\n").map(str::to_string).collect(),
+                },
+                "millis": millis,
+            }));
+        }
         match result {
             Ok(()) => {
                 passed += 1;
-                out!("test {file}: {:?} ... ok", test.name);
+                if format == ListFormat::Human && !style::quiet() {
+                    out!("test {file}: {:?} ... ok", test.name);
+                }
             }
             Err(why) => {
                 failed += 1;
-                out!(
-                    "test {file}: {:?} ... FAILED\n    {}",
-                    test.name,
-                    why.replace('\n', "\n    ")
-                );
+                if format == ListFormat::Human {
+                    let indented: Vec<String> = why
+                        .lines()
+                        .map(|l| {
+                            if l.is_empty() {
+                                String::new()
+                            } else {
+                                format!("    {l}")
+                            }
+                        })
+                        .collect();
+                    out!(
+                        "test {file}: {:?} ... FAILED\n{}",
+                        test.name,
+                        indented.join("\n")
+                    );
+                }
             }
         }
     }
-    out!("{passed} passed, {failed} failed");
+    match format {
+        ListFormat::Json => print_json(&serde_json::json!({
+            "version": 1,
+            "tests": results,
+            "summary": {"passed": passed, "failed": failed},
+        })),
+        ListFormat::Human => out!("{passed} passed, {failed} failed"),
+    }
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
@@ -410,7 +483,11 @@ impl run::eval::Scope for OutputScope {
     }
 }
 
-fn run_test(checked: &flowc::CheckedProgram, test: &flowc::ir::Test) -> Result<(), String> {
+fn run_test(
+    checked: &flowc::CheckedProgram,
+    sources: &flowc::source::Sources,
+    test: &flowc::ir::Test,
+) -> Result<(), String> {
     let program = checked.program();
     let flow = test.flow.ok_or("the test runs no flow")?;
     let none = OutputScope(Value::Null);
@@ -526,13 +603,12 @@ fn run_test(checked: &flowc::CheckedProgram, test: &flowc::ir::Test) -> Result<(
         for e in &test.expects {
             match run::eval::eval(e, &scope) {
                 Ok(Value::Bool(true)) => {}
-                Ok(_) => problems.push(format!(
-                    "expectation at byte {} is false; output was {}",
-                    e.span.start, out
-                )),
+                Ok(_) => problems.push(crate::cli::expectation::failed(sources, e, &scope, out)),
                 Err(err) => problems.push(format!(
-                    "expectation at byte {} could not be evaluated: {}",
-                    e.span.start, err.0
+                    "{}: expectation could not be evaluated: {}\n  expect {}",
+                    crate::cli::expectation::location(sources, e.span),
+                    err.0,
+                    sources.text(e.span)
                 )),
             }
         }
@@ -555,7 +631,9 @@ fn run_test(checked: &flowc::CheckedProgram, test: &flowc::ir::Test) -> Result<(
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(problems.join("\n"))
+        // A blank line between failures, so a multi-line explanation of one
+        // reads as one block (and `--format json` splits them there).
+        Err(problems.join("\n\n"))
     }
 }
 
@@ -638,8 +716,8 @@ pub fn reject_command(
     finish(reject(run_id, gate, reason, resume, store_path))
 }
 
-pub fn inbox_command(store_path: &Path) -> Result<i32, String> {
-    finish(inbox(store_path))
+pub fn inbox_command(store_path: &Path, format: ListFormat) -> Result<i32, String> {
+    finish(inbox(store_path, format))
 }
 
 pub fn runs_command(
@@ -680,8 +758,8 @@ fn filter(
     })
 }
 
-pub fn show_command(run_id: &str, store_path: &Path) -> Result<i32, String> {
-    finish(show(run_id, store_path))
+pub fn show_command(run_id: &str, store_path: &Path, format: ListFormat) -> Result<i32, String> {
+    finish(show(run_id, store_path, format))
 }
 
 /// `FLOWC_DURABILITY=normal` trades the last commits on a power cut for
@@ -817,8 +895,15 @@ fn approve(
     let g = pending_gate(&store, run_id, gate)?;
     let value = match &edit {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let text = if path.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .map_err(|e| format!("cannot read standard input: {e}"))?;
+                text
+            } else {
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            };
             let value: Value = serde_json::from_str(&text)
                 .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
             let c = match compiled(&[Input::Path(PathBuf::from(&record.file))])? {
@@ -896,13 +981,18 @@ fn age(at: f64) -> String {
 }
 
 /// `flowc inbox`: every gate waiting for a decision, and what it shows.
-fn inbox(store_path: &Path) -> Result<i32, Failure> {
+fn inbox(store_path: &Path, format: ListFormat) -> Result<i32, Failure> {
     let store = open_store(store_path)?;
     let pending: Vec<store::GateRecord> = store
         .gates(None)?
         .into_iter()
         .filter(|g| g.status == "pending")
         .collect();
+    if format == ListFormat::Json {
+        let gates: Vec<Value> = pending.iter().map(gate_json).collect();
+        print_json(&serde_json::json!({"version": 1, "gates": gates}));
+        return Ok(0);
+    }
     if pending.is_empty() {
         out!("no gate is waiting");
     }
@@ -940,6 +1030,41 @@ fn inbox(store_path: &Path) -> Result<i32, Failure> {
     Ok(0)
 }
 
+/// A gate as `--format json` shows it (docs/json-output.md).
+fn gate_json(g: &store::GateRecord) -> Value {
+    serde_json::json!({
+        "run": g.run_id,
+        "key": g.key,
+        "flow": g.flow,
+        "gate": g.gate,
+        "status": g.status,
+        "show": g.show,
+        "value": g.value,
+        "reason": g.reason,
+        "created_at": g.created_at,
+        "timeout_at": g.timeout_at,
+        "on_timeout": g.on_timeout,
+    })
+}
+
+/// A run as `--format json` shows it (docs/json-output.md).
+fn run_json(r: &store::RunRecord) -> Value {
+    serde_json::json!({
+        "id": r.id,
+        "status": r.status,
+        "flow": r.flow,
+        "file": r.file,
+        "input": r.input,
+        "output": r.output,
+        "error": r.error,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "spend": r.spend,
+        "trace": r.trace,
+        "replay": r.replay,
+    })
+}
+
 /// `flowc runs`: every run in the store, newest first.
 fn runs(store_path: &Path, filter: &flowc::stats::Filter, json: bool) -> Result<i32, Failure> {
     let store = open_store(store_path)?;
@@ -972,7 +1097,7 @@ fn runs(store_path: &Path, filter: &flowc::stats::Filter, json: bool) -> Result<
         return Ok(0);
     }
     out!(
-        "{:<18} {:<17} {:<24} {:<10} {:>7}         {}",
+        "{:<36} {:<17} {:<24} {:<10} {:>7}         {}",
         "RUN",
         "STATUS",
         "FLOW",
@@ -982,7 +1107,7 @@ fn runs(store_path: &Path, filter: &flowc::stats::Filter, json: bool) -> Result<
     );
     for r in runs {
         out!(
-            "{:<18} {:<17} {:<24} ${:<9.4} {:>7} tokens  {}",
+            "{:<36} {:<17} {:<24} ${:<9.4} {:>7} tokens  {}",
             r.id,
             r.status,
             r.flow,
@@ -1074,9 +1199,27 @@ fn stats(store_path: &Path, filter: &flowc::stats::Filter, json: bool) -> Result
 }
 
 /// `flowc show RUN`: the state of every step.
-fn show(run_id: &str, store_path: &Path) -> Result<i32, Failure> {
+fn show(run_id: &str, store_path: &Path, format: ListFormat) -> Result<i32, Failure> {
     let store = open_store(store_path)?;
     let r = find_run(&store, run_id)?;
+    if format == ListFormat::Json {
+        let mut steps: Vec<(String, Option<Value>)> = store.steps(run_id)?.into_iter().collect();
+        steps.sort_by(|a, b| a.0.cmp(&b.0));
+        let steps: Vec<Value> = steps
+            .into_iter()
+            .map(|(key, value)| {
+                serde_json::json!({"key": key, "skipped": value.is_none(), "value": value})
+            })
+            .collect();
+        let gates: Vec<Value> = store.gates(Some(run_id))?.iter().map(gate_json).collect();
+        print_json(&serde_json::json!({
+            "version": 1,
+            "run": run_json(&r),
+            "steps": steps,
+            "gates": gates,
+        }));
+        return Ok(0);
+    }
     out!(
         "run {}: {} (flow `{}` in {}), started {}",
         r.id,

@@ -46,7 +46,7 @@
 //! (spans aside) and its comments must be the input's, or the file is
 //! reported instead of formatted.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -162,7 +162,9 @@ pub fn run(paths: Vec<PathBuf>, check: bool) -> Result<i32, String> {
             return Err(format!("{}: no such file or folder", p.display()));
         }
     }
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    // anstream applies NO_COLOR, CLICOLOR_FORCE and the command line's
+    // `--color` (its global choice) the same way for every command.
+    let color = anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never;
     let mut status = 0;
     let mut io_errors = 0;
     for file in files {
@@ -264,44 +266,14 @@ fn report(name: &str, origin: Origin, text: &str, diagnostics: &[Diagnostic], co
     }
 }
 
-/// The first lines that differ, as a short unified-style diff.
+/// A unified diff (as `diff -u` prints it) from the file to its formatted
+/// form, with three lines of context.
 fn diff_snippet(name: &str, old: &str, new: &str) -> String {
-    const CONTEXT: usize = 2;
-    const MAX_LINES: usize = 24;
-    let a: Vec<&str> = old.lines().collect();
-    let b: Vec<&str> = new.lines().collect();
-    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let suffix = a[prefix..]
-        .iter()
-        .rev()
-        .zip(b[prefix..].iter().rev())
-        .take_while(|(x, y)| x == y)
-        .count();
-    let (a_end, b_end) = (a.len() - suffix, b.len() - suffix);
-    let start = prefix.saturating_sub(CONTEXT);
-    let mut out = format!(
-        "--- {name}\n+++ {name} (formatted)\n@@ -{} +{} @@\n",
-        start + 1,
-        start + 1
-    );
-    let mut lines = Vec::new();
-    lines.extend(a[start..prefix].iter().map(|l| format!(" {l}")));
-    lines.extend(a[prefix..a_end].iter().map(|l| format!("-{l}")));
-    lines.extend(b[prefix..b_end].iter().map(|l| format!("+{l}")));
-    lines.extend(
-        a[a_end..(a_end + CONTEXT).min(a.len())]
-            .iter()
-            .map(|l| format!(" {l}")),
-    );
-    let total = lines.len();
-    for l in lines.into_iter().take(MAX_LINES) {
-        out.push_str(&l);
-        out.push('\n');
-    }
-    if total > MAX_LINES {
-        out.push_str(&format!("… {} more lines differ\n", total - MAX_LINES));
-    }
-    out
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(name, &format!("{name} (formatted)"))
+        .to_string()
 }
 
 // ---------------------------------------------------------------- scanning

@@ -1,19 +1,30 @@
 //! The `flowc` command line.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use flowc::code::Code;
 use flowc::{compile, flow_files, render, Input};
 
+mod cli;
 mod execute;
 
 /// flowc: check and run Flow workflows.
 #[derive(Parser)]
 #[command(name = "flowc", version, about, long_about = None)]
 struct Cli {
+    /// Print only results and errors: no summaries, no progress.
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Print more: the files read and how long each command took.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    /// When to colour the output; `auto` follows NO_COLOR, CLICOLOR,
+    /// CLICOLOR_FORCE and whether the output is a terminal.
+    #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
+    color: Color,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,9 +45,6 @@ enum Command {
         /// Treat warnings as errors (`--deny warnings`).
         #[arg(long, value_name = "warnings")]
         deny: Option<Deny>,
-        /// When to colour the output.
-        #[arg(long, value_enum, default_value_t = Color::Auto)]
-        color: Color,
     },
     /// Format .flow files in place in the one canonical layout.
     ///
@@ -47,7 +55,8 @@ enum Command {
         /// Files or folders (searched for *.flow); `-` reads standard input
         /// and writes standard output. Defaults to the current folder.
         paths: Vec<PathBuf>,
-        /// Write nothing; list the files that would change and exit 1 if any.
+        /// Write nothing; list the files that would change, print a unified
+        /// diff of each on stderr, and exit 1 if any.
         #[arg(long)]
         check: bool,
     },
@@ -58,7 +67,8 @@ enum Command {
     /// another process holds the run, 6 the run store failed, 130
     /// interrupted (SIGINT/SIGTERM; resumable).
     Run {
-        /// The .flow file.
+        /// The .flow file; `-` reads standard input (such a run cannot be
+        /// resumed, having no file to read again).
         file: PathBuf,
         /// The flow to run (needed when the file declares several).
         #[arg(long)]
@@ -122,7 +132,8 @@ enum Command {
         run: String,
         /// The gate's name, or its key as `flowc inbox` shows it.
         gate: String,
-        /// A JSON file with the value to continue with instead of the shown one.
+        /// A JSON file with the value to continue with instead of the shown
+        /// one; `-` reads standard input.
         #[arg(long, value_name = "FILE")]
         edit: Option<PathBuf>,
         /// Resume the run right away.
@@ -150,6 +161,9 @@ enum Command {
     },
     /// List the gates waiting for a decision, and what each shows.
     Inbox {
+        /// Output format (JSON schema in docs/json-output.md).
+        #[arg(long, value_enum, default_value_t = ListFormat::Human)]
+        format: ListFormat,
         /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
@@ -192,6 +206,9 @@ enum Command {
     Show {
         /// The run id (`flowc runs` lists them).
         run: String,
+        /// Output format (JSON schema in docs/json-output.md).
+        #[arg(long, value_enum, default_value_t = ListFormat::Human)]
+        format: ListFormat,
         /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
@@ -199,14 +216,21 @@ enum Command {
     /// Run the `test` blocks of .flow files, with their givens in place of
     /// the network.
     Test {
-        /// Files or folders; defaults to the current folder.
+        /// Files or folders; `-` reads standard input. Defaults to the
+        /// current folder.
         paths: Vec<PathBuf>,
+        /// Output format (JSON schema in docs/json-output.md).
+        #[arg(long, value_enum, default_value_t = ListFormat::Human)]
+        format: ListFormat,
     },
     /// Print a run's trace as a tree with timings and cost.
     Trace {
-        /// A run id (from `flowc run`) or a trace file.
-        /// The run id (`flowc runs` lists them).
+        /// A run id (`flowc runs` lists them), a trace file, or `-` for a
+        /// trace on standard input.
         run: String,
+        /// Output format (JSON schema in docs/json-output.md).
+        #[arg(long, value_enum, default_value_t = ListFormat::Human)]
+        format: ListFormat,
     },
     /// Explain a diagnostic code, with a wrong and a right example.
     Explain {
@@ -218,7 +242,7 @@ enum Command {
     },
     /// Print the JSON Schemas of a file's types and tool signatures.
     Schema {
-        /// The .flow file.
+        /// The .flow file; `-` reads standard input.
         file: PathBuf,
     },
     /// Draw a flow's step graph: step kinds, approval gates and effects marked.
@@ -226,7 +250,7 @@ enum Command {
     /// Exit status: 0 when drawn, 1 when the file has errors, 2 on usage or
     /// I/O errors (including a missing or unknown `--flow`).
     Graph {
-        /// The .flow file.
+        /// The .flow file; `-` reads standard input.
         file: PathBuf,
         /// The flow to draw; needed when the file defines several.
         #[arg(long)]
@@ -235,6 +259,27 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
+    /// Start a project: a starter .flow file with a test, a recording to
+    /// run it offline, and a pre-commit configuration.
+    Init {
+        /// The folder to create the files in (created if missing; default
+        /// the current folder). Existing files are never overwritten.
+        dir: Option<PathBuf>,
+    },
+    /// Print a shell completion script, e.g. `flowc completions bash >
+    /// ~/.local/share/bash-completion/completions/flowc`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Output of the listing commands (`runs`, `stats`, `show`, `inbox`,
+/// `trace`, `test`).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    Human,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -245,16 +290,17 @@ enum GraphFormat {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
+    /// Rich diagnostics with source excerpts, on stderr.
     Human,
+    /// `file:line:col: severity[CODE]: message`, one line each, on stdout
+    /// (columns count characters); for editors and `errorformat`.
+    Short,
+    /// GitHub Actions workflow commands (`::error file=…::…`) on stdout.
+    Github,
+    /// One JSON document on stdout (docs/json-output.md).
     Json,
+    /// SARIF 2.1.0 on stdout, for code scanning.
     Sarif,
-}
-
-/// Output of `runs` and `stats`.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ListFormat {
-    Human,
-    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -271,13 +317,24 @@ enum Color {
 
 fn main() {
     let cli = Cli::parse();
+    cli::style::configure(
+        match cli.color {
+            Color::Auto => anstream::ColorChoice::Auto,
+            Color::Always => anstream::ColorChoice::Always,
+            Color::Never => anstream::ColorChoice::Never,
+        },
+        match (cli.quiet, cli.verbose) {
+            (true, _) => cli::style::Verbosity::Quiet,
+            (_, true) => cli::style::Verbosity::Verbose,
+            _ => cli::style::Verbosity::Normal,
+        },
+    );
     let result = match cli.command {
         Command::Check {
             paths,
             format,
             deny,
-            color,
-        } => check(paths, format, deny.is_some(), color),
+        } => check(paths, format, deny.is_some()),
         Command::Explain { code, list } => explain(code, list),
         Command::Fmt { paths, check } => flowc::format::run(paths, check),
         Command::Run {
@@ -326,7 +383,7 @@ fn main() {
             resume,
             store,
         } => execute::reject_command(&run, &gate, &reason, resume, &store),
-        Command::Inbox { store } => execute::inbox_command(&store),
+        Command::Inbox { format, store } => execute::inbox_command(&store, format),
         Command::Runs {
             status,
             flow,
@@ -346,11 +403,18 @@ fn main() {
             format,
             store,
         } => execute::stats_command(&store, flow, since.as_deref(), format == ListFormat::Json),
-        Command::Show { run, store } => execute::show_command(&run, &store),
-        Command::Test { paths } => inputs(paths).and_then(execute::test_command),
-        Command::Trace { run } => execute::trace_command(&run),
+        Command::Show { run, format, store } => execute::show_command(&run, &store, format),
+        Command::Test { paths, format } => {
+            inputs(paths).and_then(|inputs| execute::test_command(inputs, format))
+        }
+        Command::Trace { run, format } => execute::trace_command(&run, format),
         Command::Schema { file } => schema(file),
         Command::Graph { file, flow, format } => graph(file, flow, format),
+        Command::Init { dir } => cli::init::run(dir.unwrap_or_else(|| PathBuf::from("."))),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "flowc", &mut std::io::stdout());
+            Ok(0)
+        }
     };
     let code = match result {
         Ok(code) => code,
@@ -375,14 +439,7 @@ fn inputs(paths: Vec<PathBuf>) -> Result<Vec<Input>, String> {
     let mut out = Vec::new();
     for p in paths {
         if p.as_os_str() == "-" {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .map_err(|e| format!("cannot read standard input: {e}"))?;
-            out.push(Input::Text {
-                name: "<stdin>".into(),
-                bytes,
-            });
+            out.push(stdin_input()?);
         } else if p.is_dir() {
             let files = flow_files(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
             if files.is_empty() {
@@ -398,14 +455,41 @@ fn inputs(paths: Vec<PathBuf>) -> Result<Vec<Input>, String> {
     Ok(out)
 }
 
-fn check(
-    paths: Vec<PathBuf>,
-    format: Format,
-    deny_warnings: bool,
-    color: Color,
-) -> Result<i32, String> {
+/// Standard input as a compiler input named `<stdin>`.
+fn stdin_input() -> Result<Input, String> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read standard input: {e}"))?;
+    Ok(Input::Text {
+        name: "<stdin>".into(),
+        bytes,
+    })
+}
+
+/// One file argument as a compiler input; `-` is standard input.
+fn file_input(file: PathBuf) -> Result<Input, String> {
+    if file.as_os_str() == "-" {
+        stdin_input()
+    } else {
+        Ok(Input::Path(file))
+    }
+}
+
+fn check(paths: Vec<PathBuf>, format: Format, deny_warnings: bool) -> Result<i32, String> {
+    let started = std::time::Instant::now();
     let inputs = inputs(paths)?;
     let mut compilation = compile(&inputs).map_err(|e| e.to_string())?;
+    if cli::style::verbose() {
+        for root in &compilation.roots {
+            eprintln!("checked {root}");
+        }
+        eprintln!(
+            "{} source files read (with `use`d files and the standard library) in {:.1?}",
+            compilation.sources.iter().count(),
+            started.elapsed()
+        );
+    }
     if deny_warnings {
         compilation.problems.deny_warnings();
     }
@@ -429,14 +513,14 @@ fn check(
                 serde_json::to_string_pretty(&doc).unwrap_or_default()
             )
         }
+        Format::Short => problems
+            .iter()
+            .try_for_each(|d| write!(out, "{}", render::short(&compilation.sources, d))),
+        Format::Github => problems
+            .iter()
+            .try_for_each(|d| write!(out, "{}", render::github(&compilation.sources, d))),
         Format::Human => {
-            let use_color = match color {
-                Color::Always => true,
-                Color::Never => false,
-                Color::Auto => {
-                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
-                }
-            };
+            let use_color = cli::style::stderr_color();
             let stderr = std::io::stderr();
             let mut err = stderr.lock();
             for d in &problems {
@@ -446,7 +530,9 @@ fn check(
             let warnings = compilation.problems.warnings.len();
             let files = compilation.roots.len();
             let files = format!("{files} file{}", if files == 1 { "" } else { "s" });
-            if errors + warnings == 0 {
+            if cli::style::quiet() {
+                Ok(())
+            } else if errors + warnings == 0 {
                 writeln!(err, "checked {files}: no problems")
             } else {
                 writeln!(
@@ -503,7 +589,7 @@ fn explain(code: Option<String>, list: bool) -> Result<i32, String> {
 }
 
 fn schema(file: PathBuf) -> Result<i32, String> {
-    let compilation = compile(&[Input::Path(file.clone())]).map_err(|e| e.to_string())?;
+    let compilation = compile(&[file_input(file)?]).map_err(|e| e.to_string())?;
     let Some(checked) = &compilation.program else {
         for d in compilation.problems.sorted() {
             eprint!("{}", render::human(&compilation.sources, d, false));
@@ -547,7 +633,7 @@ fn schema(file: PathBuf) -> Result<i32, String> {
 }
 
 fn graph(file: PathBuf, flow: Option<String>, format: GraphFormat) -> Result<i32, String> {
-    let compilation = compile(&[Input::Path(file)]).map_err(|e| e.to_string())?;
+    let compilation = compile(&[file_input(file)?]).map_err(|e| e.to_string())?;
     let Some(checked) = &compilation.program else {
         for d in compilation.problems.sorted() {
             eprint!("{}", render::human(&compilation.sources, d, false));

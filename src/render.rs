@@ -1,5 +1,6 @@
 //! The one place diagnostics become text: rich terminal output (miette),
-//! JSON for tools, and SARIF 2.1.0 for code scanning.
+//! one-line `short` and GitHub Actions annotations for editors and CI, JSON
+//! for tools, and SARIF 2.1.0 for code scanning.
 
 use std::fmt;
 use std::sync::Arc;
@@ -191,6 +192,65 @@ pub fn plain(sources: &Sources, d: &Diagnostic) -> String {
         "{}:{line}:{col}: {severity}[{}]: {}\n",
         file.name, d.code, d.message
     )
+}
+
+/// `--format short`: `file:line:col: severity[CODE]: message`, exactly one
+/// line per diagnostic (newlines in the message become spaces), columns
+/// counting characters. Vim's `errorformat` and most problem matchers read it.
+pub fn short(sources: &Sources, d: &Diagnostic) -> String {
+    let file = sources.get(d.span.file);
+    let (line, col) = file.line_col(d.span.start);
+    format!(
+        "{}:{line}:{col}: {}[{}]: {}\n",
+        file.name,
+        severity_name(d.severity),
+        d.code,
+        one_line(&d.message)
+    )
+}
+
+/// `--format github`: one GitHub Actions workflow command per diagnostic,
+/// which the Actions runner turns into an annotation on the file and line.
+pub fn github(sources: &Sources, d: &Diagnostic) -> String {
+    let file = sources.get(d.span.file);
+    let (line, col) = file.line_col(d.span.start);
+    let (end_line, end_col) = file.line_col(d.span.end);
+    let command = match d.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    };
+    let mut message = d.message.clone();
+    if !d.label.is_empty() {
+        message.push_str(&format!("\n{}", d.label));
+    }
+    if let Some(h) = &d.help {
+        message.push_str(&format!("\nhelp: {h}"));
+    }
+    format!(
+        "::{command} file={},line={line},col={col},endLine={end_line},endColumn={end_col},title={}::{}\n",
+        escape_property(&file.name),
+        escape_property(&format!("{} {}", d.code, d.code.slug())),
+        escape_data(&message)
+    )
+}
+
+fn one_line(text: &str) -> String {
+    text.split(['\n', '\r'])
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Escapes a workflow command's message (as the Actions toolkit does).
+fn escape_data(text: &str) -> String {
+    text.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// Escapes a workflow command's property value.
+fn escape_property(text: &str) -> String {
+    escape_data(text).replace(':', "%3A").replace(',', "%2C")
 }
 
 fn position(sources: &Sources, span: Span) -> Value {

@@ -73,7 +73,12 @@ need_otlp_receiver() {
   "$venv/bin/pip" install -q --disable-pip-version-check 'opentelemetry-proto>=1.20,<2'
 }
 
+# `patch` applies `flowc fmt --check`'s diff (tests/authoring.rs); Neovim
+# runs headless against `flowc lsp` (tests/editors/run.sh).
+need_patch_neovim() { apt_install patch neovim; }
+
 need_graphviz_vim
+need_patch_neovim
 need_mcp_everything
 need_prism_github
 need_otlp_receiver

@@ -1568,8 +1568,122 @@ fn check_given(cx: &mut Lowerer<'_, '_>, outcome: &GivenOutcome, want: &Ty, what
     if let GivenOutcome::Returns(e) = outcome {
         if !cx.program.types.assignable(&e.ty, want) {
             let help = format!("a given result must have the {what}'s declared result type");
-            mismatch(cx, e.span, want, &e.ty, &help);
+            // Name the field that differs, so a large literal's mismatch
+            // points at the one line to fix.
+            match given_field_mismatch(&cx.program.types, e, want, String::new()) {
+                Some(FieldMismatch::Missing { span, path }) => {
+                    let d = Diagnostic::new(
+                        Code::TypeMismatch,
+                        span,
+                        format!(
+                            "field `{path}` is missing; `{}` requires it",
+                            cx.program.types.display(want)
+                        ),
+                    )
+                    .label(format!("no `{path}` here"))
+                    .help(help);
+                    cx.report(d);
+                }
+                Some(FieldMismatch::Wrong {
+                    span,
+                    path,
+                    want,
+                    found,
+                }) => {
+                    let types = &cx.program.types;
+                    let d = Diagnostic::new(
+                        Code::TypeMismatch,
+                        span,
+                        format!(
+                            "field `{path}`: expected `{}`, found `{}`",
+                            types.display(&want),
+                            types.display(&found)
+                        ),
+                    )
+                    .label(format!("`{path}` is `{}`", types.display(&found)))
+                    .help(help);
+                    cx.report(d);
+                }
+                None => mismatch(cx, e.span, want, &e.ty, &help),
+            }
         }
+    }
+}
+
+/// Where a given literal departs from the type it must have.
+enum FieldMismatch {
+    Missing {
+        span: Span,
+        path: String,
+    },
+    Wrong {
+        span: Span,
+        path: String,
+        want: Ty,
+        found: Ty,
+    },
+}
+
+/// The innermost field of an object (or list) literal whose value does not
+/// fit the wanted type, with its dotted path; `None` when the literal is not
+/// an object or list, or the mismatch is the value as a whole.
+fn given_field_mismatch(
+    types: &crate::types::TypeTable,
+    e: &Expr,
+    want: &Ty,
+    path: String,
+) -> Option<FieldMismatch> {
+    let join = |name: &str| {
+        if path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    match (&e.kind, types.resolve(want)) {
+        (ExprKind::Object(fields), Ty::Record(wanted)) => {
+            for w in wanted.iter().filter(|w| !w.optional) {
+                if !fields.iter().any(|(name, _)| *name == w.name) {
+                    return Some(FieldMismatch::Missing {
+                        span: e.span,
+                        path: join(&w.name),
+                    });
+                }
+            }
+            for (name, value) in fields {
+                let Some(w) = wanted.iter().find(|w| w.name == *name) else {
+                    continue;
+                };
+                if !types.assignable(&value.ty, &w.ty) {
+                    return given_field_mismatch(types, value, &w.ty, join(name)).or(Some(
+                        FieldMismatch::Wrong {
+                            span: value.span,
+                            path: join(name),
+                            want: w.ty.clone(),
+                            found: value.ty.clone(),
+                        },
+                    ));
+                }
+            }
+            None
+        }
+        (ExprKind::List(items), Ty::List(element, _)) => {
+            for (i, item) in items.iter().enumerate() {
+                if !types.assignable(&item.ty, element) {
+                    let at = format!("{path}[{i}]");
+                    return given_field_mismatch(types, item, element, at.clone()).or(Some(
+                        FieldMismatch::Wrong {
+                            span: item.span,
+                            path: at,
+                            want: (**element).clone(),
+                            found: item.ty.clone(),
+                        },
+                    ));
+                }
+            }
+            None
+        }
+        _ => None,
     }
 }
 

@@ -162,12 +162,11 @@ pub struct Report {
     pub export: Option<otel::ExportSummary>,
 }
 
-/// A new run id: time-ordered and unique enough for one machine.
+/// A new run id: a UUIDv7 (48 bits of milliseconds, then 74 random bits),
+/// so ids sort by start time and two runs started in the same millisecond,
+/// on one machine or many, collide with negligible probability.
 pub fn new_run_id() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format!("r{secs:x}{:04x}", fastrand::u16(..))
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// Runs flow `flow` of a checked program with `input` (an object of

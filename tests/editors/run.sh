@@ -59,7 +59,7 @@ strip_ansi() { sed 's/\x1b\[[0-9;]*m//g'; }
 section "installing what is missing"
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  echo "node and npm are needed (Debian: apt-get install -y nodejs npm)"
+  echo "node and npm are needed: run \`bash tests/setup.sh\` (Debian: apt-get install -y nodejs npm)"
   exit 2
 fi
 (cd editors/vscode && npm ci --no-audit --no-fund --loglevel=error)
@@ -223,7 +223,8 @@ section "Vim"
 
 if command -v vim >/dev/null; then
   vim_out="$work/vim.out"
-  FLOW_REPO="$repo" FLOW_VIM_OUT="$vim_out" \
+  # flowc on PATH for the compiler plugin's `:make`.
+  PATH="$(dirname "$flowc"):$PATH" FLOW_REPO="$repo" FLOW_VIM_OUT="$vim_out" \
     vim -Nu NONE -i NONE -es -S tests/editors/vim/test.vim </dev/null >/dev/null 2>&1 || true
   if [[ -s "$vim_out" ]]; then
     tally "vim" cat "$vim_out"
@@ -231,7 +232,7 @@ if command -v vim >/dev/null; then
     fail "vim: the test script produced no result"
   fi
 else
-  skip "vim: vim is not installed (apt-get install -y vim)"
+  fail "vim: vim is not installed; run \`bash tests/setup.sh\`"
 fi
 
 # ------------------------------------------------------------------ pre-commit

@@ -17,8 +17,7 @@ let b:match_words = '"""\s*$:^\s*"""'
 let b:undo_ftplugin = 'setlocal commentstring< comments< formatoptions< expandtab<'
       \ . ' shiftwidth< softtabstop< suffixesadd< | unlet! b:match_words'
 
-" `:make` runs the checker on the current file.
-if executable('flowc')
-  setlocal makeprg=flowc\ check\ %
-  let b:undo_ftplugin .= ' | setlocal makeprg<'
-endif
+" `:make` checks the current file; diagnostics go to the quickfix list
+" (compiler/flowc.vim).
+compiler flowc
+let b:undo_ftplugin .= ' | setlocal makeprg< errorformat<'

@@ -5,11 +5,12 @@
 #   * a broken .flow file fails, and the output shows flowc's diagnostic;
 #   * files that are not .flow are not given to flowc.
 #
-# The hook under test is `flowc-check-system` (runs the flowc on PATH), fed
-# with the binary from $FLOWC (default: target/release/flowc, else
-# target/debug/flowc). With FLOWC_PRECOMMIT_RUST=1 the `flowc-check` hook
-# (language: rust, which makes pre-commit `cargo install` this repository,
-# a release build of several minutes) is tested too.
+# The hook under test is `flowc-check`, listed first (language: system: runs
+# the flowc on PATH), fed with the binary from $FLOWC (default:
+# target/release/flowc, else target/debug/flowc). With FLOWC_PRECOMMIT_RUST=1
+# the `flowc-check-from-source` hook (language: rust, which makes pre-commit
+# `cargo install` this repository, a release build of several minutes) is
+# tested too.
 #
 # Prints "ok - NAME" / "FAIL - NAME" lines; exits 1 if any check failed.
 set -euo pipefail
@@ -48,7 +49,7 @@ ln -s "$(cd "$(dirname "$flowc")" && pwd)/$(basename "$flowc")" "$work/bin/flowc
 export PATH="$work/bin:$PATH"
 
 # A hooks repository holding the work tree's .pre-commit-hooks.yaml, committed
-# or not (`flowc-check-system` needs nothing else from this repository).
+# or not (`flowc-check` needs nothing else from this repository).
 mkdir -p "$work/hooks"
 git -C "$work/hooks" init -q
 cp "$repo/.pre-commit-hooks.yaml" "$work/hooks/"
@@ -111,7 +112,13 @@ test_hook() { # hooks repo, hook id
     bash -c "[[ $(status) == 0 ]] && grep -q 'no files to check' '$work/out'"
 }
 
-test_hook "$work/hooks" flowc-check-system
+# The hook listed first is the one that needs nothing built.
+first_hook=$(grep -m1 '^- id:' "$repo/.pre-commit-hooks.yaml" | sed 's/^- id: *//')
+first_language=$(awk '/^- id:/{n++} n==1 && /^  language:/{print $2; exit}' "$repo/.pre-commit-hooks.yaml")
+check "pre-commit: the first hook ($first_hook) runs the flowc on PATH" \
+  bash -c "[[ '$first_hook' == flowc-check && '$first_language' == system ]]"
+
+test_hook "$work/hooks" flowc-check
 
 # The same hook through a regular .pre-commit-config.yaml and `git commit`.
 new_repo
@@ -146,7 +153,7 @@ if [[ "${FLOWC_PRECOMMIT_RUST:-0}" == 1 ]]; then
   git clone -q --no-hardlinks "$repo" "$work/rust-hooks"
   cp "$repo/.pre-commit-hooks.yaml" "$work/rust-hooks/"
   git -C "$work/rust-hooks" commit -q -am "work tree hooks" >/dev/null 2>&1 || true
-  test_hook "$work/rust-hooks" flowc-check
+  test_hook "$work/rust-hooks" flowc-check-from-source
 fi
 
 exit "$failed"

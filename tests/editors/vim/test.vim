@@ -87,5 +87,41 @@ let s:got = getline(1, '$')
 call s:Result(s:got ==# s:want, 'vim: indent from scratch', string(s:got))
 set nomodified
 
+" `:make` with the compiler plugin: a failing check becomes one quickfix
+" entry per diagnostic, at the right line and (character) column.
+if executable('flowc')
+  let s:dir = tempname()
+  call mkdir(s:dir, 'p')
+  execute 'cd ' . fnameescape(s:dir)
+  call writefile([
+        \ 'type Ticket { id: string, title: string }',
+        \ 'flow triage(t: Ticket) -> string {',
+        \ '  budget { tokens 1k, cost $0.01, steps 5, wall 1m }',
+        \ '  let label = { note: "ünï «»", title: t.titel }',
+        \ '  return missing',
+        \ '}',
+        \ ], s:dir . '/broken.flow')
+  execute 'edit! ' . fnameescape(s:dir . '/broken.flow')
+  call s:Result(&makeprg =~# 'format short' && get(b:, 'current_compiler', '') ==# 'flowc',
+        \ 'vim: ftplugin sets the flowc compiler', 'makeprg=' . &makeprg)
+  silent make!
+  let s:qf = getqflist()
+  let s:got = map(copy(s:qf), 'printf("%s:%d:%d:%s:%s", fnamemodify(bufname(v:val.bufnr), ":t"), v:val.lnum, v:val.col, v:val.type, v:val.text)')
+  let s:want = [
+        \ 'broken.flow:4:42:e:[T002]: `Ticket` has no field `titel`',
+        \ 'broken.flow:5:10:e:[N001]: there is no step or parameter named `missing`',
+        \ ]
+  call s:Result(s:got ==# s:want, 'vim: :make fills the quickfix list from flowc check', string(s:got))
+  call s:Result(len(s:qf) == 2 && s:qf[0].vcol == 1 && s:qf[0].valid,
+        \ 'vim: quickfix columns are character columns', string(s:qf))
+  " A clean file leaves the list empty.
+  call writefile(['flow ok(q: string) -> string {', '  budget { tokens 1k, cost $0.01, steps 5, wall 1m }', '  return q', '}'], s:dir . '/clean.flow')
+  execute 'edit! ' . fnameescape(s:dir . '/clean.flow')
+  silent make!
+  call s:Result(empty(filter(getqflist(), 'v:val.valid')), 'vim: :make on a clean file gives no entries', string(getqflist()))
+else
+  call s:Result(0, 'vim: :make with the flowc compiler', 'flowc is not on PATH (tests/editors/run.sh puts it there)')
+endif
+
 call writefile(s:out, $FLOW_VIM_OUT)
 qall!
