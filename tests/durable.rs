@@ -262,13 +262,13 @@ impl Out {
         })
     }
 
-    /// The run id from the summary line (`run r… waiting in 0.1s: …`).
+    /// The run id (a UUIDv7) from the summary line (`run 01a2…-… waiting in 0.1s: …`).
     fn run_id(&self) -> String {
         self.stderr
             .lines()
             .filter_map(|l| l.strip_prefix("run "))
             .filter_map(|l| l.split_whitespace().next())
-            .find(|w| w.starts_with('r'))
+            .find(|w| is_run_id(w))
             .unwrap_or_else(|| panic!("no run id in:\n{}", self.stderr))
             .to_string()
     }
@@ -410,8 +410,15 @@ fn newest_run(lab: &Lab) -> Option<String> {
         .lines()
         .nth(1)
         .and_then(|l| l.split_whitespace().next())
-        .filter(|w| w.starts_with('r'))
+        .filter(|w| is_run_id(w))
         .map(str::to_string)
+}
+
+/// A run id: a UUID (8-4-4-4-12 hex digits).
+fn is_run_id(w: &str) -> bool {
+    w.len() == 36
+        && w.split('-').map(str::len).eq([8, 4, 4, 4, 12])
+        && w.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
 }
 
 /// Which step instance a request belongs to, by its store key prefix.

@@ -1641,7 +1641,7 @@ fn given_field_mismatch(
         }
     };
     match (&e.kind, types.resolve(want)) {
-        (ExprKind::Object(fields), Ty::Record(wanted)) => {
+        (ExprKind::Object(fields), Ty::Record(wanted, _)) => {
             for w in wanted.iter().filter(|w| !w.optional) {
                 if !fields.iter().any(|(name, _)| *name == w.name) {
                     return Some(FieldMismatch::Missing {
