@@ -24,7 +24,7 @@ type Summary {
 model writer = openai("gpt-4o-mini") { temperature: 0.2, max_tokens: 400 }
 
 flow summarize(text: string) -> Summary {
-  budget { tokens 5k, cost $0.05 }
+  budget { tokens 5k, cost $0.05, steps 5, wall 2m }
   let summary = llm writer -> Summary {
     prompt "Summarise in a short title and at most five points:\n{text}"
   }
