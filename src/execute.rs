@@ -253,7 +253,7 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
-    let report = report?;
+    let report = report.map_err(|e| e.to_string())?;
     match &report.outcome {
         Outcome::Completed(v) => {
             out!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
@@ -553,7 +553,8 @@ fn run_test(
         ..RunOptions::default()
     };
     let flow_name = &program.flows[flow.index()].name;
-    let report = run::run(checked, flow_name, &Value::Object(input), options)?;
+    let report =
+        run::run(checked, flow_name, &Value::Object(input), options).map_err(|e| e.to_string())?;
     let mut problems = Vec::new();
     if let Some(text) = &test.expect_failure {
         match &report.outcome {

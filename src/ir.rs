@@ -274,7 +274,7 @@ pub enum Fallback {
     Call(CallTarget, Vec<(String, Expr)>, Span),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CallTarget {
     Tool(ToolId),
     Agent(AgentId),

@@ -4,7 +4,8 @@
 //! The pipeline, one module per stage (see ARCHITECTURE.md):
 //! `loader` (reads files, resolves `use`) → `parser` (text → `ast`) →
 //! `lower` (names and types → `ir::Program`, a typed graph per flow) →
-//! `check` (graph passes → `CheckedProgram`). [`compile`] chains them.
+//! `check` (graph passes → `CheckedProgram`, sealed into an `exec::Program`
+//! the runtime runs). [`compile`] chains them.
 
 pub mod ast;
 pub mod check;
@@ -12,6 +13,7 @@ pub mod code;
 mod compile;
 pub mod diagnostic;
 pub mod diagram;
+pub mod exec;
 pub mod format;
 pub mod ir;
 pub mod loader;

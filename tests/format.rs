@@ -662,7 +662,7 @@ tool publish(path: string, page?: int, note: string) -> string {
 }
 
 tool notify(text: string len 1..500) -> { sent: bool } {
-  builtin "notify.send"
+  builtin "fs.write"
   effect irreversible
   writes inbox
   timeout 5s

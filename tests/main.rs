@@ -22,5 +22,6 @@ mod robustness;
 mod run_faults;
 mod runtime;
 mod stats;
+mod tidy;
 mod tools;
 mod validate;

@@ -1,4 +1,4 @@
-//! `flowc::run::model::complete` against a real HTTP server on 127.0.0.1
+//! `flowc::run::providers::complete` against a real HTTP server on 127.0.0.1
 //! speaking the OpenAI-compatible and Anthropic APIs (tests/support).
 
 use crate::support;
@@ -6,9 +6,9 @@ use crate::support;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use flowc::ir::Protocol;
+use flowc::exec::Protocol;
 use flowc::run::error::{CallError, ErrorClass};
-use flowc::run::model::{
+use flowc::run::providers::{
     complete, ChatRequest, ChatResponse, Endpoint, Message, Secret, ToolCall, ToolSpec, Usage,
 };
 use serde_json::{json, Value};

@@ -226,7 +226,7 @@ fn a_tool_server_error_after_the_last_retry_fails_naming_step_attempts_and_class
     assert_eq!(error.flow, "find");
     assert!(error.step.contains("found"), "{error:?}");
     assert_eq!(error.attempts, 3);
-    assert_eq!(error.class, Some("server_error"));
+    assert_eq!(error.class.name(), Some("server_error"));
     let text = error.to_string();
     for part in ["found", "after 3 attempts", "server_error", "flaky"] {
         assert!(text.contains(part), "{part:?} not in {text:?}");
@@ -275,7 +275,7 @@ fn a_hung_tool_fails_with_class_timeout_when_timeout_is_not_retried() {
     server.always("GET /tools/slow", Reply::hang());
     let (report, elapsed) = run_with(&program, "wait", json!({"q": "x"}), options(&server));
     let error = failed(&report);
-    assert_eq!(error.class, Some("timeout"), "{error}");
+    assert_eq!(error.class.name(), Some("timeout"), "{error}");
     assert_eq!(error.attempts, 1);
     assert!(error.step.contains("got"), "{error:?}");
     assert_eq!(server.hits("/tools/slow"), 1);
@@ -328,7 +328,7 @@ flow ask(q: string) -> Answer {
     server.always(CHAT, Reply::hang());
     let (report, elapsed) = run_with(&program, "ask", json!({"q": "x"}), options(&server));
     let error = failed(&report);
-    assert_eq!(error.class, Some("timeout"), "{error}");
+    assert_eq!(error.class.name(), Some("timeout"), "{error}");
     assert_eq!(error.attempts, 1);
     assert_eq!(server.hits(CHAT), 1);
     assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
@@ -462,7 +462,7 @@ fn invalid_output_after_the_last_retry_fails_with_class_invalid() {
     server.script(CHAT, Reply::chat_json(json!({"title": "x"})).times(3));
     let (report, _) = run_with(&program, "ask", json!({"q": "x"}), options(&server));
     let error = failed(&report);
-    assert_eq!(error.class, Some("invalid"));
+    assert_eq!(error.class.name(), Some("invalid"));
     assert_eq!(error.attempts, 3);
     assert_eq!(server.hits(CHAT), 3);
 }
@@ -606,7 +606,7 @@ fn an_agent_repeating_the_same_call_is_stopped_by_max_repeat() {
         options(&server),
     );
     let error = failed(&report);
-    assert_eq!(error.class, Some("max_repeat"), "{error}");
+    assert_eq!(error.class.name(), Some("max_repeat"), "{error}");
     let text = error.to_string();
     assert!(text.contains("3 times in a row"), "{text}");
     assert!(text.contains("lookup"), "{text}");
@@ -634,7 +634,7 @@ fn an_agent_that_never_finishes_fails_at_max_steps() {
         options(&server),
     );
     let error = failed(&report);
-    assert_eq!(error.class, Some("max_steps"), "{error}");
+    assert_eq!(error.class.name(), Some("max_steps"), "{error}");
     assert!(error.to_string().contains("3 steps"), "{error}");
     assert_eq!(server.hits(CHAT), 3);
     assert_eq!(server.hits("/tools/lookup"), 3);
@@ -663,7 +663,7 @@ fn an_agent_timeout_bounds_the_whole_loop() {
         options(&server),
     );
     let error = failed(&report);
-    assert_eq!(error.class, Some("timeout"), "{error}");
+    assert_eq!(error.class.name(), Some("timeout"), "{error}");
     assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
     assert!(server.hits(CHAT) < 5, "{} turns", server.hits(CHAT));
 }
@@ -984,7 +984,7 @@ flow leak(q: string) -> Hit {
     opts.trace_path = Some(dir.join("refused.jsonl"));
     let (report, _) = run_with(&program, "leak", json!({"q": "x"}), opts);
     let error = failed(&report);
-    assert_eq!(error.class, Some("client"), "{error}");
+    assert_eq!(error.class.name(), Some("client"), "{error}");
     let trace = std::fs::read_to_string(dir.join("refused.jsonl")).unwrap();
     assert!(trace.contains("Incorrect API key"), "{trace}");
     assert!(!trace.contains(KEY), "{trace}");
@@ -1117,7 +1117,7 @@ flow find(q: string) -> Hit {
     opts.breaker = 3;
     let (report, _) = run_with(&program, "find", json!({"q": "x"}), opts);
     let error = failed(&report);
-    assert_eq!(error.class, Some("circuit_breaker"), "{error}");
+    assert_eq!(error.class.name(), Some("circuit_breaker"), "{error}");
     assert!(error.to_string().contains("circuit breaker"), "{error}");
     assert_eq!(server.hits("/tools/broken"), 3, "the breaker opened at 3");
 }

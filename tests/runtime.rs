@@ -210,5 +210,5 @@ flow f(xs: [string] len ..2) -> [string] len ..2 {{
     )
     .err()
     .expect("refused");
-    assert!(err.contains("does not fit"), "{err}");
+    assert!(err.to_string().contains("does not fit"), "{err}");
 }

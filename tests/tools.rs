@@ -17,9 +17,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
 
-use flowc::ir::Tool;
+use flowc::exec::Tool;
 use flowc::run::error::ErrorClass;
-use flowc::run::tool::{idempotency_key, invoke, ToolContext};
+use flowc::run::tools::{idempotency_key, invoke, ToolContext};
 use flowc::{compile, Compilation, Input};
 
 const TOKEN: &str = "sk-live-4f9a8b7c6d5e";
@@ -46,7 +46,7 @@ impl Program {
     }
 
     fn tool(&self, name: &str) -> &Tool {
-        let program = self.0.program.as_ref().unwrap().program();
+        let program = self.0.program.as_ref().unwrap().sealed();
         program
             .tools
             .iter()
@@ -998,7 +998,7 @@ async fn builtin_parse_json() {
 }
 
 #[tokio::test]
-async fn unknown_builtin_fails() {
+async fn unknown_builtin_is_a_check_error_not_a_run_time_failure() {
     let src = r#"
 tool mystery() -> json {
   builtin "no.such.thing"
@@ -1006,9 +1006,12 @@ tool mystery() -> json {
   timeout 1s
 }
 "#;
-    let p = Program::new(src);
-    let tool = p.tool("mystery");
-    let e = call(tool, json!({}), &env(&[]), None, T).await.unwrap_err();
-    assert_eq!(e.class, ErrorClass::Failed);
-    assert!(e.message.contains("no.such.thing"), "{}", e.message);
+    let c = compile(&[Input::Text {
+        name: "tools_test.flow".into(),
+        bytes: src.as_bytes().to_vec(),
+    }])
+    .unwrap();
+    assert!(c.program.is_none(), "an unknown builtin must not check");
+    let text = format!("{:?}", c.problems);
+    assert!(text.contains("unknown builtin `no.such.thing`"), "{text}");
 }

@@ -13,6 +13,7 @@ mod limits;
 mod reach;
 mod resources;
 mod retries;
+mod seal;
 mod secrets;
 mod taint;
 
@@ -20,15 +21,25 @@ use crate::diagnostic::{Diagnostic, Problems};
 use crate::ir::{CallTarget, Flow, FlowId, Program, StepKind};
 use crate::source::Sources;
 
-/// A program that passed every check. It can only be built by [`check`].
+pub use seal::{DEFAULT_AGENT_TURN_TIMEOUT, DEFAULT_LLM_TIMEOUT};
+
+/// A program that passed every check. It can only be built by [`check`]:
+/// the checked IR (for `graph`, `schema`, tests) and the sealed program the
+/// runtime runs.
 #[derive(Debug)]
 pub struct CheckedProgram {
     program: Program,
+    sealed: crate::exec::Program,
 }
 
 impl CheckedProgram {
     pub fn program(&self) -> &Program {
         &self.program
+    }
+
+    /// The executable form: what `run` takes.
+    pub fn sealed(&self) -> &crate::exec::Program {
+        &self.sealed
     }
 }
 
@@ -77,9 +88,14 @@ pub fn check(
             .filter(|d| !sources.get(d.span.file).is_std()),
     );
     if problems.has_errors() {
-        None
-    } else {
-        Some(CheckedProgram { program })
+        return None;
+    }
+    match seal::seal(&program) {
+        Ok(sealed) => Some(CheckedProgram { program, sealed }),
+        Err(d) => {
+            problems.extend([d]);
+            None
+        }
     }
 }
 

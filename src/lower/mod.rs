@@ -715,8 +715,12 @@ impl<'w, 'p> Lowerer<'w, 'p> {
             Some("anthropic") => Protocol::Anthropic,
             Some(other) => {
                 let span = decl.protocol.as_ref().map_or(decl.span, |p| p.span);
+                let label = match did_you_mean(other, ["openai", "anthropic"]) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "not a protocol flowc speaks".to_string(),
+                };
                 let d = Diagnostic::new(Code::InvalidDeclaration, span, format!("unknown protocol `{other}`"))
-                    .label("not a protocol flowc speaks")
+                    .label(label)
                     .help("the protocols are `openai` (chat completions, also local servers and gateways) and `anthropic` (messages)");
                 self.report(d);
                 Protocol::OpenAi
@@ -903,6 +907,9 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                     set_kind(self, ToolKind::Exec { argv });
                 }
                 ToolClauseKind::Builtin(name) => {
+                    if crate::exec::Builtin::from_name(name).is_none() {
+                        self.unknown_builtin(clause.span, name);
+                    }
                     set_kind(self, ToolKind::Builtin { name: name.clone() })
                 }
                 ToolClauseKind::Header { name, value } => {
@@ -1103,6 +1110,26 @@ impl<'w, 'p> Lowerer<'w, 'p> {
             }
             None => HttpBody::None,
         };
+    }
+
+    /// A `builtin "…"` the runtime does not implement.
+    fn unknown_builtin(&mut self, span: Span, name: &str) {
+        let names = crate::exec::Builtin::ALL.map(|b| b.as_str());
+        let label = match did_you_mean(name, names) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => "not a builtin flowc has".to_string(),
+        };
+        let d = Diagnostic::new(
+            Code::InvalidDeclaration,
+            span,
+            format!("unknown builtin `{name}`"),
+        )
+        .label(label)
+        .help(format!(
+            "the builtins are {}",
+            names.map(|n| format!("`{n}`")).join(", ")
+        ));
+        self.report(d);
     }
 
     pub(crate) fn repeated(&mut self, span: Span, clause: &str) {

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::ir::Budget;
+use crate::exec::Budget;
 
 /// An amount of everything a budget limits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
@@ -205,8 +205,8 @@ impl Ledger {
     /// Time left on the wall clock, if the budget limits it.
     pub fn wall_left(&self) -> Option<Duration> {
         self.limits
-            .wall_seconds
-            .map(|w| Duration::from_secs_f64(w).saturating_sub(self.started.elapsed()))
+            .wall
+            .map(|w| w.saturating_sub(self.started.elapsed()))
     }
 
     fn fits(&self, committed: &Spend, amount: &Spend) -> Result<(), Exhausted> {
@@ -260,7 +260,7 @@ impl Ledger {
         }
         if let Some(left) = self.wall_left() {
             if left.is_zero() {
-                let wall = l.wall_seconds.unwrap_or(0.0);
+                let wall = l.wall.map(|w| w.as_secs_f64()).unwrap_or_default();
                 return Err(over(
                     "wall",
                     format!("{wall}s"),

@@ -4,51 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
-/// What kind of failure happened; the names match `retry … on …` classes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorClass {
-    /// HTTP 429 or a provider's rate-limit error.
-    RateLimit,
-    /// The call did not finish within its timeout.
-    Timeout,
-    /// HTTP 5xx.
-    ServerError,
-    /// The connection could not be made or broke.
-    Connection,
-    /// The reply did not parse or did not match its type.
-    Invalid,
-    /// The request was refused as malformed or unauthorised (HTTP 4xx other
-    /// than 429): retrying cannot help.
-    Client,
-    /// A local program failed (non-zero exit) or a builtin failed.
-    Failed,
-}
+use super::budget::Exhausted;
 
-impl ErrorClass {
-    /// The name used in `retry … on` clauses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorClass::RateLimit => "rate_limit",
-            ErrorClass::Timeout => "timeout",
-            ErrorClass::ServerError => "server_error",
-            ErrorClass::Connection => "connection",
-            ErrorClass::Invalid => "invalid",
-            ErrorClass::Client => "client",
-            ErrorClass::Failed => "failed",
-        }
-    }
-
-    /// Classifies an HTTP status that is not a success.
-    pub fn from_status(status: u16) -> ErrorClass {
-        match status {
-            429 => ErrorClass::RateLimit,
-            408 => ErrorClass::Timeout,
-            500..=599 => ErrorClass::ServerError,
-            _ => ErrorClass::Client,
-        }
-    }
-}
+pub use crate::exec::ErrorClass;
 
 /// One failed attempt of a model or tool call.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,3 +38,139 @@ impl fmt::Display for CallError {
 }
 
 impl std::error::Error for CallError {}
+
+/// Why a run stopped early.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    Failed(RunError),
+    Exhausted(Exhausted),
+}
+
+/// Why a step failed: a call's class (the names `retry … on` uses), or
+/// what else stopped it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    /// A tool, model or agent call failed in this way.
+    Call(ErrorClass),
+    /// Too many consecutive failed calls: the run stops, and no fallback or
+    /// agent may absorb it.
+    CircuitBreaker,
+    /// An agent used all of its `max_steps` turns.
+    MaxSteps,
+    /// An agent called one tool with the same arguments too often in a row.
+    MaxRepeat,
+    /// A template (an idempotency key, instructions, a prompt) did not
+    /// render: a value it reads is missing or has the wrong shape.
+    Template,
+    /// An expression had no value of its declared shape at run time.
+    Value,
+    /// A `check` did not hold.
+    Check,
+    /// An approval gate's decision could not be used.
+    Gate,
+    /// The run store failed.
+    Store,
+}
+
+impl FailureClass {
+    /// The class as error messages and the JSON report show it; `None` for
+    /// failures that are not a call's.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            FailureClass::Call(c) => Some(c.as_str()),
+            FailureClass::CircuitBreaker => Some("circuit_breaker"),
+            FailureClass::MaxSteps => Some("max_steps"),
+            FailureClass::MaxRepeat => Some("max_repeat"),
+            FailureClass::Template => Some("template"),
+            FailureClass::Value
+            | FailureClass::Check
+            | FailureClass::Gate
+            | FailureClass::Store => None,
+        }
+    }
+}
+
+impl From<ErrorClass> for FailureClass {
+    fn from(c: ErrorClass) -> FailureClass {
+        FailureClass::Call(c)
+    }
+}
+
+impl serde::Serialize for FailureClass {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.name().serialize(s)
+    }
+}
+
+/// A structured failure: which step, which attempt, what happened.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunError {
+    pub flow: String,
+    pub step: String,
+    pub attempts: u32,
+    pub class: FailureClass,
+    pub message: String,
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step {} of flow `{}` failed", self.step, self.flow)?;
+        if self.attempts > 1 {
+            write!(f, " after {} attempts", self.attempts)?;
+        }
+        if let Some(c) = self.class.name() {
+            write!(f, " ({c})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for RunError {}
+
+impl RunError {
+    /// The circuit breaker stopped the run: no fallback and no agent may
+    /// absorb this failure.
+    pub fn is_circuit_breaker(&self) -> bool {
+        self.class == FailureClass::CircuitBreaker
+    }
+}
+
+/// Why a run could not start or finish (as opposed to a step failing).
+#[derive(Debug)]
+pub enum SetupError {
+    /// `flowc run FILE FLOW` named a flow the program does not have.
+    NoSuchFlow(String),
+    /// The input is not an object of the flow's parameters.
+    Input(String),
+    /// The run store could not record the run.
+    Store(String),
+    /// The trace file could not be written.
+    Trace(std::io::Error),
+    /// The HTTP client or the async runtime did not start.
+    Start(String),
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::NoSuchFlow(name) => write!(f, "there is no flow `{name}`"),
+            SetupError::Input(message) | SetupError::Store(message) => f.write_str(message),
+            SetupError::Trace(e) => write!(f, "cannot write the trace: {e}"),
+            SetupError::Start(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+/// A recording file that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordingError(pub String);
+
+impl fmt::Display for RecordingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RecordingError {}

@@ -5,8 +5,7 @@
 use petgraph::graph::NodeIndex;
 use serde_json::{Map, Number, Value};
 
-use crate::ast::CompareOp;
-use crate::ir::{Expr, ExprKind, Template, TemplatePart};
+use crate::exec::{CompareOp, Expr, ExprKind, StrTemplate, Template, TemplatePart};
 
 /// Where names get their values.
 pub trait Scope {
@@ -100,19 +99,51 @@ pub fn eval(e: &Expr, scope: &dyn Scope) -> Result<Value, EvalError> {
     })
 }
 
-/// A template's text: strings as they are, other values as compact JSON.
-pub fn render(t: &Template, scope: &dyn Scope) -> Result<String, EvalError> {
-    let mut out = String::new();
-    for part in &t.parts {
+/// The one template renderer: each part's text in order, handed to `sink`
+/// with the expression it came from (`None` for fixed text). Values become
+/// text as [`text_of`] says. A part that cannot be evaluated stops it with
+/// the error: a template never renders as something it does not say.
+pub fn render_with(
+    parts: &[TemplatePart],
+    scope: &dyn Scope,
+    mut sink: impl FnMut(Option<&Expr>, String) -> Result<(), EvalError>,
+) -> Result<(), EvalError> {
+    for part in parts {
         match part {
-            TemplatePart::Text(s) => out.push_str(s),
-            TemplatePart::Expr(e) => match eval(e, scope)? {
-                Value::String(s) => out.push_str(&s),
-                other => out.push_str(&other.to_string()),
-            },
+            TemplatePart::Text(s) => sink(None, s.clone())?,
+            TemplatePart::Expr(e) => sink(Some(e), text_of(eval(e, scope)?))?,
         }
     }
+    Ok(())
+}
+
+/// A value as template text: strings as they are, null (an absent optional
+/// parameter) as nothing, other values as compact JSON.
+pub fn text_of(v: Value) -> String {
+    match v {
+        Value::String(s) => s,
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn render_parts(parts: &[TemplatePart], scope: &dyn Scope) -> Result<String, EvalError> {
+    let mut out = String::new();
+    render_with(parts, scope, |_, text| {
+        out.push_str(&text);
+        Ok(())
+    })?;
     Ok(out)
+}
+
+/// A sealed template's text, in the scope it was typed in.
+pub fn render_template(t: &Template, scope: &dyn Scope) -> Result<String, EvalError> {
+    render_parts(&t.parts, scope)
+}
+
+/// A string literal's text inside an expression.
+pub fn render(t: &StrTemplate, scope: &dyn Scope) -> Result<String, EvalError> {
+    render_parts(&t.parts, scope)
 }
 
 /// Whole numbers as integers, so `{count}` renders `3`, not `3.0`.

@@ -11,17 +11,23 @@
 //! [`CheckedProgram`]: crate::CheckedProgram
 
 pub mod budget;
+mod call;
 pub mod error;
 pub mod eval;
 pub mod fingerprint;
-pub mod model;
+mod frame;
+mod gate;
+pub mod http;
 pub mod otel;
 pub mod plan;
-pub mod scheduler;
-pub mod step;
-pub mod tool;
+pub mod providers;
+mod region;
+mod runtime;
+pub mod status;
+pub mod tools;
 pub mod trace;
 pub mod validate;
+pub mod world;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -29,12 +35,15 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::ir::{ExprKind, FlowId, TemplatePart, ToolKind};
+use crate::exec::{self, ExprKind, TemplatePart, ToolKind};
 use crate::CheckedProgram;
 use budget::{Exhausted, Spend};
-use scheduler::Stop;
-pub use scheduler::{GateDecision, PendingGate, RunError};
-pub use step::{Script, Scripted, Stats, World};
+use error::Stop;
+pub use error::{FailureClass, RecordingError, RunError, SetupError};
+pub use frame::{GateDecision, PendingGate};
+pub use runtime::Stats;
+use status::RunStatus;
+pub use world::{Env, Script, Scripted, World};
 
 /// How a run ended.
 #[derive(Debug, Clone)]
@@ -55,6 +64,20 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The status the run store and the trace record.
+    pub fn status(&self) -> RunStatus {
+        match self {
+            Outcome::Completed(_) => RunStatus::Completed,
+            Outcome::Failed(_) => RunStatus::Failed,
+            Outcome::Exhausted(_) => RunStatus::BudgetExhausted,
+            Outcome::Waiting(_) => RunStatus::Waiting,
+            Outcome::Rejected => RunStatus::Rejected,
+            Outcome::Interrupted => RunStatus::Interrupted,
+            // The run is not over: whoever holds it (or the next resume) continues it.
+            Outcome::Store(_) => RunStatus::Running,
+        }
+    }
+
     /// The process exit status: 0 success, 1 failed or rejected, 3 a budget
     /// ran out, 4 waiting for approval, 5 another process holds the run, 6
     /// the run store failed, 130 interrupted.
@@ -69,20 +92,6 @@ impl Outcome {
             Outcome::Interrupted => EXIT_INTERRUPTED,
         }
     }
-
-    /// The run's status in the store.
-    pub fn status(&self) -> &'static str {
-        match self {
-            Outcome::Completed(_) => "completed",
-            Outcome::Failed(_) => "failed",
-            Outcome::Exhausted(_) => "budget_exhausted",
-            Outcome::Waiting(_) => "waiting",
-            Outcome::Rejected => "rejected",
-            Outcome::Interrupted => "interrupted",
-            // The run is not over: whoever holds it (or the next resume) continues it.
-            Outcome::Store(_) => "running",
-        }
-    }
 }
 
 /// Exit status when another live process holds the run's lease.
@@ -91,9 +100,6 @@ pub const EXIT_LEASED: i32 = 5;
 pub const EXIT_STORE: i32 = 6;
 /// Exit status of a run stopped by SIGINT or SIGTERM (128 + SIGINT).
 pub const EXIT_INTERRUPTED: i32 = 130;
-
-/// How a run reads environment variables (tests substitute their own).
-pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 pub struct RunOptions {
     /// Steps in flight at once across the run.
@@ -155,7 +161,8 @@ pub struct Report {
     pub stats: Stats,
     /// Steps that finished, as `flow.step`.
     pub completed: Vec<String>,
-    /// Calls per tool, agent and flow name.
+    /// Calls per tool, agent and flow name (declarations that share a name
+    /// add up).
     pub calls: HashMap<String, u64>,
     pub events: Vec<Value>,
     /// What OTLP export sent and dropped, when it was on.
@@ -176,35 +183,32 @@ pub fn run(
     flow: &str,
     input: &Value,
     options: RunOptions,
-) -> Result<Report, String> {
-    let program = checked.program();
-    let id = program
-        .flows
-        .iter()
-        .position(|f| f.name == flow)
-        .map(|i| FlowId(i as u32))
-        .ok_or_else(|| format!("there is no flow `{flow}`"))?;
-    let f = &program.flows[id.index()];
+) -> Result<Report, SetupError> {
+    let program = checked.sealed();
+    let f = program
+        .flow_named(flow)
+        .ok_or_else(|| SetupError::NoSuchFlow(flow.to_string()))?;
+    let id = f.id;
     let empty = Map::new();
     let input = match input {
         Value::Object(map) => map,
         Value::Null => &empty,
         other => {
-            return Err(format!(
+            return Err(SetupError::Input(format!(
                 "the input must be a JSON object of parameters, not {}",
                 eval::kind(other)
-            ))
+            )))
         }
     };
     let validators = validate::Validators::default();
-    let params: Vec<(String, crate::types::Ty, bool)> = crate::ir::signature(&f.params);
+    let params = exec::signature(&f.params);
     validators
         .check_args(&program.types, &params, input)
         .map_err(|errors| {
-            format!(
+            SetupError::Input(format!(
                 "the input does not fit flow `{flow}`: {}",
                 errors.join("; ")
-            )
+            ))
         })?;
     let values: Vec<Value> = f
         .params
@@ -234,16 +238,19 @@ pub fn run(
             if !d.resume {
                 d.store
                     .create_run(&d.record, &d.lease)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| SetupError::Store(e.to_string()))?;
             }
-            let done = d.store.steps(&run_id).map_err(|e| e.to_string())?;
+            let done = d
+                .store
+                .steps(&run_id)
+                .map_err(|e| SetupError::Store(e.to_string()))?;
             let base = if d.resume {
                 d.record.spend
             } else {
                 Spend::default()
             };
             (
-                Some(step::Durable {
+                Some(runtime::Durable {
                     store: std::cell::RefCell::new(d.store),
                     run_id: run_id.clone(),
                     lease: d.lease,
@@ -264,15 +271,15 @@ pub fn run(
         secrets,
         options.observer,
     )
-    .map_err(|e| format!("cannot write the trace: {e}"))?;
+    .map_err(SetupError::Trace)?;
     if let Some(export) = export {
         trace.set_export(export);
     }
     let trace = Arc::new(trace);
     let http = reqwest::Client::builder()
         .build()
-        .map_err(|e| format!("cannot start the HTTP client: {e}"))?;
-    let runtime = step::Runtime {
+        .map_err(|e| SetupError::Start(format!("cannot start the HTTP client: {e}")))?;
+    let runtime = runtime::Runtime {
         program,
         world: std::cell::RefCell::new(options.world),
         gates: options.gates,
@@ -292,9 +299,8 @@ pub fn run(
         model_gates: program
             .models
             .iter()
-            .enumerate()
-            .filter(|(_, m)| m.concurrency.is_some() || m.rpm.is_some())
-            .map(|(i, m)| (crate::ir::ModelId(i as u32), step::ModelGate::new(m)))
+            .filter(|m| m.concurrency.is_some() || m.rpm.is_some())
+            .map(|m| (m.id, runtime::ModelGate::new(m)))
             .collect(),
         durable,
         root_ledger: Default::default(),
@@ -303,7 +309,7 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        .map_err(|e| SetupError::Start(format!("cannot start the runtime: {e}")))?;
     let span = trace.begin(earlier_root, "run", flow);
     let interruptible = options.interruptible;
     let result = rt.block_on(async {
@@ -344,13 +350,12 @@ pub fn run(
     let stats = *runtime.stats.borrow();
     let mut data = crate::fields! {"tokens": spent.tokens, "cost": spent.cost, "steps": spent.steps, "tool_calls": spent.tool_calls, "stats": stats};
     // The flow's limits, so `flowc stats` can say how far under them a run stayed.
-    if let Some(b) = &f.budget {
-        data.insert(
-            "budget".into(),
-            serde_json::json!({"tokens": b.tokens, "cost": b.cost, "steps": b.steps, "tool_calls": b.tool_calls, "wall_seconds": b.wall_seconds}),
-        );
-    }
-    trace.end(span, status, data);
+    let b = &f.budget;
+    data.insert(
+        "budget".into(),
+        serde_json::json!({"tokens": b.tokens, "cost": b.cost, "steps": b.steps, "tool_calls": b.tool_calls, "wall_seconds": b.wall.map(|w| w.as_secs_f64())}),
+    );
+    trace.end(span, status.as_str(), data);
     trace.flush();
     let mut outcome = outcome;
     let export = trace.finish_export();
@@ -367,7 +372,7 @@ pub fn run(
             // gets one try to let the run go.
             Outcome::Store(crate::store::StoreError::LeaseLost(_)) => Ok(()),
             Outcome::Store(_) => store.release(&d.lease),
-            _ => store.finish_run(&d.lease, status, output, error.as_deref(), spent),
+            _ => store.finish_run(&d.lease, status.as_str(), output, error.as_deref(), spent),
         };
         if let Err(e) = finished {
             if !matches!(outcome, Outcome::Store(_)) {
@@ -376,7 +381,7 @@ pub fn run(
         }
     }
     let completed = runtime.completed.borrow().clone();
-    let calls = runtime.calls.borrow().clone();
+    let calls = runtime.calls_by_name();
     Ok(Report {
         run_id,
         outcome,
@@ -415,24 +420,22 @@ async fn stop_signal() {
 
 /// The values of every environment variable the program reads: API keys,
 /// base URLs and tool templates' `env.` values. None may reach a trace.
-fn secret_values(
-    program: &crate::ir::Program,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Vec<String> {
+fn secret_values(program: &exec::Program, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for p in &program.providers {
         names.extend(p.api_key_env.iter().cloned());
     }
-    let mut templates: Vec<&crate::ir::Template> = Vec::new();
+    let mut templates: Vec<&exec::Template> = Vec::new();
     for t in &program.tools {
         match &t.kind {
-            Some(ToolKind::Http { url, headers, .. }) => {
+            ToolKind::Http { url, headers, .. } => {
                 templates.push(url);
                 templates.extend(headers.iter().map(|(_, v)| v));
             }
-            Some(ToolKind::Exec { argv }) => templates.extend(argv.iter()),
-            _ => {}
+            ToolKind::Exec { argv } => templates.extend(argv.iter()),
+            ToolKind::Builtin(_) => {}
         }
+        templates.extend(t.idempotency.iter());
     }
     for t in templates {
         for part in &t.parts {
@@ -466,43 +469,51 @@ pub struct Recording {
 }
 
 impl Recording {
-    pub fn parse(text: &str) -> Result<Recording, String> {
-        let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-        let obj = doc.as_object().ok_or("a recording is a JSON object")?;
-        let answers =
-            |key: &str| -> Result<HashMap<String, std::collections::VecDeque<Scripted>>, String> {
-                let mut out = HashMap::new();
-                if let Some(section) = obj.get(key) {
-                    let section = section
-                        .as_object()
-                        .ok_or_else(|| format!("`{key}` must be an object of lists"))?;
-                    for (name, list) in section {
-                        let list = list
-                            .as_array()
-                            .ok_or_else(|| format!("`{key}.{name}` must be a list of answers"))?;
-                        let q = list
-                            .iter()
-                            .map(|v| match v.get("$fails").and_then(Value::as_str) {
-                                Some(msg) => Scripted::Fails(msg.to_string()),
-                                None => Scripted::Returns(v.clone()),
-                            })
-                            .collect();
-                        out.insert(name.clone(), q);
-                    }
+    pub fn parse(text: &str) -> Result<Recording, RecordingError> {
+        let fail = |m: String| RecordingError(m);
+        let doc: Value = serde_json::from_str(text).map_err(|e| fail(format!("not JSON: {e}")))?;
+        let obj = doc
+            .as_object()
+            .ok_or_else(|| fail("a recording is a JSON object".into()))?;
+        let answers = |key: &str| -> Result<
+            HashMap<String, std::collections::VecDeque<Scripted>>,
+            RecordingError,
+        > {
+            let mut out = HashMap::new();
+            if let Some(section) = obj.get(key) {
+                let section = section
+                    .as_object()
+                    .ok_or_else(|| fail(format!("`{key}` must be an object of lists")))?;
+                for (name, list) in section {
+                    let list = list
+                        .as_array()
+                        .ok_or_else(|| fail(format!("`{key}.{name}` must be a list of answers")))?;
+                    let q = list
+                        .iter()
+                        .map(|v| match v.get("$fails").and_then(Value::as_str) {
+                            Some(msg) => Scripted::Fails(msg.to_string()),
+                            None => Scripted::Returns(v.clone()),
+                        })
+                        .collect();
+                    out.insert(name.clone(), q);
                 }
-                Ok(out)
-            };
+            }
+            Ok(out)
+        };
         let mut gates = HashMap::new();
         if let Some(section) = obj.get("gates").and_then(Value::as_object) {
             for (gate, decision) in section {
+                let named = decision.as_str().and_then(status::decision_named);
+                let approve = status::decision_name(exec::Decision::Approve);
+                let reject = status::decision_name(exec::Decision::Reject);
                 let d = match decision {
-                    Value::String(s) if s == "approve" => GateDecision::Approve(None),
-                    Value::String(s) if s == "reject" => GateDecision::Reject("rejected in the recording".into()),
-                    Value::Object(m) if m.contains_key("approve") => GateDecision::Approve(m.get("approve").cloned()),
-                    Value::Object(m) if m.contains_key("reject") => {
-                        GateDecision::Reject(m["reject"].as_str().unwrap_or("rejected").to_string())
+                    _ if named == Some(exec::Decision::Approve) => GateDecision::Approve(None),
+                    _ if named == Some(exec::Decision::Reject) => GateDecision::Reject("rejected in the recording".into()),
+                    Value::Object(m) if m.contains_key(approve) => GateDecision::Approve(m.get(approve).cloned()),
+                    Value::Object(m) if m.contains_key(reject) => {
+                        GateDecision::Reject(m[reject].as_str().unwrap_or("rejected").to_string())
                     }
-                    other => return Err(format!("gate `{gate}`: expected \"approve\", \"reject\" or {{\"approve\": value}}, found {other}")),
+                    other => return Err(fail(format!("gate `{gate}`: expected \"approve\", \"reject\" or {{\"approve\": value}}, found {other}"))),
                 };
                 gates.insert(gate.clone(), d);
             }

@@ -40,6 +40,8 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 use serde_json::{Map, Value};
 
+use super::error::SetupError;
+
 /// Turns prompt and completion content on in exported spans (the GenAI
 /// conventions' opt-in).
 pub const CAPTURE_CONTENT_VAR: &str = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT";
@@ -172,7 +174,7 @@ pub struct Export {
 
 impl Export {
     /// Starts the exporter's thread for the run with trace id `trace`.
-    pub fn start(settings: &OtlpSettings, trace: u128) -> Result<Export, String> {
+    pub fn start(settings: &OtlpSettings, trace: u128) -> Result<Export, SetupError> {
         let mut builder = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
@@ -183,7 +185,7 @@ impl Export {
         // Headers come from OTEL_EXPORTER_OTLP_HEADERS (the builder reads it).
         let inner = builder
             .build()
-            .map_err(|e| format!("cannot start the OTLP exporter: {e}"))?;
+            .map_err(|e| SetupError::Start(format!("cannot start the OTLP exporter: {e}")))?;
         let delivered = Arc::new(AtomicU64::new(0));
         let exporter = CountingExporter {
             inner,

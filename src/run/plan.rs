@@ -10,7 +10,7 @@
 use petgraph::graph::NodeIndex;
 use petgraph::visit::EdgeRef;
 
-use crate::ir::{Flow, RegionId, RegionKind, StepKind};
+use crate::exec::{Flow, RegionId, RegionKind, StepKind};
 
 #[derive(Debug)]
 pub struct Plan {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 
-use crate::ir::Tool;
+use crate::exec::{Tool, ToolId};
 use crate::schema;
 use crate::types::{Boundary, Ty, TypeTable};
 
@@ -24,8 +24,8 @@ const MAX_MESSAGE_CHARS: usize = 300;
 #[derive(Default)]
 pub struct Validators {
     cache: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
-    tool_args: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
-    tool_results: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
+    tool_args: Mutex<HashMap<ToolId, Arc<jsonschema::Validator>>>,
+    tool_results: Mutex<HashMap<ToolId, Arc<jsonschema::Validator>>>,
 }
 
 impl Validators {
@@ -67,8 +67,8 @@ impl Validators {
         tool: &Tool,
         args: &Map<String, Value>,
     ) -> Result<(), Vec<String>> {
-        let validator = self.tool_validator(&self.tool_args, &tool.name, || {
-            schema::params_document(types, &crate::ir::signature(&tool.params))
+        let validator = self.tool_validator(&self.tool_args, tool.id, || {
+            schema::params_document(types, &crate::exec::signature(&tool.params))
         })?;
         Self::violations(&validator, &Value::Object(args.clone()))
     }
@@ -80,7 +80,7 @@ impl Validators {
         tool: &Tool,
         value: Value,
     ) -> Result<Value, Vec<String>> {
-        let validator = self.tool_validator(&self.tool_results, &tool.name, || {
+        let validator = self.tool_validator(&self.tool_results, tool.id, || {
             schema::document(types, &tool.output, Boundary::Incoming)
         })?;
         Self::violations(&validator, &value)?;
@@ -90,16 +90,16 @@ impl Validators {
     /// A tool's validator, built from `schema` the first time.
     fn tool_validator(
         &self,
-        by_tool: &Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
-        tool: &str,
+        by_tool: &Mutex<HashMap<ToolId, Arc<jsonschema::Validator>>>,
+        tool: ToolId,
         schema: impl FnOnce() -> Value,
     ) -> Result<Arc<jsonschema::Validator>, Vec<String>> {
         let lock = || by_tool.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = lock().get(tool) {
+        if let Some(v) = lock().get(&tool) {
             return Ok(v.clone());
         }
         let validator = self.validator(&schema())?;
-        lock().insert(tool.to_string(), validator.clone());
+        lock().insert(tool, validator.clone());
         Ok(validator)
     }
 

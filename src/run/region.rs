@@ -11,10 +11,8 @@
 //! skips what depends on it; an iteration whose result is skipped drops out
 //! of its loop's list.
 
-use std::cell::{OnceCell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use futures_util::future::LocalBoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -22,188 +20,28 @@ use futures_util::FutureExt;
 use petgraph::graph::NodeIndex;
 use serde_json::Value;
 
-use super::budget::{Exhausted, Ledger, Spend};
-use super::eval::{eval, render, Scope};
+use super::error::FailureClass;
+use super::error::Stop;
+use super::eval::{eval, render_template, render_with, EvalError, Scope};
+use super::frame::{
+    prefix, step_key, CallOutcome, FlowCtx, Frame, FrameScope, PendingGate, RegionEnd,
+};
 use super::plan::Plan;
-use super::step::{CallOutcome, Runtime};
-use super::trace::SpanId;
+use super::runtime::Runtime;
+use crate::exec::{Arm, CallTarget, Fallback, RegionId, StepKind, Template};
 use crate::fields;
-use crate::ir::{Arm, Fallback, Flow, FlowId, RegionId, StepKind};
 use crate::types::Lit;
-
-/// Why a run stopped early.
-#[derive(Debug, Clone)]
-pub enum Stop {
-    Failed(RunError),
-    Exhausted(Exhausted),
-}
-
-/// A structured failure: which step, which attempt, what happened.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RunError {
-    pub flow: String,
-    pub step: String,
-    pub attempts: u32,
-    pub class: Option<&'static str>,
-    pub message: String,
-}
-
-impl std::fmt::Display for RunError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "step {} of flow `{}` failed", self.step, self.flow)?;
-        if self.attempts > 1 {
-            write!(f, " after {} attempts", self.attempts)?;
-        }
-        if let Some(c) = self.class {
-            write!(f, " ({c})")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl RunError {
-    /// The circuit breaker stopped the run: no fallback and no agent may
-    /// absorb this failure.
-    pub fn is_circuit_breaker(&self) -> bool {
-        self.class == Some("circuit_breaker")
-    }
-}
-
-/// A gate that is waiting for a decision.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PendingGate {
-    pub flow: String,
-    pub gate: String,
-    pub path: String,
-    pub show: Vec<Value>,
-}
-
-/// One instance of a region: the values of its steps.
-pub struct Frame {
-    region: RegionId,
-    cells: Vec<OnceCell<Value>>,
-    skipped: RefCell<HashSet<NodeIndex>>,
-    parent: Option<Rc<Frame>>,
-    params: Rc<Vec<Value>>,
-    /// Where this instance is, for idempotency keys and traces: `posted[3]`.
-    pub path: String,
-}
-
-impl Frame {
-    pub fn root(plan: &Plan, params: Vec<Value>, path: String) -> Rc<Frame> {
-        Rc::new(Frame {
-            region: RegionId(0),
-            cells: (0..plan.members[0].len())
-                .map(|_| OnceCell::new())
-                .collect(),
-            skipped: RefCell::default(),
-            parent: None,
-            params: Rc::new(params),
-            path,
-        })
-    }
-
-    fn child(self: &Rc<Frame>, plan: &Plan, region: RegionId, path: String) -> Rc<Frame> {
-        Rc::new(Frame {
-            region,
-            cells: (0..plan.members[region.index()].len())
-                .map(|_| OnceCell::new())
-                .collect(),
-            skipped: RefCell::default(),
-            parent: Some(self.clone()),
-            params: self.params.clone(),
-            path,
-        })
-    }
-
-    fn set(&self, plan: &Plan, n: NodeIndex, value: Value) {
-        let _ = self.cells[plan.slot[n.index()]].set(value);
-    }
-
-    fn get(&self, plan: &Plan, n: NodeIndex) -> Option<&Value> {
-        self.cells[plan.slot[n.index()]].get()
-    }
-}
-
-/// Expression scope over a frame chain.
-pub struct FrameScope<'a> {
-    pub flow: &'a Flow,
-    pub plan: &'a Plan,
-    pub frame: &'a Frame,
-}
-
-impl Scope for FrameScope<'_> {
-    fn param(&self, index: usize) -> Option<&Value> {
-        self.frame.params.get(index)
-    }
-
-    fn step(&self, node: NodeIndex) -> Option<&Value> {
-        let region = self.flow.graph[node].region;
-        let mut f = self.frame;
-        loop {
-            if f.region == region {
-                return f.get(self.plan, node);
-            }
-            f = f.parent.as_deref()?;
-        }
-    }
-
-    fn env(&self, _name: &str) -> Option<String> {
-        // The checker keeps `env.` out of flows (K001).
-        None
-    }
-}
-
-/// What one flow run needs: its graph, plan, budget and trace span.
-pub struct FlowCtx<'a> {
-    pub id: FlowId,
-    pub flow: &'a Flow,
-    pub plan: Rc<Plan>,
-    pub ledger: Arc<Ledger>,
-    pub span: SpanId,
-}
-
-impl<'a> FlowCtx<'a> {
-    /// The same flow with calls hanging under span `span` (a step's, an
-    /// agent's).
-    pub fn in_span(&self, span: SpanId) -> FlowCtx<'a> {
-        FlowCtx {
-            id: self.id,
-            flow: self.flow,
-            plan: self.plan.clone(),
-            ledger: self.ledger.clone(),
-            span,
-        }
-    }
-}
 
 /// A step in flight: its node and, when it ends, how.
 type Running<'a> = LocalBoxFuture<'a, (NodeIndex, Result<CallOutcome, Stop>)>;
 
-enum Prepared<'a> {
+pub(crate) enum Prepared<'a> {
     /// Completed in an earlier process of this run (`None`: skipped).
     Cached(Option<Value>),
     Done(Value),
     Skip,
     Wait(PendingGate),
     Future(LocalBoxFuture<'a, Result<CallOutcome, Stop>>),
-}
-
-/// How a region instance ended.
-#[derive(Default)]
-pub struct RegionEnd {
-    /// The region's own gates that wait for a decision.
-    pub waiting: Vec<PendingGate>,
-    /// A step waits on a gate further in (a loop iteration, a branch arm, a
-    /// called flow), whose gates are in the run's waiting list.
-    pub blocked: bool,
-}
-
-impl RegionEnd {
-    /// Some step of the region has no value because a gate waits.
-    pub fn is_waiting(&self) -> bool {
-        !self.waiting.is_empty() || self.blocked
-    }
 }
 
 impl Runtime<'_> {
@@ -259,7 +97,7 @@ impl Runtime<'_> {
                             release(&plan, n, &mut remaining, &mut ready);
                         }
                         Prepared::Done(v) => {
-                            if durable_kind(&cx.flow.graph[n].kind) {
+                            if cx.flow.graph[n].kind.is_durable() {
                                 self.persist(
                                     cx,
                                     vec![(step_key(&frame.path, cx, n), Some(v.clone()))],
@@ -271,7 +109,7 @@ impl Runtime<'_> {
                             release(&plan, n, &mut remaining, &mut ready);
                         }
                         Prepared::Skip => {
-                            if durable_kind(&cx.flow.graph[n].kind) && !skip {
+                            if cx.flow.graph[n].kind.is_durable() && !skip {
                                 self.persist(cx, vec![(step_key(&frame.path, cx, n), None)])
                                     .await?;
                             }
@@ -347,8 +185,8 @@ impl Runtime<'_> {
             plan: &cx.plan,
             frame,
         };
-        let fail = |message: String| self.fail(cx, n, 1, None, message);
-        if durable_kind(&step.kind) {
+        let fail = |message: String| self.fail(cx, n, 1, FailureClass::Value, message);
+        if step.kind.is_durable() {
             if let Some(d) = &self.durable {
                 if let Some(v) = d.done.borrow().get(&step_key(&frame.path, cx, n)) {
                     return Ok(Prepared::Cached(v.clone()));
@@ -362,98 +200,13 @@ impl Runtime<'_> {
                     .map_err(|err| fail(err.0))
             }
             StepKind::LoopItem { .. } => Ok(Prepared::Skip),
-            StepKind::Check { requires } => {
-                self.spend_step(cx, n)?;
-                for (cond, message) in requires {
-                    let ok = eval(cond, &scope).map_err(|e| fail(e.0))?;
-                    if ok != Value::Bool(true) {
-                        let text = render(message, &scope).unwrap_or_else(|e| e.0);
-                        self.trace.event(
-                            Some(cx.span),
-                            "check",
-                            &step.name,
-                            fields! {"status": "failed", "message": text},
-                        );
-                        return Err(fail(format!("check `{}` failed: {text}", step.name)));
-                    }
-                }
-                self.trace.event(
-                    Some(cx.span),
-                    "check",
-                    &step.name,
-                    fields! {"status": "passed"},
-                );
-                Ok(Prepared::Done(Value::Bool(true)))
-            }
+            StepKind::Check { requires } => self.check(cx, n, requires, &scope),
             StepKind::Approve {
                 gate,
                 show,
                 on_timeout,
-                timeout_seconds,
-            } => {
-                let shown: Vec<Value> = show
-                    .iter()
-                    .map(|e| eval(e, &scope))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| fail(e.0))?;
-                self.spend_step(cx, n)?;
-                let value = shown.first().cloned().unwrap_or(Value::Null);
-                let key = step_key(&frame.path, cx, n);
-                let pending = PendingGate {
-                    flow: cx.flow.name.clone(),
-                    gate: gate.clone(),
-                    path: frame.path.clone(),
-                    show: shown.clone(),
-                };
-                let decision = self
-                    .gate_decision(&key, &pending, *timeout_seconds, *on_timeout)
-                    .map_err(|e| {
-                        fail(match &self.durable {
-                            Some(d) => d.store_failed(e),
-                            None => e.to_string(),
-                        })
-                    })?;
-                match decision {
-                    Some(GateDecision::Approve(edited)) => {
-                        let v = match edited {
-                            Some(v) => {
-                                if let Err(errors) =
-                                    self.validators.check(&self.program.types, &step.ty, &v)
-                                {
-                                    return Err(fail(format!("the edited value for gate `{gate}` does not type-check: {}", errors.join("; "))));
-                                }
-                                v
-                            }
-                            None => value,
-                        };
-                        self.trace.event(
-                            Some(cx.span),
-                            "gate",
-                            gate,
-                            fields! {"decision": "approved", "show": shown},
-                        );
-                        Ok(Prepared::Done(v))
-                    }
-                    Some(GateDecision::Reject(reason)) => {
-                        self.trace.event(
-                            Some(cx.span),
-                            "gate",
-                            gate,
-                            fields! {"decision": "rejected", "reason": reason, "show": shown},
-                        );
-                        Ok(Prepared::Skip)
-                    }
-                    None => {
-                        self.trace.event(
-                            Some(cx.span),
-                            "gate",
-                            gate,
-                            fields! {"decision": "waiting", "show": pending.show},
-                        );
-                        Ok(Prepared::Wait(pending))
-                    }
-                }
-            }
+                timeout,
+            } => self.approve(cx, n, frame, gate, show, *timeout, *on_timeout),
             StepKind::Call { target, args } => {
                 let args = args
                     .iter()
@@ -464,7 +217,7 @@ impl Runtime<'_> {
                     Some(Fallback::Value(e)) => Some(FallbackInput::Value(
                         eval(e, &scope).map_err(|e| fail(e.0))?,
                     )),
-                    Some(Fallback::Call(t, fargs, _)) => {
+                    Some(Fallback::Call(t, fargs)) => {
                         let fargs = fargs
                             .iter()
                             .map(|(k, e)| eval(e, &scope).map(|v| (k.clone(), v)))
@@ -538,7 +291,7 @@ impl Runtime<'_> {
                     let scx = cx.in_span(span.id);
                     let cx = &scx;
                     let mut fell_back = false;
-                    let result = match self.llm(cx, n, call, prompt, system, &key).await {
+                    let result = match self.llm(cx, n, call.as_ref(), prompt, system, &key).await {
                         Ok(v) => Ok(CallOutcome::Value(v)),
                         Err(Stop::Failed(err))
                             if fallback.is_some() && !err.is_circuit_breaker() =>
@@ -619,6 +372,40 @@ impl Runtime<'_> {
         }
     }
 
+    /// A `check`: every condition must hold, else the run fails with its
+    /// message.
+    fn check(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        requires: &[(crate::exec::Expr, Template)],
+        scope: &FrameScope<'_>,
+    ) -> Result<Prepared<'static>, Stop> {
+        let step = &cx.flow.graph[n];
+        let fail = |message: String| self.fail(cx, n, 1, FailureClass::Check, message);
+        self.spend_step(cx, n)?;
+        for (cond, message) in requires {
+            let ok = eval(cond, scope).map_err(|e| fail(e.0))?;
+            if ok != Value::Bool(true) {
+                let text = render_template(message, scope).unwrap_or_else(|e| e.0);
+                self.trace.event(
+                    Some(cx.span),
+                    "check",
+                    &step.name,
+                    fields! {"status": "failed", "message": text},
+                );
+                return Err(fail(format!("check `{}` failed: {text}", step.name)));
+            }
+        }
+        self.trace.event(
+            Some(cx.span),
+            "check",
+            &step.name,
+            fields! {"status": "passed"},
+        );
+        Ok(Prepared::Done(Value::Bool(true)))
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn run_loop(
         &self,
@@ -677,15 +464,6 @@ impl Runtime<'_> {
         )))
     }
 
-    fn spend_step(&self, cx: &FlowCtx<'_>, n: NodeIndex) -> Result<(), Stop> {
-        let r = cx
-            .ledger
-            .reserve(Spend::step())
-            .map_err(|e| self.exhausted(cx, n, e))?;
-        cx.ledger.settle(r, Spend::step());
-        Ok(())
-    }
-
     /// Closes a call or `llm` step's span: its key, how it ended, and what
     /// is left of the flow's budget.
     fn end_step(
@@ -739,7 +517,7 @@ impl Runtime<'_> {
         match result {
             Err(Stop::Failed(e)) => {
                 data.insert("error".into(), Value::String(e.message.clone()));
-                if let Some(class) = e.class {
+                if let Some(class) = e.class.name() {
                     data.insert("class".into(), Value::String(class.into()));
                 }
             }
@@ -751,111 +529,54 @@ impl Runtime<'_> {
         self.trace.end(span, status, data);
     }
 
-    pub fn exhausted(&self, cx: &FlowCtx<'_>, n: NodeIndex, e: Exhausted) -> Stop {
-        self.trace.event(
-            Some(cx.span),
-            "budget",
-            &cx.flow.graph[n].name,
-            fields! {"status": "exhausted", "budget": e.what, "limit": e.limit, "used": e.used, "wanted": e.wanted},
-        );
-        Stop::Exhausted(e)
-    }
-
-    pub fn fail(
-        &self,
-        cx: &FlowCtx<'_>,
-        n: NodeIndex,
-        attempts: u32,
-        class: Option<&'static str>,
-        message: String,
-    ) -> Stop {
-        Stop::Failed(RunError {
-            flow: cx.flow.name.clone(),
-            step: cx.flow.graph[n].display(),
-            attempts,
-            class,
-            message,
-        })
-    }
-
     /// Renders a prompt, cutting each quoted tool output to its `limit`.
     fn render_prompt(
         &self,
         cx: &FlowCtx<'_>,
         n: NodeIndex,
-        t: &crate::ir::Template,
+        t: &Template,
         scope: &FrameScope<'_>,
-    ) -> Result<String, super::eval::EvalError> {
-        use crate::ir::{CallTarget, TemplatePart};
+    ) -> Result<String, EvalError> {
         let mut out = String::new();
-        for part in &t.parts {
-            match part {
-                TemplatePart::Text(s) => out.push_str(s),
-                TemplatePart::Expr(e) => {
-                    let text = match eval(e, scope)? {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    let mut steps = Vec::new();
-                    e.steps(&mut steps);
-                    let limit = steps
-                        .iter()
-                        .filter_map(|s| match &cx.flow.graph[*s].kind {
-                            StepKind::Call {
-                                target: CallTarget::Tool(tool),
-                                ..
-                            } => self.program.tools[tool.index()].limit_tokens,
-                            _ => None,
-                        })
-                        .min();
-                    match limit {
-                        Some(tokens) if text.chars().count() as u64 > tokens * 4 => {
-                            let cut: String = text.chars().take((tokens * 4) as usize).collect();
-                            self.trace.event(
-                                Some(cx.span),
-                                "cut",
-                                &cx.flow.graph[n].name,
-                                fields! {"limit_tokens": tokens, "chars_before": text.chars().count(), "chars_after": cut.chars().count()},
-                            );
-                            out.push_str(&cut);
-                        }
-                        _ => out.push_str(&text),
-                    }
+        render_with(&t.parts, scope, |expr, text| {
+            let Some(e) = expr else {
+                out.push_str(&text);
+                return Ok(());
+            };
+            let mut steps = Vec::new();
+            e.steps(&mut steps);
+            let limit = steps
+                .iter()
+                .filter_map(|s| match &cx.flow.graph[*s].kind {
+                    StepKind::Call {
+                        target: CallTarget::Tool(tool),
+                        ..
+                    } => self.program.tools[tool.index()].limit_tokens,
+                    _ => None,
+                })
+                .min();
+            match limit {
+                Some(tokens) if text.chars().count() as u64 > tokens * 4 => {
+                    let cut: String = text.chars().take((tokens * 4) as usize).collect();
+                    self.trace.event(
+                        Some(cx.span),
+                        "cut",
+                        &cx.flow.graph[n].name,
+                        fields! {"limit_tokens": tokens, "chars_before": text.chars().count(), "chars_after": cut.chars().count()},
+                    );
+                    out.push_str(&cut);
                 }
+                _ => out.push_str(&text),
             }
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 }
 
 enum FallbackInput {
     Value(Value),
-    Call(crate::ir::CallTarget, serde_json::Map<String, Value>),
-}
-
-/// A gate's decision, from a test's `given`, a recording or the command line.
-#[derive(Clone, Debug)]
-pub enum GateDecision {
-    Approve(Option<Value>),
-    Reject(String),
-}
-
-/// Steps whose results are checkpointed: calls, model calls, gates, loops
-/// and branches. The rest are cheap and deterministic: recomputed on resume.
-fn durable_kind(kind: &StepKind) -> bool {
-    matches!(
-        kind,
-        StepKind::Call { .. }
-            | StepKind::Llm(_)
-            | StepKind::Approve { .. }
-            | StepKind::Loop { .. }
-            | StepKind::Branch { .. }
-    )
-}
-
-/// A step instance's name in the run store: `posted[3]/reconcile.posted.result`.
-pub fn step_key(path: &str, cx: &FlowCtx<'_>, n: NodeIndex) -> String {
-    format!("{}{}.{}", prefix(path), cx.flow.name, cx.flow.graph[n].name)
+    Call(CallTarget, serde_json::Map<String, Value>),
 }
 
 fn choose_arm<'a>(arms: &'a [Arm], subject: &Value) -> Option<&'a Arm> {
@@ -865,14 +586,6 @@ fn choose_arm<'a>(arms: &'a [Arm], subject: &Value) -> Option<&'a Arm> {
         Some(Lit::Str(s)) => subject.as_str() == Some(s.as_str()),
         Some(Lit::Number(x)) => subject.as_f64() == Some(*x),
     })
-}
-
-fn prefix(path: &str) -> String {
-    if path.is_empty() {
-        String::new()
-    } else {
-        format!("{path}/")
-    }
 }
 
 fn release(

@@ -1,0 +1,499 @@
+//! The sealed program: what `check` hands the runtime once every pass has
+//! succeeded. Every fact the checker proved is a type here, so the runtime
+//! has nothing to re-derive and no default to pick:
+//!
+//! - no `Option` a diagnostic forbids: a tool's kind and timeout, an agent's
+//!   model and `max_steps`, an `llm` step's `max_tokens` (per model of its
+//!   fallback chain), a flow's budget and its `return`;
+//! - enums for closed sets: [`HttpMethod`], [`Builtin`], [`ErrorClass`]
+//!   (retry classes), [`Effect`], [`Decision`];
+//! - templates compiled once with the scope the checker typed them in
+//!   ([`TemplateScope`]), rendered by one function (`run::eval::render`);
+//! - declarations keyed by id: `tools[ToolId]`, `models[ModelId]`, … Names
+//!   are for messages, traces and file formats only.
+//!
+//! Only `check::seal` builds one (through `CheckedProgram`). The defaults a
+//! language leaves open (an `llm` step's timeout, …) are decided there, once;
+//! `docs/reference.md` lists them.
+
+use std::time::Duration;
+
+use petgraph::graph::{DiGraph, NodeIndex};
+
+pub use crate::ast::{CompareOp, Decision, Effect};
+/// Expressions are sealed as lowering typed them: a checked expression has
+/// no unresolved name and no `Option` a code forbids. `StrTemplate` is a
+/// string literal with `{…}` inside an expression.
+pub use crate::ir::{
+    AgentId, BodyEncoding, CallTarget, Dep, Expr, ExprKind, FlowId, HttpBody, ModelId, Protocol,
+    ProviderId, Region, RegionId, RegionKind, ResponseFormat, Template as StrTemplate,
+    TemplatePart, ToolId,
+};
+use crate::source::Span;
+use crate::types::{Lit, Ty, TypeTable};
+
+#[derive(Debug)]
+pub struct Program {
+    pub types: TypeTable,
+    pub providers: Vec<Provider>,
+    pub models: Vec<Model>,
+    pub tools: Vec<Tool>,
+    pub agents: Vec<Agent>,
+    pub flows: Vec<Flow>,
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub protocol: Protocol,
+    /// Read first; `base_url` when it is unset.
+    pub base_url_env: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+}
+
+/// US dollars per million tokens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+}
+
+impl Price {
+    /// The one model-cost formula: the checker's worst cases, the runtime's
+    /// reservations and its settlements all call it.
+    pub fn cost(self, input_tokens: f64, output_tokens: f64) -> f64 {
+        (input_tokens * self.input + output_tokens * self.output) / 1e6
+    }
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub id: ModelId,
+    pub name: String,
+    pub provider: ProviderId,
+    /// The provider's name for it, e.g. `gpt-4o-mini`.
+    pub model_id: String,
+    pub temperature: Option<f64>,
+    /// Calls in flight at once across the run (`concurrency`), if limited.
+    pub concurrency: Option<u64>,
+    /// Calls started per minute (`rpm`), if limited.
+    pub rpm: Option<u64>,
+    /// Other parameters, passed to the provider as written.
+    pub extra: Vec<(String, serde_json::Value)>,
+    /// `None`: the provider does not price it (allowed without a cost budget).
+    pub price: Option<Price>,
+}
+
+impl Model {
+    /// What a call costs: nothing for an unpriced model.
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        self.price
+            .map_or(0.0, |p| p.cost(input_tokens as f64, output_tokens as f64))
+    }
+}
+
+/// One model of a call's fallback chain, with the output bound the checker
+/// proved for it.
+#[derive(Clone, Copy, Debug)]
+pub struct ChainModel {
+    pub model: ModelId,
+    pub max_tokens: u64,
+}
+
+#[derive(Debug)]
+pub struct Param {
+    pub name: String,
+    pub ty: Ty,
+    pub optional: bool,
+}
+
+/// HTTP methods a tool may use (the grammar's list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl HttpMethod {
+    pub const ALL: [HttpMethod; 5] = [
+        HttpMethod::Get,
+        HttpMethod::Post,
+        HttpMethod::Put,
+        HttpMethod::Patch,
+        HttpMethod::Delete,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<HttpMethod> {
+        HttpMethod::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// Whether the arguments travel as a JSON body.
+    pub fn sends_body(self) -> bool {
+        matches!(self, HttpMethod::Post | HttpMethod::Put | HttpMethod::Patch)
+    }
+}
+
+/// The builtin tools the runtime implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Builtin {
+    TimeNow,
+    TimeSleep,
+    FsRead,
+    FsWrite,
+    JsonParse,
+}
+
+impl Builtin {
+    pub const ALL: [Builtin; 5] = [
+        Builtin::TimeNow,
+        Builtin::TimeSleep,
+        Builtin::FsRead,
+        Builtin::FsWrite,
+        Builtin::JsonParse,
+    ];
+
+    /// The name a `builtin "…"` clause gives.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Builtin::TimeNow => "time.now",
+            Builtin::TimeSleep => "time.sleep",
+            Builtin::FsRead => "fs.read",
+            Builtin::FsWrite => "fs.write",
+            Builtin::JsonParse => "json.parse",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Builtin> {
+        Builtin::ALL.into_iter().find(|b| b.as_str() == name)
+    }
+}
+
+/// What kind of failure happened; the names are `retry … on …` classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// HTTP 429 or a provider's rate-limit error.
+    RateLimit,
+    /// The call did not finish within its timeout.
+    Timeout,
+    /// HTTP 5xx.
+    ServerError,
+    /// The connection could not be made or broke.
+    Connection,
+    /// The reply did not parse or did not match its type.
+    Invalid,
+    /// The request was refused as malformed or unauthorised (HTTP 4xx other
+    /// than 429): retrying cannot help.
+    Client,
+    /// A local program failed (non-zero exit) or a builtin failed.
+    Failed,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 7] = [
+        ErrorClass::RateLimit,
+        ErrorClass::Timeout,
+        ErrorClass::ServerError,
+        ErrorClass::Connection,
+        ErrorClass::Invalid,
+        ErrorClass::Client,
+        ErrorClass::Failed,
+    ];
+
+    /// The name used in `retry … on` clauses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::RateLimit => "rate_limit",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::ServerError => "server_error",
+            ErrorClass::Connection => "connection",
+            ErrorClass::Invalid => "invalid",
+            ErrorClass::Client => "client",
+            ErrorClass::Failed => "failed",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ErrorClass> {
+        ErrorClass::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// Classifies an HTTP status that is not a success.
+    pub fn from_status(status: u16) -> ErrorClass {
+        match status {
+            429 => ErrorClass::RateLimit,
+            408 => ErrorClass::Timeout,
+            500..=599 => ErrorClass::ServerError,
+            _ => ErrorClass::Client,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    pub on: Vec<ErrorClass>,
+    pub base: Duration,
+    pub factor: f64,
+    pub cap: Option<Duration>,
+    pub jitter: bool,
+}
+
+impl RetryPolicy {
+    pub fn retries_on(&self, class: ErrorClass) -> bool {
+        self.on.contains(&class)
+    }
+}
+
+#[derive(Debug)]
+pub enum ToolKind {
+    Http {
+        method: HttpMethod,
+        url: Template,
+        headers: Vec<(String, Template)>,
+        /// `query { … }`: appended to the URL's query string.
+        query: Vec<(String, Expr)>,
+        body: HttpBody,
+        /// How the response body is read.
+        format: ResponseFormat,
+        /// Parameters (by index) interpolated into the URL as written.
+        raw: Vec<usize>,
+    },
+    Exec {
+        argv: Vec<Template>,
+    },
+    Builtin(Builtin),
+}
+
+#[derive(Debug)]
+pub struct Tool {
+    pub id: ToolId,
+    pub name: String,
+    pub params: Vec<Param>,
+    pub output: Ty,
+    pub kind: ToolKind,
+    pub effect: Effect,
+    pub timeout: Duration,
+    pub retry: Option<RetryPolicy>,
+    /// Write and irreversible tools only (a read has no key).
+    pub idempotency: Option<Template>,
+    pub limit_tokens: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Budget {
+    pub tokens: Option<u64>,
+    pub cost: Option<f64>,
+    pub steps: Option<u64>,
+    pub tool_calls: Option<u64>,
+    pub wall: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub struct Agent {
+    pub id: AgentId,
+    pub name: String,
+    pub params: Vec<Param>,
+    pub output: Ty,
+    pub model: ModelId,
+    /// The model's output bound, per turn.
+    pub max_tokens: u64,
+    /// The tools its `may` allows, in declaration order.
+    pub tools: Vec<ToolId>,
+    pub max_steps: u64,
+    /// Calls of one tool with the same arguments in a row that stop it.
+    pub max_repeat: Option<u64>,
+    pub instructions: Option<Template>,
+    pub budget: Option<Budget>,
+    /// Bounds the whole loop, tool calls included.
+    pub timeout: Option<Duration>,
+    /// Bounds one model turn.
+    pub turn_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct Flow {
+    pub id: FlowId,
+    pub name: String,
+    pub params: Vec<Param>,
+    pub output: Ty,
+    pub budget: Budget,
+    pub graph: DiGraph<Step, Dep>,
+    pub regions: Vec<Region>,
+    /// The step that produces the flow's result (`return`).
+    pub output_step: NodeIndex,
+}
+
+impl Flow {
+    /// Whether `region` is `ancestor` or nested inside it.
+    pub fn region_within(&self, region: RegionId, ancestor: RegionId) -> bool {
+        crate::ir::region_within(&self.regions, region, ancestor)
+    }
+}
+
+#[derive(Debug)]
+pub struct Step {
+    /// The name lowering gave it (`x`, `posted.result`): run-store keys.
+    pub name: String,
+    /// How messages name it (`` `x` ``, "the body of loop `posted`").
+    pub shown: String,
+    pub region: RegionId,
+    pub kind: StepKind,
+    pub ty: Ty,
+    pub fallback: Option<Fallback>,
+    /// True when the step's value is read by another step or the output.
+    pub named: bool,
+}
+
+#[derive(Debug)]
+pub enum Fallback {
+    Value(Expr),
+    Call(CallTarget, Vec<(String, Expr)>),
+}
+
+#[derive(Debug)]
+pub enum StepKind {
+    Value(Expr),
+    Call {
+        target: CallTarget,
+        args: Vec<(String, Expr)>,
+    },
+    Llm(Box<LlmCall>),
+    Approve {
+        gate: String,
+        show: Vec<Expr>,
+        timeout: Option<Duration>,
+        on_timeout: Decision,
+    },
+    LoopItem {
+        iterable: Expr,
+    },
+    Loop {
+        item: NodeIndex,
+        body: RegionId,
+        result: NodeIndex,
+        parallel: u64,
+    },
+    Decide {
+        subject: Expr,
+    },
+    Branch {
+        decide: NodeIndex,
+        arms: Vec<Arm>,
+    },
+    Check {
+        requires: Vec<(Expr, Template)>,
+    },
+    Output(Expr),
+}
+
+impl StepKind {
+    /// Steps whose results are checkpointed: calls, model calls, gates,
+    /// loops and branches. The rest are cheap and deterministic: recomputed
+    /// on resume.
+    pub fn is_durable(&self) -> bool {
+        matches!(
+            self,
+            StepKind::Call { .. }
+                | StepKind::Llm(_)
+                | StepKind::Approve { .. }
+                | StepKind::Loop { .. }
+                | StepKind::Branch { .. }
+        )
+    }
+}
+
+#[derive(Debug)]
+pub struct Arm {
+    /// `None` for `_` and `else`.
+    pub pattern: Option<Lit>,
+    pub region: RegionId,
+    /// `None` for a missing `else` (the value is null).
+    pub result: Option<NodeIndex>,
+}
+
+#[derive(Debug)]
+pub struct LlmCall {
+    /// The model and its fallbacks, each once, with their output bounds.
+    pub chain: Vec<ChainModel>,
+    pub output: Ty,
+    pub prompt: Option<Template>,
+    pub system: Option<Template>,
+    pub retry: Option<RetryPolicy>,
+    pub timeout: Duration,
+    pub budget: Option<Budget>,
+}
+
+/// Where a template's names get their values: the checker typed it there,
+/// and the runtime renders it there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplateScope {
+    /// A tool's URL, headers, argv and idempotency key: its own parameters
+    /// and `env.NAME`.
+    Tool(ToolId),
+    /// An agent's instructions: its parameters.
+    Agent(AgentId),
+    /// A prompt, a `check` message: the flow's parameters and steps.
+    Flow(FlowId),
+}
+
+/// A template compiled once: fixed text and typed expressions.
+#[derive(Clone, Debug)]
+pub struct Template {
+    pub scope: TemplateScope,
+    pub parts: Vec<TemplatePart>,
+    pub span: Span,
+}
+
+impl Template {
+    /// Every step this template reads.
+    pub fn steps(&self, out: &mut Vec<NodeIndex>) {
+        for part in &self.parts {
+            if let TemplatePart::Expr(e) = part {
+                e.steps(out);
+            }
+        }
+    }
+}
+
+impl Program {
+    pub fn flow_named(&self, name: &str) -> Option<&Flow> {
+        self.flows.iter().find(|f| f.name == name)
+    }
+}
+
+/// A parameter list as (name, type, optional): what argument checks and
+/// schemas take.
+pub fn signature(params: &[Param]) -> Vec<(String, Ty, bool)> {
+    params
+        .iter()
+        .map(|p| (p.name.clone(), p.ty.clone(), p.optional))
+        .collect()
+}
+
+impl CallTarget {
+    /// The callee's name, for messages and reports.
+    pub fn name_in<'a>(&self, program: &'a Program) -> &'a str {
+        match self {
+            CallTarget::Tool(t) => &program.tools[t.index()].name,
+            CallTarget::Agent(a) => &program.agents[a.index()].name,
+            CallTarget::Flow(f) => &program.flows[f.index()].name,
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! An `llm` step: attempts with the validation errors fed back, the model's
+//! fallbacks, and one model call (reserve the worst case, call, settle).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use petgraph::graph::NodeIndex;
+use serde_json::Value;
+
+use super::output::parse_output;
+use super::retry::retry_delay;
+use crate::exec::{LlmCall, ModelId};
+use crate::fields;
+use crate::run::budget::{Ledger, Spend};
+use crate::run::error::{CallError, ErrorClass, FailureClass, Stop};
+use crate::run::frame::FlowCtx;
+use crate::run::providers::{self, ChatRequest, Endpoint, Message};
+use crate::run::runtime::Runtime;
+use crate::run::world::{Script, Scripted, World};
+use crate::types::Ty;
+
+impl Runtime<'_> {
+    /// An `llm` step: attempts with the validation errors fed back, then the
+    /// model's fallbacks.
+    pub async fn llm(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        call: &LlmCall,
+        prompt: String,
+        system: Option<String>,
+        key: &str,
+    ) -> Result<Value, Stop> {
+        let step = &cx.flow.graph[n];
+        let reservation = cx
+            .ledger
+            .reserve(Spend::step())
+            .map_err(|e| self.exhausted(cx, n, e))?;
+        cx.ledger.settle(reservation, Spend::step());
+        let ledger = match &call.budget {
+            Some(b) => Ledger::new(
+                format!("step `{}`", step.name),
+                b.clone(),
+                Some(cx.ledger.clone()),
+            ),
+            None => cx.ledger.clone(),
+        };
+        let schema = match self.program.types.resolve(&call.output) {
+            Ty::String(_) => None,
+            _ => Some(crate::schema::document(
+                &self.program.types,
+                &call.output,
+                crate::types::Boundary::Outgoing,
+            )),
+        };
+        let mut last_error = None;
+        for link in &call.chain {
+            let (model_id, max_tokens) = (link.model, link.max_tokens);
+            let model = &self.program.models[model_id.index()];
+            let mut messages = vec![Message::User(prompt.clone())];
+            let attempts = 1 + call.retry.as_ref().map_or(0, |r| r.retries);
+            let mut attempt = 0;
+            while attempt < attempts {
+                attempt += 1;
+                let request = ChatRequest {
+                    model: model.model_id.clone(),
+                    system: system.clone(),
+                    messages: messages.clone(),
+                    max_tokens,
+                    temperature: model.temperature,
+                    response_schema: schema.clone(),
+                    tools: Vec::new(),
+                    extra: model.extra.clone(),
+                };
+                // A reply an earlier process of this run received is not paid for twice.
+                let reply_key = format!("{key}@{}", model.name);
+                let recorded = match &self.durable {
+                    Some(d) => d
+                        .store
+                        .borrow()
+                        .reply(&d.run_id, &reply_key, attempt)
+                        .map_err(|e| {
+                            self.fail(cx, n, attempt, FailureClass::Store, e.to_string())
+                        })?,
+                    None => None,
+                };
+                let reply = match recorded {
+                    Some((text, _, _)) => Ok(text),
+                    None => {
+                        let reply = self
+                            .chat(cx, n, &ledger, model_id, &request, call.timeout, attempt)
+                            .await?;
+                        if let (Some(d), Ok(text)) = (&self.durable, &reply) {
+                            let spend = self.total_spend();
+                            d.store
+                                .borrow_mut()
+                                .record_reply(&d.lease, &reply_key, attempt, text, 0, 0, spend)
+                                .map_err(|e| {
+                                    self.fail(
+                                        cx,
+                                        n,
+                                        attempt,
+                                        FailureClass::Store,
+                                        d.store_failed(e),
+                                    )
+                                })?;
+                        }
+                        reply
+                    }
+                };
+                let err = match reply {
+                    Ok(text) => match parse_output(
+                        &text,
+                        &call.output,
+                        &self.program.types,
+                        &self.validators,
+                    ) {
+                        Ok(v) => {
+                            self.failures.set(0);
+                            return Ok(v);
+                        }
+                        Err(errors) => {
+                            self.stats.borrow_mut().validation_rejections += 1;
+                            self.trace.event(Some(cx.span), "validation", &step.name, fields! {"what": "model output", "attempt": attempt, "errors": errors});
+                            // The next attempt sees its reply and what was wrong with it.
+                            messages.push(Message::Assistant {
+                                text: Some(text),
+                                tool_calls: Vec::new(),
+                            });
+                            messages.push(Message::User(format!(
+                                "Your reply was not valid. It must be JSON matching the schema. Errors:\n- {}\nReply again with only the corrected JSON.",
+                                errors.join("\n- ")
+                            )));
+                            CallError::new(ErrorClass::Invalid, errors.join("; "))
+                        }
+                    },
+                    Err(e) => e,
+                };
+                self.trip_breaker(cx, n)?;
+                let retryable = call.retry.as_ref().is_some_and(|r| r.retries_on(err.class));
+                last_error = Some((attempt, err.clone()));
+                if !retryable || attempt >= attempts {
+                    break;
+                }
+                self.stats.borrow_mut().retries += 1;
+                if err.class != ErrorClass::Invalid {
+                    if let Some(delay) = retry_delay(call.retry.as_ref(), attempt, &err) {
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+        let (attempts, err) =
+            last_error.unwrap_or((0, CallError::new(ErrorClass::Client, "no model to call")));
+        Err(self.fail(cx, n, attempts, err.class.into(), err.message))
+    }
+
+    /// One model call: reserve the worst case, call, settle to the usage.
+    /// `Ok(Err(_))` is a failed attempt the caller may retry.
+    #[allow(clippy::too_many_arguments)]
+    async fn chat(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        ledger: &Arc<Ledger>,
+        model_id: ModelId,
+        request: &ChatRequest,
+        timeout: Duration,
+        attempt: u32,
+    ) -> Result<Result<String, CallError>, Stop> {
+        let text = self
+            .chat_raw(cx, n, ledger, model_id, request, timeout, attempt)
+            .await?;
+        Ok(text.map(|r| r.text.unwrap_or_default()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn chat_raw(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        ledger: &Arc<Ledger>,
+        model_id: ModelId,
+        request: &ChatRequest,
+        timeout: Duration,
+        attempt: u32,
+    ) -> Result<Result<providers::ChatResponse, CallError>, Stop> {
+        let model = &self.program.models[model_id.index()];
+        let prompt_chars: usize = request.system.as_ref().map_or(0, |s| s.len())
+            + request
+                .messages
+                .iter()
+                .map(|m| match m {
+                    Message::User(s) => s.len(),
+                    Message::Assistant { text, tool_calls } => {
+                        text.as_ref().map_or(0, |t| t.len())
+                            + tool_calls
+                                .iter()
+                                .map(|c| c.arguments.to_string().len() + c.name.len())
+                                .sum::<usize>()
+                    }
+                    Message::ToolResult { content, .. } => content.len(),
+                })
+                .sum::<usize>()
+            + request
+                .tools
+                .iter()
+                .map(|t| t.parameters.to_string().len() + t.description.len())
+                .sum::<usize>()
+            + request
+                .response_schema
+                .as_ref()
+                .map_or(0, |s| s.to_string().len());
+        // The prompt is reserved at one token per two bytes, twice what common
+        // tokenizers produce for prose, so a reservation holds the real cost.
+        let prompt_tokens = (prompt_chars as u64).div_ceil(2) + 16;
+        let worst = Spend::tokens(
+            prompt_tokens + request.max_tokens,
+            model.cost(prompt_tokens, request.max_tokens),
+        );
+        let reservation = ledger
+            .reserve_waiting(worst)
+            .await
+            .map_err(|e| self.exhausted(cx, n, e))?;
+        let span = self.trace.begin(Some(cx.span), "model_call", &model.name);
+        let started = Instant::now();
+        self.stats.borrow_mut().model_calls += 1;
+        let result = {
+            let gate = self.model_gates.get(&model_id);
+            let _model_permit = match gate.and_then(|g| g.permits.as_ref()) {
+                Some(p) => Some(p.acquire().await),
+                None => None,
+            };
+            if let Some(g) = gate {
+                g.wait_turn().await;
+            }
+            let _permit = self.permits.acquire().await;
+            let traceparent = self.trace.traceparent(span.id);
+            self.answer(model_id, request, timeout, traceparent).await
+        };
+        let latency = started.elapsed().as_secs_f64() * 1e3;
+        let usage = match &result {
+            Ok(r) => r.usage,
+            // A failed call may still have been billed; assume the prompt was.
+            Err(_) => providers::Usage {
+                input_tokens: 0,
+                output_tokens: 0,
+            },
+        };
+        let spent = Spend::tokens(
+            usage.input_tokens + usage.output_tokens,
+            model.cost(usage.input_tokens, usage.output_tokens),
+        );
+        ledger.settle(reservation, spent);
+        let step = &cx.flow.graph[n];
+        let mut data = fields! {
+            "step": step.name,
+            "model": model.model_id,
+            "provider": self.program.providers[model.provider.index()].name,
+            "attempt": attempt,
+            "parameters": serde_json::json!({"max_tokens": request.max_tokens, "temperature": request.temperature}),
+            "prompt": request.messages.iter().map(message_json).collect::<Vec<_>>(),
+            "system": request.system,
+            "tokens": usage.input_tokens + usage.output_tokens,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cost": spent.cost,
+            "latency_ms": latency,
+        };
+        match &result {
+            Ok(r) => {
+                if let Some(m) = &r.model {
+                    data.insert("response_model".into(), Value::String(m.clone()));
+                }
+                if !r.finish_reasons.is_empty() {
+                    data.insert("finish_reasons".into(), serde_json::json!(r.finish_reasons));
+                }
+                data.insert("response".into(), serde_json::json!({"text": r.text, "tool_calls": r.tool_calls.iter().map(|c| serde_json::json!({"name": c.name, "arguments": c.arguments})).collect::<Vec<_>>()}));
+                self.trace.end(span, "ok", data);
+            }
+            Err(e) => {
+                data.insert("error".into(), Value::String(e.to_string()));
+                data.insert("class".into(), Value::String(e.class.as_str().into()));
+                self.trace.end(span, "error", data);
+            }
+        }
+        Ok(result)
+    }
+
+    async fn answer(
+        &self,
+        model_id: ModelId,
+        request: &ChatRequest,
+        timeout: Duration,
+        traceparent: String,
+    ) -> Result<providers::ChatResponse, CallError> {
+        let model = &self.program.models[model_id.index()];
+        if let World::Scripted(script) = &mut *self.world.borrow_mut() {
+            let usage = providers::Usage {
+                input_tokens: (request
+                    .messages
+                    .iter()
+                    .map(|m| message_json(m).to_string().len())
+                    .sum::<usize>()
+                    / 4) as u64,
+                output_tokens: 0,
+            };
+            return match Script::next(script.models.get_mut(&model.name)) {
+                Some(Scripted::Returns(v)) => {
+                    let text = match v {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    let output_tokens = (text.len() as u64).div_ceil(4).min(request.max_tokens);
+                    Ok(providers::ChatResponse {
+                        text: Some(text),
+                        tool_calls: Vec::new(),
+                        model: None,
+                        finish_reasons: Vec::new(),
+                        usage: providers::Usage {
+                            output_tokens,
+                            ..usage
+                        },
+                    })
+                }
+                Some(Scripted::Fails(msg)) => Err(CallError::new(ErrorClass::ServerError, msg)),
+                None => Err(CallError::new(
+                    ErrorClass::Client,
+                    format!(
+                        "no given reply for model `{}` (scripted runs make no calls)",
+                        model.name
+                    ),
+                )),
+            };
+        }
+        let endpoint = self.endpoint(model_id)?;
+        providers::complete_traced(&self.http, &endpoint, request, timeout, Some(&traceparent))
+            .await
+    }
+
+    fn endpoint(&self, model_id: ModelId) -> Result<Endpoint, CallError> {
+        let model = &self.program.models[model_id.index()];
+        let provider = &self.program.providers[model.provider.index()];
+        let base_url = provider
+            .base_url_env
+            .as_deref()
+            .and_then(|e| (self.env)(e))
+            .or_else(|| provider.base_url.clone())
+            .ok_or_else(|| {
+                CallError::new(
+                    ErrorClass::Client,
+                    format!("provider `{}` has no base URL", provider.name),
+                )
+            })?;
+        let api_key = match &provider.api_key_env {
+            Some(var) => match (self.env)(var) {
+                Some(k) => Some(providers::Secret::new(k)),
+                None => {
+                    return Err(CallError::new(
+                        ErrorClass::Client,
+                        format!(
+                            "the environment variable {var} is not set (model `{}`)",
+                            model.name
+                        ),
+                    ))
+                }
+            },
+            None => None,
+        };
+        Ok(Endpoint {
+            protocol: provider.protocol,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key,
+        })
+    }
+}
+
+fn message_json(m: &Message) -> Value {
+    match m {
+        Message::User(s) => serde_json::json!({"role": "user", "content": s}),
+        Message::Assistant { text, tool_calls } => {
+            serde_json::json!({"role": "assistant", "content": text, "tool_calls": tool_calls.iter().map(|c| serde_json::json!({"name": c.name, "arguments": c.arguments})).collect::<Vec<_>>()})
+        }
+        Message::ToolResult { call_id, content } => {
+            serde_json::json!({"role": "tool", "call_id": call_id, "content": content})
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Running one step: tool, agent and sub-flow calls, model calls, with the
+//! failure semantics built in: arguments validated before a call, results
+//! and model outputs after; retries by failure class with exponential
+//! backoff, jitter, a cap and `Retry-After`; a model's invalid output sent
+//! back to it with the validation errors; every attempt's worst case
+//! reserved on the budget first; a circuit breaker over consecutive failures.
+//!
+//! One file per kind of call: `tool`, `llm`, `agent`, `flow`; `retry` holds
+//! the backoff every kind shares.
+
+mod agent;
+mod flow;
+mod llm;
+pub mod output;
+pub mod retry;
+mod tool;
+
+use petgraph::graph::NodeIndex;
+use serde_json::{Map, Value};
+
+use super::error::Stop;
+use super::frame::{CallOutcome, FlowCtx};
+use super::runtime::Runtime;
+use crate::exec::CallTarget;
+
+impl Runtime<'_> {
+    /// A tool, agent or sub-flow call, with retries and budgets.
+    pub async fn call(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        target: CallTarget,
+        args: Map<String, Value>,
+        path: &str,
+        key: &str,
+    ) -> Result<CallOutcome, Stop> {
+        match target {
+            CallTarget::Tool(t) => self
+                .tool_call(cx, n, &self.program.tools[t.index()], args, path, key)
+                .await
+                .map(CallOutcome::Value),
+            CallTarget::Agent(a) => self
+                .agent(cx, n, &self.program.agents[a.index()], args)
+                .await
+                .map(CallOutcome::Value),
+            CallTarget::Flow(f) => self.flow_call(cx, n, f, args, path).await,
+        }
+    }
+}

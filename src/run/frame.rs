@@ -1,0 +1,170 @@
+//! One instance of a region (the flow body, a loop iteration, a branch arm)
+//! and what a flow run carries: its plan, ledger and span.
+
+use std::cell::{OnceCell, RefCell};
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use petgraph::graph::NodeIndex;
+use serde_json::Value;
+
+use super::budget::Ledger;
+use super::eval::Scope;
+use super::plan::Plan;
+use super::trace::SpanId;
+use crate::exec::{Flow, RegionId};
+
+/// A gate that is waiting for a decision.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PendingGate {
+    pub flow: String,
+    pub gate: String,
+    pub path: String,
+    pub show: Vec<Value>,
+}
+
+/// One instance of a region: the values of its steps.
+pub struct Frame {
+    region: RegionId,
+    cells: Vec<OnceCell<Value>>,
+    pub skipped: RefCell<HashSet<NodeIndex>>,
+    parent: Option<Rc<Frame>>,
+    params: Rc<Vec<Value>>,
+    /// Where this instance is, for idempotency keys and traces: `posted[3]`.
+    pub path: String,
+}
+
+impl Frame {
+    pub fn root(plan: &Plan, params: Vec<Value>, path: String) -> Rc<Frame> {
+        Rc::new(Frame {
+            region: RegionId(0),
+            cells: (0..plan.members[0].len())
+                .map(|_| OnceCell::new())
+                .collect(),
+            skipped: RefCell::default(),
+            parent: None,
+            params: Rc::new(params),
+            path,
+        })
+    }
+
+    pub fn child(self: &Rc<Frame>, plan: &Plan, region: RegionId, path: String) -> Rc<Frame> {
+        Rc::new(Frame {
+            region,
+            cells: (0..plan.members[region.index()].len())
+                .map(|_| OnceCell::new())
+                .collect(),
+            skipped: RefCell::default(),
+            parent: Some(self.clone()),
+            params: self.params.clone(),
+            path,
+        })
+    }
+
+    pub fn set(&self, plan: &Plan, n: NodeIndex, value: Value) {
+        let _ = self.cells[plan.slot[n.index()]].set(value);
+    }
+
+    pub fn get(&self, plan: &Plan, n: NodeIndex) -> Option<&Value> {
+        self.cells[plan.slot[n.index()]].get()
+    }
+}
+
+/// Expression scope over a frame chain.
+pub struct FrameScope<'a> {
+    pub flow: &'a Flow,
+    pub plan: &'a Plan,
+    pub frame: &'a Frame,
+}
+
+impl Scope for FrameScope<'_> {
+    fn param(&self, index: usize) -> Option<&Value> {
+        self.frame.params.get(index)
+    }
+
+    fn step(&self, node: NodeIndex) -> Option<&Value> {
+        let region = self.flow.graph[node].region;
+        let mut f = self.frame;
+        loop {
+            if f.region == region {
+                return f.get(self.plan, node);
+            }
+            f = f.parent.as_deref()?;
+        }
+    }
+
+    fn env(&self, _name: &str) -> Option<String> {
+        // The checker keeps `env.` out of flows (K001).
+        None
+    }
+}
+
+/// What one flow run needs: its graph, plan, budget and trace span.
+pub struct FlowCtx<'a> {
+    pub flow: &'a Flow,
+    pub plan: Rc<Plan>,
+    pub ledger: Arc<Ledger>,
+    pub span: SpanId,
+}
+
+impl<'a> FlowCtx<'a> {
+    /// The same flow with calls hanging under span `span` (a step's, an
+    /// agent's).
+    pub fn in_span(&self, span: SpanId) -> FlowCtx<'a> {
+        FlowCtx {
+            flow: self.flow,
+            plan: self.plan.clone(),
+            ledger: self.ledger.clone(),
+            span,
+        }
+    }
+}
+
+/// How a call (or any step that ran as a future) ended.
+pub enum CallOutcome {
+    Value(Value),
+    /// A sub-flow whose result was skipped (a rejected gate).
+    Skipped,
+    /// A gate inside it (in a called flow, a loop iteration, a branch arm)
+    /// waits for a decision: it has no value yet, so nothing that depends on
+    /// it may start, and it is not checkpointed.
+    Waiting,
+}
+
+/// How a region instance ended.
+#[derive(Default)]
+pub struct RegionEnd {
+    /// The region's own gates that wait for a decision.
+    pub waiting: Vec<PendingGate>,
+    /// A step waits on a gate further in (a loop iteration, a branch arm, a
+    /// called flow), whose gates are in the run's waiting list.
+    pub blocked: bool,
+}
+
+impl RegionEnd {
+    /// Some step of the region has no value because a gate waits.
+    pub fn is_waiting(&self) -> bool {
+        !self.waiting.is_empty() || self.blocked
+    }
+}
+
+/// A gate's decision, from a test's `given`, a recording or the command line.
+#[derive(Clone, Debug)]
+pub enum GateDecision {
+    Approve(Option<Value>),
+    Reject(String),
+}
+
+/// A step instance's name in the run store: `posted[3]/reconcile.posted.result`.
+pub fn step_key(path: &str, cx: &FlowCtx<'_>, n: NodeIndex) -> String {
+    format!("{}{}.{}", prefix(path), cx.flow.name, cx.flow.graph[n].name)
+}
+
+pub fn prefix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}/")
+    }
+}

@@ -1,0 +1,255 @@
+//! What a run shares: the program, the world that answers calls, budgets,
+//! the trace, the run store, the circuit breaker and per-model gates.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use petgraph::graph::NodeIndex;
+use serde_json::Value;
+
+use super::budget::{Exhausted, Ledger, Spend};
+use super::error::FailureClass;
+use super::error::{RunError, Stop};
+use super::frame::{FlowCtx, GateDecision, PendingGate};
+use super::plan::Plan;
+use super::trace::Trace;
+use super::validate::Validators;
+use super::world::{Env, World};
+use crate::exec::{CallTarget, FlowId, ModelId, Program};
+use crate::fields;
+
+/// Everything a run shares.
+pub struct Runtime<'p> {
+    pub program: &'p Program,
+    pub world: RefCell<World>,
+    pub gates: HashMap<String, GateDecision>,
+    pub validators: Validators,
+    pub trace: Arc<Trace>,
+    pub http: reqwest::Client,
+    pub env: Env,
+    pub permits: tokio::sync::Semaphore,
+    pub run_id: String,
+    /// Consecutive failed attempts across the run, and the limit.
+    pub failures: Cell<u32>,
+    pub breaker: u32,
+    pub completed: RefCell<Vec<String>>,
+    pub waiting: RefCell<Vec<PendingGate>>,
+    /// Calls made per tool, agent and flow (for tests' `expect … called`).
+    pub calls: RefCell<HashMap<CallTarget, u64>>,
+    pub stats: RefCell<Stats>,
+    pub plans: RefCell<HashMap<FlowId, Rc<Plan>>>,
+    /// Per model: its own concurrency limit and the earliest time its next
+    /// call may start (`rpm`).
+    pub model_gates: HashMap<ModelId, ModelGate>,
+    /// The run store, for durable runs.
+    pub durable: Option<Durable>,
+    pub root_ledger: RefCell<Option<Arc<Ledger>>>,
+    /// Spent by earlier processes of a resumed run.
+    pub base_spend: Spend,
+}
+
+/// A durable run's store and what it already holds.
+pub struct Durable {
+    pub store: RefCell<crate::store::Store>,
+    pub run_id: String,
+    /// This process's lease on the run: every write is fenced by it.
+    pub lease: crate::store::Lease,
+    /// Completed step instances: key → value (`None`: skipped).
+    pub done: RefCell<HashMap<String, Option<Value>>>,
+    /// Results waiting for the next commit, from every region of the run.
+    pub pending: RefCell<Vec<(String, Option<Value>)>>,
+    /// Commit transactions so far: results pending now go into the next one.
+    pub commits: Cell<u64>,
+    /// Why a write to the store failed; every later checkpoint fails with
+    /// it, and the run ends with it.
+    pub failed: RefCell<Option<crate::store::StoreError>>,
+}
+
+impl Durable {
+    /// Remembers a failed write (the run ends with it) and says what failed.
+    pub fn store_failed(&self, e: crate::store::StoreError) -> String {
+        let message = e.to_string();
+        self.failed.borrow_mut().get_or_insert(e);
+        message
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Stats {
+    pub model_calls: u64,
+    pub tool_calls_ok: u64,
+    pub tool_calls_failed: u64,
+    pub validation_rejections: u64,
+    pub retries: u64,
+}
+
+impl<'p> Runtime<'p> {
+    pub fn plan(&self, id: FlowId) -> Rc<Plan> {
+        self.plans
+            .borrow_mut()
+            .entry(id)
+            .or_insert_with(|| Rc::new(Plan::new(&self.program.flows[id.index()])))
+            .clone()
+    }
+
+    /// Commits completed steps (and the run's spend) before anything that
+    /// depends on them starts. Group commit across the whole run: the
+    /// results wait one turn of the event loop, so that every step of any
+    /// region completing in that turn (a wide fan-out's calls answering
+    /// together, each in its own loop iteration) joins them; the first of
+    /// those to resume commits them all in one transaction, and the rest find
+    /// their results committed. Nobody waits on anybody else, so a region
+    /// blocked here never holds up the commit of the steps it contains.
+    pub async fn persist(
+        &self,
+        cx: &FlowCtx<'_>,
+        batch: Vec<(String, Option<Value>)>,
+    ) -> Result<(), Stop> {
+        let Some(d) = &self.durable else {
+            return Ok(());
+        };
+        let Some((first, _)) = batch.first() else {
+            return Ok(());
+        };
+        let failed = |message: String, step: String| {
+            Stop::Failed(RunError {
+                flow: cx.flow.name.clone(),
+                step,
+                attempts: 0,
+                class: FailureClass::Store,
+                message,
+            })
+        };
+        let step = first.clone();
+        let ticket = d.commits.get() + 1;
+        d.pending.borrow_mut().extend(batch);
+        tokio::task::yield_now().await;
+        if d.commits.get() < ticket {
+            let batch = std::mem::take(&mut *d.pending.borrow_mut());
+            let result = d
+                .store
+                .borrow_mut()
+                .commit_steps(&d.lease, &batch, self.total_spend());
+            d.commits.set(d.commits.get() + 1);
+            if let Err(e) = result {
+                *d.failed.borrow_mut() = Some(e);
+            }
+        }
+        match &*d.failed.borrow() {
+            Some(e) => Err(failed(e.to_string(), step)),
+            None => Ok(()),
+        }
+    }
+
+    /// What the whole run has spent, earlier processes included.
+    pub fn total_spend(&self) -> Spend {
+        self.root_ledger
+            .borrow()
+            .as_ref()
+            .map_or(Spend::default(), |l| l.spent())
+    }
+
+    pub(crate) fn count_call(&self, target: CallTarget) {
+        *self.calls.borrow_mut().entry(target).or_insert(0) += 1;
+    }
+
+    /// Calls per callee name, for the report.
+    pub fn calls_by_name(&self) -> HashMap<String, u64> {
+        let mut out = HashMap::new();
+        for (target, n) in self.calls.borrow().iter() {
+            *out.entry(target.name_in(self.program).to_string())
+                .or_insert(0) += n;
+        }
+        out
+    }
+
+    pub(crate) fn trip_breaker(&self, cx: &FlowCtx<'_>, n: NodeIndex) -> Result<(), Stop> {
+        let f = self.failures.get() + 1;
+        self.failures.set(f);
+        if self.breaker > 0 && f >= self.breaker {
+            return Err(self.fail(
+                cx,
+                n,
+                1,
+                FailureClass::CircuitBreaker,
+                format!("{f} consecutive failed calls: the circuit breaker stopped the run"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn spend_step(&self, cx: &FlowCtx<'_>, n: NodeIndex) -> Result<(), Stop> {
+        let r = cx
+            .ledger
+            .reserve(Spend::step())
+            .map_err(|e| self.exhausted(cx, n, e))?;
+        cx.ledger.settle(r, Spend::step());
+        Ok(())
+    }
+
+    pub fn exhausted(&self, cx: &FlowCtx<'_>, n: NodeIndex, e: Exhausted) -> Stop {
+        self.trace.event(
+            Some(cx.span),
+            "budget",
+            &cx.flow.graph[n].name,
+            fields! {"status": "exhausted", "budget": e.what, "limit": e.limit, "used": e.used, "wanted": e.wanted},
+        );
+        Stop::Exhausted(e)
+    }
+
+    pub fn fail(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        attempts: u32,
+        class: FailureClass,
+        message: String,
+    ) -> Stop {
+        Stop::Failed(RunError {
+            flow: cx.flow.name.clone(),
+            step: cx.flow.graph[n].shown.clone(),
+            attempts,
+            class,
+            message,
+        })
+    }
+}
+
+/// A model's own limits: calls in flight and calls started per minute.
+pub struct ModelGate {
+    pub permits: Option<tokio::sync::Semaphore>,
+    /// Minimum time between two call starts, and when the next may start.
+    pub spacing: Option<Duration>,
+    pub next: Cell<Option<Instant>>,
+}
+
+impl ModelGate {
+    pub fn new(model: &crate::exec::Model) -> ModelGate {
+        ModelGate {
+            permits: model
+                .concurrency
+                .map(|n| tokio::sync::Semaphore::new(n.max(1) as usize)),
+            spacing: model
+                .rpm
+                .map(|r| Duration::from_secs_f64(60.0 / r.max(1) as f64)),
+            next: Cell::new(None),
+        }
+    }
+
+    /// Waits until this model may start another call under its `rpm`.
+    pub(crate) async fn wait_turn(&self) {
+        let Some(spacing) = self.spacing else { return };
+        let now = Instant::now();
+        let start = match self.next.get() {
+            Some(t) if t > now => t,
+            _ => now,
+        };
+        self.next.set(Some(start + spacing));
+        if start > now {
+            tokio::time::sleep_until(start.into()).await;
+        }
+    }
+}

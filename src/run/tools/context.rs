@@ -1,0 +1,18 @@
+//! What a tool call needs besides its arguments.
+
+use std::time::Duration;
+
+/// How templates read `env.NAME` (tests replace the process environment).
+pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// What a tool call needs besides its arguments.
+pub struct ToolContext<'a> {
+    pub http: &'a reqwest::Client,
+    /// Environment lookup (tests replace the process environment).
+    pub env: &'a EnvLookup,
+    /// Sent as `Idempotency-Key` (http) or `FLOWC_IDEMPOTENCY_KEY` (exec).
+    pub idempotency_key: Option<String>,
+    pub timeout: Duration,
+    /// The W3C `traceparent` of the call's span, sent as a header (http).
+    pub traceparent: Option<String>,
+}
