@@ -18,6 +18,7 @@ pub mod format;
 pub mod ir;
 pub mod loader;
 pub mod lower;
+pub mod lsp;
 pub mod parser;
 pub mod render;
 pub mod run;

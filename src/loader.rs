@@ -40,6 +40,9 @@ pub struct Workspace {
 pub struct Loader {
     ws: Workspace,
     by_key: HashMap<String, usize>,
+    /// Text that stands for a file's contents (an editor's unsaved buffer),
+    /// by the file's key.
+    overlays: HashMap<String, Vec<u8>>,
 }
 
 impl Loader {
@@ -55,7 +58,7 @@ impl Loader {
             self.mark_root(m);
             return Ok(m);
         }
-        let bytes = std::fs::read(path)?;
+        let bytes = self.read(path, &key)?;
         let m = self.add(
             path.display().to_string(),
             Origin::Disk(path.to_path_buf()),
@@ -71,6 +74,19 @@ impl Loader {
         let m = self.add(name.to_string(), Origin::Stdin, bytes, format!("<{name}>"));
         self.mark_root(m);
         m
+    }
+
+    /// Makes `bytes` stand for the contents of `path` whenever it is loaded
+    /// or imported (the language server's unsaved editor buffers).
+    pub fn overlay(&mut self, path: &Path, bytes: Vec<u8>) {
+        self.overlays.insert(key_for(path), bytes);
+    }
+
+    fn read(&self, path: &Path, key: &str) -> std::io::Result<Vec<u8>> {
+        match self.overlays.get(key) {
+            Some(bytes) => Ok(bytes.clone()),
+            None => std::fs::read(path),
+        }
     }
 
     pub fn finish(self) -> Workspace {
@@ -177,7 +193,7 @@ impl Loader {
                 if let Some(&m) = self.by_key.get(&key) {
                     return Some(m);
                 }
-                match std::fs::read(&full) {
+                match self.read(&full, &key) {
                     Ok(bytes) => {
                         let name = display_path(&full);
                         Some(self.add(name, Origin::Disk(full.clone()), &bytes, key))

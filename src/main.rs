@@ -272,6 +272,9 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Run the language server on standard input and output, for editors
+    /// (editors/README.md says how to set each one up).
+    Lsp,
 }
 
 /// Output of the listing commands (`runs`, `stats`, `show`, `inbox`,
@@ -410,6 +413,7 @@ fn main() {
         Command::Trace { run, format } => execute::trace_command(&run, format),
         Command::Schema { file } => schema(file),
         Command::Graph { file, flow, format } => graph(file, flow, format),
+        Command::Lsp => flowc::lsp::serve_stdio(),
         Command::Init { dir } => cli::init::run(dir.unwrap_or_else(|| PathBuf::from("."))),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "flowc", &mut std::io::stdout());

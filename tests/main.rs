@@ -15,6 +15,7 @@ mod format;
 mod generated_flows;
 mod golden;
 mod graph;
+mod lsp;
 mod open_records;
 mod otel;
 mod providers;
