@@ -307,9 +307,8 @@ pub fn identifiers(text: &str) -> Vec<Token> {
         let in_string = strings.len() > braces.len();
         if in_string {
             let triple = *strings.last().unwrap_or(&false);
-            if b[i] == b'\\' {
-                i += 2;
-            } else if b[i] == b'{' && b.get(i + 1) == Some(&b'{') {
+            // An escape, or `{{` (a literal brace), is two characters of text.
+            if b[i] == b'\\' || (b[i] == b'{' && b.get(i + 1) == Some(&b'{')) {
                 i += 2;
             } else if b[i] == b'{' {
                 braces.push(0);

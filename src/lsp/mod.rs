@@ -7,6 +7,11 @@
 //! published on open at once and on change after a short quiet period
 //! (debounced), for the document and every `use`d file.
 
+// `lsp_types::Uri` caches its parsed parts in cells, which clippy reads as a
+// mutable hash key; its hash and equality are of the text alone, which never
+// changes (rust-analyzer allows the lint for the same reason).
+#![allow(clippy::mutable_key_type)]
+
 mod analysis;
 mod features;
 mod position;
