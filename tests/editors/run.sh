@@ -8,8 +8,11 @@
 #      queries compile, highlights cover every token without overlaps;
 #   3. every .flow file in examples/ (recursively), stdlib/ and the editor
 #      fixtures parses with the tree-sitter grammar (no ERROR/MISSING node);
-#   4. Vim: filetype, options, syntax groups and indentation (needs vim);
-#   5. pre-commit: the hooks in .pre-commit-hooks.yaml, run by pre-commit.
+#   4. Vim: filetype, options, syntax groups, indentation, and `:make` with
+#      the flowc compiler filling the quickfix list (needs vim);
+#   5. Neovim, headless, against `flowc lsp` on an example: the diagnostics
+#      it receives (needs nvim);
+#   6. pre-commit: the hooks in .pre-commit-hooks.yaml, run by pre-commit.
 #
 # Environment:
 #   FLOWC                  flowc binary for the pre-commit test
@@ -233,6 +236,23 @@ if command -v vim >/dev/null; then
   fi
 else
   fail "vim: vim is not installed; run \`bash tests/setup.sh\`"
+fi
+
+# ------------------------------------------------------------------ Neovim
+
+section "Neovim: flowc lsp"
+
+if command -v nvim >/dev/null; then
+  nvim_out="$work/nvim.out"
+  FLOWC="$flowc" FLOW_REPO="$repo" FLOW_NVIM_OUT="$nvim_out" \
+    timeout 120 nvim --headless --clean -c 'luafile tests/editors/nvim/lsp_test.lua' </dev/null >/dev/null 2>&1 || true
+  if [[ -s "$nvim_out" ]]; then
+    tally "neovim" cat "$nvim_out"
+  else
+    fail "neovim: the LSP test script produced no result"
+  fi
+else
+  fail "neovim: nvim is not installed; run \`bash tests/setup.sh\`"
 fi
 
 # ------------------------------------------------------------------ pre-commit

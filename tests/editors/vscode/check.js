@@ -47,6 +47,53 @@ check('vscode: package.json contributes language flow for *.flow', () => {
   return '';
 });
 
+// The language client: `flowc lsp` started with the binary from the
+// `flowc.path` setting. extension.js is loaded with a stand-in `vscode`
+// module, and the client it builds is inspected without starting a server.
+check('vscode: the extension starts flowc lsp from the flowc.path setting', () => {
+  if (pkg.main !== './extension.js' || !fs.existsSync(path.join(ext, 'extension.js'))) return 'no ./extension.js main';
+  if (!(pkg.activationEvents || []).includes('onLanguage:flow')) return 'not activated on language flow';
+  const setting = pkg.contributes.configuration && pkg.contributes.configuration.properties['flowc.path'];
+  if (!setting || setting.default !== 'flowc') return 'no flowc.path setting defaulting to flowc';
+  if (!(pkg.dependencies || {})['vscode-languageclient']) return 'vscode-languageclient is not a dependency';
+  const Module = require('module');
+  const created = [];
+  const fakeVscode = {
+    workspace: {
+      getConfiguration: (section) => ({ get: (key) => (section === 'flowc' && key === 'path' ? '/opt/flowc/bin/flowc' : undefined) }),
+      onDidChangeConfiguration: () => ({ dispose() {} }),
+    },
+    window: { showErrorMessage: () => {} },
+  };
+  const fakeClient = {
+    TransportKind: { stdio: 0 },
+    LanguageClient: function (id, name, server, client) {
+      created.push({ id, server, client });
+      this.start = () => Promise.resolve();
+      this.stop = () => Promise.resolve();
+    },
+  };
+  const load = Module._load;
+  Module._load = function (request, ...rest) {
+    if (request === 'vscode') return fakeVscode;
+    if (request === 'vscode-languageclient/node') return fakeClient;
+    return load.call(this, request, ...rest);
+  };
+  try {
+    const extension = require(path.join(ext, 'extension.js'));
+    extension.activate({ subscriptions: [] });
+  } finally {
+    Module._load = load;
+  }
+  if (created.length !== 1) return `${created.length} clients created`;
+  const { server, client } = created[0];
+  if (server.run.command !== '/opt/flowc/bin/flowc' || server.run.args.join(' ') !== 'lsp') return `runs ${JSON.stringify(server.run)}`;
+  if (client.documentSelector[0].language !== 'flow') return 'not for language flow';
+  // The real client library is installed (npm ci) and loads.
+  if (!fs.existsSync(path.join(ext, 'node_modules', 'vscode-languageclient', 'node.js'))) return 'vscode-languageclient is not installed (npm ci)';
+  return '';
+});
+
 check('vscode: language-configuration.json', () => {
   const conf = JSON.parse(fs.readFileSync(path.join(ext, lang.configuration), 'utf8'));
   if (conf.comments.lineComment !== '//') return 'lineComment is not //';
