@@ -147,6 +147,8 @@ pub struct Price {
     /// US dollars per million tokens.
     pub input: f64,
     pub output: f64,
+    /// The model's context window in tokens (`context 128k`).
+    pub context: Option<u64>,
     pub span: Span,
 }
 

@@ -78,6 +78,8 @@ codes! {
     ModelWithoutMaxTokens = "B006", "model-without-max-tokens", Error, "a model call whose output length is not bounded";
     BudgetBoundsNothing = "B007", "budget-bounds-nothing", Warning, "a flow budget with no `wall` (nothing bounds time), or with only `wall` (nothing bounds spend)";
     TooManyTools = "B008", "too-many-tools", Warning, "an agent with more tools than a model chooses among reliably";
+    ContextWindowExceeded = "C001", "context-window-exceeded", Error, "a prompt whose worst case does not fit the model's context window";
+    UnboundedPromptValue = "C002", "unbounded-prompt-value", Warning, "a prompt that quotes a tool result with no `limit`, so no context window can be proven to hold it";
     DeadStep = "X001", "dead-step", Warning, "a step whose value is never used and that has no effect";
     UnreachableArm = "X002", "unreachable-arm", Warning, "a `match` arm that can never be taken";
     SecretInPrompt = "K001", "secret-in-prompt", Error, "an `env.` value used outside a tool or provider, where it could leak";

@@ -1579,7 +1579,14 @@ impl<'s> Printer<'s> {
         };
         let input = money_after(self, "input");
         let output = money_after(self, "output");
-        text(format!(" {{ input {input}, output {output} }}"))
+        let context = money_after(self, "context");
+        if context.is_empty() {
+            text(format!(" {{ input {input}, output {output} }}"))
+        } else {
+            text(format!(
+                " {{ input {input}, output {output}, context {context} }}"
+            ))
+        }
     }
 
     /// `protocol`, `base_url` and `api_key`, token by token.

@@ -64,6 +64,8 @@ pub struct Price {
     pub model: Option<String>,
     pub input: f64,
     pub output: f64,
+    /// The model's context window in tokens, if the table says.
+    pub context: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -82,6 +84,9 @@ pub struct Model {
     /// Other parameters, passed to the provider as written.
     pub extra: Vec<(String, serde_json::Value)>,
     pub price: Option<Price>,
+    /// Tokens a request may hold (prompt and output): the model's
+    /// `context_window` parameter, else its price entry's `context`.
+    pub context_window: Option<u64>,
 }
 
 #[derive(Debug)]

@@ -994,10 +994,15 @@ impl Parser {
                     };
                     let input = self.quantity(next!(self, c, cspan))?.value;
                     let output = self.quantity(next!(self, c, cspan))?.value;
+                    let context = match c.next() {
+                        Some(p) => Some(self.quantity(p)?.value as u64),
+                        None => None,
+                    };
                     decl.prices.push(Price {
                         model,
                         input,
                         output,
+                        context,
                         span: cspan,
                     });
                 }

@@ -24,7 +24,7 @@ use petgraph::graph::NodeIndex;
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::ir::{
-    Agent, Budget, CallTarget, ExprKind, Fallback, Flow, LlmCall, Program, RegionId, StepKind,
+    Agent, Budget, CallTarget, Fallback, Flow, LlmCall, Program, RegionId, StepKind,
     Template, TemplatePart,
 };
 use crate::source::Span;
@@ -355,8 +355,8 @@ fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall) -> Worst
         return w;
     }
     let attempts = 1 + l.retry.as_ref().map_or(0, |r| r.retries);
-    let prompt = prompt_tokens(program, flow, l.prompt.as_ref())
-        + prompt_tokens(program, flow, l.system.as_ref());
+    let prompt = prompt_tokens(program, Some(flow), l.prompt.as_ref())
+        + prompt_tokens(program, Some(flow), l.system.as_ref());
     for model in program.model_chain(l.model) {
         let m = &program.models[model.index()];
         let Some(max_out) = l.max_tokens.or(m.max_tokens) else {
@@ -428,26 +428,32 @@ fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst
     };
     let count_text = format!("{who} runs agent `{}`: {} turns", agent.name, group(steps));
     let Some(model) = agent.model else { return w };
-    let prompt = agent
-        .instructions
-        .as_ref()
-        .map_or(0.0, |t| (t.text_len() as f64 / 4.0).ceil());
+    let instructions = prompt_tokens(program, None, agent.instructions.as_ref());
+    let result = agent_tool_result(program, agent);
     for id in program.model_chain(model) {
         let m = &program.models[id.index()];
         let Some(max_out) = m.max_tokens else {
             continue;
         };
         let out = max_out as f64;
-        let tokens = steps * (prompt + out);
+        // Every turn re-reads the conversation so far: turn k's prompt is
+        // the instructions plus k - 1 earlier answers and tool results.
+        let pairs = steps * (steps - 1.0).max(0.0) / 2.0;
+        let input = steps * instructions + pairs * (out + result);
+        let tokens = input + steps * out;
         let (cost, cost_text) = match &m.price {
             Some(p) => {
-                let cost = steps * (prompt * p.input + out * p.output) / 1e6;
+                let cost = (input * p.input + steps * out * p.output) / 1e6;
                 let text = format!(
-                    "agent `{}`: {} max_steps × ({} in × ${}/M + {} out × ${}/M) = {}",
+                    "agent `{}`: ({} turns × {} instructions + {} × ({} out + {} tool result)) in × ${}/M + {} max_steps × {} out × ${}/M = {}",
                     agent.name,
                     group(steps),
-                    group(prompt),
+                    group(instructions),
+                    group(pairs),
+                    group(out),
+                    group(result),
                     price(p.input),
+                    group(steps),
                     group(out),
                     price(p.output),
                     money(cost)
@@ -464,11 +470,14 @@ fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst
         w.terms.push(Term {
             span,
             tokens_text: format!(
-                "agent `{}`: {} max_steps × ({} max_tokens + {} prompt) = {} tokens",
+                "agent `{}`: {} max_steps × ({} max_tokens + {} instructions) + {} earlier turns re-read × ({} max_tokens + {} tool result) = {} tokens",
                 agent.name,
                 group(steps),
                 group(out),
-                group(prompt),
+                group(instructions),
+                group(pairs),
+                group(out),
+                group(result),
                 group(tokens)
             ),
             cost_text,
@@ -500,12 +509,52 @@ fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst
     w
 }
 
+/// The most one tool result can add to an agent's conversation: the largest
+/// `limit` (or type bound) among the tools it may call. A tool with neither
+/// counts nothing here (C002 reports it).
+pub(super) fn agent_tool_result(program: &Program, agent: &Agent) -> f64 {
+    agent
+        .tools
+        .iter()
+        .map(|(t, _)| &program.tools[t.index()])
+        .filter(|t| t.effect <= agent.may)
+        .filter_map(|t| {
+            t.limit_tokens
+                .map(|l| l as f64)
+                .or_else(|| type_tokens(&program.types, &t.output, 0))
+        })
+        .fold(0.0, f64::max)
+}
+
 /// Tokens a prompt template can reach: its text, and each quoted value at
 /// its bound. The quotes of one step together never count more than what
 /// that step can produce (a tool's `limit`, a model's `max_tokens`).
-fn prompt_tokens(program: &Program, flow: &Flow, t: Option<&Template>) -> f64 {
-    let Some(t) = t else { return 0.0 };
-    let mut tokens = (t.text_len() as f64 / 4.0).ceil();
+pub(super) fn prompt_tokens(program: &Program, flow: Option<&Flow>, t: Option<&Template>) -> f64 {
+    prompt_parts(program, flow, t).total()
+}
+
+/// A prompt's worst case, part by part (for the arithmetic in messages).
+#[derive(Default)]
+pub(super) struct PromptParts {
+    /// Fixed text, four characters a token.
+    pub(super) fixed: f64,
+    /// Each interpolated value: where, its bound in tokens, and how it reads.
+    pub(super) values: Vec<(Span, f64, String)>,
+    /// Values with no bound at all: where, and the tool whose result it
+    /// quotes when it is a tool result with no `limit`.
+    pub(super) unbounded: Vec<(Span, Option<crate::ir::ToolId>)>,
+}
+
+impl PromptParts {
+    pub(super) fn total(&self) -> f64 {
+        self.fixed + self.values.iter().map(|(_, t, _)| t).sum::<f64>()
+    }
+}
+
+pub(super) fn prompt_parts(program: &Program, flow: Option<&Flow>, t: Option<&Template>) -> PromptParts {
+    let mut parts = PromptParts::default();
+    let Some(t) = t else { return parts };
+    parts.fixed = (t.text_len() as f64 / 4.0).ceil();
     let mut charged: HashMap<NodeIndex, f64> = HashMap::new();
     for part in &t.parts {
         let TemplatePart::Expr(e) = part else {
@@ -514,31 +563,63 @@ fn prompt_tokens(program: &Program, flow: &Flow, t: Option<&Template>) -> f64 {
         let own = type_tokens(&program.types, &e.ty, 0);
         let mut steps = Vec::new();
         e.steps(&mut steps);
-        let cap = |s: NodeIndex| step_cap(program, flow, s);
+        let cap = |s: NodeIndex| flow.and_then(|f| step_cap(program, f, s));
+        let label = expr_label(flow, e);
         match (own, steps.as_slice()) {
             (Some(bound), [only]) => {
                 let limit = cap(*only).unwrap_or(f64::INFINITY);
                 let used = charged.entry(*only).or_insert(0.0);
                 let add = bound.min((limit - *used).max(0.0));
                 *used += add;
-                tokens += add;
+                parts.values.push((e.span, add, label));
             }
-            (Some(bound), _) => tokens += bound,
+            (Some(bound), _) => parts.values.push((e.span, bound, label)),
             (None, _) => {
-                for s in steps {
-                    if let Some(limit) = cap(s) {
-                        let used = charged.entry(s).or_insert(0.0);
-                        tokens += (limit - *used).max(0.0);
+                let mut any = false;
+                for s in &steps {
+                    if let Some(limit) = cap(*s) {
+                        any = true;
+                        let used = charged.entry(*s).or_insert(0.0);
+                        parts.values.push((e.span, (limit - *used).max(0.0), label.clone()));
                         *used = limit;
                     }
                 }
-                if let ExprKind::Param(_) = e.kind {
-                    // An unbounded parameter: counted by the runtime only.
+                if !any {
+                    // A parameter, `json`, or a tool result without `limit`:
+                    // counted by the runtime only.
+                    let tool = flow.and_then(|f| {
+                        steps.iter().find_map(|s| match &f.graph[*s].kind {
+                            StepKind::Call {
+                                target: CallTarget::Tool(t),
+                                ..
+                            } => Some(*t),
+                            _ => None,
+                        })
+                    });
+                    parts.unbounded.push((e.span, tool));
                 }
             }
         }
     }
-    tokens
+    parts
+}
+
+/// An interpolated value as written, roughly: `page.text`.
+fn expr_label(flow: Option<&Flow>, e: &crate::ir::Expr) -> String {
+    use crate::ir::ExprKind;
+    match &e.kind {
+        ExprKind::Step(n) => flow.map_or("value".into(), |f| {
+            let name = &f.graph[*n].name;
+            name.rsplit_once('.').map_or(name.clone(), |(owner, _)| owner.to_string())
+        }),
+        ExprKind::Param(i) => flow
+            .and_then(|f| f.params.get(*i))
+            .map_or("a parameter".into(), |p| p.name.clone()),
+        ExprKind::Member(b, field) => format!("{}.{field}", expr_label(flow, b)),
+        ExprKind::Len(b) => format!("{}.len", expr_label(flow, b)),
+        ExprKind::Index(b, _) => format!("{}[…]", expr_label(flow, b)),
+        _ => "value".into(),
+    }
 }
 
 /// What a step can put into a prompt at most, if it says.
@@ -557,7 +638,7 @@ fn step_cap(program: &Program, flow: &Flow, s: NodeIndex) -> Option<f64> {
 }
 
 /// Tokens a value of this type takes in a prompt (as JSON), if bounded.
-fn type_tokens(types: &TypeTable, ty: &Ty, depth: u32) -> Option<f64> {
+pub(super) fn type_tokens(types: &TypeTable, ty: &Ty, depth: u32) -> Option<f64> {
     if depth > 16 {
         return None;
     }

@@ -6,6 +6,7 @@
 //! Architecture invariant: checking does no IO.
 
 mod approval;
+mod context;
 mod cost;
 mod dead;
 mod graph;
@@ -79,6 +80,7 @@ pub fn check(
         .map(|(a, r)| *a && !*r)
         .collect();
     cost::check(&program, &analyzable, &mut found);
+    context::check(&program, &mut found);
     taint::check(&program, &analyzable, &output_gated, &mut found);
     // The standard library is checked by flowc's own tests; users see only
     // problems in their files.

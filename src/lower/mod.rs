@@ -126,6 +126,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             rpm: None,
                             extra: Vec::new(),
                             price: None,
+                            context_window: None,
                         });
                         (
                             &md.name,
@@ -740,6 +741,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 model: pr.model.clone(),
                 input: pr.input,
                 output: pr.output,
+                context: pr.context,
             })
             .collect();
     }
@@ -763,6 +765,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         let mut fallback = None;
         let mut concurrency = None;
         let mut rpm = None;
+        let mut context_window = None;
         let mut extra = Vec::new();
         for (key, value) in &decl.params {
             match key.name.as_str() {
@@ -775,6 +778,16 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                         max_tokens = Some(n as u64)
                     }
                     _ => self.param_error(value.span, "max_tokens", "a whole number of at least 1"),
+                },
+                "context_window" => match value.kind {
+                    ast::ExprKind::Number(n) if n >= 1.0 && n.fract() == 0.0 => {
+                        context_window = Some(n as u64)
+                    }
+                    _ => self.param_error(
+                        value.span,
+                        "context_window",
+                        "a whole number of tokens of at least 1",
+                    ),
                 },
                 "concurrency" | "rpm" => match value.kind {
                     ast::ExprKind::Number(n) if n >= 1.0 && n.fract() == 0.0 => {
@@ -824,6 +837,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         model.concurrency = concurrency;
         model.rpm = rpm;
         model.extra = extra;
+        model.context_window = context_window.or(price.as_ref().and_then(|p| p.context));
         model.price = price;
     }
 
