@@ -21,7 +21,14 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
     for flow in &program.flows {
         for n in flow.graph.node_indices() {
             if let StepKind::Llm(l) = &flow.graph[n].kind {
-                llm_step(program, flow, &flow.graph[n].display(), flow.graph[n].span, l, out);
+                llm_step(
+                    program,
+                    flow,
+                    &flow.graph[n].display(),
+                    flow.graph[n].span,
+                    l,
+                    out,
+                );
             }
         }
     }
@@ -30,7 +37,14 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn llm_step(program: &Program, flow: &Flow, who: &str, span: Span, l: &LlmCall, out: &mut Vec<Diagnostic>) {
+fn llm_step(
+    program: &Program,
+    flow: &Flow,
+    who: &str,
+    span: Span,
+    l: &LlmCall,
+    out: &mut Vec<Diagnostic>,
+) {
     if l.model.index() >= program.models.len() {
         return;
     }
@@ -48,7 +62,9 @@ fn llm_step(program: &Program, flow: &Flow, who: &str, span: Span, l: &LlmCall, 
     let mut reported_unbounded = false;
     for id in program.model_chain(l.model) {
         let m = &program.models[id.index()];
-        let Some(window) = m.context_window else { continue };
+        let Some(window) = m.context_window else {
+            continue;
+        };
         let output = l.max_tokens.or(m.max_tokens).unwrap_or(0) as f64;
         let arithmetic = format!(
             "{} fixed text{} + {} max_tokens = {} tokens",
@@ -115,12 +131,16 @@ fn agent_turns(program: &Program, agent: &Agent, out: &mut Vec<Diagnostic>) {
         .iter()
         .map(|(t, s)| (&program.tools[t.index()], *s))
         .filter(|(t, _)| t.effect <= agent.may)
-        .filter(|(t, _)| t.limit_tokens.is_none() && type_tokens(&program.types, &t.output, 0).is_none())
+        .filter(|(t, _)| {
+            t.limit_tokens.is_none() && type_tokens(&program.types, &t.output, 0).is_none()
+        })
         .collect();
     let mut reported_unbounded = false;
     for id in program.model_chain(model) {
         let m = &program.models[id.index()];
-        let Some(window) = m.context_window else { continue };
+        let Some(window) = m.context_window else {
+            continue;
+        };
         let output = m.max_tokens.unwrap_or(0) as f64;
         let earlier = (steps - 1.0).max(0.0);
         let last = instructions + earlier * (output + result) + output;

@@ -24,8 +24,8 @@ use petgraph::graph::NodeIndex;
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::ir::{
-    Agent, Budget, CallTarget, Fallback, Flow, LlmCall, Program, RegionId, StepKind,
-    Template, TemplatePart,
+    Agent, Budget, CallTarget, Fallback, Flow, LlmCall, Program, RegionId, StepKind, Template,
+    TemplatePart,
 };
 use crate::source::Span;
 use crate::types::{Lit, Ty, TypeTable};
@@ -551,7 +551,11 @@ impl PromptParts {
     }
 }
 
-pub(super) fn prompt_parts(program: &Program, flow: Option<&Flow>, t: Option<&Template>) -> PromptParts {
+pub(super) fn prompt_parts(
+    program: &Program,
+    flow: Option<&Flow>,
+    t: Option<&Template>,
+) -> PromptParts {
     let mut parts = PromptParts::default();
     let Some(t) = t else { return parts };
     parts.fixed = (t.text_len() as f64 / 4.0).ceil();
@@ -580,7 +584,9 @@ pub(super) fn prompt_parts(program: &Program, flow: Option<&Flow>, t: Option<&Te
                     if let Some(limit) = cap(*s) {
                         any = true;
                         let used = charged.entry(*s).or_insert(0.0);
-                        parts.values.push((e.span, (limit - *used).max(0.0), label.clone()));
+                        parts
+                            .values
+                            .push((e.span, (limit - *used).max(0.0), label.clone()));
                         *used = limit;
                     }
                 }
@@ -610,7 +616,8 @@ fn expr_label(flow: Option<&Flow>, e: &crate::ir::Expr) -> String {
     match &e.kind {
         ExprKind::Step(n) => flow.map_or("value".into(), |f| {
             let name = &f.graph[*n].name;
-            name.rsplit_once('.').map_or(name.clone(), |(owner, _)| owner.to_string())
+            name.rsplit_once('.')
+                .map_or(name.clone(), |(owner, _)| owner.to_string())
         }),
         ExprKind::Param(i) => flow
             .and_then(|f| f.params.get(*i))
