@@ -282,6 +282,10 @@ fn a_conversation_over_stdio() {
     assert_eq!(def["uri"], main);
     assert_eq!(def["range"]["start"], json!({"line": 8, "character": 6}));
 
+    // Definition of a `use`d file's path: the file.
+    let def = c.request("textDocument/definition", at(&main, 1, 8));
+    assert_eq!(def["uri"], shared, "{def}");
+
     // References: the binding's declaration and its three uses.
     let refs = c.request(
         "textDocument/references",

@@ -76,6 +76,9 @@ pub fn handle(a: &Analysis, uri: &Uri, method: &str, params: Value) -> Option<Va
         "textDocument/hover" => serde_json::to_value(hover(a, file, position(&params)?)?),
         "textDocument/definition" => {
             let offset = position(&params)?;
+            if let Some(target) = used_file_at(a, file, offset) {
+                return serde_json::to_value(target).ok();
+            }
             let t = a.token_at(file, offset)?;
             let decl = a.resolve(file, t.start, &text[t.start..t.end])?;
             serde_json::to_value(location(a, a.decls[decl].file, a.decls[decl].name_range)?)
@@ -121,6 +124,31 @@ pub fn handle(a: &Analysis, uri: &Uri, method: &str, params: Value) -> Option<Va
         _ => return None,
     };
     value.ok()
+}
+
+/// The file a `use "./path.flow"` names, when `offset` is on its path.
+fn used_file_at(a: &Analysis, file: FileId, offset: usize) -> Option<Location> {
+    let text = a.text(file);
+    let line_start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text
+        .get(offset..)?
+        .find('\n')
+        .map_or(text.len(), |i| offset + i);
+    let line = text.get(line_start..line_end)?;
+    let rest = line.trim_start().strip_prefix("use")?.trim_start();
+    let open = line_start + (line.len() - rest.len()) + 1;
+    let path = rest.strip_prefix('"')?.split('"').next()?;
+    if offset < open || offset > open + path.len() {
+        return None;
+    }
+    let crate::source::Origin::Disk(me) = &a.sources.get(file).origin else {
+        return None;
+    };
+    let target = std::fs::canonicalize(me.parent()?.join(path)).ok()?;
+    Some(Location {
+        uri: uri::from_path(&target)?,
+        range: lsp_types::Range::default(),
+    })
 }
 
 fn location(a: &Analysis, file: FileId, range: (usize, usize)) -> Option<Location> {
