@@ -106,6 +106,15 @@ struct Lab {
     server: MockServer,
     dir: Scratch,
     ledger: Arc<Mutex<Ledger>>,
+    /// A PostgreSQL database's URL; `None`: SQLite at `.flowc/runs.db`.
+    store_url: Option<String>,
+}
+
+/// Which run store a test's processes share.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
 }
 
 /// The user prompt of a chat request.
@@ -184,7 +193,27 @@ impl Lab {
             server,
             dir,
             ledger,
+            store_url: None,
         }
+    }
+
+    /// [`Lab::new`] with its run store on `backend` (a fresh database on the
+    /// tests' private PostgreSQL server).
+    fn on(backend: Backend, name: &str, program: &str) -> Lab {
+        let mut lab = Lab::new(name, program);
+        if let Backend::Postgres = backend {
+            lab.store_url = Some(support::postgres::database(name));
+        }
+        lab
+    }
+
+    /// The run store, through flowc's own interface (either backend).
+    fn open_store(&self) -> flowc::store::Store {
+        let path = match &self.store_url {
+            Some(url) => PathBuf::from(url),
+            None => self.dir.0.join(".flowc/runs.db"),
+        };
+        flowc::store::Store::open(&path, flowc::store::Durability::Normal).expect("the store opens")
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -195,6 +224,7 @@ impl Lab {
             .env("OPENAI_API_KEY", KEY)
             .env("TOOLS_URL", self.server.base_url())
             .env_remove("FLOWC_STORE")
+            .envs(self.store_url.iter().map(|u| ("FLOWC_STORE", u)))
             .env_remove("FLOWC_IDEMPOTENCY_KEY")
             .stdin(Stdio::null());
         c
@@ -387,18 +417,12 @@ fn phase(s: &Snapshot) -> &'static str {
 
 /// A completed run's output, from the store.
 fn stored_output(lab: &Lab, run: &str) -> Option<Value> {
-    let (status, output): (String, Option<String>) = lab
-        .store()
-        .query_row(
-            "SELECT status, output FROM runs WHERE id = ?1",
-            [run],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+    let r = lab
+        .open_store()
+        .run(run)
+        .expect("the store answers")
         .expect("the run is in the store");
-    (status == "completed").then(|| {
-        serde_json::from_str(&output.expect("a completed run has an output"))
-            .expect("the stored output is JSON")
-    })
+    (r.status == "completed").then(|| r.output.expect("a completed run has an output"))
 }
 
 /// The newest run in a folder's store, if any.
@@ -676,9 +700,8 @@ fn killed_runs_resume_to_the_uninterrupted_output_with_every_effect_once() {
 
 const FEW: &str = r#"{"q": "few"}"#;
 
-#[test]
-fn a_paused_run_exits_4_shows_in_the_inbox_and_resumes_after_flowc_approve() {
-    let lab = Lab::new("approve", CRASH_FLOW);
+fn a_paused_run_exits_4_shows_in_the_inbox_and_resumes_after_flowc_approve(backend: Backend) {
+    let lab = Lab::on(backend, "approve", CRASH_FLOW);
     let paused = lab.run(FEW, &[]);
     paused.expect(4);
     let run = paused.run_id();
@@ -754,9 +777,8 @@ fn a_paused_run_exits_4_shows_in_the_inbox_and_resumes_after_flowc_approve() {
     assert_eq!(lab.server.hits("/tools/post"), 2);
 }
 
-#[test]
-fn approve_and_reject_with_resume_continue_the_run_at_once() {
-    let lab = Lab::new("approve-resume", CRASH_FLOW);
+fn approve_and_reject_with_resume_continue_the_run_at_once(backend: Backend) {
+    let lab = Lab::on(backend, "approve-resume", CRASH_FLOW);
     let first = lab.run(FEW, &[]);
     first.expect(4);
     let run = first.run_id();
@@ -781,9 +803,8 @@ fn approve_and_reject_with_resume_continue_the_run_at_once() {
         .all(|k| k.starts_with(&format!("{run}:"))));
 }
 
-#[test]
-fn a_rejected_gate_ends_the_run_rejected_without_the_irreversible_call() {
-    let lab = Lab::new("reject", CRASH_FLOW);
+fn a_rejected_gate_ends_the_run_rejected_without_the_irreversible_call(backend: Backend) {
+    let lab = Lab::on(backend, "reject", CRASH_FLOW);
     let paused = lab.run(FEW, &[]);
     paused.expect(4);
     let run = paused.run_id();
@@ -855,9 +876,8 @@ flow lenient(q: string) -> [{ id: string }] {
 }
 "#;
 
-#[test]
-fn a_gate_timeout_applies_its_outcome_on_resume() {
-    let lab = Lab::new("timeout", TIMEOUT_FLOWS);
+fn a_gate_timeout_applies_its_outcome_on_resume(backend: Backend) {
+    let lab = Lab::on(backend, "timeout", TIMEOUT_FLOWS);
     let strict = lab.run(FEW, &["--flow", "strict"]);
     strict.expect(4);
     let lenient = lab.run(FEW, &["--flow", "lenient"]);
@@ -904,9 +924,8 @@ fn a_gate_timeout_applies_its_outcome_on_resume() {
         .all(|k| k.starts_with(&format!("{lenient}:"))));
 }
 
-#[test]
-fn an_edited_value_must_fit_the_gates_type_and_is_what_the_next_step_receives() {
-    let lab = Lab::new("edit", CRASH_FLOW);
+fn an_edited_value_must_fit_the_gates_type_and_is_what_the_next_step_receives(backend: Backend) {
+    let lab = Lab::on(backend, "edit", CRASH_FLOW);
     let paused = lab.run(FEW, &[]);
     paused.expect(4);
     let run = paused.run_id();
@@ -981,9 +1000,8 @@ flow two(q: string) -> { left: { id: string }, right: { id: string } } {
 }
 "#;
 
-#[test]
-fn two_gates_in_parallel_branches_resolve_in_either_order() {
-    let lab = Lab::new("two-gates", TWO_GATES);
+fn two_gates_in_parallel_branches_resolve_in_either_order(backend: Backend) {
+    let lab = Lab::on(backend, "two-gates", TWO_GATES);
     for (first, second, q) in [("left", "right", "x"), ("right", "left", "y")] {
         let chat_before = lab.server.hits(CHAT);
         let input = format!(r#"{{"q": "{q}"}}"#);
@@ -1070,9 +1088,8 @@ flow each(q: string) -> { posted: [{ id: string }], total: Scored } {
 }
 "#;
 
-#[test]
-fn gates_inside_a_loop_wait_and_the_loop_completes_after_they_are_approved() {
-    let lab = Lab::new("loop-gates", GATE_IN_LOOP);
+fn gates_inside_a_loop_wait_and_the_loop_completes_after_they_are_approved(backend: Backend) {
+    let lab = Lab::on(backend, "loop-gates", GATE_IN_LOOP);
     let paused = lab.run(FEW, &[]);
     paused.expect(4);
     let run = paused.run_id();
@@ -1137,9 +1154,8 @@ flow outer(q: string) -> { id: string } {
 }
 "#;
 
-#[test]
-fn a_gate_inside_a_sub_flow_waits_and_the_call_completes_after_approval() {
-    let lab = Lab::new("subflow-gate", GATE_IN_SUBFLOW);
+fn a_gate_inside_a_sub_flow_waits_and_the_call_completes_after_approval(backend: Backend) {
+    let lab = Lab::on(backend, "subflow-gate", GATE_IN_SUBFLOW);
     let paused = lab.run(FEW, &["--flow", "outer"]);
     paused.expect(4);
     let run = paused.run_id();
@@ -1165,9 +1181,8 @@ flow branchy(q: string) -> { posted: { id: string }, total: Scored } {
 }
 "#;
 
-#[test]
-fn a_gate_inside_a_branch_waits_and_the_branch_completes_after_approval() {
-    let lab = Lab::new("branch-gate", GATE_IN_BRANCH);
+fn a_gate_inside_a_branch_waits_and_the_branch_completes_after_approval(backend: Backend) {
+    let lab = Lab::on(backend, "branch-gate", GATE_IN_BRANCH);
     let paused = lab.run(FEW, &[]);
     paused.expect(4);
     let run = paused.run_id();
@@ -1187,9 +1202,8 @@ fn a_gate_inside_a_branch_waits_and_the_branch_completes_after_approval() {
 
 // ---- 3. a changed program -----------------------------------------------------
 
-#[test]
-fn a_resume_under_a_changed_program_is_refused_naming_the_change() {
-    let lab = Lab::new("changed", CRASH_FLOW);
+fn a_resume_under_a_changed_program_is_refused_naming_the_change(backend: Backend) {
+    let lab = Lab::on(backend, "changed", CRASH_FLOW);
     let paused = lab.run(FEW, &[]);
     paused.expect(4);
     let run = paused.run_id();
@@ -1223,9 +1237,8 @@ fn a_resume_under_a_changed_program_is_refused_naming_the_change() {
 
 // ---- 4. inspection --------------------------------------------------------------
 
-#[test]
-fn runs_show_and_trace_follow_a_run_across_processes() {
-    let lab = Lab::new("inspect", CRASH_FLOW);
+fn runs_show_and_trace_follow_a_run_across_processes(backend: Backend) {
+    let lab = Lab::on(backend, "inspect", CRASH_FLOW);
     let paused = lab.run(FEW, &[]);
     paused.expect(4);
     let run = paused.run_id();
@@ -1380,9 +1393,8 @@ fn finished(mut child: Child) -> Out {
     }
 }
 
-#[test]
-fn two_concurrent_resumes_of_a_killed_run_drive_it_exactly_once() {
-    let lab = Lab::new("two-resumes", SLOW_FLOW);
+fn two_concurrent_resumes_of_a_killed_run_drive_it_exactly_once(backend: Backend) {
+    let lab = Lab::on(backend, "two-resumes", SLOW_FLOW);
     let mut first = lab.spawn(&["run", "prog.flow", "--input", r#"{"q":"many"}"#]);
     wait_for_executions(&lab, 2);
     first.kill().expect("SIGKILL the run");
@@ -1416,9 +1428,8 @@ fn two_concurrent_resumes_of_a_killed_run_drive_it_exactly_once() {
     assert_eq!(stored_output(&lab, &run), Some(slow_output()));
 }
 
-#[test]
-fn resume_wait_waits_for_the_live_driver_and_reports_its_output() {
-    let lab = Lab::new("resume-wait", SLOW_FLOW);
+fn resume_wait_waits_for_the_live_driver_and_reports_its_output(backend: Backend) {
+    let lab = Lab::on(backend, "resume-wait", SLOW_FLOW);
     let first = lab.spawn(&["run", "prog.flow", "--input", r#"{"q":"many"}"#]);
     wait_for_executions(&lab, 1);
     let run = newest_run(&lab).expect("the run is stored");
@@ -1435,9 +1446,8 @@ fn resume_wait_waits_for_the_live_driver_and_reports_its_output() {
     assert_eq!(lab.requests("POST", "/tools/slow").len(), 8);
 }
 
-#[test]
-fn ctrl_c_leaves_the_run_interrupted_and_resume_completes_it() {
-    let lab = Lab::new("interrupt", SLOW_FLOW);
+fn ctrl_c_leaves_the_run_interrupted_and_resume_completes_it(backend: Backend) {
+    let lab = Lab::on(backend, "interrupt", SLOW_FLOW);
     let child = lab.spawn(&["run", "prog.flow", "--input", r#"{"q":"many"}"#]);
     wait_for_executions(&lab, 2);
     signal(&child, "INT");
@@ -1466,7 +1476,7 @@ fn ctrl_c_leaves_the_run_interrupted_and_resume_completes_it() {
     assert_eq!(resumed.json(), slow_output());
     assert_each_once(&lab);
     // SIGTERM too.
-    let lab = Lab::new("terminate", SLOW_FLOW);
+    let lab = Lab::on(backend, "terminate", SLOW_FLOW);
     let child = lab.spawn(&["run", "prog.flow", "--input", r#"{"q":"many"}"#]);
     wait_for_executions(&lab, 1);
     signal(&child, "TERM");
@@ -1548,3 +1558,32 @@ flow one(q: string) -> [string] {
         began.elapsed().as_secs_f64()
     );
 }
+
+/// The tests above that hold on either backend, once on each.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[test] fn $name() { super::$name(super::Backend::Sqlite) })*
+        }
+        mod on_postgres {
+            $(#[test] fn $name() { super::$name(super::Backend::Postgres) })*
+        }
+    };
+}
+
+on_both_backends!(
+    a_paused_run_exits_4_shows_in_the_inbox_and_resumes_after_flowc_approve,
+    approve_and_reject_with_resume_continue_the_run_at_once,
+    a_rejected_gate_ends_the_run_rejected_without_the_irreversible_call,
+    a_gate_timeout_applies_its_outcome_on_resume,
+    an_edited_value_must_fit_the_gates_type_and_is_what_the_next_step_receives,
+    two_gates_in_parallel_branches_resolve_in_either_order,
+    gates_inside_a_loop_wait_and_the_loop_completes_after_they_are_approved,
+    a_gate_inside_a_sub_flow_waits_and_the_call_completes_after_approval,
+    a_gate_inside_a_branch_waits_and_the_branch_completes_after_approval,
+    a_resume_under_a_changed_program_is_refused_naming_the_change,
+    runs_show_and_trace_follow_a_run_across_processes,
+    two_concurrent_resumes_of_a_killed_run_drive_it_exactly_once,
+    resume_wait_waits_for_the_live_driver_and_reports_its_output,
+    ctrl_c_leaves_the_run_interrupted_and_resume_completes_it
+);

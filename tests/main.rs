@@ -23,6 +23,7 @@ mod robustness;
 mod run_faults;
 mod runtime;
 mod stats;
+mod store;
 mod tidy;
 mod tools;
 mod validate;

@@ -77,9 +77,15 @@ need_otlp_receiver() {
 # runs headless against `flowc lsp` (tests/editors/run.sh).
 need_patch_neovim() { apt_install patch neovim; }
 
+# PostgreSQL (the run store's second backend): the tests start their own
+# private server from /usr/lib/postgresql/*/bin (initdb, pg_ctl); nothing
+# needs to be running.
+need_postgresql() { apt_install postgresql; }
+
 need_graphviz_vim
 need_patch_neovim
 need_mcp_everything
 need_prism_github
 need_otlp_receiver
+need_postgresql
 echo "setup: done (tools in $tools)"

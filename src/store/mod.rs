@@ -1,12 +1,14 @@
 //! The run store: every run, every completed step, every model reply per
 //! attempt, every intent to call a tool with an effect, and every approval
 //! gate. [`Store`] is the one interface the runtime and the CLI use; each
-//! backend is a file of its own (`sqlite.rs`: an embedded file).
+//! backend is a file of its own (`sqlite.rs`: an embedded file;
+//! `postgres.rs`: a PostgreSQL server many machines share).
 //!
 //! A step's result is committed before any step that depends on it starts;
 //! steps that complete together commit in one transaction.
 
 mod lease;
+mod postgres;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -17,6 +19,7 @@ use serde_json::Value;
 
 use crate::run::budget::Spend;
 pub use lease::{owner_id, ttl as lease_ttl, Acquired, Heartbeat, Lease};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// How hard a commit waits for the disk.
@@ -180,10 +183,19 @@ pub struct Store(Box<dyn Backend>);
 type Result<T> = std::result::Result<T, StoreError>;
 
 impl Store {
-    /// Opens (and migrates) the SQLite store at `path`.
+    /// Opens (and migrates) a store: a `postgres://` or `postgresql://` URL
+    /// is a PostgreSQL server, anything else a SQLite file.
     pub fn open(path: &Path, durability: Durability) -> Result<Store> {
-        Ok(Store(Box::new(SqliteStore::open(path, durability)?)))
+        match path.to_str() {
+            Some(url) if is_postgres(url) => Ok(Store(Box::new(PostgresStore::open(url)?))),
+            _ => Ok(Store(Box::new(SqliteStore::open(path, durability)?))),
+        }
     }
+}
+
+/// Whether a `--store` value names a PostgreSQL server.
+pub fn is_postgres(locator: &str) -> bool {
+    locator.starts_with("postgres://") || locator.starts_with("postgresql://")
 }
 
 impl std::ops::Deref for Store {

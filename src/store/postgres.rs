@@ -1,0 +1,713 @@
+//! The PostgreSQL run store: many processes on many machines share one
+//! server (`--store postgres://…` or `FLOWC_STORE`).
+//!
+//! The client is the synchronous `postgres` crate (tokio-postgres underneath,
+//! TLS by rustls). It runs its own event loop, which may not be started from
+//! inside the runtime's, so the connection lives on a thread of its own and
+//! each store call is a job sent to it; the caller blocks on the answer, as
+//! it does on SQLite's disk writes.
+//!
+//! Every write of a run is one statement (one round trip): a data-modifying
+//! `WITH` that first moves the run's row (fence on the lease's epoch, spend,
+//! lease renewal) and then inserts only if that row matched, so a checkpoint
+//! is fenced, atomic and a single network exchange.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use postgres::{Client, Row, Statement};
+use serde_json::Value;
+
+use super::lease::owner_is_dead;
+use super::{now, Acquired, Backend, GateRecord, Lease, RunRecord, Store, StoreError};
+use crate::run::budget::Spend;
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> StoreError {
+        match e.as_db_error() {
+            Some(db) => StoreError::Failed(format!("{}: {}", db.code().code(), db.message())),
+            None => StoreError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Versioned schema: migration `i` brings the database from version `i` to
+/// `i + 1`; `flowc_schema` holds the version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    file TEXT NOT NULL,
+    flow TEXT NOT NULL,
+    program TEXT NOT NULL,
+    input TEXT NOT NULL,
+    status TEXT NOT NULL,
+    output TEXT,
+    error TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    tokens BIGINT NOT NULL DEFAULT 0,
+    cost DOUBLE PRECISION NOT NULL DEFAULT 0,
+    steps BIGINT NOT NULL DEFAULT 0,
+    tool_calls BIGINT NOT NULL DEFAULT 0,
+    trace TEXT NOT NULL,
+    replay TEXT,
+    owner TEXT,
+    lease_until DOUBLE PRECISION,
+    epoch BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE steps (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    key TEXT NOT NULL,
+    value TEXT,
+    completed_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
+CREATE TABLE intents (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    key TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
+CREATE TABLE replies (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    key TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    reply TEXT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    PRIMARY KEY (run_id, key, attempt)
+);
+CREATE TABLE gates (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    key TEXT NOT NULL,
+    flow TEXT NOT NULL,
+    gate TEXT NOT NULL,
+    show TEXT NOT NULL,
+    status TEXT NOT NULL,
+    value TEXT,
+    reason TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    timeout_at DOUBLE PRECISION,
+    on_timeout TEXT NOT NULL,
+    decided_at DOUBLE PRECISION,
+    PRIMARY KEY (run_id, key)
+);
+CREATE INDEX runs_created ON runs (created_at);
+"#];
+
+/// An arbitrary constant: the advisory lock that serializes migrations.
+const MIGRATION_LOCK: i64 = 0x0066_6c6f_7763;
+
+/// The connection and its prepared statements (prepared once, then every
+/// call is a single round trip).
+struct Connection {
+    url: String,
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Connection {
+    fn open(url: &str) -> Result<Connection> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config: postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Failed(format!("bad PostgreSQL URL: {e}")))?;
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::with_webpki_roots();
+        let mut client = config
+            .connect(tls)
+            .map_err(|e| StoreError::Failed(format!("cannot connect to PostgreSQL: {e}")))?;
+        migrate(&mut client)?;
+        Ok(Connection {
+            url: url.to_string(),
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn statement(&mut self, sql: &'static str) -> Result<Statement> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
+        let s = self.statement(sql)?;
+        Ok(self.client.query(&s, params)?)
+    }
+
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<u64> {
+        let s = self.statement(sql)?;
+        Ok(self.client.execute(&s, params)?)
+    }
+
+    /// A fenced write: the statement's one row counts the run rows the
+    /// lease's epoch matched.
+    fn fenced(
+        &mut self,
+        lease: &Lease,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<()> {
+        let rows = self.query(sql, params)?;
+        let matched: i64 = match rows.first() {
+            Some(row) => row.try_get(0)?,
+            None => 0,
+        };
+        if matched == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(lease.run_id.clone()))
+        }
+    }
+}
+
+fn migrate(client: &mut Client) -> Result<()> {
+    let mut tx = client.transaction()?;
+    tx.query("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS flowc_schema (version INTEGER NOT NULL)")?;
+    let version: i32 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM flowc_schema", &[])?
+        .try_get(0)?;
+    let version =
+        usize::try_from(version).map_err(|_| StoreError::Failed("bad schema version".into()))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Failed(format!(
+            "the store was written by a newer flowc (schema {version}, this flowc knows {})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.batch_execute(sql)?;
+        tx.execute(
+            "INSERT INTO flowc_schema (version) VALUES ($1)",
+            &[&((i + 1) as i32)],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+pub struct PostgresStore {
+    url: String,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PostgresStore {
+    /// Connects (and migrates) on a thread that then serves this store's calls.
+    pub fn open(url: &str) -> Result<PostgresStore> {
+        let (jobs, incoming) = mpsc::channel::<Job>();
+        let (ready, opened) = mpsc::channel::<Result<()>>();
+        let target = url.to_string();
+        let thread = std::thread::spawn(move || {
+            let mut conn = match Connection::open(&target) {
+                Ok(c) => {
+                    let _ = ready.send(Ok(()));
+                    c
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            for job in incoming {
+                // A connection the server dropped is opened again for the
+                // next call (the failed call reported its error).
+                if conn.client.is_closed() {
+                    if let Ok(c) = Connection::open(&conn.url) {
+                        conn = c;
+                    }
+                }
+                job(&mut conn);
+            }
+        });
+        let store = PostgresStore {
+            url: url.to_string(),
+            jobs: Some(jobs),
+            thread: Some(thread),
+        };
+        opened
+            .recv()
+            .map_err(|_| StoreError::Failed("the PostgreSQL connection thread stopped".into()))??;
+        Ok(store)
+    }
+
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let gone = || StoreError::Failed("the PostgreSQL connection thread stopped".into());
+        let (answer, answered) = mpsc::sync_channel(1);
+        self.jobs
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(Box::new(move |c| {
+                let _ = answer.send(f(c));
+            }))
+            .map_err(|_| gone())?;
+        answered.recv().map_err(|_| gone())?
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn json_col(text: Option<String>) -> Value {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn run_row(r: &Row) -> Result<RunRecord> {
+    Ok(RunRecord {
+        id: r.try_get("id")?,
+        file: r.try_get("file")?,
+        flow: r.try_get("flow")?,
+        program: json_col(r.try_get("program")?),
+        input: json_col(r.try_get("input")?),
+        status: r.try_get("status")?,
+        output: r
+            .try_get::<_, Option<String>>("output")?
+            .map(|t| json_col(Some(t))),
+        error: r.try_get("error")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        spend: Spend {
+            tokens: r.try_get::<_, i64>("tokens")? as u64,
+            cost: r.try_get("cost")?,
+            steps: r.try_get::<_, i64>("steps")? as u64,
+            tool_calls: r.try_get::<_, i64>("tool_calls")? as u64,
+        },
+        trace: r.try_get("trace")?,
+        replay: r.try_get("replay")?,
+        owner: r.try_get("owner")?,
+        lease_until: r.try_get("lease_until")?,
+    })
+}
+
+fn gate_row(r: &Row) -> Result<GateRecord> {
+    Ok(GateRecord {
+        run_id: r.try_get("run_id")?,
+        key: r.try_get("key")?,
+        flow: r.try_get("flow")?,
+        gate: r.try_get("gate")?,
+        show: json_col(r.try_get("show")?),
+        status: r.try_get("status")?,
+        value: r
+            .try_get::<_, Option<String>>("value")?
+            .map(|t| json_col(Some(t))),
+        reason: r.try_get("reason")?,
+        created_at: r.try_get("created_at")?,
+        timeout_at: r.try_get("timeout_at")?,
+        on_timeout: r.try_get("on_timeout")?,
+    })
+}
+
+const RUN_COLUMNS: &str = "id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, trace, replay, owner, lease_until";
+
+impl Backend for PostgresStore {
+    fn reopen(&self) -> Result<Store> {
+        Ok(Store(Box::new(PostgresStore::open(&self.url)?)))
+    }
+
+    fn create_run(&self, r: &RunRecord, lease: &Lease) -> Result<()> {
+        let r = r.clone();
+        let lease = lease.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO runs (id, file, flow, program, input, status, created_at, updated_at, trace, replay, owner, lease_until, epoch)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12)",
+                &[&r.id, &r.file, &r.flow, &r.program.to_string(), &r.input.to_string(), &r.status, &r.created_at, &r.trace, &r.replay, &lease.owner, &lease.until(), &lease.epoch],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn acquire(&self, id: &str, owner: &str, ttl: Duration) -> Result<Acquired> {
+        let (id, owner) = (id.to_string(), owner.to_string());
+        self.call(move |c| {
+            let mut tx = c.client.transaction()?;
+            let rows = tx.query(
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 FOR UPDATE"),
+                &[&id],
+            )?;
+            let Some(row) = rows.first() else {
+                return Ok(Acquired::Missing);
+            };
+            let record = run_row(row)?;
+            if let (Some(holder), Some(until)) = (&record.owner, record.lease_until) {
+                if *holder != owner && until > now() && !owner_is_dead(holder) {
+                    return Ok(Acquired::Held {
+                        owner: holder.clone(),
+                        until,
+                    });
+                }
+            }
+            let epoch: i64 = tx
+                .query_one(
+                    "UPDATE runs SET owner = $2, lease_until = $3, epoch = epoch + 1 WHERE id = $1 RETURNING epoch",
+                    &[&id, &owner, &(now() + ttl.as_secs_f64())],
+                )?
+                .try_get(0)?;
+            tx.commit()?;
+            Ok(Acquired::Taken(
+                Box::new(record),
+                Lease {
+                    run_id: id,
+                    owner,
+                    epoch,
+                    ttl,
+                },
+            ))
+        })
+    }
+
+    fn renew(&self, lease: &Lease) -> Result<bool> {
+        let lease = lease.clone();
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE runs SET lease_until = $3 WHERE id = $1 AND epoch = $2",
+                &[&lease.run_id, &lease.epoch, &lease.until()],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn release(&self, lease: &Lease) -> Result<()> {
+        let lease = lease.clone();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE runs SET owner = NULL, lease_until = NULL WHERE id = $1 AND epoch = $2",
+                &[&lease.run_id, &lease.epoch],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let rows = c.query(
+                "SELECT id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, trace, replay, owner, lease_until FROM runs WHERE id = $1",
+                &[&id],
+            )?;
+            rows.first().map(run_row).transpose()
+        })
+    }
+
+    fn runs(&self) -> Result<Vec<RunRecord>> {
+        self.call(move |c| {
+            let rows = c.query(
+                "SELECT id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, trace, replay, owner, lease_until FROM runs ORDER BY created_at DESC",
+                &[],
+            )?;
+            rows.iter().map(run_row).collect()
+        })
+    }
+
+    fn finish_run(
+        &self,
+        lease: &Lease,
+        status: &str,
+        output: Option<&Value>,
+        error: Option<&str>,
+        spend: Spend,
+    ) -> Result<()> {
+        let lease = lease.clone();
+        let status = status.to_string();
+        let output = output.map(Value::to_string);
+        let error = error.map(str::to_string);
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE runs SET status = $3, output = $4, error = $5, updated_at = $6,
+                 tokens = $7, cost = $8, steps = $9, tool_calls = $10, owner = NULL, lease_until = NULL
+                 WHERE id = $1 AND epoch = $2",
+                &[
+                    &lease.run_id,
+                    &lease.epoch,
+                    &status,
+                    &output,
+                    &error,
+                    &now(),
+                    &(spend.tokens as i64),
+                    &spend.cost,
+                    &(spend.steps as i64),
+                    &(spend.tool_calls as i64),
+                ],
+            )?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::LeaseLost(lease.run_id.clone()))
+            }
+        })
+    }
+
+    fn steps(&self, run: &str) -> Result<HashMap<String, Option<Value>>> {
+        let run = run.to_string();
+        let rows: Vec<(String, Option<String>)> = self.call(move |c| {
+            let rows = c.query("SELECT key, value FROM steps WHERE run_id = $1", &[&run])?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect()
+        })?;
+        let mut out = HashMap::new();
+        for (key, value) in rows {
+            let value = match value {
+                Some(text) => Some(
+                    serde_json::from_str(&text)
+                        .map_err(|e| StoreError::Failed(format!("step {key}: {e}")))?,
+                ),
+                None => None,
+            };
+            out.insert(key, value);
+        }
+        Ok(out)
+    }
+
+    fn commit_steps(
+        &self,
+        lease: &Lease,
+        batch: &[(String, Option<Value>)],
+        spend: Spend,
+    ) -> Result<()> {
+        let lease = lease.clone();
+        let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+        let values: Vec<Option<String>> = batch
+            .iter()
+            .map(|(_, v)| v.as_ref().map(Value::to_string))
+            .collect();
+        self.call(move |c| {
+            c.fenced(
+                &lease,
+                "WITH fence AS (
+                    UPDATE runs SET tokens = $3, cost = $4, steps = $5, tool_calls = $6,
+                        updated_at = $7, lease_until = $8
+                    WHERE id = $1 AND epoch = $2 RETURNING id
+                 ), saved AS (
+                    INSERT INTO steps (run_id, key, value, completed_at)
+                    SELECT fence.id, s.key, s.value, $7 FROM fence, unnest($9::text[], $10::text[]) AS s(key, value)
+                    ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value, completed_at = EXCLUDED.completed_at
+                    RETURNING 1
+                 )
+                 SELECT count(*) FROM fence",
+                &[
+                    &lease.run_id,
+                    &lease.epoch,
+                    &(spend.tokens as i64),
+                    &spend.cost,
+                    &(spend.steps as i64),
+                    &(spend.tool_calls as i64),
+                    &now(),
+                    &lease.until(),
+                    &keys,
+                    &values,
+                ],
+            )
+        })
+    }
+
+    fn intent(&self, lease: &Lease, key: &str, idempotency_key: &str) -> Result<()> {
+        let lease = lease.clone();
+        let (key, idem) = (key.to_string(), idempotency_key.to_string());
+        self.call(move |c| {
+            c.fenced(
+                &lease,
+                "WITH fence AS (
+                    UPDATE runs SET lease_until = $3 WHERE id = $1 AND epoch = $2 RETURNING id
+                 ), saved AS (
+                    INSERT INTO intents (run_id, key, idempotency_key, started_at)
+                    SELECT fence.id, $4, $5, $6 FROM fence
+                    ON CONFLICT (run_id, key) DO NOTHING RETURNING 1
+                 )
+                 SELECT count(*) FROM fence",
+                &[
+                    &lease.run_id,
+                    &lease.epoch,
+                    &lease.until(),
+                    &key,
+                    &idem,
+                    &now(),
+                ],
+            )
+        })
+    }
+
+    fn intent_key(&self, run: &str, key: &str) -> Result<Option<String>> {
+        let (run, key) = (run.to_string(), key.to_string());
+        self.call(move |c| {
+            let rows = c.query(
+                "SELECT idempotency_key FROM intents WHERE run_id = $1 AND key = $2",
+                &[&run, &key],
+            )?;
+            rows.first().map(|r| Ok(r.try_get(0)?)).transpose()
+        })
+    }
+
+    fn record_reply(
+        &self,
+        lease: &Lease,
+        key: &str,
+        attempt: u32,
+        reply: &str,
+        input_tokens: u64,
+        output_tokens: u64,
+        spend: Spend,
+    ) -> Result<()> {
+        let lease = lease.clone();
+        let (key, reply) = (key.to_string(), reply.to_string());
+        self.call(move |c| {
+            c.fenced(
+                &lease,
+                "WITH fence AS (
+                    UPDATE runs SET tokens = $3, cost = $4, steps = $5, tool_calls = $6,
+                        updated_at = $7, lease_until = $8
+                    WHERE id = $1 AND epoch = $2 RETURNING id
+                 ), saved AS (
+                    INSERT INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens)
+                    SELECT fence.id, $9, $10, $11, $12, $13 FROM fence
+                    ON CONFLICT (run_id, key, attempt) DO UPDATE SET reply = EXCLUDED.reply,
+                        input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens
+                    RETURNING 1
+                 )
+                 SELECT count(*) FROM fence",
+                &[
+                    &lease.run_id,
+                    &lease.epoch,
+                    &(spend.tokens as i64),
+                    &spend.cost,
+                    &(spend.steps as i64),
+                    &(spend.tool_calls as i64),
+                    &now(),
+                    &lease.until(),
+                    &key,
+                    &(attempt as i32),
+                    &reply,
+                    &(input_tokens as i64),
+                    &(output_tokens as i64),
+                ],
+            )
+        })
+    }
+
+    fn reply(&self, run: &str, key: &str, attempt: u32) -> Result<Option<(String, u64, u64)>> {
+        let (run, key) = (run.to_string(), key.to_string());
+        self.call(move |c| {
+            let rows = c.query(
+                "SELECT reply, input_tokens, output_tokens FROM replies WHERE run_id = $1 AND key = $2 AND attempt = $3",
+                &[&run, &key, &(attempt as i32)],
+            )?;
+            rows.first()
+                .map(|r| {
+                    Ok((
+                        r.try_get::<_, String>(0)?,
+                        r.try_get::<_, i64>(1)? as u64,
+                        r.try_get::<_, i64>(2)? as u64,
+                    ))
+                })
+                .transpose()
+        })
+    }
+
+    fn gate(&self, run: &str, key: &str) -> Result<Option<GateRecord>> {
+        let (run, key) = (run.to_string(), key.to_string());
+        self.call(move |c| {
+            let rows = c.query(
+                "SELECT * FROM gates WHERE run_id = $1 AND key = $2",
+                &[&run, &key],
+            )?;
+            rows.first().map(gate_row).transpose()
+        })
+    }
+
+    fn pending_gate(&self, lease: &Lease, g: &GateRecord) -> Result<()> {
+        let lease = lease.clone();
+        let g = g.clone();
+        self.call(move |c| {
+            c.fenced(
+                &lease,
+                "WITH fence AS (
+                    UPDATE runs SET lease_until = $3 WHERE id = $1 AND epoch = $2 RETURNING id
+                 ), saved AS (
+                    INSERT INTO gates (run_id, key, flow, gate, show, status, created_at, timeout_at, on_timeout)
+                    SELECT fence.id, $4, $5, $6, $7, 'pending', $8, $9, $10 FROM fence
+                    ON CONFLICT (run_id, key) DO NOTHING RETURNING 1
+                 )
+                 SELECT count(*) FROM fence",
+                &[
+                    &lease.run_id,
+                    &lease.epoch,
+                    &lease.until(),
+                    &g.key,
+                    &g.flow,
+                    &g.gate,
+                    &g.show.to_string(),
+                    &g.created_at,
+                    &g.timeout_at,
+                    &g.on_timeout,
+                ],
+            )
+        })
+    }
+
+    fn decide_gate(
+        &self,
+        run: &str,
+        key: &str,
+        approve: bool,
+        value: Option<&Value>,
+        reason: Option<&str>,
+    ) -> Result<bool> {
+        let (run, key) = (run.to_string(), key.to_string());
+        let value = value.map(Value::to_string);
+        let reason = reason.map(str::to_string);
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE gates SET status = $3, value = $4, reason = $5, decided_at = $6
+                 WHERE run_id = $1 AND key = $2 AND status = 'pending'",
+                &[
+                    &run,
+                    &key,
+                    &(if approve { "approved" } else { "rejected" }),
+                    &value,
+                    &reason,
+                    &now(),
+                ],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn gates(&self, run: Option<&str>) -> Result<Vec<GateRecord>> {
+        let run = run.map(str::to_string);
+        self.call(move |c| {
+            let rows = c.query(
+                "SELECT * FROM gates WHERE ($1::text IS NULL OR run_id = $1) ORDER BY created_at",
+                &[&run],
+            )?;
+            rows.iter().map(gate_row).collect()
+        })
+    }
+}

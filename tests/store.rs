@@ -1,0 +1,234 @@
+//! The run store's semantics, one suite run against both backends: a SQLite
+//! file and a private PostgreSQL server (tests/support/postgres.rs).
+//! Leases are exclusive, expire, can be taken over, and fence every write of
+//! the process that lost them; checkpoints, replies, intents and gates read
+//! back what was written.
+
+use crate::support;
+
+use std::time::Duration;
+
+use flowc::run::budget::Spend;
+use flowc::store::{self, Acquired, Durability, GateRecord, Lease, RunRecord, Store, StoreError};
+use serde_json::json;
+
+/// Both backends, each a fresh store.
+fn backends(name: &str) -> Vec<(&'static str, Store, Option<std::path::PathBuf>)> {
+    let dir = std::env::temp_dir().join(format!(
+        "flowc-store-{name}-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    let sqlite = Store::open(&dir.join("runs.db"), Durability::Normal).expect("opens SQLite");
+    let url = support::postgres::database(name);
+    let pg = Store::open(std::path::Path::new(&url), Durability::Full).expect("opens PostgreSQL");
+    vec![("sqlite", sqlite, Some(dir)), ("postgres", pg, None)]
+}
+
+fn record(id: &str) -> RunRecord {
+    RunRecord {
+        id: id.into(),
+        file: "prog.flow".into(),
+        flow: "main".into(),
+        program: json!({"main": "abc"}),
+        input: json!({"q": 1}),
+        status: "running".into(),
+        output: None,
+        error: None,
+        created_at: store::now(),
+        updated_at: store::now(),
+        spend: Spend::default(),
+        trace: "trace.jsonl".into(),
+        replay: None,
+        owner: None,
+        lease_until: None,
+    }
+}
+
+/// A lease held by a process on another machine (so nobody can tell it is
+/// dead: only its expiry frees the run).
+fn remote_lease(run: &str, ttl: Duration) -> Lease {
+    Lease {
+        run_id: run.into(),
+        owner: "elsewhere/1/00000001".into(),
+        epoch: 1,
+        ttl,
+    }
+}
+
+fn spend(steps: u64) -> Spend {
+    Spend {
+        steps,
+        tool_calls: steps,
+        tokens: 10 * steps,
+        cost: 0.5,
+    }
+}
+
+#[test]
+fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_fenced() {
+    for (backend, store, _dir) in backends("leases") {
+        let old = remote_lease("r1", Duration::from_millis(300));
+        store.create_run(&record("r1"), &old).expect("creates");
+        // Live: refused, and the holder is named.
+        match store.acquire("r1", "here/2/x", Duration::from_secs(30)) {
+            Ok(Acquired::Held { owner, .. }) => assert_eq!(owner, old.owner, "{backend}"),
+            _ => panic!("{backend}: a live lease was taken over"),
+        }
+        assert!(matches!(
+            store.acquire("nope", "here/2/x", Duration::from_secs(30)),
+            Ok(Acquired::Missing)
+        ));
+        // The holder's checkpoint renews it.
+        store
+            .commit_steps(&old, &[("a".into(), Some(json!(1)))], spend(1))
+            .expect("the holder commits");
+        std::thread::sleep(Duration::from_millis(450));
+        let new = match store.acquire("r1", "here/2/x", Duration::from_secs(30)) {
+            Ok(Acquired::Taken(r, lease)) => {
+                assert_eq!(
+                    r.spend.steps, 1,
+                    "{backend}: the run was read with the lease"
+                );
+                assert_eq!(lease.epoch, 2, "{backend}");
+                lease
+            }
+            _ => panic!("{backend}: an expired lease was not taken over"),
+        };
+        // Every write of the old owner is rejected, and changes nothing.
+        let lost = |r: Result<(), StoreError>, what: &str| match r {
+            Err(StoreError::LeaseLost(run)) => assert_eq!(run, "r1"),
+            other => panic!("{backend}: the old owner's {what} was not fenced: {other:?}"),
+        };
+        lost(
+            store.commit_steps(&old, &[("b".into(), Some(json!("stale")))], spend(9)),
+            "checkpoint",
+        );
+        lost(store.intent(&old, "b", "idem-b"), "intent");
+        lost(
+            store.record_reply(&old, "m", 1, "stale", 1, 1, spend(9)),
+            "reply",
+        );
+        let gate = GateRecord {
+            run_id: "r1".into(),
+            key: "g".into(),
+            flow: "main".into(),
+            gate: "g".into(),
+            show: json!([1]),
+            status: "pending".into(),
+            value: None,
+            reason: None,
+            created_at: store::now(),
+            timeout_at: None,
+            on_timeout: "reject".into(),
+        };
+        lost(store.pending_gate(&old, &gate), "gate");
+        lost(
+            store.finish_run(&old, "completed", Some(&json!(0)), None, spend(9)),
+            "finish",
+        );
+        assert!(!store.renew(&old).expect("renew answers"), "{backend}");
+        let steps = store.steps("r1").expect("steps");
+        assert_eq!(steps.len(), 1, "{backend}: {steps:?}");
+        assert!(store.reply("r1", "m", 1).expect("reply").is_none());
+        assert!(store.intent_key("r1", "b").expect("intent").is_none());
+        assert!(store.gate("r1", "g").expect("gate").is_none());
+        // The new owner's writes go through; finishing releases the lease.
+        assert!(store.renew(&new).expect("renew"), "{backend}");
+        store
+            .commit_steps(&new, &[("b".into(), Some(json!("fresh")))], spend(2))
+            .expect("the new owner commits");
+        store
+            .finish_run(
+                &new,
+                "completed",
+                Some(&json!({"ok": true})),
+                None,
+                spend(2),
+            )
+            .expect("finishes");
+        let r = store.run("r1").expect("run").expect("exists");
+        assert_eq!(r.status, "completed");
+        assert_eq!(r.output, Some(json!({"ok": true})));
+        assert_eq!(r.owner, None, "{backend}: finishing released the lease");
+        assert_eq!(r.spend.steps, 2);
+        match store.acquire("r1", "third/3/y", Duration::from_secs(30)) {
+            Ok(Acquired::Taken(_, lease)) => assert_eq!(lease.epoch, 3),
+            _ => panic!("{backend}: a released run could not be taken"),
+        }
+    }
+}
+
+#[test]
+fn checkpoints_replies_intents_and_gates_read_back_what_was_written() {
+    for (backend, store, _dir) in backends("roundtrip") {
+        let lease = Lease::new_run("r2");
+        store.create_run(&record("r2"), &lease).expect("creates");
+        let r = store.run("r2").expect("run").expect("exists");
+        assert_eq!(r.owner.as_deref(), Some(lease.owner.as_str()), "{backend}");
+        assert_eq!(r.program, json!({"main": "abc"}));
+        store
+            .commit_steps(
+                &lease,
+                &[
+                    ("x[0]/main.a".into(), Some(json!({"big": "v".repeat(1000)}))),
+                    ("main.skipped".into(), None),
+                ],
+                spend(2),
+            )
+            .expect("commits a batch");
+        let steps = store.steps("r2").expect("steps");
+        assert_eq!(steps.len(), 2, "{backend}");
+        assert_eq!(steps["main.skipped"], None);
+        assert_eq!(steps["x[0]/main.a"], Some(json!({"big": "v".repeat(1000)})));
+        store.intent(&lease, "main.post", "k1").expect("intent");
+        store
+            .intent(&lease, "main.post", "k2")
+            .expect("a second intent is ignored");
+        assert_eq!(
+            store.intent_key("r2", "main.post").expect("intent"),
+            Some("k1".into()),
+            "{backend}: the first key stays"
+        );
+        store
+            .record_reply(&lease, "main.m@fast", 1, "{\"a\":1}", 12, 3, spend(3))
+            .expect("reply");
+        assert_eq!(
+            store.reply("r2", "main.m@fast", 1).expect("reply"),
+            Some(("{\"a\":1}".into(), 12, 3))
+        );
+        assert_eq!(store.run("r2").unwrap().unwrap().spend.tokens, 30);
+        let gate = GateRecord {
+            run_id: "r2".into(),
+            key: "main.ok".into(),
+            flow: "main".into(),
+            gate: "ok".into(),
+            show: json!([{"n": 1}]),
+            status: "pending".into(),
+            value: None,
+            reason: None,
+            created_at: store::now(),
+            timeout_at: Some(store::now() + 60.0),
+            on_timeout: "approve".into(),
+        };
+        store.pending_gate(&lease, &gate).expect("gate");
+        assert_eq!(store.gates(None).expect("gates").len(), 1, "{backend}");
+        assert!(store
+            .decide_gate("r2", "main.ok", true, Some(&json!({"n": 2})), None)
+            .expect("decides"));
+        assert!(
+            !store
+                .decide_gate("r2", "main.ok", false, None, Some("late"))
+                .expect("decides"),
+            "{backend}: a decided gate is not decided again"
+        );
+        let g = store.gate("r2", "main.ok").expect("gate").expect("exists");
+        assert_eq!(g.status, "approved");
+        assert_eq!(g.value, Some(json!({"n": 2})));
+        assert_eq!(g.on_timeout, "approve");
+        assert_eq!(store.runs().expect("runs").len(), 1);
+        // Another connection sees the same store.
+        let other = store.reopen().expect("reopens");
+        assert_eq!(other.steps("r2").expect("steps").len(), 2, "{backend}");
+    }
+}
