@@ -1,0 +1,114 @@
+//! What a checkpoint costs on PostgreSQL: one step committed through the run
+//! store (`Store::commit_steps`: fenced on the lease, spend and lease renewal,
+//! one statement, through the store's connection thread), against a bare
+//! autocommitted `INSERT` of the same bytes (`INSERT …; COMMIT`) on the same
+//! server, alternately, so both see the same disk and the same load.
+//!
+//! The server is a private one started for the bench (Debian's `postgresql`,
+//! `bash tests/setup.sh`), default settings: `synchronous_commit=on`,
+//! `fsync=on`. Targets: store median ≤ 1.3× the bare one, ≤ 0.5 ms per step.
+//!
+//! `cargo bench --bench store`; prints medians and the ratio.
+
+#[path = "../tests/support/postgres.rs"]
+#[allow(dead_code)]
+mod postgres_server;
+
+use std::time::{Duration, Instant};
+
+use flowc::run::budget::Spend;
+use flowc::store::{self, Durability, Lease, RunRecord, Store};
+use serde_json::json;
+
+const STEPS: usize = 2_000;
+const RATIO_TARGET: f64 = 1.3;
+const STEP_TARGET_MS: f64 = 0.5;
+
+fn median(mut xs: Vec<Duration>) -> f64 {
+    xs.sort();
+    xs[xs.len() / 2].as_secs_f64()
+}
+
+fn main() {
+    let url = postgres_server::database("bench");
+    let store = Store::open(std::path::Path::new(&url), Durability::Full).expect("opens");
+    let lease = Lease::new_run("bench");
+    store
+        .create_run(
+            &RunRecord {
+                id: "bench".into(),
+                file: "bench.flow".into(),
+                flow: "chain".into(),
+                program: json!({}),
+                input: json!({}),
+                status: "running".into(),
+                output: None,
+                error: None,
+                created_at: store::now(),
+                updated_at: store::now(),
+                spend: Spend::default(),
+                trace: String::new(),
+                replay: None,
+                owner: None,
+                lease_until: None,
+            },
+            &lease,
+        )
+        .expect("creates the run");
+    let mut bare = postgres::Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname={}",
+            postgres_server::cluster().port,
+            url.rsplit('/').next().unwrap_or("postgres")
+        ),
+        postgres::NoTls,
+    )
+    .expect("connects");
+    bare.batch_execute(
+        "CREATE TABLE bare (run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT,
+         completed_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (run_id, key))",
+    )
+    .expect("creates the bare table");
+    let insert = bare
+        .prepare("INSERT INTO bare (run_id, key, value, completed_at) VALUES ($1, $2, $3, $4)")
+        .expect("prepares");
+    // ~200 bytes, like a small tool result.
+    let value = json!({"id": "item-000", "status": "ok", "score": 42, "note": "x".repeat(140)});
+    let text = value.to_string();
+    let (mut stored, mut plain) = (Vec::new(), Vec::new());
+    for i in 0..STEPS + 200 {
+        let key = format!("chain.s{i}");
+        let spend = Spend {
+            steps: i as u64,
+            tool_calls: i as u64,
+            ..Spend::default()
+        };
+        let t = Instant::now();
+        store
+            .commit_steps(&lease, &[(key.clone(), Some(value.clone()))], spend)
+            .expect("commits");
+        let a = t.elapsed();
+        let t = Instant::now();
+        bare.execute(&insert, &[&"bench", &key, &text, &store::now()])
+            .expect("inserts");
+        let b = t.elapsed();
+        // The first 200 of each warm up caches and the connection.
+        if i >= 200 {
+            stored.push(a);
+            plain.push(b);
+        }
+    }
+    let (s, b) = (median(stored), median(plain));
+    let ratio = s / b;
+    println!("checkpoint/postgres: {STEPS} single-step checkpoints, synchronous_commit=on");
+    println!(
+        "  store median {:.3} ms/step, bare INSERT+COMMIT median {:.3} ms, ratio {ratio:.2}× (target ≤ {RATIO_TARGET}×, ≤ {STEP_TARGET_MS} ms/step): {}",
+        s * 1e3,
+        b * 1e3,
+        if ratio <= RATIO_TARGET && s * 1e3 <= STEP_TARGET_MS {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+}
