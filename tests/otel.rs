@@ -499,7 +499,7 @@ fn a_collector_that_never_answers_costs_at_most_the_export_timeout() {
         "{stderr}"
     );
     assert!(
-        elapsed < floor + Duration::from_millis(1000 + 750),
+        elapsed < floor + Duration::from_millis(1000 + 1500),
         "export cost {elapsed:?} against {floor:?} without it (timeout 1 s)"
     );
 
@@ -511,7 +511,7 @@ fn a_collector_that_never_answers_costs_at_most_the_export_timeout() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("6 dropped"));
     assert!(
-        elapsed < floor + Duration::from_millis(1500),
+        elapsed < floor + Duration::from_millis(2000),
         "a refused export cost {elapsed:?} against {floor:?}"
     );
     drop(black_hole);
