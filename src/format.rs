@@ -62,6 +62,17 @@ pub const WIDTH: usize = 100;
 /// Formats one file. A file the parser reports problems in is not formatted:
 /// its diagnostics (`S001`, or a repeated clause) are returned instead.
 pub fn format_source(text: &str) -> Result<String, Vec<Diagnostic>> {
+    // A file with lone `\r` line ends is laid out with `\n`; a file that
+    // uses only `\r` gets them back.
+    if let std::borrow::Cow::Owned(unified) = crate::source::unify_line_endings(text) {
+        let out = format_source(&unified)?;
+        let cr_only = !text.contains('\n');
+        return Ok(if cr_only {
+            out.replace('\n', "\r")
+        } else {
+            out
+        });
+    }
     let file = FileId(0);
     let (module, diagnostics) = crate::parser::parse(file, text);
     if !diagnostics.is_empty() {

@@ -36,6 +36,7 @@ pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
         file,
         base: 0,
         diagnostics: Vec::new(),
+        climbing: 0,
     };
     if let Some(at) = too_deep(text) {
         let d = Diagnostic::new(Code::Syntax, Span::new(file, at, at + 1), format!("this nests deeper than {MAX_DEPTH} levels"))
@@ -63,8 +64,9 @@ pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
             Ok(mut pairs) => match pairs.next() {
                 Some(pair) => {
                     let end = pair.as_span().end();
-                    if let Some(item) = parser.item(pair) {
-                        items.push(item);
+                    match parser.item(pair) {
+                        Some(item) => items.push(item),
+                        None => broken.extend(item_name(rest)),
                     }
                     if end == 0 {
                         break;
@@ -188,13 +190,19 @@ fn code_end(text: &str) -> usize {
 /// parser and lowering recurse once per level, so this bounds their stack.
 pub const MAX_DEPTH: usize = 64;
 
+/// How deep one expression may be. A name or a literal is one level; every
+/// `.field`, `[index]`, `not`, `and`, `or`, comparison, list, record and
+/// string with an interpolation adds one level around what it holds. Every
+/// later stage walks expressions recursively, so this bounds their stack
+/// (about 8 KiB a level in a debug build; the main thread has 8 MiB).
+pub const MAX_EXPR_DEPTH: u32 = 256;
+
 /// The offset where bracket nesting first exceeds [`MAX_DEPTH`], outside
 /// strings and comments.
 fn too_deep(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
-    // `not not …` in a row, and `else if` links since the last statement.
-    let mut nots = 0usize;
+    // `else if` links since the last statement: the grammar recurses on each.
     let mut else_ifs = 0usize;
     let mut previous_word = "";
     let mut i = 0;
@@ -257,17 +265,15 @@ fn too_deep(text: &str) -> Option<usize> {
                 }
                 let word = &text[start..i];
                 match word {
-                    "not" => nots += 1,
                     "if" if previous_word == "else" => else_ifs += 1,
                     // Counted per statement: no real statement comes near the limit.
                     "let" | "return" | "check" | "require" | "flow" | "test" | "expect" => {
-                        nots = 0;
                         else_ifs = 0;
                     }
-                    _ => nots = 0,
+                    _ => {}
                 }
                 previous_word = word;
-                if nots > MAX_DEPTH || else_ifs > MAX_DEPTH {
+                if else_ifs > MAX_DEPTH {
                     return Some(start);
                 }
                 continue;
@@ -514,6 +520,8 @@ struct Parser {
     /// Offset of the current item's text in the file.
     base: usize,
     diagnostics: Vec<Diagnostic>,
+    /// How many [`Parser::climb`] calls are open (bounds `not not …`).
+    climbing: u32,
 }
 
 /// Takes the next child; the grammar guarantees it exists, so a missing one
@@ -1565,7 +1573,13 @@ impl Parser {
     }
 
     fn expr(&mut self, pair: Pair<'_, Rule>) -> Option<Expr> {
+        self.expr_at(pair).map(|(e, _)| e)
+    }
+
+    /// An expression and its depth (see [`MAX_EXPR_DEPTH`]).
+    fn expr_at(&mut self, pair: Pair<'_, Rule>) -> Option<(Expr, u32)> {
         let span = self.span(&pair);
+        let leaf = |kind| Some((Expr { kind, span }, 1));
         match pair.as_rule() {
             Rule::expr => {
                 let mut tokens = pair.into_inner().peekable();
@@ -1575,42 +1589,61 @@ impl Parser {
                     Some(extra) => self.internal(self.span(&extra)),
                 }
             }
-            Rule::string => Some(Expr {
-                kind: ExprKind::Str(self.template(pair)?),
-                span,
-            }),
-            Rule::number => Some(Expr {
-                kind: ExprKind::Number(self.number(&pair)?),
-                span,
-            }),
-            Rule::bool => Some(Expr {
-                kind: ExprKind::Bool(pair.as_str() == "true"),
-                span,
-            }),
-            Rule::null => Some(Expr {
-                kind: ExprKind::Null,
-                span,
-            }),
-            Rule::object => Some(Expr {
-                kind: ExprKind::Object(self.object_entries(pair)?),
-                span,
-            }),
+            Rule::string => {
+                let (t, depth) = self.template_at(pair)?;
+                self.deeper(depth, span)?;
+                Some((
+                    Expr {
+                        kind: ExprKind::Str(t),
+                        span,
+                    },
+                    depth + 1,
+                ))
+            }
+            Rule::number => leaf(ExprKind::Number(self.number(&pair)?)),
+            Rule::bool => leaf(ExprKind::Bool(pair.as_str() == "true")),
+            Rule::null => leaf(ExprKind::Null),
+            Rule::object => {
+                let mut entries = Vec::new();
+                let mut depth = 0;
+                for entry in pair.into_inner() {
+                    let espan = self.span(&entry);
+                    let mut e = entry.into_inner();
+                    let key = self.ident(&next!(self, e, espan));
+                    let (value, d) = self.expr_at(next!(self, e, espan))?;
+                    depth = depth.max(d);
+                    entries.push((key, value));
+                }
+                self.deeper(depth, span)?;
+                Some((
+                    Expr {
+                        kind: ExprKind::Object(entries),
+                        span,
+                    },
+                    depth + 1,
+                ))
+            }
             Rule::list => {
                 let mut items = Vec::new();
+                let mut depth = 0;
                 for p in pair.into_inner() {
-                    items.push(self.expr(p)?);
+                    let (e, d) = self.expr_at(p)?;
+                    depth = depth.max(d);
+                    items.push(e);
                 }
-                Some(Expr {
-                    kind: ExprKind::List(items),
-                    span,
-                })
+                self.deeper(depth, span)?;
+                Some((
+                    Expr {
+                        kind: ExprKind::List(items),
+                        span,
+                    },
+                    depth + 1,
+                ))
             }
             Rule::env_ref => {
                 let mut it = kids(pair);
-                Some(Expr {
-                    kind: ExprKind::Env(self.ident(&next!(self, it, span))),
-                    span,
-                })
+                let name = self.ident(&next!(self, it, span));
+                leaf(ExprKind::Env(name))
             }
             Rule::name => {
                 // A use of a name; reserved words are reported where names are declared.
@@ -1620,13 +1653,28 @@ impl Parser {
                     name: p.as_str().to_string(),
                     span: self.span(&p),
                 };
-                Some(Expr {
-                    kind: ExprKind::Name(name),
-                    span,
-                })
+                leaf(ExprKind::Name(name))
             }
             _ => self.internal(span),
         }
+    }
+
+    /// `None` (and a diagnostic at `at`) when one more level around an
+    /// expression `depth` deep would pass [`MAX_EXPR_DEPTH`].
+    fn deeper(&mut self, depth: u32, at: Span) -> Option<()> {
+        if depth < MAX_EXPR_DEPTH {
+            return Some(());
+        }
+        self.diagnostics.push(
+            Diagnostic::new(
+                Code::Syntax,
+                at,
+                format!("this expression nests deeper than {MAX_EXPR_DEPTH} levels"),
+            )
+            .label("too deep")
+            .help("bind part of it to a name with `let` and use the name; flowc refuses deeper expressions rather than risk running out of stack"),
+        );
+        None
     }
 
     fn test_decl(&mut self, pair: Pair<'_, Rule>) -> Option<TestDecl> {
@@ -1853,25 +1901,50 @@ impl Parser {
     }
 
     /// Precedence climbing over an `expr`'s flat tokens. `not` binds looser
-    /// than comparisons, so `not a == b` is `not (a == b)`.
+    /// than comparisons, so `not a == b` is `not (a == b)`. Returns the
+    /// expression and its depth; chains are built in a loop, and the only
+    /// recursion (`not not …`, one level per operator precedence) is bounded
+    /// by [`MAX_EXPR_DEPTH`].
     fn climb<'i>(
         &mut self,
         tokens: &mut std::iter::Peekable<pest::iterators::Pairs<'i, Rule>>,
         min: u8,
         span: Span,
-    ) -> Option<Expr> {
+    ) -> Option<(Expr, u32)> {
+        self.climbing += 1;
+        let result = if self.climbing > MAX_EXPR_DEPTH {
+            let at = tokens.peek().map_or(span, |p| self.span(p));
+            self.deeper(MAX_EXPR_DEPTH, at);
+            None
+        } else {
+            self.climb_from(tokens, min, span)
+        };
+        self.climbing -= 1;
+        result
+    }
+
+    fn climb_from<'i>(
+        &mut self,
+        tokens: &mut std::iter::Peekable<pest::iterators::Pairs<'i, Rule>>,
+        min: u8,
+        span: Span,
+    ) -> Option<(Expr, u32)> {
         const NOT: u8 = 3;
         let first = next!(self, tokens, span);
-        let mut left = if first.as_rule() == Rule::not_op {
+        let (mut left, mut depth) = if first.as_rule() == Rule::not_op {
             let start = self.span(&first);
-            let operand = self.climb(tokens, NOT, span)?;
+            let (operand, d) = self.climb(tokens, NOT, span)?;
+            self.deeper(d, start)?;
             let s = start.to(operand.span);
-            Expr {
-                kind: ExprKind::Not(Box::new(operand)),
-                span: s,
-            }
+            (
+                Expr {
+                    kind: ExprKind::Not(Box::new(operand)),
+                    span: s,
+                },
+                d + 1,
+            )
         } else {
-            let mut e = self.expr(first)?;
+            let (mut e, mut depth) = self.expr_at(first)?;
             while let Some(p) =
                 tokens.next_if(|p| matches!(p.as_rule(), Rule::member | Rule::index))
             {
@@ -1881,30 +1954,42 @@ impl Parser {
                 let mut inner = p.into_inner();
                 let x = next!(self, inner, pspan);
                 e = match rule {
-                    Rule::member => Expr {
-                        kind: ExprKind::Member(Box::new(e), self.ident(&x)),
-                        span: s,
-                    },
-                    _ => Expr {
-                        kind: ExprKind::Index(Box::new(e), Box::new(self.expr(x)?)),
-                        span: s,
-                    },
+                    Rule::member => {
+                        self.deeper(depth, pspan)?;
+                        Expr {
+                            kind: ExprKind::Member(Box::new(e), self.ident(&x)),
+                            span: s,
+                        }
+                    }
+                    _ => {
+                        let (index, d) = self.expr_at(x)?;
+                        depth = depth.max(d);
+                        self.deeper(depth, pspan)?;
+                        Expr {
+                            kind: ExprKind::Index(Box::new(e), Box::new(index)),
+                            span: s,
+                        }
+                    }
                 };
+                depth += 1;
             }
-            e
+            (e, depth)
         };
         loop {
             let precedence = match tokens.peek().map(|p| p.as_rule()) {
                 Some(Rule::or_op) => 1,
                 Some(Rule::and_op) => 2,
                 Some(Rule::compare_op) => 4,
-                _ => return Some(left),
+                _ => return Some((left, depth)),
             };
             if precedence < min {
-                return Some(left);
+                return Some((left, depth));
             }
             let op = next!(self, tokens, span);
-            let right = self.climb(tokens, precedence + 1, span)?;
+            let (right, right_depth) = self.climb(tokens, precedence + 1, span)?;
+            depth = depth.max(right_depth);
+            self.deeper(depth, self.span(&op))?;
+            depth += 1;
             let s = left.span.to(right.span);
             let kind = match op.as_rule() {
                 Rule::or_op => ExprKind::Or(Box::new(left), Box::new(right)),
@@ -1926,6 +2011,12 @@ impl Parser {
     }
 
     fn template(&mut self, pair: Pair<'_, Rule>) -> Option<Template> {
+        self.template_at(pair).map(|(t, _)| t)
+    }
+
+    /// A template and the depth of its deepest interpolation (0 without one).
+    fn template_at(&mut self, pair: Pair<'_, Rule>) -> Option<(Template, u32)> {
+        let mut depth = 0;
         let span = self.span(&pair);
         let mut it = pair.into_inner();
         let inner = next!(self, it, span);
@@ -1945,7 +2036,9 @@ impl Parser {
                         parts.push(TemplatePart::Text(std::mem::take(&mut text)));
                     }
                     let mut e = part.into_inner();
-                    parts.push(TemplatePart::Expr(self.expr(next!(self, e, pspan))?));
+                    let (value, d) = self.expr_at(next!(self, e, pspan))?;
+                    depth = depth.max(d);
+                    parts.push(TemplatePart::Expr(value));
                 }
                 _ => return self.internal(self.span(&part)),
             }
@@ -1956,7 +2049,7 @@ impl Parser {
         if triple {
             dedent(&mut parts);
         }
-        Some(Template { parts, span })
+        Some((Template { parts, span }, depth))
     }
 
     fn unescape(&mut self, pair: &Pair<'_, Rule>) -> Option<char> {
