@@ -16,6 +16,9 @@ use crate::diagnostic::Diagnostic;
 use crate::grammar::{FlowGrammar, Rule};
 use crate::source::{FileId, Span};
 
+mod clauses;
+use clauses::ClauseList;
+
 /// Words that can never name a binding, a declaration or a parameter.
 /// Field names, argument names and clause words are not reserved.
 pub const RESERVED: &[&str] = &[
@@ -573,16 +576,22 @@ impl Parser {
         None
     }
 
-    fn repeated(&mut self, span: Span, clause: &str) {
-        self.diagnostics.push(
-            Diagnostic::new(
-                Code::InvalidDeclaration,
-                span,
-                format!("`{clause}` is given twice"),
-            )
-            .label("repeated clause")
-            .help(format!("keep one `{clause}`")),
-        );
+    /// Gives a clause to its list; a repeated one is reported (T007).
+    fn once(&mut self, list: &mut ClauseList, rule: Rule, shown: &str, span: Span) {
+        if let Some(d) = list.add(rule, shown, span) {
+            self.diagnostics.push(d);
+        }
+    }
+
+    /// Gives a clause to its list under its keyword (the first word of its text).
+    fn once_keyword(&mut self, list: &mut ClauseList, clause: &Pair<'_, Rule>) {
+        let text = clause.as_str();
+        let keyword = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or(text);
+        let span = self.span(clause);
+        self.once(list, clause.as_rule(), keyword, span);
     }
 
     fn error(&mut self, span: Span, message: impl Into<String>, label: impl Into<String>) {
@@ -938,7 +947,13 @@ impl Parser {
             }
         };
         let params = match it.next() {
-            Some(obj) => self.object_entries(obj)?,
+            Some(obj) => {
+                let mut seen = ClauseList::default();
+                for entry in obj.clone().into_inner() {
+                    self.once_keyword(&mut seen, &entry);
+                }
+                self.object_entries(obj)?
+            }
             None => Vec::new(),
         };
         Some(ModelDecl {
@@ -963,8 +978,12 @@ impl Parser {
             prices: Vec::new(),
             span,
         };
+        let mut seen = ClauseList::default();
         for clause in it {
             let cspan = self.span(&clause);
+            if clause.as_rule() != Rule::price_clause {
+                self.once_keyword(&mut seen, &clause);
+            }
             match clause.as_rule() {
                 Rule::protocol_clause => {
                     let mut c = clause.into_inner();
@@ -1000,6 +1019,11 @@ impl Parser {
                         Rule::wildcard => None,
                         _ => self.template(model)?.as_plain(),
                     };
+                    let shown = match &model {
+                        Some(m) => format!("price {m:?}"),
+                        None => "price *".to_string(),
+                    };
+                    self.once(&mut seen, Rule::price_clause, &shown, cspan);
                     let input = self.quantity(next!(self, c, cspan))?.value;
                     let output = self.quantity(next!(self, c, cspan))?.value;
                     let context = match c.next() {
@@ -1062,8 +1086,9 @@ impl Parser {
         let params = self.params(next!(self, it, span))?;
         let output = self.type_expr(next!(self, it, span))?;
         let mut clauses = Vec::new();
+        let mut seen = ClauseList::default();
         for clause in it {
-            self.tool_clause(clause, &mut clauses)?;
+            self.tool_clause(clause, &mut clauses, &mut seen)?;
         }
         Some(ToolDecl {
             name,
@@ -1074,9 +1099,23 @@ impl Parser {
         })
     }
 
-    fn tool_clause(&mut self, clause: Pair<'_, Rule>, out: &mut Vec<ToolClause>) -> Option<()> {
+    fn tool_clause(
+        &mut self,
+        clause: Pair<'_, Rule>,
+        out: &mut Vec<ToolClause>,
+        seen: &mut ClauseList,
+    ) -> Option<()> {
         let span = self.span(&clause);
         let rule = clause.as_rule();
+        // How a tool runs (`http`, `exec`, `builtin`) is one choice, reported
+        // by lowering when made twice; a header is given once per name.
+        if !matches!(
+            rule,
+            Rule::http_clause | Rule::exec_clause | Rule::builtin_clause | Rule::header_clause
+        ) {
+            // `effect write writes x`: the `writes` part is its own clause.
+            self.once_keyword(seen, &clause);
+        }
         let mut c = kids(clause);
         let kind = match rule {
             Rule::http_clause => {
@@ -1117,6 +1156,12 @@ impl Parser {
                     );
                     return None;
                 };
+                self.once(
+                    seen,
+                    Rule::header_clause,
+                    &format!("header {:?}", name.to_ascii_lowercase()),
+                    span,
+                );
                 ToolClauseKind::Header {
                     name,
                     value: self.template(next!(self, c, span))?,
@@ -1130,7 +1175,7 @@ impl Parser {
                     span: first_span,
                 });
                 for rw in c {
-                    self.tool_clause(rw, out)?;
+                    self.tool_clause(rw, out, seen)?;
                 }
                 return Some(());
             }
@@ -1223,9 +1268,11 @@ impl Parser {
         };
         let output = self.type_expr(next!(self, it, span))?;
         let mut clauses = Vec::new();
+        let mut seen = ClauseList::default();
         for clause in it {
             let cspan = self.span(&clause);
             let rule = clause.as_rule();
+            self.once_keyword(&mut seen, &clause);
             let kind = match rule {
                 Rule::budget => AgentClauseKind::Budget(self.budget(clause)?),
                 _ => {
@@ -1272,8 +1319,10 @@ impl Parser {
     fn budget(&mut self, pair: Pair<'_, Rule>) -> Option<Budget> {
         let span = self.span(&pair);
         let mut entries = Vec::new();
+        let mut seen = ClauseList::default();
         for entry in kids(pair) {
             let espan = self.span(&entry);
+            self.once_keyword(&mut seen, &entry);
             let mut e = entry.into_inner();
             let key = self.ident(&next!(self, e, espan));
             let q = self.quantity(next!(self, e, espan))?;
@@ -1289,7 +1338,11 @@ impl Parser {
         let params = self.params(next!(self, it, span))?;
         let output = self.type_expr(next!(self, it, span))?;
         let mut body = Vec::new();
+        let mut seen = ClauseList::default();
         for stmt in it {
+            if stmt.as_rule() == Rule::budget {
+                self.once_keyword(&mut seen, &stmt);
+            }
             body.push(self.stmt(stmt)?);
         }
         Some(FlowDecl {
@@ -1338,8 +1391,10 @@ impl Parser {
         let step = self.step(next!(self, it, span))?;
         let mut after = Vec::new();
         let mut fallback = None;
+        let mut suffixes = ClauseList::default();
         for suffix in it {
             let sspan = self.span(&suffix);
+            self.once_keyword(&mut suffixes, &suffix);
             match suffix.as_rule() {
                 Rule::after_clause => after.extend(kids(suffix).map(|p| self.ident(&p))),
                 Rule::fallback_clause => {
@@ -1367,9 +1422,11 @@ impl Parser {
                 let model = self.ident(&next!(self, it, span));
                 let output = self.type_expr(next!(self, it, span))?;
                 let mut clauses = Vec::new();
+                let mut seen = ClauseList::default();
                 for clause in it {
                     let cspan = self.span(&clause);
                     let rule = clause.as_rule();
+                    self.once_keyword(&mut seen, &clause);
                     let kind = match rule {
                         Rule::budget => LlmClauseKind::Budget(self.budget(clause)?),
                         Rule::retry_clause => {
@@ -1406,23 +1463,22 @@ impl Parser {
                     timeout: None,
                     on_timeout: None,
                 };
+                let mut seen = ClauseList::default();
                 for clause in it {
                     let cspan = self.span(&clause);
                     let rule = clause.as_rule();
+                    // `show` lists what the reviewer sees, one value each.
+                    if rule != Rule::show_clause {
+                        self.once_keyword(&mut seen, &clause);
+                    }
                     let mut c = kids(clause);
                     let p = next!(self, c, cspan);
                     match rule {
                         Rule::show_clause => step.show.push(self.expr(p)?),
                         Rule::timeout_clause => {
-                            if step.timeout.is_some() {
-                                self.repeated(cspan, "timeout");
-                            }
                             step.timeout = Some(self.quantity(p)?);
                         }
                         Rule::on_timeout_clause => {
-                            if step.on_timeout.is_some() {
-                                self.repeated(cspan, "on_timeout");
-                            }
                             let d = if p.as_str() == "approve" {
                                 Decision::Approve
                             } else {
