@@ -99,11 +99,8 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
     for stmt in &decl.body {
         match stmt {
             // A second `budget` is reported by the parser (T007).
-            Stmt::Budget(bd) => {
-                if budget.is_none() {
-                    budget = Some(cx.budget(bd));
-                }
-            }
+            Stmt::Budget(bd) if budget.is_none() => budget = Some(cx.budget(bd)),
+            Stmt::Budget(_) => {}
             Stmt::Return(e, span) => {
                 if let Some(prev) = output {
                     let prev_span: Span = b.graph[prev].span;
