@@ -42,9 +42,10 @@
 //! expression, say) moves to its own line before the enclosing statement or
 //! clause: comments move, but are never lost.
 //!
-//! Safety net: the output is parsed again; its tree must equal the input's
-//! (spans aside) and its comments must be the input's, or the file is
-//! reported instead of formatted.
+//! Safety net: the output is parsed again; its canonical form
+//! ([`crate::canonical`], what the file means) must equal the input's and
+//! its comments must be the input's, or the file is reported instead of
+//! formatted.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -93,7 +94,8 @@ pub fn format_source(text: &str) -> Result<String, Vec<Diagnostic>> {
     let mut after = comments(&out);
     before.sort();
     after.sort();
-    if !problems.is_empty() || shape(&again) != shape(&module) || before != after {
+    let same_meaning = crate::canonical::module(&again) == crate::canonical::module(&module);
+    if !problems.is_empty() || !same_meaning || before != after {
         let d = Diagnostic::new(
             Code::Syntax,
             Span::new(file, 0, 0),
@@ -119,29 +121,6 @@ pub fn comments(text: &str) -> Vec<String> {
         .into_iter()
         .map(|(s, e)| text[s..e].trim_end().to_string())
         .collect()
-}
-
-/// The syntax tree with every span removed, for comparing two parses.
-fn shape(module: &Module) -> String {
-    strip_spans(&format!("{:?}", module.items))
-}
-
-fn strip_spans(debug: &str) -> String {
-    const OPEN: &str = "Span { file: FileId(";
-    let mut out = String::with_capacity(debug.len());
-    let mut rest = debug;
-    while let Some(at) = rest.find(OPEN) {
-        out.push_str(&rest[..at]);
-        out.push_str("Span");
-        match rest[at..].find(" }") {
-            Some(close) => rest = &rest[at + close + 2..],
-            None => {
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 // ---------------------------------------------------------------- the command
@@ -2632,7 +2611,7 @@ impl<'s> Printer<'s> {
         else {
             return false;
         };
-        strip_spans(&format!("{:?}", parsed.parts)) == strip_spans(&format!("{:?}", t.parts))
+        crate::canonical::template(parsed) == crate::canonical::template(t)
     }
 
     fn plain_string(&mut self, t: &Template) -> String {

@@ -8,6 +8,7 @@
 //! the runtime runs). [`compile`] chains them.
 
 pub mod ast;
+pub mod canonical;
 pub mod check;
 pub mod code;
 mod compile;
