@@ -350,6 +350,13 @@ impl Canon {
             ToolClauseKind::Retry(r) => self.retry(r),
             ToolClauseKind::Idempotency(t) => self.clause("idempotency", |p| p.template(t)),
             ToolClauseKind::Limit(q) => self.clause("limit", |p| p.quantity(q)),
+            ToolClauseKind::Query(e) => self.clause("query", |p| p.expr(e)),
+            ToolClauseKind::Body { encoding, value } => self.clause("body", |p| {
+                p.word(encoding.as_str());
+                p.expr(value);
+            }),
+            ToolClauseKind::Format(f) => self.clause("format", |p| p.word(f.as_str())),
+            ToolClauseKind::Raw(names) => self.idents("raw", names),
         }
     }
 
