@@ -645,3 +645,23 @@ impl Canon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::source::FileId;
+
+    fn canonical(text: &str) -> String {
+        let (m, problems) = crate::parser::parse(FileId(0), text);
+        assert!(problems.is_empty(), "{problems:?}");
+        super::module(&m)
+    }
+
+    #[test]
+    fn layout_comments_and_spellings_do_not_count() {
+        let a = "tool t(x: string) -> string {\n  http GET \"https://a.test/{x}\"\n  timeout 30s\n  limit 100k tokens\n}\n";
+        let b = "// a tool\ntool t( x : string )->string{ http GET \"https://a.test/{x}\" // here\n\n timeout 30000ms limit 100000 tokens }";
+        assert_eq!(canonical(a), canonical(b));
+        assert_ne!(canonical(a), canonical(&a.replace("30s", "31s")));
+        assert_ne!(canonical(a), canonical(&a.replace("{x}", "{x}/")));
+    }
+}
