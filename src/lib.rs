@@ -29,6 +29,7 @@ pub mod stats;
 pub mod stdlib;
 pub mod store;
 mod suggest;
+pub mod syntax;
 pub mod types;
 
 pub mod grammar {

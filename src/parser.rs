@@ -15,6 +15,7 @@ use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::grammar::{FlowGrammar, Rule};
 use crate::source::{FileId, Span};
+use crate::syntax::scan;
 
 mod clauses;
 use clauses::ClauseList;
@@ -35,13 +36,15 @@ const ITEM_KEYWORDS: &[&str] = &[
 /// reported.
 pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
     // Lets a failed parse say which tokens it expected.
+    let scan = scan::scan(text, MAX_DEPTH);
     let mut parser = Parser {
         file,
         base: 0,
         diagnostics: Vec::new(),
         climbing: 0,
+        comments: scan.comments,
     };
-    if let Some(at) = too_deep(text) {
+    if let Some(at) = scan.too_deep {
         let d = Diagnostic::new(Code::Syntax, Span::new(file, at, at + 1), format!("this nests deeper than {MAX_DEPTH} levels"))
             .label("too deep")
             .help("split the value into named steps; flowc refuses deeper nesting rather than risk running out of stack");
@@ -129,66 +132,6 @@ fn item_name(text: &str) -> Option<String> {
     words.next().map(str::to_string)
 }
 
-/// The length of `text` without the whitespace and `//` comments that
-/// trail its last token (strings are skipped, so `"a // b"` stays whole).
-fn code_end(text: &str) -> usize {
-    let trimmed = text.trim_end();
-    // Only a tail that may hold a comment needs the scan.
-    if !trimmed.contains("//") {
-        return trimmed.len();
-    }
-    let bytes = trimmed.as_bytes();
-    let mut end = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
-            b'"' => {
-                let triple = bytes[i..].starts_with(b"\"\"\"");
-                i += if triple { 3 } else { 1 };
-                while i < bytes.len() {
-                    if bytes[i] == b'\\' {
-                        i += 2;
-                    } else if triple && bytes[i..].starts_with(b"\"\"\"") {
-                        i += 3;
-                        break;
-                    } else if !triple && (bytes[i] == b'"' || bytes[i] == b'\n') {
-                        i += 1;
-                        break;
-                    } else {
-                        i += 1;
-                    }
-                }
-                end = i.min(bytes.len());
-                continue;
-            }
-            // A pattern: slashes inside `/…/` are not comments.
-            b'/' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'/' && bytes[i] != b'\n' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-                end = i.min(bytes.len());
-                continue;
-            }
-            c if !c.is_ascii_whitespace() => end = i + 1,
-            _ => {}
-        }
-        i += 1;
-    }
-    // Keep a multi-byte character whole.
-    while end < trimmed.len() && !trimmed.is_char_boundary(end) {
-        end += 1;
-    }
-    end
-}
-
 /// How deeply `(`, `[` and `{` may nest. Real flows stay far below it; the
 /// parser and lowering recurse once per level, so this bounds their stack.
 pub const MAX_DEPTH: usize = 64;
@@ -199,94 +142,6 @@ pub const MAX_DEPTH: usize = 64;
 /// later stage walks expressions recursively, so this bounds their stack
 /// (about 8 KiB a level in a debug build; the main thread has 8 MiB).
 pub const MAX_EXPR_DEPTH: u32 = 256;
-
-/// The offset where bracket nesting first exceeds [`MAX_DEPTH`], outside
-/// strings and comments.
-fn too_deep(text: &str) -> Option<usize> {
-    let bytes = text.as_bytes();
-    let mut depth = 0usize;
-    // `else if` links since the last statement: the grammar recurses on each.
-    let mut else_ifs = 0usize;
-    let mut previous_word = "";
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            // A pattern after `matching`: its brackets are not nesting.
-            b'/' if previous_word == "matching" => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'/' && bytes[i] != b'\n' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'"' => {
-                let triple = bytes[i..].starts_with(b"\"\"\"");
-                i += if triple { 3 } else { 1 };
-                while i < bytes.len() {
-                    if bytes[i] == b'\\' {
-                        i += 2;
-                        continue;
-                    }
-                    if triple && bytes[i..].starts_with(b"\"\"\"") {
-                        i += 2;
-                        break;
-                    }
-                    if !triple && (bytes[i] == b'"' || bytes[i] == b'\n') {
-                        break;
-                    }
-                    if bytes[i..].starts_with(b"{{") || bytes[i..].starts_with(b"}}") {
-                        i += 2;
-                        continue;
-                    }
-                    // Interpolations nest too.
-                    if bytes[i] == b'{' {
-                        depth += 1;
-                        if depth > MAX_DEPTH {
-                            return Some(i);
-                        }
-                    } else if bytes[i] == b'}' {
-                        depth = depth.saturating_sub(1);
-                    }
-                    i += 1;
-                }
-            }
-            b'(' | b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Some(i);
-                }
-            }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-            c if c.is_ascii_alphabetic() || c == b'_' => {
-                let start = i;
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                    i += 1;
-                }
-                let word = &text[start..i];
-                match word {
-                    "if" if previous_word == "else" => else_ifs += 1,
-                    // Counted per statement: no real statement comes near the limit.
-                    "let" | "return" | "check" | "require" | "flow" | "test" | "expect" => {
-                        else_ifs = 0;
-                    }
-                    _ => {}
-                }
-                previous_word = word;
-                if else_ifs > MAX_DEPTH {
-                    return Some(start);
-                }
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
 
 /// The first line at or after `from` (the line containing `from` excluded)
 /// that begins with a top-level keyword.
@@ -525,6 +380,8 @@ struct Parser {
     diagnostics: Vec<Diagnostic>,
     /// How many [`Parser::climb`] calls are open (bounds `not not …`).
     climbing: u32,
+    /// The file's comments (byte ranges, in order), from the scanner.
+    comments: Vec<(usize, usize)>,
 }
 
 /// Takes the next child; the grammar guarantees it exists, so a missing one
@@ -541,14 +398,31 @@ macro_rules! next {
 impl Parser {
     fn span(&self, pair: &Pair<'_, Rule>) -> Span {
         let s = pair.as_span();
-        // A rule that ends in an optional part can take the whitespace and
-        // comments before it; a label should end where the code does.
-        let trimmed = code_end(pair.as_str());
+        let start = self.base + s.start();
         Span::new(
             self.file,
-            self.base + s.start(),
-            self.base + s.start() + trimmed,
+            start,
+            start + self.code_end(start, pair.as_str()),
         )
+    }
+
+    /// The length of `text` (found at `start` in the file) without the
+    /// whitespace and comments after its last token: a rule that ends in an
+    /// optional part can take them, and a label should end where the code
+    /// does.
+    fn code_end(&self, start: usize, text: &str) -> usize {
+        let mut end = text.trim_end().len();
+        loop {
+            // The last comment that starts before the end, if the end is in it.
+            let at = start + end;
+            let before = self.comments.partition_point(|&(s, _)| s < at);
+            match before.checked_sub(1).map(|k| self.comments[k]) {
+                Some((s, e)) if s >= start && e >= at => {
+                    end = text[..s - start].trim_end().len();
+                }
+                _ => return end,
+            }
+        }
     }
 
     fn ident(&mut self, pair: &Pair<'_, Rule>) -> Ident {
