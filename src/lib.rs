@@ -8,6 +8,7 @@
 //! the runtime runs). [`compile`] chains them.
 
 pub mod ast;
+pub mod canonical;
 pub mod check;
 pub mod code;
 mod compile;
@@ -28,6 +29,7 @@ pub mod stats;
 pub mod stdlib;
 pub mod store;
 mod suggest;
+pub mod syntax;
 pub mod types;
 
 pub mod grammar {

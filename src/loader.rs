@@ -13,7 +13,7 @@ use crate::ast::{self, Item, ModulePath, StepKind, Stmt, TypeExpr, TypeExprKind}
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::parser;
-use crate::source::{FileId, Origin, SourceFile, Sources, Span};
+use crate::source::{unify_line_endings, FileId, Origin, SourceFile, Sources, Span};
 use crate::stdlib;
 
 #[derive(Debug)]
@@ -101,9 +101,9 @@ impl Loader {
 
     fn add(&mut self, name: String, origin: Origin, bytes: &[u8], key: String) -> usize {
         let (text, bad_utf8) = match std::str::from_utf8(bytes) {
-            Ok(s) => (Arc::<str>::from(s), None),
+            Ok(s) => (Arc::<str>::from(unify_line_endings(s).as_ref()), None),
             Err(e) => (
-                Arc::<str>::from(String::from_utf8_lossy(bytes).as_ref()),
+                Arc::<str>::from(unify_line_endings(&String::from_utf8_lossy(bytes)).as_ref()),
                 Some(e.valid_up_to()),
             ),
         };

@@ -15,6 +15,10 @@ use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::grammar::{FlowGrammar, Rule};
 use crate::source::{FileId, Span};
+use crate::syntax::scan;
+
+mod clauses;
+use clauses::ClauseList;
 
 /// Words that can never name a binding, a declaration or a parameter.
 /// Field names, argument names and clause words are not reserved.
@@ -32,12 +36,15 @@ const ITEM_KEYWORDS: &[&str] = &[
 /// reported.
 pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
     // Lets a failed parse say which tokens it expected.
+    let scan = scan::scan(text, MAX_DEPTH);
     let mut parser = Parser {
         file,
         base: 0,
         diagnostics: Vec::new(),
+        climbing: 0,
+        comments: scan.comments,
     };
-    if let Some(at) = too_deep(text) {
+    if let Some(at) = scan.too_deep {
         let d = Diagnostic::new(Code::Syntax, Span::new(file, at, at + 1), format!("this nests deeper than {MAX_DEPTH} levels"))
             .label("too deep")
             .help("split the value into named steps; flowc refuses deeper nesting rather than risk running out of stack");
@@ -63,8 +70,9 @@ pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
             Ok(mut pairs) => match pairs.next() {
                 Some(pair) => {
                     let end = pair.as_span().end();
-                    if let Some(item) = parser.item(pair) {
-                        items.push(item);
+                    match parser.item(pair) {
+                        Some(item) => items.push(item),
+                        None => broken.extend(item_name(rest)),
                     }
                     if end == 0 {
                         break;
@@ -124,160 +132,16 @@ fn item_name(text: &str) -> Option<String> {
     words.next().map(str::to_string)
 }
 
-/// The length of `text` without the whitespace and `//` comments that
-/// trail its last token (strings are skipped, so `"a // b"` stays whole).
-fn code_end(text: &str) -> usize {
-    let trimmed = text.trim_end();
-    // Only a tail that may hold a comment needs the scan.
-    if !trimmed.contains("//") {
-        return trimmed.len();
-    }
-    let bytes = trimmed.as_bytes();
-    let mut end = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
-            b'"' => {
-                let triple = bytes[i..].starts_with(b"\"\"\"");
-                i += if triple { 3 } else { 1 };
-                while i < bytes.len() {
-                    if bytes[i] == b'\\' {
-                        i += 2;
-                    } else if triple && bytes[i..].starts_with(b"\"\"\"") {
-                        i += 3;
-                        break;
-                    } else if !triple && (bytes[i] == b'"' || bytes[i] == b'\n') {
-                        i += 1;
-                        break;
-                    } else {
-                        i += 1;
-                    }
-                }
-                end = i.min(bytes.len());
-                continue;
-            }
-            // A pattern: slashes inside `/…/` are not comments.
-            b'/' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'/' && bytes[i] != b'\n' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-                end = i.min(bytes.len());
-                continue;
-            }
-            c if !c.is_ascii_whitespace() => end = i + 1,
-            _ => {}
-        }
-        i += 1;
-    }
-    // Keep a multi-byte character whole.
-    while end < trimmed.len() && !trimmed.is_char_boundary(end) {
-        end += 1;
-    }
-    end
-}
-
 /// How deeply `(`, `[` and `{` may nest. Real flows stay far below it; the
 /// parser and lowering recurse once per level, so this bounds their stack.
 pub const MAX_DEPTH: usize = 64;
 
-/// The offset where bracket nesting first exceeds [`MAX_DEPTH`], outside
-/// strings and comments.
-fn too_deep(text: &str) -> Option<usize> {
-    let bytes = text.as_bytes();
-    let mut depth = 0usize;
-    // `not not …` in a row, and `else if` links since the last statement.
-    let mut nots = 0usize;
-    let mut else_ifs = 0usize;
-    let mut previous_word = "";
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            // A pattern after `matching`: its brackets are not nesting.
-            b'/' if previous_word == "matching" => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'/' && bytes[i] != b'\n' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'"' => {
-                let triple = bytes[i..].starts_with(b"\"\"\"");
-                i += if triple { 3 } else { 1 };
-                while i < bytes.len() {
-                    if bytes[i] == b'\\' {
-                        i += 2;
-                        continue;
-                    }
-                    if triple && bytes[i..].starts_with(b"\"\"\"") {
-                        i += 2;
-                        break;
-                    }
-                    if !triple && (bytes[i] == b'"' || bytes[i] == b'\n') {
-                        break;
-                    }
-                    if bytes[i..].starts_with(b"{{") || bytes[i..].starts_with(b"}}") {
-                        i += 2;
-                        continue;
-                    }
-                    // Interpolations nest too.
-                    if bytes[i] == b'{' {
-                        depth += 1;
-                        if depth > MAX_DEPTH {
-                            return Some(i);
-                        }
-                    } else if bytes[i] == b'}' {
-                        depth = depth.saturating_sub(1);
-                    }
-                    i += 1;
-                }
-            }
-            b'(' | b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Some(i);
-                }
-            }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-            c if c.is_ascii_alphabetic() || c == b'_' => {
-                let start = i;
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                    i += 1;
-                }
-                let word = &text[start..i];
-                match word {
-                    "not" => nots += 1,
-                    "if" if previous_word == "else" => else_ifs += 1,
-                    // Counted per statement: no real statement comes near the limit.
-                    "let" | "return" | "check" | "require" | "flow" | "test" | "expect" => {
-                        nots = 0;
-                        else_ifs = 0;
-                    }
-                    _ => nots = 0,
-                }
-                previous_word = word;
-                if nots > MAX_DEPTH || else_ifs > MAX_DEPTH {
-                    return Some(start);
-                }
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
+/// How deep one expression may be. A name or a literal is one level; every
+/// `.field`, `[index]`, `not`, `and`, `or`, comparison, list, record and
+/// string with an interpolation adds one level around what it holds. Every
+/// later stage walks expressions recursively, so this bounds their stack
+/// (about 8 KiB a level in a debug build; the main thread has 8 MiB).
+pub const MAX_EXPR_DEPTH: u32 = 256;
 
 /// The first line at or after `from` (the line containing `from` excluded)
 /// that begins with a top-level keyword.
@@ -514,6 +378,10 @@ struct Parser {
     /// Offset of the current item's text in the file.
     base: usize,
     diagnostics: Vec<Diagnostic>,
+    /// How many [`Parser::climb`] calls are open (bounds `not not …`).
+    climbing: u32,
+    /// The file's comments (byte ranges, in order), from the scanner.
+    comments: Vec<(usize, usize)>,
 }
 
 /// Takes the next child; the grammar guarantees it exists, so a missing one
@@ -530,14 +398,31 @@ macro_rules! next {
 impl Parser {
     fn span(&self, pair: &Pair<'_, Rule>) -> Span {
         let s = pair.as_span();
-        // A rule that ends in an optional part can take the whitespace and
-        // comments before it; a label should end where the code does.
-        let trimmed = code_end(pair.as_str());
+        let start = self.base + s.start();
         Span::new(
             self.file,
-            self.base + s.start(),
-            self.base + s.start() + trimmed,
+            start,
+            start + self.code_end(start, pair.as_str()),
         )
+    }
+
+    /// The length of `text` (found at `start` in the file) without the
+    /// whitespace and comments after its last token: a rule that ends in an
+    /// optional part can take them, and a label should end where the code
+    /// does.
+    fn code_end(&self, start: usize, text: &str) -> usize {
+        let mut end = text.trim_end().len();
+        loop {
+            // The last comment that starts before the end, if the end is in it.
+            let at = start + end;
+            let before = self.comments.partition_point(|&(s, _)| s < at);
+            match before.checked_sub(1).map(|k| self.comments[k]) {
+                Some((s, e)) if s >= start && e >= at => {
+                    end = text[..s - start].trim_end().len();
+                }
+                _ => return end,
+            }
+        }
     }
 
     fn ident(&mut self, pair: &Pair<'_, Rule>) -> Ident {
@@ -565,16 +450,22 @@ impl Parser {
         None
     }
 
-    fn repeated(&mut self, span: Span, clause: &str) {
-        self.diagnostics.push(
-            Diagnostic::new(
-                Code::InvalidDeclaration,
-                span,
-                format!("`{clause}` is given twice"),
-            )
-            .label("repeated clause")
-            .help(format!("keep one `{clause}`")),
-        );
+    /// Gives a clause to its list; a repeated one is reported (T007).
+    fn once(&mut self, list: &mut ClauseList, rule: Rule, shown: &str, span: Span) {
+        if let Some(d) = list.add(rule, shown, span) {
+            self.diagnostics.push(d);
+        }
+    }
+
+    /// Gives a clause to its list under its keyword (the first word of its text).
+    fn once_keyword(&mut self, list: &mut ClauseList, clause: &Pair<'_, Rule>) {
+        let text = clause.as_str();
+        let keyword = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or(text);
+        let span = self.span(clause);
+        self.once(list, clause.as_rule(), keyword, span);
     }
 
     fn error(&mut self, span: Span, message: impl Into<String>, label: impl Into<String>) {
@@ -930,7 +821,13 @@ impl Parser {
             }
         };
         let params = match it.next() {
-            Some(obj) => self.object_entries(obj)?,
+            Some(obj) => {
+                let mut seen = ClauseList::default();
+                for entry in obj.clone().into_inner() {
+                    self.once_keyword(&mut seen, &entry);
+                }
+                self.object_entries(obj)?
+            }
             None => Vec::new(),
         };
         Some(ModelDecl {
@@ -955,8 +852,12 @@ impl Parser {
             prices: Vec::new(),
             span,
         };
+        let mut seen = ClauseList::default();
         for clause in it {
             let cspan = self.span(&clause);
+            if clause.as_rule() != Rule::price_clause {
+                self.once_keyword(&mut seen, &clause);
+            }
             match clause.as_rule() {
                 Rule::protocol_clause => {
                     let mut c = clause.into_inner();
@@ -992,6 +893,11 @@ impl Parser {
                         Rule::wildcard => None,
                         _ => self.template(model)?.as_plain(),
                     };
+                    let shown = match &model {
+                        Some(m) => format!("price {m:?}"),
+                        None => "price *".to_string(),
+                    };
+                    self.once(&mut seen, Rule::price_clause, &shown, cspan);
                     let input = self.quantity(next!(self, c, cspan))?.value;
                     let output = self.quantity(next!(self, c, cspan))?.value;
                     let context = match c.next() {
@@ -1054,8 +960,9 @@ impl Parser {
         let params = self.params(next!(self, it, span))?;
         let output = self.type_expr(next!(self, it, span))?;
         let mut clauses = Vec::new();
+        let mut seen = ClauseList::default();
         for clause in it {
-            self.tool_clause(clause, &mut clauses)?;
+            self.tool_clause(clause, &mut clauses, &mut seen)?;
         }
         Some(ToolDecl {
             name,
@@ -1066,9 +973,23 @@ impl Parser {
         })
     }
 
-    fn tool_clause(&mut self, clause: Pair<'_, Rule>, out: &mut Vec<ToolClause>) -> Option<()> {
+    fn tool_clause(
+        &mut self,
+        clause: Pair<'_, Rule>,
+        out: &mut Vec<ToolClause>,
+        seen: &mut ClauseList,
+    ) -> Option<()> {
         let span = self.span(&clause);
         let rule = clause.as_rule();
+        // How a tool runs (`http`, `exec`, `builtin`) is one choice, reported
+        // by lowering when made twice; a header is given once per name.
+        if !matches!(
+            rule,
+            Rule::http_clause | Rule::exec_clause | Rule::builtin_clause | Rule::header_clause
+        ) {
+            // `effect write writes x`: the `writes` part is its own clause.
+            self.once_keyword(seen, &clause);
+        }
         let mut c = kids(clause);
         let kind = match rule {
             Rule::http_clause => {
@@ -1109,6 +1030,12 @@ impl Parser {
                     );
                     return None;
                 };
+                self.once(
+                    seen,
+                    Rule::header_clause,
+                    &format!("header {:?}", name.to_ascii_lowercase()),
+                    span,
+                );
                 ToolClauseKind::Header {
                     name,
                     value: self.template(next!(self, c, span))?,
@@ -1122,7 +1049,7 @@ impl Parser {
                     span: first_span,
                 });
                 for rw in c {
-                    self.tool_clause(rw, out)?;
+                    self.tool_clause(rw, out, seen)?;
                 }
                 return Some(());
             }
@@ -1215,9 +1142,11 @@ impl Parser {
         };
         let output = self.type_expr(next!(self, it, span))?;
         let mut clauses = Vec::new();
+        let mut seen = ClauseList::default();
         for clause in it {
             let cspan = self.span(&clause);
             let rule = clause.as_rule();
+            self.once_keyword(&mut seen, &clause);
             let kind = match rule {
                 Rule::budget => AgentClauseKind::Budget(self.budget(clause)?),
                 _ => {
@@ -1264,8 +1193,10 @@ impl Parser {
     fn budget(&mut self, pair: Pair<'_, Rule>) -> Option<Budget> {
         let span = self.span(&pair);
         let mut entries = Vec::new();
+        let mut seen = ClauseList::default();
         for entry in kids(pair) {
             let espan = self.span(&entry);
+            self.once_keyword(&mut seen, &entry);
             let mut e = entry.into_inner();
             let key = self.ident(&next!(self, e, espan));
             let q = self.quantity(next!(self, e, espan))?;
@@ -1281,7 +1212,11 @@ impl Parser {
         let params = self.params(next!(self, it, span))?;
         let output = self.type_expr(next!(self, it, span))?;
         let mut body = Vec::new();
+        let mut seen = ClauseList::default();
         for stmt in it {
+            if stmt.as_rule() == Rule::budget {
+                self.once_keyword(&mut seen, &stmt);
+            }
             body.push(self.stmt(stmt)?);
         }
         Some(FlowDecl {
@@ -1330,8 +1265,10 @@ impl Parser {
         let step = self.step(next!(self, it, span))?;
         let mut after = Vec::new();
         let mut fallback = None;
+        let mut suffixes = ClauseList::default();
         for suffix in it {
             let sspan = self.span(&suffix);
+            self.once_keyword(&mut suffixes, &suffix);
             match suffix.as_rule() {
                 Rule::after_clause => after.extend(kids(suffix).map(|p| self.ident(&p))),
                 Rule::fallback_clause => {
@@ -1359,9 +1296,11 @@ impl Parser {
                 let model = self.ident(&next!(self, it, span));
                 let output = self.type_expr(next!(self, it, span))?;
                 let mut clauses = Vec::new();
+                let mut seen = ClauseList::default();
                 for clause in it {
                     let cspan = self.span(&clause);
                     let rule = clause.as_rule();
+                    self.once_keyword(&mut seen, &clause);
                     let kind = match rule {
                         Rule::budget => LlmClauseKind::Budget(self.budget(clause)?),
                         Rule::retry_clause => {
@@ -1398,23 +1337,22 @@ impl Parser {
                     timeout: None,
                     on_timeout: None,
                 };
+                let mut seen = ClauseList::default();
                 for clause in it {
                     let cspan = self.span(&clause);
                     let rule = clause.as_rule();
+                    // `show` lists what the reviewer sees, one value each.
+                    if rule != Rule::show_clause {
+                        self.once_keyword(&mut seen, &clause);
+                    }
                     let mut c = kids(clause);
                     let p = next!(self, c, cspan);
                     match rule {
                         Rule::show_clause => step.show.push(self.expr(p)?),
                         Rule::timeout_clause => {
-                            if step.timeout.is_some() {
-                                self.repeated(cspan, "timeout");
-                            }
                             step.timeout = Some(self.quantity(p)?);
                         }
                         Rule::on_timeout_clause => {
-                            if step.on_timeout.is_some() {
-                                self.repeated(cspan, "on_timeout");
-                            }
                             let d = if p.as_str() == "approve" {
                                 Decision::Approve
                             } else {
@@ -1565,7 +1503,13 @@ impl Parser {
     }
 
     fn expr(&mut self, pair: Pair<'_, Rule>) -> Option<Expr> {
+        self.expr_at(pair).map(|(e, _)| e)
+    }
+
+    /// An expression and its depth (see [`MAX_EXPR_DEPTH`]).
+    fn expr_at(&mut self, pair: Pair<'_, Rule>) -> Option<(Expr, u32)> {
         let span = self.span(&pair);
+        let leaf = |kind| Some((Expr { kind, span }, 1));
         match pair.as_rule() {
             Rule::expr => {
                 let mut tokens = pair.into_inner().peekable();
@@ -1575,42 +1519,61 @@ impl Parser {
                     Some(extra) => self.internal(self.span(&extra)),
                 }
             }
-            Rule::string => Some(Expr {
-                kind: ExprKind::Str(self.template(pair)?),
-                span,
-            }),
-            Rule::number => Some(Expr {
-                kind: ExprKind::Number(self.number(&pair)?),
-                span,
-            }),
-            Rule::bool => Some(Expr {
-                kind: ExprKind::Bool(pair.as_str() == "true"),
-                span,
-            }),
-            Rule::null => Some(Expr {
-                kind: ExprKind::Null,
-                span,
-            }),
-            Rule::object => Some(Expr {
-                kind: ExprKind::Object(self.object_entries(pair)?),
-                span,
-            }),
+            Rule::string => {
+                let (t, depth) = self.template_at(pair)?;
+                self.deeper(depth, span)?;
+                Some((
+                    Expr {
+                        kind: ExprKind::Str(t),
+                        span,
+                    },
+                    depth + 1,
+                ))
+            }
+            Rule::number => leaf(ExprKind::Number(self.number(&pair)?)),
+            Rule::bool => leaf(ExprKind::Bool(pair.as_str() == "true")),
+            Rule::null => leaf(ExprKind::Null),
+            Rule::object => {
+                let mut entries = Vec::new();
+                let mut depth = 0;
+                for entry in pair.into_inner() {
+                    let espan = self.span(&entry);
+                    let mut e = entry.into_inner();
+                    let key = self.ident(&next!(self, e, espan));
+                    let (value, d) = self.expr_at(next!(self, e, espan))?;
+                    depth = depth.max(d);
+                    entries.push((key, value));
+                }
+                self.deeper(depth, span)?;
+                Some((
+                    Expr {
+                        kind: ExprKind::Object(entries),
+                        span,
+                    },
+                    depth + 1,
+                ))
+            }
             Rule::list => {
                 let mut items = Vec::new();
+                let mut depth = 0;
                 for p in pair.into_inner() {
-                    items.push(self.expr(p)?);
+                    let (e, d) = self.expr_at(p)?;
+                    depth = depth.max(d);
+                    items.push(e);
                 }
-                Some(Expr {
-                    kind: ExprKind::List(items),
-                    span,
-                })
+                self.deeper(depth, span)?;
+                Some((
+                    Expr {
+                        kind: ExprKind::List(items),
+                        span,
+                    },
+                    depth + 1,
+                ))
             }
             Rule::env_ref => {
                 let mut it = kids(pair);
-                Some(Expr {
-                    kind: ExprKind::Env(self.ident(&next!(self, it, span))),
-                    span,
-                })
+                let name = self.ident(&next!(self, it, span));
+                leaf(ExprKind::Env(name))
             }
             Rule::name => {
                 // A use of a name; reserved words are reported where names are declared.
@@ -1620,13 +1583,28 @@ impl Parser {
                     name: p.as_str().to_string(),
                     span: self.span(&p),
                 };
-                Some(Expr {
-                    kind: ExprKind::Name(name),
-                    span,
-                })
+                leaf(ExprKind::Name(name))
             }
             _ => self.internal(span),
         }
+    }
+
+    /// `None` (and a diagnostic at `at`) when one more level around an
+    /// expression `depth` deep would pass [`MAX_EXPR_DEPTH`].
+    fn deeper(&mut self, depth: u32, at: Span) -> Option<()> {
+        if depth < MAX_EXPR_DEPTH {
+            return Some(());
+        }
+        self.diagnostics.push(
+            Diagnostic::new(
+                Code::Syntax,
+                at,
+                format!("this expression nests deeper than {MAX_EXPR_DEPTH} levels"),
+            )
+            .label("too deep")
+            .help("bind part of it to a name with `let` and use the name; flowc refuses deeper expressions rather than risk running out of stack"),
+        );
+        None
     }
 
     fn test_decl(&mut self, pair: Pair<'_, Rule>) -> Option<TestDecl> {
@@ -1853,25 +1831,50 @@ impl Parser {
     }
 
     /// Precedence climbing over an `expr`'s flat tokens. `not` binds looser
-    /// than comparisons, so `not a == b` is `not (a == b)`.
+    /// than comparisons, so `not a == b` is `not (a == b)`. Returns the
+    /// expression and its depth; chains are built in a loop, and the only
+    /// recursion (`not not …`, one level per operator precedence) is bounded
+    /// by [`MAX_EXPR_DEPTH`].
     fn climb<'i>(
         &mut self,
         tokens: &mut std::iter::Peekable<pest::iterators::Pairs<'i, Rule>>,
         min: u8,
         span: Span,
-    ) -> Option<Expr> {
+    ) -> Option<(Expr, u32)> {
+        self.climbing += 1;
+        let result = if self.climbing > MAX_EXPR_DEPTH {
+            let at = tokens.peek().map_or(span, |p| self.span(p));
+            self.deeper(MAX_EXPR_DEPTH, at);
+            None
+        } else {
+            self.climb_from(tokens, min, span)
+        };
+        self.climbing -= 1;
+        result
+    }
+
+    fn climb_from<'i>(
+        &mut self,
+        tokens: &mut std::iter::Peekable<pest::iterators::Pairs<'i, Rule>>,
+        min: u8,
+        span: Span,
+    ) -> Option<(Expr, u32)> {
         const NOT: u8 = 3;
         let first = next!(self, tokens, span);
-        let mut left = if first.as_rule() == Rule::not_op {
+        let (mut left, mut depth) = if first.as_rule() == Rule::not_op {
             let start = self.span(&first);
-            let operand = self.climb(tokens, NOT, span)?;
+            let (operand, d) = self.climb(tokens, NOT, span)?;
+            self.deeper(d, start)?;
             let s = start.to(operand.span);
-            Expr {
-                kind: ExprKind::Not(Box::new(operand)),
-                span: s,
-            }
+            (
+                Expr {
+                    kind: ExprKind::Not(Box::new(operand)),
+                    span: s,
+                },
+                d + 1,
+            )
         } else {
-            let mut e = self.expr(first)?;
+            let (mut e, mut depth) = self.expr_at(first)?;
             while let Some(p) =
                 tokens.next_if(|p| matches!(p.as_rule(), Rule::member | Rule::index))
             {
@@ -1881,30 +1884,42 @@ impl Parser {
                 let mut inner = p.into_inner();
                 let x = next!(self, inner, pspan);
                 e = match rule {
-                    Rule::member => Expr {
-                        kind: ExprKind::Member(Box::new(e), self.ident(&x)),
-                        span: s,
-                    },
-                    _ => Expr {
-                        kind: ExprKind::Index(Box::new(e), Box::new(self.expr(x)?)),
-                        span: s,
-                    },
+                    Rule::member => {
+                        self.deeper(depth, pspan)?;
+                        Expr {
+                            kind: ExprKind::Member(Box::new(e), self.ident(&x)),
+                            span: s,
+                        }
+                    }
+                    _ => {
+                        let (index, d) = self.expr_at(x)?;
+                        depth = depth.max(d);
+                        self.deeper(depth, pspan)?;
+                        Expr {
+                            kind: ExprKind::Index(Box::new(e), Box::new(index)),
+                            span: s,
+                        }
+                    }
                 };
+                depth += 1;
             }
-            e
+            (e, depth)
         };
         loop {
             let precedence = match tokens.peek().map(|p| p.as_rule()) {
                 Some(Rule::or_op) => 1,
                 Some(Rule::and_op) => 2,
                 Some(Rule::compare_op) => 4,
-                _ => return Some(left),
+                _ => return Some((left, depth)),
             };
             if precedence < min {
-                return Some(left);
+                return Some((left, depth));
             }
             let op = next!(self, tokens, span);
-            let right = self.climb(tokens, precedence + 1, span)?;
+            let (right, right_depth) = self.climb(tokens, precedence + 1, span)?;
+            depth = depth.max(right_depth);
+            self.deeper(depth, self.span(&op))?;
+            depth += 1;
             let s = left.span.to(right.span);
             let kind = match op.as_rule() {
                 Rule::or_op => ExprKind::Or(Box::new(left), Box::new(right)),
@@ -1926,6 +1941,12 @@ impl Parser {
     }
 
     fn template(&mut self, pair: Pair<'_, Rule>) -> Option<Template> {
+        self.template_at(pair).map(|(t, _)| t)
+    }
+
+    /// A template and the depth of its deepest interpolation (0 without one).
+    fn template_at(&mut self, pair: Pair<'_, Rule>) -> Option<(Template, u32)> {
+        let mut depth = 0;
         let span = self.span(&pair);
         let mut it = pair.into_inner();
         let inner = next!(self, it, span);
@@ -1945,7 +1966,9 @@ impl Parser {
                         parts.push(TemplatePart::Text(std::mem::take(&mut text)));
                     }
                     let mut e = part.into_inner();
-                    parts.push(TemplatePart::Expr(self.expr(next!(self, e, pspan))?));
+                    let (value, d) = self.expr_at(next!(self, e, pspan))?;
+                    depth = depth.max(d);
+                    parts.push(TemplatePart::Expr(value));
                 }
                 _ => return self.internal(self.span(&part)),
             }
@@ -1956,7 +1979,7 @@ impl Parser {
         if triple {
             dedent(&mut parts);
         }
-        Some(Template { parts, span })
+        Some((Template { parts, span }, depth))
     }
 
     fn unescape(&mut self, pair: &Pair<'_, Rule>) -> Option<char> {

@@ -52,6 +52,26 @@ pub enum Origin {
     Std(&'static str),
 }
 
+/// `text` with every lone `\r` (a classic Mac line ending) turned into
+/// `\n`; `\r\n` stays. Each byte stays where it was, so spans into either
+/// text agree. Every reader of Flow text starts here, so the rest of the
+/// crate only knows `\n` (and `\r\n`) as a line end.
+pub fn unify_line_endings(text: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let lone = |i: usize| bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n');
+    if !(0..bytes.len()).any(lone) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let unified: Vec<u8> = (0..bytes.len())
+        .map(|i| if lone(i) { b'\n' } else { bytes[i] })
+        .collect();
+    // Only ASCII bytes were replaced by ASCII bytes.
+    std::borrow::Cow::Owned(
+        String::from_utf8(unified)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    )
+}
+
 #[derive(Debug)]
 pub struct SourceFile {
     /// The name shown in diagnostics: the path as the user wrote it, `<stdin>`, or `std/models.flow`.

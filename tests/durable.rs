@@ -1235,6 +1235,69 @@ fn a_resume_under_a_changed_program_is_refused_naming_the_change(backend: Backen
     assert_eq!(lab.server.hits(CHAT), 2);
 }
 
+#[test]
+fn a_comment_or_a_reformat_does_not_block_a_resume_but_a_changed_timeout_does() {
+    let lab = Lab::new("reformat", CRASH_FLOW);
+    let original = std::fs::read_to_string(lab.dir.0.join("prog.flow")).unwrap();
+
+    // Comments, a re-indented file and other spellings of the same numbers:
+    // the run resumes and finishes.
+    let paused = lab.run(FEW, &[]);
+    paused.expect(4);
+    let run = paused.run_id();
+    lab.flowc(&["approve", &run, "publish"]).expect(0);
+    let reformatted = original
+        .replace(
+            "  let ok = approve",
+            "  // the reviewer sees every score\n  let ok = approve",
+        )
+        .replace(
+            "effect irreversible\n",
+            "effect irreversible // posts for real\n",
+        )
+        .replace("\n  ", "\n      ")
+        .replace("tokens 100k", "tokens 100000")
+        .replace("timeout 5s", "timeout 5000ms");
+    assert_ne!(reformatted, original);
+    lab.dir.write("prog.flow", &reformatted);
+    let done = lab.flowc(&["resume", &run]);
+    done.expect(0);
+    assert_eq!(lab.server.hits("/tools/post"), 2);
+
+    // `flowc fmt` between run and resume does not block it either.
+    lab.dir.write("prog.flow", &original);
+    let paused = lab.run(FEW, &[]);
+    paused.expect(4);
+    let run = paused.run_id();
+    lab.flowc(&["approve", &run, "publish"]).expect(0);
+    lab.dir.write("prog.flow", &reformatted);
+    lab.flowc(&["fmt", "prog.flow"]).expect(0);
+    lab.flowc(&["resume", &run]).expect(0);
+
+    // A tool's timeout is part of what the run does: the resume is refused,
+    // naming that tool and nothing else.
+    lab.dir.write("prog.flow", &original);
+    let paused = lab.run(FEW, &[]);
+    paused.expect(4);
+    let run = paused.run_id();
+    lab.flowc(&["approve", &run, "publish"]).expect(0);
+    let slower = original.replace(
+        "effect irreversible\n  timeout 5s",
+        "effect irreversible\n  timeout 6s",
+    );
+    assert_ne!(slower, original);
+    lab.dir.write("prog.flow", &slower);
+    let refused = lab.flowc(&["resume", &run]);
+    assert_ne!(refused.code, Some(0), "{refused:?}");
+    assert!(
+        refused.stderr.contains("cannot resume") && refused.stderr.contains("tool post changed"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!refused.stderr.contains("list_items"), "{}", refused.stderr);
+    assert!(!refused.stderr.contains("flow crash"), "{}", refused.stderr);
+}
+
 // ---- 4. inspection --------------------------------------------------------------
 
 fn runs_show_and_trace_follow_a_run_across_processes(backend: Backend) {

@@ -1174,6 +1174,22 @@ fn fmt_leaves_a_file_with_syntax_errors_alone() {
 }
 
 #[test]
+fn fmt_refuses_a_file_with_a_repeated_clause_and_says_why() {
+    let dir = temp_dir("repeated");
+    // Formatting must not pick one of the two fallbacks (it once dropped the first).
+    let source = "flow f(x: string) -> string {\n  budget { steps 5 }\n  let a = g(x: x) fallback \"one\" fallback \"two\"\n  return a\n}\n";
+    let path = dir.join("repeated.flow");
+    write(&path, source);
+    let out = flowc(&["fmt", &path.display().to_string()], None);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("T007"), "{stderr}");
+    assert!(stderr.contains("`fallback` is given twice"), "{stderr}");
+    assert_eq!(read(&path), source);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn fmt_reports_a_missing_path_as_a_usage_error() {
     let out = flowc(&["fmt", "no/such/file.flow"], None);
     assert_eq!(out.status.code(), Some(2));

@@ -76,3 +76,238 @@ fn every_prefix_of_an_example_is_handled() {
         cut += step;
     }
 }
+
+// ---------------------------------------------------------------- long chains
+
+/// The five ways to build a long expression without brackets, `links`
+/// operators long: `x.n.n…`, `x[0][0]…`, `b or b…`, `b == b…`, `not b and …`.
+fn chain(kind: usize, links: usize) -> String {
+    let mut out = String::with_capacity(links * 8);
+    match kind {
+        0 => {
+            out.push('x');
+            out.push_str(&".n".repeat(links));
+        }
+        1 => {
+            out.push('l');
+            out.push_str(&"[0]".repeat(links));
+        }
+        2 => {
+            out.push('b');
+            out.push_str(&" or b".repeat(links));
+        }
+        3 => {
+            out.push('b');
+            out.push_str(&" == b".repeat(links));
+        }
+        _ => {
+            // `not b and not b …`: the first `not` is one level, each
+            // `and not b` one more.
+            out.push_str("not b");
+            out.push_str(&" and not b".repeat(links.saturating_sub(1)));
+        }
+    }
+    out
+}
+
+const CHAIN_NAMES: [&str; 5] = ["members", "indexes", "ors", "comparisons", "not_ands"];
+
+/// A file with one flow per chain kind. Each flow's return type fits the
+/// chain, so a chain inside the depth limit checks clean.
+fn chains_file(links: usize) -> String {
+    let mut out = String::from("type N { n: N }\ntype L = [L]\n\n");
+    for (kind, name) in CHAIN_NAMES.iter().enumerate() {
+        let ty = match kind {
+            0 => "N",
+            1 => "L",
+            _ => "bool",
+        };
+        out.push_str(&format!(
+            "flow {name}(x: N, l: L, b: bool) -> {ty} {{\n  budget {{ steps 1 }}\n  return {}\n}}\n\n",
+            chain(kind, links)
+        ));
+    }
+    out
+}
+
+/// Runs the real binary on `file` with `args`; the process must exit with a
+/// status (0 or 1), never be killed by a signal (a stack overflow aborts).
+fn run_flowc(args: &[&str], file: &std::path::Path) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowc"))
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("flowc runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    match out.status.code() {
+        Some(code @ (0 | 1)) => (code, stderr),
+        other => panic!(
+            "flowc {args:?} {} ended with {other:?} (a signal?): {}",
+            file.display(),
+            stderr.chars().take(2000).collect::<String>()
+        ),
+    }
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowc-robust-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Every command that reads a file, on a file, through the real binary
+/// (`graph` draws one flow of several).
+const COMMANDS: [&[&str]; 4] = [
+    &["check"],
+    &["fmt"],
+    &["graph", "--flow", "ors"],
+    &["schema"],
+];
+
+#[test]
+fn hundred_thousand_link_chains_are_diagnostics_not_crashes() {
+    let dir = scratch("chains");
+    let file = dir.join("chains.flow");
+    let text = chains_file(100_000);
+    for args in COMMANDS {
+        std::fs::write(&file, &text).expect("write");
+        let (code, stderr) = run_flowc(args, &file);
+        assert_eq!(code, 1, "flowc {args:?}: {stderr}");
+        // One diagnostic per chain, each at its own flow.
+        let deep = stderr
+            .matches("this expression nests deeper than 256 levels")
+            .count();
+        assert_eq!(deep, CHAIN_NAMES.len(), "flowc {args:?}: {stderr}");
+        // `fmt` refuses to write a file it cannot parse.
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), text);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ten_thousand_nested_brackets_are_a_diagnostic_not_a_crash() {
+    let dir = scratch("brackets");
+    let file = dir.join("brackets.flow");
+    for (open, close) in [("(", ")"), ("[", "]"), ("{a: ", "}"), ("\"{", "}\"")] {
+        let text = format!(
+            "flow ors(b: bool) -> bool {{\n  return {}b{}\n}}\n",
+            open.repeat(10_000),
+            close.repeat(10_000)
+        );
+        for args in COMMANDS {
+            std::fs::write(&file, &text).expect("write");
+            let (code, stderr) = run_flowc(args, &file);
+            assert_eq!(code, 1, "flowc {args:?} {open}: {stderr}");
+            assert!(stderr.contains("nests deeper than 64 levels"), "{stderr}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The deepest expression the parser accepts goes through every stage:
+/// lowering, every check, the graph, the schema and the formatter.
+#[test]
+fn chains_at_the_depth_limit_check_clean_in_every_command() {
+    let dir = scratch("limit");
+    let file = dir.join("limit.flow");
+    // 255 links around a name: 256 levels, the limit.
+    let at_limit = chains_file(255);
+    for args in COMMANDS {
+        std::fs::write(&file, &at_limit).expect("write");
+        let (code, stderr) = run_flowc(args, &file);
+        assert_eq!(code, 0, "flowc {args:?}: {stderr}");
+    }
+    for name in CHAIN_NAMES {
+        let (code, stderr) = run_flowc(&["graph", "--flow", name], &file);
+        assert_eq!(code, 0, "flowc graph --flow {name}: {stderr}");
+    }
+    // One more link is one level too many, in each kind.
+    let over = chains_file(256);
+    std::fs::write(&file, &over).expect("write");
+    let (code, stderr) = run_flowc(&["check"], &file);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr.matches("nests deeper than 256 levels").count(),
+        CHAIN_NAMES.len(),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The compiler in this process, on a thread with the main thread's stack
+/// (test threads get 2 MiB; the deepest expression allowed needs more in a
+/// debug build).
+fn on_main_sized_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(f)
+        .expect("thread")
+        .join()
+        .expect("no panic")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(12),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn long_chains_check_and_format_without_crashing(
+        kind in 0usize..5,
+        links in prop_oneof![1usize..300, 300usize..60_000],
+        nested in 0usize..4,
+    ) {
+        // The chain inside a few brackets, so their levels add up.
+        let body = format!("{}{}{}", "[".repeat(nested), chain(kind, links), "]".repeat(nested));
+        let text = format!("flow f(x: N, l: L, b: bool) -> bool {{\n  return {body}\n}}\ntype N {{ n: N }}\ntype L = [L]\n");
+        let (deep, formatted) = on_main_sized_stack(move || {
+            let c = compile_bytes(text.as_bytes());
+            let deep = c
+                .problems
+                .sorted()
+                .iter()
+                .any(|d| d.message.contains("nests deeper"));
+            (deep, flowc::format::format_source(&text).is_ok())
+        });
+        // Depth: the name, one level per link, one per list around it.
+        let depth = 1 + links + nested;
+        prop_assert_eq!(deep, depth > 256, "depth {}", depth);
+        prop_assert_eq!(formatted, depth <= 256);
+    }
+}
+
+#[test]
+fn every_line_ending_reads_the_same() {
+    let lf = "// a comment\nflow f(b: bool) -> bool {\n  // another\n  return b or nope\n}\n";
+    let reports = |text: &str| -> Vec<(String, usize, usize)> {
+        let c = compile_bytes(text.as_bytes());
+        c.problems
+            .sorted()
+            .iter()
+            .map(|d| {
+                let (line, col) = c.sources.get(d.span.file).line_col(d.span.start);
+                (d.code.as_str().to_string(), line, col)
+            })
+            .collect()
+    };
+    let expected = reports(lf);
+    assert!(
+        expected
+            .iter()
+            .any(|(code, line, _)| code == "N001" && *line == 4),
+        "{expected:?}"
+    );
+    for ending in ["\r\n", "\r"] {
+        let text = lf.replace('\n', ending);
+        assert_eq!(reports(&text), expected, "line ending {ending:?}");
+        // The formatter keeps the file's line ending.
+        let formatted = flowc::format::format_source(&text).expect("formats");
+        assert_eq!(
+            formatted,
+            flowc::format::format_source(lf)
+                .expect("formats")
+                .replace('\n', ending)
+        );
+    }
+}

@@ -98,13 +98,9 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
     let mut output: Option<NodeIndex> = None;
     for stmt in &decl.body {
         match stmt {
-            Stmt::Budget(bd) => {
-                if budget.is_some() {
-                    cx.repeated(bd.span, "budget");
-                } else {
-                    budget = Some(cx.budget(bd));
-                }
-            }
+            // A second `budget` is reported by the parser (T007).
+            Stmt::Budget(bd) if budget.is_none() => budget = Some(cx.budget(bd)),
+            Stmt::Budget(_) => {}
             Stmt::Return(e, span) => {
                 if let Some(prev) = output {
                     let prev_span: Span = b.graph[prev].span;
@@ -652,20 +648,7 @@ impl<'a> FlowBuilder<'a> {
             timeout_seconds: None,
             budget: None,
         };
-        let mut seen: Vec<&'static str> = Vec::new();
         for clause in &llm.clauses {
-            let name = match &clause.kind {
-                ast::LlmClauseKind::Prompt(_) => "prompt",
-                ast::LlmClauseKind::System(_) => "system",
-                ast::LlmClauseKind::Retry(_) => "retry",
-                ast::LlmClauseKind::Timeout(_) => "timeout",
-                ast::LlmClauseKind::MaxTokens(_) => "max_tokens",
-                ast::LlmClauseKind::Budget(_) => "budget",
-            };
-            if seen.contains(&name) {
-                cx.repeated(clause.span, name);
-            }
-            seen.push(name);
             match &clause.kind {
                 ast::LlmClauseKind::Prompt(t) => {
                     let t = self.template(cx, t);

@@ -930,35 +930,20 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                     headers.push((name.clone(), expr::tool_template(self, value, &param_names)));
                 }
                 ToolClauseKind::Effect(e) => {
-                    if effect.is_some() {
-                        self.repeated(clause.span, "effect");
-                    }
                     effect = Some((*e, clause.span));
                 }
                 ToolClauseKind::Reads(rs) => reads.extend(self.resources(m, rs)),
                 ToolClauseKind::Writes(rs) => writes.extend(self.resources(m, rs)),
                 ToolClauseKind::Timeout(q) => {
-                    if timeout.is_some() {
-                        self.repeated(clause.span, "timeout");
-                    }
                     timeout = self.seconds(q);
                 }
                 ToolClauseKind::Retry(r) => {
-                    if retry.is_some() {
-                        self.repeated(clause.span, "retry");
-                    }
                     retry = self.retry(r, false);
                 }
                 ToolClauseKind::Idempotency(t) => {
-                    if idempotency.is_some() {
-                        self.repeated(clause.span, "idempotency");
-                    }
                     idempotency = Some(expr::tool_template(self, t, &param_names));
                 }
                 ToolClauseKind::Limit(q) => {
-                    if limit.is_some() {
-                        self.repeated(clause.span, "limit");
-                    }
                     limit = self.count(q);
                 }
                 ToolClauseKind::Query(e) => {
@@ -1264,22 +1249,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         let mut instructions = None;
         let mut budget = None;
         let mut timeout = None;
-        let mut seen: Vec<&'static str> = Vec::new();
         for clause in &decl.clauses {
-            let name = match &clause.kind {
-                AgentClauseKind::Model(_) => "model",
-                AgentClauseKind::Tools(_) => "tools",
-                AgentClauseKind::May(_) => "may",
-                AgentClauseKind::MaxSteps(_) => "max_steps",
-                AgentClauseKind::MaxRepeat(_) => "max_repeat",
-                AgentClauseKind::Instructions(_) => "instructions",
-                AgentClauseKind::Budget(_) => "budget",
-                AgentClauseKind::Timeout(_) => "timeout",
-            };
-            if seen.contains(&name) {
-                self.repeated(clause.span, name);
-            }
-            seen.push(name);
             match &clause.kind {
                 AgentClauseKind::Model(name) => match self.lookup(m, &name.name) {
                     Some(Symbol::Model(md)) => model = Some(md),

@@ -2,12 +2,18 @@
 //! refused with a message that names what changed: one hash per top-level
 //! declaration (`flow reconcile` in `examples/x.flow`), and one per standard
 //! library module.
+//!
+//! What is hashed is each declaration's canonical form
+//! ([`crate::canonical`]), not its text: comments, blank lines, layout and
+//! literal spellings (`100k` for `100000`) do not change a fingerprint, so a
+//! reformat never blocks `flowc resume`; a change in meaning does.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use crate::ast::Item;
+use crate::canonical;
 use crate::source::Sources;
 
 /// FNV-1a, 64 bits: stable across builds and platforms (the standard
@@ -25,31 +31,29 @@ fn hash(text: &str) -> String {
 pub fn fingerprint(sources: &Sources) -> Value {
     let mut map = BTreeMap::new();
     for (id, file) in sources.iter() {
+        let (module, _) = crate::parser::parse(id, &file.text);
         if file.is_std() {
             map.insert(
                 format!("{}: module", file.name),
-                Value::String(hash(&file.text)),
+                Value::String(hash(&canonical::module(&module))),
             );
             continue;
         }
-        let (module, _) = crate::parser::parse(id, &file.text);
         for item in &module.items {
-            let (kind, name, span) = match item {
-                Item::Use(u) => ("use", String::new(), u.span),
-                Item::Type(t) => ("type", t.name.name.clone(), t.span),
-                Item::Model(m) => ("model", m.name.name.clone(), m.span),
-                Item::Resource(r) => ("resource", r.name.clone(), r.span),
-                Item::Provider(p) => ("provider", p.name.name.clone(), p.span),
-                Item::Tool(t) => ("tool", t.name.name.clone(), t.span),
-                Item::Agent(a) => ("agent", a.name.name.clone(), a.span),
-                Item::Flow(f) => ("flow", f.name.name.clone(), f.span),
+            let (kind, name) = match item {
+                Item::Use(_) => ("use", String::new()),
+                Item::Type(t) => ("type", t.name.name.clone()),
+                Item::Model(m) => ("model", m.name.name.clone()),
+                Item::Resource(r) => ("resource", r.name.clone()),
+                Item::Provider(p) => ("provider", p.name.name.clone()),
+                Item::Tool(t) => ("tool", t.name.name.clone()),
+                Item::Agent(a) => ("agent", a.name.name.clone()),
+                Item::Flow(f) => ("flow", f.name.name.clone()),
                 // Tests do not change what a run does.
                 Item::Test(_) | Item::Eval(_) => continue,
             };
-            let text = file
-                .text
-                .get(span.start as usize..span.end as usize)
-                .unwrap_or("");
+            let text = canonical::item(item);
+            let text = text.as_str();
             let key = if name.is_empty() {
                 format!("{}: {kind} {}", file.name, hash(text))
             } else {
