@@ -22,6 +22,7 @@ mod providers;
 mod robustness;
 mod run_faults;
 mod runtime;
+mod sealed;
 mod stats;
 mod store;
 mod tidy;

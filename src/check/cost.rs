@@ -378,7 +378,8 @@ fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall) -> Worst
         let times = format!("{attempts} attempt{}", plural(a));
         let (cost, cost_text) = match &m.price {
             Some(p) => {
-                let cost = a * (prompt * p.input + out * p.output) / 1e6;
+                // The one model-cost formula: the runtime reserves and settles by it.
+                let cost = a * unit_price(p).cost(prompt, out);
                 let text = format!(
                     "{who}: {times} × ({} in × ${}/M + {} out × ${}/M) = {}",
                     group(prompt),
@@ -443,7 +444,7 @@ fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst
         let tokens = input + steps * out;
         let (cost, cost_text) = match &m.price {
             Some(p) => {
-                let cost = (input * p.input + steps * out * p.output) / 1e6;
+                let cost = unit_price(p).cost(input, steps * out);
                 let text = format!(
                     "agent `{}`: ({} turns × {} instructions + {} × ({} out + {} tool result)) in × ${}/M + {} max_steps × {} out × ${}/M = {}",
                     agent.name,
@@ -842,4 +843,12 @@ fn money(n: f64) -> String {
 fn price(n: f64) -> String {
     let s = format!("{n:.2}");
     s
+}
+
+/// A provider's price as the sealed program holds it, for its one formula.
+fn unit_price(p: &crate::ir::Price) -> crate::exec::Price {
+    crate::exec::Price {
+        input: p.input,
+        output: p.output,
+    }
 }
