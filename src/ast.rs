@@ -24,6 +24,7 @@ pub enum Item {
     Model(ModelDecl),
     Resource(Ident),
     Provider(ProviderDecl),
+    Server(ServerDecl),
     Tool(ToolDecl),
     Agent(AgentDecl),
     Flow(FlowDecl),
@@ -124,6 +125,38 @@ pub struct ModelDecl {
     pub span: Span,
 }
 
+/// `server NAME { … }`: an MCP server tools are bound to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerDecl {
+    pub name: Ident,
+    pub clauses: Vec<ServerClause>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerClause {
+    pub kind: ServerClauseKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServerClauseKind {
+    /// `command ["prog", "arg"]`: started as a child, spoken to over stdio.
+    Command(Vec<Template>),
+    /// `url "https://…/mcp"`: Streamable HTTP.
+    Url(Template),
+    Header {
+        name: String,
+        value: Template,
+    },
+    /// `env "NAME" "value"`: set in the started program's environment.
+    Env {
+        name: String,
+        value: Template,
+    },
+    Timeout(Quantity),
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProviderDecl {
     pub name: Ident,
@@ -204,6 +237,11 @@ pub enum ToolClauseKind {
     Format(ResponseFormat),
     /// `raw a, b`: parameters interpolated into the URL as written.
     Raw(Vec<Ident>),
+    /// `mcp server "tool"`: a tool of an MCP server.
+    Mcp {
+        server: Ident,
+        tool: Option<String>,
+    },
 }
 
 /// How an `http` tool's `body` is sent.

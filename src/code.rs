@@ -83,6 +83,7 @@ codes! {
     DeadStep = "X001", "dead-step", Warning, "a step whose value is never used and that has no effect";
     UnreachableArm = "X002", "unreachable-arm", Warning, "a `match` arm that can never be taken";
     SecretInPrompt = "K001", "secret-in-prompt", Error, "an `env.` value used outside a tool or provider, where it could leak";
+    McpLockMismatch = "M001", "mcp-lock-mismatch", Error, "an MCP tool that its lock file does not describe as declared (no lock, no such tool, a differing field)";
     TestWithoutExpectation = "V001", "test-without-expectation", Error, "a test block with no `expect`";
 }
 

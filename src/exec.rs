@@ -279,6 +279,8 @@ pub enum ToolKind {
         argv: Vec<Template>,
     },
     Builtin(Builtin),
+    /// A tool of an MCP server, by the server's and the tool's names.
+    Mcp { server: String, name: String },
 }
 
 #[derive(Debug)]

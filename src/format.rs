@@ -1266,6 +1266,7 @@ impl<'s> Printer<'s> {
                 name.span.end as usize,
             ),
             Item::Provider(p) => span(p.span),
+            Item::Server(d) => span(d.span),
             Item::Tool(t) => span(t.span),
             Item::Agent(a) => span(a.span),
             Item::Flow(f) => span(f.span),
@@ -1281,6 +1282,7 @@ impl<'s> Printer<'s> {
             Item::Model(m) => self.model_decl(m),
             Item::Resource(name) => text(format!("resource {}", name.name)),
             Item::Provider(p) => self.provider_decl(p),
+            Item::Server(d) => self.server_decl(d),
             Item::Tool(t) => self.tool_decl(t),
             Item::Agent(a) => self.agent_decl(a),
             Item::Flow(f) => self.flow_decl(f),
@@ -1522,6 +1524,45 @@ impl<'s> Printer<'s> {
         ])
     }
 
+    /// `server NAME {` with one clause per line.
+    fn server_decl(&mut self, d: &ServerDecl) -> Doc {
+        let mut inner = Vec::new();
+        for (i, clause) in d.clauses.iter().enumerate() {
+            let (s, e) = span(clause.span);
+            inner.push(Doc::Hard);
+            let blank = if i == 0 { Blank::Never } else { Blank::Source };
+            inner.push(self.elem(s, e, blank, |p| p.server_clause(clause)));
+        }
+        let body = self.body(inner, d.span.end as usize);
+        cat(vec![text(format!("server {} ", d.name.name)), body])
+    }
+
+    fn server_clause(&mut self, c: &ServerClause) -> Doc {
+        match &c.kind {
+            ServerClauseKind::Command(argv) => {
+                let mut parts = vec![text("command [")];
+                for (i, a) in argv.iter().enumerate() {
+                    if i > 0 {
+                        parts.push(text(", "));
+                    }
+                    parts.push(self.template(a));
+                }
+                parts.push(text("]"));
+                cat(parts)
+            }
+            ServerClauseKind::Url(u) => cat(vec![text("url "), self.template(u)]),
+            ServerClauseKind::Header { name, value } => cat(vec![
+                text(format!("header {} ", quoted(name))),
+                self.template(value),
+            ]),
+            ServerClauseKind::Env { name, value } => cat(vec![
+                text(format!("env {} ", quoted(name))),
+                self.template(value),
+            ]),
+            ServerClauseKind::Timeout(q) => text(format!("timeout {}", self.quantity(q))),
+        }
+    }
+
     fn tool_clauses(&mut self, clauses: &[ToolClause]) -> Doc {
         let mut parts = Vec::new();
         for (i, c) in clauses.iter().enumerate() {
@@ -1604,6 +1645,10 @@ impl<'s> Printer<'s> {
             }
             ToolClauseKind::Format(f) => text(format!("format {}", f.as_str())),
             ToolClauseKind::Raw(names) => text(format!("raw {}", join_names(names))),
+            ToolClauseKind::Mcp { server, tool } => match tool {
+                Some(name) => text(format!("mcp {} {}", server.name, quoted(name))),
+                None => text(format!("mcp {}", server.name)),
+            },
         }
     }
 

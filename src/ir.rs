@@ -18,7 +18,7 @@ macro_rules! id {
         }
     )*};
 }
-id!(ProviderId, ModelId, ResourceId, ToolId, AgentId, FlowId, RegionId);
+id!(ProviderId, ModelId, ResourceId, ToolId, AgentId, FlowId, RegionId, ServerId);
 
 #[derive(Debug, Default)]
 pub struct Program {
@@ -27,6 +27,8 @@ pub struct Program {
     pub models: Vec<Model>,
     pub resources: Vec<Resource>,
     pub tools: Vec<Tool>,
+    /// MCP servers (`server NAME { … }`).
+    pub servers: Vec<McpServer>,
     pub agents: Vec<Agent>,
     pub flows: Vec<Flow>,
     pub tests: Vec<Test>,
@@ -120,6 +122,48 @@ pub enum ToolKind {
     Builtin {
         name: String,
     },
+    /// `mcp server "tool"`: a tool of an MCP server, by its name there.
+    Mcp {
+        server: ServerId,
+        name: String,
+    },
+}
+
+/// An MCP server tools are bound to.
+#[derive(Debug)]
+pub struct McpServer {
+    pub name: String,
+    pub span: Span,
+    pub transport: McpTransport,
+    /// Set in a started program's environment (stdio servers only).
+    pub env: Vec<(String, Template)>,
+    /// Sent with every request (HTTP servers only).
+    pub headers: Vec<(String, Template)>,
+    /// How long starting the server and listing its tools may take.
+    pub timeout_seconds: Option<f64>,
+    /// What the lock file beside the declaring file says about this server.
+    pub lock: McpLock,
+}
+
+#[derive(Debug)]
+pub enum McpTransport {
+    /// `command [...]`: a child process spoken to over stdio.
+    Stdio { argv: Vec<Template> },
+    /// `url "…"`: Streamable HTTP.
+    Http { url: Template },
+    /// Neither was declared (already reported).
+    Missing,
+}
+
+/// A server's entry in its lock file, as the loader found it.
+#[derive(Debug, Default)]
+pub enum McpLock {
+    /// No lock file, or no entry for this server in it.
+    #[default]
+    Missing,
+    /// The lock file could not be read or parsed.
+    Invalid(String),
+    Locked(crate::mcp::lock::LockedServer),
 }
 
 /// What an `http` tool sends as its request body.

@@ -20,6 +20,7 @@ pub mod ir;
 pub mod loader;
 pub mod lower;
 pub mod lsp;
+pub mod mcp;
 pub mod parser;
 pub mod render;
 pub mod run;

@@ -33,6 +33,9 @@ pub struct Workspace {
     pub roots: Vec<usize>,
     /// `schema "path"` files, keyed by the file that names them and the path as written.
     pub schemas: HashMap<(FileId, String), Result<serde_json::Value, String>>,
+    /// MCP lock files (`NAME.mcp.lock`) beside the files that declare a
+    /// `server`: `None` when there is none.
+    pub mcp_locks: HashMap<FileId, Option<Result<crate::mcp::lock::LockFile, String>>>,
     pub problems: Vec<Diagnostic>,
 }
 
@@ -111,6 +114,10 @@ impl Loader {
             Origin::Disk(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
             _ => PathBuf::from("."),
         };
+        let origin_path = match &origin {
+            Origin::Disk(p) => Some(p.clone()),
+            _ => None,
+        };
         let file = self
             .ws
             .sources
@@ -137,6 +144,7 @@ impl Loader {
             imports: Vec::new(),
         });
         self.read_schemas(index, &base_dir);
+        self.read_mcp_lock(index, &origin_path);
         self.follow_imports(index, &base_dir);
         index
     }
@@ -216,6 +224,35 @@ impl Loader {
                 }
             }
         }
+    }
+
+    /// Reads the MCP lock file beside a file that declares a server.
+    fn read_mcp_lock(&mut self, index: usize, path: &Option<PathBuf>) {
+        let module = &self.ws.modules[index];
+        if !module
+            .ast
+            .items
+            .iter()
+            .any(|i| matches!(i, ast::Item::Server(_)))
+        {
+            return;
+        }
+        let lock = path.as_ref().and_then(|p| {
+            let lock_path = crate::mcp::lock::path_for(p);
+            match std::fs::read_to_string(&lock_path) {
+                Ok(text) => Some(
+                    crate::mcp::lock::LockFile::parse(&text)
+                        .map_err(|e| format!("{}: {e}", display_path(&lock_path))),
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => Some(Err(format!(
+                    "cannot read {}: {}",
+                    display_path(&lock_path),
+                    io_reason(&e)
+                ))),
+            }
+        });
+        self.ws.mcp_locks.insert(module.file, lock);
     }
 
     fn read_schemas(&mut self, index: usize, base_dir: &Path) {

@@ -240,6 +240,11 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// MCP tool servers: `flowc mcp lock FILE` records their tools' schemas.
+    Mcp {
+        #[command(subcommand)]
+        action: McpCommand,
+    },
     /// Print the JSON Schemas of a file's types and tool signatures.
     Schema {
         /// The .flow file; `-` reads standard input.
@@ -283,6 +288,21 @@ enum Command {
 pub enum ListFormat {
     Human,
     Json,
+}
+
+#[derive(Subcommand)]
+enum McpCommand {
+    /// Start every MCP server FILE declares, list its tools and write their
+    /// schemas to FILE's lock file (`review.flow` → `review.mcp.lock`), which
+    /// `flowc check` compares declared types with and `flowc run` compares
+    /// the live servers with. Commit it like any lockfile.
+    ///
+    /// Exit status: 0 when written, 1 when the file has errors or a server
+    /// could not be started or listed, 2 on usage or I/O errors.
+    Lock {
+        /// The .flow file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -411,6 +431,9 @@ fn main() {
             inputs(paths).and_then(|inputs| execute::test_command(inputs, format))
         }
         Command::Trace { run, format } => execute::trace_command(&run, format),
+        Command::Mcp {
+            action: McpCommand::Lock { file },
+        } => flowc::mcp::lock_command(&file),
         Command::Schema { file } => schema(file),
         Command::Graph { file, flow, format } => graph(file, flow, format),
         Command::Lsp => flowc::lsp::serve_stdio(),

@@ -30,6 +30,7 @@ pub const RESERVED: &[&str] = &[
 
 const ITEM_KEYWORDS: &[&str] = &[
     "use", "type", "model", "resource", "provider", "tool", "agent", "flow", "test", "eval",
+    "server",
 ];
 
 /// Parses one file. Never fails: broken items are left out of the module and
@@ -345,6 +346,7 @@ fn is_keyword(rule: Rule) -> bool {
             | Rule::kw_test
             | Rule::kw_eval
             | Rule::kw_provider
+            | Rule::kw_server
             | Rule::kw_let
             | Rule::kw_return
             | Rule::kw_llm
@@ -485,6 +487,7 @@ impl Parser {
                 Item::Resource(self.ident(&name))
             }
             Rule::provider_decl => Item::Provider(self.provider_decl(pair)?),
+            Rule::server_decl => Item::Server(self.server_decl(pair)?),
             Rule::tool_decl => Item::Tool(self.tool_decl(pair)?),
             Rule::agent_decl => Item::Agent(self.agent_decl(pair)?),
             Rule::flow_decl => Item::Flow(self.flow_decl(pair)?),
@@ -840,6 +843,55 @@ impl Parser {
         })
     }
 
+    fn server_decl(&mut self, pair: Pair<'_, Rule>) -> Option<ServerDecl> {
+        let span = self.span(&pair);
+        let mut it = kids(pair);
+        let name = self.ident(&next!(self, it, span));
+        let mut clauses = Vec::new();
+        for clause in it {
+            let cspan = self.span(&clause);
+            let rule = clause.as_rule();
+            let mut c = kids(clause);
+            let kind = match rule {
+                Rule::command_clause => {
+                    let mut argv = Vec::new();
+                    for a in c {
+                        argv.push(self.template(a)?);
+                    }
+                    ServerClauseKind::Command(argv)
+                }
+                Rule::url_clause => ServerClauseKind::Url(self.template(next!(self, c, cspan))?),
+                Rule::header_clause | Rule::server_env_clause => {
+                    let n = self.template(next!(self, c, cspan))?;
+                    let Some(n) = n.as_plain() else {
+                        self.error(
+                            n.span,
+                            "a name cannot interpolate values",
+                            "interpolation here",
+                        );
+                        return None;
+                    };
+                    let value = self.template(next!(self, c, cspan))?;
+                    if rule == Rule::header_clause {
+                        ServerClauseKind::Header { name: n, value }
+                    } else {
+                        ServerClauseKind::Env { name: n, value }
+                    }
+                }
+                Rule::timeout_clause => {
+                    ServerClauseKind::Timeout(self.quantity(next!(self, c, cspan))?)
+                }
+                _ => return self.internal(cspan),
+            };
+            clauses.push(ServerClause { kind, span: cspan });
+        }
+        Some(ServerDecl {
+            name,
+            clauses,
+            span,
+        })
+    }
+
     fn provider_decl(&mut self, pair: Pair<'_, Rule>) -> Option<ProviderDecl> {
         let span = self.span(&pair);
         let mut it = kids(pair);
@@ -1081,6 +1133,27 @@ impl Parser {
                 _ => ResponseFormat::Json,
             }),
             Rule::raw_clause => ToolClauseKind::Raw(c.map(|p| self.ident(&p)).collect()),
+            Rule::mcp_clause => {
+                let server = self.ident(&next!(self, c, span));
+                let tool = match c.next() {
+                    Some(p) => {
+                        let t = self.template(p)?;
+                        match t.as_plain() {
+                            Some(name) => Some(name),
+                            None => {
+                                self.error(
+                                    t.span,
+                                    "an MCP tool name cannot interpolate values",
+                                    "interpolation here",
+                                );
+                                return None;
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                ToolClauseKind::Mcp { server, tool }
+            }
             _ => return self.internal(span),
         };
         out.push(ToolClause { kind, span });

@@ -197,6 +197,9 @@ fn fingerprint(c: &Compilation) -> String {
                 format!("exec {argv:?}")
             }
             Some(ToolKind::Builtin { name }) => format!("builtin {name}"),
+            Some(ToolKind::Mcp { server, name }) => {
+                format!("mcp {} {name}", p.servers[server.index()].name)
+            }
             None => "no kind".into(),
         };
         let names = |ids: &[ir::ResourceId]| -> Vec<String> {

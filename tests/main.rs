@@ -16,6 +16,7 @@ mod generated_flows;
 mod golden;
 mod graph;
 mod lsp;
+mod mcp;
 mod open_records;
 mod otel;
 mod providers;

@@ -11,6 +11,7 @@ mod cost;
 mod dead;
 mod graph;
 mod limits;
+mod mcp;
 mod reach;
 mod resources;
 mod retries;
@@ -56,6 +57,7 @@ pub fn check(
     let recursive = graph::recursion(&program, &mut found);
     limits::check(&program, &mut found);
     retries::check(&program, &mut found);
+    mcp::check(&program, &mut found);
     // Text a syntax error made the parser skip may call any tool, so no tool
     // is "never called" then.
     let discarded = problems

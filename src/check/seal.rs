@@ -57,7 +57,7 @@ pub(super) fn seal(program: &Program) -> Result<exec::Program, Diagnostic> {
         .tools
         .iter()
         .enumerate()
-        .map(|(i, t)| tool(ToolId(i as u32), t))
+        .map(|(i, t)| tool(&program.servers, ToolId(i as u32), t))
         .collect::<Result<_, _>>()?;
     let agents = program
         .agents
@@ -142,7 +142,11 @@ fn budget(b: &ir::Budget) -> exec::Budget {
     }
 }
 
-fn tool(id: ToolId, t: &ir::Tool) -> Result<exec::Tool, Diagnostic> {
+fn tool(
+    program_servers: &[ir::McpServer],
+    id: ToolId,
+    t: &ir::Tool,
+) -> Result<exec::Tool, Diagnostic> {
     let scope = TemplateScope::Tool(id);
     let kind = match &t.kind {
         Some(ir::ToolKind::Http {
@@ -178,6 +182,10 @@ fn tool(id: ToolId, t: &ir::Tool) -> Result<exec::Tool, Diagnostic> {
                 unproved(t.span, format!("builtin `{name}` of tool `{}`", t.name))
             })?)
         }
+        Some(ir::ToolKind::Mcp { server, name }) => exec::ToolKind::Mcp {
+            server: program_servers[server.index()].name.clone(),
+            name: name.clone(),
+        },
         None => {
             return Err(unproved(
                 t.span,

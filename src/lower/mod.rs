@@ -27,6 +27,7 @@ pub(crate) enum Symbol {
     Tool(ToolId),
     Agent(AgentId),
     Flow(FlowId),
+    Server(ServerId),
 }
 
 impl Symbol {
@@ -39,6 +40,7 @@ impl Symbol {
             Symbol::Tool(_) => "a tool",
             Symbol::Agent(_) => "an agent",
             Symbol::Flow(_) => "a flow",
+            Symbol::Server(_) => "an MCP server",
         }
     }
 }
@@ -96,6 +98,21 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                         (
                             &t.name,
                             Symbol::Type(TypeId(self.program.types.defs.len() as u32 - 1)),
+                        )
+                    }
+                    Item::Server(d) => {
+                        self.program.servers.push(McpServer {
+                            name: d.name.name.clone(),
+                            span: d.name.span,
+                            transport: McpTransport::Missing,
+                            env: Vec::new(),
+                            headers: Vec::new(),
+                            timeout_seconds: None,
+                            lock: McpLock::Missing,
+                        });
+                        (
+                            &d.name,
+                            Symbol::Server(ServerId(self.program.servers.len() as u32 - 1)),
                         )
                     }
                     Item::Provider(p) => {
@@ -370,9 +387,15 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 .collect::<Vec<_>>(),
         );
         let (mut p, mut md, mut t, mut a, mut f) = (0, 0, 0, 0, 0);
+        let mut sv = 0;
         for (m, module) in ws.modules.iter().enumerate() {
             for item in &module.ast.items {
                 match item {
+                    Item::Server(decl) => {
+                        let lock = ws.mcp_locks.get(&module.file).cloned().flatten();
+                        self.server(ServerId(sv), decl, lock);
+                        sv += 1;
+                    }
                     Item::Provider(decl) => {
                         self.provider(ProviderId(p), decl);
                         p += 1;
@@ -970,6 +993,35 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                     }
                     request.format = Some((*f, clause.span));
                 }
+                ToolClauseKind::Mcp { server, tool } => {
+                    let id = match self.lookup(m, &server.name) {
+                        Some(Symbol::Server(id)) => Some(id),
+                        Some(other) => {
+                            self.wrong_kind(
+                                server,
+                                other,
+                                "an MCP server",
+                                "declare it with `server NAME { command [...] }`",
+                            );
+                            None
+                        }
+                        None => {
+                            self.undefined(m, server, "MCP server", |s| {
+                                matches!(s, Symbol::Server(_))
+                            });
+                            None
+                        }
+                    };
+                    if let Some(server) = id {
+                        set_kind(
+                            self,
+                            ToolKind::Mcp {
+                                server,
+                                name: tool.clone().unwrap_or_else(|| decl.name.name.clone()),
+                            },
+                        );
+                    }
+                }
                 ToolClauseKind::Raw(names) => {
                     for n in names {
                         match param_names.iter().position(|(p, _)| *p == n.name) {
@@ -1109,6 +1161,87 @@ impl<'w, 'p> Lowerer<'w, 'p> {
             }
             None => HttpBody::None,
         };
+    }
+
+    /// An MCP server: its transport, environment, headers and lock entry.
+    fn server(
+        &mut self,
+        id: ServerId,
+        decl: &ast::ServerDecl,
+        lock: Option<Result<crate::mcp::lock::LockFile, String>>,
+    ) {
+        let mut transport = McpTransport::Missing;
+        let mut env = Vec::new();
+        let mut headers = Vec::new();
+        let mut timeout = None;
+        for clause in &decl.clauses {
+            match &clause.kind {
+                ast::ServerClauseKind::Command(argv) => {
+                    if !matches!(transport, McpTransport::Missing) {
+                        self.repeated(clause.span, "command` or `url");
+                    }
+                    if argv.is_empty() {
+                        let d = Diagnostic::new(
+                            Code::InvalidDeclaration,
+                            clause.span,
+                            "`command` needs a program to run",
+                        )
+                        .label("empty argument list")
+                        .help("write the program and its arguments, as in command [\"npx\", \"--no-install\", \"my-server\"]");
+                        self.report(d);
+                    }
+                    let argv = argv
+                        .iter()
+                        .map(|a| expr::tool_template(self, a, &[]))
+                        .collect();
+                    transport = McpTransport::Stdio { argv };
+                }
+                ast::ServerClauseKind::Url(u) => {
+                    if !matches!(transport, McpTransport::Missing) {
+                        self.repeated(clause.span, "command` or `url");
+                    }
+                    transport = McpTransport::Http {
+                        url: expr::tool_template(self, u, &[]),
+                    };
+                }
+                ast::ServerClauseKind::Env { name, value } => {
+                    env.push((name.clone(), expr::tool_template(self, value, &[])));
+                }
+                ast::ServerClauseKind::Header { name, value } => {
+                    headers.push((name.clone(), expr::tool_template(self, value, &[])));
+                }
+                ast::ServerClauseKind::Timeout(q) => {
+                    if timeout.is_some() {
+                        self.repeated(clause.span, "timeout");
+                    }
+                    timeout = self.seconds(q);
+                }
+            }
+        }
+        if matches!(transport, McpTransport::Missing) {
+            let d = Diagnostic::new(
+                Code::InvalidDeclaration,
+                decl.name.span,
+                format!("server `{}` does not say how to reach it", decl.name.name),
+            )
+            .label("no `command` or `url` clause")
+            .help("add `command [\"program\", \"arg\"]` (stdio) or `url \"https://…/mcp\"` (Streamable HTTP)");
+            self.report(d);
+        }
+        let lock = match lock {
+            None => McpLock::Missing,
+            Some(Err(e)) => McpLock::Invalid(e),
+            Some(Ok(file)) => match file.servers.get(&decl.name.name) {
+                Some(server) => McpLock::Locked(server.clone()),
+                None => McpLock::Missing,
+            },
+        };
+        let server = &mut self.program.servers[id.index()];
+        server.transport = transport;
+        server.env = env;
+        server.headers = headers;
+        server.timeout_seconds = timeout;
+        server.lock = lock;
     }
 
     /// A `builtin "…"` the runtime does not implement.

@@ -46,6 +46,7 @@ pub fn fingerprint(sources: &Sources) -> Value {
                 Item::Model(m) => ("model", m.name.name.clone()),
                 Item::Resource(r) => ("resource", r.name.clone()),
                 Item::Provider(p) => ("provider", p.name.name.clone()),
+                Item::Server(d) => ("server", d.name.name.clone()),
                 Item::Tool(t) => ("tool", t.name.name.clone()),
                 Item::Agent(a) => ("agent", a.name.name.clone()),
                 Item::Flow(f) => ("flow", f.name.name.clone()),

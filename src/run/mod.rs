@@ -433,7 +433,7 @@ fn secret_values(program: &exec::Program, env: &dyn Fn(&str) -> Option<String>) 
                 templates.extend(headers.iter().map(|(_, v)| v));
             }
             ToolKind::Exec { argv } => templates.extend(argv.iter()),
-            ToolKind::Builtin(_) => {}
+            ToolKind::Builtin(_) | ToolKind::Mcp { .. } => {}
         }
         templates.extend(t.idempotency.iter());
     }

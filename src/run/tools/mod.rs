@@ -52,6 +52,13 @@ pub async fn invoke(
         } => http::call(tool, *method, url, headers, args, ctx).await,
         ToolKind::Exec { argv } => exec::call(tool, argv, args, ctx).await,
         ToolKind::Builtin(builtin) => builtin::call(tool, *builtin, args, ctx).await,
+        ToolKind::Mcp { server, name } => Err(CallError::new(
+            super::error::ErrorClass::Failed,
+            format!(
+                "tool `{}`: calling `{name}` on MCP server `{server}` at run time is not supported by this build yet (servers are declared, locked and checked)",
+                tool.name
+            ),
+        )),
     }
 }
 
