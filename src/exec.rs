@@ -280,7 +280,10 @@ pub enum ToolKind {
     },
     Builtin(Builtin),
     /// A tool of an MCP server, by the server's and the tool's names.
-    Mcp { server: String, name: String },
+    Mcp {
+        server: String,
+        name: String,
+    },
 }
 
 #[derive(Debug)]
