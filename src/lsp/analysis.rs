@@ -221,7 +221,7 @@ fn collect_decls(file: FileId, module: &ast::Module, out: &mut Vec<Decl>) {
                 });
                 continue;
             }
-            Item::Eval(_) => continue,
+            Item::Eval(_) | Item::Server(_) => continue,
         };
         let owner = out.len();
         out.push(Decl {
