@@ -119,6 +119,30 @@ impl Canon {
                 self.ident(r);
                 self.close();
             }
+            Item::Server(d) => {
+                self.open("server");
+                self.ident(&d.name);
+                for c in &d.clauses {
+                    match &c.kind {
+                        ServerClauseKind::Command(argv) => self.clause("command", |p| {
+                            for a in argv {
+                                p.template(a);
+                            }
+                        }),
+                        ServerClauseKind::Url(u) => self.clause("url", |p| p.template(u)),
+                        ServerClauseKind::Header { name, value } => self.clause("header", |p| {
+                            p.string(name);
+                            p.template(value);
+                        }),
+                        ServerClauseKind::Env { name, value } => self.clause("env", |p| {
+                            p.string(name);
+                            p.template(value);
+                        }),
+                        ServerClauseKind::Timeout(q) => self.clause("timeout", |p| p.quantity(q)),
+                    }
+                }
+                self.close();
+            }
             Item::Provider(p) => self.provider(p),
             Item::Tool(t) => {
                 self.open("tool");
@@ -357,6 +381,12 @@ impl Canon {
             }),
             ToolClauseKind::Format(f) => self.clause("format", |p| p.word(f.as_str())),
             ToolClauseKind::Raw(names) => self.idents("raw", names),
+            ToolClauseKind::Mcp { server, tool } => self.clause("mcp", |p| {
+                p.ident(server);
+                if let Some(t) = tool {
+                    p.string(t);
+                }
+            }),
         }
     }
 
