@@ -85,16 +85,7 @@ impl Runtime<'_> {
                     };
                     match prepared {
                         Prepared::Cached(v) => {
-                            match v {
-                                Some(v) => {
-                                    frame.set(&plan, n, v);
-                                    self.finished(cx, n);
-                                }
-                                None => {
-                                    frame.skipped.borrow_mut().insert(n);
-                                }
-                            }
-                            release(&plan, n, &mut remaining, &mut ready);
+                            self.settle(cx, &frame, &plan, n, v, &mut remaining, &mut ready);
                         }
                         Prepared::Done(v) => {
                             if cx.flow.graph[n].kind.is_durable() {
@@ -147,20 +138,36 @@ impl Runtime<'_> {
                 }
                 self.persist(cx, batch).await?;
                 for (n, value) in finished {
-                    match value {
-                        Some(v) => {
-                            frame.set(&plan, n, v);
-                            self.finished(cx, n);
-                        }
-                        None => {
-                            frame.skipped.borrow_mut().insert(n);
-                        }
-                    }
-                    release(&plan, n, &mut remaining, &mut ready);
+                    self.settle(cx, &frame, &plan, n, value, &mut remaining, &mut ready);
                 }
             }
             Ok(end)
         })
+    }
+
+    /// A step's end: its value recorded (or the step marked skipped, for
+    /// `None`), then its dependents released.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &self,
+        cx: &FlowCtx<'_>,
+        frame: &Frame,
+        plan: &Plan,
+        n: NodeIndex,
+        value: Option<Value>,
+        remaining: &mut HashMap<NodeIndex, usize>,
+        ready: &mut Vec<NodeIndex>,
+    ) {
+        match value {
+            Some(v) => {
+                frame.set(plan, n, v);
+                self.finished(cx, n);
+            }
+            None => {
+                frame.skipped.borrow_mut().insert(n);
+            }
+        }
+        release(plan, n, remaining, ready);
     }
 
     fn finished(&self, cx: &FlowCtx<'_>, n: NodeIndex) {
