@@ -246,6 +246,8 @@ module.exports = grammar({
       '{',
       'input', field('input', $.money), optional(','),
       'output', field('output', $.money), optional(','),
+      // the model's context window in tokens
+      optional(seq('context', field('context', $.count), optional(','))),
       '}',
     ),
 

@@ -171,6 +171,7 @@
   "price"
   "input"
   "output"
+  "context"
   "run"
   "given"
   "returns"
