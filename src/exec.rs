@@ -440,7 +440,8 @@ pub struct LlmCall {
     pub output: Ty,
     pub prompt: Option<Template>,
     pub system: Option<Template>,
-    pub retry: Option<RetryPolicy>,
+    /// The `retry` clause, or the default (`ir::RetryPolicy::llm_default`).
+    pub retry: RetryPolicy,
     pub timeout: Duration,
     pub budget: Option<Budget>,
 }

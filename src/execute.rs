@@ -48,6 +48,8 @@ pub struct RunArgs {
     pub resume: Option<(store::RunRecord, Lease)>,
     /// `--otlp`: the collector to export the trace to.
     pub otlp: Option<String>,
+    /// `--by`: who makes the `approve`/`reject` decisions (default: the OS user).
+    pub by: Option<String>,
 }
 
 fn compiled(inputs: &[Input]) -> Result<Result<Compilation, i32>, String> {
@@ -238,6 +240,7 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
         concurrency: args.concurrency,
         trace_path: Some(trace_path.clone()),
         gates,
+        decided_by: args.by.clone().unwrap_or_else(run::os_user),
         world,
         run_id: Some(run_id),
         durable,
@@ -292,6 +295,9 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
             report.run_id
         ),
         Outcome::Store(e) => eprintln!("error: {e}"),
+        Outcome::TraceFailed { error, stood } => {
+            eprintln!("error: {}", run::trace_failed_message(error, *stood))
+        }
     }
     if !style::quiet() {
         eprintln!("{}", summary(&report, started.elapsed(), &trace_path));
@@ -327,6 +333,7 @@ fn summary(report: &Report, elapsed: std::time::Duration, trace: &Path) -> Strin
         Outcome::Rejected => "rejected",
         Outcome::Interrupted => "interrupted",
         Outcome::Store(_) => "stopped",
+        Outcome::TraceFailed { .. } => "trace failed",
     };
     let s = &report.stats;
     let tool_calls = s.tool_calls_ok + s.tool_calls_failed;
@@ -548,6 +555,7 @@ fn run_test(
     let options = RunOptions {
         world: World::Scripted(script),
         gates,
+        decided_by: "test".into(),
         breaker: 0,
         env: std::sync::Arc::new(|_: &str| None),
         ..RunOptions::default()
@@ -594,7 +602,7 @@ fn run_test(
             None
         }
         Outcome::Rejected => None,
-        Outcome::Interrupted | Outcome::Store(_) => {
+        Outcome::Interrupted | Outcome::Store(_) | Outcome::TraceFailed { .. } => {
             problems.push("the run stopped before it ended".into());
             None
         }
@@ -693,8 +701,9 @@ pub fn resume_command(
     reject: Vec<String>,
     wait: bool,
     otlp: Option<String>,
+    by: Option<String>,
 ) -> Result<i32, String> {
-    finish(resume(id, store_path, approve, reject, wait, otlp))
+    finish(resume(id, store_path, approve, reject, wait, otlp, by))
 }
 
 pub fn approve_command(
@@ -703,8 +712,9 @@ pub fn approve_command(
     edit: Option<PathBuf>,
     resume: bool,
     store_path: &Path,
+    by: Option<String>,
 ) -> Result<i32, String> {
-    finish(approve(run_id, gate, edit, resume, store_path))
+    finish(approve(run_id, gate, edit, resume, store_path, by))
 }
 
 pub fn reject_command(
@@ -713,8 +723,9 @@ pub fn reject_command(
     reason: &str,
     resume: bool,
     store_path: &Path,
+    by: Option<String>,
 ) -> Result<i32, String> {
-    finish(reject(run_id, gate, reason, resume, store_path))
+    finish(reject(run_id, gate, reason, resume, store_path, by))
 }
 
 pub fn inbox_command(store_path: &Path, format: ListFormat) -> Result<i32, String> {
@@ -791,6 +802,7 @@ fn resume(
     reject: Vec<String>,
     wait: bool,
     otlp: Option<String>,
+    by: Option<String>,
 ) -> Result<i32, Failure> {
     let store = open_store(store_path)?;
     let (record, lease) = loop {
@@ -839,6 +851,7 @@ fn resume(
         store: store_path.to_path_buf(),
         resume: Some((record, lease.clone())),
         otlp,
+        by,
     });
     if result.is_err() {
         // Stopped before the run did anything: let the next process have it.
@@ -890,7 +903,9 @@ fn approve(
     edit: Option<PathBuf>,
     resume: bool,
     store_path: &Path,
+    by: Option<String>,
 ) -> Result<i32, Failure> {
+    let by = by.unwrap_or_else(run::os_user);
     let store = open_store(store_path)?;
     let record = find_run(&store, run_id)?;
     let g = pending_gate(&store, run_id, gate)?;
@@ -936,13 +951,21 @@ fn approve(
         }
         None => None,
     };
-    if !store.decide_gate(run_id, &g.key, true, value.as_ref(), None)? {
+    if !store.decide_gate(run_id, &g.key, true, value.as_ref(), None, &by)? {
         return Err(format!("gate {} of run {run_id} was decided meanwhile", g.key).into());
     }
-    eprintln!("approved {} of run {run_id}", g.key);
+    eprintln!("approved {} of run {run_id} (by {by})", g.key);
     drop(store);
     if resume {
-        return self::resume(run_id, store_path, Vec::new(), Vec::new(), false, None);
+        return self::resume(
+            run_id,
+            store_path,
+            Vec::new(),
+            Vec::new(),
+            false,
+            None,
+            Some(by),
+        );
     }
     eprintln!("continue it with `flowc resume {run_id}`");
     Ok(0)
@@ -955,17 +978,27 @@ fn reject(
     reason: &str,
     resume: bool,
     store_path: &Path,
+    by: Option<String>,
 ) -> Result<i32, Failure> {
+    let by = by.unwrap_or_else(run::os_user);
     let store = open_store(store_path)?;
     find_run(&store, run_id)?;
     let g = pending_gate(&store, run_id, gate)?;
-    if !store.decide_gate(run_id, &g.key, false, None, Some(reason))? {
+    if !store.decide_gate(run_id, &g.key, false, None, Some(reason), &by)? {
         return Err(format!("gate {} of run {run_id} was decided meanwhile", g.key).into());
     }
-    eprintln!("rejected {} of run {run_id}", g.key);
+    eprintln!("rejected {} of run {run_id} (by {by})", g.key);
     drop(store);
     if resume {
-        return self::resume(run_id, store_path, Vec::new(), Vec::new(), false, None);
+        return self::resume(
+            run_id,
+            store_path,
+            Vec::new(),
+            Vec::new(),
+            false,
+            None,
+            Some(by),
+        );
     }
     eprintln!("continue it with `flowc resume {run_id}`");
     Ok(0)
@@ -1045,6 +1078,8 @@ fn gate_json(g: &store::GateRecord) -> Value {
         "created_at": g.created_at,
         "timeout_at": g.timeout_at,
         "on_timeout": g.on_timeout,
+        "decided_by": g.decided_by,
+        "decided_at": g.decided_at,
     })
 }
 

@@ -190,6 +190,29 @@ pub struct RetryPolicy {
     pub span: Span,
 }
 
+/// Retries of an `llm` step that has no `retry` clause.
+pub const DEFAULT_LLM_INVALID_RETRIES: u32 = 1;
+
+impl RetryPolicy {
+    /// The policy of an `llm` step with no `retry` clause: output that does
+    /// not parse or validate is retried once, the model shown its reply and
+    /// the errors; nothing else is retried. `seal` gives it to the runtime
+    /// and the cost check counts [`LlmCall::attempts`], so what `check`
+    /// proves is what `run` does.
+    pub fn llm_default(span: Span) -> RetryPolicy {
+        RetryPolicy {
+            retries: DEFAULT_LLM_INVALID_RETRIES,
+            on: vec!["invalid".into()],
+            // An invalid reply is retried at once: there is nothing to wait for.
+            base_seconds: 0.0,
+            factor: 1.0,
+            cap_seconds: None,
+            jitter: false,
+            span,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Tool {
     pub name: String,
@@ -391,6 +414,17 @@ pub struct LlmCall {
     pub max_tokens: Option<u64>,
     pub timeout_seconds: Option<f64>,
     pub budget: Option<Budget>,
+}
+
+impl LlmCall {
+    /// Attempts per model of the chain at most: the `retry` clause's, or
+    /// [`RetryPolicy::llm_default`]'s.
+    pub fn attempts(&self) -> u32 {
+        1 + self
+            .retry
+            .as_ref()
+            .map_or(DEFAULT_LLM_INVALID_RETRIES, |r| r.retries)
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -63,9 +63,10 @@ enum Command {
     /// Run a flow: its output as JSON on stdout, a summary on stderr.
     ///
     /// Exit status: 0 success, 1 the flow failed (or was rejected at a gate),
-    /// 2 usage error, 3 a budget ran out, 4 waiting for an approval, 5
-    /// another process holds the run, 6 the run store failed, 130
-    /// interrupted (SIGINT/SIGTERM; resumable).
+    /// 2 usage error (or missing configuration: nothing was called), 3 a
+    /// budget ran out, 4 waiting for an approval, 5 another process holds
+    /// the run, 6 the run store failed, 7 the trace could not be written,
+    /// 130 interrupted (SIGINT/SIGTERM; resumable).
     Run {
         /// The .flow file; `-` reads standard input (such a run cannot be
         /// resumed, having no file to read again).
@@ -86,6 +87,9 @@ enum Command {
         /// Reject this gate when the run reaches it.
         #[arg(long, value_name = "GATE")]
         reject: Vec<String>,
+        /// Who decides (recorded with each decision); default: the OS user.
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
         /// Where to write the trace (default .flowc/runs/RUN/trace.jsonl).
         #[arg(long, value_name = "FILE")]
         trace: Option<PathBuf>,
@@ -112,6 +116,9 @@ enum Command {
         /// Reject this gate if the run reaches it.
         #[arg(long, value_name = "GATE")]
         reject: Vec<String>,
+        /// Who decides (recorded with each decision); default: the OS user.
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
         /// If another live process drives the run, wait until it stops
         /// (instead of exiting 5), then continue the run if it is unfinished.
         #[arg(long)]
@@ -139,6 +146,9 @@ enum Command {
         /// Resume the run right away.
         #[arg(long)]
         resume: bool,
+        /// Who decides (recorded with each decision); default: the OS user.
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
         /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
@@ -155,6 +165,9 @@ enum Command {
         /// Resume the run right away.
         #[arg(long)]
         resume: bool,
+        /// Who decides (recorded with each decision); default: the OS user.
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
         /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
@@ -367,6 +380,7 @@ fn main() {
             replay,
             approve,
             reject,
+            by,
             trace,
             concurrency,
             otlp,
@@ -383,29 +397,33 @@ fn main() {
             store,
             resume: None,
             otlp,
+            by,
         }),
         Command::Resume {
             run,
             approve,
             reject,
+            by,
             wait,
             otlp,
             store,
-        } => execute::resume_command(&run, &store, approve, reject, wait, otlp),
+        } => execute::resume_command(&run, &store, approve, reject, wait, otlp, by),
         Command::Approve {
             run,
             gate,
             edit,
             resume,
+            by,
             store,
-        } => execute::approve_command(&run, &gate, edit, resume, &store),
+        } => execute::approve_command(&run, &gate, edit, resume, &store, by),
         Command::Reject {
             run,
             gate,
             reason,
             resume,
+            by,
             store,
-        } => execute::reject_command(&run, &gate, &reason, resume, &store),
+        } => execute::reject_command(&run, &gate, &reason, resume, &store, by),
         Command::Inbox { format, store } => execute::inbox_command(&store, format),
         Command::Runs {
             status,

@@ -270,7 +270,8 @@ fn a_conversation_over_stdio() {
     let hover = c.request("textDocument/hover", at(&main, 9, 7));
     let text = hover["contents"]["value"].as_str().unwrap_or_default();
     assert!(
-        text.contains("note: string") && text.contains("worst case: 1 attempt × 200 output tokens"),
+        text.contains("note: string")
+            && text.contains("worst case: 2 attempts × 200 output tokens"),
         "{text}"
     );
 

@@ -15,6 +15,7 @@ mod format;
 mod generated_flows;
 mod golden;
 mod graph;
+mod guarantees;
 mod lsp;
 mod mcp;
 mod open_records;

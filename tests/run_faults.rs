@@ -687,7 +687,7 @@ fn digest_program(parallel: &str) -> CheckedProgram {
 flow digest(docs: [string] len ..10) -> [string] {{
   budget {{ tokens 1000 }}
   let out = for d in docs {parallel} {{
-    llm fast -> string {{ prompt "Summarize: {{d}}" max_tokens 50 }}
+    llm fast -> string {{ prompt "Summarize: {{d}}" max_tokens 50 retry 0 }}
   }}
   return out
 }}
@@ -761,9 +761,12 @@ fn a_token_budget_holds_for_concurrent_reservations() {
         "served {}",
         server.tokens_served()
     );
-    // Calls still in flight when the budget ran out are cancelled, so the
-    // report may count fewer tokens than the server sent, never more.
-    assert!(report.spent.tokens <= server.tokens_served());
+    // Calls still in flight when the budget ran out are cancelled and keep
+    // their whole reservation (the provider may bill them), so the report
+    // may count more tokens than the server sent, never fewer, and never
+    // more than the budget.
+    assert!(report.spent.tokens >= server.tokens_served());
+    assert!(report.spent.tokens <= 1000, "{:?}", report.spent);
 }
 
 #[test]
@@ -773,7 +776,7 @@ fn a_cost_budget_stops_the_run_before_the_server_serves_more_than_it() {
 flow digest(docs: [string] len ..10) -> [string] {
   budget { cost $0.006 }
   let out = for d in docs {
-    llm big -> string { prompt "Summarize: {d}" max_tokens 50 }
+    llm big -> string { prompt "Summarize: {d}" max_tokens 50 retry 0 }
   }
   return out
 }
@@ -1395,7 +1398,7 @@ fn flowc_run_exits_3_when_a_budget_runs_out_and_1_when_the_flow_fails() {
 flow digest(docs: [string] len ..10) -> [string] {
   budget { tokens 1000 }
   let out = for d in docs {
-    llm fast -> string { prompt "Summarize: {d}" max_tokens 50 }
+    llm fast -> string { prompt "Summarize: {d}" max_tokens 50 retry 0 }
   }
   return out
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use flowc::run::{self, FailureClass, Outcome, Report, RunOptions};
+use flowc::run::{self, Outcome, Report, RunOptions};
 use flowc::{compile, render, CheckedProgram, Input};
 use serde_json::{json, Value};
 use support::mock_server::{MockServer, Reply};
@@ -206,26 +206,26 @@ fn an_idempotency_key_reads_env_parameters_and_fields_exactly_as_declared() {
 }
 
 #[test]
-fn an_idempotency_key_that_cannot_render_fails_the_call_before_it_is_made() {
+fn an_idempotency_key_that_cannot_render_stops_the_run_before_any_call() {
     let program = checked("idempotency-unset", &[("pay.flow", POSTING)]);
     let server = MockServer::start();
     server.always("POST /post", Reply::ok(json!({"ok": true})));
-    // TENANT is not set: the key cannot be what the author declared.
+    // TENANT is not set: the key cannot be what the author declared, and
+    // the preflight finds it before anything is sent.
     let vars = HashMap::from([("API".to_string(), server.base_url())]);
     let invoice = json!({"id": "INV-9", "customer": {"region": "emea"}});
-    let report = run(
+    let result = run::run(
         &program,
         "pay",
-        json!({"invoice": invoice, "amount": 3}),
-        vars,
+        &json!({"invoice": invoice, "amount": 3}),
+        options(vars),
     );
-    let Outcome::Failed(error) = &report.outcome else {
-        panic!("the run must fail: {:?}", report.outcome);
+    let Err(run::SetupError::Preflight(missing)) = result else {
+        panic!("the run must not start");
     };
-    assert_eq!(error.class, FailureClass::Template, "{error}");
-    assert_eq!(error.flow, "pay");
-    assert!(error.message.contains("TENANT"), "{error}");
-    assert!(error.message.contains("idempotency key"), "{error}");
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert!(missing[0].what.contains("TENANT"), "{missing:?}");
+    assert!(missing[0].needed_by.contains("tool `post`"), "{missing:?}");
     assert!(
         server.requests().is_empty(),
         "nothing may be sent without its key: {:?}",
@@ -247,7 +247,7 @@ model m = p("m") {{ max_tokens: {max_tokens} }}
 
 flow f() -> string {{
   budget {{ cost ${budget:.6}, steps 10, wall 1m }}
-  let answer = llm m -> string {{ prompt "{prompt}" }}
+  let answer = llm m -> string {{ prompt "{prompt}" retry 0 }}
   return answer
 }}
 "#

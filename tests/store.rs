@@ -62,6 +62,7 @@ fn spend(steps: u64) -> Spend {
         tool_calls: steps,
         tokens: 10 * steps,
         cost: 0.5,
+        wall: 1.5 * steps as f64,
     }
 }
 
@@ -105,6 +106,7 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
             "checkpoint",
         );
         lost(store.intent(&old, "b", "idem-b"), "intent");
+        lost(store.record_spend(&old, spend(9)), "spend");
         lost(
             store.record_reply(&old, "m", 1, "stale", 1, 1, spend(9)),
             "reply",
@@ -121,6 +123,8 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
             created_at: store::now(),
             timeout_at: None,
             on_timeout: "reject".into(),
+            decided_by: None,
+            decided_at: None,
         };
         lost(store.pending_gate(&old, &gate), "gate");
         lost(
@@ -198,6 +202,19 @@ fn checkpoints_replies_intents_and_gates_read_back_what_was_written() {
             Some(("{\"a\":1}".into(), 12, 3))
         );
         assert_eq!(store.run("r2").unwrap().unwrap().spend.tokens, 30);
+        assert_eq!(
+            store.run("r2").unwrap().unwrap().spend.wall,
+            4.5,
+            "{backend}"
+        );
+        // A reservation recorded before a call (settled or not, it counts).
+        store.record_spend(&lease, spend(4)).expect("spend");
+        assert_eq!(
+            store.run("r2").unwrap().unwrap().spend,
+            spend(4),
+            "{backend}"
+        );
+        store.record_spend(&lease, spend(3)).expect("spend");
         let gate = GateRecord {
             run_id: "r2".into(),
             key: "main.ok".into(),
@@ -210,15 +227,17 @@ fn checkpoints_replies_intents_and_gates_read_back_what_was_written() {
             created_at: store::now(),
             timeout_at: Some(store::now() + 60.0),
             on_timeout: "approve".into(),
+            decided_by: None,
+            decided_at: None,
         };
         store.pending_gate(&lease, &gate).expect("gate");
         assert_eq!(store.gates(None).expect("gates").len(), 1, "{backend}");
         assert!(store
-            .decide_gate("r2", "main.ok", true, Some(&json!({"n": 2})), None)
+            .decide_gate("r2", "main.ok", true, Some(&json!({"n": 2})), None, "ana")
             .expect("decides"));
         assert!(
             !store
-                .decide_gate("r2", "main.ok", false, None, Some("late"))
+                .decide_gate("r2", "main.ok", false, None, Some("late"), "bo")
                 .expect("decides"),
             "{backend}: a decided gate is not decided again"
         );
@@ -226,6 +245,8 @@ fn checkpoints_replies_intents_and_gates_read_back_what_was_written() {
         assert_eq!(g.status, "approved");
         assert_eq!(g.value, Some(json!({"n": 2})));
         assert_eq!(g.on_timeout, "approve");
+        assert_eq!(g.decided_by.as_deref(), Some("ana"), "{backend}");
+        assert!(g.decided_at.is_some_and(|t| t > 0.0), "{backend}");
         assert_eq!(store.runs().expect("runs").len(), 1);
         // Another connection sees the same store.
         let other = store.reopen().expect("reopens");

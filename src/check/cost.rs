@@ -354,7 +354,7 @@ fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall) -> Worst
     if l.model.index() >= program.models.len() {
         return w;
     }
-    let attempts = 1 + l.retry.as_ref().map_or(0, |r| r.retries);
+    let attempts = l.attempts();
     let prompt = prompt_tokens(program, Some(flow), l.prompt.as_ref())
         + prompt_tokens(program, Some(flow), l.system.as_ref());
     for model in program.model_chain(l.model) {
@@ -375,7 +375,14 @@ fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall) -> Worst
         } else {
             format!("the llm call in {}{via}", step.display())
         };
-        let times = format!("{attempts} attempt{}", plural(a));
+        let times = match &l.retry {
+            Some(_) => format!("{attempts} attempt{}", plural(a)),
+            // Without `retry`, invalid output is retried (`RetryPolicy::llm_default`).
+            None => format!(
+                "{attempts} attempt{} (invalid output is retried by default)",
+                plural(a)
+            ),
+        };
         let (cost, cost_text) = match &m.price {
             Some(p) => {
                 // The one model-cost formula: the runtime reserves and settles by it.

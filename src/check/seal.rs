@@ -413,7 +413,10 @@ fn llm(
         output: l.output.clone(),
         prompt: l.prompt.as_ref().map(|t| template(t, scope)),
         system: l.system.as_ref().map(|t| template(t, scope)),
-        retry: l.retry.as_ref().map(retry),
+        retry: match &l.retry {
+            Some(r) => retry(r),
+            None => retry(&ir::RetryPolicy::llm_default(s.span)),
+        },
         timeout: l.timeout_seconds.map_or(DEFAULT_LLM_TIMEOUT, duration),
         budget: l.budget.as_ref().map(budget),
     })

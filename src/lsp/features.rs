@@ -349,7 +349,7 @@ fn llm_worst_case(a: &Analysis, owner: usize, name: &str) -> Option<String> {
         return None;
     };
     let model = &a.program.models[call.model.index()];
-    let attempts = 1 + call.retry.as_ref().map_or(0, |r| r.retries as u64);
+    let attempts = u64::from(call.attempts());
     let max_tokens = call.max_tokens.or(model.max_tokens)?;
     let tokens = attempts * max_tokens;
     let mut out = format!(

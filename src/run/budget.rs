@@ -1,10 +1,23 @@
-//! Budgets are hard. Before a call, its worst case is *reserved*; after it,
-//! the reservation is settled to what was really spent. A reservation that
-//! would take any limit past its value is refused, so the run stops before
-//! the call instead of after the overrun.
+//! Budgets are a contract with three parts:
+//!
+//! 1. Before a call, its worst case is *reserved*. A reservation that would
+//!    take any limit past its value is refused, so the run stops before the
+//!    call.
+//! 2. After the call, the reservation is *settled* to what the provider
+//!    reported. A provider may report more than the worst case (a prompt
+//!    that tokenizes worse than estimated, or a provider that does not
+//!    honour `max_tokens`); when settled spend passes a limit,
+//!    [`Ledger::overrun`] says by how much and the caller stops the run.
+//! 3. A reservation dropped without being settled (the call was cancelled,
+//!    or it was abandoned at its timeout) is kept whole as spend: the
+//!    provider may bill a call whose answer flowc never read.
 //!
 //! A step or agent with its own budget gets a child ledger: a reservation
 //! must fit the child and every ledger above it.
+//!
+//! Wall time is the time a ledger has been active: since it was created,
+//! plus what earlier processes of a resumed run were active
+//! ([`Ledger::preload`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +31,9 @@ pub struct Spend {
     pub cost: f64,
     pub steps: u64,
     pub tool_calls: u64,
+    /// Seconds of active time (wall). Only [`Ledger::spent`] fills it in;
+    /// reservations leave it 0.
+    pub wall: f64,
 }
 
 impl Spend {
@@ -42,7 +58,8 @@ impl Spend {
     }
 }
 
-/// Which limit a refused reservation would have broken.
+/// Which limit a refused reservation would have broken, or which one
+/// settled spend went past.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Exhausted {
     pub what: &'static str,
@@ -50,15 +67,35 @@ pub struct Exhausted {
     pub used: String,
     pub wanted: String,
     pub owner: String,
+    /// Set when settled spend went past the limit (rather than a
+    /// reservation being refused before a call).
+    /// Boxed: a refusal is the common case, and `Stop` stays small.
+    pub overrun: Option<Box<Overrun>>,
+}
+
+/// Settled spend past a limit: by how much, and the call that reported it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Overrun {
+    /// The amount past the limit, in the limit's unit (`8000`, `$0.0012`).
+    pub by: String,
+    /// The call whose settlement went past it (filled in by the caller).
+    pub call: String,
 }
 
 impl std::fmt::Display for Exhausted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the {} budget of {} is exhausted: {} used or reserved, {} more needed ({})",
-            self.what, self.limit, self.used, self.wanted, self.owner
-        )
+        match &self.overrun {
+            None => write!(
+                f,
+                "the {} budget of {} is exhausted: {} used or reserved, {} more needed ({})",
+                self.what, self.limit, self.used, self.wanted, self.owner
+            ),
+            Some(o) => write!(
+                f,
+                "the {} budget of {} was overrun by {}: {} spent after {} ({})",
+                self.what, self.limit, o.by, self.used, o.call, self.owner
+            ),
+        }
     }
 }
 
@@ -67,6 +104,8 @@ pub struct Ledger {
     owner: String,
     limits: Budget,
     started: Instant,
+    /// Active time of earlier processes of this run (root ledger only).
+    earlier: Mutex<Duration>,
     parent: Option<Arc<Ledger>>,
     state: Mutex<State>,
     /// Woken when a reservation settles (calls waiting for room).
@@ -85,11 +124,29 @@ struct State {
     open: usize,
 }
 
-/// A granted reservation; settle it with [`Ledger::settle`].
+/// A granted reservation; settle it with [`Ledger::settle`]. Dropped
+/// unsettled (its call cancelled mid-flight), it is kept whole as spend.
 #[derive(Debug)]
 #[must_use = "a reservation must be settled"]
 pub struct Reservation {
+    ledger: Arc<Ledger>,
     amount: Spend,
+    settled: bool,
+}
+
+impl Reservation {
+    /// What was reserved.
+    pub fn amount(&self) -> Spend {
+        self.amount
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.ledger.settle_amount(&self.amount, &self.amount);
+        }
+    }
 }
 
 impl Ledger {
@@ -102,6 +159,7 @@ impl Ledger {
             owner: owner.into(),
             limits,
             started: Instant::now(),
+            earlier: Mutex::default(),
             parent,
             state: Mutex::default(),
             settled: tokio::sync::Notify::new(),
@@ -109,7 +167,7 @@ impl Ledger {
     }
 
     /// Reserves `amount` on this ledger and every ledger above it, or on none.
-    pub fn reserve(&self, amount: Spend) -> Result<Reservation, Exhausted> {
+    pub fn reserve(self: &Arc<Self>, amount: Spend) -> Result<Reservation, Exhausted> {
         let mut chain: Vec<&Ledger> = vec![self];
         let mut p = self.parent.as_deref();
         while let Some(l) = p {
@@ -129,14 +187,21 @@ impl Ledger {
             add(&mut g.committed, &amount);
             g.open += 1;
         }
-        Ok(Reservation { amount })
+        Ok(Reservation {
+            ledger: self.clone(),
+            amount,
+            settled: false,
+        })
     }
 
     /// Reserves `amount`, waiting while other calls' reservations are
     /// outstanding: they usually settle below their worst case, and calls in
     /// parallel should not fail for room a finished call would free. Fails
     /// only when nothing outstanding could free any.
-    pub async fn reserve_waiting(&self, amount: Spend) -> Result<Reservation, Exhausted> {
+    pub async fn reserve_waiting(
+        self: &Arc<Self>,
+        amount: Spend,
+    ) -> Result<Reservation, Exhausted> {
         loop {
             match self.reserve(amount) {
                 Ok(r) => return Ok(r),
@@ -169,16 +234,23 @@ impl Ledger {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).open > 0
     }
 
-    /// Replaces a reservation by what was really spent. Spending more than
-    /// was reserved is recorded as it happened (the next reservation then
-    /// fails); the reservation rules make it rare: see `step.rs`.
-    pub fn settle(&self, reservation: Reservation, actual: Spend) {
+    /// Replaces a reservation by what was really spent (on the ledger it
+    /// was made on and every ledger above). Spending more than was reserved
+    /// is recorded as it happened; [`Ledger::overrun`] then reports it.
+    pub fn settle(&self, mut reservation: Reservation, actual: Spend) {
+        reservation.settled = true;
+        reservation
+            .ledger
+            .settle_amount(&reservation.amount, &actual);
+    }
+
+    fn settle_amount(&self, reserved: &Spend, actual: &Spend) {
         let mut l: Option<&Ledger> = Some(self);
         while let Some(ledger) = l {
             let mut g = ledger.state.lock().unwrap_or_else(|e| e.into_inner());
-            sub(&mut g.committed, &reservation.amount);
-            add(&mut g.committed, &actual);
-            add(&mut g.spent, &actual);
+            sub(&mut g.committed, reserved);
+            add(&mut g.committed, actual);
+            add(&mut g.spent, actual);
             g.open = g.open.saturating_sub(1);
             drop(g);
             ledger.settled.notify_waiters();
@@ -186,16 +258,83 @@ impl Ledger {
         }
     }
 
-    /// Counts spending from before this process (a resumed run).
+    /// The first limit, on this ledger or one above it, that settled spend
+    /// has gone past. Reservations can only be refused, so this happens only
+    /// when a provider reports more than the reserved worst case.
+    pub fn overrun(&self) -> Option<Exhausted> {
+        self.chain().into_iter().find_map(|l| {
+            let spent = l.state.lock().unwrap_or_else(|e| e.into_inner()).spent;
+            l.over(&spent)
+        })
+    }
+
+    fn over(&self, spent: &Spend) -> Option<Exhausted> {
+        let over = |what: &'static str, limit: String, used: String, by: String| Exhausted {
+            what,
+            limit,
+            used,
+            wanted: "nothing more".into(),
+            owner: self.owner.clone(),
+            overrun: Some(Box::new(Overrun {
+                by,
+                call: String::new(),
+            })),
+        };
+        let l = &self.limits;
+        if let Some(max) = l.tokens.filter(|&m| spent.tokens > m) {
+            return Some(over(
+                "tokens",
+                max.to_string(),
+                spent.tokens.to_string(),
+                (spent.tokens - max).to_string(),
+            ));
+        }
+        if let Some(max) = l.cost.filter(|&m| spent.cost > m + 1e-12) {
+            return Some(over(
+                "cost",
+                format!("${max:.4}"),
+                format!("${:.4}", spent.cost),
+                format!("${:.4}", spent.cost - max),
+            ));
+        }
+        None
+    }
+
+    /// Counts spending from before this process (a resumed run): its
+    /// settled spend and its active time.
     pub fn preload(&self, spent: Spend) {
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         add(&mut g.committed, &spent);
         add(&mut g.spent, &spent);
+        *self.earlier.lock().unwrap_or_else(|e| e.into_inner()) =
+            Duration::try_from_secs_f64(spent.wall).unwrap_or_default();
     }
 
-    /// What was really spent so far.
+    /// What was really spent so far, and the active time.
     pub fn spent(&self) -> Spend {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).spent
+        Spend {
+            wall: self.active().as_secs_f64(),
+            ..self.state.lock().unwrap_or_else(|e| e.into_inner()).spent
+        }
+    }
+
+    /// Settled spend plus outstanding reservations, and the active time:
+    /// what a crash now could leave billed.
+    pub fn committed(&self) -> Spend {
+        Spend {
+            wall: self.active().as_secs_f64(),
+            ..self
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .committed
+        }
+    }
+
+    /// Active time: this process's since the ledger was made, plus earlier
+    /// processes'.
+    pub fn active(&self) -> Duration {
+        *self.earlier.lock().unwrap_or_else(|e| e.into_inner()) + self.started.elapsed()
     }
 
     pub fn limits(&self) -> &Budget {
@@ -204,9 +343,7 @@ impl Ledger {
 
     /// Time left on the wall clock, if the budget limits it.
     pub fn wall_left(&self) -> Option<Duration> {
-        self.limits
-            .wall
-            .map(|w| w.saturating_sub(self.started.elapsed()))
+        self.limits.wall.map(|w| w.saturating_sub(self.active()))
     }
 
     fn fits(&self, committed: &Spend, amount: &Spend) -> Result<(), Exhausted> {
@@ -216,6 +353,7 @@ impl Ledger {
             used,
             wanted,
             owner: self.owner.clone(),
+            overrun: None,
         };
         let l = &self.limits;
         if let Some(max) = l.tokens {
@@ -264,7 +402,7 @@ impl Ledger {
                 return Err(over(
                     "wall",
                     format!("{wall}s"),
-                    format!("{:.1}s", self.started.elapsed().as_secs_f64()),
+                    format!("{:.1}s", self.active().as_secs_f64()),
                     "more time".into(),
                 ));
             }

@@ -148,6 +148,9 @@ pub enum SetupError {
     Trace(std::io::Error),
     /// The HTTP client or the async runtime did not start.
     Start(String),
+    /// Before the first call: configuration the run may read is missing
+    /// (every missing thing, sorted). Nothing was called.
+    Preflight(Vec<super::preflight::Missing>),
 }
 
 impl fmt::Display for SetupError {
@@ -157,6 +160,20 @@ impl fmt::Display for SetupError {
             SetupError::Input(message) | SetupError::Store(message) => f.write_str(message),
             SetupError::Trace(e) => write!(f, "cannot write the trace: {e}"),
             SetupError::Start(message) => f.write_str(message),
+            SetupError::Preflight(missing) => {
+                write!(
+                    f,
+                    "the run cannot start: {} missing (nothing was called):",
+                    match missing.len() {
+                        1 => "1 thing it needs is".to_string(),
+                        n => format!("{n} things it needs are"),
+                    }
+                )?;
+                for m in missing {
+                    write!(f, "\n  - {m}")?;
+                }
+                Ok(())
+            }
         }
     }
 }

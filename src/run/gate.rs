@@ -49,7 +49,7 @@ impl Runtime<'_> {
             path: frame.path.clone(),
             show: shown.clone(),
         };
-        let decision = self
+        let decided = self
             .gate_decision(&key, &pending, timeout, on_timeout)
             .map_err(|e| {
                 fail(match &self.durable {
@@ -57,8 +57,25 @@ impl Runtime<'_> {
                     None => e.to_string(),
                 })
             })?;
-        match decision {
-            Some(GateDecision::Approve(edited)) => {
+        let Some(decided) = decided else {
+            self.trace.event(
+                Some(cx.span),
+                "gate",
+                gate,
+                fields! {"decision": "waiting", "show": pending.show},
+            );
+            return Ok(Prepared::Wait(pending));
+        };
+        // The gate's event says what was shown, what it released (an
+        // edited value, when the reviewer changed it), who decided and when.
+        let mut data = fields! {
+            "show": shown,
+            "original": value,
+            "decided_by": decided.by,
+            "decided_at": decided.at,
+        };
+        match decided.decision {
+            GateDecision::Approve(edited) => {
                 let v = match edited {
                     Some(v) => {
                         if let Err(errors) =
@@ -71,80 +88,81 @@ impl Runtime<'_> {
                         }
                         v
                     }
-                    None => value,
+                    None => value.clone(),
                 };
-                self.trace.event(
-                    Some(cx.span),
-                    "gate",
-                    gate,
-                    fields! {"decision": "approved", "show": shown},
-                );
+                data.insert("decision".into(), "approved".into());
+                data.insert("edited".into(), Value::Bool(v != value));
+                data.insert("value".into(), v.clone());
+                self.trace.event(Some(cx.span), "gate", gate, data);
                 Ok(Prepared::Done(v))
             }
-            Some(GateDecision::Reject(reason)) => {
-                self.trace.event(
-                    Some(cx.span),
-                    "gate",
-                    gate,
-                    fields! {"decision": "rejected", "reason": reason, "show": shown},
-                );
+            GateDecision::Reject(reason) => {
+                data.insert("decision".into(), "rejected".into());
+                data.insert("reason".into(), Value::String(reason));
+                self.trace.event(Some(cx.span), "gate", gate, data);
                 Ok(Prepared::Skip)
-            }
-            None => {
-                self.trace.event(
-                    Some(cx.span),
-                    "gate",
-                    gate,
-                    fields! {"decision": "waiting", "show": pending.show},
-                );
-                Ok(Prepared::Wait(pending))
             }
         }
     }
 
     /// A gate's decision: from the run store (an earlier process, `flowc
-    /// approve`, a passed timeout), else from the command line or the test.
-    /// A gate that stays undecided is recorded as pending.
+    /// approve`, a passed timeout), else from the command line or the test
+    /// (recorded in the store, with who gave it). A gate that stays undecided
+    /// is recorded as pending.
     pub fn gate_decision(
         &self,
         key: &str,
         pending: &PendingGate,
         timeout: Option<Duration>,
         on_timeout: Decision,
-    ) -> Result<Option<GateDecision>, crate::store::StoreError> {
-        let given = self.gates.get(&pending.gate).cloned();
+    ) -> Result<Option<Decided>, crate::store::StoreError> {
+        let given = self
+            .gates
+            .get(&pending.gate)
+            .cloned()
+            .map(|decision| Decided {
+                decision,
+                by: self.decided_by.clone(),
+                at: crate::store::now(),
+            });
         let Some(d) = &self.durable else {
             return Ok(given);
         };
         let store = d.store.borrow();
         let record = store.gate(&d.run_id, key)?;
         if let Some(r) = &record {
+            let stored = |decision| Decided {
+                decision,
+                by: r.decided_by.clone().unwrap_or_default(),
+                at: r.decided_at.unwrap_or_default(),
+            };
             match GateStatus::from_name(&r.status) {
                 Some(GateStatus::Approved) => {
-                    return Ok(Some(GateDecision::Approve(r.value.clone())))
+                    return Ok(Some(stored(GateDecision::Approve(r.value.clone()))))
                 }
                 Some(GateStatus::Rejected) => {
-                    return Ok(Some(GateDecision::Reject(
+                    return Ok(Some(stored(GateDecision::Reject(
                         r.reason.clone().unwrap_or_default(),
-                    )))
+                    ))))
                 }
                 Some(GateStatus::Pending) | None => {}
             }
             if r.timeout_at.is_some_and(|t| crate::store::now() >= t) {
                 let approve = decision_named(&r.on_timeout) == Some(Decision::Approve);
-                store.decide_gate(&d.run_id, key, approve, None, Some("timed out"))?;
-                return Ok(Some(if approve {
-                    GateDecision::Approve(None)
-                } else {
-                    GateDecision::Reject("timed out".into())
+                store.decide_gate(&d.run_id, key, approve, None, Some("timed out"), TIMEOUT)?;
+                return Ok(Some(Decided {
+                    decision: if approve {
+                        GateDecision::Approve(None)
+                    } else {
+                        GateDecision::Reject("timed out".into())
+                    },
+                    by: TIMEOUT.into(),
+                    at: crate::store::now(),
                 }));
             }
         }
-        if let Some(decision) = given {
-            return Ok(Some(decision));
-        }
+        let created = crate::store::now();
         if record.is_none() {
-            let created = crate::store::now();
             store.pending_gate(
                 &d.lease,
                 &crate::store::GateRecord {
@@ -159,9 +177,31 @@ impl Runtime<'_> {
                     created_at: created,
                     timeout_at: timeout.map(|t| created + t.as_secs_f64()),
                     on_timeout: decision_name(on_timeout).into(),
+                    decided_by: None,
+                    decided_at: None,
                 },
             )?;
         }
+        if let Some(given) = given {
+            // Recorded like a decision made with `flowc approve`, so the
+            // store says who decided every gate.
+            let (approve, value, reason) = match &given.decision {
+                GateDecision::Approve(v) => (true, v.as_ref(), None),
+                GateDecision::Reject(r) => (false, None, Some(r.as_str())),
+            };
+            store.decide_gate(&d.run_id, key, approve, value, reason, &given.by)?;
+            return Ok(Some(given));
+        }
         Ok(None)
     }
+}
+
+/// Who decides a gate whose timeout passed.
+const TIMEOUT: &str = "timeout";
+
+/// A gate's decision, who made it and when (seconds since the Unix epoch).
+pub struct Decided {
+    pub decision: GateDecision,
+    pub by: String,
+    pub at: f64,
 }

@@ -20,6 +20,7 @@ mod gate;
 pub mod http;
 pub mod otel;
 pub mod plan;
+pub mod preflight;
 pub mod providers;
 mod region;
 mod runtime;
@@ -61,6 +62,14 @@ pub enum Outcome {
     Interrupted,
     /// The run store failed, or another process took the run over.
     Store(crate::store::StoreError),
+    /// The trace file could not be written: the run stopped (or, if the
+    /// failure came at the last write, finished unaudited) and is not
+    /// reported as anything else. A durable run can be resumed.
+    TraceFailed {
+        error: String,
+        /// How the run stood when the trace failed (its status name).
+        stood: RunStatus,
+    },
 }
 
 impl Outcome {
@@ -75,12 +84,14 @@ impl Outcome {
             Outcome::Interrupted => RunStatus::Interrupted,
             // The run is not over: whoever holds it (or the next resume) continues it.
             Outcome::Store(_) => RunStatus::Running,
+            Outcome::TraceFailed { .. } => RunStatus::TraceFailed,
         }
     }
 
     /// The process exit status: 0 success, 1 failed or rejected, 3 a budget
     /// ran out, 4 waiting for approval, 5 another process holds the run, 6
-    /// the run store failed, 130 interrupted.
+    /// the run store failed, 7 the trace could not be written, 130
+    /// interrupted.
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Completed(_) => 0,
@@ -90,6 +101,7 @@ impl Outcome {
             Outcome::Store(crate::store::StoreError::LeaseLost(_)) => EXIT_LEASED,
             Outcome::Store(_) => EXIT_STORE,
             Outcome::Interrupted => EXIT_INTERRUPTED,
+            Outcome::TraceFailed { .. } => EXIT_TRACE,
         }
     }
 }
@@ -98,6 +110,8 @@ impl Outcome {
 pub const EXIT_LEASED: i32 = 5;
 /// Exit status when the run store cannot be read or written.
 pub const EXIT_STORE: i32 = 6;
+/// Exit status when the trace could not be written.
+pub const EXIT_TRACE: i32 = 7;
 /// Exit status of a run stopped by SIGINT or SIGTERM (128 + SIGINT).
 pub const EXIT_INTERRUPTED: i32 = 130;
 
@@ -109,6 +123,8 @@ pub struct RunOptions {
     /// Where to write the trace (JSON lines); `None` keeps it in memory.
     pub trace_path: Option<PathBuf>,
     pub gates: HashMap<String, GateDecision>,
+    /// Who made the decisions in `gates` (`--by`; by default the OS user).
+    pub decided_by: String,
     pub world: World,
     pub env: Env,
     pub run_id: Option<String>,
@@ -142,6 +158,7 @@ impl Default for RunOptions {
             breaker: 10,
             trace_path: None,
             gates: HashMap::new(),
+            decided_by: os_user(),
             world: World::Live,
             env: Arc::new(|name: &str| std::env::var(name).ok()),
             run_id: None,
@@ -215,6 +232,14 @@ pub fn run(
         .iter()
         .map(|p| input.get(&p.name).cloned().unwrap_or(Value::Null))
         .collect();
+    // Before anything is recorded or called: a run that cannot reach what
+    // it needs says so now, listing everything, rather than after paid calls.
+    if matches!(options.world, World::Live) {
+        let missing = preflight::check(program, id, &*options.env);
+        if !missing.is_empty() {
+            return Err(SetupError::Preflight(missing));
+        }
+    }
     let mut options = options;
     let durable = options.durable.take();
     // A resumed run's processes append to one trace file; each one's `run`
@@ -283,6 +308,7 @@ pub fn run(
         program,
         world: std::cell::RefCell::new(options.world),
         gates: options.gates,
+        decided_by: options.decided_by,
         validators,
         trace: trace.clone(),
         http,
@@ -314,13 +340,20 @@ pub fn run(
     let interruptible = options.interruptible;
     let result = rt.block_on(async {
         let flow = runtime.run_flow(id, values, None, Some(span.id), String::new());
-        if !interruptible {
-            return Some(flow.await);
-        }
-        // Dropping the flow's future cancels every call in flight.
+        let signal = async {
+            if interruptible {
+                stop_signal().await
+            } else {
+                std::future::pending().await
+            }
+        };
+        // Dropping the flow's future cancels every call in flight: at a
+        // signal, and at a failed trace write (what runs after it could not
+        // be audited).
         tokio::select! {
             r = flow => Some(r),
-            () = stop_signal() => None,
+            () = signal => None,
+            () = trace.failure() => None,
         }
     });
     let mut waiting = runtime.waiting.borrow().clone();
@@ -344,6 +377,29 @@ pub fn run(
             Err(Stop::Exhausted(e)) => Outcome::Exhausted(e),
         },
     };
+    // A run whose settled spend is past a limit never ends `completed`,
+    // whichever way it got there (every call settles and checks, and this
+    // holds the line for spend an earlier process recorded too).
+    let overrun = runtime
+        .root_ledger
+        .borrow()
+        .as_ref()
+        .and_then(|l| l.overrun());
+    let outcome = match (outcome, overrun) {
+        (Outcome::Completed(_), Some(mut e)) => {
+            if let Some(o) = &mut e.overrun {
+                o.call = "the spend this run recorded (an earlier process's calls included)".into();
+            }
+            trace.event(
+                Some(span.id),
+                "budget",
+                flow,
+                crate::fields! {"status": "overrun", "budget": e.what, "limit": e.limit, "used": e.used, "overshoot": e.overrun.as_ref().map(|o| o.by.clone()), "owner": e.owner},
+            );
+            Outcome::Exhausted(e)
+        }
+        (outcome, _) => outcome,
+    };
     // Everything the run spent, earlier processes of a resumed run included.
     let spent = runtime.total_spend();
     let status = outcome.status();
@@ -357,13 +413,28 @@ pub fn run(
     );
     trace.end(span, status.as_str(), data);
     trace.flush();
-    let mut outcome = outcome;
+    let mut outcome = match (outcome, trace.failed()) {
+        (outcome @ Outcome::Store(_), _) | (outcome, None) => outcome,
+        (outcome, Some(error)) => Outcome::TraceFailed {
+            error,
+            // Stopped for the trace itself: still running as far as its
+            // steps go.
+            stood: match outcome {
+                Outcome::Interrupted => RunStatus::Running,
+                other => other.status(),
+            },
+        },
+    };
+    let status = outcome.status();
     let export = trace.finish_export();
     if let Some(d) = &runtime.durable {
         let (output, error) = match &outcome {
             Outcome::Completed(v) => (Some(v), None),
             Outcome::Failed(e) => (None, Some(e.to_string())),
             Outcome::Exhausted(e) => (None, Some(e.to_string())),
+            Outcome::TraceFailed { error, stood } => {
+                (None, Some(trace_failed_message(error, *stood)))
+            }
             _ => (None, None),
         };
         let store = d.store.borrow();
@@ -392,6 +463,23 @@ pub fn run(
         events: trace.take_events(),
         export,
     })
+}
+
+/// Who is deciding a gate when nobody said (`--by`): the OS user, from the
+/// environment's `USER` (or `LOGNAME`, `USERNAME`).
+pub fn os_user() -> String {
+    ["USER", "LOGNAME", "USERNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// What a run whose trace could not be written says (stderr, the store).
+pub fn trace_failed_message(error: &str, stood: RunStatus) -> String {
+    format!(
+        "the trace could not be written ({error}); the run stopped there, {} at that point",
+        stood.as_str()
+    )
 }
 
 /// Resolves at the first SIGINT or SIGTERM.

@@ -26,6 +26,8 @@ pub struct Runtime<'p> {
     pub program: &'p Program,
     pub world: RefCell<World>,
     pub gates: HashMap<String, GateDecision>,
+    /// Who made the decisions in `gates` (recorded with each).
+    pub decided_by: String,
     pub validators: Validators,
     pub trace: Arc<Trace>,
     pub http: reqwest::Client,
@@ -129,10 +131,10 @@ impl<'p> Runtime<'p> {
         tokio::task::yield_now().await;
         if d.commits.get() < ticket {
             let batch = std::mem::take(&mut *d.pending.borrow_mut());
-            let result = d
-                .store
-                .borrow_mut()
-                .commit_steps(&d.lease, &batch, self.total_spend());
+            let result =
+                d.store
+                    .borrow_mut()
+                    .commit_steps(&d.lease, &batch, self.persisted_spend());
             d.commits.set(d.commits.get() + 1);
             if let Err(e) = result {
                 *d.failed.borrow_mut() = Some(e);
@@ -149,7 +151,17 @@ impl<'p> Runtime<'p> {
         self.root_ledger
             .borrow()
             .as_ref()
-            .map_or(Spend::default(), |l| l.spent())
+            .map_or(self.base_spend, |l| l.spent())
+    }
+
+    /// What the run store records as the run's spend while it runs: settled
+    /// spend plus the reservations of calls in flight, so that a resume
+    /// after a crash counts a call that may have been billed.
+    pub fn persisted_spend(&self) -> Spend {
+        self.root_ledger
+            .borrow()
+            .as_ref()
+            .map_or(self.base_spend, |l| l.committed())
     }
 
     pub(crate) fn count_call(&self, target: CallTarget) {
@@ -195,7 +207,10 @@ impl<'p> Runtime<'p> {
             Some(cx.span),
             "budget",
             &cx.flow.graph[n].name,
-            fields! {"status": "exhausted", "budget": e.what, "limit": e.limit, "used": e.used, "wanted": e.wanted},
+            match &e.overrun {
+                None => fields! {"status": "exhausted", "budget": e.what, "limit": e.limit, "used": e.used, "wanted": e.wanted, "owner": e.owner},
+                Some(o) => fields! {"status": "overrun", "budget": e.what, "limit": e.limit, "used": e.used, "overshoot": o.by, "call": o.call, "owner": e.owner},
+            },
         );
         Stop::Exhausted(e)
     }

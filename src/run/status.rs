@@ -12,10 +12,12 @@ pub enum RunStatus {
     Rejected,
     /// Stopped by SIGINT or SIGTERM; a durable run can be resumed.
     Interrupted,
+    /// The trace could not be written; a durable run can be resumed.
+    TraceFailed,
 }
 
 impl RunStatus {
-    pub const ALL: [RunStatus; 7] = [
+    pub const ALL: [RunStatus; 8] = [
         RunStatus::Running,
         RunStatus::Completed,
         RunStatus::Failed,
@@ -23,6 +25,7 @@ impl RunStatus {
         RunStatus::Waiting,
         RunStatus::Rejected,
         RunStatus::Interrupted,
+        RunStatus::TraceFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +37,7 @@ impl RunStatus {
             RunStatus::Waiting => "waiting",
             RunStatus::Rejected => "rejected",
             RunStatus::Interrupted => "interrupted",
+            RunStatus::TraceFailed => "trace_failed",
         }
     }
 

@@ -31,6 +31,11 @@ pub struct Trace {
     trace_id: u128,
     /// OTLP export of every span, when on.
     export: Option<super::otel::Export>,
+    /// Why the trace file could not be written (the first failure); the run
+    /// ends with it.
+    failed: Mutex<Option<String>>,
+    /// Woken at the first failed write, so the run stops at once.
+    failure: tokio::sync::Notify,
 }
 
 /// Sees every trace event as it happens.
@@ -75,6 +80,8 @@ impl Trace {
             observer,
             trace_id: super::otel::trace_id(run_id),
             export: None,
+            failed: Mutex::default(),
+            failure: tokio::sync::Notify::new(),
         })
     }
 
@@ -167,8 +174,11 @@ impl Trace {
                 }
             }
             if let Some(out) = self.out.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                // A trace that cannot be written must not fail the run it describes.
-                let _ = writeln!(out, "{line}");
+                // A trace that cannot be written is a run that cannot be
+                // audited: the run stops with the error (see `failed`).
+                if let Err(e) = writeln!(out, "{line}") {
+                    self.fail(e);
+                }
             }
             if scrubbed {
                 serde_json::from_str(&line).unwrap_or(Value::Null)
@@ -190,10 +200,38 @@ impl Trace {
             .push(event);
     }
 
+    /// Writes out what is buffered; a failure is recorded like any other
+    /// failed write.
     pub fn flush(&self) {
-        if let Some(out) = self.out.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            let _ = out.flush();
+        let result = match self.out.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            Some(out) => out.flush(),
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            self.fail(e);
         }
+    }
+
+    fn fail(&self, e: std::io::Error) {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.is_none() {
+            *failed = Some(e.to_string());
+            // A stored permit: whoever waits later still wakes.
+            self.failure.notify_one();
+        }
+    }
+
+    /// Why the trace file could not be written, if it could not.
+    pub fn failed(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Resolves at the first failed write.
+    pub async fn failure(&self) {
+        self.failure.notified().await;
     }
 
     /// Every event so far.

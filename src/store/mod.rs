@@ -95,6 +95,11 @@ pub struct GateRecord {
     pub timeout_at: Option<f64>,
     /// `approve` or `reject`.
     pub on_timeout: String,
+    /// Who decided (`flowc approve --by`, the OS user, `timeout`), once
+    /// decided.
+    pub decided_by: Option<String>,
+    /// When it was decided (seconds since the Unix epoch).
+    pub decided_at: Option<f64>,
 }
 
 pub fn now() -> f64 {
@@ -140,6 +145,10 @@ pub trait Backend: Send {
         batch: &[(String, Option<Value>)],
         spend: Spend,
     ) -> Result<()>;
+    /// Records the run's spend so far (settled spend, reservations of
+    /// calls in flight and active time), fenced by the lease: written before
+    /// each model call, so a call cut short by a crash stays counted.
+    fn record_spend(&self, lease: &Lease, spend: Spend) -> Result<()>;
     /// Records the intent to call a tool with an effect, before the call.
     fn intent(&self, lease: &Lease, key: &str, idempotency_key: &str) -> Result<()>;
     /// The idempotency key recorded for an intent, if the call was attempted before.
@@ -172,6 +181,7 @@ pub trait Backend: Send {
         approve: bool,
         value: Option<&Value>,
         reason: Option<&str>,
+        by: &str,
     ) -> Result<bool>;
     /// Gates of one run (or of every run), oldest first.
     fn gates(&self, run: Option<&str>) -> Result<Vec<GateRecord>>;

@@ -36,7 +36,8 @@ impl From<postgres::Error> for StoreError {
 
 /// Versioned schema: migration `i` brings the database from version `i` to
 /// `i + 1`; `flowc_schema` holds the version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,
     file TEXT NOT NULL,
@@ -97,7 +98,14 @@ CREATE TABLE gates (
     PRIMARY KEY (run_id, key)
 );
 CREATE INDEX runs_created ON runs (created_at);
-"#];
+"#,
+    r#"
+ALTER TABLE runs ADD COLUMN wall DOUBLE PRECISION NOT NULL DEFAULT 0;
+"#,
+    r#"
+ALTER TABLE gates ADD COLUMN decided_by TEXT;
+"#,
+];
 
 /// An arbitrary constant: the advisory lock that serializes migrations.
 const MIGRATION_LOCK: i64 = 0x0066_6c6f_7763;
@@ -299,6 +307,7 @@ fn run_row(r: &Row) -> Result<RunRecord> {
             cost: r.try_get("cost")?,
             steps: r.try_get::<_, i64>("steps")? as u64,
             tool_calls: r.try_get::<_, i64>("tool_calls")? as u64,
+            wall: r.try_get("wall")?,
         },
         trace: r.try_get("trace")?,
         replay: r.try_get("replay")?,
@@ -322,10 +331,12 @@ fn gate_row(r: &Row) -> Result<GateRecord> {
         created_at: r.try_get("created_at")?,
         timeout_at: r.try_get("timeout_at")?,
         on_timeout: r.try_get("on_timeout")?,
+        decided_by: r.try_get("decided_by")?,
+        decided_at: r.try_get("decided_at")?,
     })
 }
 
-const RUN_COLUMNS: &str = "id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, trace, replay, owner, lease_until";
+const RUN_COLUMNS: &str = "id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, wall, trace, replay, owner, lease_until";
 
 impl Backend for PostgresStore {
     fn reopen(&self) -> Result<Store> {
@@ -410,7 +421,7 @@ impl Backend for PostgresStore {
         let id = id.to_string();
         self.call(move |c| {
             let rows = c.query(
-                "SELECT id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, trace, replay, owner, lease_until FROM runs WHERE id = $1",
+                "SELECT id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, wall, trace, replay, owner, lease_until FROM runs WHERE id = $1",
                 &[&id],
             )?;
             rows.first().map(run_row).transpose()
@@ -420,7 +431,7 @@ impl Backend for PostgresStore {
     fn runs(&self) -> Result<Vec<RunRecord>> {
         self.call(move |c| {
             let rows = c.query(
-                "SELECT id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, trace, replay, owner, lease_until FROM runs ORDER BY created_at DESC",
+                "SELECT id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, wall, trace, replay, owner, lease_until FROM runs ORDER BY created_at DESC",
                 &[],
             )?;
             rows.iter().map(run_row).collect()
@@ -442,7 +453,7 @@ impl Backend for PostgresStore {
         self.call(move |c| {
             let n = c.execute(
                 "UPDATE runs SET status = $3, output = $4, error = $5, updated_at = $6,
-                 tokens = $7, cost = $8, steps = $9, tool_calls = $10, owner = NULL, lease_until = NULL
+                 tokens = $7, cost = $8, steps = $9, tool_calls = $10, wall = $11, owner = NULL, lease_until = NULL
                  WHERE id = $1 AND epoch = $2",
                 &[
                     &lease.run_id,
@@ -455,6 +466,7 @@ impl Backend for PostgresStore {
                     &spend.cost,
                     &(spend.steps as i64),
                     &(spend.tool_calls as i64),
+                    &spend.wall,
                 ],
             )?;
             if n == 1 {
@@ -504,7 +516,7 @@ impl Backend for PostgresStore {
                 &lease,
                 "WITH fence AS (
                     UPDATE runs SET tokens = $3, cost = $4, steps = $5, tool_calls = $6,
-                        updated_at = $7, lease_until = $8
+                        updated_at = $7, lease_until = $8, wall = $11
                     WHERE id = $1 AND epoch = $2 RETURNING id
                  ), saved AS (
                     INSERT INTO steps (run_id, key, value, completed_at)
@@ -524,6 +536,33 @@ impl Backend for PostgresStore {
                     &lease.until(),
                     &keys,
                     &values,
+                    &spend.wall,
+                ],
+            )
+        })
+    }
+
+    fn record_spend(&self, lease: &Lease, spend: Spend) -> Result<()> {
+        let lease = lease.clone();
+        self.call(move |c| {
+            c.fenced(
+                &lease,
+                "WITH fence AS (
+                    UPDATE runs SET tokens = $3, cost = $4, steps = $5, tool_calls = $6,
+                        wall = $7, updated_at = $8, lease_until = $9
+                    WHERE id = $1 AND epoch = $2 RETURNING id
+                 )
+                 SELECT count(*) FROM fence",
+                &[
+                    &lease.run_id,
+                    &lease.epoch,
+                    &(spend.tokens as i64),
+                    &spend.cost,
+                    &(spend.steps as i64),
+                    &(spend.tool_calls as i64),
+                    &spend.wall,
+                    &now(),
+                    &lease.until(),
                 ],
             )
         })
@@ -583,7 +622,7 @@ impl Backend for PostgresStore {
                 &lease,
                 "WITH fence AS (
                     UPDATE runs SET tokens = $3, cost = $4, steps = $5, tool_calls = $6,
-                        updated_at = $7, lease_until = $8
+                        updated_at = $7, lease_until = $8, wall = $14
                     WHERE id = $1 AND epoch = $2 RETURNING id
                  ), saved AS (
                     INSERT INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens)
@@ -607,6 +646,7 @@ impl Backend for PostgresStore {
                     &reply,
                     &(input_tokens as i64),
                     &(output_tokens as i64),
+                    &spend.wall,
                 ],
             )
         })
@@ -679,13 +719,15 @@ impl Backend for PostgresStore {
         approve: bool,
         value: Option<&Value>,
         reason: Option<&str>,
+        by: &str,
     ) -> Result<bool> {
         let (run, key) = (run.to_string(), key.to_string());
         let value = value.map(Value::to_string);
         let reason = reason.map(str::to_string);
+        let by = by.to_string();
         self.call(move |c| {
             let n = c.execute(
-                "UPDATE gates SET status = $3, value = $4, reason = $5, decided_at = $6
+                "UPDATE gates SET status = $3, value = $4, reason = $5, decided_at = $6, decided_by = $7
                  WHERE run_id = $1 AND key = $2 AND status = 'pending'",
                 &[
                     &run,
@@ -694,6 +736,7 @@ impl Backend for PostgresStore {
                     &value,
                     &reason,
                     &now(),
+                    &by,
                 ],
             )?;
             Ok(n == 1)

@@ -93,6 +93,12 @@ ALTER TABLE runs ADD COLUMN owner TEXT;
 ALTER TABLE runs ADD COLUMN lease_until REAL;
 ALTER TABLE runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+ALTER TABLE runs ADD COLUMN wall REAL NOT NULL DEFAULT 0;
+"#,
+    r#"
+ALTER TABLE gates ADD COLUMN decided_by TEXT;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -346,7 +352,7 @@ impl Backend for SqliteStore {
         let changed = retry(|| {
             self.conn.execute(
                 "UPDATE runs SET status = ?3, output = ?4, error = ?5, updated_at = ?6,
-             tokens = ?7, cost = ?8, steps = ?9, tool_calls = ?10, owner = NULL, lease_until = NULL
+             tokens = ?7, cost = ?8, steps = ?9, tool_calls = ?10, wall = ?11, owner = NULL, lease_until = NULL
              WHERE id = ?1 AND epoch = ?2",
                 params![
                     lease.run_id,
@@ -358,7 +364,8 @@ impl Backend for SqliteStore {
                     spend.tokens as i64,
                     spend.cost,
                     spend.steps as i64,
-                    spend.tool_calls as i64
+                    spend.tool_calls as i64,
+                    spend.wall
                 ],
             )
         })?;
@@ -416,6 +423,11 @@ impl Backend for SqliteStore {
             }
             Ok(())
         })
+    }
+
+    /// Records the run's spend so far (fenced by the lease).
+    fn record_spend(&self, lease: &Lease, spend: Spend) -> Result<()> {
+        in_write_tx(&self.conn, |tx| save_spend(tx, lease, spend, now()))
     }
 
     /// Records the intent to call a tool with an effect, before the call.
@@ -514,10 +526,11 @@ impl Backend for SqliteStore {
         approve: bool,
         value: Option<&Value>,
         reason: Option<&str>,
+        by: &str,
     ) -> Result<bool> {
         let changed = retry(|| {
             self.conn.execute(
-                "UPDATE gates SET status = ?3, value = ?4, reason = ?5, decided_at = ?6
+                "UPDATE gates SET status = ?3, value = ?4, reason = ?5, decided_at = ?6, decided_by = ?7
              WHERE run_id = ?1 AND key = ?2 AND status = 'pending'",
                 params![
                     run,
@@ -525,7 +538,8 @@ impl Backend for SqliteStore {
                     if approve { "approved" } else { "rejected" },
                     value.map(Value::to_string),
                     reason,
-                    now()
+                    now(),
+                    by
                 ],
             )
         })?;
@@ -549,9 +563,9 @@ impl Backend for SqliteStore {
 /// Fenced by the lease (and renews it): the first write of every checkpoint.
 fn save_spend(conn: &Connection, lease: &Lease, spend: Spend, at: f64) -> Result<()> {
     let changed = conn.prepare_cached(
-        "UPDATE runs SET tokens = ?3, cost = ?4, steps = ?5, tool_calls = ?6, updated_at = ?7, lease_until = ?8 WHERE id = ?1 AND epoch = ?2",
+        "UPDATE runs SET tokens = ?3, cost = ?4, steps = ?5, tool_calls = ?6, updated_at = ?7, lease_until = ?8, wall = ?9 WHERE id = ?1 AND epoch = ?2",
     )?
-    .execute(params![lease.run_id, lease.epoch, spend.tokens as i64, spend.cost, spend.steps as i64, spend.tool_calls as i64, at, lease.until()])?;
+    .execute(params![lease.run_id, lease.epoch, spend.tokens as i64, spend.cost, spend.steps as i64, spend.tool_calls as i64, at, lease.until(), spend.wall])?;
     if changed == 1 {
         Ok(())
     } else {
@@ -583,6 +597,7 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
             cost: r.get("cost")?,
             steps: r.get::<_, i64>("steps")? as u64,
             tool_calls: r.get::<_, i64>("tool_calls")? as u64,
+            wall: r.get("wall")?,
         },
         trace: r.get("trace")?,
         replay: r.get("replay")?,
@@ -606,5 +621,7 @@ fn gate_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GateRecord> {
         created_at: r.get("created_at")?,
         timeout_at: r.get("timeout_at")?,
         on_timeout: r.get("on_timeout")?,
+        decided_by: r.get("decided_by")?,
+        decided_at: r.get("decided_at")?,
     })
 }

@@ -44,22 +44,34 @@ impl Runtime<'_> {
         };
         let frame = Frame::root(&cx.plan, params, path);
         let run = self.run_region(&cx, RegionId(0), frame.clone());
+        // The wall clock left counts what earlier processes of a resumed
+        // run were active (the root ledger was preloaded with it).
         let result = match ledger.wall_left() {
             Some(left) => match tokio::time::timeout(left, run).await {
                 Ok(r) => r,
-                Err(_) => Err(Stop::Exhausted(crate::run::budget::Exhausted {
-                    what: "wall",
-                    limit: format!(
-                        "{}s",
-                        flow.budget
-                            .wall
-                            .map(|w| w.as_secs_f64())
-                            .unwrap_or_default()
-                    ),
-                    used: format!("{}s", left.as_secs_f64()),
-                    wanted: "more time".into(),
-                    owner: format!("flow `{}`", flow.name),
-                })),
+                Err(_) => {
+                    let e = crate::run::budget::Exhausted {
+                        what: "wall",
+                        limit: format!(
+                            "{}s",
+                            flow.budget
+                                .wall
+                                .map(|w| w.as_secs_f64())
+                                .unwrap_or_default()
+                        ),
+                        used: format!("{:.1}s", ledger.active().as_secs_f64()),
+                        wanted: "more time".into(),
+                        owner: format!("flow `{}`", flow.name),
+                        overrun: None,
+                    };
+                    self.trace.event(
+                        Some(span.id),
+                        "budget",
+                        &flow.name,
+                        fields! {"status": "exhausted", "budget": e.what, "limit": e.limit, "used": e.used, "wanted": e.wanted, "owner": e.owner},
+                    );
+                    Err(Stop::Exhausted(e))
+                }
             },
             None => run.await,
         };

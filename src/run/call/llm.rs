@@ -58,7 +58,7 @@ impl Runtime<'_> {
             let (model_id, max_tokens) = (link.model, link.max_tokens);
             let model = &self.program.models[model_id.index()];
             let mut messages = vec![Message::User(prompt.clone())];
-            let attempts = 1 + call.retry.as_ref().map_or(0, |r| r.retries);
+            let attempts = 1 + call.retry.retries;
             let mut attempt = 0;
             while attempt < attempts {
                 attempt += 1;
@@ -91,7 +91,7 @@ impl Runtime<'_> {
                             .chat(cx, n, &ledger, model_id, &request, call.timeout, attempt)
                             .await?;
                         if let (Some(d), Ok(text)) = (&self.durable, &reply) {
-                            let spend = self.total_spend();
+                            let spend = self.persisted_spend();
                             d.store
                                 .borrow_mut()
                                 .record_reply(&d.lease, &reply_key, attempt, text, 0, 0, spend)
@@ -137,14 +137,14 @@ impl Runtime<'_> {
                     Err(e) => e,
                 };
                 self.trip_breaker(cx, n)?;
-                let retryable = call.retry.as_ref().is_some_and(|r| r.retries_on(err.class));
+                let retryable = call.retry.retries_on(err.class);
                 last_error = Some((attempt, err.clone()));
                 if !retryable || attempt >= attempts {
                     break;
                 }
                 self.stats.borrow_mut().retries += 1;
                 if err.class != ErrorClass::Invalid {
-                    if let Some(delay) = retry_delay(call.retry.as_ref(), attempt, &err) {
+                    if let Some(delay) = retry_delay(Some(&call.retry), attempt, &err) {
                         tokio::time::sleep(delay).await;
                     }
                 }
@@ -222,6 +222,14 @@ impl Runtime<'_> {
             .reserve_waiting(worst)
             .await
             .map_err(|e| self.exhausted(cx, n, e))?;
+        // A durable run records the reservation before the call: if this
+        // process dies mid-call, a resume counts it as spent.
+        if let Some(d) = &self.durable {
+            d.store
+                .borrow()
+                .record_spend(&d.lease, self.persisted_spend())
+                .map_err(|e| self.fail(cx, n, attempt, FailureClass::Store, d.store_failed(e)))?;
+        }
         let span = self.trace.begin(Some(cx.span), "model_call", &model.name);
         let started = Instant::now();
         self.stats.borrow_mut().model_calls += 1;
@@ -241,16 +249,23 @@ impl Runtime<'_> {
         let latency = started.elapsed().as_secs_f64() * 1e3;
         let usage = match &result {
             Ok(r) => r.usage,
-            // A failed call may still have been billed; assume the prompt was.
             Err(_) => providers::Usage {
                 input_tokens: 0,
                 output_tokens: 0,
             },
         };
-        let spent = Spend::tokens(
-            usage.input_tokens + usage.output_tokens,
-            model.cost(usage.input_tokens, usage.output_tokens),
-        );
+        let spent = match &result {
+            Ok(_) => Spend::tokens(
+                usage.input_tokens + usage.output_tokens,
+                model.cost(usage.input_tokens, usage.output_tokens),
+            ),
+            // Abandoned (timed out, connection lost, a 2xx reply that could
+            // not be read): the provider may have billed it and reported
+            // nothing, so the whole reservation stays spent.
+            Err(e) if abandoned(e) => reservation.amount(),
+            // The provider answered with an error status: nothing billed.
+            Err(_) => Spend::default(),
+        };
         ledger.settle(reservation, spent);
         let step = &cx.flow.graph[n];
         let mut data = fields! {
@@ -261,7 +276,7 @@ impl Runtime<'_> {
             "parameters": serde_json::json!({"max_tokens": request.max_tokens, "temperature": request.temperature}),
             "prompt": request.messages.iter().map(message_json).collect::<Vec<_>>(),
             "system": request.system,
-            "tokens": usage.input_tokens + usage.output_tokens,
+            "tokens": spent.tokens,
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
             "cost": spent.cost,
@@ -281,8 +296,19 @@ impl Runtime<'_> {
             Err(e) => {
                 data.insert("error".into(), Value::String(e.to_string()));
                 data.insert("class".into(), Value::String(e.class.as_str().into()));
+                // Counted at its reservation: see `abandoned`.
+                data.insert("abandoned".into(), Value::Bool(abandoned(e)));
                 self.trace.end(span, "error", data);
             }
+        }
+        if let Some(mut e) = ledger.overrun() {
+            if let Some(o) = &mut e.overrun {
+                o.call = format!(
+                    "the call to model `{}` in step `{}` (attempt {attempt}), which reported {} tokens, ${:.4}",
+                    model.name, step.name, spent.tokens, spent.cost
+                );
+            }
+            return Err(self.exhausted(cx, n, e));
         }
         Ok(result)
     }
@@ -373,6 +399,19 @@ impl Runtime<'_> {
             api_key,
         })
     }
+}
+
+/// Whether a failed call may have been billed without its usage reaching
+/// flowc: no HTTP status came back (a provider refusing a request answers
+/// with one and bills nothing), and the failure is one where the request
+/// may have been received: a timeout, a lost connection, an unreadable
+/// reply.
+fn abandoned(e: &CallError) -> bool {
+    e.status.is_none()
+        && matches!(
+            e.class,
+            ErrorClass::Timeout | ErrorClass::Connection | ErrorClass::Invalid
+        )
 }
 
 fn message_json(m: &Message) -> Value {
