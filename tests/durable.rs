@@ -1709,10 +1709,10 @@ flow one(q: string) -> [string] {
 
 // ---- 3. budgets across processes -------------------------------------------
 
-/// A model call, a gate, another model call, under a 2 s `wall`.
+/// A model call, a gate, another model call, under a 3 s `wall`.
 const WALLED_FLOW: &str = r#"
 flow walled(q: string) -> Scored {
-  budget { tokens 10k, wall 2s }
+  budget { tokens 10k, wall 3s }
   let a = llm fast -> Scored { prompt "Score {q}" }
   let ok = approve go { show a }
   let b = llm fast -> Scored { prompt "Score {ok.name} again" }
@@ -1725,8 +1725,8 @@ fn a_resumed_run_keeps_the_wall_time_its_earlier_processes_used(backend: Backend
     lab.server.script(
         CHAT,
         [
-            Reply::delay(1200, Reply::chat_json(scored("a"))),
-            Reply::delay(1500, Reply::chat_json(scored("a"))),
+            Reply::delay(1000, Reply::chat_json(scored("a"))),
+            Reply::delay(2500, Reply::chat_json(scored("a"))),
         ],
     );
     let first = lab.run(r#"{"q":"a"}"#, &[]);
@@ -1734,7 +1734,7 @@ fn a_resumed_run_keeps_the_wall_time_its_earlier_processes_used(backend: Backend
     let run = first.run_id();
     let stored = lab.open_store().run(&run).unwrap().expect("stored");
     assert!(
-        (1.2..2.0).contains(&stored.spend.wall),
+        (1.0..2.0).contains(&stored.spend.wall),
         "the first process was active {}s",
         stored.spend.wall
     );
@@ -1747,17 +1747,83 @@ fn a_resumed_run_keeps_the_wall_time_its_earlier_processes_used(backend: Backend
     resumed.expect(3);
     assert!(resumed.stderr.contains("wall budget"), "{}", resumed.stderr);
     // The second call was sent (the gate's wait left time), then cut at the
-    // budget: 2 s minus the first process's 1.2 s, long before its 1.5 s reply.
+    // budget: 3 s minus the first process's 1 s or more, before its 2.5 s
+    // reply (which a wall restarted at 3 s would have waited for).
     assert_eq!(lab.server.hits(CHAT), 2);
     assert!(
-        took < Duration::from_millis(1450),
+        took < Duration::from_millis(3500),
         "the resume took {took:?}"
     );
     let stored = lab.open_store().run(&run).unwrap().expect("stored");
     assert_eq!(stored.status, "budget_exhausted");
     assert!(
-        (2.0..2.6).contains(&stored.spend.wall),
+        (3.0..3.6).contains(&stored.spend.wall),
         "the run was active {}s in all",
+        stored.spend.wall
+    );
+}
+
+/// Two model calls in a row under a 3 s `wall`.
+const WALLED_PAIR: &str = r#"
+flow pair(q: string) -> Scored {
+  budget { tokens 10k, wall 3s }
+  let a = llm fast -> Scored { prompt "Score {q}" }
+  let b = llm fast -> Scored { prompt "Score {a.name} again" }
+  return b
+}
+"#;
+
+#[test]
+fn a_run_killed_mid_call_and_resumed_keeps_the_wall_time_it_had_used() {
+    let lab = Lab::new("wall-kill", WALLED_PAIR);
+    lab.server.script(
+        CHAT,
+        [
+            Reply::delay(800, Reply::chat_json(scored("a"))),
+            Reply::hang(),
+            Reply::delay(2500, Reply::chat_json(scored("a"))),
+        ],
+    );
+    let mut child = lab.spawn(&["run", "prog.flow", "--input", r#"{"q":"a"}"#]);
+    let began = Instant::now();
+    while lab.server.hits(CHAT) < 2 {
+        assert!(began.elapsed() < Duration::from_secs(20), "no second call");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    let run = newest_run(&lab).expect("the run is stored");
+    // Recorded when the second call started: the first call's 0.8 s.
+    let used = lab
+        .open_store()
+        .run(&run)
+        .unwrap()
+        .expect("stored")
+        .spend
+        .wall;
+    assert!(
+        (0.8..2.0).contains(&used),
+        "recorded {used}s before the kill"
+    );
+    let started = Instant::now();
+    let resumed = lab.flowc(&["resume", &run]);
+    let took = started.elapsed();
+    // 3 s minus what was recorded leaves under 2.2 s: the resumed call's
+    // 2.5 s reply does not arrive in time. Under a wall that restarted (3 s)
+    // it would, and the run would complete.
+    resumed.expect(3);
+    assert!(resumed.stderr.contains("wall budget"), "{}", resumed.stderr);
+    assert_eq!(lab.server.hits(CHAT), 3);
+    assert!(
+        took < Duration::from_millis(3500),
+        "the resume took {took:?}"
+    );
+    let stored = lab.open_store().run(&run).unwrap().expect("stored");
+    assert_eq!(stored.status, "budget_exhausted");
+    assert!(
+        (3.0..3.6).contains(&stored.spend.wall),
+        "{}",
         stored.spend.wall
     );
 }
