@@ -152,6 +152,67 @@ flow two(q: string) -> Answer {
 }
 
 #[test]
+fn an_agent_turn_reporting_usage_above_the_agents_budget_stops_the_run() {
+    let program = checked(
+        r#"
+type Hit { hit: string }
+
+tool lookup(q: string) -> Hit {
+  http GET "{env.TOOLS_URL}/tools/lookup?q={q}"
+  effect read
+  timeout 2s
+}
+
+agent helper(topic: string) -> Answer {
+  model fast
+  tools [lookup]
+  may read
+  max_steps 4
+  budget { tokens 5k }
+  instructions "Find out about {topic}."
+}
+
+flow research(topic: string) -> Answer {
+  budget { tokens 100k, wall 1m }
+  let found = helper(topic: topic)
+  return found
+}
+"#,
+    );
+    let server = MockServer::start();
+    server.always("GET /tools/lookup", Reply::ok(json!({"hit": "h"})));
+    // The first turn calls a tool and reports 9k tokens against the agent's
+    // 5k: no second turn is asked for.
+    server.script(
+        CHAT,
+        [
+            Reply::chat_tool_call("lookup", json!({"q": "x"})).with_usage(8000, 1000),
+            Reply::chat_json(answer()),
+        ],
+    );
+    let report = run_with(
+        &program,
+        "research",
+        json!({"topic": "x"}),
+        options(&server),
+    );
+    let e = exhausted(&report);
+    assert_eq!(e.what, "tokens");
+    assert_eq!(
+        e.overrun.as_ref().map(|o| o.by.as_str()),
+        Some("4000"),
+        "{e}"
+    );
+    assert!(e.owner.contains("helper"), "{e}");
+    assert_eq!(server.hits(CHAT), 1);
+    assert_eq!(
+        server.hits("/tools/lookup"),
+        0,
+        "the turn's tool call was not made"
+    );
+}
+
+#[test]
 fn a_prompt_whose_estimate_alone_exceeds_what_is_left_is_refused_before_sending() {
     let program = checked(
         r#"
