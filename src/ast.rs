@@ -348,6 +348,8 @@ pub enum AgentClauseKind {
     Instructions(Template),
     Budget(Budget),
     Timeout(Quantity),
+    /// How each model turn is retried.
+    Retry(Retry),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -457,6 +459,8 @@ pub struct ForStep {
     pub var: Ident,
     pub iterable: Expr,
     pub parallel: Option<(u64, Span)>,
+    /// `tolerate N`: up to N iterations may fail.
+    pub tolerate: Option<(u64, Span)>,
     pub body: Block,
 }
 

@@ -421,6 +421,7 @@ impl Canon {
             AgentClauseKind::Instructions(t) => self.clause("instructions", |p| p.template(t)),
             AgentClauseKind::Budget(b) => self.budget(b),
             AgentClauseKind::Timeout(q) => self.clause("timeout", |p| p.quantity(q)),
+            AgentClauseKind::Retry(r) => self.retry(r),
         }
     }
 
@@ -497,6 +498,9 @@ impl Canon {
                 p.expr(&f.iterable);
                 if let Some((n, _)) = &f.parallel {
                     p.clause("parallel", |p| p.word(&n.to_string()));
+                }
+                if let Some((n, _)) = &f.tolerate {
+                    p.clause("tolerate", |p| p.word(&n.to_string()));
                 }
                 p.block(&f.body);
             }),

@@ -27,7 +27,7 @@ pub use crate::ast::{CompareOp, Decision, Effect};
 pub use crate::ir::{
     AgentId, BodyEncoding, CallTarget, Dep, Expr, ExprKind, FlowId, HttpBody, ModelId, Protocol,
     ProviderId, Region, RegionId, RegionKind, ResponseFormat, Template as StrTemplate,
-    TemplatePart, ToolId,
+    TemplatePart, ToolId, ITERATION_FAILURE_CLASSES,
 };
 use crate::source::Span;
 use crate::types::{Lit, Ty, TypeTable};
@@ -316,9 +316,13 @@ pub struct Agent {
     pub name: String,
     pub params: Vec<Param>,
     pub output: Ty,
-    pub model: ModelId,
-    /// The model's output bound, per turn.
-    pub max_tokens: u64,
+    /// Its model and that model's fallbacks, each once, with their output
+    /// bounds per turn: a turn whose model still fails after its retries
+    /// (or whose breaker is open) goes to the next, and later turns start
+    /// there.
+    pub chain: Vec<ChainModel>,
+    /// How each model turn is retried: declared, or the default.
+    pub retry: RetryPolicy,
     /// The tools its `may` allows, in declaration order.
     pub tools: Vec<ToolId>,
     pub max_steps: u64,
@@ -394,6 +398,9 @@ pub enum StepKind {
         body: RegionId,
         result: NodeIndex,
         parallel: u64,
+        /// Iterations that may fail before the loop does; the loop's value
+        /// is then `{ ok, failed }` (`ir::tolerant_loop_type`).
+        tolerate: Option<u64>,
     },
     Decide {
         subject: Expr,

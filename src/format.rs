@@ -1735,6 +1735,7 @@ impl<'s> Printer<'s> {
             AgentClauseKind::Instructions(t) => cat(vec![text("instructions "), self.template(t)]),
             AgentClauseKind::Budget(b) => self.budget(b),
             AgentClauseKind::Timeout(q) => text(format!("timeout {}", self.quantity(q))),
+            AgentClauseKind::Retry(r) => text(self.retry(r)),
         }
     }
 
@@ -2205,10 +2206,13 @@ impl<'s> Printer<'s> {
             }
             StepKind::For(f) => {
                 let iterable = self.expr(&f.iterable);
-                let parallel = match &f.parallel {
+                let mut parallel = match &f.parallel {
                     Some((n, _)) => format!(" parallel {n}"),
                     None => String::new(),
                 };
+                if let Some((n, _)) = &f.tolerate {
+                    parallel.push_str(&format!(" tolerate {n}"));
+                }
                 let body = self.block(&f.body);
                 cat(vec![
                     text(format!("for {} in ", f.var.name)),

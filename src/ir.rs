@@ -247,6 +247,8 @@ pub struct Agent {
     pub instructions: Option<Template>,
     pub budget: Option<Budget>,
     pub timeout_seconds: Option<f64>,
+    /// How each model turn is retried, when declared.
+    pub retry: Option<RetryPolicy>,
 }
 
 impl Agent {
@@ -371,12 +373,16 @@ pub enum StepKind {
     LoopItem {
         iterable: Expr,
     },
-    /// A loop's result: the list of its body's results.
+    /// A loop's result: the list of its body's results; with `tolerate`,
+    /// the record of those and of the iterations that failed
+    /// ([`tolerant_loop_type`]).
     Loop {
         item: NodeIndex,
         body: RegionId,
         result: NodeIndex,
         parallel: u64,
+        /// Iterations that may fail before the loop does.
+        tolerate: Option<u64>,
     },
     /// Evaluates a branch condition or match subject; the arms wait for it.
     Decide {
@@ -688,4 +694,78 @@ impl CallTarget {
             CallTarget::Flow(f) => &program.flows[f.index()].name,
         }
     }
+}
+
+/// The classes an iteration of a `tolerate` loop can fail with, as its
+/// `failed[].class` names them: a call's retry classes, then what else
+/// stops a step. The runtime's `FailureClass` names each one of these.
+pub const ITERATION_FAILURE_CLASSES: [&str; 13] = [
+    "rate_limit",
+    "timeout",
+    "server_error",
+    "connection",
+    "invalid",
+    "client",
+    "failed",
+    "circuit_breaker",
+    "max_steps",
+    "max_repeat",
+    "template",
+    "value",
+    "check",
+];
+
+/// The value of `for x in xs tolerate N { … }`: `{ ok: [R] len ..M, failed:
+/// [{ item: E, class: "rate_limit" | …, message: string }] len ..N }`, the
+/// body's results of the iterations that succeeded (in input order) and the
+/// items that failed, with why. Exact, so a typo in a field is an error.
+pub fn tolerant_loop_type(result: Ty, element: Ty, max: Option<u64>, tolerate: u64) -> Ty {
+    use crate::types::{Constraints, Field, Lit, Openness};
+    let field = |name: &str, ty: Ty| Field {
+        name: name.into(),
+        ty,
+        optional: false,
+    };
+    let failure = Ty::Record(
+        vec![
+            field("item", element),
+            field(
+                "class",
+                Ty::Union(
+                    ITERATION_FAILURE_CLASSES
+                        .iter()
+                        .map(|c| Lit::Str((*c).into()))
+                        .collect(),
+                ),
+            ),
+            field("message", Ty::string()),
+        ],
+        Openness::Exact,
+    );
+    let most_failed = max.map_or(tolerate, |m| m.min(tolerate));
+    Ty::Record(
+        vec![
+            field(
+                "ok",
+                Ty::List(
+                    Box::new(result),
+                    Constraints {
+                        max_len: max,
+                        ..Constraints::default()
+                    },
+                ),
+            ),
+            field(
+                "failed",
+                Ty::List(
+                    Box::new(failure),
+                    Constraints {
+                        max_len: Some(most_failed),
+                        ..Constraints::default()
+                    },
+                ),
+            ),
+        ],
+        Openness::Exact,
+    )
 }

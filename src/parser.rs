@@ -354,6 +354,7 @@ fn is_keyword(rule: Rule) -> bool {
             | Rule::kw_for
             | Rule::kw_in
             | Rule::kw_parallel
+            | Rule::kw_tolerate
             | Rule::kw_if
             | Rule::kw_else
             | Rule::kw_match
@@ -1222,6 +1223,7 @@ impl Parser {
             self.once_keyword(&mut seen, &clause);
             let kind = match rule {
                 Rule::budget => AgentClauseKind::Budget(self.budget(clause)?),
+                Rule::retry_clause => AgentClauseKind::Retry(self.retry(cspan, kids(clause))?),
                 _ => {
                     let mut c = kids(clause);
                     match rule {
@@ -1451,11 +1453,20 @@ impl Parser {
                     parallel = Some((self.whole(&count)?, pspan));
                     p = next!(self, it, span);
                 }
+                let mut tolerate = None;
+                if p.as_rule() == Rule::tolerate {
+                    let tspan = self.span(&p);
+                    let mut n = kids(p);
+                    let count = next!(self, n, tspan);
+                    tolerate = Some((self.whole(&count)?, tspan));
+                    p = next!(self, it, span);
+                }
                 let body = self.block(p)?;
                 StepKind::For(ForStep {
                     var,
                     iterable,
                     parallel,
+                    tolerate,
                     body,
                 })
             }

@@ -1320,6 +1320,98 @@ fn a_resume_under_a_changed_program_is_refused_naming_the_change(backend: Backen
     assert_eq!(lab.server.hits(CHAT), 2);
 }
 
+/// A read, a fan-out of model calls, then a write per item to a service
+/// that may be down.
+const REDRIVE_FLOW: &str = r#"
+tool save(name: string) -> { id: string } {
+  http POST "{env.TOOLS_URL}/tools/save"
+  effect write
+  timeout 5s
+  idempotency "save:{name}"
+}
+
+flow redrive(q: string) -> { scored: [Scored], saved: [{ id: string }] } {
+  budget { tokens 100k, tool_calls 50, steps 100 }
+  let found = list_items(q: q)
+  let scored = for x in found.items parallel 4 {
+    llm fast -> Scored { prompt "Score {x}" }
+  }
+  let saved = for s in scored {
+    save(name: s.name)
+  }
+  return { scored: scored, saved: saved }
+}
+"#;
+
+#[test]
+fn a_failed_run_is_redriven_after_its_cause_is_fixed_without_rerunning_completed_steps() {
+    let lab = Lab::new("redrive", REDRIVE_FLOW);
+    // The save service fails for `a5` until it is fixed.
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let up = fixed.clone();
+    lab.server.always(
+        "POST /tools/save",
+        Reply::from_fn(move |r| {
+            let name = r.body["name"].as_str().unwrap_or("?").to_string();
+            if name == "a5" && !up.load(std::sync::atomic::Ordering::SeqCst) {
+                return Reply::error(503, "save is down");
+            }
+            Reply::ok(json!({ "id": format!("S-{name}") }))
+        }),
+    );
+    let first = lab.run(r#"{"q": "many"}"#, &[]);
+    first.expect(1);
+    assert!(first.stderr.contains("save is down"), "{}", first.stderr);
+    let run = first.run_id();
+    let saves = |name: &str| {
+        lab.requests("POST", "/tools/save")
+            .iter()
+            .filter(|r| r.body["name"] == name)
+            .count()
+    };
+    assert_eq!(lab.server.hits(CHAT), 8);
+    assert_eq!((saves("a4"), saves("a5"), saves("a6")), (1, 1, 0));
+
+    // Resuming before the fix fails the same way and keeps what completed.
+    lab.flowc(&["resume", &run]).expect(1);
+    assert_eq!((saves("a4"), saves("a5"), saves("a6")), (1, 2, 0));
+
+    fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let done = lab.flowc(&["resume", &run]);
+    done.expect(0);
+    let out = done.json();
+    let names: Vec<String> = items("many");
+    assert_eq!(
+        out["saved"],
+        json!(names
+            .iter()
+            .map(|n| json!({"id": format!("S-{n}")}))
+            .collect::<Vec<_>>())
+    );
+    assert_eq!(
+        out["scored"],
+        json!(names.iter().map(|n| scored(n)).collect::<Vec<_>>())
+    );
+    // Completed steps were kept: one read, eight model calls, one save each
+    // for the items saved before the failure; `a5` retried; the rest once.
+    assert_eq!(lab.server.hits("/tools/items"), 1);
+    assert_eq!(lab.server.hits(CHAT), 8);
+    for n in &names {
+        let expected = if n == "a5" { 3 } else { 1 };
+        assert_eq!(saves(n), expected, "saves of {n}");
+    }
+    // The same idempotency key each time `a5` was tried.
+    let keys: BTreeSet<String> = lab
+        .requests("POST", "/tools/save")
+        .iter()
+        .filter(|r| r.body["name"] == "a5")
+        .filter_map(|r| r.header("idempotency-key").map(str::to_string))
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let runs = lab.flowc(&["runs"]);
+    assert!(runs.stdout.contains("completed"), "{}", runs.stdout);
+}
+
 #[test]
 fn a_comment_or_a_reformat_does_not_block_a_resume_but_a_changed_timeout_does() {
     let lab = Lab::new("reformat", CRASH_FLOW);

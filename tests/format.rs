@@ -672,8 +672,8 @@ tool notify(text: string len 1..500) -> { sent: bool } {
 }
 
 agent helper(topic: string) -> Item {
-  model fast tools [lookup] may read max_steps 4 max_repeat 2 timeout 2m
-  budget { tokens 20k, cost $0.05 }
+  model fast tools [lookup] may read max_steps 4 max_repeat 2 timeout 2m retry 1 on rate_limit, server_error backoff 2s
+  budget { tokens 60k, cost $0.05 }
   instructions """
     Find the item about {topic}.
       Indented line, "quoted", {{braces}} and a backslash \\.
@@ -683,7 +683,7 @@ agent helper(topic: string) -> Item {
 }
 
 flow process(id: Id, topic: string) -> Wrapper {
-  budget { tokens 100k, cost $1.00, steps 40, tool_calls 20, wall 2h }
+  budget { tokens 100k, cost $1.00, steps 40, tool_calls 30, wall 2h }
 
   let first = lookup(id: id) fallback lookup(id: "ID-000/x", verbose: true) // with a fallback
   let found = helper(topic: topic)
@@ -704,6 +704,8 @@ flow process(id: Id, topic: string) -> Wrapper {
     require (judged.level == "low" or judged.level == "high"), "bad level"
   }
 
+  let rechecked = for x in [first, found] parallel 2 tolerate 1 { lookup(id: x.id) }
+  check mostly { require rechecked.failed.len <= 1 and rechecked.ok.len >= 1, "too few rechecked" }
   let items = for x in [first, found] parallel 2 {
     let level = if x.level == "high" { x.level } else if x.level == "low" { x.level } else { x.level }
     { id: x.id, level: level, note: x.note }
@@ -717,7 +719,7 @@ flow process(id: Id, topic: string) -> Wrapper {
     _ => "?"
   }
   let approved = approve review { show { items: items, label: label }, timeout 1h, on_timeout reject }
-  let saved = save(item: { id: approved.items[0].id, level: "low", note: label }) after sane
+  let saved = save(item: { id: approved.items[0].id, level: "low", note: label }) after sane, mostly
   let sent = notify(text: "saved {saved.ok} as {label}") after saved, approved
   return { items: items, count: items.len }
 }
@@ -794,7 +796,8 @@ fn a_file_with_every_construct_formats_without_changing_its_meaning() {
         "  effect irreversible writes inbox\n",
         "  query { page: page, per_page: 100 }\n  body form { text: note }\n  format text\n  raw path\n",
         "type Strict exact { a: int, b?: exact { c: string } }\n",
-        "  model fast\n  tools [lookup]\n  may read\n  max_steps 4\n  max_repeat 2\n  timeout 2m\n",
+        "  model fast\n  tools [lookup]\n  may read\n  max_steps 4\n  max_repeat 2\n  timeout 2m\n  retry 1 on rate_limit, server_error backoff 2s\n",
+        "  let rechecked = for x in [first, found] parallel 2 tolerate 1 {\n    lookup(id: x.id)\n  }\n",
         "    Find the item about {topic}.\n      Indented line, \"quoted\", {{braces}} and a backslash \\\\.\n\n    Stop when done.\n  \"\"\"\n",
         "    require judged.level == \"low\" or judged.level == \"high\", \"bad level\"\n",
         "    let level = if x.level == \"high\" {\n      x.level\n    } else if x.level == \"low\" {\n",

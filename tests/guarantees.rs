@@ -168,6 +168,8 @@ agent helper(topic: string) -> Answer {
   tools [lookup]
   may read
   max_steps 4
+  // One attempt per turn, so the checker's worst case fits the 5k below.
+  retry 0
   budget { tokens 5k }
   instructions "Find out about {topic}."
 }

@@ -1126,10 +1126,10 @@ flow find(q: string) -> Hit {
 }
 
 #[test]
-fn the_circuit_breaker_is_not_swallowed_by_fallbacks() {
-    // Every item's call fails and falls back; the breaker is about the run,
-    // so the third consecutive failure stops it rather than the loop
-    // hammering a service that is down.
+fn an_open_breaker_sends_calls_straight_to_their_fallback() {
+    // Every item's call fails and falls back. The tool's breaker opens at
+    // the third failure; from then on no request reaches the tool, and
+    // every later item takes its fallback at once.
     let program = checked(&format!(
         "{}\n{}",
         BROKEN_TOOL.replace("RETRIES", "0"),
@@ -1150,9 +1150,286 @@ flow sweep(items: [string] len ..10) -> [Hit] {
     opts.breaker = 3;
     let items: Vec<String> = (0..10).map(|i| format!("i{i}")).collect();
     let (report, _) = run_with(&program, "sweep", json!({"items": items}), opts);
+    assert_eq!(completed(&report), &json!(vec![json!({"hit": "none"}); 10]));
+    assert_eq!(server.hits("/tools/broken"), 3, "the breaker opened at 3");
+    let breaker = events(&report, "breaker");
+    let statuses: Vec<&str> = breaker
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, [["open"].as_slice(), &["skipped"; 7]].concat());
+    assert_eq!(breaker[0]["dependency"], "tool `broken`");
+    assert_eq!(events(&report, "fallback").len(), 10);
+}
+
+#[test]
+fn an_open_breaker_lets_one_probe_through_after_its_cooldown_and_closes_on_success() {
+    // Each iteration waits 100 ms on `lookup`, then calls `broken`. The
+    // first two calls fail and open its breaker for 350 ms; the iterations
+    // meanwhile fall back without a request; then one probe goes through,
+    // the service is back, the breaker closes and every later call is made.
+    let program = checked(&format!(
+        "{}\n{}",
+        BROKEN_TOOL.replace("RETRIES", "0"),
+        r#"
+flow sweep(items: [string] len ..10) -> [Hit] {
+  budget { tool_calls 30 }
+  let found = for x in items {
+    let first = lookup(q: x)
+    let f = broken(q: first.hit) fallback { hit: "none" }
+    f
+  }
+  return found
+}
+"#
+    ));
+    let server = MockServer::start();
+    server.always(
+        "GET /tools/lookup",
+        Reply::delay(100, Reply::ok(json!({"hit": "x"}))),
+    );
+    server.script(
+        "GET /tools/broken",
+        [Reply::server_error(), Reply::server_error()],
+    );
+    server.always("GET /tools/broken", Reply::ok(json!({"hit": "up"})));
+    let mut opts = options(&server);
+    opts.breaker = 2;
+    opts.breaker_cooldown = Duration::from_millis(350);
+    let items: Vec<String> = (0..10).map(|i| format!("i{i}")).collect();
+    let (report, _) = run_with(&program, "sweep", json!({"items": items}), opts);
+    let hits: Vec<String> = completed(&report)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["hit"].as_str().unwrap().to_string())
+        .collect();
+    let breaker = events(&report, "breaker");
+    let statuses: Vec<&str> = breaker
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    let skipped = statuses.iter().filter(|s| **s == "skipped").count();
+    assert!(skipped >= 1, "{statuses:?}");
+    assert_eq!(statuses.first(), Some(&"open"), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&"closed"), "{statuses:?}");
+    // Two failures, the fallbacks while open, then answers from the probe on.
+    let none = hits.iter().take_while(|h| *h == "none").count();
+    assert_eq!(none, 2 + skipped, "{hits:?}");
+    assert!(hits[none..].iter().all(|h| h == "up"), "{hits:?}");
+    assert_eq!(
+        server.hits("/tools/broken"),
+        10 - skipped,
+        "no request while open"
+    );
+}
+
+/// A model that is down (`gpt-4o-mini`, HTTP 500) and its fallback
+/// (`gpt-4o`), which rates and answers.
+fn down_primary_server() -> MockServer {
+    let server = MockServer::start();
+    server.always(
+        CHAT,
+        Reply::from_fn(|r| match r.body["model"].as_str() {
+            Some("gpt-4o") => Reply::chat_json(answer()),
+            _ => Reply::server_error(),
+        }),
+    );
+    server
+}
+
+fn model_hits(server: &MockServer, model: &str) -> usize {
+    server
+        .requests_to(CHAT)
+        .iter()
+        .filter(|r| r.body["model"] == model)
+        .count()
+}
+
+#[test]
+fn with_the_primary_model_down_an_agent_and_a_parallel_batch_finish_on_the_fallback() {
+    let program = checked(
+        r#"
+model primary = openai("gpt-4o-mini") { max_tokens: 200, fallback: secondary }
+model secondary = openai("gpt-4o") { max_tokens: 200 }
+
+agent scout(topic: string) -> Answer {
+  model primary
+  tools [lookup]
+  max_steps 4
+  retry 2 on server_error backoff 10ms
+  instructions "Research {topic}."
+}
+
+flow survey(topics: [string] len ..5) -> { notes: Answer, rated: [Answer] } {
+  budget { tokens 200k }
+  let rated = for t in topics parallel 5 {
+    llm primary -> Answer { prompt "Rate {t}" retry 2 on server_error backoff 10ms }
+  }
+  let notes = scout(topic: "everything")
+  return { notes: notes, rated: rated }
+}
+"#,
+    );
+    let server = down_primary_server();
+    let topics: Vec<String> = (0..5).map(|i| format!("t{i}")).collect();
+    let (report, _) = run_with(
+        &program,
+        "survey",
+        json!({"topics": topics}),
+        options(&server),
+    );
+    assert_eq!(
+        completed(&report),
+        &json!({"notes": answer(), "rated": vec![answer(); 5]})
+    );
+    // Without breakers: 6 calls × 3 attempts = 18 requests to the dead
+    // model. The breaker (10) lets at most 10 through.
+    let primary = model_hits(&server, "gpt-4o-mini");
+    assert!(
+        (6..=10).contains(&primary),
+        "{primary} requests to the dead model"
+    );
+    assert_eq!(
+        model_hits(&server, "gpt-4o"),
+        6,
+        "every call answered by the fallback"
+    );
+    let opened: Vec<&Value> = events(&report, "breaker")
+        .into_iter()
+        .filter(|e| e["status"] == "open")
+        .collect();
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0]["dependency"], "model `primary`");
+}
+
+#[test]
+fn an_agent_falls_back_to_its_models_fallback_and_later_turns_start_there() {
+    let program = checked(
+        r#"
+model primary = openai("gpt-4o-mini") { max_tokens: 200, fallback: secondary }
+model secondary = openai("gpt-4o") { max_tokens: 200 }
+
+agent scout(topic: string) -> Answer {
+  model primary
+  tools [lookup]
+  max_steps 4
+  retry 1 on server_error backoff 10ms
+  instructions "Research {topic}."
+}
+
+flow probe(topic: string) -> Answer {
+  budget { tokens 100k }
+  let a = scout(topic: topic)
+  return a
+}
+"#,
+    );
+    let server = MockServer::start();
+    server.always(
+        CHAT,
+        Reply::from_fn(|r| {
+            match (
+                r.body["model"].as_str(),
+                r.body["messages"].as_array().map(Vec::len),
+            ) {
+                (Some("gpt-4o-mini"), _) => Reply::server_error(),
+                // Turn 1 calls a tool; turn 2 answers.
+                (_, Some(1)) => Reply::chat_tool_call("lookup", json!({"q": "x"})),
+                _ => Reply::chat_json(answer()),
+            }
+        }),
+    );
+    server.always("GET /tools/lookup", Reply::ok(json!({"hit": "found"})));
+    let (report, _) = run_with(&program, "probe", json!({"topic": "x"}), options(&server));
+    assert_eq!(completed(&report), &answer());
+    // Turn 1: two attempts on the primary, then the fallback; turn 2 starts
+    // on the fallback.
+    let models: Vec<Value> = server
+        .requests_to(CHAT)
+        .iter()
+        .map(|r| r.body["model"].clone())
+        .collect();
+    assert_eq!(
+        models,
+        [
+            json!("gpt-4o-mini"),
+            json!("gpt-4o-mini"),
+            json!("gpt-4o"),
+            json!("gpt-4o")
+        ]
+    );
+}
+
+#[test]
+fn an_agent_turn_that_gets_a_529_is_retried_by_default_and_the_run_finishes() {
+    let program = agent_program("max_steps 4");
+    let server = MockServer::start();
+    server.script(
+        CHAT,
+        [Reply::error(529, "Overloaded"), Reply::chat_json(answer())],
+    );
+    let started = Instant::now();
+    let (report, _) = run_with(
+        &program,
+        "research",
+        json!({"topic": "x"}),
+        options(&server),
+    );
+    assert_eq!(completed(&report), &answer());
+    assert_eq!(server.hits(CHAT), 2, "one 529, one retry");
+    let requests = server.requests_to(CHAT);
+    let gap = requests[1].received - requests[0].received;
+    // The default backoff: 1 s, jittered down by up to half.
+    assert!(gap >= Duration::from_millis(450), "retried after {gap:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn an_agent_turn_that_keeps_failing_names_the_turn_and_the_attempt_apart() {
+    let program = agent_program("max_steps 4 retry 1 on server_error backoff 10ms");
+    let server = MockServer::start();
+    server.script(
+        CHAT,
+        [
+            Reply::chat_tool_call("lookup", json!({"q": "x"})),
+            Reply::server_error(),
+            Reply::server_error(),
+        ],
+    );
+    server.always("GET /tools/lookup", Reply::ok(json!({"hit": "found"})));
+    let (report, _) = run_with(
+        &program,
+        "research",
+        json!({"topic": "x"}),
+        options(&server),
+    );
     let error = failed(&report);
-    assert!(error.to_string().contains("circuit breaker"), "{error}");
-    assert_eq!(server.hits("/tools/broken"), 3);
+    assert_eq!(error.attempts, 2, "{error}");
+    assert_eq!(error.class.name(), Some("server_error"));
+    let text = error.to_string();
+    assert!(text.contains("after 2 attempts"), "{text}");
+    assert!(
+        text.contains("turn 2 (model `fast`, attempt 2 of 2)"),
+        "{text}"
+    );
+    assert_eq!(server.hits(CHAT), 3);
+}
+
+#[test]
+fn an_agent_turn_is_not_retried_on_a_class_its_policy_does_not_name() {
+    let program = agent_program("max_steps 4 retry 3 on rate_limit backoff 10ms");
+    let server = MockServer::start();
+    server.always(CHAT, Reply::server_error());
+    let (report, _) = run_with(
+        &program,
+        "research",
+        json!({"topic": "x"}),
+        options(&server),
+    );
+    let error = failed(&report);
+    assert_eq!(error.attempts, 1, "{error}");
+    assert_eq!(server.hits(CHAT), 1);
 }
 
 #[test]
@@ -1186,8 +1463,10 @@ flow probe(topic: string) -> Answer {
     let (report, _) = run_with(&program, "probe", json!({"topic": "x"}), opts);
     let error = failed(&report);
     assert!(error.to_string().contains("circuit breaker"), "{error}");
-    assert_eq!(server.hits("/tools/broken"), 3);
-    assert_eq!(server.hits(CHAT), 3);
+    assert!(error.to_string().contains("tool `broken`"), "{error}");
+    assert_eq!(server.hits("/tools/broken"), 3, "the breaker opened at 3");
+    // The fourth turn's call found the breaker open: the agent stops.
+    assert_eq!(server.hits(CHAT), 4);
 }
 
 // ---- approval gates ---------------------------------------------------------
@@ -1457,4 +1736,222 @@ flow find(q: string) -> Hit {
     assert!(stderr.contains("server_error"), "{stderr}");
     assert!(!stderr.contains(TOOL_TOKEN) && !stderr.contains(KEY));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---- partial completion: `tolerate` -----------------------------------------
+
+const TOLERANT: &str = r#"
+flow fetch_all(items: [string] len ..50) -> { ok: [Hit], failed: [{ item: string, class: string, message: string }] } {
+  budget { tool_calls 60 }
+  let fetched = for x in items parallel 10 tolerate TOLERATE {
+    lookup(q: x)
+  }
+  check few_failed { require fetched.failed.len <= TOLERATE, "more failures than tolerated" }
+  return fetched
+}
+"#;
+
+/// `lookup` answers every item but `i7`, `i23` and `i41`, which fail for good.
+fn partly_down_server() -> MockServer {
+    let server = MockServer::start();
+    server.always(
+        "GET /tools/lookup",
+        Reply::from_fn(|r| {
+            let q = r.query.clone().unwrap_or_default();
+            match q.as_str() {
+                "q=i7" | "q=i23" | "q=i41" => Reply::error(500, format!("cannot serve {q}")),
+                _ => Reply::delay(5, Reply::ok(json!({"hit": q}))),
+            }
+        }),
+    );
+    server
+}
+
+#[test]
+fn a_tolerant_parallel_loop_returns_its_successes_and_its_typed_failures() {
+    let program = checked(&TOLERANT.replace("TOLERATE", "5"));
+    let server = partly_down_server();
+    let items: Vec<String> = (0..50).map(|i| format!("i{i}")).collect();
+    let (report, _) = run_with(
+        &program,
+        "fetch_all",
+        json!({"items": items}),
+        options(&server),
+    );
+    let value = completed(&report);
+    let ok = value["ok"].as_array().unwrap();
+    assert_eq!(ok.len(), 47);
+    let expected: Vec<Value> = (0..50)
+        .filter(|i| ![7, 23, 41].contains(i))
+        .map(|i| json!({"hit": format!("q=i{i}")}))
+        .collect();
+    assert_eq!(ok, &expected, "in input order");
+    let failed = value["failed"].as_array().unwrap();
+    let items: Vec<&str> = failed.iter().map(|f| f["item"].as_str().unwrap()).collect();
+    assert_eq!(items, ["i7", "i23", "i41"]);
+    for f in failed {
+        assert_eq!(f["class"], "server_error", "{f}");
+        let message = f["message"].as_str().unwrap();
+        assert!(
+            message.contains("lookup") && message.contains("cannot serve"),
+            "{message}"
+        );
+    }
+    assert_eq!(server.hits("/tools/lookup"), 50, "each item once");
+    assert_eq!(events(&report, "tolerated").len(), 3);
+}
+
+#[test]
+fn a_tolerant_loop_fails_at_one_failure_more_than_it_tolerates() {
+    let program = checked(&TOLERANT.replace("TOLERATE", "2"));
+    let server = partly_down_server();
+    let items: Vec<String> = (0..50).map(|i| format!("i{i}")).collect();
+    let (report, _) = run_with(
+        &program,
+        "fetch_all",
+        json!({"items": items}),
+        options(&server),
+    );
+    let error = failed(&report);
+    assert_eq!(error.class.name(), Some("server_error"), "{error}");
+    assert!(
+        error.message.contains("more than its `tolerate 2`"),
+        "{error}"
+    );
+    assert_eq!(events(&report, "tolerated").len(), 2);
+}
+
+#[test]
+fn a_loop_without_tolerance_fails_at_its_first_failed_iteration() {
+    let program = checked(
+        r#"
+flow fetch_all(items: [string] len ..50) -> [Hit] {
+  budget { tool_calls 60 }
+  let fetched = for x in items { lookup(q: x) }
+  return fetched
+}
+"#,
+    );
+    let server = partly_down_server();
+    let items: Vec<String> = (0..50).map(|i| format!("i{i}")).collect();
+    let (report, _) = run_with(
+        &program,
+        "fetch_all",
+        json!({"items": items}),
+        options(&server),
+    );
+    let error = failed(&report);
+    assert!(error.message.contains("cannot serve q=i7"), "{error}");
+    assert_eq!(server.hits("/tools/lookup"), 8, "stopped at i7");
+}
+
+#[test]
+fn a_tolerant_loops_value_is_typed_as_its_record() {
+    let source = |body: &str| {
+        format!(
+            "{PRELUDE}\nflow f(items: [string] len ..5) -> {body} {{\n  budget {{ tool_calls 10 }}\n  let r = for x in items tolerate 2 {{ lookup(q: x) }}\n  let v = RETURN\n  return v\n}}\n"
+        )
+    };
+    let errors = |text: String| {
+        let c = compile(&[Input::Text {
+            name: "t.flow".into(),
+            bytes: text.into_bytes(),
+        }])
+        .expect("compiles");
+        c.problems
+            .sorted()
+            .into_iter()
+            .filter(|d| d.severity == flowc::code::Severity::Error)
+            .map(|d| d.message.clone())
+            .collect::<Vec<_>>()
+    };
+    // Its fields, with their element types and bounds.
+    let good = source("[\"rate_limit\" | \"timeout\" | \"server_error\" | \"connection\" | \"invalid\" | \"client\" | \"failed\" | \"circuit_breaker\" | \"max_steps\" | \"max_repeat\" | \"template\" | \"value\" | \"check\"]")
+        .replace("RETURN", "for f in r.failed { f.class }");
+    assert_eq!(errors(good), Vec::<String>::new());
+    let items = source("[string]").replace("RETURN", "for f in r.failed { f.item }");
+    assert_eq!(errors(items), Vec::<String>::new());
+    let hits = source("[Hit]").replace("RETURN", "r.ok");
+    assert_eq!(errors(hits), Vec::<String>::new());
+    // Not a list any more, and no field it does not have.
+    let as_list = source("[Hit]").replace("RETURN", "r");
+    assert!(!errors(as_list).is_empty());
+    let typo = source("[Hit]").replace("RETURN", "r.oks");
+    let typo = errors(typo);
+    assert!(typo.iter().any(|m| m.contains("oks")), "{typo:?}");
+    // `tolerate 0` tolerates nothing.
+    let zero = source("[Hit]")
+        .replace("tolerate 2", "tolerate 0")
+        .replace("RETURN", "r");
+    let zero = errors(zero);
+    assert!(zero.iter().any(|m| m.contains("`tolerate 0`")), "{zero:?}");
+}
+
+#[test]
+fn the_cost_check_counts_an_agents_turn_retries_and_fallback_models() {
+    let budget_errors = |clauses: &str| {
+        let text = format!(
+            r#"{PRELUDE}
+model primary = openai("gpt-4o-mini") {{ max_tokens: 100, fallback: secondary }}
+model secondary = openai("gpt-4o") {{ max_tokens: 300 }}
+
+agent scout(topic: string) -> Answer {{
+  model MODEL
+  tools [lookup]
+  max_steps 2
+  {clauses}
+  instructions "Research {{topic}}."
+}}
+
+flow f(topic: string) -> Answer {{
+  budget {{ tokens 100k }}
+  let a = scout(topic: topic)
+  return a
+}}
+"#
+        );
+        let c = compile(&[Input::Text {
+            name: "t.flow".into(),
+            bytes: text.replace("MODEL", "fast").into_bytes(),
+        }])
+        .expect("compiles");
+        let one = c
+            .problems
+            .errors
+            .iter()
+            .map(|d| format!("{}: {}", d.message, d.help.clone().unwrap_or_default()))
+            .collect::<Vec<_>>();
+        let c = compile(&[Input::Text {
+            name: "t.flow".into(),
+            bytes: text.replace("MODEL", "primary").into_bytes(),
+        }])
+        .expect("compiles");
+        let chain = c
+            .problems
+            .errors
+            .iter()
+            .map(|d| format!("{}: {}", d.message, d.help.clone().unwrap_or_default()))
+            .collect::<Vec<_>>();
+        (one, chain)
+    };
+    // 2 turns of (200 out + instructions) plus one re-read earlier turn of
+    // (200 + 0 tool result, `lookup` has no limit): 1 attempt is ~610 tokens.
+    let tight = |budget: &str, clauses: &str| budget_errors(&clauses.replace("BUDGET", budget));
+    let (one, _) = tight("700", "retry 0 budget { tokens BUDGET }");
+    assert_eq!(one, Vec::<String>::new());
+    // The default retries each turn twice: three attempts count.
+    let (default, _) = tight("700", "budget { tokens BUDGET }");
+    assert_eq!(default.len(), 1, "{default:?}");
+    assert!(default[0].contains("3 attempts ×"), "{default:?}");
+    let (declared, _) = tight("1400", "retry 1 on rate_limit budget { tokens BUDGET }");
+    assert_eq!(
+        declared,
+        Vec::<String>::new(),
+        "two attempts fit twice the budget"
+    );
+    // Through a fallback chain, each model's turns count, and an earlier
+    // answer counts the chain's longest `max_tokens` (300).
+    let (_, chain) = tight("700", "retry 0 budget { tokens BUDGET }");
+    assert_eq!(chain.len(), 1, "{chain:?}");
+    assert!(chain[0].contains("300 max_tokens"), "{chain:?}");
 }

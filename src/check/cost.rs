@@ -438,7 +438,22 @@ fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst
     let Some(model) = agent.model else { return w };
     let instructions = prompt_tokens(program, None, agent.instructions.as_ref());
     let result = agent_tool_result(program, agent);
-    for id in program.model_chain(model) {
+    // Every turn's model call is retried like an `llm` step's (the
+    // agent's `retry`, else the default the sealed program uses).
+    let attempts = 1.0
+        + agent
+            .retry
+            .as_ref()
+            .map_or(super::seal::DEFAULT_AGENT_TURN_RETRIES, |r| r.retries) as f64;
+    let chain = program.model_chain(model);
+    // A turn may go to any model of the chain, so an earlier answer is as
+    // long as the longest any of them may give.
+    let longest = chain
+        .iter()
+        .filter_map(|id| program.models[id.index()].max_tokens)
+        .max()
+        .unwrap_or(0) as f64;
+    for id in chain {
         let m = &program.models[id.index()];
         let Some(max_out) = m.max_tokens else {
             continue;
@@ -447,18 +462,20 @@ fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst
         // Every turn re-reads the conversation so far: turn k's prompt is
         // the instructions plus k - 1 earlier answers and tool results.
         let pairs = steps * (steps - 1.0).max(0.0) / 2.0;
-        let input = steps * instructions + pairs * (out + result);
-        let tokens = input + steps * out;
+        let input = steps * instructions + pairs * (longest + result);
+        let tokens = attempts * (input + steps * out);
         let (cost, cost_text) = match &m.price {
             Some(p) => {
-                let cost = unit_price(p).cost(input, steps * out);
+                let cost = attempts * unit_price(p).cost(input, steps * out);
                 let text = format!(
-                    "agent `{}`: ({} turns × {} instructions + {} × ({} out + {} tool result)) in × ${}/M + {} max_steps × {} out × ${}/M = {}",
+                    "agent `{}`: {} attempt{} × (({} turns × {} instructions + {} × ({} out + {} tool result)) in × ${}/M + {} max_steps × {} out × ${}/M) = {}",
                     agent.name,
+                    group(attempts),
+                    plural(attempts),
                     group(steps),
                     group(instructions),
                     group(pairs),
-                    group(out),
+                    group(longest),
                     group(result),
                     price(p.input),
                     group(steps),
@@ -478,13 +495,15 @@ fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst
         w.terms.push(Term {
             span,
             tokens_text: format!(
-                "agent `{}`: {} max_steps × ({} max_tokens + {} instructions) + {} earlier turns re-read × ({} max_tokens + {} tool result) = {} tokens",
+                "agent `{}`: {} attempt{} × ({} max_steps × ({} max_tokens + {} instructions) + {} earlier turns re-read × ({} max_tokens + {} tool result)) = {} tokens",
                 agent.name,
+                group(attempts),
+                plural(attempts),
                 group(steps),
                 group(out),
                 group(instructions),
                 group(pairs),
-                group(out),
+                group(longest),
                 group(result),
                 group(tokens)
             ),

@@ -23,7 +23,7 @@ use crate::diagnostic::{Diagnostic, Problems};
 use crate::ir::{CallTarget, Flow, FlowId, Program, StepKind};
 use crate::source::Sources;
 
-pub use seal::{DEFAULT_AGENT_TURN_TIMEOUT, DEFAULT_LLM_TIMEOUT};
+pub use seal::{DEFAULT_AGENT_TURN_RETRIES, DEFAULT_AGENT_TURN_TIMEOUT, DEFAULT_LLM_TIMEOUT};
 
 /// A program that passed every check. It can only be built by [`check`]:
 /// the checked IR (for `graph`, `schema`, tests) and the sealed program the

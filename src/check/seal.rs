@@ -20,6 +20,30 @@ use crate::source::Span;
 pub const DEFAULT_LLM_TIMEOUT: Duration = Duration::from_secs(120);
 /// One agent turn's model-call timeout when the agent declares none.
 pub const DEFAULT_AGENT_TURN_TIMEOUT: Duration = Duration::from_secs(120);
+/// Retries of one agent turn's model call when the agent declares no
+/// `retry`: as many as the OpenAI and Anthropic SDKs make by default. The
+/// cost check counts them (`check/cost.rs`).
+pub const DEFAULT_AGENT_TURN_RETRIES: u32 = 2;
+
+/// An agent turn's retry policy when the agent declares none: the
+/// transient classes (a 429, a timeout, a 5xx such as a provider's 529
+/// "overloaded", a broken connection), backing off 1 s then 2 s with
+/// jitter, never less than a `Retry-After`.
+fn default_agent_retry() -> exec::RetryPolicy {
+    exec::RetryPolicy {
+        retries: DEFAULT_AGENT_TURN_RETRIES,
+        on: vec![
+            ErrorClass::RateLimit,
+            ErrorClass::Timeout,
+            ErrorClass::ServerError,
+            ErrorClass::Connection,
+        ],
+        base: Duration::from_secs(1),
+        factor: 2.0,
+        cap: Some(Duration::from_secs(30)),
+        jitter: true,
+    }
+}
 
 /// The sealed program, or the fact the checker should have proved.
 pub(super) fn seal(program: &Program) -> Result<exec::Program, Diagnostic> {
@@ -217,15 +241,22 @@ fn agent(program: &Program, id: AgentId, a: &ir::Agent) -> Result<exec::Agent, D
     let model = a
         .model
         .ok_or_else(|| unproved(a.span, format!("agent `{}` without a model", a.name)))?;
-    let max_tokens = program.models[model.index()].max_tokens.ok_or_else(|| {
-        unproved(
-            a.span,
-            format!(
-                "the model of agent `{}` without `max_tokens` (B006)",
-                a.name
-            ),
-        )
-    })?;
+    let chain = program
+        .model_chain(model)
+        .into_iter()
+        .map(|m| {
+            let max_tokens = program.models[m.index()].max_tokens.ok_or_else(|| {
+                unproved(
+                    a.span,
+                    format!("a model of agent `{}` without `max_tokens` (B006)", a.name),
+                )
+            })?;
+            Ok(ChainModel {
+                model: m,
+                max_tokens,
+            })
+        })
+        .collect::<Result<_, Diagnostic>>()?;
     let max_steps = a.max_steps.ok_or_else(|| {
         unproved(
             a.span,
@@ -237,8 +268,8 @@ fn agent(program: &Program, id: AgentId, a: &ir::Agent) -> Result<exec::Agent, D
         name: a.name.clone(),
         params: params(&a.params),
         output: a.output.clone(),
-        model,
-        max_tokens,
+        chain,
+        retry: a.retry.as_ref().map_or_else(default_agent_retry, retry),
         tools: a
             .tools
             .iter()
@@ -338,11 +369,13 @@ fn step(program: &Program, s: &ir::Step, scope: TemplateScope) -> Result<exec::S
             body,
             result,
             parallel,
+            tolerate,
         } => K::Loop {
             item: *item,
             body: *body,
             result: *result,
             parallel: (*parallel).max(1),
+            tolerate: *tolerate,
         },
         ir::StepKind::Decide { subject } => K::Decide {
             subject: subject.clone(),

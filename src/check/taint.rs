@@ -324,7 +324,19 @@ impl FlowTaint<'_> {
                     via = format!("is {}", step.display());
                     reads(&self.program.types, iterable, &mut more)
                 }
-                StepKind::Loop { result, .. } => more.push((Item::Node(*result), step.span)),
+                StepKind::Loop {
+                    result,
+                    item,
+                    tolerate,
+                    ..
+                } => {
+                    more.push((Item::Node(*result), step.span));
+                    // A tolerant loop's `failed` list quotes the items and
+                    // the errors, whatever the iterations produced.
+                    if tolerate.is_some() {
+                        more.push((Item::Node(*item), step.span));
+                    }
+                }
                 StepKind::Branch { arms, .. } => more.extend(
                     arms.iter()
                         .filter_map(|a| a.result)

@@ -722,6 +722,21 @@ impl<'a> FlowBuilder<'a> {
             Some((n, _)) => n,
             None => 1,
         };
+        let tolerate = match f.tolerate {
+            Some((0, span)) => {
+                let d = Diagnostic::new(
+                    Code::InvalidDeclaration,
+                    span,
+                    "`tolerate 0` tolerates no failed iteration",
+                )
+                .label("zero failures allowed")
+                .help("write `tolerate N` with N of at least 1, or leave it out: then one failed iteration fails the loop");
+                cx.report(d);
+                None
+            }
+            Some((n, _)) => Some(n),
+            None => None,
+        };
         let body = self.new_region(RegionKind::Loop { node, parallel });
         let outer_region = std::mem::replace(&mut self.region, body);
         let item = self.add(Step {
@@ -731,7 +746,7 @@ impl<'a> FlowBuilder<'a> {
             kind: StepKind::LoopItem {
                 iterable: iterable.clone(),
             },
-            ty: element,
+            ty: element.clone(),
             fallback: None,
             named: true,
         });
@@ -747,19 +762,23 @@ impl<'a> FlowBuilder<'a> {
         self.connect_all(&[result], node, Dep::Data);
         let max = cx.program.types.max_len(&iterable.ty);
         let result_ty = self.graph[result].ty.clone();
-        let ty = Ty::List(
-            Box::new(result_ty),
-            Constraints {
-                max_len: max,
-                ..Constraints::default()
-            },
-        );
+        let ty = match tolerate {
+            Some(n) => crate::ir::tolerant_loop_type(result_ty, element, max, n),
+            None => Ty::List(
+                Box::new(result_ty),
+                Constraints {
+                    max_len: max,
+                    ..Constraints::default()
+                },
+            ),
+        };
         (
             StepKind::Loop {
                 item,
                 body,
                 result,
                 parallel,
+                tolerate,
             },
             ty,
         )

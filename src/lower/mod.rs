@@ -196,6 +196,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             instructions: None,
                             budget: None,
                             timeout_seconds: None,
+                            retry: None,
                         });
                         (
                             &a.name,
@@ -1382,6 +1383,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         let mut instructions = None;
         let mut budget = None;
         let mut timeout = None;
+        let mut retry = None;
         for clause in &decl.clauses {
             match &clause.kind {
                 AgentClauseKind::Model(name) => match self.lookup(m, &name.name) {
@@ -1453,6 +1455,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 }
                 AgentClauseKind::Budget(b) => budget = Some(self.budget(b)),
                 AgentClauseKind::Timeout(q) => timeout = self.seconds(q),
+                AgentClauseKind::Retry(r) => retry = self.retry(r, false),
             }
         }
         if model.is_none()
@@ -1491,6 +1494,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
         agent.instructions = instructions;
         agent.budget = budget;
         agent.timeout_seconds = timeout;
+        agent.retry = retry;
     }
 
     pub(crate) fn budget(&mut self, b: &ast::Budget) -> Budget {

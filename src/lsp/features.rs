@@ -400,6 +400,7 @@ fn keywords(kind: Option<DeclKind>) -> &'static [&'static str] {
             "instructions",
             "budget",
             "timeout",
+            "retry",
         ],
         Some(DeclKind::Model) => &[
             "temperature",
@@ -409,9 +410,9 @@ fn keywords(kind: Option<DeclKind>) -> &'static [&'static str] {
             "rpm",
         ],
         Some(DeclKind::Flow) => &[
-            "let", "return", "budget", "llm", "approve", "show", "for", "in", "parallel", "if",
-            "else", "match", "check", "require", "after", "fallback", "prompt", "system", "and",
-            "or", "not", "true", "false", "null",
+            "let", "return", "budget", "llm", "approve", "show", "for", "in", "parallel",
+            "tolerate", "if", "else", "match", "check", "require", "after", "fallback", "prompt",
+            "system", "and", "or", "not", "true", "false", "null",
         ],
         Some(DeclKind::Test) => &[
             "run", "given", "returns", "fails", "approve", "approves", "rejects", "expect",

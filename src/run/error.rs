@@ -52,8 +52,8 @@ pub enum Stop {
 pub enum FailureClass {
     /// A tool, model or agent call failed in this way.
     Call(ErrorClass),
-    /// Too many consecutive failed calls: the run stops, and no fallback or
-    /// agent may absorb it.
+    /// The circuit breaker of the call's model or tool was open and the call
+    /// had no fallback left.
     CircuitBreaker,
     /// An agent used all of its `max_steps` turns.
     MaxSteps,
@@ -86,6 +86,30 @@ impl FailureClass {
             | FailureClass::Check
             | FailureClass::Gate
             | FailureClass::Store => None,
+        }
+    }
+}
+
+impl FailureClass {
+    /// Whether a `tolerate` loop may absorb a failed iteration of this
+    /// class: not a failing run store, which is the run's, not the item's.
+    pub fn is_tolerable(self) -> bool {
+        self != FailureClass::Store
+    }
+
+    /// The class as a tolerant loop's `failed[].class` names it (one of
+    /// `exec::ITERATION_FAILURE_CLASSES`).
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureClass::Call(c) => c.as_str(),
+            FailureClass::CircuitBreaker => "circuit_breaker",
+            FailureClass::MaxSteps => "max_steps",
+            FailureClass::MaxRepeat => "max_repeat",
+            FailureClass::Template => "template",
+            // A gate's decision that cannot be used is a value of the wrong shape.
+            FailureClass::Value | FailureClass::Gate => "value",
+            FailureClass::Check => "check",
+            FailureClass::Store => "store",
         }
     }
 }
@@ -128,8 +152,8 @@ impl std::fmt::Display for RunError {
 impl std::error::Error for RunError {}
 
 impl RunError {
-    /// The circuit breaker stopped the run: no fallback and no agent may
-    /// absorb this failure.
+    /// A dependency's circuit breaker was open: an agent does not hand this
+    /// to its model as a tool error (the tool is out of service), it stops.
     pub fn is_circuit_breaker(&self) -> bool {
         self.class == FailureClass::CircuitBreaker
     }
@@ -191,3 +215,33 @@ impl fmt::Display for RecordingError {
 }
 
 impl std::error::Error for RecordingError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tolerable_class_is_one_the_loop_type_names() {
+        let mut all: Vec<FailureClass> = ErrorClass::ALL
+            .into_iter()
+            .map(FailureClass::Call)
+            .collect();
+        all.extend([
+            FailureClass::CircuitBreaker,
+            FailureClass::MaxSteps,
+            FailureClass::MaxRepeat,
+            FailureClass::Template,
+            FailureClass::Value,
+            FailureClass::Check,
+            FailureClass::Gate,
+            FailureClass::Store,
+        ]);
+        for class in all {
+            assert_eq!(
+                class.is_tolerable(),
+                crate::exec::ITERATION_FAILURE_CLASSES.contains(&class.label()),
+                "{class:?}"
+            );
+        }
+    }
+}

@@ -10,6 +10,7 @@
 //!
 //! [`CheckedProgram`]: crate::CheckedProgram
 
+pub mod breaker;
 pub mod budget;
 mod call;
 pub mod error;
@@ -118,8 +119,12 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 pub struct RunOptions {
     /// Steps in flight at once across the run.
     pub concurrency: usize,
-    /// Consecutive failed calls that stop the run (0: never).
+    /// Consecutive failed calls to one model or tool that open its circuit
+    /// breaker (0: never).
     pub breaker: u32,
+    /// How long an open breaker sends calls to their fallbacks before it
+    /// lets one probe through.
+    pub breaker_cooldown: std::time::Duration,
     /// Where to write the trace (JSON lines); `None` keeps it in memory.
     pub trace_path: Option<PathBuf>,
     pub gates: HashMap<String, GateDecision>,
@@ -156,6 +161,7 @@ impl Default for RunOptions {
         RunOptions {
             concurrency: 32,
             breaker: 10,
+            breaker_cooldown: std::time::Duration::from_secs(30),
             trace_path: None,
             gates: HashMap::new(),
             decided_by: os_user(),
@@ -315,8 +321,7 @@ pub fn run(
         env: options.env,
         permits: tokio::sync::Semaphore::new(options.concurrency.max(1)),
         run_id: run_id.clone(),
-        failures: std::cell::Cell::new(0),
-        breaker: options.breaker,
+        breakers: breaker::Breakers::new(options.breaker, options.breaker_cooldown),
         completed: Default::default(),
         waiting: Default::default(),
         calls: Default::default(),

@@ -139,7 +139,8 @@ fn reach(program: &Program, root: FlowId) -> Reach {
             CallTarget::Agent(id) => {
                 if r.agents.insert(id) {
                     let agent = &program.agents[id.index()];
-                    r.models.insert(agent.model);
+                    // Every model of its chain: a turn may fall back to any.
+                    r.models.extend(agent.chain.iter().map(|c| c.model));
                     r.tools.extend(agent.tools.iter().copied());
                 }
             }

@@ -247,9 +247,7 @@ impl Runtime<'_> {
                     let mut fell_back = false;
                     let result = match self.call(cx, n, target, args, &path, &key).await {
                         Ok(outcome) => Ok(outcome),
-                        Err(Stop::Failed(err))
-                            if fallback.is_some() && !err.is_circuit_breaker() =>
-                        {
+                        Err(Stop::Failed(err)) if fallback.is_some() => {
                             fell_back = true;
                             self.trace.event(
                                 Some(cx.span),
@@ -300,9 +298,7 @@ impl Runtime<'_> {
                     let mut fell_back = false;
                     let result = match self.llm(cx, n, call.as_ref(), prompt, system, &key).await {
                         Ok(v) => Ok(CallOutcome::Value(v)),
-                        Err(Stop::Failed(err))
-                            if fallback.is_some() && !err.is_circuit_breaker() =>
-                        {
+                        Err(Stop::Failed(err)) if fallback.is_some() => {
                             fell_back = true;
                             self.trace.event(
                                 Some(cx.span),
@@ -323,6 +319,7 @@ impl Runtime<'_> {
                 body,
                 result,
                 parallel,
+                tolerate,
             } => {
                 let iterable = match &cx.flow.graph[*item].kind {
                     StepKind::LoopItem { iterable } => {
@@ -341,10 +338,15 @@ impl Runtime<'_> {
                     }
                 };
                 let frame = frame.clone();
-                let (item, body, result, parallel) = (*item, *body, *result, *parallel);
+                let shape = LoopShape {
+                    item: *item,
+                    body: *body,
+                    result: *result,
+                    parallel: *parallel,
+                    tolerate: *tolerate,
+                };
                 Ok(Prepared::Future(Box::pin(async move {
-                    self.run_loop(cx, n, &frame, items, item, body, result, parallel)
-                        .await
+                    self.run_loop(cx, n, &frame, items, shape).await
                 })))
             }
             StepKind::Branch { decide, arms } => {
@@ -413,21 +415,29 @@ impl Runtime<'_> {
         Ok(Prepared::Done(Value::Bool(true)))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Runs a loop's iterations, `parallel` at a time. Without `tolerate`,
+    /// the first failed iteration fails the loop (and the others in flight
+    /// are cancelled); with it, up to that many failed iterations are
+    /// listed in the loop's value, and one more fails the loop.
     async fn run_loop(
         &self,
         cx: &FlowCtx<'_>,
         n: NodeIndex,
         frame: &Rc<Frame>,
         items: Vec<Value>,
-        item: NodeIndex,
-        body: RegionId,
-        result: NodeIndex,
-        parallel: u64,
+        shape: LoopShape,
     ) -> Result<CallOutcome, Stop> {
+        let LoopShape {
+            item,
+            body,
+            result,
+            parallel,
+            tolerate,
+        } = shape;
         let name = &cx.flow.graph[n].name;
         let count = items.len();
         let mut results: Vec<Option<Value>> = vec![None; count];
+        let mut failed: Vec<(usize, Value)> = Vec::new();
         // An iteration waiting at a gate leaves the whole loop without a value.
         let mut waiting = false;
         let mut running = FuturesUnordered::new();
@@ -444,7 +454,10 @@ impl Runtime<'_> {
                 );
                 child.set(&cx.plan, item, items[i].clone());
                 running.push(Box::pin(async move {
-                    let end = self.run_region(cx, body, child.clone()).await?;
+                    let end = match self.run_region(cx, body, child.clone()).await {
+                        Ok(end) => end,
+                        Err(stop) => return (i, Err(stop)),
+                    };
                     let waiting = end.is_waiting();
                     self.waiting.borrow_mut().extend(end.waiting);
                     let scope = FrameScope {
@@ -452,23 +465,64 @@ impl Runtime<'_> {
                         plan: &cx.plan,
                         frame: &child,
                     };
-                    Ok::<_, Stop>((i, scope.step(result).cloned(), waiting))
+                    (i, Ok((scope.step(result).cloned(), waiting)))
                 })
-                    as LocalBoxFuture<'_, Result<(usize, Option<Value>, bool), Stop>>);
+                    as LocalBoxFuture<'_, (usize, Result<(Option<Value>, bool), Stop>)>);
             }
-            let Some(done) = running.next().await else {
+            let Some((i, done)) = running.next().await else {
                 break;
             };
-            let (i, v, blocked) = done?;
-            results[i] = v;
-            waiting |= blocked;
+            match done {
+                Ok((v, blocked)) => {
+                    results[i] = v;
+                    waiting |= blocked;
+                }
+                Err(Stop::Failed(e)) if tolerate.is_some() && e.class.is_tolerable() => {
+                    let limit = tolerate.unwrap_or(0);
+                    if failed.len() as u64 >= limit {
+                        return Err(self.fail(
+                            cx,
+                            n,
+                            e.attempts,
+                            e.class,
+                            format!(
+                                "{} iterations of loop `{name}` failed, more than its `tolerate {limit}`; item {i}: {}",
+                                limit + 1,
+                                e.message
+                            ),
+                        ));
+                    }
+                    self.trace.event(
+                        Some(cx.span),
+                        "tolerated",
+                        name,
+                        fields! {"index": i, "class": e.class.label(), "error": e.message, "failed": failed.len() + 1, "tolerate": limit},
+                    );
+                    failed.push((
+                        i,
+                        serde_json::json!({
+                            "item": items[i],
+                            "class": e.class.label(),
+                            "message": e.to_string(),
+                        }),
+                    ));
+                }
+                Err(stop) => return Err(stop),
+            }
         }
         if waiting {
             return Ok(CallOutcome::Waiting);
         }
-        Ok(CallOutcome::Value(Value::Array(
-            results.into_iter().flatten().collect(),
-        )))
+        let ok = Value::Array(results.into_iter().flatten().collect());
+        if tolerate.is_none() {
+            return Ok(CallOutcome::Value(ok));
+        }
+        // In input order, like the results.
+        failed.sort_by_key(|(i, _)| *i);
+        let failed = failed.into_iter().map(|(_, f)| f).collect();
+        Ok(CallOutcome::Value(
+            serde_json::json!({"ok": ok, "failed": Value::Array(failed)}),
+        ))
     }
 
     /// Closes a call or `llm` step's span: its key, how it ended, and what
@@ -579,6 +633,16 @@ impl Runtime<'_> {
         })?;
         Ok(out)
     }
+}
+
+/// What a loop step declares about its iterations.
+#[derive(Clone, Copy)]
+struct LoopShape {
+    item: NodeIndex,
+    body: RegionId,
+    result: NodeIndex,
+    parallel: u64,
+    tolerate: Option<u64>,
 }
 
 enum FallbackInput {

@@ -1,5 +1,5 @@
 //! What a run shares: the program, the world that answers calls, budgets,
-//! the trace, the run store, the circuit breaker and per-model gates.
+//! the trace, the run store, the circuit breakers and per-model gates.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use petgraph::graph::NodeIndex;
 use serde_json::Value;
 
+use super::breaker::{Admission, Breakers, Change, Dependency, Ticket};
 use super::budget::{Exhausted, Ledger, Spend};
 use super::error::FailureClass;
 use super::error::{RunError, Stop};
@@ -34,9 +35,8 @@ pub struct Runtime<'p> {
     pub env: Env,
     pub permits: tokio::sync::Semaphore,
     pub run_id: String,
-    /// Consecutive failed attempts across the run, and the limit.
-    pub failures: Cell<u32>,
-    pub breaker: u32,
+    /// One circuit breaker per model and per tool.
+    pub breakers: Breakers,
     pub completed: RefCell<Vec<String>>,
     pub waiting: RefCell<Vec<PendingGate>>,
     /// Calls made per tool, agent and flow (for tests' `expect … called`).
@@ -178,19 +178,73 @@ impl<'p> Runtime<'p> {
         out
     }
 
-    pub(crate) fn trip_breaker(&self, cx: &FlowCtx<'_>, n: NodeIndex) -> Result<(), Stop> {
-        let f = self.failures.get() + 1;
-        self.failures.set(f);
-        if self.breaker > 0 && f >= self.breaker {
-            return Err(self.fail(
-                cx,
-                n,
-                1,
-                FailureClass::CircuitBreaker,
-                format!("{f} consecutive failed calls: the circuit breaker stopped the run"),
-            ));
+    /// Waits for a dependency's breaker to let a call through; `None` when
+    /// it is open (the caller goes to its fallback), with a `breaker` trace
+    /// event saying so.
+    pub(crate) async fn admit(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        dependency: Dependency,
+    ) -> Result<Ticket<'_>, u32> {
+        match self.breakers.admit(dependency).await {
+            Admission::Go(ticket) => Ok(ticket),
+            Admission::Open { failures } => {
+                self.trace.event(
+                    Some(cx.span),
+                    "breaker",
+                    &cx.flow.graph[n].name,
+                    fields! {"status": "skipped", "dependency": self.dependency_name(dependency), "failures": failures},
+                );
+                Err(failures)
+            }
         }
-        Ok(())
+    }
+
+    /// Ends a call the breaker let through; traces the breaker opening or
+    /// closing.
+    pub(crate) fn resolve(&self, cx: &FlowCtx<'_>, n: NodeIndex, ticket: Ticket<'_>, ok: bool) {
+        let dependency = ticket.dependency();
+        let (status, failures) = match ticket.resolve(ok) {
+            Change::None => return,
+            Change::Opened(f) => ("open", f),
+            Change::Closed => ("closed", 0),
+        };
+        self.trace.event(
+            Some(cx.span),
+            "breaker",
+            &cx.flow.graph[n].name,
+            fields! {"status": status, "dependency": self.dependency_name(dependency), "failures": failures, "cooldown_ms": self.breakers.cooldown().as_millis() as u64},
+        );
+    }
+
+    /// A dependency as messages and traces name it: `model fast`, `tool lookup`.
+    pub fn dependency_name(&self, dependency: Dependency) -> String {
+        match dependency {
+            Dependency::Model(m) => format!("model `{}`", self.program.models[m.index()].name),
+            Dependency::Tool(t) => format!("tool `{}`", self.program.tools[t.index()].name),
+        }
+    }
+
+    /// The error of a call that found its dependency's breaker open and had
+    /// no fallback left.
+    pub(crate) fn breaker_open(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        dependency: Dependency,
+        failures: u32,
+    ) -> Stop {
+        self.fail(
+            cx,
+            n,
+            0,
+            FailureClass::CircuitBreaker,
+            format!(
+                "the circuit breaker of {} is open after {failures} consecutive failed calls, and the call has no fallback left",
+                self.dependency_name(dependency)
+            ),
+        )
     }
 
     pub(crate) fn spend_step(&self, cx: &FlowCtx<'_>, n: NodeIndex) -> Result<(), Stop> {

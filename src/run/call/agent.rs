@@ -1,15 +1,19 @@
 //! An agent: a model choosing among its tools, within `max_steps` turns.
 
+use std::sync::Arc;
+
 use petgraph::graph::NodeIndex;
 use serde_json::{Map, Value};
 
 use super::output::{cut, parse_output};
+use super::retry::retry_delay;
 use crate::exec::{Agent, CallTarget, ErrorClass, Tool};
 use crate::fields;
+use crate::run::breaker::Dependency;
 use crate::run::budget::{Ledger, Spend};
-use crate::run::error::{FailureClass, Stop};
+use crate::run::error::{CallError, FailureClass, Stop};
 use crate::run::frame::FlowCtx;
-use crate::run::providers::{ChatRequest, Message, ToolSpec};
+use crate::run::providers::{ChatRequest, ChatResponse, Message, ToolSpec};
 use crate::run::runtime::Runtime;
 use crate::run::world::{Script, Scripted, World};
 
@@ -46,7 +50,7 @@ impl Runtime<'_> {
                     ))
                 }),
         };
-        let model = &self.program.models[agent.model.index()];
+        let model = &self.program.models[agent.chain[0].model.index()];
         let mut data = fields! {"step": cx.flow.graph[n].name};
         data.insert("model".into(), Value::String(model.model_id.clone()));
         data.insert(
@@ -93,8 +97,6 @@ impl Runtime<'_> {
                 };
             }
         }
-        let model_id = agent.model;
-        let model = &self.program.models[model_id.index()];
         let ledger = match &agent.budget {
             Some(b) => Ledger::new(
                 format!("agent `{}`", agent.name),
@@ -142,6 +144,8 @@ impl Runtime<'_> {
         let max_steps = agent.max_steps;
         let mut last_call: Option<(String, Value)> = None;
         let mut repeats = 0;
+        // The model of the chain turns start at: the last one that answered.
+        let mut link = 0;
         let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
         for turn in 1..=max_steps {
             let r = cx
@@ -153,40 +157,9 @@ impl Runtime<'_> {
                 })
                 .map_err(|e| self.exhausted(cx, n, e))?;
             cx.ledger.settle(r, Spend::step());
-            let request = ChatRequest {
-                model: model.model_id.clone(),
-                system: None,
-                messages: messages.clone(),
-                max_tokens: agent.max_tokens,
-                temperature: model.temperature,
-                response_schema: None,
-                tools: specs.clone(),
-                extra: model.extra.clone(),
-            };
             let reply = self
-                .chat_raw(
-                    cx,
-                    n,
-                    &ledger,
-                    model_id,
-                    &request,
-                    agent.turn_timeout,
-                    turn as u32,
-                )
+                .agent_turn(cx, n, agent, &ledger, &messages, &specs, &mut link, turn)
                 .await?;
-            let reply = match reply {
-                Ok(r) => r,
-                Err(e) => {
-                    self.trip_breaker(cx, n)?;
-                    return Err(self.fail(
-                        cx,
-                        n,
-                        turn as u32,
-                        e.class.into(),
-                        format!("agent `{}`: {}", agent.name, e.message),
-                    ));
-                }
-            };
             if reply.tool_calls.is_empty() {
                 let text = reply.text.clone().unwrap_or_default();
                 match parse_output(&text, &agent.output, &self.program.types, &self.validators) {
@@ -252,6 +225,102 @@ impl Runtime<'_> {
 }
 
 impl Runtime<'_> {
+    /// One turn's model call: each model of the agent's chain from `link`
+    /// on, each with the agent's retry policy, skipping a model whose
+    /// breaker is open. `link` moves to the model that answered, so later
+    /// turns start there. A failure names the turn and the attempt apart.
+    #[allow(clippy::too_many_arguments)]
+    async fn agent_turn(
+        &self,
+        cx: &FlowCtx<'_>,
+        n: NodeIndex,
+        agent: &Agent,
+        ledger: &Arc<Ledger>,
+        messages: &[Message],
+        specs: &[ToolSpec],
+        link: &mut usize,
+        turn: u64,
+    ) -> Result<ChatResponse, Stop> {
+        let attempts = 1 + agent.retry.retries;
+        let mut last = None;
+        for (i, chain_model) in agent.chain.iter().enumerate().skip(*link) {
+            let model = &self.program.models[chain_model.model.index()];
+            let dependency = Dependency::Model(chain_model.model);
+            for attempt in 1..=attempts {
+                let ticket = match self.admit(cx, n, dependency).await {
+                    Ok(ticket) => ticket,
+                    Err(failures) => {
+                        last = Some(TurnEnd::Open(dependency, failures));
+                        break;
+                    }
+                };
+                let request = ChatRequest {
+                    model: model.model_id.clone(),
+                    system: None,
+                    messages: messages.to_vec(),
+                    max_tokens: chain_model.max_tokens,
+                    temperature: model.temperature,
+                    response_schema: None,
+                    tools: specs.to_vec(),
+                    extra: model.extra.clone(),
+                };
+                let reply = self
+                    .chat_raw(
+                        cx,
+                        n,
+                        ledger,
+                        chain_model.model,
+                        &request,
+                        agent.turn_timeout,
+                        attempt,
+                        ticket,
+                    )
+                    .await?;
+                match reply {
+                    Ok(reply) => {
+                        *link = i;
+                        return Ok(reply);
+                    }
+                    Err(err) => {
+                        let delay = retry_delay(Some(&agent.retry), attempt, &err);
+                        last = Some(TurnEnd::Failed(i, attempt, err));
+                        match delay {
+                            Some(delay) => {
+                                self.stats.borrow_mut().retries += 1;
+                                tokio::time::sleep(delay).await;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+        Err(match last {
+            Some(TurnEnd::Failed(i, attempt, err)) => self.fail(
+                cx,
+                n,
+                attempt,
+                err.class.into(),
+                format!(
+                    "agent `{}`, turn {turn} (model `{}`, attempt {attempt} of {attempts}): {}",
+                    agent.name,
+                    self.program.models[agent.chain[i].model.index()].name,
+                    err.message
+                ),
+            ),
+            Some(TurnEnd::Open(dependency, failures)) => {
+                self.breaker_open(cx, n, dependency, failures)
+            }
+            None => self.fail(
+                cx,
+                n,
+                0,
+                ErrorClass::Client.into(),
+                format!("agent `{}` has no model to call", agent.name),
+            ),
+        })
+    }
+
     /// How a tool is offered to an agent's model.
     fn tool_spec(&self, t: &Tool) -> ToolSpec {
         ToolSpec {
@@ -267,6 +336,14 @@ impl Runtime<'_> {
             ),
         }
     }
+}
+
+/// How the last model a turn tried ended.
+enum TurnEnd {
+    /// The chain's model `.0` failed its last attempt `.1` so.
+    Failed(usize, u32, CallError),
+    /// Its breaker was open after this many failures: no request was made.
+    Open(Dependency, u32),
 }
 
 struct ParamsScope<'a>(&'a [Value]);

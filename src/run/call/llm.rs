@@ -11,6 +11,7 @@ use super::output::parse_output;
 use super::retry::retry_delay;
 use crate::exec::{LlmCall, ModelId};
 use crate::fields;
+use crate::run::breaker::{Dependency, Ticket};
 use crate::run::budget::{Ledger, Spend};
 use crate::run::error::{CallError, ErrorClass, FailureClass, Stop};
 use crate::run::frame::FlowCtx;
@@ -53,7 +54,9 @@ impl Runtime<'_> {
                 crate::types::Boundary::Outgoing,
             )),
         };
-        let mut last_error = None;
+        // How the last model tried ended: a failed attempt, or its breaker
+        // open (no request made).
+        let mut last: Option<Ended> = None;
         for link in &call.chain {
             let (model_id, max_tokens) = (link.model, link.max_tokens);
             let model = &self.program.models[model_id.index()];
@@ -87,8 +90,26 @@ impl Runtime<'_> {
                 let reply = match recorded {
                     Some((text, _, _)) => Ok(text),
                     None => {
+                        let dependency = Dependency::Model(model_id);
+                        let ticket = match self.admit(cx, n, dependency).await {
+                            Ok(ticket) => ticket,
+                            // Straight to the next model of the chain.
+                            Err(failures) => {
+                                last = Some(Ended::Open(dependency, failures));
+                                break;
+                            }
+                        };
                         let reply = self
-                            .chat(cx, n, &ledger, model_id, &request, call.timeout, attempt)
+                            .chat(
+                                cx,
+                                n,
+                                &ledger,
+                                model_id,
+                                &request,
+                                call.timeout,
+                                attempt,
+                                ticket,
+                            )
                             .await?;
                         if let (Some(d), Ok(text)) = (&self.durable, &reply) {
                             let spend = self.persisted_spend();
@@ -116,7 +137,6 @@ impl Runtime<'_> {
                         &self.validators,
                     ) {
                         Ok(v) => {
-                            self.failures.set(0);
                             return Ok(v);
                         }
                         Err(errors) => {
@@ -136,9 +156,8 @@ impl Runtime<'_> {
                     },
                     Err(e) => e,
                 };
-                self.trip_breaker(cx, n)?;
                 let retryable = call.retry.retries_on(err.class);
-                last_error = Some((attempt, err.clone()));
+                last = Some(Ended::Failed(attempt, err.clone()));
                 if !retryable || attempt >= attempts {
                     break;
                 }
@@ -150,9 +169,21 @@ impl Runtime<'_> {
                 }
             }
         }
-        let (attempts, err) =
-            last_error.unwrap_or((0, CallError::new(ErrorClass::Client, "no model to call")));
-        Err(self.fail(cx, n, attempts, err.class.into(), err.message))
+        match last {
+            Some(Ended::Failed(attempts, err)) => {
+                Err(self.fail(cx, n, attempts, err.class.into(), err.message))
+            }
+            Some(Ended::Open(dependency, failures)) => {
+                Err(self.breaker_open(cx, n, dependency, failures))
+            }
+            None => Err(self.fail(
+                cx,
+                n,
+                0,
+                ErrorClass::Client.into(),
+                "no model to call".into(),
+            )),
+        }
     }
 
     /// One model call: reserve the worst case, call, settle to the usage.
@@ -167,9 +198,10 @@ impl Runtime<'_> {
         request: &ChatRequest,
         timeout: Duration,
         attempt: u32,
+        ticket: Ticket<'_>,
     ) -> Result<Result<String, CallError>, Stop> {
         let text = self
-            .chat_raw(cx, n, ledger, model_id, request, timeout, attempt)
+            .chat_raw(cx, n, ledger, model_id, request, timeout, attempt, ticket)
             .await?;
         Ok(text.map(|r| r.text.unwrap_or_default()))
     }
@@ -184,6 +216,7 @@ impl Runtime<'_> {
         request: &ChatRequest,
         timeout: Duration,
         attempt: u32,
+        ticket: Ticket<'_>,
     ) -> Result<Result<providers::ChatResponse, CallError>, Stop> {
         let model = &self.program.models[model_id.index()];
         let prompt_chars: usize = request.system.as_ref().map_or(0, |s| s.len())
@@ -247,6 +280,7 @@ impl Runtime<'_> {
             self.answer(model_id, request, timeout, traceparent).await
         };
         let latency = started.elapsed().as_secs_f64() * 1e3;
+        self.resolve(cx, n, ticket, result.is_ok());
         let usage = match &result {
             Ok(r) => r.usage,
             Err(_) => providers::Usage {
@@ -412,6 +446,14 @@ fn abandoned(e: &CallError) -> bool {
             e.class,
             ErrorClass::Timeout | ErrorClass::Connection | ErrorClass::Invalid
         )
+}
+
+/// How the last model of a chain that was tried ended.
+enum Ended {
+    /// Its last attempt (numbered) failed so.
+    Failed(u32, CallError),
+    /// Its breaker was open after this many failures: no request was made.
+    Open(Dependency, u32),
 }
 
 fn message_json(m: &Message) -> Value {

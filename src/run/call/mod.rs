@@ -3,7 +3,8 @@
 //! and model outputs after; retries by failure class with exponential
 //! backoff, jitter, a cap and `Retry-After`; a model's invalid output sent
 //! back to it with the validation errors; every attempt's worst case
-//! reserved on the budget first; a circuit breaker over consecutive failures.
+//! reserved on the budget first; a circuit breaker per model and per tool
+//! that sends calls to their fallbacks while it is open.
 //!
 //! One file per kind of call: `tool`, `llm`, `agent`, `flow`; `retry` holds
 //! the backoff every kind shares.

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use super::retry::retry_delay;
 use crate::exec::{CallTarget, Effect, Tool};
 use crate::fields;
+use crate::run::breaker::Dependency;
 use crate::run::budget::Spend;
 use crate::run::error::{CallError, ErrorClass, FailureClass, Stop};
 use crate::run::frame::FlowCtx;
@@ -76,8 +77,14 @@ impl Runtime<'_> {
         let policy = tool.retry.clone();
         let timeout = tool.timeout;
         let mut attempt = 0u32;
+        let dependency = Dependency::Tool(tool.id);
         loop {
             attempt += 1;
+            // An open breaker: no request; the step's fallback, if any, applies.
+            let ticket = self
+                .admit(cx, n, dependency)
+                .await
+                .map_err(|failures| self.breaker_open(cx, n, dependency, failures))?;
             let reservation = cx
                 .ledger
                 .reserve(Spend {
@@ -107,6 +114,9 @@ impl Runtime<'_> {
                 )
                 .await
             };
+            // The breaker judges whether the tool answered; an answer of the
+            // wrong shape is the caller's `invalid`, not an outage.
+            self.resolve(cx, n, ticket, result.is_ok());
             let result = result.and_then(|v| {
                 match self
                     .validators
@@ -135,7 +145,6 @@ impl Runtime<'_> {
             let latency = started.elapsed().as_secs_f64() * 1e3;
             match result {
                 Ok(v) => {
-                    self.failures.set(0);
                     self.stats.borrow_mut().tool_calls_ok += 1;
                     self.trace.end(span, "ok", fields! {"step": step_name, "attempt": attempt, "arguments": args, "result": v, "latency_ms": latency});
                     return Ok(v);
@@ -143,7 +152,6 @@ impl Runtime<'_> {
                 Err(err) => {
                     self.stats.borrow_mut().tool_calls_failed += 1;
                     self.trace.end(span, "error", fields! {"step": step_name, "attempt": attempt, "arguments": args, "error": err.to_string(), "class": err.class.as_str(), "latency_ms": latency});
-                    self.trip_breaker(cx, n)?;
                     match retry_delay(policy.as_ref(), attempt, &err) {
                         Some(delay) => {
                             self.stats.borrow_mut().retries += 1;
