@@ -25,9 +25,9 @@ pub use crate::ast::{CompareOp, Decision, Effect};
 /// no unresolved name and no `Option` a code forbids. `StrTemplate` is a
 /// string literal with `{…}` inside an expression.
 pub use crate::ir::{
-    AgentId, BodyEncoding, CallTarget, Dep, Expr, ExprKind, FlowId, HttpBody, ModelId, Protocol,
-    ProviderId, Region, RegionId, RegionKind, ResponseFormat, Template as StrTemplate,
-    TemplatePart, ToolId, ITERATION_FAILURE_CLASSES,
+    AgentId, BodyEncoding, CallTarget, Dep, Expr, ExprKind, FlowId, HttpBody, ModelFamily, ModelId,
+    Protocol, ProviderId, Region, RegionId, RegionKind, ResponseFormat, ServerId,
+    Template as StrTemplate, TemplatePart, ToolId, ITERATION_FAILURE_CLASSES,
 };
 use crate::source::Span;
 use crate::types::{Lit, Ty, TypeTable};
@@ -40,6 +40,32 @@ pub struct Program {
     pub tools: Vec<Tool>,
     pub agents: Vec<Agent>,
     pub flows: Vec<Flow>,
+    /// MCP servers, by `ServerId`.
+    pub servers: Vec<McpServer>,
+}
+
+/// An MCP server as the runtime starts it. Its templates read only
+/// `env.NAME` (they were typed with no parameters in scope).
+#[derive(Debug)]
+pub struct McpServer {
+    pub id: ServerId,
+    pub name: String,
+    pub transport: McpTransport,
+    /// Set in the started program's environment.
+    pub env: Vec<(String, StrTemplate)>,
+    /// How long starting it and listing its tools may take.
+    pub start_timeout: Duration,
+    /// The tool names its lock lists: the live server must still offer
+    /// the ones the program calls.
+    pub locked_tools: Vec<String>,
+}
+
+/// How an MCP server is reached. Streamable HTTP servers are refused at
+/// check time (this build has no client for them), so only stdio is sealed.
+#[derive(Debug)]
+pub enum McpTransport {
+    /// A child process spoken to over its stdin and stdout.
+    Stdio { argv: Vec<StrTemplate> },
 }
 
 #[derive(Debug)]
@@ -67,6 +93,22 @@ impl Price {
     }
 }
 
+/// A cost as people read it: four decimals where that shows it (`$0.0123`),
+/// three significant digits for the tiny real spends four decimals would
+/// print as `$0.0000` (`$0.0000135`), and `$0` for nothing.
+pub fn dollars(amount: f64) -> String {
+    let abs = amount.abs();
+    if abs == 0.0 || !abs.is_finite() {
+        return format!("${}", if abs == 0.0 { 0.0 } else { amount });
+    }
+    if abs >= 0.001 {
+        return format!("${amount:.4}");
+    }
+    let decimals = (-abs.log10()).floor() as usize + 3;
+    let text = format!("{amount:.decimals$}");
+    format!("${}", text.trim_end_matches('0'))
+}
+
 #[derive(Debug)]
 pub struct Model {
     pub id: ModelId,
@@ -74,6 +116,9 @@ pub struct Model {
     pub provider: ProviderId,
     /// The provider's name for it, e.g. `gpt-4o-mini`.
     pub model_id: String,
+    /// Which parameters its API takes (`max_tokens` or
+    /// `max_completion_tokens`).
+    pub family: ModelFamily,
     pub temperature: Option<f64>,
     /// Calls in flight at once across the run (`concurrency`), if limited.
     pub concurrency: Option<u64>,
@@ -141,11 +186,6 @@ impl HttpMethod {
         HttpMethod::ALL
             .into_iter()
             .find(|m| m.as_str().eq_ignore_ascii_case(name))
-    }
-
-    /// Whether the arguments travel as a JSON body.
-    pub fn sends_body(self) -> bool {
-        matches!(self, HttpMethod::Post | HttpMethod::Put | HttpMethod::Patch)
     }
 }
 
@@ -279,10 +319,13 @@ pub enum ToolKind {
         argv: Vec<Template>,
     },
     Builtin(Builtin),
-    /// A tool of an MCP server, by the server's and the tool's names.
+    /// A tool of an MCP server: the server, and the tool's name there.
     Mcp {
-        server: String,
+        server: ServerId,
         name: String,
+        /// `text` for a `string` result (the text content), `json`
+        /// otherwise (the structured content, or the text as JSON).
+        format: ResponseFormat,
     },
 }
 
@@ -507,6 +550,24 @@ impl CallTarget {
             CallTarget::Tool(t) => &program.tools[t.index()].name,
             CallTarget::Agent(a) => &program.agents[a.index()].name,
             CallTarget::Flow(f) => &program.flows[f.index()].name,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dollars() {
+        for (amount, shown) in [
+            (0.0, "$0"),
+            (0.1234567, "$0.1235"),
+            (12.5, "$12.5000"),
+            (0.001, "$0.0010"),
+            (0.0000135, "$0.0000135"),
+            (0.00009, "$0.00009"),
+            (0.000123456, "$0.000123"),
+        ] {
+            assert_eq!(super::dollars(amount), shown, "{amount}");
         }
     }
 }

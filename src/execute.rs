@@ -230,9 +230,9 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
                     *total += e["cost"].as_f64().unwrap_or(0.0);
                 }
                 bar.set_message(format!(
-                    "{} steps, ${:.4} — {kind} {}",
+                    "{} steps, {} — {kind} {}",
                     steps.load(std::sync::atomic::Ordering::Relaxed),
-                    *total,
+                    flowc::exec::dollars(*total),
                     e["name"].as_str().unwrap_or("")
                 ));
             }) as run::trace::Observer
@@ -351,10 +351,10 @@ fn summary(report: &Report, elapsed: std::time::Duration, trace: &Path) -> Strin
         None => String::new(),
     };
     format!(
-        "run {} {status} in {:.2}s: cost ${:.4}, {} tokens, {} steps, {} model calls, {} tool calls ({rate:.0}% succeeded), {} retries, {} validation rejections\ntrace: {}{export}",
+        "run {} {status} in {:.2}s: cost {}, {} tokens, {} steps, {} model calls, {} tool calls ({rate:.0}% succeeded), {} retries, {} validation rejections\ntrace: {}{export}",
         report.run_id,
         elapsed.as_secs_f64(),
-        report.spent.cost,
+        flowc::exec::dollars(report.spent.cost),
         report.spent.tokens,
         report.spent.steps,
         s.model_calls,
@@ -1143,11 +1143,11 @@ fn runs(store_path: &Path, filter: &flowc::stats::Filter, json: bool) -> Result<
     );
     for r in runs {
         out!(
-            "{:<36} {:<17} {:<24} ${:<9.4} {:>7} tokens  {}",
+            "{:<36} {:<17} {:<24} {:<10} {:>7} tokens  {}",
             r.id,
             r.status,
             r.flow,
-            r.spend.cost,
+            flowc::exec::dollars(r.spend.cost),
             r.spend.tokens,
             age(r.created_at)
         );
@@ -1179,11 +1179,11 @@ fn stats(store_path: &Path, filter: &flowc::stats::Filter, json: bool) -> Result
         .collect();
     out!("runs: {} ({})", s.runs, statuses.join(", "));
     out!(
-        "cost per run: p50 ${:.4}  p95 ${:.4}  max ${:.4}  total ${:.4}",
-        s.cost.p50,
-        s.cost.p95,
-        s.cost.max,
-        s.cost.total
+        "cost per run: p50 {}  p95 {}  max {}  total {}",
+        flowc::exec::dollars(s.cost.p50),
+        flowc::exec::dollars(s.cost.p95),
+        flowc::exec::dollars(s.cost.max),
+        flowc::exec::dollars(s.cost.total)
     );
     out!(
         "tokens per run: p50 {}  p95 {}  max {}  total {}",
@@ -1265,8 +1265,8 @@ fn show(run_id: &str, store_path: &Path, format: ListFormat) -> Result<i32, Fail
         age(r.created_at)
     );
     out!(
-        "spent: ${:.4}, {} tokens, {} steps, {} tool calls",
-        r.spend.cost,
+        "spent: {}, {} tokens, {} steps, {} tool calls",
+        flowc::exec::dollars(r.spend.cost),
         r.spend.tokens,
         r.spend.steps,
         r.spend.tool_calls

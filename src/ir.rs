@@ -48,6 +48,59 @@ pub enum Protocol {
     Anthropic,
 }
 
+/// What a model's API accepts, by family: decided once from the provider's
+/// protocol and the model's id (when sealing, and for the check that
+/// refuses parameters the family rejects), never again at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFamily {
+    /// `max_tokens` bounds the output; sampling parameters are accepted.
+    Standard,
+    /// OpenAI's reasoning models (`o1`, `o3`, `o4-mini`, `gpt-5`, …): the
+    /// output bound is `max_completion_tokens` (it covers the hidden
+    /// reasoning tokens, which are billed as output) and sampling
+    /// parameters are refused with HTTP 400.
+    OpenAiReasoning,
+}
+
+impl ModelFamily {
+    pub fn of(protocol: Protocol, model_id: &str) -> ModelFamily {
+        // Gateways prefix the provider (`openai/o3-mini`).
+        let name = model_id.rsplit('/').next().unwrap_or(model_id);
+        let bytes = name.as_bytes();
+        let o_series = bytes.len() >= 2 && bytes[0] == b'o' && bytes[1].is_ascii_digit();
+        match protocol {
+            Protocol::OpenAi if o_series || name.starts_with("gpt-5") => {
+                ModelFamily::OpenAiReasoning
+            }
+            _ => ModelFamily::Standard,
+        }
+    }
+
+    /// The request field that bounds the output.
+    pub fn output_bound_key(self) -> &'static str {
+        match self {
+            ModelFamily::Standard => "max_tokens",
+            ModelFamily::OpenAiReasoning => "max_completion_tokens",
+        }
+    }
+
+    /// Model parameters the family's API refuses.
+    pub fn refused_params(self) -> &'static [&'static str] {
+        match self {
+            ModelFamily::Standard => &[],
+            ModelFamily::OpenAiReasoning => &[
+                "temperature",
+                "top_p",
+                "presence_penalty",
+                "frequency_penalty",
+                "logprobs",
+                "top_logprobs",
+                "logit_bias",
+            ],
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,

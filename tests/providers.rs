@@ -6,7 +6,7 @@ use crate::support;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use flowc::exec::Protocol;
+use flowc::exec::{ModelFamily, Protocol};
 use flowc::run::error::{CallError, ErrorClass};
 use flowc::run::providers::{
     complete, ChatRequest, ChatResponse, Endpoint, Message, Secret, ToolCall, ToolSpec, Usage,
@@ -41,6 +41,7 @@ const BOTH: [Protocol; 2] = [Protocol::OpenAi, Protocol::Anthropic];
 fn request(prompt: &str) -> ChatRequest {
     ChatRequest {
         model: "test-model".into(),
+        family: ModelFamily::Standard,
         system: Some("You are terse.".into()),
         messages: vec![Message::User(prompt.into())],
         max_tokens: 256,
@@ -369,11 +370,11 @@ async fn anthropic_usage_includes_cached_input() {
 }
 
 #[tokio::test]
-async fn anthropic_structured_output_instructs_json_in_the_system_prompt() {
+async fn anthropic_structured_output_is_a_forced_tool_call() {
     let server = MockServer::start();
     server.push(
         MESSAGES,
-        Reply::chat_text("```json\n{\"label\": \"ham\"}\n```"),
+        Reply::chat_tool_call("output", json!({"label": "ham"})).with_usage(30, 9),
     );
     let schema = json!({"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]});
     let mut req = request("Classify");
@@ -381,16 +382,165 @@ async fn anthropic_structured_output_instructs_json_in_the_system_prompt() {
     let reply = call(&server, Protocol::Anthropic, &req).await.unwrap();
     assert_eq!(
         reply.text.as_deref(),
-        Some("{\"label\": \"ham\"}"),
-        "the code fence is removed"
+        Some(r#"{"label":"ham"}"#),
+        "the tool's input is the reply"
     );
+    assert!(reply.tool_calls.is_empty(), "{:?}", reply.tool_calls);
 
     let body = &server.requests()[0].body;
-    let system = body["system"].as_str().unwrap();
-    assert!(system.starts_with("You are terse.\n\n"), "{system}");
-    assert!(system.contains("JSON"), "{system}");
-    assert!(system.contains(&schema.to_string()), "{system}");
+    assert_eq!(
+        body["tools"],
+        json!([{"name": "output",
+                "description": "Give your answer: call this tool once, with the answer as its input.",
+                "input_schema": schema}])
+    );
+    assert_eq!(
+        body["tool_choice"],
+        json!({"type": "tool", "name": "output"})
+    );
+    assert_eq!(
+        body["system"],
+        json!("You are terse."),
+        "no instruction added"
+    );
     assert!(body.get("response_format").is_none());
+}
+
+#[tokio::test]
+async fn anthropic_structured_output_that_is_not_an_object_is_wrapped() {
+    let server = MockServer::start();
+    server.push(
+        MESSAGES,
+        Reply::chat_tool_call("output", json!({"value": [{"n": 1}, {"n": 2}]})),
+    );
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "array",
+        "items": {"$ref": "#/$defs/Item"},
+        "$defs": {"Item": {"type": "object", "properties": {"n": {"type": "integer"}}}},
+    });
+    let mut req = request("List");
+    req.response_schema = Some(schema);
+    let reply = call(&server, Protocol::Anthropic, &req).await.unwrap();
+    assert_eq!(reply.text.as_deref(), Some(r#"[{"n":1},{"n":2}]"#));
+    let input_schema = &server.requests()[0].body["tools"][0]["input_schema"];
+    assert_eq!(
+        input_schema,
+        &json!({
+            "type": "object",
+            "properties": {"value": {"type": "array", "items": {"$ref": "#/$defs/Item"}}},
+            "required": ["value"],
+            "additionalProperties": false,
+            "$defs": {"Item": {"type": "object", "properties": {"n": {"type": "integer"}}}},
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+        }),
+        "the $defs stay at the root, where the $ref points"
+    );
+}
+
+#[tokio::test]
+async fn anthropic_text_answer_to_a_forced_tool_is_still_read() {
+    // An emulator that ignores `tool_choice` and answers in text.
+    let server = MockServer::start();
+    server.push(MESSAGES, Reply::chat_text("{\"label\": \"spam\"}"));
+    let mut req = request("Classify");
+    req.response_schema = Some(json!({"type": "object"}));
+    let reply = call(&server, Protocol::Anthropic, &req).await.unwrap();
+    assert_eq!(reply.text.as_deref(), Some("{\"label\": \"spam\"}"));
+}
+
+#[tokio::test]
+async fn anthropic_base_url_is_the_host_as_the_sdk_reads_it() {
+    let server = MockServer::start();
+    server.always(MESSAGES, Reply::chat_text("ok"));
+    for base_url in [
+        server.base_url(),
+        format!("{}/", server.base_url()),
+        server.anthropic_base_url(),
+    ] {
+        let endpoint = Endpoint {
+            protocol: Protocol::Anthropic,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key: Some(Secret::new(KEY.to_string())),
+        };
+        let reply = complete(&reqwest::Client::new(), &endpoint, &request("hi"), TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{base_url}: {e}"));
+        assert_eq!(reply.text.as_deref(), Some("ok"));
+    }
+    let paths: Vec<String> = server.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, [MESSAGES; 3]);
+}
+
+#[tokio::test]
+async fn a_404_on_the_messages_path_says_what_the_base_url_should_hold() {
+    let server = MockServer::start();
+    let endpoint = Endpoint {
+        protocol: Protocol::Anthropic,
+        base_url: format!("{}/anthropic", server.base_url()),
+        api_key: Some(Secret::new(KEY.to_string())),
+    };
+    let error = complete(&reqwest::Client::new(), &endpoint, &request("hi"), TIMEOUT)
+        .await
+        .expect_err("nothing is served there");
+    assert_eq!(error.status, Some(404));
+    assert_eq!(error.class, ErrorClass::Client);
+    let tried = format!("POST {}/anthropic/v1/messages", server.base_url());
+    assert!(error.message.contains(&tried), "{error}");
+    assert!(
+        error
+            .message
+            .contains("the API's host, as in https://api.anthropic.com"),
+        "{error}"
+    );
+    assert_eq!(server.requests()[0].path, "/anthropic/v1/messages");
+}
+
+#[tokio::test]
+async fn openai_reasoning_models_bound_the_output_with_max_completion_tokens() {
+    let server = MockServer::start();
+    server.always(
+        CHAT,
+        Reply::chat_text("thought about it").with_usage(20, 180),
+    );
+    let mut req = request("Think");
+    req.temperature = None;
+    req.extra.clear();
+    req.family = ModelFamily::OpenAiReasoning;
+    let reply = call(&server, Protocol::OpenAi, &req).await.unwrap();
+    assert_eq!(
+        reply.usage.output_tokens, 180,
+        "reasoning tokens are output"
+    );
+    let body = &server.requests()[0].body;
+    assert_eq!(body["max_completion_tokens"], json!(256));
+    assert!(body.get("max_tokens").is_none(), "{body}");
+
+    req.family = ModelFamily::Standard;
+    call(&server, Protocol::OpenAi, &req).await.unwrap();
+    let body = &server.requests()[1].body;
+    assert_eq!(body["max_tokens"], json!(256));
+    assert!(body.get("max_completion_tokens").is_none(), "{body}");
+}
+
+#[test]
+fn model_families_are_decided_from_protocol_and_model_id() {
+    for (protocol, id, family) in [
+        (Protocol::OpenAi, "o3-mini", ModelFamily::OpenAiReasoning),
+        (Protocol::OpenAi, "o1", ModelFamily::OpenAiReasoning),
+        (
+            Protocol::OpenAi,
+            "o4-mini-2025-04-16",
+            ModelFamily::OpenAiReasoning,
+        ),
+        (Protocol::OpenAi, "gpt-5-mini", ModelFamily::OpenAiReasoning),
+        (Protocol::OpenAi, "openai/o3", ModelFamily::OpenAiReasoning),
+        (Protocol::OpenAi, "gpt-4o-mini", ModelFamily::Standard),
+        (Protocol::OpenAi, "omni-moderation", ModelFamily::Standard),
+        (Protocol::Anthropic, "o3", ModelFamily::Standard),
+    ] {
+        assert_eq!(ModelFamily::of(protocol, id), family, "{id}");
+    }
 }
 
 #[tokio::test]
@@ -970,4 +1120,100 @@ fn http_dates_format() {
     assert_eq!(http_date(at), "Sun, 06 Nov 1994 08:49:37 GMT");
     let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(1_835_481_599);
     assert_eq!(http_date(leap), "Tue, 29 Feb 2028 23:59:59 GMT");
+}
+
+// ---- Through `flowc run` ----------------------------------------------------
+
+const TYPED_ON_ANTHROPIC: &str = r#"
+use std.models.{anthropic, openai}
+
+type Verdict { label: "ham" | "spam", score: number }
+
+model judge = anthropic("claude-haiku-4-5") { max_tokens: 300 }
+
+flow classify(text: string) -> Verdict {
+  budget { tokens 10k, cost $0.10, steps 5, wall 1m }
+  let verdict = llm judge -> Verdict {
+    prompt "Classify this message: {text}"
+    retry 1 on invalid
+  }
+  return verdict
+}
+"#;
+
+/// `ANTHROPIC_BASE_URL` as the SDK documents it (the host, no `/v1`), a
+/// typed step answered through the forced tool, an invalid first answer
+/// fed back, and a summary whose tiny cost is not `$0.0000`.
+#[test]
+fn a_typed_step_on_anthropic_through_the_real_binary() {
+    let server = MockServer::start();
+    server.script(
+        MESSAGES,
+        [
+            Reply::chat_tool_call("output", json!({"label": "maybe", "score": 0.5})),
+            Reply::chat_tool_call("output", json!({"label": "spam", "score": 0.97}))
+                .with_usage(12, 7),
+        ],
+    );
+    let outcome = support::cli::Test::new()
+        .file("classify.flow", TYPED_ON_ANTHROPIC)
+        .args([
+            "run",
+            "classify.flow",
+            "--input",
+            r#"{"text": "WIN A PRIZE"}"#,
+        ])
+        .env("ANTHROPIC_BASE_URL", &server.base_url())
+        .env("ANTHROPIC_API_KEY", KEY)
+        .run();
+    assert_eq!(outcome.json(), json!({"label": "spam", "score": 0.97}));
+
+    let sent = server.requests_to(MESSAGES);
+    assert_eq!(sent.len(), 2, "one invalid answer, one retry");
+    for request in &sent {
+        assert_eq!(request.path, MESSAGES);
+        assert_eq!(
+            request.body["tool_choice"],
+            json!({"type": "tool", "name": "output"})
+        );
+        let schema = &request.body["tools"][0]["input_schema"];
+        assert_eq!(
+            schema["properties"]["label"]["enum"],
+            json!(["ham", "spam"]),
+            "{schema}"
+        );
+    }
+    let feedback = sent[1].body["messages"].to_string();
+    assert!(
+        feedback.contains("maybe") && feedback.contains("not valid"),
+        "{feedback}"
+    );
+
+    // claude-haiku-4-5 at $1 / $5 per million: 10+12 in, 5+7 out.
+    let expected = (22.0 * 1.0 + 12.0 * 5.0) / 1e6;
+    assert_eq!(flowc::exec::dollars(expected), "$0.000082");
+    assert!(
+        outcome.stderr.contains("cost $0.000082,"),
+        "{}",
+        outcome.stderr
+    );
+}
+
+#[test]
+fn sampling_parameters_on_a_reasoning_model_are_refused_at_check_time() {
+    let outcome = support::cli::Test::new()
+        .file(
+            "m.flow",
+            "use std.models.{openai}\nmodel thinker = openai(\"o3-mini\") { temperature: 0.2, top_p: 0.9, max_tokens: 500 }\n",
+        )
+        .args(["check", "--format", "short", "m.flow"])
+        .status(1)
+        .run();
+    assert!(
+        outcome.stdout.contains(
+            "error[T007]: `o3-mini` is an OpenAI reasoning model, whose API refuses `temperature`"
+        ) && outcome.stdout.contains("refuses `top_p`"),
+        "{}",
+        outcome.stdout
+    );
 }

@@ -90,6 +90,7 @@ async fn call(
         idempotency_key: key.map(String::from),
         timeout,
         traceparent: None,
+        mcp: None,
     };
     invoke(tool, &args(a), &ctx).await
 }
@@ -363,10 +364,14 @@ async fn http_post_sends_arguments_headers_and_idempotency_key() {
     let out = call(tool, a.clone(), &env, key.as_deref(), T)
         .await
         .unwrap();
-    assert_eq!(out["body"], a);
+    // `invoice_id` goes in a header, so the body holds only `delta`.
+    assert_eq!(out["body"], json!({"delta": -10.5}));
     assert_eq!(out["method"], "POST");
     let seen = &server.seen()[0];
-    assert_eq!(serde_json::from_slice::<Value>(&seen.body).unwrap(), a);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&seen.body).unwrap(),
+        json!({"delta": -10.5})
+    );
     assert_eq!(seen.headers["content-type"], "application/json");
     assert_eq!(seen.headers["authorization"], format!("Bearer {TOKEN}"));
     assert_eq!(seen.headers["x-invoice"], "INV-000001");

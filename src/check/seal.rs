@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::exec::{self, ChainModel, ErrorClass, TemplateScope};
-use crate::ir::{self, AgentId, FlowId, ModelId, Program, ToolId};
+use crate::ir::{self, AgentId, FlowId, ModelFamily, ModelId, Program, ServerId, ToolId};
 use crate::source::Span;
 
 /// An `llm` step's timeout when it declares none.
@@ -67,6 +67,12 @@ pub(super) fn seal(program: &Program) -> Result<exec::Program, Diagnostic> {
             name: m.name.clone(),
             provider: m.provider,
             model_id: m.model_id.clone(),
+            family: program
+                .providers
+                .get(m.provider.index())
+                .map_or(ModelFamily::Standard, |p| {
+                    ModelFamily::of(p.protocol, &m.model_id)
+                }),
             temperature: m.temperature,
             concurrency: m.concurrency,
             rpm: m.rpm,
@@ -81,7 +87,7 @@ pub(super) fn seal(program: &Program) -> Result<exec::Program, Diagnostic> {
         .tools
         .iter()
         .enumerate()
-        .map(|(i, t)| tool(&program.servers, ToolId(i as u32), t))
+        .map(|(i, t)| tool(&program.types, ToolId(i as u32), t))
         .collect::<Result<_, _>>()?;
     let agents = program
         .agents
@@ -95,6 +101,12 @@ pub(super) fn seal(program: &Program) -> Result<exec::Program, Diagnostic> {
         .enumerate()
         .map(|(i, f)| flow(program, FlowId(i as u32), f))
         .collect::<Result<_, _>>()?;
+    let servers = program
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| server(ServerId(i as u32), s))
+        .collect::<Result<_, _>>()?;
     Ok(exec::Program {
         types: program.types.clone(),
         providers,
@@ -102,6 +114,37 @@ pub(super) fn seal(program: &Program) -> Result<exec::Program, Diagnostic> {
         tools,
         agents,
         flows,
+        servers,
+    })
+}
+
+/// How long starting an MCP server and listing its tools may take, unless
+/// its declaration says otherwise (`npx` may need a while on a cold cache).
+const DEFAULT_MCP_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn server(id: ServerId, s: &ir::McpServer) -> Result<exec::McpServer, Diagnostic> {
+    let transport = match &s.transport {
+        ir::McpTransport::Stdio { argv } => exec::McpTransport::Stdio { argv: argv.clone() },
+        ir::McpTransport::Http { .. } | ir::McpTransport::Missing => {
+            return Err(unproved(
+                s.span,
+                format!("server `{}` without a `command`", s.name),
+            ))
+        }
+    };
+    let locked_tools = match &s.lock {
+        ir::McpLock::Locked(locked) => locked.tools.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    Ok(exec::McpServer {
+        id,
+        name: s.name.clone(),
+        transport,
+        env: s.env.clone(),
+        start_timeout: s
+            .timeout_seconds
+            .map_or(DEFAULT_MCP_START_TIMEOUT, duration),
+        locked_tools,
     })
 }
 
@@ -167,7 +210,7 @@ fn budget(b: &ir::Budget) -> exec::Budget {
 }
 
 fn tool(
-    program_servers: &[ir::McpServer],
+    types: &crate::types::TypeTable,
     id: ToolId,
     t: &ir::Tool,
 ) -> Result<exec::Tool, Diagnostic> {
@@ -207,8 +250,12 @@ fn tool(
             })?)
         }
         Some(ir::ToolKind::Mcp { server, name }) => exec::ToolKind::Mcp {
-            server: program_servers[server.index()].name.clone(),
+            server: *server,
             name: name.clone(),
+            format: match types.resolve(&t.output) {
+                crate::types::Ty::String(_) => exec::ResponseFormat::Text,
+                _ => exec::ResponseFormat::Json,
+            },
         },
         None => {
             return Err(unproved(

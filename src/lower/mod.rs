@@ -853,6 +853,26 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 .or_else(|| prices.iter().find(|pr| pr.model.is_none()))
                 .cloned()
         });
+        if let Some(p) = provider {
+            let family =
+                ModelFamily::of(self.program.providers[p.index()].protocol, &decl.model_id);
+            for (key, value) in &decl.params {
+                if family.refused_params().contains(&key.name.as_str()) {
+                    let d = Diagnostic::new(
+                        Code::InvalidDeclaration,
+                        key.span,
+                        format!(
+                            "`{}` is an OpenAI reasoning model, whose API refuses `{}`",
+                            decl.model_id, key.name
+                        ),
+                    )
+                    .label("refused by this model's API")
+                    .with(value.span, "the request would fail with HTTP 400")
+                    .help("remove the parameter; reasoning models choose their own sampling");
+                    self.report(d);
+                }
+            }
+        }
         let model = &mut self.program.models[id.index()];
         model.provider = provider.unwrap_or(ProviderId(u32::MAX));
         model.temperature = temperature;
@@ -1140,9 +1160,41 @@ impl<'w, 'p> Lowerer<'w, 'p> {
             return;
         };
         *query = query_clause.map(|(q, _)| q).unwrap_or_default();
+        for (name, value) in query.iter() {
+            if let Some(shape) = self.textless(&value.ty, true) {
+                let d = Diagnostic::new(
+                    Code::InvalidDeclaration,
+                    value.span,
+                    format!(
+                        "query parameter `{name}` is a {shape}, which has no text form in a URL"
+                    ),
+                )
+                .label(format!("a {shape}"))
+                .help("pass its fields as query parameters one by one, or send it in a `body`");
+                self.report(d);
+            }
+        }
+        if let Some((BodyEncoding::Form, value, _)) = &body_clause {
+            self.form_body(value);
+        }
         *raw = raw_params;
         *format = match format_clause {
-            Some((f, _)) => f,
+            Some((f, span)) => {
+                let output = self.program.types.resolve(output);
+                if f == ResponseFormat::Text
+                    && !matches!(output, Ty::String(_) | Ty::Json | Ty::Error)
+                {
+                    let d = Diagnostic::new(
+                        Code::InvalidDeclaration,
+                        span,
+                        "`format text` reads the response as text, but the tool returns something else",
+                    )
+                    .label("the result would be a string")
+                    .help("declare the result `string`, or read the response with `format json`");
+                    self.report(d);
+                }
+                f
+            }
             None => match self.program.types.resolve(output) {
                 Ty::String(_) => ResponseFormat::Text,
                 _ => ResponseFormat::Json,
@@ -1162,6 +1214,55 @@ impl<'w, 'p> Lowerer<'w, 'p> {
             }
             None => HttpBody::None,
         };
+    }
+
+    /// What kind of value has no text form in a query or form field (a
+    /// record, or a list of records or lists); `None` when it has one.
+    /// `list_ok`: a list of scalars repeats the name.
+    fn textless(&self, ty: &Ty, list_ok: bool) -> Option<&'static str> {
+        match self.program.types.resolve(ty) {
+            Ty::Record(..) | Ty::Schema(_) => Some("record"),
+            Ty::Optional(inner) => self.textless(inner, list_ok),
+            Ty::List(item, _) if list_ok => self
+                .textless(item, false)
+                .map(|_| "list of records or lists"),
+            Ty::List(..) => Some("list"),
+            _ => None,
+        }
+    }
+
+    /// A `body form` value is a record whose fields have a text form.
+    fn form_body(&mut self, value: &Expr) {
+        let fields = match self.program.types.resolve(&value.ty) {
+            Ty::Record(fields, _) => fields.clone(),
+            Ty::Error | Ty::Json => return,
+            _ => {
+                let d = Diagnostic::new(
+                    Code::InvalidDeclaration,
+                    value.span,
+                    "a `body form` is a record of fields",
+                )
+                .label("not a record")
+                .help("write the fields, as in body form { text: note }, or send a `body json`");
+                self.report(d);
+                return;
+            }
+        };
+        for field in fields {
+            if let Some(shape) = self.textless(&field.ty, true) {
+                let d = Diagnostic::new(
+                    Code::InvalidDeclaration,
+                    value.span,
+                    format!(
+                        "form field `{}` is a {shape}, which has no form encoding",
+                        field.name
+                    ),
+                )
+                .label(format!("`{}` is a {shape}", field.name))
+                .help("send nested data as a `body json`");
+                self.report(d);
+            }
+        }
     }
 
     /// An MCP server: its transport, environment, headers and lock entry.
@@ -1201,6 +1302,17 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                     if !matches!(transport, McpTransport::Missing) {
                         self.repeated(clause.span, "command` or `url");
                     }
+                    // rmcp's Streamable HTTP client would bring a second
+                    // HTTP stack; until then a `url` server is refused here,
+                    // where the author sees it, not when a run reaches it.
+                    let d = Diagnostic::new(
+                        Code::InvalidDeclaration,
+                        clause.span,
+                        "Streamable HTTP MCP servers are not supported by this build",
+                    )
+                    .label("a `url` server")
+                    .help("start the server as a program with `command [\"prog\", …]` (most servers also speak stdio), or bridge it with an `exec` tool");
+                    self.report(d);
                     transport = McpTransport::Http {
                         url: expr::tool_template(self, u, &[]),
                     };

@@ -370,9 +370,9 @@ impl Ledger {
             if committed.cost + amount.cost > max + 1e-12 {
                 return Err(over(
                     "cost",
-                    format!("${max:.4}"),
-                    format!("${:.4}", committed.cost),
-                    format!("${:.4}", amount.cost),
+                    crate::exec::dollars(max),
+                    crate::exec::dollars(committed.cost),
+                    crate::exec::dollars(amount.cost),
                 ));
             }
         }

@@ -10,6 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::error::{CallError, ErrorClass};
 
+/// Sent with every request flowc makes (tools may set their own): some APIs
+/// (GitHub's among them) refuse requests without one.
+pub const USER_AGENT: &str = concat!("flowc/", env!("CARGO_PKG_VERSION"));
+
 /// The largest response body read, in bytes; no tool result or chat reply
 /// is this big.
 pub const MAX_BODY_BYTES: usize = 32 << 20;

@@ -308,6 +308,7 @@ pub fn run(
     }
     let trace = Arc::new(trace);
     let http = reqwest::Client::builder()
+        .user_agent(http::USER_AGENT)
         .build()
         .map_err(|e| SetupError::Start(format!("cannot start the HTTP client: {e}")))?;
     let runtime = runtime::Runtime {
@@ -318,6 +319,7 @@ pub fn run(
         validators,
         trace: trace.clone(),
         http,
+        mcp: tools::McpServers::new(program),
         env: options.env,
         permits: tokio::sync::Semaphore::new(options.concurrency.max(1)),
         run_id: run_id.clone(),
@@ -361,6 +363,15 @@ pub fn run(
             () = trace.failure() => None,
         }
     });
+    // Servers stop with the run; what they wrote to stderr goes in the trace.
+    for server in rt.block_on(runtime.mcp.stop_all()) {
+        trace.event(
+            Some(span.id),
+            "mcp_server",
+            &server.name,
+            crate::fields! {"starts": server.starts, "stderr": server.stderr},
+        );
+    }
     let mut waiting = runtime.waiting.borrow().clone();
     let store_failed = runtime
         .durable
@@ -512,36 +523,75 @@ async fn stop_signal() {
 }
 
 /// The values of every environment variable the program reads: API keys,
-/// base URLs and tool templates' `env.` values. None may reach a trace.
+/// base URLs, tools' `env.` values (templates, `query` and `body`) and MCP
+/// servers' commands and environments. None may reach a trace.
 fn secret_values(program: &exec::Program, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for p in &program.providers {
         names.extend(p.api_key_env.iter().cloned());
     }
-    let mut templates: Vec<&exec::Template> = Vec::new();
+    let mut parts: Vec<&[TemplatePart]> = Vec::new();
     for t in &program.tools {
         match &t.kind {
-            ToolKind::Http { url, headers, .. } => {
-                templates.push(url);
-                templates.extend(headers.iter().map(|(_, v)| v));
+            ToolKind::Http {
+                url,
+                headers,
+                query,
+                body,
+                ..
+            } => {
+                parts.push(&url.parts);
+                parts.extend(headers.iter().map(|(_, v)| v.parts.as_slice()));
+                for (_, e) in query {
+                    env_names(e, &mut names);
+                }
+                if let exec::HttpBody::Value(_, e) = body {
+                    env_names(e, &mut names);
+                }
             }
-            ToolKind::Exec { argv } => templates.extend(argv.iter()),
+            ToolKind::Exec { argv } => parts.extend(argv.iter().map(|t| t.parts.as_slice())),
             ToolKind::Builtin(_) | ToolKind::Mcp { .. } => {}
         }
-        templates.extend(t.idempotency.iter());
+        parts.extend(t.idempotency.iter().map(|t| t.parts.as_slice()));
     }
-    for t in templates {
-        for part in &t.parts {
+    for s in &program.servers {
+        let exec::McpTransport::Stdio { argv } = &s.transport;
+        parts.extend(argv.iter().map(|t| t.parts.as_slice()));
+        parts.extend(s.env.iter().map(|(_, t)| t.parts.as_slice()));
+    }
+    for list in parts {
+        for part in list {
             if let TemplatePart::Expr(e) = part {
-                if let ExprKind::Env(name) = &e.kind {
-                    names.push(name.clone());
-                }
+                env_names(e, &mut names);
             }
         }
     }
     names.sort();
     names.dedup();
     names.iter().filter_map(|n| env(n)).collect()
+}
+
+/// Every `env.NAME` an expression reads, nested ones included.
+fn env_names(e: &exec::Expr, out: &mut Vec<String>) {
+    match &e.kind {
+        ExprKind::Env(name) => out.push(name.clone()),
+        ExprKind::Str(t) => t.parts.iter().for_each(|p| {
+            if let TemplatePart::Expr(e) = p {
+                env_names(e, out);
+            }
+        }),
+        ExprKind::Object(fields) => fields.iter().for_each(|(_, e)| env_names(e, out)),
+        ExprKind::List(items) => items.iter().for_each(|e| env_names(e, out)),
+        ExprKind::Member(e, _) | ExprKind::Len(e) | ExprKind::Not(e) => env_names(e, out),
+        ExprKind::Index(a, b)
+        | ExprKind::And(a, b)
+        | ExprKind::Or(a, b)
+        | ExprKind::Compare(a, _, b) => {
+            env_names(a, out);
+            env_names(b, out);
+        }
+        _ => {}
+    }
 }
 
 /// A recording: what the outside world answered, so a run can be replayed

@@ -32,6 +32,8 @@ pub struct Runtime<'p> {
     pub validators: Validators,
     pub trace: Arc<Trace>,
     pub http: reqwest::Client,
+    /// MCP servers, started on first use and stopped when the run ends.
+    pub mcp: crate::run::tools::McpServers,
     pub env: Env,
     pub permits: tokio::sync::Semaphore,
     pub run_id: String,

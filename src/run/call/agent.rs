@@ -256,6 +256,7 @@ impl Runtime<'_> {
                 };
                 let request = ChatRequest {
                     model: model.model_id.clone(),
+                    family: model.family,
                     system: None,
                     messages: messages.to_vec(),
                     max_tokens: chain_model.max_tokens,

@@ -67,6 +67,7 @@ impl Runtime<'_> {
                 attempt += 1;
                 let request = ChatRequest {
                     model: model.model_id.clone(),
+                    family: model.family,
                     system: system.clone(),
                     messages: messages.clone(),
                     max_tokens,

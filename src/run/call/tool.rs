@@ -201,6 +201,7 @@ impl Runtime<'_> {
             idempotency_key,
             timeout,
             traceparent: Some(traceparent),
+            mcp: Some(&self.mcp),
         };
         tools::invoke(tool, args, &ctx).await
     }

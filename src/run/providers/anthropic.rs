@@ -6,19 +6,37 @@ use super::chat::{
     base_body, count, kind_of, truncate, ChatRequest, Malformed, Message, Parsed, ToolCall, Usage,
 };
 
+/// The tool a typed `llm` step's reply comes through: Anthropic's own way
+/// to get output that follows a JSON Schema is a forced tool call whose
+/// `input_schema` is the schema.
+pub(crate) const OUTPUT_TOOL: &str = "output";
+/// The property a non-object output is wrapped in (`input_schema` must
+/// describe an object).
+const WRAPPED: &str = "value";
+
 pub(crate) fn request_body(request: &ChatRequest) -> Value {
     let mut system = request.system.clone();
+    let mut output_tool = None;
     if let Some(schema) = &request.response_schema {
-        // Anthropic has no JSON-schema mode: the instruction goes into
-        // the system prompt and the caller validates the reply.
-        let instruction = format!(
-            "Reply with a single JSON value that conforms to the JSON Schema below, and nothing else: \
-             no prose before or after it, no Markdown code fence.\nJSON Schema:\n{schema}"
-        );
-        system = Some(match system {
-            Some(system) if !system.is_empty() => format!("{system}\n\n{instruction}"),
-            _ => instruction,
-        });
+        if request.tools.is_empty() {
+            output_tool = Some(json!({
+                "name": OUTPUT_TOOL,
+                "description": "Give your answer: call this tool once, with the answer as its input.",
+                "input_schema": input_schema(schema),
+            }));
+        } else {
+            // A model that may call other tools cannot be forced to this
+            // one: the instruction goes into the system prompt and the
+            // caller validates the reply.
+            let instruction = format!(
+                "Reply with a single JSON value that conforms to the JSON Schema below, and nothing else: \
+                 no prose before or after it, no Markdown code fence.\nJSON Schema:\n{schema}"
+            );
+            system = Some(match system {
+                Some(system) if !system.is_empty() => format!("{system}\n\n{instruction}"),
+                _ => instruction,
+            });
+        }
     }
 
     // Anthropic wants user and assistant turns to alternate, with tool
@@ -70,7 +88,82 @@ pub(crate) fn request_body(request: &ChatRequest) -> Value {
             .collect();
         body.insert("tools".into(), Value::Array(tools));
     }
+    if let Some(tool) = output_tool {
+        body.insert("tools".into(), json!([tool]));
+        body.insert(
+            "tool_choice".into(),
+            json!({"type": "tool", "name": OUTPUT_TOOL}),
+        );
+    }
     Value::Object(body)
+}
+
+/// The output schema as a tool's `input_schema`: an object schema as it
+/// is (a root `$ref` to an object definition is inlined, its `$defs` kept
+/// beside it); anything else (a list, a number, a union) as the one
+/// property `value`, with the schema's `$defs` kept at the root so its
+/// `$ref`s still resolve.
+fn input_schema(schema: &Value) -> Value {
+    if let Some(object) = object_schema(schema) {
+        return object;
+    }
+    let mut inner = schema.clone();
+    let defs = inner.as_object_mut().and_then(|o| o.remove("$defs"));
+    let root_meta = inner.as_object_mut().and_then(|o| o.remove("$schema"));
+    let mut wrapper = json!({
+        "type": "object",
+        "properties": {WRAPPED: inner},
+        "required": [WRAPPED],
+        "additionalProperties": false,
+    });
+    if let Some(defs) = defs {
+        wrapper["$defs"] = defs;
+    }
+    if let Some(meta) = root_meta {
+        wrapper["$schema"] = meta;
+    }
+    wrapper
+}
+
+/// The schema as an object schema, when it describes objects: itself, or
+/// the definition its root `$ref` names, with the `$defs` beside it.
+fn object_schema(schema: &Value) -> Option<Value> {
+    let is_object = |s: &Value| s.get("type").and_then(Value::as_str) == Some("object");
+    if is_object(schema) {
+        return Some(schema.clone());
+    }
+    let name = schema
+        .get("$ref")
+        .and_then(Value::as_str)?
+        .strip_prefix("#/$defs/")?;
+    let defs = schema.get("$defs")?;
+    let target = defs.get(name).filter(|d| is_object(d))?;
+    let mut object = target.clone();
+    object["$defs"] = defs.clone();
+    if let Some(meta) = schema.get("$schema") {
+        object["$schema"] = meta.clone();
+    }
+    Some(object)
+}
+
+/// A typed step's answer from the forced tool call, as JSON text (what
+/// the caller parses and validates, as it does any model's reply). `None`
+/// when the reply did not call the output tool: a server that ignores
+/// `tool_choice` may still have answered in text.
+pub(crate) fn output_from_tool(request: &ChatRequest, tool_calls: &[ToolCall]) -> Option<String> {
+    let schema = request.response_schema.as_ref()?;
+    if !request.tools.is_empty() {
+        return None;
+    }
+    let call = tool_calls.iter().find(|c| c.name == OUTPUT_TOOL)?;
+    let input = input_object(&call.arguments);
+    let wrapped = object_schema(schema).is_none();
+    let value = if wrapped {
+        input.get(WRAPPED).cloned().unwrap_or(Value::Null)
+    } else {
+        input
+    };
+    Some(value.to_string())
 }
 
 /// `tool_use.input` must be an object; arguments from another protocol

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::exec::Protocol;
+use crate::exec::{ModelFamily, Protocol};
 
 /// An API key. Its `Debug` never shows the key, so it cannot leak into a
 /// trace or an error by accident.
@@ -71,6 +71,8 @@ pub struct ToolCall {
 pub struct ChatRequest {
     /// The provider's model name, e.g. `gpt-4o-mini`.
     pub model: String,
+    /// Which parameters its API takes (sealed with the model).
+    pub family: ModelFamily,
     pub system: Option<String>,
     pub messages: Vec<Message>,
     pub max_tokens: u64,
@@ -139,11 +141,19 @@ pub(crate) fn truncate(text: &str) -> String {
 }
 
 /// Puts `extra` parameters into a body under the keys the runtime sets
-/// itself. A `max_completion_tokens` extra (newer OpenAI models refuse
-/// `max_tokens`) replaces `max_tokens` but never raises it, so budgets hold.
+/// itself. The output bound goes under the key the model's family takes:
+/// `max_completion_tokens` for OpenAI's reasoning models (they refuse
+/// `max_tokens`; the bound covers their hidden reasoning tokens, billed as
+/// output, so the reservation holds). A `max_completion_tokens` extra on
+/// another model replaces `max_tokens` the same way; neither ever raises
+/// the bound, so budgets hold.
 pub(crate) fn base_body(request: &ChatRequest) -> Map<String, Value> {
     let mut body: Map<String, Value> = request.extra.iter().cloned().collect();
     body.insert("model".into(), Value::String(request.model.clone()));
+    let completion_bound = request.family == ModelFamily::OpenAiReasoning;
+    if completion_bound && !body.contains_key("max_completion_tokens") {
+        body.insert("max_completion_tokens".into(), json!(request.max_tokens));
+    }
     match body.get("max_completion_tokens") {
         Some(_) => {
             let asked = body["max_completion_tokens"]

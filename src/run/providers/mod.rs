@@ -101,7 +101,7 @@ async fn attempt(
             format!("{base}/chat/completions"),
             openai::request_body(request),
         ),
-        Protocol::Anthropic => (format!("{base}/messages"), anthropic::request_body(request)),
+        Protocol::Anthropic => (anthropic_url(base), anthropic::request_body(request)),
     };
     let target = Target {
         protocol: endpoint.protocol,
@@ -195,6 +195,13 @@ async fn attempt(
         status: Some(status),
     })?;
 
+    let mut parsed = parsed;
+    if matches!(endpoint.protocol, Protocol::Anthropic) {
+        if let Some(output) = anthropic::output_from_tool(request, &parsed.tool_calls) {
+            parsed.text = Some(output);
+            parsed.tool_calls.clear();
+        }
+    }
     let text = match (&request.response_schema, parsed.text) {
         (Some(_), Some(text)) => Some(strip_code_fence(&text)),
         (_, text) => text,
@@ -227,13 +234,33 @@ fn secret_header(value: &str) -> Result<HeaderValue, CallError> {
     Ok(header)
 }
 
+/// The messages URL from an Anthropic base URL read as the official SDK
+/// reads `ANTHROPIC_BASE_URL`: the API's host (`https://api.anthropic.com`),
+/// to which it appends `/v1/messages`. A base that already ends in `/v1`
+/// (what flowc once asked for, and some gateways document) is accepted too.
+fn anthropic_url(base: &str) -> String {
+    if base.ends_with("/v1") {
+        format!("{base}/messages")
+    } else {
+        format!("{base}/v1/messages")
+    }
+}
+
 /// A reply with a status other than 2xx.
 fn status_error(status: u16, headers: &HeaderMap, body: &[u8], target: &Target) -> CallError {
     let json: Option<Value> = serde_json::from_slice(body).ok();
-    let detail = json
+    let mut detail = json
         .as_ref()
         .and_then(provider_message)
         .unwrap_or_else(|| excerpt(body));
+    if status == 404 {
+        // The commonest cause is a base URL written for the other
+        // convention: say what the URL should hold.
+        detail.push_str(match target.protocol {
+            Protocol::OpenAi => " (is the base URL right? For an OpenAI-compatible provider it includes the version, as in https://api.openai.com/v1; flowc appends /chat/completions)",
+            Protocol::Anthropic => " (is the base URL right? For Anthropic it is the API's host, as in https://api.anthropic.com; flowc appends /v1/messages)",
+        });
+    }
     let retry_after = retry_after(headers, json.as_ref(), &detail);
     transport::status_error(
         status,
@@ -439,6 +466,7 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use super::chat::{base_body, MAX_DETAIL_CHARS};
+    use crate::exec::ModelFamily;
 
     #[test]
     fn retry_after_values() {
@@ -527,6 +555,7 @@ mod tests {
     fn extras_never_raise_max_tokens() {
         let mut request = ChatRequest {
             model: "m".into(),
+            family: ModelFamily::Standard,
             system: None,
             messages: vec![],
             max_tokens: 100,

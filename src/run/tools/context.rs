@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::servers::McpServers;
+
 /// How templates read `env.NAME` (tests replace the process environment).
 pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
@@ -15,4 +17,6 @@ pub struct ToolContext<'a> {
     pub timeout: Duration,
     /// The W3C `traceparent` of the call's span, sent as a header (http).
     pub traceparent: Option<String>,
+    /// The run's MCP servers (`None` where no `mcp` tool can be called).
+    pub mcp: Option<&'a McpServers>,
 }

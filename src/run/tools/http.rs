@@ -1,92 +1,47 @@
-//! `http` tools: one request with the rendered URL and headers, the
-//! arguments as the JSON body of POST, PUT and PATCH.
+//! `http` tools: one request as the tool's clauses describe it (see
+//! `request.rs`), and its response read as its `format` says: `json` parses
+//! a body the server says is JSON, `text` takes the body as UTF-8 text.
 
 use serde_json::{Map, Value};
 
 use super::context::ToolContext;
 use super::quote::{parse_json, redact, snippet};
-use super::template::{render_plain, render_url, template_error, ToolScope};
-use crate::exec::{HttpMethod, Template, Tool};
+use super::request::{self, Body, HttpSpec};
+use crate::exec::{HttpMethod, ResponseFormat, Tool};
 use crate::run::error::{CallError, ErrorClass};
 use crate::run::http::{self as transport, MAX_BODY_BYTES};
 
 pub(super) async fn call(
     tool: &Tool,
-    method: HttpMethod,
-    url: &Template,
-    headers: &[(String, Template)],
+    spec: &HttpSpec<'_>,
     args: &Map<String, Value>,
     ctx: &ToolContext<'_>,
 ) -> Result<Value, CallError> {
-    // Render everything before the first await: the scope is not `Sync`.
-    let (real_url, shown_url, header_values, mut secrets) = {
-        let scope = ToolScope::new(tool, args, ctx.env);
-        let (real, shown) = render_url(url, &scope).map_err(|e| template_error(tool, "URL", e))?;
-        let mut rendered = Vec::with_capacity(headers.len());
-        for (name, value) in headers {
-            let value = render_plain(value, &scope)
-                .map_err(|e| template_error(tool, &format!("header `{name}`"), e))?;
-            rendered.push((name.clone(), value));
-        }
-        (real, shown, rendered, scope.secrets())
-    };
-    secrets.extend(header_values.iter().map(|(_, v)| v.clone()));
-    let what = format!("{} {shown_url}", method.as_str());
-    let client_error = |message: String| {
-        CallError::new(
-            ErrorClass::Client,
-            format!("tool `{}`: {message}", tool.name),
-        )
-    };
+    let request::Request {
+        url,
+        what,
+        headers,
+        body,
+        secrets,
+    } = request::build(
+        tool,
+        spec,
+        args,
+        ctx.env,
+        ctx.idempotency_key.as_deref(),
+        ctx.traceparent.as_deref(),
+    )?;
 
-    let parsed = reqwest::Url::parse(&real_url)
-        .map_err(|e| client_error(format!("{what} is not a valid URL ({e})")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(client_error(format!("{what} is not an http or https URL")));
-    }
-
-    let mut header_map = reqwest::header::HeaderMap::new();
-    for (name, value) in &header_values {
-        let header_name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| client_error(format!("`{name}` is not a valid HTTP header name")))?;
-        let mut header_value = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
-            client_error(format!(
-                "the value of header `{name}` is not allowed in HTTP"
-            ))
-        })?;
-        header_value.set_sensitive(true);
-        header_map.append(header_name, header_value);
-    }
-    if !header_map.contains_key(reqwest::header::ACCEPT) {
-        header_map.insert(
-            reqwest::header::ACCEPT,
-            reqwest::header::HeaderValue::from_static("application/json"),
-        );
-    }
-    if let Some(key) = &ctx.idempotency_key {
-        let value = reqwest::header::HeaderValue::from_str(key).map_err(|_| {
-            client_error("the idempotency key is not allowed in an HTTP header".into())
-        })?;
-        header_map.insert("idempotency-key", value);
-    }
-
-    if let Some(value) = ctx
-        .traceparent
-        .as_deref()
-        .and_then(|t| reqwest::header::HeaderValue::from_str(t).ok())
-    {
-        header_map.insert("traceparent", value);
-    }
-
-    let sends_body = method.sends_body();
     let mut request = ctx
         .http
-        .request(reqwest_method(method), parsed)
-        .headers(header_map)
+        .request(reqwest_method(spec.method), url)
+        .headers(headers)
         .timeout(ctx.timeout);
-    if sends_body {
-        request = request.json(args);
-    }
+    request = match &body {
+        Body::None => request,
+        Body::Json(v) => request.json(v),
+        Body::Form(pairs) => request.form(pairs),
+    };
 
     let exchange = async {
         let mut response = request
@@ -95,10 +50,21 @@ pub(super) async fn call(
             .map_err(|e| transport::transport_error(&e, &what, ctx.timeout))?;
         let status = response.status();
         let retry_after = transport::retry_after_header(response.headers());
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = transport::read_body(&mut response, MAX_BODY_BYTES, &what, ctx.timeout).await?;
-        Ok::<_, CallError>((status, retry_after, body.bytes, body.too_large))
+        Ok::<_, CallError>((
+            status,
+            retry_after,
+            content_type,
+            body.bytes,
+            body.too_large,
+        ))
     };
-    let (status, retry_after, body, too_large) =
+    let (status, retry_after, content_type, body, too_large) =
         match tokio::time::timeout(ctx.timeout, exchange).await {
             Ok(result) => result.map_err(|e| on_tool(tool, e))?,
             Err(_) => return Err(on_tool(tool, transport::timeout_error(&what, ctx.timeout))),
@@ -111,37 +77,82 @@ pub(super) async fn call(
             .map(|r| format!(" {r}"))
             .unwrap_or_default();
         let mut message = format!("tool `{}`: {what} returned {code}{reason}", tool.name);
-        let quoted = redact(&snippet(&body), &secrets);
+        let quoted = redact(&error_text(&body), &secrets);
         if !quoted.is_empty() {
             message.push_str(": ");
             message.push_str(&quoted);
         }
         return Err(transport::status_error(code, retry_after, message));
     }
-    if too_large {
+    let invalid = |message: String| {
         let mut error = CallError::new(
             ErrorClass::Invalid,
-            format!(
-                "tool `{}`: the response of {what} is larger than {} MiB",
-                tool.name,
-                MAX_BODY_BYTES >> 20
-            ),
-        );
-        error.status = Some(code);
-        return Err(error);
-    }
-    parse_json(&body).map_err(|e| {
-        let mut error = CallError::new(
-            ErrorClass::Invalid,
-            format!(
-                "tool `{}`: the response of {what} is not JSON ({e}): {}",
-                tool.name,
-                redact(&snippet(&body), &secrets)
-            ),
+            format!("tool `{}`: {message}", tool.name),
         );
         error.status = Some(code);
         error
-    })
+    };
+    if too_large {
+        return Err(invalid(format!(
+            "the response of {what} is larger than {} MiB",
+            MAX_BODY_BYTES >> 20
+        )));
+    }
+    let shown_type = content_type.as_deref().unwrap_or("no content type");
+    match spec.format {
+        ResponseFormat::Text => String::from_utf8(body).map(Value::String).map_err(|_| {
+            invalid(format!(
+                "the response of {what} ({shown_type}) is not UTF-8 text"
+            ))
+        }),
+        ResponseFormat::Json => {
+            let blank = body.iter().all(u8::is_ascii_whitespace);
+            if let Some(ct) = content_type.as_deref().filter(|ct| !blank && !is_json(ct)) {
+                return Err(invalid(format!(
+                    "{what} answered `{ct}`, not JSON, and the tool reads JSON: {}",
+                    redact(&snippet(&body), &secrets)
+                )));
+            }
+            parse_json(&body).map_err(|e| {
+                invalid(format!(
+                    "the response of {what} is not JSON ({e}; {shown_type}): {}",
+                    redact(&snippet(&body), &secrets)
+                ))
+            })
+        }
+    }
+}
+
+/// `application/json`, `application/problem+json`, `text/json`, … (any
+/// parameters ignored).
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let Some((_, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    subtype == "json" || subtype.ends_with("+json")
+}
+
+/// What an error response says: its `message` (GitHub, most REST APIs) or
+/// `error.message` (OpenAI-style) when it is JSON that has one, otherwise
+/// the start of the body.
+fn error_text(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        let message = v
+            .get("message")
+            .or_else(|| v.get("error").and_then(|e| e.get("message")))
+            .or_else(|| v.get("error").filter(|e| e.is_string()))
+            .and_then(Value::as_str);
+        if let Some(m) = message {
+            return snippet(m.as_bytes());
+        }
+    }
+    snippet(body)
 }
 
 /// A transport error, said of this tool.
@@ -157,5 +168,41 @@ fn reqwest_method(method: HttpMethod) -> reqwest::Method {
         HttpMethod::Put => reqwest::Method::PUT,
         HttpMethod::Patch => reqwest::Method::PATCH,
         HttpMethod::Delete => reqwest::Method::DELETE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        for ct in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/vnd.github+json",
+            "Application/Problem+JSON",
+            "text/json",
+        ] {
+            assert!(is_json(ct), "{ct}");
+        }
+        for ct in [
+            "text/html; charset=utf-8",
+            "text/plain",
+            "application/jsonp",
+            "json",
+        ] {
+            assert!(!is_json(ct), "{ct}");
+        }
+    }
+
+    #[test]
+    fn error_messages_from_bodies() {
+        assert_eq!(
+            error_text(br#"{"message": "Not Found", "documentation_url": "x"}"#),
+            "Not Found"
+        );
+        assert_eq!(error_text(br#"{"error": {"message": "bad"}}"#), "bad");
+        assert_eq!(error_text(b"<html>oops</html>"), "<html>oops</html>");
     }
 }

@@ -1,13 +1,15 @@
 //! Tool calls: `http` (reqwest), `exec` (a local program: argv, never a
-//! shell; JSON on stdin and stdout) and `builtin` (the standard library).
+//! shell; JSON on stdin and stdout), `builtin` (the standard library) and
+//! `mcp` (a tool of an MCP server, with the `rmcp` SDK).
 //! One call is one attempt; retries, budgets and tracing belong to the caller.
 //!
 //! Templates in a tool read its parameters and `env.NAME`. In an `http` URL,
 //! a value interpolated after the scheme and host (in the path or the query)
 //! is percent-encoded, so `{id}` = `a/b?c` stays one path segment and
 //! `{q}` = `x&admin=1` stays one query value; values before that (a base URL
-//! from `env.API`) and the fixed text are used as written. A parameter that
-//! is absent (optional) renders as empty text.
+//! from `env.API`) and the fixed text are used as written. A `raw` parameter
+//! keeps its slashes and escapes; no value may be a `.` or `..` segment. A
+//! parameter that is absent (optional) renders as empty text.
 //!
 //! Secrets: header values and environment values never appear in an error
 //! message. URLs in messages show `{env.NAME}` in place of environment
@@ -25,7 +27,10 @@ mod builtin;
 mod context;
 mod exec;
 mod http;
+mod mcp;
 mod quote;
+mod request;
+mod servers;
 mod template;
 
 use serde_json::{Map, Value};
@@ -36,6 +41,8 @@ use template::{render_plain, template_error, ToolScope};
 
 pub use builtin::rfc3339;
 pub use context::{EnvLookup, ToolContext};
+pub use mcp::IDEMPOTENCY_META_KEY;
+pub use servers::{McpServers, StoppedServer};
 
 /// Calls a tool once with arguments already validated against its parameters.
 pub async fn invoke(
@@ -48,17 +55,29 @@ pub async fn invoke(
             method,
             url,
             headers,
-            ..
-        } => http::call(tool, *method, url, headers, args, ctx).await,
+            query,
+            body,
+            format,
+            raw,
+        } => {
+            let spec = request::HttpSpec {
+                method: *method,
+                url,
+                headers,
+                query,
+                body,
+                format: *format,
+                raw,
+            };
+            http::call(tool, &spec, args, ctx).await
+        }
         ToolKind::Exec { argv } => exec::call(tool, argv, args, ctx).await,
         ToolKind::Builtin(builtin) => builtin::call(tool, *builtin, args, ctx).await,
-        ToolKind::Mcp { server, name } => Err(CallError::new(
-            super::error::ErrorClass::Failed,
-            format!(
-                "tool `{}`: calling `{name}` on MCP server `{server}` at run time is not supported by this build yet (servers are declared, locked and checked)",
-                tool.name
-            ),
-        )),
+        ToolKind::Mcp {
+            server,
+            name,
+            format,
+        } => mcp::call(tool, *server, name, *format, args, ctx).await,
     }
 }
 

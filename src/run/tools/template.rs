@@ -1,5 +1,7 @@
 //! A tool's templates rendered in its own scope: its parameters by
-//! position and `env.NAME`. URLs percent-encode what lands past the host.
+//! position and `env.NAME`. URLs percent-encode what lands past the host,
+//! except `raw` parameters, which keep what a URL path may hold (`/`,
+//! `%XX` escapes) and lose only what would change the URL's shape.
 
 use std::cell::RefCell;
 
@@ -64,9 +66,11 @@ pub(super) fn render_plain(t: &Template, scope: &ToolScope<'_>) -> Result<String
 }
 
 /// A URL template rendered twice: the real URL, and the one messages show
-/// (environment values as `{env.NAME}`).
+/// (environment values as `{env.NAME}`). `raw` lists the parameters put in
+/// as written.
 pub(super) fn render_url(
     t: &Template,
+    raw: &[usize],
     scope: &ToolScope<'_>,
 ) -> Result<(String, String), EvalError> {
     let mut real = String::new();
@@ -78,7 +82,20 @@ pub(super) fn render_url(
             return Ok(());
         };
         if past_authority(&real) {
-            value = percent_encode(&value);
+            let in_path = !real[authority_end(&real)..].contains(['?', '#']);
+            let is_raw = matches!(e.kind, ExprKind::Param(i) if raw.contains(&i));
+            value = if is_raw {
+                encode_raw(&value)
+            } else {
+                percent_encode(&value)
+            };
+            // `..` would climb out of the path the URL names (URL parsers
+            // resolve it, escaped or not): `/repos/{owner}` with `..`.
+            if in_path && value.split('/').any(is_dot_segment) {
+                return Err(EvalError(
+                    "a value in the URL's path is a `.` or `..` segment, which would move the request to another path".into(),
+                ));
+            }
         } else if !real.is_empty() && !mentions_env(e) && value.contains(HOST_BREAKERS) {
             // A parameter inside the host (`https://{region}.api.example.com`)
             // must not move the request elsewhere (`evil.example/#`).
@@ -112,6 +129,44 @@ fn past_authority(prefix: &str) -> bool {
         None => prefix,
     };
     rest.contains(['/', '?', '#'])
+}
+
+/// Where a URL's path starts (the end of its scheme and host).
+fn authority_end(url: &str) -> usize {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i)
+}
+
+/// `.` or `..`, in any of the spellings URL parsers resolve (`%2e`, `.%2E`).
+fn is_dot_segment(segment: &str) -> bool {
+    let lower = segment.to_ascii_lowercase();
+    matches!(
+        lower.as_str(),
+        "." | "%2e" | ".." | ".%2e" | "%2e." | "%2e%2e"
+    )
+}
+
+/// A `raw` value: the characters a URL path or query may hold literally
+/// (RFC 3986 `pchar`, `/` and `%XX` escapes) as written; everything else
+/// (space, `?`, `#`, `%` not starting an escape, non-ASCII) as `%XX`, so a
+/// raw value can carry slashes but never end the path or start a fragment.
+fn encode_raw(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = b == b'%'
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+        let literal = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b) || escape;
+        if literal {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Everything but the unreserved characters of RFC 3986 as `%XX`.
@@ -174,5 +229,15 @@ mod tests {
             percent_encode("a b/c?d&e=f+ü~"),
             "a%20b%2Fc%3Fd%26e%3Df%2B%C3%BC~"
         );
+        assert_eq!(
+            encode_raw("docs/a%20b/c d?x#y%zz/ü"),
+            "docs/a%20b/c%20d%3Fx%23y%25zz/%C3%BC"
+        );
+        assert_eq!(authority_end("https://h.example:8/a?b"), 19);
+        assert_eq!(authority_end("{x}"), 3);
+        for dots in [".", "..", "%2E", ".%2e", "%2e%2E"] {
+            assert!(is_dot_segment(dots), "{dots}");
+        }
+        assert!(!is_dot_segment("...") && !is_dot_segment(".a"));
     }
 }
