@@ -42,8 +42,9 @@ pub struct RunArgs {
     pub reject: Vec<String>,
     pub trace: Option<PathBuf>,
     pub concurrency: usize,
-    /// The run store (`.flowc/runs.db` unless told otherwise).
-    pub store: PathBuf,
+    /// The run store (`.flowc/runs.db` unless told otherwise); `None` for
+    /// an ephemeral run (`--ephemeral`), which keeps nothing.
+    pub store: Option<PathBuf>,
     /// Continue this stored run (its lease taken) instead of starting one.
     pub resume: Option<(store::RunRecord, Lease)>,
     /// `--otlp`: the collector to export the trace to.
@@ -155,13 +156,16 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
         Some((r, _)) => r.id.clone(),
         None => run::new_run_id(),
     };
-    let trace_path = match &args.resume {
-        Some((r, _)) => PathBuf::from(&r.trace),
-        None => args.trace.clone().unwrap_or_else(|| {
+    let ephemeral = args.store.is_none();
+    let trace_path = match (&args.resume, &args.store) {
+        (Some((r, _)), _) => Some(PathBuf::from(&r.trace)),
+        // An ephemeral run writes a trace only where it is told to.
+        (None, None) => args.trace.clone(),
+        (None, Some(_)) => Some(args.trace.clone().unwrap_or_else(|| {
             PathBuf::from(".flowc/runs")
                 .join(&run_id)
                 .join("trace.jsonl")
-        }),
+        })),
     };
     let program = run::fingerprint::fingerprint(&c.sources);
     if let Some((r, _)) = &args.resume {
@@ -174,46 +178,56 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
             ).into());
         }
     }
-    let store = open_store(&args.store)?;
-    let (record, lease) = match args.resume.clone() {
-        Some(resumed) => resumed,
-        None => (
-            store::RunRecord {
-                id: run_id.clone(),
-                file: std::fs::canonicalize(&args.file)
-                    .unwrap_or_else(|_| args.file.clone())
-                    .display()
-                    .to_string(),
-                flow: flow.clone(),
-                program,
-                input: input.clone(),
-                status: "running".into(),
-                output: None,
-                error: None,
-                created_at: store::now(),
-                updated_at: store::now(),
-                spend: Default::default(),
-                trace: trace_path.display().to_string(),
-                replay: args.replay.as_ref().map(|p| {
-                    std::fs::canonicalize(p)
-                        .unwrap_or_else(|_| p.clone())
-                        .display()
-                        .to_string()
-                }),
-                owner: None,
-                lease_until: None,
-            },
-            Lease::new_run(&run_id),
-        ),
+    // A stored run: recorded, leased and checkpointed; an ephemeral one is
+    // neither, so nothing outlives the process.
+    let (durable, heartbeat) = match &args.store {
+        None => (None, None),
+        Some(store_path) => {
+            let store = open_store(store_path)?;
+            let (record, lease) = match args.resume.clone() {
+                Some(resumed) => resumed,
+                None => (
+                    store::RunRecord {
+                        id: run_id.clone(),
+                        file: std::fs::canonicalize(&args.file)
+                            .unwrap_or_else(|_| args.file.clone())
+                            .display()
+                            .to_string(),
+                        flow: flow.clone(),
+                        program,
+                        input: input.clone(),
+                        status: "running".into(),
+                        output: None,
+                        error: None,
+                        created_at: store::now(),
+                        updated_at: store::now(),
+                        spend: Default::default(),
+                        trace: trace_path
+                            .as_ref()
+                            .map_or(String::new(), |p| p.display().to_string()),
+                        replay: args.replay.as_ref().map(|p| {
+                            std::fs::canonicalize(p)
+                                .unwrap_or_else(|_| p.clone())
+                                .display()
+                                .to_string()
+                        }),
+                        owner: None,
+                        lease_until: None,
+                    },
+                    Lease::new_run(&run_id),
+                ),
+            };
+            // Renews the lease while the run is live, on a connection of its own.
+            let heartbeat = store::Heartbeat::start(store.reopen()?, lease.clone());
+            let durable = run::DurableRun {
+                store,
+                record,
+                resume: args.resume.is_some(),
+                lease,
+            };
+            (Some(durable), Some(heartbeat))
+        }
     };
-    // Renews the lease while the run is live, on a connection of its own.
-    let heartbeat = store::Heartbeat::start(store.reopen()?, lease.clone());
-    let durable = Some(run::DurableRun {
-        store,
-        record,
-        resume: args.resume.is_some(),
-        lease,
-    });
     let progress = progress_display();
     let options = RunOptions {
         observer: progress.as_ref().map(|bar| {
@@ -238,7 +252,7 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
             }) as run::trace::Observer
         }),
         concurrency: args.concurrency,
-        trace_path: Some(trace_path.clone()),
+        trace_path: trace_path.clone(),
         gates,
         decided_by: args.by.clone().unwrap_or_else(run::os_user),
         world,
@@ -282,14 +296,19 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
                     eprintln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
                 }
             }
-            eprintln!(
-                "decide with `flowc approve {id} GATE` or `flowc reject {id} GATE --reason …`, then `flowc resume {id}`",
-                id = report.run_id
-            );
+            if ephemeral {
+                eprintln!("an ephemeral run keeps nothing to resume: decide with `--approve GATE` or `--reject GATE` on `flowc run`");
+            } else {
+                eprintln!(
+                    "decide with `flowc approve {id} GATE` or `flowc reject {id} GATE --reason …`, then `flowc resume {id}`",
+                    id = report.run_id
+                );
+            }
         }
         Outcome::Rejected => {
             eprintln!("rejected: a gate was rejected and the flow's result depended on it")
         }
+        Outcome::Interrupted if ephemeral => eprintln!("interrupted"),
         Outcome::Interrupted => eprintln!(
             "interrupted: continue it with `flowc resume {}`",
             report.run_id
@@ -300,7 +319,10 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
         }
     }
     if !style::quiet() {
-        eprintln!("{}", summary(&report, started.elapsed(), &trace_path));
+        eprintln!(
+            "{}",
+            summary(&report, started.elapsed(), trace_path.as_deref())
+        );
     }
     Ok(report.outcome.exit_code())
 }
@@ -324,7 +346,7 @@ fn list(items: &[String]) -> String {
     }
 }
 
-fn summary(report: &Report, elapsed: std::time::Duration, trace: &Path) -> String {
+fn summary(report: &Report, elapsed: std::time::Duration, trace: Option<&Path>) -> String {
     let status = match &report.outcome {
         Outcome::Completed(_) => "completed",
         Outcome::Failed(_) => "failed",
@@ -342,6 +364,7 @@ fn summary(report: &Report, elapsed: std::time::Duration, trace: &Path) -> Strin
     } else {
         s.tool_calls_ok as f64 * 100.0 / tool_calls as f64
     };
+    let trace = trace.map_or(String::new(), |p| format!("\ntrace: {}", p.display()));
     let export = match report.export {
         Some(e) if e.dropped == 0 => format!("\notlp: {} spans exported", e.delivered),
         Some(e) => format!(
@@ -351,7 +374,7 @@ fn summary(report: &Report, elapsed: std::time::Duration, trace: &Path) -> Strin
         None => String::new(),
     };
     format!(
-        "run {} {status} in {:.2}s: cost {}, {} tokens, {} steps, {} model calls, {} tool calls ({rate:.0}% succeeded), {} retries, {} validation rejections\ntrace: {}{export}",
+        "run {} {status} in {:.2}s: cost {}, {} tokens, {} steps, {} model calls, {} tool calls ({rate:.0}% succeeded), {} retries, {} validation rejections{trace}{export}",
         report.run_id,
         elapsed.as_secs_f64(),
         flowc::exec::dollars(report.spent.cost),
@@ -361,7 +384,6 @@ fn summary(report: &Report, elapsed: std::time::Duration, trace: &Path) -> Strin
         tool_calls,
         s.retries,
         s.validation_rejections,
-        trace.display()
     )
 }
 
@@ -848,7 +870,7 @@ fn resume(
         reject,
         trace: None,
         concurrency: 32,
-        store: store_path.to_path_buf(),
+        store: Some(store_path.to_path_buf()),
         resume: Some((record, lease.clone())),
         otlp,
         by,

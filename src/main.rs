@@ -104,6 +104,10 @@ enum Command {
         /// The run store.
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
+        /// Keep nothing: no run store and no trace file (unless `--trace`).
+        /// For tests and benchmarks; such a run cannot be resumed.
+        #[arg(long)]
+        ephemeral: bool,
     },
     /// Continue a run that crashed, was killed, or waited for an approval.
     /// No completed step runs again; no model is called again for one.
@@ -385,6 +389,7 @@ fn main() {
             concurrency,
             otlp,
             store,
+            ephemeral,
         } => execute::run_command(execute::RunArgs {
             file,
             flow,
@@ -394,7 +399,7 @@ fn main() {
             reject,
             trace,
             concurrency,
-            store,
+            store: (!ephemeral).then_some(store),
             resume: None,
             otlp,
             by,

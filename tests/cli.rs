@@ -199,3 +199,63 @@ fn schema_prints_json_schemas_for_types_and_tools() {
         jsonschema::validator_for(schema).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+const GREETING: &str = r#"flow greet(name: string) -> string {
+  budget { steps 10, wall 1m }
+  let shown = approve hello { show name }
+  return "hi {shown}"
+}
+"#;
+
+#[test]
+fn an_ephemeral_run_keeps_no_store_and_no_trace() {
+    let out = Test::new()
+        .file("greet.flow", GREETING)
+        .args(["run", "greet.flow", "--input", r#"{"name": "Ada"}"#])
+        .args(["--approve", "hello", "--ephemeral"])
+        .status(0)
+        .stdout("\"hi Ada\"\n")
+        .run();
+    assert!(!out.stderr.contains("trace:"), "{}", out.stderr);
+    let left: Vec<_> = std::fs::read_dir(out.dir())
+        .expect("the test folder")
+        .map(|e| e.expect("an entry").file_name())
+        .collect();
+    assert_eq!(left, ["greet.flow"], "an ephemeral run wrote files");
+}
+
+#[test]
+fn an_ephemeral_run_writes_the_trace_it_is_told_to() {
+    let out = Test::new()
+        .file("greet.flow", GREETING)
+        .args(["run", "greet.flow", "--input", r#"{"name": "Ada"}"#])
+        .args(["--approve", "hello", "--ephemeral", "--trace", "t.jsonl"])
+        .status(0)
+        .stderr_has("trace: t.jsonl")
+        .run();
+    let trace = std::fs::read_to_string(out.dir().join("t.jsonl")).expect("the trace");
+    assert!(
+        trace.lines().any(|l| l.contains(r#""kind":"gate""#)),
+        "{trace}"
+    );
+    assert!(!out.dir().join(".flowc").exists());
+}
+
+#[test]
+fn an_ephemeral_run_at_an_undecided_gate_says_it_cannot_be_resumed() {
+    let out = Test::new()
+        .file("greet.flow", GREETING)
+        .args([
+            "run",
+            "greet.flow",
+            "--input",
+            r#"{"name": "Ada"}"#,
+            "--ephemeral",
+        ])
+        .status(4)
+        .stderr_has("waiting: gate `hello` in flow `greet` shows:")
+        .stderr_has("an ephemeral run keeps nothing to resume")
+        .run();
+    assert!(!out.stderr.contains("flowc resume"), "{}", out.stderr);
+    assert!(!out.dir().join(".flowc").exists());
+}
