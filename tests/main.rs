@@ -11,6 +11,7 @@ mod cli;
 mod durable;
 mod example_live;
 mod explain;
+mod fault_matrix;
 mod format;
 mod generated_flows;
 mod github_review;

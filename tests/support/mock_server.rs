@@ -26,6 +26,9 @@
 //! the route they are served on: Anthropic for paths ending in `/messages`,
 //! OpenAI otherwise, so one script works for either protocol.
 //!
+//! [`Reply::drop_connection`] closes the connection without a response (a
+//! dropped connection, as a proxy or a crashed upstream gives).
+//!
 //! The server runs on its own thread and runtime, so it serves sync tests,
 //! `current_thread` tests and concurrent requests alike. Dropping it stops
 //! it and abandons any connection still open (hung replies included).
@@ -125,6 +128,8 @@ pub enum Reply {
     Malformed,
     /// Reads the request and never answers (until the server is dropped).
     Hang,
+    /// Reads the request and closes the connection without a response.
+    Drop,
     /// Sends the status, headers and the first bytes of a body, then stalls
     /// for ever: for timeouts that must cover reading the body.
     StallBody,
@@ -272,6 +277,10 @@ impl Reply {
         Reply::Malformed
     }
 
+    pub fn drop_connection() -> Reply {
+        Reply::Drop
+    }
+
     pub fn hang() -> Reply {
         Reply::Hang
     }
@@ -382,6 +391,7 @@ impl fmt::Debug for Reply {
                 .finish(),
             Reply::Malformed => f.write_str("Malformed"),
             Reply::Hang => f.write_str("Hang"),
+            Reply::Drop => f.write_str("Drop"),
             Reply::StallBody => f.write_str("StallBody"),
             Reply::Delay { ms, reply } => f
                 .debug_struct("Delay")
@@ -629,7 +639,7 @@ async fn serve(
 async fn handle(
     state: Arc<Mutex<State>>,
     request: Request<Incoming>,
-) -> Result<Response<MockBody>, Infallible> {
+) -> Result<Response<MockBody>, Dropped> {
     let (parts, body) = request.into_parts();
     let bytes = body
         .collect()
@@ -674,8 +684,21 @@ async fn handle(
         });
         (recorded, reply)
     };
-    Ok(respond(&state, reply, &recorded).await)
+    respond(&state, reply, &recorded).await
 }
+
+/// A reply that closes the connection instead of answering: hyper drops a
+/// connection whose service fails.
+#[derive(Debug)]
+pub struct Dropped;
+
+impl fmt::Display for Dropped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("mock server: connection dropped on purpose")
+    }
+}
+
+impl std::error::Error for Dropped {}
 
 /// Which API format a route speaks.
 #[derive(Clone, Copy, PartialEq)]
@@ -696,7 +719,7 @@ async fn respond(
     state: &Mutex<State>,
     mut reply: Reply,
     request: &RecordedRequest,
-) -> Response<MockBody> {
+) -> Result<Response<MockBody>, Dropped> {
     let format = format_of(&request.path);
     loop {
         reply = match reply {
@@ -706,6 +729,7 @@ async fn respond(
             }
             Reply::Func(f) => f(request),
             Reply::Hang => std::future::pending().await,
+            Reply::Drop => return Err(Dropped),
             Reply::Chat(chat) => {
                 let id = {
                     let mut state = lock(state);
@@ -719,35 +743,35 @@ async fn respond(
                     "Rate limit reached for requests. Please try again in {retry_after_secs}s."
                 );
                 let body = error_body(format, 429, &message);
-                return json_response(
+                return Ok(json_response(
                     state,
                     429,
                     &body,
                     &[("retry-after".into(), retry_after_secs.to_string())],
-                );
+                ));
             }
             Reply::Error { status, message } => {
                 let body = error_body(format, status, &message);
-                return json_response(state, status, &body, &[]);
+                return Ok(json_response(state, status, &body, &[]));
             }
             Reply::Json {
                 status,
                 body,
                 headers,
-            } => return json_response(state, status, &body, &headers),
+            } => return Ok(json_response(state, status, &body, &headers)),
             Reply::Raw {
                 status,
                 body,
                 headers,
-            } => return response(status, &headers, MockBody::full(body)),
+            } => return Ok(response(status, &headers, MockBody::full(body))),
             Reply::Malformed => {
                 let body = r#"{"id": "broken", "choices": [{"index": 0, "message": {"role": "assistant", "content": "#;
-                return response(200, &[], MockBody::full(body));
+                return Ok(response(200, &[], MockBody::full(body)));
             }
             Reply::StallBody => {
                 let first = r#"{"id": "stalled", "choices": ["#;
                 let headers = [("content-length".to_string(), "4096".to_string())];
-                return response(200, &headers, MockBody::stalled(first));
+                return Ok(response(200, &headers, MockBody::stalled(first)));
             }
         };
     }
