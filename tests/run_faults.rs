@@ -1165,14 +1165,14 @@ flow sweep(items: [string] len ..10) -> [Hit] {
 #[test]
 fn an_open_breaker_lets_one_probe_through_after_its_cooldown_and_closes_on_success() {
     // Each iteration waits 100 ms on `lookup`, then calls `broken`. The
-    // first two calls fail and open its breaker for 350 ms; the iterations
+    // first two calls fail and open its breaker for 500 ms; the iterations
     // meanwhile fall back without a request; then one probe goes through,
     // the service is back, the breaker closes and every later call is made.
     let program = checked(&format!(
         "{}\n{}",
         BROKEN_TOOL.replace("RETRIES", "0"),
         r#"
-flow sweep(items: [string] len ..10) -> [Hit] {
+flow sweep(items: [string] len ..14) -> [Hit] {
   budget { tool_calls 30 }
   let found = for x in items {
     let first = lookup(q: x)
@@ -1195,8 +1195,8 @@ flow sweep(items: [string] len ..10) -> [Hit] {
     server.always("GET /tools/broken", Reply::ok(json!({"hit": "up"})));
     let mut opts = options(&server);
     opts.breaker = 2;
-    opts.breaker_cooldown = Duration::from_millis(350);
-    let items: Vec<String> = (0..10).map(|i| format!("i{i}")).collect();
+    opts.breaker_cooldown = Duration::from_millis(500);
+    let items: Vec<String> = (0..14).map(|i| format!("i{i}")).collect();
     let (report, _) = run_with(&program, "sweep", json!({"items": items}), opts);
     let hits: Vec<String> = completed(&report)
         .as_array()
@@ -1219,7 +1219,7 @@ flow sweep(items: [string] len ..10) -> [Hit] {
     assert!(hits[none..].iter().all(|h| h == "up"), "{hits:?}");
     assert_eq!(
         server.hits("/tools/broken"),
-        10 - skipped,
+        14 - skipped,
         "no request while open"
     );
 }
