@@ -57,7 +57,7 @@ flow rate_all(topics: [string] len ..3) -> [Answer] {
     llm fast -> Answer {
       prompt "Rate {t}: {h.hit}"
       retry 1 on rate_limit, timeout, server_error, connection, invalid backoff 20ms
-      timeout 300ms
+      timeout 1s
     }
   }
   return rated
@@ -68,7 +68,7 @@ flow survey(topic: string, topics: [string] len ..3) -> { first: Answer, notes: 
   let first = llm fast -> Answer {
     prompt "Rate {topic}"
     retry 1 on rate_limit, timeout, server_error, connection, invalid backoff 20ms
-    timeout 300ms
+    timeout 1s
   }
   let notes = scout(topic: topic) fallback { title: "no notes", score: 0 }
   let all = rate_all(topics: topics)
