@@ -7,7 +7,11 @@
  *    the grammar expects them, so they stay usable as names elsewhere, as in pest;
  *    reserved words are not enforced (`let type = ...` parses here, pest rejects it);
  *  - `effect read reads r` keeps `reads r` as a sibling clause instead of a child;
- *  - `{{` in a string is always an escaped brace (pest first tries `{` + object).
+ *  - `{{` in a string is always an escaped brace (pest first tries `{` + object);
+ *  - `len 1..5` is three tokens here (one in pest), so a comment may sit inside it.
+ *
+ * tests/tidy.rs checks that every word of flow.pest appears in this file, and
+ * tests/editors/run.sh that every .flow file of the repository parses with it.
  */
 
 /// <reference types="tree-sitter-cli/dsl" />
@@ -46,6 +50,8 @@ module.exports = grammar({
     // named `len` / `matching` when no comma separates them.
     [$._type_term, $.constrained_type],
     [$.constrained_type],
+    // `-> exact {`: an exact record, or a type named `exact` and then a body.
+    [$._type_atom, $.exact],
   ],
 
   rules: {
@@ -60,7 +66,9 @@ module.exports = grammar({
       $.agent_declaration,
       $.flow_declaration,
       $.test_declaration,
+      $.eval_declaration,
       $.provider_declaration,
+      $.server_declaration,
     ),
 
     // ------------------------------------------------------------ lexical
@@ -171,11 +179,20 @@ module.exports = grammar({
       $.number,
       $.boolean,
       alias($.identifier, $.type_identifier),
+      // A type named `exact` (pest tries `exact {` first, then the name).
+      alias('exact', $.type_identifier),
     ),
 
     list_type: $ => seq('[', $._type, ']'),
 
-    record_type: $ => seq('{', repeat(seq($.field_declaration, optional(','))), '}'),
+    // `exact { … }` rejects undeclared fields in results; `{ … }` drops them.
+    record_type: $ => seq(
+      optional($.exact),
+      '{',
+      repeat(seq($.field_declaration, optional(','))),
+      '}',
+    ),
+    exact: _ => 'exact',
 
     field_declaration: $ => seq(
       field('name', choice(
@@ -253,6 +270,26 @@ module.exports = grammar({
 
     wildcard: _ => '*',
 
+    // An MCP server: a program spoken to over stdio, or a Streamable HTTP URL.
+    // server files { command ["npx", "mcp-server-filesystem", "."] env "TOKEN" "{env.TOKEN}" }
+    server_declaration: $ => seq(
+      'server',
+      field('name', $.identifier),
+      field('body', $.server_body),
+    ),
+
+    server_body: $ => seq('{', repeat(choice(
+      $.command_clause,
+      $.url_clause,
+      $.header_clause,
+      $.server_env_clause,
+      $.timeout_clause,
+    )), '}'),
+
+    command_clause: $ => seq('command', '[', commaSep1($.string), optional(','), ']'),
+    url_clause: $ => seq('url', $.string),
+    server_env_clause: $ => seq('env', field('name', $.string), field('value', $.string)),
+
     // tool search(q: string) -> [Hit] { http GET "..." effect read timeout 10s }
     tool_declaration: $ => seq(
       'tool',
@@ -286,6 +323,11 @@ module.exports = grammar({
       $.retry_clause,
       $.idempotency_clause,
       $.limit_clause,
+      $.query_clause,
+      $.body_clause,
+      $.format_clause,
+      $.raw_clause,
+      $.mcp_clause,
     ),
 
     http_clause: $ => seq('http', field('method', $.http_method), field('url', $.string)),
@@ -300,6 +342,17 @@ module.exports = grammar({
     timeout_clause: $ => seq('timeout', $.duration),
     idempotency_clause: $ => seq('idempotency', $.string),
     limit_clause: $ => seq('limit', $.count, 'tokens'),
+    // query { state: state, per_page: 100 }   body { event: "COMMENT" }   body form { q: q }
+    query_clause: $ => seq('query', $.object),
+    body_clause: $ => seq('body', optional(field('encoding', $.body_encoding)), field('value', $._expression)),
+    body_encoding: _ => choice('json', 'form'),
+    // format text: the response body is the result as text
+    format_clause: $ => seq('format', $.response_format),
+    response_format: _ => choice('json', 'text'),
+    // raw path: `{path}` goes into the URL as written (slashes kept)
+    raw_clause: $ => seq('raw', commaSep1($.identifier)),
+    // mcp files "read_file": the server's tool (by default the tool's own name)
+    mcp_clause: $ => seq('mcp', field('server', $.identifier), optional(field('tool', $.string))),
 
     // retry 3 on rate_limit, timeout backoff 1s * 4 cap 30s jitter
     retry_clause: $ => seq(
@@ -581,5 +634,52 @@ module.exports = grammar({
     // expect failure   expect failure "text the error contains"
     expect_failure: $ => seq('failure', optional(field('message', $.string))),
     call_count: $ => seq(field('target', $.identifier), 'called', $.integer, 'times'),
+
+    // ------------------------------------------------------------ evals
+
+    // eval "triage quality" {
+    //   run triage expecting { category: Category }
+    //   dataset "./triage.eval.jsonl"
+    //   row { ticket_id: "482913" } expecting { category: "billing" }
+    //   score category weight 2 = output.category == expected.category
+    //   score tone = llm grader -> Judgement { prompt "..." }
+    //   threshold 0.8  budget { cost $2.00 }  concurrency 4
+    // }
+    eval_declaration: $ => seq(
+      'eval',
+      field('name', $.string),
+      field('body', $.eval_body),
+    ),
+
+    eval_body: $ => seq('{', repeat(choice(
+      $.eval_run_clause,
+      $.dataset_clause,
+      $.row_clause,
+      $.score_clause,
+      $.threshold_clause,
+      $.concurrency_clause,
+      $.budget,
+    )), '}'),
+
+    eval_run_clause: $ => seq(
+      'run',
+      field('flow', $.identifier),
+      optional(seq('expecting', field('type', $._type))),
+    ),
+    dataset_clause: $ => seq('dataset', $.string),
+    row_clause: $ => seq(
+      'row',
+      field('input', $._expression),
+      optional(seq('expecting', field('expected', $._expression))),
+    ),
+    score_clause: $ => seq(
+      'score',
+      field('name', $.identifier),
+      optional(seq('weight', field('weight', $.number))),
+      '=',
+      field('value', choice($.llm_step, $._expression)),
+    ),
+    threshold_clause: $ => seq('threshold', $.number),
+    concurrency_clause: $ => seq('concurrency', $.integer),
   },
 });

@@ -22,5 +22,8 @@
   (tools_clause)
   (use_declaration)
   (test_declaration)
+  (server_body)
+  (command_clause)
+  (eval_body)
   (string)
 ] @fold

@@ -53,6 +53,11 @@
 (tool_declaration name: (identifier) @function)
 (agent_declaration name: (identifier) @function)
 (flow_declaration name: (identifier) @function)
+(server_declaration name: (identifier) @module)
+(mcp_clause server: (identifier) @module)
+(eval_run_clause flow: (identifier) @function)
+(score_clause name: (identifier) @label)
+(raw_clause (identifier) @variable.parameter)
 
 (parameter name: (identifier) @variable.parameter)
 (field_declaration name: (field_identifier) @variable.member)
@@ -87,16 +92,20 @@
 (given_clause target: (identifier) @function)
 (call_count target: (identifier) @function)
 
+; `output` in tests and evals, `expected` in evals.
 ((variable) @variable.builtin
-  (#eq? @variable.builtin "output"))
+  (#match? @variable.builtin "^(output|expected)$"))
 ((variable) @variable
-  (#not-eq? @variable "output"))
+  (#not-match? @variable "^(output|expected)$"))
 
 (http_method) @constant.builtin
 (effect_kind) @keyword.modifier
 (retry_class) @constant.builtin
 (decision) @constant.builtin
 (jitter) @keyword
+(exact) @keyword.modifier
+(body_encoding) @constant.builtin
+(response_format) @constant.builtin
 
 ; ------------------------------------------------------------------ keywords
 
@@ -111,7 +120,9 @@
   "model"
   "resource"
   "provider"
+  "server"
   "test"
+  "eval"
   "let"
   "llm"
   "check"
@@ -183,8 +194,23 @@
   "failure"
   "called"
   "times"
+  "query"
+  "body"
+  "format"
+  "raw"
+  "mcp"
+  "command"
+  "url"
+  "expecting"
+  "dataset"
+  "row"
+  "score"
+  "weight"
+  "threshold"
+  "concurrency"
 ] @keyword
 (timeout_clause "timeout" @keyword)
+(server_env_clause "env" @keyword)
 [
   "matching"
   "len"
@@ -234,6 +260,8 @@
 (block ["{" "}"] @punctuation.bracket)
 (object ["{" "}"] @punctuation.bracket)
 (test_declaration ["{" "}"] @punctuation.bracket)
+(server_body ["{" "}"] @punctuation.bracket)
+(eval_body ["{" "}"] @punctuation.bracket)
 
 [
   ","

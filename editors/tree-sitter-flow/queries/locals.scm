@@ -8,6 +8,7 @@
 (flow_declaration) @local.scope
 (block) @local.scope
 (test_declaration) @local.scope
+(eval_declaration) @local.scope
 
 ; Definitions
 (parameter name: (identifier) @local.definition.parameter)
@@ -21,6 +22,7 @@
 (agent_declaration name: (identifier) @local.definition.function)
 (flow_declaration name: (identifier) @local.definition.function)
 (provider_declaration name: (identifier) @local.definition.function)
+(server_declaration name: (identifier) @local.definition.namespace)
 (type_declaration name: (type_identifier) @local.definition.type)
 (use_declaration name: (identifier) @local.definition.import)
 
@@ -37,3 +39,6 @@
 (given_clause target: (identifier) @local.reference)
 (given_clause gate: (identifier) @local.reference)
 (call_count target: (identifier) @local.reference)
+(mcp_clause server: (identifier) @local.reference)
+(eval_run_clause flow: (identifier) @local.reference)
+(raw_clause (identifier) @local.reference)

@@ -6,5 +6,7 @@
 (agent_declaration "agent" @context name: (identifier) @name) @item
 (flow_declaration "flow" @context name: (identifier) @name) @item
 (test_declaration "test" @context name: (string) @name) @item
+(eval_declaration "eval" @context name: (string) @name) @item
+(server_declaration "server" @context name: (identifier) @name) @item
 (let_statement "let" @context name: (identifier) @name) @item
 (check_statement "check" @context name: (identifier) @name) @item
