@@ -34,7 +34,7 @@ endfunction
 
 call s:Words('flowInclude',     ['use'])
 call s:Words('flowTypedef',     ['type'])
-call s:Words('flowDeclaration', ['model', 'resource', 'tool', 'agent', 'flow', 'test', 'provider', 'let'])
+call s:Words('flowDeclaration', ['model', 'resource', 'tool', 'agent', 'flow', 'test', 'eval', 'provider', 'let'])
 call s:Words('flowConditional', ['if', 'else', 'match'])
 call s:Words('flowRepeat',      ['for', 'in', 'parallel'])
 call s:Words('flowStatement',   ['return', 'llm', 'approve', 'check', 'require', 'budget', 'after', 'fallback'])
@@ -45,11 +45,11 @@ call s:Words('flowNull',        ['null'])
 " Clause words are not reserved: they are keywords only where a clause is
 " expected, recognised by what follows them.
 syn match flowClause "\<\%(http\)\>\ze\s\+\%(GET\|POST\|PUT\|PATCH\|DELETE\)\>"
-syn match flowClause "\<\%(exec\|tools\)\>\ze\s*\["
-syn match flowClause "\<\%(builtin\|header\|idempotency\|instructions\|prompt\|system\)\>\ze\s*\""
+syn match flowClause "\<\%(exec\|tools\|command\)\>\ze\s*\["
+syn match flowClause "\<\%(builtin\|header\|idempotency\|instructions\|prompt\|system\|url\|dataset\)\>\ze\s*\""
 syn match flowClause "\<\%(effect\|may\)\>\ze\s\+\%(read\|write\|irreversible\)\>"
 syn match flowClause "\<\%(reads\|writes\|protocol\)\>\ze\s\+\h"
-syn match flowClause "\<\%(timeout\|retry\|backoff\|cap\|limit\|max_steps\|max_repeat\|max_tokens\)\>\ze\s*\d"
+syn match flowClause "\<\%(timeout\|retry\|backoff\|cap\|limit\|max_steps\|max_repeat\|max_tokens\|context\|threshold\|concurrency\|weight\)\>\ze\s*\d"
 syn match flowClause "\<on\>\ze\s\+\%(rate_limit\|timeout\|server_error\|connection\|invalid\)\>"
 syn match flowClause "\<\%(show\|jitter\)\>\%(\s*[:=(.,)\]}]\)\@!"
 syn match flowClause "\<\%(\d\+\%(\.\d\+\)\=[kM]\=\s\+\)\@<=tokens\>"
@@ -60,13 +60,29 @@ syn match flowClause "\<\%(input\|output\)\>\ze\s*\$"
 syn match flowClause "\<matching\>\ze\s*/"
 syn match flowClause "\<len\>\ze\s*\%(\d\|\.\.\)"
 syn match flowClause "\<schema\>\ze\s*\""
+" Tool clauses of HTTP and MCP tools. `body` takes any expression, so it is a
+" clause word unless what follows makes it a name (`body: …`, `body.x`, `body and …`).
+syn match flowClause "\<query\>\ze\s*{"
+syn match flowClause "\<body\>\%(\s*[:=.,)\]}?(]\|\s*$\|\s*//\|\s\+\%(and\|or\)\>\)\@!"
+syn match flowClause "\<format\>\ze\s\+\%(json\|text\)\>"
+syn match flowClause "\<\%(raw\|mcp\)\>\ze\s\+\%(\%(and\|or\|in\)\>\)\@!\h"
+" Server items: `server NAME {`; the word is not reserved.
+syn match flowDeclaration "\<server\>\ze\s\+\h\w*\s*{"
+syn match flowModifier "\<exact\>\ze\s*{"
 
 " Test blocks.
 syn match flowTestWord "\<run\>\ze\s\+\h\w*\s*("
+" Eval blocks: `run FLOW expecting T`, `row EXPR expecting EXPR`, `score NAME [weight W] = …`.
+syn match flowTestWord "\<run\>\ze\s\+\h\w*\>\%(\s*(\)\@!"
+syn match flowTestWord "\<expecting\>\%(\s*[:=(.,)\]}]\)\@!"
+syn match flowTestWord "\<row\>\%(\s*[:=.,)\]}?(]\|\s*$\|\s*//\|\s\+\%(and\|or\|in\)\>\)\@!"
+syn match flowTestWord "\<score\>\ze\s\+\h\w*\s*\%(weight\>\|=[^=]\)"
 syn match flowTestWord "\<\%(given\|expect\|returns\|fails\|approves\|rejects\|with\|called\|times\)\>\%(\s*[:=(.,)\]}]\)\@!"
 " `expect failure` and `expect failure "text"`; `failure` is a name elsewhere.
 syn match flowTestWord "\%(\<expect\s\+\)\@<=failure\>"
 syn match flowBuiltinVar "\<output\>\%(\s*[:$]\)\@!"
+" `expected` in an eval's scores: the dataset row's expected value.
+syn match flowBuiltinVar "\%(\.\s*\)\@<!\<expected\>\%(\s*:\)\@!"
 
 " Values that only a clause gives meaning to.
 syn match flowHttpMethod "\%(\<http\s\+\)\@<=\%(GET\|POST\|PUT\|PATCH\|DELETE\)\>"
@@ -75,6 +91,8 @@ syn match flowRetryClass "\%(\<on\s\+\%(\h\w*\s*,\s*\)*\)\@<=\%(rate_limit\|time
 syn match flowDecision   "\%(\<on_timeout\s\+\)\@<=\%(approve\|reject\)\>"
 syn match flowProtocol   "\%(\<protocol\s\+\)\@<=\h\w*"
 syn match flowOperator   "\%(\<price\s\+\)\@<=\*"
+syn match flowEncoding   "\%(\<body\s\+\)\@<=\%(json\|form\)\>"
+syn match flowEncoding   "\%(\<format\s\+\)\@<=\%(json\|text\)\>"
 
 " Names that a declaration or a step introduces.
 syn match flowTypeName     "\%(\<type\s\+\)\@<=\h\w*"
@@ -82,10 +100,16 @@ syn match flowFunctionName "\%(\<\%(tool\|agent\|flow\|provider\)\s\+\)\@<=\h\w*
 syn match flowConstantName "\%(\<\%(model\|resource\|llm\)\s\+\)\@<=\h\w*"
 syn match flowLabel        "\%(\<\%(check\|approve\)\s\+\)\@<=\h\w*"
 syn match flowVariableName "\%(\<\%(let\|for\)\s\+\)\@<=\h\w*"
+syn match flowConstantName "\%(\<server\s\+\)\@<=\h\w*\ze\s*{"
+syn match flowConstantName "\%(\<mcp\s\+\)\@<=\h\w*"
+syn match flowLabel        "\%(\<score\s\+\)\@<=\h\w*\ze\s*\%(weight\>\|=[^=]\)"
+syn match flowFunctionName "\%(\<run\s\+\)\@<=\%(\%(in\|and\|or\)\>\)\@!\h\w*\>\%(\s*(\)\@!"
 
 " Environment variables.
 syn match flowEnv "\<env\>\%(\s*\.\s*\h\w*\)\=" contains=flowEnvName
 syn match flowEnvName "\%(\.\s*\)\@<=\h\w*" contained
+" `env "NAME" "value"` in a server: a clause (defined after flowEnv to win).
+syn match flowClause "\<env\>\ze\s*\""
 
 " Numbers (later definitions win at the same position).
 syn match flowNumber   "-\=\<\d\+\%(\.\d\+\)\=\>"
@@ -137,6 +161,8 @@ hi def link flowTestWord               Keyword
 hi def link flowBuiltinVar             Special
 hi def link flowHttpMethod             Constant
 hi def link flowEffect                 StorageClass
+hi def link flowModifier               StorageClass
+hi def link flowEncoding               Constant
 hi def link flowRetryClass             Constant
 hi def link flowDecision               Constant
 hi def link flowProtocol               Constant
