@@ -40,7 +40,8 @@ def check(ts, grammar, path):
     for (start, end), names in sorted(by_range.items()):
         if len(names) > 1:
             problems.append(f"{start[0] + 1}:{start[1] + 1} captured as {sorted(names)}")
-    lines = open(path, encoding="utf-8").read().split("\n")
+    # tree-sitter's columns count bytes: coverage is kept per byte.
+    lines = open(path, "rb").read().split(b"\n")
     covered = [[False] * (len(line) + 1) for line in lines]
     for name, (sr, sc), (er, ec) in caps:
         for r in range(sr, er + 1):
@@ -50,11 +51,18 @@ def check(ts, grammar, path):
             b = ec if r == er else len(lines[r])
             for c in range(a, min(b, len(lines[r]))):
                 covered[r][c] = True
-    for r, line in enumerate(lines):
+    for r, raw in enumerate(lines):
+        line = raw.decode("utf-8")
+        # byte offset of each character
+        starts = []
+        offset = 0
+        for ch in line:
+            starts.append(offset)
+            offset += len(ch.encode("utf-8"))
         for c, ch in enumerate(line):
-            if not ch.isspace() and not covered[r][c]:
+            if not ch.isspace() and not covered[r][starts[c]]:
                 j = c
-                while j < len(line) and not line[j].isspace() and not covered[r][j]:
+                while j < len(line) and not line[j].isspace() and not covered[r][starts[j]]:
                     j += 1
                 problems.append(f"{r + 1}:{c + 1} not highlighted: {line[c:j]!r}")
                 break
