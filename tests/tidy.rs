@@ -12,6 +12,9 @@
 //! - no `Result<_, String>` in `src/run/`: runtime errors are typed;
 //! - no two files of `src/run/` import each other (read from the `use`
 //!   lines and inline `super::…`/`crate::run::…` paths).
+//! - the editor packages in `editors/` know every word of
+//!   `grammar/flow.pest` (tree-sitter grammar and highlights, TextMate
+//!   grammar, Vim syntax), and reserve exactly pest's reserved words.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -363,5 +366,314 @@ fn no_two_runtime_files_import_each_other() {
         circles.is_empty(),
         "files of src/run/ that import each other:\n{}",
         circles.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------- editors
+//
+// The editor packages in editors/ are written by hand against
+// grammar/flow.pest. These tests fail when a word enters the pest grammar
+// and an editor does not know it, so that new syntax cannot leave them
+// behind silently (they did once: `context 128k` in a price broke the
+// tree-sitter parse of stdlib/models.flow).
+
+/// The code of `text` without its `//` comments, and the string literals in
+/// it, for a language whose strings are quoted with `quote` and escaped with
+/// a backslash (pest: `"\""`, JavaScript: `'\''`). Comments are dropped so that the
+/// words of a commented example are not taken for syntax.
+fn code_and_literals(text: &str, quote: char) -> (String, Vec<String>) {
+    let mut code = String::with_capacity(text.len());
+    let mut literals = Vec::new();
+    for line in text.lines() {
+        let mut literal: Option<String> = None;
+        let mut escaped = false;
+        for (i, c) in line.char_indices() {
+            match literal.as_mut() {
+                Some(lit) if escaped => {
+                    escaped = false;
+                    lit.push(c);
+                }
+                Some(lit) if c == '\\' => {
+                    escaped = true;
+                    lit.push(c);
+                }
+                Some(_) if c == quote => literals.extend(literal.take()),
+                Some(lit) => lit.push(c),
+                None if c == quote => literal = Some(String::new()),
+                None if line[i..].starts_with("//") => break,
+                None => {}
+            }
+            code.push(c);
+        }
+        code.push('\n');
+    }
+    (code, literals)
+}
+
+fn is_word(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The string literals of `text` (see [`code_and_literals`]) that are one
+/// word: a letter, then letters, digits and `_`.
+fn quoted_words(text: &str, quote: char) -> BTreeSet<String> {
+    code_and_literals(text, quote)
+        .1
+        .into_iter()
+        .filter(|l| is_word(l))
+        .collect()
+}
+
+/// The words of a text: maximal runs of letters, digits and `_`.
+fn words_of(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+}
+
+/// Every word the pest grammar spells out: clause words (`"price"`,
+/// `"context"`), the words of the `kw_*` rules and of `keyword`, and closed
+/// sets of values (`"GET"`, `"rate_limit"`, `"json"`).
+fn pest_words() -> BTreeSet<String> {
+    let words = quoted_words(&read("grammar/flow.pest"), '"');
+    // Guard against a reader that silently finds nothing.
+    for known in [
+        "use", "price", "context", "timeout", "GET", "failure", "eval", "server",
+    ] {
+        assert!(
+            words.contains(known),
+            "pest_words() misses {known:?}: {words:?}"
+        );
+    }
+    words
+}
+
+/// The reserved words: the literals of the `keyword = @{ … }` rule.
+fn pest_reserved() -> BTreeSet<String> {
+    let pest = code_and_literals(&read("grammar/flow.pest"), '"').0;
+    let start = pest
+        .find("keyword = @{")
+        .expect("flow.pest has a `keyword` rule");
+    let end = start + pest[start..].find("\n}").expect("the `keyword` rule ends");
+    let words = quoted_words(&pest[start..end], '"');
+    assert!(words.len() > 20 && words.contains("let"), "{words:?}");
+    words
+}
+
+/// Literal pieces of tokens that no editor spells as a word: each matches
+/// them inside a regular expression for the whole token.
+const LEXICAL_PIECES: &[(&str, &str)] = &[
+    ("k", "count suffix: 100k"),
+    ("M", "count suffix: 2M"),
+    ("ms", "duration unit: 500ms"),
+    ("s", "duration unit: 30s"),
+    ("m", "duration unit: 15m"),
+    ("h", "duration unit: 48h"),
+    ("d", "duration unit: 7d"),
+    ("n", "string escape: \\n"),
+    ("t", "string escape: \\t"),
+    ("r", "string escape: \\r"),
+];
+
+/// Words an editor deliberately leaves alone, with the reason. Empty today;
+/// an entry that the editor does know, or that pest no longer has, fails the
+/// test, so the list cannot rot.
+const EDITOR_ALLOWED_MISSING: &[(&str, &str, &str)] = &[
+    // (editor, word, why)
+];
+
+/// The tree-sitter grammar without the names of its fields
+/// (`field('body', …)` names a child, it is no token).
+fn tree_sitter_grammar() -> String {
+    let fields = fancy_regex::Regex::new(r"field\('\w+'").expect("regex");
+    fields
+        .replace_all(&read("editors/tree-sitter-flow/grammar.js"), "field(")
+        .into_owned()
+}
+
+/// Words of the tree-sitter grammar: its `'…'` string literals.
+fn tree_sitter_words() -> BTreeSet<String> {
+    quoted_words(&tree_sitter_grammar(), '\'')
+}
+
+/// The regular expressions of the VS Code TextMate grammar.
+fn textmate_regexes() -> Vec<String> {
+    fn walk(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("match" | "begin" | "end" | "while", serde_json::Value::String(s)) => {
+                            out.push(s.clone())
+                        }
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let grammar: serde_json::Value =
+        serde_json::from_str(&read("editors/vscode/syntaxes/flow.tmLanguage.json"))
+            .expect("the TextMate grammar is JSON");
+    let mut out = Vec::new();
+    walk(&grammar, &mut out);
+    out
+}
+
+/// Words of the TextMate grammar's regexes, escapes (`\b`, `\s`) removed.
+fn textmate_words() -> BTreeSet<String> {
+    let escapes = fancy_regex::Regex::new(r"\\.").expect("regex");
+    textmate_regexes()
+        .iter()
+        .flat_map(|re| words_of(&escapes.replace_all(re, " ")))
+        .collect()
+}
+
+/// Words of the Vim syntax file's code (comment lines dropped), with Vim's
+/// regex escapes (`\<`, `\ze`, `\s`, `\%(`) removed.
+fn vim_words() -> BTreeSet<String> {
+    let escapes = fancy_regex::Regex::new(r"\\z[se]|\\.").expect("regex");
+    read("editors/vim/syntax/flow.vim")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('"'))
+        .flat_map(|l| words_of(&escapes.replace_all(l, " ")))
+        .collect()
+}
+
+#[test]
+fn every_word_of_the_grammar_is_known_to_every_editor() {
+    let pest = pest_words();
+    let lexical: BTreeSet<&str> = LEXICAL_PIECES.iter().map(|(w, _)| *w).collect();
+    let editors = [
+        (
+            "tree-sitter",
+            "editors/tree-sitter-flow/grammar.js",
+            tree_sitter_words(),
+        ),
+        (
+            "vscode",
+            "editors/vscode/syntaxes/flow.tmLanguage.json",
+            textmate_words(),
+        ),
+        ("vim", "editors/vim/syntax/flow.vim", vim_words()),
+    ];
+    let mut problems = Vec::new();
+    for word in &lexical {
+        if !pest.contains(*word) {
+            problems.push(format!(
+                "LEXICAL_PIECES lists {word:?}, which flow.pest no longer has"
+            ));
+        }
+    }
+    for (editor, file, known) in &editors {
+        let allowed: BTreeSet<&str> = EDITOR_ALLOWED_MISSING
+            .iter()
+            .filter(|(e, _, _)| e == editor)
+            .map(|(_, w, _)| *w)
+            .collect();
+        let missing: Vec<&str> = pest
+            .iter()
+            .map(String::as_str)
+            .filter(|w| !lexical.contains(w) && !allowed.contains(w) && !known.contains(*w))
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "{file} ({editor}) does not know these words of grammar/flow.pest: {}",
+                missing.join(", ")
+            ));
+        }
+        for word in &allowed {
+            if !pest.contains(*word) || known.contains(*word) {
+                problems.push(format!(
+                    "EDITOR_ALLOWED_MISSING lists {word:?} for {editor}, which is stale \
+                     (pest no longer has it, or the editor knows it now)"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_editors_reserve_exactly_the_grammars_keywords() {
+    let reserved = pest_reserved();
+    let mut problems = Vec::new();
+
+    // VS Code: a reserved word followed by `(` is never a call.
+    let call = textmate_regexes()
+        .into_iter()
+        .find(|re| re.starts_with(r"\b(?!(?:"))
+        .expect("the TextMate grammar has a call rule guarded by the reserved words");
+    let list = &call[r"\b(?!(?:".len()..call.find(r")\b)").expect("guard ends")];
+    let vscode: BTreeSet<String> = list.split('|').map(str::to_string).collect();
+    if vscode != reserved {
+        problems.push(format!(
+            "vscode call guard: missing {:?}, extra {:?}",
+            reserved.difference(&vscode).collect::<Vec<_>>(),
+            vscode.difference(&reserved).collect::<Vec<_>>()
+        ));
+    }
+
+    // Vim: the reserved words are the `s:Words(...)` keyword groups, but
+    // `env`, which is highlighted with the name after it (`env.KEY`) by
+    // flowEnv.
+    let vim_file = read("editors/vim/syntax/flow.vim");
+    let mut vim: BTreeSet<String> = vim_file
+        .lines()
+        .filter(|l| l.starts_with("call s:Words("))
+        .flat_map(|l| quoted_words(&l[l.find('[').expect("a word list")..], '\''))
+        .collect();
+    assert!(vim_file.contains(r#"syn match flowEnv "\<env\>"#));
+    vim.insert("env".to_string());
+    if vim != reserved {
+        problems.push(format!(
+            "vim s:Words keyword groups: missing {:?}, extra {:?}",
+            reserved.difference(&vim).collect::<Vec<_>>(),
+            vim.difference(&reserved).collect::<Vec<_>>()
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn tree_sitter_highlights_every_word_of_the_grammar() {
+    // A word is highlighted when highlights.scm names it (`"price"`), or
+    // names the rule that is nothing but that word and its siblings
+    // (`http_method: _ => choice('GET', …)` and `(http_method) @…`).
+    let grammar = code_and_literals(&tree_sitter_grammar(), '\'').0;
+    let highlights = read("editors/tree-sitter-flow/queries/highlights.scm");
+    let token_rule = fancy_regex::Regex::new(r"(?m)^\s*(\w+): _ => (.+),$").expect("regex");
+    let mut via_rule: BTreeMap<String, String> = BTreeMap::new();
+    for caps in token_rule.captures_iter(grammar.as_str()) {
+        let caps = caps.expect("regex match");
+        let group = |n| caps.get(n).expect("group").as_str();
+        for word in quoted_words(group(2), '\'') {
+            via_rule.insert(word, group(1).to_string());
+        }
+    }
+    let lexical: BTreeSet<&str> = LEXICAL_PIECES.iter().map(|(w, _)| *w).collect();
+    let unhighlighted: Vec<String> = pest_words()
+        .into_iter()
+        .filter(|w| !lexical.contains(w.as_str()))
+        .filter(|w| !highlights.contains(&format!("\"{w}\"")))
+        .filter(|w| {
+            via_rule
+                .get(w)
+                .is_none_or(|rule| !highlights.contains(&format!("({rule})")))
+        })
+        .collect();
+    assert!(
+        unhighlighted.is_empty(),
+        "editors/tree-sitter-flow/queries/highlights.scm captures neither these words of \
+         grammar/flow.pest nor a rule made of them: {}",
+        unhighlighted.join(", ")
     );
 }
