@@ -390,6 +390,7 @@ module.exports = grammar({
       $.instructions_clause,
       $.budget,
       $.timeout_clause,
+      $.retry_clause,
     ),
 
     model_clause: $ => seq('model', field('model', $.identifier)),
@@ -506,9 +507,12 @@ module.exports = grammar({
       'in',
       field('iterable', $._expression),
       optional($.parallel),
+      optional($.tolerate),
       field('body', $.block),
     ),
     parallel: $ => seq('parallel', $.integer),
+    // tolerate 5: up to 5 iterations may fail; the loop's value lists them.
+    tolerate: $ => seq('tolerate', $.integer),
 
     if_step: $ => seq(
       'if',

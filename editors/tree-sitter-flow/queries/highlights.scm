@@ -143,6 +143,7 @@
   "for"
   "in"
   "parallel"
+  "tolerate"
 ] @keyword.repeat
 [
   "and"

@@ -60,6 +60,8 @@ syn match flowClause "\<\%(input\|output\)\>\ze\s*\$"
 syn match flowClause "\<matching\>\ze\s*/"
 syn match flowClause "\<len\>\ze\s*\%(\d\|\.\.\)"
 syn match flowClause "\<schema\>\ze\s*\""
+" `for x in xs [parallel N] tolerate M {`: not reserved, a keyword before a count.
+syn match flowRepeat "\<tolerate\>\ze\s*\d"
 " Tool clauses of HTTP and MCP tools. `body` takes any expression, so it is a
 " clause word unless what follows makes it a name (`body: …`, `body.x`, `body and …`).
 syn match flowClause "\<query\>\ze\s*{"
