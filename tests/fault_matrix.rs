@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flowc::run::{self, Outcome, Report, RunOptions};
-use flowc::{compile, render, CheckedProgram, Input};
+use flowc::CheckedProgram;
 use serde_json::{json, Value};
 use support::mock_server::{MockServer, RecordedRequest, Reply, CHAT};
 
@@ -169,26 +169,7 @@ fn server(fault: Fault) -> MockServer {
 }
 
 fn checked() -> CheckedProgram {
-    let c = compile(&[Input::Text {
-        name: "matrix.flow".into(),
-        bytes: PROGRAM.as_bytes().to_vec(),
-    }])
-    .expect("compiles");
-    match c.program {
-        Some(p) => p,
-        None => {
-            let problems: Vec<String> = c
-                .problems
-                .sorted()
-                .into_iter()
-                .map(|d| render::human(&c.sources, d, false))
-                .collect();
-            panic!(
-                "the matrix program does not check:\n{}",
-                problems.join("\n")
-            )
-        }
-    }
+    support::program::checked("matrix.flow", PROGRAM)
 }
 
 fn options(server: &MockServer) -> RunOptions {

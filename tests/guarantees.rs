@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use flowc::run::budget::Exhausted;
 use flowc::run::{self, Outcome, Report, RunOptions};
-use flowc::{compile, render, CheckedProgram, Input};
+use flowc::{compile, CheckedProgram, Input};
 use serde_json::{json, Value};
 use support::mock_server::{MockServer, Reply, CHAT};
 
@@ -28,27 +28,7 @@ model fast = openai("gpt-4o-mini") { temperature: 0, max_tokens: 200 }
 "#;
 
 fn checked(body: &str) -> CheckedProgram {
-    let source = format!("{PRELUDE}\n{body}");
-    let c = compile(&[Input::Text {
-        name: "guarantees.flow".into(),
-        bytes: source.clone().into_bytes(),
-    }])
-    .expect("compiles");
-    match c.program {
-        Some(p) => p,
-        None => {
-            let problems: Vec<String> = c
-                .problems
-                .sorted()
-                .into_iter()
-                .map(|d| render::human(&c.sources, d, false))
-                .collect();
-            panic!(
-                "the test program does not check:\n{}\n{source}",
-                problems.join("\n")
-            )
-        }
-    }
+    support::program::checked("guarantees.flow", &format!("{PRELUDE}\n{body}"))
 }
 
 fn options(server: &MockServer) -> RunOptions {

@@ -13,7 +13,7 @@ use support::mock_server::{MockServer, RecordedRequest, Reply};
 use flowc::exec::Tool;
 use flowc::run::error::{CallError, ErrorClass};
 use flowc::run::tools::{invoke, ToolContext};
-use flowc::{compile, Compilation, Input};
+use flowc::Compilation;
 
 const TOOLS: &str = r#"
 type File { filename: string, status: string }
@@ -100,12 +100,7 @@ struct Program(Compilation);
 
 impl Program {
     fn new() -> Program {
-        let c = compile(&[Input::Text {
-            name: "http_requests.flow".into(),
-            bytes: TOOLS.as_bytes().to_vec(),
-        }])
-        .expect("compiles");
-        assert!(c.program.is_some(), "does not check: {:#?}", c.problems);
+        let c = support::program::compiled(&[support::program::text("http_requests.flow", TOOLS)]);
         Program(c)
     }
 
@@ -421,11 +416,7 @@ tool t() -> { title: string } {
   timeout 5s
 }
 "#;
-    let c = compile(&[Input::Text {
-        name: "bad.flow".into(),
-        bytes: src.as_bytes().to_vec(),
-    }])
-    .expect("compiles");
+    let c = flowc::compile(&[support::program::text("bad.flow", src)]).expect("loads");
     assert!(c.program.is_none());
     let messages: Vec<String> = c
         .problems

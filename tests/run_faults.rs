@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowc::run::{self, GateDecision, Outcome, Report, RunError, RunOptions};
-use flowc::{compile, render, CheckedProgram, Input};
+use flowc::{compile, CheckedProgram, Input};
 use serde_json::{json, Value};
 use support::mock_server::{MockServer, RecordedRequest, Reply, CHAT};
 
@@ -52,27 +52,7 @@ tool backup(q: string) -> Hit {
 "#;
 
 fn checked(body: &str) -> CheckedProgram {
-    let source = format!("{PRELUDE}\n{body}");
-    let c = compile(&[Input::Text {
-        name: "run_faults.flow".into(),
-        bytes: source.clone().into_bytes(),
-    }])
-    .expect("compiles");
-    match c.program {
-        Some(p) => p,
-        None => {
-            let problems: Vec<String> = c
-                .problems
-                .sorted()
-                .into_iter()
-                .map(|d| render::human(&c.sources, d, false))
-                .collect();
-            panic!(
-                "the test program does not check:\n{}\n{source}",
-                problems.join("\n")
-            )
-        }
-    }
+    support::program::checked("run_faults.flow", &format!("{PRELUDE}\n{body}"))
 }
 
 /// The environment a run sees: the model provider and the tools on `server`,

@@ -5,23 +5,13 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use flowc::run::{self, GateDecision, Outcome, RunOptions, Script, Scripted, World};
-use flowc::{compile, CheckedProgram, Input};
+use flowc::CheckedProgram;
+
+use crate::support;
 use serde_json::{json, Value};
 
 fn checked(source: &str) -> CheckedProgram {
-    let c = compile(&[Input::Text {
-        name: "t.flow".into(),
-        bytes: source.as_bytes().to_vec(),
-    }])
-    .expect("loads");
-    let problems: Vec<String> = c
-        .problems
-        .sorted()
-        .iter()
-        .map(|d| flowc::render::plain(&c.sources, d))
-        .collect();
-    c.program
-        .unwrap_or_else(|| panic!("does not check: {problems:?}"))
+    support::program::checked("t.flow", source)
 }
 
 fn script(tools: &[(&str, Vec<Value>)], models: &[(&str, Vec<Value>)]) -> Script {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use flowc::run::{self, Outcome, Report, RunOptions};
-use flowc::{compile, render, CheckedProgram, Input};
+use flowc::{compile, CheckedProgram, Input};
 use serde_json::{json, Value};
 use support::mock_server::{MockServer, Reply};
 
@@ -38,19 +38,9 @@ fn checked(name: &str, files: &[(&str, &str)]) -> CheckedProgram {
     for (file, text) in files {
         std::fs::write(dir.join(file), text).expect("write a source file");
     }
-    let c = compile(&[Input::Path(dir.join(files[0].0))]).expect("compiles");
-    match c.program {
-        Some(p) => p,
-        None => {
-            let problems: Vec<String> = c
-                .problems
-                .sorted()
-                .into_iter()
-                .map(|d| render::human(&c.sources, d, false))
-                .collect();
-            panic!("the test program does not check:\n{}", problems.join("\n"))
-        }
-    }
+    support::program::compiled(&[Input::Path(dir.join(files[0].0))])
+        .program
+        .expect("checked")
 }
 
 fn options(vars: HashMap<String, String>) -> RunOptions {

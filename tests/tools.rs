@@ -20,7 +20,9 @@ use serde_json::{json, Map, Value};
 use flowc::exec::Tool;
 use flowc::run::error::ErrorClass;
 use flowc::run::tools::{idempotency_key, invoke, ToolContext};
-use flowc::{compile, Compilation, Input};
+use flowc::Compilation;
+
+use crate::support;
 
 const TOKEN: &str = "sk-live-4f9a8b7c6d5e";
 const QUERY_KEY: &str = "qk-2d4e6f8a1b3c";
@@ -32,16 +34,7 @@ struct Program(Compilation);
 
 impl Program {
     fn new(src: &str) -> Program {
-        let c = compile(&[Input::Text {
-            name: "tools_test.flow".into(),
-            bytes: src.as_bytes().to_vec(),
-        }])
-        .unwrap();
-        assert!(
-            c.program.is_some(),
-            "the test program does not check: {:#?}",
-            c.problems
-        );
+        let c = support::program::compiled(&[support::program::text("tools_test.flow", src)]);
         Program(c)
     }
 
@@ -1011,11 +1004,7 @@ tool mystery() -> json {
   timeout 1s
 }
 "#;
-    let c = compile(&[Input::Text {
-        name: "tools_test.flow".into(),
-        bytes: src.as_bytes().to_vec(),
-    }])
-    .unwrap();
+    let c = flowc::compile(&[support::program::text("tools_test.flow", src)]).expect("loads");
     assert!(c.program.is_none(), "an unknown builtin must not check");
     let text = format!("{:?}", c.problems);
     assert!(text.contains("unknown builtin `no.such.thing`"), "{text}");

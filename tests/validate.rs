@@ -7,7 +7,9 @@ use serde_json::{json, Map, Value};
 
 use flowc::run::validate::Validators;
 use flowc::types::{Ty, TypeId, TypeTable};
-use flowc::{compile, Compilation, Input};
+use flowc::Compilation;
+
+use crate::support;
 
 const SRC: &str = r#"
 type Invoice {
@@ -36,16 +38,7 @@ struct Fixture(Compilation);
 
 impl Fixture {
     fn new() -> Fixture {
-        let c = compile(&[Input::Text {
-            name: "validate_test.flow".into(),
-            bytes: SRC.as_bytes().to_vec(),
-        }])
-        .unwrap();
-        assert!(
-            c.program.is_some(),
-            "the test program does not check: {:#?}",
-            c.problems
-        );
+        let c = support::program::compiled(&[support::program::text("validate_test.flow", SRC)]);
         Fixture(c)
     }
 

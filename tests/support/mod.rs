@@ -4,3 +4,4 @@
 pub mod cli;
 pub mod mock_server;
 pub mod postgres;
+pub mod program;
