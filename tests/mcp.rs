@@ -468,3 +468,35 @@ fn a_url_server_is_refused_at_check_time() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_server_whose_program_or_variables_are_missing_stops_the_run_before_it_starts() {
+    let dir = temp_dir("preflight");
+    let flow = locked_flow(&dir, "sum", &format!("{SERVER}{TOOLS}"));
+    // The lock describes the tools; the server's command and environment
+    // are the run's to check before anything starts.
+    let broken = SERVER
+        .replace(
+            r#"["npx", "--no-install", "mcp-server-everything", "stdio"]"#,
+            r#"["/nonexistent/flowc-test/mcp-server"]"#,
+        )
+        .replace(
+            "timeout 60s",
+            "env \"TOKEN\" \"{env.FLOWC_TEST_MCP_TOKEN}\"\n  timeout 60s",
+        );
+    assert_ne!(broken, SERVER);
+    std::fs::write(&flow, format!("{broken}{TOOLS}")).expect("flow written");
+    let out = run_flow(&flow, "sum", r#"{"a": 1, "b": 2}"#, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stderr.contains("the program `/nonexistent/flowc-test/mcp-server` does not exist")
+            && stderr.contains("the command of MCP server `everything`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("FLOWC_TEST_MCP_TOKEN") && stderr.contains("MCP server `everything`"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,5 +1,6 @@
 //! Before the first call: everything a run may read from its environment is
-//! set, and every program an `exec` tool runs exists and is executable. A
+//! set, and every program an `exec` tool or an MCP server runs exists and is
+//! executable. A
 //! missing API key found after three paid calls costs the three calls (and
 //! an irreversible one cannot be taken back), so a run checks everything it
 //! can reach before it starts, and reports every missing thing at once.
@@ -12,8 +13,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::exec::{
-    CallTarget, Expr, ExprKind, Fallback, FlowId, HttpBody, ModelId, Program, StepKind, Template,
-    TemplatePart, ToolId, ToolKind,
+    CallTarget, Expr, ExprKind, Fallback, FlowId, HttpBody, McpTransport, ModelId, Program,
+    StepKind, Template, TemplatePart, ToolId, ToolKind,
 };
 
 /// One thing the run needs and does not have.
@@ -78,6 +79,7 @@ pub fn check(
             }
         }
     }
+    let mut servers = BTreeSet::new();
     for &t in &reach.tools {
         let tool = &program.tools[t.index()];
         let mut names = Vec::new();
@@ -100,14 +102,17 @@ pub fn check(
             }
             ToolKind::Exec { argv } => {
                 argv.iter().for_each(|a| template_env(a, &mut names));
-                if let Some(problem) = argv.first().and_then(program_problem) {
+                if let Some(problem) = argv.first().and_then(|p| program_problem(&p.parts)) {
                     missing.insert(Missing {
                         what: problem,
                         needed_by: format!("the program of tool `{}`", tool.name),
                     });
                 }
             }
-            ToolKind::Builtin(_) | ToolKind::Mcp { .. } => {}
+            ToolKind::Mcp { server, .. } => {
+                servers.insert(*server);
+            }
+            ToolKind::Builtin(_) => {}
         }
         if let Some(key) = &tool.idempotency {
             template_env(key, &mut names);
@@ -117,6 +122,35 @@ pub fn check(
                 missing.insert(Missing {
                     what: format!("the environment variable {name}"),
                     needed_by: format!("`env.{name}` in tool `{}`", tool.name),
+                });
+            }
+        }
+    }
+    // An MCP server is started at its first call: its program and the
+    // variables its environment reads are needed as much as a tool's.
+    for id in servers {
+        let server = &program.servers[id.index()];
+        let mut names = Vec::new();
+        server
+            .env
+            .iter()
+            .for_each(|(_, value)| parts_env(&value.parts, &mut names));
+        match &server.transport {
+            McpTransport::Stdio { argv } => {
+                argv.iter().for_each(|a| parts_env(&a.parts, &mut names));
+                if let Some(problem) = argv.first().and_then(|p| program_problem(&p.parts)) {
+                    missing.insert(Missing {
+                        what: problem,
+                        needed_by: format!("the command of MCP server `{}`", server.name),
+                    });
+                }
+            }
+        }
+        for name in names {
+            if !var(name) {
+                missing.insert(Missing {
+                    what: format!("the environment variable {name}"),
+                    needed_by: format!("`env.{name}` in MCP server `{}`", server.name),
                 });
             }
         }
@@ -192,8 +226,8 @@ fn expr_env<'a>(e: &'a Expr, out: &mut Vec<&'a str>) {
 
 /// Why an `exec` program written as plain text cannot be run, if it cannot.
 /// A program computed from arguments is only known at the call.
-fn program_problem(program: &Template) -> Option<String> {
-    let [TemplatePart::Text(name)] = program.parts.as_slice() else {
+fn program_problem(program: &[TemplatePart]) -> Option<String> {
+    let [TemplatePart::Text(name)] = program else {
         return None;
     };
     let candidates: Vec<std::path::PathBuf> = if name.contains('/') {
