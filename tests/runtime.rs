@@ -202,3 +202,39 @@ flow f(xs: [string] len ..2) -> [string] len ..2 {{
     .expect("refused");
     assert!(err.to_string().contains("does not fit"), "{err}");
 }
+
+#[test]
+fn a_narrowed_optional_reaches_the_call_as_the_value_it_tested() {
+    // `who` is `string?`; inside `if who != null` it is a `string`, the
+    // same value the condition tested: the call gets it when it is there
+    // and is skipped when it is `null`, and the `else` of `== null` agrees.
+    let p = checked(&format!(
+        "{HEADER}
+flow f(who: string?) -> string {{
+  budget {{ steps 10 }}
+  let sent = if who != null {{
+    let r = note(text: who)
+    who
+  }}
+  let other = if who == null {{ \"nobody\" }} else {{ who }}
+  return other
+}}"
+    ));
+    for (input, calls, output) in [
+        (json!("ann"), 1, json!("ann")),
+        (Value::Null, 0, json!("nobody")),
+    ] {
+        let report = run::run(
+            &p,
+            "f",
+            &json!({ "who": input }),
+            options(script(&[("note", vec![json!({"ok": true})])], &[])),
+        )
+        .expect("runs");
+        match &report.outcome {
+            Outcome::Completed(v) => assert_eq!(*v, output, "input {input}"),
+            other => panic!("input {input}: {other:?}"),
+        }
+        assert_eq!(report.calls.get("note").copied().unwrap_or(0), calls);
+    }
+}

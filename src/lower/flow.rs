@@ -21,6 +21,7 @@ use crate::suggest::did_you_mean;
 use crate::types::{Constraints, Lit, Ty};
 
 use super::expr::{lower_expr, lower_template, mismatch};
+use super::narrow::{self, Subject};
 use super::{lit, Lowerer, Symbol};
 
 /// A call's target, its typed arguments, and its result type.
@@ -59,6 +60,9 @@ struct FlowBuilder<'a> {
     checks: Vec<NodeIndex>,
     unresolved: bool,
     dropped_after: Vec<NodeIndex>,
+    /// Names whose type is narrowed inside an arm, by the arm's region
+    /// (see `narrow.rs`).
+    narrowed: Vec<(RegionId, Subject, Ty)>,
 }
 
 pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &ast::FlowDecl) {
@@ -87,6 +91,7 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
         checks: Vec::new(),
         unresolved: false,
         dropped_after: Vec::new(),
+        narrowed: Vec::new(),
     };
     let root = RegionId(0);
     b.scopes.push(HashMap::new());
@@ -441,13 +446,52 @@ impl<'a> FlowBuilder<'a> {
                 return (ExprKind::Error, Ty::Error);
             }
             self.define(cx, node);
-            return (ExprKind::Step(node), self.graph[node].ty.clone());
+            let ty = self.narrowed_type(Subject::Step(node), &self.graph[node].ty);
+            return (ExprKind::Step(node), ty);
         }
         if let Some(i) = self.params.iter().position(|(p, _)| *p == name.name) {
-            return (ExprKind::Param(i), self.params[i].1.clone());
+            let ty = self.narrowed_type(Subject::Param(i), &self.params[i].1);
+            return (ExprKind::Param(i), ty);
         }
         self.unknown_name(cx, name);
         (ExprKind::Error, Ty::Error)
+    }
+
+    /// The type of `subject` where it is read: narrowed by the innermost
+    /// enclosing arm that narrows it, else `declared`.
+    fn narrowed_type(&self, subject: Subject, declared: &Ty) -> Ty {
+        if self.narrowed.is_empty() {
+            return declared.clone();
+        }
+        let mut region = Some(self.region);
+        while let Some(r) = region {
+            if let Some((_, _, ty)) = self
+                .narrowed
+                .iter()
+                .find(|(nr, s, _)| *nr == r && *s == subject)
+            {
+                return ty.clone();
+            }
+            region = self.regions[r.index()].parent;
+        }
+        declared.clone()
+    }
+
+    /// The current type of every subject `cond` proves non-null when it is
+    /// `truth`, without its `null`.
+    fn non_null(&self, cx: &Lowerer<'_, '_>, cond: &Expr, truth: bool) -> Vec<(Subject, Ty)> {
+        let mut subjects = Vec::new();
+        narrow::non_null_when(cond, truth, &mut subjects);
+        subjects
+            .into_iter()
+            .filter_map(|s| {
+                let ty = match s {
+                    Subject::Step(n) => self.narrowed_type(s, &self.graph[n].ty),
+                    Subject::Param(i) => self.narrowed_type(s, &self.params[i].1),
+                };
+                narrow::without_null(&cx.program.types, &ty).map(|t| (s, t))
+            })
+            .collect()
     }
 
     fn expr(&mut self, cx: &mut Lowerer<'_, '_>, e: &ast::Expr) -> Expr {
@@ -844,22 +888,35 @@ impl<'a> FlowBuilder<'a> {
         decide
     }
 
+    /// A new arm region of branch `node`, where the `narrowed` names have
+    /// their narrowed types.
+    fn arm_region(
+        &mut self,
+        node: NodeIndex,
+        arm: usize,
+        narrowed: Vec<(Subject, Ty)>,
+    ) -> RegionId {
+        let region = self.new_region(RegionKind::Arm { node, arm });
+        self.narrowed
+            .extend(narrowed.into_iter().map(|(s, ty)| (region, s, ty)));
+        region
+    }
+
     fn arm(
         &mut self,
         cx: &mut Lowerer<'_, '_>,
         node: NodeIndex,
         decide: NodeIndex,
-        index: usize,
+        region: RegionId,
         block: &'a ast::Block,
         name: String,
-    ) -> (RegionId, NodeIndex) {
-        let region = self.new_region(RegionKind::Arm { node, arm: index });
+    ) -> NodeIndex {
         let outer = std::mem::replace(&mut self.region, region);
         let result = self.block(cx, block, region, &name);
         self.region = outer;
         self.wire_region(region, Some(decide), node);
         self.connect_all(&[result], node, Dep::Data);
-        (region, result)
+        result
     }
 
     fn if_branch(
@@ -880,9 +937,18 @@ impl<'a> FlowBuilder<'a> {
                 "an `if` condition is a boolean",
             );
         }
+        let then_narrowed = self.non_null(cx, &cond, true);
+        let else_narrowed = self.non_null(cx, &cond, false);
         let decide = self.decide(cond, format!("{name}.if"), i.condition.span);
-        let (then_region, then_result) =
-            self.arm(cx, node, decide, 0, &i.then, format!("{name}.then"));
+        let then_region = self.arm_region(node, 0, then_narrowed);
+        let then_result = self.arm(
+            cx,
+            node,
+            decide,
+            then_region,
+            &i.then,
+            format!("{name}.then"),
+        );
         let mut arms = vec![Arm {
             pattern: Some(Lit::Bool(true)),
             span: i.then.span,
@@ -892,7 +958,8 @@ impl<'a> FlowBuilder<'a> {
         let then_ty = self.graph[then_result].ty.clone();
         let ty = match &i.otherwise {
             Some(block) => {
-                let (r, res) = self.arm(cx, node, decide, 1, block, format!("{name}.else"));
+                let r = self.arm_region(node, 1, else_narrowed);
+                let res = self.arm(cx, node, decide, r, block, format!("{name}.else"));
                 arms.push(Arm {
                     pattern: None,
                     span: block.span,
@@ -931,6 +998,7 @@ impl<'a> FlowBuilder<'a> {
     ) -> (StepKind, Ty) {
         let subject = self.expr(cx, &mt.scrutinee);
         let subject_ty = cx.program.types.resolve(&subject.ty).clone();
+        let narrows = Subject::of(&subject);
         let decide = self.decide(subject, format!("{name}.match"), mt.scrutinee.span);
         let mut arms = Vec::new();
         let mut tys = Vec::new();
@@ -939,15 +1007,28 @@ impl<'a> FlowBuilder<'a> {
         for (i, arm) in mt.arms.iter().enumerate() {
             let pattern = arm.pattern.as_ref().map(lit);
             self.check_pattern(cx, &pattern, arm.pattern_span, &subject_ty, &seen, wildcard);
+            // The arm's literal, or for `_` the literals of the union no arm
+            // above took; only where the literal fits the subject's type
+            // (else the pattern was just reported).
+            let arm_ty = match &pattern {
+                Some(l) => Some(Ty::Literal(l.clone()))
+                    .filter(|t| cx.program.types.assignable(t, &subject_ty)),
+                None => {
+                    let lits: Vec<Lit> = seen.iter().map(|(l, _)| l.clone()).collect();
+                    narrow::remaining(&cx.program.types, &subject_ty, &lits)
+                }
+            };
+            let narrowed: Vec<(Subject, Ty)> = narrows.zip(arm_ty).into_iter().collect();
             match &pattern {
                 Some(l) => seen.push((l.clone(), arm.pattern_span)),
                 None => wildcard = wildcard.or(Some(arm.pattern_span)),
             }
-            let (region, result) = self.arm(
+            let region = self.arm_region(node, i, narrowed);
+            let result = self.arm(
                 cx,
                 node,
                 decide,
-                i,
+                region,
                 &arm.body,
                 format!("{name}.arm{}", i + 1),
             );
@@ -1279,11 +1360,24 @@ fn check_args(
                         e.span,
                         format!("argument `{}` expects `{want}`, found `{got}`", name.name),
                     )
-                    .label(format!("this is `{got}`"))
-                    .help(format!(
-                        "`{}` takes `{}: {want}`",
-                        call.callee.name, name.name
-                    ));
+                    .label(format!("this is `{got}`"));
+                    // An optional name that would fit once tested: say how.
+                    let testable = match &value.kind {
+                        ast::ExprKind::Name(n) => narrow::without_null(types, &e.ty)
+                            .filter(|t| types.assignable(t, ty))
+                            .map(|_| n.name.clone()),
+                        _ => None,
+                    };
+                    let d = match testable {
+                        Some(n) => d.help(format!(
+                            "`{}` takes `{}: {want}` and `{n}` may be `null`: pass it inside `if {n} != null {{ … }}`, where it is `{want}`",
+                            call.callee.name, name.name
+                        )),
+                        None => d.help(format!(
+                            "`{}` takes `{}: {want}`",
+                            call.callee.name, name.name
+                        )),
+                    };
                     cx.report(d);
                 }
             }

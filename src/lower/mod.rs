@@ -5,6 +5,7 @@
 
 mod expr;
 mod flow;
+mod narrow;
 
 use std::collections::{HashMap, HashSet};
 
