@@ -23,6 +23,15 @@
 //!   opening the store, reading the run and `run::run` with `resume: true`
 //!   (which replays 9,999 checkpoints and runs one step). Target: ≤ 250 ms.
 //!
+//! - `resume/process`: the same 10,000-step chain, started by the `flowc`
+//!   binary against the loopback mock server and made to lack its last
+//!   step; `flowc resume RUN` as a child process, from its start to its
+//!   exit (compile, fingerprint, open the store, take the lease, replay
+//!   9,999 checkpoints, run one step, finish). The trace file grows with
+//!   every sample: a resume that read it would slow down. Its floor,
+//!   measured alternately in the same run: `flowc check` of the same file
+//!   (process start, parse, check). Target: ≤ 30 ms.
+//!
 //! `cargo bench --bench durable`; a summary (medians, ratios, targets) is
 //! printed at the end.
 
@@ -57,6 +66,7 @@ const FANOUT_WIDTH: usize = 1_000;
 const FANOUT_LATENCY_MS: u64 = 100;
 const RESUME_STEPS: usize = 10_000;
 const RESUME_TARGET_MS: f64 = 250.0;
+const PROCESS_RESUME_TARGET_MS: f64 = 30.0;
 
 /// Medians gathered while the benches run, printed by `summary`.
 #[derive(Default)]
@@ -68,6 +78,8 @@ struct Results {
     /// (durable median wall s, commit transactions, plain median wall s)
     fanout: Option<(f64, usize, usize, f64)>,
     resume: Option<f64>,
+    /// (`flowc resume` median s, `flowc check` median s, trace bytes at the end)
+    resume_process: Option<(f64, f64, u64)>,
 }
 
 thread_local! {
@@ -180,6 +192,8 @@ fn record(id: &str, flow: &str, input: &Value) -> RunRecord {
         replay: None,
         owner: None,
         lease_until: None,
+        root_span: None,
+        root_written: false,
     }
 }
 
@@ -646,6 +660,115 @@ fn resume(c: &mut Criterion) {
     RESULTS.with(|r| r.borrow_mut().resume = t);
 }
 
+/// The `flowc` binary with `args`, in `dir`, its tools served by `base`.
+fn flowc_command(dir: &Path, base: &str, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_flowc"));
+    c.current_dir(dir)
+        .args(args)
+        .env("STEP_URL", base)
+        .env_remove("FLOWC_STORE")
+        .env_remove("FLOWC_DURABILITY")
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+fn resume_process(c: &mut Criterion) {
+    if filtered_out("resume/process") {
+        return;
+    }
+    let server = MockServer::start();
+    server.always("GET /step", Reply::ok(payload()));
+    let base = server.base_url();
+    let dir = TempDir::new("resume-process");
+    std::fs::write(dir.path("chain.flow"), chain_source(RESUME_STEPS)).expect("writes");
+    let db = dir.path("runs.db");
+    // Setting up under NORMAL; the resumes below run FULL, the default.
+    let out = flowc_command(
+        &dir.0,
+        &base,
+        &[
+            "run",
+            "chain.flow",
+            "--input",
+            r#"{"seed":1}"#,
+            "--store",
+            "runs.db",
+        ],
+    )
+    .env("FLOWC_DURABILITY", "normal")
+    .output()
+    .expect("flowc runs");
+    assert!(
+        out.status.success(),
+        "the chain did not complete: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Store::open(&db, Durability::Normal)
+        .expect("opens")
+        .runs()
+        .expect("lists")
+        .first()
+        .expect("the run")
+        .clone();
+    let last = format!("chain.s{}", RESUME_STEPS - 1);
+    let forget_last = || {
+        let conn = Connection::open(&db).expect("opens");
+        let deleted = conn
+            .execute(
+                "DELETE FROM steps WHERE run_id = ?1 AND key = ?2",
+                [&run.id, &last],
+            )
+            .expect("deletes");
+        assert_eq!(deleted, 1);
+        conn.execute("UPDATE runs SET status = 'failed' WHERE id = ?1", [&run.id])
+            .expect("updates");
+    };
+    let timed = |args: &[&str]| {
+        let started = Instant::now();
+        let out = flowc_command(&dir.0, &base, args)
+            .output()
+            .expect("flowc runs");
+        let took = started.elapsed();
+        assert!(
+            out.status.success(),
+            "flowc {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (took, out.stdout)
+    };
+    let mut group = c.benchmark_group("resume");
+    group
+        .sample_size(SAMPLES)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    let resumes: RefCell<Vec<(u64, Duration)>> = RefCell::default();
+    let checks: RefCell<Vec<(u64, Duration)>> = RefCell::default();
+    group.bench_function(BenchmarkId::new("process", RESUME_STEPS), |b| {
+        b.iter_custom(|iters| {
+            let (mut resume, mut check) = (Duration::ZERO, Duration::ZERO);
+            for _ in 0..iters {
+                forget_last();
+                let (took, stdout) = timed(&["resume", &run.id, "--store", "runs.db"]);
+                resume += took;
+                let output: Value = serde_json::from_slice(&stdout).expect("the output is JSON");
+                assert_eq!(output, payload());
+                check += timed(&["check", "chain.flow"]).0;
+            }
+            resumes.borrow_mut().push((iters, resume));
+            checks.borrow_mut().push((iters, check));
+            resume
+        })
+    });
+    group.finish();
+    let trace = std::fs::metadata(dir.0.join(&run.trace)).map_or(0, |m| m.len());
+    let resume = median_per_iter(&resumes.borrow(), SAMPLES);
+    let check = median_per_iter(&checks.borrow(), SAMPLES);
+    if let (Some(r), Some(c)) = (resume, check) {
+        RESULTS.with(|res| res.borrow_mut().resume_process = Some((r, c, trace)));
+    }
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "ok"
@@ -707,8 +830,26 @@ fn summary(_: &mut Criterion) {
                 verdict(ms <= RESUME_TARGET_MS)
             );
         }
+        if let Some((resume, check, trace)) = r.resume_process {
+            let ms = resume * 1e3;
+            println!(
+                "whole-process `flowc resume` with {RESUME_STEPS} completed steps: {ms:.1} ms, floor `flowc check` of the same file {:.1} ms, {:.2}×; trace file {:.1} MB at the end  (target ≤ {PROCESS_RESUME_TARGET_MS} ms: {})",
+                check * 1e3,
+                resume / check,
+                trace as f64 / 1e6,
+                verdict(ms <= PROCESS_RESUME_TARGET_MS)
+            );
+        }
     });
 }
 
-criterion_group!(benches, commit, checkpoint_size, fanout, resume, summary);
+criterion_group!(
+    benches,
+    commit,
+    checkpoint_size,
+    fanout,
+    resume,
+    resume_process,
+    summary
+);
 criterion_main!(benches);

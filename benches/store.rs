@@ -51,6 +51,8 @@ fn main() {
                 replay: None,
                 owner: None,
                 lease_until: None,
+                root_span: None,
+                root_written: false,
             },
             &lease,
         )

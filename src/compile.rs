@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::check::{check, CheckedProgram};
 use crate::diagnostic::Problems;
-use crate::loader::{Loader, Workspace};
+use crate::loader::{LoadedModule, Loader, Workspace};
 use crate::lower::lower;
 use crate::source::Sources;
 
@@ -28,6 +28,9 @@ pub struct Compilation {
     pub program: Option<CheckedProgram>,
     /// Names of the files the user asked for, in order.
     pub roots: Vec<String>,
+    /// Every module read, parsed: what a run's fingerprint hashes, so a
+    /// resume does not parse its sources a second time.
+    pub modules: Vec<LoadedModule>,
 }
 
 /// A file or folder that could not be read: a usage error, not a diagnostic.
@@ -86,6 +89,7 @@ pub fn compile_workspace(ws: Workspace) -> Compilation {
         problems,
         program: checked,
         roots,
+        modules: std::mem::take(&mut ws.modules),
     }
 }
 

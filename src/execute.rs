@@ -167,7 +167,7 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
                 .join("trace.jsonl")
         })),
     };
-    let program = run::fingerprint::fingerprint(&c.sources);
+    let program = run::fingerprint::fingerprint(&c.sources, &c.modules);
     if let Some((r, _)) = &args.resume {
         let changes = run::fingerprint::changes(&r.program, &program);
         if !changes.is_empty() {
@@ -213,6 +213,8 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
                         }),
                         owner: None,
                         lease_until: None,
+                        root_span: None,
+                        root_written: false,
                     },
                     Lease::new_run(&run_id),
                 ),

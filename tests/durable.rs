@@ -1560,6 +1560,149 @@ fn runs_show_and_trace_follow_a_run_across_processes(backend: Backend) {
     );
 }
 
+/// The `run` spans of a trace file: (id, parent, status).
+fn run_spans(text: &str) -> Vec<(u64, Option<u64>, String)> {
+    // A kill may cut the last line it wrote short.
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["kind"] == "run")
+        .map(|e| {
+            (
+                e["id"].as_u64().expect("a span id"),
+                e["parent"].as_u64(),
+                e["status"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn trace_file(lab: &Lab, run: &str) -> PathBuf {
+    lab.dir.0.join(format!(".flowc/runs/{run}/trace.jsonl"))
+}
+
+fn a_resume_takes_its_root_span_from_the_store_not_the_trace_file(backend: Backend) {
+    let lab = Lab::on(backend, "root-span", CRASH_FLOW);
+    // A waiting run whose trace file is deleted before the resume: the
+    // resume still hangs its run span under the first process's root, which
+    // only the store knows now, and writes a new file.
+    let paused = lab.run(FEW, &[]);
+    paused.expect(4);
+    let run = paused.run_id();
+    let path = trace_file(&lab, &run);
+    let first = run_spans(&std::fs::read_to_string(&path).expect("the trace file"));
+    let [(root, None, status)] = first.as_slice() else {
+        panic!("one root run span: {first:?}");
+    };
+    assert_eq!(status, "waiting");
+    let stored = lab.open_store().run(&run).expect("reads").expect("the run");
+    assert_eq!(
+        stored.root_span,
+        Some(*root),
+        "the store holds the root's id"
+    );
+    assert!(stored.root_written);
+    std::fs::remove_file(&path).expect("delete the trace file");
+    lab.flowc(&["approve", &run, "publish", "--resume"])
+        .expect(0);
+    let second = run_spans(&std::fs::read_to_string(&path).expect("the resume wrote a trace"));
+    let [(id, Some(parent), status)] = second.as_slice() else {
+        panic!("one run span, under the root: {second:?}");
+    };
+    assert_eq!((parent, status.as_str()), (root, "completed"));
+    assert_ne!(id, root);
+
+    // A run killed before it wrote its root span: the resume appends to the
+    // file (every byte the killed process wrote stays) and its run span
+    // takes the root's id from the store, so the killed process's spans that
+    // did reach the file hang under it.
+    let lab = Lab::on(backend, "root-span-killed", SLOW_FLOW);
+    let mut first = lab.spawn(&["run", "prog.flow", "--input", r#"{"q":"many"}"#]);
+    wait_for_executions(&lab, 2);
+    first.kill().expect("SIGKILL the run");
+    let _ = first.wait();
+    let run = newest_run(&lab).expect("the run is stored");
+    let stored = lab.open_store().run(&run).expect("reads").expect("the run");
+    let root = stored
+        .root_span
+        .expect("the root's id was stored at the start");
+    assert!(!stored.root_written, "the killed process wrote no root");
+    let path = trace_file(&lab, &run);
+    let before = std::fs::read(&path).unwrap_or_default();
+    assert!(run_spans(&String::from_utf8_lossy(&before)).is_empty());
+    let resumed = lab.flowc(&["resume", &run]);
+    resumed.expect(0);
+    assert_eq!(resumed.json(), slow_output());
+    let after = std::fs::read(&path).expect("the trace file");
+    assert!(
+        after.starts_with(&before),
+        "the resume appended to the trace"
+    );
+    let spans = run_spans(&String::from_utf8_lossy(&after));
+    assert_eq!(spans, vec![(root, None, "completed".to_string())]);
+    assert!(
+        lab.open_store()
+            .run(&run)
+            .expect("reads")
+            .expect("the run")
+            .root_written,
+        "the resume recorded that it wrote the root"
+    );
+}
+
+/// A store an older flowc wrote (schema 4: no root span column) is migrated
+/// when opened, and a run it started resumes into one trace tree (its root
+/// found in the trace, the one case that reads it); a store a newer flowc
+/// wrote is refused, saying so.
+#[test]
+fn a_store_from_before_root_spans_migrates_and_its_runs_resume_into_one_tree() {
+    let lab = Lab::new("root-span-migrate", CRASH_FLOW);
+    let paused = lab.run(FEW, &[]);
+    paused.expect(4);
+    let run = paused.run_id();
+    {
+        let conn = Connection::open(lab.dir.0.join(".flowc/runs.db")).expect("opens");
+        conn.execute_batch(
+            "ALTER TABLE runs DROP COLUMN root_written;
+             ALTER TABLE runs DROP COLUMN root_span;
+             PRAGMA user_version = 4;",
+        )
+        .expect("the store goes back to schema 4");
+    }
+    lab.flowc(&["approve", &run, "publish", "--resume"])
+        .expect(0);
+    let version: i64 = lab
+        .store()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("the schema version");
+    assert_eq!(version, 5, "migrated");
+    let trace = lab.flowc(&["trace", &run]);
+    trace.expect(0);
+    let roots = trace.stdout.lines().filter(|l| !l.starts_with(' ')).count();
+    assert_eq!(roots, 1, "{}", trace.stdout);
+    assert!(
+        trace
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("  run crash") && l.contains("[completed]")),
+        "{}",
+        trace.stdout
+    );
+
+    Connection::open(lab.dir.0.join(".flowc/runs.db"))
+        .expect("opens")
+        .execute_batch("PRAGMA user_version = 99;")
+        .expect("a schema from the future");
+    let refused = lab.flowc(&["runs"]);
+    assert_ne!(refused.code, Some(0));
+    assert!(
+        refused
+            .stderr
+            .contains("written by a newer flowc (schema 99, this flowc knows 5)"),
+        "{}",
+        refused.stderr
+    );
+}
+
 // ---- 5. leases: one driver per run ----------------------------------------------
 
 /// Eight irreversible calls of 150 ms, one after another: a run that lives
@@ -1986,6 +2129,7 @@ on_both_backends!(
     a_gate_inside_a_branch_waits_and_the_branch_completes_after_approval,
     a_resume_under_a_changed_program_is_refused_naming_the_change,
     runs_show_and_trace_follow_a_run_across_processes,
+    a_resume_takes_its_root_span_from_the_store_not_the_trace_file,
     two_concurrent_resumes_of_a_killed_run_drive_it_exactly_once,
     resume_wait_waits_for_the_live_driver_and_reports_its_output,
     ctrl_c_leaves_the_run_interrupted_and_resume_completes_it,

@@ -42,6 +42,9 @@ fn record(id: &str) -> RunRecord {
         replay: None,
         owner: None,
         lease_until: None,
+        // Above 2^52, as a trace's per-process span prefix makes them.
+        root_span: Some((1 << 52) + 7),
+        root_written: false,
     }
 }
 
@@ -128,9 +131,12 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
         };
         lost(store.pending_gate(&old, &gate), "gate");
         lost(
-            store.finish_run(&old, "completed", Some(&json!(0)), None, spend(9)),
+            store.finish_run(&old, "completed", Some(&json!(0)), None, spend(9), true),
             "finish",
         );
+        let r = store.run("r1").expect("run").expect("exists");
+        assert_eq!(r.root_span, Some((1 << 52) + 7), "{backend}");
+        assert!(!r.root_written, "{backend}: a fenced finish wrote nothing");
         assert!(!store.renew(&old).expect("renew answers"), "{backend}");
         let steps = store.steps("r1").expect("steps");
         assert_eq!(steps.len(), 1, "{backend}: {steps:?}");
@@ -149,9 +155,15 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
                 Some(&json!({"ok": true})),
                 None,
                 spend(2),
+                true,
             )
             .expect("finishes");
         let r = store.run("r1").expect("run").expect("exists");
+        assert!(
+            r.root_written,
+            "{backend}: the root span was recorded written"
+        );
+        assert_eq!(r.root_span, Some((1 << 52) + 7), "{backend}");
         assert_eq!(r.status, "completed");
         assert_eq!(r.output, Some(json!({"ok": true})));
         assert_eq!(r.owner, None, "{backend}: finishing released the lease");

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::ast::Item;
 use crate::canonical;
+use crate::loader::LoadedModule;
 use crate::source::Sources;
 
 /// FNV-1a, 64 bits: stable across builds and platforms (the standard
@@ -27,15 +28,16 @@ fn hash(text: &str) -> String {
     format!("{h:016x}")
 }
 
-/// `"examples/x.flow: flow reconcile" → hash` for every declaration read.
-pub fn fingerprint(sources: &Sources) -> Value {
+/// `"examples/x.flow: flow reconcile" → hash` for every declaration read,
+/// from the modules the compilation already parsed (`Compilation::modules`).
+pub fn fingerprint(sources: &Sources, modules: &[LoadedModule]) -> Value {
     let mut map = BTreeMap::new();
-    for (id, file) in sources.iter() {
-        let (module, _) = crate::parser::parse(id, &file.text);
+    for loaded in modules {
+        let (file, module) = (sources.get(loaded.file), &loaded.ast);
         if file.is_std() {
             map.insert(
                 format!("{}: module", file.name),
-                Value::String(hash(&canonical::module(&module))),
+                Value::String(hash(&canonical::module(module))),
             );
             continue;
         }

@@ -247,13 +247,7 @@ pub fn run(
         }
     }
     let mut options = options;
-    let durable = options.durable.take();
-    // A resumed run's processes append to one trace file; each one's `run`
-    // span hangs under the first process's, so the trace is one tree.
-    let earlier_root = match (&durable, &options.trace_path) {
-        (Some(d), Some(path)) if d.resume => trace::root_span(path),
-        _ => None,
-    };
+    let mut durable = options.durable.take();
     let run_id = match &durable {
         Some(d) => d.record.id.clone(),
         None => options.run_id.clone().unwrap_or_else(new_run_id),
@@ -264,6 +258,45 @@ pub fn run(
         Some(settings) => Some(otel::Export::start(settings, otel::trace_id(&run_id))?),
         None => None,
     };
+    let secrets = secret_values(program, &*options.env);
+    let mut trace = trace::Trace::new(
+        &run_id,
+        options.trace_path.as_deref(),
+        secrets,
+        options.observer.take(),
+    )
+    .map_err(SetupError::Trace)?;
+    if let Some(export) = export {
+        trace.set_export(export);
+    }
+    // A resumed run's processes append to one trace file, and it stays one
+    // tree: the root `run` span's id is chosen when the run starts and kept
+    // with the run in the store, so a resume never reads the trace. Each
+    // later process's `run` span hangs under the root, or is the root when
+    // the process that should have written it was killed first.
+    let span = match durable.as_mut() {
+        None => trace.begin(None, "run", flow),
+        Some(d) if !d.resume => {
+            let span = trace.begin(None, "run", flow);
+            d.record.root_span = Some(span.id);
+            d.record.root_written = false;
+            span
+        }
+        Some(d) => match (d.record.root_span, d.record.root_written) {
+            (Some(root), true) => trace.begin(Some(root), "run", flow),
+            (Some(root), false) => trace.begin_as(root, "run", flow),
+            // Started by a flowc that did not record its root: only the
+            // trace knows it.
+            (None, _) => trace.begin(
+                options.trace_path.as_deref().and_then(trace::root_span),
+                "run",
+                flow,
+            ),
+        },
+    };
+    // What `finish_run` records: this process wrote the root span (when the
+    // trace file took it).
+    let writes_root = span.parent.is_none() && options.trace_path.is_some();
     let (durable, base_spend) = match durable {
         Some(d) => {
             if !d.resume {
@@ -295,17 +328,6 @@ pub fn run(
         }
         None => (None, Spend::default()),
     };
-    let secrets = secret_values(program, &*options.env);
-    let mut trace = trace::Trace::new(
-        &run_id,
-        options.trace_path.as_deref(),
-        secrets,
-        options.observer,
-    )
-    .map_err(SetupError::Trace)?;
-    if let Some(export) = export {
-        trace.set_export(export);
-    }
     let trace = Arc::new(trace);
     let http = reqwest::Client::builder()
         .user_agent(http::USER_AGENT)
@@ -343,7 +365,6 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(|e| SetupError::Start(format!("cannot start the runtime: {e}")))?;
-    let span = trace.begin(earlier_root, "run", flow);
     let interruptible = options.interruptible;
     let result = rt.block_on(async {
         let flow = runtime.run_flow(id, values, None, Some(span.id), String::new());
@@ -459,7 +480,14 @@ pub fn run(
             // gets one try to let the run go.
             Outcome::Store(crate::store::StoreError::LeaseLost(_)) => Ok(()),
             Outcome::Store(_) => store.release(&d.lease),
-            _ => store.finish_run(&d.lease, status.as_str(), output, error.as_deref(), spent),
+            _ => store.finish_run(
+                &d.lease,
+                status.as_str(),
+                output,
+                error.as_deref(),
+                spent,
+                writes_root && trace.failed().is_none(),
+            ),
         };
         if let Err(e) = finished {
             if !matches!(outcome, Outcome::Store(_)) {

@@ -126,6 +126,19 @@ impl Trace {
         }
     }
 
+    /// Opens a span under an id chosen earlier: the root `run` span of a
+    /// resumed run whose first process died before writing it (the id is in
+    /// the run store, and the spans that process did write hang under it).
+    pub fn begin_as(&self, id: SpanId, kind: &str, name: &str) -> Span {
+        Span {
+            id,
+            parent: None,
+            kind: kind.to_string(),
+            name: name.to_string(),
+            start_ms: self.ms(),
+        }
+    }
+
     /// Closes a span with its outcome and details.
     pub fn end(&self, span: Span, status: &str, data: Map<String, Value>) {
         let mut event = json!({

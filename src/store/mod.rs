@@ -77,6 +77,14 @@ pub struct RunRecord {
     pub owner: Option<String>,
     /// When that lease expires unless renewed.
     pub lease_until: Option<f64>,
+    /// The id of the trace's root `run` span, chosen when the run started,
+    /// so a resume hangs its spans under it without reading the trace file.
+    /// `None` for a run an older flowc started.
+    pub root_span: Option<u64>,
+    /// Whether a process wrote that span to the trace (spans are written
+    /// when they end): a process killed before then left no root, and the
+    /// next one writes its own `run` span under the root's id.
+    pub root_written: bool,
 }
 
 /// A gate as the store keeps it.
@@ -126,7 +134,8 @@ pub trait Backend: Send {
     fn run(&self, id: &str) -> Result<Option<RunRecord>>;
     /// Runs, newest first.
     fn runs(&self) -> Result<Vec<RunRecord>>;
-    /// Records how the run ended and releases its lease.
+    /// Records how the run ended and releases its lease; `root_written`:
+    /// this process wrote the trace's root span.
     fn finish_run(
         &self,
         lease: &Lease,
@@ -134,6 +143,7 @@ pub trait Backend: Send {
         output: Option<&Value>,
         error: Option<&str>,
         spend: Spend,
+        root_written: bool,
     ) -> Result<()>;
     /// Completed steps: key → value (`None` for a step that was skipped).
     fn steps(&self, run: &str) -> Result<HashMap<String, Option<Value>>>;

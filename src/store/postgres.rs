@@ -105,6 +105,10 @@ ALTER TABLE runs ADD COLUMN wall DOUBLE PRECISION NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE gates ADD COLUMN decided_by TEXT;
 "#,
+    r#"
+ALTER TABLE runs ADD COLUMN root_span BIGINT;
+ALTER TABLE runs ADD COLUMN root_written BOOLEAN NOT NULL DEFAULT FALSE;
+"#,
 ];
 
 /// An arbitrary constant: the advisory lock that serializes migrations.
@@ -313,6 +317,11 @@ fn run_row(r: &Row) -> Result<RunRecord> {
         replay: r.try_get("replay")?,
         owner: r.try_get("owner")?,
         lease_until: r.try_get("lease_until")?,
+        // Span ids stay below 2^53 (see `run::trace::Trace::new`).
+        root_span: r
+            .try_get::<_, Option<i64>>("root_span")?
+            .map(|id| id as u64),
+        root_written: r.try_get("root_written")?,
     })
 }
 
@@ -336,7 +345,7 @@ fn gate_row(r: &Row) -> Result<GateRecord> {
     })
 }
 
-const RUN_COLUMNS: &str = "id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, wall, trace, replay, owner, lease_until";
+const RUN_COLUMNS: &str = "id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, wall, trace, replay, owner, lease_until, root_span, root_written";
 
 impl Backend for PostgresStore {
     fn reopen(&self) -> Result<Store> {
@@ -348,9 +357,9 @@ impl Backend for PostgresStore {
         let lease = lease.clone();
         self.call(move |c| {
             c.execute(
-                "INSERT INTO runs (id, file, flow, program, input, status, created_at, updated_at, trace, replay, owner, lease_until, epoch)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12)",
-                &[&r.id, &r.file, &r.flow, &r.program.to_string(), &r.input.to_string(), &r.status, &r.created_at, &r.trace, &r.replay, &lease.owner, &lease.until(), &lease.epoch],
+                "INSERT INTO runs (id, file, flow, program, input, status, created_at, updated_at, trace, replay, owner, lease_until, epoch, root_span, root_written)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14)",
+                &[&r.id, &r.file, &r.flow, &r.program.to_string(), &r.input.to_string(), &r.status, &r.created_at, &r.trace, &r.replay, &lease.owner, &lease.until(), &lease.epoch, &r.root_span.map(|id| id as i64), &r.root_written],
             )?;
             Ok(())
         })
@@ -421,7 +430,7 @@ impl Backend for PostgresStore {
         let id = id.to_string();
         self.call(move |c| {
             let rows = c.query(
-                "SELECT id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, wall, trace, replay, owner, lease_until FROM runs WHERE id = $1",
+                "SELECT id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, wall, trace, replay, owner, lease_until, root_span, root_written FROM runs WHERE id = $1",
                 &[&id],
             )?;
             rows.first().map(run_row).transpose()
@@ -431,7 +440,7 @@ impl Backend for PostgresStore {
     fn runs(&self) -> Result<Vec<RunRecord>> {
         self.call(move |c| {
             let rows = c.query(
-                "SELECT id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, wall, trace, replay, owner, lease_until FROM runs ORDER BY created_at DESC",
+                "SELECT id, file, flow, program, input, status, output, error, created_at, updated_at, tokens, cost, steps, tool_calls, wall, trace, replay, owner, lease_until, root_span, root_written FROM runs ORDER BY created_at DESC",
                 &[],
             )?;
             rows.iter().map(run_row).collect()
@@ -445,6 +454,7 @@ impl Backend for PostgresStore {
         output: Option<&Value>,
         error: Option<&str>,
         spend: Spend,
+        root_written: bool,
     ) -> Result<()> {
         let lease = lease.clone();
         let status = status.to_string();
@@ -453,7 +463,8 @@ impl Backend for PostgresStore {
         self.call(move |c| {
             let n = c.execute(
                 "UPDATE runs SET status = $3, output = $4, error = $5, updated_at = $6,
-                 tokens = $7, cost = $8, steps = $9, tool_calls = $10, wall = $11, owner = NULL, lease_until = NULL
+                 tokens = $7, cost = $8, steps = $9, tool_calls = $10, wall = $11, owner = NULL, lease_until = NULL,
+                 root_written = root_written OR $12
                  WHERE id = $1 AND epoch = $2",
                 &[
                     &lease.run_id,
@@ -467,6 +478,7 @@ impl Backend for PostgresStore {
                     &(spend.steps as i64),
                     &(spend.tool_calls as i64),
                     &spend.wall,
+                    &root_written,
                 ],
             )?;
             if n == 1 {

@@ -99,6 +99,10 @@ ALTER TABLE runs ADD COLUMN wall REAL NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE gates ADD COLUMN decided_by TEXT;
 "#,
+    r#"
+ALTER TABLE runs ADD COLUMN root_span INTEGER;
+ALTER TABLE runs ADD COLUMN root_written INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -260,9 +264,9 @@ impl Backend for SqliteStore {
     fn create_run(&self, r: &RunRecord, lease: &Lease) -> Result<()> {
         retry(|| {
             self.conn.execute(
-            "INSERT INTO runs (id, file, flow, program, input, status, created_at, updated_at, trace, replay, owner, lease_until, epoch)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![r.id, r.file, r.flow, r.program.to_string(), r.input.to_string(), r.status, r.created_at, r.trace, r.replay, lease.owner, lease.until(), lease.epoch],
+            "INSERT INTO runs (id, file, flow, program, input, status, created_at, updated_at, trace, replay, owner, lease_until, epoch, root_span, root_written)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![r.id, r.file, r.flow, r.program.to_string(), r.input.to_string(), r.status, r.created_at, r.trace, r.replay, lease.owner, lease.until(), lease.epoch, r.root_span.map(span_column), r.root_written],
         )
         })?;
         Ok(())
@@ -348,11 +352,13 @@ impl Backend for SqliteStore {
         output: Option<&Value>,
         error: Option<&str>,
         spend: Spend,
+        root_written: bool,
     ) -> Result<()> {
         let changed = retry(|| {
             self.conn.execute(
                 "UPDATE runs SET status = ?3, output = ?4, error = ?5, updated_at = ?6,
-             tokens = ?7, cost = ?8, steps = ?9, tool_calls = ?10, wall = ?11, owner = NULL, lease_until = NULL
+             tokens = ?7, cost = ?8, steps = ?9, tool_calls = ?10, wall = ?11, owner = NULL, lease_until = NULL,
+             root_written = max(root_written, ?12)
              WHERE id = ?1 AND epoch = ?2",
                 params![
                     lease.run_id,
@@ -365,7 +371,8 @@ impl Backend for SqliteStore {
                     spend.cost,
                     spend.steps as i64,
                     spend.tool_calls as i64,
-                    spend.wall
+                    spend.wall,
+                    root_written
                 ],
             )
         })?;
@@ -603,7 +610,15 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         replay: r.get("replay")?,
         owner: r.get("owner")?,
         lease_until: r.get("lease_until")?,
+        root_span: r.get::<_, Option<i64>>("root_span")?.map(|id| id as u64),
+        root_written: r.get("root_written")?,
     })
+}
+
+/// A span id as SQLite stores it: ids stay below 2^53 (see
+/// `run::trace::Trace::new`), so the cast is lossless.
+fn span_column(id: u64) -> i64 {
+    id as i64
 }
 
 fn gate_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GateRecord> {
