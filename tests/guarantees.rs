@@ -641,3 +641,75 @@ flow many(docs: [string] len ..10) -> [string] {
     assert_eq!(stored_status(&dir).0, "trace_failed");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_agents_effect_in_each_loop_iteration_gets_its_own_idempotency_key() {
+    // The declared key is the same for every call: what tells two effects
+    // apart is the step instance (loop iteration, agent turn) in the key.
+    let program = checked(
+        r#"
+type Sent { ok: bool }
+
+tool notify(who: string) -> Sent {
+  http POST "{env.TOOLS_URL}/tools/notify"
+  effect write
+  timeout 2s
+  idempotency "notice"
+}
+
+agent messenger(who: string) -> Answer {
+  model fast
+  tools [notify]
+  may write
+  max_steps 3
+  retry 0
+  instructions "Tell {who}."
+}
+
+flow tell(people: [string] len ..2) -> [Answer] {
+  budget { tokens 100k, tool_calls 10, wall 1m }
+  let told = for p in people {
+    let a = messenger(who: p)
+    a
+  }
+  return told
+}
+"#,
+    );
+    let server = MockServer::start();
+    server.always("POST /tools/notify", Reply::ok(json!({"ok": true})));
+    server.script(
+        CHAT,
+        [
+            Reply::chat_tool_call("notify", json!({"who": "ann"})),
+            Reply::chat_json(answer()),
+            Reply::chat_tool_call("notify", json!({"who": "bob"})),
+            Reply::chat_json(answer()),
+        ],
+    );
+    let report = run_with(
+        &program,
+        "tell",
+        json!({"people": ["ann", "bob"]}),
+        options(&server),
+    );
+    assert!(
+        matches!(report.outcome, Outcome::Completed(_)),
+        "{:?}",
+        report.outcome
+    );
+    let keys: Vec<String> = server
+        .requests_to("/tools/notify")
+        .iter()
+        .map(|r| r.header("idempotency-key").expect("a key").to_string())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_ne!(keys[0], keys[1], "two effects, two keys");
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            key,
+            &format!("{}:told[{i}]/a@messenger#1:notice", report.run_id),
+            "the key names the iteration, the step and the agent's turn"
+        );
+    }
+}

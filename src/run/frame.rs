@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::budget::Ledger;
 use super::eval::Scope;
 use super::plan::Plan;
+use super::step_path::{FramePath, StepPath};
 use super::trace::SpanId;
 use crate::exec::{Flow, RegionId};
 
@@ -31,12 +32,12 @@ pub struct Frame {
     pub skipped: RefCell<HashSet<NodeIndex>>,
     parent: Option<Rc<Frame>>,
     params: Rc<Vec<Value>>,
-    /// Where this instance is, for idempotency keys and traces: `posted[3]`.
-    pub path: String,
+    /// Which instance of its region this is: `posted[3]`.
+    pub path: FramePath,
 }
 
 impl Frame {
-    pub fn root(plan: &Plan, params: Vec<Value>, path: String) -> Rc<Frame> {
+    pub fn root(plan: &Plan, params: Vec<Value>, path: FramePath) -> Rc<Frame> {
         Rc::new(Frame {
             region: RegionId(0),
             cells: (0..plan.members[0].len())
@@ -49,7 +50,7 @@ impl Frame {
         })
     }
 
-    pub fn child(self: &Rc<Frame>, plan: &Plan, region: RegionId, path: String) -> Rc<Frame> {
+    pub fn child(self: &Rc<Frame>, plan: &Plan, region: RegionId, path: FramePath) -> Rc<Frame> {
         Rc::new(Frame {
             region,
             cells: (0..plan.members[region.index()].len())
@@ -156,15 +157,7 @@ pub enum GateDecision {
     Reject(String),
 }
 
-/// A step instance's name in the run store: `posted[3]/reconcile.posted.result`.
-pub fn step_key(path: &str, cx: &FlowCtx<'_>, n: NodeIndex) -> String {
-    format!("{}{}.{}", prefix(path), cx.flow.name, cx.flow.graph[n].name)
-}
-
-pub fn prefix(path: &str) -> String {
-    if path.is_empty() {
-        String::new()
-    } else {
-        format!("{path}/")
-    }
+/// Step `n` of this flow in `frame`, e.g. `posted[3]/reconcile.posted.result`.
+pub fn step_path<'a>(frame: &Frame, cx: &FlowCtx<'a>, n: NodeIndex) -> StepPath<'a> {
+    frame.path.step(&cx.flow.name, &cx.flow.graph[n].name)
 }

@@ -8,10 +8,11 @@ use serde_json::Value;
 
 use super::error::{FailureClass, Stop};
 use super::eval::eval;
-use super::frame::{step_key, FlowCtx, Frame, FrameScope, GateDecision, PendingGate};
+use super::frame::{step_path, FlowCtx, Frame, FrameScope, GateDecision, PendingGate};
 use super::region::Prepared;
 use super::runtime::Runtime;
 use super::status::{decision_name, decision_named, GateStatus};
+use super::step_path::StepPath;
 use crate::exec::{Decision, Expr};
 use crate::fields;
 
@@ -42,15 +43,15 @@ impl Runtime<'_> {
             .map_err(|e| fail(e.0))?;
         self.spend_step(cx, n)?;
         let value = shown.first().cloned().unwrap_or(Value::Null);
-        let key = step_key(&frame.path, cx, n);
+        let path = step_path(frame, cx, n);
         let pending = PendingGate {
             flow: cx.flow.name.clone(),
             gate: gate.to_string(),
-            path: frame.path.clone(),
+            path: frame.path.to_string(),
             show: shown.clone(),
         };
         let decided = self
-            .gate_decision(&key, &pending, timeout, on_timeout)
+            .gate_decision(&path, &pending, timeout, on_timeout)
             .map_err(|e| {
                 fail(match &self.durable {
                     Some(d) => d.store_failed(e),
@@ -111,7 +112,7 @@ impl Runtime<'_> {
     /// is recorded as pending.
     pub fn gate_decision(
         &self,
-        key: &str,
+        path: &StepPath<'_>,
         pending: &PendingGate,
         timeout: Option<Duration>,
         on_timeout: Decision,
@@ -128,6 +129,7 @@ impl Runtime<'_> {
         let Some(d) = &self.durable else {
             return Ok(given);
         };
+        let key = &path.to_string();
         let store = d.store.borrow();
         let record = store.gate(&d.run_id, key)?;
         if let Some(r) = &record {

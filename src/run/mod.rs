@@ -26,6 +26,7 @@ pub mod providers;
 mod region;
 mod runtime;
 pub mod status;
+mod step_path;
 pub mod tools;
 pub mod trace;
 pub mod validate;
@@ -45,6 +46,7 @@ pub use error::{FailureClass, RecordingError, RunError, SetupError};
 pub use frame::{GateDecision, PendingGate};
 pub use runtime::Stats;
 use status::RunStatus;
+use step_path::FramePath;
 pub use world::{Env, Script, Scripted, World};
 
 /// How a run ended.
@@ -367,7 +369,7 @@ pub fn run(
         .map_err(|e| SetupError::Start(format!("cannot start the runtime: {e}")))?;
     let interruptible = options.interruptible;
     let result = rt.block_on(async {
-        let flow = runtime.run_flow(id, values, None, Some(span.id), String::new());
+        let flow = runtime.run_flow(id, values, None, Some(span.id), FramePath::root());
         let signal = async {
             if interruptible {
                 stop_signal().await

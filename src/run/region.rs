@@ -23,11 +23,10 @@ use serde_json::Value;
 use super::error::FailureClass;
 use super::error::Stop;
 use super::eval::{eval, render_template, render_with, EvalError, Scope};
-use super::frame::{
-    prefix, step_key, CallOutcome, FlowCtx, Frame, FrameScope, PendingGate, RegionEnd,
-};
+use super::frame::{step_path, CallOutcome, FlowCtx, Frame, FrameScope, PendingGate, RegionEnd};
 use super::plan::Plan;
 use super::runtime::Runtime;
+use super::step_path::StepPath;
 use crate::exec::{Arm, CallTarget, Fallback, RegionId, StepKind, Template};
 use crate::fields;
 use crate::types::Lit;
@@ -91,7 +90,7 @@ impl Runtime<'_> {
                             if cx.flow.graph[n].kind.is_durable() {
                                 self.persist(
                                     cx,
-                                    vec![(step_key(&frame.path, cx, n), Some(v.clone()))],
+                                    vec![(step_path(&frame, cx, n).to_string(), Some(v.clone()))],
                                 )
                                 .await?;
                             }
@@ -101,8 +100,11 @@ impl Runtime<'_> {
                         }
                         Prepared::Skip => {
                             if cx.flow.graph[n].kind.is_durable() && !skip {
-                                self.persist(cx, vec![(step_key(&frame.path, cx, n), None)])
-                                    .await?;
+                                self.persist(
+                                    cx,
+                                    vec![(step_path(&frame, cx, n).to_string(), None)],
+                                )
+                                .await?;
                             }
                             frame.skipped.borrow_mut().insert(n);
                             release(&plan, n, &mut remaining, &mut ready);
@@ -133,7 +135,7 @@ impl Runtime<'_> {
                             continue;
                         }
                     };
-                    batch.push((step_key(&frame.path, cx, n), value.clone()));
+                    batch.push((step_path(&frame, cx, n).to_string(), value.clone()));
                     finished.push((n, value));
                 }
                 self.persist(cx, batch).await?;
@@ -195,7 +197,7 @@ impl Runtime<'_> {
         let fail = |message: String| self.fail(cx, n, 1, FailureClass::Value, message);
         if step.kind.is_durable() {
             if let Some(d) = &self.durable {
-                if let Some(v) = d.done.borrow().get(&step_key(&frame.path, cx, n)) {
+                if let Some(v) = d.done.borrow().get(&step_path(frame, cx, n).to_string()) {
                     return Ok(Prepared::Cached(v.clone()));
                 }
             }
@@ -235,8 +237,7 @@ impl Runtime<'_> {
                     None => None,
                 };
                 let target = *target;
-                let path = frame.path.clone();
-                let key = step_key(&frame.path, cx, n);
+                let path = step_path(frame, cx, n);
                 Ok(Prepared::Future(Box::pin(async move {
                     // Calls hang under a span of their step.
                     let span = self
@@ -245,7 +246,7 @@ impl Runtime<'_> {
                     let scx = cx.in_span(span.id);
                     let cx = &scx;
                     let mut fell_back = false;
-                    let result = match self.call(cx, n, target, args, &path, &key).await {
+                    let result = match self.call(cx, n, target, args, &path).await {
                         Ok(outcome) => Ok(outcome),
                         Err(Stop::Failed(err)) if fallback.is_some() => {
                             fell_back = true;
@@ -258,15 +259,14 @@ impl Runtime<'_> {
                             match fallback {
                                 Some(FallbackInput::Value(v)) => Ok(CallOutcome::Value(v)),
                                 Some(FallbackInput::Call(t, a)) => {
-                                    self.call(cx, n, t, a, &path, &format!("{key}#fallback"))
-                                        .await
+                                    self.call(cx, n, t, a, &path.fallback()).await
                                 }
                                 None => Err(Stop::Failed(err)),
                             }
                         }
                         Err(e) => Err(e),
                     };
-                    self.end_step(cx, span, &key, fell_back, &result);
+                    self.end_step(cx, span, &path, fell_back, &result);
                     result
                 })))
             }
@@ -288,7 +288,7 @@ impl Runtime<'_> {
                     Some(Fallback::Value(e)) => Some(eval(e, &scope).map_err(|e| fail(e.0))?),
                     _ => None,
                 };
-                let key = step_key(&frame.path, cx, n);
+                let path = step_path(frame, cx, n);
                 Ok(Prepared::Future(Box::pin(async move {
                     let span = self
                         .trace
@@ -296,7 +296,7 @@ impl Runtime<'_> {
                     let scx = cx.in_span(span.id);
                     let cx = &scx;
                     let mut fell_back = false;
-                    let result = match self.llm(cx, n, call.as_ref(), prompt, system, &key).await {
+                    let result = match self.llm(cx, n, call.as_ref(), prompt, system, &path).await {
                         Ok(v) => Ok(CallOutcome::Value(v)),
                         Err(Stop::Failed(err)) if fallback.is_some() => {
                             fell_back = true;
@@ -310,7 +310,7 @@ impl Runtime<'_> {
                         }
                         Err(e) => Err(e),
                     };
-                    self.end_step(cx, span, &key, fell_back, &result);
+                    self.end_step(cx, span, &path, fell_back, &result);
                     result
                 })))
             }
@@ -447,11 +447,7 @@ impl Runtime<'_> {
             while running.len() < limit && next < count {
                 let i = next;
                 next += 1;
-                let child = frame.child(
-                    &cx.plan,
-                    body,
-                    format!("{}{name}[{i}]", prefix(&frame.path)),
-                );
+                let child = frame.child(&cx.plan, body, frame.path.iteration(name, i));
                 child.set(&cx.plan, item, items[i].clone());
                 running.push(Box::pin(async move {
                     let end = match self.run_region(cx, body, child.clone()).await {
@@ -531,7 +527,7 @@ impl Runtime<'_> {
         &self,
         cx: &FlowCtx<'_>,
         span: super::trace::Span,
-        key: &str,
+        path: &StepPath<'_>,
         fell_back: bool,
         result: &Result<CallOutcome, Stop>,
     ) {
@@ -571,7 +567,7 @@ impl Runtime<'_> {
         }
         // The step's key in the run store: unique in the run, stable across
         // its processes.
-        let mut data = fields! {"path": key, "fallback": fell_back};
+        let mut data = fields! {"path": path.to_string(), "fallback": fell_back};
         if !remaining.is_empty() {
             data.insert("budget_remaining".into(), Value::Object(remaining));
         }

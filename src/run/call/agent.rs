@@ -15,6 +15,7 @@ use crate::run::error::{CallError, FailureClass, Stop};
 use crate::run::frame::FlowCtx;
 use crate::run::providers::{ChatRequest, ChatResponse, Message, ToolSpec};
 use crate::run::runtime::Runtime;
+use crate::run::step_path::StepPath;
 use crate::run::world::{Script, Scripted, World};
 
 impl Runtime<'_> {
@@ -26,12 +27,13 @@ impl Runtime<'_> {
         n: NodeIndex,
         agent: &Agent,
         args: Map<String, Value>,
+        path: &StepPath<'_>,
     ) -> Result<Value, Stop> {
         // The agent's model and tool calls hang under its span.
         let span = self.trace.begin(Some(cx.span), "agent", &agent.name);
         let acx = cx.in_span(span.id);
         let cx = &acx;
-        let turns = self.agent_call(cx, n, agent, args);
+        let turns = self.agent_call(cx, n, agent, args, path);
         let result = match agent.timeout {
             None => turns.await,
             Some(limit) => tokio::time::timeout(limit, turns)
@@ -81,6 +83,7 @@ impl Runtime<'_> {
         n: NodeIndex,
         agent: &Agent,
         args: Map<String, Value>,
+        path: &StepPath<'_>,
     ) -> Result<Value, Stop> {
         self.count_call(CallTarget::Agent(agent.id));
         if let World::Scripted(script) = &mut *self.world.borrow_mut() {
@@ -198,7 +201,7 @@ impl Runtime<'_> {
                     }
                     Some(tool) => match call.arguments.as_object() {
                         None => serde_json::json!({"error": "the arguments must be a JSON object", "available_tools": names}).to_string(),
-                        Some(a) => match Box::pin(self.tool_call(cx, n, tool, a.clone(), &format!("{}#{turn}", agent.name), &format!("{}#{turn}:{}", agent.name, call.id))).await {
+                        Some(a) => match Box::pin(self.tool_call(cx, n, tool, a.clone(), &path.agent_call(&agent.name, turn, &call.id))).await {
                             Ok(v) => cut(&v.to_string(), tool.limit_tokens),
                             Err(Stop::Failed(e)) if !e.is_circuit_breaker() => serde_json::json!({"error": e.message, "available_tools": names}).to_string(),
                             Err(stop) => return Err(stop),

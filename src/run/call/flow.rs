@@ -2,15 +2,15 @@
 
 use std::sync::Arc;
 
-use petgraph::graph::NodeIndex;
 use serde_json::{Map, Value};
 
 use crate::exec::{CallTarget, FlowId, RegionId};
 use crate::fields;
 use crate::run::budget::Ledger;
 use crate::run::error::Stop;
-use crate::run::frame::{prefix, CallOutcome, FlowCtx, Frame, FrameScope, RegionEnd};
+use crate::run::frame::{CallOutcome, FlowCtx, Frame, FrameScope, RegionEnd};
 use crate::run::runtime::Runtime;
+use crate::run::step_path::{FramePath, StepPath};
 use crate::run::trace::SpanId;
 
 impl Runtime<'_> {
@@ -21,7 +21,7 @@ impl Runtime<'_> {
         params: Vec<Value>,
         parent_ledger: Option<Arc<Ledger>>,
         parent_span: Option<SpanId>,
-        path: String,
+        path: FramePath,
     ) -> Result<(Option<Value>, RegionEnd), Stop> {
         let flow = &self.program.flows[id.index()];
         let span = self.trace.begin(parent_span, "flow", &flow.name);
@@ -100,10 +100,9 @@ impl Runtime<'_> {
     pub(crate) async fn flow_call(
         &self,
         cx: &FlowCtx<'_>,
-        n: NodeIndex,
         f: FlowId,
         args: Map<String, Value>,
-        path: &str,
+        path: &StepPath<'_>,
     ) -> Result<CallOutcome, Stop> {
         let callee = &self.program.flows[f.index()];
         self.count_call(CallTarget::Flow(f));
@@ -117,7 +116,7 @@ impl Runtime<'_> {
             params,
             Some(cx.ledger.clone()),
             Some(cx.span),
-            format!("{}{}>{}", prefix(path), cx.flow.graph[n].name, callee.name),
+            path.frame().call(path.step_name(), &callee.name),
         ))
         .await?;
         let waiting = end.is_waiting();

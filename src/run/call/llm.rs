@@ -17,6 +17,7 @@ use crate::run::error::{CallError, ErrorClass, FailureClass, Stop};
 use crate::run::frame::FlowCtx;
 use crate::run::providers::{self, ChatRequest, Endpoint, Message};
 use crate::run::runtime::Runtime;
+use crate::run::step_path::StepPath;
 use crate::run::world::{Script, Scripted, World};
 use crate::types::Ty;
 
@@ -30,7 +31,7 @@ impl Runtime<'_> {
         call: &LlmCall,
         prompt: String,
         system: Option<String>,
-        key: &str,
+        path: &StepPath<'_>,
     ) -> Result<Value, Stop> {
         let step = &cx.flow.graph[n];
         let reservation = cx
@@ -77,7 +78,7 @@ impl Runtime<'_> {
                     extra: model.extra.clone(),
                 };
                 // A reply an earlier process of this run received is not paid for twice.
-                let reply_key = format!("{key}@{}", model.name);
+                let reply_key = path.reply(&model.name).to_string();
                 let recorded = match &self.durable {
                     Some(d) => d
                         .store

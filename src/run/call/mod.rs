@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use super::error::Stop;
 use super::frame::{CallOutcome, FlowCtx};
 use super::runtime::Runtime;
+use super::step_path::StepPath;
 use crate::exec::CallTarget;
 
 impl Runtime<'_> {
@@ -32,19 +33,18 @@ impl Runtime<'_> {
         n: NodeIndex,
         target: CallTarget,
         args: Map<String, Value>,
-        path: &str,
-        key: &str,
+        path: &StepPath<'_>,
     ) -> Result<CallOutcome, Stop> {
         match target {
             CallTarget::Tool(t) => self
-                .tool_call(cx, n, &self.program.tools[t.index()], args, path, key)
+                .tool_call(cx, n, &self.program.tools[t.index()], args, path)
                 .await
                 .map(CallOutcome::Value),
             CallTarget::Agent(a) => self
-                .agent(cx, n, &self.program.agents[a.index()], args)
+                .agent(cx, n, &self.program.agents[a.index()], args, path)
                 .await
                 .map(CallOutcome::Value),
-            CallTarget::Flow(f) => self.flow_call(cx, n, f, args, path).await,
+            CallTarget::Flow(f) => self.flow_call(cx, f, args, path).await,
         }
     }
 }

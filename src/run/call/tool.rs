@@ -14,6 +14,7 @@ use crate::run::budget::Spend;
 use crate::run::error::{CallError, ErrorClass, FailureClass, Stop};
 use crate::run::frame::FlowCtx;
 use crate::run::runtime::Runtime;
+use crate::run::step_path::StepPath;
 use crate::run::tools::{self, ToolContext};
 use crate::run::world::{Script, Scripted, World};
 
@@ -26,8 +27,7 @@ impl Runtime<'_> {
         n: NodeIndex,
         tool: &Tool,
         args: Map<String, Value>,
-        path: &str,
-        key: &str,
+        path: &StepPath<'_>,
     ) -> Result<Value, Stop> {
         self.count_call(CallTarget::Tool(tool.id));
         let step_name = cx.flow.graph[n].name.clone();
@@ -62,7 +62,11 @@ impl Runtime<'_> {
             let declared = tools::idempotency_key(tool, &args, &*self.env)
                 .map_err(|e| self.fail(cx, n, 0, FailureClass::Template, e.message))?
                 .unwrap_or_default();
-            Some(format!("{}:{path}/{step_name}:{declared}", self.run_id))
+            Some(format!(
+                "{}:{}:{declared}",
+                self.run_id,
+                path.idempotency_location()
+            ))
         } else {
             None
         };
@@ -71,7 +75,7 @@ impl Runtime<'_> {
         if let (Some(d), Some(idem)) = (&self.durable, &idempotency_key) {
             d.store
                 .borrow()
-                .intent(&d.lease, key, idem)
+                .intent(&d.lease, &path.to_string(), idem)
                 .map_err(|e| self.fail(cx, n, 0, FailureClass::Store, d.store_failed(e)))?;
         }
         let policy = tool.retry.clone();
