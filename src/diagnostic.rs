@@ -10,6 +10,17 @@ pub struct Label {
     pub message: String,
 }
 
+/// A fix a tool can apply: replace the text of `span` with `replacement`
+/// (an empty span inserts). Only given when the result is known to be
+/// valid where it is written: names visible there, correct syntax; the
+/// golden corpus applies every one and checks the result
+/// (`tests/golden.rs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Suggestion {
+    pub span: Span,
+    pub replacement: String,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnostic {
     pub code: Code,
@@ -22,6 +33,9 @@ pub struct Diagnostic {
     /// Other places that explain the problem.
     pub labels: Vec<Label>,
     pub help: Option<String>,
+    /// The fix the help describes, when it is code that can be applied
+    /// (boxed: most diagnostics have none, and they travel in `Result`s).
+    pub suggestion: Option<Box<Suggestion>>,
 }
 
 impl Diagnostic {
@@ -34,6 +48,7 @@ impl Diagnostic {
             label: String::new(),
             labels: Vec::new(),
             help: None,
+            suggestion: None,
         }
     }
 
@@ -52,6 +67,15 @@ impl Diagnostic {
 
     pub fn help(mut self, text: impl Into<String>) -> Diagnostic {
         self.help = Some(text.into());
+        self
+    }
+
+    /// Attaches the machine-applicable form of the help.
+    pub fn suggest(mut self, span: Span, replacement: impl Into<String>) -> Diagnostic {
+        self.suggestion = Some(Box::new(Suggestion {
+            span,
+            replacement: replacement.into(),
+        }));
         self
     }
 

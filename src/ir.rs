@@ -3,6 +3,7 @@
 //! properties of it and wraps it in `CheckedProgram`.
 
 use petgraph::graph::{DiGraph, NodeIndex};
+use std::collections::HashMap;
 
 pub use crate::ast::{BodyEncoding, ResponseFormat};
 use crate::ast::{CompareOp, Decision, Effect};
@@ -344,6 +345,18 @@ pub struct Flow {
     /// reported): the ordering the author meant is missing, so ordering
     /// checks (D001, A001) say nothing more about them.
     pub dropped_after: Vec<NodeIndex>,
+    /// Where `after NAME` can be written on each `let` (for suggestions).
+    pub after_points: HashMap<NodeIndex, AfterPoint>,
+}
+
+/// Where an `after` clause naming one more step goes in a `let`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterPoint {
+    /// The `let` has no `after`: insert ` after NAME` at this empty span
+    /// (the statement's end).
+    New(Span),
+    /// Append `, NAME` at this empty span (the end of its `after` list).
+    Extend(Span),
 }
 
 /// Why one step waits for another.

@@ -282,6 +282,11 @@ pub fn json(sources: &Sources, files: &[String], diagnostics: &[&Diagnostic]) ->
                     "message": l.message,
                 })).collect::<Vec<_>>(),
                 "help": d.help,
+                "suggestion": d.suggestion.as_ref().map(|f| json!({
+                    "file": sources.get(f.span.file).name,
+                    "span": position(sources, f.span),
+                    "replacement": f.replacement,
+                })),
             })
         })
         .collect();
@@ -376,6 +381,16 @@ pub fn sarif(sources: &Sources, diagnostics: &[&Diagnostic]) -> Value {
                     loc["id"] = json!(i);
                     loc
                 }).collect::<Vec<_>>(),
+                "fixes": d.suggestion.iter().map(|f| json!({
+                    "description": {"text": d.help.as_deref().unwrap_or("apply the suggested change")},
+                    "artifactChanges": [{
+                        "artifactLocation": {"uri": uri(&sources.get(f.span.file).name)},
+                        "replacements": [{
+                            "deletedRegion": region(sources, f.span),
+                            "insertedContent": {"text": f.replacement},
+                        }],
+                    }],
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -117,3 +117,86 @@ fn every_code_has_a_golden_test() {
         "codes without a golden test: {missing:?}"
     );
 }
+
+/// The codes reported for a file, with how many times each.
+fn codes_of(report: &serde_json::Value) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for d in report["diagnostics"].as_array().expect("diagnostics array") {
+        *counts
+            .entry(d["code"].as_str().expect("code").to_string())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+fn json_report(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&run_check(path, "json").stdout).expect("valid JSON report")
+}
+
+/// Every fix the checker suggests, applied alone to its golden file, removes
+/// the diagnostic it came with and introduces no other problem: the help
+/// proposes code that is valid where it would be written.
+#[test]
+fn every_suggested_fix_checks_when_applied() {
+    // A copy of the corpus, so files that `use` their neighbours still find
+    // them, and the real files are never touched.
+    let dir = std::env::temp_dir().join(format!("flowc-golden-fixes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for entry in std::fs::read_dir("tests/golden").expect("tests/golden exists") {
+        let path = entry.expect("readable entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().expect("file name"))).expect("copy");
+        }
+    }
+    let mut failures = Vec::new();
+    let mut applied = BTreeSet::new();
+    for original in golden_files() {
+        let path = dir.join(original.file_name().expect("file name"));
+        let text = std::fs::read_to_string(&path).expect("readable copy");
+        let before = json_report(&path);
+        let before_codes = codes_of(&before);
+        let file = path.display().to_string();
+        for d in before["diagnostics"].as_array().expect("diagnostics array") {
+            let fix = &d["suggestion"];
+            if fix.is_null() {
+                continue;
+            }
+            let code = d["code"].as_str().expect("code").to_string();
+            if fix["file"].as_str() != Some(file.as_str()) {
+                failures.push(format!("{file}: {code} suggests a change in another file"));
+                continue;
+            }
+            let start = fix["span"]["start"]["offset"].as_u64().expect("offset") as usize;
+            let end = fix["span"]["end"]["offset"].as_u64().expect("offset") as usize;
+            let replacement = fix["replacement"].as_str().expect("replacement");
+            let fixed = format!("{}{replacement}{}", &text[..start], &text[end..]);
+            std::fs::write(&path, &fixed).expect("write fixed copy");
+            let after_codes = codes_of(&json_report(&path));
+            std::fs::write(&path, &text).expect("restore copy");
+            let gone = after_codes.get(&code).copied().unwrap_or(0)
+                < before_codes.get(&code).copied().unwrap_or(0);
+            let new: Vec<&String> = after_codes
+                .iter()
+                .filter(|(c, n)| before_codes.get(*c).copied().unwrap_or(0) < **n)
+                .map(|(c, _)| c)
+                .collect();
+            if !gone || !new.is_empty() {
+                failures.push(format!(
+                    "{}: applying {code}'s suggestion {replacement:?} at {start}..{end} left {after_codes:?} (before {before_codes:?})\n{fixed}",
+                    original.display()
+                ));
+            }
+            applied.insert(code);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // The corpus exercises the fixes this test exists for.
+    for code in ["D001", "N001"] {
+        assert!(
+            applied.contains(code),
+            "no golden file has a {code} suggestion: {applied:?}"
+        );
+    }
+}

@@ -18,7 +18,7 @@ use petgraph::Direction;
 
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
-use crate::ir::{CallTarget, Flow, FlowId, Program, RegionId, RegionKind, ResourceId};
+use crate::ir::{AfterPoint, CallTarget, Flow, FlowId, Program, RegionId, RegionKind, ResourceId};
 
 use super::calls;
 
@@ -259,12 +259,71 @@ fn report(
         Some((lp, n)) => d
             .with(flow.graph[lp].span, format!("their iterations run `parallel {n}`"))
             .help("one iteration's step is not ordered with another's: run the loop one item at a time (remove `parallel`)"),
-        None => d.help(format!(
-            "order them: make one use the other's value, or write `after {}` on `{}`",
-            sx.name, sy.name
-        )),
+        None => match order_fix(flow, x.node, y.node) {
+            Some(fix) => d
+                .help(format!(
+                    "order them: make one use the other's value, or write `after {}` on `{}`",
+                    flow.graph[fix.before].name, flow.graph[fix.on].name
+                ))
+                .suggest(fix.at, fix.replacement),
+            None => d.help("order them: make one use the other's value, or name one in an `after` clause of the other's `let`"),
+        },
     };
     d
+}
+
+/// An `after` clause that orders two steps, written where it checks: on a
+/// `let`, naming a step whose name is visible from that `let`.
+struct OrderFix {
+    on: NodeIndex,
+    before: NodeIndex,
+    at: crate::source::Span,
+    replacement: String,
+}
+
+fn order_fix(flow: &Flow, x: NodeIndex, y: NodeIndex) -> Option<OrderFix> {
+    let (ax, ay) = (let_of(flow, x)?, let_of(flow, y)?);
+    if ax == ay {
+        return None;
+    }
+    // A `let`'s name is visible in its own region and those nested in it.
+    let visible = |name: NodeIndex, from: NodeIndex| {
+        flow.region_within(flow.graph[from].region, flow.graph[name].region)
+    };
+    // Prefer ordering the later-reported step after the first one.
+    let (on, before) = if visible(ax, ay) {
+        (ay, ax)
+    } else if visible(ay, ax) {
+        (ax, ay)
+    } else {
+        return None;
+    };
+    let name = &flow.graph[before].name;
+    let (at, replacement) = match flow.after_points.get(&on)? {
+        AfterPoint::New(at) => (*at, format!(" after {name}")),
+        AfterPoint::Extend(at) => (*at, format!(", {name}")),
+    };
+    Some(OrderFix {
+        on,
+        before,
+        at,
+        replacement,
+    })
+}
+
+/// The `let` a step belongs to: itself, or the loop or branch whose body
+/// holds it, outwards until one is bound by `let`.
+fn let_of(flow: &Flow, mut node: NodeIndex) -> Option<NodeIndex> {
+    for _ in 0..flow.regions.len() + 1 {
+        if flow.after_points.contains_key(&node) {
+            return Some(node);
+        }
+        node = match flow.regions[flow.graph[node].region.index()].kind {
+            RegionKind::Root => return None,
+            RegionKind::Loop { node, .. } | RegionKind::Arm { node, .. } => node,
+        };
+    }
+    None
 }
 
 /// The resources each step reads and writes, through tools, agents and sub-flows.

@@ -63,6 +63,7 @@ struct FlowBuilder<'a> {
     /// Names whose type is narrowed inside an arm, by the arm's region
     /// (see `narrow.rs`).
     narrowed: Vec<(RegionId, Subject, Ty)>,
+    after_points: HashMap<NodeIndex, AfterPoint>,
 }
 
 pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &ast::FlowDecl) {
@@ -92,6 +93,7 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
         unresolved: false,
         dropped_after: Vec::new(),
         narrowed: Vec::new(),
+        after_points: HashMap::new(),
     };
     let root = RegionId(0);
     b.scopes.push(HashMap::new());
@@ -165,6 +167,7 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
     flow.output_step = output;
     flow.unresolved = b.unresolved;
     flow.dropped_after = b.dropped_after;
+    flow.after_points = b.after_points;
 }
 
 impl<'a> FlowBuilder<'a> {
@@ -303,6 +306,12 @@ impl<'a> FlowBuilder<'a> {
             .collect();
         match pending {
             Pending::Let(l) => {
+                let end = |s: Span| Span::new(s.file, s.end as usize, s.end as usize);
+                let point = match l.after.last() {
+                    Some(a) => AfterPoint::Extend(end(a.span)),
+                    None => AfterPoint::New(end(l.span)),
+                };
+                self.after_points.insert(node, point);
                 let name = l.name.name.clone();
                 self.step_into(cx, node, &l.step, &name);
                 if let Some(fb) = &l.fallback {
@@ -421,7 +430,8 @@ impl<'a> FlowBuilder<'a> {
         )
         .label("unknown name");
         d = match did_you_mean(&name.name, candidates) {
-            Some(s) => d.help(format!("did you mean `{s}`?")),
+            // Every candidate is visible here, so the name fits as written.
+            Some(s) => d.help(format!("did you mean `{s}`?")).suggest(name.span, s),
             None if self.names.contains_key(&name.name) => d.help(format!(
                 "`{}` is bound inside a loop or branch, and is visible only there",
                 name.name
