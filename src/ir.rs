@@ -3,7 +3,7 @@
 //! properties of it and wraps it in `CheckedProgram`.
 
 use petgraph::graph::{DiGraph, NodeIndex};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 pub use crate::ast::{BodyEncoding, ResponseFormat};
 use crate::ast::{CompareOp, Decision, Effect};
@@ -345,8 +345,9 @@ pub struct Flow {
     /// reported): the ordering the author meant is missing, so ordering
     /// checks (D001, A001) say nothing more about them.
     pub dropped_after: Vec<NodeIndex>,
-    /// Where `after NAME` can be written on each `let` (for suggestions).
-    pub after_points: HashMap<NodeIndex, AfterPoint>,
+    /// Where `after NAME` can be written on each `let` (for suggestions);
+    /// ordered, so the program prints the same way every time.
+    pub after_points: BTreeMap<NodeIndex, AfterPoint>,
 }
 
 /// Where an `after` clause naming one more step goes in a `let`.

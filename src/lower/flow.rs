@@ -63,7 +63,7 @@ struct FlowBuilder<'a> {
     /// Names whose type is narrowed inside an arm, by the arm's region
     /// (see `narrow.rs`).
     narrowed: Vec<(RegionId, Subject, Ty)>,
-    after_points: HashMap<NodeIndex, AfterPoint>,
+    after_points: std::collections::BTreeMap<NodeIndex, AfterPoint>,
 }
 
 pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &ast::FlowDecl) {
@@ -93,7 +93,7 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
         unresolved: false,
         dropped_after: Vec::new(),
         narrowed: Vec::new(),
-        after_points: HashMap::new(),
+        after_points: Default::default(),
     };
     let root = RegionId(0);
     b.scopes.push(HashMap::new());

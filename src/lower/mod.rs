@@ -216,7 +216,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             output_step: None,
                             unresolved: false,
                             dropped_after: Vec::new(),
-                            after_points: HashMap::new(),
+                            after_points: Default::default(),
                         });
                         (
                             &f.name,
