@@ -217,6 +217,28 @@ fn syntax_error(
             .label("the line ends inside the string")
             .help("close it with `\"`; for text over several lines use `\"\"\"…\"\"\"`");
     }
+    // A `"""` string that is never closed fails wherever its text first
+    // breaks a rule (often far below); the mistake is where it opened.
+    if tokens.iter().any(|t| t == "\"\"\"") && !text[start..].contains("\"\"\"") {
+        if let Some(open) = text[..start].rfind("\"\"\"") {
+            let open_span = Span::new(file, open, open + 3);
+            return Diagnostic::new(
+                Code::Syntax,
+                open_span,
+                "this `\"\"\"` string is never closed",
+            )
+            .label("opened here, with no closing `\"\"\"` below")
+            .with(span, "parsing failed here, inside the string")
+            .help("end the text with `\"\"\"`; a literal brace inside it is written `{{` or `}}`");
+        }
+    }
+    // Operators the language does not have, where an operator could follow.
+    let operator_expected = tokens.iter().any(|t| t == "and" || t == "==");
+    if operator_expected && ["`+`", "`-`", "`*`", "`/`", "`%`"].contains(&found) {
+        return Diagnostic::new(Code::Syntax, span, format!("Flow has no arithmetic: {found} is not an operator"))
+            .label("not an operator")
+            .help("expressions compare and combine (`==`, `<`, `and`, `or`, `not`); join text in a template (`\"{a} {b}\"`), and compute numbers in a tool or a model step");
+    }
     // A description such as "an expression" already covers the tokens that
     // can start one; listing them too would bury the message.
     let covered = |t: &str| -> bool {

@@ -24,7 +24,7 @@ struct Report<'a> {
     diagnostic: &'a Diagnostic,
     /// The labels shown on this report's own source.
     labels: Vec<(Span, String)>,
-    source: NamedSource<Arc<str>>,
+    source: NamedSource<CharColumns>,
     related: Vec<Report<'a>>,
     severity: Severity,
     message: String,
@@ -110,9 +110,41 @@ impl miette::Diagnostic for Report<'_> {
     }
 }
 
-fn named_source(sources: &Sources, span: Span) -> NamedSource<Arc<str>> {
+fn named_source(sources: &Sources, span: Span) -> NamedSource<CharColumns> {
     let file = sources.get(span.file);
-    NamedSource::new(file.name.clone(), file.text.clone())
+    NamedSource::new(file.name.clone(), CharColumns(file.text.clone()))
+}
+
+/// A file's text for miette, whose `file:line:column` header counts bytes:
+/// here the column counts characters, as in every other output format.
+struct CharColumns(Arc<str>);
+
+impl miette::SourceCode for CharColumns {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let contents = self.0.read_span(span, before, after)?;
+        if before != 0 {
+            // Contents start at a line start: the column is 0 either way.
+            return Ok(contents);
+        }
+        let text: &str = &self.0;
+        let at = span.offset().min(text.len());
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let column = text
+            .get(line_start..at)
+            .map_or(at - line_start, |s| s.chars().count());
+        Ok(Box::new(miette::MietteSpanContents::new(
+            contents.data(),
+            *contents.span(),
+            contents.line(),
+            column,
+            contents.line_count(),
+        )))
+    }
 }
 
 /// Renders one diagnostic for a terminal. Labels in other files than the
@@ -313,7 +345,14 @@ fn region(sources: &Sources, span: Span) -> Value {
     let file = sources.get(span.file);
     let (sl, sc) = file.line_col(span.start);
     let (el, ec) = file.line_col(span.end);
-    json!({"startLine": sl, "startColumn": sc, "endLine": el, "endColumn": ec, "charOffset": span.start, "charLength": span.len()})
+    // `columnKind` is `unicodeCodePoints`, so offsets count characters too.
+    let chars = |end: u32| {
+        file.text
+            .get(..end as usize)
+            .map_or(end as usize, |s| s.chars().count())
+    };
+    let (offset, end) = (chars(span.start), chars(span.end));
+    json!({"startLine": sl, "startColumn": sc, "endLine": el, "endColumn": ec, "charOffset": offset, "charLength": end - offset})
 }
 
 fn location(sources: &Sources, span: Span, message: Option<&str>) -> Value {
