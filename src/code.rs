@@ -84,6 +84,7 @@ codes! {
     UnreachableArm = "X002", "unreachable-arm", Warning, "a `match` arm that can never be taken";
     SecretInPrompt = "K001", "secret-in-prompt", Error, "an `env.` value used outside a tool or provider, where it could leak";
     McpLockMismatch = "M001", "mcp-lock-mismatch", Error, "an MCP tool that its lock file does not describe as declared (no lock, no such tool, a differing field)";
+    InvalidDataset = "V002", "invalid-dataset", Error, "an eval's dataset that cannot be read, or a row that does not fit the flow's parameters or expected type";
     TestWithoutExpectation = "V001", "test-without-expectation", Error, "a test block with no `expect`";
 }
 

@@ -128,6 +128,7 @@ pub fn root_flows(program: &Program) -> Vec<FlowId> {
     let mut flows: Vec<FlowId> = (0..program.flows.len())
         .map(|i| FlowId(i as u32))
         .filter(|f| program.roots.contains(&program.flows[f.index()].span.file))
+        .filter(|f| !program.flows[f.index()].judge)
         .collect();
     flows.sort_by_key(|f| program.flows[f.index()].span);
     flows

@@ -104,6 +104,7 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
         .flows
         .iter()
         .filter(|f| c.sources.get(f.span.file).name == root)
+        .filter(|f| !f.judge)
         .map(|f| f.name.as_str())
         .collect();
     let chosen = args

@@ -33,6 +33,8 @@ pub struct Program {
     pub agents: Vec<Agent>,
     pub flows: Vec<Flow>,
     pub tests: Vec<Test>,
+    /// `eval` blocks: a flow measured over a dataset.
+    pub evals: Vec<Eval>,
     /// The files that were checked at the user's request (not only imported).
     pub roots: Vec<FileId>,
 }
@@ -348,6 +350,10 @@ pub struct Flow {
     /// Where `after NAME` can be written on each `let` (for suggestions);
     /// ordered, so the program prints the same way every time.
     pub after_points: BTreeMap<NodeIndex, AfterPoint>,
+    /// A model judge of an `eval` (lowered as a flow of its own so it is
+    /// typed, validated, retried and budgeted like any `llm` step); not a
+    /// flow the user can run by name.
+    pub judge: bool,
 }
 
 /// Where an `after` clause naming one more step goes in a `let`.
@@ -684,6 +690,27 @@ pub fn signature(params: &[Param]) -> Vec<(String, Ty, bool)> {
 }
 
 impl Program {
+    /// The names an eval's `trace.called` and `trace.first` have a field
+    /// for: every tool, model, agent and (non-judge) flow, each once.
+    pub fn trajectory_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .tools
+            .iter()
+            .map(|t| t.name.clone())
+            .chain(self.models.iter().map(|m| m.name.clone()))
+            .chain(self.agents.iter().map(|a| a.name.clone()))
+            .chain(
+                self.flows
+                    .iter()
+                    .filter(|f| !f.judge)
+                    .map(|f| f.name.clone()),
+            )
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// A model and its fallbacks, each once.
     pub fn model_chain(&self, first: ModelId) -> Vec<ModelId> {
         let mut out = vec![first];
@@ -836,3 +863,59 @@ pub fn tolerant_loop_type(result: Ty, element: Ty, max: Option<u64>, tolerate: u
         Openness::Exact,
     )
 }
+
+/// `eval "name" { … }`: a flow measured over a dataset by scorers.
+#[derive(Debug)]
+pub struct Eval {
+    pub name: String,
+    pub span: Span,
+    pub flow: Option<FlowId>,
+    /// The type of a row's `expected` (`run flow expecting T`, else the
+    /// flow's output type).
+    pub expected: Ty,
+    pub rows: Vec<EvalRow>,
+    pub scorers: Vec<Scorer>,
+    /// The weighted mean score a row needs to pass, and the pass rate the
+    /// eval needs (both in [0, 1]).
+    pub threshold: f64,
+    pub budget: Option<Budget>,
+    pub concurrency: u64,
+}
+
+/// One row: the flow's arguments and what it should produce.
+#[derive(Debug)]
+pub struct EvalRow {
+    /// The row's line (1-based) in its dataset file, or of its `row` clause.
+    pub line: usize,
+    pub span: Span,
+    pub data: RowData,
+}
+
+/// A row's values (`row { … } expecting …` literals, or a dataset line),
+/// checked against the parameters' and the expected type's schemas.
+#[derive(Debug)]
+pub struct RowData {
+    pub input: serde_json::Value,
+    pub expected: Option<serde_json::Value>,
+}
+
+#[derive(Debug)]
+pub struct Scorer {
+    pub name: String,
+    pub span: Span,
+    pub weight: f64,
+    pub kind: ScorerKind,
+}
+
+#[derive(Debug)]
+pub enum ScorerKind {
+    /// A deterministic expression over `input` (param 0), `output` (1),
+    /// `expected` (2) and `trace` (3): a `bool` or a number in [0, 1].
+    Expr(Expr),
+    /// A model judge: a flow of `(input, output, expected)` returning
+    /// `{ score, reason }` or a `bool`.
+    Judge(FlowId),
+}
+
+/// The names the scorer expressions of an eval read, by parameter index.
+pub const SCORER_SCOPE: [&str; 4] = ["input", "output", "expected", "trace"];

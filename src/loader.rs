@@ -35,6 +35,10 @@ pub struct Workspace {
     pub schemas: HashMap<(FileId, String), Result<serde_json::Value, String>>,
     /// MCP lock files (`NAME.mcp.lock`) beside the files that declare a
     /// `server`: `None` when there is none.
+    /// `dataset "path"` files of `eval` blocks, keyed by the file that names
+    /// them and the path as written: the dataset as a source of its own (so
+    /// a bad row's diagnostic points at its line), or why it cannot be read.
+    pub datasets: HashMap<(FileId, String), Result<FileId, String>>,
     pub mcp_locks: HashMap<FileId, Option<Result<crate::mcp::lock::LockFile, String>>>,
     pub problems: Vec<Diagnostic>,
 }
@@ -144,6 +148,7 @@ impl Loader {
             imports: Vec::new(),
         });
         self.read_schemas(index, &base_dir);
+        self.read_datasets(index, &base_dir);
         self.read_mcp_lock(index, &origin_path);
         self.follow_imports(index, &base_dir);
         index
@@ -253,6 +258,45 @@ impl Loader {
             }
         });
         self.ws.mcp_locks.insert(module.file, lock);
+    }
+
+    fn read_datasets(&mut self, index: usize, base_dir: &Path) {
+        let file = self.ws.modules[index].file;
+        let mut paths = Vec::new();
+        for item in &self.ws.modules[index].ast.items {
+            if let Item::Eval(e) = item {
+                for c in &e.clauses {
+                    if let ast::EvalClauseKind::Dataset { path, .. } = &c.kind {
+                        paths.push(path.clone());
+                    }
+                }
+            }
+        }
+        for path in paths {
+            if self.ws.datasets.contains_key(&(file, path.clone())) {
+                continue;
+            }
+            let full = base_dir.join(&path);
+            let result = match std::fs::read(&full) {
+                Ok(bytes) => match std::str::from_utf8(&bytes) {
+                    Ok(text) => {
+                        let text = Arc::<str>::from(unify_line_endings(text).as_ref());
+                        Ok(self.ws.sources.add(SourceFile::new(
+                            display_path(&full),
+                            Origin::Disk(full.clone()),
+                            text,
+                        )))
+                    }
+                    Err(_) => Err(format!("{} is not UTF-8 text", display_path(&full))),
+                },
+                Err(e) => Err(format!(
+                    "cannot read {}: {}",
+                    display_path(&full),
+                    io_reason(&e)
+                )),
+            };
+            self.ws.datasets.insert((file, path), result);
+        }
     }
 
     fn read_schemas(&mut self, index: usize, base_dir: &Path) {

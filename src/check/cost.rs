@@ -124,6 +124,33 @@ pub(super) fn check(program: &Program, analyzable: &[bool], out: &mut Vec<Diagno
             }
         }
     }
+    // An eval's worst case: every row runs the flow and every judge once.
+    for eval in &program.evals {
+        let (Some(budget), Some(flow)) = (&eval.budget, eval.flow) else {
+            continue;
+        };
+        let judges: Vec<usize> = eval
+            .scorers
+            .iter()
+            .filter_map(|s| match s.kind {
+                crate::ir::ScorerKind::Judge(f) => Some(f.index()),
+                crate::ir::ScorerKind::Expr(_) => None,
+            })
+            .collect();
+        if std::iter::once(flow.index())
+            .chain(judges.iter().copied())
+            .any(|i| !analyzable[i])
+        {
+            continue;
+        }
+        let mut row = flow_worst(program, flow.index(), analyzable, &mut memo, out);
+        for j in judges {
+            row.add(flow_worst(program, j, analyzable, &mut memo, out));
+        }
+        let rows = eval.rows.len();
+        let worst = row.times(rows as f64, &format!("{rows} rows"));
+        compare(&format!("eval {:?}", eval.name), budget, &worst, out);
+    }
     for agent in &program.agents {
         if let Some(b) = &agent.budget {
             let w = agent_worst(program, agent, agent.span, &agent.name);

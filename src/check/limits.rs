@@ -44,7 +44,8 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
             out.push(d);
         }
     }
-    for flow in &program.flows {
+    // A judge's budget is its eval's (whose worst case cost.rs checks).
+    for flow in program.flows.iter().filter(|f| !f.judge) {
         if let Some(b) = &flow.budget {
             let spend = b.tokens.is_some()
                 || b.cost.is_some()
@@ -64,7 +65,8 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
                 );
             }
         }
-        if flow.budget.is_none() {
+        // A judge without a budget: its eval has none, reported there.
+        if flow.budget.is_none() && !flow.judge {
             out.push(
                 Diagnostic::new(Code::FlowWithoutBudget, flow.span, format!("flow `{}` has no budget", flow.name))
                     .label("no `budget`")

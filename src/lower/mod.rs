@@ -3,6 +3,7 @@
 //! problems are reported here, where the tokens that cause them are at hand;
 //! properties of the finished graph are `check`'s job.
 
+mod eval;
 mod expr;
 mod flow;
 mod narrow;
@@ -217,6 +218,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             unresolved: false,
                             dropped_after: Vec::new(),
                             after_points: Default::default(),
+                            judge: false,
                         });
                         (
                             &f.name,
@@ -441,6 +443,14 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                 if let Item::Flow(decl) = item {
                     flow::lower_flow(self, m, FlowId(f), decl);
                     f += 1;
+                }
+            }
+        }
+        // Evals after the flows they run (their judges become flows too).
+        for (m, module) in ws.modules.iter().enumerate() {
+            for item in &module.ast.items {
+                if let Item::Eval(decl) = item {
+                    eval::lower_eval(self, m, decl);
                 }
             }
         }
