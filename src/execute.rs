@@ -53,7 +53,7 @@ pub struct RunArgs {
     pub by: Option<String>,
 }
 
-fn compiled(inputs: &[Input]) -> Result<Result<Compilation, i32>, String> {
+pub(crate) fn compiled(inputs: &[Input]) -> Result<Result<Compilation, i32>, String> {
     let c = compile(inputs).map_err(|e| e.to_string())?;
     if c.program.is_none() {
         let color = style::stderr_color();
@@ -801,7 +801,7 @@ pub fn show_command(run_id: &str, store_path: &Path, format: ListFormat) -> Resu
 
 /// `FLOWC_DURABILITY=normal` trades the last commits on a power cut for
 /// fewer fsyncs; the default, `full`, loses nothing that was committed.
-fn durability() -> Result<Durability, String> {
+pub(crate) fn durability() -> Result<Durability, String> {
     match std::env::var("FLOWC_DURABILITY").as_deref() {
         Err(_) | Ok("full") | Ok("") => Ok(Durability::Full),
         Ok("normal") => Ok(Durability::Normal),

@@ -14,6 +14,7 @@ pub mod code;
 mod compile;
 pub mod diagnostic;
 pub mod diagram;
+pub mod evals;
 pub mod exec;
 pub mod format;
 pub mod ir;

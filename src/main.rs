@@ -240,6 +240,44 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ListFormat::Human)]
         format: ListFormat,
     },
+    /// Run the `eval` blocks of .flow files: every row through the real
+    /// flow (a durable run with its own trace), scored, summarised.
+    ///
+    /// Exit status: 0 every eval reached its threshold (and nothing
+    /// regressed against `--baseline`), 1 one did not (or regressed), 2
+    /// usage error.
+    Eval {
+        /// Files or folders; `-` reads standard input. Defaults to the
+        /// current folder.
+        paths: Vec<PathBuf>,
+        /// Output format (JSON schema in docs/evals.md).
+        #[arg(long, value_enum, default_value_t = ListFormat::Human)]
+        format: ListFormat,
+        /// Also write the results as JUnit XML to FILE.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Compare with an earlier eval: its id, `latest`, or a results
+        /// file (`--format json` output).
+        #[arg(long, value_name = "REF")]
+        baseline: Option<String>,
+        /// How much a row's or scorer's score may drop before it counts as
+        /// a regression.
+        #[arg(long, default_value_t = 0.05)]
+        tolerance: f64,
+        /// Keep every model and tool answer in FILE, to replay offline.
+        #[arg(long, value_name = "FILE", conflicts_with = "replay")]
+        record: Option<PathBuf>,
+        /// Answer every model and tool call from a recording (`--record`):
+        /// no network, no keys, deterministic.
+        #[arg(long, value_name = "FILE")]
+        replay: Option<PathBuf>,
+        /// The run store (eval results are kept beside it, in `evals/`).
+        #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
+        store: PathBuf,
+        /// Keep nothing: rows run without the store, results are not kept.
+        #[arg(long)]
+        ephemeral: bool,
+    },
     /// Print a run's trace as a tree with timings and cost.
     Trace {
         /// A run id (`flowc runs` lists them), a trace file, or `-` for a
@@ -453,6 +491,28 @@ fn main() {
         Command::Test { paths, format } => {
             inputs(paths).and_then(|inputs| execute::test_command(inputs, format))
         }
+        Command::Eval {
+            paths,
+            format,
+            junit,
+            baseline,
+            tolerance,
+            record,
+            replay,
+            store,
+            ephemeral,
+        } => inputs(paths).and_then(|inputs| {
+            cli::eval::run(cli::eval::EvalArgs {
+                inputs,
+                format,
+                junit,
+                baseline,
+                tolerance,
+                record,
+                replay,
+                store: (!ephemeral).then_some(store),
+            })
+        }),
         Command::Trace { run, format } => execute::trace_command(&run, format),
         Command::Mcp {
             action: McpCommand::Lock { file },
