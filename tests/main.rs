@@ -9,6 +9,7 @@ mod generated;
 mod authoring;
 mod cli;
 mod durable;
+mod evals;
 mod example_live;
 mod explain;
 mod fault_matrix;

@@ -79,11 +79,11 @@ pub(crate) fn lower_eval(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::EvalDec
             EvalClauseKind::Dataset { path, path_span } => {
                 let source = cx.ws.datasets.get(&(file, path.clone())).cloned();
                 match source {
-                    Some(Ok(data)) => {
-                        if eval.flow.is_some() {
-                            dataset_rows(cx, &rows, &flow_name, data, *path_span, &mut eval.rows)
-                        }
+                    // With no flow there is nothing to check rows against.
+                    Some(Ok(data)) if eval.flow.is_some() => {
+                        dataset_rows(cx, &rows, &flow_name, data, *path_span, &mut eval.rows)
                     }
+                    Some(Ok(_)) => {}
                     Some(Err(why)) => cx.report(
                         Diagnostic::new(Code::InvalidDataset, *path_span, why)
                             .label("dataset named here")
@@ -588,7 +588,9 @@ fn scorer_scope(
     [
         input,
         output.clone(),
-        Ty::Optional(Box::new(expected.clone())),
+        // A row that gives no `expected` passes `null`: a scorer that
+        // reads it scores 0, with the reason.
+        expected.clone(),
         trajectory_type(&cx.program),
     ]
 }
