@@ -584,6 +584,19 @@ fn formatting_never_changes_what_an_example_means() {
         write(&root.join("original").join(path), &source);
         write(&root.join("formatted").join(path), &fmt(&source));
     }
+    // The datasets evals read, beside the files that name them.
+    for path in &files {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for entry in std::fs::read_dir(dir).expect("corpus folder").flatten() {
+            let data = entry.path();
+            if data.extension().is_some_and(|x| x == "jsonl" || x == "csv") {
+                let rel = dir.join(entry.file_name());
+                for side in ["original", "formatted"] {
+                    write(&root.join(side).join(&rel), &read(&data));
+                }
+            }
+        }
+    }
     for path in &files {
         assert_same_meaning(&root, path);
     }
