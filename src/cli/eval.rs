@@ -65,11 +65,18 @@ pub fn run(args: EvalArgs) -> Result<i32, String> {
         replay,
         env: std::sync::Arc::new(|name: &str| std::env::var(name).ok()),
     };
+    let fingerprint = flowc::run::fingerprint::fingerprint(&c.sources, &c.modules);
     let mut results = Vec::new();
     let mut recording = Recording::default();
     for eval in chosen {
-        let (result, answers) =
-            evals::run_eval(checked, &c.sources, eval, &options, args.record.is_some())?;
+        let (result, answers) = evals::run_eval(
+            checked,
+            &c.sources,
+            &fingerprint,
+            eval,
+            &options,
+            args.record.is_some(),
+        )?;
         recording.evals.insert(eval.name.clone(), answers);
         results.push(result);
     }

@@ -194,6 +194,9 @@ fn scripted(answers: &Value) -> World {
 pub fn run_eval(
     checked: &CheckedProgram,
     sources: &Sources,
+    // The program's fingerprint (`run::fingerprint`), kept with each row's
+    // run as with any run.
+    fingerprint: &Value,
     eval: &Eval,
     options: &Options,
     record: bool,
@@ -220,7 +223,6 @@ pub fn run_eval(
         }
         None => None,
     };
-    let fingerprint = run::fingerprint::fingerprint(sources);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<(RowResult, RowAnswers)>>> =
         Mutex::new((0..eval.rows.len()).map(|_| None).collect());
@@ -240,7 +242,7 @@ pub fn run_eval(
                     i,
                     answers,
                     options,
-                    &fingerprint,
+                    fingerprint,
                     &file,
                     record,
                 );
@@ -367,6 +369,8 @@ fn run_row(
                         spend: Default::default(),
                         trace: trace_path.display().to_string(),
                         replay: None,
+                        root_span: None,
+                        root_written: false,
                         owner: None,
                         lease_until: None,
                     },
