@@ -339,12 +339,18 @@ fn run_row(
     let mut trace = None;
     let mut setup_error = None;
     if let Some((path, durability)) = &options.store {
-        let trace_path = path
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .join("runs")
-            .join(&run_id)
-            .join("trace.jsonl");
+        // Beside a SQLite store, as `flowc run` keeps them; under `.flowc`
+        // for a PostgreSQL one.
+        let trace_path = if path.to_string_lossy().contains("://") {
+            PathBuf::from(".flowc")
+        } else {
+            path.parent()
+                .unwrap_or(std::path::Path::new("."))
+                .to_path_buf()
+        }
+        .join("runs")
+        .join(&run_id)
+        .join("trace.jsonl");
         match Store::open(path, *durability) {
             Ok(store) => {
                 let lease = Lease::new_run(&run_id);

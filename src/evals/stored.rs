@@ -8,8 +8,12 @@ use serde_json::Value;
 
 use super::EvalResult;
 
-/// The folder eval results go in, beside the run store.
+/// The folder eval results go in: beside a SQLite run store; `.flowc/evals`
+/// when the store is a PostgreSQL URL.
 pub fn folder(store: &Path) -> PathBuf {
+    if store.to_string_lossy().contains("://") {
+        return PathBuf::from(".flowc/evals");
+    }
     store.parent().unwrap_or(Path::new(".")).join("evals")
 }
 
