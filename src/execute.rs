@@ -188,35 +188,25 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
             let (record, lease) = match args.resume.clone() {
                 Some(resumed) => resumed,
                 None => (
-                    store::RunRecord {
-                        id: run_id.clone(),
-                        file: std::fs::canonicalize(&args.file)
+                    store::RunRecord::starting(
+                        run_id.clone(),
+                        std::fs::canonicalize(&args.file)
                             .unwrap_or_else(|_| args.file.clone())
                             .display()
                             .to_string(),
-                        flow: flow.clone(),
+                        flow.clone(),
                         program,
-                        input: input.clone(),
-                        status: "running".into(),
-                        output: None,
-                        error: None,
-                        created_at: store::now(),
-                        updated_at: store::now(),
-                        spend: Default::default(),
-                        trace: trace_path
+                        input.clone(),
+                        trace_path
                             .as_ref()
                             .map_or(String::new(), |p| p.display().to_string()),
-                        replay: args.replay.as_ref().map(|p| {
+                        args.replay.as_ref().map(|p| {
                             std::fs::canonicalize(p)
                                 .unwrap_or_else(|_| p.clone())
                                 .display()
                                 .to_string()
                         }),
-                        owner: None,
-                        lease_until: None,
-                        root_span: None,
-                        root_written: false,
-                    },
+                    ),
                     Lease::new_run(&run_id),
                 ),
             };

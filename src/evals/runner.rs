@@ -352,39 +352,32 @@ fn run_row(
         .join(&run_id)
         .join("trace.jsonl");
         match Store::open(path, *durability) {
-            Ok(store) => {
-                let lease = Lease::new_run(&run_id);
-                heartbeat = store
-                    .reopen()
-                    .ok()
-                    .map(|s| store::Heartbeat::start(s, lease.clone()));
-                durable = Some(run::DurableRun {
-                    store,
-                    record: store::RunRecord {
-                        id: run_id.clone(),
-                        file: std::fs::canonicalize(file)
-                            .map_or(file.to_string(), |p| p.display().to_string()),
-                        flow: flow.name.clone(),
-                        program: fingerprint.clone(),
-                        input: input.clone(),
-                        status: "running".into(),
-                        output: None,
-                        error: None,
-                        created_at: store::now(),
-                        updated_at: store::now(),
-                        spend: Default::default(),
-                        trace: trace_path.display().to_string(),
-                        replay: None,
-                        root_span: None,
-                        root_written: false,
-                        owner: None,
-                        lease_until: None,
-                    },
-                    resume: false,
-                    lease,
-                });
-                trace = Some(trace_path);
-            }
+            // The heartbeat renews the lease from a second connection; a
+            // row run without it would lose its lease mid-run, so a store
+            // that cannot be opened twice fails the row, as `flowc run`.
+            Ok(store) => match store.reopen() {
+                Ok(second) => {
+                    let lease = Lease::new_run(&run_id);
+                    heartbeat = Some(store::Heartbeat::start(second, lease.clone()));
+                    durable = Some(run::DurableRun {
+                        store,
+                        record: store::RunRecord::starting(
+                            run_id.clone(),
+                            std::fs::canonicalize(file)
+                                .map_or(file.to_string(), |p| p.display().to_string()),
+                            flow.name.clone(),
+                            fingerprint.clone(),
+                            input.clone(),
+                            trace_path.display().to_string(),
+                            None,
+                        ),
+                        resume: false,
+                        lease,
+                    });
+                    trace = Some(trace_path);
+                }
+                Err(e) => setup_error = Some(e.to_string()),
+            },
             Err(e) => setup_error = Some(e.to_string()),
         }
     }

@@ -87,6 +87,41 @@ pub struct RunRecord {
     pub root_written: bool,
 }
 
+impl RunRecord {
+    /// A run as its first process records it: running, nothing spent, no
+    /// owner until the lease is taken, its root span not chosen yet.
+    pub fn starting(
+        id: String,
+        file: String,
+        flow: String,
+        program: Value,
+        input: Value,
+        trace: String,
+        replay: Option<String>,
+    ) -> RunRecord {
+        let now = now();
+        RunRecord {
+            id,
+            file,
+            flow,
+            program,
+            input,
+            status: "running".into(),
+            output: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            spend: Spend::default(),
+            trace,
+            replay,
+            owner: None,
+            lease_until: None,
+            root_span: None,
+            root_written: false,
+        }
+    }
+}
+
 /// A gate as the store keeps it.
 #[derive(Clone, Debug)]
 pub struct GateRecord {
