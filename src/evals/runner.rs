@@ -239,6 +239,7 @@ pub fn run_eval(
                     checked,
                     sources,
                     eval,
+                    &flow.name,
                     i,
                     answers,
                     options,
@@ -318,6 +319,7 @@ fn run_row(
     checked: &CheckedProgram,
     sources: &Sources,
     eval: &Eval,
+    flow: &str,
     i: usize,
     answers: Option<&RowAnswers>,
     options: &Options,
@@ -327,7 +329,6 @@ fn run_row(
 ) -> (RowResult, RowAnswers) {
     let program = checked.program();
     let row = &eval.rows[i];
-    let flow = &program.flows[eval.flow.map_or(0, |f| f.index())];
     let input = row.data.input.clone();
     let run_id = run::new_run_id();
     let world = match answers {
@@ -365,7 +366,7 @@ fn run_row(
                             run_id.clone(),
                             std::fs::canonicalize(file)
                                 .map_or(file.to_string(), |p| p.display().to_string()),
-                            flow.name.clone(),
+                            flow.to_string(),
                             fingerprint.clone(),
                             input.clone(),
                             trace_path.display().to_string(),
@@ -386,7 +387,7 @@ fn run_row(
         Some(e) => Err(e),
         None => run::run(
             checked,
-            &flow.name,
+            flow,
             &input,
             run::RunOptions {
                 world,
