@@ -431,11 +431,7 @@ fn chain_only(spec: &str) {
     let mut total = Duration::ZERO;
     for _ in 0..runs {
         let mut options = scripted_options();
-        options.otlp = collector.clone().map(|url| run::otel::OtlpSettings {
-            endpoint: Some(url),
-            capture_content: false,
-            timeout: Duration::from_secs(5),
-        });
+        options.otlp = collector.as_deref().map(export_settings);
         let started = Instant::now();
         let report = run::run(&checked, "chain", &input, options).expect("runs");
         total += started.elapsed();
@@ -453,6 +449,15 @@ fn chain_only(spec: &str) {
 /// (starting the exporter, the last flush).
 const EXPORT_STEPS: [usize; 2] = [1_000, 10_000];
 const EXPORT_TARGET_US: f64 = 2.0;
+
+/// Export to the collector at `url` with the defaults a user gets (queue
+/// and batch sizes, schedule delay), whatever the `OTEL_*` variables say.
+fn export_settings(url: &str) -> run::otel::OtlpSettings {
+    let mut settings =
+        run::otel::OtlpSettings::resolve(Some(url), &|_: &str| None).expect("export is on");
+    settings.timeout = Duration::from_secs(5);
+    settings
+}
 
 fn export(c: &mut Criterion) {
     let server = MockServer::start();
@@ -478,11 +483,7 @@ fn export(c: &mut Criterion) {
                     for _ in 0..iters {
                         let mut options = scripted_options();
                         if mode == "on" {
-                            options.otlp = Some(run::otel::OtlpSettings {
-                                endpoint: Some(server.base_url()),
-                                capture_content: false,
-                                timeout: Duration::from_secs(5),
-                            });
+                            options.otlp = Some(export_settings(&server.base_url()));
                         }
                         let started = Instant::now();
                         let report = run::run(&checked, "chain", &input, options).expect("runs");
@@ -520,12 +521,6 @@ fn fanout_only(runs: &str) {
 }
 
 fn main() {
-    // A 10,000-step chain ends 20,000 spans in well under the batch
-    // processor's 5 s; the default queue (2,048) would drop some, and a bench
-    // that drops spans measures the wrong path. Users set the same variable.
-    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
-        std::env::set_var("OTEL_BSP_MAX_QUEUE_SIZE", "32768");
-    }
     if let Ok(spec) = std::env::var("FLOWC_RUN_BENCH_STEPS") {
         chain_only(&spec);
         return;
