@@ -516,3 +516,83 @@ fn a_collector_that_never_answers_costs_at_most_the_export_timeout() {
     );
     drop(black_hole);
 }
+
+#[test]
+fn headers_resource_and_batches_follow_the_standard_variables() {
+    let dir = Scratch::new("vars");
+    let receiver = Receiver::start(&dir.0);
+    let server = MockServer::start();
+    server.always("GET /tools/lookup", lookup_reply());
+    server.always("GET /tools/slow", Reply::ok(json!({"done": true})));
+    std::fs::write(dir.0.join("prog.flow"), PROGRAM).expect("write the program");
+    let args = [
+        "run",
+        "prog.flow",
+        "--flow",
+        "twice",
+        "--input",
+        r#"{"q": "x"}"#,
+    ];
+    let out = command(&dir.0, &server, &args)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url())
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "Authorization=Basic%20c2VjcmV0,x-team=search",
+        )
+        .env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-team=flows")
+        .env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment=test,service.name=ignored",
+        )
+        .env("OTEL_SERVICE_NAME", "reviewer")
+        // Six spans, at most two per request.
+        .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2")
+        .output()
+        .expect("run flowc");
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("otlp: 6 spans exported"), "{stderr}");
+    let spans = receiver.wait_for("the run span", |s| s["name"] == "run twice");
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    for span in &spans {
+        assert_eq!(span["headers"]["authorization"], "Basic c2VjcmV0");
+        assert_eq!(
+            span["headers"]["x-team"], "flows",
+            "the traces variable wins"
+        );
+        assert_eq!(span["headers"]["content-type"], "application/x-protobuf");
+        assert_eq!(span["resource"]["service.name"], "reviewer");
+        assert_eq!(span["resource"]["deployment.environment"], "test");
+        assert_eq!(span["resource"]["telemetry.sdk.language"], "rust");
+        assert_eq!(span["scope"], "flowc");
+        // Sampled, and the parent is known to be local.
+        assert_eq!(span["flags"], 0x101);
+        assert!(span["end_ns"].as_u64() >= span["start_ns"].as_u64());
+    }
+    let mut per_request: HashMap<u64, usize> = HashMap::new();
+    for span in &spans {
+        *per_request
+            .entry(span["request"].as_u64().expect("a request number"))
+            .or_default() += 1;
+    }
+    assert!(per_request.len() >= 3, "{per_request:?}");
+    assert!(per_request.values().all(|n| *n <= 2), "{per_request:?}");
+
+    // A header that cannot be sent stops the run before it starts.
+    let out = command(&dir.0, &server, &args)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url())
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "api-key")
+        .output()
+        .expect("run flowc");
+    assert!(!out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_HEADERS: `api-key` has no `=`"),
+        "{stderr}"
+    );
+    assert_eq!(
+        server.requests_to("/tools/lookup").len(),
+        1,
+        "the second run made calls"
+    );
+}

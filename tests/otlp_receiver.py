@@ -23,6 +23,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 OUT = sys.argv[1]
 LOCK = threading.Lock()
+# Requests received so far: each span line says which request carried it.
+REQUESTS = [0]
 
 
 def any_value(v):
@@ -52,6 +54,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         request = ExportTraceServiceRequest()
         request.ParseFromString(body)
+        with LOCK:
+            REQUESTS[0] += 1
+            number = REQUESTS[0]
         lines = []
         for rs in request.resource_spans:
             resource = attributes(rs.resource.attributes)
@@ -77,6 +82,8 @@ class Handler(BaseHTTPRequestHandler):
                                 "scope": ss.scope.name,
                                 "resource": resource,
                                 "headers": {k.lower(): v for k, v in self.headers.items()},
+                                "request": number,
+                                "flags": span.flags,
                             }
                         )
                     )
