@@ -397,14 +397,23 @@ pub fn trace_command(run: &str, format: ListFormat) -> Result<i32, String> {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?
     };
     let mut events = Vec::new();
+    // A last line without its newline is an event a killed process was
+    // writing: said and skipped. Anywhere else a bad line is an error.
+    let torn = !text.is_empty() && !text.ends_with('\n');
+    let count = text.lines().count();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        events.push(
-            serde_json::from_str::<Value>(line)
-                .map_err(|e| format!("{}:{}: not a trace event: {e}", path.display(), i + 1))?,
-        );
+        match serde_json::from_str::<Value>(line) {
+            Ok(event) => events.push(event),
+            Err(_) if torn && i + 1 == count => eprintln!(
+                "warning: {}:{}: the last event is cut off (its process was killed while writing it); skipped",
+                path.display(),
+                i + 1
+            ),
+            Err(e) => return Err(format!("{}:{}: not a trace event: {e}", path.display(), i + 1)),
+        }
     }
     if format == ListFormat::Json {
         print_json(&serde_json::json!({"version": 1, "events": events}));

@@ -279,6 +279,22 @@ fn dash_reads_standard_input_wherever_a_file_is_read() {
         .run()
         .json();
     assert!(doc["events"].as_array().is_some_and(|e| !e.is_empty()));
+    // A process killed while writing an event leaves a last line without
+    // its newline: skipped with a warning. A bad line elsewhere is an error.
+    let events = doc["events"].as_array().map_or(0, Vec::len);
+    let torn = Test::new()
+        .args(["trace", "-", "--format", "json"])
+        .stdin(format!("{trace}{{\"run\":\"r\",\"id\":9,\"ki"))
+        .stderr_has("the last event is cut off")
+        .run()
+        .json();
+    assert_eq!(torn["events"].as_array().map_or(0, Vec::len), events);
+    Test::new()
+        .args(["trace", "-"])
+        .stdin(format!("{{\"id\":9,\"ki\n{trace}"))
+        .stderr_has("-:1: not a trace event")
+        .status(2)
+        .run();
 }
 
 #[test]

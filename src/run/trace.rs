@@ -56,10 +56,12 @@ impl Trace {
                     std::fs::create_dir_all(dir)?;
                 }
                 // Appending: a resumed run continues the same trace.
-                let file = std::fs::OpenOptions::new()
+                let mut file = std::fs::OpenOptions::new()
                     .create(true)
+                    .read(true)
                     .append(true)
                     .open(p)?;
+                drop_torn_tail(&mut file)?;
                 Some(std::io::BufWriter::new(file))
             }
             None => None,
@@ -356,4 +358,65 @@ pub fn render_tree(events: &[Value]) -> String {
     }
     walk(&mut out, &children, None, 0);
     out
+}
+
+/// Cuts off a last line that has no newline: what a process killed while
+/// writing an event left behind. Appending after it would glue the next
+/// process's first event onto the torn one and make both unreadable.
+fn drop_torn_tail(file: &mut std::fs::File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let buf = &mut chunk[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(buf)?;
+        if let Some(at) = buf.iter().rposition(|&b| b == b'\n') {
+            let keep = start + at as u64 + 1;
+            if keep < len {
+                file.set_len(keep)?;
+            }
+            return Ok(());
+        }
+        end = start;
+    }
+    // No newline at all: the only line is torn.
+    if len > 0 {
+        file.set_len(0)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_cut_before_appending() {
+        let dir = std::env::temp_dir().join(format!("flowc-torn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("trace.jsonl");
+        for (before, kept) in [
+            ("{\"id\":1}\n{\"id\":2,\"na", "{\"id\":1}\n"),
+            ("{\"id\":1}\n", "{\"id\":1}\n"),
+            ("{\"id\":2,\"na", ""),
+            ("", ""),
+        ] {
+            std::fs::write(&path, before).expect("write");
+            let trace = Trace::new("r", Some(&path), Vec::new(), None).expect("trace");
+            trace.event(None, "note", "n", Map::new());
+            trace.flush();
+            drop(trace);
+            let text = std::fs::read_to_string(&path).expect("read");
+            assert!(text.starts_with(kept), "{before:?} → {text:?}");
+            let rest = &text[kept.len()..];
+            assert_eq!(rest.lines().count(), 1, "{text:?}");
+            for line in text.lines() {
+                serde_json::from_str::<Value>(line).expect("every line is an event");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
