@@ -4,8 +4,9 @@
 //! - `commit/*`: one step (a ~200-byte JSON value) committed with
 //!   `Store::commit_steps`, against a bare rusqlite `INSERT` + `COMMIT` of
 //!   the same bytes into a table of the same shape, in another file of the
-//!   same directory with the same pragmas (WAL; `synchronous=FULL`, then
-//!   `NORMAL`). Target: the store's median at most 1.5× the bare one.
+//!   same directory with the same pragmas, set by the store's own
+//!   `SqliteStore::configure` (WAL; `synchronous=FULL`, then `NORMAL`).
+//!   Target: the store's median at most 1.5× the bare one.
 //! - checkpoint size (printed, not timed): durable chains of 100, 1,000 and
 //!   10,000 steps with the same ~200-byte output per step; the stored key and
 //!   value and the growth of the database file, each per step. Target: flat
@@ -35,13 +36,13 @@
 //! `cargo bench --bench durable`; a summary (medians, ratios, targets) is
 //! printed at the end.
 
+mod fixtures;
 #[allow(dead_code)]
 #[path = "../tests/support/mock_server.rs"]
 mod mock_server;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +57,7 @@ use flowc::CheckedProgram;
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 
+use fixtures::{compile, median_per_iter};
 use mock_server::{MockServer, Reply};
 
 const SAMPLES: usize = 10;
@@ -109,70 +111,17 @@ impl Drop for TempDir {
     }
 }
 
+/// The chain of `steps` tool calls, each returning an `Out` of ~200 bytes.
+fn chain(steps: usize) -> String {
+    fixtures::chain_source(steps, "type Out { n: int, text: string }\n", "Out")
+}
+
 /// A step's output: a JSON object of about 200 bytes.
 fn payload() -> Value {
     let text = "x".repeat(200 - r#"{"n":1,"text":""}"#.len());
     let v = json!({"n": 1, "text": text});
     assert_eq!(v.to_string().len(), 200);
     v
-}
-
-/// One flow of `steps` sequential tool calls, each on the previous output.
-fn chain_source(steps: usize) -> String {
-    let mut s = String::from(
-        r#"type Out { n: int, text: string }
-
-tool step(x: int) -> Out {
-  http GET "{env.STEP_URL}/step?x={x}"
-  effect read
-  timeout 5s
-}
-
-flow chain(seed: int) -> Out {
-  budget { steps 1M, tool_calls 1M, wall 1h }
-  let s0 = step(x: seed)
-"#,
-    );
-    for i in 1..steps {
-        let _ = writeln!(s, "  let s{i} = step(x: s{}.n)", i - 1);
-    }
-    let _ = writeln!(s, "  return s{}\n}}", steps - 1);
-    s
-}
-
-/// One flow fanning out over up to 1,000 items, all at once.
-fn fanout_source() -> String {
-    format!(
-        r#"type Item {{ id: string len 1..40 }}
-type Ack {{ ok: bool }}
-
-tool ping(id: string) -> Ack {{
-  http GET "{{env.MOCK_URL}}/tools/ping?id={{id}}"
-  effect read
-  timeout 60s
-}}
-
-flow fanout(items: [Item] len ..{FANOUT_WIDTH}) -> [Ack] {{
-  budget {{ steps 10k, tool_calls 10k, wall 10m }}
-  let acks = for it in items parallel {FANOUT_WIDTH} {{
-    ping(id: it.id)
-  }}
-  return acks
-}}
-"#
-    )
-}
-
-fn compile(name: &str, source: &str) -> CheckedProgram {
-    let c = flowc::compile(&[flowc::Input::Text {
-        name: name.into(),
-        bytes: source.as_bytes().to_vec(),
-    }])
-    .expect("loads");
-    match c.program {
-        Some(p) => p,
-        None => panic!("{name} does not check: {:#?}", c.problems),
-    }
 }
 
 fn record(id: &str, flow: &str, input: &Value) -> RunRecord {
@@ -236,27 +185,6 @@ fn durable_options(store: Store, record: RunRecord, resume: bool) -> RunOptions 
     }
 }
 
-/// The median of the per-iteration times of criterion's measured samples
-/// (the last `measured` calls of `iter_custom`; earlier ones are warm-up).
-fn median_per_iter(samples: &[(u64, Duration)], measured: usize) -> Option<f64> {
-    if samples.is_empty() {
-        // Filtered out on the command line.
-        return None;
-    }
-    let measured = &samples[samples.len().saturating_sub(measured)..];
-    let mut per_iter: Vec<f64> = measured
-        .iter()
-        .map(|(iters, d)| d.as_secs_f64() / *iters as f64)
-        .collect();
-    per_iter.sort_by(f64::total_cmp);
-    let n = per_iter.len();
-    Some(if n % 2 == 1 {
-        per_iter[n / 2]
-    } else {
-        (per_iter[n / 2 - 1] + per_iter[n / 2]) / 2.0
-    })
-}
-
 fn durability_name(d: Durability) -> &'static str {
     match d {
         Durability::Full => "full",
@@ -264,24 +192,11 @@ fn durability_name(d: Durability) -> &'static str {
     }
 }
 
-/// A connection with the store's pragmas and a table of the `steps` shape.
+/// A connection with the store's pragmas (from the store's own code) and a
+/// table of the `steps` shape.
 fn bare_connection(path: &Path, durability: Durability) -> Connection {
     let conn = Connection::open(path).expect("opens");
-    conn.busy_timeout(Duration::from_secs(10)).expect("pragma");
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .expect("pragma");
-    conn.pragma_update(
-        None,
-        "synchronous",
-        if durability == Durability::Full {
-            "FULL"
-        } else {
-            "NORMAL"
-        },
-    )
-    .expect("pragma");
-    conn.pragma_update(None, "foreign_keys", "ON")
-        .expect("pragma");
+    flowc::store::SqliteStore::configure(&conn, durability).expect("pragmas");
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS steps (
             run_id TEXT NOT NULL,
@@ -453,7 +368,7 @@ fn checkpoint_size(_: &mut Criterion) {
     // (it changes when the WAL is synced, not what is written; checked
     // below at 1,000 steps), and 10,000 fsyncs would take most of a minute.
     for steps in SIZES {
-        let checked = compile("chain.flow", &chain_source(steps));
+        let checked = compile("chain.flow", &chain(steps));
         let dir = TempDir::new(&format!("size-{steps}"));
         let path = dir.path("runs.db");
         drop(Store::open(&path, Durability::Normal).expect("creates the store"));
@@ -506,7 +421,7 @@ fn fanout(c: &mut Criterion) {
         Reply::delay(FANOUT_LATENCY_MS, Reply::ok(json!({"ok": true}))),
     );
     let base = server.base_url();
-    let checked = compile("fanout.flow", &fanout_source());
+    let checked = compile("fanout.flow", &fixtures::fanout_source(FANOUT_WIDTH, "60s"));
     let items: Vec<Value> = (0..FANOUT_WIDTH)
         .map(|i| json!({"id": format!("item-{i}")}))
         .collect();
@@ -600,7 +515,7 @@ fn fanout(c: &mut Criterion) {
 }
 
 fn resume(c: &mut Criterion) {
-    let checked = compile("chain.flow", &chain_source(RESUME_STEPS));
+    let checked = compile("chain.flow", &chain(RESUME_STEPS));
     let dir = TempDir::new("resume");
     let path = dir.path("runs.db");
     // Setting up under NORMAL: the resumed run below opens the store FULL.
@@ -680,7 +595,7 @@ fn resume_process(c: &mut Criterion) {
     server.always("GET /step", Reply::ok(payload()));
     let base = server.base_url();
     let dir = TempDir::new("resume-process");
-    std::fs::write(dir.path("chain.flow"), chain_source(RESUME_STEPS)).expect("writes");
+    std::fs::write(dir.path("chain.flow"), chain(RESUME_STEPS)).expect("writes");
     let db = dir.path("runs.db");
     // Setting up under NORMAL; the resumes below run FULL, the default.
     let out = flowc_command(

@@ -27,13 +27,13 @@
 //! `FLOWC_RUN_BENCH_FANOUT=RUNS` runs the fan-out RUNS times and prints when
 //! the server received the first and the last request of each.
 
+mod fixtures;
 #[allow(dead_code)]
 #[path = "../tests/support/mock_server.rs"]
 mod mock_server;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,7 @@ use flowc::run::{self, Outcome, RunOptions, Script, Scripted, World};
 use flowc::CheckedProgram;
 use serde_json::{json, Value};
 
+use fixtures::compile;
 use mock_server::{MockServer, Reply};
 
 const SAMPLES: usize = 10;
@@ -70,81 +71,22 @@ thread_local! {
     static RESULTS: RefCell<Results> = RefCell::default();
 }
 
-/// One flow of `steps` sequential tool calls, each on the previous value.
-fn chain_source(steps: usize) -> String {
-    let mut s = String::from(
-        r#"tool step(x: int) -> int {
-  http GET "{env.STEP_URL}/step?x={x}"
-  effect read
-  timeout 5s
-}
-
-flow chain(seed: int) -> int {
-  budget { steps 1M, tool_calls 1M, wall 1h }
-  let s0 = step(x: seed)
-"#,
-    );
-    for i in 1..steps {
-        let _ = writeln!(s, "  let s{i} = step(x: s{})", i - 1);
-    }
-    let _ = writeln!(s, "  return s{}\n}}", steps - 1);
-    s
-}
-
-/// One flow fanning out over up to 1,000 items, all at once.
-fn fanout_source() -> String {
-    format!(
-        r#"type Item {{ id: string len 1..40 }}
-type Ack {{ ok: bool }}
-
-tool ping(id: string) -> Ack {{
-  http GET "{{env.MOCK_URL}}/tools/ping?id={{id}}"
-  effect read
-  timeout 5s
-}}
-
-flow fanout(items: [Item] len ..{FANOUT_WIDTH}) -> [Ack] {{
-  budget {{ steps 10k, tool_calls 10k, wall 10m }}
-  let acks = for it in items parallel {FANOUT_WIDTH} {{
-    ping(id: it.id)
-  }}
-  return acks
-}}
-"#
-    )
-}
-
-fn compile(name: &str, source: &str) -> CheckedProgram {
-    let c = flowc::compile(&[flowc::Input::Text {
-        name: name.into(),
-        bytes: source.as_bytes().to_vec(),
-    }])
-    .expect("loads");
-    match c.program {
-        Some(p) => p,
-        None => panic!("{name} does not check: {:#?}", c.problems),
-    }
-}
-
-/// The median of the per-iteration times of criterion's measured samples
-/// (the last `SAMPLES` calls of `iter_custom`; earlier ones are warm-up).
-/// `None` when the bench did not run (filtered out, or `--profile-time`).
+/// The median per-iteration time of the measured samples; `None` when the
+/// bench did not run them all (filtered out, or `--profile-time`).
 fn median_per_iter(samples: &[(u64, Duration)]) -> Option<f64> {
     if samples.len() < SAMPLES {
         return None;
     }
-    let measured = &samples[samples.len().saturating_sub(SAMPLES)..];
-    let mut per_iter: Vec<f64> = measured
-        .iter()
-        .map(|(iters, d)| d.as_secs_f64() / *iters as f64)
-        .collect();
-    per_iter.sort_by(f64::total_cmp);
-    let n = per_iter.len();
-    Some(if n % 2 == 1 {
-        per_iter[n / 2]
-    } else {
-        (per_iter[n / 2 - 1] + per_iter[n / 2]) / 2.0
-    })
+    fixtures::median_per_iter(samples, SAMPLES)
+}
+
+/// The chain of `steps` tool calls returning `int`.
+fn chain_source(steps: usize) -> String {
+    fixtures::chain_source(steps, "", "int")
+}
+
+fn fanout_source() -> String {
+    fixtures::fanout_source(FANOUT_WIDTH, "5s")
 }
 
 fn orchestration(c: &mut Criterion) {

@@ -194,6 +194,21 @@ impl SqliteStore {
             }
         }
         let conn = Connection::open(path)?;
+        SqliteStore::configure(&conn, durability)?;
+        let store = SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+            durability,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The settings every connection to a store gets: busy timeout, WAL,
+    /// `synchronous` by `durability`, foreign keys. Public so a benchmark's
+    /// bare connection (the floor a commit is compared with) gets exactly
+    /// these, not a copy that may drift.
+    pub fn configure(conn: &Connection, durability: Durability) -> Result<()> {
         conn.busy_timeout(Duration::from_secs(10))?;
         // Switching to WAL needs the file to itself for a moment: many
         // processes opening one new store at once retry it.
@@ -208,13 +223,7 @@ impl SqliteStore {
             },
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let store = SqliteStore {
-            conn,
-            path: path.to_path_buf(),
-            durability,
-        };
-        store.migrate()?;
-        Ok(store)
+        Ok(())
     }
 
     fn migrate(&self) -> Result<()> {
