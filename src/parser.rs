@@ -847,13 +847,7 @@ impl Parser {
             }
         };
         let params = match it.next() {
-            Some(obj) => {
-                let mut seen = ClauseList::default();
-                for entry in obj.clone().into_inner() {
-                    self.once_keyword(&mut seen, &entry);
-                }
-                self.object_entries(obj)?
-            }
+            Some(obj) => self.model_params(obj)?,
             None => Vec::new(),
         };
         Some(ModelDecl {
@@ -864,6 +858,59 @@ impl Parser {
             params,
             span,
         })
+    }
+
+    /// A model's `{ name: value, … }`. Entries written without their `:`
+    /// (`temperature 0.2`, as in a budget) are one syntax error for the
+    /// whole object, with the object rewritten as the fix; the parameters
+    /// are still kept, so nothing downstream reports them missing.
+    fn model_params(&mut self, pair: Pair<'_, Rule>) -> Option<Vec<(Ident, Expr)>> {
+        let object_span = self.span(&pair);
+        let mut seen = ClauseList::default();
+        let mut params = Vec::new();
+        let mut missing: Vec<Ident> = Vec::new();
+        let mut fixed: Vec<String> = Vec::new();
+        for entry in pair.into_inner() {
+            self.once_keyword(&mut seen, &entry);
+            let espan = self.span(&entry);
+            let mut e = entry.into_inner();
+            let key = self.ident(&next!(self, e, espan));
+            let mut value = next!(self, e, espan);
+            if value.as_rule() == Rule::missing_colon {
+                missing.push(key.clone());
+                let mut inner = value.into_inner();
+                value = next!(self, inner, espan);
+            }
+            let text = value.as_str();
+            let text = &text[..self.code_end(self.base + value.as_span().start(), text)];
+            fixed.push(format!("{}: {text}", key.name));
+            params.push((key, self.expr(value)?));
+        }
+        if let Some((first, rest)) = missing.split_first() {
+            let fixed = format!("{{ {} }}", fixed.join(", "));
+            let mut d = Diagnostic::new(
+                Code::Syntax,
+                first.span,
+                "model parameters are written `name: value`",
+            )
+            .label(format!("`:` missing after `{}`", first.name))
+            .help(format!(
+                "put a `:` between each parameter and its value: `{fixed}` (a budget's entries take none; a model's do)"
+            ));
+            for other in rest {
+                d = d.with(other.span, format!("and after `{}`", other.name));
+            }
+            // Rewriting the object would drop a comment inside it.
+            let has_comment = self
+                .comments
+                .iter()
+                .any(|&(s, _)| s >= object_span.start as usize && s < object_span.end as usize);
+            if !has_comment {
+                d = d.suggest(object_span, fixed);
+            }
+            self.diagnostics.push(d);
+        }
+        Some(params)
     }
 
     fn server_decl(&mut self, pair: Pair<'_, Rule>) -> Option<ServerDecl> {
@@ -1391,7 +1438,11 @@ impl Parser {
             Rule::llm_step => {
                 let mut it = kids(pair);
                 let model = self.ident(&next!(self, it, span));
-                let output = self.type_expr(next!(self, it, span))?;
+                let output = next!(self, it, span);
+                if output.as_rule() == Rule::missing_arrow {
+                    return self.missing_arrow(&model, output);
+                }
+                let output = self.type_expr(output)?;
                 let mut clauses = Vec::new();
                 let mut seen = ClauseList::default();
                 for clause in it {
@@ -1586,26 +1637,84 @@ impl Parser {
         let mut it = pair.into_inner();
         let callee = self.ident(&next!(self, it, span));
         let mut args = Vec::new();
+        let mut positional = false;
         for arg in it {
             let aspan = self.span(&arg);
+            if arg.as_rule() == Rule::positional_arg {
+                let mut a = arg.into_inner();
+                let value = self.expr(next!(self, a, aspan))?;
+                self.positional_arg(&callee, aspan, &value);
+                positional = true;
+                continue;
+            }
             let mut a = arg.into_inner();
             let name = self.ident(&next!(self, a, aspan));
             let value = self.expr(next!(self, a, aspan))?;
             args.push((name, value));
         }
+        if positional {
+            return None;
+        }
         Some(Call { callee, args, span })
     }
 
-    fn object_entries(&mut self, pair: Pair<'_, Rule>) -> Option<Vec<(Ident, Expr)>> {
-        let mut entries = Vec::new();
-        for entry in pair.into_inner() {
-            let espan = self.span(&entry);
-            let mut e = entry.into_inner();
-            let key = self.ident(&next!(self, e, espan));
-            let value = self.expr(next!(self, e, espan))?;
-            entries.push((key, value));
-        }
-        Some(entries)
+    /// `llm m {` or `llm m T {`: the step's output type, or its arrow, is
+    /// missing. The step is left out (its reply has no type to check).
+    fn missing_arrow<T>(&mut self, model: &Ident, pair: Pair<'_, Rule>) -> Option<T> {
+        let at = self.base + pair.as_span().start();
+        let d = match pair.into_inner().next() {
+            Some(ty) => {
+                let tspan = self.span(&ty);
+                let shown = &ty.as_str()[..(tspan.end - tspan.start) as usize];
+                Diagnostic::new(
+                    Code::Syntax,
+                    tspan,
+                    format!("expected `->` before the output type `{shown}`"),
+                )
+                .label("add `->` before the type")
+                .help(format!(
+                    "an `llm` step names its model, then `->` and the type its reply must have: `llm {} -> {shown} {{ … }}`",
+                    model.name
+                ))
+                .suggest(Span::new(self.file, tspan.start as usize, tspan.start as usize), "-> ")
+            }
+            None => Diagnostic::new(
+                Code::Syntax,
+                Span::new(self.file, at, at + 1),
+                "this `llm` step has no output type",
+            )
+            .label("expected `-> Type` before this `{`")
+            .with(model.span, "the model")
+            .help(format!(
+                "write the type the reply must have: `llm {} -> string {{ … }}`, or a record such as `-> {{ summary: string }}`; the reply is validated against it",
+                model.name
+            )),
+        };
+        self.diagnostics.push(d);
+        None
+    }
+
+    /// `lookup(email)`: arguments are matched to parameters by name only.
+    fn positional_arg(&mut self, callee: &Ident, span: Span, value: &Expr) {
+        // A bare name is most often the parameter's own name.
+        let example = match &value.kind {
+            ExprKind::Name(n) => format!(
+                "`{}({}: {})` if the parameter is called `{}`",
+                callee.name, n.name, n.name, n.name
+            ),
+            _ => format!("`{}(PARAMETER: …)`", callee.name),
+        };
+        self.diagnostics.push(
+            Diagnostic::new(
+                Code::Syntax,
+                span,
+                "arguments are passed by name, not by position",
+            )
+            .label("this argument has no parameter name")
+            .help(format!(
+                "write the name of the parameter it is for, then `:`: {example}"
+            )),
+        );
     }
 
     fn expr(&mut self, pair: Pair<'_, Rule>) -> Option<Expr> {
