@@ -6,6 +6,7 @@ use crate::check::{check, CheckedProgram};
 use crate::diagnostic::Problems;
 use crate::loader::{LoadedModule, Loader, Workspace};
 use crate::lower::lower;
+use crate::snapshot::ProgramSnapshot;
 use crate::source::Sources;
 
 /// What the user asked to compile.
@@ -48,7 +49,30 @@ impl std::fmt::Display for InputError {
 
 /// load → parse → lower → check.
 pub fn compile(inputs: &[Input]) -> Result<Compilation, InputError> {
-    let mut loader = Loader::new();
+    load(Loader::new(), inputs).map(|loader| compile_workspace(loader.finish()))
+}
+
+/// [`compile`] of one file, keeping a copy of every file it read: the
+/// program `flowc submit` stores with a run.
+pub fn snapshot_and_compile(root: &Path) -> Result<(Compilation, ProgramSnapshot), InputError> {
+    let loader = load(Loader::recording(), &[Input::Path(root.to_path_buf())])?;
+    let snapshot = ProgramSnapshot {
+        root: root.display().to_string(),
+        files: loader.recorded(),
+    };
+    Ok((compile_workspace(loader.finish()), snapshot))
+}
+
+/// Compiles a stored program from its own files only, never the disk.
+pub fn compile_snapshot(snapshot: &ProgramSnapshot) -> Result<Compilation, InputError> {
+    let (loader, _) = Loader::from_snapshot(snapshot).map_err(|error| InputError {
+        path: PathBuf::from(&snapshot.root),
+        error,
+    })?;
+    Ok(compile_workspace(loader.finish()))
+}
+
+fn load(mut loader: Loader, inputs: &[Input]) -> Result<Loader, InputError> {
     for input in inputs {
         match input {
             Input::Path(p) => {
@@ -62,7 +86,7 @@ pub fn compile(inputs: &[Input]) -> Result<Compilation, InputError> {
             }
         }
     }
-    Ok(compile_workspace(loader.finish()))
+    Ok(loader)
 }
 
 pub fn compile_workspace(ws: Workspace) -> Compilation {

@@ -21,6 +21,7 @@ use flowc::ir::{CallTarget, GivenOutcome, TestGiven};
 use flowc::run::{
     self, GateDecision, Outcome, Recording, Report, RunOptions, Script, Scripted, World,
 };
+use flowc::snapshot::ProgramSnapshot;
 use flowc::store::{self, Acquired, Durability, Lease, Store, StoreError};
 use flowc::{compile, render, Compilation, Input};
 
@@ -51,22 +52,40 @@ pub struct RunArgs {
     pub otlp: Option<String>,
     /// `--by`: who makes the `approve`/`reject` decisions (default: the OS user).
     pub by: Option<String>,
+    /// The program a submitted run stores: compiled instead of `file`.
+    pub program: Option<ProgramSnapshot>,
+    /// Who runs it: a command in a terminal, or a worker.
+    pub driver: Driver,
+}
+
+/// Who drives a run, which decides how it stops and what it prints.
+pub enum Driver {
+    /// `flowc run`/`resume`: stops at SIGINT/SIGTERM; prints the output on
+    /// stdout and a summary on stderr.
+    Command,
+    /// `flowc worker`: stops when the worker does (`stop` turns true);
+    /// prints one line per run on stderr.
+    Worker {
+        stop: tokio::sync::watch::Receiver<bool>,
+    },
 }
 
 pub(crate) fn compiled(inputs: &[Input]) -> Result<Result<Compilation, i32>, String> {
-    let c = compile(inputs).map_err(|e| e.to_string())?;
-    if c.program.is_none() {
-        let color = style::stderr_color();
-        for d in c.problems.sorted() {
-            eprint!("{}", render::human(&c.sources, d, color));
-        }
-        eprintln!("the program has errors; `flowc check` shows them all");
-        return Ok(Err(1));
-    }
-    Ok(Ok(c))
+    Ok(checked(compile(inputs).map_err(|e| e.to_string())?))
 }
 
-fn run(args: RunArgs) -> Result<i32, Failure> {
+pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
+    if let Some(snapshot) = &args.program {
+        let c = flowc::compile_snapshot(snapshot).map_err(|e| e.to_string())?;
+        return match checked(c) {
+            Ok(c) => run_compiled(args, c),
+            Err(_) => Err(format!(
+                "the program stored with run {} does not check under this flowc",
+                args.resume.as_ref().map_or("?", |(r, _)| r.id.as_str())
+            )
+            .into()),
+        };
+    }
     // The canonical path, so the program's fingerprint names files the same
     // way whichever folder the run is started or resumed from.
     let source = if args.file.as_os_str() == "-" {
@@ -87,10 +106,63 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
+    run_compiled(args, c)
+}
+
+/// A compilation with its diagnostics printed when it has errors.
+fn checked(c: Compilation) -> Result<Compilation, i32> {
+    if c.program.is_none() {
+        let color = style::stderr_color();
+        for d in c.problems.sorted() {
+            eprint!("{}", render::human(&c.sources, d, color));
+        }
+        eprintln!("the program has errors; `flowc check` shows them all");
+        return Err(1);
+    }
+    Ok(c)
+}
+
+/// The flow to run: `--flow`, or the one flow the root file declares.
+fn choose_flow(c: &Compilation, file: &Path, asked: Option<String>) -> Result<String, String> {
+    let Some(checked) = &c.program else {
+        return Err("the program has errors".into());
+    };
+    let root = c.roots.first().cloned().unwrap_or_default();
+    let in_root: Vec<&str> = checked
+        .program()
+        .flows
+        .iter()
+        .filter(|f| c.sources.get(f.span.file).name == root)
+        .filter(|f| !f.judge)
+        .map(|f| f.name.as_str())
+        .collect();
+    match (asked, in_root.as_slice()) {
+        (Some(f), _) => Ok(f),
+        (None, [only]) => Ok(only.to_string()),
+        (None, []) => Err(format!("{} declares no flow", file.display())),
+        (None, many) => Err(format!(
+            "{} declares several flows ({}); choose one with --flow",
+            file.display(),
+            many.join(", ")
+        )),
+    }
+}
+
+/// `--input`: a JSON object, or `@FILE` holding one.
+fn parse_input(text: &str) -> Result<Value, String> {
+    let text = match text.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?
+        }
+        None => text.to_string(),
+    };
+    serde_json::from_str(&text).map_err(|e| format!("--input is not JSON: {e}"))
+}
+
+fn run_compiled(args: RunArgs, c: Compilation) -> Result<i32, Failure> {
     let Some(checked) = &c.program else {
         return Ok(1);
     };
-    let program = checked.program();
     let recording = match &args.replay {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -99,41 +171,13 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
         }
         None => None,
     };
-    let root = c.roots.first().cloned().unwrap_or_default();
-    let in_root: Vec<&str> = program
-        .flows
-        .iter()
-        .filter(|f| c.sources.get(f.span.file).name == root)
-        .filter(|f| !f.judge)
-        .map(|f| f.name.as_str())
-        .collect();
     let chosen = args
         .flow
         .clone()
         .or_else(|| recording.as_ref().and_then(|r| r.flow.clone()));
-    let flow = match (&chosen, in_root.as_slice()) {
-        (Some(f), _) => f.clone(),
-        (None, [only]) => only.to_string(),
-        (None, []) => return Err(format!("{} declares no flow", args.file.display()).into()),
-        (None, many) => {
-            return Err(format!(
-                "{} declares several flows ({}); choose one with --flow",
-                args.file.display(),
-                many.join(", ")
-            )
-            .into())
-        }
-    };
+    let flow = choose_flow(&c, &args.file, chosen)?;
     let input: Value = match &args.input {
-        Some(text) => {
-            let text = match text.strip_prefix('@') {
-                Some(path) => {
-                    std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?
-                }
-                None => text.clone(),
-            };
-            serde_json::from_str(&text).map_err(|e| format!("--input is not JSON: {e}"))?
-        }
+        Some(text) => parse_input(text)?,
         None => recording.as_ref().map_or(Value::Null, |r| r.input.clone()),
     };
     let mut gates = HashMap::new();
@@ -221,7 +265,8 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
             (Some(durable), Some(heartbeat))
         }
     };
-    let progress = progress_display();
+    let worker = matches!(args.driver, Driver::Worker { .. });
+    let progress = if worker { None } else { progress_display() };
     let options = RunOptions {
         observer: progress.as_ref().map(|bar| {
             let bar = bar.clone();
@@ -251,7 +296,11 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
         world,
         run_id: Some(run_id),
         durable,
-        interruptible: true,
+        interruptible: !worker,
+        stop: match &args.driver {
+            Driver::Worker { stop } => Some(stop.clone()),
+            Driver::Command => None,
+        },
         otlp: run::otel::OtlpSettings::resolve(args.otlp.as_deref(), &|name: &str| {
             std::env::var(name).ok()
         }),
@@ -264,6 +313,25 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
         bar.finish_and_clear();
     }
     let report = report.map_err(|e| e.to_string())?;
+    if worker {
+        // One line per run: the worker's log.
+        let detail = match &report.outcome {
+            Outcome::Failed(e) => format!(": {e}"),
+            Outcome::Exhausted(e) => format!(": {e}"),
+            Outcome::Store(e) => format!(": {e}"),
+            Outcome::TraceFailed { error, stood } => {
+                format!(": {}", run::trace_failed_message(error, *stood))
+            }
+            _ => String::new(),
+        };
+        eprintln!(
+            "run {} {} in {:.2}s (flow `{flow}`){detail}",
+            report.run_id,
+            report.outcome.status().as_str(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(report.outcome.exit_code());
+    }
     match &report.outcome {
         Outcome::Completed(v) => {
             out!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
@@ -863,6 +931,14 @@ fn resume(
             format!("run {id} already completed; `flowc show {id}` shows its steps").into(),
         );
     }
+    // A submitted run continues with the program it was submitted with.
+    let program = match stored_program(&store, id) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = store.release(&lease);
+            return Err(e);
+        }
+    };
     let result = run(RunArgs {
         file: PathBuf::from(&record.file),
         flow: Some(record.flow.clone()),
@@ -876,12 +952,89 @@ fn resume(
         resume: Some((record, lease.clone())),
         otlp,
         by,
+        program,
+        driver: Driver::Command,
     });
     if result.is_err() {
         // Stopped before the run did anything: let the next process have it.
         let _ = store.release(&lease);
     }
     result
+}
+
+/// The program stored with a submitted run (`None` for a run `flowc run`
+/// started, which reads its file).
+pub(crate) fn stored_program(store: &Store, run: &str) -> Result<Option<ProgramSnapshot>, Failure> {
+    match store.program(run)? {
+        Some(text) => ProgramSnapshot::from_json(&text)
+            .map(Some)
+            .map_err(|e| format!("run {run}: {e}").into()),
+        None => Ok(None),
+    }
+}
+
+/// `flowc submit FILE`: checks the program and the input, then stores the
+/// run, queued, with a snapshot of every file the program was compiled
+/// from, for a worker to claim. Calls nothing and needs no secret.
+fn submit(
+    file: &Path,
+    flow: Option<String>,
+    input: Option<String>,
+    store_path: &Path,
+) -> Result<i32, Failure> {
+    let path =
+        std::fs::canonicalize(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let (c, snapshot) = flowc::snapshot_and_compile(&path).map_err(|e| e.to_string())?;
+    let c = match checked(c) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let Some(program) = &c.program else {
+        return Ok(1);
+    };
+    let flow = choose_flow(&c, file, flow)?;
+    let input = match &input {
+        Some(text) => parse_input(text)?,
+        None => Value::Null,
+    };
+    run::check_input(program, &flow, &input).map_err(|e| e.to_string())?;
+    let store = open_store(store_path)?;
+    let id = run::new_run_id();
+    let mut record = store::RunRecord::starting(
+        id.clone(),
+        path.display().to_string(),
+        flow,
+        run::fingerprint::fingerprint(&c.sources, &c.modules),
+        input,
+        PathBuf::from(".flowc/runs")
+            .join(&id)
+            .join("trace.jsonl")
+            .display()
+            .to_string(),
+        None,
+    );
+    record.status = run::status::RunStatus::Queued.as_str().into();
+    // The trace's root span id, chosen now: whichever worker drives the run
+    // first writes the root under it, and later ones hang under it.
+    record.root_span = Some(run::trace::root_span_id());
+    store.submit_run(&record, &snapshot.to_json())?;
+    out!("{id}");
+    if !style::quiet() {
+        eprintln!(
+            "submitted run {id} (flow `{}`): a `flowc worker` on this store runs it",
+            record.flow
+        );
+    }
+    Ok(0)
+}
+
+pub fn submit_command(
+    file: &Path,
+    flow: Option<String>,
+    input: Option<String>,
+    store_path: &Path,
+) -> Result<i32, String> {
+    finish(submit(file, flow, input, store_path))
 }
 
 /// The pending gate a name refers to: a gate name, or the key `flowc inbox` shows.
@@ -946,7 +1099,14 @@ fn approve(
             };
             let value: Value = serde_json::from_str(&text)
                 .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
-            let c = match compiled(&[Input::Path(PathBuf::from(&record.file))])? {
+            // A submitted run's gate types come from the program it runs.
+            let c = match stored_program(&store, run_id)? {
+                Some(snapshot) => {
+                    checked(flowc::compile_snapshot(&snapshot).map_err(|e| e.to_string())?)
+                }
+                None => compiled(&[Input::Path(PathBuf::from(&record.file))])?,
+            };
+            let c = match c {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
@@ -979,6 +1139,7 @@ fn approve(
         return Err(format!("gate {} of run {run_id} was decided meanwhile", g.key).into());
     }
     eprintln!("approved {} of run {run_id} (by {by})", g.key);
+    let submitted = store.program(run_id)?.is_some();
     drop(store);
     if resume {
         return self::resume(
@@ -991,8 +1152,17 @@ fn approve(
             Some(by),
         );
     }
-    eprintln!("continue it with `flowc resume {run_id}`");
+    eprintln!("{}", what_next(run_id, submitted));
     Ok(0)
+}
+
+/// What continues a run once its gate is decided.
+fn what_next(run_id: &str, submitted: bool) -> String {
+    if submitted {
+        format!("a `flowc worker` on this store continues run {run_id}")
+    } else {
+        format!("continue it with `flowc resume {run_id}`")
+    }
 }
 
 /// `flowc reject RUN GATE --reason TEXT`.
@@ -1012,6 +1182,7 @@ fn reject(
         return Err(format!("gate {} of run {run_id} was decided meanwhile", g.key).into());
     }
     eprintln!("rejected {} of run {run_id} (by {by})", g.key);
+    let submitted = store.program(run_id)?.is_some();
     drop(store);
     if resume {
         return self::resume(
@@ -1024,7 +1195,7 @@ fn reject(
             Some(by),
         );
     }
-    eprintln!("continue it with `flowc resume {run_id}`");
+    eprintln!("{}", what_next(run_id, submitted));
     Ok(0)
 }
 

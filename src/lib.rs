@@ -26,6 +26,7 @@ pub mod parser;
 pub mod render;
 pub mod run;
 pub mod schema;
+pub mod snapshot;
 pub mod source;
 pub mod stats;
 pub mod stdlib;
@@ -42,4 +43,7 @@ pub mod grammar {
 }
 
 pub use check::CheckedProgram;
-pub use compile::{compile, compile_workspace, flow_files, Compilation, Input, InputError};
+pub use compile::{
+    compile, compile_snapshot, compile_workspace, flow_files, snapshot_and_compile, Compilation,
+    Input, InputError,
+};

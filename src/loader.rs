@@ -5,7 +5,7 @@
 //! Architecture invariant: this is the only stage that does IO. `lower` and
 //! `check` work on the [`Workspace`] it returns.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use crate::ast::{self, Item, ModulePath, StepKind, Stmt, TypeExpr, TypeExprKind}
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::parser;
+use crate::snapshot::ProgramSnapshot;
 use crate::source::{unify_line_endings, FileId, Origin, SourceFile, Sources, Span};
 use crate::stdlib;
 
@@ -50,6 +51,23 @@ pub struct Loader {
     /// Text that stands for a file's contents (an editor's unsaved buffer),
     /// by the file's key.
     overlays: HashMap<String, Vec<u8>>,
+    /// Where files come from: the disk, or only a snapshot's files.
+    files: Files,
+    /// Every file read from disk, by the path it was read at (`flowc
+    /// submit`: what a worker on another machine compiles again).
+    recorded: Option<BTreeMap<String, String>>,
+}
+
+/// Where the loader reads files from.
+#[derive(Default)]
+enum Files {
+    /// The file system (with editor overlays on top).
+    #[default]
+    Disk,
+    /// Only the files of a program snapshot, by the paths they were read at:
+    /// a submitted run's program exactly as submitted, whatever the disk
+    /// holds now (or on another machine).
+    Snapshot(BTreeMap<String, String>),
 }
 
 impl Loader {
@@ -57,10 +75,36 @@ impl Loader {
         Loader::default()
     }
 
+    /// A loader that keeps a copy of every file it reads from disk
+    /// ([`Loader::recorded`]).
+    pub fn recording() -> Loader {
+        Loader {
+            recorded: Some(BTreeMap::new()),
+            ..Loader::default()
+        }
+    }
+
+    /// A loader that reads only `snapshot`'s files (a file it lacks is
+    /// missing, as on a disk without it), starting from its root.
+    pub fn from_snapshot(snapshot: &ProgramSnapshot) -> std::io::Result<(Loader, usize)> {
+        let mut loader = Loader {
+            files: Files::Snapshot(snapshot.files.clone()),
+            ..Loader::default()
+        };
+        let root = loader.load_path(Path::new(&snapshot.root))?;
+        Ok((loader, root))
+    }
+
+    /// The files read from disk so far, by the path they were read at (a
+    /// loader made with [`Loader::recording`]; empty otherwise).
+    pub fn recorded(&self) -> BTreeMap<String, String> {
+        self.recorded.clone().unwrap_or_default()
+    }
+
     /// Loads a file the user named. An unreadable file is an IO error for the
     /// caller (exit status 2), not a diagnostic.
     pub fn load_path(&mut self, path: &Path) -> std::io::Result<usize> {
-        let key = key_for(path);
+        let key = self.key_for(path);
         if let Some(&m) = self.by_key.get(&key) {
             self.mark_root(m);
             return Ok(m);
@@ -89,10 +133,39 @@ impl Loader {
         self.overlays.insert(key_for(path), bytes);
     }
 
-    fn read(&self, path: &Path, key: &str) -> std::io::Result<Vec<u8>> {
-        match self.overlays.get(key) {
-            Some(bytes) => Ok(bytes.clone()),
-            None => std::fs::read(path),
+    /// Every file the loader reads goes through here: an overlay, the
+    /// snapshot, or the disk (recorded when recording).
+    fn read(&mut self, path: &Path, key: &str) -> std::io::Result<Vec<u8>> {
+        if let Files::Snapshot(files) = &self.files {
+            return files
+                .get(&normal_path(path))
+                .map(|text| text.clone().into_bytes())
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "not in the submitted program",
+                    )
+                });
+        }
+        let bytes = match self.overlays.get(key) {
+            Some(bytes) => bytes.clone(),
+            None => std::fs::read(path)?,
+        };
+        if let Some(recorded) = &mut self.recorded {
+            recorded.insert(
+                normal_path(path),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            );
+        }
+        Ok(bytes)
+    }
+
+    /// The key a file is known by: its canonical path on disk; in a
+    /// snapshot, the path itself (the disk may not hold it).
+    fn key_for(&self, path: &Path) -> String {
+        match self.files {
+            Files::Disk => key_for(path),
+            Files::Snapshot(_) => normal_path(path),
         }
     }
 
@@ -202,7 +275,7 @@ impl Loader {
             }
             ModulePath::File(rel) => {
                 let full = base_dir.join(rel);
-                let key = key_for(&full);
+                let key = self.key_for(&full);
                 if let Some(&m) = self.by_key.get(&key) {
                     return Some(m);
                 }
@@ -242,11 +315,13 @@ impl Loader {
         {
             return;
         }
+        let file = module.file;
         let lock = path.as_ref().and_then(|p| {
             let lock_path = crate::mcp::lock::path_for(p);
-            match std::fs::read_to_string(&lock_path) {
-                Ok(text) => Some(
-                    crate::mcp::lock::LockFile::parse(&text)
+            let key = self.key_for(&lock_path);
+            match self.read(&lock_path, &key) {
+                Ok(bytes) => Some(
+                    crate::mcp::lock::LockFile::parse(&String::from_utf8_lossy(&bytes))
                         .map_err(|e| format!("{}: {e}", display_path(&lock_path))),
                 ),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -257,7 +332,7 @@ impl Loader {
                 ))),
             }
         });
-        self.ws.mcp_locks.insert(module.file, lock);
+        self.ws.mcp_locks.insert(file, lock);
     }
 
     fn read_datasets(&mut self, index: usize, base_dir: &Path) {
@@ -277,7 +352,8 @@ impl Loader {
                 continue;
             }
             let full = base_dir.join(&path);
-            let result = match std::fs::read(&full) {
+            let key = self.key_for(&full);
+            let result = match self.read(&full, &key) {
                 Ok(bytes) => match std::str::from_utf8(&bytes) {
                     Ok(text) => {
                         let text = Arc::<str>::from(unify_line_endings(text).as_ref());
@@ -311,7 +387,10 @@ impl Loader {
                 continue;
             }
             let full = base_dir.join(&path);
-            let result = std::fs::read_to_string(&full)
+            let key = self.key_for(&full);
+            let result = self
+                .read(&full, &key)
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                 .map_err(|e| format!("cannot read {}: {}", display_path(&full), io_reason(&e)))
                 .and_then(|text| {
                     serde_json::from_str::<serde_json::Value>(&text)
@@ -327,6 +406,24 @@ fn key_for(path: &Path) -> String {
         .unwrap_or_else(|_| path.to_path_buf())
         .display()
         .to_string()
+}
+
+/// A path with `.` and `..` resolved by its text alone (not the disk): the
+/// name a snapshot keeps a file under.
+fn normal_path(path: &Path) -> String {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out.display().to_string()
 }
 
 /// The path as a reader wants it: no `.` components.

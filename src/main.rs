@@ -109,6 +109,43 @@ enum Command {
         #[arg(long)]
         ephemeral: bool,
     },
+    /// Check a program and queue a run of it for `flowc worker`: the checked
+    /// program is stored with the run, so a worker on any machine runs
+    /// exactly what was submitted. Prints the run id.
+    ///
+    /// Exit status: 0 queued, 1 the program has errors, 2 usage error (bad
+    /// input, unknown flow), 6 the run store failed.
+    Submit {
+        /// The .flow file.
+        file: PathBuf,
+        /// The flow to run (needed when the file declares several).
+        #[arg(long)]
+        flow: Option<String>,
+        /// The flow's parameters as a JSON object, or @FILE.
+        #[arg(long)]
+        input: Option<String>,
+        /// The run store the workers share.
+        #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
+        store: PathBuf,
+    },
+    /// Drive the store's runs: claim runnable work (submitted runs, runs
+    /// whose gate was decided or timed out, interrupted runs, runs whose
+    /// owner's lease expired), run it under a lease, release it, repeat.
+    ///
+    /// Stops at SIGINT/SIGTERM: runs in flight end `interrupted` and are
+    /// released for another worker. Exit status: 0 stopped by a signal, 2
+    /// usage error, 6 the run store could not be opened.
+    Worker {
+        /// The run store the workers share.
+        #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
+        store: PathBuf,
+        /// How often an idle worker looks for work (e.g. 500ms, 2s).
+        #[arg(long, default_value = "500ms", value_parser = parse_poll)]
+        poll: std::time::Duration,
+        /// Runs driven at once by this worker.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        concurrency: u16,
+    },
     /// Continue a run that crashed, was killed, or waited for an approval.
     /// No completed step runs again; no model is called again for one.
     Resume {
@@ -441,7 +478,20 @@ fn main() {
             resume: None,
             otlp,
             by,
+            program: None,
+            driver: execute::Driver::Command,
         }),
+        Command::Submit {
+            file,
+            flow,
+            input,
+            store,
+        } => execute::submit_command(&file, flow, input, &store),
+        Command::Worker {
+            store,
+            poll,
+            concurrency,
+        } => cli::worker::run(&store, poll, usize::from(concurrency)),
         Command::Resume {
             run,
             approve,
@@ -537,6 +587,28 @@ fn main() {
     // time, a measurable share of a large check; the OS reclaims it at once.
     let _ = std::io::stdout().flush();
     std::process::exit(code)
+}
+
+/// `--poll`: a duration such as `500ms`, `2s` or `1m`.
+fn parse_poll(text: &str) -> Result<std::time::Duration, String> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        return Err(format!("`{text}`: give a unit, as in 500ms, 2s or 1m"));
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (500ms, 2s, 1m)"))?;
+    if !n.is_finite() || n <= 0.0 || n * scale > 3600.0 {
+        return Err(format!(
+            "`{text}`: the poll interval must be above 0 and at most 1h"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(n * scale))
 }
 
 /// Turns command-line paths into compiler inputs.

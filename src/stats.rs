@@ -56,9 +56,10 @@ pub fn parse_duration(text: &str) -> Result<f64, String> {
     Ok(n * scale)
 }
 
-/// Statuses a run ends with; others (`running`, `waiting`) are unfinished.
+/// Statuses a run ends with; others (`queued`, `running`, `waiting`) are
+/// unfinished.
 fn finished(status: &str) -> bool {
-    !matches!(status, "running" | "waiting")
+    !matches!(status, "queued" | "running" | "waiting")
 }
 
 /// Nearest-rank summary of a list of numbers.

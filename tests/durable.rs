@@ -1674,7 +1674,7 @@ fn a_store_from_before_root_spans_migrates_and_its_runs_resume_into_one_tree() {
         .store()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("the schema version");
-    assert_eq!(version, 5, "migrated");
+    assert_eq!(version, 6, "migrated");
     let trace = lab.flowc(&["trace", &run]);
     trace.expect(0);
     let roots = trace.stdout.lines().filter(|l| !l.starts_with(' ')).count();
@@ -1697,7 +1697,7 @@ fn a_store_from_before_root_spans_migrates_and_its_runs_resume_into_one_tree() {
     assert!(
         refused
             .stderr
-            .contains("written by a newer flowc (schema 99, this flowc knows 5)"),
+            .contains("written by a newer flowc (schema 99, this flowc knows 6)"),
         "{}",
         refused.stderr
     );

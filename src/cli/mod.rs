@@ -1,7 +1,9 @@
 //! Pieces of the `flowc` command line that are not commands of their own:
-//! output style (colour, verbosity) and `flowc init`.
+//! output style (colour, verbosity), `flowc init`, `flowc eval` and
+//! `flowc worker`.
 
 pub mod eval;
 pub mod expectation;
 pub mod init;
 pub mod style;
+pub mod worker;

@@ -142,6 +142,10 @@ pub struct RunOptions {
     /// Stop gracefully on SIGINT and SIGTERM (the CLI's runs): the run ends
     /// `interrupted` instead of the process dying mid-step.
     pub interruptible: bool,
+    /// Stop gracefully, as at a signal, once this turns `true` (`flowc
+    /// worker`: one signal stops every run in flight, including one that
+    /// started after the signal came).
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
     /// Export the trace over OTLP too (see [`otel`]).
     pub otlp: Option<otel::OtlpSettings>,
 }
@@ -173,6 +177,7 @@ impl Default for RunOptions {
             observer: None,
             durable: None,
             interruptible: false,
+            stop: None,
             otlp: None,
         }
     }
@@ -210,36 +215,8 @@ pub fn run(
     options: RunOptions,
 ) -> Result<Report, SetupError> {
     let program = checked.sealed();
-    let f = program
-        .flow_named(flow)
-        .ok_or_else(|| SetupError::NoSuchFlow(flow.to_string()))?;
+    let (f, values) = arguments(program, flow, input)?;
     let id = f.id;
-    let empty = Map::new();
-    let input = match input {
-        Value::Object(map) => map,
-        Value::Null => &empty,
-        other => {
-            return Err(SetupError::Input(format!(
-                "the input must be a JSON object of parameters, not {}",
-                eval::kind(other)
-            )))
-        }
-    };
-    let validators = validate::Validators::default();
-    let params = exec::signature(&f.params);
-    validators
-        .check_args(&program.types, &params, input)
-        .map_err(|errors| {
-            SetupError::Input(format!(
-                "the input does not fit flow `{flow}`: {}",
-                errors.join("; ")
-            ))
-        })?;
-    let values: Vec<Value> = f
-        .params
-        .iter()
-        .map(|p| input.get(&p.name).cloned().unwrap_or(Value::Null))
-        .collect();
     // Before anything is recorded or called: a run that cannot reach what
     // it needs says so now, listing everything, rather than after paid calls.
     if matches!(options.world, World::Live) {
@@ -331,6 +308,7 @@ pub fn run(
         None => (None, Spend::default()),
     };
     let trace = Arc::new(trace);
+    let validators = validate::Validators::default();
     let http = reqwest::Client::builder()
         .user_agent(http::USER_AGENT)
         .build()
@@ -368,6 +346,7 @@ pub fn run(
         .build()
         .map_err(|e| SetupError::Start(format!("cannot start the runtime: {e}")))?;
     let interruptible = options.interruptible;
+    let stop = options.stop.take();
     let result = rt.block_on(async {
         let flow = runtime.run_flow(id, values, None, Some(span.id), FramePath::root());
         let signal = async {
@@ -377,12 +356,23 @@ pub fn run(
                 std::future::pending().await
             }
         };
+        let requested = async {
+            let asked = match stop {
+                Some(mut stop) => stop.wait_for(|s| *s).await.is_ok(),
+                None => false,
+            };
+            // A sender gone without asking never asks.
+            if !asked {
+                std::future::pending::<()>().await;
+            }
+        };
         // Dropping the flow's future cancels every call in flight: at a
         // signal, and at a failed trace write (what runs after it could not
         // be audited).
         tokio::select! {
             r = flow => Some(r),
             () = signal => None,
+            () = requested => None,
             () = trace.failure() => None,
         }
     });
@@ -511,6 +501,51 @@ pub fn run(
     })
 }
 
+/// Checks that `flow` exists and `input` fits its parameters, without
+/// running anything (`flowc submit` refuses a run no worker could start).
+pub fn check_input(checked: &CheckedProgram, flow: &str, input: &Value) -> Result<(), SetupError> {
+    arguments(checked.sealed(), flow, input).map(|_| ())
+}
+
+/// The flow named `flow` and its parameter values from `input`, checked
+/// against the flow's parameter types.
+fn arguments<'p>(
+    program: &'p exec::Program,
+    flow: &str,
+    input: &Value,
+) -> Result<(&'p exec::Flow, Vec<Value>), SetupError> {
+    let f = program
+        .flow_named(flow)
+        .ok_or_else(|| SetupError::NoSuchFlow(flow.to_string()))?;
+    let empty = Map::new();
+    let input = match input {
+        Value::Object(map) => map,
+        Value::Null => &empty,
+        other => {
+            return Err(SetupError::Input(format!(
+                "the input must be a JSON object of parameters, not {}",
+                eval::kind(other)
+            )))
+        }
+    };
+    let validators = validate::Validators::default();
+    let params = exec::signature(&f.params);
+    validators
+        .check_args(&program.types, &params, input)
+        .map_err(|errors| {
+            SetupError::Input(format!(
+                "the input does not fit flow `{flow}`: {}",
+                errors.join("; ")
+            ))
+        })?;
+    let values = f
+        .params
+        .iter()
+        .map(|p| input.get(&p.name).cloned().unwrap_or(Value::Null))
+        .collect();
+    Ok((f, values))
+}
+
 /// Who is deciding a gate when nobody said (`--by`): the OS user, from the
 /// environment's `USER` (or `LOGNAME`, `USERNAME`).
 pub fn os_user() -> String {
@@ -529,7 +564,7 @@ pub fn trace_failed_message(error: &str, stood: RunStatus) -> String {
 }
 
 /// Resolves at the first SIGINT or SIGTERM.
-async fn stop_signal() {
+pub async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

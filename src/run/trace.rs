@@ -41,6 +41,14 @@ pub struct Trace {
 /// Sees every trace event as it happens.
 pub type Observer = Box<dyn Fn(&Value) + Send + Sync>;
 
+/// A root span id chosen before any process of a run writes its trace
+/// (`flowc submit`). Its low 32 bits are zero, which no [`Trace`]'s counter
+/// (it starts at 1) produces, so it never collides with a process's spans;
+/// it stays below 2^53 as they do.
+pub fn root_span_id() -> SpanId {
+    u64::from(fastrand::u32(1..1 << 20)) << 32
+}
+
 impl Trace {
     /// A trace written to `path` (created, with its folders), or kept in
     /// memory only when `path` is `None`.

@@ -87,6 +87,21 @@ pub struct RunRecord {
     pub root_written: bool,
 }
 
+/// Which submitted runs a worker may claim, as SQL over `runs r` (both
+/// backends' dialects agree on it; `$NOW` is the current time): no live
+/// lease, and either never run, interrupted, left `running` by an owner
+/// whose lease expired, or waiting at a gate that has news (a decision the
+/// run has not consumed, its step not committed yet; or a timeout that
+/// passed).
+pub(crate) const CLAIMABLE: &str = "EXISTS (SELECT 1 FROM programs p WHERE p.run_id = r.id)
+  AND (r.lease_until IS NULL OR r.lease_until < $NOW)
+  AND (r.status IN ('queued', 'running', 'interrupted')
+    OR (r.status = 'waiting' AND EXISTS (
+      SELECT 1 FROM gates g WHERE g.run_id = r.id AND (
+        (g.status = 'pending' AND g.timeout_at <= $NOW)
+        OR (g.status <> 'pending' AND NOT EXISTS (
+          SELECT 1 FROM steps s WHERE s.run_id = g.run_id AND s.key = g.key))))))";
+
 impl RunRecord {
     /// A run as its first process records it: running, nothing spent, no
     /// owner until the lease is taken, its root span not chosen yet.
@@ -230,6 +245,19 @@ pub trait Backend: Send {
     ) -> Result<bool>;
     /// Gates of one run (or of every run), oldest first.
     fn gates(&self, run: Option<&str>) -> Result<Vec<GateRecord>>;
+    /// Records a submitted run (`queued`, nobody's lease) and its program
+    /// snapshot ([`crate::snapshot::ProgramSnapshot::to_json`]) in one
+    /// transaction, for a worker to claim.
+    fn submit_run(&self, r: &RunRecord, snapshot: &str) -> Result<()>;
+    /// The program snapshot stored with a submitted run (`None` for a run
+    /// started by `flowc run`).
+    fn program(&self, run: &str) -> Result<Option<String>>;
+    /// Takes the lease of one submitted run a worker should drive now, in
+    /// the transaction that finds it: a new run, one whose gate was decided
+    /// or whose gate timeout passed, one that was interrupted, or one whose
+    /// owner's lease expired. Oldest first; `None` when there is no work.
+    /// The run is marked `running`.
+    fn claim(&self, owner: &str, ttl: Duration) -> Result<Option<(RunRecord, Lease)>>;
 }
 
 /// A run store, whichever backend holds it.

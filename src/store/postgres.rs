@@ -20,7 +20,7 @@ use postgres::{Client, Row, Statement};
 use serde_json::Value;
 
 use super::lease::owner_is_dead;
-use super::{now, Acquired, Backend, GateRecord, Lease, RunRecord, Store, StoreError};
+use super::{now, Acquired, Backend, GateRecord, Lease, RunRecord, Store, StoreError, CLAIMABLE};
 use crate::run::budget::Spend;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -108,6 +108,13 @@ ALTER TABLE gates ADD COLUMN decided_by TEXT;
     r#"
 ALTER TABLE runs ADD COLUMN root_span BIGINT;
 ALTER TABLE runs ADD COLUMN root_written BOOLEAN NOT NULL DEFAULT FALSE;
+"#,
+    r#"
+CREATE TABLE programs (
+    run_id TEXT PRIMARY KEY REFERENCES runs(id),
+    snapshot TEXT NOT NULL
+);
+CREATE INDEX runs_status ON runs (status);
 "#,
 ];
 
@@ -752,6 +759,65 @@ impl Backend for PostgresStore {
                 ],
             )?;
             Ok(n == 1)
+        })
+    }
+
+    fn submit_run(&self, r: &RunRecord, snapshot: &str) -> Result<()> {
+        let r = r.clone();
+        let snapshot = snapshot.to_string();
+        self.call(move |c| {
+            // One statement: the run and its program, or neither.
+            c.execute(
+                "WITH run AS (
+                    INSERT INTO runs (id, file, flow, program, input, status, created_at, updated_at, trace, replay, epoch, root_span, root_written)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, 0, $10, $11) RETURNING id
+                 )
+                 INSERT INTO programs (run_id, snapshot) SELECT id, $12 FROM run",
+                &[&r.id, &r.file, &r.flow, &r.program.to_string(), &r.input.to_string(), &r.status, &r.created_at, &r.trace, &r.replay, &r.root_span.map(|id| id as i64), &r.root_written, &snapshot],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn program(&self, run: &str) -> Result<Option<String>> {
+        let run = run.to_string();
+        self.call(move |c| {
+            let rows = c.query("SELECT snapshot FROM programs WHERE run_id = $1", &[&run])?;
+            rows.first().map(|r| Ok(r.try_get(0)?)).transpose()
+        })
+    }
+
+    /// `FOR UPDATE SKIP LOCKED` in the transaction that takes the lease:
+    /// workers claiming at once each get a different run, and none waits
+    /// for another's claim.
+    fn claim(&self, owner: &str, ttl: Duration) -> Result<Option<(RunRecord, Lease)>> {
+        let owner = owner.to_string();
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM runs r WHERE {} ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
+                CLAIMABLE.replace("$NOW", "$1")
+            );
+            let mut tx = c.client.transaction()?;
+            let at = now();
+            let rows = tx.query(&sql, &[&at])?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
+            let record = run_row(row)?;
+            let epoch: i64 = tx
+                .query_one(
+                    "UPDATE runs SET owner = $2, lease_until = $3, epoch = epoch + 1, status = 'running' WHERE id = $1 RETURNING epoch",
+                    &[&record.id, &owner, &(at + ttl.as_secs_f64())],
+                )?
+                .try_get(0)?;
+            tx.commit()?;
+            let lease = Lease {
+                run_id: record.id.clone(),
+                owner,
+                epoch,
+                ttl,
+            };
+            Ok(Some((record, lease)))
         })
     }
 

@@ -14,7 +14,9 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use serde_json::Value;
 
 use super::lease::owner_is_dead;
-use super::{now, Acquired, Backend, Durability, GateRecord, Lease, RunRecord, Store, StoreError};
+use super::{
+    now, Acquired, Backend, Durability, GateRecord, Lease, RunRecord, Store, StoreError, CLAIMABLE,
+};
 use crate::run::budget::Spend;
 
 impl From<rusqlite::Error> for StoreError {
@@ -102,6 +104,13 @@ ALTER TABLE gates ADD COLUMN decided_by TEXT;
     r#"
 ALTER TABLE runs ADD COLUMN root_span INTEGER;
 ALTER TABLE runs ADD COLUMN root_written INTEGER NOT NULL DEFAULT 0;
+"#,
+    r#"
+CREATE TABLE programs (
+    run_id TEXT PRIMARY KEY REFERENCES runs(id),
+    snapshot TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX runs_status ON runs (status);
 "#,
 ];
 
@@ -271,13 +280,7 @@ impl Backend for SqliteStore {
     }
 
     fn create_run(&self, r: &RunRecord, lease: &Lease) -> Result<()> {
-        retry(|| {
-            self.conn.execute(
-            "INSERT INTO runs (id, file, flow, program, input, status, created_at, updated_at, trace, replay, owner, lease_until, epoch, root_span, root_written)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            params![r.id, r.file, r.flow, r.program.to_string(), r.input.to_string(), r.status, r.created_at, r.trace, r.replay, lease.owner, lease.until(), lease.epoch, r.root_span.map(span_column), r.root_written],
-        )
-        })?;
+        retry(|| insert_run(&self.conn, r, Some(lease)))?;
         Ok(())
     }
 
@@ -562,6 +565,60 @@ impl Backend for SqliteStore {
         Ok(changed == 1)
     }
 
+    fn submit_run(&self, r: &RunRecord, snapshot: &str) -> Result<()> {
+        in_write_tx(&self.conn, |tx| {
+            insert_run(tx, r, None)?;
+            tx.execute(
+                "INSERT INTO programs (run_id, snapshot) VALUES (?1, ?2)",
+                params![r.id, snapshot],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn program(&self, run: &str) -> Result<Option<String>> {
+        Ok(retry(|| {
+            self.conn
+                .query_row(
+                    "SELECT snapshot FROM programs WHERE run_id = ?1",
+                    [run],
+                    |r| r.get(0),
+                )
+                .optional()
+        })?)
+    }
+
+    /// Under SQLite's write lock (`BEGIN IMMEDIATE`), which serializes
+    /// claims as `FOR UPDATE SKIP LOCKED` does on PostgreSQL.
+    fn claim(&self, owner: &str, ttl: Duration) -> Result<Option<(RunRecord, Lease)>> {
+        let sql = format!(
+            "SELECT * FROM runs r WHERE {} ORDER BY r.created_at LIMIT 1",
+            CLAIMABLE.replace("$NOW", "?1")
+        );
+        in_write_tx(&self.conn, |tx| {
+            let at = now();
+            let Some(record) = tx
+                .prepare_cached(&sql)?
+                .query_row([at], run_row)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let epoch: i64 = tx.query_row(
+                "UPDATE runs SET owner = ?2, lease_until = ?3, epoch = epoch + 1, status = 'running' WHERE id = ?1 RETURNING epoch",
+                params![record.id, owner, at + ttl.as_secs_f64()],
+                |r| r.get(0),
+            )?;
+            let lease = Lease {
+                run_id: record.id.clone(),
+                owner: owner.to_string(),
+                epoch,
+                ttl,
+            };
+            Ok(Some((record, lease)))
+        })
+    }
+
     /// Gates of one run (or of every run), oldest first.
     fn gates(&self, run: Option<&str>) -> Result<Vec<GateRecord>> {
         Ok(retry(|| {
@@ -572,6 +629,30 @@ impl Backend for SqliteStore {
             rows.collect::<std::result::Result<_, _>>()
         })?)
     }
+}
+
+/// Inserts a run row, its lease held by `lease` (`None`: nobody's).
+fn insert_run(conn: &Connection, r: &RunRecord, lease: Option<&Lease>) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO runs (id, file, flow, program, input, status, created_at, updated_at, trace, replay, owner, lease_until, epoch, root_span, root_written)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![
+            r.id,
+            r.file,
+            r.flow,
+            r.program.to_string(),
+            r.input.to_string(),
+            r.status,
+            r.created_at,
+            r.trace,
+            r.replay,
+            lease.map(|l| l.owner.clone()),
+            lease.map(Lease::until),
+            lease.map_or(0, |l| l.epoch),
+            r.root_span.map(span_column),
+            r.root_written
+        ],
+    )
 }
 
 /// The run's spend so far (everything this and earlier processes paid for).
