@@ -225,7 +225,7 @@ enum Command {
     /// List runs, newest first: status, flow, cost, tokens, age.
     Runs {
         /// Only runs with this status (completed, failed, budget_exhausted,
-        /// waiting, rejected, running, interrupted).
+        /// waiting, rejected, queued, running, interrupted, trace_failed).
         #[arg(long)]
         status: Option<String>,
         /// Only runs of this flow.

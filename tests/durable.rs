@@ -53,7 +53,7 @@ tool post(name: string, score: int) -> { id: string } {
 
 /// A read, a fan-out of model calls, a gate, and an irreversible call per
 /// approved item.
-const CRASH_FLOW: &str = r#"
+pub(crate) const CRASH_FLOW: &str = r#"
 flow crash(q: string) -> { scored: [Scored], posted: [{ id: string }] } {
   budget { tokens 100k, tool_calls 50, steps 100 }
   let found = list_items(q: q)
@@ -80,13 +80,13 @@ flow crash(q: string) -> { scored: [Scored], posted: [{ id: string }] } {
 "#;
 
 /// The items `list_items` returns for `q` (`few`: two, otherwise eight).
-fn items(q: &str) -> Vec<String> {
+pub(crate) fn items(q: &str) -> Vec<String> {
     let n = if q == "few" { 2 } else { 8 };
     (0..n).map(|i| format!("a{i}")).collect()
 }
 
 /// What the model answers to `Score NAME`.
-fn scored(name: &str) -> Value {
+pub(crate) fn scored(name: &str) -> Value {
     json!({"name": name, "score": name.len() as u64 * 10 + u64::from(name.bytes().last().unwrap_or(0) % 10)})
 }
 
@@ -95,25 +95,25 @@ fn scored(name: &str) -> Value {
 /// What the irreversible endpoints did, per `Idempotency-Key`: the first
 /// request with a key executes, later ones replay its response.
 #[derive(Default)]
-struct Ledger {
-    executed: BTreeMap<String, u32>,
+pub(crate) struct Ledger {
+    pub(crate) executed: BTreeMap<String, u32>,
     responses: HashMap<String, Value>,
-    replays: u32,
+    pub(crate) replays: u32,
     /// Requests without a key (there must be none).
-    unkeyed: u32,
+    pub(crate) unkeyed: u32,
 }
 
-struct Lab {
-    server: MockServer,
-    dir: Scratch,
-    ledger: Arc<Mutex<Ledger>>,
+pub(crate) struct Lab {
+    pub(crate) server: MockServer,
+    pub(crate) dir: Scratch,
+    pub(crate) ledger: Arc<Mutex<Ledger>>,
     /// A PostgreSQL database's URL; `None`: SQLite at `.flowc/runs.db`.
-    store_url: Option<String>,
+    pub(crate) store_url: Option<String>,
 }
 
 /// Which run store a test's processes share.
 #[derive(Clone, Copy, Debug)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
@@ -135,7 +135,7 @@ impl Lab {
     /// A server whose model scores `Score NAME` prompts after 20–60 ms, whose
     /// `list_items` answers [`items`], and whose irreversible endpoints dedupe
     /// by idempotency key; and a scratch folder holding `program`.
-    fn new(name: &str, program: &str) -> Lab {
+    pub(crate) fn new(name: &str, program: &str) -> Lab {
         let server = MockServer::start();
         server.always(
             "GET /tools/items",
@@ -200,7 +200,7 @@ impl Lab {
 
     /// [`Lab::new`] with its run store on `backend` (a fresh database on the
     /// tests' private PostgreSQL server).
-    fn on(backend: Backend, name: &str, program: &str) -> Lab {
+    pub(crate) fn on(backend: Backend, name: &str, program: &str) -> Lab {
         let mut lab = Lab::new(name, program);
         if let Backend::Postgres = backend {
             lab.store_url = Some(support::postgres::database(name));
@@ -209,7 +209,7 @@ impl Lab {
     }
 
     /// The run store, through flowc's own interface (either backend).
-    fn open_store(&self) -> flowc::store::Store {
+    pub(crate) fn open_store(&self) -> flowc::store::Store {
         let path = match &self.store_url {
             Some(url) => PathBuf::from(url),
             None => self.dir.0.join(".flowc/runs.db"),
@@ -217,7 +217,7 @@ impl Lab {
         flowc::store::Store::open(&path, flowc::store::Durability::Normal).expect("the store opens")
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_flowc"));
         c.current_dir(&self.dir.0)
             .args(args)
@@ -231,7 +231,7 @@ impl Lab {
         c
     }
 
-    fn flowc(&self, args: &[&str]) -> Out {
+    pub(crate) fn flowc(&self, args: &[&str]) -> Out {
         let out = self.command(args).output().expect("flowc starts");
         Out {
             code: out.status.code(),
@@ -240,7 +240,7 @@ impl Lab {
         }
     }
 
-    fn spawn(&self, args: &[&str]) -> Child {
+    pub(crate) fn spawn(&self, args: &[&str]) -> Child {
         self.command(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -254,7 +254,7 @@ impl Lab {
         self.flowc(&args)
     }
 
-    fn store(&self) -> Connection {
+    pub(crate) fn store(&self) -> Connection {
         Connection::open_with_flags(
             self.dir.0.join(".flowc/runs.db"),
             OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -262,11 +262,11 @@ impl Lab {
         .expect("the store opens read-only")
     }
 
-    fn executed(&self) -> BTreeMap<String, u32> {
+    pub(crate) fn executed(&self) -> BTreeMap<String, u32> {
         self.ledger.lock().unwrap().executed.clone()
     }
 
-    fn requests(&self, method: &str, path: &str) -> Vec<RecordedRequest> {
+    pub(crate) fn requests(&self, method: &str, path: &str) -> Vec<RecordedRequest> {
         self.server
             .requests()
             .into_iter()
@@ -277,14 +277,14 @@ impl Lab {
 
 /// What a finished `flowc` process said.
 #[derive(Debug)]
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Out {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Out {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
             panic!(
                 "stdout is not JSON ({e}):\n{}\n{}",
@@ -304,7 +304,7 @@ impl Out {
             .to_string()
     }
 
-    fn expect(&self, code: i32) -> &Out {
+    pub(crate) fn expect(&self, code: i32) -> &Out {
         assert_eq!(
             self.code,
             Some(code),
@@ -318,7 +318,7 @@ impl Out {
 
 /// A folder of its own under the system's temp folder, removed when the test
 /// passes (kept, and named, when it fails).
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
@@ -335,7 +335,7 @@ impl Scratch {
         Scratch(dir)
     }
 
-    fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.0.join(name);
         std::fs::write(&path, text).expect("write a scratch file");
         path
@@ -352,7 +352,7 @@ impl Drop for Scratch {
     }
 }
 
-fn read_all(r: Option<impl Read>) -> String {
+pub(crate) fn read_all(r: Option<impl Read>) -> String {
     let mut s = String::new();
     if let Some(mut r) = r {
         let _ = r.read_to_string(&mut s);
@@ -361,7 +361,7 @@ fn read_all(r: Option<impl Read>) -> String {
 }
 
 /// Waits for a child for at most `limit`, killing it (and failing) after.
-fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
+pub(crate) fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("wait for flowc") {
@@ -440,7 +440,7 @@ fn newest_run(lab: &Lab) -> Option<String> {
 }
 
 /// A run id: a UUID (8-4-4-4-12 hex digits).
-fn is_run_id(w: &str) -> bool {
+pub(crate) fn is_run_id(w: &str) -> bool {
     w.len() == 36
         && w.split('-').map(str::len).eq([8, 4, 4, 4, 12])
         && w.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
@@ -705,7 +705,7 @@ fn killed_runs_resume_to_the_uninterrupted_output_with_every_effect_once() {
 
 // ---- 2. approvals across processes -------------------------------------------
 
-const FEW: &str = r#"{"q": "few"}"#;
+pub(crate) const FEW: &str = r#"{"q": "few"}"#;
 
 fn a_paused_run_exits_4_shows_in_the_inbox_and_resumes_after_flowc_approve(backend: Backend) {
     let lab = Lab::on(backend, "approve", CRASH_FLOW);
@@ -1707,7 +1707,7 @@ fn a_store_from_before_root_spans_migrates_and_its_runs_resume_into_one_tree() {
 
 /// Eight irreversible calls of 150 ms, one after another: a run that lives
 /// for more than a second.
-const SLOW_FLOW: &str = r#"
+pub(crate) const SLOW_FLOW: &str = r#"
 tool slow(name: string, score: int) -> { id: string } {
   http POST "{env.TOOLS_URL}/tools/slow"
   effect write
@@ -1726,7 +1726,7 @@ flow chain(q: string) -> [{ id: string }] {
 "#;
 
 /// The output of an uninterrupted `chain` run over `list_items("many")`.
-fn slow_output() -> Value {
+pub(crate) fn slow_output() -> Value {
     Value::Array(
         items("many")
             .iter()
@@ -1736,7 +1736,7 @@ fn slow_output() -> Value {
 }
 
 /// Waits until the server executed `n` distinct slow calls.
-fn wait_for_executions(lab: &Lab, n: usize) {
+pub(crate) fn wait_for_executions(lab: &Lab, n: usize) {
     let started = Instant::now();
     while lab.executed().len() < n {
         assert!(
@@ -1749,7 +1749,7 @@ fn wait_for_executions(lab: &Lab, n: usize) {
 }
 
 /// Every slow call executed exactly once per key.
-fn assert_each_once(lab: &Lab) {
+pub(crate) fn assert_each_once(lab: &Lab) {
     let executed = lab.executed();
     assert_eq!(executed.len(), 8, "every item posted: {executed:?}");
     assert!(
@@ -1759,7 +1759,7 @@ fn assert_each_once(lab: &Lab) {
     assert_eq!(lab.ledger.lock().unwrap().unkeyed, 0);
 }
 
-fn signal(child: &Child, name: &str) {
+pub(crate) fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &child.id().to_string()])
         .status()
@@ -1767,7 +1767,7 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success(), "kill -{name} failed");
 }
 
-fn finished(mut child: Child) -> Out {
+pub(crate) fn finished(mut child: Child) -> Out {
     let status = wait_bounded(&mut child, Duration::from_secs(60));
     Out {
         code: status.code(),

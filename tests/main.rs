@@ -34,3 +34,4 @@ mod store;
 mod tidy;
 mod tools;
 mod validate;
+mod worker;
