@@ -11,7 +11,9 @@
 //! - a worker stopped by SIGTERM leaves its run `interrupted` and released,
 //!   and another worker completes it;
 //! - a malformed stored program fails its run with the reason; an
-//!   unreachable store stops the worker with exit status 6.
+//!   unreachable store stops the worker with exit status 6;
+//! - chaos, reduced to fit the suite: 3 workers on PostgreSQL (30 runs) and
+//!   2 on SQLite (20 runs) killed with SIGKILL at random and restarted.
 
 use std::collections::BTreeMap;
 use std::process::Child;
@@ -297,6 +299,136 @@ fn submit_refuses_what_no_worker_could_run_and_a_worker_needs_its_store() {
     );
     let bad_poll = lab.flowc(&["worker", "--poll", "soon"]);
     bad_poll.expect(2);
+}
+
+/// Per run: a read, a model call and two calls with an effect, 150 ms each,
+/// one after the other, so a kill often lands mid-run.
+const CHAOS: &str = r#"
+tool slow(name: string, score: int) -> { id: string } {
+  http POST "{env.TOOLS_URL}/tools/slow"
+  effect write
+  timeout 5s
+  idempotency "slow:{name}"
+}
+
+flow chaos(q: string) -> { scored: Scored, posted: [{ id: string }] } {
+  budget { tokens 100k, tool_calls 50, steps 100 }
+  let found = list_items(q: q)
+  let scored = llm fast -> Scored {
+    prompt "Score b{q}"
+  }
+  let posted = for x in found.items parallel 1 {
+    slow(name: x, score: 5)
+  }
+  return { scored: scored, posted: posted }
+}
+"#;
+
+/// Workers killed with SIGKILL at random moments and restarted while they
+/// drive many runs: every run completes with the output of an
+/// uninterrupted run, every effect executes once per key, a completed step
+/// is not called again beyond what a kill cut short, and no run is left
+/// claimed once the dead workers' leases expired.
+fn killed_workers_lose_no_run_and_repeat_no_effect(backend: Backend, workers: usize, runs: usize) {
+    let lab = Lab::on(backend, "worker-chaos", CHAOS);
+    let ids: Vec<String> = (0..runs).map(|_| submit(&lab, &["--input", FEW])).collect();
+    let start = |lab: &Lab| {
+        lab.command(&["worker", "--poll", "50ms", "--concurrency", "2"])
+            .env("FLOWC_LEASE_SECONDS", "3")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("flowc worker starts")
+    };
+    let mut pool: Vec<Child> = (0..workers).map(|_| start(&lab)).collect();
+    let store = lab.open_store();
+    let started = Instant::now();
+    let mut kills = 0;
+    loop {
+        let statuses: Vec<String> = ids
+            .iter()
+            .map(|id| store.run(id).unwrap().expect("stored").status)
+            .collect();
+        if statuses.iter().all(|s| s == "completed") {
+            break;
+        }
+        assert!(
+            statuses.iter().all(|s| s != "failed"),
+            "a run failed: {statuses:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not every run completed in 120s ({kills} kills): {statuses:?}"
+        );
+        // Kill one worker at a random moment, while there is work, and
+        // start another in its place.
+        if kills < 2 * workers + 4 && statuses.iter().any(|s| s == "running") {
+            std::thread::sleep(Duration::from_millis(fastrand::u64(100..400)));
+            let i = fastrand::usize(..pool.len());
+            pool[i].kill().expect("SIGKILL a worker");
+            let _ = pool[i].wait();
+            pool[i] = start(&lab);
+            kills += 1;
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for w in pool {
+        signal(&w, "TERM");
+        finished(w).expect(0);
+    }
+    eprintln!(
+        "{runs} runs on {workers} workers completed in {:.1}s with {kills} kills",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(kills >= 3, "only {kills} kills: the test proved little");
+    for id in &ids {
+        let r = store.run(id).unwrap().expect("stored");
+        assert_eq!(
+            r.output,
+            Some(json!({
+                "scored": scored("bfew"),
+                "posted": [{"id": "P-a0-5"}, {"id": "P-a1-5"}],
+            })),
+            "run {id}"
+        );
+        assert_eq!(r.owner, None, "run {id} is left claimed");
+    }
+    let executed = lab.executed();
+    assert_eq!(executed.len(), 2 * runs, "{executed:?}");
+    assert!(
+        executed.values().all(|&n| n == 1),
+        "an effect executed twice: {executed:?}"
+    );
+    assert_eq!(lab.ledger.lock().unwrap().unkeyed, 0);
+    let replays = lab.ledger.lock().unwrap().replays as usize;
+    assert!(
+        replays <= 2 * kills,
+        "{replays} effects sent again for {kills} kills"
+    );
+    // A kill cuts short at most the calls in flight of one worker's two
+    // slots (one each): only those are made again.
+    let again = |hits: usize| hits.saturating_sub(runs);
+    for (what, hits) in [
+        ("model", lab.server.hits(CHAT)),
+        ("read", lab.server.hits("/tools/items")),
+    ] {
+        assert!(
+            again(hits) <= 2 * kills,
+            "{what} calls made again: {} for {kills} kills",
+            again(hits)
+        );
+    }
+}
+
+#[test]
+fn killed_workers_on_postgres_lose_no_run_and_repeat_no_effect() {
+    killed_workers_lose_no_run_and_repeat_no_effect(Backend::Postgres, 3, 30);
+}
+
+#[test]
+fn killed_workers_on_sqlite_lose_no_run_and_repeat_no_effect() {
+    killed_workers_lose_no_run_and_repeat_no_effect(Backend::Sqlite, 2, 20);
 }
 
 /// The tests above that hold on either backend, once on each.
