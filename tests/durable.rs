@@ -1662,7 +1662,9 @@ fn a_store_from_before_root_spans_migrates_and_its_runs_resume_into_one_tree() {
     {
         let conn = Connection::open(lab.dir.0.join(".flowc/runs.db")).expect("opens");
         conn.execute_batch(
-            "ALTER TABLE runs DROP COLUMN root_written;
+            "DROP TABLE programs;
+             DROP INDEX runs_status;
+             ALTER TABLE runs DROP COLUMN root_written;
              ALTER TABLE runs DROP COLUMN root_span;
              PRAGMA user_version = 4;",
         )
