@@ -9,7 +9,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
@@ -24,7 +24,8 @@ pub struct Trace {
     /// Values that must never appear in the trace.
     secrets: Vec<String>,
     /// Every event written, for the run summary and tests.
-    events: Mutex<Vec<Value>>,
+    /// Shared with the exporter, which encodes them on its own thread.
+    events: Mutex<Vec<Arc<Value>>>,
     /// Called with every event as it is written (progress displays).
     observer: Option<Observer>,
     /// The run's OpenTelemetry trace id (see [`super::otel::trace_id`]).
@@ -214,6 +215,7 @@ impl Trace {
         if let Some(observe) = &self.observer {
             observe(&event);
         }
+        let event = Arc::new(event);
         if let Some(export) = &self.export {
             export.record(&event);
         }
@@ -262,13 +264,19 @@ impl Trace {
         self.events
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .iter()
+            .map(|e| Value::clone(e))
+            .collect()
     }
 
     /// Every event so far, moved out of the trace (which keeps none): the
     /// run's report takes them without copying.
     pub fn take_events(&self) -> Vec<Value> {
         std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_iter()
+            // Still shared only while an exporter that gave up holds it.
+            .map(|e| Arc::try_unwrap(e).unwrap_or_else(|e| Value::clone(&e)))
+            .collect()
     }
 }
 

@@ -1,12 +1,12 @@
-//! A run's OTLP export: the bounded queue the run's thread writes encoded
-//! spans into, and the thread that sends them to the collector in batches
-//! over OTLP/HTTP (protobuf).
+//! A run's OTLP export: the bounded queue the run's thread hands its trace
+//! events to, and the thread that encodes them (see [`super::span`]) and
+//! sends them to the collector in batches over OTLP/HTTP (protobuf).
 //!
-//! The run's share of export is encoding a span into the queue's buffer
-//! (see [`super::span`]); building requests and every network wait happen
-//! on the export thread. Export never slows or fails a run: a full queue
-//! drops spans, and the end of a run waits at most the export timeout (plus
-//! a moment for the last batch to be taken). What did not reach the
+//! The run's share of export is one reference-count increment and a push
+//! per event: encoding, building requests and every network wait happen on
+//! the export thread. Export never slows or fails a run: a full queue drops
+//! spans, and the end of a run waits at most the export timeout (plus a
+//! moment for the last batch to be taken). What did not reach the
 //! collector is counted and reported.
 
 use std::collections::HashMap;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::settings::{Batch, OtlpSettings, MAX_QUEUE_BYTES};
+use super::settings::{Batch, OtlpSettings};
 use super::span::{PendingEvents, SpanKindName, SpanWriter};
 use super::wire;
 use crate::run::error::SetupError;
@@ -35,12 +35,9 @@ pub struct ExportSummary {
 
 /// A run's OTLP export.
 pub struct Export {
-    writer: SpanWriter,
     shared: Arc<Shared>,
     batch: Batch,
     timeout: Duration,
-    /// Point events waiting for their span to end, by span id.
-    events: Mutex<HashMap<u64, PendingEvents>>,
     /// Disconnected when the export thread is done.
     done: Mutex<Option<mpsc::Receiver<()>>>,
     finished: Mutex<Option<ExportSummary>>,
@@ -57,10 +54,11 @@ struct Shared {
 
 #[derive(Default)]
 struct Queue {
-    /// Encoded spans (`ScopeSpans.spans` fields), in the order they ended.
-    bytes: Vec<u8>,
-    /// Where each span ends in `bytes`.
-    ends: Vec<usize>,
+    /// Trace events waiting to be encoded, in the order they happened:
+    /// spans in the order they ended, point events before their span.
+    events: Vec<Arc<Value>>,
+    /// How many of `events` are spans.
+    spans: usize,
     /// Spans handed to export, queued or dropped.
     ended: u64,
     /// The run is over: send what is left, then stop.
@@ -124,68 +122,47 @@ impl Export {
         let (done_tx, done) = mpsc::channel::<()>();
         let batch = settings.batch;
         let thread_shared = shared.clone();
+        let writer = SpanWriter::new(trace, settings.capture_content);
         std::thread::Builder::new()
             .name("flowc-otlp".into())
             .spawn(move || {
-                send_loop(&thread_shared, &target, batch);
+                send_loop(&thread_shared, &target, &writer, batch);
                 drop(done_tx);
             })
             .map_err(|e| bad(format!("cannot start its thread ({e})")))?;
         Ok(Export {
-            writer: SpanWriter::new(trace, settings.capture_content),
             shared,
             batch,
             timeout: settings.timeout,
-            events: Mutex::default(),
             done: Mutex::new(Some(done)),
             finished: Mutex::default(),
         })
     }
 
-    /// Takes one trace event (already scrubbed): a closed span is queued, a
-    /// point event waits for its span.
-    pub fn record(&self, event: &Value) {
-        let Some(e) = event.as_object() else {
-            return;
-        };
-        let Some(kind) = e.get("kind").and_then(Value::as_str) else {
-            return;
-        };
-        let Some(span) = SpanKindName::of(kind) else {
-            if let Some(parent) = e.get("parent").and_then(Value::as_u64) {
-                let mut events = lock(&self.events);
-                self.writer
-                    .event(kind, e, events.entry(parent).or_default());
-            }
-            return;
-        };
-        let Some(id) = e.get("id").and_then(Value::as_u64) else {
-            return;
-        };
-        let events = {
-            let mut waiting = lock(&self.events);
-            if waiting.is_empty() {
-                None
-            } else {
-                waiting.remove(&id)
-            }
-        };
+    /// Takes one trace event (already scrubbed): queued for the export
+    /// thread, which encodes a closed span with the point events that
+    /// happened in it.
+    pub fn record(&self, event: &Arc<Value>) {
+        let is_span = event
+            .get("kind")
+            .and_then(Value::as_str)
+            .and_then(SpanKindName::of)
+            .is_some();
         let mut queue = lock(&self.shared.queue);
-        queue.ended += 1;
-        // A full queue drops the span: the run never waits for export.
-        if queue.ends.len() >= self.batch.max_queue
-            || queue.bytes.len() >= MAX_QUEUE_BYTES
-            || queue.closing
-        {
+        if is_span {
+            queue.ended += 1;
+        }
+        // A full queue drops the event: the run never waits for export.
+        if queue.spans >= self.batch.max_queue || queue.closing {
             return;
         }
-        self.writer
-            .span(span, id, e, events.as_ref(), &mut queue.bytes);
-        let end = queue.bytes.len();
-        queue.ends.push(end);
-        // Woken once per full batch, not per span.
-        if queue.ends.len() == self.batch.max_export {
-            self.shared.wake.notify_one();
+        queue.events.push(Arc::clone(event));
+        if is_span {
+            queue.spans += 1;
+            // Woken once per full batch, not per span.
+            if queue.spans == self.batch.max_export {
+                self.shared.wake.notify_one();
+            }
         }
     }
 
@@ -230,16 +207,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The export thread: sends a batch when one is full, what is queued every
-/// schedule delay, and what is left when the run is over.
-fn send_loop(shared: &Shared, target: &Target, batch: Batch) {
+/// The export thread: encodes and sends a batch when one is full, what is
+/// queued every schedule delay, and what is left when the run is over.
+fn send_loop(shared: &Shared, target: &Target, writer: &SpanWriter, batch: Batch) {
     // Swapped with the queue's, so both keep their capacity.
+    let mut events = Vec::new();
     let mut bytes = Vec::new();
-    let mut ends = Vec::new();
+    // Point events waiting for their span to end, by span id.
+    let mut pending: HashMap<u64, PendingEvents> = HashMap::new();
     let mut queue = lock(&shared.queue);
     loop {
         let deadline = Instant::now() + batch.delay;
-        while !queue.closing && queue.ends.len() < batch.max_export {
+        while !queue.closing && queue.spans < batch.max_export {
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -250,29 +229,70 @@ fn send_loop(shared: &Shared, target: &Target, batch: Batch) {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        if queue.abandoned || (queue.closing && queue.ends.is_empty()) {
+        if queue.abandoned || (queue.closing && queue.events.is_empty()) {
             return;
         }
-        if queue.ends.is_empty() {
+        if queue.events.is_empty() {
             continue;
         }
-        std::mem::swap(&mut queue.bytes, &mut bytes);
-        std::mem::swap(&mut queue.ends, &mut ends);
+        std::mem::swap(&mut queue.events, &mut events);
+        queue.spans = 0;
         drop(queue);
-        let mut start = 0;
-        for chunk in ends.chunks(batch.max_export) {
-            let end = chunk[chunk.len() - 1];
-            let sent = send(target, &bytes[start..end], chunk.len() as u64);
-            shared.delivered.fetch_add(sent, Ordering::Relaxed);
-            start = end;
-            if lock(&shared.queue).abandoned {
-                return;
+        let mut spans = 0usize;
+        for event in events.drain(..) {
+            spans += encode(writer, &event, &mut pending, &mut bytes);
+            if spans == batch.max_export {
+                shared
+                    .delivered
+                    .fetch_add(send(target, &bytes, spans as u64), Ordering::Relaxed);
+                bytes.clear();
+                spans = 0;
+                if lock(&shared.queue).abandoned {
+                    return;
+                }
             }
         }
-        bytes.clear();
-        ends.clear();
+        if spans > 0 {
+            shared
+                .delivered
+                .fetch_add(send(target, &bytes, spans as u64), Ordering::Relaxed);
+            bytes.clear();
+        }
         queue = lock(&shared.queue);
     }
+}
+
+/// Encodes trace event `event` into `out` when it is a closed span (with
+/// the point events `pending` holds for it), or keeps a point event in
+/// `pending` for its span; how many spans were written (0 or 1).
+fn encode(
+    writer: &SpanWriter,
+    event: &Value,
+    pending: &mut HashMap<u64, PendingEvents>,
+    out: &mut Vec<u8>,
+) -> usize {
+    let Some(e) = event.as_object() else {
+        return 0;
+    };
+    let Some(kind) = e.get("kind").and_then(Value::as_str) else {
+        return 0;
+    };
+    let Some(span) = SpanKindName::of(kind) else {
+        if let Some(parent) = e.get("parent").and_then(Value::as_u64) {
+            writer.event(kind, e, pending.entry(parent).or_default());
+        }
+        return 0;
+    };
+    let Some(id) = e.get("id").and_then(Value::as_u64) else {
+        return 0;
+    };
+    let events = if pending.is_empty() {
+        None
+    } else {
+        pending.remove(&id)
+    };
+    writer.span(span, id, e, events.as_ref(), out);
+    1
 }
 
 /// Sends `count` encoded spans in one request; how many the collector

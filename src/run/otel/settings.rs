@@ -13,14 +13,11 @@ pub const CAPTURE_CONTENT_VAR: &str = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAG
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Spans held for export when `OTEL_BSP_MAX_QUEUE_SIZE` does not say. Not
-/// the specification's 2,048: spans are held encoded (a few hundred bytes
-/// each), and a 10,000-step run ends 20,000 spans faster than one export
-/// request answers, so a queue of 2,048 dropped spans of healthy runs.
+/// the specification's 2,048: a 10,000-step run ends 20,000 spans faster
+/// than one export request answers, so a queue of 2,048 dropped spans of
+/// healthy runs. The queue holds references to events the run's trace
+/// keeps anyway, so its size costs a pointer per span.
 pub const DEFAULT_MAX_QUEUE: usize = 65_536;
-
-/// Bytes held for export, whatever the span count: content capture can make
-/// spans large.
-pub const MAX_QUEUE_BYTES: usize = 64 << 20;
 
 /// Where and how to export; `None` from [`OtlpSettings::resolve`] means
 /// export is off.

@@ -1,8 +1,8 @@
 //! One trace event as OTLP protobuf: a closed span becomes an encoded
 //! `Span`, a point event an encoded `Span.Event` that waits for its span.
 //!
-//! This runs on the run's own thread, as each event is written, so it reads
-//! the event in place and writes bytes straight into the export queue's
+//! This runs on the export thread, over the events the run's trace keeps:
+//! it reads each event in place and writes bytes straight into the batch's
 //! buffer: no intermediate span structs, no per-attribute strings.
 //!
 //! Names and attributes follow the OpenTelemetry GenAI semantic conventions
