@@ -301,6 +301,7 @@ fn run_compiled(args: RunArgs, c: Compilation) -> Result<i32, Failure> {
             Driver::Worker { stop } => Some(stop.clone()),
             Driver::Command => None,
         },
+        hold_lease_on_store_failure: worker,
         otlp: run::otel::OtlpSettings::resolve(args.otlp.as_deref(), &|name: &str| {
             std::env::var(name).ok()
         }),

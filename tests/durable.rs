@@ -1662,7 +1662,9 @@ fn a_store_from_before_root_spans_migrates_and_its_runs_resume_into_one_tree() {
     {
         let conn = Connection::open(lab.dir.0.join(".flowc/runs.db")).expect("opens");
         conn.execute_batch(
-            "DROP TABLE programs;
+            "DROP TABLE model_slots;
+             DROP TABLE model_rates;
+             DROP TABLE programs;
              DROP INDEX runs_status;
              ALTER TABLE runs DROP COLUMN root_written;
              ALTER TABLE runs DROP COLUMN root_span;
@@ -1676,7 +1678,7 @@ fn a_store_from_before_root_spans_migrates_and_its_runs_resume_into_one_tree() {
         .store()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("the schema version");
-    assert_eq!(version, 6, "migrated");
+    assert_eq!(version, 7, "migrated");
     let trace = lab.flowc(&["trace", &run]);
     trace.expect(0);
     let roots = trace.stdout.lines().filter(|l| !l.starts_with(' ')).count();
@@ -1699,7 +1701,7 @@ fn a_store_from_before_root_spans_migrates_and_its_runs_resume_into_one_tree() {
     assert!(
         refused
             .stderr
-            .contains("written by a newer flowc (schema 99, this flowc knows 6)"),
+            .contains("written by a newer flowc (schema 99, this flowc knows 7)"),
         "{}",
         refused.stderr
     );

@@ -431,6 +431,89 @@ fn killed_workers_on_sqlite_lose_no_run_and_repeat_no_effect() {
     killed_workers_lose_no_run_and_repeat_no_effect(Backend::Sqlite, 2, 20);
 }
 
+/// Two models with limits of their own: `paced` may start a call every
+/// 0.5 s, `single` may have one call in flight; each run asks each model
+/// twice at once.
+const LIMITED: &str = r#"
+model paced = openai("gpt-4o") { temperature: 0, max_tokens: 100, rpm: 120 }
+model single = openai("gpt-4.1") { temperature: 0, max_tokens: 100, concurrency: 1 }
+
+flow limited(q: string) -> { paced: [Scored], single: [Scored] } {
+  budget { tokens 100k, tool_calls 50, steps 100 }
+  let found = list_items(q: q)
+  let paced = for x in found.items parallel 2 {
+    llm paced -> Scored {
+      prompt "Score {x}"
+    }
+  }
+  let single = for x in found.items parallel 2 {
+    llm single -> Scored {
+      prompt "Score {x}"
+    }
+  }
+  return { paced: paced, single: single }
+}
+"#;
+
+/// A model's `rpm` and `concurrency` hold across every worker on the store,
+/// as the server sees the calls: two workers driving four runs at once.
+fn model_limits_hold_across_workers(backend: Backend) {
+    let lab = Lab::on(backend, "worker-limits", LIMITED);
+    // Replies take 200 ms, so calls in flight at once would overlap.
+    lab.server.always(
+        CHAT,
+        crate::support::mock_server::Reply::from_fn(|r| {
+            let body = r.body.to_string();
+            let name = if body.contains("Score a0") {
+                "a0"
+            } else {
+                "a1"
+            };
+            crate::support::mock_server::Reply::delay(
+                200,
+                crate::support::mock_server::Reply::chat_json(scored(name)),
+            )
+        }),
+    );
+    let runs: Vec<String> = (0..4).map(|_| submit(&lab, &["--input", FEW])).collect();
+    let a = worker(&lab, &["--poll", "50ms", "--concurrency", "2"]);
+    let b = worker(&lab, &["--poll", "50ms", "--concurrency", "2"]);
+    for run in &runs {
+        wait_for(&lab, run, "completed", Duration::from_secs(60));
+    }
+    stop(a);
+    stop(b);
+    let calls = |model: &str| -> Vec<Instant> {
+        let mut at: Vec<Instant> = lab
+            .requests("POST", CHAT)
+            .into_iter()
+            .filter(|r| r.body["model"] == model)
+            .map(|r| r.received)
+            .collect();
+        at.sort();
+        at
+    };
+    let gaps = |at: &[Instant]| -> Vec<f64> {
+        at.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect()
+    };
+    let paced = calls("gpt-4o");
+    assert_eq!(paced.len(), 8);
+    let paced_gaps = gaps(&paced);
+    // 0.5 s apart, less the server's and the clock's jitter.
+    assert!(
+        paced_gaps.iter().all(|&g| g >= 0.45),
+        "rpm 120 across the workers: starts {paced_gaps:?} s apart"
+    );
+    let single = calls("gpt-4.1");
+    assert_eq!(single.len(), 8);
+    let single_gaps = gaps(&single);
+    // Each call starts after the one before it answered (200 ms).
+    assert!(
+        single_gaps.iter().all(|&g| g >= 0.19),
+        "concurrency 1 across the workers: starts {single_gaps:?} s apart"
+    );
+}
+
 /// The tests above that hold on either backend, once on each.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -448,4 +531,5 @@ on_both_backends!(
     a_gate_timeout_fires_under_a_running_worker_without_resume,
     two_workers_never_drive_one_run_twice,
     a_stopped_worker_leaves_its_run_interrupted_for_another_worker,
+    model_limits_hold_across_workers,
 );

@@ -143,9 +143,12 @@ impl Slot {
                 return self.fail(&lease, spend, "the run has no stored program".into());
             }
             Err(Failure::Usage(m)) => return self.fail(&lease, spend, m),
+            // The lease is kept until it expires: the run is tried again
+            // then, not claimed again at once while the store fails.
             Err(_) => {
-                eprintln!("worker: run {id}: the run store failed; released");
-                let _ = self.store.release(&lease);
+                eprintln!(
+                    "worker: run {id}: the run store failed; tried again when its lease expires"
+                );
                 return;
             }
         };
@@ -175,8 +178,7 @@ impl Slot {
             // with the reason, for a person to fix and `flowc resume`.
             Err(Failure::Usage(m)) => self.fail(&lease, spend, m),
             Err(Failure::Store(e)) => {
-                eprintln!("worker: run {id}: {e}; released");
-                let _ = self.store.release(&lease);
+                eprintln!("worker: run {id}: {e}; tried again when its lease expires");
             }
             Err(Failure::Leased(m)) => eprintln!("worker: run {id}: {m}"),
         }

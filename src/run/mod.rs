@@ -146,6 +146,11 @@ pub struct RunOptions {
     /// worker`: one signal stops every run in flight, including one that
     /// started after the signal came).
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// After a store failure, keep the lease until it expires instead of
+    /// releasing it (`flowc worker`): the run is tried again a lease's
+    /// lifetime later, not claimed again at once in a loop while the store
+    /// keeps failing.
+    pub hold_lease_on_store_failure: bool,
     /// Export the trace over OTLP too (see [`otel`]).
     pub otlp: Option<otel::OtlpSettings>,
 }
@@ -178,6 +183,7 @@ impl Default for RunOptions {
             durable: None,
             interruptible: false,
             stop: None,
+            hold_lease_on_store_failure: false,
             otlp: None,
         }
     }
@@ -346,6 +352,7 @@ pub fn run(
         .build()
         .map_err(|e| SetupError::Start(format!("cannot start the runtime: {e}")))?;
     let interruptible = options.interruptible;
+    let hold_lease = options.hold_lease_on_store_failure;
     let stop = options.stop.take();
     let result = rt.block_on(async {
         let flow = runtime.run_flow(id, values, None, Some(span.id), FramePath::root());
@@ -471,6 +478,7 @@ pub fn run(
             // A lost lease is no longer ours to release; a failing store
             // gets one try to let the run go.
             Outcome::Store(crate::store::StoreError::LeaseLost(_)) => Ok(()),
+            Outcome::Store(_) if hold_lease => Ok(()),
             Outcome::Store(_) => store.release(&d.lease),
             _ => store.finish_run(
                 &d.lease,

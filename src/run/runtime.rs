@@ -297,6 +297,86 @@ pub struct ModelGate {
     pub next: Cell<Option<Instant>>,
 }
 
+/// One of a model's `concurrency` slots shared through the run store, given
+/// back when dropped (the call ended, or was cancelled).
+pub struct SharedSlot<'a> {
+    store: &'a RefCell<crate::store::Store>,
+    key: String,
+    slot: String,
+}
+
+impl Drop for SharedSlot<'_> {
+    fn drop(&mut self) {
+        // A slot that cannot be given back frees itself at its expiry.
+        let _ = self.store.borrow().free_slot(&self.key, &self.slot);
+    }
+}
+
+impl Runtime<'_> {
+    /// What a model's shared limits are kept under: its provider and the
+    /// provider's name for it (what the provider's own limits apply to), so
+    /// every program declaring that model shares them.
+    fn limit_key(&self, model: ModelId) -> String {
+        let m = &self.program.models[model.index()];
+        format!(
+            "{}/{}",
+            self.program.providers[m.provider.index()].name,
+            m.model_id
+        )
+    }
+
+    /// Waits until this model may start another call under its `rpm`: for a
+    /// durable run, counting every process on the run store (one store
+    /// round trip per call); otherwise across this run.
+    pub(crate) async fn wait_turn(&self, model: ModelId) -> Result<(), crate::store::StoreError> {
+        let Some(gate) = self.model_gates.get(&model) else {
+            return Ok(());
+        };
+        let (Some(d), Some(spacing)) = (&self.durable, gate.spacing) else {
+            gate.wait_turn().await;
+            return Ok(());
+        };
+        let start = d
+            .store
+            .borrow()
+            .rate_turn(&self.limit_key(model), spacing.as_secs_f64())?;
+        let wait = start - crate::store::now();
+        if wait > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        }
+        Ok(())
+    }
+
+    /// For a durable run, one of the model's `concurrency` slots across
+    /// every process on the run store, waited for (looking every 20 ms);
+    /// held until dropped, or until `hold` passes if this process dies.
+    pub(crate) async fn shared_slot(
+        &self,
+        model: ModelId,
+        hold: Duration,
+    ) -> Result<Option<SharedSlot<'_>>, crate::store::StoreError> {
+        let (Some(d), Some(limit)) = (
+            &self.durable,
+            self.program.models[model.index()].concurrency,
+        ) else {
+            return Ok(None);
+        };
+        let key = self.limit_key(model);
+        loop {
+            let until = crate::store::now() + hold.as_secs_f64();
+            let taken = d.store.borrow().take_slot(&key, limit.max(1), until)?;
+            if let Some(slot) = taken {
+                return Ok(Some(SharedSlot {
+                    store: &d.store,
+                    key,
+                    slot,
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 impl ModelGate {
     pub fn new(model: &crate::exec::Model) -> ModelGate {
         ModelGate {

@@ -258,6 +258,17 @@ pub trait Backend: Send {
     /// owner's lease expired. Oldest first; `None` when there is no work.
     /// The run is marked `running`.
     fn claim(&self, owner: &str, ttl: Duration) -> Result<Option<(RunRecord, Lease)>>;
+    /// A model's shared `rpm`: the moment (seconds since the Unix epoch)
+    /// the next call to `key` may start, every process on this store
+    /// counted. Taken atomically: the call after this one may start
+    /// `spacing` seconds later.
+    fn rate_turn(&self, key: &str, spacing: f64) -> Result<f64>;
+    /// A model's shared `concurrency`: one of `limit` slots for `key`, held
+    /// until freed or until `until` (a crashed holder's slot frees itself
+    /// then); `None` when all are taken.
+    fn take_slot(&self, key: &str, limit: u64, until: f64) -> Result<Option<String>>;
+    /// Gives a slot back.
+    fn free_slot(&self, key: &str, slot: &str) -> Result<()>;
 }
 
 /// A run store, whichever backend holds it.

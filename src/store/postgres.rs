@@ -116,6 +116,15 @@ CREATE TABLE programs (
 );
 CREATE INDEX runs_status ON runs (status);
 "#,
+    r#"
+CREATE TABLE model_rates (key TEXT PRIMARY KEY, next_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE model_slots (
+    key TEXT NOT NULL,
+    slot TEXT NOT NULL,
+    until DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (key, slot)
+);
+"#,
 ];
 
 /// An arbitrary constant: the advisory lock that serializes migrations.
@@ -818,6 +827,62 @@ impl Backend for PostgresStore {
                 ttl,
             };
             Ok(Some((record, lease)))
+        })
+    }
+
+    /// One statement: the row's lock orders processes taking turns at once.
+    fn rate_turn(&self, key: &str, spacing: f64) -> Result<f64> {
+        let key = key.to_string();
+        self.call(move |c| {
+            let rows = c.query(
+                "INSERT INTO model_rates (key, next_at) VALUES ($1, $2::float8 + $3::float8)
+                 ON CONFLICT (key) DO UPDATE SET next_at = GREATEST(model_rates.next_at, $2::float8) + $3::float8
+                 RETURNING next_at - $3::float8",
+                &[&key, &now(), &spacing],
+            )?;
+            match rows.first() {
+                Some(r) => Ok(r.try_get(0)?),
+                None => Err(StoreError::Failed("no turn was taken".into())),
+            }
+        })
+    }
+
+    /// Under a transaction-scoped advisory lock on the key, so two
+    /// processes never both take the last slot.
+    fn take_slot(&self, key: &str, limit: u64, until: f64) -> Result<Option<String>> {
+        let key = key.to_string();
+        self.call(move |c| {
+            let mut tx = c.client.transaction()?;
+            tx.query("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])?;
+            tx.execute(
+                "DELETE FROM model_slots WHERE key = $1 AND until < $2",
+                &[&key, &now()],
+            )?;
+            let held: i64 = tx
+                .query_one("SELECT count(*) FROM model_slots WHERE key = $1", &[&key])?
+                .try_get(0)?;
+            if held as u64 >= limit {
+                tx.commit()?;
+                return Ok(None);
+            }
+            let slot = crate::run::new_run_id();
+            tx.execute(
+                "INSERT INTO model_slots (key, slot, until) VALUES ($1, $2, $3)",
+                &[&key, &slot, &until],
+            )?;
+            tx.commit()?;
+            Ok(Some(slot))
+        })
+    }
+
+    fn free_slot(&self, key: &str, slot: &str) -> Result<()> {
+        let (key, slot) = (key.to_string(), slot.to_string());
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM model_slots WHERE key = $1 AND slot = $2",
+                &[&key, &slot],
+            )?;
+            Ok(())
         })
     }
 

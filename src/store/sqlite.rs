@@ -112,6 +112,15 @@ CREATE TABLE programs (
 ) WITHOUT ROWID;
 CREATE INDEX runs_status ON runs (status);
 "#,
+    r#"
+CREATE TABLE model_rates (key TEXT PRIMARY KEY, next_at REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE model_slots (
+    key TEXT NOT NULL,
+    slot TEXT NOT NULL,
+    until REAL NOT NULL,
+    PRIMARY KEY (key, slot)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -617,6 +626,58 @@ impl Backend for SqliteStore {
             };
             Ok(Some((record, lease)))
         })
+    }
+
+    fn rate_turn(&self, key: &str, spacing: f64) -> Result<f64> {
+        in_write_tx(&self.conn, |tx| {
+            let at = now();
+            let next: Option<f64> = tx
+                .query_row(
+                    "SELECT next_at FROM model_rates WHERE key = ?1",
+                    [key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let start = next.map_or(at, |n| n.max(at));
+            tx.execute(
+                "INSERT OR REPLACE INTO model_rates (key, next_at) VALUES (?1, ?2)",
+                params![key, start + spacing],
+            )?;
+            Ok(start)
+        })
+    }
+
+    fn take_slot(&self, key: &str, limit: u64, until: f64) -> Result<Option<String>> {
+        in_write_tx(&self.conn, |tx| {
+            tx.execute(
+                "DELETE FROM model_slots WHERE key = ?1 AND until < ?2",
+                params![key, now()],
+            )?;
+            let held: i64 = tx.query_row(
+                "SELECT count(*) FROM model_slots WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )?;
+            if held as u64 >= limit {
+                return Ok(None);
+            }
+            let slot = crate::run::new_run_id();
+            tx.execute(
+                "INSERT INTO model_slots (key, slot, until) VALUES (?1, ?2, ?3)",
+                params![key, slot, until],
+            )?;
+            Ok(Some(slot))
+        })
+    }
+
+    fn free_slot(&self, key: &str, slot: &str) -> Result<()> {
+        retry(|| {
+            self.conn.execute(
+                "DELETE FROM model_slots WHERE key = ?1 AND slot = ?2",
+                [key, slot],
+            )
+        })?;
+        Ok(())
     }
 
     /// Gates of one run (or of every run), oldest first.

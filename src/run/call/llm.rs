@@ -274,9 +274,16 @@ impl Runtime<'_> {
                 Some(p) => Some(p.acquire().await),
                 None => None,
             };
-            if let Some(g) = gate {
-                g.wait_turn().await;
-            }
+            let store_failed = |e| match &self.durable {
+                Some(d) => self.fail(cx, n, attempt, FailureClass::Store, d.store_failed(e)),
+                None => self.fail(cx, n, attempt, FailureClass::Store, e.to_string()),
+            };
+            // Held past the call's timeout only if this process dies.
+            let _shared = self
+                .shared_slot(model_id, timeout + Duration::from_secs(5))
+                .await
+                .map_err(store_failed)?;
+            self.wait_turn(model_id).await.map_err(store_failed)?;
             let _permit = self.permits.acquire().await;
             let traceparent = self.trace.traceparent(span.id);
             self.answer(model_id, request, timeout, traceparent).await
