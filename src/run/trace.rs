@@ -315,9 +315,34 @@ pub fn root_span(path: &std::path::Path) -> Option<SpanId> {
 
 /// Renders a trace file as an indented tree with timings and cost.
 pub fn render_tree(events: &[Value]) -> String {
-    use std::collections::BTreeMap;
-    let mut children: BTreeMap<Option<u64>, Vec<&Value>> = BTreeMap::new();
+    use std::borrow::Cow;
+    use std::collections::{BTreeMap, HashMap};
+    // A span written twice under one id is shown once, over the time of
+    // both: the root of a run whose first process was killed after writing
+    // it and before the store recorded so, which the resume writes again.
+    let mut spans: Vec<Cow<'_, Value>> = Vec::with_capacity(events.len());
+    let mut seen: HashMap<u64, usize> = HashMap::new();
     for e in events {
+        let id = e["id"].as_u64().filter(|_| e.get("start_ms").is_some());
+        match id.and_then(|id| seen.get(&id).copied()) {
+            Some(i) => {
+                let first = spans[i]["start_ms"].as_f64();
+                let mut later = e.clone();
+                if let (Some(a), Some(b)) = (first, e["start_ms"].as_f64()) {
+                    later["start_ms"] = serde_json::json!(a.min(b));
+                }
+                spans[i] = Cow::Owned(later);
+            }
+            None => {
+                if let Some(id) = id {
+                    seen.insert(id, spans.len());
+                }
+                spans.push(Cow::Borrowed(e));
+            }
+        }
+    }
+    let mut children: BTreeMap<Option<u64>, Vec<&Value>> = BTreeMap::new();
+    for e in &spans {
         children.entry(e["parent"].as_u64()).or_default().push(e);
     }
     for list in children.values_mut() {
@@ -434,5 +459,19 @@ mod tests {
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_span_written_twice_is_shown_once_over_both_times() {
+        let events = [
+            json!({"id": 1, "parent": null, "kind": "run", "name": "f", "start_ms": 10.0, "end_ms": 20.0, "status": "interrupted"}),
+            json!({"id": 2, "parent": 1, "kind": "step", "name": "a", "start_ms": 11.0, "end_ms": 12.0, "status": "ok"}),
+            json!({"id": 1, "parent": null, "kind": "run", "name": "f", "start_ms": 30.0, "end_ms": 45.0, "status": "completed"}),
+            json!({"id": 3, "parent": 1, "kind": "step", "name": "b", "start_ms": 31.0, "end_ms": 33.0, "status": "ok"}),
+        ];
+        assert_eq!(
+            render_tree(&events),
+            "run f  35.0 ms  [completed]\n  step a  1.0 ms  [ok]\n  step b  2.0 ms  [ok]\n"
+        );
     }
 }
