@@ -12,7 +12,7 @@
 //!   and another worker completes it;
 //! - a malformed stored program fails its run with the reason; an
 //!   unreachable store stops the worker with exit status 6;
-//! - chaos, reduced to fit the suite: 3 workers on PostgreSQL (30 runs) and
+//! - chaos, reduced to fit the suite: 4 workers on PostgreSQL (40 runs) and
 //!   2 on SQLite (20 runs) killed with SIGKILL at random and restarted.
 
 use std::collections::BTreeMap;
@@ -423,7 +423,7 @@ fn killed_workers_lose_no_run_and_repeat_no_effect(backend: Backend, workers: us
 
 #[test]
 fn killed_workers_on_postgres_lose_no_run_and_repeat_no_effect() {
-    killed_workers_lose_no_run_and_repeat_no_effect(Backend::Postgres, 3, 30);
+    killed_workers_lose_no_run_and_repeat_no_effect(Backend::Postgres, 4, 40);
 }
 
 #[test]
