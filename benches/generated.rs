@@ -142,3 +142,32 @@ pub fn chain_source(steps: usize, shared_resource: bool) -> String {
     let _ = writeln!(s, "}}");
     s
 }
+
+/// A GitHub Actions workflow of `jobs` jobs in a chain: each `needs` the
+/// one before and reads its output, as a flow's steps read the step before.
+/// 11 lines a job and 3 of header: 1,000 jobs are 11,002 lines. The
+/// comparison with actionlint (`benches/actionlint.rs`) checks it.
+#[allow(dead_code)]
+pub fn workflow_source(jobs: usize) -> String {
+    let mut s = String::from("name: chain\non: push\njobs:\n");
+    for j in 0..jobs {
+        let _ = writeln!(s, "  j{j}:");
+        if j > 0 {
+            let _ = writeln!(s, "    needs: j{}", j - 1);
+        }
+        let _ = writeln!(s, "    runs-on: ubuntu-latest");
+        let _ = writeln!(s, "    outputs:");
+        let _ = writeln!(s, "      v: ${{{{ steps.s.outputs.v }}}}");
+        let _ = writeln!(s, "    steps:");
+        let _ = writeln!(s, "      - id: s");
+        let _ = writeln!(s, "        env:");
+        if j > 0 {
+            let _ = writeln!(s, "          PREV: ${{{{ needs.j{}.outputs.v }}}}", j - 1);
+        } else {
+            let _ = writeln!(s, "          PREV: start");
+        }
+        let _ = writeln!(s, "        run: echo \"v=$PREV-{j}\" >> \"$GITHUB_OUTPUT\"");
+        let _ = writeln!(s, "      - run: echo done");
+    }
+    s
+}
