@@ -35,6 +35,10 @@ mod suggest;
 pub mod syntax;
 pub mod types;
 
+// pest's derive without its `std` feature (see Cargo.toml) names
+// `crate::alloc`.
+extern crate alloc;
+
 pub mod grammar {
     //! The pest grammar, `grammar/flow.pest`.
     #[derive(pest_derive::Parser)]
