@@ -2109,7 +2109,8 @@ fn a_model_call_cut_short_by_kill_9_stays_counted_after_the_resume() {
     );
 }
 
-/// The tests above that hold on either backend, once on each.
+/// The tests above that hold on either backend, once on each (the worker
+/// tests use it too).
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -2120,6 +2121,7 @@ macro_rules! on_both_backends {
         }
     };
 }
+pub(crate) use on_both_backends;
 
 on_both_backends!(
     a_paused_run_exits_4_shows_in_the_inbox_and_resumes_after_flowc_approve,

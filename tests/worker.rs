@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::durable::{
-    assert_each_once, finished, is_run_id, items, scored, signal, slow_output, wait_for_executions,
-    Backend, Lab, Out, CRASH_FLOW, FEW, SLOW_FLOW,
+    assert_each_once, finished, is_run_id, items, on_both_backends, scored, signal, slow_output,
+    wait_for_executions, Backend, Lab, Out, CRASH_FLOW, FEW, SLOW_FLOW,
 };
 use crate::support::mock_server::CHAT;
 
@@ -514,18 +514,7 @@ fn model_limits_hold_across_workers(backend: Backend) {
     );
 }
 
-/// The tests above that hold on either backend, once on each.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
-            $(#[test] fn $name() { super::$name(super::Backend::Sqlite) })*
-        }
-        mod on_postgres {
-            $(#[test] fn $name() { super::$name(super::Backend::Postgres) })*
-        }
-    };
-}
-
+// Each of the tests above, once on each backend.
 on_both_backends!(
     submitted_runs_complete_under_a_worker_and_an_approval_needs_no_resume,
     a_gate_timeout_fires_under_a_running_worker_without_resume,
