@@ -124,28 +124,7 @@ fn checked(c: Compilation) -> Result<Compilation, i32> {
 
 /// The flow to run: `--flow`, or the one flow the root file declares.
 fn choose_flow(c: &Compilation, file: &Path, asked: Option<String>) -> Result<String, String> {
-    let Some(checked) = &c.program else {
-        return Err("the program has errors".into());
-    };
-    let root = c.roots.first().cloned().unwrap_or_default();
-    let in_root: Vec<&str> = checked
-        .program()
-        .flows
-        .iter()
-        .filter(|f| c.sources.get(f.span.file).name == root)
-        .filter(|f| !f.judge)
-        .map(|f| f.name.as_str())
-        .collect();
-    match (asked, in_root.as_slice()) {
-        (Some(f), _) => Ok(f),
-        (None, [only]) => Ok(only.to_string()),
-        (None, []) => Err(format!("{} declares no flow", file.display())),
-        (None, many) => Err(format!(
-            "{} declares several flows ({}); choose one with --flow",
-            file.display(),
-            many.join(", ")
-        )),
-    }
+    flowc::submit::choose_flow(c, &file.display().to_string(), asked)
 }
 
 /// `--input`: a JSON object, or `@FILE` holding one.
@@ -990,35 +969,18 @@ fn submit(
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let Some(program) = &c.program else {
-        return Ok(1);
-    };
     let flow = choose_flow(&c, file, flow)?;
     let input = match &input {
         Some(text) => parse_input(text)?,
         None => Value::Null,
     };
-    run::check_input(program, &flow, &input).map_err(|e| e.to_string())?;
     let store = open_store(store_path)?;
-    let id = run::new_run_id();
-    let mut record = store::RunRecord::starting(
-        id.clone(),
-        path.display().to_string(),
-        flow,
-        run::fingerprint::fingerprint(&c.sources, &c.modules),
-        input,
-        PathBuf::from(".flowc/runs")
-            .join(&id)
-            .join("trace.jsonl")
-            .display()
-            .to_string(),
-        None,
-    );
-    record.status = run::status::RunStatus::Queued.as_str().into();
-    // The trace's root span id, chosen now: whichever worker drives the run
-    // first writes the root under it, and later ones hang under it.
-    record.root_span = Some(run::trace::root_span_id());
-    store.submit_run(&record, &snapshot.to_json())?;
+    let record = match flowc::submit::submit(&store, &c, &snapshot, flow, input) {
+        Ok(record) => record,
+        Err(flowc::submit::SubmitError::Invalid(m)) => return Err(m.into()),
+        Err(flowc::submit::SubmitError::Store(e)) => return Err(e.into()),
+    };
+    let id = &record.id;
     out!("{id}");
     if !style::quiet() {
         eprintln!(
@@ -1114,23 +1076,15 @@ fn approve(
             let Some(checked) = &c.program else {
                 return Ok(1);
             };
-            let program = checked.program();
-            let ty = program
-                .flows
-                .iter()
-                .filter(|f| f.name == g.flow)
-                .flat_map(|f| f.graph.node_weights())
-                .find(|s| matches!(&s.kind, flowc::ir::StepKind::Approve { gate: name, .. } if *name == g.gate))
-                .map(|s| s.ty.clone())
-                .ok_or_else(|| format!("flow `{}` no longer has gate `{}`", g.flow, g.gate))?;
-            let validators = run::validate::Validators::default();
-            if let Err(errors) = validators.check(&program.types, &ty, &value) {
-                eprintln!(
-                    "error: the edited value does not type-check against `{}`:\n  {}",
-                    program.types.display(&ty),
-                    errors.join("\n  ")
-                );
-                return Ok(1);
+            if let Err(e) = flowc::decision::check_edit(checked.program(), &g.flow, &g.gate, &value)
+            {
+                match e {
+                    flowc::decision::EditError::NoGate { .. } => return Err(e.to_string().into()),
+                    flowc::decision::EditError::Invalid { .. } => {
+                        eprintln!("error: {e}");
+                        return Ok(1);
+                    }
+                }
             }
             Some(value)
         }

@@ -146,6 +146,26 @@ enum Command {
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
         concurrency: u16,
     },
+    /// Serve the run store over HTTP: a JSON API (start runs, list them,
+    /// their steps, trace and spend, the inbox, decisions) and a web inbox
+    /// for reviewers (docs/team.md). Drives no run: workers do.
+    ///
+    /// Exit status: 0 stopped by SIGINT/SIGTERM, 2 refused to start (bad
+    /// options or token file, a non-loopback address without tokens, an
+    /// address that cannot be bound), 6 the run store cannot be opened.
+    Serve {
+        /// The run store the workers share.
+        #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
+        store: PathBuf,
+        /// Where to listen (IP:PORT; port 0 picks a free one). Any address
+        /// but a loopback one needs tokens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// The reviewers' tokens (JSON; docs/team.md). Without it,
+        /// FLOWC_SERVE_TOKENS may hold the same JSON.
+        #[arg(long, value_name = "FILE")]
+        tokens: Option<PathBuf>,
+    },
     /// Continue a run that crashed, was killed, or waited for an approval.
     /// No completed step runs again; no model is called again for one.
     Resume {
@@ -492,6 +512,18 @@ fn main() {
             poll,
             concurrency,
         } => cli::worker::run(&store, poll, usize::from(concurrency)),
+        Command::Serve {
+            store,
+            listen,
+            tokens,
+        } => execute::durability().and_then(|durability| {
+            flowc::serve::run(flowc::serve::Options {
+                store,
+                listen,
+                tokens,
+                durability,
+            })
+        }),
         Command::Resume {
             run,
             approve,

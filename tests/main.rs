@@ -29,6 +29,7 @@ mod robustness;
 mod run_faults;
 mod runtime;
 mod sealed;
+mod serve;
 mod stats;
 mod store;
 mod tidy;

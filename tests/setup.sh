@@ -82,10 +82,19 @@ need_patch_neovim() { apt_install patch neovim; }
 # needs to be running.
 need_postgresql() { apt_install postgresql; }
 
+# The web inbox's browser test (tests/serve.rs, tests/browser/inbox.mjs):
+# Debian's Chromium, driven headless by `playwright-core` (the library only:
+# it downloads no browser of its own) from target/test-tools/playwright.
+need_chromium_playwright() {
+  apt_install chromium
+  npm_install playwright playwright-core
+}
+
 need_graphviz_vim
 need_patch_neovim
 need_mcp_everything
 need_prism_github
 need_otlp_receiver
 need_postgresql
+need_chromium_playwright
 echo "setup: done (tools in $tools)"

@@ -41,7 +41,9 @@ pub fn run(store_path: &Path, poll: Duration, concurrency: usize) -> Result<i32,
     let (stop, stopped) = watch::channel(false);
     // The signal handlers are in place before the first claim, so a signal
     // never kills a run mid-step.
-    let signal = rt.block_on(async { signals() })?;
+    let signal = rt
+        .block_on(async { run::stop_signals() })
+        .map_err(|e| format!("cannot handle signals: {e}"))?;
     let slots: Vec<_> = stores
         .into_iter()
         .enumerate()
@@ -70,27 +72,6 @@ pub fn run(store_path: &Path, poll: Duration, concurrency: usize) -> Result<i32,
         let _ = slot.join();
     }
     Ok(0)
-}
-
-/// Installs the SIGINT and SIGTERM handlers at once (inside the runtime),
-/// and returns what resolves at the first of them.
-#[cfg(unix)]
-fn signals() -> Result<impl std::future::Future<Output = ()>, String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let cannot = |e: std::io::Error| format!("cannot handle signals: {e}");
-    let mut int = signal(SignalKind::interrupt()).map_err(cannot)?;
-    let mut term = signal(SignalKind::terminate()).map_err(cannot)?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    })
-}
-
-#[cfg(not(unix))]
-fn signals() -> Result<impl std::future::Future<Output = ()>, String> {
-    Ok(run::stop_signal())
 }
 
 /// One run at a time, claimed from the store.

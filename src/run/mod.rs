@@ -571,6 +571,27 @@ pub fn trace_failed_message(error: &str, stood: RunStatus) -> String {
     )
 }
 
+/// Installs the SIGINT and SIGTERM handlers now (inside a tokio runtime)
+/// and returns what resolves at the first of them: a process that says it
+/// is ready after calling this never dies of a signal it meant to handle.
+#[cfg(unix)]
+pub fn stop_signals() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+#[cfg(not(unix))]
+pub fn stop_signals() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(stop_signal())
+}
+
 /// Resolves at the first SIGINT or SIGTERM.
 pub async fn stop_signal() {
     #[cfg(unix)]
@@ -598,7 +619,7 @@ pub async fn stop_signal() {
 /// The values of every environment variable the program reads: API keys,
 /// base URLs, tools' `env.` values (templates, `query` and `body`) and MCP
 /// servers' commands and environments. None may reach a trace.
-fn secret_values(program: &exec::Program, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+pub fn secret_values(program: &exec::Program, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for p in &program.providers {
         names.extend(p.api_key_env.iter().cloned());
