@@ -771,3 +771,116 @@ fn serve_refuses_to_start_without_what_it_needs() {
     let serve = Serve::on(&lab, "0.0.0.0:0", &["--tokens", "tokens.json"]);
     serve.stop();
 }
+
+/// Where tests/setup.sh installs playwright-core.
+fn playwright_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-tools/playwright")
+}
+
+#[test]
+fn the_web_inbox_works_in_a_real_browser() {
+    let chromium = std::path::Path::new("/usr/bin/chromium");
+    let playwright = playwright_dir();
+    assert!(
+        chromium.exists() && playwright.join("node_modules/playwright-core").exists(),
+        "the browser test needs Debian's chromium and playwright-core: run `bash tests/setup.sh`"
+    );
+    let lab = refund_lab(Backend::Sqlite, "serve-browser");
+    let worker = spawn(&lab, &["worker", "--poll", "100ms"]);
+    let serve = Serve::start(&lab, &["--tokens", "tokens.json"]);
+    let runs: Vec<String> = ["A-1", "A-2", "A-3"]
+        .iter()
+        .map(|order| {
+            let input = format!(r#"{{"order": "{order}"}}"#);
+            let out = lab
+                .command(&["submit", "prog.flow", "--input", &input])
+                .output()
+                .expect("submit");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    for run in &runs {
+        wait_for(&lab, run, "waiting");
+    }
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/inbox.mjs");
+    let out = std::process::Command::new("node")
+        .arg(&script)
+        .env("BASE", &serve.base)
+        .env("TOKEN", ALICE)
+        .env("RUN_APPROVE", &runs[0])
+        .env("RUN_REJECT", &runs[1])
+        .env("RUN_EDIT", &runs[2])
+        .env("SHOTS", &shots)
+        .env("PLAYWRIGHT", &playwright)
+        .env("CANARY", CANARY)
+        .stdin(Stdio::null())
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("a JSON summary");
+    eprintln!("browser: {summary}");
+    assert!(
+        summary["inline_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("/amount:")),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["kept_value"], "-5",
+        "the refused value stays in its field"
+    );
+    assert!(summary["proposed"]
+        .as_str()
+        .is_some_and(|p| p.contains("refund(order: r.order, amount: r.amount)")));
+
+    // The outcomes, in the store and at the tool server.
+    let done = wait_for(&lab, &runs[0], "completed");
+    assert_eq!(done.output, Some(json!({"id": "R-A-1-49.0"})));
+    wait_for(&lab, &runs[1], "rejected");
+    let edited = wait_for(&lab, &runs[2], "completed");
+    assert_eq!(edited.output, Some(json!({"id": "R-A-3-10"})));
+    let store = lab.open_store();
+    let gate = |run: &str| store.gates(Some(run)).expect("gates").remove(0);
+    assert_eq!(gate(&runs[0]).decided_by.as_deref(), Some("alice"));
+    let rejected = gate(&runs[1]);
+    assert_eq!(
+        (rejected.decided_by.as_deref(), rejected.reason.as_deref()),
+        (Some("alice"), Some("duplicate claim"))
+    );
+    let g = gate(&runs[2]);
+    assert_eq!(g.decided_by.as_deref(), Some("alice"));
+    assert_eq!(
+        g.value,
+        Some(
+            json!({"order": "A-3", "amount": 10, "reason": "partial refund agreed with the customer", "kind": "partial"})
+        )
+    );
+    assert_eq!(
+        lab.server.hits("/tools/refund"),
+        2,
+        "refunds for the approved and the edited run only"
+    );
+    for shot in ["inbox.png", "inbox-edit-refused.png", "run.png"] {
+        let bytes = std::fs::read(shots.join(shot)).unwrap_or_else(|e| panic!("{shot}: {e}"));
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+            "{shot} is a screenshot"
+        );
+    }
+    serve.stop();
+    signal(&worker, "TERM");
+    let _ = finished(worker);
+}

@@ -115,13 +115,10 @@ pub(super) fn read(form: &Form, params: &HashMap<String, String>) -> Result<Valu
         }
         let parsed: Result<Value, String> = match &f.input {
             Input::Text => Ok(Value::String(raw.to_string())),
-            Input::Number => raw
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .and_then(Number::from_f64)
+            // As written: `10` stays an integer, as the person typed it.
+            Input::Number => serde_json::from_str::<Number>(raw.trim())
                 .map(Value::Number)
-                .ok_or_else(|| format!("`{raw}` is not a number")),
+                .map_err(|_| format!("`{raw}` is not a number")),
             Input::Int => raw
                 .trim()
                 .parse::<i64>()

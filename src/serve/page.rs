@@ -263,12 +263,16 @@ async fn render_inbox(
 }
 
 fn ago(at: f64) -> String {
-    let s = (crate::store::now() - at).max(0.0);
-    match s {
-        s if s < 120.0 => format!("{s:.0}s ago"),
-        s if s < 7200.0 => format!("{:.0} min ago", s / 60.0),
-        s if s < 172_800.0 => format!("{:.0} h ago", s / 3600.0),
-        s => format!("{:.0} days ago", s / 86400.0),
+    format!("{} ago", span(crate::store::now() - at))
+}
+
+/// A length of time for people: `40s`, `12 min`, `5 h`, `3 days`.
+fn span(seconds: f64) -> String {
+    match seconds.max(0.0) {
+        s if s < 120.0 => format!("{s:.0}s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s if s < 172_800.0 => format!("{:.0} h", s / 3600.0),
+        s => format!("{:.0} days", s / 86400.0),
     }
 }
 
@@ -277,9 +281,9 @@ fn card_html(c: &Card, refusal: Option<&Refusal>) -> String {
     let info = c.info();
     let timeout = match g.timeout_at {
         Some(t) if t > crate::store::now() => format!(
-            " · {} on timeout in {:.0} min",
+            " · {} on timeout in {}",
             g.on_timeout,
-            (t - crate::store::now()) / 60.0
+            span(t - crate::store::now())
         ),
         Some(_) => format!(" · timed out: {} when a worker next looks", g.on_timeout),
         None => String::new(),
@@ -296,7 +300,8 @@ fn card_html(c: &Card, refusal: Option<&Refusal>) -> String {
         escape(&g.run_id),
         ago(g.created_at),
         escape(&timeout),
-        if g.key != g.gate { format!(" · at <code>{}</code>", escape(&g.key)) } else { String::new() },
+        // Only where the gate is one of several (loop iterations, branches).
+        if g.key.contains(['[', '/']) { format!(" · at <code>{}</code>", escape(&g.key)) } else { String::new() },
     );
     if let Some(info) = info.filter(|i| !i.proposed.is_empty()) {
         out.push_str("<h3>Approving lets this run</h3><div class=\"proposed\">");
@@ -346,7 +351,7 @@ fn card_html(c: &Card, refusal: Option<&Refusal>) -> String {
     let reject = mine("reject");
     out.push_str(&format!(
         "<form method=\"post\" action=\"/inbox/decide\" class=\"reject-form\">{hidden}\
-         <div><input type=\"text\" name=\"reason\" placeholder=\"Why reject?\" aria-label=\"reason\" value=\"{}\">{}</div>\
+         <div><input type=\"text\" name=\"reason\" placeholder=\"Why reject?\" aria-label=\"reason for rejecting\" value=\"{}\">{}</div>\
          <button class=\"reject\" name=\"action\" value=\"reject\">Reject</button></form>",
         escape(reject.and_then(|r| r.entered.get("reason")).map_or("", String::as_str)),
         reject
@@ -673,7 +678,11 @@ fn run_html(v: &RunView, trace: Result<Vec<Value>, String>) -> String {
             let doc = view::gate_json(g);
             out.push_str(&format!(
                 "<h3>{} <span class=\"status {}\">{}</span></h3><p class=\"meta\">{}{}</p>",
-                escape(&g.key),
+                escape(&if g.key.contains(['[', '/']) {
+                    format!("{} at {}", g.gate, g.key)
+                } else {
+                    g.gate.clone()
+                }),
                 escape(&g.status),
                 escape(&g.status),
                 match (&g.decided_by, g.decided_at) {
