@@ -78,8 +78,8 @@ flow refund_order(order: string) -> { id: string } {
 "#;
 
 /// A lab whose tool server answers `lookup` with an amount per order and a
-/// reason that quotes the `Authorization` header it received (a careless
-/// service echoing a credential), and `refund` with an id.
+/// reason that, for orders ending in 2, quotes the `Authorization` header it
+/// received (a careless service echoing a credential), and `refund` with an id.
 pub(crate) fn refund_lab(backend: Backend, name: &str) -> Lab {
     let lab = Lab::on(backend, name, REFUNDS);
     lab.server.always(
@@ -91,12 +91,19 @@ pub(crate) fn refund_lab(backend: Backend, name: &str) -> Lab {
                 .and_then(|q| q.strip_prefix("order="))
                 .unwrap_or("?")
                 .to_string();
-            let auth = r.header("authorization").unwrap_or("").to_string();
+            // One order's service quotes the credential it was sent.
+            let auth = match order.ends_with('2') {
+                true => format!(
+                    " (checked with {})",
+                    r.header("authorization").unwrap_or("")
+                ),
+                false => String::new(),
+            };
             let amount = 40.0 + order.bytes().last().map_or(0.0, |b| f64::from(b % 10));
             Reply::ok(json!({
                 "order": order,
                 "amount": amount,
-                "reason": format!("parcel damaged in transit (checked with {auth})"),
+                "reason": format!("parcel damaged in transit{auth}"),
                 "kind": "full",
             }))
         }),
@@ -389,7 +396,7 @@ fn the_api_starts_runs_for_workers_and_records_each_decision(backend: Backend) {
         wait_for(&lab, run, "waiting");
     }
     // The leak this test guards against is real: the store holds the canary.
-    let gates = lab.open_store().gates(Some(&a1)).expect("gates");
+    let gates = lab.open_store().gates(Some(&a2)).expect("gates");
     assert!(
         gates[0].show.to_string().contains(CANARY),
         "the tool echoed the canary into the gate"

@@ -96,6 +96,16 @@ fn lit_value(l: &Lit) -> Value {
     }
 }
 
+impl Form {
+    /// The fields' names in declaration order (none for a whole value).
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Form::Fields(fields) => fields.iter().map(|f| f.name.clone()).collect(),
+            Form::Whole => Vec::new(),
+        }
+    }
+}
+
 /// Reads the submitted form back into a value of the gate's type (its
 /// shape; the type's constraints are the validator's to check).
 pub(super) fn read(form: &Form, params: &HashMap<String, String>) -> Result<Value, Problems> {

@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::api::{self, Params};
 use super::auth::{Reviewer, COOKIE};
 use super::form::{self, Problems};
-use super::render::{escape, value};
+use super::render::{escape, value, value_in_order};
 use super::state::{ApiError, App};
 use super::view::{self, Card, RunView, Verdict};
 use crate::exec::dollars;
@@ -88,6 +88,7 @@ button.edit { background: var(--accent); color: #fff; }
 .timeline .track { position: relative; height: .8rem; background: #eef1f6; border-radius: 3px; }
 .timeline .span { position: absolute; top: 0; bottom: 0; background: var(--accent); border-radius: 3px; min-width: 2px; }
 .timeline .span.error { background: var(--bad); }
+.timeline .span.wait { background: #d08b00; }
 meter { width: 12rem; }
 form.filters { display: flex; gap: .6rem; align-items: end; margin-bottom: 1rem; }
 form.filters label { font-size: .85rem; color: var(--muted); }
@@ -320,8 +321,14 @@ fn card_html(c: &Card, refusal: Option<&Refusal>) -> String {
             .unwrap_or_default()
     ));
     let shown: Vec<Value> = g.show.as_array().cloned().unwrap_or_default();
+    let order = info.map_or(Vec::new(), |i| {
+        form::form_for(&c.program.types, &i.ty).names()
+    });
     for v in &shown {
-        out.push_str(&format!("<div class=\"shown\">{}</div>", value(v)));
+        out.push_str(&format!(
+            "<div class=\"shown\">{}</div>",
+            value_in_order(v, &order)
+        ));
     }
     out.push_str(&format!(
         "<details><summary>The run's input</summary>{}</details>",
@@ -695,15 +702,24 @@ fn run_html(v: &RunView, trace: Result<Vec<Value>, String>) -> String {
                     .map(|r| format!(" · reason: {}", escape(r)))
                     .unwrap_or_default()
             ));
+            let order = v.program.gate(&g.flow, &g.gate).map_or(Vec::new(), |i| {
+                form::form_for(&v.program.types, &i.ty).names()
+            });
+            let shown: String = g
+                .show
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| value_in_order(s, &order))
+                .collect();
             out.push_str(&format!(
-                "<details><summary>Shown</summary>{}</details>",
-                value(&g.show)
+                "<details><summary>Shown</summary>{shown}</details>"
             ));
             if !doc["released"].is_null() {
                 out.push_str(&format!(
                     "<details open><summary>Released{}</summary>{}</details>",
                     if g.value.is_some() { " (edited)" } else { "" },
-                    value(&doc["released"])
+                    value_in_order(&doc["released"], &order)
                 ));
             }
         }
@@ -756,42 +772,54 @@ fn run_html(v: &RunView, trace: Result<Vec<Value>, String>) -> String {
 
 /// The trace's spans (steps, calls, flows, agents) on one time axis.
 fn timeline(events: &[Value]) -> String {
+    // Spans, and the gates' point events (waiting, decided) as instants.
     let spans: Vec<&Value> = events
         .iter()
-        .filter(|e| e["start_ms"].is_f64() && e["kind"] != "run")
+        .filter(|e| {
+            (e["start_ms"].is_f64() && e["kind"] != "run")
+                || (e["kind"] == "gate" && e["at_ms"].is_f64())
+        })
         .collect();
     if spans.is_empty() {
         return "<p class=\"none\">No step has ended yet.</p>".into();
     }
+    let begins = |e: &Value| e["start_ms"].as_f64().or(e["at_ms"].as_f64());
+    let ends = |e: &Value| e["end_ms"].as_f64().or(e["at_ms"].as_f64());
     let start = spans
         .iter()
-        .filter_map(|e| e["start_ms"].as_f64())
+        .filter_map(|e| begins(e))
         .fold(f64::MAX, f64::min);
     let end = spans
         .iter()
-        .filter_map(|e| e["end_ms"].as_f64())
+        .filter_map(|e| ends(e))
         .fold(start + 1.0, f64::max);
     let mut sorted = spans.clone();
     sorted.sort_by(|a, b| {
-        a["start_ms"]
-            .as_f64()
-            .partial_cmp(&b["start_ms"].as_f64())
+        begins(a)
+            .partial_cmp(&begins(b))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     let mut out = String::from("<table class=\"timeline\"><thead><tr><th>step</th><th>kind</th><th>status</th><th>ms</th><th class=\"bar\">when</th></tr></thead><tbody>");
     for e in sorted.iter().take(500) {
-        let s = e["start_ms"].as_f64().unwrap_or(start);
-        let t = e["end_ms"].as_f64().unwrap_or(s);
+        let s = begins(e).unwrap_or(start);
+        let t = ends(e).unwrap_or(s);
         let left = (s - start) / (end - start) * 100.0;
         let width = ((t - s) / (end - start) * 100.0).max(0.3);
-        let status = e["status"].as_str().unwrap_or("");
+        let status = e["status"]
+            .as_str()
+            .or(e["decision"].as_str())
+            .unwrap_or("");
         out.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{:.0}</td><td class=\"bar\"><div class=\"track\"><div class=\"span{}\" style=\"left:{left:.2}%;width:{width:.2}%\"></div></div></td></tr>",
             escape(e["name"].as_str().unwrap_or("")),
             escape(e["kind"].as_str().unwrap_or("")),
             escape(status),
             t - s,
-            if status == "ok" || status == "completed" { "" } else { " error" },
+            match status {
+                "ok" | "completed" | "approved" => "",
+                "waiting" => " wait",
+                _ => " error",
+            },
         ));
     }
     out.push_str("</tbody></table>");

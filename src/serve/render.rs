@@ -35,6 +35,32 @@ pub(super) fn value(v: &Value) -> String {
     out
 }
 
+/// `value`, with a record's fields in `order` (its type's declaration
+/// order) first: the store keeps a record's fields sorted by name.
+pub(super) fn value_in_order(v: &Value, order: &[String]) -> String {
+    let Value::Object(map) = v else {
+        return value(v);
+    };
+    if map.is_empty() || order.is_empty() {
+        return value(v);
+    }
+    let mut keys: Vec<&String> = order
+        .iter()
+        .filter(|k| map.contains_key(k.as_str()))
+        .collect();
+    keys.extend(map.keys().filter(|k| !order.contains(k)));
+    let mut out = String::from("<table class=\"record\">");
+    for k in keys {
+        out.push_str("<tr><th>");
+        out.push_str(&escape(k));
+        out.push_str("</th><td>");
+        write(&map[k.as_str()], 1, &mut out);
+        out.push_str("</td></tr>");
+    }
+    out.push_str("</table>");
+    out
+}
+
 fn write(v: &Value, depth: usize, out: &mut String) {
     match v {
         Value::Null => out.push_str("<span class=\"none\">none</span>"),
