@@ -131,6 +131,32 @@ pub(crate) fn spawn(lab: &Lab, args: &[&str]) -> Child {
         .expect("flowc starts")
 }
 
+/// A `flowc worker` killed when dropped (a failing test leaves none behind).
+pub(crate) struct Worker(Option<Child>);
+
+impl Worker {
+    pub(crate) fn start(lab: &Lab) -> Worker {
+        Worker(Some(spawn(lab, &["worker", "--poll", "100ms"])))
+    }
+
+    /// SIGTERM: the worker stops and exits 0.
+    pub(crate) fn stop(mut self) {
+        let child = self.0.take().expect("running");
+        signal(&child, "TERM");
+        let out = finished(child);
+        assert_eq!(out.code, Some(0), "the worker exits 0 at SIGTERM: {out:?}");
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A running `flowc serve`.
 pub(crate) struct Serve {
     child: Option<Child>,
@@ -321,7 +347,7 @@ pub(crate) fn wait_for(lab: &Lab, run: &str, status: &str) -> flowc::store::RunR
 
 fn the_api_starts_runs_for_workers_and_records_each_decision(backend: Backend) {
     let lab = refund_lab(backend, "serve-api");
-    let worker = spawn(&lab, &["worker", "--poll", "100ms"]);
+    let worker = Worker::start(&lab);
     let serve = Serve::start(&lab, &["--tokens", "tokens.json"]);
     let api = Api::new(&serve);
     let source = std::fs::read_to_string(lab.dir.0.join("prog.flow")).expect("the program");
@@ -605,8 +631,7 @@ fn the_api_starts_runs_for_workers_and_records_each_decision(backend: Backend) {
     assert_eq!(gates_page["run"]["status"], "completed");
     api.assert_no_secret();
     serve.stop();
-    signal(&worker, "TERM");
-    let _ = finished(worker);
+    worker.stop();
 }
 
 on_both_backends!(the_api_starts_runs_for_workers_and_records_each_decision);
@@ -624,7 +649,7 @@ fn tokens_are_required_and_keep_reviewers_to_their_flows_and_gates() {
         String::from_utf8_lossy(&out.stderr)
     );
     let run = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let worker = spawn(&lab, &["worker", "--poll", "100ms"]);
+    let worker = Worker::start(&lab);
     wait_for(&lab, &run, "waiting");
     let serve = Serve::start(&lab, &["--tokens", "tokens.json"]);
     let api = Api::new(&serve);
@@ -733,8 +758,7 @@ fn tokens_are_required_and_keep_reviewers_to_their_flows_and_gates() {
     );
     api.assert_no_secret();
     serve.stop();
-    signal(&worker, "TERM");
-    let _ = finished(worker);
+    worker.stop();
 }
 
 #[test]
@@ -793,7 +817,7 @@ fn the_web_inbox_works_in_a_real_browser() {
         "the browser test needs Debian's chromium and playwright-core: run `bash tests/setup.sh`"
     );
     let lab = refund_lab(Backend::Sqlite, "serve-browser");
-    let worker = spawn(&lab, &["worker", "--poll", "100ms"]);
+    let worker = Worker::start(&lab);
     let serve = Serve::start(&lab, &["--tokens", "tokens.json"]);
     let runs: Vec<String> = ["A-1", "A-2", "A-3"]
         .iter()
@@ -888,6 +912,5 @@ fn the_web_inbox_works_in_a_real_browser() {
         );
     }
     serve.stop();
-    signal(&worker, "TERM");
-    let _ = finished(worker);
+    worker.stop();
 }
