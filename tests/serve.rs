@@ -495,9 +495,12 @@ fn the_api_starts_runs_for_workers_and_records_each_decision(backend: Backend) {
     assert_eq!(card["type"], "Refund");
     assert_eq!(card["input"], json!({"order": "A-1"}));
     assert_eq!(card["show"][0]["amount"], 49.0, "{card}");
+    // The call as written, and its arguments' values if approved as shown.
     assert_eq!(
         card["proposed"],
-        json!([{"target": "refund", "effect": "irreversible", "call": "refund(order: r.order, amount: r.amount)"}])
+        json!([{"target": "refund", "effect": "irreversible", "call": "refund(order: r.order, amount: r.amount)",
+                "arguments": [{"name": "order", "expr": "r.order", "value": "A-1"},
+                              {"name": "amount", "expr": "r.amount", "value": 49.0}]}])
     );
     assert!(
         card["steps"].as_array().is_some_and(|s| !s.is_empty()),

@@ -52,6 +52,8 @@ h3 { font-size: .85rem; text-transform: uppercase; letter-spacing: .04em; color:
 .meta { color: var(--muted); font-size: .9rem; }
 .proposed { background: #fff6e5; border: 1px solid #f0d49b; border-radius: 6px; padding: .5rem .7rem; }
 .proposed code { font-size: .95rem; }
+.args { font-size: .9rem; color: var(--muted); margin-top: .2rem; }
+.args b { color: var(--fg); }
 .effect { font-size: .75rem; font-weight: 700; text-transform: uppercase; color: #8a5a00; margin-left: .4rem; }
 table { border-collapse: collapse; margin: .2rem 0; }
 th, td { border: 1px solid var(--line); padding: .25rem .5rem; text-align: left; vertical-align: top; }
@@ -312,6 +314,26 @@ fn card_html(c: &Card, refusal: Option<&Refusal>) -> String {
                 escape(&p.call),
                 p.effect.as_str()
             ));
+            // The arguments' values, where the shown value and the input
+            // tell them.
+            let known: Vec<String> = p
+                .args
+                .iter()
+                .filter_map(|a| {
+                    let v = a.value(c.shown(), &c.run.input)?;
+                    let text = match &v {
+                        Value::String(s) => s.clone(),
+                        v => v.to_string(),
+                    };
+                    Some(format!("{} <b>{}</b>", escape(&a.name), escape(&text)))
+                })
+                .collect();
+            if !known.is_empty() {
+                out.push_str(&format!(
+                    "<div class=\"args\">approved as shown: {}</div>",
+                    known.join(" · ")
+                ));
+            }
         }
         out.push_str("</div>");
     }

@@ -34,11 +34,90 @@ pub(super) struct Proposed {
     pub effect: Effect,
     /// The call as written: `refund(order: r.order, amount: r.amount)`.
     pub call: String,
+    pub args: Vec<Arg>,
+}
+
+/// One argument of a proposed call.
+pub(super) struct Arg {
+    pub name: String,
+    /// As written.
+    pub expr: String,
+    pub from: Source,
+}
+
+/// Where an argument's value comes from, when a reviewer can know it before
+/// the call: a field of the gate's value, of the run's input, or a constant.
+pub(super) enum Source {
+    /// A path into the value the gate releases (`r.amount` → `["amount"]`).
+    Gate(Vec<String>),
+    /// A flow parameter and a path into it.
+    Input(String, Vec<String>),
+    Constant(Value),
+    /// Computed by other steps (a loop item, an expression).
+    Other,
+}
+
+impl Arg {
+    /// The value the argument will have if the gate releases `released`.
+    pub fn value(&self, released: &Value, input: &Value) -> Option<Value> {
+        let walk = |mut v: &Value, path: &[String]| {
+            for field in path {
+                v = v.get(field)?;
+            }
+            Some(v.clone())
+        };
+        match &self.from {
+            Source::Gate(path) => walk(released, path),
+            Source::Input(param, path) => walk(input.get(param)?, path),
+            Source::Constant(v) => Some(v.clone()),
+            Source::Other => None,
+        }
+    }
 }
 
 impl Proposed {
-    pub fn json(&self) -> Value {
-        json!({"target": self.target, "effect": self.effect.as_str(), "call": self.call})
+    /// The call with each argument's value where it is known from the
+    /// released value and the input.
+    pub fn json(&self, released: &Value, input: &Value) -> Value {
+        let args: Vec<Value> = self
+            .args
+            .iter()
+            .map(|a| json!({"name": a.name, "expr": a.expr, "value": a.value(released, input)}))
+            .collect();
+        json!({"target": self.target, "effect": self.effect.as_str(), "call": self.call, "arguments": args})
+    }
+}
+
+/// Where `e`'s value comes from (see [`Source`]).
+fn source(flow: &crate::ir::Flow, gate: NodeIndex, e: &crate::ir::Expr) -> Source {
+    use crate::ir::ExprKind;
+    let mut path = Vec::new();
+    let mut at = e;
+    loop {
+        match &at.kind {
+            ExprKind::Member(inner, field) => {
+                path.push(field.clone());
+                at = inner;
+            }
+            ExprKind::Step(n) if *n == gate => {
+                path.reverse();
+                return Source::Gate(path);
+            }
+            ExprKind::Param(i) => {
+                path.reverse();
+                return match flow.params.get(*i) {
+                    Some(p) => Source::Input(p.name.clone(), path),
+                    None => Source::Other,
+                };
+            }
+            ExprKind::Number(n) if path.is_empty() => {
+                return serde_json::Number::from_f64(*n)
+                    .map_or(Source::Other, |n| Source::Constant(Value::Number(n)))
+            }
+            ExprKind::Bool(b) if path.is_empty() => return Source::Constant(Value::Bool(*b)),
+            ExprKind::Null if path.is_empty() => return Source::Constant(Value::Null),
+            _ => return Source::Other,
+        }
     }
 }
 
@@ -176,16 +255,25 @@ fn proposed(
                     CallTarget::Agent(a) => &program.agents[a.index()].name,
                     CallTarget::Flow(f) => &program.flows[f.index()].name,
                 };
-                let args: Vec<String> = args
+                let args: Vec<Arg> = args
                     .iter()
-                    .map(|(name, e)| format!("{name}: {}", one_line(c.sources.text(e.span))))
+                    .map(|(name, e)| Arg {
+                        name: name.clone(),
+                        expr: one_line(c.sources.text(e.span)),
+                        from: source(flow, gate, e),
+                    })
+                    .collect();
+                let written: Vec<String> = args
+                    .iter()
+                    .map(|a| format!("{}: {}", a.name, a.expr))
                     .collect();
                 found.push((
                     next.index(),
                     Proposed {
                         target: target.clone(),
                         effect,
-                        call: format!("{target}({})", args.join(", ")),
+                        call: format!("{target}({})", written.join(", ")),
+                        args,
                     },
                 ));
             }

@@ -23,6 +23,15 @@ pub(super) struct Card {
 }
 
 impl Card {
+    /// The value the gate releases if approved as shown.
+    pub fn shown(&self) -> &Value {
+        self.gate
+            .show
+            .as_array()
+            .and_then(|s| s.first())
+            .unwrap_or(&Value::Null)
+    }
+
     pub fn info(&self) -> Option<&GateInfo> {
         self.program.gate(&self.gate.flow, &self.gate.gate)
     }
@@ -36,7 +45,10 @@ impl Card {
             map.insert(
                 "proposed".into(),
                 Value::Array(info.map_or(Vec::new(), |i| {
-                    i.proposed.iter().map(|p| p.json()).collect()
+                    i.proposed
+                        .iter()
+                        .map(|p| p.json(self.shown(), &self.run.input))
+                        .collect()
                 })),
             );
             map.insert("input".into(), self.run.input.clone());

@@ -64,6 +64,7 @@ try {
   const shown = await card(env('RUN_EDIT')).locator('.shown').innerText();
   if (!shown.includes('parcel damaged')) fail(`the shown value is not rendered: ${shown}`);
   summary.proposed = await card(env('RUN_EDIT')).locator('.proposed').innerText();
+  if (!summary.proposed.includes('approved as shown: order A-3 · amount 41.0')) fail(`the proposed call's arguments: ${summary.proposed}`);
   await card(env('RUN_EDIT')).getByText('Steps that led here').click();
   await card(env('RUN_EDIT')).getByText('Edit, then approve').click();
   await seen('the inbox');
