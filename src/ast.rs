@@ -403,7 +403,7 @@ pub struct Step {
 pub enum StepKind {
     Call(Call),
     Llm(LlmStep),
-    Approve(ApproveStep),
+    Approve(Box<ApproveStep>),
     For(ForStep),
     If(IfStep),
     Match(MatchStep),
@@ -445,7 +445,84 @@ pub struct ApproveStep {
     pub gate: Ident,
     pub show: Vec<Expr>,
     pub timeout: Option<Quantity>,
-    pub on_timeout: Option<(Decision, Span)>,
+    /// What happens when `timeout` passes; the span is the outcome's word.
+    pub on_timeout: Option<(OnTimeout, Span)>,
+    /// `auto approve when EXPR`: the cases the policy decides without a person.
+    pub policy: Option<Policy>,
+    /// `sample …`: policy-decided cases sent to review after the fact.
+    pub sample: Option<Sample>,
+    /// `notify webhook …`: where a pending decision is announced.
+    pub notify: Option<Notify>,
+}
+
+/// A gate's `on_timeout` outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OnTimeout {
+    Decide(Decision),
+    /// `escalate { notify …, timeout … }`: announce to a second target and
+    /// wait once more; then reject.
+    Escalate(Escalation),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Escalation {
+    pub notify: Option<Notify>,
+    pub timeout: Option<Quantity>,
+    pub span: Span,
+}
+
+/// `auto approve when EXPR`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub when: Expr,
+    pub span: Span,
+}
+
+/// `sample 2%`, `sample 20 per day`, `sample 2% max 20 per day`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Percent of policy-decided cases (0–100), as written.
+    pub percent: Option<(f64, Span)>,
+    /// At most this many a day (UTC).
+    pub per_day: Option<(u64, Span)>,
+    pub span: Span,
+}
+
+/// `notify KIND TARGET`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notify {
+    pub kind: NotifyKind,
+    pub target: NotifyTarget,
+    pub span: Span,
+}
+
+/// Where a notification goes: a closed set of kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NotifyKind {
+    /// A Slack-compatible incoming webhook: a POST of `{"text": …}`.
+    Webhook,
+}
+
+impl NotifyKind {
+    pub const ALL: [NotifyKind; 1] = [NotifyKind::Webhook];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyKind::Webhook => "webhook",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<NotifyKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// A notification's address: written out, or read from the environment
+/// when the run starts (a webhook URL is usually a secret).
+#[derive(Clone, Debug, PartialEq)]
+pub enum NotifyTarget {
+    Url(String),
+    Env(Ident),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -485,12 +485,34 @@ impl Canon {
                     p.clause("timeout", |p| p.quantity(q));
                 }
                 if let Some((d, _)) = &a.on_timeout {
-                    p.clause("on_timeout", |p| {
-                        p.word(match d {
-                            Decision::Approve => "approve",
-                            Decision::Reject => "reject",
-                        })
+                    p.clause("on_timeout", |p| match d {
+                        OnTimeout::Decide(Decision::Approve) => p.word("approve"),
+                        OnTimeout::Decide(Decision::Reject) => p.word("reject"),
+                        OnTimeout::Escalate(e) => p.clause("escalate", |p| {
+                            if let Some(n) = &e.notify {
+                                p.notify(n);
+                            }
+                            if let Some(q) = &e.timeout {
+                                p.clause("timeout", |p| p.quantity(q));
+                            }
+                        }),
                     });
+                }
+                if let Some(policy) = &a.policy {
+                    p.clause("auto_approve_when", |p| p.expr(&policy.when));
+                }
+                if let Some(s) = &a.sample {
+                    p.clause("sample", |p| {
+                        if let Some((v, _)) = s.percent {
+                            p.clause("percent", |p| p.number(v));
+                        }
+                        if let Some((n, _)) = s.per_day {
+                            p.clause("per_day", |p| p.number(n as f64));
+                        }
+                    });
+                }
+                if let Some(n) = &a.notify {
+                    p.notify(n);
                 }
             }),
             StepKind::For(f) => self.clause("for", |p| {
@@ -519,6 +541,16 @@ impl Canon {
             }),
             StepKind::Expr(e) => self.expr(e),
         }
+    }
+
+    fn notify(&mut self, n: &Notify) {
+        self.clause("notify", |p| {
+            p.word(n.kind.as_str());
+            match &n.target {
+                NotifyTarget::Url(u) => p.string(u),
+                NotifyTarget::Env(e) => p.clause("env", |p| p.ident(e)),
+            }
+        });
     }
 
     fn if_step(&mut self, i: &IfStep) {

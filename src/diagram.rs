@@ -322,12 +322,21 @@ fn describe(
             gate,
             timeout_seconds,
             on_timeout,
+            escalation,
+            policy,
             ..
         } => {
             lines.push(format!("approval gate {gate}"));
+            if policy.is_some() {
+                lines.push("policy decides some cases".to_string());
+            }
             let decision = match on_timeout {
                 Decision::Approve => "approve",
                 Decision::Reject => "reject",
+            };
+            let decision = match escalation {
+                Some(e) => format!("escalate {} · then {decision}", duration(e.timeout_seconds)),
+                None => decision.to_string(),
             };
             match timeout_seconds {
                 Some(s) => lines.push(format!("timeout {} · then {decision}", duration(*s))),

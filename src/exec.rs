@@ -26,8 +26,9 @@ pub use crate::ast::{CompareOp, Decision, Effect};
 /// string literal with `{…}` inside an expression.
 pub use crate::ir::{
     AgentId, BodyEncoding, CallTarget, Dep, Expr, ExprKind, FlowId, HttpBody, ModelFamily, ModelId,
-    Protocol, ProviderId, Region, RegionId, RegionKind, ResponseFormat, ServerId,
-    Template as StrTemplate, TemplatePart, ToolId, ITERATION_FAILURE_CLASSES,
+    Notify, NotifyKind, NotifyTarget, Protocol, ProviderId, Region, RegionId, RegionKind,
+    ResponseFormat, Sampling, ServerId, Template as StrTemplate, TemplatePart, ToolId,
+    ITERATION_FAILURE_CLASSES,
 };
 use crate::source::Span;
 use crate::types::{Lit, Ty, TypeTable};
@@ -427,12 +428,7 @@ pub enum StepKind {
         args: Vec<(String, Expr)>,
     },
     Llm(Box<LlmCall>),
-    Approve {
-        gate: String,
-        show: Vec<Expr>,
-        timeout: Option<Duration>,
-        on_timeout: Decision,
-    },
+    Approve(Box<Gate>),
     LoopItem {
         iterable: Expr,
     },
@@ -456,6 +452,39 @@ pub enum StepKind {
         requires: Vec<(Expr, Template)>,
     },
     Output(Expr),
+}
+
+/// An approval gate, sealed: what it shows, who is told, what decides it
+/// without a person, and what its timeout does.
+#[derive(Debug)]
+pub struct Gate {
+    pub name: String,
+    pub show: Vec<Expr>,
+    pub timeout: Option<Duration>,
+    /// The outcome when nobody decided in time (after the escalation, when
+    /// there is one: then `Reject`).
+    pub on_timeout: Decision,
+    pub escalation: Option<Escalation>,
+    pub policy: Option<Policy>,
+    /// Announced here when the gate starts waiting for a person.
+    pub notify: Option<Notify>,
+}
+
+/// When the gate's timeout passes: tell `notify` and wait `timeout` more.
+#[derive(Debug)]
+pub struct Escalation {
+    pub notify: Notify,
+    pub timeout: Duration,
+}
+
+/// `auto approve when EXPR`, with what it reads named for the record.
+#[derive(Debug)]
+pub struct Policy {
+    pub when: Expr,
+    /// The values the condition reads (`r.amount`, `limit`), by the text a
+    /// reader knows them by: recorded with every decision it makes.
+    pub reads: Vec<(String, Expr)>,
+    pub sample: Option<Sampling>,
 }
 
 impl StepKind {

@@ -718,7 +718,7 @@ fn run_test(
     }
 }
 
-fn open_store(path: &Path) -> Result<Store, Failure> {
+pub(crate) fn open_store(path: &Path) -> Result<Store, Failure> {
     Ok(Store::open(path, durability()?)?)
 }
 
@@ -744,7 +744,7 @@ impl From<StoreError> for Failure {
 }
 
 /// The exit status of a command that stopped early, its message on stderr.
-fn finish(result: Result<i32, Failure>) -> Result<i32, String> {
+pub(crate) fn finish(result: Result<i32, Failure>) -> Result<i32, String> {
     match result {
         Ok(code) => Ok(code),
         Err(Failure::Usage(m)) => Err(m),
@@ -1230,6 +1230,9 @@ fn gate_json(g: &store::GateRecord) -> Value {
         "on_timeout": g.on_timeout,
         "decided_by": g.decided_by,
         "decided_at": g.decided_at,
+        "source": g.source.map(store::DecisionSource::as_str),
+        "policy_read": g.policy_read,
+        "escalated_at": g.escalated_at,
     })
 }
 
@@ -1309,7 +1312,8 @@ fn runs(store_path: &Path, filter: &flowc::stats::Filter, json: bool) -> Result<
 fn stats(store_path: &Path, filter: &flowc::stats::Filter, json: bool) -> Result<i32, Failure> {
     let store = open_store(store_path)?;
     let runs = store.runs()?;
-    let stats = flowc::stats::compute(&runs, filter, &flowc::stats::trace_events);
+    let mut stats = flowc::stats::compute(&runs, filter, &flowc::stats::trace_events);
+    stats.reviews = flowc::stats::review_stats(&store.reviews(None, false)?, &runs, filter);
     if json {
         out!(
             "{}",
@@ -1381,7 +1385,32 @@ fn stats(store_path: &Path, filter: &flowc::stats::Filter, json: bool) -> Result
             f.reliability.budget_adherence, f.reliability.latency_adherence, hist.join(" ")
         );
     }
+    let r = &stats.reviews;
+    if r.sampled > 0 {
+        out!(
+            "policy reviews: {} sampled, {} reviewed ({} agreed, {} disagreed), {} open, agreement {}",
+            r.sampled,
+            r.reviewed,
+            r.agreed,
+            r.disagreed,
+            r.open,
+            percent(r.agreement_rate)
+        );
+        for (gate, g) in &r.gates {
+            out!(
+                "gate {gate}: {} sampled, {} reviewed, agreement {}",
+                g.sampled,
+                g.reviewed,
+                percent(g.agreement_rate)
+            );
+        }
+    }
     Ok(0)
+}
+
+/// A rate as a percentage, or `n/a` when there was nothing to rate.
+fn percent(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "n/a".to_string(), |r| format!("{:.1}%", r * 100.0))
 }
 
 /// `flowc show RUN`: the state of every step.

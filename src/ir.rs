@@ -5,6 +5,7 @@
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::BTreeMap;
 
+pub use crate::ast::NotifyKind;
 pub use crate::ast::{BodyEncoding, ResponseFormat};
 use crate::ast::{CompareOp, Decision, Effect};
 use crate::source::{FileId, Span};
@@ -440,7 +441,12 @@ pub enum StepKind {
         gate: String,
         show: Vec<Expr>,
         timeout_seconds: Option<f64>,
+        /// The final outcome when nobody decides in time (after the
+        /// escalation, if there is one: then `Reject`).
         on_timeout: Decision,
+        escalation: Option<Escalation>,
+        policy: Option<Policy>,
+        notify: Option<Notify>,
     },
     /// The item of a loop: runs once per element of `iterable`.
     LoopItem {
@@ -471,6 +477,51 @@ pub enum StepKind {
     },
     /// The flow's `return`.
     Output(Expr),
+}
+
+/// `on_timeout escalate { notify …, timeout … }`: when the gate's timeout
+/// passes, the second target is told and the gate waits once more.
+#[derive(Clone, Debug)]
+pub struct Escalation {
+    pub notify: Notify,
+    pub timeout_seconds: f64,
+}
+
+/// `auto approve when EXPR`: a reviewed rule that approves the cases it
+/// accepts without a person; the rest wait for one.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// A `bool` expression over values in the flow's scope.
+    pub when: Expr,
+    /// The clause, for diagnostics.
+    pub span: Span,
+    /// Policy-decided cases sent to review after the fact.
+    pub sample: Option<Sampling>,
+}
+
+/// `sample P%` and/or `sample N per day`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    /// The share of policy-decided cases sampled, 0 < rate <= 1 (1 when
+    /// only a daily cap is written).
+    pub rate: f64,
+    /// At most this many sampled cases a day (UTC), per gate.
+    pub per_day: Option<u64>,
+}
+
+/// `notify webhook …`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notify {
+    pub kind: NotifyKind,
+    pub target: NotifyTarget,
+}
+
+/// A notification's address; an environment variable is read when the
+/// notification is sent (and checked by the preflight).
+#[derive(Clone, Debug, PartialEq)]
+pub enum NotifyTarget {
+    Url(String),
+    Env(String),
 }
 
 #[derive(Debug)]

@@ -233,6 +233,46 @@ enum Command {
         #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
         store: PathBuf,
     },
+    /// List the cases a gate's policy decided that were sampled for review
+    /// (`sample …`), not reviewed yet (every one with `--all`).
+    Reviews {
+        /// Every sampled case, reviewed or not.
+        #[arg(long)]
+        all: bool,
+        /// Output format (JSON schema in docs/json-output.md).
+        #[arg(long, value_enum, default_value_t = ListFormat::Human)]
+        format: ListFormat,
+        /// The run store.
+        #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
+        store: PathBuf,
+    },
+    /// Mark a sampled policy decision agreed or not (`flowc stats` reports
+    /// the agreement rate).
+    Review {
+        /// The run id (`flowc reviews` lists the sampled cases).
+        run: String,
+        /// The gate's name, or its key as `flowc reviews` shows it.
+        gate: String,
+        /// You would have decided the same.
+        #[arg(
+            long,
+            conflicts_with = "disagree",
+            required_unless_present = "disagree"
+        )]
+        agree: bool,
+        /// You would not have: the policy may have drifted.
+        #[arg(long)]
+        disagree: bool,
+        /// Who reviewed (recorded); default: the OS user.
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+        /// Why, for the record.
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+        /// The run store.
+        #[arg(long, env = "FLOWC_STORE", default_value = ".flowc/runs.db")]
+        store: PathBuf,
+    },
     /// List the gates waiting for a decision, and what each shows.
     Inbox {
         /// Output format (JSON schema in docs/json-output.md).
@@ -550,6 +590,23 @@ fn main() {
             store,
         } => execute::reject_command(&run, &gate, &reason, resume, &store, by),
         Command::Inbox { format, store } => execute::inbox_command(&store, format),
+        Command::Reviews { all, format, store } => cli::review::list_command(&store, all, format),
+        Command::Review {
+            run,
+            gate,
+            agree,
+            disagree: _,
+            by,
+            note,
+            store,
+        } => {
+            let verdict = if agree {
+                flowc::store::Verdict::Agree
+            } else {
+                flowc::store::Verdict::Disagree
+            };
+            cli::review::mark_command(&store, &run, &gate, verdict, by, note)
+        }
         Command::Runs {
             status,
             flow,

@@ -388,6 +388,10 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
             "a failure class (`rate_limit`, `timeout`, `server_error`, `connection` or `invalid`)"
         }
         Rule::decision => "`approve` or `reject`",
+        Rule::escalate => "`escalate { … }`",
+        Rule::notify_kind => "a notification kind (`webhook`)",
+        Rule::sample_rate => "a share such as `2%`",
+        Rule::sample_per_day => "a count a day such as `20 per day`",
         Rule::compare_op => "a comparison",
         Rule::bound_op => "a bound (`>=`, `>`, `<=`, `<`)",
         Rule::EOI => "end of file",
@@ -1524,34 +1528,58 @@ impl Parser {
                     show: Vec::new(),
                     timeout: None,
                     on_timeout: None,
+                    policy: None,
+                    sample: None,
+                    notify: None,
                 };
                 let mut seen = ClauseList::default();
                 for clause in it {
                     let cspan = self.span(&clause);
                     let rule = clause.as_rule();
                     // `show` lists what the reviewer sees, one value each.
-                    if rule != Rule::show_clause {
-                        self.once_keyword(&mut seen, &clause);
-                    }
-                    let mut c = kids(clause);
-                    let p = next!(self, c, cspan);
                     match rule {
-                        Rule::show_clause => step.show.push(self.expr(p)?),
-                        Rule::timeout_clause => {
-                            step.timeout = Some(self.quantity(p)?);
+                        Rule::show_clause => {}
+                        Rule::policy_clause => {
+                            self.once(&mut seen, rule, "auto approve when", cspan)
                         }
-                        Rule::on_timeout_clause => {
-                            let d = if p.as_str() == "approve" {
-                                Decision::Approve
-                            } else {
-                                Decision::Reject
-                            };
-                            step.on_timeout = Some((d, self.span(&p)));
+                        _ => self.once_keyword(&mut seen, &clause),
+                    }
+                    match rule {
+                        Rule::notify_clause => step.notify = Some(self.notify(clause)?),
+                        Rule::sample_clause => step.sample = Some(self.sample(clause)?),
+                        _ => {
+                            let mut c = kids(clause);
+                            let p = next!(self, c, cspan);
+                            match rule {
+                                Rule::show_clause => step.show.push(self.expr(p)?),
+                                Rule::timeout_clause => {
+                                    step.timeout = Some(self.quantity(p)?);
+                                }
+                                Rule::policy_clause => {
+                                    let when = if p.as_rule() == Rule::missing_when {
+                                        self.missing_when(p)?
+                                    } else {
+                                        self.expr(p)?
+                                    };
+                                    step.policy = Some(Policy { when, span: cspan });
+                                }
+                                Rule::on_timeout_clause => {
+                                    let pspan = self.span(&p);
+                                    let outcome = match p.as_rule() {
+                                        Rule::escalate => OnTimeout::Escalate(self.escalation(p)?),
+                                        _ if p.as_str() == "approve" => {
+                                            OnTimeout::Decide(Decision::Approve)
+                                        }
+                                        _ => OnTimeout::Decide(Decision::Reject),
+                                    };
+                                    step.on_timeout = Some((outcome, pspan));
+                                }
+                                _ => return self.internal(cspan),
+                            }
                         }
-                        _ => return self.internal(cspan),
                     }
                 }
-                StepKind::Approve(step)
+                StepKind::Approve(Box::new(step))
             }
             Rule::for_step => {
                 let mut it = kids(pair);
@@ -1732,6 +1760,26 @@ impl Parser {
         };
         self.diagnostics.push(d);
         None
+    }
+
+    /// `auto approve CONDITION`: the `when` is missing. The condition is
+    /// kept, so the policy is still checked.
+    fn missing_when(&mut self, pair: Pair<'_, Rule>) -> Option<Expr> {
+        let span = self.span(&pair);
+        let mut c = kids(pair);
+        let cond = self.expr(next!(self, c, span))?;
+        let at = Span::new(
+            self.file,
+            cond.span.start as usize,
+            cond.span.start as usize,
+        );
+        self.diagnostics.push(
+            Diagnostic::new(Code::Syntax, cond.span, "expected `when` before the policy's condition")
+                .label("add `when` before the condition")
+                .help("a policy reads `auto approve when CONDITION`: the gate approves the cases where the condition is true")
+                .suggest(at, "when "),
+        );
+        Some(cond)
     }
 
     /// `lookup(email)`: arguments are matched to parameters by name only.
@@ -2191,6 +2239,118 @@ impl Parser {
             };
             left = Expr { kind, span: s };
         }
+    }
+
+    /// `escalate { notify …, timeout … }`.
+    fn escalation(&mut self, pair: Pair<'_, Rule>) -> Option<Escalation> {
+        let span = self.span(&pair);
+        let mut e = Escalation {
+            notify: None,
+            timeout: None,
+            span,
+        };
+        let mut seen = ClauseList::default();
+        for clause in kids(pair) {
+            let cspan = self.span(&clause);
+            self.once_keyword(&mut seen, &clause);
+            match clause.as_rule() {
+                Rule::notify_clause => e.notify = Some(self.notify(clause)?),
+                Rule::timeout_clause => {
+                    let mut c = kids(clause);
+                    e.timeout = Some(self.quantity(next!(self, c, cspan))?);
+                }
+                _ => return self.internal(cspan),
+            }
+        }
+        Some(e)
+    }
+
+    /// `notify webhook "URL"` or `notify webhook env.NAME`. The URL is
+    /// written out whole: it is an address, not a template.
+    fn notify(&mut self, pair: Pair<'_, Rule>) -> Option<Notify> {
+        let span = self.span(&pair);
+        let mut c = kids(pair);
+        let kind_pair = next!(self, c, span);
+        let kind = match NotifyKind::from_name(kind_pair.as_str()) {
+            Some(k) => k,
+            None => return self.internal(span),
+        };
+        let target = next!(self, c, span);
+        let tspan = self.span(&target);
+        let target = match target.as_rule() {
+            Rule::env_ref => {
+                let mut e = kids(target);
+                NotifyTarget::Env(self.ident(&next!(self, e, tspan)))
+            }
+            _ => match self.template(target)?.as_plain() {
+                Some(url) => NotifyTarget::Url(url),
+                None => {
+                    self.diagnostics.push(
+                        Diagnostic::new(
+                            Code::InvalidDeclaration,
+                            tspan,
+                            "a notification's address cannot interpolate values",
+                        )
+                        .label("`{…}` in the address")
+                        .help("write the whole URL, or read it from the environment with `notify webhook env.NAME`"),
+                    );
+                    NotifyTarget::Url(String::new())
+                }
+            },
+        };
+        Some(Notify { kind, target, span })
+    }
+
+    /// `sample 2%`, `sample 20 per day`, `sample 2% max 20 per day`.
+    fn sample(&mut self, pair: Pair<'_, Rule>) -> Option<Sample> {
+        let span = self.span(&pair);
+        let mut sample = Sample {
+            percent: None,
+            per_day: None,
+            span,
+        };
+        for p in kids(pair) {
+            let pspan = self.span(&p);
+            match p.as_rule() {
+                Rule::sample_rate => {
+                    let digits = p.as_str().trim_end_matches('%');
+                    let percent: f64 = match digits.parse() {
+                        Ok(v) => v,
+                        Err(_) => return self.internal(pspan),
+                    };
+                    if !(percent > 0.0 && percent <= 100.0) {
+                        self.diagnostics.push(
+                            Diagnostic::new(
+                                Code::InvalidDeclaration,
+                                pspan,
+                                format!("a sample of {digits}% is not a share of the cases"),
+                            )
+                            .label("between 0% and 100%")
+                            .help("sample more than 0% and at most 100% of the cases the policy decides, or remove `sample`"),
+                        );
+                    }
+                    sample.percent = Some((percent, pspan));
+                }
+                Rule::sample_per_day => {
+                    let mut c = kids(p);
+                    let n = self.whole(&next!(self, c, pspan))?;
+                    if n == 0 {
+                        self.diagnostics.push(
+                            Diagnostic::new(
+                                Code::InvalidDeclaration,
+                                pspan,
+                                "a sample of 0 a day reviews nothing",
+                            )
+                            .label("0 per day")
+                            .help("sample at least 1 case a day, or remove `sample`"),
+                        );
+                    }
+                    sample.per_day = Some((n, pspan));
+                }
+                _ => return self.internal(pspan),
+            }
+        }
+        Some(sample)
     }
 
     fn template(&mut self, pair: Pair<'_, Rule>) -> Option<Template> {

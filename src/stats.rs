@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::store::RunRecord;
+use crate::store::{ReviewRecord, RunRecord, Verdict};
 
 /// Which runs count.
 #[derive(Clone, Debug, Default)]
@@ -172,6 +172,83 @@ pub struct Stats {
     pub flows: BTreeMap<String, Summary>,
     /// Reliability per day the runs were created on (`YYYY-MM-DD`, UTC).
     pub days: BTreeMap<String, Reliability>,
+    /// After-the-fact review of policy decisions (`sample …`): over every
+    /// admitted run's sampled cases, and per gate (`FLOW.GATE`).
+    pub reviews: ReviewStats,
+}
+
+/// How reviewers judged the sampled cases a policy decided.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ReviewStats {
+    /// Cases sampled for review.
+    pub sampled: u64,
+    /// Cases reviewed (agreed + disagreed).
+    pub reviewed: u64,
+    pub agreed: u64,
+    pub disagreed: u64,
+    /// Sampled, not reviewed yet.
+    pub open: u64,
+    /// agreed ÷ reviewed; `null` when nothing was reviewed.
+    pub agreement_rate: Option<f64>,
+    /// The same per gate, keyed `FLOW.GATE`.
+    pub gates: BTreeMap<String, ReviewCounts>,
+}
+
+/// [`ReviewStats`] for one gate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ReviewCounts {
+    pub sampled: u64,
+    pub reviewed: u64,
+    pub agreed: u64,
+    pub disagreed: u64,
+    pub open: u64,
+    pub agreement_rate: Option<f64>,
+}
+
+impl ReviewCounts {
+    fn add(&mut self, verdict: Option<Verdict>) {
+        self.sampled += 1;
+        match verdict {
+            Some(Verdict::Agree) => self.agreed += 1,
+            Some(Verdict::Disagree) => self.disagreed += 1,
+            None => self.open += 1,
+        }
+        self.reviewed = self.agreed + self.disagreed;
+        self.agreement_rate = match self.reviewed {
+            0 => None,
+            n => Some(self.agreed as f64 / n as f64),
+        };
+    }
+}
+
+/// The review figures over the sampled cases of the runs `filter` admits.
+pub fn review_stats(items: &[ReviewRecord], runs: &[RunRecord], filter: &Filter) -> ReviewStats {
+    let admitted: std::collections::BTreeSet<&str> = runs
+        .iter()
+        .filter(|r| filter.admits(r))
+        .map(|r| r.id.as_str())
+        .collect();
+    let mut all = ReviewCounts::default();
+    let mut gates: BTreeMap<String, ReviewCounts> = BTreeMap::new();
+    for item in items
+        .iter()
+        .filter(|i| admitted.contains(i.run_id.as_str()))
+    {
+        all.add(item.verdict);
+        gates
+            .entry(format!("{}.{}", item.flow, item.gate))
+            .or_default()
+            .add(item.verdict);
+    }
+    ReviewStats {
+        sampled: all.sampled,
+        reviewed: all.reviewed,
+        agreed: all.agreed,
+        disagreed: all.disagreed,
+        open: all.open,
+        agreement_rate: all.agreement_rate,
+        gates,
+    }
 }
 
 /// What one run's trace says.
@@ -230,6 +307,8 @@ fn facts(r: &RunRecord, events: &[Value]) -> RunFacts {
                     Some("waiting") => {
                         gate_started.entry(name).or_insert(at);
                     }
+                    // Still waiting, for a second target.
+                    Some("escalated") => {}
                     Some(decision) => {
                         if decision == "rejected" {
                             f.blocked_effects += 1;
@@ -385,6 +464,7 @@ pub fn compute(
             .into_iter()
             .map(|(k, v)| (k, reliability(&v)))
             .collect(),
+        reviews: ReviewStats::default(),
     }
 }
 

@@ -294,7 +294,7 @@ impl Out {
     }
 
     /// The run id (a UUIDv7) from the summary line (`run 01a2…-… waiting in 0.1s: …`).
-    fn run_id(&self) -> String {
+    pub(crate) fn run_id(&self) -> String {
         self.stderr
             .lines()
             .filter_map(|l| l.strip_prefix("run "))

@@ -376,9 +376,15 @@ fn step_detail(p: &Program, f: &ir::Flow, kind: &StepKind) -> String {
             show,
             timeout_seconds,
             on_timeout,
+            escalation,
+            policy,
+            notify,
         } => {
             let show: Vec<String> = show.iter().map(e).collect();
-            format!("{gate} show {show:?} timeout {timeout_seconds:?} on_timeout {on_timeout:?}")
+            let policy = policy
+                .as_ref()
+                .map(|p| format!("{} sample {:?}", e(&p.when), p.sample));
+            format!("{gate} show {show:?} timeout {timeout_seconds:?} on_timeout {on_timeout:?} escalation {escalation:?} policy {policy:?} notify {notify:?}")
         }
         StepKind::Loop {
             item,

@@ -6,6 +6,7 @@ mod support;
 #[path = "../benches/generated.rs"]
 mod generated;
 
+mod approvals;
 mod authoring;
 mod cli;
 mod durable;

@@ -2,14 +2,18 @@
 //! file and a private PostgreSQL server (tests/support/postgres.rs).
 //! Leases are exclusive, expire, can be taken over, and fence every write of
 //! the process that lost them; checkpoints, replies, intents and gates read
-//! back what was written.
+//! back what was written; a gate's source, policy record, announcements
+//! and escalation are claimed once; review samples keep their daily cap.
 
 use crate::support;
 
 use std::time::Duration;
 
 use flowc::run::budget::Spend;
-use flowc::store::{self, Acquired, Durability, GateRecord, Lease, RunRecord, Store, StoreError};
+use flowc::store::{
+    self, Acquired, DecisionSource, Durability, GateRecord, Lease, NoticeStage, ReviewRecord,
+    RunRecord, Store, StoreError, Verdict,
+};
 use serde_json::json;
 
 /// Both backends, each a fresh store.
@@ -114,21 +118,7 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
             store.record_reply(&old, "m", 1, "stale", 1, 1, spend(9)),
             "reply",
         );
-        let gate = GateRecord {
-            run_id: "r1".into(),
-            key: "g".into(),
-            flow: "main".into(),
-            gate: "g".into(),
-            show: json!([1]),
-            status: "pending".into(),
-            value: None,
-            reason: None,
-            created_at: store::now(),
-            timeout_at: None,
-            on_timeout: "reject".into(),
-            decided_by: None,
-            decided_at: None,
-        };
+        let gate = GateRecord::pending("r1", "g", "main", "g", json!([1]), None, "reject");
         lost(store.pending_gate(&old, &gate), "gate");
         lost(
             store.finish_run(&old, "completed", Some(&json!(0)), None, spend(9), true),
@@ -227,21 +217,15 @@ fn checkpoints_replies_intents_and_gates_read_back_what_was_written() {
             "{backend}"
         );
         store.record_spend(&lease, spend(3)).expect("spend");
-        let gate = GateRecord {
-            run_id: "r2".into(),
-            key: "main.ok".into(),
-            flow: "main".into(),
-            gate: "ok".into(),
-            show: json!([{"n": 1}]),
-            status: "pending".into(),
-            value: None,
-            reason: None,
-            created_at: store::now(),
-            timeout_at: Some(store::now() + 60.0),
-            on_timeout: "approve".into(),
-            decided_by: None,
-            decided_at: None,
-        };
+        let gate = GateRecord::pending(
+            "r2",
+            "main.ok",
+            "main",
+            "ok",
+            json!([{"n": 1}]),
+            Some(store::now() + 60.0),
+            "approve",
+        );
         store.pending_gate(&lease, &gate).expect("gate");
         assert_eq!(store.gates(None).expect("gates").len(), 1, "{backend}");
         assert!(store
@@ -258,10 +242,150 @@ fn checkpoints_replies_intents_and_gates_read_back_what_was_written() {
         assert_eq!(g.value, Some(json!({"n": 2})));
         assert_eq!(g.on_timeout, "approve");
         assert_eq!(g.decided_by.as_deref(), Some("ana"), "{backend}");
+        assert_eq!(g.source, Some(DecisionSource::Person), "{backend}");
         assert!(g.decided_at.is_some_and(|t| t > 0.0), "{backend}");
         assert_eq!(store.runs().expect("runs").len(), 1);
         // Another connection sees the same store.
         let other = store.reopen().expect("reopens");
         assert_eq!(other.steps("r2").expect("steps").len(), 2, "{backend}");
+    }
+}
+
+#[test]
+fn policy_decisions_announcements_escalations_and_reviews_are_recorded_once() {
+    for (backend, store, _dir) in backends("policy") {
+        let lease = Lease::new_run("r3");
+        store.create_run(&record("r3"), &lease).expect("creates");
+        let pending = |key: &str| {
+            GateRecord::pending(
+                "r3",
+                key,
+                "main",
+                "refund",
+                json!([{"amount": 30}]),
+                Some(store::now() - 1.0),
+                "escalate",
+            )
+        };
+        for key in ["a", "b", "c"] {
+            store.pending_gate(&lease, &pending(key)).expect("gate");
+        }
+        // A policy's decision, with what it read.
+        assert!(store
+            .decide_gate_by_policy("r3", "a", &json!({"r.amount": 30}))
+            .expect("decides"));
+        assert!(
+            !store
+                .decide_gate_by_policy("r3", "a", &json!({}))
+                .expect("answers"),
+            "{backend}: decided once"
+        );
+        let a = store.gate("r3", "a").expect("gate").expect("exists");
+        assert_eq!(a.status, "approved", "{backend}");
+        assert_eq!(a.source, Some(DecisionSource::Policy), "{backend}");
+        assert_eq!(a.decided_by.as_deref(), Some("policy"));
+        assert_eq!(a.policy_read, Some(json!({"r.amount": 30})), "{backend}");
+        assert!(
+            !store
+                .claim_notice("r3", "a", NoticeStage::Pending)
+                .expect("answers"),
+            "{backend}: a decided gate is not announced"
+        );
+        // Announcements: each stage once.
+        assert!(store
+            .claim_notice("r3", "b", NoticeStage::Pending)
+            .expect("claims"));
+        assert!(
+            !store
+                .claim_notice("r3", "b", NoticeStage::Pending)
+                .expect("answers"),
+            "{backend}"
+        );
+        assert!(store
+            .claim_notice("r3", "b", NoticeStage::Escalated)
+            .expect("claims"));
+        assert!(
+            !store
+                .claim_notice("r3", "b", NoticeStage::Pending)
+                .expect("answers"),
+            "{backend}: no going back"
+        );
+        assert_eq!(
+            store.gate("r3", "b").unwrap().unwrap().notified,
+            NoticeStage::Escalated
+        );
+        // An escalation moves the deadline, once.
+        let until = store::now() + 3600.0;
+        assert!(store.escalate_gate("r3", "b", until).expect("escalates"));
+        assert!(
+            !store
+                .escalate_gate("r3", "b", until + 1.0)
+                .expect("answers"),
+            "{backend}"
+        );
+        let b = store.gate("r3", "b").unwrap().unwrap();
+        assert_eq!(b.timeout_at, Some(until), "{backend}");
+        assert!(b.escalated_at.is_some());
+        assert_eq!(b.status, "pending");
+        // The final outcome by timeout.
+        assert!(store
+            .decide_gate_on_timeout("r3", "c", false)
+            .expect("decides"));
+        let c = store.gate("r3", "c").unwrap().unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.source),
+            ("rejected", Some(DecisionSource::Timeout)),
+            "{backend}"
+        );
+        assert_eq!(c.reason.as_deref(), Some("timed out"));
+
+        // Samples: at most `per_day` a day per flow and gate, once per case.
+        let sample = |key: &str| ReviewRecord::sampled("r3", key, "main", "refund");
+        assert!(store.sample_review(&sample("a"), Some(2)).expect("samples"));
+        assert!(
+            !store.sample_review(&sample("a"), Some(2)).expect("answers"),
+            "{backend}: once per case"
+        );
+        assert!(store.sample_review(&sample("b"), Some(2)).expect("samples"));
+        assert!(
+            !store.sample_review(&sample("c"), Some(2)).expect("answers"),
+            "{backend}: the day's cap"
+        );
+        let mut other = sample("c");
+        other.gate = "another".into();
+        assert!(
+            store.sample_review(&other, Some(2)).expect("samples"),
+            "{backend}: caps are per gate"
+        );
+        assert_eq!(store.reviews(Some("r3"), true).expect("reviews").len(), 3);
+        assert!(store
+            .record_review("r3", "a", Verdict::Agree, "ana", None)
+            .expect("reviews"));
+        assert!(
+            !store
+                .record_review("r3", "a", Verdict::Disagree, "bo", None)
+                .expect("answers"),
+            "{backend}: a verdict is given once"
+        );
+        assert!(store
+            .record_review("r3", "b", Verdict::Disagree, "bo", Some("too generous"))
+            .expect("reviews"));
+        assert!(!store
+            .record_review("r3", "zz", Verdict::Agree, "bo", None)
+            .expect("answers"));
+        let all = store.reviews(Some("r3"), false).expect("reviews");
+        assert_eq!(all.len(), 3, "{backend}");
+        let a = all.iter().find(|r| r.key == "a").expect("a");
+        assert_eq!(
+            (a.verdict, a.reviewed_by.as_deref()),
+            (Some(Verdict::Agree), Some("ana"))
+        );
+        let b = all.iter().find(|r| r.key == "b").expect("b");
+        assert_eq!(b.note.as_deref(), Some("too generous"), "{backend}");
+        assert_eq!(
+            store.reviews(None, true).expect("open").len(),
+            1,
+            "{backend}"
+        );
     }
 }

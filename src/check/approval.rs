@@ -7,7 +7,9 @@
 //! guarded only if its decision is, or *every* arm passes a gate. A loop's
 //! result may come from zero iterations, so only what precedes the loop
 //! guards it. A gate that approves itself on timeout (`on_timeout approve`)
-//! guards nothing: no human may ever have looked.
+//! guards nothing: no human may ever have looked. Neither does a gate whose
+//! policy (`auto approve when …`) is always true: it approves every case
+//! itself ([`always_true`] says which conditions are known to be).
 //!
 //! Across flows: a sub-flow whose result is released by its own gate is a
 //! gate for its caller (a per-flow summary, computed callees first), and a
@@ -24,7 +26,8 @@ use petgraph::Direction;
 use crate::ast::{Decision, Effect};
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
-use crate::ir::{CallTarget, ExprKind, Fallback, Flow, Program, StepKind};
+use crate::ir::{CallTarget, Expr, ExprKind, Fallback, Flow, Program, StepKind};
+use crate::types::Lit;
 
 use super::effect_of;
 
@@ -59,13 +62,113 @@ impl Guards {
     }
 }
 
+/// Whether a gate step means a person looked (or will) before its value is
+/// released: not when it approves itself on timeout, nor when its policy
+/// approves every case.
+pub(super) fn reviewed(kind: &StepKind) -> bool {
+    match kind {
+        StepKind::Approve {
+            on_timeout, policy, ..
+        } => {
+            *on_timeout != Decision::Approve
+                && !policy.as_ref().is_some_and(|p| always_true(&p.when))
+        }
+        _ => false,
+    }
+}
+
+/// Whether a condition is true whatever the values it reads, as far as
+/// folding it can tell: `true`; a comparison of two literals that holds;
+/// `x == x`, `x <= x`, `x >= x` for the same path; `not` of an always-false
+/// condition; `a or b` with either side always true; `a and b` with both.
+/// (Always false: `false`, a literal comparison that fails, `x != x`,
+/// `x < x`, `x > x`, and the same rules turned around.)
+pub(super) fn always_true(e: &Expr) -> bool {
+    fold(e) == Some(true)
+}
+
+fn fold(e: &Expr) -> Option<bool> {
+    match &e.kind {
+        ExprKind::Bool(b) => Some(*b),
+        ExprKind::Not(x) => fold(x).map(|b| !b),
+        ExprKind::And(a, b) => match (fold(a), fold(b)) {
+            (Some(false), _) | (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        },
+        ExprKind::Or(a, b) => match (fold(a), fold(b)) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
+        },
+        ExprKind::Compare(a, op, b) => {
+            use crate::ast::CompareOp as Op;
+            if same_path(a, b) {
+                return Some(matches!(op, Op::Eq | Op::Le | Op::Ge));
+            }
+            let ordering = match (literal(a)?, literal(b)?) {
+                (Lit::Number(x), Lit::Number(y)) => x.partial_cmp(&y)?,
+                (Lit::Str(x), Lit::Str(y)) => x.cmp(&y),
+                (x, y) => {
+                    return match op {
+                        Op::Eq => Some(x == y),
+                        Op::Ne => Some(x != y),
+                        _ => None,
+                    }
+                }
+            };
+            Some(match op {
+                Op::Eq => ordering.is_eq(),
+                Op::Ne => ordering.is_ne(),
+                Op::Lt => ordering.is_lt(),
+                Op::Le => ordering.is_le(),
+                Op::Gt => ordering.is_gt(),
+                Op::Ge => ordering.is_ge(),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn literal(e: &Expr) -> Option<Lit> {
+    match &e.kind {
+        ExprKind::Number(n) => Some(Lit::Number(*n)),
+        ExprKind::Bool(b) => Some(Lit::Bool(*b)),
+        ExprKind::Str(t) => t
+            .parts
+            .iter()
+            .map(|p| match p {
+                crate::ir::TemplatePart::Text(s) => Some(s.as_str()),
+                crate::ir::TemplatePart::Expr(_) => None,
+            })
+            .collect::<Option<String>>()
+            .map(Lit::Str),
+        _ => None,
+    }
+}
+
+/// Two reads of the same value: the same step or parameter, the same
+/// fields, the same literal indexes.
+fn same_path(a: &Expr, b: &Expr) -> bool {
+    match (&a.kind, &b.kind) {
+        (ExprKind::Step(x), ExprKind::Step(y)) => x == y,
+        (ExprKind::Param(x), ExprKind::Param(y)) => x == y,
+        (ExprKind::Member(x, f), ExprKind::Member(y, g)) => f == g && same_path(x, y),
+        (ExprKind::Len(x), ExprKind::Len(y)) => same_path(x, y),
+        (ExprKind::Index(x, i), ExprKind::Index(y, j)) => {
+            same_path(x, y) && literal(i).is_some() && literal(i) == literal(j)
+        }
+        _ => false,
+    }
+}
+
 pub(super) fn guards(flow: &Flow, output_gated: &[bool]) -> Option<Guards> {
     let order = toposort(&flow.graph, None).ok()?;
     let g = &flow.graph;
     let gates: Vec<NodeIndex> = g
         .node_indices()
         .filter(|&n| match &g[n].kind {
-            StepKind::Approve { on_timeout, .. } => *on_timeout != Decision::Approve,
+            kind @ StepKind::Approve { .. } => reviewed(kind),
             StepKind::Call {
                 target: CallTarget::Flow(f),
                 ..
@@ -190,10 +293,37 @@ pub(super) fn check(
                 on_timeout: Decision::Approve,
                 gate,
                 ..
-            } => Some((n, gate.clone())),
+            } => Some((
+                g[n].span,
+                format!("gate `{gate}` approves itself on timeout, so it does not count"),
+            )),
             _ => None,
         })
         .collect();
+    // A policy that is always true is reported once, at the policy; the
+    // calls behind it are then not reported again.
+    let mut self_approving = Vec::new();
+    for n in g.node_indices() {
+        if let StepKind::Approve {
+            gate,
+            policy: Some(policy),
+            ..
+        } = &g[n].kind
+        {
+            if always_true(&policy.when) {
+                self_approving.push(n);
+                out.push(
+                    Diagnostic::new(
+                        Code::UngatedIrreversible,
+                        policy.span,
+                        format!("the policy of gate `{gate}` is always true, so the gate approves every case without a person"),
+                    )
+                    .label("always true")
+                    .help("a gate with such a policy guards nothing: write the condition over the values the gate shows (`auto approve when r.amount <= 50`), or remove `auto approve when …` so a person decides"),
+                );
+            }
+        }
+    }
     for n in g.node_indices() {
         let step = &g[n];
         let mut targets = Vec::new();
@@ -208,10 +338,12 @@ pub(super) fn check(
             if matches!(target, CallTarget::Flow(_)) {
                 continue;
             }
-            // A misspelled `after` (reported as N001) is the missing gate.
+            // A misspelled `after` (reported as N001) is the missing gate;
+            // an always-true policy was reported at the policy.
             if effect_of(program, target) != Effect::Irreversible
                 || guarded[n.index()]
                 || super::after_dropped(flow, n)
+                || behind_any(flow, &self_approving, n)
             {
                 continue;
             }
@@ -230,13 +362,33 @@ pub(super) fn check(
                 "make the call depend on an `approve` gate: pass the gate's value into it, or write `after <gate step>`; in `flow {}` every path that reaches this step must pass the gate",
                 flow.name
             ));
-            for (gate, gate_name) in &gates {
-                d = d.with(
-                    g[*gate].span,
-                    format!("gate `{gate_name}` approves itself on timeout, so it does not count"),
-                );
+            for (span, why) in &gates {
+                d = d.with(*span, why.clone());
             }
             out.push(d);
         }
     }
+}
+
+/// Whether `n` depends on one of `gates` (through data or `after`, any path).
+fn behind_any(flow: &Flow, gates: &[NodeIndex], n: NodeIndex) -> bool {
+    if gates.is_empty() {
+        return false;
+    }
+    let mut seen = vec![false; flow.graph.node_count()];
+    let mut stack = vec![n];
+    while let Some(m) = stack.pop() {
+        if std::mem::replace(&mut seen[m.index()], true) {
+            continue;
+        }
+        if gates.contains(&m) {
+            return true;
+        }
+        stack.extend(
+            flow.graph
+                .edges_directed(m, Direction::Incoming)
+                .map(|e| e.source()),
+        );
+    }
+    false
 }

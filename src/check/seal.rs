@@ -349,7 +349,7 @@ fn flow(program: &Program, id: FlowId, f: &ir::Flow) -> Result<exec::Flow, Diagn
     let mut missing: Option<Diagnostic> = None;
     let graph = f.graph.map(
         |_, s| {
-            step(program, s, scope).unwrap_or_else(|d| {
+            step(program, f, s, scope).unwrap_or_else(|d| {
                 missing.get_or_insert(d);
                 // Never run: the error above is returned instead.
                 exec::Step {
@@ -388,7 +388,12 @@ fn null(span: Span) -> ir::Expr {
     }
 }
 
-fn step(program: &Program, s: &ir::Step, scope: TemplateScope) -> Result<exec::Step, Diagnostic> {
+fn step(
+    program: &Program,
+    flow: &ir::Flow,
+    s: &ir::Step,
+    scope: TemplateScope,
+) -> Result<exec::Step, Diagnostic> {
     use exec::StepKind as K;
     let kind = match &s.kind {
         ir::StepKind::Value(e) => K::Value(e.clone()),
@@ -402,12 +407,25 @@ fn step(program: &Program, s: &ir::Step, scope: TemplateScope) -> Result<exec::S
             show,
             timeout_seconds,
             on_timeout,
-        } => K::Approve {
-            gate: gate.clone(),
+            escalation,
+            policy,
+            notify,
+        } => K::Approve(Box::new(exec::Gate {
+            name: gate.clone(),
             show: show.clone(),
             timeout: timeout_seconds.map(duration),
             on_timeout: *on_timeout,
-        },
+            escalation: escalation.as_ref().map(|e| exec::Escalation {
+                notify: e.notify.clone(),
+                timeout: duration(e.timeout_seconds),
+            }),
+            policy: policy.as_ref().map(|p| exec::Policy {
+                when: p.when.clone(),
+                reads: policy_reads(&p.when, flow),
+                sample: p.sample,
+            }),
+            notify: notify.clone(),
+        })),
         ir::StepKind::LoopItem { iterable } => K::LoopItem {
             iterable: iterable.clone(),
         },
@@ -500,4 +518,49 @@ fn llm(
         timeout: l.timeout_seconds.map_or(DEFAULT_LLM_TIMEOUT, duration),
         budget: l.budget.as_ref().map(budget),
     })
+}
+
+/// The values a policy reads, outermost first: each maximal path from a
+/// step or parameter (`r.amount`, `items.len`, `limit`), once, named as
+/// written. Literals are not reads.
+fn policy_reads(when: &ir::Expr, flow: &ir::Flow) -> Vec<(String, ir::Expr)> {
+    fn path(e: &ir::Expr, flow: &ir::Flow) -> Option<String> {
+        match &e.kind {
+            ir::ExprKind::Step(n) => Some(flow.graph[*n].name.clone()),
+            ir::ExprKind::Param(i) => flow.params.get(*i).map(|p| p.name.clone()),
+            ir::ExprKind::Member(inner, field) => Some(format!("{}.{field}", path(inner, flow)?)),
+            ir::ExprKind::Len(inner) => Some(format!("{}.len", path(inner, flow)?)),
+            ir::ExprKind::Index(inner, i) => match &i.kind {
+                ir::ExprKind::Number(n) => Some(format!("{}[{n}]", path(inner, flow)?)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    fn walk(e: &ir::Expr, flow: &ir::Flow, out: &mut Vec<(String, ir::Expr)>) {
+        if let Some(name) = path(e, flow) {
+            if !out.iter().any(|(n, _)| *n == name) {
+                out.push((name, e.clone()));
+            }
+            return;
+        }
+        match &e.kind {
+            ir::ExprKind::Not(x) | ir::ExprKind::Len(x) | ir::ExprKind::Member(x, _) => {
+                walk(x, flow, out)
+            }
+            ir::ExprKind::And(a, b)
+            | ir::ExprKind::Or(a, b)
+            | ir::ExprKind::Compare(a, _, b)
+            | ir::ExprKind::Index(a, b) => {
+                walk(a, flow, out);
+                walk(b, flow, out);
+            }
+            ir::ExprKind::List(items) => items.iter().for_each(|x| walk(x, flow, out)),
+            ir::ExprKind::Object(fields) => fields.iter().for_each(|(_, x)| walk(x, flow, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(when, flow, &mut out);
+    out
 }

@@ -23,7 +23,12 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
                         template(t, &mut found);
                     }
                 }
-                StepKind::Approve { show, .. } => show.iter().for_each(|e| expr(e, &mut found)),
+                StepKind::Approve { show, policy, .. } => {
+                    show.iter().for_each(|e| expr(e, &mut found));
+                    if let Some(p) = policy {
+                        expr(&p.when, &mut found);
+                    }
+                }
                 StepKind::Check { requires } => requires.iter().for_each(|(e, t)| {
                     expr(e, &mut found);
                     template(t, &mut found);

@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use petgraph::graph::NodeIndex;
 
-use crate::ast::{Decision, Effect};
+use crate::ast::Effect;
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::ir::{CallTarget, Expr, ExprKind, Fallback, Flow, Program, StepKind, TemplatePart};
@@ -310,11 +310,9 @@ impl FlowTaint<'_> {
                 StepKind::Value(e) | StepKind::Output(e) => {
                     reads(&self.program.types, e, &mut more)
                 }
-                StepKind::Approve {
-                    on_timeout, show, ..
-                } => {
+                kind @ StepKind::Approve { show, .. } => {
                     // A gate's value was reviewed, unless nobody had to look.
-                    if *on_timeout == Decision::Approve {
+                    if !super::approval::reviewed(kind) {
                         for s in show.iter().take(1) {
                             reads(&self.program.types, s, &mut more);
                         }

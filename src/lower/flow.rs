@@ -561,13 +561,46 @@ impl<'a> FlowBuilder<'a> {
                 }
                 let ty = show.first().map_or(Ty::Error, |e| widen(&e.ty));
                 let timeout = ap.timeout.as_ref().and_then(|q| cx.seconds(q));
-                let on_timeout = ap.on_timeout.map_or(Decision::Reject, |(d, _)| d);
+                let policy = ap.policy.as_ref().map(|p| {
+                    let when = self.expr(cx, &p.when);
+                    if !cx.program.types.assignable(&when.ty, &Ty::Bool) {
+                        mismatch(
+                            cx,
+                            when.span,
+                            &Ty::Bool,
+                            &when.ty,
+                            "a policy is a condition: the gate approves the cases where it is true",
+                        );
+                    }
+                    self.connect(&when, node);
+                    Policy {
+                        when,
+                        span: p.span,
+                        sample: ap.sample.as_ref().map(sampling),
+                    }
+                });
+                if let (Some(sample), None) = (&ap.sample, &ap.policy) {
+                    let d = Diagnostic::new(Code::InvalidDeclaration, sample.span, format!("gate `{}` samples cases but has no policy", ap.gate.name))
+                        .label("nothing to sample")
+                        .help("`sample` sends cases a policy decided to review after the fact; add `auto approve when …`, or remove `sample`");
+                    cx.report(d);
+                }
+                let (on_timeout, escalation) = match &ap.on_timeout {
+                    None => (Decision::Reject, None),
+                    Some((ast::OnTimeout::Decide(d), _)) => (*d, None),
+                    Some((ast::OnTimeout::Escalate(e), span)) => {
+                        (Decision::Reject, self.escalation(cx, ap, e, *span))
+                    }
+                };
                 (
                     StepKind::Approve {
                         gate: ap.gate.name.clone(),
                         show,
                         timeout_seconds: timeout,
                         on_timeout,
+                        escalation,
+                        policy,
+                        notify: ap.notify.as_ref().map(notify),
                     },
                     ty,
                 )
@@ -578,6 +611,52 @@ impl<'a> FlowBuilder<'a> {
         };
         self.graph[node].kind = kind;
         self.graph[node].ty = ty;
+    }
+
+    /// `on_timeout escalate { … }`: complete only with the gate's own
+    /// `timeout` (else it never starts), a target and a second timeout.
+    fn escalation(
+        &mut self,
+        cx: &mut Lowerer<'_, '_>,
+        ap: &ast::ApproveStep,
+        e: &ast::Escalation,
+        span: Span,
+    ) -> Option<Escalation> {
+        let gate = &ap.gate.name;
+        let mut missing = |what: &str, help: &str| {
+            let d = Diagnostic::new(
+                Code::InvalidDeclaration,
+                span,
+                format!("gate `{gate}` escalates without {what}"),
+            )
+            .label("incomplete escalation")
+            .help(help.to_string());
+            cx.report(d);
+        };
+        if ap.timeout.is_none() {
+            missing(
+                "a `timeout` of its own",
+                "an escalation starts when the gate's `timeout` passes; add `timeout 24h` (for example) to the gate",
+            );
+        }
+        if e.notify.is_none() {
+            missing(
+                "a `notify` target",
+                "say whom the escalation tells: `escalate { notify webhook env.ONCALL_HOOK, timeout 1h }`",
+            );
+        }
+        if e.timeout.is_none() {
+            missing(
+                "a `timeout`",
+                "say how long the escalated gate waits before it is rejected: `escalate { notify …, timeout 1h }`",
+            );
+        }
+        let timeout_seconds = e.timeout.as_ref().and_then(|q| cx.seconds(q))?;
+        ap.timeout.as_ref()?;
+        Some(Escalation {
+            notify: notify(e.notify.as_ref()?),
+            timeout_seconds,
+        })
     }
 
     fn call(&mut self, cx: &mut Lowerer<'_, '_>, call: &ast::Call) -> Option<ResolvedCall> {
@@ -1806,4 +1885,23 @@ fn flow_has_gate(program: &Program, flow: FlowId, gate: &str, depth: u32) -> boo
         } => flow_has_gate(program, *sub, gate, depth + 1),
         _ => false,
     })
+}
+
+fn notify(n: &ast::Notify) -> Notify {
+    Notify {
+        kind: n.kind,
+        target: match &n.target {
+            ast::NotifyTarget::Url(u) => NotifyTarget::Url(u.clone()),
+            ast::NotifyTarget::Env(e) => NotifyTarget::Env(e.name.clone()),
+        },
+    }
+}
+
+/// A `sample` clause as a share and a daily cap: a cap alone samples every
+/// case until the day's cap is reached.
+fn sampling(s: &ast::Sample) -> Sampling {
+    Sampling {
+        rate: s.percent.map_or(1.0, |(p, _)| p / 100.0),
+        per_day: s.per_day.map(|(n, _)| n),
+    }
 }

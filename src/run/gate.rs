@@ -1,7 +1,8 @@
-//! Approval gates: where a gate's decision comes from.
+//! Approval gates: where a gate's decision comes from (the run store, the
+//! command line or a test, the gate's policy, its timeout), and who is told
+//! that it waits (`notify`, and its escalation's target).
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use petgraph::graph::NodeIndex;
 use serde_json::Value;
@@ -9,26 +10,27 @@ use serde_json::Value;
 use super::error::{FailureClass, Stop};
 use super::eval::eval;
 use super::frame::{step_path, FlowCtx, Frame, FrameScope, GateDecision, PendingGate};
+use super::notify::{GateNotice, Notice};
+use super::policy::{in_sample, judge, PolicyVerdict};
 use super::region::Prepared;
 use super::runtime::Runtime;
-use super::status::{decision_name, decision_named, GateStatus};
+use super::status::{decision_name, GateStatus};
 use super::step_path::StepPath;
-use crate::exec::{Decision, Expr};
+use super::trace::SpanId;
+use crate::exec::{Decision, Gate, Notify};
 use crate::fields;
+use crate::store::{DecisionSource, GateRecord, NoticeStage, ReviewRecord, Store, StoreError};
 
 impl Runtime<'_> {
     /// An approval gate: its shown values, then its decision, or a wait.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn approve<'s>(
         &self,
         cx: &FlowCtx<'_>,
         n: NodeIndex,
         frame: &Rc<Frame>,
-        gate: &str,
-        show: &[Expr],
-        timeout: Option<Duration>,
-        on_timeout: Decision,
+        spec: &Gate,
     ) -> Result<Prepared<'s>, Stop> {
+        let gate = spec.name.as_str();
         let step = &cx.flow.graph[n];
         let scope = FrameScope {
             flow: cx.flow,
@@ -36,7 +38,8 @@ impl Runtime<'_> {
             frame,
         };
         let fail = |message: String| self.fail(cx, n, 1, FailureClass::Gate, message);
-        let shown: Vec<Value> = show
+        let shown: Vec<Value> = spec
+            .show
             .iter()
             .map(|e| eval(e, &scope))
             .collect::<Result<_, _>>()
@@ -50,8 +53,9 @@ impl Runtime<'_> {
             path: frame.path.to_string(),
             show: shown.clone(),
         };
+        let verdict = spec.policy.as_ref().map(|p| judge(p, &scope));
         let decided = self
-            .gate_decision(&path, &pending, timeout, on_timeout)
+            .gate_decision(&path, &pending, spec, verdict.as_ref(), cx.span)
             .map_err(|e| {
                 fail(match &self.durable {
                     Some(d) => d.store_failed(e),
@@ -59,22 +63,29 @@ impl Runtime<'_> {
                 })
             })?;
         let Some(decided) = decided else {
-            self.trace.event(
-                Some(cx.span),
-                "gate",
-                gate,
-                fields! {"decision": "waiting", "show": pending.show},
-            );
+            let mut data = fields! {"decision": "waiting", "show": pending.show};
+            if let Some(v) = &verdict {
+                data.insert("policy".into(), policy_data(v));
+            }
+            self.trace.event(Some(cx.span), "gate", gate, data);
             return Ok(Prepared::Wait(pending));
         };
         // The gate's event says what was shown, what it released (an
-        // edited value, when the reviewer changed it), who decided and when.
+        // edited value, when the reviewer changed it), who or what decided
+        // and when, and what a policy read.
         let mut data = fields! {
             "show": shown,
             "original": value,
             "decided_by": decided.by,
             "decided_at": decided.at,
+            "source": decided.source.as_str(),
         };
+        if let Some(v) = &verdict {
+            data.insert("policy".into(), policy_data(v));
+        }
+        if decided.source == DecisionSource::Policy {
+            data.insert("sampled".into(), Value::Bool(decided.sampled));
+        }
         match decided.decision {
             GateDecision::Approve(edited) => {
                 let v = match edited {
@@ -107,16 +118,20 @@ impl Runtime<'_> {
     }
 
     /// A gate's decision: from the run store (an earlier process, `flowc
-    /// approve`, a passed timeout), else from the command line or the test
-    /// (recorded in the store, with who gave it). A gate that stays undecided
-    /// is recorded as pending.
+    /// approve`, a passed timeout), else from the gate's policy, else from
+    /// the command line or the test (recorded in the store, with who or
+    /// what decided). A gate that stays undecided is recorded as pending and
+    /// announced; one whose timeout passed escalates once if it says so,
+    /// then takes its `on_timeout` outcome.
     pub fn gate_decision(
         &self,
         path: &StepPath<'_>,
         pending: &PendingGate,
-        timeout: Option<Duration>,
-        on_timeout: Decision,
-    ) -> Result<Option<Decided>, crate::store::StoreError> {
+        spec: &Gate,
+        verdict: Option<&PolicyVerdict>,
+        span: SpanId,
+    ) -> Result<Option<Decided>, StoreError> {
+        let now = crate::store::now();
         let given = self
             .gates
             .get(&pending.gate)
@@ -124,10 +139,20 @@ impl Runtime<'_> {
             .map(|decision| Decided {
                 decision,
                 by: self.decided_by.clone(),
-                at: crate::store::now(),
+                at: now,
+                source: DecisionSource::Person,
+                sampled: false,
             });
+        let by_policy = verdict.filter(|v| v.approves).map(|_| Decided {
+            decision: GateDecision::Approve(None),
+            by: DecisionSource::Policy.as_str().into(),
+            at: now,
+            source: DecisionSource::Policy,
+            sampled: false,
+        });
         let Some(d) = &self.durable else {
-            return Ok(given);
+            // The program's rule comes before a decision given for the run.
+            return Ok(by_policy.or(given));
         };
         let key = &path.to_string();
         let store = d.store.borrow();
@@ -137,6 +162,8 @@ impl Runtime<'_> {
                 decision,
                 by: r.decided_by.clone().unwrap_or_default(),
                 at: r.decided_at.unwrap_or_default(),
+                source: r.source.unwrap_or(DecisionSource::Person),
+                sampled: false,
             };
             match GateStatus::from_name(&r.status) {
                 Some(GateStatus::Approved) => {
@@ -149,40 +176,75 @@ impl Runtime<'_> {
                 }
                 Some(GateStatus::Pending) | None => {}
             }
-            if r.timeout_at.is_some_and(|t| crate::store::now() >= t) {
-                let approve = decision_named(&r.on_timeout) == Some(Decision::Approve);
-                store.decide_gate(&d.run_id, key, approve, None, Some("timed out"), TIMEOUT)?;
-                return Ok(Some(Decided {
-                    decision: if approve {
-                        GateDecision::Approve(None)
-                    } else {
-                        GateDecision::Reject("timed out".into())
-                    },
-                    by: TIMEOUT.into(),
-                    at: crate::store::now(),
-                }));
+            if r.timeout_at.is_some_and(|t| now >= t) {
+                match (&spec.escalation, r.escalated_at) {
+                    (Some(esc), None) => {
+                        let until = now + esc.timeout.as_secs_f64();
+                        if store.escalate_gate(&d.run_id, key, until)? {
+                            self.trace.event(
+                                Some(span),
+                                "gate",
+                                &pending.gate,
+                                fields! {"decision": "escalated", "timeout_at": until},
+                            );
+                            self.announce(
+                                &store,
+                                &esc.notify,
+                                NoticeStage::Escalated,
+                                pending,
+                                key,
+                                Some(until),
+                                span,
+                            )?;
+                        }
+                    }
+                    _ => {
+                        let approve = spec.on_timeout == Decision::Approve;
+                        store.decide_gate_on_timeout(&d.run_id, key, approve)?;
+                        return Ok(Some(Decided {
+                            decision: if approve {
+                                GateDecision::Approve(None)
+                            } else {
+                                GateDecision::Reject("timed out".into())
+                            },
+                            by: DecisionSource::Timeout.as_str().into(),
+                            at: now,
+                            source: DecisionSource::Timeout,
+                            sampled: false,
+                        }));
+                    }
+                }
             }
         }
-        let created = crate::store::now();
         if record.is_none() {
+            let on_timeout = match spec.escalation {
+                Some(_) => "escalate",
+                None => decision_name(spec.on_timeout),
+            };
             store.pending_gate(
                 &d.lease,
-                &crate::store::GateRecord {
-                    run_id: d.run_id.clone(),
-                    key: key.to_string(),
-                    flow: pending.flow.clone(),
-                    gate: pending.gate.clone(),
-                    show: Value::Array(pending.show.clone()),
-                    status: GateStatus::Pending.as_str().into(),
-                    value: None,
-                    reason: None,
-                    created_at: created,
-                    timeout_at: timeout.map(|t| created + t.as_secs_f64()),
-                    on_timeout: decision_name(on_timeout).into(),
-                    decided_by: None,
-                    decided_at: None,
-                },
+                &GateRecord::pending(
+                    &d.run_id,
+                    key,
+                    &pending.flow,
+                    &pending.gate,
+                    Value::Array(pending.show.clone()),
+                    spec.timeout.map(|t| now + t.as_secs_f64()),
+                    on_timeout,
+                ),
             )?;
+            if let (Some(v), Some(mut decided)) = (verdict, by_policy) {
+                store.decide_gate_by_policy(&d.run_id, key, &v.read)?;
+                let sampling = spec.policy.as_ref().and_then(|p| p.sample.as_ref());
+                if let Some(s) = sampling {
+                    if in_sample(s, &d.run_id, key) {
+                        let item =
+                            ReviewRecord::sampled(&d.run_id, key, &pending.flow, &pending.gate);
+                        decided.sampled = store.sample_review(&item, s.per_day)?;
+                    }
+                }
+                return Ok(Some(decided));
+            }
         }
         if let Some(given) = given {
             // Recorded like a decision made with `flowc approve`, so the
@@ -194,16 +256,98 @@ impl Runtime<'_> {
             store.decide_gate(&d.run_id, key, approve, value, reason, &given.by)?;
             return Ok(Some(given));
         }
+        if let Some(notify) = &spec.notify {
+            self.announce(
+                &store,
+                notify,
+                NoticeStage::Pending,
+                pending,
+                key,
+                None,
+                span,
+            )?;
+        }
         Ok(None)
+    }
+
+    /// Sends a gate's announcement `stage` if no process sent it before:
+    /// the claim is taken in the store first, so it goes out at most once.
+    #[allow(clippy::too_many_arguments)]
+    fn announce(
+        &self,
+        store: &Store,
+        notify: &Notify,
+        stage: NoticeStage,
+        pending: &PendingGate,
+        key: &str,
+        deadline: Option<f64>,
+        span: SpanId,
+    ) -> Result<(), StoreError> {
+        let Some(d) = &self.durable else {
+            return Ok(());
+        };
+        if !store.claim_notice(&d.run_id, key, stage)? {
+            return Ok(());
+        }
+        let about = GateNotice {
+            run_id: &d.run_id,
+            flow: &pending.flow,
+            gate: &pending.gate,
+            key,
+            inbox: &self.inbox_url,
+            deadline,
+        };
+        match Notice::new(notify, stage, &about, &*self.env) {
+            Ok(notice) => {
+                let task = tokio::spawn(super::notify::send(
+                    self.http.clone(),
+                    notice,
+                    self.trace.clone(),
+                    span,
+                ));
+                self.notices.borrow_mut().push(task);
+            }
+            Err(why) => {
+                let target = super::notify::describe(&notify.target);
+                eprintln!(
+                    "flowc: the notification for gate `{}` ({} {target}) was not sent: {why}; the run goes on",
+                    pending.gate,
+                    notify.kind.as_str()
+                );
+                self.trace.event(
+                    Some(span),
+                    "notify",
+                    &pending.gate,
+                    fields! {
+                        "channel": notify.kind.as_str(),
+                        "target": target,
+                        "stage": super::notify::stage_name(stage),
+                        "attempts": 0,
+                        "status": "failed",
+                        "error": why.to_string(),
+                    },
+                );
+            }
+        }
+        Ok(())
     }
 }
 
-/// Who decides a gate whose timeout passed.
-const TIMEOUT: &str = "timeout";
+/// What a policy said, for the trace.
+fn policy_data(v: &PolicyVerdict) -> Value {
+    let mut out = serde_json::json!({ "approves": v.approves, "read": v.read });
+    if let Some(e) = &v.error {
+        out["error"] = Value::String(e.clone());
+    }
+    out
+}
 
-/// A gate's decision, who made it and when (seconds since the Unix epoch).
+/// A gate's decision, who or what made it and when (seconds since the Unix
+/// epoch), and, for a policy's, whether the case went to review.
 pub struct Decided {
     pub decision: GateDecision,
     pub by: String,
     pub at: f64,
+    pub source: DecisionSource,
+    pub sampled: bool,
 }

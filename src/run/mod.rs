@@ -19,8 +19,10 @@ pub mod fingerprint;
 mod frame;
 mod gate;
 pub mod http;
+pub mod notify;
 pub mod otel;
 pub mod plan;
+mod policy;
 pub mod preflight;
 pub mod providers;
 mod region;
@@ -319,6 +321,9 @@ pub fn run(
         .user_agent(http::USER_AGENT)
         .build()
         .map_err(|e| SetupError::Start(format!("cannot start the HTTP client: {e}")))?;
+    let inbox_url = (options.env)("FLOWC_INBOX_URL")
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| notify::DEFAULT_INBOX_URL.to_string());
     let runtime = runtime::Runtime {
         program,
         world: std::cell::RefCell::new(options.world),
@@ -346,6 +351,8 @@ pub fn run(
         durable,
         root_ledger: Default::default(),
         base_spend,
+        inbox_url,
+        notices: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -381,6 +388,14 @@ pub fn run(
             () = signal => None,
             () = requested => None,
             () = trace.failure() => None,
+        }
+    });
+    // Notifications sent while the run went on are delivered (or given up
+    // after their retries) before it ends.
+    let notices = std::mem::take(&mut *runtime.notices.borrow_mut());
+    rt.block_on(async {
+        for notice in notices {
+            let _ = notice.await;
         }
     });
     // Servers stop with the run; what they wrote to stderr goes in the trace.
@@ -648,6 +663,25 @@ pub fn secret_values(program: &exec::Program, env: &dyn Fn(&str) -> Option<Strin
         }
         parts.extend(t.idempotency.iter().map(|t| t.parts.as_slice()));
     }
+    // A webhook's address is a secret, written out or read from the
+    // environment.
+    let mut literal = Vec::new();
+    for f in &program.flows {
+        for step in f.graph.node_weights() {
+            if let exec::StepKind::Approve(gate) = &step.kind {
+                for notify in gate
+                    .notify
+                    .iter()
+                    .chain(gate.escalation.iter().map(|e| &e.notify))
+                {
+                    match &notify.target {
+                        exec::NotifyTarget::Env(name) => names.push(name.clone()),
+                        exec::NotifyTarget::Url(url) => literal.push(url.clone()),
+                    }
+                }
+            }
+        }
+    }
     for s in &program.servers {
         let exec::McpTransport::Stdio { argv } = &s.transport;
         parts.extend(argv.iter().map(|t| t.parts.as_slice()));
@@ -662,7 +696,7 @@ pub fn secret_values(program: &exec::Program, env: &dyn Fn(&str) -> Option<Strin
     }
     names.sort();
     names.dedup();
-    names.iter().filter_map(|n| env(n)).collect()
+    names.iter().filter_map(|n| env(n)).chain(literal).collect()
 }
 
 /// Every `env.NAME` an expression reads, nested ones included.

@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::exec::{
-    CallTarget, Expr, ExprKind, Fallback, FlowId, HttpBody, McpTransport, ModelId, Program,
-    StepKind, Template, TemplatePart, ToolId, ToolKind,
+    CallTarget, Expr, ExprKind, Fallback, FlowId, HttpBody, McpTransport, ModelId, NotifyTarget,
+    Program, StepKind, Template, TemplatePart, ToolId, ToolKind,
 };
 
 /// One thing the run needs and does not have.
@@ -76,6 +76,35 @@ pub fn check(
                         provider.name, model.name
                     ),
                 });
+            }
+        }
+    }
+    // A gate's notification targets read from the environment: a worker
+    // that would announce or escalate a gate needs them.
+    for &f in &reach.flows {
+        let flow = &program.flows[f.index()];
+        for step in flow.graph.node_weights() {
+            let StepKind::Approve(gate) = &step.kind else {
+                continue;
+            };
+            let targets = gate
+                .notify
+                .iter()
+                .chain(gate.escalation.iter().map(|e| &e.notify));
+            for notify in targets {
+                if let NotifyTarget::Env(name) = &notify.target {
+                    if !var(name) {
+                        missing.insert(Missing {
+                            what: format!("the environment variable {name}"),
+                            needed_by: format!(
+                                "`notify {} env.{name}` of gate `{}` in flow `{}`",
+                                notify.kind.as_str(),
+                                gate.name,
+                                flow.name
+                            ),
+                        });
+                    }
+                }
             }
         }
     }

@@ -210,12 +210,7 @@ impl Runtime<'_> {
             }
             StepKind::LoopItem { .. } => Ok(Prepared::Skip),
             StepKind::Check { requires } => self.check(cx, n, requires, &scope),
-            StepKind::Approve {
-                gate,
-                show,
-                on_timeout,
-                timeout,
-            } => self.approve(cx, n, frame, gate, show, *timeout, *on_timeout),
+            StepKind::Approve(gate) => self.approve(cx, n, frame, gate),
             StepKind::Call { target, args } => {
                 let args = args
                     .iter()

@@ -53,6 +53,12 @@ pub struct Runtime<'p> {
     pub root_ledger: RefCell<Option<Arc<Ledger>>>,
     /// Spent by earlier processes of a resumed run.
     pub base_spend: Spend,
+    /// The inbox's base URL, for the links gate notifications carry
+    /// (`FLOWC_INBOX_URL`).
+    pub inbox_url: String,
+    /// Gate notifications in flight: the run waits for them before it
+    /// ends, so none is cut off when the process exits.
+    pub notices: RefCell<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// A durable run's store and what it already holds.

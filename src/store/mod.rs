@@ -7,8 +7,10 @@
 //! A step's result is committed before any step that depends on it starts;
 //! steps that complete together commit in one transaction.
 
+mod decision;
 mod lease;
 mod postgres;
+mod review;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -18,8 +20,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::run::budget::Spend;
+pub use decision::{DecisionSource, NoticeStage};
 pub use lease::{owner_id, ttl as lease_ttl, Acquired, Heartbeat, Lease};
 pub use postgres::PostgresStore;
+pub use review::{utc_day, ReviewRecord, Verdict};
 pub use sqlite::SqliteStore;
 
 /// How hard a commit waits for the disk.
@@ -151,13 +155,75 @@ pub struct GateRecord {
     pub reason: Option<String>,
     pub created_at: f64,
     pub timeout_at: Option<f64>,
-    /// `approve` or `reject`.
+    /// `approve`, `reject` or `escalate`.
     pub on_timeout: String,
-    /// Who decided (`flowc approve --by`, the OS user, `timeout`), once
-    /// decided.
+    /// Who decided (`flowc approve --by`, the OS user, `timeout`, `policy`),
+    /// once decided.
     pub decided_by: Option<String>,
     /// When it was decided (seconds since the Unix epoch).
     pub decided_at: Option<f64>,
+    /// What decided it, once decided (a gate decided before the column existed
+    /// (SQLite schema 8, PostgreSQL 7) reads as `Timeout` when `decided_by` is `timeout`,
+    /// else `Person`).
+    pub source: Option<DecisionSource>,
+    /// For a policy's decision: the values its condition read, by name
+    /// (`{"request.amount": 30}`).
+    pub policy_read: Option<Value>,
+    /// The announcements sent so far (`notify`, then the escalation's).
+    pub notified: NoticeStage,
+    /// When its timeout passed and it escalated (its `timeout_at` is then
+    /// the escalation's deadline).
+    pub escalated_at: Option<f64>,
+}
+
+impl GateRecord {
+    /// A gate that starts waiting now.
+    pub fn pending(
+        run_id: &str,
+        key: &str,
+        flow: &str,
+        gate: &str,
+        show: Value,
+        timeout_at: Option<f64>,
+        on_timeout: &str,
+    ) -> GateRecord {
+        GateRecord {
+            run_id: run_id.to_string(),
+            key: key.to_string(),
+            flow: flow.to_string(),
+            gate: gate.to_string(),
+            show,
+            status: "pending".into(),
+            value: None,
+            reason: None,
+            created_at: now(),
+            timeout_at,
+            on_timeout: on_timeout.to_string(),
+            decided_by: None,
+            decided_at: None,
+            source: None,
+            policy_read: None,
+            notified: NoticeStage::None,
+            escalated_at: None,
+        }
+    }
+}
+
+/// A stored decision source; rows written before the column existed are
+/// told apart by who decided them.
+pub(crate) fn source_of(
+    column: Option<&str>,
+    status: &str,
+    decided_by: Option<&str>,
+) -> Option<DecisionSource> {
+    if status == "pending" {
+        return None;
+    }
+    match column.and_then(DecisionSource::from_name) {
+        Some(s) => Some(s),
+        None if decided_by == Some("timeout") => Some(DecisionSource::Timeout),
+        None => Some(DecisionSource::Person),
+    }
 }
 
 pub fn now() -> f64 {
@@ -245,6 +311,38 @@ pub trait Backend: Send {
     ) -> Result<bool>;
     /// Gates of one run (or of every run), oldest first.
     fn gates(&self, run: Option<&str>) -> Result<Vec<GateRecord>>;
+    /// Decides a pending gate by its timeout (`decided_by` `timeout`,
+    /// source [`DecisionSource::Timeout`]); `false` if it was not pending.
+    fn decide_gate_on_timeout(&self, run: &str, key: &str, approve: bool) -> Result<bool>;
+    /// Approves a pending gate by its policy, recording the values the
+    /// policy read (`decided_by` `policy`, source [`DecisionSource::Policy`]);
+    /// `false` if it was not pending.
+    fn decide_gate_by_policy(&self, run: &str, key: &str, read: &Value) -> Result<bool>;
+    /// Claims the right to send a pending gate's announcement `stage`:
+    /// `true` once per gate and stage (the caller then sends it), `false`
+    /// when it was claimed before or the gate is no longer pending.
+    fn claim_notice(&self, run: &str, key: &str, stage: NoticeStage) -> Result<bool>;
+    /// Escalates a pending gate whose timeout passed: its deadline becomes
+    /// `timeout_at`; `false` if it escalated before or is no longer pending.
+    fn escalate_gate(&self, run: &str, key: &str, timeout_at: f64) -> Result<bool>;
+    /// Records a policy-decided case for review, unless `per_day` cases of
+    /// its flow and gate were already sampled on its day (or the case was
+    /// sampled before); `true` when recorded.
+    fn sample_review(&self, r: &ReviewRecord, per_day: Option<u64>) -> Result<bool>;
+    /// Review items of one run (or of every run), oldest first; only those
+    /// not reviewed yet with `open_only`.
+    fn reviews(&self, run: Option<&str>, open_only: bool) -> Result<Vec<ReviewRecord>>;
+    /// Marks a sampled case agreed or not; `false` when there is no such
+    /// item or it was reviewed already (a second verdict is refused, like a
+    /// second decision).
+    fn record_review(
+        &self,
+        run: &str,
+        key: &str,
+        verdict: Verdict,
+        by: &str,
+        note: Option<&str>,
+    ) -> Result<bool>;
     /// Records a submitted run (`queued`, nobody's lease) and its program
     /// snapshot ([`crate::snapshot::ProgramSnapshot::to_json`]) in one
     /// transaction, for a worker to claim.

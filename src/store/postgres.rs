@@ -20,7 +20,10 @@ use postgres::{Client, Row, Statement};
 use serde_json::Value;
 
 use super::lease::owner_is_dead;
-use super::{now, Acquired, Backend, GateRecord, Lease, RunRecord, Store, StoreError, CLAIMABLE};
+use super::{
+    now, Acquired, Backend, GateRecord, Lease, NoticeStage, ReviewRecord, RunRecord, Store,
+    StoreError, Verdict, CLAIMABLE,
+};
 use crate::run::budget::Spend;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -124,6 +127,26 @@ CREATE TABLE model_slots (
     until DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (key, slot)
 );
+"#,
+    r#"
+ALTER TABLE gates ADD COLUMN source TEXT;
+ALTER TABLE gates ADD COLUMN policy_read TEXT;
+ALTER TABLE gates ADD COLUMN notified BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE gates ADD COLUMN escalated_at DOUBLE PRECISION;
+CREATE TABLE reviews (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    key TEXT NOT NULL,
+    flow TEXT NOT NULL,
+    gate TEXT NOT NULL,
+    sampled_at DOUBLE PRECISION NOT NULL,
+    day TEXT NOT NULL,
+    verdict TEXT,
+    reviewed_by TEXT,
+    reviewed_at DOUBLE PRECISION,
+    note TEXT,
+    PRIMARY KEY (run_id, key)
+);
+CREATE INDEX reviews_day ON reviews (flow, gate, day);
 "#,
 ];
 
@@ -356,8 +379,18 @@ fn gate_row(r: &Row) -> Result<GateRecord> {
         created_at: r.try_get("created_at")?,
         timeout_at: r.try_get("timeout_at")?,
         on_timeout: r.try_get("on_timeout")?,
+        source: super::source_of(
+            r.try_get::<_, Option<String>>("source")?.as_deref(),
+            &r.try_get::<_, String>("status")?,
+            r.try_get::<_, Option<String>>("decided_by")?.as_deref(),
+        ),
         decided_by: r.try_get("decided_by")?,
         decided_at: r.try_get("decided_at")?,
+        policy_read: r
+            .try_get::<_, Option<String>>("policy_read")?
+            .map(|t| json_col(Some(t))),
+        notified: NoticeStage::from_number(r.try_get("notified")?),
+        escalated_at: r.try_get("escalated_at")?,
     })
 }
 
@@ -755,7 +788,7 @@ impl Backend for PostgresStore {
         let by = by.to_string();
         self.call(move |c| {
             let n = c.execute(
-                "UPDATE gates SET status = $3, value = $4, reason = $5, decided_at = $6, decided_by = $7
+                "UPDATE gates SET status = $3, value = $4, reason = $5, decided_at = $6, decided_by = $7, source = 'person'
                  WHERE run_id = $1 AND key = $2 AND status = 'pending'",
                 &[
                     &run,
@@ -896,4 +929,132 @@ impl Backend for PostgresStore {
             rows.iter().map(gate_row).collect()
         })
     }
+
+    fn decide_gate_on_timeout(&self, run: &str, key: &str, approve: bool) -> Result<bool> {
+        let (run, key) = (run.to_string(), key.to_string());
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE gates SET status = $3, reason = $4, decided_at = $5, decided_by = 'timeout', source = 'timeout'
+                 WHERE run_id = $1 AND key = $2 AND status = 'pending'",
+                &[
+                    &run,
+                    &key,
+                    &(if approve { "approved" } else { "rejected" }),
+                    &(if approve { None } else { Some("timed out") }),
+                    &now(),
+                ],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn decide_gate_by_policy(&self, run: &str, key: &str, read: &Value) -> Result<bool> {
+        let (run, key, read) = (run.to_string(), key.to_string(), read.to_string());
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE gates SET status = 'approved', decided_at = $3, decided_by = 'policy', source = 'policy', policy_read = $4
+                 WHERE run_id = $1 AND key = $2 AND status = 'pending'",
+                &[&run, &key, &now(), &read],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn claim_notice(&self, run: &str, key: &str, stage: NoticeStage) -> Result<bool> {
+        let (run, key) = (run.to_string(), key.to_string());
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE gates SET notified = $3
+                 WHERE run_id = $1 AND key = $2 AND status = 'pending' AND notified < $3",
+                &[&run, &key, &stage.as_number()],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn escalate_gate(&self, run: &str, key: &str, timeout_at: f64) -> Result<bool> {
+        let (run, key) = (run.to_string(), key.to_string());
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE gates SET escalated_at = $3, timeout_at = $4
+                 WHERE run_id = $1 AND key = $2 AND status = 'pending' AND escalated_at IS NULL",
+                &[&run, &key, &now(), &timeout_at],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn sample_review(&self, r: &ReviewRecord, per_day: Option<u64>) -> Result<bool> {
+        let r = r.clone();
+        let cap = per_day.map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.call(move |c| {
+            // Under READ COMMITTED two processes could both count below the
+            // cap; a transaction-scoped advisory lock per flow and gate
+            // makes the count and the insert one step.
+            let mut tx = c.client.transaction()?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                &[&format!("flowc-review:{}:{}", r.flow, r.gate)],
+            )?;
+            let n = tx.execute(
+                "INSERT INTO reviews (run_id, key, flow, gate, sampled_at, day)
+                 SELECT $1, $2, $3, $4, $5, $6
+                 WHERE (SELECT COUNT(*) FROM reviews WHERE flow = $3 AND gate = $4 AND day = $6) < $7
+                 ON CONFLICT DO NOTHING",
+                &[&r.run_id, &r.key, &r.flow, &r.gate, &r.sampled_at, &r.day, &cap],
+            )?;
+            tx.commit()?;
+            Ok(n == 1)
+        })
+    }
+
+    fn reviews(&self, run: Option<&str>, open_only: bool) -> Result<Vec<ReviewRecord>> {
+        let run = run.map(str::to_string);
+        self.call(move |c| {
+            let rows = c.query(
+                "SELECT * FROM reviews WHERE ($1::text IS NULL OR run_id = $1) AND (NOT $2 OR verdict IS NULL)
+                 ORDER BY sampled_at",
+                &[&run, &open_only],
+            )?;
+            rows.iter().map(review_row).collect()
+        })
+    }
+
+    fn record_review(
+        &self,
+        run: &str,
+        key: &str,
+        verdict: Verdict,
+        by: &str,
+        note: Option<&str>,
+    ) -> Result<bool> {
+        let (run, key, by) = (run.to_string(), key.to_string(), by.to_string());
+        let note = note.map(str::to_string);
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE reviews SET verdict = $3, reviewed_by = $4, reviewed_at = $5, note = $6
+                 WHERE run_id = $1 AND key = $2 AND verdict IS NULL",
+                &[&run, &key, &verdict.as_str(), &by, &now(), &note],
+            )?;
+            Ok(n == 1)
+        })
+    }
+}
+
+fn review_row(r: &Row) -> Result<ReviewRecord> {
+    Ok(ReviewRecord {
+        run_id: r.try_get("run_id")?,
+        key: r.try_get("key")?,
+        flow: r.try_get("flow")?,
+        gate: r.try_get("gate")?,
+        sampled_at: r.try_get("sampled_at")?,
+        day: r.try_get("day")?,
+        verdict: r
+            .try_get::<_, Option<String>>("verdict")?
+            .as_deref()
+            .and_then(Verdict::from_name),
+        reviewed_by: r.try_get("reviewed_by")?,
+        reviewed_at: r.try_get("reviewed_at")?,
+        note: r.try_get("note")?,
+    })
 }

@@ -15,7 +15,8 @@ use serde_json::Value;
 
 use super::lease::owner_is_dead;
 use super::{
-    now, Acquired, Backend, Durability, GateRecord, Lease, RunRecord, Store, StoreError, CLAIMABLE,
+    now, Acquired, Backend, Durability, GateRecord, Lease, NoticeStage, ReviewRecord, RunRecord,
+    Store, StoreError, Verdict, CLAIMABLE,
 };
 use crate::run::budget::Spend;
 
@@ -120,6 +121,26 @@ CREATE TABLE model_slots (
     until REAL NOT NULL,
     PRIMARY KEY (key, slot)
 ) WITHOUT ROWID;
+"#,
+    r#"
+ALTER TABLE gates ADD COLUMN source TEXT;
+ALTER TABLE gates ADD COLUMN policy_read TEXT;
+ALTER TABLE gates ADD COLUMN notified INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE gates ADD COLUMN escalated_at REAL;
+CREATE TABLE reviews (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    key TEXT NOT NULL,
+    flow TEXT NOT NULL,
+    gate TEXT NOT NULL,
+    sampled_at REAL NOT NULL,
+    day TEXT NOT NULL,
+    verdict TEXT,
+    reviewed_by TEXT,
+    reviewed_at REAL,
+    note TEXT,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID;
+CREATE INDEX reviews_day ON reviews (flow, gate, day);
 "#,
 ];
 
@@ -558,7 +579,7 @@ impl Backend for SqliteStore {
     ) -> Result<bool> {
         let changed = retry(|| {
             self.conn.execute(
-                "UPDATE gates SET status = ?3, value = ?4, reason = ?5, decided_at = ?6, decided_by = ?7
+                "UPDATE gates SET status = ?3, value = ?4, reason = ?5, decided_at = ?6, decided_by = ?7, source = 'person'
              WHERE run_id = ?1 AND key = ?2 AND status = 'pending'",
                 params![
                     run,
@@ -690,6 +711,118 @@ impl Backend for SqliteStore {
             rows.collect::<std::result::Result<_, _>>()
         })?)
     }
+
+    fn decide_gate_on_timeout(&self, run: &str, key: &str, approve: bool) -> Result<bool> {
+        let changed = retry(|| {
+            self.conn.execute(
+                "UPDATE gates SET status = ?3, reason = ?4, decided_at = ?5, decided_by = 'timeout', source = 'timeout'
+                 WHERE run_id = ?1 AND key = ?2 AND status = 'pending'",
+                params![
+                    run,
+                    key,
+                    if approve { "approved" } else { "rejected" },
+                    if approve { None } else { Some("timed out") },
+                    now()
+                ],
+            )
+        })?;
+        Ok(changed == 1)
+    }
+
+    fn decide_gate_by_policy(&self, run: &str, key: &str, read: &Value) -> Result<bool> {
+        let changed = retry(|| {
+            self.conn.execute(
+                "UPDATE gates SET status = 'approved', decided_at = ?3, decided_by = 'policy', source = 'policy', policy_read = ?4
+                 WHERE run_id = ?1 AND key = ?2 AND status = 'pending'",
+                params![run, key, now(), read.to_string()],
+            )
+        })?;
+        Ok(changed == 1)
+    }
+
+    fn claim_notice(&self, run: &str, key: &str, stage: NoticeStage) -> Result<bool> {
+        let changed = retry(|| {
+            self.conn.execute(
+                "UPDATE gates SET notified = ?3
+                 WHERE run_id = ?1 AND key = ?2 AND status = 'pending' AND notified < ?3",
+                params![run, key, stage.as_number()],
+            )
+        })?;
+        Ok(changed == 1)
+    }
+
+    fn escalate_gate(&self, run: &str, key: &str, timeout_at: f64) -> Result<bool> {
+        let changed = retry(|| {
+            self.conn.execute(
+                "UPDATE gates SET escalated_at = ?3, timeout_at = ?4
+                 WHERE run_id = ?1 AND key = ?2 AND status = 'pending' AND escalated_at IS NULL",
+                params![run, key, now(), timeout_at],
+            )
+        })?;
+        Ok(changed == 1)
+    }
+
+    fn sample_review(&self, r: &ReviewRecord, per_day: Option<u64>) -> Result<bool> {
+        // The count and the insert in one statement under the write lock:
+        // processes sampling at once never pass the day's cap.
+        let cap = per_day.map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let changed = retry(|| {
+            self.conn.execute(
+                "INSERT OR IGNORE INTO reviews (run_id, key, flow, gate, sampled_at, day)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6
+                 WHERE (SELECT COUNT(*) FROM reviews WHERE flow = ?3 AND gate = ?4 AND day = ?6) < ?7",
+                params![r.run_id, r.key, r.flow, r.gate, r.sampled_at, r.day, cap],
+            )
+        })?;
+        Ok(changed == 1)
+    }
+
+    fn reviews(&self, run: Option<&str>, open_only: bool) -> Result<Vec<ReviewRecord>> {
+        Ok(retry(|| {
+            let mut stmt = self.conn.prepare(
+                "SELECT * FROM reviews WHERE (?1 IS NULL OR run_id = ?1) AND (?2 = 0 OR verdict IS NULL)
+                 ORDER BY sampled_at",
+            )?;
+            let rows = stmt.query_map(params![run, open_only], review_row)?;
+            rows.collect::<std::result::Result<_, _>>()
+        })?)
+    }
+
+    fn record_review(
+        &self,
+        run: &str,
+        key: &str,
+        verdict: Verdict,
+        by: &str,
+        note: Option<&str>,
+    ) -> Result<bool> {
+        let changed = retry(|| {
+            self.conn.execute(
+                "UPDATE reviews SET verdict = ?3, reviewed_by = ?4, reviewed_at = ?5, note = ?6
+                 WHERE run_id = ?1 AND key = ?2 AND verdict IS NULL",
+                params![run, key, verdict.as_str(), by, now(), note],
+            )
+        })?;
+        Ok(changed == 1)
+    }
+}
+
+fn review_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReviewRecord> {
+    Ok(ReviewRecord {
+        run_id: r.get("run_id")?,
+        key: r.get("key")?,
+        flow: r.get("flow")?,
+        gate: r.get("gate")?,
+        sampled_at: r.get("sampled_at")?,
+        day: r.get("day")?,
+        verdict: r
+            .get::<_, Option<String>>("verdict")?
+            .as_deref()
+            .and_then(Verdict::from_name),
+        reviewed_by: r.get("reviewed_by")?,
+        reviewed_at: r.get("reviewed_at")?,
+        note: r.get("note")?,
+    })
 }
 
 /// Inserts a run row, its lease held by `lease` (`None`: nobody's).
@@ -787,7 +920,17 @@ fn gate_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GateRecord> {
         created_at: r.get("created_at")?,
         timeout_at: r.get("timeout_at")?,
         on_timeout: r.get("on_timeout")?,
+        source: super::source_of(
+            r.get::<_, Option<String>>("source")?.as_deref(),
+            &r.get::<_, String>("status")?,
+            r.get::<_, Option<String>>("decided_by")?.as_deref(),
+        ),
         decided_by: r.get("decided_by")?,
         decided_at: r.get("decided_at")?,
+        policy_read: r
+            .get::<_, Option<String>>("policy_read")?
+            .map(|t| json_col(Some(t))),
+        notified: NoticeStage::from_number(r.get("notified")?),
+        escalated_at: r.get("escalated_at")?,
     })
 }

@@ -102,6 +102,8 @@
 (effect_kind) @keyword.modifier
 (retry_class) @constant.builtin
 (decision) @constant.builtin
+(notify_kind) @constant.builtin
+(sample_rate) @number
 (jitter) @keyword
 (exact) @keyword.modifier
 (body_encoding) @constant.builtin
@@ -132,6 +134,7 @@
   "fallback"
 ] @keyword
 (approve_step "approve" @keyword)
+(policy_clause "approve" @keyword)
 (given_clause "approve" @keyword)
 "return" @keyword.return
 [
@@ -177,6 +180,14 @@
   "max_tokens"
   "show"
   "on_timeout"
+  "escalate"
+  "auto"
+  "when"
+  "sample"
+  "max"
+  "per"
+  "day"
+  "notify"
   "protocol"
   "base_url"
   "api_key"
@@ -257,6 +268,7 @@
 (check_statement ["{" "}"] @punctuation.bracket)
 (llm_step ["{" "}"] @punctuation.bracket)
 (approve_step ["{" "}"] @punctuation.bracket)
+(escalate ["{" "}"] @punctuation.bracket)
 (match_step ["{" "}"] @punctuation.bracket)
 (block ["{" "}"] @punctuation.bracket)
 (object ["{" "}"] @punctuation.bracket)

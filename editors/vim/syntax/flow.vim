@@ -54,6 +54,17 @@ syn match flowClause "\<on\>\ze\s\+\%(rate_limit\|timeout\|server_error\|connect
 syn match flowClause "\<\%(show\|jitter\)\>\%(\s*[:=(.,)\]}]\)\@!"
 syn match flowClause "\<\%(\d\+\%(\.\d\+\)\=[kM]\=\s\+\)\@<=tokens\>"
 syn match flowClause "\<on_timeout\>\ze\s\+\%(approve\|reject\)\>"
+syn match flowClause "\<on_timeout\>\ze\s\+escalate\>"
+syn match flowClause "\%(\<on_timeout\s\+\)\@<=escalate\>"
+" Gate policies and notifications: `auto approve when …`, `sample 2% max 20 per day`,
+" `notify webhook …`.
+syn match flowClause "\<auto\>\ze\s\+approve\s\+when\>"
+syn match flowClause "\<sample\>\ze\s*\d"
+syn match flowClause "\<max\>\ze\s\+\d\+\s\+per\>"
+syn match flowClause "\%(\d\s\+\)\@<=per\>\ze\s\+day\>"
+syn match flowClause "\%(\<per\s\+\)\@<=day\>"
+syn match flowClause "\<notify\>\ze\s\+webhook\>"
+syn match flowDecision "\%(\<notify\s\+\)\@<=webhook\>"
 syn match flowClause "\<\%(base_url\|api_key\)\>\ze\s*\%(env\>\|\"\)"
 syn match flowClause "\<price\>\ze\s*[\"*]"
 syn match flowClause "\<\%(input\|output\)\>\ze\s*\$"
@@ -101,6 +112,9 @@ syn match flowTypeName     "\%(\<type\s\+\)\@<=\h\w*"
 syn match flowFunctionName "\%(\<\%(tool\|agent\|flow\|provider\)\s\+\)\@<=\h\w*"
 syn match flowConstantName "\%(\<\%(model\|resource\|llm\)\s\+\)\@<=\h\w*"
 syn match flowLabel        "\%(\<\%(check\|approve\)\s\+\)\@<=\h\w*"
+" `auto approve when`: after `auto`, `approve` names no gate (defined after
+" flowLabel, so it wins at the same position).
+syn match flowClause "\%(\<auto\s\+approve\s\+\)\@<=when\>"
 syn match flowVariableName "\%(\<\%(let\|for\)\s\+\)\@<=\h\w*"
 syn match flowConstantName "\%(\<server\s\+\)\@<=\h\w*\ze\s*{"
 syn match flowConstantName "\%(\<mcp\s\+\)\@<=\h\w*"

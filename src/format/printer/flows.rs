@@ -109,7 +109,10 @@ impl<'s> Printer<'s> {
                 enum Clause<'a> {
                     Show(&'a Expr),
                     Timeout(&'a Quantity),
-                    OnTimeout(Decision),
+                    OnTimeout(&'a OnTimeout),
+                    Policy(&'a Expr),
+                    Sample(&'a Sample),
+                    Notify(&'a Notify),
                 }
                 let mut clauses: Vec<(usize, usize, Clause)> = Vec::new();
                 for e in &a.show {
@@ -122,7 +125,19 @@ impl<'s> Printer<'s> {
                 }
                 if let Some((d, sp)) = &a.on_timeout {
                     let (s, e) = span(*sp);
-                    clauses.push((self.keyword_before(s), e, Clause::OnTimeout(*d)));
+                    clauses.push((self.keyword_before(s), e, Clause::OnTimeout(d)));
+                }
+                if let Some(p) = &a.policy {
+                    let (s, e) = span(p.span);
+                    clauses.push((s, e, Clause::Policy(&p.when)));
+                }
+                if let Some(smp) = &a.sample {
+                    let (s, e) = span(smp.span);
+                    clauses.push((s, e, Clause::Sample(smp)));
+                }
+                if let Some(n) = &a.notify {
+                    let (s, e) = span(n.span);
+                    clauses.push((s, e, Clause::Notify(n)));
                 }
                 clauses.sort_by_key(|c| c.0);
                 let mut inner = Vec::new();
@@ -132,8 +147,25 @@ impl<'s> Printer<'s> {
                     inner.push(self.elem(*s, *e, blank, |p| match clause {
                         Clause::Show(e) => cat(vec![text("show "), p.expr(e)]),
                         Clause::Timeout(q) => text(format!("timeout {}", p.quantity(q))),
-                        Clause::OnTimeout(Decision::Approve) => text("on_timeout approve"),
-                        Clause::OnTimeout(Decision::Reject) => text("on_timeout reject"),
+                        Clause::OnTimeout(OnTimeout::Decide(Decision::Approve)) => {
+                            text("on_timeout approve")
+                        }
+                        Clause::OnTimeout(OnTimeout::Decide(Decision::Reject)) => {
+                            text("on_timeout reject")
+                        }
+                        Clause::OnTimeout(OnTimeout::Escalate(esc)) => {
+                            let mut parts = Vec::new();
+                            if let Some(n) = &esc.notify {
+                                parts.push(p.notify_text(n));
+                            }
+                            if let Some(q) = &esc.timeout {
+                                parts.push(format!("timeout {}", p.quantity(q)));
+                            }
+                            text(format!("on_timeout escalate {{ {} }}", parts.join(", ")))
+                        }
+                        Clause::Policy(e) => cat(vec![text("auto approve when "), p.expr(e)]),
+                        Clause::Sample(smp) => text(p.sample_text(smp)),
+                        Clause::Notify(n) => text(p.notify_text(n)),
                     }));
                 }
                 let body = self.body(inner, step.span.end as usize);
@@ -159,6 +191,37 @@ impl<'s> Printer<'s> {
             StepKind::If(i) => self.if_step(i),
             StepKind::Match(m) => self.match_step(m, step.span),
         }
+    }
+
+    /// `notify webhook TARGET`, the target as written (a URL's spelling,
+    /// or `env.NAME`).
+    fn notify_text(&self, n: &Notify) -> String {
+        let (s, e) = span(n.span);
+        let written = &self.src[s..e];
+        let target = written
+            .strip_prefix("notify")
+            .map(str::trim_start)
+            .and_then(|t| t.strip_prefix(n.kind.as_str()))
+            .map_or(written, str::trim_start);
+        format!("notify {} {target}", n.kind.as_str())
+    }
+
+    /// `sample 2%`, `sample 20 per day`, `sample 2% max 20 per day`, the
+    /// share as written.
+    fn sample_text(&self, smp: &Sample) -> String {
+        let mut out = String::from("sample");
+        if let Some((_, sp)) = smp.percent {
+            let (s, e) = span(sp);
+            out.push(' ');
+            out.push_str(&self.src[s..e]);
+        }
+        if let Some((n, _)) = smp.per_day {
+            if smp.percent.is_some() {
+                out.push_str(" max");
+            }
+            out.push_str(&format!(" {n} per day"));
+        }
+        out
     }
 
     pub(super) fn if_step(&mut self, i: &IfStep) -> Doc {
