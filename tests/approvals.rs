@@ -173,7 +173,9 @@ fn a_policy_approves_the_cases_it_accepts_and_records_what_it_read(backend: Back
         "{text}"
     );
     assert!(
-        text.contains(&format!("https://inbox.example.com/inbox#{run}/")),
+        text.contains(&format!(
+            "https://inbox.example.com/inbox#gate-{run}-refund.ok"
+        )),
         "a link to the gate's page in the inbox: {text}"
     );
     let g = &store.gates(Some(&run)).expect("gates")[0];

@@ -103,11 +103,12 @@ pub fn describe(target: &NotifyTarget) -> String {
     }
 }
 
-/// The page of a gate in the inbox: `BASE/inbox#RUN/KEY`, the key
-/// percent-encoded (it holds `/`, `>`, `[` …).
+/// The gate's card in the inbox (`flowc serve` gives each card the id
+/// `gate-RUN-KEY`): `BASE/inbox#gate-RUN-KEY`, percent-encoded (a key holds
+/// `/`, `>`, `[` …; a browser decodes the fragment to find the card).
 pub fn inbox_link(inbox: &str, run_id: &str, key: &str) -> String {
     format!(
-        "{}/inbox#{}/{}",
+        "{}/inbox#gate-{}-{}",
         inbox.trim_end_matches('/'),
         percent_encode(run_id),
         percent_encode(key)
@@ -272,7 +273,7 @@ mod tests {
     fn the_inbox_link_encodes_the_key() {
         assert_eq!(
             inbox_link("http://127.0.0.1:8080/", "r1", "orders[2]/ok"),
-            "http://127.0.0.1:8080/inbox#r1/orders%5B2%5D%2Fok"
+            "http://127.0.0.1:8080/inbox#gate-r1-orders%5B2%5D%2Fok"
         );
     }
 }
