@@ -221,18 +221,18 @@ impl Runtime<'_> {
                 Some(_) => "escalate",
                 None => decision_name(spec.on_timeout),
             };
-            store.pending_gate(
-                &d.lease,
-                &GateRecord::pending(
-                    &d.run_id,
-                    key,
-                    &pending.flow,
-                    &pending.gate,
-                    Value::Array(pending.show.clone()),
-                    spec.timeout.map(|t| now + t.as_secs_f64()),
-                    on_timeout,
-                ),
-            )?;
+            let mut waiting = GateRecord::pending(
+                &d.run_id,
+                key,
+                &pending.flow,
+                &pending.gate,
+                Value::Array(pending.show.clone()),
+                None,
+                on_timeout,
+            );
+            // The deadline counts from the moment the gate is recorded.
+            waiting.timeout_at = spec.timeout.map(|t| waiting.created_at + t.as_secs_f64());
+            store.pending_gate(&d.lease, &waiting)?;
             if let (Some(v), Some(mut decided)) = (verdict, by_policy) {
                 store.decide_gate_by_policy(&d.run_id, key, &v.read)?;
                 let sampling = spec.policy.as_ref().and_then(|p| p.sample.as_ref());
