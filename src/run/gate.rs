@@ -176,7 +176,10 @@ impl Runtime<'_> {
                 }
                 Some(GateStatus::Pending) | None => {}
             }
-            if r.timeout_at.is_some_and(|t| now >= t) {
+            // A pending gate the policy approves was left by a process that
+            // stopped between recording it and recording the policy's
+            // decision: the policy decides it below, not the timeout.
+            if by_policy.is_none() && r.timeout_at.is_some_and(|t| now >= t) {
                 match (&spec.escalation, r.escalated_at) {
                     (Some(esc), None) => {
                         let until = now + esc.timeout.as_secs_f64();
@@ -233,18 +236,21 @@ impl Runtime<'_> {
             // The deadline counts from the moment the gate is recorded.
             waiting.timeout_at = spec.timeout.map(|t| waiting.created_at + t.as_secs_f64());
             store.pending_gate(&d.lease, &waiting)?;
-            if let (Some(v), Some(mut decided)) = (verdict, by_policy) {
-                store.decide_gate_by_policy(&d.run_id, key, &v.read)?;
-                let sampling = spec.policy.as_ref().and_then(|p| p.sample.as_ref());
-                if let Some(s) = sampling {
-                    if in_sample(s, &d.run_id, key) {
-                        let item =
-                            ReviewRecord::sampled(&d.run_id, key, &pending.flow, &pending.gate);
-                        decided.sampled = store.sample_review(&item, s.per_day)?;
-                    }
-                }
-                return Ok(Some(decided));
+        }
+        if let (Some(v), Some(mut decided)) = (verdict, by_policy) {
+            if !store.decide_gate_by_policy(&d.run_id, key, &v.read)? {
+                // Decided elsewhere in the meantime: that decision stands.
+                drop(store);
+                return self.gate_decision(path, pending, spec, None, span);
             }
+            let sampling = spec.policy.as_ref().and_then(|p| p.sample.as_ref());
+            if let Some(s) = sampling {
+                if in_sample(s, &d.run_id, key) {
+                    let item = ReviewRecord::sampled(&d.run_id, key, &pending.flow, &pending.gate);
+                    decided.sampled = store.sample_review(&item, s.per_day)?;
+                }
+            }
+            return Ok(Some(decided));
         }
         if let Some(given) = given {
             // Recorded like a decision made with `flowc approve`, so the
