@@ -14,7 +14,9 @@
 //! - sampled policy decisions are reviewed with `flowc review`, and `flowc
 //!   stats` reports the agreement rate;
 //! - `flowc approve` by someone with none of the run's keys records the
-//!   decision, and a worker with the keys finishes the run.
+//!   decision, and a worker with the keys finishes the run;
+//! - with no store (`flowc test`, `--ephemeral`) the policy still decides,
+//!   before a decision given for the run, and nothing is sampled or sent.
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -495,3 +497,92 @@ on_both_backends!(
     sampled_decisions_are_reviewed_and_stats_report_the_agreement_rate,
     approve_without_any_key_records_the_decision_and_a_worker_with_the_keys_finishes,
 );
+
+/// A program with no run store around it: `flowc test` and an
+/// `--ephemeral` run. The policy decides there too (nothing is sampled or
+/// announced: there is no store to keep a review item or an inbox to
+/// decide in).
+const TESTED_POLICY: &str = r#"
+type Refund { order_id: string, amount: number >= 0 }
+
+tool refund(order_id: string, amount: number >= 0) -> { refund_id: string } {
+  http POST "https://pay.example.com/v1/refunds"
+  effect irreversible
+  timeout 15s
+  idempotency "refund:{order_id}"
+}
+
+flow refund_order(request: Refund) -> { refund_id: string } {
+  budget { steps 5, tool_calls 5, wall 1m }
+  let ok = approve refund_request {
+    show request
+    auto approve when request.amount <= 50
+    sample 100%
+    notify webhook "https://hooks.example.com/never-called"
+  }
+  let paid = refund(order_id: ok.order_id, amount: ok.amount)
+  return paid
+}
+
+test "a small refund is the policy's" {
+  run refund_order(request: { order_id: "A1", amount: 20 })
+  given refund returns { refund_id: "R1" }
+  expect output.refund_id == "R1"
+  expect refund called 1 times
+}
+
+test "a person's rejection stops a large one" {
+  run refund_order(request: { order_id: "A2", amount: 500 })
+  given approve refund_request rejects "too much"
+  given refund returns { refund_id: "R2" }
+  expect refund called 0 times
+}
+
+test "the policy comes before a decision given for the run" {
+  run refund_order(request: { order_id: "A3", amount: 5 })
+  given approve refund_request rejects "never mind"
+  given refund returns { refund_id: "R3" }
+  expect refund called 1 times
+}
+"#;
+
+#[test]
+fn flowc_test_and_ephemeral_runs_apply_the_policy_without_a_store() {
+    use crate::support::cli::Test;
+    Test::new()
+        .file("refund.flow", TESTED_POLICY)
+        .args(["test", "refund.flow"])
+        .stdout_has("3 passed, 0 failed")
+        .run();
+    let replay = json!({
+        "flow": "refund_order",
+        "input": {"request": {"order_id": "A4", "amount": 30}},
+        "tools": {"refund": [{"refund_id": "R4"}]},
+    });
+    let run = Test::new()
+        .file("refund.flow", TESTED_POLICY)
+        .file("refund.replay.json", &replay.to_string())
+        .args([
+            "run",
+            "refund.flow",
+            "--ephemeral",
+            "--trace",
+            "trace.jsonl",
+        ])
+        .args(["--replay", "refund.replay.json"])
+        .stdout_has("\"R4\"")
+        .run();
+    let text = std::fs::read_to_string(run.dir().join("trace.jsonl")).expect("trace");
+    let gate: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+        .find(|e| e["kind"] == "gate")
+        .expect("a gate event");
+    assert_eq!(gate["source"], "policy", "{gate}");
+    assert_eq!(gate["policy"]["read"], json!({"request.amount": 30}));
+    assert_eq!(gate["sampled"], false, "no store, no review item");
+    assert!(
+        !text.contains("\"kind\":\"notify\""),
+        "an ephemeral run announces nothing"
+    );
+}
