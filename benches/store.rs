@@ -77,6 +77,24 @@ fn main() {
     // ~200 bytes, like a small tool result.
     let value = json!({"id": "item-000", "status": "ok", "score": 42, "note": "x".repeat(140)});
     let text = value.to_string();
+    // The store's own statement on the bench's connection: what the SQL
+    // costs without the store's connection thread.
+    let same_sql = bare
+        .prepare(
+            "WITH fence AS (
+                UPDATE runs SET tokens = $3, cost = $4, steps = $5, tool_calls = $6,
+                    updated_at = $7, lease_until = $8, wall = $11
+                WHERE id = $1 AND epoch = $2 RETURNING id
+             ), saved AS (
+                INSERT INTO steps (run_id, key, value, completed_at)
+                SELECT fence.id, s.key, s.value, $7 FROM fence, unnest($9::text[], $10::text[]) AS s(key, value)
+                ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value, completed_at = EXCLUDED.completed_at
+                RETURNING 1
+             )
+             SELECT count(*) FROM fence",
+        )
+        .expect("prepares");
+    let mut direct = Vec::new();
     let (mut stored, mut plain) = (Vec::new(), Vec::new());
     for i in 0..STEPS + 200 {
         let key = format!("chain.s{i}");
@@ -87,20 +105,44 @@ fn main() {
         };
         let t = Instant::now();
         store
-            .commit_steps(&lease, &[(key.clone(), Some(value.clone()))], spend)
+            .commit_steps(&lease, &[(key.clone(), Some(value.clone()))], &[], spend)
             .expect("commits");
         let a = t.elapsed();
         let t = Instant::now();
         bare.execute(&insert, &[&"bench", &key, &text, &store::now()])
             .expect("inserts");
         let b = t.elapsed();
+        let t = Instant::now();
+        bare.query(
+            &same_sql,
+            &[
+                &"bench",
+                &lease.epoch,
+                &0i64,
+                &0.0f64,
+                &(i as i64),
+                &(i as i64),
+                &store::now(),
+                &store::now(),
+                &vec![format!("direct.s{i}")],
+                &vec![Some(text.clone())],
+                &0.0f64,
+            ],
+        )
+        .expect("same statement");
+        let c = t.elapsed();
         // The first 200 of each warm up caches and the connection.
         if i >= 200 {
             stored.push(a);
             plain.push(b);
+            direct.push(c);
         }
     }
     let (s, b) = (median(stored), median(plain));
+    println!(
+        "  the store's statement on a plain connection: median {:.3} ms",
+        median(direct) * 1e3
+    );
     let ratio = s / b;
     println!("checkpoint/postgres: {STEPS} single-step checkpoints, synchronous_commit=on");
     println!(

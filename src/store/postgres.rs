@@ -21,8 +21,8 @@ use serde_json::Value;
 
 use super::lease::owner_is_dead;
 use super::{
-    now, Acquired, Backend, GateRecord, Lease, NoticeStage, ReviewRecord, RunRecord, Store,
-    StoreError, Verdict, CLAIMABLE,
+    now, Acquired, Backend, GateRecord, Lease, NoticeStage, Reply, ReviewRecord, RunRecord,
+    Store, StoreError, Verdict, CLAIMABLE,
 };
 use crate::run::budget::Spend;
 
@@ -147,6 +147,12 @@ CREATE TABLE reviews (
     PRIMARY KEY (run_id, key)
 );
 CREATE INDEX reviews_day ON reviews (flow, gate, day);
+"#,
+    // A worker's claim walks this index in submission order and stops at
+    // the first claimable run: finished runs are not in it, so a claim
+    // reads the open runs, not the store's history.
+    r#"
+CREATE INDEX runs_open ON runs (created_at) WHERE status IN ('queued', 'running', 'interrupted', 'waiting');
 "#,
 ];
 
@@ -564,6 +570,7 @@ impl Backend for PostgresStore {
         &self,
         lease: &Lease,
         batch: &[(String, Option<Value>)],
+        replies: &[Reply],
         spend: Spend,
     ) -> Result<()> {
         let lease = lease.clone();
@@ -572,6 +579,11 @@ impl Backend for PostgresStore {
             .iter()
             .map(|(_, v)| v.as_ref().map(Value::to_string))
             .collect();
+        let reply_keys: Vec<String> = replies.iter().map(|r| r.key.clone()).collect();
+        let attempts: Vec<i32> = replies.iter().map(|r| r.attempt as i32).collect();
+        let texts: Vec<String> = replies.iter().map(|r| r.text.clone()).collect();
+        let input_tokens: Vec<i64> = replies.iter().map(|r| r.input_tokens as i64).collect();
+        let output_tokens: Vec<i64> = replies.iter().map(|r| r.output_tokens as i64).collect();
         self.call(move |c| {
             c.fenced(
                 &lease,
@@ -583,6 +595,14 @@ impl Backend for PostgresStore {
                     INSERT INTO steps (run_id, key, value, completed_at)
                     SELECT fence.id, s.key, s.value, $7 FROM fence, unnest($9::text[], $10::text[]) AS s(key, value)
                     ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value, completed_at = EXCLUDED.completed_at
+                    RETURNING 1
+                 ), answered AS (
+                    INSERT INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens)
+                    SELECT fence.id, r.key, r.attempt, r.reply, r.input_tokens, r.output_tokens
+                    FROM fence, unnest($12::text[], $13::int4[], $14::text[], $15::int8[], $16::int8[])
+                        AS r(key, attempt, reply, input_tokens, output_tokens)
+                    ON CONFLICT (run_id, key, attempt) DO UPDATE SET reply = EXCLUDED.reply,
+                        input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens
                     RETURNING 1
                  )
                  SELECT count(*) FROM fence",
@@ -598,22 +618,33 @@ impl Backend for PostgresStore {
                     &keys,
                     &values,
                     &spend.wall,
+                    &reply_keys,
+                    &attempts,
+                    &texts,
+                    &input_tokens,
+                    &output_tokens,
                 ],
             )
         })
     }
 
+    /// `synchronous_commit` off for this one transaction (`set_config`
+    /// with `is_local`, evaluated before the commit it governs): the commit
+    /// returns before the WAL reaches the disk, which the client dying
+    /// cannot undo; the next synchronous commit flushes the WAL through it.
     fn record_spend(&self, lease: &Lease, spend: Spend) -> Result<()> {
         let lease = lease.clone();
         self.call(move |c| {
             c.fenced(
                 &lease,
-                "WITH fence AS (
+                "WITH relaxed AS (
+                    SELECT set_config('synchronous_commit', 'off', true)
+                 ), fence AS (
                     UPDATE runs SET tokens = $3, cost = $4, steps = $5, tool_calls = $6,
                         wall = $7, updated_at = $8, lease_until = $9
                     WHERE id = $1 AND epoch = $2 RETURNING id
                  )
-                 SELECT count(*) FROM fence",
+                 SELECT count(*) FROM fence, relaxed",
                 &[
                     &lease.run_id,
                     &lease.epoch,
@@ -663,53 +694,6 @@ impl Backend for PostgresStore {
                 &[&run, &key],
             )?;
             rows.first().map(|r| Ok(r.try_get(0)?)).transpose()
-        })
-    }
-
-    fn record_reply(
-        &self,
-        lease: &Lease,
-        key: &str,
-        attempt: u32,
-        reply: &str,
-        input_tokens: u64,
-        output_tokens: u64,
-        spend: Spend,
-    ) -> Result<()> {
-        let lease = lease.clone();
-        let (key, reply) = (key.to_string(), reply.to_string());
-        self.call(move |c| {
-            c.fenced(
-                &lease,
-                "WITH fence AS (
-                    UPDATE runs SET tokens = $3, cost = $4, steps = $5, tool_calls = $6,
-                        updated_at = $7, lease_until = $8, wall = $14
-                    WHERE id = $1 AND epoch = $2 RETURNING id
-                 ), saved AS (
-                    INSERT INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens)
-                    SELECT fence.id, $9, $10, $11, $12, $13 FROM fence
-                    ON CONFLICT (run_id, key, attempt) DO UPDATE SET reply = EXCLUDED.reply,
-                        input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens
-                    RETURNING 1
-                 )
-                 SELECT count(*) FROM fence",
-                &[
-                    &lease.run_id,
-                    &lease.epoch,
-                    &(spend.tokens as i64),
-                    &spend.cost,
-                    &(spend.steps as i64),
-                    &(spend.tool_calls as i64),
-                    &now(),
-                    &lease.until(),
-                    &key,
-                    &(attempt as i32),
-                    &reply,
-                    &(input_tokens as i64),
-                    &(output_tokens as i64),
-                    &spend.wall,
-                ],
-            )
         })
     }
 
@@ -832,31 +816,46 @@ impl Backend for PostgresStore {
     /// `FOR UPDATE SKIP LOCKED` in the transaction that takes the lease:
     /// workers claiming at once each get a different run, and none waits
     /// for another's claim.
+    /// One autocommitted statement (one round trip, one commit): the
+    /// subquery finds and locks the oldest claimable run, skipping rows
+    /// another worker holds, and the update takes its lease. The record
+    /// returned is the row as it was before (its status says why it was
+    /// claimable).
     fn claim(&self, owner: &str, ttl: Duration) -> Result<Option<(RunRecord, Lease)>> {
+        static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            // The subquery stays narrow (sorting whole rows cost most of
+            // the claim); the columns the update changes come from it, as
+            // they were.
+            let before = ["status", "owner", "lease_until"];
+            let columns: Vec<String> = RUN_COLUMNS
+                .split(", ")
+                .map(|c| match before.contains(&c) {
+                    true => format!("c.{c}"),
+                    false => format!("u.{c}"),
+                })
+                .collect();
+            format!(
+                "UPDATE runs u SET owner = $2, lease_until = $3, epoch = u.epoch + 1, status = 'running'
+                 FROM (SELECT r.id, {} FROM runs r WHERE {} ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED) c
+                 WHERE u.id = c.id
+                 RETURNING {}, u.epoch",
+                before.map(|c| format!("r.{c}")).join(", "),
+                CLAIMABLE.replace("$NOW", "$1"),
+                columns.join(", ")
+            )
+        });
         let owner = owner.to_string();
         self.call(move |c| {
-            let sql = format!(
-                "SELECT {RUN_COLUMNS} FROM runs r WHERE {} ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
-                CLAIMABLE.replace("$NOW", "$1")
-            );
-            let mut tx = c.client.transaction()?;
             let at = now();
-            let rows = tx.query(&sql, &[&at])?;
+            let rows = c.query(CLAIM.as_str(), &[&at, &owner, &(at + ttl.as_secs_f64())])?;
             let Some(row) = rows.first() else {
                 return Ok(None);
             };
             let record = run_row(row)?;
-            let epoch: i64 = tx
-                .query_one(
-                    "UPDATE runs SET owner = $2, lease_until = $3, epoch = epoch + 1, status = 'running' WHERE id = $1 RETURNING epoch",
-                    &[&record.id, &owner, &(at + ttl.as_secs_f64())],
-                )?
-                .try_get(0)?;
-            tx.commit()?;
             let lease = Lease {
                 run_id: record.id.clone(),
                 owner,
-                epoch,
+                epoch: row.try_get("epoch")?,
                 ttl,
             };
             Ok(Some((record, lease)))
