@@ -69,6 +69,11 @@ const FANOUT_LATENCY_MS: u64 = 100;
 const RESUME_STEPS: usize = 10_000;
 const RESUME_TARGET_MS: f64 = 250.0;
 const PROCESS_RESUME_TARGET_MS: f64 = 30.0;
+const MODEL_STEPS: usize = 50;
+const MODEL_RATIO_TARGET: f64 = 1.3;
+const MODEL_FANOUT_WIDTH: usize = 1_000;
+const MODEL_FANOUT_LATENCY_MS: u64 = 100;
+const MODEL_FANOUT_SLACK_MS: f64 = 5.0;
 
 /// Medians gathered while the benches run, printed by `summary`.
 #[derive(Default)]
@@ -82,6 +87,12 @@ struct Results {
     resume: Option<f64>,
     /// (`flowc resume` median s, `flowc check` median s, trace bytes at the end)
     resume_process: Option<(f64, f64, u64)>,
+    /// Per chained `llm` step: (durable median s, in-memory median s, bare
+    /// commit median s, commit transactions of the steps, reply rows)
+    model_chain: Option<(f64, f64, f64, usize, usize)>,
+    /// (durable median wall s, in-memory median wall s, commit
+    /// transactions, reply rows)
+    model_fanout: Option<(f64, f64, usize, usize)>,
 }
 
 thread_local! {
@@ -236,7 +247,7 @@ impl CommitPair {
         };
         let started = Instant::now();
         self.store
-            .commit_steps(&self.lease, &batch, spend)
+            .commit_steps(&self.lease, &batch, &[], spend)
             .expect("commits");
         started.elapsed()
     }
@@ -514,6 +525,221 @@ fn fanout(c: &mut Criterion) {
     }
 }
 
+/// Criterion's `iter_custom` calls: (iterations, total time).
+type Samples = RefCell<Vec<(u64, Duration)>>;
+
+/// A model server on loopback answering every chat call with `{"n": 1}`
+/// after `latency_ms`, and the environment pointing the stdlib's `openai`
+/// provider at it.
+fn model_server(latency_ms: u64) -> (MockServer, run::Env) {
+    let server = MockServer::start();
+    let reply = Reply::chat_json(json!({"n": 1}));
+    let reply = match latency_ms {
+        0 => reply,
+        ms => Reply::delay(ms, reply),
+    };
+    server.always(&format!("POST {}", mock_server::CHAT), reply);
+    let base = server.openai_base_url();
+    let env: run::Env = Arc::new(move |name: &str| match name {
+        "OPENAI_BASE_URL" => Some(base.clone()),
+        "OPENAI_API_KEY" => Some("bench-key".into()),
+        _ => None,
+    });
+    (server, env)
+}
+
+/// The commit transactions of a run's steps (rows of one transaction share
+/// their `completed_at`) and its stored replies.
+fn commits_and_replies(path: &Path, id: &str) -> (usize, usize) {
+    let conn = Connection::open(path).expect("opens");
+    let txs: i64 = conn
+        .query_row(
+            "SELECT count(DISTINCT completed_at) FROM steps WHERE run_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .expect("counts steps");
+    let replies: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM replies WHERE run_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .expect("counts replies");
+    (txs as usize, replies as usize)
+}
+
+/// `MODEL_STEPS` chained `llm` steps against a model answering at once:
+/// durable (`synchronous=FULL`) and in memory, alternately; the floor is a
+/// bare `INSERT`+`COMMIT` of a reply-sized row with the store's pragmas,
+/// `MODEL_STEPS` of them per sample, in the same directory. Target: the
+/// durable overhead per step (durable − in memory) ≤ 1.3× one bare commit,
+/// i.e. one commit per step (the reply, the result and the spend together).
+fn model_chain(c: &mut Criterion) {
+    let (_server, env) = model_server(0);
+    let checked = compile("models.flow", &fixtures::model_chain_source(MODEL_STEPS));
+    let input = json!({"seed": 1});
+    let dir = TempDir::new("model-chain");
+    let path = dir.path("runs.db");
+    let options = |store: Option<Store>, id: &str| RunOptions {
+        world: World::Live,
+        env: env.clone(),
+        run_id: Some(id.into()),
+        durable: store.map(|store| DurableRun {
+            store,
+            record: record(id, "models", &input),
+            resume: false,
+            lease: Lease::new_run(id),
+        }),
+        ..RunOptions::default()
+    };
+    let check = |report: &run::Report| match &report.outcome {
+        Outcome::Completed(v) => assert_eq!(v, &json!({"n": 1})),
+        _ => panic!("the model chain did not complete: {:?}", report.outcome),
+    };
+    let mut bare = bare_connection(&dir.path("bare.db"), Durability::Full);
+    let row = json!({"n": 1}).to_string();
+    let mut group = c.benchmark_group("model_chain");
+    group
+        .sample_size(SAMPLES)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::Elements(MODEL_STEPS as u64));
+    let runs = Cell::new(0usize);
+    let counted: RefCell<Vec<(usize, usize)>> = RefCell::default();
+    let (durable, plain, floor): (Samples, Samples, Samples) = Default::default();
+    group.bench_function(BenchmarkId::new("durable", MODEL_STEPS), |b| {
+        b.iter_custom(|iters| {
+            let (mut total, mut in_memory, mut commits) =
+                (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+            for _ in 0..iters {
+                let id = format!("models-{}", runs.get());
+                runs.set(runs.get() + 1);
+                let store = Store::open(&path, Durability::Full).expect("opens the store");
+                let started = Instant::now();
+                let report = run::run(&checked, "models", &input, options(Some(store), &id))
+                    .expect("runs");
+                total += started.elapsed();
+                check(&report);
+                counted.borrow_mut().push(commits_and_replies(&path, &id));
+                let started = Instant::now();
+                let report = run::run(&checked, "models", &input, options(None, "plain"))
+                    .expect("runs");
+                in_memory += started.elapsed();
+                check(&report);
+                let started = Instant::now();
+                for i in 0..MODEL_STEPS {
+                    let key = format!("{id}.m{i}");
+                    let tx = bare.transaction().expect("begins");
+                    tx.execute(
+                        "INSERT INTO steps (run_id, key, value, completed_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![id, key, row, store::now()],
+                    )
+                    .expect("inserts");
+                    tx.commit().expect("commits");
+                }
+                commits += started.elapsed();
+            }
+            durable.borrow_mut().push((iters, total));
+            plain.borrow_mut().push((iters, in_memory));
+            floor.borrow_mut().push((iters, commits));
+            total
+        })
+    });
+    group.finish();
+    let per_step = |samples: &Samples| {
+        median_per_iter(&samples.borrow(), SAMPLES).map(|s| s / MODEL_STEPS as f64)
+    };
+    let mut counts = counted.borrow().clone();
+    counts.sort();
+    if let (Some(d), Some(p), Some(f), Some(&(txs, replies))) = (
+        per_step(&durable),
+        per_step(&plain),
+        per_step(&floor),
+        counts.get(counts.len() / 2),
+    ) {
+        RESULTS.with(|r| r.borrow_mut().model_chain = Some((d, p, f, txs, replies)));
+    }
+}
+
+/// `for it in items parallel 1000 { llm … }` against a model answering
+/// each call after 100 ms, durable and in memory. Target: the durable run
+/// within 5 ms of the in-memory one (its replies and results group-committed).
+fn model_fanout(c: &mut Criterion) {
+    let (_server, env) = model_server(MODEL_FANOUT_LATENCY_MS);
+    let checked = compile(
+        "model-fanout.flow",
+        &fixtures::model_fanout_source(MODEL_FANOUT_WIDTH),
+    );
+    let items: Vec<Value> = (0..MODEL_FANOUT_WIDTH)
+        .map(|i| json!({"id": format!("item-{i}")}))
+        .collect();
+    let input = json!({"items": items});
+    let dir = TempDir::new("model-fanout");
+    let path = dir.path("runs.db");
+    let options = |store: Option<Store>, id: &str| RunOptions {
+        concurrency: MODEL_FANOUT_WIDTH,
+        world: World::Live,
+        env: env.clone(),
+        run_id: Some(id.into()),
+        durable: store.map(|store| DurableRun {
+            store,
+            record: record(id, "models", &input),
+            resume: false,
+            lease: Lease::new_run(id),
+        }),
+        ..RunOptions::default()
+    };
+    let check = |report: &run::Report| match &report.outcome {
+        Outcome::Completed(Value::Array(outs)) => assert_eq!(outs.len(), MODEL_FANOUT_WIDTH),
+        _ => panic!("the model fan-out did not complete: {:?}", report.outcome),
+    };
+    let mut group = c.benchmark_group("model_fanout");
+    group
+        .sample_size(SAMPLES)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::Elements(MODEL_FANOUT_WIDTH as u64));
+    let runs = Cell::new(0usize);
+    let counted: RefCell<Vec<(usize, usize)>> = RefCell::default();
+    let (durable, plain): (Samples, Samples) = Default::default();
+    group.bench_function(BenchmarkId::new("durable", MODEL_FANOUT_WIDTH), |b| {
+        b.iter_custom(|iters| {
+            let (mut total, mut in_memory) = (Duration::ZERO, Duration::ZERO);
+            for _ in 0..iters {
+                let id = format!("model-fanout-{}", runs.get());
+                runs.set(runs.get() + 1);
+                let store = Store::open(&path, Durability::Full).expect("opens the store");
+                let started = Instant::now();
+                let report =
+                    run::run(&checked, "models", &input, options(Some(store), &id)).expect("runs");
+                total += started.elapsed();
+                check(&report);
+                drop(report);
+                counted.borrow_mut().push(commits_and_replies(&path, &id));
+                let started = Instant::now();
+                let report =
+                    run::run(&checked, "models", &input, options(None, "plain")).expect("runs");
+                in_memory += started.elapsed();
+                check(&report);
+            }
+            durable.borrow_mut().push((iters, total));
+            plain.borrow_mut().push((iters, in_memory));
+            total
+        })
+    });
+    group.finish();
+    let mut counts = counted.borrow().clone();
+    counts.sort();
+    let d = median_per_iter(&durable.borrow(), SAMPLES);
+    let p = median_per_iter(&plain.borrow(), SAMPLES);
+    if let (Some(d), Some(p), Some(&(txs, replies))) = (d, p, counts.get(counts.len() / 2)) {
+        RESULTS.with(|r| r.borrow_mut().model_fanout = Some((d, p, txs, replies)));
+    }
+}
+
 fn resume(c: &mut Criterion) {
     let checked = compile("chain.flow", &chain(RESUME_STEPS));
     let dir = TempDir::new("resume");
@@ -738,6 +964,27 @@ fn summary(_: &mut Criterion) {
                 verdict(ms <= target)
             );
         }
+        if let Some((durable, plain, floor, txs, replies)) = r.model_chain {
+            let overhead = durable - plain;
+            let ratio = overhead / floor;
+            println!(
+                "chained `llm` step ({MODEL_STEPS} steps): durable {:.1} µs, in memory {:.1} µs, durable overhead {:.1} µs = {ratio:.2}× a bare commit ({:.1} µs); {txs} step commits and {replies} replies for {MODEL_STEPS} steps  (target ≤ {MODEL_RATIO_TARGET}×: {})",
+                durable * 1e6,
+                plain * 1e6,
+                overhead * 1e6,
+                floor * 1e6,
+                verdict(ratio <= MODEL_RATIO_TARGET)
+            );
+        }
+        if let Some((durable, plain, txs, replies)) = r.model_fanout {
+            let extra = (durable - plain) * 1e3;
+            println!(
+                "durable `llm` fan-out {MODEL_FANOUT_WIDTH} × {MODEL_FANOUT_LATENCY_MS} ms: {:.1} ms wall, {:.1} ms in memory, +{extra:.1} ms; {txs} commit transactions, {replies} replies  (target ≤ +{MODEL_FANOUT_SLACK_MS} ms: {})",
+                durable * 1e3,
+                plain * 1e3,
+                verdict(extra <= MODEL_FANOUT_SLACK_MS)
+            );
+        }
         if let Some(t) = r.resume {
             let ms = t * 1e3;
             println!(
@@ -763,6 +1010,8 @@ criterion_group!(
     commit,
     checkpoint_size,
     fanout,
+    model_chain,
+    model_fanout,
     resume,
     resume_process,
     summary

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use flowc::run::budget::Spend;
 use flowc::store::{
-    self, Acquired, DecisionSource, Durability, GateRecord, Lease, NoticeStage, ReviewRecord,
-    RunRecord, Store, StoreError, Verdict,
+    self, Acquired, DecisionSource, Durability, GateRecord, Lease, NoticeStage, Reply,
+    ReviewRecord, RunRecord, Store, StoreError, Verdict,
 };
 use serde_json::json;
 
@@ -63,6 +63,16 @@ fn remote_lease(run: &str, ttl: Duration) -> Lease {
     }
 }
 
+fn reply(key: &str, attempt: u32, text: &str) -> Reply {
+    Reply {
+        key: key.into(),
+        attempt,
+        text: text.into(),
+        input_tokens: 0,
+        output_tokens: 0,
+    }
+}
+
 fn spend(steps: u64) -> Spend {
     Spend {
         steps,
@@ -89,7 +99,7 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
         ));
         // The holder's checkpoint renews it.
         store
-            .commit_steps(&old, &[("a".into(), Some(json!(1)))], spend(1))
+            .commit_steps(&old, &[("a".into(), Some(json!(1)))], &[], spend(1))
             .expect("the holder commits");
         std::thread::sleep(Duration::from_millis(450));
         let new = match store.acquire("r1", "here/2/x", Duration::from_secs(30)) {
@@ -109,15 +119,16 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
             other => panic!("{backend}: the old owner's {what} was not fenced: {other:?}"),
         };
         lost(
-            store.commit_steps(&old, &[("b".into(), Some(json!("stale")))], spend(9)),
+            store.commit_steps(&old, &[("b".into(), Some(json!("stale")))], &[], spend(9)),
             "checkpoint",
         );
         lost(store.intent(&old, "b", "idem-b"), "intent");
         lost(store.record_spend(&old, spend(9)), "spend");
         lost(
-            store.record_reply(&old, "m", 1, "stale", 1, 1, spend(9)),
+            store.commit_steps(&old, &[], &[reply("m", 1, "stale")], spend(9)),
             "reply",
         );
+        assert_eq!(store.reply("r1", "m", 1).expect("reply"), None, "{backend}");
         let gate = GateRecord::pending("r1", "g", "main", "g", json!([1]), None, "reject");
         lost(store.pending_gate(&old, &gate), "gate");
         lost(
@@ -136,7 +147,7 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
         // The new owner's writes go through; finishing releases the lease.
         assert!(store.renew(&new).expect("renew"), "{backend}");
         store
-            .commit_steps(&new, &[("b".into(), Some(json!("fresh")))], spend(2))
+            .commit_steps(&new, &[("b".into(), Some(json!("fresh")))], &[], spend(2))
             .expect("the new owner commits");
         store
             .finish_run(
@@ -180,6 +191,7 @@ fn checkpoints_replies_intents_and_gates_read_back_what_was_written() {
                     ("x[0]/main.a".into(), Some(json!({"big": "v".repeat(1000)}))),
                     ("main.skipped".into(), None),
                 ],
+                &[],
                 spend(2),
             )
             .expect("commits a batch");
@@ -196,12 +208,26 @@ fn checkpoints_replies_intents_and_gates_read_back_what_was_written() {
             Some("k1".into()),
             "{backend}: the first key stays"
         );
+        // Replies go into a commit, with the spend that paid for them.
+        let replies = [
+            Reply {
+                input_tokens: 12,
+                output_tokens: 3,
+                ..reply("main.m@fast", 1, "{\"a\":1}")
+            },
+            reply("main.m@fast", 2, "{\"a\":2}"),
+        ];
         store
-            .record_reply(&lease, "main.m@fast", 1, "{\"a\":1}", 12, 3, spend(3))
-            .expect("reply");
+            .commit_steps(&lease, &[], &replies, spend(3))
+            .expect("replies");
         assert_eq!(
             store.reply("r2", "main.m@fast", 1).expect("reply"),
             Some(("{\"a\":1}".into(), 12, 3))
+        );
+        assert_eq!(
+            store.reply("r2", "main.m@fast", 2).expect("reply"),
+            Some(("{\"a\":2}".into(), 0, 0)),
+            "{backend}"
         );
         assert_eq!(store.run("r2").unwrap().unwrap().spend.tokens, 30);
         assert_eq!(

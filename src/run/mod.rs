@@ -307,6 +307,7 @@ pub fn run(
                     lease: d.lease,
                     done: std::cell::RefCell::new(done),
                     pending: Default::default(),
+                    replies: Default::default(),
                     commits: Default::default(),
                     failed: Default::default(),
                 }),
@@ -489,7 +490,16 @@ pub fn run(
             _ => (None, None),
         };
         let store = d.store.borrow();
-        let finished = match &outcome {
+        // Replies of a step that did not complete (it failed, or the run
+        // stopped) are kept too, so a resume reads them instead of paying
+        // for them again; a completed step's went with its commit.
+        let replies = std::mem::take(&mut *d.replies.borrow_mut());
+        let kept = match &outcome {
+            Outcome::Store(_) => Ok(()),
+            _ if replies.is_empty() => Ok(()),
+            _ => store.commit_steps(&d.lease, &[], &replies, runtime.persisted_spend()),
+        };
+        let finished = kept.and_then(|()| match &outcome {
             // A lost lease is no longer ours to release; a failing store
             // gets one try to let the run go.
             Outcome::Store(crate::store::StoreError::LeaseLost(_)) => Ok(()),
@@ -503,7 +513,7 @@ pub fn run(
                 spent,
                 writes_root && trace.failed().is_none(),
             ),
-        };
+        });
         if let Err(e) = finished {
             if !matches!(outcome, Outcome::Store(_)) {
                 outcome = Outcome::Store(e);

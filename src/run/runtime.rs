@@ -71,6 +71,11 @@ pub struct Durable {
     pub done: RefCell<HashMap<String, Option<Value>>>,
     /// Results waiting for the next commit, from every region of the run.
     pub pending: RefCell<Vec<(String, Option<Value>)>>,
+    /// Model replies received since the last commit: they go into the
+    /// next one, with the step results (a reply is never a commit of its
+    /// own; the call's reservation, written before it, keeps what it cost
+    /// counted if this process dies before then).
+    pub replies: RefCell<Vec<crate::store::Reply>>,
     /// Commit transactions so far: results pending now go into the next one.
     pub commits: Cell<u64>,
     /// Why a write to the store failed; every later checkpoint fails with
@@ -139,10 +144,13 @@ impl<'p> Runtime<'p> {
         tokio::task::yield_now().await;
         if d.commits.get() < ticket {
             let batch = std::mem::take(&mut *d.pending.borrow_mut());
-            let result =
-                d.store
-                    .borrow_mut()
-                    .commit_steps(&d.lease, &batch, self.persisted_spend());
+            let replies = std::mem::take(&mut *d.replies.borrow_mut());
+            let result = d.store.borrow_mut().commit_steps(
+                &d.lease,
+                &batch,
+                &replies,
+                self.persisted_spend(),
+            );
             d.commits.set(d.commits.get() + 1);
             if let Err(e) = result {
                 *d.failed.borrow_mut() = Some(e);

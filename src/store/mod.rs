@@ -60,6 +60,18 @@ impl std::fmt::Display for StoreError {
     }
 }
 
+/// A model reply as the store keeps it: one per step attempt, so a resume
+/// never pays for a reply an earlier process received. `key` is the step
+/// instance's reply key (`StepPath::reply`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    pub key: String,
+    pub attempt: u32,
+    pub text: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
 /// A run as the store keeps it.
 #[derive(Clone, Debug)]
 pub struct RunRecord {
@@ -263,36 +275,29 @@ pub trait Backend: Send {
     ) -> Result<()>;
     /// Completed steps: key → value (`None` for a step that was skipped).
     fn steps(&self, run: &str) -> Result<HashMap<String, Option<Value>>>;
-    /// Commits steps that completed together, and the run's spend so far, in
-    /// one transaction.
+    /// Commits steps that completed together, the model replies received
+    /// since the last commit, and the run's spend so far, in one
+    /// transaction (one flush to disk).
     fn commit_steps(
         &self,
         lease: &Lease,
         batch: &[(String, Option<Value>)],
+        replies: &[Reply],
         spend: Spend,
     ) -> Result<()>;
     /// Records the run's spend so far (settled spend, reservations of
     /// calls in flight and active time), fenced by the lease: written before
     /// each model call, so a call cut short by a crash stays counted.
+    /// Written without waiting for the disk: it survives this process
+    /// dying (the write is in the database's log, SQLite's WAL file or
+    /// PostgreSQL's WAL buffers), and the next commit flushes it; only a
+    /// crash of the machine (SQLite) or of the database server (PostgreSQL)
+    /// before that commit can lose it.
     fn record_spend(&self, lease: &Lease, spend: Spend) -> Result<()>;
     /// Records the intent to call a tool with an effect, before the call.
     fn intent(&self, lease: &Lease, key: &str, idempotency_key: &str) -> Result<()>;
     /// The idempotency key recorded for an intent, if the call was attempted before.
     fn intent_key(&self, run: &str, key: &str) -> Result<Option<String>>;
-    /// Records a model reply and, in the same transaction, the run's spend
-    /// so far (which includes the reply): a resume reads the reply back for
-    /// free, so what it cost must already be in the run's spend.
-    #[allow(clippy::too_many_arguments)]
-    fn record_reply(
-        &self,
-        lease: &Lease,
-        key: &str,
-        attempt: u32,
-        reply: &str,
-        input_tokens: u64,
-        output_tokens: u64,
-        spend: Spend,
-    ) -> Result<()>;
     /// A model reply recorded for a step's attempt: (text, input tokens, output tokens).
     fn reply(&self, run: &str, key: &str, attempt: u32) -> Result<Option<(String, u64, u64)>>;
     fn gate(&self, run: &str, key: &str) -> Result<Option<GateRecord>>;

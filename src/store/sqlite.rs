@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use super::lease::owner_is_dead;
 use super::{
-    now, Acquired, Backend, Durability, GateRecord, Lease, NoticeStage, ReviewRecord, RunRecord,
-    Store, StoreError, Verdict, CLAIMABLE,
+    now, Acquired, Backend, Durability, GateRecord, Lease, NoticeStage, Reply, ReviewRecord,
+    RunRecord, Store, StoreError, Verdict, CLAIMABLE,
 };
 use crate::run::budget::Spend;
 
@@ -252,15 +252,7 @@ impl SqliteStore {
         // Switching to WAL needs the file to itself for a moment: many
         // processes opening one new store at once retry it.
         retry(|| conn.pragma_update(None, "journal_mode", "WAL"))?;
-        conn.pragma_update(
-            None,
-            "synchronous",
-            if durability == Durability::Full {
-                "FULL"
-            } else {
-                "NORMAL"
-            },
-        )?;
+        conn.pragma_update(None, "synchronous", synchronous(durability))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(())
     }
@@ -456,6 +448,7 @@ impl Backend for SqliteStore {
         &self,
         lease: &Lease,
         batch: &[(String, Option<Value>)],
+        replies: &[Reply],
         spend: Spend,
     ) -> Result<()> {
         in_write_tx(&self.conn, |tx| {
@@ -470,13 +463,35 @@ impl Backend for SqliteStore {
                     at
                 ])?;
             }
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for r in replies {
+                stmt.execute(params![
+                    lease.run_id,
+                    r.key,
+                    r.attempt,
+                    r.text,
+                    r.input_tokens as i64,
+                    r.output_tokens as i64
+                ])?;
+            }
             Ok(())
         })
     }
 
-    /// Records the run's spend so far (fenced by the lease).
+    /// Records the run's spend so far (fenced by the lease), with
+    /// `synchronous=OFF` for this one transaction: in WAL mode the commit
+    /// is written to the WAL file but not fsynced, which a process crash
+    /// cannot undo; the next synchronous commit fsyncs the WAL through it.
     fn record_spend(&self, lease: &Lease, spend: Spend) -> Result<()> {
-        in_write_tx(&self.conn, |tx| save_spend(tx, lease, spend, now()))
+        self.conn.pragma_update(None, "synchronous", "OFF")?;
+        let written = in_write_tx(&self.conn, |tx| save_spend(tx, lease, spend, now()));
+        let restored = self
+            .conn
+            .pragma_update(None, "synchronous", synchronous(self.durability));
+        written?;
+        Ok(restored?)
     }
 
     /// Records the intent to call a tool with an effect, before the call.
@@ -508,26 +523,6 @@ impl Backend for SqliteStore {
     /// so far (which includes the reply): a resume reads the reply back for
     /// free, so what it cost must already be in the run's spend.
     #[allow(clippy::too_many_arguments)]
-    fn record_reply(
-        &self,
-        lease: &Lease,
-        key: &str,
-        attempt: u32,
-        reply: &str,
-        input_tokens: u64,
-        output_tokens: u64,
-        spend: Spend,
-    ) -> Result<()> {
-        in_write_tx(&self.conn, |tx| {
-            save_spend(tx, lease, spend, now())?;
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![lease.run_id, key, attempt, reply, input_tokens as i64, output_tokens as i64])?;
-            Ok(())
-        })
-    }
-
     /// A model reply recorded for a step's attempt: (text, input tokens, output tokens).
     fn reply(&self, run: &str, key: &str, attempt: u32) -> Result<Option<(String, u64, u64)>> {
         Ok(retry(|| {
@@ -852,6 +847,14 @@ fn insert_run(conn: &Connection, r: &RunRecord, lease: Option<&Lease>) -> rusqli
 /// The run's spend so far (everything this and earlier processes paid for).
 /// Runs with every checkpoint: the statement is prepared once per connection.
 /// Fenced by the lease (and renews it): the first write of every checkpoint.
+/// SQLite's `synchronous` setting for a durability.
+fn synchronous(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    }
+}
+
 fn save_spend(conn: &Connection, lease: &Lease, spend: Spend, at: f64) -> Result<()> {
     let changed = conn.prepare_cached(
         "UPDATE runs SET tokens = ?3, cost = ?4, steps = ?5, tool_calls = ?6, updated_at = ?7, lease_until = ?8, wall = ?9 WHERE id = ?1 AND epoch = ?2",

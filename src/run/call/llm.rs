@@ -19,6 +19,7 @@ use crate::run::providers::{self, ChatRequest, Endpoint, Message};
 use crate::run::runtime::Runtime;
 use crate::run::step_path::StepPath;
 use crate::run::world::{Script, Scripted, World};
+use crate::store::Reply;
 use crate::types::Ty;
 
 impl Runtime<'_> {
@@ -114,19 +115,13 @@ impl Runtime<'_> {
                             )
                             .await?;
                         if let (Some(d), Ok(text)) = (&self.durable, &reply) {
-                            let spend = self.persisted_spend();
-                            d.store
-                                .borrow_mut()
-                                .record_reply(&d.lease, &reply_key, attempt, text, 0, 0, spend)
-                                .map_err(|e| {
-                                    self.fail(
-                                        cx,
-                                        n,
-                                        attempt,
-                                        FailureClass::Store,
-                                        d.store_failed(e),
-                                    )
-                                })?;
+                            d.replies.borrow_mut().push(Reply {
+                                key: reply_key,
+                                attempt,
+                                text: text.clone(),
+                                input_tokens: 0,
+                                output_tokens: 0,
+                            });
                         }
                         reply
                     }
