@@ -101,6 +101,10 @@ pub struct Stats {
     pub retries: u64,
 }
 
+/// How late (a fraction of the spacing) a call may start after its `rpm`
+/// turn before the turn is given up for a new one.
+const LATE_TURN: f64 = 0.02;
+
 impl<'p> Runtime<'p> {
     pub fn plan(&self, id: FlowId) -> Rc<Plan> {
         self.plans
@@ -350,15 +354,24 @@ impl Runtime<'_> {
             gate.wait_turn().await;
             return Ok(());
         };
-        let start = d
-            .store
-            .borrow()
-            .rate_turn(&self.limit_key(model), spacing.as_secs_f64())?;
-        let wait = start - crate::store::now();
-        if wait > 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        let spacing = spacing.as_secs_f64();
+        loop {
+            let start = d
+                .store
+                .borrow()
+                .rate_turn(&self.limit_key(model), spacing)?;
+            let wait = start - crate::store::now();
+            if wait > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            }
+            // A turn this process woke up late for (a blocking store call
+            // of another step held the thread, the machine was busy) is
+            // given up, unused, and a new one taken: starting late would
+            // crowd the next turn, which another process may take on time.
+            if crate::store::now() - start <= spacing * LATE_TURN {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     /// For a durable run, one of the model's `concurrency` slots across
