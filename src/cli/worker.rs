@@ -22,6 +22,9 @@ use crate::execute::{self, Driver, Failure, RunArgs};
 /// Runs the worker until a signal stops it.
 pub fn run(store_path: &Path, poll: Duration, concurrency: usize) -> Result<i32, String> {
     let durability = execute::durability()?;
+    // Each run opens the store for itself and its heartbeat: on PostgreSQL
+    // those connections are reused from run to run.
+    store::keep_connections();
     // Opened up front: a store that cannot be reached stops the worker at
     // once, rather than every slot reporting it forever.
     let mut stores = Vec::with_capacity(concurrency);

@@ -13,7 +13,7 @@
 //! is fenced, atomic and a single network exchange.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use postgres::{Client, Row, Statement};
@@ -267,9 +267,46 @@ pub struct PostgresStore {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Connections kept for reuse, per URL: their job channels and threads.
+/// `None` (the default) keeps none, so a one-shot command closes its
+/// connection cleanly at exit; a worker, which would otherwise connect
+/// twice per run (the run's store and its heartbeat's), each connection a
+/// new server process and a migration check, turns it on.
+static IDLE: Mutex<Option<HashMap<String, Vec<Served>>>> = Mutex::new(None);
+
+/// At most this many idle connections are kept per URL.
+const IDLE_PER_URL: usize = 64;
+
+/// A connection's thread and the channel that feeds it jobs.
+struct Served {
+    jobs: mpsc::Sender<Job>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Keeps the PostgreSQL connections of dropped stores for the next
+/// `Store::open` of the same URL in this process.
+pub fn keep_connections() {
+    if let Ok(mut idle) = IDLE.lock() {
+        idle.get_or_insert_with(HashMap::new);
+    }
+}
+
 impl PostgresStore {
-    /// Connects (and migrates) on a thread that then serves this store's calls.
+    /// Connects (and migrates) on a thread that then serves this store's
+    /// calls; or takes a kept connection to the same URL (see
+    /// [`keep_connections`]), already migrated.
     pub fn open(url: &str) -> Result<PostgresStore> {
+        let kept = IDLE
+            .lock()
+            .ok()
+            .and_then(|mut idle| idle.as_mut()?.get_mut(url)?.pop());
+        if let Some(served) = kept {
+            return Ok(PostgresStore {
+                url: url.to_string(),
+                jobs: Some(served.jobs),
+                thread: Some(served.thread),
+            });
+        }
         let (jobs, incoming) = mpsc::channel::<Job>();
         let (ready, opened) = mpsc::channel::<Result<()>>();
         let target = url.to_string();
@@ -325,11 +362,39 @@ impl PostgresStore {
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
+        if let (Some(jobs), Some(thread)) = (self.jobs.take(), self.thread.take()) {
+            let served = Served { jobs, thread };
+            let Some(served) = keep(&self.url, served) else {
+                return;
+            };
+            self.jobs = Some(served.jobs);
+            self.thread = Some(served.thread);
+        }
         drop(self.jobs.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+/// Keeps a live connection for reuse if connections are kept and there is
+/// room; else gives it back to be closed.
+fn keep(url: &str, served: Served) -> Option<Served> {
+    if served.thread.is_finished() {
+        return Some(served);
+    }
+    let Ok(mut idle) = IDLE.lock() else {
+        return Some(served);
+    };
+    let Some(idle) = idle.as_mut() else {
+        return Some(served);
+    };
+    let kept = idle.entry(url.to_string()).or_default();
+    if kept.len() >= IDLE_PER_URL {
+        return Some(served);
+    }
+    kept.push(served);
+    None
 }
 
 fn json_col(text: Option<String>) -> Value {
