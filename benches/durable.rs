@@ -36,6 +36,8 @@
 //! `cargo bench --bench durable`; a summary (medians, ratios, targets) is
 //! printed at the end.
 
+// Each bench uses a part of the shared fixtures.
+#[allow(dead_code)]
 mod fixtures;
 #[allow(dead_code)]
 #[path = "../tests/support/mock_server.rs"]

@@ -27,6 +27,8 @@
 //! `FLOWC_RUN_BENCH_FANOUT=RUNS` runs the fan-out RUNS times and prints when
 //! the server received the first and the last request of each.
 
+// Each bench uses a part of the shared fixtures.
+#[allow(dead_code)]
 mod fixtures;
 #[allow(dead_code)]
 #[path = "../tests/support/mock_server.rs"]
