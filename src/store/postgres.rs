@@ -21,8 +21,8 @@ use serde_json::Value;
 
 use super::lease::owner_is_dead;
 use super::{
-    now, Acquired, Backend, GateRecord, Lease, NoticeStage, Reply, ReviewRecord, RunRecord,
-    Store, StoreError, Verdict, CLAIMABLE,
+    now, Acquired, Backend, GateRecord, Lease, NoticeStage, Reply, ReviewRecord, RunRecord, Store,
+    StoreError, Verdict, CLAIMABLE,
 };
 use crate::run::budget::Spend;
 
