@@ -118,3 +118,17 @@ fn shown_store(path: &std::path::Path) -> String {
         _ => text,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_start_up_line_names_a_postgres_store_without_its_password() {
+        let shown = |s: &str| super::shown_store(std::path::Path::new(s));
+        assert_eq!(
+            shown("postgres://flowc:SECRET@db:5432/flowc"),
+            "postgres://…@db:5432/flowc"
+        );
+        assert_eq!(shown("postgresql://db/flowc"), "postgresql://db/flowc");
+        assert_eq!(shown(".flowc/runs.db"), ".flowc/runs.db");
+    }
+}
