@@ -29,6 +29,8 @@ pub(super) fn routes() -> Router<Arc<App>> {
         .route("/api/runs/{run}/trace", get(trace))
         .route("/api/runs/{run}/gates/{gate}", post(decide))
         .route("/api/inbox", get(inbox))
+        .route("/api/reviews", get(reviews))
+        .route("/api/runs/{run}/reviews/{gate}", post(review))
 }
 
 /// The reviewer a request speaks for, or 401.
@@ -331,6 +333,47 @@ async fn decide(
         .blocking(move |app, store| view::decide(app, store, &who, &run, &gate, verdict))
         .await?;
     Ok(Json(json!({"gate": view::gate_json(&decided)})))
+}
+
+async fn reviews(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let who = who(&app, &headers)?;
+    let cards = app
+        .blocking(move |app, store| view::reviews(app, store, &who))
+        .await?;
+    Ok(Json(
+        json!({"reviews": cards.iter().map(|c| c.json()).collect::<Vec<_>>()}),
+    ))
+}
+
+/// `POST /api/runs/RUN/reviews/GATE`: `{"verdict": "agree"}` or
+/// `{"verdict": "disagree", "note": "…"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReviewBody {
+    verdict: String,
+    note: Option<String>,
+}
+
+async fn review(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((run, gate)): Path<(String, String)>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let who = who(&app, &headers)?;
+    let request: ReviewBody = body(&bytes)?;
+    let verdict = crate::store::Verdict::from_name(&request.verdict).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "`{}` is not a verdict: `agree` or `disagree`",
+            request.verdict
+        ))
+    })?;
+    let reviewed = app
+        .blocking(move |_, store| {
+            view::review(store, &who, &run, &gate, verdict, request.note.as_deref())
+        })
+        .await?;
+    Ok(Json(json!({"review": view::review_json(&reviewed)})))
 }
 
 /// Query strings of the pages, as given.

@@ -29,6 +29,7 @@ pub(super) fn routes() -> Router<Arc<App>> {
         .route("/logout", post(logout))
         .route("/inbox", get(inbox))
         .route("/inbox/decide", post(decide))
+        .route("/inbox/review", post(review))
         .route("/runs", get(runs))
         .route("/runs/{run}", get(run_page))
 }
@@ -234,8 +235,13 @@ async fn render_inbox(
     status: StatusCode,
 ) -> Response {
     let reviewer = who.clone();
-    let cards = match app
-        .blocking(move |app, store| view::inbox(app, store, &reviewer))
+    let (cards, reviews) = match app
+        .blocking(move |app, store| {
+            Ok((
+                view::inbox(app, store, &reviewer)?,
+                view::reviews(app, store, &reviewer)?,
+            ))
+        })
         .await
     {
         Ok(c) => c,
@@ -258,11 +264,105 @@ async fn render_inbox(
             .filter(|r| r.run == c.gate.run_id && r.key == c.gate.key);
         body.push_str(&card_html(c, refusal));
     }
+    if !reviews.is_empty() {
+        body.push_str(&format!(
+            "<h1 id=\"reviews\">Sampled for review <span class=\"count\">({})</span></h1>\
+             <p class=\"hint\">Cases a gate's policy approved without a person, sampled so that people \
+             check it still decides as they would.</p>",
+            reviews.len()
+        ));
+        for r in &reviews {
+            body.push_str(&review_html(r));
+        }
+    }
     (
         status,
         Html(page("Inbox", Some(&who), Some(cards.len()), &body)),
     )
         .into_response()
+}
+
+/// A sampled policy decision: what the gate showed, what the policy read,
+/// and agree / disagree (with a note).
+fn review_html(r: &view::ReviewCard) -> String {
+    let g = &r.gate;
+    let order = r.program.gate(&g.flow, &g.gate).map_or(Vec::new(), |i| {
+        form::form_for(&r.program.types, &i.ty).names()
+    });
+    let shown: String = g
+        .show
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| value_in_order(v, &order))
+        .collect();
+    let hidden = format!(
+        "<input type=\"hidden\" name=\"run\" value=\"{}\"><input type=\"hidden\" name=\"key\" value=\"{}\">",
+        escape(&g.run_id),
+        escape(&g.key)
+    );
+    format!(
+        "<article class=\"card review\" id=\"review-{}-{}\" data-run=\"{}\" data-review=\"{}\"><header><h2>{}</h2>\
+         <span class=\"meta\">flow <b>{}</b> · run <a href=\"/runs/{}\">{}</a> · {} by its policy {}</span></header>\
+         <h3>The policy read</h3>{}<h3>Shown</h3>{shown}\
+         <details><summary>The run's input</summary>{}</details>\
+         <div class=\"actions\"><form method=\"post\" action=\"/inbox/review\">{hidden}\
+         <button class=\"approve\" name=\"verdict\" value=\"agree\">Agree</button></form>\
+         <form method=\"post\" action=\"/inbox/review\" class=\"reject-form\">{hidden}\
+         <input type=\"text\" name=\"note\" placeholder=\"What would you have decided?\" aria-label=\"note\">\
+         <button class=\"reject\" name=\"verdict\" value=\"disagree\">Disagree</button></form></div></article>",
+        escape(&g.run_id),
+        escape(&g.key),
+        escape(&g.run_id),
+        escape(&g.gate),
+        escape(&g.gate),
+        escape(&g.flow),
+        escape(&g.run_id),
+        escape(&g.run_id),
+        escape(&g.status),
+        g.decided_at.map(ago).unwrap_or_default(),
+        g.policy_read.as_ref().map(value).unwrap_or_else(|| "<span class=\"none\">nothing recorded</span>".into()),
+        value(&r.run.input),
+    )
+}
+
+async fn review(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(form): Form<Params>,
+) -> Response {
+    let who = match api::who(&app, &headers) {
+        Ok(w) => w,
+        Err(e) => return refused(e),
+    };
+    let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+    let (run, key, note) = (field("run"), field("key"), field("note"));
+    let Some(verdict) = crate::store::Verdict::from_name(&field("verdict")) else {
+        return refused(ApiError::BadRequest(
+            "the verdict is `agree` or `disagree`".into(),
+        ));
+    };
+    let reviewer = who.clone();
+    let result = app
+        .blocking(move |_, store| view::review(store, &reviewer, &run, &key, verdict, Some(&note)))
+        .await;
+    match result {
+        Ok(r) => Redirect::to(&format!(
+            "/inbox?decided={}&gate={}&run={}#reviews",
+            urlencode(&format!("reviewed, {}", verdict.as_str())),
+            urlencode(&r.gate),
+            urlencode(&r.run_id)
+        ))
+        .into_response(),
+        Err(ApiError::Conflict(body)) => {
+            let text = body["error"]
+                .as_str()
+                .unwrap_or("already reviewed")
+                .to_string();
+            render_inbox(&app, who, Some((false, text)), None, StatusCode::CONFLICT).await
+        }
+        Err(e) => refused(e),
+    }
 }
 
 fn ago(at: f64) -> String {

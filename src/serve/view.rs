@@ -11,7 +11,7 @@ use super::auth::Reviewer;
 use super::program::{GateInfo, RunProgram};
 use super::state::{ApiError, App};
 use crate::run::status::GateStatus;
-use crate::store::{GateRecord, RunRecord, Store};
+use crate::store::{GateRecord, ReviewRecord, RunRecord, Store, Verdict as ReviewVerdict};
 
 /// A pending gate with what a reviewer needs to decide it.
 pub(super) struct Card {
@@ -85,6 +85,8 @@ pub(super) fn gate_json(g: &GateRecord) -> Value {
         "on_timeout": g.on_timeout,
         "decided_by": g.decided_by,
         "decided_at": g.decided_at,
+        "source": g.source.map(|s| s.as_str()),
+        "policy_read": g.policy_read,
     })
 }
 
@@ -325,5 +327,144 @@ fn conflict(g: &GateRecord) -> ApiError {
             g.decided_by.as_deref().unwrap_or("someone")
         ),
         "gate": gate_json(g),
+    }))
+}
+
+/// A policy's decision sampled for review after the fact, with its gate.
+pub(super) struct ReviewCard {
+    pub review: ReviewRecord,
+    pub gate: GateRecord,
+    pub run: RunRecord,
+    pub program: Arc<RunProgram>,
+}
+
+impl ReviewCard {
+    /// As `GET /api/reviews` lists it (docs/team.md).
+    pub fn json(&self) -> Value {
+        json!({
+            "run": self.review.run_id,
+            "key": self.review.key,
+            "flow": self.review.flow,
+            "gate": self.review.gate,
+            "sampled_at": self.review.sampled_at,
+            "decision": gate_json(&self.gate),
+            "input": self.run.input,
+        })
+    }
+}
+
+/// A review item as the API answers a verdict.
+pub(super) fn review_json(r: &ReviewRecord) -> Value {
+    json!({
+        "run": r.run_id,
+        "key": r.key,
+        "flow": r.flow,
+        "gate": r.gate,
+        "sampled_at": r.sampled_at,
+        "verdict": r.verdict.map(|v| v.as_str()),
+        "reviewed_by": r.reviewed_by,
+        "reviewed_at": r.reviewed_at,
+        "note": r.note,
+    })
+}
+
+/// The sampled policy decisions not reviewed yet that the reviewer may
+/// review (those of gates they may decide), oldest first.
+pub(super) fn reviews(
+    app: &App,
+    store: &Store,
+    who: &Reviewer,
+) -> Result<Vec<ReviewCard>, ApiError> {
+    let mut cards = Vec::new();
+    for review in store.reviews(None, true)? {
+        if !who.decides(&review.flow, &review.gate) {
+            continue;
+        }
+        let (Some(run), Some(gate)) = (
+            store.run(&review.run_id)?,
+            store.gate(&review.run_id, &review.key)?,
+        ) else {
+            continue;
+        };
+        let program = app.program(store, &run);
+        cards.push(ReviewCard {
+            review,
+            gate,
+            run,
+            program,
+        });
+    }
+    Ok(cards)
+}
+
+/// Marks a sampled case of gate `gate` (its name or key) of run `run`
+/// agreed or not, as `who`: 404 when the run has no such case, 403 outside
+/// the reviewer's gates, 409 when it was reviewed already.
+pub(super) fn review(
+    store: &Store,
+    who: &Reviewer,
+    run_id: &str,
+    gate: &str,
+    verdict: ReviewVerdict,
+    note: Option<&str>,
+) -> Result<ReviewRecord, ApiError> {
+    visible_run(store, who, run_id)?;
+    let items: Vec<ReviewRecord> = store
+        .reviews(Some(run_id), false)?
+        .into_iter()
+        .filter(|r| r.key == gate || r.gate == gate)
+        .collect();
+    let open: Vec<&ReviewRecord> = items.iter().filter(|r| r.verdict.is_none()).collect();
+    let item = match (open.as_slice(), items.as_slice()) {
+        ([one], _) => (*one).clone(),
+        ([], []) => {
+            return Err(ApiError::NotFound(format!(
+                "run {run_id} has no sampled decision of `{gate}` to review"
+            )))
+        }
+        ([], [done, ..]) => return Err(reviewed(done)),
+        (many, _) => {
+            return Err(ApiError::BadRequest(format!(
+                "`{gate}` has {} open reviews in run {run_id}; name one by its key: {}",
+                many.len(),
+                many.iter()
+                    .map(|r| r.key.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+    };
+    if !who.decides(&item.flow, &item.gate) {
+        return Err(ApiError::Forbidden(format!(
+            "{} may not review gate `{}` of flow `{}`",
+            who.name, item.gate, item.flow
+        )));
+    }
+    let note = note.map(str::trim).filter(|n| !n.is_empty());
+    if !store.record_review(run_id, &item.key, verdict, &who.name, note)? {
+        let now = store
+            .reviews(Some(run_id), false)?
+            .into_iter()
+            .find(|r| r.key == item.key)
+            .unwrap_or(item);
+        return Err(reviewed(&now));
+    }
+    store
+        .reviews(Some(run_id), false)?
+        .into_iter()
+        .find(|r| r.key == item.key)
+        .ok_or_else(|| ApiError::Internal("the review was recorded but cannot be read back".into()))
+}
+
+/// 409: the case was reviewed already.
+fn reviewed(r: &ReviewRecord) -> ApiError {
+    ApiError::Conflict(json!({
+        "error": format!(
+            "the sampled decision of {} in run {} was already reviewed by {}",
+            r.key,
+            r.run_id,
+            r.reviewed_by.as_deref().unwrap_or("someone")
+        ),
+        "review": review_json(r),
     }))
 }
