@@ -586,3 +586,28 @@ fn flowc_test_and_ephemeral_runs_apply_the_policy_without_a_store() {
         "an ephemeral run announces nothing"
     );
 }
+
+#[test]
+fn a_webhook_read_from_the_environment_is_checked_before_the_run_starts() {
+    use crate::support::cli::Test;
+    let program = TESTED_POLICY.replace(
+        "notify webhook \"https://hooks.example.com/never-called\"",
+        "notify webhook env.REFUNDS_HOOK_FOR_PREFLIGHT",
+    );
+    // A recording calls nothing and skips the preflight; a live run is
+    // refused before anything is called.
+    let refused = Test::new()
+        .file("refund.flow", &program)
+        .args(["run", "refund.flow", "--ephemeral", "--input"])
+        .arg(json!({"request": {"order_id": "A5", "amount": 500}}).to_string())
+        .status(2)
+        .run();
+    assert!(
+        refused.stderr.contains("REFUNDS_HOOK_FOR_PREFLIGHT")
+            && refused
+                .stderr
+                .contains("of gate `refund_request` in flow `refund_order`"),
+        "{}",
+        refused.stderr
+    );
+}
