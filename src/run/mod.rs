@@ -308,6 +308,7 @@ pub fn run(
                     done: std::cell::RefCell::new(done),
                     pending: Default::default(),
                     replies: Default::default(),
+                    spend_writes: Default::default(),
                     commits: Default::default(),
                     failed: Default::default(),
                 }),

@@ -76,6 +76,9 @@ pub struct Durable {
     /// own; the call's reservation, written before it, keeps what it cost
     /// counted if this process dies before then).
     pub replies: RefCell<Vec<crate::store::Reply>>,
+    /// Writes of the run's spend so far (commits, and reservations before
+    /// model calls): a reservation made before the next one is in it.
+    pub spend_writes: Cell<u64>,
     /// Commit transactions so far: results pending now go into the next one.
     pub commits: Cell<u64>,
     /// Why a write to the store failed; every later checkpoint fails with
@@ -156,12 +159,42 @@ impl<'p> Runtime<'p> {
                 self.persisted_spend(),
             );
             d.commits.set(d.commits.get() + 1);
+            d.spend_writes.set(d.spend_writes.get() + 1);
             if let Err(e) = result {
                 *d.failed.borrow_mut() = Some(e);
             }
         }
         match &*d.failed.borrow() {
             Some(e) => Err(failed(e.to_string(), step)),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the run's spend, reservations of calls about to start
+    /// included, before a model call goes out (durable runs). Like
+    /// `persist`, calls reserving in the same turn of the event loop share
+    /// one write: each waits one turn, the first to resume writes the spend
+    /// (which holds every reservation made before it), and the rest find
+    /// theirs written. A 1,000-wide model fan-out makes a few writes, not
+    /// 1,000. The error is the store's message (the run ends with it).
+    pub async fn record_reservations(&self) -> Result<(), String> {
+        let Some(d) = &self.durable else {
+            return Ok(());
+        };
+        let ticket = d.spend_writes.get() + 1;
+        tokio::task::yield_now().await;
+        if d.spend_writes.get() < ticket {
+            let written = d
+                .store
+                .borrow()
+                .record_spend(&d.lease, self.persisted_spend());
+            d.spend_writes.set(d.spend_writes.get() + 1);
+            if let Err(e) = written {
+                return Err(d.store_failed(e));
+            }
+        }
+        match &*d.failed.borrow() {
+            Some(e) => Err(e.to_string()),
             None => Ok(()),
         }
     }
