@@ -1084,3 +1084,224 @@ fn sampled_policy_decisions_are_reviewed_in_the_inbox() {
     serve.stop();
     worker.stop();
 }
+
+/// The samples of a Prometheus text exposition (`series → value`), checking
+/// every line is a comment, `# EOF` (last) or `NAME{LABELS} VALUE`.
+fn prometheus_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut samples = std::collections::BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.last(),
+        Some(&"# EOF"),
+        "the exposition ends with # EOF"
+    );
+    for line in &lines[..lines.len() - 1] {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let kind = rest.split(' ').next().unwrap_or("");
+            assert!(matches!(kind, "HELP" | "TYPE" | "UNIT"), "{line}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "a metric name: {line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "{line}");
+        }
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("a value: {line}"));
+        assert!(
+            samples.insert(series.to_string(), value).is_none(),
+            "a series twice: {line}"
+        );
+    }
+    samples
+}
+
+#[test]
+fn metrics_and_the_stats_page_show_what_flowc_stats_computes() {
+    let lab = refund_lab(Backend::Sqlite, "serve-metrics");
+    let runs: Vec<String> = ["M-1", "M-3", "M-5"]
+        .iter()
+        .map(|order| {
+            let input = format!(r#"{{"order": "{order}"}}"#);
+            let out = lab
+                .command(&["submit", "prog.flow", "--input", &input])
+                .output()
+                .expect("submit");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    let worker = Worker::start(&lab);
+    for run in &runs {
+        wait_for(&lab, run, "waiting");
+    }
+    let serve = Serve::start(&lab, &["--tokens", "tokens.json"]);
+    let api = Api::new(&serve);
+    // One approved (the refund is made), one rejected, one left waiting.
+    let (status, body) = api.post(
+        &format!("/api/runs/{}/gates/refund", runs[0]),
+        Some(ALICE),
+        &json!({"decision": "approve"}),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api.post(
+        &format!("/api/runs/{}/gates/refund", runs[1]),
+        Some(ALICE),
+        &json!({"decision": "reject", "reason": "not damaged"}),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for(&lab, &runs[0], "completed");
+    let store = lab.open_store();
+    let started = Instant::now();
+    let rejected = loop {
+        let r = store.run(&runs[1]).expect("store").expect("stored");
+        if !matches!(r.status.as_str(), "waiting" | "running" | "queued") {
+            break r.status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{}", r.status);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    worker.stop();
+
+    let scrape = |token: Option<&str>| {
+        let mut r = api.client.get(serve.url("/metrics"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        api.send(format!("GET /metrics as {token:?}"), r)
+    };
+    for token in [None, Some("not-a-token-of-anyone-at-all")] {
+        let (status, body) = scrape(token);
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let (status, text) = scrape(Some(ALICE));
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let samples = prometheus_samples(&text);
+    let at = |series: &str| -> f64 {
+        *samples
+            .get(series)
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    let flow = r#"flow="refund_order""#;
+    assert_eq!(
+        at(&format!(r#"flowc_runs_total{{{flow},status="completed"}}"#)),
+        1.0
+    );
+    assert_eq!(
+        at(&format!(r#"flowc_runs_total{{{flow},status="waiting"}}"#)),
+        1.0
+    );
+    assert_eq!(
+        at(&format!(
+            r#"flowc_runs_total{{{flow},status="{rejected}"}}"#
+        )),
+        1.0
+    );
+    // Three lookups, one refund, all answered.
+    assert_eq!(
+        at(&format!(
+            r#"flowc_tool_calls_total{{{flow},tool="lookup",outcome="ok"}}"#
+        )),
+        3.0
+    );
+    assert_eq!(
+        at(&format!(
+            r#"flowc_tool_calls_total{{{flow},tool="refund",outcome="ok"}}"#
+        )),
+        1.0
+    );
+    assert_eq!(
+        at(&format!(
+            r#"flowc_tool_calls_total{{{flow},tool="refund",outcome="failed"}}"#
+        )),
+        0.0
+    );
+    assert_eq!(
+        at(&format!(
+            r#"flowc_tool_success_ratio{{{flow},tool="lookup"}}"#
+        )),
+        1.0
+    );
+    assert_eq!(
+        at(&format!(
+            r#"flowc_guardrail_rejections_total{{{flow},kind="blocked_effect"}}"#
+        )),
+        1.0
+    );
+    assert_eq!(
+        at(&format!(r#"flowc_gates_pending{{{flow},gate="refund"}}"#)),
+        1.0
+    );
+    let by_steps: f64 = samples
+        .iter()
+        .filter(|(k, _)| k.starts_with("flowc_runs_by_steps{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(by_steps, 3.0, "every run has a step count:\n{text}");
+    // The same figures as `flowc stats --format json`.
+    let out = lab
+        .command(&["stats", "--format", "json"])
+        .output()
+        .expect("stats");
+    assert!(out.status.success());
+    let stats: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    let of = &stats["flows"]["refund_order"];
+    assert_eq!(
+        at(&format!(r#"flowc_reliability_score{{{flow}}}"#)),
+        of["reliability"]["score"].as_f64().expect("a score")
+    );
+    assert_eq!(
+        at(&format!(r#"flowc_run_steps{{{flow},quantile="0.95"}}"#)),
+        of["steps"]["p95"].as_f64().expect("p95")
+    );
+    assert_eq!(
+        at(&format!(
+            r#"flowc_gate_wait_seconds{{{flow},quantile="1"}}"#
+        )),
+        of["gate_wait_seconds"]["max"].as_f64().expect("max")
+    );
+    assert_eq!(
+        at(&format!(r#"flowc_retries_total{{{flow}}}"#)),
+        of["retries"].as_f64().expect("retries")
+    );
+    // Bob sees only flow `other`: nothing of refund_order.
+    let (status, text) = scrape(Some(BOB));
+    assert_eq!(status, StatusCode::OK);
+    assert!(!text.contains("refund_order"), "{text}");
+    prometheus_samples(&text);
+
+    // The stats page: charts drawn on the server, linked from the nav.
+    let (status, page) = api.page("/stats", ALICE);
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("href=\"/stats\""), "the nav links the page");
+    assert!(page.contains("<svg"), "{page}");
+    assert!(
+        page.contains("<h3>Steps per run: refund_order</h3>"),
+        "{page}"
+    );
+    assert_eq!(
+        page.matches("<circle").count(),
+        3,
+        "a point per run on the cost chart"
+    );
+    assert!(!page.contains("<script"), "no script");
+    let r = api
+        .client
+        .get(serve.url("/stats"))
+        .send()
+        .expect("stats page");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "to the login page");
+    api.assert_no_secret();
+    serve.stop();
+}

@@ -8,6 +8,8 @@
 //!   `view.rs` (what a gate card and a run page show, shared with the API),
 //!   `render.rs` (a JSON value for people) and `form.rs` (the edit form a
 //!   gate's type makes);
+//! - `metrics.rs`: `GET /metrics`, the `flowc stats` figures in the
+//!   Prometheus text format; `stats_page.rs`: the same as a page of SVG charts;
 //! - `auth.rs`: bearer tokens and reviewers; `state.rs`: what every request
 //!   shares (store connections, each run's compiled program, secrets to
 //!   scrub); `program.rs`: what serve reads from a run's program.
@@ -18,10 +20,12 @@
 mod api;
 mod auth;
 mod form;
+mod metrics;
 mod page;
 mod program;
 mod render;
 mod state;
+mod stats_page;
 mod view;
 
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
 //! The HTML pages: a login form, the inbox (a card per pending gate, with
 //! approve, reject with a reason, and edit-then-approve), the runs, and a
-//! run (its steps as a timeline, spend against budget, gates, trace).
+//! run (its steps as a timeline, spend against budget, gates, trace); the
+//! stats page is stats_page.rs.
 //! Server-rendered, no script: forms post back and the server answers with
 //! the next page (303 after a decision; the inbox again, with the problems
 //! beside their fields, when it is refused).
@@ -32,6 +33,8 @@ pub(super) fn routes() -> Router<Arc<App>> {
         .route("/inbox/review", post(review))
         .route("/runs", get(runs))
         .route("/runs/{run}", get(run_page))
+        .route("/stats", get(super::stats_page::stats))
+        .route("/metrics", get(super::metrics::metrics))
 }
 
 const STYLE: &str = r#"
@@ -100,10 +103,15 @@ form.filters input, form.filters select { display: block; font: inherit; padding
 "#;
 
 /// A whole page around `body`.
-fn page(title: &str, who: Option<&Reviewer>, inbox_count: Option<usize>, body: &str) -> String {
+pub(super) fn page(
+    title: &str,
+    who: Option<&Reviewer>,
+    inbox_count: Option<usize>,
+    body: &str,
+) -> String {
     let nav = match who {
         Some(w) => format!(
-            "<a href=\"/inbox\">Inbox{}</a><a href=\"/runs\">Runs</a><span class=\"who\">{}</span>\
+            "<a href=\"/inbox\">Inbox{}</a><a href=\"/runs\">Runs</a><a href=\"/stats\">Stats</a><span class=\"who\">{}</span>\
              <form method=\"post\" action=\"/logout\"><button>Log out</button></form>",
             inbox_count.map(|n| format!(" ({n})")).unwrap_or_default(),
             escape(&w.name)
@@ -121,7 +129,7 @@ fn page(title: &str, who: Option<&Reviewer>, inbox_count: Option<usize>, body: &
 
 /// A refusal as a page: to the login form without a (known) token, else
 /// the error with its status.
-fn refused(e: ApiError) -> Response {
+pub(super) fn refused(e: ApiError) -> Response {
     match e {
         ApiError::Unauthorized(_) => Redirect::to("/login").into_response(),
         e => {
@@ -949,7 +957,7 @@ fn timeline(events: &[Value]) -> String {
 }
 
 /// Seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
-fn utc(at: f64) -> String {
+pub(super) fn utc(at: f64) -> String {
     let secs = at.max(0.0) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's days-to-civil.
