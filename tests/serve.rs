@@ -1080,6 +1080,33 @@ fn sampled_policy_decisions_are_reviewed_in_the_inbox() {
         )),
         "{verdicts:?}"
     );
+    // /metrics: one agreed, one disagreed.
+    let r = client
+        .get(serve.url("/metrics"))
+        .bearer_auth(ALICE)
+        .send()
+        .expect("metrics");
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().expect("a body");
+    let samples = prometheus_samples(&text);
+    let gate = r#"flow="refund_small",gate="refund""#;
+    for (series, value) in [
+        (format!("flowc_review_agreement_ratio{{{gate}}}"), 0.5),
+        (
+            format!(r#"flowc_review_cases_total{{{gate},verdict="agree"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"flowc_review_cases_total{{{gate},verdict="disagree"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"flowc_review_cases_total{{{gate},verdict="open"}}"#),
+            0.0,
+        ),
+    ] {
+        assert_eq!(samples.get(&series), Some(&value), "{series} in:\n{text}");
+    }
     api.assert_no_secret();
     serve.stop();
     worker.stop();

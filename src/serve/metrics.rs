@@ -1,5 +1,5 @@
 //! `GET /metrics`: the figures `flowc stats` computes, in the Prometheus
-//! text format (encoded by the `prometheus-client` crate), and what the
+//! text format (OpenMetrics 1.0, encoded by the `prometheus-client` crate), and what the
 //! stats page draws. Both are computed per request from the store by
 //! `crate::stats` (the same functions as `flowc stats`), over the runs the
 //! asking reviewer may see; nothing here does the arithmetic again.
@@ -121,45 +121,45 @@ pub(super) fn exposition(f: &Figures) -> String {
         for (status, n) in &s.by_status {
             e.counter(
                 "runs",
-                "Stored runs by flow and status.",
+                "Stored runs by flow and status",
                 &[("flow", flow), ("status", status)],
                 *n as f64,
             );
         }
         e.counter(
             "cost_dollars",
-            "US dollars spent by the flow's stored runs.",
+            "US dollars spent by the flow's stored runs",
             &[("flow", flow)],
             s.cost.total,
         );
         e.counter(
             "tokens",
-            "Tokens used by the flow's stored runs.",
+            "Tokens used by the flow's stored runs",
             &[("flow", flow)],
             s.tokens.total,
         );
         e.quantiles(
             "run_cost_dollars",
-            "Cost per run: nearest-rank p50, p95 and max (quantile 1) over the flow's stored runs.",
+            "Cost per run: nearest-rank p50, p95 and max (quantile 1) over the flow's stored runs",
             flow,
             &s.cost,
         );
         e.quantiles(
             "run_tokens",
-            "Tokens per run: nearest-rank p50, p95 and max (quantile 1).",
+            "Tokens per run: nearest-rank p50, p95 and max (quantile 1)",
             flow,
             &s.tokens,
         );
         e.quantiles(
             "run_steps",
-            "Steps per run: nearest-rank p50, p95 and max (quantile 1).",
+            "Steps per run: nearest-rank p50, p95 and max (quantile 1)",
             flow,
             &s.steps,
         );
         for (steps, n) in &s.step_histogram {
             e.gauge(
                 "runs_by_steps",
-                "Stored runs of the flow with exactly `steps` steps.",
+                "Stored runs of the flow with exactly `steps` steps",
                 &[("flow", flow), ("steps", &steps.to_string())],
                 *n as f64,
             );
@@ -168,7 +168,7 @@ pub(super) fn exposition(f: &Figures) -> String {
             for (outcome, n) in [("ok", t.ok), ("failed", t.failed)] {
                 e.counter(
                     "tool_calls",
-                    "Tool call attempts by tool and outcome.",
+                    "Tool call attempts by tool and outcome",
                     &[("flow", flow), ("tool", tool), ("outcome", outcome)],
                     n as f64,
                 );
@@ -176,14 +176,14 @@ pub(super) fn exposition(f: &Figures) -> String {
             for (class, n) in &t.failures {
                 e.counter(
                     "tool_failures",
-                    "Failed tool calls by failure class.",
+                    "Failed tool calls by failure class",
                     &[("flow", flow), ("tool", tool), ("class", class)],
                     *n as f64,
                 );
             }
             e.gauge(
                 "tool_success_ratio",
-                "Successful tool calls ÷ calls.",
+                "Successful tool calls / calls",
                 &[("flow", flow), ("tool", tool)],
                 t.success_rate,
             );
@@ -198,33 +198,33 @@ pub(super) fn exposition(f: &Figures) -> String {
         ] {
             e.counter(
                 "guardrail_rejections",
-                "Guardrail rejections by kind.",
+                "Guardrail rejections by kind",
                 &[("flow", flow), ("kind", kind)],
                 n as f64,
             );
         }
         e.counter(
             "retries",
-            "Retried model and tool call attempts.",
+            "Retried model and tool call attempts",
             &[("flow", flow)],
             s.retries as f64,
         );
         e.counter(
             "fallbacks",
-            "Steps that failed and used their fallback.",
+            "Steps that failed and used their fallback",
             &[("flow", flow)],
             s.fallbacks as f64,
         );
         e.quantiles(
             "gate_wait_seconds",
-            "Seconds from a gate starting to wait to its decision: nearest-rank p50, p95 and max (quantile 1).",
+            "Seconds from a gate starting to wait to its decision: nearest-rank p50, p95 and max (quantile 1)",
             flow,
             &s.gate_wait_seconds,
         );
         if s.reliability.finished > 0 {
             e.gauge(
                 "reliability_score",
-                "Successful ÷ finished × budget adherence × latency adherence.",
+                "Successful / finished × budget adherence × latency adherence",
                 &[("flow", flow)],
                 s.reliability.score,
             );
@@ -233,12 +233,14 @@ pub(super) fn exposition(f: &Figures) -> String {
     for ((flow, gate), n) in &f.pending {
         e.gauge(
             "gates_pending",
-            "Gates waiting for a decision.",
+            "Gates waiting for a decision",
             &[("flow", flow), ("gate", gate)],
             *n as f64,
         );
     }
-    for (gate, r) in &f.stats.reviews.gates {
+    for (key, r) in &f.stats.reviews.gates {
+        // Keyed `FLOW.GATE`; both are identifiers, so the first dot splits.
+        let (flow, gate) = key.split_once('.').unwrap_or(("", key));
         for (verdict, n) in [
             ("agree", r.agreed),
             ("disagree", r.disagreed),
@@ -246,16 +248,16 @@ pub(super) fn exposition(f: &Figures) -> String {
         ] {
             e.counter(
                 "review_cases",
-                "Policy decisions sampled for review, by verdict (open: not reviewed yet).",
-                &[("gate", gate), ("verdict", verdict)],
+                "Policy decisions sampled for review, by verdict (open: not reviewed yet)",
+                &[("flow", flow), ("gate", gate), ("verdict", verdict)],
                 n as f64,
             );
         }
         if let Some(rate) = r.agreement_rate {
             e.gauge(
                 "review_agreement_ratio",
-                "Reviewed sampled cases the reviewer agreed with ÷ reviewed.",
-                &[("gate", gate)],
+                "Reviewed sampled cases the reviewer agreed with / reviewed",
+                &[("flow", flow), ("gate", gate)],
                 rate,
             );
         }
