@@ -127,8 +127,10 @@ fn child(spec: &str) {
         _ => builtin_source(width),
     };
     let checked = fixtures::compile("fanout.flow", &source);
+    // As `flowc run --ephemeral` runs it: no store, no trace kept.
     let options = RunOptions {
         concurrency: width,
+        keep_events: false,
         world: World::Live,
         env: Arc::new(move |name: &str| (name == "MOCK_URL").then(|| base.clone())),
         ..RunOptions::default()

@@ -247,6 +247,9 @@ fn run_compiled(args: RunArgs, c: Compilation) -> Result<i32, Failure> {
     let worker = matches!(args.driver, Driver::Worker { .. });
     let progress = if worker { None } else { progress_display() };
     let options = RunOptions {
+        // The trace goes to its file (or nowhere, `--ephemeral`): nothing
+        // here reads the events back, so none is kept in memory.
+        keep_events: false,
         observer: progress.as_ref().map(|bar| {
             let bar = bar.clone();
             let steps = std::sync::atomic::AtomicU64::new(0);

@@ -123,6 +123,10 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 pub struct RunOptions {
     /// Steps in flight at once across the run.
     pub concurrency: usize,
+    /// Keep every trace event in memory for `Report.events` (evals and
+    /// tests read them); `flowc run`, `resume` and workers turn it off, as
+    /// their trace goes to a file.
+    pub keep_events: bool,
     /// Consecutive failed calls to one model or tool that open its circuit
     /// breaker (0: never).
     pub breaker: u32,
@@ -173,6 +177,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             concurrency: 32,
+            keep_events: true,
             breaker: 10,
             breaker_cooldown: std::time::Duration::from_secs(30),
             trace_path: None,
@@ -255,6 +260,9 @@ pub fn run(
     .map_err(SetupError::Trace)?;
     if let Some(export) = export {
         trace.set_export(export);
+    }
+    if !options.keep_events {
+        trace.discard_events();
     }
     // A resumed run's processes append to one trace file, and it stays one
     // tree: the root `run` span's id is chosen when the run starts and kept

@@ -176,8 +176,8 @@ impl<'p> Runtime<'p> {
     /// one write: each waits one turn, the first to resume writes the spend
     /// (which holds every reservation made before it), and the rest find
     /// theirs written. A 1,000-wide model fan-out makes a few writes, not
-    /// 1,000. The error is the store's message (the run ends with it).
-    pub async fn record_reservations(&self) -> Result<(), String> {
+    /// 1,000. A failed write is remembered (the run ends with it).
+    pub async fn record_reservations(&self) -> Result<(), crate::store::StoreError> {
         let Some(d) = &self.durable else {
             return Ok(());
         };
@@ -190,11 +190,11 @@ impl<'p> Runtime<'p> {
                 .record_spend(&d.lease, self.persisted_spend());
             d.spend_writes.set(d.spend_writes.get() + 1);
             if let Err(e) = written {
-                return Err(d.store_failed(e));
+                d.failed.borrow_mut().get_or_insert(e);
             }
         }
         match &*d.failed.borrow() {
-            Some(e) => Err(e.to_string()),
+            Some(e) => Err(e.clone()),
             None => Ok(()),
         }
     }

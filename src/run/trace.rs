@@ -23,9 +23,12 @@ pub struct Trace {
     out: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
     /// Values that must never appear in the trace.
     secrets: Vec<String>,
-    /// Every event written, for the run summary and tests.
+    /// Every event written, for evals and tests (unless `keep` is off).
     /// Shared with the exporter, which encodes them on its own thread.
     events: Mutex<Vec<Arc<Value>>>,
+    /// Whether `events` keeps them: a command writing its trace to a file
+    /// has no use for a second copy in memory, which grows with every step.
+    keep: bool,
     /// Called with every event as it is written (progress displays).
     observer: Option<Observer>,
     /// The run's OpenTelemetry trace id (see [`super::otel::trace_id`]).
@@ -88,6 +91,7 @@ impl Trace {
             out: Mutex::new(out),
             secrets,
             events: Mutex::default(),
+            keep: true,
             observer,
             trace_id: super::otel::trace_id(run_id),
             export: None,
@@ -219,10 +223,17 @@ impl Trace {
         if let Some(export) = &self.export {
             export.record(&event);
         }
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(event);
+        if self.keep {
+            self.events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(event);
+        }
+    }
+
+    /// Stops keeping events in memory (`Report.events` is then empty).
+    pub fn discard_events(&mut self) {
+        self.keep = false;
     }
 
     /// Writes out what is buffered; a failure is recorded like any other

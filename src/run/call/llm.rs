@@ -254,8 +254,8 @@ impl Runtime<'_> {
             .map_err(|e| self.exhausted(cx, n, e))?;
         // A durable run records the reservation before the call: if this
         // process dies mid-call, a resume counts it as spent.
-        if let Err(message) = self.record_reservations().await {
-            return Err(self.fail(cx, n, attempt, FailureClass::Store, message));
+        if let Err(e) = self.record_reservations().await {
+            return Err(self.fail(cx, n, attempt, FailureClass::Store, e.to_string()));
         }
         let span = self.trace.begin(Some(cx.span), "model_call", &model.name);
         let started = Instant::now();
