@@ -80,19 +80,7 @@ fn main() {
     // The store's own statement on the bench's connection: what the SQL
     // costs without the store's connection thread.
     let same_sql = bare
-        .prepare(
-            "WITH fence AS (
-                UPDATE runs SET tokens = $3, cost = $4, steps = $5, tool_calls = $6,
-                    updated_at = $7, lease_until = $8, wall = $11
-                WHERE id = $1 AND epoch = $2 RETURNING id
-             ), saved AS (
-                INSERT INTO steps (run_id, key, value, completed_at)
-                SELECT fence.id, s.key, s.value, $7 FROM fence, unnest($9::text[], $10::text[]) AS s(key, value)
-                ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value, completed_at = EXCLUDED.completed_at
-                RETURNING 1
-             )
-             SELECT count(*) FROM fence",
-        )
+        .prepare(flowc::store::POSTGRES_COMMIT_STEPS)
         .expect("prepares");
     let mut direct = Vec::new();
     let (mut stored, mut plain) = (Vec::new(), Vec::new());
@@ -127,6 +115,11 @@ fn main() {
                 &vec![format!("direct.s{i}")],
                 &vec![Some(text.clone())],
                 &0.0f64,
+                &Vec::<String>::new(),
+                &Vec::<i32>::new(),
+                &Vec::<String>::new(),
+                &Vec::<i64>::new(),
+                &Vec::<i64>::new(),
             ],
         )
         .expect("same statement");

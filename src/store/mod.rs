@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::run::budget::Spend;
 pub use decision::{DecisionSource, NoticeStage};
 pub use lease::{owner_id, ttl as lease_ttl, Acquired, Heartbeat, Lease};
-pub use postgres::{keep_connections, PostgresStore};
+pub use postgres::{keep_connections, PostgresStore, COMMIT_STEPS as POSTGRES_COMMIT_STEPS};
 pub use review::{utc_day, ReviewRecord, Verdict};
 pub use sqlite::SqliteStore;
 

@@ -259,6 +259,32 @@ fn migrate(client: &mut Client) -> Result<()> {
     Ok(())
 }
 
+/// A checkpoint in one statement: the fence on the lease's epoch (with the
+/// spend and the lease's renewal), the steps and the model replies.
+/// Parameters: run, epoch, tokens, cost, steps, tool calls, now, lease
+/// expiry, step keys, step values, wall, then the replies' keys, attempts,
+/// texts, input and output tokens. Public for `benches/store.rs`, which
+/// times this statement on a plain connection.
+pub const COMMIT_STEPS: &str = "WITH fence AS (
+    UPDATE runs SET tokens = $3, cost = $4, steps = $5, tool_calls = $6,
+        updated_at = $7, lease_until = $8, wall = $11
+    WHERE id = $1 AND epoch = $2 RETURNING id
+ ), saved AS (
+    INSERT INTO steps (run_id, key, value, completed_at)
+    SELECT fence.id, s.key, s.value, $7 FROM fence, unnest($9::text[], $10::text[]) AS s(key, value)
+    ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value, completed_at = EXCLUDED.completed_at
+    RETURNING 1
+ ), answered AS (
+    INSERT INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens)
+    SELECT fence.id, r.key, r.attempt, r.reply, r.input_tokens, r.output_tokens
+    FROM fence, unnest($12::text[], $13::int4[], $14::text[], $15::int8[], $16::int8[])
+        AS r(key, attempt, reply, input_tokens, output_tokens)
+    ON CONFLICT (run_id, key, attempt) DO UPDATE SET reply = EXCLUDED.reply,
+        input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens
+    RETURNING 1
+ )
+ SELECT count(*) FROM fence";
+
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 pub struct PostgresStore {
@@ -652,25 +678,7 @@ impl Backend for PostgresStore {
         self.call(move |c| {
             c.fenced(
                 &lease,
-                "WITH fence AS (
-                    UPDATE runs SET tokens = $3, cost = $4, steps = $5, tool_calls = $6,
-                        updated_at = $7, lease_until = $8, wall = $11
-                    WHERE id = $1 AND epoch = $2 RETURNING id
-                 ), saved AS (
-                    INSERT INTO steps (run_id, key, value, completed_at)
-                    SELECT fence.id, s.key, s.value, $7 FROM fence, unnest($9::text[], $10::text[]) AS s(key, value)
-                    ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value, completed_at = EXCLUDED.completed_at
-                    RETURNING 1
-                 ), answered AS (
-                    INSERT INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens)
-                    SELECT fence.id, r.key, r.attempt, r.reply, r.input_tokens, r.output_tokens
-                    FROM fence, unnest($12::text[], $13::int4[], $14::text[], $15::int8[], $16::int8[])
-                        AS r(key, attempt, reply, input_tokens, output_tokens)
-                    ON CONFLICT (run_id, key, attempt) DO UPDATE SET reply = EXCLUDED.reply,
-                        input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens
-                    RETURNING 1
-                 )
-                 SELECT count(*) FROM fence",
+                COMMIT_STEPS,
                 &[
                     &lease.run_id,
                     &lease.epoch,
