@@ -313,6 +313,7 @@ pub fn run(
                     store: std::cell::RefCell::new(d.store),
                     run_id: run_id.clone(),
                     lease: d.lease,
+                    resumed: d.resume,
                     done: std::cell::RefCell::new(done),
                     pending: Default::default(),
                     replies: Default::default(),

@@ -67,6 +67,10 @@ pub struct Durable {
     pub run_id: String,
     /// This process's lease on the run: every write is fenced by it.
     pub lease: crate::store::Lease,
+    /// Whether an earlier process drove this run, so the store may hold
+    /// replies this process has not seen (a run this process started
+    /// has none but its own, which it never asks for again).
+    pub resumed: bool,
     /// Completed step instances: key → value (`None`: skipped).
     pub done: RefCell<HashMap<String, Option<Value>>>,
     /// Results waiting for the next commit, from every region of the run.
