@@ -1320,6 +1320,42 @@ fn a_resume_under_a_changed_program_is_refused_naming_the_change(backend: Backen
     assert_eq!(lab.server.hits(CHAT), 2);
 }
 
+/// One model step whose replies are never valid.
+const INVALID_FLOW: &str = r#"
+flow judged(q: string) -> Scored {
+  budget { tokens 100k, tool_calls 50, steps 100 }
+  let s = llm fast -> Scored {
+    prompt "Score {q}"
+    retry 1 on invalid
+  }
+  return s
+}
+"#;
+
+/// Replies of a step that failed go into the run's last write (they have
+/// no step commit to ride with): a resume reads them back instead of
+/// paying for them again.
+#[test]
+fn a_failed_steps_replies_are_kept_and_a_resume_does_not_ask_again() {
+    let lab = Lab::new("invalid-replies", INVALID_FLOW);
+    lab.server.always(CHAT, Reply::chat_text("not JSON at all"));
+    let first = lab.run(r#"{"q": "a0"}"#, &[]);
+    first.expect(1);
+    let run = first.run_id();
+    assert_eq!(lab.server.hits(CHAT), 2, "two attempts");
+    let kept: i64 = lab
+        .store()
+        .query_row(
+            "SELECT count(*) FROM replies WHERE run_id = ?1",
+            [&run],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kept, 2, "both attempts' replies are in the store");
+    lab.flowc(&["resume", &run]).expect(1);
+    assert_eq!(lab.server.hits(CHAT), 2, "the resume read them back");
+}
+
 /// A read, a fan-out of model calls, then a write per item to a service
 /// that may be down.
 const REDRIVE_FLOW: &str = r#"
