@@ -1,6 +1,6 @@
 //! What a checkpoint costs on PostgreSQL: one step committed through the run
 //! store (`Store::commit_steps`: fenced on the lease, spend and lease renewal,
-//! one statement, through the store's connection thread), against a bare
+//! one statement, on the calling thread), against a bare
 //! autocommitted `INSERT` of the same bytes (`INSERT …; COMMIT`) on the same
 //! server, alternately, so both see the same disk and the same load.
 //!

@@ -8,6 +8,7 @@
 //! steps that complete together commit in one transaction.
 
 mod decision;
+mod inline_client;
 mod lease;
 mod postgres;
 mod review;

@@ -1,11 +1,9 @@
 //! The PostgreSQL run store: many processes on many machines share one
 //! server (`--store postgres://…` or `FLOWC_STORE`).
 //!
-//! The client is the synchronous `postgres` crate (tokio-postgres underneath,
-//! TLS by rustls). It runs its own event loop, which may not be started from
-//! inside the runtime's, so the connection lives on a thread of its own and
-//! each store call is a job sent to it; the caller blocks on the answer, as
-//! it does on SQLite's disk writes.
+//! The client is `tokio_postgres` (TLS by rustls) driven on the calling
+//! thread (`inline_client`): the caller blocks on the answer, as it does on
+//! SQLite's disk writes, with no thread between it and the socket.
 //!
 //! Every write of a run is one statement (one round trip): a data-modifying
 //! `WITH` that first moves the run's row (fence on the lease's epoch, spend,
@@ -13,12 +11,14 @@
 //! is fenced, atomic and a single network exchange.
 
 use std::collections::HashMap;
-use std::sync::{mpsc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use postgres::{Client, Row, Statement};
 use serde_json::Value;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement};
 
+use super::inline_client::InlineClient;
 use super::lease::owner_is_dead;
 use super::{
     now, Acquired, Backend, GateRecord, Lease, NoticeStage, Reply, ReviewRecord, RunRecord, Store,
@@ -28,8 +28,8 @@ use crate::run::budget::Spend;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-impl From<postgres::Error> for StoreError {
-    fn from(e: postgres::Error) -> StoreError {
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> StoreError {
         match e.as_db_error() {
             Some(db) => StoreError::Failed(format!("{}: {}", db.code().code(), db.message())),
             None => StoreError::Failed(e.to_string()),
@@ -154,6 +154,18 @@ CREATE INDEX reviews_day ON reviews (flow, gate, day);
     r#"
 CREATE INDEX runs_open ON runs (created_at) WHERE status IN ('queued', 'running', 'interrupted', 'waiting');
 "#,
+    // A checkpoint writes its rows only through the fence (`COMMIT_STEPS`
+    // inserts nothing unless the lease's run row matched, and no run row is
+    // ever deleted), so the run exists; the foreign keys checked it again,
+    // a row lock on the run for every inserted row: about a fifth of the
+    // server's time per checkpoint. Room left on each page of `runs` lets
+    // a checkpoint's update of the run's spend stay on its page (a HOT
+    // update: no index touched).
+    r#"
+ALTER TABLE steps DROP CONSTRAINT IF EXISTS steps_run_id_fkey;
+ALTER TABLE replies DROP CONSTRAINT IF EXISTS replies_run_id_fkey;
+ALTER TABLE runs SET (fillfactor = 70);
+"#,
 ];
 
 /// An arbitrary constant: the advisory lock that serializes migrations.
@@ -162,24 +174,18 @@ const MIGRATION_LOCK: i64 = 0x0066_6c6f_7763;
 /// The connection and its prepared statements (prepared once, then every
 /// call is a single round trip).
 struct Connection {
-    url: String,
-    client: Client,
+    client: InlineClient,
     statements: HashMap<&'static str, Statement>,
 }
 
 impl Connection {
     fn open(url: &str) -> Result<Connection> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let config: postgres::Config = url
+        let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Failed(format!("bad PostgreSQL URL: {e}")))?;
-        let tls = tokio_postgres_rustls::MakeRustlsConnect::with_webpki_roots();
-        let mut client = config
-            .connect(tls)
-            .map_err(|e| StoreError::Failed(format!("cannot connect to PostgreSQL: {e}")))?;
+        let mut client = InlineClient::connect(&config)?;
         migrate(&mut client)?;
         Ok(Connection {
-            url: url.to_string(),
             client,
             statements: HashMap::new(),
         })
@@ -194,22 +200,14 @@ impl Connection {
         Ok(s)
     }
 
-    fn query(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<Row>> {
+    fn query(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         let s = self.statement(sql)?;
-        Ok(self.client.query(&s, params)?)
+        self.client.query(&s, params)
     }
 
-    fn execute(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<u64> {
+    fn execute(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
         let s = self.statement(sql)?;
-        Ok(self.client.execute(&s, params)?)
+        self.client.execute(&s, params)
     }
 
     /// A fenced write: the statement's one row counts the run rows the
@@ -218,7 +216,7 @@ impl Connection {
         &mut self,
         lease: &Lease,
         sql: &'static str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
+        params: &[&(dyn ToSql + Sync)],
     ) -> Result<()> {
         let rows = self.query(sql, params)?;
         let matched: i64 = match rows.first() {
@@ -233,30 +231,30 @@ impl Connection {
     }
 }
 
-fn migrate(client: &mut Client) -> Result<()> {
-    let mut tx = client.transaction()?;
-    tx.query("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS flowc_schema (version INTEGER NOT NULL)")?;
-    let version: i32 = tx
-        .query_one("SELECT coalesce(max(version), 0) FROM flowc_schema", &[])?
-        .try_get(0)?;
-    let version =
-        usize::try_from(version).map_err(|_| StoreError::Failed("bad schema version".into()))?;
-    if version > MIGRATIONS.len() {
-        return Err(StoreError::Failed(format!(
-            "the store was written by a newer flowc (schema {version}, this flowc knows {})",
-            MIGRATIONS.len()
-        )));
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        tx.batch_execute(sql)?;
-        tx.execute(
-            "INSERT INTO flowc_schema (version) VALUES ($1)",
-            &[&((i + 1) as i32)],
-        )?;
-    }
-    tx.commit()?;
-    Ok(())
+fn migrate(client: &mut InlineClient) -> Result<()> {
+    client.transaction(|tx| {
+        tx.query_sql("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS flowc_schema (version INTEGER NOT NULL)")?;
+        let version: i32 = tx
+            .query_one_sql("SELECT coalesce(max(version), 0) FROM flowc_schema", &[])?
+            .try_get(0)?;
+        let version = usize::try_from(version)
+            .map_err(|_| StoreError::Failed("bad schema version".into()))?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Failed(format!(
+                "the store was written by a newer flowc (schema {version}, this flowc knows {})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.batch_execute(sql)?;
+            tx.execute_sql(
+                "INSERT INTO flowc_schema (version) VALUES ($1)",
+                &[&((i + 1) as i32)],
+            )?;
+        }
+        Ok(())
+    })
 }
 
 /// A checkpoint in one statement: the fence on the lease's epoch (with the
@@ -285,29 +283,22 @@ pub const COMMIT_STEPS: &str = "WITH fence AS (
  )
  SELECT count(*) FROM fence";
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
-
 pub struct PostgresStore {
     url: String,
-    jobs: Option<mpsc::Sender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// `None` only while the store is dropped (its connection kept or
+    /// closed).
+    conn: Mutex<Option<Connection>>,
 }
 
-/// Connections kept for reuse, per URL: their job channels and threads.
-/// `None` (the default) keeps none, so a one-shot command closes its
-/// connection cleanly at exit; a worker, which would otherwise connect
-/// twice per run (the run's store and its heartbeat's), each connection a
-/// new server process and a migration check, turns it on.
-static IDLE: Mutex<Option<HashMap<String, Vec<Served>>>> = Mutex::new(None);
+/// Connections kept for reuse, per URL. `None` (the default) keeps none,
+/// so a one-shot command closes its connection cleanly at exit; a worker,
+/// which would otherwise connect twice per run (the run's store and its
+/// heartbeat's), each connection a new server process and a migration
+/// check, turns it on.
+static IDLE: Mutex<Option<HashMap<String, Vec<Connection>>>> = Mutex::new(None);
 
 /// At most this many idle connections are kept per URL.
 const IDLE_PER_URL: usize = 64;
-
-/// A connection's thread and the channel that feeds it jobs.
-struct Served {
-    jobs: mpsc::Sender<Job>,
-    thread: std::thread::JoinHandle<()>,
-}
 
 /// Keeps the PostgreSQL connections of dropped stores for the next
 /// `Store::open` of the same URL in this process.
@@ -318,109 +309,69 @@ pub fn keep_connections() {
 }
 
 impl PostgresStore {
-    /// Connects (and migrates) on a thread that then serves this store's
-    /// calls; or takes a kept connection to the same URL (see
-    /// [`keep_connections`]), already migrated.
+    /// Connects (and migrates); or takes a kept connection to the same URL
+    /// (see [`keep_connections`]), already migrated.
     pub fn open(url: &str) -> Result<PostgresStore> {
         let kept = IDLE
             .lock()
             .ok()
             .and_then(|mut idle| idle.as_mut()?.get_mut(url)?.pop());
-        if let Some(served) = kept {
-            return Ok(PostgresStore {
-                url: url.to_string(),
-                jobs: Some(served.jobs),
-                thread: Some(served.thread),
-            });
-        }
-        let (jobs, incoming) = mpsc::channel::<Job>();
-        let (ready, opened) = mpsc::channel::<Result<()>>();
-        let target = url.to_string();
-        let thread = std::thread::spawn(move || {
-            let mut conn = match Connection::open(&target) {
-                Ok(c) => {
-                    let _ = ready.send(Ok(()));
-                    c
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(e));
-                    return;
-                }
-            };
-            for job in incoming {
-                // A connection the server dropped is opened again for the
-                // next call (the failed call reported its error).
-                if conn.client.is_closed() {
-                    if let Ok(c) = Connection::open(&conn.url) {
-                        conn = c;
-                    }
-                }
-                job(&mut conn);
-            }
-        });
-        let store = PostgresStore {
-            url: url.to_string(),
-            jobs: Some(jobs),
-            thread: Some(thread),
+        let conn = match kept {
+            Some(conn) => conn,
+            None => Connection::open(url)?,
         };
-        opened
-            .recv()
-            .map_err(|_| StoreError::Failed("the PostgreSQL connection thread stopped".into()))??;
-        Ok(store)
+        Ok(PostgresStore {
+            url: url.to_string(),
+            conn: Mutex::new(Some(conn)),
+        })
     }
 
-    fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let gone = || StoreError::Failed("the PostgreSQL connection thread stopped".into());
-        let (answer, answered) = mpsc::sync_channel(1);
-        self.jobs
-            .as_ref()
-            .ok_or_else(gone)?
-            .send(Box::new(move |c| {
-                let _ = answer.send(f(c));
-            }))
-            .map_err(|_| gone())?;
-        answered.recv().map_err(|_| gone())?
+    /// Runs `f` on the connection, on this thread. A connection the server
+    /// dropped is opened again first (the call that found it gone reported
+    /// its error).
+    fn call<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Failed("a PostgreSQL call panicked".into()))?;
+        let conn = conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Failed("the PostgreSQL store is closed".into()))?;
+        if conn.client.is_closed() {
+            *conn = Connection::open(&self.url)?;
+        }
+        f(conn)
     }
 }
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
-        if let (Some(jobs), Some(thread)) = (self.jobs.take(), self.thread.take()) {
-            let served = Served { jobs, thread };
-            let Some(served) = keep(&self.url, served) else {
-                return;
-            };
-            self.jobs = Some(served.jobs);
-            self.thread = Some(served.thread);
-        }
-        drop(self.jobs.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let conn = match self.conn.get_mut() {
+            Ok(conn) => conn.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(conn) = conn {
+            keep(&self.url, conn);
         }
     }
 }
 
 /// Keeps a live connection for reuse if connections are kept and there is
-/// room; else gives it back to be closed.
-fn keep(url: &str, served: Served) -> Option<Served> {
-    if served.thread.is_finished() {
-        return Some(served);
+/// room; else closes it.
+fn keep(url: &str, conn: Connection) {
+    if conn.client.is_closed() {
+        return;
     }
     let Ok(mut idle) = IDLE.lock() else {
-        return Some(served);
+        return;
     };
     let Some(idle) = idle.as_mut() else {
-        return Some(served);
+        return;
     };
     let kept = idle.entry(url.to_string()).or_default();
-    if kept.len() >= IDLE_PER_URL {
-        return Some(served);
+    if kept.len() < IDLE_PER_URL {
+        kept.push(conn);
     }
-    kept.push(served);
-    None
 }
 
 fn json_col(text: Option<String>) -> Value {
@@ -514,8 +465,8 @@ impl Backend for PostgresStore {
     fn acquire(&self, id: &str, owner: &str, ttl: Duration) -> Result<Acquired> {
         let (id, owner) = (id.to_string(), owner.to_string());
         self.call(move |c| {
-            let mut tx = c.client.transaction()?;
-            let rows = tx.query(
+            c.client.transaction(|tx| {
+            let rows = tx.query_sql(
                 &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 FOR UPDATE"),
                 &[&id],
             )?;
@@ -532,12 +483,11 @@ impl Backend for PostgresStore {
                 }
             }
             let epoch: i64 = tx
-                .query_one(
+                .query_one_sql(
                     "UPDATE runs SET owner = $2, lease_until = $3, epoch = epoch + 1 WHERE id = $1 RETURNING epoch",
                     &[&id, &owner, &(now() + ttl.as_secs_f64())],
                 )?
                 .try_get(0)?;
-            tx.commit()?;
             Ok(Acquired::Taken(
                 Box::new(record),
                 Lease {
@@ -547,6 +497,7 @@ impl Backend for PostgresStore {
                     ttl,
                 },
             ))
+            })
         })
     }
 
@@ -957,26 +908,25 @@ impl Backend for PostgresStore {
     fn take_slot(&self, key: &str, limit: u64, until: f64) -> Result<Option<String>> {
         let key = key.to_string();
         self.call(move |c| {
-            let mut tx = c.client.transaction()?;
-            tx.query("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])?;
-            tx.execute(
-                "DELETE FROM model_slots WHERE key = $1 AND until < $2",
-                &[&key, &now()],
-            )?;
-            let held: i64 = tx
-                .query_one("SELECT count(*) FROM model_slots WHERE key = $1", &[&key])?
-                .try_get(0)?;
-            if held as u64 >= limit {
-                tx.commit()?;
-                return Ok(None);
-            }
-            let slot = crate::run::new_run_id();
-            tx.execute(
-                "INSERT INTO model_slots (key, slot, until) VALUES ($1, $2, $3)",
-                &[&key, &slot, &until],
-            )?;
-            tx.commit()?;
-            Ok(Some(slot))
+            c.client.transaction(|tx| {
+                tx.query_sql("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])?;
+                tx.execute_sql(
+                    "DELETE FROM model_slots WHERE key = $1 AND until < $2",
+                    &[&key, &now()],
+                )?;
+                let held: i64 = tx
+                    .query_one_sql("SELECT count(*) FROM model_slots WHERE key = $1", &[&key])?
+                    .try_get(0)?;
+                if held as u64 >= limit {
+                    return Ok(None);
+                }
+                let slot = crate::run::new_run_id();
+                tx.execute_sql(
+                    "INSERT INTO model_slots (key, slot, until) VALUES ($1, $2, $3)",
+                    &[&key, &slot, &until],
+                )?;
+                Ok(Some(slot))
+            })
         })
     }
 
@@ -1063,20 +1013,20 @@ impl Backend for PostgresStore {
             // Under READ COMMITTED two processes could both count below the
             // cap; a transaction-scoped advisory lock per flow and gate
             // makes the count and the insert one step.
-            let mut tx = c.client.transaction()?;
-            tx.execute(
+            c.client.transaction(|tx| {
+            tx.execute_sql(
                 "SELECT pg_advisory_xact_lock(hashtext($1))",
                 &[&format!("flowc-review:{}:{}", r.flow, r.gate)],
             )?;
-            let n = tx.execute(
+            let n = tx.execute_sql(
                 "INSERT INTO reviews (run_id, key, flow, gate, sampled_at, day)
                  SELECT $1, $2, $3, $4, $5, $6
                  WHERE (SELECT COUNT(*) FROM reviews WHERE flow = $3 AND gate = $4 AND day = $6) < $7
                  ON CONFLICT DO NOTHING",
                 &[&r.run_id, &r.key, &r.flow, &r.gate, &r.sampled_at, &r.day, &cap],
             )?;
-            tx.commit()?;
             Ok(n == 1)
+            })
         })
     }
 

@@ -519,10 +519,6 @@ impl Backend for SqliteStore {
         })?)
     }
 
-    /// Records a model reply and, in the same transaction, the run's spend
-    /// so far (which includes the reply): a resume reads the reply back for
-    /// free, so what it cost must already be in the run's spend.
-    #[allow(clippy::too_many_arguments)]
     /// A model reply recorded for a step's attempt: (text, input tokens, output tokens).
     fn reply(&self, run: &str, key: &str, attempt: u32) -> Result<Option<(String, u64, u64)>> {
         Ok(retry(|| {
