@@ -78,7 +78,7 @@ fn main() {
     let value = json!({"id": "item-000", "status": "ok", "score": 42, "note": "x".repeat(140)});
     let text = value.to_string();
     // The store's own statement on the bench's connection: what the SQL
-    // costs without the store's connection thread.
+    // costs without the store's own bookkeeping around it.
     let same_sql = bare
         .prepare(flowc::store::POSTGRES_COMMIT_STEPS)
         .expect("prepares");

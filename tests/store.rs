@@ -415,3 +415,65 @@ fn policy_decisions_announcements_escalations_and_reviews_are_recorded_once() {
         );
     }
 }
+
+/// The PostgreSQL client runs on the caller's thread (no connection task
+/// of its own): a checkpoint bigger than the socket's buffers is written,
+/// a read of thousands of rows (more answers than the client's channel
+/// holds at once) comes back whole, and a connection the server killed
+/// fails one call with a store error, after which the store connects again.
+#[test]
+fn postgres_large_checkpoints_long_reads_and_a_killed_connection() {
+    let url = support::postgres::database("inline");
+    let store = Store::open(std::path::Path::new(&url), Durability::Full).expect("opens");
+    let lease = Lease::new_run("big");
+    store.create_run(&record("big"), &lease).expect("creates");
+    // 5,000 results of 2 KiB: a 10 MiB statement, past any socket buffer.
+    let batch: Vec<(String, Option<serde_json::Value>)> = (0..5_000)
+        .map(|i| {
+            (
+                format!("main.s{i}"),
+                Some(json!({"i": i, "pad": "p".repeat(2048)})),
+            )
+        })
+        .collect();
+    store
+        .commit_steps(&lease, &batch, &[], spend(5_000))
+        .expect("commits a large batch");
+    let steps = store.steps("big").expect("reads them back");
+    assert_eq!(steps.len(), 5_000);
+    assert_eq!(
+        steps["main.s4999"],
+        Some(json!({"i": 4999, "pad": "p".repeat(2048)}))
+    );
+
+    let mut admin = postgres::Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            support::postgres::cluster().port
+        ),
+        postgres::NoTls,
+    )
+    .expect("connects");
+    let db = url.rsplit('/').next().expect("a database name");
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&db],
+        )
+        .expect("terminates")
+        .get(0);
+    assert_eq!(killed, 1, "the store's one connection");
+    let failed = store.steps("big");
+    assert!(
+        matches!(failed, Err(StoreError::Failed(_))),
+        "a call on the killed connection fails as a store error: {:?}",
+        failed.map(|s| s.len())
+    );
+    assert_eq!(
+        store
+            .steps("big")
+            .expect("the next call connects again")
+            .len(),
+        5_000
+    );
+}

@@ -26,6 +26,7 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::config::Host;
+use tokio_postgres::error::Severity;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, Row, Statement};
@@ -185,9 +186,27 @@ fn call<T>(
     if *ended {
         return Err(closed());
     }
-    let out = drive(wait, Some(connection.as_mut()), f);
-    *ended = out.is_err();
-    Ok(out??)
+    let out = drive(wait, Some((connection, &mut *ended)), f);
+    match out {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => {
+            // An error that is not the server refusing one statement (I/O,
+            // a closed connection, a FATAL the server closes the
+            // connection after) ends the connection: the next call
+            // reconnects instead of failing again on it.
+            let refused = e
+                .as_db_error()
+                .is_some_and(|db| db.parsed_severity() == Some(Severity::Error));
+            if !refused {
+                *ended = true;
+            }
+            Err(e.into())
+        }
+        Err(e) => {
+            *ended = true;
+            Err(e)
+        }
+    }
 }
 
 impl Drop for InlineClient {
@@ -213,23 +232,29 @@ fn closed() -> StoreError {
 /// that ends first ends the call with its error.
 fn drive<F: Future>(
     wait: &SocketWait,
-    mut connection: Option<
-        Pin<&mut (dyn Future<Output = std::result::Result<(), tokio_postgres::Error>> + Send)>,
-    >,
+    mut connection: Option<(&mut Background, &mut bool)>,
     f: F,
 ) -> Result<F::Output> {
-    // Nothing here is woken from elsewhere: both futures are polled again
-    // after every wait, so a waker that does nothing is enough.
-    let mut cx = Context::from_waker(Waker::noop());
+    // The two futures wake each other through the client's channels (an
+    // answer for `f`; room in a bounded channel for the connection, which
+    // may be holding answers it has already read): the flag says so, and
+    // the thread waits for the socket only after a round of polls in which
+    // nothing was woken.
+    let woken = Arc::new(Woken(AtomicBool::new(false)));
+    let waker = Waker::from(woken.clone());
+    let mut cx = Context::from_waker(&waker);
     let mut f = std::pin::pin!(f);
     loop {
+        woken.0.store(false, Ordering::Relaxed);
         if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
             return Ok(out);
         }
-        if let Some(c) = connection.as_mut() {
+        if let Some((c, ended_flag)) = connection.as_mut() {
             match c.as_mut().poll(&mut cx) {
                 Poll::Pending => {}
                 Poll::Ready(ended) => {
+                    // Never polled again: the next call reconnects.
+                    **ended_flag = true;
                     // The connection may have delivered `f`'s answer before
                     // it ended.
                     if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
@@ -241,13 +266,23 @@ fn drive<F: Future>(
                     });
                 }
             }
-            // The connection may have answered `f` without touching the
-            // socket again.
-            if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-                return Ok(out);
-            }
         }
-        wait.wait()?;
+        if !woken.0.load(Ordering::Relaxed) {
+            wait.wait()?;
+        }
+    }
+}
+
+/// Set when either future is woken during a round of polls.
+struct Woken(AtomicBool);
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
