@@ -79,7 +79,12 @@ impl InlineClient {
                 .is_none_or(tokio_postgres::Client::is_closed)
     }
 
-    pub fn prepare(&mut self, sql: &str) -> Result<Statement> {
+    /// Runs one call of the client (`call` makes its future), polling the
+    /// connection on this thread until the call is done.
+    fn run<'s, T, F>(&'s mut self, call: impl FnOnce(&'s tokio_postgres::Client) -> F) -> Result<T>
+    where
+        F: Future<Output = std::result::Result<T, tokio_postgres::Error>> + 's,
+    {
         let InlineClient {
             client,
             connection,
@@ -87,7 +92,11 @@ impl InlineClient {
             wait,
         } = self;
         let client = client.as_ref().ok_or_else(closed)?;
-        call(ended, wait, connection, client.prepare(sql))
+        drive_call(ended, wait, connection, call(client))
+    }
+
+    pub fn prepare(&mut self, sql: &str) -> Result<Statement> {
+        self.run(|c| c.prepare(sql))
     }
 
     pub fn query(
@@ -95,14 +104,7 @@ impl InlineClient {
         statement: &Statement,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>> {
-        let InlineClient {
-            client,
-            connection,
-            ended,
-            wait,
-        } = self;
-        let client = client.as_ref().ok_or_else(closed)?;
-        call(ended, wait, connection, client.query(statement, params))
+        self.run(|c| c.query(statement, params))
     }
 
     pub fn execute(
@@ -110,27 +112,13 @@ impl InlineClient {
         statement: &Statement,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64> {
-        let InlineClient {
-            client,
-            connection,
-            ended,
-            wait,
-        } = self;
-        let client = client.as_ref().ok_or_else(closed)?;
-        call(ended, wait, connection, client.execute(statement, params))
+        self.run(|c| c.execute(statement, params))
     }
 
     /// Runs `sql` (one statement or several, no parameters) by the simple
     /// protocol.
     pub fn batch_execute(&mut self, sql: &str) -> Result<()> {
-        let InlineClient {
-            client,
-            connection,
-            ended,
-            wait,
-        } = self;
-        let client = client.as_ref().ok_or_else(closed)?;
-        call(ended, wait, connection, client.batch_execute(sql))
+        self.run(|c| c.batch_execute(sql))
     }
 
     /// Runs `sql` with parameters, unprepared statements included (prepared
@@ -177,7 +165,7 @@ impl InlineClient {
 
 /// Polls `f`, a call on the client, with the connection until `f` is
 /// done; a connection that ended or failed stays ended.
-fn call<T>(
+fn drive_call<T>(
     ended: &mut bool,
     wait: &SocketWait,
     connection: &mut Background,
