@@ -1,22 +1,33 @@
-//! Memory per in-flight branch of a wide fan-out (issue 16): the peak
-//! resident set of a process running `for it in items parallel W { … }`
-//! with every branch in flight at once, less the same process's peak with
-//! one branch, divided by the extra branches.
+//! Memory per in-flight branch of a wide fan-out, and the time to dispatch
+//! it (issue 16): the peak resident set of a process running `for it in
+//! items parallel W { … }` with every branch in flight at once, less the
+//! same process's peak with one branch, divided by the extra branches.
 //!
-//! - `http`: each branch an HTTP tool call (`ping`) to the loopback mock
-//!   server, which answers after 500 ms, so all W requests are open at
-//!   once, one HTTP/1.1 connection each. Target: below 27.6 KiB per branch
-//!   (LangGraph 1.2 with aiohttp, measured the same way on this kind of
-//!   machine).
+//! - `http1`: each branch an HTTP tool call (`ping`) to a loopback server
+//!   that answers after 500 ms, so all W requests are open at once, one
+//!   HTTP/1.1 connection each. Target: below 27.6 KiB per branch (LangGraph
+//!   1.2 with aiohttp, measured the same way on this kind of machine).
+//! - `http2`: the same, with the server's origin in `FLOWC_H2C`: HTTP/2
+//!   with prior knowledge, every call a stream of one connection. Target:
+//!   ≤ 12 KiB per branch.
 //! - `builtin`: each branch `std.tools.sleep(seconds: 0.5)`: what a branch
 //!   costs the runtime without any HTTP.
-//! - `reqwest`: the floor, W concurrent GETs to the same server with one
-//!   bare `reqwest::Client` on a current-thread tokio runtime, no flowc.
+//! - `reqwest1`, `reqwest2`: the floors, W concurrent GETs to the same
+//!   server with one bare `reqwest::Client` on a current-thread tokio
+//!   runtime, no flowc, over HTTP/1.1 and over h2c.
+//!
+//! Dispatch: each child also reports its run's wall time; the time the
+//! W-wide run takes beyond the 1-wide one is what dispatching (and
+//! finishing) W − 1 more branches costs, against the builtin branch's.
+//! For the HTTP kinds the server also reports how long it took from the
+//! first request's arrival to the W-th's. Target: 1,000 within 15 ms.
 //!
 //! Each figure comes from fresh child processes (this binary, re-run with
 //! `FLOWC_MEMORY_CHILD=KIND:WIDTH`), which print their own `VmHWM` from
-//! `/proc/self/status` when done; the server runs in this process, so its
-//! memory is not counted. Medians of `RUNS` children, alternating kinds.
+//! `/proc/self/status` and their wall time when done; the server (one that
+//! speaks HTTP/1.1 and h2c, with a backlog for a thousand connections at
+//! once) runs in this process, so its memory is not counted. Medians of
+//! `RUNS` children, alternating kinds.
 //!
 //! `cargo bench --bench memory`.
 
@@ -24,43 +35,69 @@
 #[allow(dead_code)]
 mod fixtures;
 #[allow(dead_code)]
-#[path = "../tests/support/mock_server.rs"]
-mod mock_server;
+#[path = "../tests/support/h2_server.rs"]
+mod h2_server;
 
 use std::process::Command;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use flowc::run::{self, Outcome, RunOptions, World};
 use serde_json::{json, Value};
 
-use mock_server::{MockServer, Reply};
+use h2_server::H2Server;
 
 const WIDTH: usize = 1_000;
 const LATENCY_MS: u64 = 500;
 const RUNS: usize = 5;
-const HTTP_TARGET_KIB: f64 = 27.6;
+const HTTP1_TARGET_KIB: f64 = 27.6;
+const HTTP2_TARGET_KIB: f64 = 12.0;
+const DISPATCH_TARGET_MS: f64 = 15.0;
 
 /// What one child process runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
-    Http,
+    Http1,
+    Http2,
     Builtin,
-    Reqwest,
+    Reqwest1,
+    Reqwest2,
 }
+
+const KINDS: [Kind; 5] = [
+    Kind::Http1,
+    Kind::Http2,
+    Kind::Builtin,
+    Kind::Reqwest1,
+    Kind::Reqwest2,
+];
 
 impl Kind {
     fn name(self) -> &'static str {
         match self {
-            Kind::Http => "http",
+            Kind::Http1 => "http1",
+            Kind::Http2 => "http2",
             Kind::Builtin => "builtin",
-            Kind::Reqwest => "reqwest",
+            Kind::Reqwest1 => "reqwest1",
+            Kind::Reqwest2 => "reqwest2",
         }
     }
 
     fn named(name: &str) -> Option<Kind> {
-        [Kind::Http, Kind::Builtin, Kind::Reqwest]
-            .into_iter()
-            .find(|k| k.name() == name)
+        KINDS.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The bare-reqwest floor the kind is compared with.
+    fn floor(self) -> Option<Kind> {
+        match self {
+            Kind::Http1 => Some(Kind::Reqwest1),
+            Kind::Http2 => Some(Kind::Reqwest2),
+            _ => None,
+        }
+    }
+
+    fn makes_requests(self) -> bool {
+        self != Kind::Builtin
     }
 }
 
@@ -91,23 +128,31 @@ fn peak_kib() -> u64 {
         .expect("VmHWM in /proc/self/status")
 }
 
-/// In a child: run one fan-out of `width` branches, print the peak.
+/// In a child: run one fan-out of `width` branches, print the peak and the
+/// run's wall time.
 fn child(spec: &str) {
     let (kind, width) = spec.split_once(':').expect("KIND:WIDTH");
     let kind = Kind::named(kind).expect("a known kind");
     let width: usize = width.parse().expect("a width");
     let base = std::env::var("MOCK_URL").expect("MOCK_URL");
+    let origin = std::env::var("MOCK_ORIGIN").expect("MOCK_ORIGIN");
     let items: Vec<Value> = (0..width)
         .map(|i| json!({"id": format!("item-{i}")}))
         .collect();
     let input = json!({"items": items});
-    if kind == Kind::Reqwest {
+    if let Kind::Reqwest1 | Kind::Reqwest2 = kind {
+        let started = Instant::now();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime");
         rt.block_on(async {
-            let client = reqwest::Client::new();
+            let client = match kind {
+                Kind::Reqwest2 => reqwest::Client::builder().http2_prior_knowledge(),
+                _ => reqwest::Client::builder(),
+            }
+            .build()
+            .expect("a client");
             let calls = (0..width).map(|i| {
                 let url = format!("{base}/tools/ping?id=item-{i}");
                 let client = client.clone();
@@ -119,34 +164,52 @@ fn child(spec: &str) {
             let replies = futures_util::future::join_all(calls).await;
             assert_eq!(replies.len(), width);
         });
-        println!("{}", peak_kib());
+        let wall = started.elapsed();
+        println!("{} {}", peak_kib(), wall.as_secs_f64() * 1e3);
         return;
     }
     let source = match kind {
-        Kind::Http => fixtures::fanout_source(width, "30s"),
-        _ => builtin_source(width),
+        Kind::Builtin => builtin_source(width),
+        _ => fixtures::fanout_source(width, "30s"),
     };
     let checked = fixtures::compile("fanout.flow", &source);
+    let h2c = (kind == Kind::Http2).then_some(origin);
     // As `flowc run --ephemeral` runs it: no store, no trace kept.
     let options = RunOptions {
         concurrency: width,
         keep_events: false,
         world: World::Live,
-        env: Arc::new(move |name: &str| (name == "MOCK_URL").then(|| base.clone())),
+        env: Arc::new(move |name: &str| match name {
+            "MOCK_URL" => Some(base.clone()),
+            "FLOWC_H2C" => h2c.clone(),
+            _ => None,
+        }),
         ..RunOptions::default()
     };
+    let started = Instant::now();
     let report = run::run(&checked, "fanout", &input, options).expect("runs");
+    let wall = started.elapsed();
     match &report.outcome {
         Outcome::Completed(Value::Array(v)) => assert_eq!(v.len(), width),
         other => panic!("the fan-out did not complete: {other:?}"),
     }
-    println!("{}", peak_kib());
+    println!("{} {}", peak_kib(), wall.as_secs_f64() * 1e3);
 }
 
-fn measure(server: &MockServer, kind: Kind, width: usize) -> u64 {
+/// One child's figures.
+struct Sample {
+    peak_kib: u64,
+    wall_ms: f64,
+    /// First to last request's arrival at the server (HTTP kinds).
+    spread_ms: Option<f64>,
+}
+
+fn measure(server: &H2Server, kind: Kind, width: usize) -> Sample {
+    server.take_spread();
     let out = Command::new(std::env::current_exe().expect("this binary"))
         .env("FLOWC_MEMORY_CHILD", format!("{}:{width}", kind.name()))
         .env("MOCK_URL", server.base_url())
+        .env("MOCK_ORIGIN", server.origin())
         .output()
         .expect("runs a child");
     assert!(
@@ -155,14 +218,24 @@ fn measure(server: &MockServer, kind: Kind, width: usize) -> u64 {
         kind.name(),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (peak, wall) = text
         .trim()
-        .parse()
-        .expect("the child's peak in KiB")
+        .split_once(' ')
+        .expect("the child's peak and wall time");
+    let (spread, arrived) = server.take_spread();
+    if kind.makes_requests() {
+        assert_eq!(arrived, width, "every request of the {} child", kind.name());
+    }
+    Sample {
+        peak_kib: peak.parse().expect("the child's peak in KiB"),
+        wall_ms: wall.parse().expect("the child's wall time in ms"),
+        spread_ms: kind.makes_requests().then_some(spread.as_secs_f64() * 1e3),
+    }
 }
 
-fn median(mut xs: Vec<u64>) -> u64 {
-    xs.sort();
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }
 
@@ -178,44 +251,92 @@ fn main() {
     {
         return;
     }
-    let server = MockServer::start();
-    server.always(
-        "GET /tools/ping",
-        Reply::delay(LATENCY_MS, Reply::ok(json!({"ok": true}))),
-    );
-    let kinds = [Kind::Http, Kind::Builtin, Kind::Reqwest];
-    let mut peaks: Vec<(Kind, usize, Vec<u64>)> = Vec::new();
-    for kind in kinds {
+    let server = H2Server::start(Duration::from_millis(LATENCY_MS), 4 * WIDTH as u32);
+    let mut samples: Vec<(Kind, usize, Vec<Sample>)> = Vec::new();
+    for kind in KINDS {
         for width in [1, WIDTH] {
-            peaks.push((kind, width, Vec::new()));
+            samples.push((kind, width, Vec::new()));
         }
     }
     for _ in 0..RUNS {
-        for (kind, width, samples) in &mut peaks {
-            samples.push(measure(&server, *kind, *width));
+        for (kind, width, runs) in &mut samples {
+            runs.push(measure(&server, *kind, *width));
         }
     }
+    let of = |kind: Kind, w: usize, f: &dyn Fn(&Sample) -> Option<f64>| {
+        samples
+            .iter()
+            .find(|(k, width, _)| *k == kind && *width == w)
+            .and_then(|(_, _, s)| {
+                let xs: Vec<f64> = s.iter().filter_map(f).collect();
+                (!xs.is_empty()).then(|| median(xs))
+            })
+            .expect("measured")
+    };
+    let per_branch = |kind: Kind| {
+        let peak = |s: &Sample| Some(s.peak_kib as f64);
+        (of(kind, WIDTH, &peak) - of(kind, 1, &peak)) / (WIDTH - 1) as f64
+    };
+    // The wall time the wide run takes beyond the narrow one.
+    let dispatch = |kind: Kind| {
+        let wall = |s: &Sample| Some(s.wall_ms);
+        of(kind, WIDTH, &wall) - of(kind, 1, &wall)
+    };
     println!(
         "memory/fanout: peak resident set, {WIDTH} branches in flight ({LATENCY_MS} ms each) against one; medians of {RUNS} processes"
     );
-    for kind in kinds {
-        let of = |w: usize| {
-            peaks
-                .iter()
-                .find(|(k, width, _)| *k == kind && *width == w)
-                .map(|(_, _, s)| median(s.clone()))
-                .expect("measured")
+    for kind in KINDS {
+        let peak = |s: &Sample| Some(s.peak_kib as f64);
+        let (one, wide) = (of(kind, 1, &peak), of(kind, WIDTH, &peak));
+        let kib = per_branch(kind);
+        let floor = match kind.floor() {
+            Some(f) => format!(
+                " = {:.2}× {} ({:.1})",
+                kib / per_branch(f),
+                f.name(),
+                per_branch(f)
+            ),
+            None => String::new(),
         };
-        let (one, wide) = (of(1), of(WIDTH));
-        let per_branch = wide.saturating_sub(one) as f64 / (WIDTH - 1) as f64;
         let verdict = match kind {
-            Kind::Http if per_branch < HTTP_TARGET_KIB => " (target < 27.6 KiB: met)",
-            Kind::Http => " (target < 27.6 KiB: NOT met)",
-            _ => "",
+            Kind::Http1 => verdict(kib < HTTP1_TARGET_KIB, "< 27.6 KiB"),
+            Kind::Http2 => verdict(kib <= HTTP2_TARGET_KIB, "≤ 12 KiB"),
+            _ => String::new(),
         };
         println!(
-            "  {:<8} {one:>7} KiB with 1 branch, {wide:>7} KiB with {WIDTH}: {per_branch:.1} KiB per branch{verdict}",
+            "  {:<8} {one:>7.0} KiB with 1 branch, {wide:>7.0} KiB with {WIDTH}: {kib:.1} KiB per branch{floor}{verdict}",
             kind.name()
         );
     }
+    println!(
+        "memory/dispatch: wall time of the {WIDTH}-wide run beyond the 1-wide one (medians), and for HTTP the first to the {WIDTH}th request's arrival at the server"
+    );
+    let builtin = dispatch(Kind::Builtin);
+    for kind in KINDS {
+        let ms = dispatch(kind);
+        let spread = if kind.makes_requests() {
+            format!(
+                ", arrivals spread over {:.1} ms",
+                of(kind, WIDTH, &|s: &Sample| s.spread_ms)
+            )
+        } else {
+            String::new()
+        };
+        let verdict = match kind {
+            Kind::Http1 | Kind::Http2 => verdict(ms <= DISPATCH_TARGET_MS, "≤ 15 ms"),
+            _ => String::new(),
+        };
+        println!(
+            "  {:<8} {ms:>6.1} ms = {:.2}× builtin{spread}{verdict}",
+            kind.name(),
+            ms / builtin
+        );
+    }
+}
+
+fn verdict(met: bool, target: &str) -> String {
+    format!(
+        " (target {target}: {})",
+        if met { "met" } else { "NOT met" }
+    )
 }

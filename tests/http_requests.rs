@@ -12,6 +12,7 @@ use support::mock_server::{MockServer, RecordedRequest, Reply};
 
 use flowc::exec::Tool;
 use flowc::run::error::{CallError, ErrorClass};
+use flowc::run::http_client::HttpClients;
 use flowc::run::tools::{invoke, ToolContext};
 use flowc::Compilation;
 
@@ -115,10 +116,12 @@ impl Program {
 }
 
 async fn call(server: &MockServer, tool: &Tool, args: Value) -> Result<Value, CallError> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let http = HttpClients::from(
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client"),
+    );
     let api = server.base_url();
     let env = move |name: &str| (name == "API").then(|| api.clone());
     let Value::Object(args) = args else {

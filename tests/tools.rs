@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 
 use flowc::exec::Tool;
 use flowc::run::error::ErrorClass;
+use flowc::run::http_client::HttpClients;
 use flowc::run::tools::{idempotency_key, invoke, ToolContext};
 use flowc::Compilation;
 
@@ -76,7 +77,7 @@ async fn call(
     key: Option<&str>,
     timeout: Duration,
 ) -> Result<Value, flowc::run::error::CallError> {
-    let http = client();
+    let http = HttpClients::from(client());
     let ctx = ToolContext {
         http: &http,
         env: env.as_ref(),

@@ -19,6 +19,7 @@ pub mod fingerprint;
 mod frame;
 mod gate;
 pub mod http;
+pub mod http_client;
 pub mod notify;
 pub mod otel;
 pub mod plan;
@@ -238,6 +239,10 @@ pub fn run(
             return Err(SetupError::Preflight(missing));
         }
     }
+    // Also before anything is recorded: a malformed `FLOWC_H2C` is a
+    // configuration mistake, not a failed run.
+    let http = http_client::HttpClients::new((options.env)(http_client::H2C_ENV).as_deref())
+        .map_err(|e| SetupError::Start(e.to_string()))?;
     let mut options = options;
     let mut durable = options.durable.take();
     let run_id = match &durable {
@@ -328,10 +333,6 @@ pub fn run(
     };
     let trace = Arc::new(trace);
     let validators = validate::Validators::default();
-    let http = reqwest::Client::builder()
-        .user_agent(http::USER_AGENT)
-        .build()
-        .map_err(|e| SetupError::Start(format!("cannot start the HTTP client: {e}")))?;
     let inbox_url = (options.env)("FLOWC_INBOX_URL")
         .filter(|u| !u.trim().is_empty())
         .unwrap_or_else(|| notify::DEFAULT_INBOX_URL.to_string());

@@ -195,7 +195,12 @@ pub fn stage_name(stage: NoticeStage) -> &'static str {
 }
 
 /// Sends a notice, retrying, and records the outcome under `parent`.
-pub async fn send(http: reqwest::Client, notice: Notice, trace: Arc<Trace>, parent: SpanId) {
+pub async fn send(
+    http: super::http_client::HttpClients,
+    notice: Notice,
+    trace: Arc<Trace>,
+    parent: SpanId,
+) {
     let mut pause = FIRST_PAUSE;
     let mut error: Option<NoticeError> = None;
     let mut attempts = 0;
@@ -233,8 +238,9 @@ pub async fn send(http: reqwest::Client, notice: Notice, trace: Arc<Trace>, pare
 }
 
 /// One attempt: a POST of the JSON body; any 2xx is delivered.
-async fn post(http: &reqwest::Client, notice: &Notice) -> Result<(), NoticeError> {
+async fn post(http: &super::http_client::HttpClients, notice: &Notice) -> Result<(), NoticeError> {
     let sent = http
+        .for_text(&notice.url)
         .post(&notice.url)
         .timeout(ATTEMPT_TIMEOUT)
         .json(&notice.body)

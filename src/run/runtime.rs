@@ -31,7 +31,7 @@ pub struct Runtime<'p> {
     pub decided_by: String,
     pub validators: Validators,
     pub trace: Arc<Trace>,
-    pub http: reqwest::Client,
+    pub http: super::http_client::HttpClients,
     /// MCP servers, started on first use and stopped when the run ends.
     pub mcp: crate::run::tools::McpServers,
     pub env: Env,

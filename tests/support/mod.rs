@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod h2_server;
 pub mod mock_server;
 pub mod postgres;
 pub mod program;

@@ -395,8 +395,14 @@ impl Runtime<'_> {
             };
         }
         let endpoint = self.endpoint(model_id)?;
-        providers::complete_traced(&self.http, &endpoint, request, timeout, Some(&traceparent))
-            .await
+        providers::complete_traced(
+            self.http.for_text(&endpoint.base_url),
+            &endpoint,
+            request,
+            timeout,
+            Some(&traceparent),
+        )
+        .await
     }
 
     fn endpoint(&self, model_id: ModelId) -> Result<Endpoint, CallError> {

@@ -40,10 +40,14 @@ impl Runtime<'_> {
                 .tool_call(cx, n, &self.program.tools[t.index()], args, path)
                 .await
                 .map(CallOutcome::Value),
-            CallTarget::Agent(a) => self
-                .agent(cx, n, &self.program.agents[a.index()], args, path)
-                .await
-                .map(CallOutcome::Value),
+            // Boxed: an agent's future (its model calls, its tools) is many
+            // times a tool call's, and inline it would size every call
+            // step's future, the ones of a wide fan-out of tool calls too.
+            CallTarget::Agent(a) => {
+                Box::pin(self.agent(cx, n, &self.program.agents[a.index()], args, path))
+                    .await
+                    .map(CallOutcome::Value)
+            }
             CallTarget::Flow(f) => self.flow_call(cx, f, args, path).await,
         }
     }

@@ -9,7 +9,8 @@ pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 /// What a tool call needs besides its arguments.
 pub struct ToolContext<'a> {
-    pub http: &'a reqwest::Client,
+    /// The run's clients; each request takes the one for its origin.
+    pub http: &'a crate::run::http_client::HttpClients,
     /// Environment lookup (tests replace the process environment).
     pub env: &'a EnvLookup,
     /// Sent as `Idempotency-Key` (http) or `FLOWC_IDEMPOTENCY_KEY` (exec).

@@ -32,11 +32,13 @@ pub(super) async fn call(
         ctx.traceparent.as_deref(),
     )?;
 
+    // The whole exchange is bounded below (`tokio::time::timeout`), so the
+    // request carries no timer of its own.
     let mut request = ctx
         .http
+        .for_url(&url)
         .request(reqwest_method(spec.method), url)
-        .headers(headers)
-        .timeout(ctx.timeout);
+        .headers(headers);
     request = match &body {
         Body::None => request,
         Body::Json(v) => request.json(v),

@@ -71,13 +71,16 @@ pub async fn invoke(
             };
             http::call(tool, &spec, args, ctx).await
         }
-        ToolKind::Exec { argv } => exec::call(tool, argv, args, ctx).await,
+        // Boxed: a program's or an MCP server's call holds far more state
+        // than an HTTP request, and inline it would size every tool call's
+        // future (each branch of a fan-out keeps one).
+        ToolKind::Exec { argv } => Box::pin(exec::call(tool, argv, args, ctx)).await,
         ToolKind::Builtin(builtin) => builtin::call(tool, *builtin, args, ctx).await,
         ToolKind::Mcp {
             server,
             name,
             format,
-        } => mcp::call(tool, *server, name, *format, args, ctx).await,
+        } => Box::pin(mcp::call(tool, *server, name, *format, args, ctx)).await,
     }
 }
 

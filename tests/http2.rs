@@ -1,0 +1,140 @@
+//! Which HTTP version a run's calls speak, as the server saw it: HTTP/1.1
+//! to a plain-HTTP origin, HTTP/2 with prior knowledge (one connection for
+//! every call in flight) to an origin listed in `FLOWC_H2C`, and a
+//! malformed `FLOWC_H2C` refused before any call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowc::run::{self, Outcome, RunOptions, SetupError, World};
+use hyper::Version;
+use serde_json::{json, Value};
+
+use crate::support::cli::Test;
+use crate::support::h2_server::H2Server;
+use crate::support::program::checked;
+
+const FANOUT: &str = r#"type Item { id: string len 1..40 }
+type Ack { ok: bool }
+
+tool ping(id: string) -> Ack {
+  http GET "{env.MOCK_URL}/tools/ping?id={id}"
+  effect read
+  timeout 10s
+}
+
+flow fanout(items: [Item] len ..100) -> [Ack] {
+  budget { steps 1k, tool_calls 1k, wall 1m }
+  let acks = for it in items parallel 100 {
+    ping(id: it.id)
+  }
+  return acks
+}
+"#;
+
+/// Runs the fan-out over `width` items against `server`, with `h2c` as
+/// `FLOWC_H2C`.
+fn fan_out(
+    server: &H2Server,
+    width: usize,
+    h2c: Option<String>,
+) -> Result<run::Report, SetupError> {
+    let program = checked("fanout.flow", FANOUT);
+    let base = server.base_url();
+    let items: Vec<Value> = (0..width).map(|i| json!({"id": format!("i{i}")})).collect();
+    let options = RunOptions {
+        concurrency: width,
+        world: World::Live,
+        env: Arc::new(move |name: &str| match name {
+            "MOCK_URL" => Some(base.clone()),
+            "FLOWC_H2C" => h2c.clone(),
+            _ => None,
+        }),
+        ..RunOptions::default()
+    };
+    run::run(&program, "fanout", &json!({"items": items}), options)
+}
+
+fn completed(report: &run::Report, width: usize) {
+    match &report.outcome {
+        Outcome::Completed(Value::Array(acks)) => {
+            assert_eq!(acks.len(), width);
+            assert!(acks.iter().all(|a| a == &json!({"ok": true})), "{acks:?}");
+        }
+        other => panic!("the fan-out did not complete: {other:?}"),
+    }
+}
+
+#[test]
+fn calls_to_an_origin_in_flowc_h2c_are_streams_of_one_http2_connection() {
+    // Every reply waits 300 ms: the 50 calls are in flight together.
+    let server = H2Server::start(Duration::from_millis(300), 200);
+    let report = fan_out(&server, 50, Some(format!(" {}, ", server.origin()))).expect("runs");
+    completed(&report, 50);
+    let versions = server.versions();
+    assert_eq!(versions.len(), 50);
+    assert!(
+        versions.iter().all(|v| *v == Version::HTTP_2),
+        "{versions:?}"
+    );
+    assert_eq!(server.connections(), 1, "one connection for every call");
+}
+
+#[test]
+fn plain_http_to_an_origin_not_listed_is_http1_one_connection_per_call_in_flight() {
+    let server = H2Server::start(Duration::from_millis(300), 200);
+    let other = format!("127.0.0.1:{}", free_port());
+    let report = fan_out(&server, 20, Some(other)).expect("runs");
+    completed(&report, 20);
+    let versions = server.versions();
+    assert_eq!(versions.len(), 20);
+    assert!(
+        versions.iter().all(|v| *v == Version::HTTP_11),
+        "{versions:?}"
+    );
+    assert_eq!(server.connections(), 20);
+}
+
+#[test]
+fn a_malformed_flowc_h2c_stops_the_run_before_any_call() {
+    let server = H2Server::start(Duration::ZERO, 10);
+    for (value, says) in [
+        (server.base_url() + "/v1", "is not HOST or HOST:PORT"),
+        ("https://api.example.com".to_string(), "is an https origin"),
+    ] {
+        let Err(SetupError::Start(message)) = fan_out(&server, 3, Some(value.clone())) else {
+            panic!("FLOWC_H2C={value} was accepted");
+        };
+        assert!(
+            message.starts_with(&format!("FLOWC_H2C: `{value}` {says}")),
+            "{message}"
+        );
+    }
+    assert_eq!(server.versions().len(), 0, "nothing was called");
+    assert_eq!(server.connections(), 0);
+}
+
+#[test]
+fn flowc_run_reads_flowc_h2c_from_its_environment() {
+    let server = H2Server::start(Duration::ZERO, 10);
+    let items: Vec<Value> = (0..5).map(|i| json!({"id": format!("i{i}")})).collect();
+    Test::new()
+        .file("fanout.flow", FANOUT)
+        .env("MOCK_URL", &server.base_url())
+        .env("FLOWC_H2C", &server.origin())
+        .args(["run", "fanout.flow", "--ephemeral", "--input"])
+        .arg(json!({ "items": items }).to_string())
+        .stdout_has("\"ok\": true")
+        .run();
+    let versions = server.versions();
+    assert_eq!(versions, vec![Version::HTTP_2; 5]);
+    assert_eq!(server.connections(), 1);
+}
+
+/// A port nothing listens on.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}

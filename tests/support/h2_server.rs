@@ -1,0 +1,130 @@
+//! A loopback server that speaks both HTTP/1.1 and HTTP/2 without TLS
+//! (h2c, prior knowledge), for the tests and the bench that must see which
+//! version flowc's calls used: it counts the connections it accepted and
+//! records the version of every request, in its own runtime on its own
+//! thread. Every request is answered `{"ok": true}` after `delay`, so calls
+//! started together are all in flight at once.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+/// What the server saw.
+#[derive(Default)]
+struct Seen {
+    connections: AtomicUsize,
+    versions: Mutex<Vec<Version>>,
+    arrivals: Mutex<Vec<Instant>>,
+}
+
+pub struct H2Server {
+    addr: SocketAddr,
+    seen: Arc<Seen>,
+    // Dropping it stops the server's runtime.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl H2Server {
+    /// Starts a server answering every request after `delay`, accepting up
+    /// to `streams` concurrent HTTP/2 streams on one connection.
+    pub fn start(delay: Duration, streams: u32) -> H2Server {
+        // A backlog for a thousand connections arriving at once (the
+        // standard library's 128 would drop SYNs, and the client would wait
+        // a second to retry them).
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("binds a port");
+        let addr = socket.local_addr().expect("an address");
+        let seen = Arc::new(Seen::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server_seen = seen.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let listener = socket.listen(4096).expect("listens");
+                let accept = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        server_seen.connections.fetch_add(1, Ordering::SeqCst);
+                        let seen = server_seen.clone();
+                        tokio::spawn(async move {
+                            let service = service_fn(move |req: Request<Incoming>| {
+                                seen.versions.lock().unwrap().push(req.version());
+                                seen.arrivals.lock().unwrap().push(Instant::now());
+                                async move {
+                                    tokio::time::sleep(delay).await;
+                                    Ok::<_, Infallible>(
+                                        Response::builder()
+                                            .header("content-type", "application/json")
+                                            .body(Full::new(Bytes::from_static(b"{\"ok\":true}")))
+                                            .expect("a response"),
+                                    )
+                                }
+                            });
+                            let mut builder = auto::Builder::new(TokioExecutor::new());
+                            builder.http2().max_concurrent_streams(streams);
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    () = accept => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        H2Server {
+            addr,
+            seen,
+            _stop: stop,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:PORT`, as `FLOWC_H2C` lists it.
+    pub fn origin(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.seen.connections.load(Ordering::SeqCst)
+    }
+
+    /// The time from the first request's arrival to the last one's, and
+    /// how many arrived; the record is cleared.
+    pub fn take_spread(&self) -> (Duration, usize) {
+        let arrivals = std::mem::take(&mut *self.seen.arrivals.lock().unwrap());
+        match (arrivals.first(), arrivals.last()) {
+            (Some(first), Some(last)) => (*last - *first, arrivals.len()),
+            _ => (Duration::ZERO, 0),
+        }
+    }
+
+    /// The version of every request received so far, in arrival order.
+    pub fn versions(&self) -> Vec<Version> {
+        self.seen.versions.lock().unwrap().clone()
+    }
+}
