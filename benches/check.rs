@@ -1,6 +1,8 @@
 //! Parse and check time on generated flows of 100, 1,000 and 10,000 steps,
-//! measured separately, and `flowc check` end to end (process start
-//! included) on a ~200-line example.
+//! measured separately, `flowc check` end to end (process start included)
+//! on a ~200-line example, and `flowc fmt`'s work (parse, print from the
+//! tree and the scanner's token table, re-parse and compare) on generated
+//! flows.
 //!
 //! `cargo bench --bench check`; figures go in the issue notes.
 
@@ -105,5 +107,24 @@ fn all_writers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_and_check, all_writers, process);
+/// Formatting a generated flow of 1,000 and 10,000 steps (`format_source`:
+/// the parse, the printing from the tree and the token table, and the
+/// safety net's second parse and comparison).
+fn format(c: &mut Criterion) {
+    let mut group = c.benchmark_group("format");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
+    for steps in [1_000usize, 10_000] {
+        let source = generated::flow_source(steps);
+        group.throughput(Throughput::Elements(source.lines().count() as u64));
+        group.bench_with_input(BenchmarkId::new("format_source", steps), &source, |b, s| {
+            b.iter(|| flowc::format::format_source(black_box(s)).expect("formats"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, parse_and_check, all_writers, process, format);
 criterion_main!(benches);
