@@ -76,8 +76,19 @@ const ITEM_KEYWORDS: &[&str] = &[
 /// Parses one file. Never fails: broken items are left out of the module and
 /// reported.
 pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
-    // Lets a failed parse say which tokens it expected.
-    let scan = scan::scan(text, MAX_DEPTH);
+    parse_scanned(file, text, scan::scan(text, MAX_DEPTH))
+}
+
+/// [`parse`], keeping the token table of the same scan (for `flowc fmt`,
+/// which prints from the tree and the table; `flowc check` does not pay
+/// for it).
+pub fn parse_keeping_tokens(file: FileId, text: &str) -> (Module, Vec<Diagnostic>, scan::Tokens) {
+    let (scan, tokens) = scan::scan_tokens(text, MAX_DEPTH);
+    let (module, diagnostics) = parse_scanned(file, text, scan);
+    (module, diagnostics, tokens)
+}
+
+fn parse_scanned(file: FileId, text: &str, scan: scan::Scan) -> (Module, Vec<Diagnostic>) {
     let mut parser = Parser {
         file,
         base: 0,

@@ -12,6 +12,9 @@
 //! - no `Result<_, String>` in `src/run/`: runtime errors are typed;
 //! - no two files of `src/run/` import each other (read from the `use`
 //!   lines and inline `super::…`/`crate::run::…` paths).
+//! - `src/format/` never reads the source byte by byte: it asks the
+//!   scanner's token table (`src/syntax/tokens.rs`) and copies recorded
+//!   spellings; only `src/syntax/scan.rs` scans.
 //! - the editor packages in `editors/` know every word of
 //!   `grammar/flow.pest` (tree-sitter grammar and highlights, TextMate
 //!   grammar, Vim syntax), and reserve exactly pest's reserved words.
@@ -675,5 +678,85 @@ fn tree_sitter_highlights_every_word_of_the_grammar() {
         "editors/tree-sitter-flow/queries/highlights.scm captures neither these words of \
          grammar/flow.pest nor a rule made of them: {}",
         unhighlighted.join(", ")
+    );
+}
+
+/// What a line of formatter code may not do: look at the source one byte
+/// (or character) at a time, or call a scanner function that starts at a
+/// position. Source slices may be copied (a kept spelling), not searched.
+fn byte_scanning(code: &str) -> Vec<String> {
+    let forbidden = [
+        "b'",
+        "b\"",
+        ".bytes()",
+        ".as_bytes()",
+        ".char_indices()",
+        "skip_trivia",
+        "token_end",
+        "string_end",
+        "string_interpolates",
+        "regex_end",
+    ];
+    let mut found: Vec<String> = forbidden
+        .iter()
+        .filter(|f| code.contains(*f))
+        .map(|f| format!("`{f}`"))
+        .collect();
+    // `src[a..b].contains(…)`, `self.src.find(…)`: searching the text the
+    // printer prints (`src`). (A comment's spelling may lose its trailing
+    // spaces: `trim_end`.)
+    let searched = fancy_regex::Regex::new(
+        r"\bsrc(\[[^\]]*\])?\s*\.\s*(contains|find|rfind|starts_with|ends_with|strip_prefix|strip_suffix|split\w*|lines|chars|matches|match_indices|trim_start\w*|trim_matches|trim)\s*\(",
+    )
+    .expect("regex");
+    if let Ok(Some(m)) = searched.find(code) {
+        found.push(format!("`{}`", m.as_str()));
+    }
+    // Only whole-text passes of the scanner: `scan_tokens`, `comments`.
+    let scanner_call = fancy_regex::Regex::new(r"\bscan::(\w+)").expect("regex");
+    for caps in scanner_call.captures_iter(code) {
+        let name = caps.expect("regex match").get(1).expect("group").as_str();
+        if !matches!(name, "scan_tokens" | "comments" | "Tokens" | "Scan") {
+            found.push(format!("`scan::{name}`"));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_formatter_asks_the_token_table_and_never_scans() {
+    // The rule catches what the formatter once did.
+    for old in [
+        "let start = skip_trivia(self.bytes(), pos);",
+        "while i > 0 && matches!(b[i - 1], b' ' | b'\\t') {",
+        "let triple = self.src[s..].starts_with(\"\\\"\\\"\\\"\");",
+        "let block = self.src[s..e].contains('\\n')",
+        "b.get(i) == Some(&b'\"') && scan::string_interpolates(b, i)",
+    ] {
+        assert!(!byte_scanning(old).is_empty(), "not caught: {old}");
+    }
+    for fine in [
+        "let token = &self.src[s..e];",
+        "text: src[start..end].trim_end().to_string(),",
+        "let (scan, tokens) = scan::scan_tokens(text, MAX_DEPTH);",
+        "if flat.ends_with(\"..\") {",
+    ] {
+        assert_eq!(byte_scanning(fine), Vec::<String>::new(), "{fine}");
+    }
+    let mut found = Vec::new();
+    let files = rust_files(&root().join("src/format"));
+    assert!(files.len() >= 8, "{} files in src/format", files.len());
+    for (path, text) in files {
+        for (line, code) in code_lines(&text) {
+            for f in byte_scanning(&code) {
+                found.push(format!("{}:{line}: {f} in `{}`", shown(&path), code.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "src/format/ reads the source only through the scanner's token table \
+         (src/syntax/tokens.rs); only src/syntax/scan.rs scans text:\n{}",
+        found.join("\n")
     );
 }

@@ -107,11 +107,11 @@ pub fn run(paths: Vec<PathBuf>, check: bool) -> Result<i32, String> {
             }
         } else if file.is_none() {
             let mut out = std::io::stdout().lock();
-            out.write_all(formatted.as_bytes())
+            write!(out, "{formatted}")
                 .and_then(|_| out.flush())
                 .map_err(|e| format!("cannot write standard output: {e}"))?;
         } else if let (Some(path), true) = (&file, changed) {
-            if let Err(e) = std::fs::write(path, formatted.as_bytes()) {
+            if let Err(e) = std::fs::write(path, &formatted) {
                 let _ = writeln!(
                     std::io::stderr(),
                     "error: cannot write {}: {e}",

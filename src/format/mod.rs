@@ -32,9 +32,14 @@
 //!   `price` entries aligned, and trailing comments on consecutive lines
 //!   aligned.
 //!
-//! Comments are not in the syntax tree (`//` is silent in the grammar), so
-//! [`comments`] finds them with a small scanner that skips strings and
-//! regular expressions, and the printer attaches each one by byte position:
+//! Comments are not in the syntax tree (`//` is silent in the grammar): the
+//! parse keeps the scanner's token table beside the tree
+//! ([`crate::parser::parse_keeping_tokens`]: the one scan of the text gives
+//! the parser its comments and the formatter every token, string literal,
+//! comment and line break, as Gleam keeps `ModuleExtra`). The printer
+//! prints from the tree, asks the table what the tree does not keep (blank
+//! lines, dropped parentheses and keywords, literal spellings), and
+//! attaches each comment by byte position:
 //! to the next item, statement, clause, field, argument or element it
 //! precedes (a leading comment, kept on its own line), to the line it ends (a
 //! trailing comment), or to the closing bracket it precedes. A comment
@@ -49,11 +54,13 @@
 //!
 //! The module tree: `doc` is the layout engine (documents, groups, fill,
 //! rendering at a width, trailing-comment alignment); `printer` turns a tree
-//! into a document, one file per part of the language (`items`, `flows`,
-//! `strings`), with comment attachment in `printer/comments.rs` and, in
-//! `printer/positions.rs` alone, the questions about the source text the
-//! tree does not answer (parentheses and keywords it drops, blank lines,
-//! where a literal's spelling ends); `command` is `flowc fmt` itself.
+//! and its token table into a document, one file per part of the language
+//! (`items`, `flows`, `strings`), with comment attachment in
+//! `printer/comments.rs` and, in `printer/positions.rs` alone, the lookups
+//! in the token table for what the tree does not say (parentheses and
+//! keywords it drops, blank lines, where a literal's spelling ends);
+//! `command` is `flowc fmt` itself. Nothing here reads the text byte by
+//! byte: only `src/syntax/scan.rs` scans (`tests/tidy.rs`).
 
 mod command;
 mod doc;
@@ -63,6 +70,7 @@ use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::source::{FileId, Span};
 use crate::syntax::scan;
+use crate::syntax::tokens::Tokens;
 
 pub use command::run;
 
@@ -85,22 +93,22 @@ pub fn format_source(text: &str) -> Result<String, Vec<Diagnostic>> {
         });
     }
     let file = FileId(0);
-    let (module, diagnostics) = crate::parser::parse(file, text);
+    let (module, diagnostics, tokens) = crate::parser::parse_keeping_tokens(file, text);
     if !diagnostics.is_empty() {
         return Err(diagnostics);
     }
     // A file with Windows line endings keeps them: it is laid out with `\n`
     // and converted back, so `"""` strings keep their `\r` characters.
-    let crlf = text.contains("\r\n") && !text.replace("\r\n", "").contains('\n');
+    let crlf = tokens.crlf();
     let out = if crlf {
         let lf = text.replace("\r\n", "\n");
-        let (lf_module, _) = crate::parser::parse(file, &lf);
-        layout_module(&lf, &lf_module).replace('\n', "\r\n")
+        let (lf_module, _, lf_tokens) = crate::parser::parse_keeping_tokens(file, &lf);
+        layout_module(&lf, &lf_tokens, &lf_module).replace('\n', "\r\n")
     } else {
-        layout_module(text, &module)
+        layout_module(text, &tokens, &module)
     };
     let (again, problems) = crate::parser::parse(file, &out);
-    let mut before = comments(text);
+    let mut before = comment_texts(text, tokens.comments());
     let mut after = comments(&out);
     before.sort();
     after.sort();
@@ -118,16 +126,20 @@ pub fn format_source(text: &str) -> Result<String, Vec<Diagnostic>> {
     Ok(out)
 }
 
-fn layout_module(text: &str, module: &crate::ast::Module) -> String {
-    doc::render(&printer::print(text, module), WIDTH)
+fn layout_module(text: &str, tokens: &Tokens, module: &crate::ast::Module) -> String {
+    doc::render(&printer::print(text, tokens, module), WIDTH)
 }
 
 /// The text of every `//` comment in `text`, in order, without trailing
 /// whitespace.
 pub fn comments(text: &str) -> Vec<String> {
-    scan::comments(text)
-        .into_iter()
-        .map(|(s, e)| text[s..e].trim_end().to_string())
+    comment_texts(text, &scan::comments(text))
+}
+
+fn comment_texts(text: &str, ranges: &[(usize, usize)]) -> Vec<String> {
+    ranges
+        .iter()
+        .map(|&(s, e)| text[s..e].trim_end().to_string())
         .collect()
 }
 

@@ -1,4 +1,6 @@
-//! Flow text before it is a tree: the one hand-written scanner. (The
-//! parser, `src/parser.rs`, and the tree, `src/ast.rs`, move here next.)
+//! Flow text before it is a tree: the one hand-written scanner and the
+//! token table it keeps for the formatter. (The parser, `src/parser.rs`,
+//! and the tree, `src/ast.rs`, move here next.)
 
 pub mod scan;
+pub mod tokens;

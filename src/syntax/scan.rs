@@ -9,11 +9,17 @@
 //! - where bracket nesting (brackets and interpolations) or an `else if`
 //!   chain first passes a limit, before pest, which recurses on both, sees
 //!   the text;
-//! - where a token ends (a string, a pattern, a number with its unit), for
-//!   the formatter copying a literal's spelling.
+//! - when asked ([`scan_tokens`], the formatter's path), in the same pass:
+//!   the token table ([`Tokens`]: every token with its kind and range, each
+//!   string literal with its range and whether it interpolates, each
+//!   bracket's partner, every line feed), so the formatter asks the table
+//!   instead of reading the text again. `flowc check` ([`scan`]) does not
+//!   build it: the recording is compiled out of that path.
 //!
 //! A lone `/` starts a regular expression: the grammar has no other use for
 //! it outside comments.
+
+pub use super::tokens::{Bracket, StringLiteral, Token, TokenKind, Tokens};
 
 /// What one pass over a file found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,14 +35,36 @@ pub struct Scan {
 /// Scans `text`; nesting deeper than `limit` (brackets and interpolations
 /// together, or `else if` links in one statement) stops the scan.
 pub fn scan(text: &str, limit: usize) -> Scan {
-    let mut s = Scanner::new(text.as_bytes(), 0, limit);
-    while s.i < s.b.len() && s.too_deep.is_none() {
-        s.step();
-    }
+    let mut s = Scanner::<false>::new(text.as_bytes(), limit);
+    s.run();
     Scan {
         comments: s.comments,
         too_deep: s.too_deep,
     }
+}
+
+/// Scans `text` as [`scan`] does and keeps the token table of the same
+/// pass. (When the scan stops early, too deep, the table covers the text
+/// before that point only; such a text is never formatted.)
+pub fn scan_tokens(text: &str, limit: usize) -> (Scan, Tokens) {
+    let mut s = Scanner::<true>::new(text.as_bytes(), limit);
+    s.run();
+    s.finish_strings();
+    let b = text.as_bytes();
+    let crlf = !s.newlines.is_empty() && s.newlines.iter().all(|&n| n > 0 && b[n - 1] == b'\r');
+    let tokens = Tokens {
+        crlf,
+        tokens: s.tokens,
+        strings: s.strings,
+        comments: s.comments.clone(),
+        newlines: s.newlines,
+        text_len: text.len(),
+    };
+    let scan = Scan {
+        comments: s.comments,
+        too_deep: s.too_deep,
+    };
+    (scan, tokens)
 }
 
 /// The comments of `text` (see [`Scan::comments`]).
@@ -44,30 +72,9 @@ pub fn comments(text: &str) -> Vec<(usize, usize)> {
     scan(text, usize::MAX).comments
 }
 
-/// The end of the string that starts at `i` (at its `"` or `"""`).
-pub fn string_end(b: &[u8], i: usize) -> usize {
-    let mut s = Scanner::new(b, i, usize::MAX);
-    s.step();
-    while s.modes.len() > 1 && s.i < b.len() {
-        s.step();
-    }
-    s.i.min(b.len())
-}
-
-/// Whether the string that starts at `i` interpolates a value.
-pub fn string_interpolates(b: &[u8], i: usize) -> bool {
-    let mut s = Scanner::new(b, i, usize::MAX);
-    s.step();
-    while s.modes.len() == 2 && s.i < b.len() {
-        s.step();
-    }
-    // An interpolation puts code on top of the string.
-    s.modes.len() > 2
-}
-
 /// The end of the regular expression that starts at `i` (at its `/`): after
 /// the closing `/`, or at the line end when it has none.
-pub fn regex_end(b: &[u8], i: usize) -> usize {
+fn regex_end(b: &[u8], i: usize) -> usize {
     let mut j = i + 1;
     while j < b.len() {
         match b[j] {
@@ -80,73 +87,60 @@ pub fn regex_end(b: &[u8], i: usize) -> usize {
     b.len()
 }
 
-/// Skips whitespace, byte-order marks and comments from `i`.
-pub fn skip_trivia(b: &[u8], mut i: usize) -> usize {
-    loop {
-        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\r' | b'\n') {
-            i += 1;
-        }
-        if b[i.min(b.len())..].starts_with("\u{feff}".as_bytes()) {
-            i += 3;
-        } else if b[i.min(b.len())..].starts_with(b"//") {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-        } else {
-            return i.min(b.len());
-        }
-    }
-}
-
 fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
-/// The end of the token starting at `i`.
-pub fn token_end(b: &[u8], i: usize) -> usize {
-    let Some(&c) = b.get(i) else { return i };
-    let number = |mut j: usize| {
-        while j < b.len()
-            && (is_ident(b[j]) || b[j] == b'.' && b.get(j + 1).is_some_and(u8::is_ascii_digit))
-        {
-            j += 1;
-        }
-        j
-    };
-    match c {
-        b'"' => string_end(b, i),
-        b'/' => regex_end(b, i),
-        b'$' => number(i + 1),
-        b'-' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => number(i + 1),
-        c if is_ident(c) => number(i + 1),
-        _ => {
-            let two = &b[i..(i + 2).min(b.len())];
-            if [&b"->"[..], b"=>", b"==", b"!=", b"<=", b">=", b".."].contains(&two) {
-                i + 2
-            } else {
-                let mut j = i + 1;
-                while j < b.len() && b[j] & 0xc0 == 0x80 {
-                    j += 1;
-                }
-                j
-            }
-        }
+/// The end of a number's spelling from `j` (its digits, unit letters and
+/// decimal point): `100k`, `1.50`, `30s`.
+fn number_end(b: &[u8], mut j: usize) -> usize {
+    while j < b.len()
+        && (is_ident(b[j]) || b[j] == b'.' && b.get(j + 1).is_some_and(u8::is_ascii_digit))
+    {
+        j += 1;
     }
+    j
 }
+
+/// The end of the punctuation token at `i`: two bytes for the operators
+/// spelled with two, the whole character otherwise.
+fn punct_end(b: &[u8], i: usize) -> usize {
+    let two = &b[i..(i + 2).min(b.len())];
+    if [&b"->"[..], b"=>", b"==", b"!=", b"<=", b">=", b".."].contains(&two) {
+        return i + 2;
+    }
+    let mut j = i + 1;
+    while j < b.len() && b[j] & 0xc0 == 0x80 {
+        j += 1;
+    }
+    j
+}
+
+const BOM: &[u8] = "\u{feff}".as_bytes();
 
 #[derive(Clone, Copy, Debug)]
 enum Mode {
     /// Code; `braces` counts the `{` open inside an interpolation, whose
-    /// closing `}` at zero returns to the string.
+    /// closing `}` at zero returns to the string. `brackets` is how many
+    /// brackets of the token table were open when the interpolation began.
     Code {
         interpolation: bool,
         braces: usize,
+        brackets: usize,
     },
-    Plain,
-    Triple,
+    /// Inside a string literal: `"…"` or (`triple`) `"""…"""`. `literal` is
+    /// its index in the token table's strings and `piece` where its current
+    /// piece began (both kept only when recording).
+    Str {
+        triple: bool,
+        literal: usize,
+        piece: usize,
+    },
 }
 
-struct Scanner<'t> {
+/// The scanner; `KEEP` says whether it records the token table (the
+/// formatter's path) or only comments and depth (`flowc check`'s).
+struct Scanner<'t, const KEEP: bool> {
     b: &'t [u8],
     i: usize,
     /// Innermost last; never empty (the file is code).
@@ -159,16 +153,23 @@ struct Scanner<'t> {
     previous_word: (usize, usize),
     comments: Vec<(usize, usize)>,
     too_deep: Option<usize>,
+    // The token table, when `KEEP`.
+    tokens: Vec<Token>,
+    strings: Vec<StringLiteral>,
+    newlines: Vec<usize>,
+    /// Indices (in `tokens`) of the brackets not closed yet.
+    open_brackets: Vec<usize>,
 }
 
-impl<'t> Scanner<'t> {
-    fn new(b: &'t [u8], i: usize, limit: usize) -> Scanner<'t> {
+impl<'t, const KEEP: bool> Scanner<'t, KEEP> {
+    fn new(b: &'t [u8], limit: usize) -> Scanner<'t, KEEP> {
         Scanner {
             b,
-            i,
+            i: 0,
             modes: vec![Mode::Code {
                 interpolation: false,
                 braces: 0,
+                brackets: 0,
             }],
             depth: 0,
             limit,
@@ -176,6 +177,16 @@ impl<'t> Scanner<'t> {
             previous_word: (0, 0),
             comments: Vec::new(),
             too_deep: None,
+            tokens: Vec::new(),
+            strings: Vec::new(),
+            newlines: Vec::new(),
+            open_brackets: Vec::new(),
+        }
+    }
+
+    fn run(&mut self) {
+        while self.i < self.b.len() && self.too_deep.is_none() {
+            self.step();
         }
     }
 
@@ -194,117 +205,255 @@ impl<'t> Scanner<'t> {
         &self.b[start..end]
     }
 
-    /// Consumes one token (or one byte of a string) at `self.i`.
-    fn step(&mut self) {
-        let b = self.b;
-        let i = self.i;
-        let c = b[i];
-        match self.modes.last().copied() {
-            Some(Mode::Plain) | Some(Mode::Triple) => {
-                let triple = matches!(self.modes.last(), Some(Mode::Triple));
-                if c == b'\\' {
-                    self.i += 2;
-                } else if triple && b[i..].starts_with(b"\"\"\"") {
-                    self.modes.pop();
-                    self.i += 3;
-                } else if !triple && c == b'"' {
-                    self.modes.pop();
-                    self.i += 1;
-                } else if !triple && c == b'\n' {
-                    // Not closed on its line: the line end is code again.
-                    self.modes.pop();
-                } else if b[i..].starts_with(b"{{") || b[i..].starts_with(b"}}") {
-                    self.i += 2;
-                } else if c == b'{' {
-                    self.open();
-                    self.modes.push(Mode::Code {
-                        interpolation: true,
-                        braces: 0,
-                    });
-                    self.i += 1;
-                } else {
-                    self.i += 1;
+    fn token(&mut self, start: usize, end: usize, kind: TokenKind) {
+        if KEEP {
+            self.tokens.push(Token { start, end, kind });
+        }
+    }
+
+    fn open_bracket(&mut self, bracket: Bracket) {
+        if KEEP {
+            self.open_brackets.push(self.tokens.len());
+            self.token(self.i, self.i + 1, TokenKind::Open(bracket, None));
+        }
+    }
+
+    fn close_bracket(&mut self, bracket: Bracket) {
+        if KEEP {
+            let at = self.tokens.len();
+            self.token(self.i, self.i + 1, TokenKind::Close(bracket));
+            if let Some(open) = self.open_brackets.pop() {
+                if let TokenKind::Open(_, partner) = &mut self.tokens[open].kind {
+                    *partner = Some(at);
                 }
             }
+        }
+    }
+
+    /// Ends the current piece of the string on top at `end`; `literal_end`
+    /// when the literal ends there too.
+    fn end_piece(&mut self, end: usize, literal_end: bool) {
+        if let (true, Some(&Mode::Str { literal, piece, .. })) = (KEEP, self.modes.last()) {
+            self.token(piece, end, TokenKind::StringPiece);
+            if literal_end {
+                self.strings[literal].end = end;
+            }
+        }
+    }
+
+    /// At the end of the text: the strings still open end there.
+    fn finish_strings(&mut self) {
+        let end = self.b.len();
+        if KEEP && matches!(self.modes.last(), Some(Mode::Str { .. })) {
+            self.end_piece(end, false);
+        }
+        for mode in &self.modes {
+            if let (true, Mode::Str { literal, .. }) = (KEEP, mode) {
+                self.strings[*literal].end = end;
+            }
+        }
+    }
+
+    /// Consumes one token (or one byte of a string) at `self.i`.
+    fn step(&mut self) {
+        match self.modes.last().copied() {
+            Some(Mode::Str { triple, .. }) => self.string_step(triple),
             Some(Mode::Code {
                 interpolation,
                 braces,
-            }) => match c {
-                b'/' if b.get(i + 1) == Some(&b'/') => {
-                    let mut j = i;
-                    while j < b.len() && b[j] != b'\n' {
-                        j += 1;
-                    }
-                    self.comments.push((i, j));
-                    self.i = j;
+                brackets,
+            }) => self.code_step(interpolation, braces, brackets),
+            None => self.i = self.b.len(),
+        }
+        self.i = self.i.min(self.b.len());
+    }
+
+    fn string_step(&mut self, triple: bool) {
+        let b = self.b;
+        let i = self.i;
+        let c = b[i];
+        if c == b'\\' {
+            if KEEP && b.get(i + 1) == Some(&b'\n') {
+                self.newlines.push(i + 1);
+            }
+            self.i += 2;
+        } else if triple && b[i..].starts_with(b"\"\"\"") {
+            self.end_piece(i + 3, true);
+            self.modes.pop();
+            self.i += 3;
+        } else if !triple && c == b'"' {
+            self.end_piece(i + 1, true);
+            self.modes.pop();
+            self.i += 1;
+        } else if !triple && c == b'\n' {
+            // Not closed on its line: the line end is code again.
+            self.end_piece(i, true);
+            self.modes.pop();
+        } else if b[i..].starts_with(b"{{") || b[i..].starts_with(b"}}") {
+            self.i += 2;
+        } else if c == b'{' {
+            self.open();
+            if let (true, Some(&Mode::Str { literal, .. })) = (KEEP, self.modes.last()) {
+                self.strings[literal].interpolates = true;
+            }
+            self.end_piece(i + 1, false);
+            self.modes.push(Mode::Code {
+                interpolation: true,
+                braces: 0,
+                brackets: self.open_brackets.len(),
+            });
+            self.i += 1;
+        } else {
+            if KEEP && c == b'\n' {
+                self.newlines.push(i);
+            }
+            self.i += 1;
+        }
+    }
+
+    fn code_step(&mut self, interpolation: bool, braces: usize, brackets: usize) {
+        let b = self.b;
+        let i = self.i;
+        let c = b[i];
+        match c {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                let mut j = i;
+                while j < b.len() && b[j] != b'\n' {
+                    j += 1;
                 }
-                b'/' => self.i = regex_end(b, i),
-                b'"' => {
-                    if b[i..].starts_with(b"\"\"\"") {
-                        self.modes.push(Mode::Triple);
-                        self.i += 3;
-                    } else {
-                        self.modes.push(Mode::Plain);
-                        self.i += 1;
-                    }
+                self.comments.push((i, j));
+                self.i = j;
+            }
+            b'/' => {
+                self.i = regex_end(b, i);
+                if KEEP {
+                    // An escaped line feed can be part of a pattern.
+                    let feeds = b[i..self.i].iter().enumerate().filter(|(_, &c)| c == b'\n');
+                    self.newlines.extend(feeds.map(|(k, _)| i + k));
                 }
-                b'{' => {
-                    self.open();
+                self.token(i, self.i, TokenKind::Pattern);
+            }
+            b'"' => {
+                let triple = b[i..].starts_with(b"\"\"\"");
+                let literal = self.strings.len();
+                if KEEP {
+                    self.strings.push(StringLiteral {
+                        start: i,
+                        end: i,
+                        triple,
+                        interpolates: false,
+                    });
+                }
+                self.modes.push(Mode::Str {
+                    triple,
+                    literal,
+                    piece: i,
+                });
+                self.i += if triple { 3 } else { 1 };
+            }
+            b'{' => {
+                self.open();
+                self.open_bracket(Bracket::Brace);
+                if let Some(Mode::Code { braces, .. }) = self.modes.last_mut() {
+                    *braces += 1;
+                }
+                self.i += 1;
+            }
+            b'}' => {
+                self.close();
+                if interpolation && braces == 0 {
+                    self.modes.pop();
+                    // The `}` begins the string's next piece; brackets the
+                    // interpolation left open stay unmatched.
+                    if let Some(Mode::Str { piece, .. }) = self.modes.last_mut() {
+                        *piece = i;
+                    }
+                    self.open_brackets.truncate(brackets);
+                } else {
+                    self.close_bracket(Bracket::Brace);
                     if let Some(Mode::Code { braces, .. }) = self.modes.last_mut() {
-                        *braces += 1;
-                    }
-                    self.i += 1;
-                }
-                b'}' => {
-                    self.close();
-                    if interpolation && braces == 0 {
-                        self.modes.pop();
-                    } else if let Some(Mode::Code { braces, .. }) = self.modes.last_mut() {
                         *braces = braces.saturating_sub(1);
                     }
-                    self.i += 1;
                 }
-                b'(' | b'[' => {
-                    self.open();
-                    self.i += 1;
+                self.i += 1;
+            }
+            b'(' | b'[' => {
+                self.open();
+                self.open_bracket(if c == b'(' {
+                    Bracket::Paren
+                } else {
+                    Bracket::Square
+                });
+                self.i += 1;
+            }
+            b')' | b']' => {
+                self.close();
+                self.close_bracket(if c == b')' {
+                    Bracket::Paren
+                } else {
+                    Bracket::Square
+                });
+                self.i += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let mut j = i;
+                while j < b.len() && is_ident(b[j]) {
+                    j += 1;
                 }
-                b')' | b']' => {
-                    self.close();
-                    self.i += 1;
+                let word = &b[i..j];
+                if word == b"if" && self.word(self.previous_word) == b"else" {
+                    self.else_ifs += 1;
+                    if self.else_ifs > self.limit && self.too_deep.is_none() {
+                        self.too_deep = Some(i);
+                    }
+                } else if matches!(
+                    word,
+                    b"let" | b"return" | b"check" | b"require" | b"flow" | b"test" | b"expect"
+                ) {
+                    // Counted per statement: no real statement comes near the limit.
+                    self.else_ifs = 0;
                 }
-                c if c.is_ascii_alphabetic() || c == b'_' => {
+                self.previous_word = (i, j);
+                self.token(i, j, TokenKind::Word);
+                self.i = j;
+            }
+            c if c.is_ascii_digit() => {
+                self.i = if KEEP {
+                    number_end(b, i + 1)
+                } else {
                     let mut j = i;
                     while j < b.len() && is_ident(b[j]) {
                         j += 1;
                     }
-                    let word = &b[i..j];
-                    if word == b"if" && self.word(self.previous_word) == b"else" {
-                        self.else_ifs += 1;
-                        if self.else_ifs > self.limit && self.too_deep.is_none() {
-                            self.too_deep = Some(i);
-                        }
-                    } else if matches!(
-                        word,
-                        b"let" | b"return" | b"check" | b"require" | b"flow" | b"test" | b"expect"
-                    ) {
-                        // Counted per statement: no real statement comes near the limit.
-                        self.else_ifs = 0;
-                    }
-                    self.previous_word = (i, j);
-                    self.i = j;
-                }
-                c if c.is_ascii_digit() => {
-                    let mut j = i;
-                    while j < b.len() && is_ident(b[j]) {
-                        j += 1;
-                    }
-                    self.i = j;
-                }
-                _ => self.i += 1,
-            },
-            None => self.i = b.len(),
+                    j
+                };
+                self.token(i, self.i, TokenKind::Number);
+            }
+            _ if !KEEP => self.i += 1,
+            // The rest only matters to the token table.
+            b' ' | b'\t' | b'\r' => self.i += 1,
+            b'\n' => {
+                self.newlines.push(i);
+                self.i += 1;
+            }
+            _ if b[i..].starts_with(BOM) => self.i += BOM.len(),
+            b'$' => {
+                self.i = number_end(b, i + 1);
+                self.token(i, self.i, TokenKind::Number);
+            }
+            b'-' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                self.i = number_end(b, i + 1);
+                self.token(i, self.i, TokenKind::Number);
+            }
+            b',' => {
+                self.token(i, i + 1, TokenKind::Comma);
+                self.i += 1;
+            }
+            _ => {
+                self.i = punct_end(b, i);
+                self.token(i, self.i, TokenKind::Punct);
+            }
         }
-        self.i = self.i.min(b.len());
     }
 }
 
@@ -329,13 +478,112 @@ mod tests {
         assert_eq!(scan("f(a: [1, {b: (2)}])", 2).too_deep, Some(9));
     }
 
+    fn table(text: &str) -> Tokens {
+        let (scan, tokens) = scan_tokens(text, usize::MAX);
+        assert_eq!(scan, super::scan(text, usize::MAX), "{text:?}");
+        tokens
+    }
+
+    fn spelled<'a>(text: &'a str, tokens: &Tokens) -> Vec<(&'a str, TokenKind)> {
+        tokens
+            .tokens()
+            .iter()
+            .map(|t| (&text[t.start..t.end], t.kind))
+            .collect()
+    }
+
     #[test]
     fn strings_end_where_the_grammar_ends_them() {
-        let b = br#""a {"b}"} c" rest"#;
-        assert_eq!(string_end(b, 0), 12);
-        assert_eq!(string_end(b"\"open\nnext", 0), 5);
-        assert!(string_interpolates(b, 0));
-        assert!(!string_interpolates(b"\"a {{b}} c\"", 0));
-        assert_eq!(string_end(b"\"\"\"a\n\"b\"\n\"\"\" x", 0), 12);
+        let text = r#""a {"b}"} c" rest"#;
+        let t = table(text);
+        let whole = |start| {
+            t.string_at(start)
+                .map(|l| (l.end, l.triple, l.interpolates))
+        };
+        assert_eq!(whole(0), Some((12, false, true)));
+        assert_eq!(whole(4), Some((8, false, false)));
+        assert_eq!(whole(1), None);
+        use TokenKind::*;
+        assert_eq!(
+            spelled(text, &t),
+            vec![
+                ("\"a {", StringPiece),
+                ("\"b}\"", StringPiece),
+                ("} c\"", StringPiece),
+                ("rest", Word)
+            ]
+        );
+        let t = table("\"open\nnext");
+        assert_eq!(whole_end(&t, 0), Some(5));
+        assert_eq!(t.line_breaks(0, 10), 1);
+        assert!(!table("\"a {{b}} c\"").string_at(0).unwrap().interpolates);
+        let t = table("\"\"\"a\n\"b\"\n\"\"\" x");
+        assert_eq!(whole_end(&t, 0), Some(12));
+        assert!(t.string_at(0).unwrap().triple);
+        assert_eq!(t.line_breaks(0, 12), 2);
+        // Unclosed at the end of the text: the literal ends there.
+        let t = table("x = \"a {b");
+        assert_eq!(whole_end(&t, 4), Some(9));
+        assert_eq!(spelled("x = \"a {b", &t).last(), Some(&("b", Word)));
+    }
+
+    fn whole_end(t: &Tokens, start: usize) -> Option<usize> {
+        t.string_at(start).map(|l| l.end)
+    }
+
+    #[test]
+    fn tokens_keep_spellings_and_bracket_partners() {
+        let text = "f(a: [1.50, $1.00, 30s, -2, 100k, 1..5], b: /x\\/y/) -> { k: v } // c\n";
+        let t = table(text);
+        let words: Vec<&str> = spelled(text, &t).iter().map(|&(s, _)| s).collect();
+        assert_eq!(
+            words,
+            vec![
+                "f", "(", "a", ":", "[", "1.50", ",", "$1.00", ",", "30s", ",", "-2", ",", "100k",
+                ",", "1", "..", "5", "]", ",", "b", ":", "/x\\/y/", ")", "->", "{", "k", ":", "v",
+                "}"
+            ]
+        );
+        let kinds = spelled(text, &t);
+        assert_eq!(kinds[5].1, TokenKind::Number);
+        assert_eq!(kinds[22].1, TokenKind::Pattern);
+        assert_eq!(kinds[6].1, TokenKind::Comma);
+        let partner = |k: usize| match t.tokens()[k].kind {
+            TokenKind::Open(_, partner) => partner,
+            _ => None,
+        };
+        assert_eq!(partner(1), Some(23));
+        assert_eq!(partner(4), Some(18));
+        assert_eq!(partner(25), Some(29));
+        assert_eq!(t.comments(), &[(text.len() - 5, text.len() - 1)]);
+        // A bracket an interpolation leaves open stays unmatched.
+        let t = table("(\"{ ( }\")");
+        let partner = |k: usize| match t.tokens()[k].kind {
+            TokenKind::Open(_, partner) => partner.map(|p| t.tokens()[p].start),
+            _ => None,
+        };
+        assert_eq!(t.tokens()[2].start, 4);
+        assert_eq!(partner(2), None);
+        assert_eq!(partner(0), Some(8));
+    }
+
+    proptest::proptest! {
+        /// For any text: the same comments and depth as `flowc check`'s scan;
+        /// tokens in order, apart, on character boundaries and outside
+        /// comments; every line feed recorded.
+        #[test]
+        fn the_token_table_agrees_with_the_text(text in "(\\PC|[\"{}()\\[\\]/\\\\\n ]){0,200}") {
+            let t = table(&text);
+            let mut last = 0;
+            for tok in t.tokens() {
+                proptest::prop_assert!(last <= tok.start && tok.start < tok.end, "{tok:?} in {text:?}");
+                proptest::prop_assert!(text.is_char_boundary(tok.start) && text.is_char_boundary(tok.end));
+                proptest::prop_assert!(!t.comment_within(tok.start, tok.end));
+                last = tok.end;
+            }
+            proptest::prop_assert!(last <= text.len());
+            let feeds = text.bytes().filter(|&c| c == b'\n').count();
+            proptest::prop_assert_eq!(t.line_breaks(0, text.len()), feeds);
+        }
     }
 }

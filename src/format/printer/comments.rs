@@ -41,11 +41,7 @@ impl<'s> Printer<'s> {
     pub(super) fn trailing(&mut self, end: usize) -> Option<String> {
         let i = self.comments.partition_point(|c| c.start < end);
         let c = self.comments.get(i)?;
-        if self.used[i]
-            || !self.src[end..c.start]
-                .bytes()
-                .all(|b| matches!(b, b' ' | b'\t' | b','))
-        {
+        if self.used[i] || !self.only_commas(end, c.start) {
             return None;
         }
         self.used[i] = true;
@@ -191,10 +187,5 @@ impl<'s> Printer<'s> {
             cat(vec![text(open), nest(cat(inner)), line(), text(close)]),
             force && self.interpolation == 0,
         )
-    }
-
-    /// Whether the source breaks the line between `open` and `first`.
-    pub(super) fn written_broken(&self, open: usize, first: usize) -> bool {
-        self.src.get(open..first).is_some_and(|s| s.contains('\n'))
     }
 }

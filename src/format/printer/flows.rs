@@ -197,12 +197,11 @@ impl<'s> Printer<'s> {
     /// or `env.NAME`).
     fn notify_text(&self, n: &Notify) -> String {
         let (s, e) = span(n.span);
-        let written = &self.src[s..e];
-        let target = written
-            .strip_prefix("notify")
-            .map(str::trim_start)
-            .and_then(|t| t.strip_prefix(n.kind.as_str()))
-            .map_or(written, str::trim_start);
+        // `notify KIND TARGET`: the target from its first token on.
+        let (_, keyword_end) = self.token(s);
+        let (_, kind_end) = self.token(keyword_end);
+        let (target, _) = self.token(kind_end);
+        let target = self.src.get(target.min(e)..e).unwrap_or_default();
         format!("notify {} {target}", n.kind.as_str())
     }
 

@@ -148,7 +148,6 @@ impl<'s> Printer<'s> {
 
     pub(super) fn provider_decl(&mut self, p: &ProviderDecl) -> Doc {
         let (_, end) = span(p.span);
-        let b = self.bytes();
         let (_, name_end) = span(p.name.span);
         let (open, _) = self.token(name_end);
         // Clauses in source order: the tree keeps the last of each but the prices.
@@ -161,9 +160,9 @@ impl<'s> Printer<'s> {
                 break;
             }
             let word = &self.src[s..e];
-            match b[s] {
-                b'{' => depth += 1,
-                b'}' => depth = depth.saturating_sub(1),
+            match word {
+                "{" => depth += 1,
+                "}" => depth = depth.saturating_sub(1),
                 _ => {}
             }
             if depth == 0 && ["protocol", "base_url", "api_key", "price"].contains(&word) {
@@ -175,11 +174,7 @@ impl<'s> Printer<'s> {
         }
         let models: Vec<Option<String>> = clauses
             .iter()
-            .map(|&(s, _)| {
-                self.src[s..]
-                    .starts_with("price")
-                    .then(|| self.price_model(s, p))
-            })
+            .map(|&(s, _)| (self.token_text(s) == "price").then(|| self.price_model(s, p)))
             .collect();
         let mut elements = Vec::new();
         for (n, &(s, e)) in clauses.iter().enumerate() {
@@ -272,7 +267,7 @@ impl<'s> Printer<'s> {
 
     pub(super) fn params_doc(&mut self, params: &[Param], name_end: usize) -> Doc {
         let (open, _) = self.token(name_end);
-        if self.bytes().get(open) != Some(&b'(') {
+        if self.token_text(open) != "(" {
             return text("()");
         }
         let close = self.closing(open);
@@ -462,7 +457,7 @@ impl<'s> Printer<'s> {
     /// the source interpolates (which the tree does not keep).
     pub(super) fn plain_or_copied(&mut self, value: &str, from: usize, to: usize) -> String {
         let (s, e) = self.token(from);
-        if s < to && self.bytes().get(s) == Some(&b'"') && self.interpolates(s) {
+        if s < to && self.interpolates(s) {
             self.copied(s, e);
             return self.src[s..e].to_string();
         }
@@ -685,7 +680,7 @@ impl<'s> Printer<'s> {
                         .unwrap_or(start)
                         + "rejects".len();
                     let (s, _) = self.token(at);
-                    let has_string = s < end && self.bytes().get(s) == Some(&b'"');
+                    let has_string = s < end && self.is_string(s);
                     match (reason, has_string) {
                         (Some(r), _) => text(format!(
                             "given approve {} rejects {}",
@@ -708,7 +703,7 @@ impl<'s> Printer<'s> {
             TestStmt::ExpectFailure { text: message, .. } => {
                 let at = self.find_word(start, end, "failure").unwrap_or(start) + "failure".len();
                 let (s, _) = self.token(at);
-                match (message, s < end && self.bytes().get(s) == Some(&b'"')) {
+                match (message, s < end && self.is_string(s)) {
                     (Some(m), _) => text(format!(
                         "expect failure {}",
                         self.plain_or_copied(m, at, end)
@@ -847,7 +842,7 @@ impl<'s> Printer<'s> {
                 }
                 ConstraintKind::Len { min, max } => {
                     out.push_str(" len ");
-                    let range = self.src[s..e].contains("..");
+                    let range = self.find_word(s, e, "..").is_some();
                     if let Some(min) = min {
                         out.push_str(&min.to_string());
                     }

@@ -1,6 +1,7 @@
-//! The printer: a syntax tree and its source's comments as a layout
-//! [`Doc`]. One `impl Printer` per part of the language, each in its own
-//! file; the helpers they share are here.
+//! The printer: a syntax tree and its source's token table (comments, line
+//! breaks, spellings: [`Tokens`]) as a layout [`Doc`]. One `impl Printer`
+//! per part of the language, each in its own file; the helpers they share
+//! are here.
 
 mod comments;
 mod flows;
@@ -10,13 +11,12 @@ mod strings;
 
 use crate::ast::*;
 use crate::source::Span;
-use crate::syntax::scan;
+use crate::syntax::tokens::Tokens;
 
 use super::doc::*;
 
 struct Comment {
     start: usize,
-    end: usize,
     text: String,
 }
 
@@ -64,13 +64,16 @@ const FIELD_LIST: ListStyle = ListStyle {
     trailing_comma: false,
 };
 
-/// The layout of `module`, parsed from `src`.
-pub(super) fn print(src: &str, module: &Module) -> Doc {
-    Printer::new(src).module(module)
+/// The layout of `module`, parsed from `src`, whose token table is `tokens`.
+pub(super) fn print(src: &str, tokens: &Tokens, module: &Module) -> Doc {
+    Printer::new(src, tokens).module(module)
 }
 
 struct Printer<'s> {
     src: &'s str,
+    /// The scanner's token table of `src`: where tokens, comments and line
+    /// breaks are (`positions.rs` asks it).
+    tokens: &'s Tokens,
     comments: Vec<Comment>,
     used: Vec<bool>,
     first_unused: usize,
@@ -167,18 +170,19 @@ fn precedence(e: &Expr) -> u8 {
 }
 
 impl<'s> Printer<'s> {
-    fn new(src: &'s str) -> Printer<'s> {
-        let comments: Vec<Comment> = scan::comments(src)
-            .into_iter()
-            .map(|(start, end)| Comment {
+    fn new(src: &'s str, tokens: &'s Tokens) -> Printer<'s> {
+        let comments: Vec<Comment> = tokens
+            .comments()
+            .iter()
+            .map(|&(start, end)| Comment {
                 start,
-                end,
                 text: src[start..end].trim_end().to_string(),
             })
             .collect();
         let used = vec![false; comments.len()];
         Printer {
             src,
+            tokens,
             comments,
             used,
             first_unused: 0,
@@ -186,14 +190,6 @@ impl<'s> Printer<'s> {
             decorated: false,
         }
     }
-
-    fn bytes(&self) -> &'s [u8] {
-        self.src.as_bytes()
-    }
-}
-
-fn is_ident(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
 }
 
 /// Escapes text for a `"""` string. Quotes are escaped only in runs of three

@@ -1,134 +1,138 @@
-//! Where things are in the source text that the syntax tree does not say:
-//! a node's end before trailing trivia, blank lines, the parentheses and
-//! keywords the tree drops, bracket pairs.
+//! Where things are in the source that the syntax tree does not say: a
+//! node's end before trailing trivia, blank lines, the parentheses and
+//! keywords the tree drops, bracket pairs, a literal's spelling. Every
+//! answer is a lookup in the scanner's token table ([`Tokens`]), by binary
+//! search; nothing here reads the text but to copy a recorded spelling.
 
 use crate::source::Span;
-use crate::syntax::scan::{self, skip_trivia, token_end};
+use crate::syntax::tokens::{Bracket, TokenKind, Tokens};
 
 use super::*;
 
 impl<'s> Printer<'s> {
-    /// `end` moved back over whitespace and comments: a node whose rule
-    /// ends in an optional part can take the trivia after it.
+    fn table(&self) -> &'s Tokens {
+        self.tokens
+    }
+
+    /// `end` moved back over whitespace and comments to the end of the
+    /// last token in `start..end`: a node whose rule ends in an optional
+    /// part can take the trivia after it.
     pub(super) fn trim_end(&self, start: usize, end: usize) -> usize {
-        let b = self.bytes();
-        let mut e = end.min(b.len());
-        loop {
-            while e > start && matches!(b[e - 1], b' ' | b'\t' | b'\r' | b'\n') {
-                e -= 1;
-            }
-            let i = self.comments.partition_point(|c| c.start < e);
-            match i.checked_sub(1).map(|i| &self.comments[i]) {
-                Some(c) if c.start >= start && c.end >= e => e = c.start,
-                _ => return e,
-            }
+        let t = self.table().tokens();
+        let k = self.table().ended_by(end);
+        if t.get(k).is_some_and(|next| next.start < end) {
+            // `end` is inside a token: nothing to trim.
+            return end;
         }
+        match k.checked_sub(1).map(|k| t[k]) {
+            Some(last) if last.start >= start => last.end,
+            _ => start.min(end),
+        }
+    }
+
+    /// Where the trivia before `pos` begins: the end of the token or
+    /// comment before it.
+    fn trivia_start(&self, pos: usize) -> usize {
+        let t = self.table().tokens();
+        let previous_end = self
+            .table()
+            .ended_by(pos)
+            .checked_sub(1)
+            .map_or(0, |k| t[k].end);
+        let comment_end = self.table().comment_end_before(pos).unwrap_or(0);
+        previous_end.max(comment_end)
     }
 
     /// Whether a blank line separates `pos` from the code or comment before it.
     pub(super) fn blank_before(&self, pos: usize) -> bool {
-        let b = self.bytes();
-        let mut i = pos.min(b.len());
-        let mut newlines = 0;
-        while i > 0 {
-            match b[i - 1] {
-                b'\n' => newlines += 1,
-                b' ' | b'\t' | b'\r' => {}
-                _ => break,
-            }
-            i -= 1;
-        }
-        newlines >= 2
+        let t = self.table().tokens();
+        let inside = t
+            .get(self.table().ended_by(pos))
+            .is_some_and(|next| next.start < pos)
+            || self.table().in_comment(pos);
+        !inside && self.table().line_breaks(self.trivia_start(pos), pos) >= 2
     }
 
     /// The start of the keyword before `pos` (`show` in `show x`), skipping
     /// whitespace and the parentheses the tree does not keep.
     pub(super) fn keyword_before(&self, pos: usize) -> usize {
-        let b = self.bytes();
-        let mut i = pos.min(b.len());
-        while i > 0 && matches!(b[i - 1], b' ' | b'\t' | b'\r' | b'\n' | b'(') {
-            i -= 1;
+        let t = self.table().tokens();
+        let mut k = self.table().ended_by(pos);
+        let mut after = pos;
+        while let Some(previous) = k.checked_sub(1).map(|k| t[k]) {
+            if self.table().comment_within(previous.end, after) {
+                break;
+            }
+            match previous.kind {
+                TokenKind::Open(Bracket::Paren, _) => {
+                    after = previous.start;
+                    k -= 1;
+                }
+                TokenKind::Word => return previous.start,
+                _ => break,
+            }
         }
-        let end = i;
-        while i > 0 && is_ident(b[i - 1]) {
-            i -= 1;
-        }
-        if i == end {
-            pos
-        } else {
-            i
-        }
+        pos
     }
 
     /// The range of an expression with the parentheses around it.
     pub(super) fn paren_range(&self, s: Span) -> (usize, usize) {
-        let b = self.bytes();
+        let t = self.table().tokens();
         let (mut start, mut end) = span(s);
         let mut open = 0;
-        let mut i = start;
-        loop {
-            while i > 0 && matches!(b[i - 1], b' ' | b'\t' | b'\r' | b'\n') {
-                i -= 1;
-            }
-            if i > 0 && b[i - 1] == b'(' {
-                i -= 1;
-                open += 1;
-                start = i;
-            } else {
+        let mut k = self.table().ended_by(start);
+        while let Some(previous) = k.checked_sub(1).map(|k| t[k]) {
+            let paren = matches!(previous.kind, TokenKind::Open(Bracket::Paren, _));
+            if !paren || self.table().comment_within(previous.end, start) {
                 break;
             }
+            start = previous.start;
+            open += 1;
+            k -= 1;
         }
-        let mut j = end;
+        let mut j = self.table().first_from(end);
         while open > 0 {
-            let k = skip_trivia(b, j);
-            if b.get(k) == Some(&b')') {
-                j = k + 1;
-                end = j;
-                open -= 1;
-            } else {
-                break;
+            match t.get(j) {
+                Some(close) if close.kind == TokenKind::Close(Bracket::Paren) => {
+                    end = close.end;
+                    j += 1;
+                    open -= 1;
+                }
+                _ => break,
             }
         }
         (start, end)
     }
 
-    /// The token at or after `pos`: `(start, end)`.
+    /// The token at or after `pos`, a string literal whole: `(start, end)`.
     pub(super) fn token(&self, pos: usize) -> (usize, usize) {
-        let start = skip_trivia(self.bytes(), pos);
-        (start, token_end(self.bytes(), start))
+        let table = self.table();
+        match table.tokens().get(table.first_from(pos)) {
+            None => (table.text_len(), table.text_len()),
+            Some(t) => match table.string_at(t.start) {
+                Some(literal) => (literal.start, literal.end),
+                None => (t.start, t.end),
+            },
+        }
     }
 
+    /// The spelling of [`Printer::token`].
     pub(super) fn token_text(&self, pos: usize) -> &'s str {
         let (s, e) = self.token(pos);
         &self.src[s..e]
     }
 
-    /// The position of the bracket closing the one at `open`.
+    /// The position of the bracket closing the one at (or after) `open`.
     pub(super) fn closing(&self, open: usize) -> usize {
-        let b = self.bytes();
-        let mut depth = 0usize;
-        let mut i = open;
-        while i < b.len() {
-            let (s, e) = self.token(i);
-            if s >= b.len() {
-                break;
-            }
-            match b[s] {
-                b'(' | b'[' | b'{' => depth += 1,
-                b')' | b']' | b'}' => {
-                    depth = depth.saturating_sub(1);
-                    if depth == 0 {
-                        return s;
-                    }
-                }
-                _ => {}
-            }
-            i = e.max(s + 1);
+        let t = self.table().tokens();
+        match t.get(self.table().first_from(open)).map(|t| t.kind) {
+            Some(TokenKind::Open(_, Some(close))) => t[close].start,
+            _ => self.table().text_len(),
         }
-        b.len()
     }
 
-    /// The position of the first token after `from` (before `to`) that is `word`.
+    /// The position of the first token after `from` (before `to`) that is
+    /// `word`; a string literal is one token.
     pub(super) fn find_word(&self, from: usize, to: usize, word: &str) -> Option<usize> {
         let mut i = from;
         while i < to {
@@ -144,10 +148,38 @@ impl<'s> Printer<'s> {
         None
     }
 
-    /// Whether a string token at `pos` interpolates.
+    /// Whether the token at or after `pos` is a string literal.
+    pub(super) fn is_string(&self, pos: usize) -> bool {
+        let (s, _) = self.token(pos);
+        self.table().string_at(s).is_some()
+    }
+
+    /// Whether the token at or after `pos` is a string that interpolates.
     pub(super) fn interpolates(&self, pos: usize) -> bool {
-        let b = self.bytes();
-        let i = skip_trivia(b, pos);
-        b.get(i) == Some(&b'"') && scan::string_interpolates(b, i)
+        let (s, _) = self.token(pos);
+        self.table().string_at(s).is_some_and(|l| l.interpolates)
+    }
+
+    /// Whether the string literal at `start` is written with `"""`.
+    pub(super) fn triple_quoted(&self, start: usize) -> bool {
+        self.table().string_at(start).is_some_and(|l| l.triple)
+    }
+
+    /// Whether the source breaks the line in `from..to`.
+    pub(super) fn written_broken(&self, from: usize, to: usize) -> bool {
+        self.table().line_breaks(from, to) > 0
+    }
+
+    /// Whether only commas (and spaces) come in `from..to`, on one line.
+    pub(super) fn only_commas(&self, from: usize, to: usize) -> bool {
+        let t = self.table().tokens();
+        let k = self.table().first_from(from);
+        !self.written_broken(from, to)
+            && t[k..]
+                .iter()
+                .take_while(|t| t.start < to)
+                .all(|t| t.kind == TokenKind::Comma)
+            && t.get(self.table().ended_by(from))
+                .is_none_or(|next| next.start >= from)
     }
 }

@@ -10,11 +10,11 @@ use super::*;
 impl<'s> Printer<'s> {
     pub(super) fn template(&mut self, t: &Template) -> Doc {
         let (s, e) = span(t.span);
-        let triple = self.src[s..].starts_with("\"\"\"");
+        let triple = self.triple_quoted(s);
         if !triple || self.interpolation > 0 {
             return text(self.plain_string(t));
         }
-        let block = self.src[s..e].contains('\n')
+        let block = self.written_broken(s, e)
             || t.parts
                 .iter()
                 .any(|p| matches!(p, TemplatePart::Text(t) if t.contains('\n')));
