@@ -16,6 +16,7 @@ use crate::diagnostic::Diagnostic;
 use crate::grammar::{FlowGrammar, Rule};
 use crate::source::{FileId, Span};
 use crate::syntax::scan;
+use crate::syntax::tokens::Tokens;
 
 mod clauses;
 use clauses::ClauseList;
@@ -82,7 +83,7 @@ pub fn parse(file: FileId, text: &str) -> (Module, Vec<Diagnostic>) {
 /// [`parse`], keeping the token table of the same scan (for `flowc fmt`,
 /// which prints from the tree and the table; `flowc check` does not pay
 /// for it).
-pub fn parse_keeping_tokens(file: FileId, text: &str) -> (Module, Vec<Diagnostic>, scan::Tokens) {
+pub fn parse_keeping_tokens(file: FileId, text: &str) -> (Module, Vec<Diagnostic>, Tokens) {
     let (scan, tokens) = scan::scan_tokens(text, MAX_DEPTH);
     let (module, diagnostics) = parse_scanned(file, text, scan);
     (module, diagnostics, tokens)

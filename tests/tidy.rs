@@ -14,13 +14,15 @@
 //!   lines and inline `super::…`/`crate::run::…` paths).
 //! - `src/format/` never reads the source byte by byte: it asks the
 //!   scanner's token table (`src/syntax/tokens.rs`) and copies recorded
-//!   spellings; only `src/syntax/scan.rs` scans.
+//!   spellings; only `src/syntax/scan.rs` scans Flow text (no other file
+//!   of `src/` recognises `//` or `/…/` byte by byte).
 //! - the editor packages in `editors/` know every word of
 //!   `grammar/flow.pest` (tree-sitter grammar and highlights, TextMate
 //!   grammar, Vim syntax), and reserve exactly pest's reserved words.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use flowc::exec::{Builtin, ErrorClass, HttpMethod};
 use flowc::run::status::{GateStatus, RunStatus};
@@ -705,16 +707,20 @@ fn byte_scanning(code: &str) -> Vec<String> {
     // `src[a..b].contains(…)`, `self.src.find(…)`: searching the text the
     // printer prints (`src`). (A comment's spelling may lose its trailing
     // spaces: `trim_end`.)
-    let searched = fancy_regex::Regex::new(
-        r"\bsrc(\[[^\]]*\])?\s*\.\s*(contains|find|rfind|starts_with|ends_with|strip_prefix|strip_suffix|split\w*|lines|chars|matches|match_indices|trim_start\w*|trim_matches|trim)\s*\(",
-    )
-    .expect("regex");
-    if let Ok(Some(m)) = searched.find(code) {
+    // Compiled once: this runs on every line of src/format/.
+    static SEARCHED: LazyLock<fancy_regex::Regex> = LazyLock::new(|| {
+        fancy_regex::Regex::new(
+            r"\bsrc(\[[^\]]*\])?\s*\.\s*(contains|find|rfind|starts_with|ends_with|strip_prefix|strip_suffix|split\w*|lines|chars|matches|match_indices|trim_start\w*|trim_matches|trim)\s*\(",
+        )
+        .expect("regex")
+    });
+    static SCANNER_CALL: LazyLock<fancy_regex::Regex> =
+        LazyLock::new(|| fancy_regex::Regex::new(r"\bscan::(\w+)").expect("regex"));
+    if let Ok(Some(m)) = SEARCHED.find(code) {
         found.push(format!("`{}`", m.as_str()));
     }
     // Only whole-text passes of the scanner: `scan_tokens`, `comments`.
-    let scanner_call = fancy_regex::Regex::new(r"\bscan::(\w+)").expect("regex");
-    for caps in scanner_call.captures_iter(code) {
+    for caps in SCANNER_CALL.captures_iter(code) {
         let name = caps.expect("regex match").get(1).expect("group").as_str();
         if !matches!(name, "scan_tokens" | "comments" | "Tokens" | "Scan") {
             found.push(format!("`scan::{name}`"));
@@ -757,6 +763,43 @@ fn the_formatter_asks_the_token_table_and_never_scans() {
         found.is_empty(),
         "src/format/ reads the source only through the scanner's token table \
          (src/syntax/tokens.rs); only src/syntax/scan.rs scans text:\n{}",
+        found.join("\n")
+    );
+}
+
+/// A file that recognises `//` comments or `/…/` patterns byte by byte is
+/// a second scanner of Flow text: it will disagree with the first about a
+/// string, an interpolation or a pattern one day (the language server's
+/// did: it read identifiers inside patterns).
+fn scans_flow_text(code: &str) -> bool {
+    code.contains("b'/'") || code.contains("b\"//\"")
+}
+
+#[test]
+fn the_crate_has_one_scanner() {
+    for old in [
+        "b'/' if b.get(i + 1) == Some(&b'/') => {",
+        "if b[i..].starts_with(b\"//\") {",
+    ] {
+        assert!(scans_flow_text(old), "not caught: {old}");
+    }
+    assert!(!scans_flow_text("let path = format!(\"{dir}/{name}\");"));
+    let scanner = root().join("src/syntax/scan.rs");
+    let mut found = Vec::new();
+    for (path, text) in rust_files(&root().join("src")) {
+        if path == scanner {
+            continue;
+        }
+        for (line, code) in code_lines(&text) {
+            if scans_flow_text(&code) {
+                found.push(format!("{}:{line}: `{}`", shown(&path), code.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "only src/syntax/scan.rs scans Flow text (others ask its token table, \
+         src/syntax/tokens.rs):\n{}",
         found.join("\n")
     );
 }

@@ -10,6 +10,8 @@ use crate::diagnostic::Diagnostic;
 use crate::ir::{Program, StepKind};
 use crate::loader::Loader;
 use crate::source::{FileId, Origin, Sources};
+use crate::syntax::scan;
+use crate::syntax::tokens::TokenKind;
 use crate::types::Ty;
 
 /// What a declared name is.
@@ -293,78 +295,19 @@ fn step_bindings<'a>(step: &'a ast::Step, out: &mut Vec<&'a ast::Ident>, depth: 
     }
 }
 
-/// The identifiers of a text, skipping comments and the literal parts of
-/// strings (their `{…}` interpolations are code and are scanned).
+/// The identifiers of a text (names and keywords), skipping comments,
+/// regular expressions and the literal parts of strings (their `{…}`
+/// interpolations are code). The words of the one scanner's token table:
+/// the editor sees the text as the parser and the formatter do.
 pub fn identifiers(text: &str) -> Vec<Token> {
-    let b = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    // Open strings: true for `"""`; the brace depth of the code inside an
-    // interpolation is tracked by `braces`, one entry per open interpolation.
-    let mut strings: Vec<bool> = Vec::new();
-    let mut braces: Vec<u32> = Vec::new();
-    while i < b.len() {
-        let in_string = strings.len() > braces.len();
-        if in_string {
-            let triple = *strings.last().unwrap_or(&false);
-            // An escape, or `{{` (a literal brace), is two characters of text.
-            if b[i] == b'\\' || (b[i] == b'{' && b.get(i + 1) == Some(&b'{')) {
-                i += 2;
-            } else if b[i] == b'{' {
-                braces.push(0);
-                i += 1;
-            } else if triple && b[i..].starts_with(b"\"\"\"") {
-                strings.pop();
-                i += 3;
-            } else if !triple && b[i] == b'"' {
-                strings.pop();
-                i += 1;
-            } else {
-                i += 1;
-            }
-            continue;
-        }
-        match b[i] {
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'"' => {
-                let triple = b[i..].starts_with(b"\"\"\"");
-                strings.push(triple);
-                i += if triple { 3 } else { 1 };
-            }
-            b'{' => {
-                if let Some(d) = braces.last_mut() {
-                    *d += 1;
-                }
-                i += 1;
-            }
-            b'}' => {
-                match braces.last_mut() {
-                    Some(0) => {
-                        braces.pop();
-                    }
-                    Some(d) => *d -= 1,
-                    None => {}
-                }
-                i += 1;
-            }
-            c if c.is_ascii_alphabetic() || c == b'_' => {
-                let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
-                    i += 1;
-                }
-                out.push(Token { start, end: i });
-            }
-            c if c.is_ascii_digit() => {
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
-                    i += 1;
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    out
+    let (_, tokens) = scan::scan_tokens(text, usize::MAX);
+    tokens
+        .tokens()
+        .iter()
+        .filter(|t| t.kind == TokenKind::Word)
+        .map(|t| Token {
+            start: t.start,
+            end: t.end,
+        })
+        .collect()
 }

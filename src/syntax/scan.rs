@@ -9,17 +9,18 @@
 //! - where bracket nesting (brackets and interpolations) or an `else if`
 //!   chain first passes a limit, before pest, which recurses on both, sees
 //!   the text;
-//! - when asked ([`scan_tokens`], the formatter's path), in the same pass:
-//!   the token table ([`Tokens`]: every token with its kind and range, each
-//!   string literal with its range and whether it interpolates, each
-//!   bracket's partner, every line feed), so the formatter asks the table
-//!   instead of reading the text again. `flowc check` ([`scan`]) does not
-//!   build it: the recording is compiled out of that path.
+//! - when asked ([`scan_tokens`], the formatter's and the language
+//!   server's path), in the same pass: the token table ([`Tokens`]: every
+//!   token with its kind and range, each string literal with its range and
+//!   whether it interpolates, each bracket's partner, every line feed), so
+//!   the formatter asks the table instead of reading the text again.
+//!   `flowc check` ([`scan`]) does not build it: the recording is compiled
+//!   out of that path.
 //!
 //! A lone `/` starts a regular expression: the grammar has no other use for
 //! it outside comments.
 
-pub use super::tokens::{Bracket, StringLiteral, Token, TokenKind, Tokens};
+use super::tokens::{Bracket, StringLiteral, Token, TokenKind, Tokens};
 
 /// What one pass over a file found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

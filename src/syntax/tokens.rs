@@ -5,8 +5,9 @@
 //! text again. It plays the part of Gleam's `ModuleExtra`: what the author
 //! wrote that the syntax tree does not keep.
 //!
-//! Built only by [`super::scan::scan_tokens`] (the formatter's path);
-//! `flowc check` scans without it.
+//! Built only by [`super::scan::scan_tokens`] (the formatter's path, and
+//! the language server's for the identifiers in a text); `flowc check`
+//! scans without it.
 
 /// One token: a byte range of the file and what it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
