@@ -115,7 +115,7 @@ fn parse_scanned(file: FileId, text: &str, scan: scan::Scan) -> (Module, Vec<Dia
     let mut pos = 0;
     while pos < text.len() {
         let rest = &text[pos..];
-        if FlowGrammar::parse(Rule::trailing, rest).is_ok() {
+        if only_trivia(rest) {
             break;
         }
         parser.base = pos;
@@ -167,6 +167,22 @@ fn parse_scanned(file: FileId, text: &str, scan: scan::Scan) -> (Module, Vec<Dia
         },
         parser.diagnostics,
     )
+}
+
+/// Whether `text` holds nothing but what the grammar skips between tokens
+/// (its WHITESPACE and COMMENT rules): the end of the file. Asked before
+/// every item, so it is a scan, not a pest parse: a failed pest parse builds
+/// an error whose line lookup walks back from the end of the input, which
+/// made this probe cost the length of the rest of the file per item.
+fn only_trivia(text: &str) -> bool {
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', '\r', '\n', '\u{FEFF}']);
+        match rest.strip_prefix("//") {
+            Some(comment) => rest = comment.find('\n').map_or("", |end| &comment[end..]),
+            None => return rest.is_empty(),
+        }
+    }
 }
 
 /// The name a (possibly broken) item declares: `tool NAME(…` → `NAME`.
@@ -406,7 +422,6 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
         Rule::sample_per_day => "a count a day such as `20 per day`",
         Rule::compare_op => "a comparison",
         Rule::bound_op => "a bound (`>=`, `>`, `<=`, `<`)",
-        Rule::EOI => "end of file",
         _ => return None,
     })
 }
@@ -2526,6 +2541,22 @@ fn strip_common_indent(parts: &mut Vec<TemplatePart>, first_is_line_start: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_trivia_is_what_the_grammar_skips() {
+        for text in [
+            "",
+            " \n\t\r",
+            "// a\n  // b",
+            "\u{FEFF}// to the end",
+            "//\n\n",
+        ] {
+            assert!(only_trivia(text), "{text:?}");
+        }
+        for text in ["x", "  / /", "// a\nflow", "\u{00A0}", "/"] {
+            assert!(!only_trivia(text), "{text:?}");
+        }
+    }
 
     #[test]
     fn is_reserved_is_the_reserved_list() {
