@@ -816,11 +816,15 @@ fn check(paths: Vec<PathBuf>, format: Format, deny_warnings: bool) -> Result<i32
         }
     };
     written.map_err(|e| format!("cannot write the report: {e}"))?;
-    Ok(if compilation.problems.has_errors() {
+    let status = if compilation.problems.has_errors() {
         1
     } else {
         0
-    })
+    };
+    // The process ends here: freeing the program node by node took 3% of
+    // checking a large file, and the OS takes the memory back whole.
+    std::mem::forget(compilation);
+    Ok(status)
 }
 
 fn count(n: usize, what: &str) -> String {
