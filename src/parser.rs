@@ -115,7 +115,7 @@ fn parse_scanned(file: FileId, text: &str, scan: scan::Scan) -> (Module, Vec<Dia
     let mut pos = 0;
     while pos < text.len() {
         let rest = &text[pos..];
-        if only_trivia(rest) {
+        if scan::only_trivia(rest) {
             break;
         }
         parser.base = pos;
@@ -167,22 +167,6 @@ fn parse_scanned(file: FileId, text: &str, scan: scan::Scan) -> (Module, Vec<Dia
         },
         parser.diagnostics,
     )
-}
-
-/// Whether `text` holds nothing but what the grammar skips between tokens
-/// (its WHITESPACE and COMMENT rules): the end of the file. Asked before
-/// every item, so it is a scan, not a pest parse: a failed pest parse builds
-/// an error whose line lookup walks back from the end of the input, which
-/// made this probe cost the length of the rest of the file per item.
-fn only_trivia(text: &str) -> bool {
-    let mut rest = text;
-    loop {
-        rest = rest.trim_start_matches([' ', '\t', '\r', '\n', '\u{FEFF}']);
-        match rest.strip_prefix("//") {
-            Some(comment) => rest = comment.find('\n').map_or("", |end| &comment[end..]),
-            None => return rest.is_empty(),
-        }
-    }
 }
 
 /// The name a (possibly broken) item declares: `tool NAME(…` → `NAME`.
@@ -2551,10 +2535,10 @@ mod tests {
             "\u{FEFF}// to the end",
             "//\n\n",
         ] {
-            assert!(only_trivia(text), "{text:?}");
+            assert!(scan::only_trivia(text), "{text:?}");
         }
         for text in ["x", "  / /", "// a\nflow", "\u{00A0}", "/"] {
-            assert!(!only_trivia(text), "{text:?}");
+            assert!(!scan::only_trivia(text), "{text:?}");
         }
     }
 

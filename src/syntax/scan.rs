@@ -68,6 +68,22 @@ pub fn scan_tokens(text: &str, limit: usize) -> (Scan, Tokens) {
     (scan, tokens)
 }
 
+/// Whether `text` holds nothing but what the grammar skips between tokens
+/// (its WHITESPACE and COMMENT rules): the end of the file. Asked before
+/// every item, so it is a scan, not a pest parse: a failed pest parse builds
+/// an error whose line lookup walks back from the end of the input, which
+/// made this probe cost the length of the rest of the file per item.
+pub fn only_trivia(text: &str) -> bool {
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', '\r', '\n', '\u{FEFF}']);
+        match rest.strip_prefix("//") {
+            Some(comment) => rest = comment.find('\n').map_or("", |end| &comment[end..]),
+            None => return rest.is_empty(),
+        }
+    }
+}
+
 /// The comments of `text` (see [`Scan::comments`]).
 pub fn comments(text: &str) -> Vec<(usize, usize)> {
     scan(text, usize::MAX).comments
