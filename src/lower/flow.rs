@@ -6,7 +6,7 @@
 //! reached again while it is being defined is a cycle; the edge is kept and
 //! `check` reports it with the whole loop.
 
-use std::collections::HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet};
 
 use petgraph::graph::NodeIndex;
 use petgraph::visit::EdgeRef;
@@ -83,10 +83,10 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
         }],
         region_nodes: vec![Vec::new()],
         scopes: Vec::new(),
-        names: HashMap::new(),
-        gates: HashMap::new(),
-        pending: HashMap::new(),
-        state: HashMap::new(),
+        names: HashMap::default(),
+        gates: HashMap::default(),
+        pending: HashMap::default(),
+        state: HashMap::default(),
         open_loops: Vec::new(),
         region: RegionId(0),
         checks: Vec::new(),
@@ -96,7 +96,7 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
         after_points: Default::default(),
     };
     let root = RegionId(0);
-    b.scopes.push(HashMap::new());
+    b.scopes.push(HashMap::default());
     let declared = b.declare(cx, &decl.body, root);
     for node in declared {
         b.define(cx, node);
@@ -886,7 +886,7 @@ impl<'a> FlowBuilder<'a> {
         self.connect(&iterable, item);
         self.open_loops.push((node, body));
         self.scopes
-            .push(HashMap::from([(f.var.name.clone(), item)]));
+            .push(HashMap::from_iter([(f.var.name.clone(), item)]));
         let result = self.block(cx, &f.body, body, &format!("{name}.result"));
         self.scopes.pop();
         self.open_loops.pop();
@@ -942,7 +942,7 @@ impl<'a> FlowBuilder<'a> {
         region: RegionId,
         result_name: &str,
     ) -> NodeIndex {
-        self.scopes.push(HashMap::new());
+        self.scopes.push(HashMap::default());
         let declared = self.declare(cx, &block.stmts, region);
         for n in declared {
             self.define(cx, n);
@@ -1332,8 +1332,8 @@ fn ancestors_above(
     node: NodeIndex,
     position: Option<&[usize]>,
     floor: usize,
-) -> std::collections::HashSet<NodeIndex> {
-    let mut seen = std::collections::HashSet::new();
+) -> FxHashSet<NodeIndex> {
+    let mut seen = FxHashSet::default();
     let mut stack = vec![node];
     while let Some(n) = stack.pop() {
         for p in graph.neighbors_directed(n, Direction::Incoming) {
