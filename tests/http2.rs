@@ -1,17 +1,20 @@
 //! Which HTTP version a run's calls speak, as the server saw it: HTTP/1.1
 //! to a plain-HTTP origin, HTTP/2 with prior knowledge (one connection for
-//! every call in flight) to an origin listed in `FLOWC_H2C`, and a
-//! malformed `FLOWC_H2C` refused before any call.
+//! every call in flight) to an origin listed in `FLOWC_H2C`, no fallback
+//! to HTTP/1.1 when a listed server does not speak h2c, and a malformed
+//! `FLOWC_H2C` refused before any call.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowc::run::{self, Outcome, RunOptions, SetupError, World};
+use flowc::exec::ErrorClass;
+use flowc::run::{self, FailureClass, Outcome, RunOptions, SetupError, World};
 use hyper::Version;
 use serde_json::{json, Value};
 
 use crate::support::cli::Test;
 use crate::support::h2_server::H2Server;
+use crate::support::mock_server::{self, MockServer, Reply};
 use crate::support::program::checked;
 
 const FANOUT: &str = r#"type Item { id: string len 1..40 }
@@ -32,15 +35,10 @@ flow fanout(items: [Item] len ..100) -> [Ack] {
 }
 "#;
 
-/// Runs the fan-out over `width` items against `server`, with `h2c` as
-/// `FLOWC_H2C`.
-fn fan_out(
-    server: &H2Server,
-    width: usize,
-    h2c: Option<String>,
-) -> Result<run::Report, SetupError> {
+/// Runs the fan-out over `width` items against the server at `base`, with
+/// `h2c` as `FLOWC_H2C`.
+fn fan_out(base: String, width: usize, h2c: Option<String>) -> Result<run::Report, SetupError> {
     let program = checked("fanout.flow", FANOUT);
-    let base = server.base_url();
     let items: Vec<Value> = (0..width).map(|i| json!({"id": format!("i{i}")})).collect();
     let options = RunOptions {
         concurrency: width,
@@ -69,7 +67,12 @@ fn completed(report: &run::Report, width: usize) {
 fn calls_to_an_origin_in_flowc_h2c_are_streams_of_one_http2_connection() {
     // Every reply waits 300 ms: the 50 calls are in flight together.
     let server = H2Server::start(Duration::from_millis(300), 200);
-    let report = fan_out(&server, 50, Some(format!(" {}, ", server.origin()))).expect("runs");
+    let report = fan_out(
+        server.base_url(),
+        50,
+        Some(format!(" {}, ", server.origin())),
+    )
+    .expect("runs");
     completed(&report, 50);
     let versions = server.versions();
     assert_eq!(versions.len(), 50);
@@ -83,8 +86,9 @@ fn calls_to_an_origin_in_flowc_h2c_are_streams_of_one_http2_connection() {
 #[test]
 fn plain_http_to_an_origin_not_listed_is_http1_one_connection_per_call_in_flight() {
     let server = H2Server::start(Duration::from_millis(300), 200);
-    let other = format!("127.0.0.1:{}", free_port());
-    let report = fan_out(&server, 20, Some(other)).expect("runs");
+    // Listed, but another origin: a port nothing listens on.
+    let other = mock_server::refused_base_url();
+    let report = fan_out(server.base_url(), 20, Some(other)).expect("runs");
     completed(&report, 20);
     let versions = server.versions();
     assert_eq!(versions.len(), 20);
@@ -102,7 +106,8 @@ fn a_malformed_flowc_h2c_stops_the_run_before_any_call() {
         (server.base_url() + "/v1", "is not HOST or HOST:PORT"),
         ("https://api.example.com".to_string(), "is an https origin"),
     ] {
-        let Err(SetupError::Start(message)) = fan_out(&server, 3, Some(value.clone())) else {
+        let Err(SetupError::Start(message)) = fan_out(server.base_url(), 3, Some(value.clone()))
+        else {
             panic!("FLOWC_H2C={value} was accepted");
         };
         assert!(
@@ -131,10 +136,23 @@ fn flowc_run_reads_flowc_h2c_from_its_environment() {
     assert_eq!(server.connections(), 1);
 }
 
-/// A port nothing listens on.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+#[test]
+fn a_listed_server_that_speaks_only_http1_fails_the_calls_as_connection_errors() {
+    // The mock server speaks HTTP/1.1 only: an h2c connection preface is
+    // not a request it answers, and flowc must not retry over HTTP/1.1.
+    let server = MockServer::start();
+    server.always("GET /tools/ping", Reply::ok(json!({"ok": true})));
+    let report = fan_out(server.base_url(), 3, Some(server.base_url())).expect("runs");
+    let Outcome::Failed(e) = &report.outcome else {
+        panic!("the run did not fail: {:?}", report.outcome);
+    };
+    assert!(
+        matches!(e.class, FailureClass::Call(ErrorClass::Connection)),
+        "{e}"
+    );
+    assert_eq!(
+        server.hits("/tools/ping"),
+        0,
+        "no HTTP/1.1 request was made"
+    );
 }
