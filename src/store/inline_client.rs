@@ -120,47 +120,6 @@ impl InlineClient {
     pub fn batch_execute(&mut self, sql: &str) -> Result<()> {
         self.run(|c| c.batch_execute(sql))
     }
-
-    /// Runs `sql` with parameters, unprepared statements included (prepared
-    /// on the way, as the `postgres` crate's `query` does).
-    pub fn query_sql(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
-        let statement = self.prepare(sql)?;
-        self.query(&statement, params)
-    }
-
-    /// The one row `sql` returns (an error if it returns none).
-    pub fn query_one_sql(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row> {
-        self.query_sql(sql, params)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::Failed(format!("no row from: {sql}")))
-    }
-
-    /// Runs `sql` with parameters; the number of rows it changed.
-    pub fn execute_sql(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
-        let statement = self.prepare(sql)?;
-        self.execute(&statement, params)
-    }
-
-    /// Runs `body` in a transaction: committed when it returns `Ok`, rolled
-    /// back when it returns an error.
-    pub fn transaction<T>(&mut self, body: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        self.batch_execute("BEGIN")?;
-        match body(self) {
-            Ok(out) => {
-                self.batch_execute("COMMIT")?;
-                Ok(out)
-            }
-            Err(e) => {
-                // A connection that failed cannot roll back; the server
-                // rolls back a transaction whose connection is gone.
-                if !self.is_closed() {
-                    let _ = self.batch_execute("ROLLBACK");
-                }
-                Err(e)
-            }
-        }
-    }
 }
 
 /// Polls `f`, a call on the client, with the connection until `f` is

@@ -172,10 +172,10 @@ ALTER TABLE runs SET (fillfactor = 70);
 const MIGRATION_LOCK: i64 = 0x0066_6c6f_7763;
 
 /// The connection and its prepared statements (prepared once, then every
-/// call is a single round trip).
+/// call is a single round trip), inside transactions too.
 struct Connection {
     client: InlineClient,
-    statements: HashMap<&'static str, Statement>,
+    statements: HashMap<Box<str>, Statement>,
 }
 
 impl Connection {
@@ -183,31 +183,60 @@ impl Connection {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Failed(format!("bad PostgreSQL URL: {e}")))?;
-        let mut client = InlineClient::connect(&config)?;
-        migrate(&mut client)?;
-        Ok(Connection {
-            client,
+        let mut conn = Connection {
+            client: InlineClient::connect(&config)?,
             statements: HashMap::new(),
-        })
+        };
+        migrate(&mut conn)?;
+        Ok(conn)
     }
 
-    fn statement(&mut self, sql: &'static str) -> Result<Statement> {
+    fn statement(&mut self, sql: &str) -> Result<Statement> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
         let s = self.client.prepare(sql)?;
-        self.statements.insert(sql, s.clone());
+        self.statements.insert(sql.into(), s.clone());
         Ok(s)
     }
 
-    fn query(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         let s = self.statement(sql)?;
         self.client.query(&s, params)
     }
 
-    fn execute(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+    /// The one row `sql` returns (an error if it returns none).
+    fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row> {
+        self.query(sql, params)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Failed(format!("no row from: {sql}")))
+    }
+
+    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
         let s = self.statement(sql)?;
         self.client.execute(&s, params)
+    }
+
+    /// Runs `body` in a transaction: committed when it returns `Ok`, rolled
+    /// back when it returns an error. Its statements use the cache like any
+    /// other call's, so each is one round trip, not a prepare and a run.
+    fn transaction<T>(&mut self, body: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        self.client.batch_execute("BEGIN")?;
+        match body(self) {
+            Ok(out) => {
+                self.client.batch_execute("COMMIT")?;
+                Ok(out)
+            }
+            Err(e) => {
+                // A connection that failed cannot roll back; the server
+                // rolls back a transaction whose connection is gone.
+                if !self.client.is_closed() {
+                    let _ = self.client.batch_execute("ROLLBACK");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// A fenced write: the statement's one row counts the run rows the
@@ -231,12 +260,13 @@ impl Connection {
     }
 }
 
-fn migrate(client: &mut InlineClient) -> Result<()> {
-    client.transaction(|tx| {
-        tx.query_sql("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS flowc_schema (version INTEGER NOT NULL)")?;
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.transaction(|tx| {
+        tx.query("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        tx.client
+            .batch_execute("CREATE TABLE IF NOT EXISTS flowc_schema (version INTEGER NOT NULL)")?;
         let version: i32 = tx
-            .query_one_sql("SELECT coalesce(max(version), 0) FROM flowc_schema", &[])?
+            .query_one("SELECT coalesce(max(version), 0) FROM flowc_schema", &[])?
             .try_get(0)?;
         let version = usize::try_from(version)
             .map_err(|_| StoreError::Failed("bad schema version".into()))?;
@@ -247,8 +277,8 @@ fn migrate(client: &mut InlineClient) -> Result<()> {
             )));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            tx.batch_execute(sql)?;
-            tx.execute_sql(
+            tx.client.batch_execute(sql)?;
+            tx.execute(
                 "INSERT INTO flowc_schema (version) VALUES ($1)",
                 &[&((i + 1) as i32)],
             )?;
@@ -465,38 +495,38 @@ impl Backend for PostgresStore {
     fn acquire(&self, id: &str, owner: &str, ttl: Duration) -> Result<Acquired> {
         let (id, owner) = (id.to_string(), owner.to_string());
         self.call(move |c| {
-            c.client.transaction(|tx| {
-            let rows = tx.query_sql(
-                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 FOR UPDATE"),
-                &[&id],
-            )?;
-            let Some(row) = rows.first() else {
-                return Ok(Acquired::Missing);
-            };
-            let record = run_row(row)?;
-            if let (Some(holder), Some(until)) = (&record.owner, record.lease_until) {
-                if *holder != owner && until > now() && !owner_is_dead(holder) {
-                    return Ok(Acquired::Held {
-                        owner: holder.clone(),
-                        until,
-                    });
+            c.transaction(|tx| {
+                let rows = tx.query(
+                    &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 FOR UPDATE"),
+                    &[&id],
+                )?;
+                let Some(row) = rows.first() else {
+                    return Ok(Acquired::Missing);
+                };
+                let record = run_row(row)?;
+                if let (Some(holder), Some(until)) = (&record.owner, record.lease_until) {
+                    if *holder != owner && until > now() && !owner_is_dead(holder) {
+                        return Ok(Acquired::Held {
+                            owner: holder.clone(),
+                            until,
+                        });
+                    }
                 }
-            }
-            let epoch: i64 = tx
-                .query_one_sql(
-                    "UPDATE runs SET owner = $2, lease_until = $3, epoch = epoch + 1 WHERE id = $1 RETURNING epoch",
-                    &[&id, &owner, &(now() + ttl.as_secs_f64())],
-                )?
-                .try_get(0)?;
-            Ok(Acquired::Taken(
-                Box::new(record),
-                Lease {
-                    run_id: id,
-                    owner,
-                    epoch,
-                    ttl,
-                },
-            ))
+                let epoch: i64 = tx
+                    .query_one(
+                        "UPDATE runs SET owner = $2, lease_until = $3, epoch = epoch + 1 WHERE id = $1 RETURNING epoch",
+                        &[&id, &owner, &(now() + ttl.as_secs_f64())],
+                    )?
+                    .try_get(0)?;
+                Ok(Acquired::Taken(
+                    Box::new(record),
+                    Lease {
+                        run_id: id,
+                        owner,
+                        epoch,
+                        ttl,
+                    },
+                ))
             })
         })
     }
@@ -908,20 +938,20 @@ impl Backend for PostgresStore {
     fn take_slot(&self, key: &str, limit: u64, until: f64) -> Result<Option<String>> {
         let key = key.to_string();
         self.call(move |c| {
-            c.client.transaction(|tx| {
-                tx.query_sql("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])?;
-                tx.execute_sql(
+            c.transaction(|tx| {
+                tx.query("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])?;
+                tx.execute(
                     "DELETE FROM model_slots WHERE key = $1 AND until < $2",
                     &[&key, &now()],
                 )?;
                 let held: i64 = tx
-                    .query_one_sql("SELECT count(*) FROM model_slots WHERE key = $1", &[&key])?
+                    .query_one("SELECT count(*) FROM model_slots WHERE key = $1", &[&key])?
                     .try_get(0)?;
                 if held as u64 >= limit {
                     return Ok(None);
                 }
                 let slot = crate::run::new_run_id();
-                tx.execute_sql(
+                tx.execute(
                     "INSERT INTO model_slots (key, slot, until) VALUES ($1, $2, $3)",
                     &[&key, &slot, &until],
                 )?;
@@ -1013,19 +1043,19 @@ impl Backend for PostgresStore {
             // Under READ COMMITTED two processes could both count below the
             // cap; a transaction-scoped advisory lock per flow and gate
             // makes the count and the insert one step.
-            c.client.transaction(|tx| {
-            tx.execute_sql(
-                "SELECT pg_advisory_xact_lock(hashtext($1))",
-                &[&format!("flowc-review:{}:{}", r.flow, r.gate)],
-            )?;
-            let n = tx.execute_sql(
-                "INSERT INTO reviews (run_id, key, flow, gate, sampled_at, day)
-                 SELECT $1, $2, $3, $4, $5, $6
-                 WHERE (SELECT COUNT(*) FROM reviews WHERE flow = $3 AND gate = $4 AND day = $6) < $7
-                 ON CONFLICT DO NOTHING",
-                &[&r.run_id, &r.key, &r.flow, &r.gate, &r.sampled_at, &r.day, &cap],
-            )?;
-            Ok(n == 1)
+            c.transaction(|tx| {
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))",
+                    &[&format!("flowc-review:{}:{}", r.flow, r.gate)],
+                )?;
+                let n = tx.execute(
+                    "INSERT INTO reviews (run_id, key, flow, gate, sampled_at, day)
+                     SELECT $1, $2, $3, $4, $5, $6
+                     WHERE (SELECT COUNT(*) FROM reviews WHERE flow = $3 AND gate = $4 AND day = $6) < $7
+                     ON CONFLICT DO NOTHING",
+                    &[&r.run_id, &r.key, &r.flow, &r.gate, &r.sampled_at, &r.day, &cap],
+                )?;
+                Ok(n == 1)
             })
         })
     }
