@@ -240,13 +240,9 @@ fn syntax_error(
         for token in attempts.expected_tokens() {
             // Ranges (`a..z`) and built-in rules say nothing a reader can use.
             let token = token.to_string();
-            let is_range = token.chars().count() == 4 && token.get(1..3) == Some("..");
-            if token != "BUILTIN_RULE"
-                && !is_range
-                && !token.trim().is_empty()
-                && token != "//"
-                && token != "\u{feff}"
-            {
+            let chars: Vec<char> = token.chars().collect();
+            let is_range = matches!(chars.as_slice(), [_, '.', '.', _]);
+            if token != "BUILTIN_RULE" && !is_range && !token.trim().is_empty() && token != "//" {
                 tokens.push(token);
             }
         }

@@ -69,7 +69,7 @@ pub fn scan_tokens(text: &str, limit: usize) -> (Scan, Tokens) {
 }
 
 /// Whether `text` holds nothing but what the grammar skips between tokens
-/// (its WHITESPACE and COMMENT rules): the end of the file. Asked before
+/// (its WHITESPACE rule: blanks and comments): the end of the file. Asked before
 /// every item, so it is a scan, not a pest parse: a failed pest parse builds
 /// an error whose line lookup walks back from the end of the input, which
 /// made this probe cost the length of the rest of the file per item.
