@@ -43,6 +43,17 @@ struct Worst {
     terms: Vec<Term>,
 }
 
+/// Whether a pass writes down the arithmetic behind its totals (the
+/// [`Term`]s a B004 help shows). Most budgets hold, and formatting a line for
+/// every step of a 10,000-step flow was two fifths of the budget check, so
+/// the check adds up the numbers alone, and adds them up again with the
+/// words only for a budget they break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Terms {
+    Skip,
+    Build,
+}
+
 /// One line of the arithmetic shown in a B004 help.
 #[derive(Clone, Debug)]
 struct Term {
@@ -68,11 +79,23 @@ impl Worst {
         self.terms.extend(other.terms);
     }
 
-    fn times(mut self, n: f64, label: &str) -> Worst {
+    /// Adds a term when the pass builds them; `term` is not called otherwise.
+    fn push_term(&mut self, terms: Terms, term: impl FnOnce() -> Term) {
+        if terms == Terms::Build {
+            self.terms.push(term());
+        }
+    }
+
+    /// `label`: why `n` times, asked for only when there are terms.
+    fn times(mut self, n: f64, label: impl FnOnce() -> String) -> Worst {
         self.tokens *= n;
         self.cost *= n;
         self.steps *= n;
         self.tool_calls *= n;
+        if self.terms.is_empty() {
+            return self;
+        }
+        let label = label();
         for t in &mut self.terms {
             t.tokens *= n;
             t.cost *= n;
@@ -111,15 +134,33 @@ pub(super) fn check(program: &Program, analyzable: &[bool], out: &mut Vec<Diagno
         if !analyzable[i] {
             continue;
         }
-        let worst = flow_worst(program, i, analyzable, &mut memo, out);
+        let worst = flow_worst(program, i, analyzable, &mut memo, out, Terms::Skip);
         if let Some(budget) = &flow.budget {
-            compare(&format!("flow `{}`", flow.name), budget, &worst, out);
+            let explain = || {
+                explained(program, analyzable, |memo, out| {
+                    flow_worst(program, i, analyzable, memo, out, Terms::Build)
+                })
+            };
+            compare(
+                &format!("flow `{}`", flow.name),
+                budget,
+                &worst,
+                explain,
+                out,
+            );
         }
         for n in flow.graph.node_indices() {
             if let StepKind::Llm(l) = &flow.graph[n].kind {
                 if let Some(b) = &l.budget {
-                    let w = llm_worst(program, flow, n, l);
-                    compare(&format!("step {}", flow.graph[n].display()), b, &w, out);
+                    let w = llm_worst(program, flow, n, l, Terms::Skip);
+                    let explain = || llm_worst(program, flow, n, l, Terms::Build);
+                    compare(
+                        &format!("step {}", flow.graph[n].display()),
+                        b,
+                        &w,
+                        explain,
+                        out,
+                    );
                 }
             }
         }
@@ -143,20 +184,47 @@ pub(super) fn check(program: &Program, analyzable: &[bool], out: &mut Vec<Diagno
         {
             continue;
         }
-        let mut row = flow_worst(program, flow.index(), analyzable, &mut memo, out);
-        for j in judges {
-            row.add(flow_worst(program, j, analyzable, &mut memo, out));
-        }
         let rows = eval.rows.len();
-        let worst = row.times(rows as f64, &format!("{rows} rows"));
-        compare(&format!("eval {:?}", eval.name), budget, &worst, out);
+        let eval_worst = |memo: &mut Vec<Option<Worst>>, out: &mut Vec<Diagnostic>, terms| {
+            let mut row = flow_worst(program, flow.index(), analyzable, memo, out, terms);
+            for &j in &judges {
+                row.add(flow_worst(program, j, analyzable, memo, out, terms));
+            }
+            row.times(rows as f64, || format!("{rows} rows"))
+        };
+        let worst = eval_worst(&mut memo, out, Terms::Skip);
+        let explain = || {
+            explained(program, analyzable, |memo, out| {
+                eval_worst(memo, out, Terms::Build)
+            })
+        };
+        compare(
+            &format!("eval {:?}", eval.name),
+            budget,
+            &worst,
+            explain,
+            out,
+        );
     }
     for agent in &program.agents {
         if let Some(b) = &agent.budget {
-            let w = agent_worst(program, agent, agent.span, &agent.name);
-            compare(&format!("agent `{}`", agent.name), b, &w, out);
+            let w = agent_worst(program, agent, agent.span, &agent.name, Terms::Skip);
+            let explain = || agent_worst(program, agent, agent.span, &agent.name, Terms::Build);
+            compare(&format!("agent `{}`", agent.name), b, &w, explain, out);
         }
     }
+}
+
+/// A worst case computed again with its terms: with a memo of its own (the
+/// first pass's has none) and its diagnostics dropped (the first pass
+/// reported them).
+fn explained(
+    program: &Program,
+    analyzable: &[bool],
+    worst: impl FnOnce(&mut Vec<Option<Worst>>, &mut Vec<Diagnostic>) -> Worst,
+) -> Worst {
+    debug_assert_eq!(analyzable.len(), program.flows.len());
+    worst(&mut vec![None; program.flows.len()], &mut Vec::new())
 }
 
 fn flow_worst(
@@ -165,6 +233,7 @@ fn flow_worst(
     analyzable: &[bool],
     memo: &mut Vec<Option<Worst>>,
     out: &mut Vec<Diagnostic>,
+    terms: Terms,
 ) -> Worst {
     if let Some(w) = &memo[i] {
         return w.clone();
@@ -184,6 +253,7 @@ fn flow_worst(
         analyzable,
         memo,
         out,
+        terms,
     };
     let w = cx.region(RegionId(0));
     cx.memo[i] = Some(w.clone());
@@ -197,6 +267,7 @@ struct FlowCost<'a, 'o> {
     analyzable: &'a [bool],
     memo: &'o mut Vec<Option<Worst>>,
     out: &'o mut Vec<Diagnostic>,
+    terms: Terms,
 }
 
 impl FlowCost<'_, '_> {
@@ -214,8 +285,10 @@ impl FlowCost<'_, '_> {
         let step = &flow.graph[n];
         let mut w = Worst::default();
         match &step.kind {
-            StepKind::Llm(l) => w.add(llm_worst(program, flow, n, l)),
-            StepKind::Call { target, .. } => w.add(self.call(*target, step.span, &step.display())),
+            StepKind::Llm(l) => w.add(llm_worst(program, flow, n, l, self.terms)),
+            StepKind::Call { target, .. } => {
+                w.add(self.call(*target, step.span, || step.display()))
+            }
             StepKind::Approve { .. } | StepKind::Check { .. } => {
                 let what = if matches!(step.kind, StepKind::Check { .. }) {
                     "check"
@@ -223,7 +296,7 @@ impl FlowCost<'_, '_> {
                     "gate"
                 };
                 w.steps = 1.0;
-                w.terms.push(Term {
+                w.push_term(self.terms, || Term {
                     span: step.span,
                     tokens_text: String::new(),
                     cost_text: String::new(),
@@ -243,12 +316,14 @@ impl FlowCost<'_, '_> {
                 };
                 match program.types.max_len(&iterable_ty) {
                     Some(max) => {
-                        let label = format!(
-                            "{} iterations of loop {}",
-                            group(max as f64),
-                            step.display()
-                        );
-                        w.add(body_worst.times(max as f64, &label));
+                        let label = || {
+                            format!(
+                                "{} iterations of loop {}",
+                                group(max as f64),
+                                step.display()
+                            )
+                        };
+                        w.add(body_worst.times(max as f64, label));
                     }
                     None => {
                         self.unbounded(n, &body_worst);
@@ -274,26 +349,31 @@ impl FlowCost<'_, '_> {
             _ => {}
         }
         if let Some(Fallback::Call(target, _, span)) = &step.fallback {
-            let f = self.call(
-                *target,
-                *span,
-                &format!("the fallback of {}", step.display()),
-            );
+            let f = self.call(*target, *span, || {
+                format!("the fallback of {}", step.display())
+            });
             w.add(f);
         }
         w
     }
 
-    fn call(&mut self, target: CallTarget, span: Span, who: &str) -> Worst {
+    /// `who`: the words for the caller in a term, asked for only when the
+    /// pass builds terms.
+    fn call(&mut self, target: CallTarget, span: Span, who: impl FnOnce() -> String) -> Worst {
         let program = self.program;
+        let build = self.terms == Terms::Build;
         match target {
             CallTarget::Tool(t) => {
                 let tool = &program.tools[t.index()];
                 let attempts = 1.0 + tool.retry.as_ref().map_or(0.0, |r| r.retries as f64);
-                Worst {
+                let mut w = Worst {
                     steps: 1.0,
                     tool_calls: attempts,
-                    terms: vec![Term {
+                    ..Worst::default()
+                };
+                w.push_term(self.terms, || {
+                    let who = who();
+                    Term {
                         span,
                         tokens_text: String::new(),
                         cost_text: String::new(),
@@ -308,28 +388,47 @@ impl FlowCost<'_, '_> {
                         cost: 0.0,
                         steps: 1.0,
                         tool_calls: attempts,
-                    }],
-                    ..Worst::default()
-                }
+                    }
+                });
+                w
             }
-            CallTarget::Agent(a) => agent_worst(program, &program.agents[a.index()], span, who),
+            CallTarget::Agent(a) => {
+                let who = if build { who() } else { String::new() };
+                agent_worst(program, &program.agents[a.index()], span, &who, self.terms)
+            }
             CallTarget::Flow(f) => {
-                let mut w = flow_worst(program, f.index(), self.analyzable, self.memo, self.out);
+                let mut w = flow_worst(
+                    program,
+                    f.index(),
+                    self.analyzable,
+                    self.memo,
+                    self.out,
+                    self.terms,
+                );
+                // The callee's own terms stay in its B004: here it is one term.
+                w.terms.clear();
                 let callee = &program.flows[f.index()].name;
-                w.terms = vec![Term {
-                    span,
-                    tokens_text: format!("{who} runs flow `{callee}`: {} tokens", group(w.tokens)),
-                    cost_text: format!("{who} runs flow `{callee}`: {}", money(w.cost)),
-                    steps_text: format!("{who} runs flow `{callee}`: {} steps", group(w.steps)),
-                    calls_text: format!(
-                        "{who} runs flow `{callee}`: {} tool calls",
-                        group(w.tool_calls)
-                    ),
-                    tokens: w.tokens,
-                    cost: w.cost,
-                    steps: w.steps,
-                    tool_calls: w.tool_calls,
-                }];
+                let (tokens, cost, steps, tool_calls) = (w.tokens, w.cost, w.steps, w.tool_calls);
+                w.push_term(self.terms, || {
+                    let who = who();
+                    Term {
+                        span,
+                        tokens_text: format!(
+                            "{who} runs flow `{callee}`: {} tokens",
+                            group(tokens)
+                        ),
+                        cost_text: format!("{who} runs flow `{callee}`: {}", money(cost)),
+                        steps_text: format!("{who} runs flow `{callee}`: {} steps", group(steps)),
+                        calls_text: format!(
+                            "{who} runs flow `{callee}`: {} tool calls",
+                            group(tool_calls)
+                        ),
+                        tokens,
+                        cost,
+                        steps,
+                        tool_calls,
+                    }
+                });
                 w
             }
         }
@@ -372,7 +471,7 @@ impl FlowCost<'_, '_> {
     }
 }
 
-fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall) -> Worst {
+fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall, terms: Terms) -> Worst {
     let step = &flow.graph[n];
     let mut w = Worst {
         steps: 1.0,
@@ -392,60 +491,62 @@ fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall) -> Worst
         let a = attempts as f64;
         let out = max_out as f64;
         let tokens = a * (prompt + out);
-        let via = if model == l.model {
-            String::new()
-        } else {
-            format!(" on fallback `{}`", m.name)
-        };
-        let who = if step.named {
-            format!("llm {}{via}", step.display())
-        } else {
-            format!("the llm call in {}{via}", step.display())
-        };
-        let times = match &l.retry {
-            Some(_) => format!("{attempts} attempt{}", plural(a)),
-            // Without `retry`, invalid output is retried (`RetryPolicy::llm_default`).
-            None => format!(
-                "{attempts} attempt{} (invalid output is retried by default)",
-                plural(a)
-            ),
-        };
-        let (cost, cost_text) = match &m.price {
-            Some(p) => {
-                // The one model-cost formula: the runtime reserves and settles by it.
-                let cost = a * unit_price(p).cost(prompt, out);
-                let text = format!(
+        // The one model-cost formula: the runtime reserves and settles by it.
+        let cost = m
+            .price
+            .as_ref()
+            .map_or(0.0, |p| a * unit_price(p).cost(prompt, out));
+        if m.price.is_none() {
+            w.unpriced = Some((step.span, format!("model `{}` ({:?})", m.name, m.model_id)));
+        }
+        w.tokens += tokens;
+        w.cost += cost;
+        w.push_term(terms, || {
+            let via = if model == l.model {
+                String::new()
+            } else {
+                format!(" on fallback `{}`", m.name)
+            };
+            let who = if step.named {
+                format!("llm {}{via}", step.display())
+            } else {
+                format!("the llm call in {}{via}", step.display())
+            };
+            let times = match &l.retry {
+                Some(_) => format!("{attempts} attempt{}", plural(a)),
+                // Without `retry`, invalid output is retried (`RetryPolicy::llm_default`).
+                None => format!(
+                    "{attempts} attempt{} (invalid output is retried by default)",
+                    plural(a)
+                ),
+            };
+            let cost_text = match &m.price {
+                Some(p) => format!(
                     "{who}: {times} × ({} in × ${}/M + {} out × ${}/M) = {}",
                     group(prompt),
                     price(p.input),
                     group(out),
                     price(p.output),
                     money(cost)
-                );
-                (cost, text)
+                ),
+                None => format!("{who}: unpriced"),
+            };
+            Term {
+                span: step.span,
+                tokens_text: format!(
+                    "{who}: {times} × ({} max_tokens + {} prompt) = {} tokens",
+                    group(out),
+                    group(prompt),
+                    group(tokens)
+                ),
+                cost_text,
+                steps_text: format!("{who}: 1 step"),
+                calls_text: String::new(),
+                tokens,
+                cost,
+                steps: 0.0,
+                tool_calls: 0.0,
             }
-            None => {
-                w.unpriced = Some((step.span, format!("model `{}` ({:?})", m.name, m.model_id)));
-                (0.0, format!("{who}: unpriced"))
-            }
-        };
-        w.tokens += tokens;
-        w.cost += cost;
-        w.terms.push(Term {
-            span: step.span,
-            tokens_text: format!(
-                "{who}: {times} × ({} max_tokens + {} prompt) = {} tokens",
-                group(out),
-                group(prompt),
-                group(tokens)
-            ),
-            cost_text,
-            steps_text: format!("{who}: 1 step"),
-            calls_text: String::new(),
-            tokens,
-            cost,
-            steps: 0.0,
-            tool_calls: 0.0,
         });
     }
     if let Some(first) = w.terms.first_mut() {
@@ -454,7 +555,7 @@ fn llm_worst(program: &Program, flow: &Flow, n: NodeIndex, l: &LlmCall) -> Worst
     w
 }
 
-fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst {
+fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str, terms: Terms) -> Worst {
     let steps = agent.max_steps.unwrap_or(0) as f64;
     let mut w = Worst {
         steps,
@@ -519,7 +620,7 @@ fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst
         };
         w.tokens += tokens;
         w.cost += cost;
-        w.terms.push(Term {
+        w.push_term(terms, || Term {
             span,
             tokens_text: format!(
                 "agent `{}`: {} attempt{} × ({} max_steps × ({} max_tokens + {} instructions) + {} earlier turns re-read × ({} max_tokens + {} tool result)) = {} tokens",
@@ -548,7 +649,7 @@ fn agent_worst(program: &Program, agent: &Agent, span: Span, who: &str) -> Worst
             first.steps = steps;
             first.tool_calls = steps;
         }
-        None => w.terms.push(Term {
+        None => w.push_term(terms, || Term {
             span,
             tokens_text: String::new(),
             cost_text: String::new(),
@@ -731,7 +832,15 @@ pub(super) fn type_tokens(types: &TypeTable, ty: &Ty, depth: u32) -> Option<f64>
     }
 }
 
-fn compare(owner: &str, budget: &Budget, worst: &Worst, out: &mut Vec<Diagnostic>) {
+/// `explain`: the same worst case with its terms, asked for only when the
+/// budget is broken.
+fn compare(
+    owner: &str,
+    budget: &Budget,
+    worst: &Worst,
+    explain: impl FnOnce() -> Worst,
+    out: &mut Vec<Diagnostic>,
+) {
     if worst.unbounded {
         return;
     }
@@ -756,13 +865,21 @@ fn compare(owner: &str, budget: &Budget, worst: &Worst, out: &mut Vec<Diagnostic
         (Metric::Steps, budget.steps.map(|t| t as f64)),
         (Metric::ToolCalls, budget.tool_calls.map(|t| t as f64)),
     ];
-    for (metric, limit) in checks {
-        let Some(limit) = limit else { continue };
-        let found = metric.total(worst);
-        if found <= limit + 1e-9 {
-            continue;
-        }
-        let mut terms: Vec<&Term> = worst.terms.iter().filter(|t| metric.of(t) > 0.0).collect();
+    let broken: Vec<(Metric, f64, f64)> = checks
+        .into_iter()
+        .filter_map(|(metric, limit)| Some((metric, limit?, metric.total(worst))))
+        .filter(|&(_, limit, found)| found > limit + 1e-9)
+        .collect();
+    if broken.is_empty() {
+        return;
+    }
+    let explained = explain();
+    for (metric, limit, found) in broken {
+        let mut terms: Vec<&Term> = explained
+            .terms
+            .iter()
+            .filter(|t| metric.of(t) > 0.0)
+            .collect();
         terms.sort_by(|a, b| {
             metric
                 .of(b)
