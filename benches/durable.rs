@@ -90,11 +90,11 @@ struct Results {
     /// (`flowc resume` median s, `flowc check` median s, trace bytes at the end)
     resume_process: Option<(f64, f64, u64)>,
     /// Per chained `llm` step: (durable median s, in-memory median s, bare
-    /// commit median s, commit transactions of the steps, reply rows)
-    model_chain: Option<(f64, f64, f64, usize, usize)>,
-    /// (durable median wall s, in-memory median wall s, commit
-    /// transactions, reply rows)
-    model_fanout: Option<(f64, f64, usize, usize)>,
+    /// commit median s, the run's store writes and reply rows)
+    model_chain: Option<(f64, f64, f64, Writes)>,
+    /// (durable median wall s, in-memory median wall s, the run's store
+    /// writes and reply rows)
+    model_fanout: Option<(f64, f64, Writes)>,
 }
 
 thread_local! {
@@ -530,6 +530,20 @@ fn fanout(c: &mut Criterion) {
 /// Criterion's `iter_custom` calls: (iterations, total time).
 type Samples = RefCell<Vec<(u64, Duration)>>;
 
+/// What one durable run wrote: (commit transactions of its steps, as the
+/// store's rows show them; its commits and reservation-only writes, as the
+/// runtime counted them; reply rows left in the store).
+type Writes = (usize, u64, u64, usize);
+
+/// A durable run's writes, from its report and its store.
+fn writes(report: &run::Report, path: &Path, id: &str) -> Writes {
+    let (txs, replies) = commits_and_replies(path, id);
+    let w = report
+        .store_writes
+        .expect("a durable run counts its writes");
+    (txs, w.commits, w.reservations, replies)
+}
+
 /// A model server on loopback answering every chat call with `{"n": 1}`
 /// after `latency_ms`, and the environment pointing the stdlib's `openai`
 /// provider at it.
@@ -609,7 +623,7 @@ fn model_chain(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3));
     group.throughput(Throughput::Elements(MODEL_STEPS as u64));
     let runs = Cell::new(0usize);
-    let counted: RefCell<Vec<(usize, usize)>> = RefCell::default();
+    let counted: RefCell<Vec<Writes>> = RefCell::default();
     let (durable, plain, floor): (Samples, Samples, Samples) = Default::default();
     group.bench_function(BenchmarkId::new("durable", MODEL_STEPS), |b| {
         b.iter_custom(|iters| {
@@ -624,7 +638,7 @@ fn model_chain(c: &mut Criterion) {
                     .expect("runs");
                 total += started.elapsed();
                 check(&report);
-                counted.borrow_mut().push(commits_and_replies(&path, &id));
+                counted.borrow_mut().push(writes(&report, &path, &id));
                 let started = Instant::now();
                 let report = run::run(&checked, "models", &input, options(None, "plain"))
                     .expect("runs");
@@ -655,13 +669,13 @@ fn model_chain(c: &mut Criterion) {
     };
     let mut counts = counted.borrow().clone();
     counts.sort();
-    if let (Some(d), Some(p), Some(f), Some(&(txs, replies))) = (
+    if let (Some(d), Some(p), Some(f), Some(&w)) = (
         per_step(&durable),
         per_step(&plain),
         per_step(&floor),
         counts.get(counts.len() / 2),
     ) {
-        RESULTS.with(|r| r.borrow_mut().model_chain = Some((d, p, f, txs, replies)));
+        RESULTS.with(|r| r.borrow_mut().model_chain = Some((d, p, f, w)));
     }
 }
 
@@ -705,7 +719,7 @@ fn model_fanout(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3));
     group.throughput(Throughput::Elements(MODEL_FANOUT_WIDTH as u64));
     let runs = Cell::new(0usize);
-    let counted: RefCell<Vec<(usize, usize)>> = RefCell::default();
+    let counted: RefCell<Vec<Writes>> = RefCell::default();
     let (durable, plain): (Samples, Samples) = Default::default();
     group.bench_function(BenchmarkId::new("durable", MODEL_FANOUT_WIDTH), |b| {
         b.iter_custom(|iters| {
@@ -719,8 +733,8 @@ fn model_fanout(c: &mut Criterion) {
                     run::run(&checked, "models", &input, options(Some(store), &id)).expect("runs");
                 total += started.elapsed();
                 check(&report);
+                counted.borrow_mut().push(writes(&report, &path, &id));
                 drop(report);
-                counted.borrow_mut().push(commits_and_replies(&path, &id));
                 let started = Instant::now();
                 let report =
                     run::run(&checked, "models", &input, options(None, "plain")).expect("runs");
@@ -737,8 +751,8 @@ fn model_fanout(c: &mut Criterion) {
     counts.sort();
     let d = median_per_iter(&durable.borrow(), SAMPLES);
     let p = median_per_iter(&plain.borrow(), SAMPLES);
-    if let (Some(d), Some(p), Some(&(txs, replies))) = (d, p, counts.get(counts.len() / 2)) {
-        RESULTS.with(|r| r.borrow_mut().model_fanout = Some((d, p, txs, replies)));
+    if let (Some(d), Some(p), Some(&w)) = (d, p, counts.get(counts.len() / 2)) {
+        RESULTS.with(|r| r.borrow_mut().model_fanout = Some((d, p, w)));
     }
 }
 
@@ -966,25 +980,32 @@ fn summary(_: &mut Criterion) {
                 verdict(ms <= target)
             );
         }
-        if let Some((durable, plain, floor, txs, replies)) = r.model_chain {
+        if let Some((durable, plain, floor, (txs, commits, reservations, replies))) = r.model_chain {
             let overhead = durable - plain;
             let ratio = overhead / floor;
             println!(
-                "chained `llm` step ({MODEL_STEPS} steps): durable {:.1} µs, in memory {:.1} µs, durable overhead {:.1} µs = {ratio:.2}× a bare commit ({:.1} µs); {txs} step commits and {replies} replies for {MODEL_STEPS} steps  (target ≤ {MODEL_RATIO_TARGET}×: {})",
+                "chained `llm` step ({MODEL_STEPS} steps): durable {:.1} µs, in memory {:.1} µs, durable overhead {:.1} µs = {ratio:.2}× a bare commit ({:.1} µs)  (target ≤ {MODEL_RATIO_TARGET}×: {})",
                 durable * 1e6,
                 plain * 1e6,
                 overhead * 1e6,
                 floor * 1e6,
                 verdict(ratio <= MODEL_RATIO_TARGET)
             );
+            println!(
+                "  writes for {MODEL_STEPS} steps: {commits} commits ({txs} with step rows), {reservations} reservation-only writes, {replies} reply rows kept  (target one commit per step: {})",
+                verdict(commits as usize <= MODEL_STEPS + 1 && reservations <= 1)
+            );
         }
-        if let Some((durable, plain, txs, replies)) = r.model_fanout {
+        if let Some((durable, plain, (txs, commits, reservations, replies))) = r.model_fanout {
             let extra = (durable - plain) * 1e3;
             println!(
-                "durable `llm` fan-out {MODEL_FANOUT_WIDTH} × {MODEL_FANOUT_LATENCY_MS} ms: {:.1} ms wall, {:.1} ms in memory, +{extra:.1} ms; {txs} commit transactions, {replies} replies  (target ≤ +{MODEL_FANOUT_SLACK_MS} ms: {})",
+                "durable `llm` fan-out {MODEL_FANOUT_WIDTH} × {MODEL_FANOUT_LATENCY_MS} ms: {:.1} ms wall, {:.1} ms in memory, +{extra:.1} ms  (target ≤ +{MODEL_FANOUT_SLACK_MS} ms: {})",
                 durable * 1e3,
                 plain * 1e3,
                 verdict(extra <= MODEL_FANOUT_SLACK_MS)
+            );
+            println!(
+                "  writes: {commits} commits ({txs} with step rows), {reservations} reservation-only writes, {replies} reply rows kept"
             );
         }
         if let Some(t) = r.resume {

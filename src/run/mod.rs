@@ -28,8 +28,10 @@ pub mod preflight;
 pub mod providers;
 mod region;
 mod runtime;
+mod spend_ceiling;
 pub mod status;
 mod step_path;
+pub mod store_writes;
 pub mod tools;
 pub mod trace;
 pub mod validate;
@@ -211,6 +213,8 @@ pub struct Report {
     pub events: Vec<Value>,
     /// What OTLP export sent and dropped, when it was on.
     pub export: Option<otel::ExportSummary>,
+    /// The writes a durable run made to its run store.
+    pub store_writes: Option<store_writes::StoreWrites>,
 }
 
 /// A new run id: a UUIDv7 (48 bits of milliseconds, then 74 random bits),
@@ -322,8 +326,8 @@ pub fn run(
                     done: std::cell::RefCell::new(done),
                     pending: Default::default(),
                     replies: Default::default(),
-                    spend_writes: Default::default(),
-                    commits: Default::default(),
+                    ceiling: Default::default(),
+                    writes: Default::default(),
                     failed: Default::default(),
                 }),
                 base,
@@ -504,11 +508,19 @@ pub fn run(
         // Replies of a step that did not complete (it failed, or the run
         // stopped) are kept too, so a resume reads them instead of paying
         // for them again; a completed step's went with its commit.
-        let replies = std::mem::take(&mut *d.replies.borrow_mut());
+        let replies: Vec<_> = std::mem::take(&mut *d.replies.borrow_mut())
+            .into_iter()
+            .map(|(_, reply)| reply)
+            .collect();
         let kept = match &outcome {
             Outcome::Store(_) => Ok(()),
             _ if replies.is_empty() => Ok(()),
-            _ => store.commit_steps(&d.lease, &[], &replies, runtime.persisted_spend()),
+            _ => {
+                let mut writes = d.writes.get();
+                writes.commits += 1;
+                d.writes.set(writes);
+                store.commit_steps(&d.lease, &[], &replies, runtime.spend_to_write(d))
+            }
         };
         let finished = kept.and_then(|()| match &outcome {
             // A lost lease is no longer ours to release; a failing store
@@ -533,6 +545,7 @@ pub fn run(
     }
     let completed = runtime.completed.borrow().clone();
     let calls = runtime.calls_by_name();
+    let store_writes = runtime.durable.as_ref().map(|d| d.writes.get());
     Ok(Report {
         run_id,
         outcome,
@@ -542,6 +555,7 @@ pub fn run(
         calls,
         events: trace.take_events(),
         export,
+        store_writes,
     })
 }
 

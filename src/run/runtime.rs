@@ -75,16 +75,19 @@ pub struct Durable {
     pub done: RefCell<HashMap<String, Option<Value>>>,
     /// Results waiting for the next commit, from every region of the run.
     pub pending: RefCell<Vec<(String, Option<Value>)>>,
-    /// Model replies received since the last commit: they go into the
-    /// next one, with the step results (a reply is never a commit of its
-    /// own; the call's reservation, written before it, keeps what it cost
-    /// counted if this process dies before then).
-    pub replies: RefCell<Vec<crate::store::Reply>>,
-    /// Writes of the run's spend so far (commits, and reservations before
-    /// model calls): a reservation made before the next one is in it.
-    pub spend_writes: Cell<u64>,
-    /// Commit transactions so far: results pending now go into the next one.
-    pub commits: Cell<u64>,
+    /// Model replies received since the last commit, each with the key of
+    /// the step it belongs to. A reply whose step completes in that commit
+    /// is not written (a resume never runs a completed step again, so never
+    /// asks for its replies); the others go into it, and a step that fails
+    /// or a run that stops keeps its replies in the run's last write. A
+    /// reply lost to a crash before its step committed is asked for again:
+    /// the spend written before its call counted it (`ceiling`).
+    pub replies: RefCell<Vec<(String, crate::store::Reply)>>,
+    /// The spend last written and the allowance for model calls ahead.
+    pub ceiling: Cell<super::spend_ceiling::SpendCeiling>,
+    /// Writes so far: commits (results pending now go into the next one)
+    /// and writes of the spend alone before model calls.
+    pub writes: Cell<super::store_writes::StoreWrites>,
     /// Why a write to the store failed; every later checkpoint fails with
     /// it, and the run ends with it.
     pub failed: RefCell<Option<crate::store::StoreError>>,
@@ -150,20 +153,21 @@ impl<'p> Runtime<'p> {
             })
         };
         let step = first.clone();
-        let ticket = d.commits.get() + 1;
+        let ticket = d.writes.get().commits + 1;
         d.pending.borrow_mut().extend(batch);
         tokio::task::yield_now().await;
-        if d.commits.get() < ticket {
+        if d.writes.get().commits < ticket {
             let batch = std::mem::take(&mut *d.pending.borrow_mut());
-            let replies = std::mem::take(&mut *d.replies.borrow_mut());
+            let replies = unfinished_replies(&batch, &mut d.replies.borrow_mut());
             let result = d.store.borrow_mut().commit_steps(
                 &d.lease,
                 &batch,
                 &replies,
-                self.persisted_spend(),
+                self.spend_to_write(d),
             );
-            d.commits.set(d.commits.get() + 1);
-            d.spend_writes.set(d.spend_writes.get() + 1);
+            let mut writes = d.writes.get();
+            writes.commits += 1;
+            d.writes.set(writes);
             if let Err(e) = result {
                 *d.failed.borrow_mut() = Some(e);
             }
@@ -174,27 +178,38 @@ impl<'p> Runtime<'p> {
         }
     }
 
-    /// Records the run's spend, reservations of calls about to start
-    /// included, before a model call goes out (durable runs). Like
-    /// `persist`, calls reserving in the same turn of the event loop share
-    /// one write: each waits one turn, the first to resume writes the spend
-    /// (which holds every reservation made before it), and the rest find
-    /// theirs written. A 1,000-wide model fan-out makes a few writes, not
-    /// 1,000. A failed write is remembered (the run ends with it).
-    pub async fn record_reservations(&self) -> Result<(), crate::store::StoreError> {
+    /// Makes sure the run store's spend counts a model call about to start,
+    /// whose worst case `worst` has just been reserved (durable runs), so a
+    /// resume after a crash counts the call as spent. Usually the spend last
+    /// written already does: each write adds an allowance for the calls
+    /// ahead (`SpendCeiling`), and the call goes out without a write. When
+    /// it does not, the spend is written (without waiting for the disk: a
+    /// killed process cannot undo the write, and the next commit flushes
+    /// it). Calls reserving in the same turn of the event loop share that
+    /// write: each waits one turn, the first to resume writes (its figure
+    /// holds every reservation made before it), and the rest find
+    /// themselves covered. A failed write is remembered (the run ends with
+    /// it).
+    pub async fn record_reservation(&self, worst: Spend) -> Result<(), crate::store::StoreError> {
         let Some(d) = &self.durable else {
             return Ok(());
         };
-        let ticket = d.spend_writes.get() + 1;
-        tokio::task::yield_now().await;
-        if d.spend_writes.get() < ticket {
-            let written = d
-                .store
-                .borrow()
-                .record_spend(&d.lease, self.persisted_spend());
-            d.spend_writes.set(d.spend_writes.get() + 1);
-            if let Err(e) = written {
-                d.failed.borrow_mut().get_or_insert(e);
+        let mut ceiling = d.ceiling.get();
+        ceiling.widen(worst);
+        d.ceiling.set(ceiling);
+        if !d.ceiling.get().covers(&self.committed_spend()) {
+            tokio::task::yield_now().await;
+            if !d.ceiling.get().covers(&self.committed_spend()) && d.failed.borrow().is_none() {
+                let written = d
+                    .store
+                    .borrow()
+                    .record_spend(&d.lease, self.spend_to_write(d));
+                let mut writes = d.writes.get();
+                writes.reservations += 1;
+                d.writes.set(writes);
+                if let Err(e) = written {
+                    d.failed.borrow_mut().get_or_insert(e);
+                }
             }
         }
         match &*d.failed.borrow() {
@@ -211,14 +226,27 @@ impl<'p> Runtime<'p> {
             .map_or(self.base_spend, |l| l.spent())
     }
 
-    /// What the run store records as the run's spend while it runs: settled
-    /// spend plus the reservations of calls in flight, so that a resume
-    /// after a crash counts a call that may have been billed.
-    pub fn persisted_spend(&self) -> Spend {
+    /// Settled spend plus the reservations of calls in flight: what a
+    /// crash now could leave billed.
+    fn committed_spend(&self) -> Spend {
         self.root_ledger
             .borrow()
             .as_ref()
             .map_or(self.base_spend, |l| l.committed())
+    }
+
+    /// What the run store records as the run's spend while it runs: what a
+    /// crash now could leave billed, plus the allowance for the model calls
+    /// that may start before the next write (`SpendCeiling`).
+    pub fn spend_to_write(&self, d: &Durable) -> Spend {
+        let committed = self.committed_spend();
+        let mut ceiling = d.ceiling.get();
+        let written = match self.root_ledger.borrow().as_ref() {
+            Some(l) => ceiling.raise(committed, l.limits()),
+            None => ceiling.raise(committed, &crate::exec::Budget::default()),
+        };
+        d.ceiling.set(ceiling);
+        written
     }
 
     pub(crate) fn count_call(&self, target: CallTarget) {
@@ -467,4 +495,21 @@ impl ModelGate {
             tokio::time::sleep_until(start.into()).await;
         }
     }
+}
+
+/// The replies to write with `batch`: those whose step is not in it. A
+/// completed step is never run again, so its replies are never asked for.
+fn unfinished_replies(
+    batch: &[(String, Option<Value>)],
+    pending: &mut Vec<(String, crate::store::Reply)>,
+) -> Vec<crate::store::Reply> {
+    if pending.is_empty() {
+        return Vec::new();
+    }
+    let done: std::collections::HashSet<&str> = batch.iter().map(|(k, _)| k.as_str()).collect();
+    pending
+        .drain(..)
+        .filter(|(step, _)| !done.contains(step.as_str()))
+        .map(|(_, reply)| reply)
+        .collect()
 }

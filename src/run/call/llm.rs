@@ -115,13 +115,16 @@ impl Runtime<'_> {
                             )
                             .await?;
                         if let (Some(d), Ok(text)) = (&self.durable, &reply) {
-                            d.replies.borrow_mut().push(Reply {
-                                key: reply_key,
-                                attempt,
-                                text: text.clone(),
-                                input_tokens: 0,
-                                output_tokens: 0,
-                            });
+                            d.replies.borrow_mut().push((
+                                path.to_string(),
+                                Reply {
+                                    key: reply_key,
+                                    attempt,
+                                    text: text.clone(),
+                                    input_tokens: 0,
+                                    output_tokens: 0,
+                                },
+                            ));
                         }
                         reply
                     }
@@ -252,9 +255,9 @@ impl Runtime<'_> {
             .reserve_waiting(worst)
             .await
             .map_err(|e| self.exhausted(cx, n, e))?;
-        // A durable run records the reservation before the call: if this
-        // process dies mid-call, a resume counts it as spent.
-        if let Err(e) = self.record_reservations().await {
+        // A durable run's recorded spend counts the reservation before the
+        // call: if this process dies mid-call, a resume counts it as spent.
+        if let Err(e) = self.record_reservation(worst).await {
             return Err(self.fail(cx, n, attempt, FailureClass::Store, e.to_string()));
         }
         let span = self.trace.begin(Some(cx.span), "model_call", &model.name);
