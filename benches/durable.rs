@@ -590,7 +590,9 @@ fn commits_and_replies(path: &Path, id: &str) -> (usize, usize) {
 /// bare `INSERT`+`COMMIT` of a reply-sized row with the store's pragmas,
 /// `MODEL_STEPS` of them per sample, in the same directory. Target: the
 /// durable overhead per step (durable − in memory) ≤ 1.3× one bare commit,
-/// i.e. one commit per step (the reply, the result and the spend together).
+/// i.e. one commit per step (the result and the spend together; a completed
+/// step's reply is not written) and no write before the model call but the
+/// first (`Report::store_writes` counts both kinds, printed with the figures).
 fn model_chain(c: &mut Criterion) {
     let (_server, env) = model_server(0);
     let checked = compile("models.flow", &fixtures::model_chain_source(MODEL_STEPS));
