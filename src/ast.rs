@@ -245,7 +245,7 @@ pub enum ToolClauseKind {
 }
 
 /// How an `http` tool's `body` is sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum BodyEncoding {
     /// `application/json` (the default).
     #[default]
@@ -264,7 +264,7 @@ impl BodyEncoding {
 }
 
 /// How an `http` tool's response body is read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ResponseFormat {
     /// Parsed as JSON; the response must say it is JSON.
     Json,
@@ -281,7 +281,9 @@ impl ResponseFormat {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Effect {
     Read,
     Write,
@@ -497,7 +499,7 @@ pub struct Notify {
 }
 
 /// Where a notification goes: a closed set of kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum NotifyKind {
     /// A Slack-compatible incoming webhook: a POST of `{"text": …}`.
     Webhook,
@@ -525,7 +527,7 @@ pub enum NotifyTarget {
     Env(Ident),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Decision {
     Approve,
     Reject,
@@ -597,7 +599,7 @@ pub enum ExprKind {
     Compare(Box<Expr>, CompareOp, Box<Expr>),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CompareOp {
     Eq,
     Ne,

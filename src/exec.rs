@@ -33,7 +33,7 @@ pub use crate::ir::{
 use crate::source::Span;
 use crate::types::{Lit, Ty, TypeTable};
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Program {
     pub types: TypeTable,
     pub providers: Vec<Provider>,
@@ -47,7 +47,7 @@ pub struct Program {
 
 /// An MCP server as the runtime starts it. Its templates read only
 /// `env.NAME` (they were typed with no parameters in scope).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct McpServer {
     pub id: ServerId,
     pub name: String,
@@ -63,13 +63,13 @@ pub struct McpServer {
 
 /// How an MCP server is reached. Streamable HTTP servers are refused at
 /// check time (this build has no client for them), so only stdio is sealed.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum McpTransport {
     /// A child process spoken to over its stdin and stdout.
     Stdio { argv: Vec<StrTemplate> },
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Provider {
     pub name: String,
     pub protocol: Protocol,
@@ -80,7 +80,7 @@ pub struct Provider {
 }
 
 /// US dollars per million tokens.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Price {
     pub input: f64,
     pub output: f64,
@@ -110,7 +110,7 @@ pub fn dollars(amount: f64) -> String {
     format!("${}", text.trim_end_matches('0'))
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Model {
     pub id: ModelId,
     pub name: String,
@@ -126,6 +126,7 @@ pub struct Model {
     /// Calls started per minute (`rpm`), if limited.
     pub rpm: Option<u64>,
     /// Other parameters, passed to the provider as written.
+    #[serde(with = "crate::json_text::pairs")]
     pub extra: Vec<(String, serde_json::Value)>,
     /// `None`: the provider does not price it (allowed without a cost budget).
     pub price: Option<Price>,
@@ -141,13 +142,13 @@ impl Model {
 
 /// One model of a call's fallback chain, with the output bound the checker
 /// proved for it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ChainModel {
     pub model: ModelId,
     pub max_tokens: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Param {
     pub name: String,
     pub ty: Ty,
@@ -155,7 +156,7 @@ pub struct Param {
 }
 
 /// HTTP methods a tool may use (the grammar's list).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HttpMethod {
     Get,
     Post,
@@ -191,7 +192,7 @@ impl HttpMethod {
 }
 
 /// The builtin tools the runtime implements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Builtin {
     TimeNow,
     TimeSleep,
@@ -226,7 +227,7 @@ impl Builtin {
 }
 
 /// What kind of failure happened; the names are `retry … on …` classes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
     /// HTTP 429 or a provider's rate-limit error.
@@ -285,7 +286,7 @@ impl ErrorClass {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub retries: u32,
@@ -302,7 +303,7 @@ impl RetryPolicy {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum ToolKind {
     Http {
         method: HttpMethod,
@@ -330,7 +331,7 @@ pub enum ToolKind {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Tool {
     pub id: ToolId,
     pub name: String,
@@ -345,7 +346,7 @@ pub struct Tool {
     pub limit_tokens: Option<u64>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Budget {
     pub tokens: Option<u64>,
     pub cost: Option<f64>,
@@ -354,7 +355,7 @@ pub struct Budget {
     pub wall: Option<Duration>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Agent {
     pub id: AgentId,
     pub name: String,
@@ -380,7 +381,7 @@ pub struct Agent {
     pub turn_timeout: Duration,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Flow {
     pub id: FlowId,
     pub name: String,
@@ -400,7 +401,7 @@ impl Flow {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Step {
     /// The name lowering gave it (`x`, `posted.result`): run-store keys.
     pub name: String,
@@ -414,13 +415,13 @@ pub struct Step {
     pub named: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum Fallback {
     Value(Expr),
     Call(CallTarget, Vec<(String, Expr)>),
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum StepKind {
     Value(Expr),
     Call {
@@ -456,7 +457,7 @@ pub enum StepKind {
 
 /// An approval gate, sealed: what it shows, who is told, what decides it
 /// without a person, and what its timeout does.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Gate {
     pub name: String,
     pub show: Vec<Expr>,
@@ -471,14 +472,14 @@ pub struct Gate {
 }
 
 /// When the gate's timeout passes: tell `notify` and wait `timeout` more.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Escalation {
     pub notify: Notify,
     pub timeout: Duration,
 }
 
 /// `auto approve when EXPR`, with what it reads named for the record.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     pub when: Expr,
     /// The values the condition reads (`r.amount`, `limit`), by the text a
@@ -503,7 +504,7 @@ impl StepKind {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Arm {
     /// `None` for `_` and `else`.
     pub pattern: Option<Lit>,
@@ -512,7 +513,7 @@ pub struct Arm {
     pub result: Option<NodeIndex>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct LlmCall {
     /// The model and its fallbacks, each once, with their output bounds.
     pub chain: Vec<ChainModel>,
@@ -527,7 +528,7 @@ pub struct LlmCall {
 
 /// Where a template's names get their values: the checker typed it there,
 /// and the runtime renders it there.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TemplateScope {
     /// A tool's URL, headers, argv and idempotency key: its own parameters
     /// and `env.NAME`.
@@ -539,7 +540,7 @@ pub enum TemplateScope {
 }
 
 /// A template compiled once: fixed text and typed expressions.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Template {
     pub scope: TemplateScope,
     pub parts: Vec<TemplatePart>,

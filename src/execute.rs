@@ -12,12 +12,13 @@ macro_rules! out {
     }};
 }
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use flowc::ir::{CallTarget, GivenOutcome, TestGiven};
+use flowc::program_cache::{self, CachedProgram};
 use flowc::run::{
     self, GateDecision, Outcome, Recording, Report, RunOptions, Script, Scripted, World,
 };
@@ -75,10 +76,24 @@ pub(crate) fn compiled(inputs: &[Input]) -> Result<Result<Compilation, i32>, Str
 }
 
 pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
+    // A resume's store, opened once: it looks there for the program kept
+    // when the run started before compiling anything. A new run opens its
+    // store once its program checked.
+    let store = match (&args.store, &args.resume) {
+        (Some(path), Some(_)) => Some(open_store(path)?),
+        _ => None,
+    };
     if let Some(snapshot) = &args.program {
+        let mut read = |path: &str| snapshot.files.get(path).cloned();
+        if let Some(kept) = kept_program(&args, store.as_ref(), &snapshot.root, &mut read) {
+            return run_program(args, store, &kept.program, kept.fingerprint, None);
+        }
         let c = flowc::compile_snapshot(snapshot).map_err(|e| e.to_string())?;
         return match checked(c) {
-            Ok(c) => run_compiled(args, c),
+            Ok(c) => {
+                let files = Some((snapshot.root.clone(), snapshot.files.clone()));
+                run_compiled(args, store, c, files)
+            }
             Err(_) => Err(format!(
                 "the program stored with run {} does not check under this flowc",
                 args.resume.as_ref().map_or("?", |(r, _)| r.id.as_str())
@@ -86,27 +101,84 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
             .into()),
         };
     }
-    // The canonical path, so the program's fingerprint names files the same
-    // way whichever folder the run is started or resumed from.
-    let source = if args.file.as_os_str() == "-" {
+    if args.file.as_os_str() == "-" {
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
             .map_err(|e| format!("cannot read standard input: {e}"))?;
-        Input::Text {
+        let source = Input::Text {
             name: "<stdin>".into(),
             bytes,
-        }
+        };
+        return match compiled(&[source])? {
+            Ok(c) => run_compiled(args, store, c, None),
+            Err(code) => Ok(code),
+        };
+    }
+    // The canonical path, so the program's fingerprint names files the same
+    // way whichever folder the run is started or resumed from.
+    let path = std::fs::canonicalize(&args.file)
+        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let root = path.display().to_string();
+    let mut read = |path: &str| {
+        std::fs::read(path)
+            .ok()
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+    };
+    if let Some(kept) = kept_program(&args, store.as_ref(), &root, &mut read) {
+        return run_program(args, store, &kept.program, kept.fingerprint, None);
+    }
+    // A durable run keeps what it compiled: the files it read are recorded.
+    let (c, files) = if args.store.is_some() {
+        let (c, snapshot) = flowc::snapshot_and_compile(&path).map_err(|e| e.to_string())?;
+        (c, Some((root, snapshot.files)))
     } else {
-        Input::Path(
-            std::fs::canonicalize(&args.file)
-                .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?,
+        (
+            compile(&[Input::Path(path)]).map_err(|e| e.to_string())?,
+            None,
         )
     };
-    let c = match compiled(&[source])? {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
-    run_compiled(args, c)
+    match checked(c) {
+        Ok(c) => run_compiled(args, store, c, files),
+        Err(code) => Ok(code),
+    }
+}
+
+/// The program a resume finds kept in the run store, when it still holds
+/// (see `flowc::program_cache`) and its fingerprint is the run's: run as
+/// it is, without compiling. `None` for a new run, or whenever the resume
+/// should compile (nothing kept, a file changed, another flowc, a damaged
+/// entry, a changed program, which compiling then reports as it always
+/// did).
+fn kept_program(
+    args: &RunArgs,
+    store: Option<&Store>,
+    root: &str,
+    read: &mut dyn FnMut(&str) -> Option<String>,
+) -> Option<CachedProgram> {
+    let ((record, _), store) = (args.resume.as_ref()?, store?);
+    let found = (|| {
+        let key = program_cache::key(root, &read(root).ok_or("the file is unreadable")?)
+            .ok_or("this flowc keeps no programs")?;
+        let bytes = store
+            .cached_program(&key)
+            .map_err(|_| "the store could not read it")?
+            .ok_or("none was kept")?;
+        let kept = program_cache::decode(&bytes, read).map_err(|miss| match miss {
+            program_cache::Miss::Build => "another flowc compiled it".to_string(),
+            other => other.to_string(),
+        })?;
+        if !run::fingerprint::changes(&record.program, &kept.fingerprint).is_empty() {
+            return Err("it is not the program the run started with".into());
+        }
+        Ok::<_, String>(kept)
+    })();
+    if style::verbose() {
+        match &found {
+            Ok(_) => eprintln!("program: kept in the run store, not compiled again"),
+            Err(why) => eprintln!("program: compiled ({why})"),
+        }
+    }
+    found.ok()
 }
 
 /// A compilation with its diagnostics printed when it has errors.
@@ -138,10 +210,68 @@ fn parse_input(text: &str) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("--input is not JSON: {e}"))
 }
 
-fn run_compiled(args: RunArgs, c: Compilation) -> Result<i32, Failure> {
+/// Runs a compiled program; a durable run keeps it in the store first
+/// (`files`: the root's path and every file the compilation read), so a
+/// resume finds it without compiling.
+fn run_compiled(
+    args: RunArgs,
+    store: Option<Store>,
+    c: Compilation,
+    files: Option<(String, BTreeMap<String, String>)>,
+) -> Result<i32, Failure> {
     let Some(checked) = &c.program else {
         return Ok(1);
     };
+    let program = run::fingerprint::fingerprint(&c.sources, &c.modules);
+    let compiled = Compiled {
+        compilation: &c,
+        files: files.as_ref(),
+    };
+    run_program(args, store, checked.sealed(), program, Some(compiled))
+}
+
+/// What a program run after compiling adds: the compilation (which names
+/// the root file's flows) and, to keep the program for a resume, the root's
+/// path and every file read.
+struct Compiled<'a> {
+    compilation: &'a Compilation,
+    files: Option<&'a (String, BTreeMap<String, String>)>,
+}
+
+/// Keeps the program for a later resume, once per program: a failure only
+/// means that resume compiles.
+fn keep_program(
+    store: &Store,
+    sealed: &flowc::exec::Program,
+    fingerprint: &Value,
+    root: &str,
+    files: &BTreeMap<String, String>,
+) {
+    let Some(key) = files
+        .get(root)
+        .and_then(|text| program_cache::key(root, text))
+    else {
+        return;
+    };
+    if store.has_cached_program(&key).unwrap_or(true) {
+        return;
+    }
+    if let Some(bytes) = program_cache::encode(sealed, fingerprint, files) {
+        let _ = store.keep_program(&key, &bytes);
+    }
+}
+
+/// Runs `sealed`, whose run fingerprint is `program`. `compiled`: the
+/// compilation it came from, which names the root file's flows when none
+/// is asked for; `None` for a program kept in the store (a resume, which
+/// runs the flow its run recorded).
+fn run_program(
+    args: RunArgs,
+    store: Option<Store>,
+    sealed: &flowc::exec::Program,
+    program: Value,
+    compiled: Option<Compiled<'_>>,
+) -> Result<i32, Failure> {
     let recording = match &args.replay {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -154,7 +284,10 @@ fn run_compiled(args: RunArgs, c: Compilation) -> Result<i32, Failure> {
         .flow
         .clone()
         .or_else(|| recording.as_ref().and_then(|r| r.flow.clone()));
-    let flow = choose_flow(&c, &args.file, chosen)?;
+    let flow = match &compiled {
+        Some(c) => choose_flow(c.compilation, &args.file, chosen)?,
+        None => chosen.ok_or_else(|| "a kept program runs the flow its run names".to_string())?,
+    };
     let input: Value = match &args.input {
         Some(text) => parse_input(text)?,
         None => recording.as_ref().map_or(Value::Null, |r| r.input.clone()),
@@ -191,7 +324,6 @@ fn run_compiled(args: RunArgs, c: Compilation) -> Result<i32, Failure> {
                 .join("trace.jsonl")
         })),
     };
-    let program = run::fingerprint::fingerprint(&c.sources, &c.modules);
     if let Some((r, _)) = &args.resume {
         let changes = run::fingerprint::changes(&r.program, &program);
         if !changes.is_empty() {
@@ -204,10 +336,16 @@ fn run_compiled(args: RunArgs, c: Compilation) -> Result<i32, Failure> {
     }
     // A stored run: recorded, leased and checkpointed; an ephemeral one is
     // neither, so nothing outlives the process.
-    let (durable, heartbeat) = match &args.store {
+    let store = match (store, &args.store) {
+        (None, Some(path)) => Some(open_store(path)?),
+        (store, _) => store,
+    };
+    if let (Some(store), Some((root, files))) = (&store, compiled.as_ref().and_then(|c| c.files)) {
+        keep_program(store, sealed, &program, root, files);
+    }
+    let (durable, heartbeat) = match store {
         None => (None, None),
-        Some(store_path) => {
-            let store = open_store(store_path)?;
+        Some(store) => {
             let (record, lease) = match args.resume.clone() {
                 Some(resumed) => resumed,
                 None => (
@@ -290,7 +428,7 @@ fn run_compiled(args: RunArgs, c: Compilation) -> Result<i32, Failure> {
         ..RunOptions::default()
     };
     let started = std::time::Instant::now();
-    let report = run::run(checked, &flow, &input, options);
+    let report = run::run_sealed(sealed, &flow, &input, options);
     drop(heartbeat);
     if let Some(bar) = &progress {
         bar.finish_and_clear();
@@ -983,6 +1121,16 @@ fn submit(
         Err(flowc::submit::SubmitError::Invalid(m)) => return Err(m.into()),
         Err(flowc::submit::SubmitError::Store(e)) => return Err(e.into()),
     };
+    // Kept for the worker that claims it: it need not compile the snapshot.
+    if let Some(checked) = &c.program {
+        keep_program(
+            &store,
+            checked.sealed(),
+            &record.program,
+            &snapshot.root,
+            &snapshot.files,
+        );
+    }
     let id = &record.id;
     out!("{id}");
     if !style::quiet() {

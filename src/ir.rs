@@ -13,7 +13,7 @@ use crate::types::{Lit, Ty, TypeTable};
 
 macro_rules! id {
     ($($name:ident),*) => {$(
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         pub struct $name(pub u32);
         impl $name {
             pub fn index(self) -> usize { self.0 as usize }
@@ -46,7 +46,7 @@ pub struct Resource {
     pub span: Span,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Protocol {
     OpenAi,
     Anthropic,
@@ -55,7 +55,7 @@ pub enum Protocol {
 /// What a model's API accepts, by family: decided once from the provider's
 /// protocol and the model's id (when sealing, and for the check that
 /// refuses parameters the family rejects), never again at run time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ModelFamily {
     /// `max_tokens` bounds the output; sampling parameters are accepted.
     Standard,
@@ -224,7 +224,7 @@ pub enum McpLock {
 }
 
 /// What an `http` tool sends as its request body.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum HttpBody {
     /// Nothing (GET and DELETE without a `body` clause).
     None,
@@ -368,7 +368,7 @@ pub enum AfterPoint {
 }
 
 /// Why one step waits for another.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Dep {
     /// The step reads the other's value.
     Data,
@@ -382,13 +382,13 @@ pub enum Dep {
 }
 
 /// Where a step sits: the flow body, a loop body, or a branch arm.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Region {
     pub parent: Option<RegionId>,
     pub kind: RegionKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RegionKind {
     Root,
     /// A loop body; runs once per item, `parallel` at a time.
@@ -422,7 +422,7 @@ pub enum Fallback {
     Call(CallTarget, Vec<(String, Expr)>, Span),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum CallTarget {
     Tool(ToolId),
     Agent(AgentId),
@@ -500,7 +500,7 @@ pub struct Policy {
 }
 
 /// `sample P%` and/or `sample N per day`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sampling {
     /// The share of policy-decided cases sampled, 0 < rate <= 1 (1 when
     /// only a daily cap is written).
@@ -510,7 +510,7 @@ pub struct Sampling {
 }
 
 /// `notify webhook …`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Notify {
     pub kind: NotifyKind,
     pub target: NotifyTarget,
@@ -518,7 +518,7 @@ pub struct Notify {
 
 /// A notification's address; an environment variable is read when the
 /// notification is sent (and checked by the preflight).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum NotifyTarget {
     Url(String),
     Env(String),
@@ -557,14 +557,14 @@ impl LlmCall {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Expr {
     pub kind: ExprKind,
     pub ty: Ty,
     pub span: Span,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum ExprKind {
     Str(Template),
     Number(f64),
@@ -588,13 +588,13 @@ pub enum ExprKind {
     Error,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Template {
     pub parts: Vec<TemplatePart>,
     pub span: Span,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum TemplatePart {
     Text(String),
     Expr(Expr),

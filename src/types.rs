@@ -5,10 +5,12 @@
 use std::fmt;
 
 /// Index of a named type in [`TypeTable`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct TypeId(pub u32);
 
-#[derive(Clone, Debug, PartialEq, Default)]
+#[derive(Clone, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Constraints {
     pub pattern: Option<String>,
     pub min_len: Option<u64>,
@@ -24,7 +26,7 @@ impl Constraints {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Lit {
     Str(String),
     Number(f64),
@@ -41,7 +43,7 @@ impl fmt::Display for Lit {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Field {
     pub name: String,
     pub ty: Ty,
@@ -51,7 +53,7 @@ pub struct Field {
 /// Whether a record accepts fields it does not declare in data coming in
 /// (tool results, model outputs). Data going out (tool arguments, the
 /// schema a model is asked to fill) is always exact.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Openness {
     /// `{ … }`: undeclared fields are accepted and dropped, so a real API's
     /// 300-field response fits a type naming the three fields a flow uses.
@@ -72,7 +74,7 @@ pub enum Boundary {
     Outgoing,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Ty {
     /// A type that could not be resolved; already reported, fits anywhere.
     Error,
@@ -95,22 +97,23 @@ pub enum Ty {
 }
 
 /// A named type: `type Invoice { … }`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TypeDef {
     pub name: String,
     pub ty: Ty,
 }
 
 /// The named types of a program and the schema files they use.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct TypeTable {
     pub defs: Vec<TypeDef>,
     pub schemas: Vec<SchemaFile>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SchemaFile {
     pub path: String,
+    #[serde(with = "crate::json_text")]
     pub schema: serde_json::Value,
 }
 

@@ -1322,6 +1322,182 @@ fn a_resume_under_a_changed_program_is_refused_naming_the_change(backend: Backen
     assert_eq!(lab.server.hits(CHAT), 2);
 }
 
+/// Programs kept in the run store (`sealed_programs`), on either backend.
+fn kept_programs(lab: &Lab) -> Vec<Vec<u8>> {
+    let sql = "SELECT program FROM sealed_programs ORDER BY key";
+    match &lab.store_url {
+        Some(url) => postgres::Client::connect(url, postgres::NoTls)
+            .expect("connects")
+            .query(sql, &[])
+            .expect("reads")
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+        None => {
+            let store = lab.store();
+            let mut statement = store.prepare(sql).expect("prepares");
+            let rows = statement
+                .query_map([], |r| r.get(0))
+                .expect("reads")
+                .collect::<Result<_, _>>()
+                .expect("reads");
+            rows
+        }
+    }
+}
+
+/// Flips the last byte of every kept program (its encoded program's end).
+fn damage_kept_programs(lab: &Lab) {
+    let damage = |mut bytes: Vec<u8>| {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x5a;
+        bytes
+    };
+    match &lab.store_url {
+        Some(url) => {
+            let mut c = postgres::Client::connect(url, postgres::NoTls).expect("connects");
+            for row in c
+                .query("SELECT key, program FROM sealed_programs", &[])
+                .expect("reads")
+            {
+                let (key, program): (String, Vec<u8>) = (row.get(0), row.get(1));
+                c.execute(
+                    "UPDATE sealed_programs SET program = $2 WHERE key = $1",
+                    &[&key, &damage(program)],
+                )
+                .expect("updates");
+            }
+        }
+        None => {
+            let c = Connection::open(lab.dir.0.join(".flowc/runs.db")).expect("opens");
+            let rows: Vec<(String, Vec<u8>)> = c
+                .prepare("SELECT key, program FROM sealed_programs")
+                .expect("prepares")
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .expect("reads")
+                .collect::<Result<_, _>>()
+                .expect("reads");
+            for (key, program) in rows {
+                c.execute(
+                    "UPDATE sealed_programs SET program = ?2 WHERE key = ?1",
+                    rusqlite::params![key, damage(program)],
+                )
+                .expect("updates");
+            }
+        }
+    }
+}
+
+/// A run keeps the program it compiled in the store, and a resume whose
+/// files are all unchanged runs it without compiling. Any other resume
+/// compiles, as before: a file whose text changed (here by a comment: the
+/// same program, so it resumes, and its program is kept too), or a kept
+/// program that is damaged. Each resume does what it would have done.
+fn a_resume_runs_the_kept_program_while_its_files_are_unchanged(backend: Backend) {
+    let lab = Lab::on(backend, "kept-program", CRASH_FLOW);
+    let paused = lab.run(FEW, &[]);
+    paused.expect(4);
+    let run = paused.run_id();
+    assert_eq!(kept_programs(&lab).len(), 1, "the run kept its program");
+
+    let kept = lab.flowc(&["--verbose", "resume", &run]);
+    kept.expect(4);
+    assert!(
+        kept.stderr
+            .contains("program: kept in the run store, not compiled again"),
+        "{}",
+        kept.stderr
+    );
+    assert!(
+        kept.stderr.contains("waiting: gate `publish`"),
+        "{}",
+        kept.stderr
+    );
+
+    let original = std::fs::read_to_string(lab.dir.0.join("prog.flow")).unwrap();
+    lab.dir
+        .write("prog.flow", &format!("// reviewed\n{original}"));
+    let compiled = lab.flowc(&["--verbose", "resume", &run]);
+    compiled.expect(4);
+    assert!(
+        compiled
+            .stderr
+            .contains("program: compiled (none was kept)"),
+        "{}",
+        compiled.stderr
+    );
+    assert_eq!(
+        kept_programs(&lab).len(),
+        2,
+        "the commented program is kept too"
+    );
+    let again = lab.flowc(&["--verbose", "resume", &run]);
+    again.expect(4);
+    assert!(again.stderr.contains("program: kept"), "{}", again.stderr);
+
+    damage_kept_programs(&lab);
+    lab.flowc(&["approve", &run, "publish"]).expect(0);
+    let done = lab.flowc(&["--verbose", "resume", &run]);
+    done.expect(0);
+    assert!(
+        done.stderr
+            .contains("program: compiled (it is damaged (its checksum differs))"),
+        "{}",
+        done.stderr
+    );
+    assert_eq!(done.json()["posted"].as_array().map(Vec::len), Some(2));
+    assert_eq!(lab.executed().len(), 2);
+    assert_eq!(lab.server.hits(CHAT), 2, "no step ran twice");
+}
+
+/// A kept program is used only with every file it was compiled from
+/// unchanged: an imported file that changed meaning is compiled, and the
+/// resume refused as before; a deleted file cannot be resumed (a run
+/// reads its files; a submitted run keeps its own).
+#[test]
+fn a_changed_import_or_a_deleted_file_is_compiled_not_taken_from_the_store() {
+    let lab = Lab::new("kept-import", "");
+    lab.dir.write(
+        "shared.flow",
+        "flow double(n: int) -> { n: int } {\n  budget { steps 10, wall 1m }\n  return { n: n }\n}\n",
+    );
+    lab.dir.write(
+        "prog.flow",
+        r#"
+use "./shared.flow".{double}
+
+flow main(n: int) -> { n: int } {
+  budget { steps 10, wall 1m }
+  let d = double(n: n)
+  let ok = approve go { show d }
+  return ok
+}
+"#,
+    );
+    let paused = lab.flowc(&["run", "prog.flow", "--input", r#"{"n": 2}"#]);
+    paused.expect(4);
+    let run = paused.run_id();
+    lab.flowc(&["--verbose", "resume", &run]).expect(4);
+
+    lab.dir.write(
+        "shared.flow",
+        "flow double(n: int) -> { n: int } {\n  budget { steps 10, wall 1m }\n  return { n: 2 }\n}\n",
+    );
+    let refused = lab.flowc(&["--verbose", "resume", &run]);
+    assert!(
+        refused.stderr.contains("shared.flow changed)")
+            && refused.stderr.contains("flow double changed"),
+        "{}",
+        refused.stderr
+    );
+    assert_ne!(refused.code, Some(0));
+
+    std::fs::remove_file(lab.dir.0.join("prog.flow")).unwrap();
+    let gone = lab.flowc(&["resume", &run]);
+    assert_eq!(gone.code, Some(2), "{gone:?}");
+    assert!(gone.stderr.contains("cannot read"), "{}", gone.stderr);
+}
+
 /// One model step whose replies are never valid.
 const INVALID_FLOW: &str = r#"
 flow judged(q: string) -> Scored {
@@ -2380,6 +2556,7 @@ on_both_backends!(
     a_gate_inside_a_sub_flow_waits_and_the_call_completes_after_approval,
     a_gate_inside_a_branch_waits_and_the_branch_completes_after_approval,
     a_resume_under_a_changed_program_is_refused_naming_the_change,
+    a_resume_runs_the_kept_program_while_its_files_are_unchanged,
     runs_show_and_trace_follow_a_run_across_processes,
     a_resume_takes_its_root_span_from_the_store_not_the_trace_file,
     two_concurrent_resumes_of_a_killed_run_drive_it_exactly_once,

@@ -232,7 +232,18 @@ pub fn run(
     input: &Value,
     options: RunOptions,
 ) -> Result<Report, SetupError> {
-    let program = checked.sealed();
+    run_sealed(checked.sealed(), flow, input, options)
+}
+
+/// [`run`] of the sealed program alone: what `check` sealed, or the copy
+/// of it the run store kept (`program_cache`, used only when every file it
+/// was compiled from is unchanged and the same flowc compiled it).
+pub fn run_sealed(
+    program: &exec::Program,
+    flow: &str,
+    input: &Value,
+    options: RunOptions,
+) -> Result<Report, SetupError> {
     let (f, values) = arguments(program, flow, input)?;
     let id = f.id;
     // Before anything is recorded or called: a run that cannot reach what

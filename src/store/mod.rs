@@ -356,6 +356,15 @@ pub trait Backend: Send {
     /// The program snapshot stored with a submitted run (`None` for a run
     /// started by `flowc run`).
     fn program(&self, run: &str) -> Result<Option<String>>;
+    /// The sealed program kept under `key` (`program_cache::key`), as
+    /// `program_cache::encode` wrote it.
+    fn cached_program(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Whether a program is kept under `key` (without reading it).
+    fn has_cached_program(&self, key: &str) -> Result<bool>;
+    /// Keeps a sealed program under `key`, unless one is kept there already
+    /// (one key, one program: the same files compiled by the same flowc).
+    /// Not fenced: it belongs to no run.
+    fn keep_program(&self, key: &str, program: &[u8]) -> Result<()>;
     /// Takes the lease of one submitted run a worker should drive now, in
     /// the transaction that finds it: a new run, one whose gate was decided
     /// or whose gate timeout passed, one that was interrupted, or one whose

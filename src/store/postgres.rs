@@ -166,6 +166,15 @@ ALTER TABLE steps DROP CONSTRAINT IF EXISTS steps_run_id_fkey;
 ALTER TABLE replies DROP CONSTRAINT IF EXISTS replies_run_id_fkey;
 ALTER TABLE runs SET (fillfactor = 70);
 "#,
+    // Sealed programs a resume runs without compiling (`program_cache.rs`),
+    // by key.
+    r#"
+CREATE TABLE sealed_programs (
+    key TEXT PRIMARY KEY,
+    program BYTEA NOT NULL,
+    kept_at DOUBLE PRECISION NOT NULL
+);
+"#,
 ];
 
 /// An arbitrary constant: the advisory lock that serializes migrations.
@@ -864,6 +873,36 @@ impl Backend for PostgresStore {
         self.call(move |c| {
             let rows = c.query("SELECT snapshot FROM programs WHERE run_id = $1", &[&run])?;
             rows.first().map(|r| Ok(r.try_get(0)?)).transpose()
+        })
+    }
+
+    fn cached_program(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let key = key.to_string();
+        self.call(move |c| {
+            let rows = c.query(
+                "SELECT program FROM sealed_programs WHERE key = $1",
+                &[&key],
+            )?;
+            rows.first().map(|r| Ok(r.try_get(0)?)).transpose()
+        })
+    }
+
+    fn has_cached_program(&self, key: &str) -> Result<bool> {
+        let key = key.to_string();
+        self.call(move |c| {
+            let rows = c.query("SELECT 1 FROM sealed_programs WHERE key = $1", &[&key])?;
+            Ok(!rows.is_empty())
+        })
+    }
+
+    fn keep_program(&self, key: &str, program: &[u8]) -> Result<()> {
+        let (key, program) = (key.to_string(), program.to_vec());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO sealed_programs (key, program, kept_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
+                &[&key, &program, &now()],
+            )?;
+            Ok(())
         })
     }
 

@@ -143,6 +143,16 @@ CREATE TABLE reviews (
 ) WITHOUT ROWID;
 CREATE INDEX reviews_day ON reviews (flow, gate, day);
 "#,
+    // Sealed programs a resume runs without compiling (`program_cache.rs`),
+    // by key. Rows of their own, not `WITHOUT ROWID`: an entry is a large
+    // blob, written once and read whole.
+    r#"
+CREATE TABLE sealed_programs (
+    key TEXT PRIMARY KEY,
+    program BLOB NOT NULL,
+    kept_at REAL NOT NULL
+);
+"#,
 ];
 
 pub struct SqliteStore {
@@ -615,6 +625,41 @@ impl Backend for SqliteStore {
                 )
                 .optional()
         })?)
+    }
+
+    fn cached_program(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(retry(|| {
+            self.conn
+                .query_row(
+                    "SELECT program FROM sealed_programs WHERE key = ?1",
+                    [key],
+                    |r| r.get(0),
+                )
+                .optional()
+        })?)
+    }
+
+    fn has_cached_program(&self, key: &str) -> Result<bool> {
+        Ok(retry(|| {
+            self.conn
+                .query_row(
+                    "SELECT 1 FROM sealed_programs WHERE key = ?1",
+                    [key],
+                    |_| Ok(()),
+                )
+                .optional()
+        })?
+        .is_some())
+    }
+
+    fn keep_program(&self, key: &str, program: &[u8]) -> Result<()> {
+        retry(|| {
+            self.conn.execute(
+                "INSERT OR IGNORE INTO sealed_programs (key, program, kept_at) VALUES (?1, ?2, ?3)",
+                params![key, program, now()],
+            )
+        })?;
+        Ok(())
     }
 
     /// Under SQLite's write lock (`BEGIN IMMEDIATE`), which serializes
