@@ -1876,7 +1876,8 @@ fn a_store_from_before_root_spans_migrates_and_its_runs_resume_into_one_tree() {
     {
         let conn = Connection::open(lab.dir.0.join(".flowc/runs.db")).expect("opens");
         conn.execute_batch(
-            "DROP INDEX reviews_day;
+            "DROP TABLE sealed_programs;
+             DROP INDEX reviews_day;
              DROP TABLE reviews;
              ALTER TABLE gates DROP COLUMN escalated_at;
              ALTER TABLE gates DROP COLUMN notified;
@@ -1898,7 +1899,7 @@ fn a_store_from_before_root_spans_migrates_and_its_runs_resume_into_one_tree() {
         .store()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("the schema version");
-    assert_eq!(version, 8, "migrated");
+    assert_eq!(version, 9, "migrated");
     let trace = lab.flowc(&["trace", &run]);
     trace.expect(0);
     let roots = trace.stdout.lines().filter(|l| !l.starts_with(' ')).count();
@@ -1921,7 +1922,7 @@ fn a_store_from_before_root_spans_migrates_and_its_runs_resume_into_one_tree() {
     assert!(
         refused
             .stderr
-            .contains("written by a newer flowc (schema 99, this flowc knows 8)"),
+            .contains("written by a newer flowc (schema 99, this flowc knows 9)"),
         "{}",
         refused.stderr
     );
