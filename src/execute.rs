@@ -163,10 +163,7 @@ fn kept_program(
             .cached_program(&key)
             .map_err(|_| "the store could not read it")?
             .ok_or("none was kept")?;
-        let kept = program_cache::decode(&bytes, read).map_err(|miss| match miss {
-            program_cache::Miss::Build => "another flowc compiled it".to_string(),
-            other => other.to_string(),
-        })?;
+        let kept = program_cache::decode(&bytes, read).map_err(|miss| miss.to_string())?;
         if !run::fingerprint::changes(&record.program, &kept.fingerprint).is_empty() {
             return Err("it is not the program the run started with".into());
         }
