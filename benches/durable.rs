@@ -27,7 +27,8 @@
 //! - `resume/process`: the same 10,000-step chain, started by the `flowc`
 //!   binary against the loopback mock server and made to lack its last
 //!   step; `flowc resume RUN` as a child process, from its start to its
-//!   exit (compile, fingerprint, open the store, take the lease, replay
+//!   exit (open the store, take the lease, read the sealed program the run
+//!   kept and hash the file it came from instead of compiling it, replay
 //!   9,999 checkpoints, run one step, finish). The trace file grows with
 //!   every sample: a resume that read it would slow down. Its floor,
 //!   measured alternately in the same run: `flowc check` of the same file
