@@ -137,7 +137,7 @@ pub(super) fn check(program: &Program, analyzable: &[bool], out: &mut Vec<Diagno
         let worst = flow_worst(program, i, analyzable, &mut memo, out, Terms::Skip);
         if let Some(budget) = &flow.budget {
             let explain = || {
-                explained(program, analyzable, |memo, out| {
+                explained(program, |memo, out| {
                     flow_worst(program, i, analyzable, memo, out, Terms::Build)
                 })
             };
@@ -193,11 +193,7 @@ pub(super) fn check(program: &Program, analyzable: &[bool], out: &mut Vec<Diagno
             row.times(rows as f64, || format!("{rows} rows"))
         };
         let worst = eval_worst(&mut memo, out, Terms::Skip);
-        let explain = || {
-            explained(program, analyzable, |memo, out| {
-                eval_worst(memo, out, Terms::Build)
-            })
-        };
+        let explain = || explained(program, |memo, out| eval_worst(memo, out, Terms::Build));
         compare(
             &format!("eval {:?}", eval.name),
             budget,
@@ -220,10 +216,8 @@ pub(super) fn check(program: &Program, analyzable: &[bool], out: &mut Vec<Diagno
 /// reported them).
 fn explained(
     program: &Program,
-    analyzable: &[bool],
     worst: impl FnOnce(&mut Vec<Option<Worst>>, &mut Vec<Diagnostic>) -> Worst,
 ) -> Worst {
-    debug_assert_eq!(analyzable.len(), program.flows.len());
     worst(&mut vec![None; program.flows.len()], &mut Vec::new())
 }
 

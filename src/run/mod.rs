@@ -527,9 +527,7 @@ pub fn run_sealed(
             Outcome::Store(_) => Ok(()),
             _ if replies.is_empty() => Ok(()),
             _ => {
-                let mut writes = d.writes.get();
-                writes.commits += 1;
-                d.writes.set(writes);
+                d.count_write(|w| w.commits += 1);
                 store.commit_steps(&d.lease, &[], &replies, runtime.spend_to_write(d))
             }
         };

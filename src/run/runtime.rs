@@ -94,6 +94,13 @@ pub struct Durable {
 }
 
 impl Durable {
+    /// Counts one more write to the store (`Report::store_writes`).
+    pub fn count_write(&self, count: impl FnOnce(&mut super::store_writes::StoreWrites)) {
+        let mut writes = self.writes.get();
+        count(&mut writes);
+        self.writes.set(writes);
+    }
+
     /// Remembers a failed write (the run ends with it) and says what failed.
     pub fn store_failed(&self, e: crate::store::StoreError) -> String {
         let message = e.to_string();
@@ -165,9 +172,7 @@ impl<'p> Runtime<'p> {
                 &replies,
                 self.spend_to_write(d),
             );
-            let mut writes = d.writes.get();
-            writes.commits += 1;
-            d.writes.set(writes);
+            d.count_write(|w| w.commits += 1);
             if let Err(e) = result {
                 *d.failed.borrow_mut() = Some(e);
             }
@@ -204,9 +209,7 @@ impl<'p> Runtime<'p> {
                     .store
                     .borrow()
                     .record_spend(&d.lease, self.spend_to_write(d));
-                let mut writes = d.writes.get();
-                writes.reservations += 1;
-                d.writes.set(writes);
+                d.count_write(|w| w.reservations += 1);
                 if let Err(e) = written {
                     d.failed.borrow_mut().get_or_insert(e);
                 }
