@@ -2353,25 +2353,15 @@ fn run_durable(lab: &Lab, flow: &str, input: Value) -> (flowc::run::Report, Stri
     let checked = support::program::checked("prog.flow", &source);
     let store = Store::open(&lab.dir.0.join("writes.db"), Durability::Full).expect("opens");
     let id = flowc::run::new_run_id();
-    let record = RunRecord {
-        id: id.clone(),
-        file: "prog.flow".into(),
-        flow: flow.into(),
-        program: json!({}),
-        input: input.clone(),
-        status: "running".into(),
-        output: None,
-        error: None,
-        created_at: flowc::store::now(),
-        updated_at: flowc::store::now(),
-        spend: Default::default(),
-        trace: String::new(),
-        replay: None,
-        owner: None,
-        lease_until: None,
-        root_span: None,
-        root_written: false,
-    };
+    let record = RunRecord::starting(
+        id.clone(),
+        "prog.flow".into(),
+        flow.into(),
+        json!({}),
+        input.clone(),
+        String::new(),
+        None,
+    );
     let vars = HashMap::from([
         ("OPENAI_BASE_URL".to_string(), lab.server.openai_base_url()),
         ("OPENAI_API_KEY".to_string(), KEY.to_string()),
