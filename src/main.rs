@@ -10,6 +10,13 @@ use flowc::{compile, flow_files, render, Input};
 
 mod cli;
 mod execute;
+mod region_allocator;
+
+/// The system allocator, or a region for the batch commands (see
+/// `region_allocator.rs`): `main` enables it for `check`, `fmt` and `graph`,
+/// whose work is bounded by their input and which exit when done.
+#[global_allocator]
+static ALLOCATOR: region_allocator::RegionAllocator = region_allocator::RegionAllocator::new();
 
 /// flowc: check and run Flow workflows.
 #[derive(Parser)]
@@ -504,6 +511,12 @@ fn main() {
             _ => cli::style::Verbosity::Normal,
         },
     );
+    if matches!(
+        cli.command,
+        Command::Check { .. } | Command::Fmt { .. } | Command::Graph { .. }
+    ) {
+        ALLOCATOR.enable();
+    }
     let result = match cli.command {
         Command::Check {
             paths,

@@ -803,3 +803,59 @@ fn the_crate_has_one_scanner() {
         found.join("\n")
     );
 }
+
+/// The commands `main` lists before `ALLOCATOR.enable()`.
+fn region_commands(main: &str) -> Vec<String> {
+    let at = main
+        .find("ALLOCATOR.enable()")
+        .expect("main.rs enables the region allocator");
+    let start = main[..at]
+        .rfind("matches!(")
+        .expect("the commands that enable it are listed with matches!");
+    main[start..at]
+        .split("Command::")
+        .skip(1)
+        .map(|c| {
+            c.split(|ch: char| !ch.is_alphanumeric())
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn only_batch_commands_allocate_from_the_region() {
+    assert_eq!(
+        region_commands("if matches!(cli.command, Command::Run { .. }) {\n ALLOCATOR.enable();"),
+        ["Run"]
+    );
+    // A region is never given back: a command that runs flows, serves or
+    // waits would grow without bound. These end when their input is done.
+    let batch = ["Check", "Fmt", "Graph"];
+    let main = read("src/main.rs");
+    let listed = region_commands(&main);
+    assert!(
+        !listed.is_empty(),
+        "no command listed before ALLOCATOR.enable()"
+    );
+    for command in &listed {
+        assert!(
+            batch.contains(&command.as_str()),
+            "`{command}` enables the region allocator, which never frees; only {batch:?} may"
+        );
+    }
+    let mut callers = Vec::new();
+    for (path, text) in rust_files(&root().join("src")) {
+        for (line, code) in code_lines(&text) {
+            if code.contains(".enable()") && code.contains("ALLOCATOR") {
+                callers.push(format!("{}:{line}", shown(&path)));
+            }
+        }
+    }
+    assert_eq!(
+        callers.len(),
+        1,
+        "the region is enabled in one place: {callers:?}"
+    );
+}
