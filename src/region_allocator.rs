@@ -21,6 +21,7 @@
 //! back to whichever allocator it came from by its address.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Address space reserved by [`RegionAllocator::enable`]. Reserved, not
@@ -36,15 +37,31 @@ const REGION_BYTES: usize = 1 << 30;
 /// `mremap` without copying, and unmaps it when freed.
 const LARGE_BYTES: usize = 256 << 10;
 
+/// How much of the region a thread takes at a time: each thread bumps in a
+/// slab of its own, so two threads parsing at once never contend for a
+/// cache line on every allocation.
+const SLAB_BYTES: usize = 1 << 20;
+
+thread_local! {
+    /// This thread's slab: its start, the next free address, its end (all
+    /// 0 before the thread's first block from a region).
+    static SLAB: Cell<(usize, usize, usize)> = const { Cell::new((0, 0, 0)) };
+}
+
 pub struct RegionAllocator {
     /// The region's first address; 0 while the region is off.
     start: AtomicUsize,
     /// One past the region's last address.
     end: AtomicUsize,
-    /// The next free address: everything from here to `end` is unused.
+    /// The start of the region's part no slab has taken yet.
     next: AtomicUsize,
     /// How much address space `enable` reserves.
     bytes: usize,
+}
+
+/// `at` rounded up to `align`, a power of two (a `Layout` guarantees it).
+fn align_up(at: usize, align: usize) -> Option<usize> {
+    Some(at.checked_add(align - 1)? & !(align - 1))
 }
 
 impl RegionAllocator {
@@ -91,18 +108,40 @@ impl RegionAllocator {
         start != 0 && at >= start && at < self.end.load(Ordering::Relaxed)
     }
 
-    /// A block from the region, or `None` when the region is off or full,
-    /// or the block is large.
+    /// This thread's slab, if it is a slab of this region (a test may use
+    /// two allocators on one thread).
+    fn slab(&self) -> Option<(usize, usize, usize)> {
+        let slab = SLAB.try_with(Cell::get).ok()?;
+        let start = self.start.load(Ordering::Acquire);
+        (start != 0 && slab.0 >= start && slab.2 <= self.end.load(Ordering::Relaxed))
+            .then_some(slab)
+    }
+
+    fn set_slab(slab: (usize, usize, usize)) {
+        // Only fails while the thread is being torn down, when nothing is
+        // allocated from the region any more.
+        let _ = SLAB.try_with(|s| s.set(slab));
+    }
+
+    /// A block from this thread's slab (or a new one), or `None` when the
+    /// region is off or full, or the block is large.
     fn bump(&self, layout: Layout) -> Option<*mut u8> {
         if self.start.load(Ordering::Acquire) == 0 || layout.size() >= LARGE_BYTES {
             return None;
         }
+        if let Some((start, next, end)) = self.slab() {
+            let at = align_up(next, layout.align())?;
+            if at + layout.size() <= end {
+                Self::set_slab((start, at + layout.size(), end));
+                return Some(at as *mut u8);
+            }
+        }
+        // A new slab; the rest of the old one stays unused.
+        let bytes = SLAB_BYTES.max(layout.size() + layout.align());
         let end = self.end.load(Ordering::Relaxed);
         let mut next = self.next.load(Ordering::Relaxed);
-        loop {
-            // `align` is a power of two (a `Layout` guarantees it).
-            let at = next.checked_add(layout.align() - 1)? & !(layout.align() - 1);
-            let after = at.checked_add(layout.size())?;
+        let slab = loop {
+            let after = next.checked_add(bytes)?;
             if after > end {
                 return None;
             }
@@ -110,20 +149,26 @@ impl RegionAllocator {
                 .next
                 .compare_exchange_weak(next, after, Ordering::Relaxed, Ordering::Relaxed)
             {
-                Ok(_) => return Some(at as *mut u8),
+                Ok(_) => break next,
                 Err(moved) => next = moved,
             }
-        }
+        };
+        let at = align_up(slab, layout.align())?;
+        Self::set_slab((slab, at + layout.size(), slab + bytes));
+        Some(at as *mut u8)
     }
 
-    /// Moves `next` from `from` to `to` if no other block was handed out
-    /// after the one ending at `from`. Whether it moved.
-    fn move_next(&self, from: usize, to: usize) -> bool {
-        to <= self.end.load(Ordering::Relaxed)
-            && self
-                .next
-                .compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+    /// Moves this thread's next free address from `from` to `to` if the
+    /// block ending at `from` is the last one its slab handed out and `to`
+    /// stays inside the slab. Whether it moved.
+    fn move_next(&self, block: usize, from: usize, to: usize) -> bool {
+        match self.slab() {
+            Some((start, next, end)) if block >= start && next == from && to <= end => {
+                Self::set_slab((start, to, end));
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -134,10 +179,11 @@ impl Default for RegionAllocator {
 }
 
 // SAFETY: every block handed out is either the system allocator's (and goes
-// back to it) or a range of the region no other live block overlaps: `bump`
-// hands out `[at, at + size)` only after moving `next` past it with a
-// compare-and-swap, and `next` moves back only over the last block, when its
-// owner frees or shrinks it.
+// back to it) or a range of the region no other live block overlaps: a slab
+// is taken from the region with a compare-and-swap, so each belongs to one
+// thread; `bump` hands out `[at, at + size)` of the thread's slab and moves
+// the slab's next free address past it, and that address moves back only
+// over the slab's last block, when its owner frees or shrinks it.
 unsafe impl GlobalAlloc for RegionAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match self.bump(layout) {
@@ -163,9 +209,11 @@ unsafe impl GlobalAlloc for RegionAllocator {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if self.contains(ptr) {
-            // Freed memory is reused only when it is the last block (a
-            // temporary freed at once); otherwise it stays until exit.
-            self.move_next(ptr as usize + layout.size(), ptr as usize);
+            // Freed memory is reused only when it is the last block of this
+            // thread's slab (a temporary freed at once); otherwise it stays
+            // until exit.
+            let at = ptr as usize;
+            self.move_next(at, at + layout.size(), at);
         } else {
             // SAFETY: `ptr` came from `System` with `layout`.
             unsafe { System.dealloc(ptr, layout) }
@@ -181,14 +229,12 @@ unsafe impl GlobalAlloc for RegionAllocator {
         let old_end = at + layout.size();
         if new_size <= layout.size() {
             // Shrinking the last block gives its tail back.
-            self.move_next(old_end, at + new_size);
+            self.move_next(at, old_end, at + new_size);
             return ptr;
         }
-        // The last block grows where it is.
-        if let Some(new_end) = at.checked_add(new_size) {
-            if self.move_next(old_end, new_end) {
-                return ptr;
-            }
+        // The last block grows where it is (a large one moves out, below).
+        if new_size < LARGE_BYTES && self.move_next(at, old_end, at + new_size) {
+            return ptr;
         }
         // SAFETY: `new_size` is non-zero and, as the caller guarantees, a
         // valid size for `layout.align()`.
@@ -272,8 +318,10 @@ mod tests {
             assert_eq!(grown, b);
             assert_eq!(*grown.add(15), 7);
             // A block that is not the last moves, bytes and all.
+            a.write_bytes(5, 3);
             let moved = region.realloc(a, layout(3, 1), 10);
             assert_ne!(moved, a);
+            assert_eq!(*moved.add(2), 5);
             assert!(moved as usize >= grown as usize + 4096);
             // Freeing the last block rewinds: the next one takes its place,
             // zeroed when asked for.
@@ -287,17 +335,18 @@ mod tests {
 
     #[test]
     fn a_full_region_falls_back_to_the_system_allocator() {
-        let region = RegionAllocator::reserving(64 << 10);
+        let region = RegionAllocator::reserving(2 * SLAB_BYTES);
         region.enable();
-        let l = layout(100 << 10, 8);
+        let l = layout(200 << 10, 8);
         unsafe {
-            let p = region.alloc(layout(8, 8));
-            assert!(region.contains(p));
-            // Too big for what is left: the system allocator's block, which
-            // goes back to it.
-            let q = region.realloc(p, layout(8, 8), 100 << 10);
-            assert!(!q.is_null() && !region.contains(q));
-            region.dealloc(q, l);
+            let blocks: Vec<_> = (0..12).map(|_| region.alloc(l)).collect();
+            let inside = blocks.iter().filter(|&&p| region.contains(p)).count();
+            // Two slabs of five blocks each; the rest are the system's.
+            assert_eq!(inside, 10);
+            for p in blocks {
+                assert!(!p.is_null());
+                region.dealloc(p, l);
+            }
         }
     }
 
@@ -310,6 +359,40 @@ mod tests {
             let p = region.alloc(l);
             assert!(!p.is_null() && !region.contains(p));
             region.dealloc(p, l);
+            // A small block that grows large moves out too.
+            let small = region.alloc(layout(64, 8));
+            let grown = region.realloc(small, layout(64, 8), LARGE_BYTES);
+            assert!(!region.contains(grown));
+            region.dealloc(grown, l);
+        }
+    }
+
+    #[test]
+    fn threads_allocating_at_once_get_disjoint_blocks() {
+        let region: &'static RegionAllocator = Box::leak(Box::new(RegionAllocator::new()));
+        region.enable();
+        let l = layout(24, 8);
+        let blocks: Vec<Vec<usize>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4u8)
+                .map(|id| {
+                    scope.spawn(move || {
+                        (0..50_000)
+                            .map(|_| unsafe {
+                                let p = region.alloc(l);
+                                p.write_bytes(id, 24);
+                                p as usize
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        for (id, mine) in blocks.iter().enumerate() {
+            for &p in mine {
+                let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, 24) };
+                assert!(bytes.iter().all(|&b| b == id as u8), "a block was shared");
+            }
         }
     }
 }
