@@ -4,7 +4,8 @@
 //!
 //! Recovery: the file is parsed one top-level item at a time. After a broken
 //! item the parser resumes at the next line that starts with a top-level
-//! keyword, so every broken item gets its own diagnostic.
+//! keyword, so every broken item gets its own diagnostic. A big flow may
+//! be parsed in two parts at once (`split.rs`), with the same result.
 
 use pest::error::{ErrorVariant, InputLocation};
 use pest::iterators::Pair;
@@ -19,6 +20,7 @@ use crate::syntax::scan;
 use crate::syntax::tokens::Tokens;
 
 mod clauses;
+mod split;
 use clauses::ClauseList;
 
 /// Words that can never name a binding, a declaration or a parameter.
@@ -89,13 +91,13 @@ pub fn parse_keeping_tokens(file: FileId, text: &str) -> (Module, Vec<Diagnostic
     (module, diagnostics, tokens)
 }
 
-fn parse_scanned(file: FileId, text: &str, scan: scan::Scan) -> (Module, Vec<Diagnostic>) {
+fn parse_scanned(file: FileId, text: &str, mut scan: scan::Scan) -> (Module, Vec<Diagnostic>) {
     let mut parser = Parser {
         file,
         base: 0,
         diagnostics: Vec::new(),
         climbing: 0,
-        comments: scan.comments,
+        comments: std::mem::take(&mut scan.comments),
     };
     if let Some(at) = scan.too_deep {
         let d = Diagnostic::new(Code::Syntax, Span::new(file, at, at + 1), format!("this nests deeper than {MAX_DEPTH} levels"))
@@ -119,6 +121,15 @@ fn parse_scanned(file: FileId, text: &str, scan: scan::Scan) -> (Module, Vec<Dia
             break;
         }
         parser.base = pos;
+        if let Some(cut) = split::cut(&scan, text, pos) {
+            if split::two_cores() {
+                if let Some((item, end)) = split::parse_flow_in_two(&mut parser, text, pos, cut) {
+                    items.push(item);
+                    pos = end;
+                    continue;
+                }
+            }
+        }
         match FlowGrammar::parse(Rule::item_only, rest) {
             Ok(mut pairs) => match pairs.next() {
                 Some(pair) => {

@@ -31,6 +31,12 @@ pub struct Scan {
     /// The offset where nesting first passed the limit, if it did (the scan
     /// stops there).
     pub too_deep: Option<usize>,
+    /// Offsets of the `let`s that begin a line inside a top-level item's
+    /// braces (bracket depth 1, outside strings and comments), in order:
+    /// where the parser may cut a big flow to parse its two parts at once.
+    pub let_lines: Vec<usize>,
+    /// Offsets just past each `}` that closes a top-level item's braces.
+    pub item_ends: Vec<usize>,
 }
 
 /// Scans `text`; nesting deeper than `limit` (brackets and interpolations
@@ -41,6 +47,8 @@ pub fn scan(text: &str, limit: usize) -> Scan {
     Scan {
         comments: s.comments,
         too_deep: s.too_deep,
+        let_lines: s.let_lines,
+        item_ends: s.item_ends,
     }
 }
 
@@ -64,6 +72,8 @@ pub fn scan_tokens(text: &str, limit: usize) -> (Scan, Tokens) {
     let scan = Scan {
         comments: s.comments,
         too_deep: s.too_deep,
+        let_lines: s.let_lines,
+        item_ends: s.item_ends,
     };
     (scan, tokens)
 }
@@ -170,6 +180,8 @@ struct Scanner<'t, const KEEP: bool> {
     previous_word: (usize, usize),
     comments: Vec<(usize, usize)>,
     too_deep: Option<usize>,
+    let_lines: Vec<usize>,
+    item_ends: Vec<usize>,
     // The token table, when `KEEP`.
     tokens: Vec<Token>,
     strings: Vec<StringLiteral>,
@@ -194,6 +206,8 @@ impl<'t, const KEEP: bool> Scanner<'t, KEEP> {
             previous_word: (0, 0),
             comments: Vec::new(),
             too_deep: None,
+            let_lines: Vec::new(),
+            item_ends: Vec::new(),
             tokens: Vec::new(),
             strings: Vec::new(),
             newlines: Vec::new(),
@@ -391,6 +405,9 @@ impl<'t, const KEEP: bool> Scanner<'t, KEEP> {
                     if let Some(Mode::Code { braces, .. }) = self.modes.last_mut() {
                         *braces = braces.saturating_sub(1);
                     }
+                    if self.depth == 0 && self.modes.len() == 1 {
+                        self.item_ends.push(i + 1);
+                    }
                 }
                 self.i += 1;
             }
@@ -429,6 +446,17 @@ impl<'t, const KEEP: bool> Scanner<'t, KEEP> {
                 ) {
                     // Counted per statement: no real statement comes near the limit.
                     self.else_ifs = 0;
+                    if word == b"let"
+                        && self.depth == 1
+                        && self.modes.len() == 1
+                        && b[..i]
+                            .iter()
+                            .rev()
+                            .take_while(|&&c| c != b'\n')
+                            .all(|&c| c == b' ' || c == b'\t')
+                    {
+                        self.let_lines.push(i);
+                    }
                 }
                 self.previous_word = (i, j);
                 self.token(i, j, TokenKind::Word);
