@@ -37,6 +37,9 @@ use crate::syntax::scan::Scan;
 /// second thread costs more than it saves.
 const SPLIT_BYTES: usize = 64 << 10;
 
+/// The tail thread's stack: what Linux gives a main thread.
+const TAIL_STACK_BYTES: usize = 8 << 20;
+
 /// Where to cut the item that starts at `pos`, if it is big enough: the
 /// first `let` line at or after the middle of its braces.
 pub(super) fn cut(scan: &Scan, text: &str, pos: usize) -> Option<usize> {
@@ -73,10 +76,15 @@ pub(super) fn parse_flow_in_two(
         comments: parser.comments.clone(),
     };
     let (head, tail) = std::thread::scope(|scope| {
-        let tail = scope.spawn(|| tail_statements(&mut tail_parser, &text[cut..]));
+        // The main thread's stack, not a spawned thread's default 2 MiB:
+        // the parser recurses once per nesting level, up to its limits.
+        let tail = std::thread::Builder::new()
+            .stack_size(TAIL_STACK_BYTES)
+            .spawn_scoped(scope, || tail_statements(&mut tail_parser, &text[cut..]))
+            .ok()?;
         let head = head_flow(parser, text, pos, cut);
-        (head, tail.join().ok().flatten())
-    });
+        Some((head, tail.join().ok().flatten()))
+    })?;
     let (mut flow, last_start, last_end) = head?;
     let (statements, end) = tail?;
     if !tail_parser.diagnostics.is_empty() {
@@ -259,5 +267,40 @@ mod tests {
         let at = cut(&scanned, &big, start).expect("a cut");
         assert!(big[at..].starts_with("let "));
         assert!(at > big.len() / 2 - 100 && at < big.len() / 2 + 100);
+    }
+
+    /// The tail is parsed on another thread: it must take what the whole
+    /// parse takes on the main thread, up to the nesting limits.
+    #[test]
+    fn the_tail_thread_takes_the_deepest_expressions_the_limits_allow() {
+        let mut text =
+            String::from("flow big(seed: string) -> string {\n  budget { steps 10, wall 1h }\n");
+        while text.len() < 3 * SPLIT_BYTES {
+            text.push_str("  let more = seed\n");
+        }
+        let chain = ["seed"]
+            .into_iter()
+            .chain(std::iter::repeat_n("f", 250))
+            .collect::<Vec<_>>()
+            .join(".");
+        let nots = format!("{}seed", "not ".repeat(250));
+        let brackets = format!("{}seed{}", "[".repeat(60), "]".repeat(60));
+        text.push_str(&format!("  let deep1 = {chain}\n  let deep2 = {nots}\n  let deep3 = {brackets}\n  return seed\n}}\n"));
+        let (module, diagnostics) = crate::parser::parse(FileId(0), &text);
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        assert_eq!(module.items.len(), 1);
+        // And the split itself held (the deep statements are in the tail).
+        let scanned = crate::syntax::scan::scan(&text, crate::parser::MAX_DEPTH);
+        let at = cut(&scanned, &text, 0).expect("a cut");
+        assert!(at < text.find("deep1").unwrap());
+        let mut parser = Parser {
+            file: FileId(0),
+            base: 0,
+            diagnostics: Vec::new(),
+            climbing: 0,
+            comments: Vec::new(),
+        };
+        let (flow, _) = parse_flow_in_two(&mut parser, &text, 0, at).expect("the split holds");
+        assert_eq!(&flow, &module.items[0]);
     }
 }
