@@ -35,7 +35,7 @@ use crate::syntax::scan::Scan;
 
 /// A flow whose text is shorter than this is parsed whole: below it the
 /// second thread costs more than it saves.
-const SPLIT_BYTES: usize = 64 << 10;
+const SPLIT_BYTES: usize = 16 << 10;
 
 /// The tail thread's stack: what Linux gives a main thread.
 const TAIL_STACK_BYTES: usize = 8 << 20;
@@ -193,7 +193,7 @@ mod tests {
              model m = provider_model(\"x\")\n\
              flow big(seed: string) -> string {\n  budget { steps 100000, tool_calls 100000, wall 1h }\n",
         );
-        for i in 0..40 {
+        for i in 0..36 {
             text.push_str(&format!(
                 "  let a{i} = fetch(id: seed)\n  let b{i} = fetch(id: a{i}.id) after a{i}\n    , a{i}\n\
                  \x20 let c{i} = fetch(\n    id: \"let x = {{a{i}.id}}\" // let inside\n  )\n  fallback fetch(id: seed)\n\
