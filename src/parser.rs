@@ -1722,7 +1722,9 @@ impl Parser {
         let span = self.span(&pair);
         let mut it = pair.into_inner();
         let callee = self.ident(&next!(self, it, span));
-        let mut args = Vec::new();
+        // Sized to the arguments: a first push makes room for four, and an
+        // argument is a name and an expression (a third of a KiB in all).
+        let mut args = Vec::with_capacity(it.len());
         let mut positional = false;
         for arg in it {
             let aspan = self.span(&arg);
