@@ -1,7 +1,7 @@
 //! G001: steps that depend on each other in a circle. G002: flows that call
 //! each other recursively.
 
-use petgraph::algo::tarjan_scc;
+use petgraph::algo::{tarjan_scc, TarjanScc};
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::code::Code;
@@ -15,14 +15,16 @@ pub(super) fn cycles(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<bool> 
     let mut acyclic = Vec::with_capacity(program.flows.len());
     for flow in &program.flows {
         let mut ok = true;
-        for scc in tarjan_scc(&flow.graph) {
+        // Each component seen in place: `tarjan_scc` would allocate a list
+        // for every step of an acyclic graph.
+        TarjanScc::new().run(&flow.graph, |scc| {
             let self_loop = scc.len() == 1 && flow.graph.contains_edge(scc[0], scc[0]);
             if scc.len() < 2 && !self_loop {
-                continue;
+                return;
             }
             ok = false;
             // Name the steps in source order, so the message is stable.
-            let mut steps: Vec<NodeIndex> = scc.clone();
+            let mut steps: Vec<NodeIndex> = scc.to_vec();
             steps.sort_by_key(|n| flow.graph[*n].span);
             let named: Vec<NodeIndex> = steps
                 .iter()
@@ -47,7 +49,7 @@ pub(super) fn cycles(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<bool> 
                 d = d.with(flow.graph[*n].span, "also in the cycle");
             }
             out.push(d);
-        }
+        });
         acyclic.push(ok);
     }
     acyclic
