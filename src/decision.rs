@@ -41,7 +41,7 @@ pub fn gate_type<'p>(program: &'p Program, flow: &str, gate: &str) -> Option<&'p
         .iter()
         .filter(|f| f.name == flow)
         .flat_map(|f| f.graph.node_weights())
-        .find(|s| matches!(&s.kind, StepKind::Approve { gate: name, .. } if name == gate))
+        .find(|s| matches!(&s.kind, StepKind::Approve(a) if a.gate == gate))
         .map(|s| &s.ty)
 }
 

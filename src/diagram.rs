@@ -280,7 +280,7 @@ fn describe(
             };
             lines.push(format!("{what} {}", target.name(program)));
             let mut e = effect_of(program, *target);
-            if let Some(Fallback::Call(fb, _, _)) = &step.fallback {
+            if let Some(Fallback::Call(fb, _, _)) = step.fallback.as_deref() {
                 e = e.max(effect_of(program, *fb));
             }
             effect = Some(e);
@@ -318,14 +318,15 @@ fn describe(
             ));
             NodeKind::Llm
         }
-        StepKind::Approve {
-            gate,
-            timeout_seconds,
-            on_timeout,
-            escalation,
-            policy,
-            ..
-        } => {
+        StepKind::Approve(a) => {
+            let crate::ir::Approve {
+                gate,
+                timeout_seconds,
+                on_timeout,
+                escalation,
+                policy,
+                ..
+            } = &**a;
             lines.push(format!("approval gate {gate}"));
             if policy.is_some() {
                 lines.push("policy decides some cases".to_string());
@@ -392,7 +393,7 @@ fn describe(
             NodeKind::Return
         }
     };
-    match &step.fallback {
+    match step.fallback.as_deref() {
         Some(Fallback::Call(target, _, _)) => {
             lines.push(format!("fallback {}", target.name(program)))
         }

@@ -403,7 +403,7 @@ pub enum RegionKind {
     },
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Step {
     pub name: String,
     /// The name as written (`let name`), or the construct for unnamed steps.
@@ -411,12 +411,13 @@ pub struct Step {
     pub region: RegionId,
     pub kind: StepKind,
     pub ty: Ty,
-    pub fallback: Option<Fallback>,
+    /// Boxed, as few steps have one (see [`StepKind::Approve`]).
+    pub fallback: Option<Box<Fallback>>,
     /// True when the step's value is read by another step or the output.
     pub named: bool,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Fallback {
     Value(Expr),
     Call(CallTarget, Vec<(String, Expr)>, Span),
@@ -429,7 +430,7 @@ pub enum CallTarget {
     Flow(FlowId),
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum StepKind {
     Value(Expr),
     Call {
@@ -437,17 +438,8 @@ pub enum StepKind {
         args: Vec<(String, Expr)>,
     },
     Llm(Box<LlmCall>),
-    Approve {
-        gate: String,
-        show: Vec<Expr>,
-        timeout_seconds: Option<f64>,
-        /// The final outcome when nobody decides in time (after the
-        /// escalation, if there is one: then `Reject`).
-        on_timeout: Decision,
-        escalation: Option<Escalation>,
-        policy: Option<Policy>,
-        notify: Option<Notify>,
-    },
+    /// Boxed: every step is as large as the largest kind, and few are gates.
+    Approve(Box<Approve>),
     /// The item of a loop: runs once per element of `iterable`.
     LoopItem {
         iterable: Expr,
@@ -477,6 +469,20 @@ pub enum StepKind {
     },
     /// The flow's `return`.
     Output(Expr),
+}
+
+/// An `approve` step.
+#[derive(Clone, Debug)]
+pub struct Approve {
+    pub gate: String,
+    pub show: Vec<Expr>,
+    pub timeout_seconds: Option<f64>,
+    /// The final outcome when nobody decides in time (after the
+    /// escalation, if there is one: then `Reject`).
+    pub on_timeout: Decision,
+    pub escalation: Option<Escalation>,
+    pub policy: Option<Policy>,
+    pub notify: Option<Notify>,
 }
 
 /// `on_timeout escalate { notify …, timeout … }`: when the gate's timeout
@@ -524,7 +530,7 @@ pub enum NotifyTarget {
     Env(String),
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Arm {
     /// `None` for `_` and `else`.
     pub pattern: Option<Lit>,
@@ -534,7 +540,7 @@ pub struct Arm {
     pub result: Option<NodeIndex>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct LlmCall {
     pub model: ModelId,
     pub output: Ty,
@@ -816,7 +822,7 @@ fn describe_step_name(name: &str) -> String {
         return if name == "return" {
             "the `return`".into()
         } else {
-            format!("`{name}`")
+            quoted(name)
         };
     };
     let owner_text = describe_step_name(owner);
@@ -827,8 +833,18 @@ fn describe_step_name(name: &str) -> String {
         "if" => format!("the condition of {owner_text}"),
         "match" => format!("the subject of {owner_text}"),
         arm if arm.starts_with("arm") => format!("arm {} of {owner_text}", &arm[3..]),
-        _ => format!("`{name}`"),
+        _ => quoted(name),
     }
+}
+
+/// `` `name` ``, without the formatting machinery: sealing names every step
+/// of a flow this way.
+fn quoted(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    s.push('`');
+    s.push_str(name);
+    s.push('`');
+    s
 }
 
 impl CallTarget {

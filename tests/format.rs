@@ -281,7 +281,7 @@ fn fingerprint(c: &Compilation) -> String {
             .node_indices()
             .map(|n| {
                 let s = &g[n];
-                let fallback = match &s.fallback {
+                let fallback = match s.fallback.as_deref() {
                     None => String::new(),
                     Some(ir::Fallback::Value(e)) => format!(" fallback {}", expr(p, Some(f), e)),
                     Some(ir::Fallback::Call(target, args, _)) => {
@@ -343,7 +343,7 @@ fn kind_name(kind: &StepKind) -> &'static str {
         StepKind::Value(_) => "value",
         StepKind::Call { .. } => "call",
         StepKind::Llm(_) => "llm",
-        StepKind::Approve { .. } => "approve",
+        StepKind::Approve(_) => "approve",
         StepKind::LoopItem { .. } => "loop-item",
         StepKind::Loop { .. } => "loop",
         StepKind::Decide { .. } => "decide",
@@ -371,15 +371,16 @@ fn step_detail(p: &Program, f: &ir::Flow, kind: &StepKind) -> String {
             l.timeout_seconds,
             budget(l.budget.as_ref())
         ),
-        StepKind::Approve {
-            gate,
-            show,
-            timeout_seconds,
-            on_timeout,
-            escalation,
-            policy,
-            notify,
-        } => {
+        StepKind::Approve(a) => {
+            let ir::Approve {
+                gate,
+                show,
+                timeout_seconds,
+                on_timeout,
+                escalation,
+                policy,
+                notify,
+            } = &**a;
             let show: Vec<String> = show.iter().map(e).collect();
             let policy = policy
                 .as_ref()

@@ -69,14 +69,14 @@ fn expected(file: &Path, program: &Program, flow: &Flow) -> Expected {
     let mut irreversible = Vec::new();
     for n in flow.graph.node_indices() {
         let step = &flow.graph[n];
-        if matches!(step.kind, StepKind::Approve { .. }) {
+        if matches!(step.kind, StepKind::Approve(_)) {
             gates.push(n.index());
         }
         let main = match &step.kind {
             StepKind::Call { target, .. } => tool_effect(target),
             _ => None,
         };
-        let fallback = match &step.fallback {
+        let fallback = match step.fallback.as_deref() {
             Some(Fallback::Call(target, _, _)) => tool_effect(target),
             _ => None,
         };

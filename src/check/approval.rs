@@ -67,11 +67,9 @@ impl Guards {
 /// approves every case.
 pub(super) fn reviewed(kind: &StepKind) -> bool {
     match kind {
-        StepKind::Approve {
-            on_timeout, policy, ..
-        } => {
-            *on_timeout != Decision::Approve
-                && !policy.as_ref().is_some_and(|p| always_true(&p.when))
+        StepKind::Approve(a) => {
+            a.on_timeout != Decision::Approve
+                && !a.policy.as_ref().is_some_and(|p| always_true(&p.when))
         }
         _ => false,
     }
@@ -168,7 +166,7 @@ pub(super) fn guards(flow: &Flow, output_gated: &[bool]) -> Option<Guards> {
     let gates: Vec<NodeIndex> = g
         .node_indices()
         .filter(|&n| match &g[n].kind {
-            kind @ StepKind::Approve { .. } => reviewed(kind),
+            kind @ StepKind::Approve(_) => reviewed(kind),
             StepKind::Call {
                 target: CallTarget::Flow(f),
                 ..
@@ -289,13 +287,12 @@ pub(super) fn check(
     let gates: Vec<_> = g
         .node_indices()
         .filter_map(|n| match &g[n].kind {
-            StepKind::Approve {
-                on_timeout: Decision::Approve,
-                gate,
-                ..
-            } => Some((
+            StepKind::Approve(a) if a.on_timeout == Decision::Approve => Some((
                 g[n].span,
-                format!("gate `{gate}` approves itself on timeout, so it does not count"),
+                format!(
+                    "gate `{}` approves itself on timeout, so it does not count",
+                    a.gate
+                ),
             )),
             _ => None,
         })
@@ -304,12 +301,10 @@ pub(super) fn check(
     // calls behind it are then not reported again.
     let mut self_approving = Vec::new();
     for n in g.node_indices() {
-        if let StepKind::Approve {
-            gate,
-            policy: Some(policy),
-            ..
-        } = &g[n].kind
-        {
+        if let StepKind::Approve(a) = &g[n].kind {
+            let (gate, Some(policy)) = (&a.gate, &a.policy) else {
+                continue;
+            };
             if always_true(&policy.when) {
                 self_approving.push(n);
                 out.push(
@@ -330,7 +325,7 @@ pub(super) fn check(
         if let StepKind::Call { target, .. } = &step.kind {
             targets.push(*target);
         }
-        if let Some(Fallback::Call(target, _, _)) = &step.fallback {
+        if let Some(Fallback::Call(target, _, _)) = step.fallback.as_deref() {
             targets.push(*target);
         }
         for target in targets {

@@ -283,7 +283,7 @@ impl FlowCost<'_, '_> {
             StepKind::Call { target, .. } => {
                 w.add(self.call(*target, step.span, || step.display()))
             }
-            StepKind::Approve { .. } | StepKind::Check { .. } => {
+            StepKind::Approve(_) | StepKind::Check { .. } => {
                 let what = if matches!(step.kind, StepKind::Check { .. }) {
                     "check"
                 } else {
@@ -342,7 +342,7 @@ impl FlowCost<'_, '_> {
             }
             _ => {}
         }
-        if let Some(Fallback::Call(target, _, span)) = &step.fallback {
+        if let Some(Fallback::Call(target, _, span)) = step.fallback.as_deref() {
             let f = self.call(*target, *span, || {
                 format!("the fallback of {}", step.display())
             });

@@ -42,14 +42,14 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
             }
             let what = match step.kind {
                 StepKind::Llm(_) => "a model call",
-                StepKind::Approve { .. } => "an approval no step waits for",
+                StepKind::Approve(_) => "an approval no step waits for",
                 StepKind::Call { .. } => "a read-only call",
                 _ => "a value",
             };
             out.push(
                 Diagnostic::new(Code::DeadStep, step.span, format!("the value of `{}` is never used", step.name))
                     .label(match step.kind {
-                        StepKind::Approve { .. } => what.to_string(),
+                        StepKind::Approve(_) => what.to_string(),
                         _ => format!("{what} whose result goes nowhere"),
                     })
                     .help(format!("use `{}` in a later step or the `return`, order a step with `after {}`, or remove it", step.name, step.name)),

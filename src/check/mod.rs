@@ -113,7 +113,7 @@ pub(crate) fn calls(
             StepKind::Call { target, .. } => Some((n, *target)),
             _ => None,
         };
-        let fallback = match &step.fallback {
+        let fallback = match step.fallback.as_deref() {
             Some(crate::ir::Fallback::Call(target, _, _)) => Some((n, *target)),
             _ => None,
         };

@@ -402,29 +402,21 @@ fn step(
             args: args.clone(),
         },
         ir::StepKind::Llm(l) => K::Llm(Box::new(llm(program, s, l, scope)?)),
-        ir::StepKind::Approve {
-            gate,
-            show,
-            timeout_seconds,
-            on_timeout,
-            escalation,
-            policy,
-            notify,
-        } => K::Approve(Box::new(exec::Gate {
-            name: gate.clone(),
-            show: show.clone(),
-            timeout: timeout_seconds.map(duration),
-            on_timeout: *on_timeout,
-            escalation: escalation.as_ref().map(|e| exec::Escalation {
+        ir::StepKind::Approve(a) => K::Approve(Box::new(exec::Gate {
+            name: a.gate.clone(),
+            show: a.show.clone(),
+            timeout: a.timeout_seconds.map(duration),
+            on_timeout: a.on_timeout,
+            escalation: a.escalation.as_ref().map(|e| exec::Escalation {
                 notify: e.notify.clone(),
                 timeout: duration(e.timeout_seconds),
             }),
-            policy: policy.as_ref().map(|p| exec::Policy {
+            policy: a.policy.as_ref().map(|p| exec::Policy {
                 when: p.when.clone(),
                 reads: policy_reads(&p.when, flow),
                 sample: p.sample,
             }),
-            notify: notify.clone(),
+            notify: a.notify.clone(),
         })),
         ir::StepKind::LoopItem { iterable } => K::LoopItem {
             iterable: iterable.clone(),
@@ -470,7 +462,7 @@ fn step(
         region: s.region,
         kind,
         ty: s.ty.clone(),
-        fallback: s.fallback.as_ref().map(|f| match f {
+        fallback: s.fallback.as_deref().map(|f| match f {
             ir::Fallback::Value(e) => exec::Fallback::Value(e.clone()),
             ir::Fallback::Call(target, args, _) => exec::Fallback::Call(*target, args.clone()),
         }),

@@ -23,9 +23,9 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
                         template(t, &mut found);
                     }
                 }
-                StepKind::Approve { show, policy, .. } => {
-                    show.iter().for_each(|e| expr(e, &mut found));
-                    if let Some(p) = policy {
+                StepKind::Approve(a) => {
+                    a.show.iter().for_each(|e| expr(e, &mut found));
+                    if let Some(p) = &a.policy {
                         expr(&p.when, &mut found);
                     }
                 }
@@ -35,7 +35,7 @@ pub(super) fn check(program: &Program, out: &mut Vec<Diagnostic>) {
                 }),
                 StepKind::Loop { .. } | StepKind::Branch { .. } => {}
             }
-            match &step.fallback {
+            match step.fallback.as_deref() {
                 Some(Fallback::Value(e)) => expr(e, &mut found),
                 Some(Fallback::Call(_, args, _)) => {
                     args.iter().for_each(|(_, e)| expr(e, &mut found))

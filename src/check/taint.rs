@@ -183,7 +183,8 @@ fn analyze(
     for (span, arg, what, path, n) in found {
         let mut d = report(flow, span, &arg, &what, &path, n);
         for gate in guards.gates_in(guards.of[n.index()]) {
-            if let StepKind::Approve { gate: name, .. } = &flow.graph[gate].kind {
+            if let StepKind::Approve(a) = &flow.graph[gate].kind {
+                let name = &a.gate;
                 d = d.with(
                     flow.graph[gate].span,
                     format!("gate `{name}` guards the call but shows something else"),
@@ -237,7 +238,7 @@ fn call_sites(flow: &Flow, n: NodeIndex) -> Vec<CallSite<'_>> {
     if let StepKind::Call { target, args } = &step.kind {
         out.push((*target, args.as_slice(), step.span));
     }
-    if let Some(Fallback::Call(target, args, span)) = &step.fallback {
+    if let Some(Fallback::Call(target, args, span)) = step.fallback.as_deref() {
         out.push((*target, args.as_slice(), *span));
     }
     out
@@ -259,7 +260,8 @@ impl FlowTaint<'_> {
         let mut shown: HashSet<NodeIndex> = HashSet::new();
         for gate in self.guards.gates_in(self.guards.of[at.index()]) {
             shown.insert(gate);
-            if let StepKind::Approve { show, .. } = &g[gate].kind {
+            if let StepKind::Approve(a) = &g[gate].kind {
+                let show = &a.show;
                 let mut steps = Vec::new();
                 for s in show {
                     s.steps(&mut steps);
@@ -310,7 +312,8 @@ impl FlowTaint<'_> {
                 StepKind::Value(e) | StepKind::Output(e) => {
                     reads(&self.program.types, e, &mut more)
                 }
-                kind @ StepKind::Approve { show, .. } => {
+                kind @ StepKind::Approve(a) => {
+                    let show = &a.show;
                     // A gate's value was reviewed, unless nobody had to look.
                     if !super::approval::reviewed(kind) {
                         for s in show.iter().take(1) {
@@ -342,11 +345,11 @@ impl FlowTaint<'_> {
                 ),
                 StepKind::Decide { .. } | StepKind::Check { .. } => {}
             }
-            if let Some(Fallback::Value(e)) = &step.fallback {
+            if let Some(Fallback::Value(e)) = step.fallback.as_deref() {
                 reads(&self.program.types, e, &mut more);
             }
             if !matches!(step.kind, StepKind::Call { .. }) {
-                if let Some(Fallback::Call(..)) = &step.fallback {
+                if let Some(Fallback::Call(..)) = step.fallback.as_deref() {
                     calls = call_sites(self.flow, n);
                 }
             }

@@ -47,10 +47,11 @@ struct FlowBuilder<'a> {
     graph: petgraph::graph::DiGraph<Step, Dep>,
     regions: Vec<Region>,
     region_nodes: Vec<Vec<NodeIndex>>,
-    scopes: Vec<HashMap<String, NodeIndex>>,
+    /// Names borrow the syntax tree: a large flow binds thousands.
+    scopes: Vec<HashMap<&'a str, NodeIndex>>,
     /// Every binding of the flow by name, with its region: a name is bound
     /// once per flow, except in exclusive arms of one branch.
-    names: HashMap<String, Vec<(Span, RegionId)>>,
+    names: HashMap<&'a str, Vec<(Span, RegionId)>>,
     gates: HashMap<String, Span>,
     pending: HashMap<NodeIndex, (Pending<'a>, RegionId, usize)>,
     state: HashMap<NodeIndex, State>,
@@ -72,11 +73,14 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
         .iter()
         .map(|p| (p.name.clone(), p.ty.clone()))
         .collect();
+    // Sized once: a step is a few hundred bytes, and growing by doubling
+    // copies them all each time.
+    let steps = steps_in(&decl.body);
     let mut b = FlowBuilder {
         m,
         name: decl.name.name.clone(),
         params,
-        graph: Default::default(),
+        graph: petgraph::graph::DiGraph::with_capacity(steps, 2 * steps),
         regions: vec![Region {
             parent: None,
             kind: RegionKind::Root,
@@ -227,7 +231,7 @@ impl<'a> FlowBuilder<'a> {
                 Stmt::Check(c) => (&c.name, c.span, Pending::Check(c)),
                 _ => continue,
             };
-            let clash = self.names.get(&name.name).and_then(|prev| {
+            let clash = self.names.get(name.name.as_str()).and_then(|prev| {
                 prev.iter()
                     .find(|(_, r)| !self.exclusive_regions(*r, region))
                     .map(|(s, _)| *s)
@@ -256,7 +260,7 @@ impl<'a> FlowBuilder<'a> {
                 cx.report(d);
             } else {
                 self.names
-                    .entry(name.name.clone())
+                    .entry(name.name.as_str())
                     .or_default()
                     .push((name.span, region));
             }
@@ -277,7 +281,7 @@ impl<'a> FlowBuilder<'a> {
                 named: true,
             });
             if let Some(scope) = self.scopes.last_mut() {
-                scope.insert(name.name.clone(), node);
+                scope.insert(name.name.as_str(), node);
             }
             self.pending.insert(node, (pending, region, depth));
             self.state.insert(node, State::Pending);
@@ -419,8 +423,7 @@ impl<'a> FlowBuilder<'a> {
         let candidates: Vec<&str> = self
             .scopes
             .iter()
-            .flat_map(|s| s.keys())
-            .map(String::as_str)
+            .flat_map(|s| s.keys().copied())
             .chain(self.params.iter().map(|(n, _)| n.as_str()))
             .collect();
         let mut d = Diagnostic::new(
@@ -432,7 +435,7 @@ impl<'a> FlowBuilder<'a> {
         d = match did_you_mean(&name.name, candidates) {
             // Every candidate is visible here, so the name fits as written.
             Some(s) => d.help(format!("did you mean `{s}`?")).suggest(name.span, s),
-            None if self.names.contains_key(&name.name) => d.help(format!(
+            None if self.names.contains_key(name.name.as_str()) => d.help(format!(
                 "`{}` is bound inside a loop or branch, and is visible only there",
                 name.name
             )),
@@ -593,7 +596,7 @@ impl<'a> FlowBuilder<'a> {
                     }
                 };
                 (
-                    StepKind::Approve {
+                    StepKind::Approve(Box::new(Approve {
                         gate: ap.gate.name.clone(),
                         show,
                         timeout_seconds: timeout,
@@ -601,7 +604,7 @@ impl<'a> FlowBuilder<'a> {
                         escalation,
                         policy,
                         notify: ap.notify.as_ref().map(notify),
-                    },
+                    })),
                     ty,
                 )
             }
@@ -660,78 +663,65 @@ impl<'a> FlowBuilder<'a> {
     }
 
     fn call(&mut self, cx: &mut Lowerer<'_, '_>, call: &ast::Call) -> Option<ResolvedCall> {
-        let (target, params, output): (CallTarget, Vec<(String, Ty, bool)>, Ty) =
-            match cx.lookup(self.m, &call.callee.name) {
-                Some(Symbol::Tool(t)) => {
-                    let tool = &cx.program.tools[t.index()];
-                    (
-                        CallTarget::Tool(t),
-                        crate::ir::signature(&tool.params),
-                        tool.output.clone(),
-                    )
-                }
-                Some(Symbol::Agent(a)) => {
-                    let agent = &cx.program.agents[a.index()];
-                    (
-                        CallTarget::Agent(a),
-                        crate::ir::signature(&agent.params),
-                        agent.output.clone(),
-                    )
-                }
-                Some(Symbol::Flow(f)) => {
-                    let flow = &cx.program.flows[f.index()];
-                    (
-                        CallTarget::Flow(f),
-                        crate::ir::signature(&flow.params),
-                        flow.output.clone(),
-                    )
-                }
-                Some(Symbol::Model(_)) => {
-                    cx.wrong_kind(
-                        &call.callee,
-                        Symbol::Model(ModelId(0)),
-                        "a tool, agent or flow",
-                        &format!(
-                            "ask a model with `llm {} -> Type {{ prompt \"…\" }}`",
+        let (target, output): (CallTarget, Ty) = match cx.lookup(self.m, &call.callee.name) {
+            Some(Symbol::Tool(t)) => (
+                CallTarget::Tool(t),
+                cx.program.tools[t.index()].output.clone(),
+            ),
+            Some(Symbol::Agent(a)) => (
+                CallTarget::Agent(a),
+                cx.program.agents[a.index()].output.clone(),
+            ),
+            Some(Symbol::Flow(f)) => (
+                CallTarget::Flow(f),
+                cx.program.flows[f.index()].output.clone(),
+            ),
+            Some(Symbol::Model(_)) => {
+                cx.wrong_kind(
+                    &call.callee,
+                    Symbol::Model(ModelId(0)),
+                    "a tool, agent or flow",
+                    &format!(
+                        "ask a model with `llm {} -> Type {{ prompt \"…\" }}`",
+                        call.callee.name
+                    ),
+                );
+                return None;
+            }
+            Some(other) => {
+                cx.wrong_kind(
+                    &call.callee,
+                    other,
+                    "a tool, agent or flow",
+                    "only tools, agents and flows can be called",
+                );
+                return None;
+            }
+            None => {
+                self.unresolved = true;
+                if self.lookup(&call.callee.name).is_some()
+                    || self.params.iter().any(|(p, _)| *p == call.callee.name)
+                {
+                    let d = Diagnostic::new(
+                        Code::WrongKind,
+                        call.callee.span,
+                        format!(
+                            "`{}` is a value, not a tool, agent or flow",
                             call.callee.name
                         ),
-                    );
-                    return None;
+                    )
+                    .label("cannot be called")
+                    .help("only declared tools, agents and flows can be called");
+                    cx.report(d);
+                } else {
+                    cx.undefined(self.m, &call.callee, "tool, agent or flow", |s| {
+                        matches!(s, Symbol::Tool(_) | Symbol::Agent(_) | Symbol::Flow(_))
+                    });
                 }
-                Some(other) => {
-                    cx.wrong_kind(
-                        &call.callee,
-                        other,
-                        "a tool, agent or flow",
-                        "only tools, agents and flows can be called",
-                    );
-                    return None;
-                }
-                None => {
-                    self.unresolved = true;
-                    if self.lookup(&call.callee.name).is_some()
-                        || self.params.iter().any(|(p, _)| *p == call.callee.name)
-                    {
-                        let d = Diagnostic::new(
-                            Code::WrongKind,
-                            call.callee.span,
-                            format!(
-                                "`{}` is a value, not a tool, agent or flow",
-                                call.callee.name
-                            ),
-                        )
-                        .label("cannot be called")
-                        .help("only declared tools, agents and flows can be called");
-                        cx.report(d);
-                    } else {
-                        cx.undefined(self.m, &call.callee, "tool, agent or flow", |s| {
-                            matches!(s, Symbol::Tool(_) | Symbol::Agent(_) | Symbol::Flow(_))
-                        });
-                    }
-                    return None;
-                }
-            };
-        let args = self.args(cx, call, &params);
+                return None;
+            }
+        };
+        let args = self.args(cx, call, target);
         Some((target, args, output))
     }
 
@@ -739,10 +729,10 @@ impl<'a> FlowBuilder<'a> {
         &mut self,
         cx: &mut Lowerer<'_, '_>,
         call: &ast::Call,
-        params: &[(String, Ty, bool)],
+        target: CallTarget,
     ) -> Vec<(String, Expr)> {
         let mut resolve = |cx: &mut Lowerer<'_, '_>, name: &ast::Ident| self.resolve(cx, name);
-        check_args(cx, call, params, &mut resolve)
+        check_args(cx, call, target, &mut resolve)
     }
 
     fn llm(
@@ -886,7 +876,7 @@ impl<'a> FlowBuilder<'a> {
         self.connect(&iterable, item);
         self.open_loops.push((node, body));
         self.scopes
-            .push(HashMap::from_iter([(f.var.name.clone(), item)]));
+            .push(HashMap::from_iter([(f.var.name.as_str(), item)]));
         let result = self.block(cx, &f.body, body, &format!("{name}.result"));
         self.scopes.pop();
         self.open_loops.pop();
@@ -1259,7 +1249,7 @@ impl<'a> FlowBuilder<'a> {
                 "a fallback must produce the same type as the step it replaces",
             );
         }
-        self.graph[node].fallback = Some(fallback);
+        self.graph[node].fallback = Some(Box::new(fallback));
     }
 
     /// A `check` guards every later use of the values it validates: each step
@@ -1322,6 +1312,31 @@ impl<'a> FlowBuilder<'a> {
         for (check, user) in edges {
             self.connect_all(&[check], user, Dep::Guard);
         }
+    }
+}
+
+/// How many steps lowering `stmts` makes, about: one per binding, `check`
+/// and `return`, and those of loops and branches. Only sizes the graph.
+fn steps_in(stmts: &[Stmt]) -> usize {
+    stmts
+        .iter()
+        .map(|s| match s {
+            Stmt::Let(l) => 1 + inner_steps(&l.step),
+            Stmt::Check(_) | Stmt::Return(..) => 1,
+            Stmt::Budget(_) => 0,
+        })
+        .sum()
+}
+
+/// The steps a loop or branch adds besides its own: its item or condition,
+/// and each block's bindings and result.
+fn inner_steps(step: &ast::Step) -> usize {
+    let block = |b: &ast::Block| steps_in(&b.stmts) + 1 + inner_steps(&b.result);
+    match &step.kind {
+        ast::StepKind::For(f) => 1 + block(&f.body),
+        ast::StepKind::If(i) => 1 + block(&i.then) + i.otherwise.as_ref().map_or(0, block),
+        ast::StepKind::Match(m) => 1 + m.arms.iter().map(|a| block(&a.body)).sum::<usize>(),
+        _ => 0,
     }
 }
 
@@ -1418,11 +1433,22 @@ fn null_expr(span: Span) -> Expr {
     }
 }
 
-/// Matches a call's named arguments to the callee's parameters.
+/// The parameters of what a call calls.
+fn callee_params(program: &Program, target: CallTarget) -> &[Param] {
+    match target {
+        CallTarget::Tool(t) => &program.tools[t.index()].params,
+        CallTarget::Agent(a) => &program.agents[a.index()].params,
+        CallTarget::Flow(f) => &program.flows[f.index()].params,
+    }
+}
+
+/// Matches a call's named arguments to the callee's parameters. They are
+/// read where they are declared, not copied: every call site of a large
+/// flow would copy its callee's names and types.
 fn check_args(
     cx: &mut Lowerer<'_, '_>,
     call: &ast::Call,
-    params: &[(String, Ty, bool)],
+    target: CallTarget,
     resolve: &mut super::expr::Resolver<'_>,
 ) -> Vec<(String, Expr)> {
     let mut out: Vec<(String, Expr)> = Vec::new();
@@ -1439,8 +1465,9 @@ fn check_args(
             cx.report(d);
             continue;
         }
-        match params.iter().find(|(p, _, _)| *p == name.name) {
-            Some((_, ty, _)) => {
+        let params = callee_params(&cx.program, target);
+        let problem = match params.iter().find(|p| p.name == name.name) {
+            Some(Param { ty, .. }) => {
                 if !cx.program.types.assignable(&e.ty, ty) {
                     let types = &cx.program.types;
                     let (want, got) = (types.display(ty), types.display(&e.ty));
@@ -1457,7 +1484,7 @@ fn check_args(
                             .map(|_| n.name.clone()),
                         _ => None,
                     };
-                    let d = match testable {
+                    Some(match testable {
                         Some(n) => d.help(format!(
                             "`{}` takes `{}: {want}` and `{n}` may be `null`: pass it inside `if {n} != null {{ … }}`, where it is `{want}`",
                             call.callee.name, name.name
@@ -1466,40 +1493,45 @@ fn check_args(
                             "`{}` takes `{}: {want}`",
                             call.callee.name, name.name
                         )),
-                    };
-                    cx.report(d);
+                    })
+                } else {
+                    None
                 }
             }
             None => {
-                let mut d = Diagnostic::new(
+                let d = Diagnostic::new(
                     Code::UnknownArgument,
                     name.span,
                     format!("`{}` takes no argument `{}`", call.callee.name, name.name),
                 )
                 .label("unknown argument");
-                d = match did_you_mean(&name.name, params.iter().map(|(p, _, _)| p.as_str())) {
-                    Some(s) => d.help(format!("did you mean `{s}`?")),
-                    None if params.is_empty() => {
-                        d.help(format!("`{}` takes no arguments", call.callee.name))
-                    }
-                    None => d.help(format!(
-                        "its arguments are {}",
-                        params
-                            .iter()
-                            .map(|(p, _, _)| format!("`{p}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )),
-                };
-                cx.report(d);
+                Some(
+                    match did_you_mean(&name.name, params.iter().map(|p| p.name.as_str())) {
+                        Some(s) => d.help(format!("did you mean `{s}`?")),
+                        None if params.is_empty() => {
+                            d.help(format!("`{}` takes no arguments", call.callee.name))
+                        }
+                        None => d.help(format!(
+                            "its arguments are {}",
+                            params
+                                .iter()
+                                .map(|p| format!("`{}`", p.name))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )),
+                    },
+                )
             }
+        };
+        if let Some(d) = problem {
+            cx.report(d);
         }
         out.push((name.name.clone(), e));
     }
-    let missing: Vec<String> = params
+    let missing: Vec<String> = callee_params(&cx.program, target)
         .iter()
-        .filter(|(p, _, optional)| !optional && !out.iter().any(|(n, _)| n == p))
-        .map(|(p, ty, _)| format!("{p}: {}", cx.program.types.display(ty)))
+        .filter(|p| !p.optional && !out.iter().any(|(n, _)| *n == p.name))
+        .map(|p| format!("{}: {}", p.name, cx.program.types.display(&p.ty)))
         .collect();
     if !missing.is_empty() {
         let plural = if missing.len() == 1 {
@@ -1564,10 +1596,8 @@ pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDec
             run_span = Some(call.span);
             match cx.lookup(m, &call.callee.name) {
                 Some(Symbol::Flow(f)) => {
-                    let params: Vec<(String, Ty, bool)> =
-                        crate::ir::signature(&cx.program.flows[f.index()].params);
                     test.flow = Some(f);
-                    test.args = check_args(cx, call, &params, &mut no_names);
+                    test.args = check_args(cx, call, CallTarget::Flow(f), &mut no_names);
                 }
                 Some(other) => cx.wrong_kind(
                     &call.callee,
@@ -1878,7 +1908,7 @@ fn flow_has_gate(program: &Program, flow: FlowId, gate: &str, depth: u32) -> boo
     }
     let f = &program.flows[flow.index()];
     f.graph.node_weights().any(|s| match &s.kind {
-        StepKind::Approve { gate: g, .. } => g == gate,
+        StepKind::Approve(a) => a.gate == gate,
         StepKind::Call {
             target: CallTarget::Flow(sub),
             ..

@@ -170,7 +170,8 @@ impl RunProgram {
         let mut gates = HashMap::new();
         for flow in &program.flows {
             for n in flow.graph.node_indices() {
-                if let StepKind::Approve { gate, .. } = &flow.graph[n].kind {
+                if let StepKind::Approve(a) = &flow.graph[n].kind {
+                    let gate = &a.gate;
                     let ty = flow.graph[n].ty.clone();
                     gates.insert(
                         (flow.name.clone(), gate.clone()),
