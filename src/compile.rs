@@ -2,8 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::check::{check, CheckedProgram};
+use crate::check::{check, check_sealed, CheckedProgram};
 use crate::diagnostic::Problems;
+use crate::exec;
 use crate::loader::{LoadedModule, Loader, Workspace};
 use crate::lower::lower;
 use crate::snapshot::ProgramSnapshot;
@@ -52,6 +53,15 @@ pub fn compile(inputs: &[Input]) -> Result<Compilation, InputError> {
     load(Loader::new(), inputs).map(|loader| compile_workspace(loader.finish()))
 }
 
+/// [`compile`] for a caller that only reports the problems (`flowc check`):
+/// the same problems, but `program` is always `None`, since nothing reads
+/// the checked IR: sealing moves it instead of copying it. The sealed
+/// program comes back beside, when there were no errors, for the caller
+/// to drop (or, ending the process, to forget).
+pub fn diagnose(inputs: &[Input]) -> Result<(Compilation, Option<exec::Program>), InputError> {
+    load(Loader::new(), inputs).map(|loader| diagnose_workspace(loader.finish()))
+}
+
 /// [`compile`] of one file, keeping a copy of every file it read: the
 /// program `flowc submit` stores with a run.
 pub fn snapshot_and_compile(root: &Path) -> Result<(Compilation, ProgramSnapshot), InputError> {
@@ -89,7 +99,25 @@ fn load(mut loader: Loader, inputs: &[Input]) -> Result<Loader, InputError> {
     Ok(loader)
 }
 
+/// What a compilation keeps of a program that passed every check.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// The [`CheckedProgram`]: its IR and its sealed program.
+    Checked,
+    /// Nothing: only the problems are wanted.
+    Problems,
+}
+
 pub fn compile_workspace(ws: Workspace) -> Compilation {
+    compile_keeping(ws, Keep::Checked).0
+}
+
+/// [`diagnose`] of a loaded workspace.
+pub fn diagnose_workspace(ws: Workspace) -> (Compilation, Option<exec::Program>) {
+    compile_keeping(ws, Keep::Problems)
+}
+
+fn compile_keeping(ws: Workspace, keep: Keep) -> (Compilation, Option<exec::Program>) {
     let mut found = ws.problems.clone();
     let program = lower(&ws, &mut found);
     let mut problems = Problems::default();
@@ -107,14 +135,20 @@ pub fn compile_workspace(ws: Workspace) -> Compilation {
         .collect();
     let mut ws = ws;
     let sources = std::mem::take(&mut ws.sources);
-    let checked = check(program, &sources, &mut problems);
-    Compilation {
+    let (checked, sealed) = match keep {
+        Keep::Checked => (check(program, &sources, &mut problems), None),
+        // Sealed all the same: a fact the checker failed to prove is
+        // reported here too.
+        Keep::Problems => (None, check_sealed(program, &sources, &mut problems)),
+    };
+    let compilation = Compilation {
         sources,
         problems,
         program: checked,
         roots,
         modules: std::mem::take(&mut ws.modules),
-    }
+    };
+    (compilation, sealed)
 }
 
 /// Every `.flow` file under `dir`, sorted, skipping hidden folders and build output.

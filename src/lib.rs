@@ -53,6 +53,6 @@ pub mod grammar {
 
 pub use check::CheckedProgram;
 pub use compile::{
-    compile, compile_snapshot, compile_workspace, flow_files, snapshot_and_compile, Compilation,
-    Input, InputError,
+    compile, compile_snapshot, compile_workspace, diagnose, diagnose_workspace, flow_files,
+    snapshot_and_compile, Compilation, Input, InputError,
 };

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use flowc::code::Code;
-use flowc::{compile, flow_files, render, Input};
+use flowc::{compile, diagnose, flow_files, render, Input};
 
 mod cli;
 mod execute;
@@ -763,7 +763,7 @@ fn file_input(file: PathBuf) -> Result<Input, String> {
 fn check(paths: Vec<PathBuf>, format: Format, deny_warnings: bool) -> Result<i32, String> {
     let started = std::time::Instant::now();
     let inputs = inputs(paths)?;
-    let mut compilation = compile(&inputs).map_err(|e| e.to_string())?;
+    let (mut compilation, sealed) = diagnose(&inputs).map_err(|e| e.to_string())?;
     if cli::style::verbose() {
         for root in &compilation.roots {
             eprintln!("checked {root}");
@@ -837,6 +837,7 @@ fn check(paths: Vec<PathBuf>, format: Format, deny_warnings: bool) -> Result<i32
     // The process ends here: freeing the program node by node took 3% of
     // checking a large file, and the OS takes the memory back whole.
     std::mem::forget(compilation);
+    std::mem::forget(sealed);
     Ok(status)
 }
 

@@ -52,46 +52,7 @@ pub fn check(
     sources: &Sources,
     problems: &mut Problems,
 ) -> Option<CheckedProgram> {
-    let mut found: Vec<Diagnostic> = Vec::new();
-    let acyclic = graph::cycles(&program, &mut found);
-    let recursive = graph::recursion(&program, &mut found);
-    limits::check(&program, &mut found);
-    retries::check(&program, &mut found);
-    mcp::check(&program, &mut found);
-    // Text a syntax error made the parser skip may call any tool, so no tool
-    // is "never called" then.
-    let discarded = problems
-        .errors
-        .iter()
-        .any(|d| d.code == crate::code::Code::Syntax);
-    reach::check(&program, discarded, &mut found);
-    secrets::check(&program, &mut found);
-    dead::check(&program, &mut found);
-    // The graph passes below need acyclic step graphs.
-    let output_gated = approval::gated_outputs(&program, &acyclic);
-    for (i, flow) in program.flows.iter().enumerate() {
-        if !acyclic[i] {
-            continue;
-        }
-        approval::check(&program, flow, &output_gated, &mut found);
-        resources::check(&program, FlowId(i as u32), &mut found);
-    }
-    let analyzable: Vec<bool> = acyclic
-        .iter()
-        .zip(&recursive)
-        .map(|(a, r)| *a && !*r)
-        .collect();
-    cost::check(&program, &analyzable, &mut found);
-    context::check(&program, &mut found);
-    taint::check(&program, &analyzable, &output_gated, &mut found);
-    // The standard library is checked by flowc's own tests; users see only
-    // problems in their files.
-    problems.extend(
-        found
-            .into_iter()
-            .filter(|d| !sources.get(d.span.file).is_std()),
-    );
-    if problems.has_errors() {
+    if !passes(&program, sources, problems) {
         return None;
     }
     match seal::seal(&program) {
@@ -101,6 +62,71 @@ pub fn check(
             None
         }
     }
+}
+
+/// [`check`] for a caller that never reads the IR again (`flowc check`,
+/// the language server): the same passes and the same seal, so the same
+/// problems, but the IR moves into the sealed program instead of being
+/// copied. Returns the sealed program when there are no errors.
+pub fn check_sealed(
+    program: Program,
+    sources: &Sources,
+    problems: &mut Problems,
+) -> Option<crate::exec::Program> {
+    if !passes(&program, sources, problems) {
+        return None;
+    }
+    match seal::seal_owned(program) {
+        Ok(sealed) => Some(sealed),
+        Err(d) => {
+            problems.extend([d]);
+            None
+        }
+    }
+}
+
+/// Every pass, reporting into `problems`: whether the program may be sealed.
+fn passes(program: &Program, sources: &Sources, problems: &mut Problems) -> bool {
+    let mut found: Vec<Diagnostic> = Vec::new();
+    let acyclic = graph::cycles(program, &mut found);
+    let recursive = graph::recursion(program, &mut found);
+    limits::check(program, &mut found);
+    retries::check(program, &mut found);
+    mcp::check(program, &mut found);
+    // Text a syntax error made the parser skip may call any tool, so no tool
+    // is "never called" then.
+    let discarded = problems
+        .errors
+        .iter()
+        .any(|d| d.code == crate::code::Code::Syntax);
+    reach::check(program, discarded, &mut found);
+    secrets::check(program, &mut found);
+    dead::check(program, &mut found);
+    // The graph passes below need acyclic step graphs.
+    let output_gated = approval::gated_outputs(program, &acyclic);
+    for (i, flow) in program.flows.iter().enumerate() {
+        if !acyclic[i] {
+            continue;
+        }
+        approval::check(program, flow, &output_gated, &mut found);
+        resources::check(program, FlowId(i as u32), &mut found);
+    }
+    let analyzable: Vec<bool> = acyclic
+        .iter()
+        .zip(&recursive)
+        .map(|(a, r)| *a && !*r)
+        .collect();
+    cost::check(program, &analyzable, &mut found);
+    context::check(program, &mut found);
+    taint::check(program, &analyzable, &output_gated, &mut found);
+    // The standard library is checked by flowc's own tests; users see only
+    // problems in their files.
+    problems.extend(
+        found
+            .into_iter()
+            .filter(|d| !sources.get(d.span.file).is_std()),
+    );
+    !problems.has_errors()
 }
 
 /// Every call a flow makes, with its node.

@@ -10,6 +10,9 @@
 
 use std::time::Duration;
 
+use petgraph::graph::NodeIndex;
+use rustc_hash::FxHashMap;
+
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::exec::{self, ChainModel, ErrorClass, TemplateScope};
@@ -46,7 +49,41 @@ fn default_agent_retry() -> exec::RetryPolicy {
 }
 
 /// The sealed program, or the fact the checker should have proved.
+/// `program` stays as it was: its steps are copied into the sealed graphs.
 pub(super) fn seal(program: &Program) -> Result<exec::Program, Diagnostic> {
+    seal_flows(program, |i, f| {
+        flow(program, FlowId(i as u32), f, Steps::Copied(&f.graph))
+    })
+}
+
+/// [`seal`] of a program nobody reads afterwards: its steps move into the
+/// sealed graphs instead of being copied, which on a large flow is most of
+/// what sealing costs.
+pub(super) fn seal_owned(mut program: Program) -> Result<exec::Program, Diagnostic> {
+    let mut graphs: Vec<_> = program
+        .flows
+        .iter_mut()
+        .map(|f| std::mem::take(&mut f.graph))
+        .collect();
+    let program = &program;
+    seal_flows(program, |i, f| {
+        let graph = std::mem::take(&mut graphs[i]);
+        flow(program, FlowId(i as u32), f, Steps::Moved(graph))
+    })
+}
+
+/// Where a flow's sealed steps come from.
+enum Steps<'a> {
+    Copied(&'a petgraph::graph::DiGraph<ir::Step, ir::Dep>),
+    Moved(petgraph::graph::DiGraph<ir::Step, ir::Dep>),
+}
+
+/// Seals everything but the flows' steps, which `flow` seals: in the order
+/// the first missing fact is looked for (tools, agents, flows, servers).
+fn seal_flows(
+    program: &Program,
+    mut flow: impl FnMut(usize, &ir::Flow) -> Result<exec::Flow, Diagnostic>,
+) -> Result<exec::Program, Diagnostic> {
     let providers = program
         .providers
         .iter()
@@ -99,7 +136,7 @@ pub(super) fn seal(program: &Program) -> Result<exec::Program, Diagnostic> {
         .flows
         .iter()
         .enumerate()
-        .map(|(i, f)| flow(program, FlowId(i as u32), f))
+        .map(|(i, f)| flow(i, f))
         .collect::<Result<_, _>>()?;
     let servers = program
         .servers
@@ -175,10 +212,10 @@ fn params(params: &[ir::Param]) -> Vec<exec::Param> {
         .collect()
 }
 
-fn template(t: &ir::Template, scope: TemplateScope) -> exec::Template {
+fn template(t: ir::Template, scope: TemplateScope) -> exec::Template {
     exec::Template {
         scope,
-        parts: t.parts.clone(),
+        parts: t.parts,
         span: t.span,
     }
 }
@@ -231,10 +268,10 @@ fn tool(
                     format!("HTTP method `{method}` of tool `{}`", t.name),
                 )
             })?,
-            url: template(url, scope),
+            url: template(url.clone(), scope),
             headers: headers
                 .iter()
-                .map(|(name, value)| (name.clone(), template(value, scope)))
+                .map(|(name, value)| (name.clone(), template(value.clone(), scope)))
                 .collect(),
             query: query.clone(),
             body: body.clone(),
@@ -242,7 +279,7 @@ fn tool(
             raw: raw.clone(),
         },
         Some(ir::ToolKind::Exec { argv }) => exec::ToolKind::Exec {
-            argv: argv.iter().map(|a| template(a, scope)).collect(),
+            argv: argv.iter().map(|a| template(a.clone(), scope)).collect(),
         },
         Some(ir::ToolKind::Builtin { name }) => {
             exec::ToolKind::Builtin(exec::Builtin::from_name(name).ok_or_else(|| {
@@ -279,7 +316,7 @@ fn tool(
         effect: t.effect,
         timeout,
         retry: t.retry.as_ref().map(retry),
-        idempotency: t.idempotency.as_ref().map(|i| template(i, scope)),
+        idempotency: t.idempotency.as_ref().map(|i| template(i.clone(), scope)),
         limit_tokens: t.limit_tokens,
     })
 }
@@ -328,7 +365,7 @@ fn agent(program: &Program, id: AgentId, a: &ir::Agent) -> Result<exec::Agent, D
         instructions: a
             .instructions
             .as_ref()
-            .map(|t| template(t, TemplateScope::Agent(id))),
+            .map(|t| template(t.clone(), TemplateScope::Agent(id))),
         budget: a.budget.as_ref().map(budget),
         timeout: a.timeout_seconds.map(duration),
         turn_timeout: a
@@ -337,7 +374,12 @@ fn agent(program: &Program, id: AgentId, a: &ir::Agent) -> Result<exec::Agent, D
     })
 }
 
-fn flow(program: &Program, id: FlowId, f: &ir::Flow) -> Result<exec::Flow, Diagnostic> {
+fn flow(
+    program: &Program,
+    id: FlowId,
+    f: &ir::Flow,
+    steps: Steps<'_>,
+) -> Result<exec::Flow, Diagnostic> {
     let budget =
         f.budget.as_ref().map(budget).ok_or_else(|| {
             unproved(f.span, format!("flow `{}` without a budget (B002)", f.name))
@@ -346,25 +388,31 @@ fn flow(program: &Program, id: FlowId, f: &ir::Flow) -> Result<exec::Flow, Diagn
         .output_step
         .ok_or_else(|| unproved(f.span, format!("flow `{}` without a `return`", f.name)))?;
     let scope = TemplateScope::Flow(id);
+    let mut reads = match &steps {
+        Steps::Copied(g) => policies_reads(g, &f.params),
+        Steps::Moved(g) => policies_reads(g, &f.params),
+    };
     let mut missing: Option<Diagnostic> = None;
-    let graph = f.graph.map(
-        |_, s| {
-            step(program, f, s, scope).unwrap_or_else(|d| {
-                missing.get_or_insert(d);
-                // Never run: the error above is returned instead.
-                exec::Step {
-                    name: s.name.clone(),
-                    shown: s.display(),
-                    region: s.region,
-                    kind: exec::StepKind::Value(null(s.span)),
-                    ty: s.ty.clone(),
-                    fallback: None,
-                    named: s.named,
-                }
-            })
-        },
-        |_, d| *d,
-    );
+    let mut seal_step = |n: NodeIndex, s: ir::Step| {
+        let (region, span) = (s.region, s.span);
+        step(program, s, reads.remove(&n), scope).unwrap_or_else(|d| {
+            missing.get_or_insert(d);
+            // Never run: the error above is returned instead.
+            exec::Step {
+                name: String::new(),
+                shown: String::new(),
+                region,
+                kind: exec::StepKind::Value(null(span)),
+                ty: crate::types::Ty::Null,
+                fallback: None,
+                named: false,
+            }
+        })
+    };
+    let graph = match steps {
+        Steps::Copied(g) => g.map(|n, s| seal_step(n, s.clone()), |_, d| *d),
+        Steps::Moved(g) => g.map_owned(&mut seal_step, |_, d| d),
+    };
     if let Some(d) = missing {
         return Err(d);
     }
@@ -380,6 +428,25 @@ fn flow(program: &Program, id: FlowId, f: &ir::Flow) -> Result<exec::Flow, Diagn
     })
 }
 
+/// What the policy of each gate with one reads ([`policy_reads`]), by node:
+/// looked up before the steps move, since the reads are named by other
+/// steps' names.
+fn policies_reads(
+    graph: &petgraph::graph::DiGraph<ir::Step, ir::Dep>,
+    params: &[ir::Param],
+) -> FxHashMap<NodeIndex, Vec<(String, ir::Expr)>> {
+    graph
+        .node_indices()
+        .filter_map(|n| match &graph[n].kind {
+            ir::StepKind::Approve(a) => a
+                .policy
+                .as_ref()
+                .map(|p| (n, policy_reads(&p.when, graph, params))),
+            _ => None,
+        })
+        .collect()
+}
+
 fn null(span: Span) -> ir::Expr {
     ir::Expr {
         kind: ir::ExprKind::Null,
@@ -390,37 +457,33 @@ fn null(span: Span) -> ir::Expr {
 
 fn step(
     program: &Program,
-    flow: &ir::Flow,
-    s: &ir::Step,
+    s: ir::Step,
+    reads: Option<Vec<(String, ir::Expr)>>,
     scope: TemplateScope,
 ) -> Result<exec::Step, Diagnostic> {
     use exec::StepKind as K;
-    let kind = match &s.kind {
-        ir::StepKind::Value(e) => K::Value(e.clone()),
-        ir::StepKind::Call { target, args } => K::Call {
-            target: *target,
-            args: args.clone(),
-        },
-        ir::StepKind::Llm(l) => K::Llm(Box::new(llm(program, s, l, scope)?)),
+    let shown = s.display();
+    let kind = match s.kind {
+        ir::StepKind::Value(e) => K::Value(e),
+        ir::StepKind::Call { target, args } => K::Call { target, args },
+        ir::StepKind::Llm(l) => K::Llm(Box::new(llm(program, s.span, &shown, *l, scope)?)),
         ir::StepKind::Approve(a) => K::Approve(Box::new(exec::Gate {
-            name: a.gate.clone(),
-            show: a.show.clone(),
+            name: a.gate,
+            show: a.show,
             timeout: a.timeout_seconds.map(duration),
             on_timeout: a.on_timeout,
-            escalation: a.escalation.as_ref().map(|e| exec::Escalation {
-                notify: e.notify.clone(),
+            escalation: a.escalation.map(|e| exec::Escalation {
+                notify: e.notify,
                 timeout: duration(e.timeout_seconds),
             }),
-            policy: a.policy.as_ref().map(|p| exec::Policy {
-                when: p.when.clone(),
-                reads: policy_reads(&p.when, flow),
+            policy: a.policy.map(|p| exec::Policy {
+                when: p.when,
+                reads: reads.unwrap_or_default(),
                 sample: p.sample,
             }),
-            notify: a.notify.clone(),
+            notify: a.notify,
         })),
-        ir::StepKind::LoopItem { iterable } => K::LoopItem {
-            iterable: iterable.clone(),
-        },
+        ir::StepKind::LoopItem { iterable } => K::LoopItem { iterable },
         ir::StepKind::Loop {
             item,
             body,
@@ -428,21 +491,19 @@ fn step(
             parallel,
             tolerate,
         } => K::Loop {
-            item: *item,
-            body: *body,
-            result: *result,
-            parallel: (*parallel).max(1),
-            tolerate: *tolerate,
+            item,
+            body,
+            result,
+            parallel: parallel.max(1),
+            tolerate,
         },
-        ir::StepKind::Decide { subject } => K::Decide {
-            subject: subject.clone(),
-        },
+        ir::StepKind::Decide { subject } => K::Decide { subject },
         ir::StepKind::Branch { decide, arms } => K::Branch {
-            decide: *decide,
+            decide,
             arms: arms
-                .iter()
+                .into_iter()
                 .map(|a| exec::Arm {
-                    pattern: a.pattern.clone(),
+                    pattern: a.pattern,
                     region: a.region,
                     result: a.result,
                 })
@@ -450,21 +511,21 @@ fn step(
         },
         ir::StepKind::Check { requires } => K::Check {
             requires: requires
-                .iter()
-                .map(|(cond, message)| (cond.clone(), template(message, scope)))
+                .into_iter()
+                .map(|(cond, message)| (cond, template(message, scope)))
                 .collect(),
         },
-        ir::StepKind::Output(e) => K::Output(e.clone()),
+        ir::StepKind::Output(e) => K::Output(e),
     };
     Ok(exec::Step {
-        name: s.name.clone(),
-        shown: s.display(),
+        name: s.name,
+        shown,
         region: s.region,
         kind,
-        ty: s.ty.clone(),
-        fallback: s.fallback.as_deref().map(|f| match f {
-            ir::Fallback::Value(e) => exec::Fallback::Value(e.clone()),
-            ir::Fallback::Call(target, args, _) => exec::Fallback::Call(*target, args.clone()),
+        ty: s.ty,
+        fallback: s.fallback.map(|f| match *f {
+            ir::Fallback::Value(e) => exec::Fallback::Value(e),
+            ir::Fallback::Call(target, args, _) => exec::Fallback::Call(target, args),
         }),
         named: s.named,
     })
@@ -472,8 +533,9 @@ fn step(
 
 fn llm(
     program: &Program,
-    s: &ir::Step,
-    l: &ir::LlmCall,
+    span: Span,
+    shown: &str,
+    l: ir::LlmCall,
     scope: TemplateScope,
 ) -> Result<exec::LlmCall, Diagnostic> {
     let chain = program
@@ -485,11 +547,8 @@ fn llm(
                 .or(program.models[m.index()].max_tokens)
                 .ok_or_else(|| {
                     unproved(
-                        s.span,
-                        format!(
-                            "a model call without `max_tokens` in {} (B006)",
-                            s.display()
-                        ),
+                        span,
+                        format!("a model call without `max_tokens` in {shown} (B006)"),
                     )
                 })?;
             Ok(ChainModel {
@@ -500,12 +559,12 @@ fn llm(
         .collect::<Result<_, Diagnostic>>()?;
     Ok(exec::LlmCall {
         chain,
-        output: l.output.clone(),
-        prompt: l.prompt.as_ref().map(|t| template(t, scope)),
-        system: l.system.as_ref().map(|t| template(t, scope)),
+        output: l.output,
+        prompt: l.prompt.map(|t| template(t, scope)),
+        system: l.system.map(|t| template(t, scope)),
         retry: match &l.retry {
             Some(r) => retry(r),
-            None => retry(&ir::RetryPolicy::llm_default(s.span)),
+            None => retry(&ir::RetryPolicy::llm_default(span)),
         },
         timeout: l.timeout_seconds.map_or(DEFAULT_LLM_TIMEOUT, duration),
         budget: l.budget.as_ref().map(budget),
@@ -515,22 +574,31 @@ fn llm(
 /// The values a policy reads, outermost first: each maximal path from a
 /// step or parameter (`r.amount`, `items.len`, `limit`), once, named as
 /// written. Literals are not reads.
-fn policy_reads(when: &ir::Expr, flow: &ir::Flow) -> Vec<(String, ir::Expr)> {
-    fn path(e: &ir::Expr, flow: &ir::Flow) -> Option<String> {
+fn policy_reads(
+    when: &ir::Expr,
+    graph: &petgraph::graph::DiGraph<ir::Step, ir::Dep>,
+    params: &[ir::Param],
+) -> Vec<(String, ir::Expr)> {
+    /// A flow's names: its steps' and its parameters'.
+    type Names<'a> = (
+        &'a petgraph::graph::DiGraph<ir::Step, ir::Dep>,
+        &'a [ir::Param],
+    );
+    fn path(e: &ir::Expr, names: Names<'_>) -> Option<String> {
         match &e.kind {
-            ir::ExprKind::Step(n) => Some(flow.graph[*n].name.clone()),
-            ir::ExprKind::Param(i) => flow.params.get(*i).map(|p| p.name.clone()),
-            ir::ExprKind::Member(inner, field) => Some(format!("{}.{field}", path(inner, flow)?)),
-            ir::ExprKind::Len(inner) => Some(format!("{}.len", path(inner, flow)?)),
+            ir::ExprKind::Step(n) => Some(names.0[*n].name.clone()),
+            ir::ExprKind::Param(i) => names.1.get(*i).map(|p| p.name.clone()),
+            ir::ExprKind::Member(inner, field) => Some(format!("{}.{field}", path(inner, names)?)),
+            ir::ExprKind::Len(inner) => Some(format!("{}.len", path(inner, names)?)),
             ir::ExprKind::Index(inner, i) => match &i.kind {
-                ir::ExprKind::Number(n) => Some(format!("{}[{n}]", path(inner, flow)?)),
+                ir::ExprKind::Number(n) => Some(format!("{}[{n}]", path(inner, names)?)),
                 _ => None,
             },
             _ => None,
         }
     }
-    fn walk(e: &ir::Expr, flow: &ir::Flow, out: &mut Vec<(String, ir::Expr)>) {
-        if let Some(name) = path(e, flow) {
+    fn walk(e: &ir::Expr, names: Names<'_>, out: &mut Vec<(String, ir::Expr)>) {
+        if let Some(name) = path(e, names) {
             if !out.iter().any(|(n, _)| *n == name) {
                 out.push((name, e.clone()));
             }
@@ -538,21 +606,21 @@ fn policy_reads(when: &ir::Expr, flow: &ir::Flow) -> Vec<(String, ir::Expr)> {
         }
         match &e.kind {
             ir::ExprKind::Not(x) | ir::ExprKind::Len(x) | ir::ExprKind::Member(x, _) => {
-                walk(x, flow, out)
+                walk(x, names, out)
             }
             ir::ExprKind::And(a, b)
             | ir::ExprKind::Or(a, b)
             | ir::ExprKind::Compare(a, _, b)
             | ir::ExprKind::Index(a, b) => {
-                walk(a, flow, out);
-                walk(b, flow, out);
+                walk(a, names, out);
+                walk(b, names, out);
             }
-            ir::ExprKind::List(items) => items.iter().for_each(|x| walk(x, flow, out)),
-            ir::ExprKind::Object(fields) => fields.iter().for_each(|(_, x)| walk(x, flow, out)),
+            ir::ExprKind::List(items) => items.iter().for_each(|x| walk(x, names, out)),
+            ir::ExprKind::Object(fields) => fields.iter().for_each(|(_, x)| walk(x, names, out)),
             _ => {}
         }
     }
     let mut out = Vec::new();
-    walk(when, flow, &mut out);
+    walk(when, (graph, params), &mut out);
     out
 }

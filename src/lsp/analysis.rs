@@ -78,7 +78,7 @@ impl Analysis {
         let mut scratch = Vec::new();
         let program = crate::lower::lower(&ws, &mut scratch);
         let file = ws.modules.first().map(|m| m.file)?;
-        let compilation = crate::compile_workspace(ws);
+        let (compilation, _sealed) = crate::diagnose_workspace(ws);
         let diagnostics: Vec<Diagnostic> =
             compilation.problems.sorted().into_iter().cloned().collect();
         Some(Analysis {
