@@ -65,6 +65,9 @@ struct FlowBuilder<'a> {
     /// (see `narrow.rs`).
     narrowed: Vec<(RegionId, Subject, Ty)>,
     after_points: std::collections::BTreeMap<NodeIndex, AfterPoint>,
+    /// The steps an expression reads, for `connect`: one buffer for every
+    /// expression of the flow.
+    reads: Vec<NodeIndex>,
 }
 
 pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &ast::FlowDecl) {
@@ -98,6 +101,7 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
         dropped_after: Vec::new(),
         narrowed: Vec::new(),
         after_points: Default::default(),
+        reads: Vec::new(),
     };
     let root = RegionId(0);
     b.scopes.push(HashMap::default());
@@ -193,15 +197,19 @@ impl<'a> FlowBuilder<'a> {
 
     /// Adds a data edge from every step `e` reads to `to`.
     fn connect(&mut self, e: &Expr, to: NodeIndex) {
-        let mut reads = Vec::new();
+        let mut reads = std::mem::take(&mut self.reads);
+        reads.clear();
         e.steps(&mut reads);
         self.connect_all(&reads, to, Dep::Data);
+        self.reads = reads;
     }
 
     fn connect_template(&mut self, t: &Template, to: NodeIndex) {
-        let mut reads = Vec::new();
+        let mut reads = std::mem::take(&mut self.reads);
+        reads.clear();
         t.steps(&mut reads);
         self.connect_all(&reads, to, Dep::Data);
+        self.reads = reads;
     }
 
     fn connect_all(&mut self, from: &[NodeIndex], to: NodeIndex, dep: Dep) {
@@ -261,7 +269,8 @@ impl<'a> FlowBuilder<'a> {
             } else {
                 self.names
                     .entry(name.name.as_str())
-                    .or_default()
+                    // Most names are bound once.
+                    .or_insert_with(|| Vec::with_capacity(1))
                     .push((name.span, region));
             }
             let _ = span;
@@ -316,8 +325,7 @@ impl<'a> FlowBuilder<'a> {
                     None => AfterPoint::New(end(l.span)),
                 };
                 self.after_points.insert(node, point);
-                let name = l.name.name.clone();
-                self.step_into(cx, node, &l.step, &name);
+                self.step_into(cx, node, &l.step, &l.name.name);
                 if let Some(fb) = &l.fallback {
                     self.fallback(cx, node, fb);
                 }
@@ -1451,7 +1459,9 @@ fn check_args(
     target: CallTarget,
     resolve: &mut super::expr::Resolver<'_>,
 ) -> Vec<(String, Expr)> {
-    let mut out: Vec<(String, Expr)> = Vec::new();
+    // Sized once: a first push would make room for four arguments, and an
+    // argument is some two hundred bytes.
+    let mut out: Vec<(String, Expr)> = Vec::with_capacity(call.args.len());
     for (name, value) in &call.args {
         let e = lower_expr(cx, value, resolve);
         if out.iter().any(|(n, _)| *n == name.name) {
