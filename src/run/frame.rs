@@ -1,7 +1,7 @@
 //! One instance of a region (the flow body, a loop iteration, a branch arm)
 //! and what a flow run carries: its plan, ledger and span.
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ pub struct PendingGate {
 /// One instance of a region: the values of its steps.
 pub struct Frame {
     region: RegionId,
-    cells: Vec<OnceCell<Value>>,
+    cells: Vec<StepValue>,
     pub skipped: RefCell<HashSet<NodeIndex>>,
     parent: Option<Rc<Frame>>,
     params: Rc<Vec<Value>>,
@@ -41,7 +41,7 @@ impl Frame {
         Rc::new(Frame {
             region: RegionId(0),
             cells: (0..plan.members[0].len())
-                .map(|_| OnceCell::new())
+                .map(|_| StepValue::default())
                 .collect(),
             skipped: RefCell::default(),
             parent: None,
@@ -54,7 +54,7 @@ impl Frame {
         Rc::new(Frame {
             region,
             cells: (0..plan.members[region.index()].len())
-                .map(|_| OnceCell::new())
+                .map(|_| StepValue::default())
                 .collect(),
             skipped: RefCell::default(),
             parent: Some(self.clone()),
@@ -64,12 +64,34 @@ impl Frame {
     }
 
     pub fn set(&self, plan: &Plan, n: NodeIndex, value: Value) {
-        let _ = self.cells[plan.slot[n.index()]].set(value);
+        let _ = self.cells[plan.slot[n.index()]].value.set(value);
+    }
+
+    /// Step `n`'s value as an earlier process checkpointed it: JSON text,
+    /// parsed when a step first reads it.
+    pub fn keep(&self, plan: &Plan, n: NodeIndex, text: Rc<str>) {
+        self.cells[plan.slot[n.index()]].kept.set(Some(text));
     }
 
     pub fn get(&self, plan: &Plan, n: NodeIndex) -> Option<&Value> {
-        self.cells[plan.slot[n.index()]].get()
+        let cell = &self.cells[plan.slot[n.index()]];
+        if let Some(text) = cell.kept.take() {
+            // Checked to be JSON when the checkpoints were loaded.
+            if let Ok(value) = serde_json::from_str(&text) {
+                let _ = cell.value.set(value);
+            }
+        }
+        cell.value.get()
     }
+}
+
+/// A step's value in a frame: computed by this process, or checkpointed by
+/// an earlier one and kept as text until read (most replayed values never
+/// are: see `Checkpoints`).
+#[derive(Default)]
+struct StepValue {
+    value: OnceCell<Value>,
+    kept: Cell<Option<Rc<str>>>,
 }
 
 /// Expression scope over a frame chain.

@@ -13,6 +13,7 @@
 pub mod breaker;
 pub mod budget;
 mod call;
+mod checkpoints;
 pub mod error;
 pub mod eval;
 pub mod fingerprint;
@@ -321,7 +322,8 @@ pub fn run_sealed(
             }
             let done = d
                 .store
-                .steps(&run_id)
+                .step_texts(&run_id)
+                .and_then(checkpoints::Checkpoints::load)
                 .map_err(|e| SetupError::Store(e.to_string()))?;
             let base = if d.resume {
                 d.record.spend
@@ -552,7 +554,7 @@ pub fn run_sealed(
             }
         }
     }
-    let completed = runtime.completed.borrow().clone();
+    let completed = std::mem::take(&mut *runtime.completed.borrow_mut());
     let calls = runtime.calls_by_name();
     let store_writes = runtime.durable.as_ref().map(|d| d.writes.get());
     Ok(Report {

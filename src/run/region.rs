@@ -11,7 +11,6 @@
 //! skips what depends on it; an iteration whose result is skipped drops out
 //! of its loop's list.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures_util::future::LocalBoxFuture;
@@ -36,7 +35,7 @@ type Running<'a> = LocalBoxFuture<'a, (NodeIndex, Result<CallOutcome, Stop>)>;
 
 pub(crate) enum Prepared<'a> {
     /// Completed in an earlier process of this run (`None`: skipped).
-    Cached(Option<Value>),
+    Cached(super::checkpoints::Checkpoint),
     Done(Value),
     Skip,
     Wait(PendingGate),
@@ -55,7 +54,9 @@ impl Runtime<'_> {
         Box::pin(async move {
             let plan = cx.plan.clone();
             let members = &plan.members[region.index()];
-            let mut remaining: HashMap<NodeIndex, usize> = HashMap::with_capacity(members.len());
+            // Per member (by its slot): how many of its dependencies have
+            // not ended yet; 0 once it is ready.
+            let mut remaining = vec![0; members.len()];
             let mut ready = Vec::new();
             for &n in members {
                 if matches!(cx.flow.graph[n].kind, StepKind::LoopItem { .. }) {
@@ -65,7 +66,7 @@ impl Runtime<'_> {
                 if deps == 0 {
                     ready.push(n);
                 } else {
-                    remaining.insert(n, deps);
+                    remaining[plan.slot[n.index()]] = deps;
                 }
             }
             // Deterministic start order: graph order.
@@ -83,8 +84,13 @@ impl Runtime<'_> {
                         self.prepare(cx, &frame, n)?
                     };
                     match prepared {
-                        Prepared::Cached(v) => {
-                            self.settle(cx, &frame, &plan, n, v, &mut remaining, &mut ready);
+                        Prepared::Cached(Some(text)) => {
+                            frame.keep(&plan, n, text);
+                            self.finished(cx, n);
+                            release(&plan, n, &mut remaining, &mut ready);
+                        }
+                        Prepared::Cached(None) => {
+                            self.settle(cx, &frame, &plan, n, None, &mut remaining, &mut ready);
                         }
                         Prepared::Done(v) => {
                             if cx.flow.graph[n].kind.is_durable() {
@@ -157,7 +163,7 @@ impl Runtime<'_> {
         plan: &Plan,
         n: NodeIndex,
         value: Option<Value>,
-        remaining: &mut HashMap<NodeIndex, usize>,
+        remaining: &mut [usize],
         ready: &mut Vec<NodeIndex>,
     ) {
         match value {
@@ -197,8 +203,8 @@ impl Runtime<'_> {
         let fail = |message: String| self.fail(cx, n, 1, FailureClass::Value, message);
         if step.kind.is_durable() {
             if let Some(d) = &self.durable {
-                if let Some(v) = d.done.borrow().get(&step_path(frame, cx, n).to_string()) {
-                    return Ok(Prepared::Cached(v.clone()));
+                if let Some(kept) = d.done.borrow_mut().get(&step_path(frame, cx, n)) {
+                    return Ok(Prepared::Cached(kept));
                 }
             }
         }
@@ -650,17 +656,12 @@ fn choose_arm<'a>(arms: &'a [Arm], subject: &Value) -> Option<&'a Arm> {
     })
 }
 
-fn release(
-    plan: &Plan,
-    n: NodeIndex,
-    remaining: &mut HashMap<NodeIndex, usize>,
-    ready: &mut Vec<NodeIndex>,
-) {
+fn release(plan: &Plan, n: NodeIndex, remaining: &mut [usize], ready: &mut Vec<NodeIndex>) {
     for d in &plan.dependents[n.index()] {
-        if let Some(count) = remaining.get_mut(d) {
+        let count = &mut remaining[plan.slot[d.index()]];
+        if *count > 0 {
             *count -= 1;
             if *count == 0 {
-                remaining.remove(d);
                 ready.push(*d);
             }
         }

@@ -71,8 +71,8 @@ pub struct Durable {
     /// replies this process has not seen (a run this process started
     /// has none but its own, which it never asks for again).
     pub resumed: bool,
-    /// Completed step instances: key → value (`None`: skipped).
-    pub done: RefCell<HashMap<String, Option<Value>>>,
+    /// Step instances completed by earlier processes of the run.
+    pub done: RefCell<super::checkpoints::Checkpoints>,
     /// Results waiting for the next commit, from every region of the run.
     pub pending: RefCell<Vec<(String, Option<Value>)>>,
     /// Model replies received since the last commit, each with the key of

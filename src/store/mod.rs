@@ -275,7 +275,24 @@ pub trait Backend: Send {
         root_written: bool,
     ) -> Result<()>;
     /// Completed steps: key → value (`None` for a step that was skipped).
-    fn steps(&self, run: &str) -> Result<HashMap<String, Option<Value>>>;
+    fn steps(&self, run: &str) -> Result<HashMap<String, Option<Value>>> {
+        let mut out = HashMap::new();
+        for (key, text) in self.step_texts(run)? {
+            let value = match text {
+                Some(text) => Some(
+                    serde_json::from_str(&text)
+                        .map_err(|e| StoreError::Failed(format!("step {key}: {e}")))?,
+                ),
+                None => None,
+            };
+            out.insert(key, value);
+        }
+        Ok(out)
+    }
+    /// Completed steps as stored: key and the value's JSON text (`None`
+    /// for a step that was skipped), not parsed. A resume reads these: it
+    /// parses only the values a step it runs reads (`run::Checkpoints`).
+    fn step_texts(&self, run: &str) -> Result<Vec<(String, Option<std::rc::Rc<str>>)>>;
     /// Commits steps that completed together, the model replies received
     /// since the last commit, and the run's spend so far, in one
     /// transaction (one flush to disk).

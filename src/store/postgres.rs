@@ -11,6 +11,7 @@
 //! is fenced, atomic and a single network exchange.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -625,7 +626,7 @@ impl Backend for PostgresStore {
         })
     }
 
-    fn steps(&self, run: &str) -> Result<HashMap<String, Option<Value>>> {
+    fn step_texts(&self, run: &str) -> Result<Vec<(String, Option<Rc<str>>)>> {
         let run = run.to_string();
         let rows: Vec<(String, Option<String>)> = self.call(move |c| {
             let rows = c.query("SELECT key, value FROM steps WHERE run_id = $1", &[&run])?;
@@ -633,18 +634,10 @@ impl Backend for PostgresStore {
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                 .collect()
         })?;
-        let mut out = HashMap::new();
-        for (key, value) in rows {
-            let value = match value {
-                Some(text) => Some(
-                    serde_json::from_str(&text)
-                        .map_err(|e| StoreError::Failed(format!("step {key}: {e}")))?,
-                ),
-                None => None,
-            };
-            out.insert(key, value);
-        }
-        Ok(out)
+        Ok(rows
+            .into_iter()
+            .map(|(key, text)| (key, text.map(Rc::from)))
+            .collect())
     }
 
     fn commit_steps(

@@ -6,11 +6,12 @@
 //! size of the graph. WAL mode; `synchronous=FULL` by default, so a committed
 //! step survives a power cut.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Duration;
 
 use rusqlite::config::DbConfig;
+use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde_json::Value;
 
@@ -436,28 +437,19 @@ impl Backend for SqliteStore {
     }
 
     /// Completed steps: key → value (`None` for a step that was skipped).
-    fn steps(&self, run: &str) -> Result<HashMap<String, Option<Value>>> {
-        let rows: Vec<(String, Option<String>)> = retry(|| {
+    fn step_texts(&self, run: &str) -> Result<Vec<(String, Option<Rc<str>>)>> {
+        Ok(retry(|| {
             let mut stmt = self
                 .conn
                 .prepare_cached("SELECT key, value FROM steps WHERE run_id = ?1")?;
             let rows = stmt.query_map([run], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                let value = r.get_ref(1)?.as_str_or_null().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(1, Type::Text, Box::new(e))
+                })?;
+                Ok((r.get::<_, String>(0)?, value.map(Rc::from)))
             })?;
             rows.collect()
-        })?;
-        let mut out = HashMap::new();
-        for (key, value) in rows {
-            let value = match value {
-                Some(text) => Some(
-                    serde_json::from_str(&text)
-                        .map_err(|e| StoreError::Failed(format!("step {key}: {e}")))?,
-                ),
-                None => None,
-            };
-            out.insert(key, value);
-        }
-        Ok(out)
+        })?)
     }
 
     /// Commits steps that completed together, and the run's spend so far, in
