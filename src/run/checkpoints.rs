@@ -56,3 +56,39 @@ impl Checkpoints {
         self.by_key.get(self.key.as_str()).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::step_path::FramePath;
+
+    #[test]
+    fn a_checkpoint_is_found_by_its_step_path_as_often_as_asked() {
+        let rows = vec![
+            ("chain.s1".to_string(), Some(Rc::from(r#"{"n":1}"#))),
+            ("items[2]/chain.s2".to_string(), None),
+        ];
+        let mut done = Checkpoints::load(rows).expect("loads");
+        let root = FramePath::root();
+        let s1 = root.step("chain", "s1");
+        for _ in 0..2 {
+            assert_eq!(done.get(&s1), Some(Some(Rc::from(r#"{"n":1}"#))));
+        }
+        let skipped = root.iteration("items", 2);
+        assert_eq!(done.get(&skipped.step("chain", "s2")), Some(None));
+        assert_eq!(done.get(&root.step("chain", "s2")), None);
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_stops_the_load_naming_its_step() {
+        let rows = vec![
+            ("chain.s0".to_string(), Some(Rc::from("1"))),
+            ("chain.s1".to_string(), Some(Rc::from(r#"{"n":1"#))),
+        ];
+        match Checkpoints::load(rows) {
+            Err(StoreError::Failed(m)) => assert!(m.starts_with("step chain.s1: "), "{m}"),
+            Err(e) => panic!("another error: {e}"),
+            Ok(_) => panic!("a damaged checkpoint was loaded"),
+        }
+    }
+}
