@@ -52,16 +52,9 @@ pub fn check(
     sources: &Sources,
     problems: &mut Problems,
 ) -> Option<CheckedProgram> {
-    if !passes(&program, sources, problems) {
-        return None;
-    }
-    match seal::seal(&program) {
-        Ok(sealed) => Some(CheckedProgram { program, sealed }),
-        Err(d) => {
-            problems.extend([d]);
-            None
-        }
-    }
+    passes_then_seal(program, sources, problems, |program| {
+        seal::seal(&program).map(|sealed| CheckedProgram { program, sealed })
+    })
 }
 
 /// [`check`] for a caller that never reads the IR again (`flowc check`,
@@ -73,16 +66,21 @@ pub fn check_sealed(
     sources: &Sources,
     problems: &mut Problems,
 ) -> Option<crate::exec::Program> {
+    passes_then_seal(program, sources, problems, seal::seal_owned)
+}
+
+/// Every pass, then `seal` when none found an error; a fact the seal
+/// cannot find is one more problem.
+fn passes_then_seal<T>(
+    program: Program,
+    sources: &Sources,
+    problems: &mut Problems,
+    seal: impl FnOnce(Program) -> Result<T, Diagnostic>,
+) -> Option<T> {
     if !passes(&program, sources, problems) {
         return None;
     }
-    match seal::seal_owned(program) {
-        Ok(sealed) => Some(sealed),
-        Err(d) => {
-            problems.extend([d]);
-            None
-        }
-    }
+    seal(program).map_err(|d| problems.extend([d])).ok()
 }
 
 /// Every pass, reporting into `problems`: whether the program may be sealed.
