@@ -12,6 +12,7 @@ pub mod canonical;
 pub mod check;
 pub mod code;
 mod compile;
+pub mod cores;
 pub mod decision;
 pub mod diagnostic;
 pub mod diagram;

@@ -122,7 +122,7 @@ fn parse_scanned(file: FileId, text: &str, mut scan: scan::Scan) -> (Module, Vec
         }
         parser.base = pos;
         if let Some(cut) = split::cut(&scan, text, pos) {
-            if split::two_cores() {
+            if crate::cores::second_core() {
                 if let Some((item, end)) = split::parse_flow_in_two(&mut parser, text, pos, cut) {
                     items.push(item);
                     pos = end;

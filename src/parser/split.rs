@@ -54,13 +54,6 @@ pub(super) fn cut(scan: &Scan, text: &str, pos: usize) -> Option<usize> {
     scan.let_lines.get(at).copied().filter(|&l| l < end)
 }
 
-/// Whether a second thread can run at the same time as this one. Asked
-/// once per process: the answer reads the cgroup's CPU quota from files.
-pub(super) fn two_cores() -> bool {
-    static TWO_CORES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *TWO_CORES.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2))
-}
-
 /// The flow that starts at `pos` (after trivia), parsed in two parts cut at
 /// `cut`, with the offset where it ends; `None` when the split does not
 /// hold (see the module's comment) and the caller must parse it whole.
