@@ -516,6 +516,7 @@ fn main() {
         Command::Check { .. } | Command::Fmt { .. } | Command::Graph { .. }
     ) {
         ALLOCATOR.enable();
+        ALLOCATOR.populate_ahead();
     }
     let result = match cli.command {
         Command::Check {

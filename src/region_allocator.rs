@@ -11,8 +11,10 @@
 //! memory from one reserved region by bumping a pointer, backed by huge
 //! pages where the kernel offers them, and never gives it back: freeing only
 //! rewinds the pointer when the block freed is the last one handed out, and
-//! growing the last block grows it in place. Large blocks still go to the
-//! system allocator (see [`LARGE_BYTES`]).
+//! growing the last block grows it in place. Blocks that grow large go to
+//! the system allocator (see [`LARGE_BYTES`]). Where there is a second
+//! core, a thread at the lowest priority faults the region's pages in
+//! ahead of use ([`RegionAllocator::populate_ahead`]).
 //!
 //! Long-running commands (`run`, `resume`, `worker`, `serve`, `lsp`) never
 //! enable it: they free as they go, and their memory per in-flight call is a
@@ -29,12 +31,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// touches a few tens of MiB of it; past this, the system allocator takes over.
 const REGION_BYTES: usize = 1 << 30;
 
-/// Blocks this big go to the system allocator even while the region is on:
-/// they are the vectors that double as they grow (pest's token queue, the
-/// graph's node list), and in a region every doubling would copy the block
-/// into fresh memory and keep the old one. glibc maps each of them on its
-/// own ([`RegionAllocator::enable`] pins its threshold here), grows it with
-/// `mremap` without copying, and unmaps it when freed.
+/// A block that grows to this size goes to the system allocator even while
+/// the region is on: it is a vector that doubles as it grows (pest's token
+/// queue), and in a region every doubling would copy the block into fresh
+/// memory and keep the old one. glibc maps each such block on its own
+/// ([`RegionAllocator::enable`] pins its threshold here), grows it with
+/// `mremap` without copying, and unmaps it when freed. A block allocated
+/// this big at once (a vector sized up front, a sealed copy of a step list)
+/// stays in the region, on its huge pages, outside the slabs.
 const LARGE_BYTES: usize = 256 << 10;
 
 /// How much of the region a thread takes at a time: each thread bumps in a
@@ -102,6 +106,45 @@ impl RegionAllocator {
         }
     }
 
+    /// Starts a thread that faults the region's pages in ahead of use, at
+    /// the lowest priority. Each page is a 2 MiB huge page that takes the
+    /// kernel most of a millisecond to zero here; faulted in by the thread
+    /// that first touches it, that was a seventh of a big check's main
+    /// thread, most of it while the main thread lowers and checks and the
+    /// second core is idle. This thread zeroes them there instead, by as
+    /// much as the region has handed out so far, from one to
+    /// [`POPULATE_AHEAD_BYTES`] ahead of the part no slab has taken. At a
+    /// normal priority it took the second core from the parse, and was
+    /// slower. Populating never changes a byte, so it may race with the
+    /// slabs' owners writing the same pages. Does nothing when the region
+    /// is off or on one core.
+    pub fn populate_ahead(&'static self) {
+        let start = self.start.load(Ordering::Acquire);
+        if start == 0 || !flowc::cores::second_core() {
+            return;
+        }
+        let end = self.end.load(Ordering::Relaxed);
+        let _ = std::thread::Builder::new()
+            .name("region-populate".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                lowest_priority();
+                let mut done = align_up(start, HUGE_PAGE_BYTES).unwrap_or(end);
+                // Where the kernel cannot populate (before Linux 5.14), the
+                // slabs' owners fault their pages in, as without this thread.
+                while done < end {
+                    let next = self.next.load(Ordering::Relaxed);
+                    let ahead = (next - start).clamp(HUGE_PAGE_BYTES, POPULATE_AHEAD_BYTES);
+                    if done >= next.saturating_add(ahead).min(end) {
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                        continue;
+                    }
+                    let upto = (done + HUGE_PAGE_BYTES).min(end);
+                    done = if populate(done, upto) { upto } else { end };
+                }
+            });
+    }
+
     fn contains(&self, ptr: *mut u8) -> bool {
         let start = self.start.load(Ordering::Acquire);
         let at = ptr as usize;
@@ -123,11 +166,14 @@ impl RegionAllocator {
         let _ = SLAB.try_with(|s| s.set(slab));
     }
 
-    /// A block from this thread's slab (or a new one), or `None` when the
-    /// region is off or full, or the block is large.
+    /// A block from this thread's slab (or a new one, or of its own when
+    /// it is large), or `None` when the region is off or full.
     fn bump(&self, layout: Layout) -> Option<*mut u8> {
-        if self.start.load(Ordering::Acquire) == 0 || layout.size() >= LARGE_BYTES {
+        if self.start.load(Ordering::Acquire) == 0 {
             return None;
+        }
+        if layout.size() >= LARGE_BYTES {
+            return self.take(layout);
         }
         if let Some((start, next, end)) = self.slab() {
             let at = align_up(next, layout.align())?;
@@ -138,9 +184,24 @@ impl RegionAllocator {
         }
         // A new slab; the rest of the old one stays unused.
         let bytes = SLAB_BYTES.max(layout.size() + layout.align());
+        let slab = self.take_bytes(bytes)?;
+        let at = align_up(slab, layout.align())?;
+        Self::set_slab((slab, at + layout.size(), slab + bytes));
+        Some(at as *mut u8)
+    }
+
+    /// A large block of its own, outside every slab: it is never rewound,
+    /// so it is memory no block has used, which the kernel zeroed.
+    fn take(&self, layout: Layout) -> Option<*mut u8> {
+        let chunk = self.take_bytes(layout.size().checked_add(layout.align())?)?;
+        Some(align_up(chunk, layout.align())? as *mut u8)
+    }
+
+    /// The start of `bytes` of the region no slab or block has taken yet.
+    fn take_bytes(&self, bytes: usize) -> Option<usize> {
         let end = self.end.load(Ordering::Relaxed);
         let mut next = self.next.load(Ordering::Relaxed);
-        let slab = loop {
+        loop {
             let after = next.checked_add(bytes)?;
             if after > end {
                 return None;
@@ -149,13 +210,10 @@ impl RegionAllocator {
                 .next
                 .compare_exchange_weak(next, after, Ordering::Relaxed, Ordering::Relaxed)
             {
-                Ok(_) => break next,
+                Ok(_) => return Some(next),
                 Err(moved) => next = moved,
             }
-        };
-        let at = align_up(slab, layout.align())?;
-        Self::set_slab((slab, at + layout.size(), slab + bytes));
-        Some(at as *mut u8)
+        }
     }
 
     /// Moves this thread's next free address from `from` to `to` if the
@@ -195,6 +253,8 @@ unsafe impl GlobalAlloc for RegionAllocator {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match self.bump(layout) {
+            // A large block is fresh memory, zero already.
+            Some(at) if layout.size() >= LARGE_BYTES => at,
             // Rewound memory may hold old bytes, so zero it.
             // SAFETY: `at` starts `layout.size()` bytes of the region
             // reserved for this block.
@@ -239,8 +299,16 @@ unsafe impl GlobalAlloc for RegionAllocator {
         // SAFETY: `new_size` is non-zero and, as the caller guarantees, a
         // valid size for `layout.align()`.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // A block that grows this big is a vector doubling: it moves to the
+        // system allocator, which grows it from then on without copying.
         // SAFETY: as for `alloc`.
-        let moved = unsafe { self.alloc(new_layout) };
+        let moved = unsafe {
+            if new_size >= LARGE_BYTES {
+                System.alloc(new_layout)
+            } else {
+                self.alloc(new_layout)
+            }
+        };
         if !moved.is_null() {
             // SAFETY: both blocks are live, distinct and at least
             // `layout.size()` bytes long.
@@ -251,6 +319,48 @@ unsafe impl GlobalAlloc for RegionAllocator {
         moved
     }
 }
+
+/// The size of a transparent huge page on x86-64 and most arm64 kernels;
+/// populating in steps of it faults one huge page per step.
+const HUGE_PAGE_BYTES: usize = 2 << 20;
+
+/// How far [`RegionAllocator::populate_ahead`] runs ahead of the region's
+/// slabs: a few slabs' worth, so the pages are ready before they are taken,
+/// without populating much that is never used.
+const POPULATE_AHEAD_BYTES: usize = 8 << 20;
+
+/// Faults in `from..to` for writing without changing its contents; false
+/// when the kernel cannot (before Linux 5.14).
+#[cfg(target_os = "linux")]
+fn populate(from: usize, to: usize) -> bool {
+    // SAFETY: `from..to` lies inside the region's mapping, which lives
+    // until the process exits; populating writes no byte of it.
+    unsafe {
+        libc::madvise(
+            from as *mut libc::c_void,
+            to - from,
+            libc::MADV_POPULATE_WRITE,
+        ) == 0
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn populate(_from: usize, _to: usize) -> bool {
+    false
+}
+
+/// Puts the calling thread below every normal thread: it runs only on a
+/// core nothing else wants.
+#[cfg(target_os = "linux")]
+fn lowest_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: 0 names the calling thread; the parameter is a valid
+    // `sched_param` for `SCHED_IDLE`. A failure leaves the priority as is.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lowest_priority() {}
 
 /// Reserves `bytes` of address space, asking for huge pages: a check of a
 /// big file then takes a page fault per 2 MiB instead of per 4 KiB.
@@ -351,19 +461,64 @@ mod tests {
     }
 
     #[test]
-    fn large_blocks_are_the_system_allocators() {
+    fn large_blocks_are_fresh_and_growing_ones_move_to_the_system() {
         let region = RegionAllocator::new();
         region.enable();
-        let l = layout(LARGE_BYTES, 8);
+        let l = layout(LARGE_BYTES, 64);
         unsafe {
-            let p = region.alloc(l);
-            assert!(!p.is_null() && !region.contains(p));
-            region.dealloc(p, l);
-            // A small block that grows large moves out too.
             let small = region.alloc(layout(64, 8));
-            let grown = region.realloc(small, layout(64, 8), LARGE_BYTES);
-            assert!(!region.contains(grown));
-            region.dealloc(grown, l);
+            // A large block is the region's, aligned, zeroed, outside the
+            // thread's slab: the slab goes on after it.
+            let p = region.alloc_zeroed(l);
+            assert!(region.contains(p) && (p as usize).is_multiple_of(64));
+            assert!(std::slice::from_raw_parts(p, LARGE_BYTES)
+                .iter()
+                .all(|&b| b == 0));
+            p.write_bytes(7, LARGE_BYTES);
+            let after = region.alloc(layout(64, 8));
+            assert_eq!(after as usize, small as usize + 64);
+            // Freeing it gives nothing back, and never zeroes a later block.
+            region.dealloc(p, l);
+            let again = region.alloc_zeroed(l);
+            assert!(
+                again != p
+                    && std::slice::from_raw_parts(again, LARGE_BYTES)
+                        .iter()
+                        .all(|&b| b == 0)
+            );
+            // A block that grows large moves out, keeping its bytes: the
+            // large one above, and a small one.
+            again.write_bytes(3, LARGE_BYTES);
+            let grown = region.realloc(again, l, 2 * LARGE_BYTES);
+            assert!(!region.contains(grown) && *grown.add(LARGE_BYTES - 1) == 3);
+            region.dealloc(grown, layout(2 * LARGE_BYTES, 64));
+            after.write_bytes(5, 64);
+            let moved = region.realloc(after, layout(64, 8), LARGE_BYTES);
+            assert!(!region.contains(moved) && *moved.add(63) == 5);
+            region.dealloc(moved, layout(LARGE_BYTES, 8));
+        }
+    }
+
+    #[test]
+    fn populating_ahead_keeps_every_byte_written() {
+        let region: &'static RegionAllocator =
+            Box::leak(Box::new(RegionAllocator::reserving(64 << 20)));
+        region.enable();
+        region.populate_ahead();
+        let l = layout(4096, 8);
+        // Blocks written while the thread populates the pages they are on
+        // and the ones after them; 48 MiB, so it catches up and passes.
+        let blocks: Vec<*mut u8> = (0..12_288usize)
+            .map(|i| unsafe {
+                let p = region.alloc(l);
+                p.write_bytes(i as u8 | 1, 4096);
+                p
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        for (i, &p) in blocks.iter().enumerate() {
+            let bytes = unsafe { std::slice::from_raw_parts(p, 4096) };
+            assert!(region.contains(p) && bytes.iter().all(|&b| b == i as u8 | 1));
         }
     }
 
