@@ -405,14 +405,21 @@ impl Flow {
 pub struct Step {
     /// The name lowering gave it (`x`, `posted.result`): run-store keys.
     pub name: String,
-    /// How messages name it (`` `x` ``, "the body of loop `posted`").
-    pub shown: String,
     pub region: RegionId,
     pub kind: StepKind,
     pub ty: Ty,
     pub fallback: Option<Fallback>,
     /// True when the step's value is read by another step or the output.
     pub named: bool,
+}
+
+impl Step {
+    /// How messages name it (`` `x` ``, "the body of loop `posted`"): made
+    /// from its name when a message needs it, not kept (a kept program is
+    /// decoded at every resume, and only a failing step is named).
+    pub fn shown(&self) -> String {
+        crate::ir::describe_step_name(&self.name)
+    }
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

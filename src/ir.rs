@@ -817,7 +817,8 @@ impl Step {
     }
 }
 
-fn describe_step_name(name: &str) -> String {
+/// How messages name the step lowering named `name` ([`Step::display`]).
+pub fn describe_step_name(name: &str) -> String {
     let Some((owner, part)) = name.rsplit_once('.') else {
         return if name == "return" {
             "the `return`".into()

@@ -72,7 +72,7 @@ impl std::fmt::Display for Miss {
 
 /// The format of an entry; part of [`build`], so a change never reads an
 /// older entry.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// Which executable this is: its version, its size and when it was built
 /// (its file's modification time). A kept program is read only by the

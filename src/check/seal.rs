@@ -400,7 +400,6 @@ fn flow(
             // Never run: the error above is returned instead.
             exec::Step {
                 name: String::new(),
-                shown: String::new(),
                 region,
                 kind: exec::StepKind::Value(null(span)),
                 ty: crate::types::Ty::Null,
@@ -462,11 +461,13 @@ fn step(
     scope: TemplateScope,
 ) -> Result<exec::Step, Diagnostic> {
     use exec::StepKind as K;
-    let shown = s.display();
     let kind = match s.kind {
         ir::StepKind::Value(e) => K::Value(e),
         ir::StepKind::Call { target, args } => K::Call { target, args },
-        ir::StepKind::Llm(l) => K::Llm(Box::new(llm(program, s.span, &shown, *l, scope)?)),
+        ir::StepKind::Llm(l) => {
+            let shown = ir::describe_step_name(&s.name);
+            K::Llm(Box::new(llm(program, s.span, &shown, *l, scope)?))
+        }
         ir::StepKind::Approve(a) => K::Approve(Box::new(exec::Gate {
             name: a.gate,
             show: a.show,
@@ -519,7 +520,6 @@ fn step(
     };
     Ok(exec::Step {
         name: s.name,
-        shown,
         region: s.region,
         kind,
         ty: s.ty,

@@ -367,7 +367,7 @@ impl<'p> Runtime<'p> {
     ) -> Stop {
         Stop::Failed(RunError {
             flow: cx.flow.name.clone(),
-            step: cx.flow.graph[n].shown.clone(),
+            step: cx.flow.graph[n].shown(),
             attempts,
             class,
             message,
