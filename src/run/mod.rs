@@ -10,6 +10,7 @@
 //!
 //! [`CheckedProgram`]: crate::CheckedProgram
 
+pub mod adjacency;
 pub mod breaker;
 pub mod budget;
 mod call;

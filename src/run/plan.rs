@@ -10,6 +10,7 @@
 use petgraph::graph::NodeIndex;
 use petgraph::visit::EdgeRef;
 
+use super::adjacency::Adjacency;
 use crate::exec::{Flow, RegionId, RegionKind, StepKind};
 
 #[derive(Debug)]
@@ -17,9 +18,9 @@ pub struct Plan {
     /// Per region: the steps directly in it, in graph order.
     pub members: Vec<Vec<NodeIndex>>,
     /// Per step: the steps of its own region it waits for (deduplicated).
-    pub deps: Vec<Vec<NodeIndex>>,
+    pub deps: Adjacency,
     /// Per step: the steps of its own region that wait for it.
-    pub dependents: Vec<Vec<NodeIndex>>,
+    pub dependents: Adjacency,
     /// Per step: its position among its region's members (its slot in a frame).
     pub slot: Vec<usize>,
 }
@@ -32,7 +33,11 @@ impl Plan {
         for node in g.node_indices() {
             members[g[node].region.index()].push(node);
         }
-        let mut deps: Vec<Vec<NodeIndex>> = vec![Vec::new(); n];
+        // (waiter, what it waits for), once per pair however many edges
+        // join them. A loop item is set when its iteration starts: nothing
+        // waits on it through the scheduler, and it waits for nothing.
+        let item = |s: NodeIndex| matches!(g[s].kind, StepKind::LoopItem { .. });
+        let mut waits = Vec::with_capacity(g.edge_count());
         for e in g.edge_references() {
             let (p, s) = (e.source(), e.target());
             let rp = g[p].region;
@@ -49,27 +54,17 @@ impl Plan {
                 None
             };
             if let Some(w) = waiter {
-                if w != p && !deps[w.index()].contains(&p) {
-                    deps[w.index()].push(p);
+                if w != p && !item(w) && !item(p) {
+                    waits.push((w, p));
                 }
             }
         }
-        // A loop item is set when its iteration starts; nothing in the body
-        // waits on it through the scheduler.
-        for node in g.node_indices() {
-            if matches!(g[node].kind, StepKind::LoopItem { .. }) {
-                deps[node.index()].clear();
-            }
-        }
-        for list in deps.iter_mut() {
-            list.retain(|p| !matches!(g[*p].kind, StepKind::LoopItem { .. }));
-        }
-        let mut dependents = vec![Vec::new(); n];
-        for (s, list) in deps.iter().enumerate() {
-            for p in list {
-                dependents[p.index()].push(NodeIndex::new(s));
-            }
-        }
+        waits.sort_unstable();
+        waits.dedup();
+        let deps = Adjacency::from_pairs(n, &waits);
+        // Each step's dependents in graph order (`waits` is sorted by waiter).
+        let waited: Vec<_> = waits.iter().map(|&(w, p)| (p, w)).collect();
+        let dependents = Adjacency::from_pairs(n, &waited);
         let mut slot = vec![0; n];
         for list in &members {
             for (i, node) in list.iter().enumerate() {
