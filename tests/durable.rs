@@ -2522,6 +2522,79 @@ fn a_model_call_that_went_out_without_a_write_stays_counted_after_kill_9(backend
     );
 }
 
+/// Sets the stored value text of step `key` of `run`, on either backend.
+fn set_step_value(lab: &Lab, run: &str, key: &str, text: &str) {
+    let changed = match &lab.store_url {
+        Some(url) => postgres::Client::connect(url, postgres::NoTls)
+            .expect("connects")
+            .execute(
+                "UPDATE steps SET value = $3 WHERE run_id = $1 AND key = $2",
+                &[&run, &key, &text],
+            )
+            .expect("updates") as usize,
+        None => Connection::open(lab.dir.0.join(".flowc/runs.db"))
+            .expect("opens")
+            .execute(
+                "UPDATE steps SET value = ?3 WHERE run_id = ?1 AND key = ?2",
+                rusqlite::params![run, key, text],
+            )
+            .expect("updates"),
+    };
+    assert_eq!(changed, 1, "step {key} is stored");
+}
+
+/// A resume parses only the checkpoints its remaining steps read. A
+/// damaged one that a remaining step reads stops the resume as a store
+/// failure naming the step (exit 6, nothing after it called, the run left
+/// to resume); once repaired, the run resumes. A damaged one nothing reads
+/// any more (the item list, read only by the completed loop) is not looked
+/// at: the run completes with the output it would have had.
+fn a_damaged_checkpoint_stops_the_resume_only_when_a_remaining_step_reads_it(backend: Backend) {
+    let lab = Lab::on(backend, "damaged-checkpoint", CRASH_FLOW);
+    let paused = lab.run(FEW, &[]);
+    paused.expect(4);
+    let run = paused.run_id();
+    lab.flowc(&["approve", &run, "publish"]).expect(0);
+    let found_text = lab.open_store().steps(&run).expect("reads")["crash.found"]
+        .clone()
+        .expect("a value")
+        .to_string();
+    let scored_text = lab.open_store().steps(&run).expect("reads")["crash.scored"]
+        .clone()
+        .expect("a value")
+        .to_string();
+
+    set_step_value(
+        &lab,
+        &run,
+        "crash.scored",
+        &scored_text[..scored_text.len() - 1],
+    );
+    let stopped = lab.flowc(&["resume", &run]);
+    stopped.expect(6);
+    assert!(
+        stopped.stderr.contains("step crash.scored: "),
+        "{}",
+        stopped.stderr
+    );
+    assert_eq!(lab.server.hits("/tools/post"), 0);
+
+    set_step_value(&lab, &run, "crash.scored", &scored_text);
+    set_step_value(
+        &lab,
+        &run,
+        "crash.found",
+        &found_text[..found_text.len() - 1],
+    );
+    let resumed = lab.flowc(&["resume", &run]);
+    resumed.expect(0);
+    let output = resumed.json();
+    assert_eq!(output["scored"], json!([scored("a0"), scored("a1")]));
+    assert_eq!(lab.executed().values().copied().collect::<Vec<_>>(), [1, 1]);
+    assert_eq!(lab.server.hits("/tools/items"), 1);
+    assert_eq!(lab.server.hits(CHAT), 2);
+}
+
 /// The tests above that hold on either backend, once on each (the worker
 /// tests use it too).
 macro_rules! on_both_backends {
@@ -2555,5 +2628,6 @@ on_both_backends!(
     ctrl_c_leaves_the_run_interrupted_and_resume_completes_it,
     a_resumed_run_keeps_the_wall_time_its_earlier_processes_used,
     a_model_call_that_went_out_without_a_write_stays_counted_after_kill_9,
-    the_trace_of_a_gate_shows_what_it_released_the_original_and_who_decided_when
+    the_trace_of_a_gate_shows_what_it_released_the_original_and_who_decided_when,
+    a_damaged_checkpoint_stops_the_resume_only_when_a_remaining_step_reads_it
 );

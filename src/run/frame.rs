@@ -10,11 +10,13 @@ use petgraph::graph::NodeIndex;
 use serde_json::Value;
 
 use super::budget::Ledger;
+use super::checkpoints::Kept;
 use super::eval::Scope;
 use super::plan::Plan;
 use super::step_path::{FramePath, StepPath};
 use super::trace::SpanId;
 use crate::exec::{Flow, RegionId};
+use crate::store::StoreError;
 
 /// A gate that is waiting for a decision.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -69,19 +71,18 @@ impl Frame {
 
     /// Step `n`'s value as an earlier process checkpointed it: JSON text,
     /// parsed when a step first reads it.
-    pub fn keep(&self, plan: &Plan, n: NodeIndex, text: Rc<str>) {
-        self.cells[plan.slot[n.index()]].kept.set(Some(text));
+    pub fn keep(&self, plan: &Plan, n: NodeIndex, kept: Kept) {
+        self.cells[plan.slot[n.index()]].kept.set(Some(kept));
     }
 
-    pub fn get(&self, plan: &Plan, n: NodeIndex) -> Option<&Value> {
+    /// Step `n`'s value, if it has one; `Err` when it is a checkpoint whose
+    /// text is not JSON (the store failure to stop the run with).
+    pub fn get(&self, plan: &Plan, n: NodeIndex) -> Result<Option<&Value>, StoreError> {
         let cell = &self.cells[plan.slot[n.index()]];
-        if let Some(text) = cell.kept.take() {
-            // Checked to be JSON when the checkpoints were loaded.
-            if let Ok(value) = serde_json::from_str(&text) {
-                let _ = cell.value.set(value);
-            }
+        if let Some(kept) = cell.kept.take() {
+            let _ = cell.value.set(kept.parse()?);
         }
-        cell.value.get()
+        Ok(cell.value.get())
     }
 }
 
@@ -91,7 +92,7 @@ impl Frame {
 #[derive(Default)]
 struct StepValue {
     value: OnceCell<Value>,
-    kept: Cell<Option<Rc<str>>>,
+    kept: Cell<Option<Kept>>,
 }
 
 /// Expression scope over a frame chain.
@@ -99,6 +100,9 @@ pub struct FrameScope<'a> {
     pub flow: &'a Flow,
     pub plan: &'a Plan,
     pub frame: &'a Frame,
+    /// A durable run's store failure: where reading a damaged checkpoint
+    /// records it (the run then stops as at a failed write).
+    pub store_failed: Option<&'a RefCell<Option<StoreError>>>,
 }
 
 impl Scope for FrameScope<'_> {
@@ -111,7 +115,15 @@ impl Scope for FrameScope<'_> {
         let mut f = self.frame;
         loop {
             if f.region == region {
-                return f.get(self.plan, node);
+                return match f.get(self.plan, node) {
+                    Ok(value) => value,
+                    Err(damaged) => {
+                        if let Some(failed) = self.store_failed {
+                            failed.borrow_mut().get_or_insert(damaged);
+                        }
+                        None
+                    }
+                };
             }
             f = f.parent.as_deref()?;
         }

@@ -36,6 +36,7 @@ impl Runtime<'_> {
             flow: cx.flow,
             plan: &cx.plan,
             frame,
+            store_failed: self.durable.as_ref().map(|d| &d.failed),
         };
         let fail = |message: String| self.fail(cx, n, 1, FailureClass::Gate, message);
         let shown: Vec<Value> = spec

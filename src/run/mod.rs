@@ -324,7 +324,7 @@ pub fn run_sealed(
             let done = d
                 .store
                 .step_texts(&run_id)
-                .and_then(checkpoints::Checkpoints::load)
+                .map(checkpoints::Checkpoints::load)
                 .map_err(|e| SetupError::Store(e.to_string()))?;
             let base = if d.resume {
                 d.record.spend

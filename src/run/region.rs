@@ -199,6 +199,7 @@ impl Runtime<'_> {
             flow: cx.flow,
             plan: &cx.plan,
             frame,
+            store_failed: self.durable.as_ref().map(|d| &d.failed),
         };
         let fail = |message: String| self.fail(cx, n, 1, FailureClass::Value, message);
         if step.kind.is_durable() {
@@ -372,6 +373,7 @@ impl Runtime<'_> {
                         flow: cx.flow,
                         plan: &cx.plan,
                         frame: &child,
+                        store_failed: self.durable.as_ref().map(|d| &d.failed),
                     };
                     Ok(scope
                         .step(result)
@@ -461,6 +463,7 @@ impl Runtime<'_> {
                         flow: cx.flow,
                         plan: &cx.plan,
                         frame: &child,
+                        store_failed: self.durable.as_ref().map(|d| &d.failed),
                     };
                     (i, Ok((scope.step(result).cloned(), waiting)))
                 })

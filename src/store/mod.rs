@@ -13,6 +13,7 @@ mod lease;
 mod postgres;
 mod review;
 mod sqlite;
+mod step_texts;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,6 +27,7 @@ pub use lease::{owner_id, ttl as lease_ttl, Acquired, Heartbeat, Lease};
 pub use postgres::{keep_connections, PostgresStore, COMMIT_STEPS as POSTGRES_COMMIT_STEPS};
 pub use review::{utc_day, ReviewRecord, Verdict};
 pub use sqlite::SqliteStore;
+pub use step_texts::StepTexts;
 
 /// How hard a commit waits for the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,11 +278,13 @@ pub trait Backend: Send {
     ) -> Result<()>;
     /// Completed steps: key → value (`None` for a step that was skipped).
     fn steps(&self, run: &str) -> Result<HashMap<String, Option<Value>>> {
-        let mut out = HashMap::new();
-        for (key, text) in self.step_texts(run)? {
-            let value = match text {
+        let texts = self.step_texts(run)?;
+        let mut out = HashMap::with_capacity(texts.len());
+        for i in 0..texts.len() {
+            let key = texts.key_text(i).into_owned();
+            let value = match texts.value(i) {
                 Some(text) => Some(
-                    serde_json::from_str(&text)
+                    serde_json::from_slice(text)
                         .map_err(|e| StoreError::Failed(format!("step {key}: {e}")))?,
                 ),
                 None => None,
@@ -290,9 +294,10 @@ pub trait Backend: Send {
         Ok(out)
     }
     /// Completed steps as stored: key and the value's JSON text (`None`
-    /// for a step that was skipped), not parsed. A resume reads these: it
-    /// parses only the values a step it runs reads (`run::Checkpoints`).
-    fn step_texts(&self, run: &str) -> Result<Vec<(String, Option<std::rc::Rc<str>>)>>;
+    /// for a step that was skipped), neither parsed nor checked. A resume
+    /// reads these: it parses only the values a step it runs reads
+    /// (`run::Checkpoints`).
+    fn step_texts(&self, run: &str) -> Result<StepTexts>;
     /// Commits steps that completed together, the model replies received
     /// since the last commit, and the run's spend so far, in one
     /// transaction (one flush to disk).

@@ -11,7 +11,6 @@
 //! is fenced, atomic and a single network exchange.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -22,8 +21,8 @@ use tokio_postgres::{Row, Statement};
 use super::inline_client::InlineClient;
 use super::lease::owner_is_dead;
 use super::{
-    now, Acquired, Backend, GateRecord, Lease, NoticeStage, Reply, ReviewRecord, RunRecord, Store,
-    StoreError, Verdict, CLAIMABLE,
+    now, Acquired, Backend, GateRecord, Lease, NoticeStage, Reply, ReviewRecord, RunRecord,
+    StepTexts, Store, StoreError, Verdict, CLAIMABLE,
 };
 use crate::run::budget::Spend;
 
@@ -626,18 +625,18 @@ impl Backend for PostgresStore {
         })
     }
 
-    fn step_texts(&self, run: &str) -> Result<Vec<(String, Option<Rc<str>>)>> {
+    fn step_texts(&self, run: &str) -> Result<StepTexts> {
         let run = run.to_string();
-        let rows: Vec<(String, Option<String>)> = self.call(move |c| {
+        self.call(move |c| {
             let rows = c.query("SELECT key, value FROM steps WHERE run_id = $1", &[&run])?;
-            rows.iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .collect()
-        })?;
-        Ok(rows
-            .into_iter()
-            .map(|(key, text)| (key, text.map(Rc::from)))
-            .collect())
+            let mut texts = StepTexts::default();
+            for r in &rows {
+                let key: &str = r.try_get(0)?;
+                let value: Option<&str> = r.try_get(1)?;
+                texts.push(key.as_bytes(), value.map(str::as_bytes));
+            }
+            Ok(texts)
+        })
     }
 
     fn commit_steps(

@@ -7,7 +7,6 @@
 //! step survives a power cut.
 
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::time::Duration;
 
 use rusqlite::config::DbConfig;
@@ -18,7 +17,7 @@ use serde_json::Value;
 use super::lease::owner_is_dead;
 use super::{
     now, Acquired, Backend, Durability, GateRecord, Lease, NoticeStage, Reply, ReviewRecord,
-    RunRecord, Store, StoreError, Verdict, CLAIMABLE,
+    RunRecord, StepTexts, Store, StoreError, Verdict, CLAIMABLE,
 };
 use crate::run::budget::Spend;
 
@@ -437,18 +436,26 @@ impl Backend for SqliteStore {
     }
 
     /// Completed steps: key → value (`None` for a step that was skipped).
-    fn step_texts(&self, run: &str) -> Result<Vec<(String, Option<Rc<str>>)>> {
+    fn step_texts(&self, run: &str) -> Result<StepTexts> {
         Ok(retry(|| {
             let mut stmt = self
                 .conn
                 .prepare_cached("SELECT key, value FROM steps WHERE run_id = ?1")?;
-            let rows = stmt.query_map([run], |r| {
-                let value = r.get_ref(1)?.as_str_or_null().map_err(|e| {
+            let mut rows = stmt.query([run])?;
+            let mut texts = StepTexts::default();
+            // The bytes as SQLite holds them: whoever parses a value checks
+            // it, so nothing is checked twice.
+            while let Some(r) = rows.next()? {
+                let key = r.get_ref(0)?;
+                let key = key.as_bytes().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e))
+                })?;
+                let value = r.get_ref(1)?.as_bytes_or_null().map_err(|e| {
                     rusqlite::Error::FromSqlConversionFailure(1, Type::Text, Box::new(e))
                 })?;
-                Ok((r.get::<_, String>(0)?, value.map(Rc::from)))
-            })?;
-            rows.collect()
+                texts.push(key, value);
+            }
+            Ok::<_, rusqlite::Error>(texts)
         })?)
     }
 

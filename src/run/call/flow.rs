@@ -91,6 +91,7 @@ impl Runtime<'_> {
             flow,
             plan: &cx.plan,
             frame: &frame,
+            store_failed: self.durable.as_ref().map(|d| &d.failed),
         };
         let output = crate::run::eval::Scope::step(&scope, flow.output_step).cloned();
         Ok((output, end))

@@ -1,0 +1,89 @@
+//! A run's completed steps as the store holds them: each step's key and its
+//! value's JSON text, unparsed, in one buffer.
+//!
+//! A resume of a long run reads every completed step but parses few of
+//! their values (`run::Checkpoints`): one buffer for all of them is one
+//! allocation to fill and one to free, where a `String` per key and per
+//! value were two each, and the bytes are kept as the store gave them
+//! (whoever parses a value checks it).
+
+/// The rows of `Backend::step_texts`, in the order the store gave them.
+#[derive(Default)]
+pub struct StepTexts {
+    bytes: Vec<u8>,
+    rows: Vec<Row>,
+}
+
+/// Where one step's key and value are in [`StepTexts::bytes`]: the key from
+/// `start` to `key_end`, the value from there to `end` (`None` when the
+/// step was skipped).
+#[derive(Clone, Copy)]
+struct Row {
+    start: usize,
+    key_end: usize,
+    end: Option<usize>,
+}
+
+impl StepTexts {
+    /// Adds a step: its key and its value's text (`None`: skipped).
+    pub fn push(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        let key_end = self.bytes.len();
+        let end = value.map(|v| {
+            self.bytes.extend_from_slice(v);
+            self.bytes.len()
+        });
+        self.rows.push(Row {
+            start,
+            key_end,
+            end,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Row `i`'s key, as the store holds it.
+    pub fn key(&self, i: usize) -> &[u8] {
+        let r = self.rows[i];
+        &self.bytes[r.start..r.key_end]
+    }
+
+    /// Row `i`'s key as text (keys are written as text; a damaged one
+    /// reads with replacement characters).
+    pub fn key_text(&self, i: usize) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.key(i))
+    }
+
+    /// Row `i`'s value as the store holds it: JSON text, unchecked, or
+    /// `None` for a skipped step.
+    pub fn value(&self, i: usize) -> Option<&[u8]> {
+        let r = self.rows[i];
+        r.end.map(|end| &self.bytes[r.key_end..end])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_read_back_as_pushed() {
+        let mut texts = StepTexts::default();
+        texts.push(b"chain.s1", Some(br#"{"n":1}"#));
+        texts.push(b"items[2]/chain.s2", None);
+        texts.push(b"chain.s3", Some(b""));
+        assert_eq!(texts.len(), 3);
+        assert_eq!(texts.key(0), b"chain.s1");
+        assert_eq!(texts.value(0), Some(&br#"{"n":1}"#[..]));
+        assert_eq!(texts.key_text(1), "items[2]/chain.s2");
+        assert_eq!(texts.value(1), None);
+        assert_eq!(texts.value(2), Some(&b""[..]));
+    }
+}
