@@ -49,6 +49,9 @@ pub struct RunArgs {
     pub store: Option<PathBuf>,
     /// Continue this stored run (its lease taken) instead of starting one.
     pub resume: Option<(store::RunRecord, Lease)>,
+    /// The connection to `store` the lease was taken on, if it is to be
+    /// used for the run (`flowc resume`'s): one open of the store less.
+    pub connection: Option<Store>,
     /// `--otlp`: the collector to export the trace to.
     pub otlp: Option<String>,
     /// `--by`: who makes the `approve`/`reject` decisions (default: the OS user).
@@ -75,12 +78,13 @@ pub(crate) fn compiled(inputs: &[Input]) -> Result<Result<Compilation, i32>, Str
     Ok(checked(compile(inputs).map_err(|e| e.to_string())?))
 }
 
-pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
+pub(crate) fn run(mut args: RunArgs) -> Result<i32, Failure> {
     // A resume's store, opened once: it looks there for the program kept
     // when the run started before compiling anything. A new run opens its
     // store once its program checked.
-    let store = match (&args.store, &args.resume) {
-        (Some(path), Some(_)) => Some(open_store(path)?),
+    let store = match (&args.store, &args.resume, args.connection.take()) {
+        (Some(_), Some(_), Some(open)) => Some(open),
+        (Some(path), Some(_), None) => Some(open_store(path)?),
         _ => None,
     };
     if let Some(snapshot) = &args.program {
@@ -1097,14 +1101,18 @@ fn resume(
         concurrency: 32,
         store: Some(store_path.to_path_buf()),
         resume: Some((record, lease.clone())),
+        connection: Some(store),
         otlp,
         by,
         program,
         driver: Driver::Command,
     });
     if result.is_err() {
-        // Stopped before the run did anything: let the next process have it.
-        let _ = store.release(&lease);
+        // Stopped before the run did anything: let the next process have it
+        // (the connection went to the run, and is closed).
+        if let Ok(store) = open_store(store_path) {
+            let _ = store.release(&lease);
+        }
     }
     result
 }

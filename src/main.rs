@@ -550,6 +550,7 @@ fn main() {
             concurrency,
             store: (!ephemeral).then_some(store),
             resume: None,
+            connection: None,
             otlp,
             by,
             program: None,

@@ -147,6 +147,7 @@ impl Slot {
             concurrency: 32,
             store: Some(self.store_path.clone()),
             resume: Some((record, lease.clone())),
+            connection: None,
             otlp: None,
             by: None,
             program: Some(program),

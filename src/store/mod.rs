@@ -256,7 +256,14 @@ pub trait Backend: Send {
     /// Records a new run, its lease held by `lease`.
     fn create_run(&self, r: &RunRecord, lease: &Lease) -> Result<()>;
     /// Takes the run's lease if nobody live holds it, reading the run in the
-    /// same transaction.
+    /// same transaction. SQLite commits it without waiting for the disk
+    /// (one fsync less for every resume): the write is visible to every
+    /// other process at once, and only a crash of the machine, which ends
+    /// every process that could drive the run, can lose it; anything the
+    /// new holder commits afterwards is flushed with it (the WAL is
+    /// flushed in order). PostgreSQL commits it as any write: its server
+    /// can lose an unflushed commit while its clients live on, and two of
+    /// them would then hold one epoch.
     fn acquire(&self, id: &str, owner: &str, ttl: Duration) -> Result<Acquired>;
     /// Extends the lease; `false` if it was taken over.
     fn renew(&self, lease: &Lease) -> Result<bool>;

@@ -309,24 +309,9 @@ impl SqliteStore {
             Ok(())
         })
     }
-}
 
-impl Backend for SqliteStore {
-    fn reopen(&self) -> Result<Store> {
-        Ok(Store(Box::new(SqliteStore::open(
-            &self.path,
-            self.durability,
-        )?)))
-    }
-
-    fn create_run(&self, r: &RunRecord, lease: &Lease) -> Result<()> {
-        retry(|| insert_run(&self.conn, r, Some(lease)))?;
-        Ok(())
-    }
-
-    /// Takes the run's lease if nobody live holds it, reading the run in the
-    /// same transaction.
-    fn acquire(&self, id: &str, owner: &str, ttl: Duration) -> Result<Acquired> {
+    /// `acquire`'s transaction.
+    fn take_lease(&self, id: &str, owner: &str, ttl: Duration) -> Result<Acquired> {
         in_write_tx(&self.conn, |tx| {
             let Some(record) = tx
                 .query_row("SELECT * FROM runs WHERE id = ?1", [id], run_row)
@@ -355,6 +340,33 @@ impl Backend for SqliteStore {
             };
             Ok(Acquired::Taken(Box::new(record), lease))
         })
+    }
+}
+
+impl Backend for SqliteStore {
+    fn reopen(&self) -> Result<Store> {
+        Ok(Store(Box::new(SqliteStore::open(
+            &self.path,
+            self.durability,
+        )?)))
+    }
+
+    fn create_run(&self, r: &RunRecord, lease: &Lease) -> Result<()> {
+        retry(|| insert_run(&self.conn, r, Some(lease)))?;
+        Ok(())
+    }
+
+    /// Takes the run's lease if nobody live holds it, reading the run in the
+    /// same transaction; `synchronous=OFF` for it (see `Backend::acquire`).
+    fn acquire(&self, id: &str, owner: &str, ttl: Duration) -> Result<Acquired> {
+        self.conn.pragma_update(None, "synchronous", "OFF")?;
+        let acquired = self.take_lease(id, owner, ttl);
+        let restored = self
+            .conn
+            .pragma_update(None, "synchronous", synchronous(self.durability));
+        let acquired = acquired?;
+        restored?;
+        Ok(acquired)
     }
 
     /// Extends the lease; `false` if it was taken over.
