@@ -490,7 +490,8 @@ fn run_program(
         Outcome::Failed(e) => eprintln!("error: {e}"),
         Outcome::Exhausted(e) => {
             eprintln!("stopped: {e}");
-            eprintln!("completed: {}", list(&report.completed));
+            let completed: Vec<&str> = report.completed.iter().collect();
+            eprintln!("completed: {}", list(&completed));
         }
         Outcome::Waiting(gates) => {
             for g in gates {
@@ -550,7 +551,7 @@ fn progress_display() -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-fn list(items: &[String]) -> String {
+fn list(items: &[&str]) -> String {
     if items.is_empty() {
         "nothing".into()
     } else {

@@ -1497,8 +1497,8 @@ fn a_gate_without_a_decision_waits_while_independent_steps_complete() {
     assert_eq!(gates[0].gate, "publish_it");
     assert_eq!(gates[0].flow, "release");
     assert_eq!(gates[0].show, vec![json!({"hit": "draft text"})]);
-    assert!(report.completed.contains(&"release.stats".to_string()));
-    assert!(report.completed.contains(&"release.draft".to_string()));
+    assert!(report.completed.contains("release.stats"));
+    assert!(report.completed.contains("release.draft"));
     assert!(!report.completed.iter().any(|s| s.ends_with(".posted")));
     assert_eq!(server.hits("/tools/publish"), 0);
     assert_eq!(report.outcome.exit_code(), 4);
@@ -1535,8 +1535,8 @@ fn a_rejected_gate_skips_its_dependents_and_keeps_independent_outputs() {
     let (report, _) = run_with(&program, "side", json!({"q": "x"}), opts);
     assert_eq!(completed(&report), &json!({"hit": "stats"}));
     assert_eq!(server.hits("/tools/publish"), 0);
-    assert!(report.completed.contains(&"side.stats".to_string()));
-    assert!(!report.completed.contains(&"side.posted".to_string()));
+    assert!(report.completed.contains("side.stats"));
+    assert!(!report.completed.contains("side.posted"));
     assert!(events(&report, "gate")
         .iter()
         .any(|e| e["decision"] == "rejected" && e["reason"] == "not today"));
@@ -1555,7 +1555,7 @@ fn a_rejected_gate_skips_its_dependents_and_keeps_independent_outputs() {
     assert_eq!(report.outcome.exit_code(), 1);
     assert_eq!(server.hits("/tools/publish"), 0);
     assert_eq!(server.hits("/tools/backup"), 1);
-    assert!(report.completed.contains(&"release.stats".to_string()));
+    assert!(report.completed.contains("release.stats"));
 }
 
 // ---- the binary -------------------------------------------------------------

@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod budget;
 mod call;
 mod checkpoints;
+mod completed;
 pub mod error;
 pub mod eval;
 pub mod fingerprint;
@@ -48,6 +49,7 @@ use serde_json::{Map, Value};
 use crate::exec::{self, ExprKind, TemplatePart, ToolKind};
 use crate::CheckedProgram;
 use budget::{Exhausted, Spend};
+pub use completed::Completed;
 use error::Stop;
 pub use error::{FailureClass, RecordingError, RunError, SetupError};
 pub use frame::{GateDecision, PendingGate};
@@ -208,7 +210,7 @@ pub struct Report {
     pub spent: Spend,
     pub stats: Stats,
     /// Steps that finished, as `flow.step`.
-    pub completed: Vec<String>,
+    pub completed: Completed,
     /// Calls per tool, agent and flow name (declarations that share a name
     /// add up).
     pub calls: HashMap<String, u64>,

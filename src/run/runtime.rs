@@ -39,7 +39,7 @@ pub struct Runtime<'p> {
     pub run_id: String,
     /// One circuit breaker per model and per tool.
     pub breakers: Breakers,
-    pub completed: RefCell<Vec<String>>,
+    pub completed: RefCell<super::completed::Completed>,
     pub waiting: RefCell<Vec<PendingGate>>,
     /// Calls made per tool, agent and flow (for tests' `expect … called`).
     pub calls: RefCell<HashMap<CallTarget, u64>>,
