@@ -18,7 +18,6 @@
 //! elements, so a loop over that list is guarded item by item (with no
 //! elements, it runs nothing).
 
-use petgraph::algo::toposort;
 use petgraph::graph::NodeIndex;
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
@@ -160,8 +159,8 @@ fn same_path(a: &Expr, b: &Expr) -> bool {
     }
 }
 
-pub(super) fn guards(flow: &Flow, output_gated: &[bool]) -> Option<Guards> {
-    let order = toposort(&flow.graph, None).ok()?;
+/// `order` is the flow's steps in topological order (`graph::cycles`).
+pub(super) fn guards(flow: &Flow, order: &[NodeIndex], output_gated: &[bool]) -> Guards {
     let g = &flow.graph;
     let gates: Vec<NodeIndex> = g
         .node_indices()
@@ -182,7 +181,7 @@ pub(super) fn guards(flow: &Flow, output_gated: &[bool]) -> Option<Guards> {
     // The gates some step directly in a region passed; an arm's steps all
     // come before its join in topological order.
     let mut region_gates = vec![0u64; flow.regions.len()];
-    for &n in &order {
+    for &n in order {
         let preds = || g.edges_directed(n, Direction::Incoming).map(|e| e.source());
         let own = guards.bit(n);
         let of = &guards.of;
@@ -230,15 +229,15 @@ pub(super) fn guards(flow: &Flow, output_gated: &[bool]) -> Option<Guards> {
         guards.of[n.index()] = set;
         region_gates[g[n].region.index()] |= set;
     }
-    Some(guards)
+    guards
 }
 
 /// Per flow, whether its result is released by one of its own gates (or a
 /// sub-flow's): then a call of it guards what its caller does with it.
-pub(super) fn gated_outputs(program: &Program, acyclic: &[bool]) -> Vec<bool> {
+pub(super) fn gated_outputs(program: &Program, orders: &[Option<Vec<NodeIndex>>]) -> Vec<bool> {
     let mut memo: Vec<Option<bool>> = vec![None; program.flows.len()];
     for i in 0..program.flows.len() {
-        gated_output(program, i, acyclic, &mut memo, 0);
+        gated_output(program, i, orders, &mut memo, 0);
     }
     memo.into_iter().map(|v| v.unwrap_or(false)).collect()
 }
@@ -246,7 +245,7 @@ pub(super) fn gated_outputs(program: &Program, acyclic: &[bool]) -> Vec<bool> {
 fn gated_output(
     program: &Program,
     i: usize,
-    acyclic: &[bool],
+    orders: &[Option<Vec<NodeIndex>>],
     memo: &mut Vec<Option<bool>>,
     depth: u32,
 ) -> bool {
@@ -255,20 +254,19 @@ fn gated_output(
     }
     // Recursion (G002) and cycles are reported elsewhere: not gated.
     memo[i] = Some(false);
-    if depth > 32 || !acyclic[i] {
+    let Some(order) = orders[i].as_deref().filter(|_| depth <= 32) else {
         return false;
-    }
+    };
     let flow = &program.flows[i];
     for (_, target) in super::calls(flow) {
         if let CallTarget::Flow(f) = target {
-            gated_output(program, f.index(), acyclic, memo, depth + 1);
+            gated_output(program, f.index(), orders, memo, depth + 1);
         }
     }
     let known: Vec<bool> = memo.iter().map(|v| v.unwrap_or(false)).collect();
-    let gated = match (guards(flow, &known), flow.output_step) {
-        (Some(gs), Some(out)) => gs.of[out.index()] != 0,
-        _ => false,
-    };
+    let gated = flow
+        .output_step
+        .is_some_and(|out| guards(flow, order, &known).of[out.index()] != 0);
     memo[i] = Some(gated);
     gated
 }
@@ -276,12 +274,11 @@ fn gated_output(
 pub(super) fn check(
     program: &Program,
     flow: &Flow,
+    order: &[NodeIndex],
     output_gated: &[bool],
     out: &mut Vec<Diagnostic>,
 ) {
-    let Some(guards) = guards(flow, output_gated) else {
-        return;
-    };
+    let guards = guards(flow, order, output_gated);
     let g = &flow.graph;
     let guarded: Vec<bool> = guards.of.iter().map(|s| *s != 0).collect();
     let gates: Vec<_> = g

@@ -10,16 +10,21 @@ use crate::ir::{CallTarget, Program};
 
 use super::calls;
 
-/// Reports cycles; returns, per flow, whether its graph is acyclic.
-pub(super) fn cycles(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<bool> {
-    let mut acyclic = Vec::with_capacity(program.flows.len());
+/// Reports cycles; returns, per flow, its steps in topological order when
+/// its graph is acyclic. Tarjan's algorithm finds the strongly connected
+/// components in reverse topological order, and in an acyclic graph each is
+/// one step, so the order the later passes need comes with the search.
+pub(super) fn cycles(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<Option<Vec<NodeIndex>>> {
+    let mut orders = Vec::with_capacity(program.flows.len());
     for flow in &program.flows {
         let mut ok = true;
+        let mut order = Vec::with_capacity(flow.graph.node_count());
         // Each component seen in place: `tarjan_scc` would allocate a list
         // for every step of an acyclic graph.
         TarjanScc::new().run(&flow.graph, |scc| {
             let self_loop = scc.len() == 1 && flow.graph.contains_edge(scc[0], scc[0]);
             if scc.len() < 2 && !self_loop {
+                order.extend_from_slice(scc);
                 return;
             }
             ok = false;
@@ -50,9 +55,12 @@ pub(super) fn cycles(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<bool> 
             }
             out.push(d);
         });
-        acyclic.push(ok);
+        orders.push(ok.then(|| {
+            order.reverse();
+            order
+        }));
     }
-    acyclic
+    orders
 }
 
 /// "`a`", "`a` and `b`", "`a`, `b` and `c`".

@@ -86,7 +86,8 @@ fn passes_then_seal<T>(
 /// Every pass, reporting into `problems`: whether the program may be sealed.
 fn passes(program: &Program, sources: &Sources, problems: &mut Problems) -> bool {
     let mut found: Vec<Diagnostic> = Vec::new();
-    let acyclic = graph::cycles(program, &mut found);
+    // Per flow, its steps in topological order, where it has no cycle.
+    let orders = graph::cycles(program, &mut found);
     let recursive = graph::recursion(program, &mut found);
     limits::check(program, &mut found);
     retries::check(program, &mut found);
@@ -101,22 +102,22 @@ fn passes(program: &Program, sources: &Sources, problems: &mut Problems) -> bool
     secrets::check(program, &mut found);
     dead::check(program, &mut found);
     // The graph passes below need acyclic step graphs.
-    let output_gated = approval::gated_outputs(program, &acyclic);
+    let output_gated = approval::gated_outputs(program, &orders);
     for (i, flow) in program.flows.iter().enumerate() {
-        if !acyclic[i] {
+        let Some(order) = &orders[i] else {
             continue;
-        }
-        approval::check(program, flow, &output_gated, &mut found);
-        resources::check(program, FlowId(i as u32), &mut found);
+        };
+        approval::check(program, flow, order, &output_gated, &mut found);
+        resources::check(program, FlowId(i as u32), order, &mut found);
     }
-    let analyzable: Vec<bool> = acyclic
+    let analyzable: Vec<bool> = orders
         .iter()
         .zip(&recursive)
-        .map(|(a, r)| *a && !*r)
+        .map(|(o, r)| o.is_some() && !*r)
         .collect();
     cost::check(program, &analyzable, &mut found);
     context::check(program, &mut found);
-    taint::check(program, &analyzable, &output_gated, &mut found);
+    taint::check(program, &analyzable, &orders, &output_gated, &mut found);
     // The standard library is checked by flowc's own tests; users see only
     // problems in their files.
     problems.extend(

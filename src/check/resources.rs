@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use petgraph::algo::toposort;
 use petgraph::graph::NodeIndex;
 use petgraph::Direction;
 
@@ -29,7 +28,8 @@ struct Access {
     writes: bool,
 }
 
-pub(super) fn check(program: &Program, id: FlowId, out: &mut Vec<Diagnostic>) {
+/// `order` is the flow's steps in topological order (`graph::cycles`).
+pub(super) fn check(program: &Program, id: FlowId, order: &[NodeIndex], out: &mut Vec<Diagnostic>) {
     let flow = &program.flows[id.index()];
     let accesses = accesses(program, flow);
     // Reads of a resource nothing writes cannot conflict; group the rest by
@@ -42,18 +42,15 @@ pub(super) fn check(program: &Program, id: FlowId, out: &mut Vec<Diagnostic>) {
     if by_resource.is_empty() {
         return;
     }
-    let Ok(order) = toposort(&flow.graph, None) else {
-        return;
-    };
     let mut position = vec![0usize; flow.graph.node_count()];
     for (i, n) in order.iter().enumerate() {
         position[n.index()] = i;
     }
     for accs in by_resource.values() {
-        if totally_ordered(flow, &order, &position, accs) {
+        if totally_ordered(flow, order, &position, accs) {
             continue;
         }
-        pairwise(program, flow, &order, accs, out);
+        pairwise(program, flow, order, accs, out);
     }
 }
 

@@ -61,20 +61,34 @@ enum Item {
 pub(super) fn check(
     program: &Program,
     analyzable: &[bool],
+    orders: &[Option<Vec<NodeIndex>>],
     output_gated: &[bool],
     out: &mut Vec<Diagnostic>,
 ) {
     let mut memo: Vec<Option<Summary>> = vec![None; program.flows.len()];
+    let cx = Analysis {
+        program,
+        analyzable,
+        orders,
+        output_gated,
+    };
     for i in 0..program.flows.len() {
-        analyze(program, i, analyzable, output_gated, &mut memo, out, 0);
+        analyze(&cx, i, &mut memo, out, 0);
     }
 }
 
+/// What `analyze` reads at every depth of its recursion.
+struct Analysis<'a> {
+    program: &'a Program,
+    analyzable: &'a [bool],
+    /// Per flow, its steps in topological order (`graph::cycles`).
+    orders: &'a [Option<Vec<NodeIndex>>],
+    output_gated: &'a [bool],
+}
+
 fn analyze(
-    program: &Program,
+    cx: &Analysis<'_>,
     i: usize,
-    analyzable: &[bool],
-    output_gated: &[bool],
     memo: &mut Vec<Option<Summary>>,
     out: &mut Vec<Diagnostic>,
     depth: u32,
@@ -83,27 +97,19 @@ fn analyze(
         return s.clone();
     }
     memo[i] = Some(Summary::default());
+    let program = cx.program;
     let flow = &program.flows[i];
-    if !analyzable[i] || depth > 32 {
-        return Summary::default();
-    }
+    let order = match &cx.orders[i] {
+        Some(order) if cx.analyzable[i] && depth <= 32 => order,
+        _ => return Summary::default(),
+    };
     // Callees first: their summaries are read at the call sites.
     for (_, target) in super::calls(flow) {
         if let CallTarget::Flow(f) = target {
-            analyze(
-                program,
-                f.index(),
-                analyzable,
-                output_gated,
-                memo,
-                out,
-                depth + 1,
-            );
+            analyze(cx, f.index(), memo, out, depth + 1);
         }
     }
-    let Some(guards) = guards(flow, output_gated) else {
-        return Summary::default();
-    };
+    let guards = guards(flow, order, cx.output_gated);
     let cx = FlowTaint {
         program,
         flow,
