@@ -130,3 +130,59 @@ pub(super) fn recursion(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<boo
     }
     recursive
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::loader::Loader;
+
+    fn lowered(path: &Path) -> Program {
+        let mut loader = Loader::new();
+        loader.load_path(path).expect("readable");
+        crate::lower::lower(&loader.finish(), &mut Vec::new())
+    }
+
+    /// The later passes read each flow's steps in this order and need every
+    /// step after the steps it depends on: the order rests on petgraph's
+    /// Tarjan emitting components in reverse topological order.
+    #[test]
+    fn an_acyclic_flows_order_puts_each_step_after_its_dependencies() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut flows = 0;
+        for entry in std::fs::read_dir(root.join("examples")).expect("examples") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "flow") {
+                continue;
+            }
+            let program = lowered(&path);
+            let orders = cycles(&program, &mut Vec::new());
+            for (flow, order) in program.flows.iter().zip(&orders) {
+                let order = order.as_ref().expect("examples have no cycles");
+                let g = &flow.graph;
+                assert_eq!(order.len(), g.node_count(), "{}", flow.name);
+                let mut position = vec![usize::MAX; g.node_count()];
+                for (i, n) in order.iter().enumerate() {
+                    position[n.index()] = i;
+                }
+                for e in g.edge_indices() {
+                    let (from, to) = g.edge_endpoints(e).expect("an edge");
+                    assert!(
+                        position[from.index()] < position[to.index()],
+                        "{}: {} comes after {}",
+                        flow.name,
+                        g[from].display(),
+                        g[to].display()
+                    );
+                }
+                flows += 1;
+            }
+        }
+        assert!(flows >= 10, "only {flows} flows");
+        let cyclic = lowered(&root.join("tests/golden/g001_cycle.flow"));
+        let mut found = Vec::new();
+        assert!(cycles(&cyclic, &mut found).iter().any(Option::is_none));
+        assert!(!found.is_empty());
+    }
+}
