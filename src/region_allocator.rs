@@ -130,15 +130,23 @@ impl RegionAllocator {
             .spawn(move || {
                 lowest_priority();
                 let mut done = align_up(start, HUGE_PAGE_BYTES).unwrap_or(end);
+                // While far enough ahead it looks again after a pause that
+                // doubles up to a millisecond: a long `fmt` or `check` that
+                // has stopped taking memory is not woken 20,000 times a
+                // second, and a millisecond's allocation (well under 1 MiB)
+                // never catches up with the pages kept ready.
+                let mut pause = std::time::Duration::from_micros(50);
                 // Where the kernel cannot populate (before Linux 5.14), the
                 // slabs' owners fault their pages in, as without this thread.
                 while done < end {
                     let next = self.next.load(Ordering::Relaxed);
                     let ahead = (next - start).clamp(HUGE_PAGE_BYTES, POPULATE_AHEAD_BYTES);
                     if done >= next.saturating_add(ahead).min(end) {
-                        std::thread::sleep(std::time::Duration::from_micros(50));
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(std::time::Duration::from_millis(1));
                         continue;
                     }
+                    pause = std::time::Duration::from_micros(50);
                     let upto = (done + HUGE_PAGE_BYTES).min(end);
                     done = if populate(done, upto) { upto } else { end };
                 }
