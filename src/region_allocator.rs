@@ -104,6 +104,11 @@ impl RegionAllocator {
         // SAFETY: `mallopt` only sets a tuning parameter of glibc's malloc.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE_BYTES as libc::c_int);
+            // A thread's first `malloc` (its TLS destructors, a large
+            // block) would otherwise map an arena of its own: four
+            // memory-map system calls on the parse thread's start. The
+            // threads of a batch command barely use glibc; one arena does.
+            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     }
 
