@@ -514,7 +514,10 @@ impl Parser {
 
     fn ident(&mut self, pair: &Pair<'_, Rule>) -> Ident {
         let name = pair.as_str();
-        let span = self.span(pair);
+        // A name is one token, its text all code: no whitespace or comment
+        // to trim from its end, so `span`'s search of them is skipped.
+        let start = self.base + pair.as_span().start();
+        let span = Span::new(self.file, start, start + name.len());
         if pair.as_rule() == Rule::ident && is_reserved(name) {
             self.diagnostics.push(
                 Diagnostic::new(Code::Syntax, span, format!("`{name}` is a reserved word"))
