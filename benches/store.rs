@@ -93,7 +93,12 @@ fn main() {
         };
         let t = Instant::now();
         store
-            .commit_steps(&lease, &[(key.clone(), Some(value.clone()))], &[], spend)
+            .commit_steps(
+                &lease,
+                &[(key.clone(), Some(value.clone()))],
+                &[],
+                Some(spend),
+            )
             .expect("commits");
         let a = t.elapsed();
         let t = Instant::now();

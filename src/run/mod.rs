@@ -343,6 +343,7 @@ pub fn run_sealed(
                     pending: Default::default(),
                     replies: Default::default(),
                     ceiling: Default::default(),
+                    row_written: Default::default(),
                     writes: Default::default(),
                     failed: Default::default(),
                 }),
@@ -532,8 +533,12 @@ pub fn run_sealed(
             Outcome::Store(_) => Ok(()),
             _ if replies.is_empty() => Ok(()),
             _ => {
-                d.count_write(|w| w.commits += 1);
-                store.commit_steps(&d.lease, &[], &replies, runtime.spend_to_write(d))
+                let spend = runtime.spend_due(d);
+                d.count_write(|w| {
+                    w.commits += 1;
+                    w.rows += u64::from(spend.is_some());
+                });
+                store.commit_steps(&d.lease, &[], &replies, spend)
             }
         };
         let finished = kept.and_then(|()| match &outcome {

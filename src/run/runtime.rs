@@ -83,8 +83,12 @@ pub struct Durable {
     /// reply lost to a crash before its step committed is asked for again:
     /// the spend written before its call counted it (`ceiling`).
     pub replies: RefCell<Vec<(String, crate::store::Reply)>>,
-    /// The spend last written and the allowance for model calls ahead.
+    /// The spend last written and the allowance for what comes ahead.
     pub ceiling: Cell<super::spend_ceiling::SpendCeiling>,
+    /// When this process last wrote the run's row (which renews the
+    /// lease): a commit writes it again once a third of the lease's
+    /// lifetime has passed, so a run with no heartbeat keeps its lease.
+    pub row_written: Cell<Option<Instant>>,
     /// Writes so far: commits (results pending now go into the next one)
     /// and writes of the spend alone before model calls.
     pub writes: Cell<super::store_writes::StoreWrites>,
@@ -166,13 +170,15 @@ impl<'p> Runtime<'p> {
         if d.writes.get().commits < ticket {
             let batch = std::mem::take(&mut *d.pending.borrow_mut());
             let replies = unfinished_replies(&batch, &mut d.replies.borrow_mut());
-            let result = d.store.borrow_mut().commit_steps(
-                &d.lease,
-                &batch,
-                &replies,
-                self.spend_to_write(d),
-            );
-            d.count_write(|w| w.commits += 1);
+            let spend = self.spend_due(d);
+            let result = d
+                .store
+                .borrow_mut()
+                .commit_steps(&d.lease, &batch, &replies, spend);
+            d.count_write(|w| {
+                w.commits += 1;
+                w.rows += u64::from(spend.is_some());
+            });
             if let Err(e) = result {
                 *d.failed.borrow_mut() = Some(e);
             }
@@ -202,9 +208,10 @@ impl<'p> Runtime<'p> {
         let mut ceiling = d.ceiling.get();
         ceiling.widen(worst);
         d.ceiling.set(ceiling);
-        if !d.ceiling.get().covers(&self.committed_spend()) {
+        if !d.ceiling.get().covers_calls(&self.committed_spend()) {
             tokio::task::yield_now().await;
-            if !d.ceiling.get().covers(&self.committed_spend()) && d.failed.borrow().is_none() {
+            if !d.ceiling.get().covers_calls(&self.committed_spend()) && d.failed.borrow().is_none()
+            {
                 let written = d
                     .store
                     .borrow()
@@ -238,9 +245,25 @@ impl<'p> Runtime<'p> {
             .map_or(self.base_spend, |l| l.committed())
     }
 
+    /// The spend a commit writes to the run's row, if the row needs
+    /// writing: a counter is past the figure last written (`SpendCeiling`),
+    /// or the lease was last renewed by this process a third of its
+    /// lifetime ago. `None`: the commit only checks the lease's epoch, and
+    /// dirties no page but its steps'.
+    pub fn spend_due(&self, d: &Durable) -> Option<Spend> {
+        let renew = d
+            .row_written
+            .get()
+            .is_none_or(|at| at.elapsed() >= d.lease.ttl / 3);
+        if !renew && d.ceiling.get().covers(&self.committed_spend()) {
+            return None;
+        }
+        Some(self.spend_to_write(d))
+    }
+
     /// What the run store records as the run's spend while it runs: what a
-    /// crash now could leave billed, plus the allowance for the model calls
-    /// that may start before the next write (`SpendCeiling`).
+    /// crash now could leave billed, plus the allowance for what may come
+    /// before the next write (`SpendCeiling`).
     pub fn spend_to_write(&self, d: &Durable) -> Spend {
         let committed = self.committed_spend();
         let mut ceiling = d.ceiling.get();
@@ -249,6 +272,7 @@ impl<'p> Runtime<'p> {
             None => ceiling.raise(committed, &crate::exec::Budget::default()),
         };
         d.ceiling.set(ceiling);
+        d.row_written.set(Some(Instant::now()));
         written
     }
 

@@ -2,7 +2,8 @@
 //!
 //! The lease lives on the run's row (`owner`, `lease_until`, `epoch`). It is
 //! taken in the transaction that reads the run's state, renewed by a
-//! heartbeat and by every checkpoint, and released when the process stops
+//! heartbeat and by every write of the run's spend (at least every third of
+//! its lifetime while steps commit), and released when the process stops
 //! driving the run. Every write a run makes is fenced by the epoch it took
 //! the lease at: a process whose lease was taken over (it was paused, its
 //! lease expired, another process took the run) finds a newer epoch and its

@@ -305,15 +305,19 @@ pub trait Backend: Send {
     /// reads these: it parses only the values a step it runs reads
     /// (`run::Checkpoints`).
     fn step_texts(&self, run: &str) -> Result<StepTexts>;
-    /// Commits steps that completed together, the model replies received
-    /// since the last commit, and the run's spend so far, in one
-    /// transaction (one flush to disk).
+    /// Commits steps that completed together and the model replies
+    /// received since the last commit in one transaction (one flush to
+    /// disk), fenced by the lease. With `spend`, the same transaction
+    /// writes the run's row: the spend and a renewal of the lease. Without,
+    /// it only reads the row's epoch (under the transaction's write lock,
+    /// so the fence holds as well as a write would), and the commit dirties
+    /// no page but its steps' and replies'.
     fn commit_steps(
         &self,
         lease: &Lease,
         batch: &[(String, Option<Value>)],
         replies: &[Reply],
-        spend: Spend,
+        spend: Option<Spend>,
     ) -> Result<()>;
     /// Records the run's spend so far (settled spend, reservations of
     /// calls in flight and active time), fenced by the lease: written before

@@ -322,6 +322,29 @@ pub const COMMIT_STEPS: &str = "WITH fence AS (
  )
  SELECT count(*) FROM fence";
 
+/// `COMMIT_STEPS` for a commit that leaves the run's row alone (no spend
+/// to write, no renewal due): the fence reads the epoch under a row lock
+/// (`FOR SHARE`, which conflicts with the update that takes a run over, so
+/// a takeover either waits for this commit or makes it find the new epoch
+/// and insert nothing), instead of writing a new version of the row.
+pub const COMMIT_STEPS_READ_FENCE: &str = "WITH fence AS (
+    SELECT id FROM runs WHERE id = $1 AND epoch = $2 FOR SHARE
+ ), saved AS (
+    INSERT INTO steps (run_id, key, value, completed_at)
+    SELECT fence.id, s.key, s.value, $3::float8 FROM fence, unnest($4::text[], $5::text[]) AS s(key, value)
+    ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value, completed_at = EXCLUDED.completed_at
+    RETURNING 1
+ ), answered AS (
+    INSERT INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens)
+    SELECT fence.id, r.key, r.attempt, r.reply, r.input_tokens, r.output_tokens
+    FROM fence, unnest($6::text[], $7::int4[], $8::text[], $9::int8[], $10::int8[])
+        AS r(key, attempt, reply, input_tokens, output_tokens)
+    ON CONFLICT (run_id, key, attempt) DO UPDATE SET reply = EXCLUDED.reply,
+        input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens
+    RETURNING 1
+ )
+ SELECT count(*) FROM fence";
+
 pub struct PostgresStore {
     url: String,
     /// `None` only while the store is dropped (its connection kept or
@@ -644,7 +667,7 @@ impl Backend for PostgresStore {
         lease: &Lease,
         batch: &[(String, Option<Value>)],
         replies: &[Reply],
-        spend: Spend,
+        spend: Option<Spend>,
     ) -> Result<()> {
         let lease = lease.clone();
         let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
@@ -657,8 +680,8 @@ impl Backend for PostgresStore {
         let texts: Vec<String> = replies.iter().map(|r| r.text.clone()).collect();
         let input_tokens: Vec<i64> = replies.iter().map(|r| r.input_tokens as i64).collect();
         let output_tokens: Vec<i64> = replies.iter().map(|r| r.output_tokens as i64).collect();
-        self.call(move |c| {
-            c.fenced(
+        self.call(move |c| match spend {
+            Some(spend) => c.fenced(
                 &lease,
                 COMMIT_STEPS,
                 &[
@@ -679,7 +702,23 @@ impl Backend for PostgresStore {
                     &input_tokens,
                     &output_tokens,
                 ],
-            )
+            ),
+            None => c.fenced(
+                &lease,
+                COMMIT_STEPS_READ_FENCE,
+                &[
+                    &lease.run_id,
+                    &lease.epoch,
+                    &now(),
+                    &keys,
+                    &values,
+                    &reply_keys,
+                    &attempts,
+                    &texts,
+                    &input_tokens,
+                    &output_tokens,
+                ],
+            ),
         })
     }
 
