@@ -2312,10 +2312,12 @@ fn a_model_call_cut_short_by_kill_9_stays_counted_after_the_resume() {
     child.wait().expect("reaped");
     let run = newest_run(&lab).expect("the run is stored");
     // The reservation was recorded before the request went out: the
-    // provider may bill the call the crash cut short.
+    // provider may bill the call the crash cut short. With it, the
+    // allowance for eight more calls like it (this one's worst case is
+    // under 300 tokens), which the resume counts as spent.
     let reserved = lab.open_store().run(&run).unwrap().expect("stored").spend;
     assert!(
-        reserved.tokens > 100 && reserved.tokens < 1000,
+        reserved.tokens > 100 && reserved.tokens < 9 * 300,
         "{reserved:?}"
     );
     let resumed = lab.flowc(&["resume", &run]);
