@@ -246,10 +246,15 @@ impl CommitPair {
     fn store_commit(&mut self) -> Duration {
         let batch = [(self.key(), Some(self.value.clone()))];
         // Most commits leave the run's row alone (its spend is written only
-        // when a counter passes the allowance written last: `SpendCeiling`).
+        // when the allowance written last runs out: `SpendCeiling`); the
+        // step rows carry the run's counts.
+        let counted = Spend {
+            steps: self.next,
+            ..Spend::default()
+        };
         let started = Instant::now();
         self.store
-            .commit_steps(&self.lease, &batch, &[], None)
+            .commit_steps(&self.lease, &batch, &[], counted, None)
             .expect("commits");
         started.elapsed()
     }

@@ -97,6 +97,7 @@ fn main() {
                 &lease,
                 &[(key.clone(), Some(value.clone()))],
                 &[],
+                spend,
                 Some(spend),
             )
             .expect("commits");

@@ -2254,13 +2254,15 @@ fn a_run_killed_mid_call_and_resumed_keeps_the_wall_time_it_had_used() {
     child.kill().expect("kill -9");
     child.wait().expect("reaped");
     let run = newest_run(&lab).expect("the run is stored");
-    // Recorded when the second call started: the first call's 0.8 s.
+    // Carried by the first step's commit (the run's row was last written
+    // before the first call, when nothing had been used): the first call's
+    // 0.8 s, which is what the resume counts.
     let used = lab
         .open_store()
-        .run(&run)
+        .step_texts(&run)
         .unwrap()
-        .expect("stored")
-        .spend
+        .counted()
+        .expect("the first step's commit carried the run's counts")
         .wall;
     assert!(
         (0.8..2.0).contains(&used),
@@ -2403,9 +2405,10 @@ fn replies_and_tokens(lab: &Lab, run: &str) -> (i64, u64) {
 /// A durable `llm` step costs one commit (its result; its reply, never
 /// needed again once the step is done, is not written), and its model call
 /// no write of its own: only the process's first call, with nothing
-/// recorded to cover it, writes the spend before going out. That write
-/// counts the steps, calls and time ahead too, so no commit of a short
-/// chain writes the run's row: each dirties only its step's page.
+/// recorded to cover it, writes the spend before going out. The run's
+/// steps, tool calls and active time ride on each commit's step rows, so
+/// no commit of a short chain writes the run's row: each dirties only its
+/// step's page.
 #[test]
 fn a_durable_llm_step_is_one_commit_and_only_the_first_call_writes_before_it_goes_out() {
     let lab = Lab::new("one-commit", &model_chain(6));

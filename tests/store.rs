@@ -99,7 +99,7 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
         ));
         // The holder's checkpoint that writes the run's row renews it.
         store
-            .commit_steps(&old, &[("a".into(), Some(json!(1)))], &[], Some(spend(1)))
+            .commit_steps(&old, &[("a".into(), Some(json!(1)))], &[], spend(1), Some(spend(1)))
             .expect("the holder commits");
         std::thread::sleep(Duration::from_millis(450));
         let new = match store.acquire("r1", "here/2/x", Duration::from_secs(30)) {
@@ -123,19 +123,26 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
                 &old,
                 &[("b".into(), Some(json!("stale")))],
                 &[],
+                spend(9),
                 Some(spend(9)),
             ),
             "checkpoint",
         );
         // A checkpoint that leaves the run's row alone is fenced as well.
         lost(
-            store.commit_steps(&old, &[("c".into(), Some(json!("stale")))], &[], None),
+            store.commit_steps(
+                &old,
+                &[("c".into(), Some(json!("stale")))],
+                &[],
+                spend(9),
+                None,
+            ),
             "checkpoint fenced by a read",
         );
         lost(store.intent(&old, "b", "idem-b"), "intent");
         lost(store.record_spend(&old, spend(9)), "spend");
         lost(
-            store.commit_steps(&old, &[], &[reply("m", 1, "stale")], None),
+            store.commit_steps(&old, &[], &[reply("m", 1, "stale")], spend(9), None),
             "reply",
         );
         assert_eq!(store.reply("r1", "m", 1).expect("reply"), None, "{backend}");
@@ -161,16 +168,31 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
                 &new,
                 &[("b".into(), Some(json!("fresh")))],
                 &[],
+                spend(2),
                 Some(spend(2)),
             )
             .expect("the new owner commits");
         // A checkpoint without the spend leaves the run's row as it was.
         let before = store.run("r1").expect("run").expect("exists");
         store
-            .commit_steps(&new, &[("d".into(), Some(json!("also")))], &[], None)
+            .commit_steps(
+                &new,
+                &[("d".into(), Some(json!("also")))],
+                &[],
+                spend(3),
+                None,
+            )
             .expect("the new owner commits without the spend");
         let after = store.run("r1").expect("run").expect("exists");
         assert_eq!(after.spend, before.spend, "{backend}");
+        // Its step rows carry the run's steps, tool calls and active time:
+        // what a resume after a crash counts of them.
+        let counted = store.step_texts("r1").expect("steps").counted();
+        assert_eq!(
+            counted.map(|c| (c.steps, c.tool_calls, c.wall)),
+            Some((3, 3, 4.5)),
+            "{backend}"
+        );
         assert_eq!(after.updated_at, before.updated_at, "{backend}");
         assert_eq!(after.lease_until, before.lease_until, "{backend}");
         assert_eq!(
@@ -221,6 +243,7 @@ fn checkpoints_replies_intents_and_gates_read_back_what_was_written() {
                     ("main.skipped".into(), None),
                 ],
                 &[],
+                spend(2),
                 Some(spend(2)),
             )
             .expect("commits a batch");
@@ -247,7 +270,7 @@ fn checkpoints_replies_intents_and_gates_read_back_what_was_written() {
             reply("main.m@fast", 2, "{\"a\":2}"),
         ];
         store
-            .commit_steps(&lease, &[], &replies, Some(spend(3)))
+            .commit_steps(&lease, &[], &replies, spend(3), Some(spend(3)))
             .expect("replies");
         assert_eq!(
             store.reply("r2", "main.m@fast", 1).expect("reply"),
@@ -466,7 +489,7 @@ fn postgres_large_checkpoints_long_reads_and_a_killed_connection() {
         })
         .collect();
     store
-        .commit_steps(&lease, &batch, &[], None)
+        .commit_steps(&lease, &batch, &[], spend(1), None)
         .expect("commits a large batch");
     let steps = store.steps("big").expect("reads them back");
     assert_eq!(steps.len(), 5_000);

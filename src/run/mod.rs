@@ -323,16 +323,16 @@ pub fn run_sealed(
                     .create_run(&d.record, &d.lease)
                     .map_err(|e| SetupError::Store(e.to_string()))?;
             }
-            let done = d
+            let texts = d
                 .store
                 .step_texts(&run_id)
-                .map(checkpoints::Checkpoints::load)
                 .map_err(|e| SetupError::Store(e.to_string()))?;
             let base = if d.resume {
-                d.record.spend
+                spend_ceiling::resumed_spend(d.record.spend, texts.counted())
             } else {
                 Spend::default()
             };
+            let done = checkpoints::Checkpoints::load(texts);
             (
                 Some(runtime::Durable {
                     store: std::cell::RefCell::new(d.store),
@@ -538,7 +538,13 @@ pub fn run_sealed(
                     w.commits += 1;
                     w.rows += u64::from(spend.is_some());
                 });
-                store.commit_steps(&d.lease, &[], &replies, spend)
+                store.commit_steps(
+                    &d.lease,
+                    &[],
+                    &replies,
+                    runtime.committed_spend(),
+                    spend,
+                )
             }
         };
         let finished = kept.and_then(|()| match &outcome {

@@ -171,10 +171,13 @@ impl<'p> Runtime<'p> {
             let batch = std::mem::take(&mut *d.pending.borrow_mut());
             let replies = unfinished_replies(&batch, &mut d.replies.borrow_mut());
             let spend = self.spend_due(d);
-            let result = d
-                .store
-                .borrow_mut()
-                .commit_steps(&d.lease, &batch, &replies, spend);
+            let result = d.store.borrow_mut().commit_steps(
+                &d.lease,
+                &batch,
+                &replies,
+                self.committed_spend(),
+                spend,
+            );
             d.count_write(|w| {
                 w.commits += 1;
                 w.rows += u64::from(spend.is_some());
@@ -238,7 +241,7 @@ impl<'p> Runtime<'p> {
 
     /// Settled spend plus the reservations of calls in flight: what a
     /// crash now could leave billed.
-    fn committed_spend(&self) -> Spend {
+    pub fn committed_spend(&self) -> Spend {
         self.root_ledger
             .borrow()
             .as_ref()
@@ -246,9 +249,9 @@ impl<'p> Runtime<'p> {
     }
 
     /// The spend a commit writes to the run's row, if the row needs
-    /// writing: a counter is past the figure last written (`SpendCeiling`),
-    /// or the lease was last renewed by this process a third of its
-    /// lifetime ago. `None`: the commit only checks the lease's epoch, and
+    /// writing: the figure last written would not hold one more model call
+    /// (`SpendCeiling`), or the lease was last renewed by this process a
+    /// third of its lifetime ago. `None`: the commit only checks the lease's epoch, and
     /// dirties no page but its steps'.
     pub fn spend_due(&self, d: &Durable) -> Option<Spend> {
         let renew = d
@@ -262,8 +265,9 @@ impl<'p> Runtime<'p> {
     }
 
     /// What the run store records as the run's spend while it runs: what a
-    /// crash now could leave billed, plus the allowance for what may come
-    /// before the next write (`SpendCeiling`).
+    /// crash now could leave billed, its tokens and cost plus the allowance
+    /// for the model calls that may start before the next write
+    /// (`SpendCeiling`).
     pub fn spend_to_write(&self, d: &Durable) -> Spend {
         let committed = self.committed_spend();
         let mut ceiling = d.ceiling.get();

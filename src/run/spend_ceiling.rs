@@ -2,22 +2,26 @@
 //! could leave billed (settled spend plus the reservations of calls in
 //! flight), so that a resume never under-counts the budget.
 //!
-//! Writing the spend with every commit cost every commit a second page (the
-//! run's row beside the step's), and writing it before every model call a
-//! write of its own per call. Instead each write records the ledger's
-//! committed spend plus an *allowance* for every counter: room for the
-//! model calls that start, the steps and tool calls that are counted and the
-//! active time that passes before the next write. A commit whose spend still
-//! fits under the figure last written leaves the run's row alone; a model
-//! call whose reservation fits goes out without a write. A crash therefore
-//! leaves the run's recorded spend at most one allowance above what was
-//! spent and reserved (the unused allowance counts as spent), and never
-//! below it, except for the active time after the last write, which is
-//! lost as it always was.
+//! Steps, tool calls and active time need no figure ahead: every commit
+//! carries the run's count of them on its step rows (`Backend::commit_steps`),
+//! so a resume reads them exactly as they stood at the last commit. Tokens
+//! and cost are different: a model call may be billed whether or not its
+//! reply ever reaches the store, so a crash must find it counted, and
+//! writing the spend before every call would cost every call a write of its
+//! own. Instead each write of the run's row records the ledger's committed
+//! spend plus an *allowance* for the model calls that may start before the
+//! next write. A call whose reservation fits under the figure last written
+//! goes out without a write; a commit leaves the run's row alone while one
+//! more call fits. After a crash nothing says which of those calls went
+//! out, so the unused part of the allowance counts as spent: the price of
+//! not writing before every call.
 //!
-//! No allowance reaches past more than half of the room a limit has left,
-//! so that a run resumed after a crash near a limit still has room, and a
-//! write is due again before the limit is reached.
+//! An allowance is granted only when it leaves at least as much room under
+//! the limit as it takes; nearer the limit there is none, and every call
+//! writes its reservation before it goes out. However often a run is
+//! killed, what crashes counted that was never spent therefore never leaves
+//! it less room than one allowance (eight of its largest calls), and once
+//! it is that near its limit a crash counts nothing it did not reserve.
 
 use super::budget::Spend;
 use crate::exec::Budget;
@@ -30,16 +34,6 @@ use crate::exec::Budget;
 /// commits, and a crash counts at most eight calls' worst case unused.
 const CALLS_AHEAD: f64 = 8.0;
 
-/// Steps and tool calls counted ahead: a chain of quick steps writes the
-/// run's row once per this many, and a crash counts at most this many that
-/// never ran.
-const COUNT_AHEAD: u64 = 64;
-
-/// Active time counted ahead, in seconds: a run's row is written at least
-/// this often while steps commit, and a crash counts at most this much
-/// time that was not used.
-const WALL_AHEAD: f64 = 1.0;
-
 /// The figure last written and the allowance the next write adds.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SpendCeiling {
@@ -47,8 +41,7 @@ pub struct SpendCeiling {
     /// write of this process: nothing it recorded covers anything yet).
     written: Option<Spend>,
     /// `CALLS_AHEAD` times the largest worst case of one model call this
-    /// process has reserved (tokens and cost; the other counters' allowance
-    /// is fixed).
+    /// process has reserved (tokens and cost; the other counters get none).
     allowance: Spend,
 }
 
@@ -70,10 +63,11 @@ impl SpendCeiling {
             .is_some_and(|w| committed.tokens <= w.tokens && committed.cost <= w.cost + 1e-12)
     }
 
-    /// Whether every counter of `committed` is within the figure last
-    /// written, with room for one more model call as large as the largest
-    /// seen, so a commit now need not write the run's row (and the next
-    /// call need not write before it goes out).
+    /// Whether a commit now may leave the run's row alone: the figure last
+    /// written holds `committed` and one more model call as large as the
+    /// largest seen (so the next call need not write before it goes out).
+    /// Steps, tool calls and active time do not matter here: the commit's
+    /// step rows carry them.
     pub fn covers(&self, committed: &Spend) -> bool {
         let next_call = Spend {
             tokens: committed.tokens + (self.allowance.tokens as f64 / CALLS_AHEAD).ceil() as u64,
@@ -81,51 +75,66 @@ impl SpendCeiling {
             ..*committed
         };
         self.covers_calls(&next_call)
-            && self.written.is_some_and(|w| {
-                committed.steps <= w.steps
-                    && committed.tool_calls <= w.tool_calls
-                    && committed.wall <= w.wall
-            })
     }
 
-    /// The spend to write now: `committed` plus the allowance, each counter
-    /// by at most half of what its limit in `limits` has left (never below
-    /// `committed`, which may be past a limit: a provider that reported
-    /// more than the worst case). Remembered as the figure written.
+    /// The spend to write now: `committed`, its tokens and cost plus the
+    /// allowance where the allowance leaves at least as much room under the
+    /// limit in `limits` as it takes (never below `committed`, which may be
+    /// past a limit: a provider that reported more than the worst case).
+    /// Remembered as the figure written.
     pub fn raise(&mut self, committed: Spend, limits: &Budget) -> Spend {
         let a = &self.allowance;
         let written = Spend {
             tokens: ahead(committed.tokens, a.tokens, limits.tokens),
             cost: ahead_f(committed.cost, a.cost, limits.cost),
-            steps: ahead(committed.steps, COUNT_AHEAD, limits.steps),
-            tool_calls: ahead(committed.tool_calls, COUNT_AHEAD, limits.tool_calls),
-            wall: ahead_f(
-                committed.wall,
-                WALL_AHEAD,
-                limits.wall.map(|w| w.as_secs_f64()),
-            ),
+            ..committed
         };
         self.written = Some(written);
         written
     }
 }
 
-/// `used` plus `allowance`, the allowance at most half of what `limit`
-/// leaves.
+/// What a resumed run counts as spent by its earlier processes: the run's
+/// row (`recorded`: tokens and cost as last written, allowance included,
+/// which covers every model call that could have been in flight), with
+/// steps, tool calls and active time as its last commit carried them
+/// (`counted`) where that is later than the row's last write. Each of
+/// those only grows, so the larger figure is the later one. A process that
+/// ended without a crash wrote its exact spend to the row last.
+pub fn resumed_spend(recorded: Spend, counted: Option<Spend>) -> Spend {
+    let Some(c) = counted else {
+        return recorded;
+    };
+    Spend {
+        steps: recorded.steps.max(c.steps),
+        tool_calls: recorded.tool_calls.max(c.tool_calls),
+        wall: recorded.wall.max(c.wall),
+        ..recorded
+    }
+}
+
+/// `used` plus `allowance` if that leaves at least `allowance` under
+/// `limit`, else `used`.
 fn ahead(used: u64, allowance: u64, limit: Option<u64>) -> u64 {
-    let room = limit.map_or(u64::MAX, |max| max.saturating_sub(used) / 2);
-    used.saturating_add(allowance.min(room))
+    let fits = limit.is_none_or(|max| max.saturating_sub(used) / 2 >= allowance);
+    if fits {
+        used.saturating_add(allowance)
+    } else {
+        used
+    }
 }
 
 fn ahead_f(used: f64, allowance: f64, limit: Option<f64>) -> f64 {
-    let room = limit.map_or(f64::INFINITY, |max| ((max - used) / 2.0).max(0.0));
-    used + allowance.min(room)
+    let fits = limit.is_none_or(|max| (max - used) / 2.0 >= allowance);
+    if fits {
+        used + allowance
+    } else {
+        used
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn limits(tokens: u64) -> Budget {
@@ -164,14 +173,17 @@ mod tests {
     }
 
     #[test]
-    fn the_allowance_takes_at_most_half_the_room_left_and_never_less_than_is_committed() {
+    fn an_allowance_is_granted_only_where_it_leaves_as_much_room_as_it_takes() {
         let mut c = SpendCeiling::default();
         c.widen(Spend::tokens(300, 0.0));
-        assert_eq!(c.raise(Spend::tokens(800, 0.0), &limits(1000)).tokens, 900);
         assert_eq!(
             c.raise(Spend::tokens(800, 0.0), &limits(100_000)).tokens,
             3_200
         );
+        assert_eq!(c.raise(Spend::tokens(800, 0.0), &limits(5_600)).tokens, 3_200);
+        // Nearer the limit: no allowance, every call writes before it goes
+        // out.
+        assert_eq!(c.raise(Spend::tokens(800, 0.0), &limits(5_599)).tokens, 800);
         assert_eq!(c.raise(Spend::tokens(999, 0.0), &limits(1000)).tokens, 999);
         // Settled past the limit (a provider reported more than reserved):
         // the whole of it is written.
@@ -182,7 +194,27 @@ mod tests {
     }
 
     #[test]
-    fn steps_tool_calls_and_active_time_are_counted_ahead_so_most_commits_write_nothing() {
+    fn however_often_a_run_is_killed_its_crashes_leave_it_room_for_eight_calls() {
+        // Each process reserves one call and is killed with it in flight;
+        // its resume counts the figure written, allowance included.
+        let limit = 100_000;
+        let (mut counted, mut calls, mut exact_tail) = (0, 0, 0);
+        while counted + 1_000 <= limit {
+            let mut c = SpendCeiling::default();
+            c.widen(Spend::tokens(1_000, 0.0));
+            let committed = counted + 1_000;
+            counted = c.raise(Spend::tokens(committed, 0.0), &limits(limit)).tokens;
+            calls += 1;
+            exact_tail = if counted == committed { exact_tail + 1 } else { 0 };
+        }
+        // The last crash that counted an allowance left room for eight
+        // calls, and each of those crashes counted only what it reserved.
+        assert!(exact_tail >= 8, "{exact_tail} of {calls} calls");
+        assert!(counted <= limit);
+    }
+
+    #[test]
+    fn steps_tool_calls_and_active_time_are_written_as_they_stand() {
         let mut c = SpendCeiling::default();
         let at = |steps: u64, wall: f64| Spend {
             steps,
@@ -192,19 +224,10 @@ mod tests {
         };
         assert!(!c.covers(&at(0, 0.0)), "nothing written yet");
         let written = c.raise(at(1, 0.01), &Budget::default());
-        assert_eq!((written.steps, written.tool_calls), (65, 65));
-        assert!((written.wall - 1.01).abs() < 1e-9);
-        assert!(c.covers(&at(65, 1.0)));
-        assert!(!c.covers(&at(66, 1.0)));
-        assert!(!c.covers(&at(2, 1.02)));
-        // Near a limit the allowance halves the room left.
-        let tight = Budget {
-            steps: Some(20),
-            wall: Some(Duration::from_secs(3)),
-            ..Budget::default()
-        };
-        let written = c.raise(at(10, 2.0), &tight);
-        assert_eq!(written.steps, 15);
-        assert!((written.wall - 2.5).abs() < 1e-9);
+        assert_eq!((written.steps, written.tool_calls), (1, 1));
+        assert!((written.wall - 0.01).abs() < 1e-9);
+        // The commit's step rows carry them: a commit need not write the
+        // run's row for them.
+        assert!(c.covers(&at(1_000, 60.0)));
     }
 }

@@ -307,16 +307,20 @@ pub trait Backend: Send {
     fn step_texts(&self, run: &str) -> Result<StepTexts>;
     /// Commits steps that completed together and the model replies
     /// received since the last commit in one transaction (one flush to
-    /// disk), fenced by the lease. With `spend`, the same transaction
-    /// writes the run's row: the spend and a renewal of the lease. Without,
-    /// it only reads the row's epoch (under the transaction's write lock,
-    /// so the fence holds as well as a write would), and the commit dirties
-    /// no page but its steps' and replies'.
+    /// disk), fenced by the lease. Each step row carries the run's steps,
+    /// tool calls and active time in `counted` (its tokens and cost are
+    /// not read): what a resume after a crash counts of them
+    /// (`StepTexts::counted`), exact as of the last commit. With `spend`,
+    /// the same transaction writes the run's row: the spend and a renewal
+    /// of the lease. Without, it only reads the row's epoch (under the
+    /// transaction's write lock, so the fence holds as well as a write
+    /// would), and the commit dirties no page but its steps' and replies'.
     fn commit_steps(
         &self,
         lease: &Lease,
         batch: &[(String, Option<Value>)],
         replies: &[Reply],
+        counted: Spend,
         spend: Option<Spend>,
     ) -> Result<()>;
     /// Records the run's spend so far (settled spend, reservations of

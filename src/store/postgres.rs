@@ -175,6 +175,13 @@ CREATE TABLE sealed_programs (
     kept_at DOUBLE PRECISION NOT NULL
 );
 "#,
+    // The run's steps, tool calls and active time when the step committed
+    // (`Backend::commit_steps`): a commit need not write the run's row to
+    // keep them, and a resume after a crash reads them exactly.
+    r#"
+ALTER TABLE steps ADD COLUMN run_steps BIGINT, ADD COLUMN run_tool_calls BIGINT,
+    ADD COLUMN run_wall DOUBLE PRECISION;
+"#,
 ];
 
 /// An arbitrary constant: the advisory lock that serializes migrations.
@@ -297,7 +304,8 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 /// A checkpoint in one statement: the fence on the lease's epoch (with the
-/// spend and the lease's renewal), the steps and the model replies.
+/// spend and the lease's renewal), the steps (each with the run's steps,
+/// tool calls and wall, as the run's row gets them) and the model replies.
 /// Parameters: run, epoch, tokens, cost, steps, tool calls, now, lease
 /// expiry, step keys, step values, wall, then the replies' keys, attempts,
 /// texts, input and output tokens. Public for `benches/store.rs`, which
@@ -307,9 +315,10 @@ pub const COMMIT_STEPS: &str = "WITH fence AS (
         updated_at = $7, lease_until = $8, wall = $11
     WHERE id = $1 AND epoch = $2 RETURNING id
  ), saved AS (
-    INSERT INTO steps (run_id, key, value, completed_at)
-    SELECT fence.id, s.key, s.value, $7 FROM fence, unnest($9::text[], $10::text[]) AS s(key, value)
-    ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value, completed_at = EXCLUDED.completed_at
+    INSERT INTO steps (run_id, key, value, completed_at, run_steps, run_tool_calls, run_wall)
+    SELECT fence.id, s.key, s.value, $7, $5, $6, $11 FROM fence, unnest($9::text[], $10::text[]) AS s(key, value)
+    ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value, completed_at = EXCLUDED.completed_at,
+        run_steps = EXCLUDED.run_steps, run_tool_calls = EXCLUDED.run_tool_calls, run_wall = EXCLUDED.run_wall
     RETURNING 1
  ), answered AS (
     INSERT INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens)
@@ -330,9 +339,11 @@ pub const COMMIT_STEPS: &str = "WITH fence AS (
 pub const COMMIT_STEPS_READ_FENCE: &str = "WITH fence AS (
     SELECT id FROM runs WHERE id = $1 AND epoch = $2 FOR SHARE
  ), saved AS (
-    INSERT INTO steps (run_id, key, value, completed_at)
-    SELECT fence.id, s.key, s.value, $3::float8 FROM fence, unnest($4::text[], $5::text[]) AS s(key, value)
-    ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value, completed_at = EXCLUDED.completed_at
+    INSERT INTO steps (run_id, key, value, completed_at, run_steps, run_tool_calls, run_wall)
+    SELECT fence.id, s.key, s.value, $3::float8, $11::int8, $12::int8, $13::float8
+    FROM fence, unnest($4::text[], $5::text[]) AS s(key, value)
+    ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value, completed_at = EXCLUDED.completed_at,
+        run_steps = EXCLUDED.run_steps, run_tool_calls = EXCLUDED.run_tool_calls, run_wall = EXCLUDED.run_wall
     RETURNING 1
  ), answered AS (
     INSERT INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens)
@@ -651,12 +662,22 @@ impl Backend for PostgresStore {
     fn step_texts(&self, run: &str) -> Result<StepTexts> {
         let run = run.to_string();
         self.call(move |c| {
-            let rows = c.query("SELECT key, value FROM steps WHERE run_id = $1", &[&run])?;
+            let rows = c.query(
+                "SELECT key, value, run_steps, run_tool_calls, run_wall FROM steps WHERE run_id = $1",
+                &[&run],
+            )?;
             let mut texts = StepTexts::default();
             for r in &rows {
                 let key: &str = r.try_get(0)?;
                 let value: Option<&str> = r.try_get(1)?;
                 texts.push(key.as_bytes(), value.map(str::as_bytes));
+                if let (Some(steps), Some(tool_calls), Some(wall)) = (
+                    r.try_get::<_, Option<i64>>(2)?,
+                    r.try_get::<_, Option<i64>>(3)?,
+                    r.try_get::<_, Option<f64>>(4)?,
+                ) {
+                    texts.count(steps as u64, tool_calls as u64, wall);
+                }
             }
             Ok(texts)
         })
@@ -667,6 +688,7 @@ impl Backend for PostgresStore {
         lease: &Lease,
         batch: &[(String, Option<Value>)],
         replies: &[Reply],
+        counted: Spend,
         spend: Option<Spend>,
     ) -> Result<()> {
         let lease = lease.clone();
@@ -689,13 +711,15 @@ impl Backend for PostgresStore {
                     &lease.epoch,
                     &(spend.tokens as i64),
                     &spend.cost,
-                    &(spend.steps as i64),
-                    &(spend.tool_calls as i64),
+                    // The statement gives the step rows the run row's
+                    // counts: the counts as they stand.
+                    &(counted.steps as i64),
+                    &(counted.tool_calls as i64),
                     &now(),
                     &lease.until(),
                     &keys,
                     &values,
-                    &spend.wall,
+                    &counted.wall,
                     &reply_keys,
                     &attempts,
                     &texts,
@@ -717,6 +741,9 @@ impl Backend for PostgresStore {
                     &texts,
                     &input_tokens,
                     &output_tokens,
+                    &(counted.steps as i64),
+                    &(counted.tool_calls as i64),
+                    &counted.wall,
                 ],
             ),
         })

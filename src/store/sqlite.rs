@@ -153,6 +153,14 @@ CREATE TABLE sealed_programs (
     kept_at REAL NOT NULL
 );
 "#,
+    // The run's steps, tool calls and active time when the step committed
+    // (`Backend::commit_steps`): a commit need not write the run's row to
+    // keep them, and a resume after a crash reads them exactly.
+    r#"
+ALTER TABLE steps ADD COLUMN run_steps INTEGER;
+ALTER TABLE steps ADD COLUMN run_tool_calls INTEGER;
+ALTER TABLE steps ADD COLUMN run_wall REAL;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -479,12 +487,13 @@ impl Backend for SqliteStore {
         }
     }
 
-    /// Completed steps: key → value (`None` for a step that was skipped).
+    /// Completed steps: key → value (`None` for a step that was skipped),
+    /// and the counts their commits carried.
     fn step_texts(&self, run: &str) -> Result<StepTexts> {
         Ok(retry(|| {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT key, value FROM steps WHERE run_id = ?1")?;
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT key, value, run_steps, run_tool_calls, run_wall FROM steps WHERE run_id = ?1",
+            )?;
             let mut rows = stmt.query([run])?;
             let mut texts = StepTexts::default();
             // The bytes as SQLite holds them: whoever parses a value checks
@@ -498,18 +507,26 @@ impl Backend for SqliteStore {
                     rusqlite::Error::FromSqlConversionFailure(1, Type::Text, Box::new(e))
                 })?;
                 texts.push(key, value);
+                if let (Some(steps), Some(tool_calls), Some(wall)) = (
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<f64>>(4)?,
+                ) {
+                    texts.count(steps as u64, tool_calls as u64, wall);
+                }
             }
             Ok::<_, rusqlite::Error>(texts)
         })?)
     }
 
-    /// Commits steps that completed together, and the run's spend when
-    /// given, in one transaction fenced by the lease.
+    /// Commits steps that completed together (with the run's counts), and
+    /// the run's spend when given, in one transaction fenced by the lease.
     fn commit_steps(
         &self,
         lease: &Lease,
         batch: &[(String, Option<Value>)],
         replies: &[Reply],
+        counted: Spend,
         spend: Option<Spend>,
     ) -> Result<()> {
         in_write_tx(&self.conn, |tx| {
@@ -518,13 +535,16 @@ impl Backend for SqliteStore {
                 Some(spend) => save_spend(tx, lease, spend, at)?,
                 None => check_epoch(tx, lease)?,
             }
-            let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO steps (run_id, key, value, completed_at) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO steps (run_id, key, value, completed_at, run_steps, run_tool_calls, run_wall) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
             for (key, value) in batch {
                 stmt.execute(params![
                     lease.run_id,
                     key,
                     value.as_ref().map(Value::to_string),
-                    at
+                    at,
+                    counted.steps as i64,
+                    counted.tool_calls as i64,
+                    counted.wall
                 ])?;
             }
             let mut stmt = tx.prepare_cached(

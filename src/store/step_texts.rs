@@ -5,13 +5,22 @@
 //! their values (`run::Checkpoints`): one buffer for all of them is one
 //! allocation to fill and one to free, where a `String` per key and per
 //! value were two each, and the bytes are kept as the store gave them
-//! (whoever parses a value checks it).
+//! (whoever parses a value checks it). Beside them, the run's steps, tool
+//! calls and active time its last commit carried: what a resume after a
+//! crash counts of them.
+
+use crate::run::budget::Spend;
 
 /// The rows of `Backend::step_texts`, in the order the store gave them.
 #[derive(Default)]
 pub struct StepTexts {
     bytes: Vec<u8>,
     rows: Vec<Row>,
+    /// The largest of the run's steps, tool calls and active time its
+    /// commits carried: the figures at the last commit, as each only
+    /// grows. `None` when no row carries them (none committed, or written
+    /// by a flowc from before they were kept).
+    counted: Option<Spend>,
 }
 
 /// Where one step's key and value are in [`StepTexts::bytes`]: the key from
@@ -39,6 +48,21 @@ impl StepTexts {
             key_end,
             end,
         });
+    }
+
+    /// Counts a row's figures of the run's steps, tool calls and active
+    /// time when it committed.
+    pub fn count(&mut self, steps: u64, tool_calls: u64, wall: f64) {
+        let c = self.counted.get_or_insert_with(Spend::default);
+        c.steps = c.steps.max(steps);
+        c.tool_calls = c.tool_calls.max(tool_calls);
+        c.wall = c.wall.max(wall);
+    }
+
+    /// The run's steps, tool calls and active time at its last commit
+    /// (tokens and cost 0: the run's row records those).
+    pub fn counted(&self) -> Option<Spend> {
+        self.counted
     }
 
     pub fn len(&self) -> usize {
