@@ -2315,11 +2315,14 @@ fn a_model_call_cut_short_by_kill_9_stays_counted_after_the_resume() {
     let run = newest_run(&lab).expect("the run is stored");
     // The reservation was recorded before the request went out: the
     // provider may bill the call the crash cut short. With it, the
-    // allowance for eight more calls like it (this one's worst case is
-    // under 300 tokens), which the resume counts as spent.
+    // allowance for eight more calls like it (the first call's write
+    // grants one: 10k tokens leave room for twice eight calls of this
+    // one's worst case, w, which is over 100 and under 300 tokens). A
+    // crash cannot tell whether more calls went out under that figure, so
+    // the resume counts all of it: exactly 9 × w.
     let reserved = lab.open_store().run(&run).unwrap().expect("stored").spend;
     assert!(
-        reserved.tokens > 100 && reserved.tokens < 9 * 300,
+        reserved.tokens % 9 == 0 && reserved.tokens > 9 * 100 && reserved.tokens < 9 * 300,
         "{reserved:?}"
     );
     let resumed = lab.flowc(&["resume", &run]);
@@ -2532,6 +2535,96 @@ fn a_model_call_that_went_out_without_a_write_stays_counted_after_kill_9(backend
     );
 }
 
+/// A chain of `steps` model steps under `budget`, each prompted with the
+/// last one's answer.
+fn budgeted_chain(steps: usize, budget: &str) -> String {
+    model_chain(steps).replace("budget { tokens 100k }", &format!("budget {{ {budget} }}"))
+}
+
+/// A run killed with a model call in flight at every step, under a `steps`
+/// budget exactly as large as the uninterrupted run needs and a `tokens`
+/// budget too small for an allowance (eight calls' worst case) to fit in
+/// half the room left: each resume counts the steps the last commit
+/// recorded and the tokens reserved, nothing ahead, so the run completes
+/// after as many kills as it has steps, with the figures of an
+/// uninterrupted run (plus the cut calls' reservations).
+fn a_run_killed_at_every_step_near_its_budget_completes(backend: Backend) {
+    const STEPS: usize = 5;
+    let reference = Lab::on(backend, "near-budget-reference", &model_chain(STEPS));
+    reference.run(r#"{"q":"a"}"#, &[]).expect(0);
+    let run = newest_run(&reference).expect("stored");
+    let needed = reference.open_store().run(&run).unwrap().expect("stored").spend;
+    assert!(needed.steps >= STEPS as u64, "{needed:?}");
+
+    // Each call reserves about 200 tokens (100 of `max_tokens`, the
+    // prompt at one token per two bytes), and the chain's worst case is
+    // 1,820 (a retry each): 3,000 is above it, and never twice eight
+    // calls' worth above what is committed.
+    let budget = format!("tokens 3000, steps {}", needed.steps);
+    let lab = Lab::on(backend, "near-budget", &budgeted_chain(STEPS, &budget));
+    // Each process gets one answer, then a call that never returns.
+    let mut script = Vec::new();
+    for _ in 1..STEPS {
+        script.extend([Reply::chat_json(scored("a")), Reply::hang()]);
+    }
+    script.push(Reply::chat_json(scored("a")));
+    lab.server.script(CHAT, script);
+    let mut run: Option<String> = None;
+    let mut kills = 0;
+    let output = loop {
+        let args: Vec<&str> = match &run {
+            None => vec!["run", "prog.flow", "--input", r#"{"q":"a"}"#],
+            Some(id) => vec!["resume", id],
+        };
+        if kills == STEPS - 1 {
+            let out = lab.flowc(&args);
+            out.expect(0);
+            break out.json();
+        }
+        let mut child = lab.spawn(&args);
+        let began = Instant::now();
+        while lab.server.hits(CHAT) < 2 * (kills + 1) {
+            assert!(
+                began.elapsed() < Duration::from_secs(20),
+                "process {kills}: {}",
+                read_all(child.stderr.take())
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+        kills += 1;
+        run = run.or_else(|| newest_run(&lab));
+        let id = run.as_deref().expect("the run is stored");
+        assert_eq!(
+            lab.open_store().steps(id).expect("reads").len(),
+            kills,
+            "each process committed one step"
+        );
+    };
+    assert_eq!(output, scored("a"));
+    assert_eq!(lab.server.hits(CHAT), 2 * STEPS - 1);
+    let spend = lab
+        .open_store()
+        .run(run.as_deref().expect("stored"))
+        .unwrap()
+        .expect("stored")
+        .spend;
+    assert_eq!(spend.steps, needed.steps, "no step counted twice");
+    assert_eq!(spend.tool_calls, needed.tool_calls);
+    // What the server served, and each cut call's reservation (about 200
+    // tokens): nothing counted ahead (an allowance, eight such calls,
+    // would be 1,600 more).
+    let served = lab.server.tokens_served();
+    assert!(
+        spend.tokens >= served + (STEPS as u64 - 1) * 150
+            && spend.tokens <= served + (STEPS as u64 - 1) * 300,
+        "recorded {} tokens, served {served}",
+        spend.tokens
+    );
+}
+
 /// Sets the stored value text of step `key` of `run`, on either backend.
 fn set_step_value(lab: &Lab, run: &str, key: &str, text: &str) {
     let changed = match &lab.store_url {
@@ -2638,6 +2731,7 @@ on_both_backends!(
     ctrl_c_leaves_the_run_interrupted_and_resume_completes_it,
     a_resumed_run_keeps_the_wall_time_its_earlier_processes_used,
     a_model_call_that_went_out_without_a_write_stays_counted_after_kill_9,
+    a_run_killed_at_every_step_near_its_budget_completes,
     the_trace_of_a_gate_shows_what_it_released_the_original_and_who_decided_when,
     a_damaged_checkpoint_stops_the_resume_only_when_a_remaining_step_reads_it
 );

@@ -344,6 +344,7 @@ pub fn run_sealed(
                     replies: Default::default(),
                     ceiling: Default::default(),
                     row_written: Default::default(),
+                    counts: std::cell::Cell::new(base),
                     writes: Default::default(),
                     failed: Default::default(),
                 }),
@@ -538,13 +539,7 @@ pub fn run_sealed(
                     w.commits += 1;
                     w.rows += u64::from(spend.is_some());
                 });
-                store.commit_steps(
-                    &d.lease,
-                    &[],
-                    &replies,
-                    runtime.committed_spend(),
-                    spend,
-                )
+                store.commit_steps(&d.lease, &[], &replies, d.counts.get(), spend)
             }
         };
         let finished = kept.and_then(|()| match &outcome {

@@ -89,6 +89,11 @@ pub struct Durable {
     /// lease): a commit writes it again once a third of the lease's
     /// lifetime has passed, so a run with no heartbeat keeps its lease.
     pub row_written: Cell<Option<Instant>>,
+    /// The run's steps, tool calls and active time as the last commit
+    /// recorded them on its step rows. A write of the run's row records
+    /// these, never figures counted since: a step that started after the
+    /// last commit runs again after a crash, and would count twice.
+    pub counts: Cell<Spend>,
     /// Writes so far: commits (results pending now go into the next one)
     /// and writes of the spend alone before model calls.
     pub writes: Cell<super::store_writes::StoreWrites>,
@@ -170,14 +175,13 @@ impl<'p> Runtime<'p> {
         if d.writes.get().commits < ticket {
             let batch = std::mem::take(&mut *d.pending.borrow_mut());
             let replies = unfinished_replies(&batch, &mut d.replies.borrow_mut());
+            let counted = self.committed_spend();
+            d.counts.set(counted);
             let spend = self.spend_due(d);
-            let result = d.store.borrow_mut().commit_steps(
-                &d.lease,
-                &batch,
-                &replies,
-                self.committed_spend(),
-                spend,
-            );
+            let result =
+                d.store
+                    .borrow_mut()
+                    .commit_steps(&d.lease, &batch, &replies, counted, spend);
             d.count_write(|w| {
                 w.commits += 1;
                 w.rows += u64::from(spend.is_some());
@@ -241,7 +245,7 @@ impl<'p> Runtime<'p> {
 
     /// Settled spend plus the reservations of calls in flight: what a
     /// crash now could leave billed.
-    pub fn committed_spend(&self) -> Spend {
+    fn committed_spend(&self) -> Spend {
         self.root_ledger
             .borrow()
             .as_ref()
@@ -267,9 +271,16 @@ impl<'p> Runtime<'p> {
     /// What the run store records as the run's spend while it runs: what a
     /// crash now could leave billed, its tokens and cost plus the allowance
     /// for the model calls that may start before the next write
-    /// (`SpendCeiling`).
+    /// (`SpendCeiling`); its steps, tool calls and active time as the last
+    /// commit recorded them (`Durable::counts`).
     pub fn spend_to_write(&self, d: &Durable) -> Spend {
-        let committed = self.committed_spend();
+        let counts = d.counts.get();
+        let committed = Spend {
+            steps: counts.steps,
+            tool_calls: counts.tool_calls,
+            wall: counts.wall,
+            ..self.committed_spend()
+        };
         let mut ceiling = d.ceiling.get();
         let written = match self.root_ledger.borrow().as_ref() {
             Some(l) => ceiling.raise(committed, l.limits()),
