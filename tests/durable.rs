@@ -386,17 +386,39 @@ struct Snapshot {
 }
 
 fn snapshot(lab: &Lab, run: &str) -> Snapshot {
-    let conn = lab.store();
     let keys = |sql: &str| -> BTreeSet<String> {
-        let mut stmt = conn.prepare(sql).expect("query the store");
-        let rows = stmt
-            .query_map([run], |r| r.get::<_, String>(0))
-            .expect("query the store");
-        rows.map(|r| r.expect("a row")).collect()
+        keys_and_numbers(lab, sql, run)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
     };
     Snapshot {
-        steps: keys("SELECT key FROM steps WHERE run_id = ?1"),
-        replies: keys("SELECT key FROM replies WHERE run_id = ?1"),
+        steps: keys("SELECT key, CAST(0 AS BIGINT) FROM steps WHERE run_id = $1"),
+        replies: keys("SELECT key, CAST(0 AS BIGINT) FROM replies WHERE run_id = $1"),
+    }
+}
+
+/// Rows of a text and a number that `sql` (its one parameter `$1`, the
+/// number cast to BIGINT) selects from the lab's store, on either backend.
+fn keys_and_numbers(lab: &Lab, sql: &str, run: &str) -> Vec<(String, i64)> {
+    match &lab.store_url {
+        Some(url) => postgres::Client::connect(url, postgres::NoTls)
+            .expect("connects")
+            .query(sql, &[&run])
+            .expect("queries the store")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect(),
+        None => {
+            let conn = lab.store();
+            let mut stmt = conn
+                .prepare(&sql.replace("$1", "?1"))
+                .expect("query the store");
+            let rows = stmt
+                .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))
+                .expect("query the store");
+            rows.map(|r| r.expect("a row")).collect()
+        }
     }
 }
 
@@ -466,8 +488,7 @@ fn request_step(r: &RecordedRequest) -> Option<String> {
     None
 }
 
-#[test]
-fn killed_runs_resume_to_the_uninterrupted_output_with_every_effect_once() {
+fn killed_runs_resume_to_the_uninterrupted_output_with_every_effect_once(backend: Backend) {
     let test_started = Instant::now();
     let input = r#"{"q": "all"}"#;
     let gate = ["--approve", "publish"];
@@ -477,7 +498,7 @@ fn killed_runs_resume_to_the_uninterrupted_output_with_every_effect_once() {
     let mut expected = Value::Null;
     let mut full = Duration::MAX;
     for _ in 0..3 {
-        let lab = Lab::new("crash-reference", CRASH_FLOW);
+        let lab = Lab::on(backend, "crash-reference", CRASH_FLOW);
         let started = Instant::now();
         let reference = lab.run(input, &gate);
         full = full.min(started.elapsed());
@@ -507,7 +528,7 @@ fn killed_runs_resume_to_the_uninterrupted_output_with_every_effect_once() {
     let mut killed_runs = 0u32;
     while killed_runs < 50 && test_started.elapsed() < Duration::from_secs(60) {
         iterations += 1;
-        let lab = Lab::new("crash", CRASH_FLOW);
+        let lab = Lab::on(backend, "crash", CRASH_FLOW);
         // Process boundaries: each process's start, and the store as the
         // processes before it left it.
         let mut boundaries: Vec<(Instant, Snapshot)> = Vec::new();
@@ -645,24 +666,20 @@ fn killed_runs_resume_to_the_uninterrupted_output_with_every_effect_once() {
         // A completed step's reply is not written with its commit; one can
         // be in the store only if it rode in another step's commit before
         // its own step committed: then at most one per step, first attempts.
-        let conn = lab.store();
-        let replies: Vec<(String, u32)> = conn
-            .prepare("SELECT key, attempt FROM replies WHERE run_id = ?1 ORDER BY key")
-            .unwrap()
-            .query_map([&run_id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let replies = keys_and_numbers(
+            &lab,
+            "SELECT key, CAST(attempt AS BIGINT) FROM replies WHERE run_id = $1",
+            &run_id,
+        );
         assert!(replies.len() <= 8, "{replies:?}");
         assert!(replies.iter().all(|(_, a)| *a == 1), "{replies:?}");
-        let (status, tokens): (String, u64) = conn
-            .query_row(
-                "SELECT status, tokens FROM runs WHERE id = ?1",
-                [&run_id],
-                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
-            )
-            .unwrap();
-        assert_eq!(status, "completed");
+        let stored = lab
+            .open_store()
+            .run(&run_id)
+            .expect("the store answers")
+            .expect("stored");
+        let tokens = stored.spend.tokens;
+        assert_eq!(stored.status, "completed");
         // The run's recorded spend counts each of its 8 replies (15 tokens
         // each) once, whichever process received it, and every call a kill
         // cut short at its whole reservation (recorded before the request
@@ -2732,6 +2749,7 @@ on_both_backends!(
     a_resumed_run_keeps_the_wall_time_its_earlier_processes_used,
     a_model_call_that_went_out_without_a_write_stays_counted_after_kill_9,
     a_run_killed_at_every_step_near_its_budget_completes,
+    killed_runs_resume_to_the_uninterrupted_output_with_every_effect_once,
     the_trace_of_a_gate_shows_what_it_released_the_original_and_who_decided_when,
     a_damaged_checkpoint_stops_the_resume_only_when_a_remaining_step_reads_it
 );
