@@ -1893,7 +1893,10 @@ fn a_store_from_before_root_spans_migrates_and_its_runs_resume_into_one_tree() {
     {
         let conn = Connection::open(lab.dir.0.join(".flowc/runs.db")).expect("opens");
         conn.execute_batch(
-            "DROP TABLE sealed_programs;
+            "ALTER TABLE steps DROP COLUMN run_wall;
+             ALTER TABLE steps DROP COLUMN run_tool_calls;
+             ALTER TABLE steps DROP COLUMN run_steps;
+             DROP TABLE sealed_programs;
              DROP INDEX reviews_day;
              DROP TABLE reviews;
              ALTER TABLE gates DROP COLUMN escalated_at;
@@ -1916,7 +1919,7 @@ fn a_store_from_before_root_spans_migrates_and_its_runs_resume_into_one_tree() {
         .store()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("the schema version");
-    assert_eq!(version, 9, "migrated");
+    assert_eq!(version, 10, "migrated");
     let trace = lab.flowc(&["trace", &run]);
     trace.expect(0);
     let roots = trace.stdout.lines().filter(|l| !l.starts_with(' ')).count();
@@ -1939,7 +1942,7 @@ fn a_store_from_before_root_spans_migrates_and_its_runs_resume_into_one_tree() {
     assert!(
         refused
             .stderr
-            .contains("written by a newer flowc (schema 99, this flowc knows 9)"),
+            .contains("written by a newer flowc (schema 99, this flowc knows 10)"),
         "{}",
         refused.stderr
     );

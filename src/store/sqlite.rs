@@ -535,7 +535,11 @@ impl Backend for SqliteStore {
                 Some(spend) => save_spend(tx, lease, spend, at)?,
                 None => check_epoch(tx, lease)?,
             }
-            let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO steps (run_id, key, value, completed_at, run_steps, run_tool_calls, run_wall) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
+            // A plain INSERT: a run commits a step's key once (a resume
+            // replays a committed step, never runs it again), and with
+            // foreign keys on, `OR REPLACE` made SQLite keep a statement
+            // journal for every row (~5% of a commit's instructions).
+            let mut stmt = tx.prepare_cached("INSERT INTO steps (run_id, key, value, completed_at, run_steps, run_tool_calls, run_wall) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
             for (key, value) in batch {
                 stmt.execute(params![
                     lease.run_id,
