@@ -2342,7 +2342,7 @@ fn a_model_call_cut_short_by_kill_9_stays_counted_after_the_resume() {
     // the resume counts all of it: exactly 9 × w.
     let reserved = lab.open_store().run(&run).unwrap().expect("stored").spend;
     assert!(
-        reserved.tokens % 9 == 0 && reserved.tokens > 9 * 100 && reserved.tokens < 9 * 300,
+        reserved.tokens.is_multiple_of(9) && reserved.tokens > 9 * 100 && reserved.tokens < 9 * 300,
         "{reserved:?}"
     );
     let resumed = lab.flowc(&["resume", &run]);
@@ -2573,7 +2573,12 @@ fn a_run_killed_at_every_step_near_its_budget_completes(backend: Backend) {
     let reference = Lab::on(backend, "near-budget-reference", &model_chain(STEPS));
     reference.run(r#"{"q":"a"}"#, &[]).expect(0);
     let run = newest_run(&reference).expect("stored");
-    let needed = reference.open_store().run(&run).unwrap().expect("stored").spend;
+    let needed = reference
+        .open_store()
+        .run(&run)
+        .unwrap()
+        .expect("stored")
+        .spend;
     assert!(needed.steps >= STEPS as u64, "{needed:?}");
 
     // Each call reserves about 200 tokens (100 of `max_tokens`, the

@@ -99,7 +99,13 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
         ));
         // The holder's checkpoint that writes the run's row renews it.
         store
-            .commit_steps(&old, &[("a".into(), Some(json!(1)))], &[], spend(1), Some(spend(1)))
+            .commit_steps(
+                &old,
+                &[("a".into(), Some(json!(1)))],
+                &[],
+                spend(1),
+                Some(spend(1)),
+            )
             .expect("the holder commits");
         std::thread::sleep(Duration::from_millis(450));
         let new = match store.acquire("r1", "here/2/x", Duration::from_secs(30)) {

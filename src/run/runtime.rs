@@ -178,10 +178,10 @@ impl<'p> Runtime<'p> {
             let counted = self.committed_spend();
             d.counts.set(counted);
             let spend = self.spend_due(d);
-            let result =
-                d.store
-                    .borrow_mut()
-                    .commit_steps(&d.lease, &batch, &replies, counted, spend);
+            let result = d
+                .store
+                .borrow_mut()
+                .commit_steps(&d.lease, &batch, &replies, counted, spend);
             d.count_write(|w| {
                 w.commits += 1;
                 w.rows += u64::from(spend.is_some());

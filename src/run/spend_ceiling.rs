@@ -180,7 +180,10 @@ mod tests {
             c.raise(Spend::tokens(800, 0.0), &limits(100_000)).tokens,
             3_200
         );
-        assert_eq!(c.raise(Spend::tokens(800, 0.0), &limits(5_600)).tokens, 3_200);
+        assert_eq!(
+            c.raise(Spend::tokens(800, 0.0), &limits(5_600)).tokens,
+            3_200
+        );
         // Nearer the limit: no allowance, every call writes before it goes
         // out.
         assert_eq!(c.raise(Spend::tokens(800, 0.0), &limits(5_599)).tokens, 800);
@@ -203,9 +206,15 @@ mod tests {
             let mut c = SpendCeiling::default();
             c.widen(Spend::tokens(1_000, 0.0));
             let committed = counted + 1_000;
-            counted = c.raise(Spend::tokens(committed, 0.0), &limits(limit)).tokens;
+            counted = c
+                .raise(Spend::tokens(committed, 0.0), &limits(limit))
+                .tokens;
             calls += 1;
-            exact_tail = if counted == committed { exact_tail + 1 } else { 0 };
+            exact_tail = if counted == committed {
+                exact_tail + 1
+            } else {
+                0
+            };
         }
         // The last crash that counted an allowance left room for eight
         // calls, and each of those crashes counted only what it reserved.
