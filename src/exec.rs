@@ -30,6 +30,7 @@ pub use crate::ir::{
     ResponseFormat, Sampling, ServerId, Template as StrTemplate, TemplatePart, ToolId,
     ITERATION_FAILURE_CLASSES,
 };
+use crate::deferred::Deferred;
 use crate::source::Span;
 use crate::types::{Lit, Ty, TypeTable};
 
@@ -433,7 +434,9 @@ pub enum StepKind {
     Value(Expr),
     Call {
         target: CallTarget,
-        args: Vec<(String, Expr)>,
+        /// Decoded when the call runs: a resume replays most calls from
+        /// the run store and never reads their arguments.
+        args: Deferred<Vec<(String, Expr)>>,
     },
     Llm(Box<LlmCall>),
     Approve(Box<Gate>),

@@ -14,6 +14,7 @@ pub mod code;
 mod compile;
 pub mod cores;
 pub mod decision;
+pub mod deferred;
 pub mod diagnostic;
 pub mod diagram;
 pub mod evals;

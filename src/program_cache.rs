@@ -72,7 +72,7 @@ impl std::fmt::Display for Miss {
 
 /// The format of an entry; part of [`build`], so a change never reads an
 /// older entry.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// Which executable this is: its version, its size and when it was built
 /// (its file's modification time). A kept program is read only by the
@@ -262,6 +262,25 @@ flow rank(q: string) -> [Scored] {
         for len in (0..bytes.len()).step_by(7) {
             assert!(decode(&bytes[..len], &mut read).is_err(), "cut at {len}");
         }
+    }
+
+    /// An entry of another format (or another executable) is never decoded
+    /// as this one's: its header names the build that wrote it, and the
+    /// format is part of it.
+    #[test]
+    fn an_entry_of_another_format_is_a_miss() {
+        let (bytes, _, files) = kept();
+        let (mut header, body) = postcard::take_from_bytes::<Header>(&bytes).expect("a header");
+        assert!(header.build.contains(&format!(" format {FORMAT} ")));
+        header.build = header
+            .build
+            .replace(&format!(" format {FORMAT} "), &format!(" format {} ", FORMAT - 1));
+        let mut older = postcard::to_allocvec(&header).expect("encodes");
+        older.extend_from_slice(body);
+        assert_eq!(
+            decode(&older, &mut |p: &str| files.get(p).cloned()).map(|_| ()),
+            Err(Miss::Build)
+        );
     }
 
     #[test]

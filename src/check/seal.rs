@@ -463,7 +463,10 @@ fn step(
     use exec::StepKind as K;
     let kind = match s.kind {
         ir::StepKind::Value(e) => K::Value(e),
-        ir::StepKind::Call { target, args } => K::Call { target, args },
+        ir::StepKind::Call { target, args } => K::Call {
+            target,
+            args: crate::deferred::Deferred::new(args),
+        },
         ir::StepKind::Llm(l) => {
             let shown = ir::describe_step_name(&s.name);
             K::Llm(Box::new(llm(program, s.span, &shown, *l, scope)?))

@@ -218,6 +218,7 @@ impl Runtime<'_> {
             StepKind::Approve(gate) => self.approve(cx, n, frame, gate),
             StepKind::Call { target, args } => {
                 let args = args
+                    .get()
                     .iter()
                     .map(|(k, e)| eval(e, &scope).map(|v| (k.clone(), v)))
                     .collect::<Result<serde_json::Map<String, Value>, _>>()
