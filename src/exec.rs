@@ -21,6 +21,7 @@ use std::time::Duration;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 pub use crate::ast::{CompareOp, Decision, Effect};
+use crate::deferred::Deferred;
 /// Expressions are sealed as lowering typed them: a checked expression has
 /// no unresolved name and no `Option` a code forbids. `StrTemplate` is a
 /// string literal with `{…}` inside an expression.
@@ -30,8 +31,8 @@ pub use crate::ir::{
     ResponseFormat, Sampling, ServerId, Template as StrTemplate, TemplatePart, ToolId,
     ITERATION_FAILURE_CLASSES,
 };
-use crate::deferred::Deferred;
 use crate::source::Span;
+use crate::step_name::{Named, StepName};
 use crate::types::{Lit, Ty, TypeTable};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -389,6 +390,8 @@ pub struct Flow {
     pub params: Vec<Param>,
     pub output: Ty,
     pub budget: Budget,
+    /// Its steps' names kept as one text (`step_name::graph`).
+    #[serde(with = "crate::step_name::graph")]
     pub graph: DiGraph<Step, Dep>,
     pub regions: Vec<Region>,
     /// The step that produces the flow's result (`return`).
@@ -405,13 +408,24 @@ impl Flow {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Step {
     /// The name lowering gave it (`x`, `posted.result`): run-store keys.
-    pub name: String,
+    /// Kept with its flow's graph, not here (`step_name::graph`).
+    #[serde(skip, default = "StepName::unset")]
+    pub name: StepName,
     pub region: RegionId,
     pub kind: StepKind,
     pub ty: Ty,
     pub fallback: Option<Fallback>,
     /// True when the step's value is read by another step or the output.
     pub named: bool,
+}
+
+impl Named for Step {
+    fn name(&self) -> &StepName {
+        &self.name
+    }
+    fn name_mut(&mut self) -> &mut StepName {
+        &mut self.name
+    }
 }
 
 impl Step {

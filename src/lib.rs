@@ -36,6 +36,7 @@ pub mod snapshot;
 pub mod source;
 pub mod stats;
 pub mod stdlib;
+pub mod step_name;
 pub mod store;
 pub mod submit;
 mod suggest;

@@ -272,9 +272,10 @@ flow rank(q: string) -> [Scored] {
         let (bytes, _, files) = kept();
         let (mut header, body) = postcard::take_from_bytes::<Header>(&bytes).expect("a header");
         assert!(header.build.contains(&format!(" format {FORMAT} ")));
-        header.build = header
-            .build
-            .replace(&format!(" format {FORMAT} "), &format!(" format {} ", FORMAT - 1));
+        header.build = header.build.replace(
+            &format!(" format {FORMAT} "),
+            &format!(" format {} ", FORMAT - 1),
+        );
         let mut older = postcard::to_allocvec(&header).expect("encodes");
         older.extend_from_slice(body);
         assert_eq!(

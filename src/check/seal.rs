@@ -399,7 +399,7 @@ fn flow(
             missing.get_or_insert(d);
             // Never run: the error above is returned instead.
             exec::Step {
-                name: String::new(),
+                name: crate::step_name::StepName::new(""),
                 region,
                 kind: exec::StepKind::Value(null(span)),
                 ty: crate::types::Ty::Null,
@@ -522,7 +522,7 @@ fn step(
         ir::StepKind::Output(e) => K::Output(e),
     };
     Ok(exec::Step {
-        name: s.name,
+        name: crate::step_name::StepName::new(&s.name),
         region: s.region,
         kind,
         ty: s.ty,
