@@ -85,3 +85,20 @@ impl<'de, T> Deserialize<'de> for Deferred<T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Deferred;
+
+    /// Read back from its encoded form, a part is not decoded until read,
+    /// and then is the value that was encoded.
+    #[test]
+    fn a_part_read_back_is_decoded_when_first_read() {
+        let kept = postcard::to_allocvec(&Deferred::new(vec!["x".to_string(), "y".into()]))
+            .expect("encodes");
+        let back: Deferred<Vec<String>> = postcard::from_bytes(&kept).expect("decodes");
+        assert!(back.value.get().is_none());
+        assert_eq!(back.get(), &["x", "y"]);
+        assert_eq!(format!("{back:?}"), r#"["x", "y"]"#);
+    }
+}
