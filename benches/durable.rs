@@ -197,6 +197,7 @@ fn durable_options(store: Store, record: RunRecord, resume: bool) -> RunOptions 
             record,
             resume,
             lease,
+            texts: None,
         }),
         ..RunOptions::default()
     }
@@ -475,6 +476,7 @@ fn fanout(c: &mut Criterion) {
                 record: record(id, "fanout", &input),
                 resume: false,
                 lease: Lease::new_run(id),
+                texts: None,
             }),
             ..RunOptions::default()
         }
@@ -638,6 +640,7 @@ fn model_chain(c: &mut Criterion) {
             record: record(id, "models", &input),
             resume: false,
             lease: Lease::new_run(id),
+            texts: None,
         }),
         ..RunOptions::default()
     };
@@ -769,6 +772,7 @@ fn model_fanout(c: &mut Criterion) {
             record: record(id, "models", &input),
             resume: false,
             lease: Lease::new_run(id),
+            texts: None,
         }),
         ..RunOptions::default()
     };

@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// The connection to `store` the lease was taken on, if it is to be
     /// used for the run (`flowc resume`'s): one open of the store less.
     pub connection: Option<Store>,
+    /// The store's second connection (the heartbeat's) with the resumed
+    /// run's completed steps read on it, being opened and read on a thread
+    /// of its own while this one finds the program (`flowc resume`'s).
+    pub prefetch: Option<store::Prefetch>,
     /// `--otlp`: the collector to export the trace to.
     pub otlp: Option<String>,
     /// `--by`: who makes the `approve`/`reject` decisions (default: the OS user).
@@ -401,13 +405,23 @@ fn run_program(
                     Lease::new_run(&run_id),
                 ),
             };
-            // Renews the lease while the run is live, on a connection of its own.
-            let heartbeat = store::Heartbeat::start(store.reopen()?, lease.clone());
+            // Renews the lease while the run is live, on a connection of its
+            // own: opened here, or by the prefetch, which read the resumed
+            // run's steps on it meanwhile.
+            let (second, texts) = match args.prefetch {
+                Some(prefetch) => {
+                    let (second, texts) = prefetch.wait()?;
+                    (second, Some(texts))
+                }
+                None => (store.reopen()?, None),
+            };
+            let heartbeat = store::Heartbeat::start(second, lease.clone());
             let durable = run::DurableRun {
                 store,
                 record,
                 resume: args.resume.is_some(),
                 lease,
+                texts,
             };
             (Some(durable), Some(heartbeat))
         }
@@ -1048,7 +1062,8 @@ fn resume(
     otlp: Option<String>,
     by: Option<String>,
 ) -> Result<i32, Failure> {
-    let store = open_store(store_path)?;
+    let durability = durability()?;
+    let store = Store::open(store_path, durability)?;
     let (record, lease) = loop {
         match store.acquire(id, &store::owner_id(), store::lease_ttl())? {
             Acquired::Taken(record, lease) => break (*record, lease),
@@ -1083,6 +1098,9 @@ fn resume(
             format!("run {id} already completed; `flowc show {id}` shows its steps").into(),
         );
     }
+    // The lease is ours: the second connection opens and the run's steps
+    // are read on another thread while this one finds the program.
+    let prefetch = store::Prefetch::start(store_path.to_path_buf(), durability, id.to_string());
     // A submitted run continues with the program it was submitted with.
     let program = match stored_program(&store, id) {
         Ok(p) => p,
@@ -1103,6 +1121,7 @@ fn resume(
         store: Some(store_path.to_path_buf()),
         resume: Some((record, lease.clone())),
         connection: Some(store),
+        prefetch: Some(prefetch),
         otlp,
         by,
         program,

@@ -551,6 +551,7 @@ fn main() {
             store: (!ephemeral).then_some(store),
             resume: None,
             connection: None,
+            prefetch: None,
             otlp,
             by,
             program: None,

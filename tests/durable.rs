@@ -2404,6 +2404,7 @@ fn run_durable(lab: &Lab, flow: &str, input: Value) -> (flowc::run::Report, Stri
             record,
             resume: false,
             lease: Lease::new_run(&id),
+            texts: None,
         }),
         ..flowc::run::RunOptions::default()
     };

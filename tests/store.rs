@@ -18,15 +18,34 @@ use serde_json::json;
 
 /// Both backends, each a fresh store.
 fn backends(name: &str) -> Vec<(&'static str, Store, Option<std::path::PathBuf>)> {
+    located(name)
+        .into_iter()
+        .map(|(backend, store, dir, _)| (backend, store, dir))
+        .collect()
+}
+
+/// [`backends`], with what each store was opened from (a file or a URL).
+fn located(
+    name: &str,
+) -> Vec<(
+    &'static str,
+    Store,
+    Option<std::path::PathBuf>,
+    std::path::PathBuf,
+)> {
     let dir = std::env::temp_dir().join(format!(
         "flowc-store-{name}-{}-{:08x}",
         std::process::id(),
         fastrand::u32(..)
     ));
-    let sqlite = Store::open(&dir.join("runs.db"), Durability::Normal).expect("opens SQLite");
-    let url = support::postgres::database(name);
-    let pg = Store::open(std::path::Path::new(&url), Durability::Full).expect("opens PostgreSQL");
-    vec![("sqlite", sqlite, Some(dir)), ("postgres", pg, None)]
+    let file = dir.join("runs.db");
+    let sqlite = Store::open(&file, Durability::Normal).expect("opens SQLite");
+    let url = std::path::PathBuf::from(support::postgres::database(name));
+    let pg = Store::open(&url, Durability::Full).expect("opens PostgreSQL");
+    vec![
+        ("sqlite", sqlite, Some(dir), file),
+        ("postgres", pg, None, url),
+    ]
 }
 
 fn record(id: &str) -> RunRecord {
@@ -231,6 +250,62 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
             _ => panic!("{backend}: a released run could not be taken"),
         }
     }
+}
+
+/// `flowc resume` opens its second connection and reads the run's steps on
+/// it on a thread of its own (`store::Prefetch`): it reads what the run's
+/// own connection reads, and the connection is a working one (the
+/// heartbeat renews the lease on it). A store it cannot open is an error
+/// the caller gets, not a run without a heartbeat.
+#[test]
+fn a_prefetch_reads_the_steps_on_a_connection_of_its_own() {
+    for (backend, store, _dir, locator) in located("prefetch") {
+        let lease = Lease::new_run("r5");
+        store.create_run(&record("r5"), &lease).expect("creates");
+        store
+            .commit_steps(
+                &lease,
+                &[
+                    ("main.a".into(), Some(json!({"n": 1}))),
+                    ("x[1]/main.b".into(), None),
+                ],
+                &[],
+                spend(2),
+                None,
+            )
+            .expect("commits");
+        let durability = match backend {
+            "sqlite" => Durability::Normal,
+            _ => Durability::Full,
+        };
+        let prefetch = store::Prefetch::start(locator, durability, "r5".into());
+        let (second, texts) = prefetch.wait().expect("opens the store again");
+        let texts = texts.expect("reads the steps");
+        let own = store.step_texts("r5").expect("reads the steps");
+        let rows = |t: &store::StepTexts| {
+            (0..t.len())
+                .map(|i| (t.key(i).to_vec(), t.value(i).map(<[u8]>::to_vec)))
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert_eq!(texts.len(), 2, "{backend}");
+        assert_eq!(rows(&texts), rows(&own), "{backend}");
+        assert_eq!(
+            texts.counted().map(|c| (c.steps, c.tool_calls, c.wall)),
+            own.counted().map(|c| (c.steps, c.tool_calls, c.wall)),
+            "{backend}"
+        );
+        assert!(second.renew(&lease).expect("renews"), "{backend}");
+    }
+    // A store under a file cannot be opened: the error comes back.
+    let file = std::env::temp_dir().join(format!(
+        "flowc-store-prefetch-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::write(&file, "not a directory").expect("writes");
+    let prefetch = store::Prefetch::start(file.join("runs.db"), Durability::Normal, "r5".into());
+    assert!(matches!(prefetch.wait(), Err(StoreError::Failed(_))));
+    let _ = std::fs::remove_file(&file);
 }
 
 #[test]

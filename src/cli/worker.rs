@@ -148,6 +148,7 @@ impl Slot {
             store: Some(self.store_path.clone()),
             resume: Some((record, lease.clone())),
             connection: None,
+            prefetch: None,
             otlp: None,
             by: None,
             program: Some(program),

@@ -374,6 +374,7 @@ fn run_row(
                         ),
                         resume: false,
                         lease,
+                        texts: None,
                     });
                     trace = Some(trace_path);
                 }

@@ -178,6 +178,10 @@ pub struct DurableRun {
     /// This process's lease on the run (taken by `Store::acquire` for a
     /// resume; `Lease::new_run` for a new run).
     pub lease: crate::store::Lease,
+    /// The run's completed steps, already read for a resume (on another
+    /// connection, while the program was decoded: `store::Prefetch`), or
+    /// `None` to read them from `store`.
+    pub texts: Option<Result<crate::store::StepTexts, crate::store::StoreError>>,
 }
 
 impl Default for RunOptions {
@@ -317,16 +321,17 @@ pub fn run_sealed(
     // trace file took it).
     let writes_root = span.parent.is_none() && options.trace_path.is_some();
     let (durable, base_spend) = match durable {
-        Some(d) => {
+        Some(mut d) => {
             if !d.resume {
                 d.store
                     .create_run(&d.record, &d.lease)
                     .map_err(|e| SetupError::Store(e.to_string()))?;
             }
-            let texts = d
-                .store
-                .step_texts(&run_id)
-                .map_err(|e| SetupError::Store(e.to_string()))?;
+            let texts = match d.texts.take() {
+                Some(texts) => texts,
+                None => d.store.step_texts(&run_id),
+            }
+            .map_err(|e| SetupError::Store(e.to_string()))?;
             let base = if d.resume {
                 spend_ceiling::resumed_spend(d.record.spend, texts.counted())
             } else {
