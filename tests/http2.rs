@@ -100,6 +100,38 @@ fn plain_http_to_an_origin_not_listed_is_http1_one_connection_per_call_in_flight
 }
 
 #[test]
+fn http1_connections_are_reused_by_the_calls_that_follow() {
+    // 12 calls, at most 3 at a time: the run opens 3 connections, and the
+    // calls after the first three take them over when idle.
+    let source = FANOUT.replace("parallel 100", "parallel 3");
+    let server = H2Server::start(Duration::from_millis(20), 10);
+    let program = checked("fanout.flow", &source);
+    let items: Vec<Value> = (0..12).map(|i| json!({"id": format!("i{i}")})).collect();
+    let base = server.base_url();
+    let options = RunOptions {
+        concurrency: 3,
+        world: World::Live,
+        env: Arc::new(move |name: &str| (name == "MOCK_URL").then(|| base.clone())),
+        ..RunOptions::default()
+    };
+    let report = run::run(&program, "fanout", &json!({"items": items}), options).expect("runs");
+    completed(&report, 12);
+    assert_eq!(server.versions(), vec![Version::HTTP_11; 12]);
+    assert_eq!(server.connections(), 3, "one connection per call in flight");
+}
+
+#[test]
+fn http2_calls_beyond_the_servers_stream_limit_wait_for_a_stream_of_the_same_connection() {
+    // The server takes 10 streams at a time; 30 calls queue on its one
+    // connection rather than fail or open more.
+    let server = H2Server::start(Duration::from_millis(50), 10);
+    let report = fan_out(server.base_url(), 30, Some(server.origin())).expect("runs");
+    completed(&report, 30);
+    assert_eq!(server.versions(), vec![Version::HTTP_2; 30]);
+    assert_eq!(server.connections(), 1);
+}
+
+#[test]
 fn a_malformed_flowc_h2c_stops_the_run_before_any_call() {
     let server = H2Server::start(Duration::ZERO, 10);
     for (value, says) in [

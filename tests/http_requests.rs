@@ -116,12 +116,7 @@ impl Program {
 }
 
 async fn call(server: &MockServer, tool: &Tool, args: Value) -> Result<Value, CallError> {
-    let http = HttpClients::from(
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client"),
-    );
+    let http = HttpClients::new(None).expect("the run's clients");
     let api = server.base_url();
     let env = move |name: &str| (name == "API").then(|| api.clone());
     let Value::Object(args) = args else {

@@ -66,10 +66,6 @@ fn env(vars: &[(&str, &str)]) -> Env {
     Box::new(move |name| vars.get(name).cloned())
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
 async fn call(
     tool: &Tool,
     a: Value,
@@ -77,7 +73,7 @@ async fn call(
     key: Option<&str>,
     timeout: Duration,
 ) -> Result<Value, flowc::run::error::CallError> {
-    let http = HttpClients::from(client());
+    let http = HttpClients::new(None).expect("the run's clients");
     let ctx = ToolContext {
         http: &http,
         env: env.as_ref(),
@@ -568,6 +564,143 @@ async fn http_connection_refused_is_a_connection_error() {
     .unwrap_err();
     assert_eq!(e.class, ErrorClass::Connection, "{}", e.message);
     assert!(e.message.contains("could not connect"), "{}", e.message);
+    assert_no_secrets(&e.message);
+}
+
+/// A loopback server that answers each connection's first request with
+/// `reply` (raw bytes, whatever they are) and closes it: replies no HTTP
+/// server library would send.
+fn raw_server(reply: Vec<u8>) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let reply = reply.clone();
+            std::thread::spawn(move || {
+                // The request's head (the tools here send no body).
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(&reply);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn http_server_closing_mid_reply_is_a_connection_error() {
+    let addr = raw_server(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"a\": "
+            .to_vec(),
+    );
+    let p = Program::new(HTTP_TOOLS);
+    let e = call(p.tool("fetch"), json!({"path": "x"}), &http_env(addr), None, T)
+        .await
+        .unwrap_err();
+    assert_eq!(e.class, ErrorClass::Connection, "{}", e.message);
+    assert!(
+        e.message
+            .contains("the connection broke while reading the response"),
+        "{}",
+        e.message
+    );
+    assert_no_secrets(&e.message);
+}
+
+#[tokio::test]
+async fn http_server_closing_without_a_reply_or_answering_garbage_is_a_connection_error() {
+    for reply in [Vec::new(), b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec()] {
+        let addr = raw_server(reply);
+        let p = Program::new(HTTP_TOOLS);
+        let e = call(p.tool("fetch"), json!({"path": "x"}), &http_env(addr), None, T)
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, ErrorClass::Connection, "{}", e.message);
+        assert!(e.message.contains("the request failed"), "{}", e.message);
+        assert_no_secrets(&e.message);
+    }
+}
+
+#[tokio::test]
+async fn http_body_over_the_cap_is_invalid_and_not_read_whole() {
+    // Says 64 MiB and sends them: the call stops reading at 32 MiB.
+    let len = 64usize << 20;
+    let mut reply =
+        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n")
+            .into_bytes();
+    reply.resize(reply.len() + len, b' ');
+    let addr = raw_server(reply);
+    let p = Program::new(HTTP_TOOLS);
+    let e = call(p.tool("fetch"), json!({"path": "x"}), &http_env(addr), None, T)
+        .await
+        .unwrap_err();
+    assert_eq!(e.class, ErrorClass::Invalid, "{}", e.message);
+    assert!(e.message.contains("larger than 32 MiB"), "{}", e.message);
+}
+
+#[tokio::test]
+async fn http_redirects_are_followed_with_credentials_only_to_the_same_origin() {
+    let server = support::mock_server::MockServer::start();
+    let other = support::mock_server::MockServer::start();
+    server.always(
+        "GET /here",
+        support::mock_server::Reply::raw(302, "").with_header("location", "/there?x=1"),
+    );
+    server.always(
+        "GET /there",
+        support::mock_server::Reply::ok(json!({"arrived": true})),
+    );
+    server.always(
+        "GET /away",
+        support::mock_server::Reply::raw(307, "").with_header("location", other.url("/landed")),
+    );
+    other.always(
+        "GET /landed",
+        support::mock_server::Reply::ok(json!({"landed": true})),
+    );
+    server.always(
+        "GET /loop",
+        support::mock_server::Reply::raw(301, "").with_header("location", "/loop"),
+    );
+    let p = Program::new(HTTP_TOOLS);
+    let env = http_env(server.addr());
+    let out = call(p.tool("fetch"), json!({"path": "here"}), &env, None, T)
+        .await
+        .unwrap();
+    assert_eq!(out, json!({"arrived": true}));
+    let there = server.requests_to("/there");
+    assert_eq!(there.len(), 1);
+    assert_eq!(
+        there[0].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str()),
+        "the same origin keeps the credentials"
+    );
+
+    let out = call(p.tool("fetch"), json!({"path": "away"}), &env, None, T)
+        .await
+        .unwrap();
+    assert_eq!(out, json!({"landed": true}));
+    let landed = other.requests_to("/landed");
+    assert_eq!(landed.len(), 1);
+    assert_eq!(
+        landed[0].header("authorization"),
+        None,
+        "another origin does not get the credentials"
+    );
+
+    let e = call(p.tool("fetch"), json!({"path": "loop"}), &env, None, T)
+        .await
+        .unwrap_err();
+    assert_eq!(e.class, ErrorClass::Client, "{}", e.message);
+    assert!(e.message.contains("too many redirects"), "{}", e.message);
     assert_no_secrets(&e.message);
 }
 

@@ -15,6 +15,9 @@
 
 use std::sync::Arc;
 
+use super::connections::Connections;
+use super::origin::Origin;
+
 /// The variable that lists the plain-HTTP origins spoken to over HTTP/2.
 pub const H2C_ENV: &str = "FLOWC_H2C";
 
@@ -45,19 +48,16 @@ pub struct HttpClients {
     negotiated: reqwest::Client,
     /// HTTP/2 with prior knowledge, for the origins `FLOWC_H2C` lists.
     h2c: Option<H2c>,
+    /// `http` tools' own connections (`connections.rs`), lighter per call
+    /// than reqwest's pool; `None` where a proxy is configured, which only
+    /// reqwest honours, and where a caller hands in its own client.
+    connections: Option<Arc<Connections>>,
 }
 
 #[derive(Clone)]
 struct H2c {
     client: reqwest::Client,
     origins: Arc<[Origin]>,
-}
-
-/// A plain-HTTP origin: host (as URLs normalise it) and port.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Origin {
-    host: String,
-    port: u16,
 }
 
 impl HttpClients {
@@ -69,6 +69,9 @@ impl HttpClients {
             None => Vec::new(),
         };
         let negotiated = builder().build().map_err(ClientError::Start)?;
+        let origins: Arc<[Origin]> = origins.into();
+        let connections =
+            (!proxy_configured()).then(|| Arc::new(Connections::new(origins.clone())));
         let h2c = if origins.is_empty() {
             None
         } else {
@@ -77,10 +80,19 @@ impl HttpClients {
                     .http2_prior_knowledge()
                     .build()
                     .map_err(ClientError::Start)?,
-                origins: origins.into(),
+                origins,
             })
         };
-        Ok(HttpClients { negotiated, h2c })
+        Ok(HttpClients {
+            negotiated,
+            h2c,
+            connections,
+        })
+    }
+
+    /// The connections `http` tools use; `None`: send with [`Self::for_url`].
+    pub(crate) fn connections(&self) -> Option<&Connections> {
+        self.connections.as_deref()
     }
 
     /// The client for a request to `url`.
@@ -88,10 +100,7 @@ impl HttpClients {
         match &self.h2c {
             Some(h2c)
                 if url.scheme() == "http"
-                    && h2c.origins.iter().any(|o| {
-                        url.host_str() == Some(o.host.as_str())
-                            && url.port_or_known_default() == Some(o.port)
-                    }) =>
+                    && h2c.origins.iter().any(|o| o.holds(url)) =>
             {
                 &h2c.client
             }
@@ -115,8 +124,25 @@ impl From<reqwest::Client> for HttpClients {
         HttpClients {
             negotiated: client,
             h2c: None,
+            connections: None,
         }
     }
+}
+
+/// Whether reqwest would send through a proxy: it reads these variables
+/// from the process's environment, and our own connections do not speak to
+/// proxies, so `http` tools then stay on reqwest.
+fn proxy_configured() -> bool {
+    [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 }
 
 fn builder() -> reqwest::ClientBuilder {
@@ -148,6 +174,7 @@ fn parse_origins(text: &str) -> Result<Vec<Origin>, ClientError> {
             return Err(bad("is not HOST or HOST:PORT"));
         };
         origins.push(Origin {
+            tls: false,
             host: host.to_string(),
             port,
         });
@@ -161,6 +188,7 @@ mod tests {
 
     fn origin(host: &str, port: u16) -> Origin {
         Origin {
+            tls: false,
             host: host.into(),
             port,
         }

@@ -2,6 +2,8 @@
 //! `request.rs`), and its response read as its `format` says: `json` parses
 //! a body the server says is JSON, `text` takes the body as UTF-8 text.
 
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use serde_json::{Map, Value};
 
 use super::context::ToolContext;
@@ -10,6 +12,7 @@ use super::request::{self, Body, HttpSpec};
 use crate::exec::{HttpMethod, ResponseFormat, Tool};
 use crate::run::error::{CallError, ErrorClass};
 use crate::run::http::{self as transport, MAX_BODY_BYTES};
+use crate::run::http_reply::HttpReply;
 
 pub(super) async fn call(
     tool: &Tool,
@@ -34,36 +37,31 @@ pub(super) async fn call(
 
     // The whole exchange is bounded below (`tokio::time::timeout`), so the
     // request carries no timer of its own.
-    let mut request = ctx
-        .http
-        .for_url(&url)
-        .request(reqwest_method(spec.method), url)
-        .headers(headers);
-    request = match &body {
-        Body::None => request,
-        Body::Json(v) => request.json(v),
-        Body::Form(pairs) => request.form(pairs),
-    };
-
+    let method = reqwest_method(spec.method);
     let exchange = async {
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| transport::transport_error(&e, &what, ctx.timeout))?;
-        let status = response.status();
-        let retry_after = transport::retry_after_header(response.headers());
-        let content_type = response
-            .headers()
+        let reply = match ctx.http.connections() {
+            Some(connections) => {
+                let mut headers = headers;
+                let bytes = encode(&body, &mut headers);
+                connections
+                    .exchange(method, url, headers, bytes, MAX_BODY_BYTES)
+                    .await
+                    .map_err(|e| e.to_call_error(&what, ctx.timeout))?
+            }
+            None => through_reqwest(ctx, method, url, headers, &body, &what).await?,
+        };
+        let retry_after = transport::retry_after_header(&reply.headers);
+        let content_type = reply
+            .headers
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = transport::read_body(&mut response, MAX_BODY_BYTES, &what, ctx.timeout).await?;
         Ok::<_, CallError>((
-            status,
+            reply.status,
             retry_after,
             content_type,
-            body.bytes,
-            body.too_large,
+            reply.body,
+            reply.too_large,
         ))
     };
     let (status, retry_after, content_type, body, too_large) =
@@ -123,6 +121,65 @@ pub(super) async fn call(
             })
         }
     }
+}
+
+/// The body's bytes, with the content type its encoding implies unless the
+/// tool set one (what reqwest's `json` and `form` do).
+fn encode(body: &Body, headers: &mut HeaderMap) -> Bytes {
+    let (bytes, content_type) = match body {
+        Body::None => return Bytes::new(),
+        Body::Json(v) => (
+            // A `Value` always serialises.
+            serde_json::to_vec(v).unwrap_or_default(),
+            "application/json",
+        ),
+        Body::Form(pairs) => (
+            form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs)
+                .finish()
+                .into_bytes(),
+            "application/x-www-form-urlencoded",
+        ),
+    };
+    if !headers.contains_key(CONTENT_TYPE) {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    Bytes::from(bytes)
+}
+
+/// The exchange on reqwest's client, where a proxy is configured (or a
+/// caller handed in its client).
+async fn through_reqwest(
+    ctx: &ToolContext<'_>,
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    body: &Body,
+    what: &str,
+) -> Result<HttpReply, CallError> {
+    let mut request = ctx
+        .http
+        .for_url(&url)
+        .request(method, url)
+        .headers(headers);
+    request = match body {
+        Body::None => request,
+        Body::Json(v) => request.json(v),
+        Body::Form(pairs) => request.form(pairs),
+    };
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| transport::transport_error(&e, what, ctx.timeout))?;
+    let status = response.status();
+    let headers = std::mem::take(response.headers_mut());
+    let body = transport::read_body(&mut response, MAX_BODY_BYTES, what, ctx.timeout).await?;
+    Ok(HttpReply {
+        status,
+        headers,
+        body: body.bytes,
+        too_large: body.too_large,
+    })
 }
 
 /// `application/json`, `application/problem+json`, `text/json`, … (any
