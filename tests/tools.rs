@@ -602,9 +602,15 @@ async fn http_server_closing_mid_reply_is_a_connection_error() {
             .to_vec(),
     );
     let p = Program::new(HTTP_TOOLS);
-    let e = call(p.tool("fetch"), json!({"path": "x"}), &http_env(addr), None, T)
-        .await
-        .unwrap_err();
+    let e = call(
+        p.tool("fetch"),
+        json!({"path": "x"}),
+        &http_env(addr),
+        None,
+        T,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.class, ErrorClass::Connection, "{}", e.message);
     assert!(
         e.message
@@ -620,9 +626,15 @@ async fn http_server_closing_without_a_reply_or_answering_garbage_is_a_connectio
     for reply in [Vec::new(), b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec()] {
         let addr = raw_server(reply);
         let p = Program::new(HTTP_TOOLS);
-        let e = call(p.tool("fetch"), json!({"path": "x"}), &http_env(addr), None, T)
-            .await
-            .unwrap_err();
+        let e = call(
+            p.tool("fetch"),
+            json!({"path": "x"}),
+            &http_env(addr),
+            None,
+            T,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.class, ErrorClass::Connection, "{}", e.message);
         assert!(e.message.contains("the request failed"), "{}", e.message);
         assert_no_secrets(&e.message);
@@ -633,15 +645,22 @@ async fn http_server_closing_without_a_reply_or_answering_garbage_is_a_connectio
 async fn http_body_over_the_cap_is_invalid_and_not_read_whole() {
     // Says 64 MiB and sends them: the call stops reading at 32 MiB.
     let len = 64usize << 20;
-    let mut reply =
-        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n")
-            .into_bytes();
+    let mut reply = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+    )
+    .into_bytes();
     reply.resize(reply.len() + len, b' ');
     let addr = raw_server(reply);
     let p = Program::new(HTTP_TOOLS);
-    let e = call(p.tool("fetch"), json!({"path": "x"}), &http_env(addr), None, T)
-        .await
-        .unwrap_err();
+    let e = call(
+        p.tool("fetch"),
+        json!({"path": "x"}),
+        &http_env(addr),
+        None,
+        T,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.class, ErrorClass::Invalid, "{}", e.message);
     assert!(e.message.contains("larger than 32 MiB"), "{}", e.message);
 }

@@ -235,7 +235,7 @@ impl Connections {
                 return Ok(Sender::H2(live.clone()));
             }
             *slot = None;
-            return match self.connect(origin, prior_knowledge).await? {
+            return match Box::pin(self.connect(origin, prior_knowledge)).await? {
                 Sender::H2(made) => {
                     *slot = Some(made.clone());
                     Ok(Sender::H2(made))
@@ -251,7 +251,11 @@ impl Connections {
                 return Ok(Sender::H1(idle));
             }
         }
-        self.connect(origin, false).await
+        // Boxed, here and above: a TLS handshake's state is kilobytes, and
+        // inline it would size every call's future for its whole flight
+        // (and every tool call's, whatever its kind), not just while
+        // connecting.
+        Box::pin(self.connect(origin, false)).await
     }
 
     /// A new connection to `origin`; HTTP/2 when `prior_knowledge` or when
@@ -272,10 +276,7 @@ impl Connections {
             .map_err(|e| SendError::TlsSetup(e.clone()))?;
         let name = rustls::pki_types::ServerName::try_from(origin.bare_host().to_string())
             .map_err(|_| SendError::BadUrl)?;
-        let tls = connector
-            .connect(name, tcp)
-            .await
-            .map_err(SendError::Tls)?;
+        let tls = connector.connect(name, tcp).await.map_err(SendError::Tls)?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         handshake(TokioIo::new(tls), h2).await
     }

@@ -98,10 +98,7 @@ impl HttpClients {
     /// The client for a request to `url`.
     pub fn for_url(&self, url: &reqwest::Url) -> &reqwest::Client {
         match &self.h2c {
-            Some(h2c)
-                if url.scheme() == "http"
-                    && h2c.origins.iter().any(|o| o.holds(url)) =>
-            {
+            Some(h2c) if url.scheme() == "http" && h2c.origins.iter().any(|o| o.holds(url)) => {
                 &h2c.client
             }
             _ => &self.negotiated,

@@ -30,11 +30,7 @@ impl SendError {
     /// The error a call reports: `what` is `METHOD url` as messages show it.
     pub fn to_call_error(&self, what: &str, timeout: Duration) -> CallError {
         let (class, doing, cause) = match self {
-            SendError::BadUrl => (
-                ErrorClass::Client,
-                "the request could not be built",
-                None,
-            ),
+            SendError::BadUrl => (ErrorClass::Client, "the request could not be built", None),
             SendError::Connect(e) | SendError::Tls(e) => {
                 (ErrorClass::Connection, "could not connect", innermost(e))
             }

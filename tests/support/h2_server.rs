@@ -49,6 +49,8 @@ impl H2Server {
         let seen = Arc::new(Seen::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server_seen = seen.clone();
+        // Calls may start as soon as this returns: it waits for the listen.
+        let (listening, ready) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -56,6 +58,7 @@ impl H2Server {
                 .expect("a runtime");
             rt.block_on(async move {
                 let listener = socket.listen(4096).expect("listens");
+                let _ = listening.send(());
                 let accept = async {
                     loop {
                         let Ok((stream, _)) = listener.accept().await else {
@@ -91,6 +94,7 @@ impl H2Server {
                 }
             });
         });
+        ready.recv().expect("the server listens");
         H2Server {
             addr,
             seen,

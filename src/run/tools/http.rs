@@ -48,7 +48,10 @@ pub(super) async fn call(
                     .await
                     .map_err(|e| e.to_call_error(&what, ctx.timeout))?
             }
-            None => through_reqwest(ctx, method, url, headers, &body, &what).await?,
+            // Boxed: reqwest's request and response states are large, and
+            // inline they would size every call's future (and every tool
+            // call's, whatever its kind) for a path taken only under a proxy.
+            None => Box::pin(through_reqwest(ctx, method, url, headers, &body, &what)).await?,
         };
         let retry_after = transport::retry_after_header(&reply.headers);
         let content_type = reply
@@ -157,11 +160,7 @@ async fn through_reqwest(
     body: &Body,
     what: &str,
 ) -> Result<HttpReply, CallError> {
-    let mut request = ctx
-        .http
-        .for_url(&url)
-        .request(method, url)
-        .headers(headers);
+    let mut request = ctx.http.for_url(&url).request(method, url).headers(headers);
     request = match body {
         Body::None => request,
         Body::Json(v) => request.json(v),
