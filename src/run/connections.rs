@@ -46,6 +46,10 @@ const MAX_IDLE: usize = 1024;
 
 const MAX_REDIRECTS: usize = 10;
 
+/// Times a request refused by an HTTP/2 server before processing is sent
+/// again (`REFUSED_STREAM`; safe for any method).
+const MAX_REFUSED: usize = 3;
+
 /// The bytes an HTTP/1.1 connection reads at a time, and the largest reply
 /// head it accepts. hyper's adaptive default starts at 8 KiB and grows with
 /// large bodies up to ~400 KiB a connection; a fixed size keeps every
@@ -185,6 +189,29 @@ impl Connections {
 
     /// Sends one request (no redirects) on a connection of its origin.
     async fn send(
+        &self,
+        conns: &OriginConnections,
+        method: &Method,
+        url: &Url,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<(hyper::Response<Incoming>, Sender), SendError> {
+        // A server refuses the streams over its limit that were opened before
+        // its settings arrived, having processed none of them: sent again,
+        // they wait for a free stream of the same connection.
+        let mut refused = 0;
+        loop {
+            match self.send_once(conns, method, url, headers, body).await {
+                Err(SendError::Request(e)) if refused < MAX_REFUSED && is_refused_stream(&e) => {
+                    refused += 1;
+                }
+                sent => return sent,
+            }
+        }
+    }
+
+    /// One attempt of [`Self::send`].
+    async fn send_once(
         &self,
         conns: &OriginConnections,
         method: &Method,
@@ -350,6 +377,18 @@ fn build(
         .map_err(|_| SendError::BadUrl)?;
     *request.headers_mut() = headers.clone();
     Ok(request)
+}
+
+/// An HTTP/2 stream the server refused before processing it.
+fn is_refused_stream(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Where a redirect reply points, if it is one worth following (a 3xx

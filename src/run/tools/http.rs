@@ -43,14 +43,14 @@ pub(super) async fn call(
             Some(connections) => {
                 let mut headers = headers;
                 let bytes = encode(&body, &mut headers);
-                connections
-                    .exchange(method, url, headers, bytes, MAX_BODY_BYTES)
+                // Boxed: a branch's future is sized by the largest call it
+                // may make, so inline the exchange's ~0.7 KiB in flight
+                // would be paid by every branch of a fan-out, HTTP or not.
+                Box::pin(connections.exchange(method, url, headers, bytes, MAX_BODY_BYTES))
                     .await
                     .map_err(|e| e.to_call_error(&what, ctx.timeout))?
             }
-            // Boxed: reqwest's request and response states are large, and
-            // inline they would size every call's future (and every tool
-            // call's, whatever its kind) for a path taken only under a proxy.
+            // Boxed for the same reason, on a path taken only under a proxy.
             None => Box::pin(through_reqwest(ctx, method, url, headers, &body, &what)).await?,
         };
         let retry_after = transport::retry_after_header(&reply.headers);
