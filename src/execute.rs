@@ -1063,6 +1063,10 @@ fn resume(
     by: Option<String>,
 ) -> Result<i32, Failure> {
     let durability = durability()?;
+    // The second connection opens on its own thread while this one opens
+    // the first and takes the lease; it reads the run's steps once the
+    // lease is ours (below), and stops unread if it never is.
+    let prefetch = store::Prefetch::open(store_path.to_path_buf(), durability);
     let store = Store::open(store_path, durability)?;
     let (record, lease) = loop {
         match store.acquire(id, &store::owner_id(), store::lease_ttl())? {
@@ -1098,9 +1102,9 @@ fn resume(
             format!("run {id} already completed; `flowc show {id}` shows its steps").into(),
         );
     }
-    // The lease is ours: the second connection opens and the run's steps
-    // are read on another thread while this one finds the program.
-    let prefetch = store::Prefetch::start(store_path.to_path_buf(), durability, id.to_string());
+    // The lease is ours: the run's steps are read on the other thread while
+    // this one finds the program.
+    prefetch.read(id.to_string());
     // A submitted run continues with the program it was submitted with.
     let program = match stored_program(&store, id) {
         Ok(p) => p,

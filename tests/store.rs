@@ -306,6 +306,17 @@ fn a_prefetch_reads_the_steps_on_a_connection_of_its_own() {
     let prefetch = store::Prefetch::start(file.join("runs.db"), Durability::Normal, "r5".into());
     assert!(matches!(prefetch.wait(), Err(StoreError::Failed(_))));
     let _ = std::fs::remove_file(&file);
+    // Opened but never told which run (its lease was not taken): the
+    // thread stops without reading, and says so, rather than waiting on.
+    for (backend, _store, _dir, locator) in located("prefetch-unread") {
+        let prefetch = store::Prefetch::open(locator, Durability::Normal);
+        match prefetch.wait() {
+            Err(StoreError::Failed(why)) => {
+                assert!(why.contains("never asked"), "{backend}: {why}")
+            }
+            other => panic!("{backend}: {:?}", other.map(|_| ())),
+        }
+    }
 }
 
 #[test]
