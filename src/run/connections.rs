@@ -139,9 +139,10 @@ impl Connections {
                     headers.remove(header::CONTENT_LENGTH);
                     headers.remove(header::TRANSFER_ENCODING);
                 }
-                if next.host_str() != url.host_str()
-                    || next.port_or_known_default() != url.port_or_known_default()
-                {
+                // Credentials go only where they were meant to: another
+                // origin, or this host over plain HTTP when it was HTTPS,
+                // gets none (the origin holds scheme, host and port).
+                if !conns.origin.holds(&next) {
                     for name in [
                         header::AUTHORIZATION,
                         header::COOKIE,
