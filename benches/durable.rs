@@ -374,11 +374,12 @@ fn file_size(path: &Path) -> u64 {
 fn durable_chain(checked: &CheckedProgram, path: &Path, id: &str, durability: Durability) {
     let input = json!({"seed": 1});
     let store = Store::open(path, durability).expect("opens the store");
+    let record = record(id, "chain", &input);
     let report = run::run(
         checked,
         "chain",
-        &input,
-        durable_options(store, record(id, "chain", &input), false),
+        input,
+        durable_options(store, record, false),
     )
     .expect("runs");
     match &report.outcome {
@@ -502,8 +503,9 @@ fn fanout(c: &mut Criterion) {
                 let id = format!("fanout-{}", runs.get());
                 runs.set(runs.get() + 1);
                 let store = Store::open(&path, Durability::Full).expect("opens the store");
+                let owned = input.clone();
                 let started = Instant::now();
-                let report = run::run(&checked, "fanout", &input, options(Some(store), &id))
+                let report = run::run(&checked, "fanout", owned, options(Some(store), &id))
                     .expect("runs");
                 total += started.elapsed();
                 check(&report);
@@ -529,9 +531,10 @@ fn fanout(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
+                let owned = input.clone();
                 let started = Instant::now();
                 let report =
-                    run::run(&checked, "fanout", &input, options(None, "plain")).expect("runs");
+                    run::run(&checked, "fanout", owned, options(None, "plain")).expect("runs");
                 total += started.elapsed();
                 check(&report);
             }
@@ -674,15 +677,17 @@ fn model_chain(c: &mut Criterion) {
                 let id = format!("models-{}", runs.get());
                 runs.set(runs.get() + 1);
                 let store = Store::open(&path, Durability::Full).expect("opens the store");
+                let owned = input.clone();
                 let started = Instant::now();
                 let report =
-                    run::run(&checked, "models", &input, options(Some(store), &id)).expect("runs");
+                    run::run(&checked, "models", owned, options(Some(store), &id)).expect("runs");
                 total += started.elapsed();
                 check(&report);
                 counted.borrow_mut().push(writes(&report, &path, &id));
+                let owned = input.clone();
                 let started = Instant::now();
                 let report =
-                    run::run(&checked, "models", &input, options(None, "plain")).expect("runs");
+                    run::run(&checked, "models", owned, options(None, "plain")).expect("runs");
                 let in_memory_run = started.elapsed();
                 in_memory += in_memory_run;
                 check(&report);
@@ -797,16 +802,18 @@ fn model_fanout(c: &mut Criterion) {
                 let id = format!("model-fanout-{}", runs.get());
                 runs.set(runs.get() + 1);
                 let store = Store::open(&path, Durability::Full).expect("opens the store");
+                let owned = input.clone();
                 let started = Instant::now();
                 let report =
-                    run::run(&checked, "models", &input, options(Some(store), &id)).expect("runs");
+                    run::run(&checked, "models", owned, options(Some(store), &id)).expect("runs");
                 total += started.elapsed();
                 check(&report);
                 counted.borrow_mut().push(writes(&report, &path, &id));
                 drop(report);
+                let owned = input.clone();
                 let started = Instant::now();
                 let report =
-                    run::run(&checked, "models", &input, options(None, "plain")).expect("runs");
+                    run::run(&checked, "models", owned, options(None, "plain")).expect("runs");
                 in_memory += started.elapsed();
                 check(&report);
             }
@@ -863,7 +870,7 @@ fn resume(c: &mut Criterion) {
                 let report = run::run(
                     &checked,
                     "chain",
-                    &input,
+                    input,
                     durable_options(store, record, true),
                 )
                 .expect("runs");

@@ -187,7 +187,7 @@ fn child(spec: &str) {
         ..RunOptions::default()
     };
     let started = Instant::now();
-    let report = run::run(&checked, "fanout", &input, options).expect("runs");
+    let report = run::run(&checked, "fanout", input, options).expect("runs");
     let wall = started.elapsed();
     match &report.outcome {
         Outcome::Completed(Value::Array(v)) => assert_eq!(v.len(), width),

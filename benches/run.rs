@@ -108,8 +108,9 @@ fn orchestration(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let options = scripted_options();
+                    let owned = input.clone();
                     let started = Instant::now();
-                    let report = run::run(&checked, "chain", &input, options).expect("runs");
+                    let report = run::run(&checked, "chain", owned, options).expect("runs");
                     total += started.elapsed();
                     match &report.outcome {
                         Outcome::Completed(v) => assert_eq!(v, &json!(1)),
@@ -184,8 +185,9 @@ impl Fanout {
             run_id: Some("bench".into()),
             ..RunOptions::default()
         };
+        let owned = self.input.clone();
         let started = Instant::now();
-        let report = run::run(&self.checked, "fanout", &self.input, options).expect("runs");
+        let report = run::run(&self.checked, "fanout", owned, options).expect("runs");
         let wall = started.elapsed();
         match &report.outcome {
             Outcome::Completed(Value::Array(acks)) => assert_eq!(acks.len(), FANOUT_WIDTH),
@@ -376,8 +378,9 @@ fn chain_only(spec: &str) {
     for _ in 0..runs {
         let mut options = scripted_options();
         options.otlp = collector.as_deref().map(export_settings);
+        let owned = input.clone();
         let started = Instant::now();
-        let report = run::run(&checked, "chain", &input, options).expect("runs");
+        let report = run::run(&checked, "chain", owned, options).expect("runs");
         total += started.elapsed();
         assert!(matches!(report.outcome, Outcome::Completed(_)));
     }
@@ -429,8 +432,9 @@ fn export(c: &mut Criterion) {
                         if mode == "on" {
                             options.otlp = Some(export_settings(&server.base_url()));
                         }
+                        let owned = input.clone();
                         let started = Instant::now();
-                        let report = run::run(&checked, "chain", &input, options).expect("runs");
+                        let report = run::run(&checked, "chain", owned, options).expect("runs");
                         total += started.elapsed();
                         assert!(matches!(report.outcome, Outcome::Completed(_)));
                         if mode == "on" {

@@ -472,7 +472,7 @@ fn run_program(
         ..RunOptions::default()
     };
     let started = std::time::Instant::now();
-    let report = run::run_sealed(sealed, &flow, &input, options);
+    let report = run::run_sealed(sealed, &flow, input, options);
     drop(heartbeat);
     if let Some(bar) = &progress {
         bar.finish_and_clear();
@@ -820,7 +820,7 @@ fn run_test(
     };
     let flow_name = &program.flows[flow.index()].name;
     let report =
-        run::run(checked, flow_name, &Value::Object(input), options).map_err(|e| e.to_string())?;
+        run::run(checked, flow_name, Value::Object(input), options).map_err(|e| e.to_string())?;
     let mut problems = Vec::new();
     if let Some(text) = &test.expect_failure {
         match &report.outcome {

@@ -2408,7 +2408,7 @@ fn run_durable(lab: &Lab, flow: &str, input: Value) -> (flowc::run::Report, Stri
         }),
         ..flowc::run::RunOptions::default()
     };
-    let report = flowc::run::run(&checked, flow, &input, options).expect("the run starts");
+    let report = flowc::run::run(&checked, flow, input, options).expect("the run starts");
     (report, id)
 }
 

@@ -199,7 +199,7 @@ fn run_under(program: &CheckedProgram, fault: Fault) {
     let report: Report = run::run(
         program,
         "survey",
-        &json!({"topic": "all", "topics": ["a", "b", "c"]}),
+        json!({"topic": "all", "topics": ["a", "b", "c"]}),
         options(&server),
     )
     .unwrap_or_else(|e| panic!("{fault:?}: the run does not start: {e}"));

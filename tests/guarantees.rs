@@ -44,7 +44,7 @@ fn options(server: &MockServer) -> RunOptions {
 }
 
 fn run_with(program: &CheckedProgram, flow: &str, input: Value, options: RunOptions) -> Report {
-    run::run(program, flow, &input, options).expect("the run starts")
+    run::run(program, flow, input, options).expect("the run starts")
 }
 
 fn exhausted(report: &Report) -> &Exhausted {
@@ -353,7 +353,7 @@ fn a_run_missing_configuration_lists_all_of_it_and_calls_nothing() {
     let result = run::run(
         &program,
         "needy",
-        &json!({"q": "x"}),
+        json!({"q": "x"}),
         RunOptions {
             env: env.clone(),
             ..RunOptions::default()
@@ -388,7 +388,7 @@ fn a_run_missing_configuration_lists_all_of_it_and_calls_nothing() {
     let result = run::run(
         &program,
         "plain",
-        &json!({"q": "x"}),
+        json!({"q": "x"}),
         RunOptions {
             env,
             ..RunOptions::default()

@@ -50,7 +50,7 @@ fn fan_out(base: String, width: usize, h2c: Option<String>) -> Result<run::Repor
         }),
         ..RunOptions::default()
     };
-    run::run(&program, "fanout", &json!({"items": items}), options)
+    run::run(&program, "fanout", json!({"items": items}), options)
 }
 
 fn completed(report: &run::Report, width: usize) {
@@ -114,7 +114,7 @@ fn http1_connections_are_reused_by_the_calls_that_follow() {
         env: Arc::new(move |name: &str| (name == "MOCK_URL").then(|| base.clone())),
         ..RunOptions::default()
     };
-    let report = run::run(&program, "fanout", &json!({"items": items}), options).expect("runs");
+    let report = run::run(&program, "fanout", json!({"items": items}), options).expect("runs");
     completed(&report, 12);
     assert_eq!(server.versions(), vec![Version::HTTP_11; 12]);
     assert_eq!(server.connections(), 3, "one connection per call in flight");

@@ -81,7 +81,7 @@ fn run_with(
     options: RunOptions,
 ) -> (Report, Duration) {
     let started = Instant::now();
-    let report = run::run(program, flow, &input, options).expect("the run starts");
+    let report = run::run(program, flow, input, options).expect("the run starts");
     (report, started.elapsed())
 }
 

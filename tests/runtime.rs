@@ -65,7 +65,7 @@ flow f(xs: [string] len ..5) -> [string] len ..5 {{
     let report = run::run(
         &p,
         "f",
-        &json!({"xs": ["a", "b", "c", "d", "e"]}),
+        json!({"xs": ["a", "b", "c", "d", "e"]}),
         options(script(&[], &[("m", vec![json!("ok")])])),
     )
     .expect("runs");
@@ -98,14 +98,14 @@ flow f(xs: [string] len ..3) -> [bool] len ..3 {{
     ));
     let mut o = options(script(&[("note", vec![json!({"ok": true})])], &[]));
     o.gates = HashMap::from([("each".to_string(), GateDecision::Approve(None))]);
-    let report = run::run(&p, "f", &json!({"xs": ["a", "b", "c"]}), o).expect("runs");
+    let report = run::run(&p, "f", json!({"xs": ["a", "b", "c"]}), o).expect("runs");
     match report.outcome {
         Outcome::Completed(v) => assert_eq!(v, json!([true, true, true])),
         other => panic!("{other:?}"),
     }
     let mut o = options(script(&[("note", vec![json!({"ok": true})])], &[]));
     o.gates = HashMap::from([("each".to_string(), GateDecision::Reject("no".into()))]);
-    let report = run::run(&p, "f", &json!({"xs": ["a", "b", "c"]}), o).expect("runs");
+    let report = run::run(&p, "f", json!({"xs": ["a", "b", "c"]}), o).expect("runs");
     match report.outcome {
         Outcome::Completed(v) => assert_eq!(v, json!([])),
         other => panic!("{other:?}"),
@@ -132,7 +132,7 @@ flow f(a: string, b: string) -> {{ x: bool, y: bool }} {{
     let report = run::run(
         &p,
         "f",
-        &json!({"a": "first", "b": "second"}),
+        json!({"a": "first", "b": "second"}),
         options(script(&[("note", vec![json!({"ok": true})])], &[])),
     )
     .expect("runs");
@@ -170,7 +170,7 @@ flow f(xs: [string] len ..10) -> [bool] len ..10 {{
     let report = run::run(
         &p,
         "f",
-        &json!({"xs": vec!["x"; 10]}),
+        json!({"xs": vec!["x"; 10]}),
         options(script(&[("note", vec![json!({"ok": true})])], &[])),
     )
     .expect("runs");
@@ -195,7 +195,7 @@ flow f(xs: [string] len ..2) -> [string] len ..2 {{
     let err = run::run(
         &p,
         "f",
-        &json!({"xs": ["a", "b", "c"]}),
+        json!({"xs": ["a", "b", "c"]}),
         options(Script::default()),
     )
     .err()
@@ -227,7 +227,7 @@ flow f(who: string?) -> string {{
         let report = run::run(
             &p,
             "f",
-            &json!({ "who": input }),
+            json!({ "who": input }),
             options(script(&[("note", vec![json!({"ok": true})])], &[])),
         )
         .expect("runs");

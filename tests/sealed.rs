@@ -56,7 +56,7 @@ fn run(
     input: Value,
     vars: HashMap<String, String>,
 ) -> Report {
-    run::run(program, flow, &input, options(vars)).expect("the run starts")
+    run::run(program, flow, input, options(vars)).expect("the run starts")
 }
 
 const ORDERS: &str = r#"
@@ -207,7 +207,7 @@ fn an_idempotency_key_that_cannot_render_stops_the_run_before_any_call() {
     let result = run::run(
         &program,
         "pay",
-        &json!({"invoice": invoice, "amount": 3}),
+        json!({"invoice": invoice, "amount": 3}),
         options(vars),
     );
     let Err(run::SetupError::Preflight(missing)) = result else {
@@ -301,7 +301,7 @@ proptest::proptest! {
             env: Arc::new(|_: &str| None),
             ..RunOptions::default()
         };
-        let report = run::run(&program, "f", &json!({}), options).expect("the run starts");
+        let report = run::run(&program, "f", json!({}), options).expect("the run starts");
         let call = report
             .events
             .iter()

@@ -389,7 +389,7 @@ fn run_row(
         None => run::run(
             checked,
             flow,
-            &input,
+            input.clone(),
             run::RunOptions {
                 world,
                 env: options.env.clone(),
@@ -483,7 +483,7 @@ fn run_row(
                 let report = run::run(
                     checked,
                     &judge.name,
-                    &args,
+                    args,
                     run::RunOptions {
                         world: judge_world,
                         env: options.env.clone(),

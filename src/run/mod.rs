@@ -237,11 +237,13 @@ pub fn new_run_id() -> String {
 }
 
 /// Runs flow `flow` of a checked program with `input` (an object of
-/// parameter values). Only a checked program can be run.
+/// parameter values). Only a checked program can be run. The run takes the
+/// input: its values become the parameters as they are, not copies (a
+/// fan-out over a long list would otherwise hold it twice).
 pub fn run(
     checked: &CheckedProgram,
     flow: &str,
-    input: &Value,
+    input: Value,
     options: RunOptions,
 ) -> Result<Report, SetupError> {
     run_sealed(checked.sealed(), flow, input, options)
@@ -253,7 +255,7 @@ pub fn run(
 pub fn run_sealed(
     program: &exec::Program,
     flow: &str,
-    input: &Value,
+    input: Value,
     options: RunOptions,
 ) -> Result<Report, SetupError> {
     let (f, values) = arguments(program, flow, input)?;
@@ -591,16 +593,35 @@ pub fn run_sealed(
 /// Checks that `flow` exists and `input` fits its parameters, without
 /// running anything (`flowc submit` refuses a run no worker could start).
 pub fn check_input(checked: &CheckedProgram, flow: &str, input: &Value) -> Result<(), SetupError> {
-    arguments(checked.sealed(), flow, input).map(|_| ())
+    checked_input(checked.sealed(), flow, input).map(|_| ())
 }
 
-/// The flow named `flow` and its parameter values from `input`, checked
-/// against the flow's parameter types.
+/// The flow named `flow` and its parameter values, taken from `input`
+/// once it is checked against the flow's parameter types.
 fn arguments<'p>(
     program: &'p exec::Program,
     flow: &str,
-    input: &Value,
+    input: Value,
 ) -> Result<(&'p exec::Flow, Vec<Value>), SetupError> {
+    let f = checked_input(program, flow, &input)?;
+    let mut input = match input {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    let values = f
+        .params
+        .iter()
+        .map(|p| input.remove(&p.name).unwrap_or(Value::Null))
+        .collect();
+    Ok((f, values))
+}
+
+/// The flow named `flow`, once `input` is found to fit its parameters.
+fn checked_input<'p>(
+    program: &'p exec::Program,
+    flow: &str,
+    input: &Value,
+) -> Result<&'p exec::Flow, SetupError> {
     let f = program
         .flow_named(flow)
         .ok_or_else(|| SetupError::NoSuchFlow(flow.to_string()))?;
@@ -625,12 +646,7 @@ fn arguments<'p>(
                 errors.join("; ")
             ))
         })?;
-    let values = f
-        .params
-        .iter()
-        .map(|p| input.get(&p.name).cloned().unwrap_or(Value::Null))
-        .collect();
-    Ok((f, values))
+    Ok(f)
 }
 
 /// Who is deciding a gate when nobody said (`--by`): the OS user, from the

@@ -426,7 +426,7 @@ impl Runtime<'_> {
         cx: &FlowCtx<'_>,
         n: NodeIndex,
         frame: &Rc<Frame>,
-        items: Vec<Value>,
+        mut items: Vec<Value>,
         shape: LoopShape,
     ) -> Result<CallOutcome, Stop> {
         let LoopShape {
@@ -450,11 +450,14 @@ impl Runtime<'_> {
                 let i = next;
                 next += 1;
                 let child = frame.child(&cx.plan, body, frame.path.iteration(name, i));
-                child.set(&cx.plan, item, items[i].clone());
+                // Moved, not copied: a wide fan-out would otherwise hold
+                // every item twice while its branches are in flight. A
+                // tolerated failure reads its item back from the branch.
+                child.set(&cx.plan, item, std::mem::take(&mut items[i]));
                 running.push(Box::pin(async move {
                     let end = match self.run_region(cx, body, child.clone()).await {
                         Ok(end) => end,
-                        Err(stop) => return (i, Err(stop)),
+                        Err(stop) => return (i, Err((stop, child))),
                     };
                     let waiting = end.is_waiting();
                     self.waiting.borrow_mut().extend(end.waiting);
@@ -466,7 +469,10 @@ impl Runtime<'_> {
                     };
                     (i, Ok((scope.step(result).cloned(), waiting)))
                 })
-                    as LocalBoxFuture<'_, (usize, Result<(Option<Value>, bool), Stop>)>);
+                    as LocalBoxFuture<
+                        '_,
+                        (usize, Result<(Option<Value>, bool), (Stop, Rc<Frame>)>),
+                    >);
             }
             let Some((i, done)) = running.next().await else {
                 break;
@@ -476,7 +482,7 @@ impl Runtime<'_> {
                     results[i] = v;
                     waiting |= blocked;
                 }
-                Err(Stop::Failed(e)) if tolerate.is_some() && e.class.is_tolerable() => {
+                Err((Stop::Failed(e), child)) if tolerate.is_some() && e.class.is_tolerable() => {
                     let limit = tolerate.unwrap_or(0);
                     if failed.len() as u64 >= limit {
                         return Err(self.fail(
@@ -500,13 +506,13 @@ impl Runtime<'_> {
                     failed.push((
                         i,
                         serde_json::json!({
-                            "item": items[i],
+                            "item": child.get(&cx.plan, item).ok().flatten(),
                             "class": e.class.label(),
                             "message": e.to_string(),
                         }),
                     ));
                 }
-                Err(stop) => return Err(stop),
+                Err((stop, _)) => return Err(stop),
             }
         }
         if waiting {
