@@ -2395,6 +2395,7 @@ fn run_durable(lab: &Lab, flow: &str, input: Value) -> (flowc::run::Report, Stri
     let vars = HashMap::from([
         ("OPENAI_BASE_URL".to_string(), lab.server.openai_base_url()),
         ("OPENAI_API_KEY".to_string(), KEY.to_string()),
+        ("TOOLS_URL".to_string(), lab.server.base_url()),
     ]);
     let options = flowc::run::RunOptions {
         env: Arc::new(move |name: &str| vars.get(name).cloned()),
@@ -2488,6 +2489,90 @@ flow wide(names: [string] len ..8) -> [Scored] {
     let (replies, tokens) = replies_and_tokens(&lab, &run);
     assert_eq!(replies, 0);
     assert_eq!(tokens, lab.server.tokens_served());
+}
+
+/// Commits are pipelined: while calls are in flight, a commit syncs on a
+/// blocking thread and the run goes on. What depends on a step still starts
+/// only once the step is in the store: in a 40-wide fan-out of model calls
+/// (answering 20–60 ms apart, so most commits start while other calls are
+/// in flight), each branch's next call asks the store file itself whether
+/// its model step is committed when its request arrives. Each reply is
+/// half a megabyte, so a commit takes long enough (milliseconds) that a
+/// call let out before it ends would find it missing.
+#[test]
+fn a_step_starts_only_once_the_steps_it_reads_are_committed() {
+    let lab = Lab::new(
+        "pipelined-commits",
+        r#"
+type Long { name: string, text: string }
+
+tool audit(name: string) -> { committed: bool } {
+  http POST "{env.TOOLS_URL}/tools/audit"
+  effect read
+  timeout 5s
+}
+
+flow wide(names: [string] len ..40) -> [{ committed: bool }] {
+  budget { tokens 100k }
+  let all = for n in names parallel 40 {
+    let s = llm fast -> Long { prompt "Write about {n}" }
+    audit(name: s.name)
+  }
+  return all
+}
+"#,
+    );
+    let long = |name: &str| json!({"name": name, "text": "x".repeat(128 << 10)});
+    lab.server.always(
+        CHAT,
+        Reply::from_fn(move |r| {
+            let prompt = prompt_of(r);
+            let name = prompt.trim().strip_prefix("Write about ").unwrap_or("?");
+            Reply::delay(20 + fastrand::u64(0..40), Reply::chat_json(long(name)))
+        }),
+    );
+    let db = lab.dir.0.join("writes.db");
+    lab.server.always(
+        "POST /tools/audit",
+        Reply::from_fn(move |r| {
+            let conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .expect("opens the store");
+            let name = r.body["name"].as_str().unwrap_or("?");
+            let index = name.strip_prefix('n').unwrap_or("?");
+            let found: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM steps WHERE key = ?1",
+                    [format!("all[{index}]/wide.s")],
+                    |r| r.get(0),
+                )
+                .expect("counts");
+            Reply::ok(json!({ "committed": found == 1 }))
+        }),
+    );
+    let names: Vec<String> = (0..40).map(|i| format!("n{i}")).collect();
+    let (report, _) = run_durable(&lab, "wide", json!({ "names": names }));
+    let flowc::run::Outcome::Completed(output) = &report.outcome else {
+        panic!("{:?}", report.outcome);
+    };
+    let seen: Vec<bool> = output
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|a| a["committed"] == json!(true))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![true; 40],
+        "a branch's call started before its model step was committed"
+    );
+    assert_eq!(lab.server.hits(CHAT), 40);
+    let writes = report
+        .store_writes
+        .expect("a durable run counts its writes");
+    assert!(
+        writes.commits < 81,
+        "results finishing together share commits: {writes:?}"
+    );
 }
 
 /// The real fault the allowance is for: a process killed while a model call

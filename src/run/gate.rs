@@ -156,7 +156,7 @@ impl Runtime<'_> {
             return Ok(by_policy.or(given));
         };
         let key = &path.to_string();
-        let store = d.store.borrow();
+        let store = d.store.get();
         let record = store.gate(&d.run_id, key)?;
         if let Some(r) = &record {
             let stored = |decision| Decided {

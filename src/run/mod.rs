@@ -25,6 +25,7 @@ mod gate;
 pub mod http;
 pub mod http_client;
 mod http_reply;
+mod lent_store;
 pub mod notify;
 mod origin;
 pub mod otel;
@@ -346,7 +347,8 @@ pub fn run_sealed(
             let done = checkpoints::Checkpoints::load(texts);
             (
                 Some(runtime::Durable {
-                    store: std::cell::RefCell::new(d.store),
+                    store: lent_store::LentStore::new(d.store),
+                    started: Default::default(),
                     run_id: run_id.clone(),
                     lease: d.lease,
                     resumed: d.resume,
@@ -380,6 +382,7 @@ pub fn run_sealed(
         mcp: tools::McpServers::new(program),
         env: options.env,
         permits: tokio::sync::Semaphore::new(options.concurrency.max(1)),
+        concurrency: options.concurrency.max(1),
         run_id: run_id.clone(),
         breakers: breaker::Breakers::new(options.breaker, options.breaker_cooldown),
         completed: Default::default(),
@@ -453,10 +456,12 @@ pub fn run_sealed(
         );
     }
     let mut waiting = runtime.waiting.borrow().clone();
-    let store_failed = runtime
-        .durable
-        .as_ref()
-        .and_then(|d| d.failed.borrow_mut().take());
+    let store_failed = runtime.durable.as_ref().and_then(|d| {
+        // A commit still away ends first: a failure of it that no step
+        // waited for (they were cancelled) is the run's too.
+        drop(d.store.get());
+        d.failed.borrow_mut().take().or_else(|| d.store.failure())
+    });
     let outcome = match (result, store_failed) {
         (_, Some(e)) => Outcome::Store(e),
         (None, None) => Outcome::Interrupted,
@@ -533,7 +538,7 @@ pub fn run_sealed(
             }
             _ => (None, None),
         };
-        let store = d.store.borrow();
+        let store = d.store.get();
         // Replies of a step that did not complete (it failed, or the run
         // stopped) are kept too, so a resume reads them instead of paying
         // for them again; a completed step's went with its commit.

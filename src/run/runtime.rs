@@ -36,6 +36,8 @@ pub struct Runtime<'p> {
     pub mcp: crate::run::tools::McpServers,
     pub env: Env,
     pub permits: tokio::sync::Semaphore,
+    /// The permits there are: fewer available means calls in flight.
+    pub concurrency: usize,
     pub run_id: String,
     /// One circuit breaker per model and per tool.
     pub breakers: Breakers,
@@ -63,7 +65,10 @@ pub struct Runtime<'p> {
 
 /// A durable run's store and what it already holds.
 pub struct Durable {
-    pub store: RefCell<crate::store::Store>,
+    pub store: super::lent_store::LentStore,
+    /// The number of the last commit started (`LentStore::ended` says
+    /// which have ended).
+    pub started: Cell<u64>,
     pub run_id: String,
     /// This process's lease on the run: every write is fenced by it.
     pub lease: crate::store::Lease,
@@ -148,6 +153,12 @@ impl<'p> Runtime<'p> {
     /// those to resume commits them all in one transaction, and the rest find
     /// their results committed. Nobody waits on anybody else, so a region
     /// blocked here never holds up the commit of the steps it contains.
+    ///
+    /// Pipelined: while calls are in flight elsewhere in the run, the commit
+    /// syncs on a blocking thread (`LentStore`), and this thread goes on
+    /// finishing steps; those queue for the next commit, which starts when
+    /// this one ends. With nothing else in flight, a thread would only add
+    /// its hand-over to the step's latency, so the commit runs here.
     pub async fn persist(
         &self,
         cx: &FlowCtx<'_>,
@@ -169,30 +180,49 @@ impl<'p> Runtime<'p> {
             })
         };
         let step = first.clone();
-        let ticket = d.writes.get().commits + 1;
+        // The commit that takes this batch: the next to start. Commits take
+        // every result pending when they start and end in the order they
+        // start, so once that one has ended, the batch is in the store.
+        let number = d.started.get() + 1;
         d.pending.borrow_mut().extend(batch);
         tokio::task::yield_now().await;
-        if d.writes.get().commits < ticket {
-            let batch = std::mem::take(&mut *d.pending.borrow_mut());
-            let replies = unfinished_replies(&batch, &mut d.replies.borrow_mut());
-            let counted = self.committed_spend();
-            d.counts.set(counted);
-            let spend = self.spend_due(d);
-            let result = d
-                .store
-                .borrow_mut()
-                .commit_steps(&d.lease, &batch, &replies, counted, spend);
-            d.count_write(|w| {
-                w.commits += 1;
-                w.rows += u64::from(spend.is_some());
-            });
-            if let Err(e) = result {
-                *d.failed.borrow_mut() = Some(e);
+        while d.store.ended() < number {
+            // Once the store is home every commit started has ended: if
+            // ours has not, it has not started, and this call starts it.
+            d.store.returned().await;
+            if d.store.ended() < number {
+                self.start_commit(d);
             }
+        }
+        if let Some(e) = d.store.failure() {
+            d.failed.borrow_mut().get_or_insert(e);
         }
         match &*d.failed.borrow() {
             Some(e) => Err(failed(e.to_string(), step)),
             None => Ok(()),
+        }
+    }
+
+    /// Starts the next commit with every result pending (the store is home).
+    fn start_commit(&self, d: &Durable) {
+        let number = d.started.get() + 1;
+        d.started.set(number);
+        let batch = std::mem::take(&mut *d.pending.borrow_mut());
+        let replies = unfinished_replies(&batch, &mut d.replies.borrow_mut());
+        let counted = self.committed_spend();
+        d.counts.set(counted);
+        let spend = self.spend_due(d);
+        d.count_write(|w| {
+            w.commits += 1;
+            w.rows += u64::from(spend.is_some());
+        });
+        let lease = d.lease.clone();
+        let commit: super::lent_store::Commit =
+            Box::new(move |store| store.commit_steps(&lease, &batch, &replies, counted, spend));
+        if self.permits.available_permits() < self.concurrency {
+            d.store.commit_away(number, commit);
+        } else {
+            d.store.commit_here(number, commit);
         }
     }
 
@@ -219,10 +249,11 @@ impl<'p> Runtime<'p> {
             tokio::task::yield_now().await;
             if !d.ceiling.get().covers_calls(&self.committed_spend()) && d.failed.borrow().is_none()
             {
-                let written = d
-                    .store
-                    .borrow()
-                    .record_spend(&d.lease, self.spend_to_write(d));
+                // After any commit away has ended: its spend was figured
+                // before this one, and must not be written after it.
+                d.store.returned().await;
+                let spend = self.spend_to_write(d);
+                let written = d.store.with(|store| store.record_spend(&d.lease, spend));
                 d.count_write(|w| w.reservations += 1);
                 if let Err(e) = written {
                     d.failed.borrow_mut().get_or_insert(e);
@@ -425,7 +456,7 @@ pub struct ModelGate {
 /// One of a model's `concurrency` slots shared through the run store, given
 /// back when dropped (the call ended, or was cancelled).
 pub struct SharedSlot<'a> {
-    store: &'a RefCell<crate::store::Store>,
+    store: &'a super::lent_store::LentStore,
     key: String,
     slot: String,
 }
@@ -433,7 +464,7 @@ pub struct SharedSlot<'a> {
 impl Drop for SharedSlot<'_> {
     fn drop(&mut self) {
         // A slot that cannot be given back frees itself at its expiry.
-        let _ = self.store.borrow().free_slot(&self.key, &self.slot);
+        self.store.free_slot(&self.key, &self.slot);
     }
 }
 
@@ -463,10 +494,10 @@ impl Runtime<'_> {
         };
         let spacing = spacing.as_secs_f64();
         loop {
+            d.store.returned().await;
             let start = d
                 .store
-                .borrow()
-                .rate_turn(&self.limit_key(model), spacing)?;
+                .with(|store| store.rate_turn(&self.limit_key(model), spacing))?;
             let wait = start - crate::store::now();
             if wait > 0.0 {
                 tokio::time::sleep(Duration::from_secs_f64(wait)).await;
@@ -498,7 +529,10 @@ impl Runtime<'_> {
         let key = self.limit_key(model);
         loop {
             let until = crate::store::now() + hold.as_secs_f64();
-            let taken = d.store.borrow().take_slot(&key, limit.max(1), until)?;
+            d.store.returned().await;
+            let taken = d
+                .store
+                .with(|store| store.take_slot(&key, limit.max(1), until))?;
             if let Some(slot) = taken {
                 return Ok(Some(SharedSlot {
                     store: &d.store,

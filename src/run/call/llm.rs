@@ -81,13 +81,14 @@ impl Runtime<'_> {
                 // A reply an earlier process of this run received is not paid for twice.
                 let reply_key = path.reply(&model.name).to_string();
                 let recorded = match &self.durable {
-                    Some(d) if d.resumed => d
-                        .store
-                        .borrow()
-                        .reply(&d.run_id, &reply_key, attempt)
-                        .map_err(|e| {
-                            self.fail(cx, n, attempt, FailureClass::Store, e.to_string())
-                        })?,
+                    Some(d) if d.resumed => {
+                        d.store.returned().await;
+                        d.store
+                            .with(|store| store.reply(&d.run_id, &reply_key, attempt))
+                            .map_err(|e| {
+                                self.fail(cx, n, attempt, FailureClass::Store, e.to_string())
+                            })?
+                    }
                     _ => None,
                 };
                 let reply = match recorded {

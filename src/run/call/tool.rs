@@ -73,9 +73,9 @@ impl Runtime<'_> {
         // The intent is committed before the call: a crash between the call
         // and the step's commit resumes with the same key.
         if let (Some(d), Some(idem)) = (&self.durable, &idempotency_key) {
+            d.store.returned().await;
             d.store
-                .borrow()
-                .intent(&d.lease, &path.to_string(), idem)
+                .with(|store| store.intent(&d.lease, &path.to_string(), idem))
                 .map_err(|e| self.fail(cx, n, 0, FailureClass::Store, d.store_failed(e)))?;
         }
         let policy = tool.retry.clone();
