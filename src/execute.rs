@@ -406,16 +406,19 @@ fn run_program(
                 ),
             };
             // Renews the lease while the run is live, on a connection of its
-            // own: opened here, or by the prefetch, which read the resumed
-            // run's steps on it meanwhile.
-            let (second, texts) = match args.prefetch {
+            // own: opened here, or by the prefetch, which reads the resumed
+            // run's steps on it first (the run waits for them where it
+            // needs them).
+            let (heartbeat, texts) = match args.prefetch {
                 Some(prefetch) => {
-                    let (second, texts) = prefetch.wait()?;
-                    (second, Some(texts))
+                    let (heartbeat, texts) = prefetch.heartbeat()?;
+                    (heartbeat, Some(texts))
                 }
-                None => (store.reopen()?, None),
+                None => (
+                    store::Heartbeat::start(store.reopen()?, lease.clone()),
+                    None,
+                ),
             };
-            let heartbeat = store::Heartbeat::start(second, lease.clone());
             let durable = run::DurableRun {
                 store,
                 record,
@@ -1104,7 +1107,7 @@ fn resume(
     }
     // The lease is ours: the run's steps are read on the other thread while
     // this one finds the program.
-    prefetch.read(id.to_string());
+    prefetch.read(lease.clone());
     // A submitted run continues with the program it was submitted with.
     let program = match stored_program(&store, id) {
         Ok(p) => p,

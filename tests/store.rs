@@ -278,9 +278,15 @@ fn a_prefetch_reads_the_steps_on_a_connection_of_its_own() {
             "sqlite" => Durability::Normal,
             _ => Durability::Full,
         };
-        let prefetch = store::Prefetch::start(locator, durability, "r5".into());
-        let (second, texts) = prefetch.wait().expect("opens the store again");
-        let texts = texts.expect("reads the steps");
+        // A short lease, so the heartbeat renews it within the test.
+        let beating = Lease {
+            ttl: Duration::from_millis(150),
+            ..lease.clone()
+        };
+        let before = store.run("r5").expect("reads").expect("has the run");
+        let prefetch = store::Prefetch::start(locator, durability, beating);
+        let (heartbeat, texts) = prefetch.heartbeat().expect("opens the store again");
+        let texts = texts.wait(&store, "r5").expect("reads the steps");
         let own = store.step_texts("r5").expect("reads the steps");
         let rows = |t: &store::StepTexts| {
             (0..t.len())
@@ -294,7 +300,16 @@ fn a_prefetch_reads_the_steps_on_a_connection_of_its_own() {
             own.counted().map(|c| (c.steps, c.tool_calls, c.wall)),
             "{backend}"
         );
-        assert!(second.renew(&lease).expect("renews"), "{backend}");
+        // Then it renews the lease on its connection: the lease's end moves
+        // (to 150 ms from a renewal, from 30 s after its creation).
+        let renewed = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = store.run("r5").expect("reads").expect("has the run");
+            now.lease_until != before.lease_until
+        });
+        assert!(renewed, "{backend}: the heartbeat never renewed the lease");
+        assert!(!heartbeat.lost(), "{backend}");
+        drop(heartbeat);
     }
     // A store under a file cannot be opened: the error comes back.
     let file = std::env::temp_dir().join(format!(
@@ -303,18 +318,94 @@ fn a_prefetch_reads_the_steps_on_a_connection_of_its_own() {
         fastrand::u32(..)
     ));
     std::fs::write(&file, "not a directory").expect("writes");
-    let prefetch = store::Prefetch::start(file.join("runs.db"), Durability::Normal, "r5".into());
-    assert!(matches!(prefetch.wait(), Err(StoreError::Failed(_))));
+    let prefetch = store::Prefetch::start(
+        file.join("runs.db"),
+        Durability::Normal,
+        Lease::new_run("r5"),
+    );
+    assert!(matches!(prefetch.heartbeat(), Err(StoreError::Failed(_))));
     let _ = std::fs::remove_file(&file);
     // Opened but never told which run (its lease was not taken): the
     // thread stops without reading, and says so, rather than waiting on.
-    for (backend, _store, _dir, locator) in located("prefetch-unread") {
+    for (backend, own, _dir, locator) in located("prefetch-unread") {
         let prefetch = store::Prefetch::open(locator, Durability::Normal);
-        match prefetch.wait() {
+        let (heartbeat, texts) = prefetch.heartbeat().expect("opens the store again");
+        match texts.wait(&own, "r5") {
             Err(StoreError::Failed(why)) => {
                 assert!(why.contains("never asked"), "{backend}: {why}")
             }
             other => panic!("{backend}: {:?}", other.map(|_| ())),
+        }
+        drop(heartbeat);
+    }
+}
+
+/// A resume's two connections read the run's steps from both ends at once
+/// (`store::ReadMeeting`): together they read every row once, whoever
+/// reads how many, and the counts of the last commit.
+#[test]
+fn reads_from_both_ends_meet_and_read_every_step_once() {
+    for (backend, store, _dir, locator) in located("meeting") {
+        let lease = Lease::new_run("r6");
+        store.create_run(&record("r6"), &lease).expect("creates");
+        for batch in 0..20u64 {
+            let steps: Vec<(String, Option<serde_json::Value>)> = (0..25u64)
+                .map(|i| {
+                    let n = batch * 25 + i;
+                    let value = (n % 7 != 0).then(|| json!({"n": n}));
+                    (format!("items[{n}]/main.s{}", n % 3), value)
+                })
+                .collect();
+            store
+                .commit_steps(&lease, &steps, &[], spend(batch + 1), None)
+                .expect("commits");
+        }
+        let rows = |t: &store::StepTexts| {
+            (0..t.len())
+                .map(|i| (t.key(i).to_vec(), t.value(i).map(<[u8]>::to_vec)))
+                .collect::<Vec<_>>()
+        };
+        let mut whole = rows(&store.step_texts("r6").expect("reads"));
+        whole.sort();
+        let second = Store::open(&locator, Durability::Normal).expect("opens again");
+        // Down first, up first, and both at once.
+        for order in 0..3 {
+            let meeting = store::ReadMeeting::default();
+            let (mut up, down) = match order {
+                0 => {
+                    meeting.join();
+                    let down = second.step_texts_down("r6", &meeting).expect("reads down");
+                    (store.step_texts_up("r6", &meeting).expect("reads up"), down)
+                }
+                1 => {
+                    let up = store.step_texts_up("r6", &meeting).expect("reads up");
+                    meeting.join();
+                    (
+                        up,
+                        second.step_texts_down("r6", &meeting).expect("reads down"),
+                    )
+                }
+                _ => std::thread::scope(|s| {
+                    let third = Store::open(&locator, Durability::Normal).expect("opens again");
+                    let meeting = &meeting;
+                    let up = s.spawn(move || third.step_texts_up("r6", meeting));
+                    meeting.join();
+                    let down = second.step_texts_down("r6", meeting).expect("reads down");
+                    (up.join().expect("joins").expect("reads up"), down)
+                }),
+            };
+            up.append_down(down);
+            let read = rows(&up);
+            let mut sorted = read.clone();
+            sorted.sort();
+            assert_eq!(sorted, whole, "{backend} {order}");
+            if backend == "sqlite" {
+                // Read in key order from both ends (PostgreSQL reads its
+                // rows in one go, in no order).
+                assert_eq!(read, whole, "{backend} {order}: in key order");
+            }
+            let c = up.counted().expect("counted");
+            assert_eq!((c.steps, c.tool_calls), (20, 20), "{backend} {order}");
         }
     }
 }

@@ -183,10 +183,10 @@ pub struct DurableRun {
     /// This process's lease on the run (taken by `Store::acquire` for a
     /// resume; `Lease::new_run` for a new run).
     pub lease: crate::store::Lease,
-    /// The run's completed steps, already read for a resume (on another
-    /// connection, while the program was decoded: `store::Prefetch`), or
-    /// `None` to read them from `store`.
-    pub texts: Option<Result<crate::store::StepTexts, crate::store::StoreError>>,
+    /// The run's completed steps, being read for a resume on another
+    /// connection while the program was decoded and the run is set up
+    /// (`store::Prefetch`), or `None` to read them from `store`.
+    pub texts: Option<crate::store::PendingTexts>,
 }
 
 impl Default for RunOptions {
@@ -327,6 +327,15 @@ pub fn run_sealed(
     // What `finish_run` records: this process wrote the root span (when the
     // trace file took it).
     let writes_root = span.parent.is_none() && options.trace_path.is_some();
+    // Made before a resume waits for its completed steps, which another
+    // thread reads meanwhile (`store::Prefetch`): neither needs them, and
+    // a long flow's plan was a sixth of a 10,000-step resume's work after
+    // that wait.
+    let plan = std::rc::Rc::new(plan::Plan::new(&program.flows[id.index()]));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SetupError::Start(format!("cannot start the runtime: {e}")))?;
     let (durable, base_spend) = match durable {
         Some(mut d) => {
             if !d.resume {
@@ -335,7 +344,7 @@ pub fn run_sealed(
                     .map_err(|e| SetupError::Store(e.to_string()))?;
             }
             let texts = match d.texts.take() {
-                Some(texts) => texts,
+                Some(texts) => texts.wait(&d.store, &run_id),
                 None => d.store.step_texts(&run_id),
             }
             .map_err(|e| SetupError::Store(e.to_string()))?;
@@ -402,10 +411,7 @@ pub fn run_sealed(
         inbox_url,
         notices: Default::default(),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| SetupError::Start(format!("cannot start the runtime: {e}")))?;
+    runtime.plans.borrow_mut().insert(id, plan);
     let interruptible = options.interruptible;
     let hold_lease = options.hold_lease_on_store_failure;
     let stop = options.stop.take();

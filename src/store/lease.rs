@@ -117,20 +117,17 @@ impl Heartbeat {
         let (stop, stopped) = mpsc::channel::<()>();
         let lost = Arc::new(AtomicBool::new(false));
         let flag = lost.clone();
-        let thread = std::thread::spawn(move || {
-            let every = lease.ttl / 3;
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                match store.renew(&lease) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        flag.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                    // A store that is briefly unreachable: try again next beat.
-                    Err(_) => {}
-                }
-            }
-        });
+        let thread = std::thread::spawn(move || beat(&store, &lease, &stopped, &flag));
+        Heartbeat::running(stop, thread, lost)
+    }
+
+    /// A heartbeat whose thread is already running [`beat`] (one that
+    /// did other work on its connection first: `store::Prefetch`).
+    pub(super) fn running(
+        stop: mpsc::Sender<()>,
+        thread: std::thread::JoinHandle<()>,
+        lost: Arc<AtomicBool>,
+    ) -> Heartbeat {
         Heartbeat {
             stop: Some(stop),
             thread: Some(thread),
@@ -140,6 +137,24 @@ impl Heartbeat {
 
     pub fn lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
+    }
+}
+
+/// A heartbeat's loop: renews `lease` on `store` every third of its
+/// lifetime until `stopped`'s sender is dropped, or until the lease was
+/// taken over (`lost` set).
+pub(super) fn beat(store: &Store, lease: &Lease, stopped: &mpsc::Receiver<()>, lost: &AtomicBool) {
+    let every = lease.ttl / 3;
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+        match store.renew(lease) {
+            Ok(true) => {}
+            Ok(false) => {
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            // A store that is briefly unreachable: try again next beat.
+            Err(_) => {}
+        }
     }
 }
 

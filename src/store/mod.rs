@@ -10,8 +10,10 @@
 mod decision;
 mod inline_client;
 mod lease;
+mod pending_texts;
 mod postgres;
 mod prefetch;
+mod read_meeting;
 mod review;
 mod sqlite;
 mod step_texts;
@@ -25,8 +27,10 @@ use serde_json::Value;
 use crate::run::budget::Spend;
 pub use decision::{DecisionSource, NoticeStage};
 pub use lease::{owner_id, ttl as lease_ttl, Acquired, Heartbeat, Lease};
+pub use pending_texts::PendingTexts;
 pub use postgres::{keep_connections, PostgresStore, COMMIT_STEPS as POSTGRES_COMMIT_STEPS};
 pub use prefetch::Prefetch;
+pub use read_meeting::ReadMeeting;
 pub use review::{utc_day, ReviewRecord, Verdict};
 pub use sqlite::SqliteStore;
 pub use step_texts::StepTexts;
@@ -307,6 +311,21 @@ pub trait Backend: Send {
     /// reads these: it parses only the values a step it runs reads
     /// (`run::Checkpoints`).
     fn step_texts(&self, run: &str) -> Result<StepTexts>;
+    /// [`Backend::step_texts`] read by two connections at once: this one
+    /// from the first key up, while another reads from the last key down
+    /// ([`Backend::step_texts_down`]), each taking the rows the other has
+    /// not ([`ReadMeeting`]). A backend that reads its rows in one go
+    /// reads them all here, and none there.
+    fn step_texts_up(&self, run: &str, meeting: &ReadMeeting) -> Result<StepTexts> {
+        let _ = meeting;
+        self.step_texts(run)
+    }
+    /// The other end of [`Backend::step_texts_up`]: rows from the last key
+    /// down, in that order, until the read up is met.
+    fn step_texts_down(&self, run: &str, meeting: &ReadMeeting) -> Result<StepTexts> {
+        let _ = (run, meeting);
+        Ok(StepTexts::default())
+    }
     /// Commits steps that completed together and the model replies
     /// received since the last commit in one transaction (one flush to
     /// disk), fenced by the lease. Each step row carries the run's steps,

@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use super::lease::owner_is_dead;
 use super::{
-    now, Acquired, Backend, Durability, GateRecord, Lease, NoticeStage, Reply, ReviewRecord,
-    RunRecord, StepTexts, Store, StoreError, Verdict, CLAIMABLE,
+    now, Acquired, Backend, Durability, GateRecord, Lease, NoticeStage, ReadMeeting, Reply,
+    ReviewRecord, RunRecord, StepTexts, Store, StoreError, Verdict, CLAIMABLE,
 };
 use crate::run::budget::Spend;
 
@@ -315,13 +315,42 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// The rows of [`Backend::step_texts`], read however the connection
-    /// is set to read.
-    fn read_step_texts(&self, run: &str) -> Result<StepTexts> {
+    /// The rows of [`Backend::step_texts`] that `sql` gives and `take`
+    /// takes (in the order `sql` gives them, stopping at the first it does
+    /// not), read through a map of the file (see `step_texts`).
+    fn read_step_texts(
+        &self,
+        run: &str,
+        sql: &str,
+        take: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<StepTexts> {
+        // Read through a map of the file for this one read: a long run's
+        // rows are most of the file, and page by page each was a `pread`
+        // and a copy into a page-cache buffer allocated for it (for 10,000
+        // steps: 850 `pread`s, 300 heap extensions and 400 page faults on
+        // the resume's reading thread). Only for this read: a mapped page
+        // the disk fails to read ends the process (SIGBUS) rather than
+        // failing the read, and the rest of the run reads and writes as
+        // before. SQLite never writes through the map, and a page still
+        // in the WAL is read from the WAL. A store that cannot be mapped
+        // is read the usual way: the setting is how it reads, not what.
+        let _ = self
+            .conn
+            .pragma_update(None, "mmap_size", MAPPED_READ_BYTES);
+        let texts = self.read_step_rows(run, sql, take);
+        let _ = self.conn.pragma_update(None, "mmap_size", 0);
+        texts
+    }
+
+    /// `read_step_texts`, read however the connection is set to read.
+    fn read_step_rows(
+        &self,
+        run: &str,
+        sql: &str,
+        take: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<StepTexts> {
         Ok(retry(|| {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT key, value, run_steps, run_tool_calls, run_wall FROM steps WHERE run_id = ?1",
-            )?;
+            let mut stmt = self.conn.prepare_cached(sql)?;
             let mut rows = stmt.query([run])?;
             let mut texts = StepTexts::default();
             // The bytes as SQLite holds them: whoever parses a value checks
@@ -331,6 +360,9 @@ impl SqliteStore {
                 let key = key.as_bytes().map_err(|e| {
                     rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e))
                 })?;
+                if !take(key) {
+                    break;
+                }
                 let value = r.get_ref(1)?.as_bytes_or_null().map_err(|e| {
                     rusqlite::Error::FromSqlConversionFailure(1, Type::Text, Box::new(e))
                 })?;
@@ -428,6 +460,11 @@ impl SqliteStore {
         })
     }
 }
+
+/// A run's completed steps ([`Backend::step_texts`]); the reads from either
+/// end add their order (by key: the table's primary key, so no sort).
+const STEP_ROWS: &str =
+    "SELECT key, value, run_steps, run_tool_calls, run_wall FROM steps WHERE run_id = ?1";
 
 /// How much of the store file [`Backend::step_texts`] maps to read (all of
 /// any store whose file is smaller): address space, not memory.
@@ -540,22 +577,21 @@ impl Backend for SqliteStore {
     /// Completed steps: key → value (`None` for a step that was skipped),
     /// and the counts their commits carried.
     fn step_texts(&self, run: &str) -> Result<StepTexts> {
-        // Read through a map of the file for this one read: a long run's
-        // rows are most of the file, and page by page each was a `pread`
-        // and a copy into a page-cache buffer allocated for it (for 10,000
-        // steps: 850 `pread`s, 300 heap extensions and 400 page faults on
-        // the resume's reading thread). Only for this read: a mapped page
-        // the disk fails to read ends the process (SIGBUS) rather than
-        // failing the read, and the rest of the run reads and writes as
-        // before. SQLite never writes through the map, and a page still
-        // in the WAL is read from the WAL. A store that cannot be mapped
-        // is read the usual way: the setting is how it reads, not what.
-        let _ = self
-            .conn
-            .pragma_update(None, "mmap_size", MAPPED_READ_BYTES);
-        let texts = self.read_step_texts(run);
-        let _ = self.conn.pragma_update(None, "mmap_size", 0);
-        texts
+        self.read_step_texts(run, STEP_ROWS, &|_| true)
+    }
+
+    fn step_texts_up(&self, run: &str, meeting: &ReadMeeting) -> Result<StepTexts> {
+        let texts = self.read_step_texts(run, &format!("{STEP_ROWS} ORDER BY key"), &|key| {
+            meeting.take_up(key)
+        })?;
+        meeting.up_ended(texts.len().checked_sub(1).map(|i| texts.key(i)));
+        Ok(texts)
+    }
+
+    fn step_texts_down(&self, run: &str, meeting: &ReadMeeting) -> Result<StepTexts> {
+        self.read_step_texts(run, &format!("{STEP_ROWS} ORDER BY key DESC"), &|key| {
+            meeting.take_down(key)
+        })
     }
 
     /// Commits steps that completed together (with the run's counts), and

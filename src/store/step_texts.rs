@@ -59,6 +59,26 @@ impl StepTexts {
         c.wall = c.wall.max(wall);
     }
 
+    /// Adds the rows of `down`, read from the last key down while these
+    /// were read up to meet them (`ReadMeeting`): those after this one's
+    /// last key, in ascending order (the two reads may both have taken the
+    /// rows where they met), and its counts.
+    pub fn append_down(&mut self, down: StepTexts) {
+        let last = self.rows.last().map(|r| r.start..r.key_end);
+        for i in (0..down.len()).rev() {
+            let after = match &last {
+                Some(range) => down.key(i) > &self.bytes[range.clone()],
+                None => true,
+            };
+            if after {
+                self.push(down.key(i), down.value(i));
+            }
+        }
+        if let Some(c) = down.counted {
+            self.count(c.steps, c.tool_calls, c.wall);
+        }
+    }
+
     /// The run's steps, tool calls and active time at its last commit
     /// (tokens and cost 0: the run's row records those).
     pub fn counted(&self) -> Option<Spend> {
@@ -109,5 +129,39 @@ mod tests {
         assert_eq!(texts.key_text(1), "items[2]/chain.s2");
         assert_eq!(texts.value(1), None);
         assert_eq!(texts.value(2), Some(&b""[..]));
+    }
+
+    #[test]
+    fn rows_read_down_follow_the_rows_read_up_once_each() {
+        let mut up = StepTexts::default();
+        up.push(b"a", Some(b"1"));
+        up.push(b"b", None);
+        up.count(2, 1, 0.5);
+        let mut down = StepTexts::default();
+        down.push(b"d", Some(b"4"));
+        down.push(b"c", Some(b"3"));
+        // Taken by both reads where they met.
+        down.push(b"b", None);
+        down.count(4, 1, 0.25);
+        up.append_down(down);
+        let rows: Vec<_> = (0..up.len()).map(|i| (up.key(i), up.value(i))).collect();
+        assert_eq!(
+            rows,
+            [
+                (&b"a"[..], Some(&b"1"[..])),
+                (b"b", None),
+                (b"c", Some(b"3")),
+                (b"d", Some(b"4"))
+            ]
+        );
+        let c = up.counted().expect("counted");
+        assert_eq!((c.steps, c.tool_calls, c.wall), (4, 1, 0.5));
+        // Nothing read up: every row read down.
+        let mut up = StepTexts::default();
+        let mut down = StepTexts::default();
+        down.push(b"b", None);
+        down.push(b"a", None);
+        up.append_down(down);
+        assert_eq!((up.key(0), up.key(1)), (&b"a"[..], &b"b"[..]));
     }
 }
