@@ -944,8 +944,11 @@ fn resume_process(c: &mut Criterion) {
         .expect("the run")
         .clone();
     let last = format!("chain.s{}", RESUME_STEPS - 1);
+    // As a run killed near its end leaves it: its write-ahead log in place
+    // (a plain connection, the last to close, would delete it, and every
+    // resume would then create it again and sync the directory for it).
     let forget_last = || {
-        let conn = Connection::open(&db).expect("opens");
+        let conn = look_into(&db);
         let deleted = conn
             .execute(
                 "DELETE FROM steps WHERE run_id = ?1 AND key = ?2",
