@@ -1,16 +1,23 @@
-//! The `http` tool's connections: hyper's connection API with a small pool
-//! of our own, instead of reqwest's pooled client.
+//! The `http` tool's connections: our own HTTP/1.1 exchange and hyper's
+//! HTTP/2 connection API, with a small pool of our own, instead of
+//! reqwest's pooled client.
 //!
 //! Why not reqwest: in a 1,000-wide fan-out every call in flight held, on
 //! top of its connection, reqwest's and hyper-util's per-request machinery
 //! (a pooled request channel, a boxed connection future, the client's call
 //! future: ~21 KiB a call, issue 16). Here a call in flight holds its
-//! request, one connection's buffers (HTTP/1.1) or one stream of a shared
-//! connection (HTTP/2), and nothing else.
+//! request, its connection (HTTP/1.1) or one stream of a shared connection
+//! (HTTP/2), and nothing else.
 //!
-//! - HTTP/1.1: one connection per call in flight; after a reply is read to
-//!   its end the connection waits, idle, for the origin's next call (at
-//!   most [`IDLE_FOR`], as reqwest's pool keeps them).
+//! - HTTP/1.1: one connection per call in flight, spoken by
+//!   `http1_connection.rs` from the call's own future: no task, channel or
+//!   buffers per connection, which kept hyper's client near 25 KiB a call.
+//!   A connection whose reply was read exactly to its end, that neither
+//!   side asked to close, waits idle for the origin's next call (at most
+//!   [`IDLE_FOR`], as reqwest's pool keeps them); one the server closed
+//!   meanwhile is found so before it is used. A request that fails on a
+//!   reused connection before any reply is sent once more on a new one
+//!   when that is safe ([`may_resend`]).
 //! - HTTP/2: one connection per origin, each call a stream of it. The first
 //!   call connects while the others wait for it, so a fan-out opens one.
 //! - Which one, as `http_client.rs` says: ALPN over TLS, prior knowledge
@@ -18,7 +25,7 @@
 //! - Redirects are followed as reqwest's default policy does: up to ten,
 //!   never back to a URL already visited; 301, 302 and 303 turn a request
 //!   other than GET or HEAD into a GET without body; credentials are
-//!   dropped when the host or port changes.
+//!   dropped when the origin (scheme, host or port) changes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -27,14 +34,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, StatusCode, Url, Version};
 use tokio::net::TcpStream;
 
+use super::http1_connection::{encode_request, Http1Connection};
+use super::http1_error::Http1Error;
+use super::http1_stream::Http1Stream;
 use super::http_reply::HttpReply;
 use super::origin::Origin;
+use super::reply_head::ReplyHead;
 use super::send_error::SendError;
 
 /// How long an idle HTTP/1.1 connection is kept for reuse.
@@ -50,14 +61,9 @@ const MAX_REDIRECTS: usize = 10;
 /// again (`REFUSED_STREAM`; safe for any method).
 const MAX_REFUSED: usize = 3;
 
-/// The bytes an HTTP/1.1 connection reads at a time, and the largest reply
-/// head it accepts. hyper's adaptive default starts at 8 KiB and grows with
-/// large bodies up to ~400 KiB a connection; a fixed size keeps every
-/// connection's buffer at one size however big the reply, and 8 KiB heads
-/// are what common servers accept themselves.
-const READ_BUFFER: usize = 8 << 10;
+/// The most of a redirect's own body read to keep its connection.
+const REDIRECT_BODY: usize = 64 << 10;
 
-type Sender1 = http1::SendRequest<Full<Bytes>>;
 type Sender2 = http2::SendRequest<Full<Bytes>>;
 
 /// The run's connections for `http` tools, by origin.
@@ -75,7 +81,7 @@ pub struct Connections {
 struct OriginConnections {
     origin: Origin,
     /// Idle HTTP/1.1 connections, the most recently used last.
-    idle: Mutex<Vec<(Sender1, Instant)>>,
+    idle: Mutex<Vec<(Http1Connection, Instant)>>,
     /// The origin's HTTP/2 connection. Locked across connecting, so calls
     /// that arrive meanwhile wait for it rather than open their own.
     h2: tokio::sync::Mutex<Option<Sender2>>,
@@ -86,10 +92,21 @@ struct OriginConnections {
 
 /// A connection ready for one request.
 enum Sender {
-    /// Returned to the origin's idle list once the reply is read.
-    H1(Sender1),
+    /// Ours; returned to the origin's idle list once the reply is read.
+    H1(Http1Connection),
     /// A handle on the origin's shared connection.
     H2(Sender2),
+}
+
+/// A request sent and its reply's head read; the body still to read.
+enum Sent {
+    H1 {
+        head: ReplyHead,
+        connection: Http1Connection,
+        /// The request did not ask to close the connection.
+        keep: bool,
+    },
+    H2(hyper::Response<Incoming>),
 }
 
 impl Connections {
@@ -116,17 +133,15 @@ impl Connections {
         let mut visited: Vec<Url> = Vec::new();
         loop {
             let conns = self.origin(&url)?;
-            let (response, sender) = self.send(&conns, &method, &url, &headers, &body).await?;
-            if let Some(next) = redirect_target(&url, &response) {
+            let sent = self.send(&conns, &method, &url, &headers, &body).await?;
+            if let Some(next) = redirect_target(&url, sent.status(), sent.headers()) {
                 if visited.len() >= MAX_REDIRECTS || visited.contains(&next) || next == url {
                     return Err(SendError::TooManyRedirects);
                 }
+                let status = sent.status();
                 // The redirect's own body is not wanted; reading it to its
                 // end (it is short) keeps the connection for the next call.
-                let status = response.status();
-                if let Ok((_, false)) = read_capped(response.into_body(), 64 << 10).await {
-                    conns.release(sender);
-                }
+                let _ = conns.finish(sent, REDIRECT_BODY).await;
                 if matches!(
                     status,
                     StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND | StatusCode::SEE_OTHER
@@ -155,19 +170,7 @@ impl Connections {
                 visited.push(std::mem::replace(&mut url, next));
                 continue;
             }
-            let (parts, incoming) = response.into_parts();
-            let (bytes, too_large) = read_capped(incoming, cap).await?;
-            // A body not read to its end leaves the connection mid-reply:
-            // it is dropped, not reused.
-            if !too_large {
-                conns.release(sender);
-            }
-            return Ok(HttpReply {
-                status: parts.status,
-                headers: parts.headers,
-                body: bytes,
-                too_large,
-            });
+            return conns.finish(sent, cap).await;
         }
     }
 
@@ -188,7 +191,8 @@ impl Connections {
         Ok(made)
     }
 
-    /// Sends one request (no redirects) on a connection of its origin.
+    /// Sends one request (no redirects) on a connection of its origin and
+    /// reads its reply's head.
     async fn send(
         &self,
         conns: &OriginConnections,
@@ -196,94 +200,72 @@ impl Connections {
         url: &Url,
         headers: &HeaderMap,
         body: &Bytes,
-    ) -> Result<(hyper::Response<Incoming>, Sender), SendError> {
-        // A server refuses the streams over its limit that were opened before
-        // its settings arrived, having processed none of them: sent again,
-        // they wait for a free stream of the same connection.
+    ) -> Result<Sent, SendError> {
         let mut refused = 0;
+        let mut fresh = false;
         loop {
-            match self.send_once(conns, method, url, headers, body).await {
+            let (sender, reused) = self.sender(conns, fresh).await?;
+            let sent = match sender {
+                Sender::H1(connection) => {
+                    send_h1(&conns.origin, connection, method, url, headers, body).await
+                }
+                Sender::H2(sender) => send_h2(sender, method, url, headers, body).await,
+            };
+            match sent {
+                // A server refuses the streams over its limit that were
+                // opened before its settings arrived, having processed none
+                // of them: sent again, they wait for a free stream of the
+                // same connection.
                 Err(SendError::Request(e)) if refused < MAX_REFUSED && is_refused_stream(&e) => {
                     refused += 1;
+                }
+                // The server closed the idle connection as it was taken:
+                // once more, on a connection of its own.
+                Err(SendError::Exchange(e)) if reused && may_resend(&e, method, headers) => {
+                    fresh = true;
                 }
                 sent => return sent,
             }
         }
     }
 
-    /// One attempt of [`Self::send`].
-    async fn send_once(
+    /// A connection for the next request, and whether it was idle before
+    /// (it may have gone stale): the origin's HTTP/2 one, an idle HTTP/1.1
+    /// one unless `fresh`, or a new one.
+    async fn sender(
         &self,
         conns: &OriginConnections,
-        method: &Method,
-        url: &Url,
-        headers: &HeaderMap,
-        body: &Bytes,
-    ) -> Result<(hyper::Response<Incoming>, Sender), SendError> {
-        let mut sender = self.sender(conns).await?;
-        let request = match sender {
-            Sender::H1(_) => {
-                // HTTP/1.1 names the path on the request line and the host
-                // in a header, which hyper's connection API leaves to us.
-                let target = match url.query() {
-                    Some(q) => format!("{}?{q}", url.path()),
-                    None => url.path().to_string(),
-                };
-                let mut request = build(method, &target, headers, body, Version::HTTP_11)?;
-                if !headers.contains_key(header::HOST) {
-                    let host = HeaderValue::from_str(&conns.origin.host_header())
-                        .map_err(|_| SendError::BadUrl)?;
-                    request.headers_mut().insert(header::HOST, host);
-                }
-                request
-            }
-            // HTTP/2 takes the scheme and authority from the URI.
-            Sender::H2(_) => {
-                let mut request = build(method, url.as_str(), headers, body, Version::HTTP_2)?;
-                request.headers_mut().remove(header::HOST);
-                request
-            }
-        };
-        let response = match &mut sender {
-            Sender::H1(s) => s.send_request(request).await,
-            Sender::H2(s) => s.send_request(request).await,
-        }
-        .map_err(SendError::Request)?;
-        Ok((response, sender))
-    }
-
-    /// A connection for the next request: the origin's HTTP/2 one, an idle
-    /// HTTP/1.1 one, or a new one.
-    async fn sender(&self, conns: &OriginConnections) -> Result<Sender, SendError> {
+        fresh: bool,
+    ) -> Result<(Sender, bool), SendError> {
         let origin = &conns.origin;
         let prior_knowledge = !origin.tls && self.h2c.contains(origin);
         if prior_knowledge || (origin.tls && !conns.h1_only.load(Ordering::Relaxed)) {
             let mut slot = conns.h2.lock().await;
             if let Some(live) = slot.as_ref().filter(|s| !s.is_closed()) {
-                return Ok(Sender::H2(live.clone()));
+                return Ok((Sender::H2(live.clone()), false));
             }
             *slot = None;
             return match Box::pin(self.connect(origin, prior_knowledge)).await? {
                 Sender::H2(made) => {
                     *slot = Some(made.clone());
-                    Ok(Sender::H2(made))
+                    Ok((Sender::H2(made), false))
                 }
                 Sender::H1(made) => {
                     conns.h1_only.store(true, Ordering::Relaxed);
-                    Ok(Sender::H1(made))
+                    Ok((Sender::H1(made), false))
                 }
             };
         }
-        while let Some(mut idle) = conns.take_idle() {
-            if idle.ready().await.is_ok() {
-                return Ok(Sender::H1(idle));
+        if !fresh {
+            if let Some(idle) = conns.take_idle() {
+                return Ok((Sender::H1(idle), true));
             }
         }
         // Boxed, here and above: a TLS handshake's state is kilobytes, and
         // inline it would size every call's future for its whole flight
         // (and every tool call's, whatever its kind), not just while
         // connecting.
-        Box::pin(self.connect(origin, false)).await
+        Ok((Box::pin(self.connect(origin, false)).await?, false))
     }
 
     /// A new connection to `origin`; HTTP/2 when `prior_knowledge` or when
@@ -295,7 +277,10 @@ impl Connections {
         // Requests are written whole; waiting to coalesce them only delays.
         let _ = tcp.set_nodelay(true);
         if !origin.tls {
-            return handshake(TokioIo::new(tcp), prior_knowledge).await;
+            if prior_knowledge {
+                return handshake_h2(TokioIo::new(tcp)).await;
+            }
+            return Ok(Sender::H1(Http1Connection::new(Http1Stream::Tcp(tcp))));
         }
         let connector = self
             .tls
@@ -305,79 +290,189 @@ impl Connections {
         let name = rustls::pki_types::ServerName::try_from(origin.bare_host().to_string())
             .map_err(|_| SendError::BadUrl)?;
         let tls = connector.connect(name, tcp).await.map_err(SendError::Tls)?;
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        handshake(TokioIo::new(tls), h2).await
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            return handshake_h2(TokioIo::new(tls)).await;
+        }
+        Ok(Sender::H1(Http1Connection::new(Http1Stream::Tls(
+            Box::new(tls),
+        ))))
     }
 }
 
 impl OriginConnections {
     /// The most recently used idle connection still open, dropping those
     /// kept too long or closed by the server meanwhile.
-    fn take_idle(&self) -> Option<Sender1> {
+    fn take_idle(&self) -> Option<Http1Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_FOR {
-                return Some(sender);
+        while let Some((mut connection, since)) = idle.pop() {
+            if since.elapsed() < IDLE_FOR && connection.is_usable() {
+                return Some(connection);
             }
         }
         None
     }
 
-    /// A connection whose reply was read to its end, kept for the next
-    /// call (HTTP/2 handles are clones of the shared one: dropped).
-    fn release(&self, sender: Sender) {
-        if let Sender::H1(sender) = sender {
-            if sender.is_closed() {
-                return;
+    /// Reads a sent request's reply body up to `cap` bytes; a connection
+    /// whose reply was read exactly to its end, and that neither side
+    /// asked to close, is kept for the next call (HTTP/2 handles are
+    /// clones of the shared one: dropped).
+    async fn finish(&self, sent: Sent, cap: usize) -> Result<HttpReply, SendError> {
+        match sent {
+            Sent::H1 {
+                head,
+                mut connection,
+                keep,
+            } => {
+                let (body, too_large) = connection
+                    .read_body(head.framing, cap)
+                    .await
+                    .map_err(SendError::ReplyBody)?;
+                // A body not read to its end leaves the connection
+                // mid-reply: it is dropped, not reused.
+                if keep && head.keep_alive && !too_large && connection.is_drained() {
+                    let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                    if idle.len() < MAX_IDLE {
+                        idle.push((connection, Instant::now()));
+                    }
+                }
+                Ok(HttpReply {
+                    status: head.status,
+                    headers: head.headers,
+                    body,
+                    too_large,
+                })
             }
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < MAX_IDLE {
-                idle.push((sender, Instant::now()));
+            Sent::H2(response) => {
+                let (parts, incoming) = response.into_parts();
+                let (body, too_large) = read_capped(incoming, cap).await?;
+                Ok(HttpReply {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body,
+                    too_large,
+                })
             }
         }
     }
 }
 
-/// The HTTP handshake on a connected stream; the connection is driven by
-/// its own task until both ends let go of it.
-async fn handshake<T>(io: T, h2: bool) -> Result<Sender, SendError>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    if h2 {
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .handshake(io)
-            .await
-            .map_err(SendError::Request)?;
-        tokio::spawn(connection);
-        Ok(Sender::H2(sender))
-    } else {
-        let (sender, connection) = http1::Builder::new()
-            .read_buf_exact_size(Some(READ_BUFFER))
-            .handshake(io)
-            .await
-            .map_err(SendError::Request)?;
-        tokio::spawn(connection);
-        Ok(Sender::H1(sender))
+impl Sent {
+    fn status(&self) -> StatusCode {
+        match self {
+            Sent::H1 { head, .. } => head.status,
+            Sent::H2(response) => response.status(),
+        }
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        match self {
+            Sent::H1 { head, .. } => &head.headers,
+            Sent::H2(response) => response.headers(),
+        }
     }
 }
 
-/// One request; the headers are copied (a redirect needs them again).
-fn build(
+/// One request over HTTP/1.1: the path on the request line, the host in a
+/// header.
+async fn send_h1(
+    origin: &Origin,
+    mut connection: Http1Connection,
     method: &Method,
-    target: &str,
+    url: &Url,
     headers: &HeaderMap,
     body: &Bytes,
-    version: Version,
-) -> Result<hyper::Request<Full<Bytes>>, SendError> {
+) -> Result<Sent, SendError> {
+    let target = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    let host = (!headers.contains_key(header::HOST)).then(|| origin.host_header());
+    let request = encode_request(method, &target, host.as_deref(), headers, body)
+        .ok_or(SendError::BadUrl)?;
+    connection.send(request).await.map_err(SendError::Exchange)?;
+    let head = connection
+        .read_head(*method == Method::HEAD)
+        .await
+        .map_err(SendError::Exchange)?;
+    let keep = !headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+    Ok(Sent::H1 {
+        head,
+        connection,
+        keep,
+    })
+}
+
+/// One request as a stream of the origin's HTTP/2 connection, which takes
+/// the scheme and authority from the URI.
+async fn send_h2(
+    mut sender: Sender2,
+    method: &Method,
+    url: &Url,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Sent, SendError> {
     let mut request = hyper::Request::builder()
         .method(method.clone())
-        .uri(target)
-        .version(version)
+        .uri(url.as_str())
+        .version(Version::HTTP_2)
         .body(Full::new(body.clone()))
         .map_err(|_| SendError::BadUrl)?;
+    // The headers are copied: a redirect needs them again.
     *request.headers_mut() = headers.clone();
-    Ok(request)
+    request.headers_mut().remove(header::HOST);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(SendError::Request)?;
+    Ok(Sent::H2(response))
+}
+
+/// Whether a request that failed on a reused HTTP/1.1 connection before
+/// any byte of a reply may be sent again on a new one.
+///
+/// - Nothing of it was written: the server never saw it, any method.
+/// - Written, or partly, and then the connection closed or broke without
+///   a reply: the server most likely closed the idle connection before
+///   reading it (`is_usable` catches the close that had already arrived,
+///   not one in flight), but it may have read and processed the request
+///   and failed before answering. Sent again only when doing it twice is
+///   harmless: an idempotent method (RFC 9110 §9.2.2), or a request with
+///   an `Idempotency-Key` (the server deduplicates it; flowc sends one
+///   with every effectful tool call).
+fn may_resend(e: &Http1Error, method: &Method, headers: &HeaderMap) -> bool {
+    match e {
+        Http1Error::NotSent(_) => true,
+        Http1Error::Write(_) | Http1Error::NoReply(_) => {
+            matches!(
+                *method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::TRACE
+                    | Method::PUT
+                    | Method::DELETE
+            ) || headers.contains_key("idempotency-key")
+        }
+        _ => false,
+    }
+}
+
+/// The HTTP/2 handshake on a connected stream; the connection is driven by
+/// its own task until every handle on it is dropped.
+async fn handshake_h2<T>(io: T) -> Result<Sender, SendError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .handshake(io)
+        .await
+        .map_err(SendError::Request)?;
+    tokio::spawn(connection);
+    Ok(Sender::H2(sender))
 }
 
 /// An HTTP/2 stream the server refused before processing it.
@@ -394,9 +489,9 @@ fn is_refused_stream(e: &hyper::Error) -> bool {
 
 /// Where a redirect reply points, if it is one worth following (a 3xx
 /// with a `Location` that is an http or https URL).
-fn redirect_target(url: &Url, response: &hyper::Response<Incoming>) -> Option<Url> {
+fn redirect_target(url: &Url, status: StatusCode, headers: &HeaderMap) -> Option<Url> {
     if !matches!(
-        response.status(),
+        status,
         StatusCode::MOVED_PERMANENTLY
             | StatusCode::FOUND
             | StatusCode::SEE_OTHER
@@ -405,7 +500,7 @@ fn redirect_target(url: &Url, response: &hyper::Response<Incoming>) -> Option<Ur
     ) {
         return None;
     }
-    let location = response.headers().get(header::LOCATION)?.to_str().ok()?;
+    let location = headers.get(header::LOCATION)?.to_str().ok()?;
     let next = url.join(location).ok()?;
     matches!(next.scheme(), "http" | "https").then_some(next)
 }

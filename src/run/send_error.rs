@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::error::{CallError, ErrorClass};
 use super::http::{redact_urls_in, timeout_error};
+use super::http1_error::Http1Error;
 
 /// A failure below HTTP.
 #[derive(Debug)]
@@ -22,6 +23,11 @@ pub enum SendError {
     Request(hyper::Error),
     /// The connection broke while the body was read.
     Body(hyper::Error),
+    /// Our own HTTP/1.1 exchange failed sending the request or reading the
+    /// reply's head.
+    Exchange(Http1Error),
+    /// Our own HTTP/1.1 exchange failed reading the reply's body.
+    ReplyBody(Http1Error),
     /// More than ten redirects, or one back to a URL already visited.
     TooManyRedirects,
 }
@@ -38,6 +44,12 @@ impl SendError {
             SendError::Request(e) if e.is_timeout() => return timeout_error(what, timeout),
             SendError::Request(e) => (ErrorClass::Connection, "the request failed", innermost(e)),
             SendError::Body(e) => (
+                ErrorClass::Connection,
+                "the connection broke while reading the response",
+                innermost(e),
+            ),
+            SendError::Exchange(e) => (ErrorClass::Connection, "the request failed", innermost(e)),
+            SendError::ReplyBody(e) => (
                 ErrorClass::Connection,
                 "the connection broke while reading the response",
                 innermost(e),
