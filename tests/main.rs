@@ -20,6 +20,7 @@ mod github_review;
 mod golden;
 mod graph;
 mod guarantees;
+mod http1_exchange;
 mod http2;
 mod http_requests;
 mod lsp;

@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn chunks_with_extensions_and_trailers_in_any_pieces() {
-        let input = b"5;name=value\r\nhello\r\n1A ; x\r\n, chunked and extended body\r\n0\r\nExpires: never\r\nX-Trailer: 1\r\n\r\nNEXT";
+        let input = b"5;name=value\r\nhello\r\n1B ; x\r\n, chunked and extended body\r\n0\r\nExpires: never\r\nX-Trailer: 1\r\n\r\nNEXT";
         for step in [1, 2, 3, 7, 64, input.len()] {
             let (out, left) = decode_in_steps(input, step).unwrap();
             assert_eq!(out, b"hello, chunked and extended body", "step {step}");

@@ -105,7 +105,7 @@ impl Http1Connection {
         // Where the search for the head's end (an empty line) resumes:
         // a head that arrives a few bytes at a time is parsed once it is
         // whole, not once per read.
-        let mut searched = 0;
+        let mut searched: usize = 0;
         loop {
             if ends_head(&self.buffered[searched.saturating_sub(3)..]) {
                 searched = 0;
