@@ -70,7 +70,9 @@ struct RawServer {
 }
 
 impl RawServer {
-    fn start(decide: impl Fn(usize, usize, &str, &[u8]) -> Script + Send + Sync + 'static) -> RawServer {
+    fn start(
+        decide: impl Fn(usize, usize, &str, &[u8]) -> Script + Send + Sync + 'static,
+    ) -> RawServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -119,7 +121,11 @@ fn serve(
                 if i > 0 {
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                if stream.write_all(piece).and_then(|()| stream.flush()).is_err() {
+                if stream
+                    .write_all(piece)
+                    .and_then(|()| stream.flush())
+                    .is_err()
+                {
                     return false;
                 }
             }
@@ -243,7 +249,9 @@ fn assert_connection_error(e: &CallError, doing: &str, cause: &str) {
 async fn kept_connections_are_reused_and_closed_ones_are_not() {
     let server = RawServer::start(|_, _, head, _| {
         if head.contains("/close") {
-            Script::Reply(vec![b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n1".to_vec()])
+            Script::Reply(vec![
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n1".to_vec(),
+            ])
         } else {
             Script::Reply(vec![json_reply(r#"{"ok":true}"#)])
         }
@@ -252,14 +260,29 @@ async fn kept_connections_are_reused_and_closed_ones_are_not() {
     for _ in 0..3 {
         assert_eq!(tools.fetch("a").await.unwrap(), json!({"ok": true}));
     }
-    assert_eq!(server.connections(), 1, "one kept connection for three calls");
+    assert_eq!(
+        server.connections(),
+        1,
+        "one kept connection for three calls"
+    );
     assert_eq!(tools.fetch("close").await.unwrap(), json!(1));
     assert_eq!(tools.fetch("a").await.unwrap(), json!({"ok": true}));
-    assert_eq!(server.connections(), 2, "a reply that says close ends its connection");
+    assert_eq!(
+        server.connections(),
+        2,
+        "a reply that says close ends its connection"
+    );
     let (head, body) = &server.requests()[0];
     assert!(head.starts_with("GET /a HTTP/1.1\r\n"), "{head}");
-    assert!(head.to_ascii_lowercase().contains(&format!("\r\nhost: {}\r\n", server.addr)), "{head}");
-    assert!(!head.to_ascii_lowercase().contains("content-length"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("\r\nhost: {}\r\n", server.addr)),
+        "{head}"
+    );
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length"),
+        "{head}"
+    );
     assert!(body.is_empty());
 }
 
@@ -269,11 +292,18 @@ async fn a_post_sends_its_body_with_its_length() {
         Script::Reply(vec![json_reply(&String::from_utf8_lossy(body))])
     });
     let tools = Tools::new(&server);
-    let out = tools.call("create", json!({"path": "things", "n": 7})).await.unwrap();
+    let out = tools
+        .call("create", json!({"path": "things", "n": 7}))
+        .await
+        .unwrap();
     assert_eq!(out, json!({"n": 7}));
     let (head, body) = &server.requests()[0];
     assert!(head.starts_with("POST /things HTTP/1.1\r\n"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("\r\ncontent-length: 7\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\ncontent-length: 7\r\n"),
+        "{head}"
+    );
     assert_eq!(body, br#"{"n":7}"#);
 }
 
@@ -292,7 +322,11 @@ async fn chunked_replies_with_extensions_and_trailers() {
     for _ in 0..2 {
         assert_eq!(tools.fetch("x").await.unwrap(), json!({"a": [1, 2, 3, 4]}));
     }
-    assert_eq!(server.connections(), 1, "a chunked body read to its end keeps the connection");
+    assert_eq!(
+        server.connections(),
+        1,
+        "a chunked body read to its end keeps the connection"
+    );
 }
 
 #[tokio::test]
@@ -355,26 +389,41 @@ async fn a_head_over_the_cap_is_refused() {
         "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\n{{}}",
         "a".repeat(70 << 10)
     );
-    let server = RawServer::start(move |_, _, _, _| Script::ReplyAndClose(vec![big.clone().into_bytes()]));
+    let server =
+        RawServer::start(move |_, _, _, _| Script::ReplyAndClose(vec![big.clone().into_bytes()]));
     let e = Tools::new(&server).fetch("x").await.unwrap_err();
-    assert_connection_error(&e, "the request failed", "the reply's head is larger than 64 KiB");
+    assert_connection_error(
+        &e,
+        "the request failed",
+        "the reply's head is larger than 64 KiB",
+    );
 }
 
 #[tokio::test]
 async fn a_bad_content_length_is_refused() {
-    for length in ["content-length: 12abc", "content-length: 2\r\ncontent-length: 3"] {
+    for length in [
+        "content-length: 12abc",
+        "content-length: 2\r\ncontent-length: 3",
+    ] {
         let reply = format!("HTTP/1.1 200 OK\r\n{length}\r\n\r\n{{}}");
-        let server =
-            RawServer::start(move |_, _, _, _| Script::ReplyAndClose(vec![reply.clone().into_bytes()]));
+        let server = RawServer::start(move |_, _, _, _| {
+            Script::ReplyAndClose(vec![reply.clone().into_bytes()])
+        });
         let e = Tools::new(&server).fetch("x").await.unwrap_err();
-        assert_connection_error(&e, "the request failed", "the reply's Content-Length is invalid");
+        assert_connection_error(
+            &e,
+            "the request failed",
+            "the reply's Content-Length is invalid",
+        );
     }
 }
 
 #[tokio::test]
 async fn a_truncated_body_breaks_the_reply() {
     let server = RawServer::start(|_, _, _, _| {
-        Script::ReplyAndClose(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"a\": ".to_vec()])
+        Script::ReplyAndClose(vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"a\": ".to_vec(),
+        ])
     });
     let e = Tools::new(&server).fetch("x").await.unwrap_err();
     assert_connection_error(
@@ -386,13 +435,23 @@ async fn a_truncated_body_breaks_the_reply() {
 
 #[tokio::test]
 async fn malformed_status_lines_are_refused() {
-    for line in ["HTTP/1.1 2OO OK", "HTTP/1.1 099 Low", "ICY 200 OK", "HTTP/1.1 101 Switching Protocols"] {
+    for line in [
+        "HTTP/1.1 2OO OK",
+        "HTTP/1.1 099 Low",
+        "ICY 200 OK",
+        "HTTP/1.1 101 Switching Protocols",
+    ] {
         let reply = format!("{line}\r\ncontent-length: 2\r\n\r\n{{}}");
-        let server =
-            RawServer::start(move |_, _, _, _| Script::ReplyAndClose(vec![reply.clone().into_bytes()]));
+        let server = RawServer::start(move |_, _, _, _| {
+            Script::ReplyAndClose(vec![reply.clone().into_bytes()])
+        });
         let e = Tools::new(&server).fetch("x").await.unwrap_err();
         assert_eq!(e.class, ErrorClass::Connection, "{line}: {}", e.message);
-        assert!(e.message.contains("the request failed ("), "{line}: {}", e.message);
+        assert!(
+            e.message.contains("the request failed ("),
+            "{line}: {}",
+            e.message
+        );
     }
 }
 
@@ -406,7 +465,11 @@ async fn a_connection_the_server_closed_while_idle_is_not_used() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(tools.fetch("x").await.unwrap(), json!({"ok": 1}));
     assert_eq!(server.connections(), 2);
-    assert_eq!(server.requests().len(), 2, "the closed connection carried nothing");
+    assert_eq!(
+        server.requests().len(),
+        2,
+        "the closed connection carried nothing"
+    );
 }
 
 #[tokio::test]
@@ -422,23 +485,37 @@ async fn a_request_lost_on_a_reused_connection_is_sent_again_when_safe() {
     });
     let tools = Tools::new(&server);
     assert_eq!(tools.fetch("x").await.unwrap(), json!(1));
-    assert_eq!(tools.fetch("x").await.unwrap(), json!(1), "a GET is sent again");
+    assert_eq!(
+        tools.fetch("x").await.unwrap(),
+        json!(1),
+        "a GET is sent again"
+    );
     assert_eq!(server.connections(), 2);
     assert_eq!(
-        tools.call("create_once", json!({"path": "p", "n": 1})).await.unwrap(),
+        tools
+            .call("create_once", json!({"path": "p", "n": 1}))
+            .await
+            .unwrap(),
         json!(2),
         "a POST with an idempotency key is sent again"
     );
     assert_eq!(server.connections(), 3);
     // A POST without a key may have been processed: not sent twice.
-    let e = tools.call("create", json!({"path": "p", "n": 1})).await.unwrap_err();
+    let e = tools
+        .call("create", json!({"path": "p", "n": 1}))
+        .await
+        .unwrap_err();
     assert_connection_error(
         &e,
         "the request failed",
         "the server closed the connection without a reply",
     );
     assert_eq!(server.connections(), 3);
-    let heads: Vec<String> = server.requests().into_iter().map(|(h, _)| h.to_ascii_lowercase()).collect();
+    let heads: Vec<String> = server
+        .requests()
+        .into_iter()
+        .map(|(h, _)| h.to_ascii_lowercase())
+        .collect();
     for sent in &heads[3..5] {
         assert!(sent.starts_with("post /p "), "{sent}");
         assert!(sent.contains("\r\nidempotency-key: create:1\r\n"), "{sent}");
@@ -448,7 +525,12 @@ async fn a_request_lost_on_a_reused_connection_is_sent_again_when_safe() {
 #[tokio::test]
 async fn many_calls_at_once_each_get_their_reply() {
     let server = RawServer::start(|_, _, head, _| {
-        let path = head.split(' ').nth(1).unwrap_or("").trim_start_matches('/').to_string();
+        let path = head
+            .split(' ')
+            .nth(1)
+            .unwrap_or("")
+            .trim_start_matches('/')
+            .to_string();
         Script::Reply(vec![json_reply(&format!("{{\"path\":\"{path}\"}}"))])
     });
     let tools = Tools::new(&server);
@@ -461,5 +543,51 @@ async fn many_calls_at_once_each_get_their_reply() {
             assert_eq!(out.unwrap(), json!({"path": format!("n{i}")}));
         }
     }
-    assert!(server.connections() <= 20, "the second round reuses the first's connections");
+    assert!(
+        server.connections() <= 20,
+        "the second round reuses the first's connections"
+    );
+}
+
+#[tokio::test]
+async fn bytes_past_a_reply_end_its_connection() {
+    // Without pipelining nothing may follow a reply: the connection is
+    // not trusted with another request.
+    let server = RawServer::start(|_, _, _, _| {
+        Script::Reply(vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n".to_vec(),
+        ])
+    });
+    let tools = Tools::new(&server);
+    assert_eq!(tools.fetch("x").await.unwrap(), json!({}));
+    assert_eq!(tools.fetch("x").await.unwrap(), json!({}));
+    assert_eq!(server.connections(), 2);
+}
+
+#[tokio::test]
+async fn an_http_1_0_reply_keeps_its_connection_only_when_it_says_so() {
+    let server = RawServer::start(|_, _, head, _| {
+        let keep = if head.contains("/keep") {
+            "connection: keep-alive\r\n"
+        } else {
+            ""
+        };
+        Script::Reply(vec![format!(
+            "HTTP/1.0 200 OK\r\n{keep}content-length: 2\r\n\r\n{{}}"
+        )
+        .into_bytes()])
+    });
+    let tools = Tools::new(&server);
+    for _ in 0..2 {
+        assert_eq!(tools.fetch("keep").await.unwrap(), json!({}));
+    }
+    assert_eq!(server.connections(), 1);
+    for _ in 0..2 {
+        assert_eq!(tools.fetch("plain").await.unwrap(), json!({}));
+    }
+    assert_eq!(
+        server.connections(),
+        2,
+        "the kept one carries the first plain call, and is closed after it"
+    );
 }

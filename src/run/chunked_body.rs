@@ -173,7 +173,10 @@ mod tests {
         let mut fed = 0;
         while !body.is_done() {
             if fed == input.len() {
-                panic!("ran out of input; decoded {:?}", String::from_utf8_lossy(&out));
+                panic!(
+                    "ran out of input; decoded {:?}",
+                    String::from_utf8_lossy(&out)
+                );
             }
             let end = (fed + step).min(input.len());
             pending.extend_from_slice(&input[fed..end]);
@@ -190,7 +193,10 @@ mod tests {
         for step in [1, 2, 3, 7, 64, input.len()] {
             let (out, left) = decode_in_steps(input, step).unwrap();
             assert_eq!(out, b"hello, chunked and extended body", "step {step}");
-            assert_eq!(left, 4, "what follows the body is not consumed (step {step})");
+            assert_eq!(
+                left, 4,
+                "what follows the body is not consumed (step {step})"
+            );
         }
     }
 
@@ -211,7 +217,12 @@ mod tests {
             (b"5\r\nhelloXX", "ChunkEnd"),
         ] {
             let e = decode_in_steps(input, 1).unwrap_err();
-            assert_eq!(format!("{e:?}"), want, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                format!("{e:?}"),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 

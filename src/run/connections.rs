@@ -387,9 +387,12 @@ async fn send_h1(
         None => url.path().to_string(),
     };
     let host = (!headers.contains_key(header::HOST)).then(|| origin.host_header());
-    let request = encode_request(method, &target, host.as_deref(), headers, body)
-        .ok_or(SendError::BadUrl)?;
-    connection.send(request).await.map_err(SendError::Exchange)?;
+    let request =
+        encode_request(method, &target, host.as_deref(), headers, body).ok_or(SendError::BadUrl)?;
+    connection
+        .send(request)
+        .await
+        .map_err(SendError::Exchange)?;
     let head = connection
         .read_head(*method == Method::HEAD)
         .await

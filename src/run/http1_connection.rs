@@ -157,7 +157,11 @@ impl Http1Connection {
         }
     }
 
-    async fn read_length(&mut self, length: u64, cap: usize) -> Result<(Vec<u8>, bool), Http1Error> {
+    async fn read_length(
+        &mut self,
+        length: u64,
+        cap: usize,
+    ) -> Result<(Vec<u8>, bool), Http1Error> {
         // One byte past the cap tells a body over it.
         let want = usize::try_from(length)
             .unwrap_or(usize::MAX)
@@ -286,8 +290,9 @@ pub fn encode_request(
     if !visible(target) || !host.is_none_or(visible) {
         return None;
     }
-    let length = (!body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH))
-        .then(|| body.len().to_string());
+    let length = (!body.is_empty()
+        || matches!(*method, Method::POST | Method::PUT | Method::PATCH))
+    .then(|| body.len().to_string());
     let passed = |name: &header::HeaderName| {
         name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING
     };
@@ -343,9 +348,14 @@ mod tests {
         headers.append("x-many", HeaderValue::from_static("2"));
         headers.insert("content-length", HeaderValue::from_static("999"));
         headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        let bytes =
-            encode_request(&Method::POST, "/a?b=1", Some("example.com:8080"), &headers, b"{}")
-                .unwrap();
+        let bytes = encode_request(
+            &Method::POST,
+            "/a?b=1",
+            Some("example.com:8080"),
+            &headers,
+            b"{}",
+        )
+        .unwrap();
         assert_eq!(bytes.len(), bytes.capacity());
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
@@ -362,7 +372,10 @@ mod tests {
     fn targets_and_hosts_cannot_break_the_request_line() {
         let none = HeaderMap::new();
         for target in ["", "/a b", "/a\r\nX: y", "/\u{e9}", "/a\tb"] {
-            assert!(encode_request(&Method::GET, target, None, &none, b"").is_none(), "{target:?}");
+            assert!(
+                encode_request(&Method::GET, target, None, &none, b"").is_none(),
+                "{target:?}"
+            );
         }
         assert!(encode_request(&Method::GET, "/", Some("a\r\nb"), &none, b"").is_none());
     }

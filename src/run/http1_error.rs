@@ -48,12 +48,18 @@ impl fmt::Display for Http1Error {
             | Http1Error::Write(e)
             | Http1Error::Read(e)
             | Http1Error::NoReply(Some(e)) => write!(f, "{e}"),
-            Http1Error::NoReply(None) => f.write_str("the server closed the connection without a reply"),
-            Http1Error::Closed => f.write_str("the server closed the connection before the reply's end"),
+            Http1Error::NoReply(None) => {
+                f.write_str("the server closed the connection without a reply")
+            }
+            Http1Error::Closed => {
+                f.write_str("the server closed the connection before the reply's end")
+            }
             Http1Error::HeadTooLarge => f.write_str("the reply's head is larger than 64 KiB"),
             Http1Error::MalformedHead(e) => write!(f, "malformed reply head: {e}"),
             Http1Error::BadHead => f.write_str("malformed reply head: invalid status or header"),
-            Http1Error::Upgrade => f.write_str("the server switched protocols, which was not asked"),
+            Http1Error::Upgrade => {
+                f.write_str("the server switched protocols, which was not asked")
+            }
             Http1Error::ContentLength => f.write_str("the reply's Content-Length is invalid"),
             Http1Error::ChunkSize => f.write_str("a chunk's size is invalid"),
             Http1Error::ChunkLine => f.write_str("a chunk's size line or trailer is too long"),

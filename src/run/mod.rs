@@ -11,8 +11,8 @@
 //! [`CheckedProgram`]: crate::CheckedProgram
 
 pub mod adjacency;
-pub mod breaker;
 mod body_framing;
+pub mod breaker;
 pub mod budget;
 mod call;
 mod checkpoints;
@@ -38,8 +38,8 @@ pub mod plan;
 mod policy;
 pub mod preflight;
 pub mod providers;
-mod reply_head;
 mod region;
+mod reply_head;
 mod runtime;
 mod send_error;
 mod spend_ceiling;

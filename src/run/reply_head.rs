@@ -27,7 +27,10 @@ impl ReplyHead {
     /// The head at the front of `bytes` and its length in bytes, `None`
     /// while it is incomplete. `head_request`: the request was `HEAD`, so
     /// the reply has no body whatever its headers say.
-    pub fn parse(bytes: &[u8], head_request: bool) -> Result<Option<(ReplyHead, usize)>, Http1Error> {
+    pub fn parse(
+        bytes: &[u8],
+        head_request: bool,
+    ) -> Result<Option<(ReplyHead, usize)>, Http1Error> {
         // The parser's table of headers lives only in this (synchronous)
         // call, never in a waiting future.
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -40,7 +43,8 @@ impl ReplyHead {
         let status = StatusCode::from_u16(code).map_err(|_| Http1Error::BadHead)?;
         let mut headers = HeaderMap::with_capacity(reply.headers.len());
         for h in reply.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Http1Error::BadHead)?;
+            let name =
+                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Http1Error::BadHead)?;
             let value = HeaderValue::from_bytes(h.value).map_err(|_| Http1Error::BadHead)?;
             headers.append(name, value);
         }
@@ -179,28 +183,64 @@ mod tests {
     fn framing_follows_rfc_9112() {
         let cases = [
             ("HTTP/1.1 200 OK\r\n\r\n", BodyFraming::ToClose, false),
-            ("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", BodyFraming::Empty, true),
-            ("HTTP/1.1 304 Not Modified\r\n\r\n", BodyFraming::Empty, true),
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n", BodyFraming::Chunked, true),
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", BodyFraming::ToClose, false),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                BodyFraming::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\n\r\n",
+                BodyFraming::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+                BodyFraming::Chunked,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                BodyFraming::ToClose,
+                false,
+            ),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
                 BodyFraming::Chunked,
                 false,
             ),
-            ("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n", BodyFraming::Length(3), true),
-            ("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: Close\r\n\r\n", BodyFraming::Length(3), false),
-            ("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n", BodyFraming::Length(3), false),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n",
+                BodyFraming::Length(3),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: Close\r\n\r\n",
+                BodyFraming::Length(3),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n",
+                BodyFraming::Length(3),
+                false,
+            ),
             (
                 "HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
                 BodyFraming::Length(3),
                 true,
             ),
-            ("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", BodyFraming::ToClose, false),
+            (
+                "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                BodyFraming::ToClose,
+                false,
+            ),
         ];
         for (text, framing, keep_alive) in cases {
             let head = head(text);
-            assert_eq!((head.framing, head.keep_alive), (framing, keep_alive), "{text:?}");
+            assert_eq!(
+                (head.framing, head.keep_alive),
+                (framing, keep_alive),
+                "{text:?}"
+            );
         }
         let (to_head, _) = ReplyHead::parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true)
             .unwrap()
@@ -223,7 +263,10 @@ mod tests {
         ] {
             assert!(parse(text).is_err(), "{text:?}");
         }
-        let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "A: b\r\n".repeat(MAX_HEADERS + 1));
+        let many = format!(
+            "HTTP/1.1 200 OK\r\n{}\r\n",
+            "A: b\r\n".repeat(MAX_HEADERS + 1)
+        );
         assert!(parse(&many).is_err());
     }
 
