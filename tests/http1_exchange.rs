@@ -62,11 +62,14 @@ enum Script {
 /// (from 0), given the request's head and body.
 type Decide = dyn Fn(usize, usize, &str, &[u8]) -> Script + Send + Sync;
 
+/// A request as the server read it: its head and its body.
+type Received = (String, Vec<u8>);
+
 struct RawServer {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     /// Every request: its head and body.
-    requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    requests: Arc<Mutex<Vec<Received>>>,
 }
 
 impl RawServer {
@@ -98,17 +101,12 @@ impl RawServer {
         self.connections.load(Ordering::SeqCst)
     }
 
-    fn requests(&self) -> Vec<(String, Vec<u8>)> {
+    fn requests(&self) -> Vec<Received> {
         self.requests.lock().unwrap().clone()
     }
 }
 
-fn serve(
-    mut stream: TcpStream,
-    conn: usize,
-    decide: &Decide,
-    seen: &Mutex<Vec<(String, Vec<u8>)>>,
-) {
+fn serve(mut stream: TcpStream, conn: usize, decide: &Decide, seen: &Mutex<Vec<Received>>) {
     let mut pending = Vec::new();
     for nth in 0.. {
         let Some((head, body)) = read_request(&mut stream, &mut pending) else {
@@ -152,7 +150,7 @@ fn serve(
 }
 
 /// One request's head (text) and body (by its Content-Length).
-fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Received> {
     let mut buf = [0u8; 4096];
     let end = loop {
         if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {

@@ -139,8 +139,7 @@ fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty())
-        .last();
+        .rfind(|c| !c.is_empty());
     last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
 }
 
