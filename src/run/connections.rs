@@ -276,12 +276,20 @@ impl Connections {
             .map_err(SendError::Connect)?;
         // Requests are written whole; waiting to coalesce them only delays.
         let _ = tcp.set_nodelay(true);
-        if !origin.tls {
-            if prior_knowledge {
-                return handshake_h2(TokioIo::new(tcp)).await;
-            }
-            return Ok(Sender::H1(Http1Connection::new(Http1Stream::Tcp(tcp))));
+        // Boxed, the TLS and HTTP/2 handshakes: their state is kilobytes,
+        // and inline it would be paid by every plain HTTP/1.1 connect too,
+        // a fan-out's thousand of them at once at its start.
+        if origin.tls {
+            Box::pin(self.secure(origin, tcp)).await
+        } else if prior_knowledge {
+            Box::pin(handshake_h2(TokioIo::new(tcp))).await
+        } else {
+            Ok(Sender::H1(Http1Connection::new(Http1Stream::Tcp(tcp))))
         }
+    }
+
+    /// TLS on a new connection, then the version ALPN agreed.
+    async fn secure(&self, origin: &Origin, tcp: TcpStream) -> Result<Sender, SendError> {
         let connector = self
             .tls
             .get_or_init(tls_connector)
