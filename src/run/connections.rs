@@ -40,12 +40,13 @@ use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, StatusCode, Url, Version};
 use tokio::net::TcpStream;
 
+use super::http::IDEMPOTENCY_KEY;
 use super::http1_connection::{encode_request, Http1Connection};
 use super::http1_error::Http1Error;
 use super::http1_stream::Http1Stream;
 use super::http_reply::HttpReply;
 use super::origin::Origin;
-use super::reply_head::ReplyHead;
+use super::reply_head::{has_token, ReplyHead};
 use super::send_error::SendError;
 
 /// How long an idle HTTP/1.1 connection is kept for reuse.
@@ -405,11 +406,7 @@ async fn send_h1(
         .read_head(*method == Method::HEAD)
         .await
         .map_err(SendError::Exchange)?;
-    let keep = !headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+    let keep = !has_token(headers, header::CONNECTION, "close");
     Ok(Sent::H1 {
         head,
         connection,
@@ -466,7 +463,7 @@ fn may_resend(e: &Http1Error, method: &Method, headers: &HeaderMap) -> bool {
                     | Method::TRACE
                     | Method::PUT
                     | Method::DELETE
-            ) || headers.contains_key("idempotency-key")
+            ) || headers.contains_key(IDEMPOTENCY_KEY)
         }
         _ => false,
     }

@@ -14,6 +14,12 @@ use super::error::{CallError, ErrorClass};
 /// (GitHub's among them) refuse requests without one.
 pub const USER_AGENT: &str = concat!("flowc/", env!("CARGO_PKG_VERSION"));
 
+/// The header an effectful tool call carries its idempotency key in: the
+/// request sets it, and a request carrying it may be sent again after a
+/// broken connection (the server deduplicates it).
+pub const IDEMPOTENCY_KEY: reqwest::header::HeaderName =
+    reqwest::header::HeaderName::from_static("idempotency-key");
+
 /// The largest response body read, in bytes; no tool result or chat reply
 /// is this big.
 pub const MAX_BODY_BYTES: usize = 32 << 20;

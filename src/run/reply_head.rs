@@ -143,8 +143,9 @@ fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
     last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
 }
 
-/// Whether a comma-separated header lists `token` (any case).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+/// Whether a comma-separated header lists `token` (any case): a reply's
+/// or a request's `Connection: close`.
+pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()

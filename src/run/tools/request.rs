@@ -17,7 +17,7 @@ use super::template::{render_plain, render_url, template_error, ToolScope};
 use crate::exec::{BodyEncoding, Expr, HttpBody, HttpMethod, ResponseFormat, Template, Tool};
 use crate::run::error::{CallError, ErrorClass};
 use crate::run::eval::{eval, kind, text_of};
-use crate::run::http::USER_AGENT;
+use crate::run::http::{IDEMPOTENCY_KEY, USER_AGENT};
 
 /// An `http` tool's sealed clauses, borrowed from its `ToolKind::Http`.
 pub(super) struct HttpSpec<'a> {
@@ -115,7 +115,7 @@ pub(super) fn build(
         let value = reqwest::header::HeaderValue::from_str(key).map_err(|_| {
             client_error("the idempotency key is not allowed in an HTTP header".into())
         })?;
-        headers.insert("idempotency-key", value);
+        headers.insert(IDEMPOTENCY_KEY, value);
     }
     if let Some(value) = traceparent.and_then(|t| reqwest::header::HeaderValue::from_str(t).ok()) {
         headers.insert("traceparent", value);
