@@ -17,7 +17,7 @@ mod postgres_server;
 use std::time::{Duration, Instant};
 
 use flowc::run::budget::Spend;
-use flowc::store::{self, Durability, Lease, RunRecord, Store};
+use flowc::store::{self, Durability, Lease, RunRecord, StepRow, Store};
 use serde_json::json;
 
 const STEPS: usize = 2_000;
@@ -95,7 +95,7 @@ fn main() {
         store
             .commit_steps(
                 &lease,
-                &[(key.clone(), Some(value.clone()))],
+                &[StepRow::new(key.clone(), Some(&value))],
                 &[],
                 spend,
                 Some(spend),

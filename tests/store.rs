@@ -12,7 +12,7 @@ use std::time::Duration;
 use flowc::run::budget::Spend;
 use flowc::store::{
     self, Acquired, DecisionSource, Durability, GateRecord, Lease, NoticeStage, Reply,
-    ReviewRecord, RunRecord, Store, StoreError, Verdict,
+    ReviewRecord, RunRecord, StepRow, Store, StoreError, Verdict,
 };
 use serde_json::json;
 
@@ -82,6 +82,11 @@ fn remote_lease(run: &str, ttl: Duration) -> Lease {
     }
 }
 
+/// A completed step as a commit writes it.
+fn row(key: &str, value: Option<serde_json::Value>) -> StepRow {
+    StepRow::new(key, value.as_ref())
+}
+
 fn reply(key: &str, attempt: u32, text: &str) -> Reply {
     Reply {
         key: key.into(),
@@ -120,7 +125,7 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
         store
             .commit_steps(
                 &old,
-                &[("a".into(), Some(json!(1)))],
+                &[row("a", Some(json!(1)))],
                 &[],
                 spend(1),
                 Some(spend(1)),
@@ -146,7 +151,7 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
         lost(
             store.commit_steps(
                 &old,
-                &[("b".into(), Some(json!("stale")))],
+                &[row("b", Some(json!("stale")))],
                 &[],
                 spend(9),
                 Some(spend(9)),
@@ -155,13 +160,7 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
         );
         // A checkpoint that leaves the run's row alone is fenced as well.
         lost(
-            store.commit_steps(
-                &old,
-                &[("c".into(), Some(json!("stale")))],
-                &[],
-                spend(9),
-                None,
-            ),
+            store.commit_steps(&old, &[row("c", Some(json!("stale")))], &[], spend(9), None),
             "checkpoint fenced by a read",
         );
         lost(store.intent(&old, "b", "idem-b"), "intent");
@@ -191,7 +190,7 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
         store
             .commit_steps(
                 &new,
-                &[("b".into(), Some(json!("fresh")))],
+                &[row("b", Some(json!("fresh")))],
                 &[],
                 spend(2),
                 Some(spend(2)),
@@ -200,13 +199,7 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
         // A checkpoint without the spend leaves the run's row as it was.
         let before = store.run("r1").expect("run").expect("exists");
         store
-            .commit_steps(
-                &new,
-                &[("d".into(), Some(json!("also")))],
-                &[],
-                spend(3),
-                None,
-            )
+            .commit_steps(&new, &[row("d", Some(json!("also")))], &[], spend(3), None)
             .expect("the new owner commits without the spend");
         let after = store.run("r1").expect("run").expect("exists");
         assert_eq!(after.spend, before.spend, "{backend}");
@@ -266,8 +259,8 @@ fn a_prefetch_reads_the_steps_on_a_connection_of_its_own() {
             .commit_steps(
                 &lease,
                 &[
-                    ("main.a".into(), Some(json!({"n": 1}))),
-                    ("x[1]/main.b".into(), None),
+                    row("main.a", Some(json!({"n": 1}))),
+                    row("x[1]/main.b", None),
                 ],
                 &[],
                 spend(2),
@@ -349,11 +342,11 @@ fn reads_from_both_ends_meet_and_read_every_step_once() {
         let lease = Lease::new_run("r6");
         store.create_run(&record("r6"), &lease).expect("creates");
         for batch in 0..20u64 {
-            let steps: Vec<(String, Option<serde_json::Value>)> = (0..25u64)
+            let steps: Vec<StepRow> = (0..25u64)
                 .map(|i| {
                     let n = batch * 25 + i;
                     let value = (n % 7 != 0).then(|| json!({"n": n}));
-                    (format!("items[{n}]/main.s{}", n % 3), value)
+                    StepRow::new(format!("items[{n}]/main.s{}", n % 3), value.as_ref())
                 })
                 .collect();
             store
@@ -422,8 +415,8 @@ fn checkpoints_replies_intents_and_gates_read_back_what_was_written() {
             .commit_steps(
                 &lease,
                 &[
-                    ("x[0]/main.a".into(), Some(json!({"big": "v".repeat(1000)}))),
-                    ("main.skipped".into(), None),
+                    row("x[0]/main.a", Some(json!({"big": "v".repeat(1000)}))),
+                    row("main.skipped", None),
                 ],
                 &[],
                 spend(2),
@@ -663,10 +656,10 @@ fn postgres_large_checkpoints_long_reads_and_a_killed_connection() {
     let lease = Lease::new_run("big");
     store.create_run(&record("big"), &lease).expect("creates");
     // 5,000 results of 2 KiB: a 10 MiB statement, past any socket buffer.
-    let batch: Vec<(String, Option<serde_json::Value>)> = (0..5_000)
+    let batch: Vec<StepRow> = (0..5_000)
         .map(|i| {
-            (
-                format!("main.s{i}"),
+            row(
+                &format!("main.s{i}"),
                 Some(json!({"i": i, "pad": "p".repeat(2048)})),
             )
         })

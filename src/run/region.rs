@@ -28,6 +28,7 @@ use super::runtime::Runtime;
 use super::step_path::StepPath;
 use crate::exec::{Arm, CallTarget, Fallback, RegionId, StepKind, Template};
 use crate::fields;
+use crate::store::StepRow;
 use crate::types::Lit;
 
 /// A step in flight: its node and, when it ends, how.
@@ -94,11 +95,9 @@ impl Runtime<'_> {
                         }
                         Prepared::Done(v) => {
                             if cx.flow.graph[n].kind.is_durable() {
-                                self.persist(
-                                    cx,
-                                    vec![(step_path(&frame, cx, n).to_string(), Some(v.clone()))],
-                                )
-                                .await?;
+                                let row =
+                                    StepRow::new(step_path(&frame, cx, n).to_string(), Some(&v));
+                                self.persist(cx, vec![row]).await?;
                             }
                             frame.set(&plan, n, v);
                             self.finished(cx, n);
@@ -106,11 +105,8 @@ impl Runtime<'_> {
                         }
                         Prepared::Skip => {
                             if cx.flow.graph[n].kind.is_durable() && !skip {
-                                self.persist(
-                                    cx,
-                                    vec![(step_path(&frame, cx, n).to_string(), None)],
-                                )
-                                .await?;
+                                let row = StepRow::new(step_path(&frame, cx, n).to_string(), None);
+                                self.persist(cx, vec![row]).await?;
                             }
                             frame.skipped.borrow_mut().insert(n);
                             release(&plan, n, &mut remaining, &mut ready);
@@ -141,7 +137,10 @@ impl Runtime<'_> {
                             continue;
                         }
                     };
-                    batch.push((step_path(&frame, cx, n).to_string(), value.clone()));
+                    batch.push(StepRow::new(
+                        step_path(&frame, cx, n).to_string(),
+                        value.as_ref(),
+                    ));
                     finished.push((n, value));
                 }
                 self.persist(cx, batch).await?;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use petgraph::graph::NodeIndex;
-use serde_json::Value;
 
 use super::breaker::{Admission, Breakers, Change, Dependency, Ticket};
 use super::budget::{Exhausted, Ledger, Spend};
@@ -79,7 +78,7 @@ pub struct Durable {
     /// Step instances completed by earlier processes of the run.
     pub done: RefCell<super::checkpoints::Checkpoints>,
     /// Results waiting for the next commit, from every region of the run.
-    pub pending: RefCell<Vec<(String, Option<Value>)>>,
+    pub pending: RefCell<Vec<crate::store::StepRow>>,
     /// Model replies received since the last commit, each with the key of
     /// the step it belongs to. A reply whose step completes in that commit
     /// is not written (a resume never runs a completed step again, so never
@@ -162,12 +161,12 @@ impl<'p> Runtime<'p> {
     pub async fn persist(
         &self,
         cx: &FlowCtx<'_>,
-        batch: Vec<(String, Option<Value>)>,
+        batch: Vec<crate::store::StepRow>,
     ) -> Result<(), Stop> {
         let Some(d) = &self.durable else {
             return Ok(());
         };
-        let Some((first, _)) = batch.first() else {
+        let Some(first) = batch.first() else {
             return Ok(());
         };
         let failed = |message: String, step: String| {
@@ -179,7 +178,7 @@ impl<'p> Runtime<'p> {
                 message,
             })
         };
-        let step = first.clone();
+        let step = first.key.clone();
         // The commit that takes this batch: the next to start. Commits take
         // every result pending when they start and end in the order they
         // start, so once that one has ended, the batch is in the store.
@@ -576,13 +575,13 @@ impl ModelGate {
 /// The replies to write with `batch`: those whose step is not in it. A
 /// completed step is never run again, so its replies are never asked for.
 fn unfinished_replies(
-    batch: &[(String, Option<Value>)],
+    batch: &[crate::store::StepRow],
     pending: &mut Vec<(String, crate::store::Reply)>,
 ) -> Vec<crate::store::Reply> {
     if pending.is_empty() {
         return Vec::new();
     }
-    let done: std::collections::HashSet<&str> = batch.iter().map(|(k, _)| k.as_str()).collect();
+    let done: std::collections::HashSet<&str> = batch.iter().map(|s| s.key.as_str()).collect();
     pending
         .drain(..)
         .filter(|(step, _)| !done.contains(step.as_str()))

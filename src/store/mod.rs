@@ -16,6 +16,7 @@ mod prefetch;
 mod read_meeting;
 mod review;
 mod sqlite;
+mod step_row;
 mod step_texts;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ pub use prefetch::Prefetch;
 pub use read_meeting::ReadMeeting;
 pub use review::{utc_day, ReviewRecord, Verdict};
 pub use sqlite::SqliteStore;
+pub use step_row::StepRow;
 pub use step_texts::StepTexts;
 
 /// How hard a commit waits for the disk.
@@ -339,7 +341,7 @@ pub trait Backend: Send {
     fn commit_steps(
         &self,
         lease: &Lease,
-        batch: &[(String, Option<Value>)],
+        batch: &[StepRow],
         replies: &[Reply],
         counted: Spend,
         spend: Option<Spend>,

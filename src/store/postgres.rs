@@ -22,7 +22,7 @@ use super::inline_client::InlineClient;
 use super::lease::owner_is_dead;
 use super::{
     now, Acquired, Backend, GateRecord, Lease, NoticeStage, Reply, ReviewRecord, RunRecord,
-    StepTexts, Store, StoreError, Verdict, CLAIMABLE,
+    StepRow, StepTexts, Store, StoreError, Verdict, CLAIMABLE,
 };
 use crate::run::budget::Spend;
 
@@ -686,17 +686,14 @@ impl Backend for PostgresStore {
     fn commit_steps(
         &self,
         lease: &Lease,
-        batch: &[(String, Option<Value>)],
+        batch: &[StepRow],
         replies: &[Reply],
         counted: Spend,
         spend: Option<Spend>,
     ) -> Result<()> {
         let lease = lease.clone();
-        let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
-        let values: Vec<Option<String>> = batch
-            .iter()
-            .map(|(_, v)| v.as_ref().map(Value::to_string))
-            .collect();
+        let keys: Vec<String> = batch.iter().map(|s| s.key.clone()).collect();
+        let values: Vec<Option<String>> = batch.iter().map(|s| s.value.clone()).collect();
         let reply_keys: Vec<String> = replies.iter().map(|r| r.key.clone()).collect();
         let attempts: Vec<i32> = replies.iter().map(|r| r.attempt as i32).collect();
         let texts: Vec<String> = replies.iter().map(|r| r.text.clone()).collect();

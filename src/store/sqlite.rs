@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::lease::owner_is_dead;
 use super::{
     now, Acquired, Backend, Durability, GateRecord, Lease, NoticeStage, ReadMeeting, Reply,
-    ReviewRecord, RunRecord, StepTexts, Store, StoreError, Verdict, CLAIMABLE,
+    ReviewRecord, RunRecord, StepRow, StepTexts, Store, StoreError, Verdict, CLAIMABLE,
 };
 use crate::run::budget::Spend;
 
@@ -599,7 +599,7 @@ impl Backend for SqliteStore {
     fn commit_steps(
         &self,
         lease: &Lease,
-        batch: &[(String, Option<Value>)],
+        batch: &[StepRow],
         replies: &[Reply],
         counted: Spend,
         spend: Option<Spend>,
@@ -615,11 +615,11 @@ impl Backend for SqliteStore {
             // foreign keys on, `OR REPLACE` made SQLite keep a statement
             // journal for every row (~5% of a commit's instructions).
             let mut stmt = tx.prepare_cached("INSERT INTO steps (run_id, key, value, completed_at, run_steps, run_tool_calls, run_wall) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
-            for (key, value) in batch {
+            for step in batch {
                 stmt.execute(params![
                     lease.run_id,
-                    key,
-                    value.as_ref().map(Value::to_string),
+                    step.key,
+                    step.value,
                     at,
                     counted.steps as i64,
                     counted.tool_calls as i64,
