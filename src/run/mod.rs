@@ -351,6 +351,8 @@ pub fn run_sealed(
             }
             let texts = match d.texts.take() {
                 Some(texts) => texts.wait(&d.store, &run_id),
+                // Just created: nothing to read.
+                None if !d.resume => Ok(crate::store::StepTexts::default()),
                 None => d.store.step_texts(&run_id),
             }
             .map_err(|e| SetupError::Store(e.to_string()))?;

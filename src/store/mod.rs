@@ -261,7 +261,15 @@ pub fn now() -> f64 {
 pub trait Backend: Send {
     /// Another connection to the same store (the lease heartbeat's).
     fn reopen(&self) -> Result<Store>;
-    /// Records a new run, its lease held by `lease`.
+    /// Records a new run, its lease held by `lease` (the run's own process,
+    /// as it starts). SQLite commits it without waiting for the disk (one
+    /// fsync less for every run), as `acquire`: the row is visible to every
+    /// other process at once, and the run's first synchronous commit (a
+    /// step, the intent before an effect, a gate, the run's end) flushes it
+    /// along, the WAL being flushed in order. Only a crash of the machine
+    /// before that commit can lose it, and the process driving the run ends
+    /// with the machine; what else the run had written by then was written
+    /// the same way (`record_spend`). PostgreSQL commits it as any write.
     fn create_run(&self, r: &RunRecord, lease: &Lease) -> Result<()>;
     /// Takes the run's lease if nobody live holds it, reading the run in the
     /// same transaction. SQLite commits it without waiting for the disk

@@ -429,6 +429,21 @@ impl SqliteStore {
     }
 
     /// `acquire`'s transaction.
+    /// Runs `f`'s writes with `synchronous=OFF`: in WAL mode each commit is
+    /// written to the WAL file but not fsynced, which a process crash cannot
+    /// undo; the next synchronous commit fsyncs the WAL through it. The
+    /// store's own setting is restored whatever `f` returns.
+    fn unsynced<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.conn.pragma_update(None, "synchronous", "OFF")?;
+        let outcome = f();
+        let restored = self
+            .conn
+            .pragma_update(None, "synchronous", synchronous(self.durability));
+        let value = outcome?;
+        restored?;
+        Ok(value)
+    }
+
     fn take_lease(&self, id: &str, owner: &str, ttl: Duration) -> Result<Acquired> {
         in_write_tx(&self.conn, |tx| {
             let Some(record) = tx
@@ -478,22 +493,16 @@ impl Backend for SqliteStore {
         )?)))
     }
 
+    /// `synchronous=OFF` for it (see `Backend::create_run`).
     fn create_run(&self, r: &RunRecord, lease: &Lease) -> Result<()> {
-        retry(|| insert_run(&self.conn, r, Some(lease)))?;
+        self.unsynced(|| Ok(retry(|| insert_run(&self.conn, r, Some(lease)))?))?;
         Ok(())
     }
 
     /// Takes the run's lease if nobody live holds it, reading the run in the
     /// same transaction; `synchronous=OFF` for it (see `Backend::acquire`).
     fn acquire(&self, id: &str, owner: &str, ttl: Duration) -> Result<Acquired> {
-        self.conn.pragma_update(None, "synchronous", "OFF")?;
-        let acquired = self.take_lease(id, owner, ttl);
-        let restored = self
-            .conn
-            .pragma_update(None, "synchronous", synchronous(self.durability));
-        let acquired = acquired?;
-        restored?;
-        Ok(acquired)
+        self.unsynced(|| self.take_lease(id, owner, ttl))
     }
 
     /// Extends the lease; `false` if it was taken over.
@@ -648,13 +657,7 @@ impl Backend for SqliteStore {
     /// is written to the WAL file but not fsynced, which a process crash
     /// cannot undo; the next synchronous commit fsyncs the WAL through it.
     fn record_spend(&self, lease: &Lease, spend: Spend) -> Result<()> {
-        self.conn.pragma_update(None, "synchronous", "OFF")?;
-        let written = in_write_tx(&self.conn, |tx| save_spend(tx, lease, spend, now()));
-        let restored = self
-            .conn
-            .pragma_update(None, "synchronous", synchronous(self.durability));
-        written?;
-        Ok(restored?)
+        self.unsynced(|| in_write_tx(&self.conn, |tx| save_spend(tx, lease, spend, now())))
     }
 
     /// Records the intent to call a tool with an effect, before the call.
