@@ -1,6 +1,6 @@
-//! The `http` tool's connections: our own HTTP/1.1 exchange and hyper's
-//! HTTP/2 connection API, with a small pool of our own, instead of
-//! reqwest's pooled client.
+//! The `http` tool's connections: our own HTTP/1.1 exchange and the `h2`
+//! crate's HTTP/2 client (what hyper speaks HTTP/2 with), with a small pool
+//! of our own, instead of reqwest's pooled client.
 //!
 //! Why not reqwest: in a 1,000-wide fan-out every call in flight held, on
 //! top of its connection, reqwest's and hyper-util's per-request machinery
@@ -18,8 +18,15 @@
 //!   meanwhile is found so before it is used. A request that fails on a
 //!   reused connection before any reply is sent once more on a new one
 //!   when that is safe ([`may_resend`]).
-//! - HTTP/2: one connection per origin, each call a stream of it. The first
-//!   call connects while the others wait for it, so a fan-out opens one.
+//! - HTTP/2: one connection per origin, each call a stream of it, driven
+//!   by the connection's one task. The first call connects while the others
+//!   wait for it, so a fan-out opens one. A call polls its own stream from
+//!   its own future: hyper's client spawned a task per request and passed
+//!   it and its reply through channels (~1.7 KiB a call in flight). The
+//!   connection is set up as hyper's client set it up (its window, frame
+//!   and buffer sizes; no server push), and the request's headers are
+//!   those hyper sent (no connection-specific ones, a `Content-Length`
+//!   where the body's size is known and the method defines a body).
 //! - Which one, as `http_client.rs` says: ALPN over TLS, prior knowledge
 //!   for the plain origins `FLOWC_H2C` lists, HTTP/1.1 otherwise.
 //! - Redirects are followed as reqwest's default policy does: up to ten,
@@ -31,13 +38,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use std::task::{Context, Poll, Waker};
+
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use reqwest::header::{self, HeaderMap};
+use h2::client::SendRequest;
+use h2::RecvStream;
+use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url, Version};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::http::IDEMPOTENCY_KEY;
@@ -65,7 +73,7 @@ const MAX_REFUSED: usize = 3;
 /// The most of a redirect's own body read to keep its connection.
 const REDIRECT_BODY: usize = 64 << 10;
 
-type Sender2 = http2::SendRequest<Full<Bytes>>;
+type Sender2 = SendRequest<Bytes>;
 
 /// The run's connections for `http` tools, by origin.
 pub struct Connections {
@@ -107,7 +115,7 @@ enum Sent {
         /// The request did not ask to close the connection.
         keep: bool,
     },
-    H2(hyper::Response<Incoming>),
+    H2(http::Response<RecvStream>),
 }
 
 impl Connections {
@@ -242,8 +250,10 @@ impl Connections {
         let prior_knowledge = !origin.tls && self.h2c.contains(origin);
         if prior_knowledge || (origin.tls && !conns.h1_only.load(Ordering::Relaxed)) {
             let mut slot = conns.h2.lock().await;
-            if let Some(live) = slot.as_ref().filter(|s| !s.is_closed()) {
-                return Ok((Sender::H2(live.clone()), false));
+            if let Some(live) = slot.as_mut() {
+                if is_open(live) {
+                    return Ok((Sender::H2(live.clone()), false));
+                }
             }
             *slot = None;
             return match Box::pin(self.connect(origin, prior_knowledge)).await? {
@@ -283,7 +293,7 @@ impl Connections {
         if origin.tls {
             Box::pin(self.secure(origin, tcp)).await
         } else if prior_knowledge {
-            Box::pin(handshake_h2(TokioIo::new(tcp))).await
+            Box::pin(handshake_h2(tcp)).await
         } else {
             Ok(Sender::H1(Http1Connection::new(Http1Stream::Tcp(tcp))))
         }
@@ -300,7 +310,7 @@ impl Connections {
             .map_err(|_| SendError::BadUrl)?;
         let tls = connector.connect(name, tcp).await.map_err(SendError::Tls)?;
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            return handshake_h2(TokioIo::new(tls)).await;
+            return handshake_h2(tls).await;
         }
         Ok(Sender::H1(Http1Connection::new(Http1Stream::Tls(
             Box::new(tls),
@@ -352,8 +362,8 @@ impl OriginConnections {
                 })
             }
             Sent::H2(response) => {
-                let (parts, incoming) = response.into_parts();
-                let (body, too_large) = read_capped(incoming, cap).await?;
+                let (parts, stream) = response.into_parts();
+                let (body, too_large) = read_h2_body(stream, cap).await?;
                 Ok(HttpReply {
                     status: parts.status,
                     headers: parts.headers,
@@ -415,7 +425,8 @@ async fn send_h1(
 }
 
 /// One request as a stream of the origin's HTTP/2 connection, which takes
-/// the scheme and authority from the URI.
+/// the scheme and authority from the URI. The body, whole, is handed to
+/// the connection, which sends it as the server's window allows.
 async fn send_h2(
     mut sender: Sender2,
     method: &Method,
@@ -423,20 +434,61 @@ async fn send_h2(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Sent, SendError> {
-    let mut request = hyper::Request::builder()
+    let mut request = http::Request::builder()
         .method(method.clone())
         .uri(url.as_str())
         .version(Version::HTTP_2)
-        .body(Full::new(body.clone()))
+        .body(())
         .map_err(|_| SendError::BadUrl)?;
     // The headers are copied: a redirect needs them again.
-    *request.headers_mut() = headers.clone();
-    request.headers_mut().remove(header::HOST);
-    let response = sender
-        .send_request(request)
-        .await
+    let sent = request.headers_mut();
+    *sent = headers.clone();
+    sent.remove(header::HOST);
+    strip_connection_headers(sent);
+    if !body.is_empty()
+        || !matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT
+        )
+    {
+        sent.entry(header::CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(body.len()));
+    }
+    let end = body.is_empty();
+    let (response, mut stream) = sender
+        .send_request(request, end)
         .map_err(SendError::Request)?;
+    if !end {
+        stream
+            .send_data(body.clone(), true)
+            .map_err(SendError::Request)?;
+    }
+    let response = response.await.map_err(SendError::Request)?;
     Ok(Sent::H2(response))
+}
+
+/// Removes the headers HTTP/2 forbids (RFC 9113 §8.2.2), as hyper did:
+/// connection-specific ones, those `Connection` names, and a `TE` other
+/// than `trailers`.
+fn strip_connection_headers(headers: &mut HeaderMap) {
+    for name in [
+        header::HeaderName::from_static("keep-alive"),
+        header::HeaderName::from_static("proxy-connection"),
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    if headers.get(header::TE).is_some_and(|te| te != "trailers") {
+        headers.remove(header::TE);
+    }
+    if let Some(named) = headers.remove(header::CONNECTION) {
+        if let Ok(names) = named.to_str() {
+            for name in names.split(',') {
+                headers.remove(name.trim());
+            }
+        }
+    }
 }
 
 /// Whether a request that failed on a reused HTTP/1.1 connection before
@@ -469,30 +521,42 @@ fn may_resend(e: &Http1Error, method: &Method, headers: &HeaderMap) -> bool {
     }
 }
 
-/// The HTTP/2 handshake on a connected stream; the connection is driven by
-/// its own task until every handle on it is dropped.
+/// The HTTP/2 handshake on a connected stream, with hyper's client
+/// settings; the connection is driven by its own task until every handle
+/// on it and every stream of it is dropped.
 async fn handshake_h2<T>(io: T) -> Result<Sender, SendError>
 where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-        .handshake(io)
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_max_send_streams(100)
+        .initial_window_size(2 << 20)
+        .initial_connection_window_size(5 << 20)
+        .max_frame_size(16 << 10)
+        .max_header_list_size(16 << 10)
+        .max_send_buffer_size(1 << 20)
+        .max_local_error_reset_streams(Some(1024))
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
         .await
         .map_err(SendError::Request)?;
-    tokio::spawn(connection);
+    tokio::spawn(async move {
+        // How it ended reaches every stream still open, as its error.
+        let _ = connection.await;
+    });
     Ok(Sender::H2(sender))
 }
 
+/// Whether a handle's connection still takes new streams: not once it
+/// failed, ended, or the server said it goes away (a new one is made then).
+fn is_open(sender: &mut Sender2) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    !matches!(sender.poll_ready(&mut cx), Poll::Ready(Err(_)))
+}
+
 /// An HTTP/2 stream the server refused before processing it.
-fn is_refused_stream(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = s.source();
-    }
-    false
+fn is_refused_stream(e: &h2::Error) -> bool {
+    e.reason() == Some(h2::Reason::REFUSED_STREAM)
 }
 
 /// Where a redirect reply points, if it is one worth following (a 3xx
@@ -513,19 +577,21 @@ fn redirect_target(url: &Url, status: StatusCode, headers: &HeaderMap) -> Option
     matches!(next.scheme(), "http" | "https").then_some(next)
 }
 
-/// A body read up to `cap` bytes; `true` when it was larger.
-async fn read_capped(mut body: Incoming, cap: usize) -> Result<(Vec<u8>, bool), SendError> {
+/// An HTTP/2 reply's body read up to `cap` bytes; `true` when it was
+/// larger. Each chunk read is given back to the stream's window at once,
+/// so the server goes on sending; trailers are read (a stream reset after
+/// its data fails the body) and dropped.
+async fn read_h2_body(mut body: RecvStream, cap: usize) -> Result<(Vec<u8>, bool), SendError> {
     let mut bytes = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(SendError::Body)?;
-        let Ok(chunk) = frame.into_data() else {
-            continue;
-        };
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(SendError::Body)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
         if bytes.len() + chunk.len() > cap {
             return Ok((bytes, true));
         }
         bytes.extend_from_slice(&chunk);
     }
+    body.trailers().await.map_err(SendError::Body)?;
     Ok((bytes, false))
 }
 

@@ -2,10 +2,8 @@
 //! below HTTP, classified as reqwest's errors are in `http.rs`, so a
 //! retry policy and a reader see the same classes and words on either path.
 
-use std::time::Duration;
-
 use super::error::{CallError, ErrorClass};
-use super::http::{redact_urls_in, timeout_error};
+use super::http::redact_urls_in;
 use super::http1_error::Http1Error;
 
 /// A failure below HTTP.
@@ -19,10 +17,10 @@ pub enum SendError {
     Tls(std::io::Error),
     /// The TLS stack did not start.
     TlsSetup(rustls::Error),
-    /// Sending the request or reading the reply's head failed.
-    Request(hyper::Error),
-    /// The connection broke while the body was read.
-    Body(hyper::Error),
+    /// Sending the request or reading the reply's head failed (HTTP/2).
+    Request(h2::Error),
+    /// The connection broke while the body was read (HTTP/2).
+    Body(h2::Error),
     /// Our own HTTP/1.1 exchange failed sending the request or reading the
     /// reply's head.
     Exchange(Http1Error),
@@ -34,19 +32,22 @@ pub enum SendError {
 
 impl SendError {
     /// The error a call reports: `what` is `METHOD url` as messages show it.
-    pub fn to_call_error(&self, what: &str, timeout: Duration) -> CallError {
+    pub fn to_call_error(&self, what: &str) -> CallError {
         let (class, doing, cause) = match self {
             SendError::BadUrl => (ErrorClass::Client, "the request could not be built", None),
             SendError::Connect(e) | SendError::Tls(e) => {
                 (ErrorClass::Connection, "could not connect", innermost(e))
             }
             SendError::TlsSetup(e) => (ErrorClass::Connection, "could not connect", innermost(e)),
-            SendError::Request(e) if e.is_timeout() => return timeout_error(what, timeout),
-            SendError::Request(e) => (ErrorClass::Connection, "the request failed", innermost(e)),
+            SendError::Request(e) => (
+                ErrorClass::Connection,
+                "the request failed",
+                innermost_h2(e),
+            ),
             SendError::Body(e) => (
                 ErrorClass::Connection,
                 "the connection broke while reading the response",
-                innermost(e),
+                innermost_h2(e),
             ),
             SendError::Exchange(e) => (ErrorClass::Connection, "the request failed", innermost(e)),
             SendError::ReplyBody(e) => (
@@ -60,6 +61,15 @@ impl SendError {
             .map(|c| format!(" ({})", redact_urls_in(&c)))
             .unwrap_or_default();
         CallError::new(class, format!("{what}: {doing}{cause}"))
+    }
+}
+
+/// An HTTP/2 failure's cause: the socket's error where it was one (as
+/// hyper's client reported them), else what the protocol said.
+fn innermost_h2(e: &h2::Error) -> Option<String> {
+    match e.get_io() {
+        Some(io) => innermost(io),
+        None => Some(e.to_string()),
     }
 }
 

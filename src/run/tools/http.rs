@@ -48,7 +48,7 @@ pub(super) async fn call(
                 // would be paid by every branch of a fan-out, HTTP or not.
                 Box::pin(connections.exchange(method, url, headers, bytes, MAX_BODY_BYTES))
                     .await
-                    .map_err(|e| e.to_call_error(&what, ctx.timeout))?
+                    .map_err(|e| e.to_call_error(&what))?
             }
             // Boxed for the same reason, on a path taken only under a proxy.
             None => Box::pin(through_reqwest(ctx, method, url, headers, &body, &what)).await?,
