@@ -86,7 +86,16 @@ pub(super) fn build(
         url.query_pairs_mut().extend_pairs(&pairs);
     }
 
-    let mut headers = reqwest::header::HeaderMap::new();
+    // Sized for what is added below (the tool's, the defaults, the key,
+    // the trace context, a body's type): a map left to grow makes room for
+    // six, and a call in flight keeps it (a redirect sends it again).
+    let mut headers = reqwest::header::HeaderMap::with_capacity(
+        spec.headers.len()
+            + 2
+            + usize::from(idempotency_key.is_some())
+            + usize::from(traceparent.is_some())
+            + usize::from(!matches!(spec.body, HttpBody::None)),
+    );
     let mut secrets = Vec::new();
     for (name, template) in spec.headers {
         let value = render_plain(template, &scope)
