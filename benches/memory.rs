@@ -29,6 +29,12 @@
 //! once) runs in this process, so its memory is not counted. Medians of
 //! `RUNS` children, alternating kinds.
 //!
+//! Where the bytes go: `FLOWC_MEMORY_SERVE=600` runs only the server and
+//! prints its `MOCK_URL` and `MOCK_ORIGIN`; with those set, run one child
+//! under a heap profiler, e.g. `FLOWC_MEMORY_CHILD=http2:1000 heaptrack
+//! BENCH_BINARY`, and read the allocations alive at the peak
+//! (`heaptrack_print --flamegraph-cost-type peak -F stacks.txt`).
+//!
 //! `cargo bench --bench memory`.
 
 // Each bench uses a part of the shared fixtures.
@@ -252,6 +258,18 @@ fn main() {
         return;
     }
     let server = H2Server::start(Duration::from_millis(LATENCY_MS), 4 * WIDTH as u32);
+    // Only the server, for SECS seconds: a child run by hand under a heap
+    // profiler (see the header) finds it at the addresses printed.
+    if let Ok(secs) = std::env::var("FLOWC_MEMORY_SERVE") {
+        println!(
+            "MOCK_URL={} MOCK_ORIGIN={}",
+            server.base_url(),
+            server.origin()
+        );
+        let secs = secs.parse().expect("FLOWC_MEMORY_SERVE=SECONDS");
+        std::thread::sleep(Duration::from_secs(secs));
+        return;
+    }
     let mut samples: Vec<(Kind, usize, Vec<Sample>)> = Vec::new();
     for kind in KINDS {
         for width in [1, WIDTH] {
