@@ -705,3 +705,60 @@ fn postgres_large_checkpoints_long_reads_and_a_killed_connection() {
         5_000
     );
 }
+
+/// A long run's write-ahead log is checkpointed as it grows, by a thread of
+/// the store's (not inside a commit, where it held a step up for tens of
+/// milliseconds), and the log starts over instead of growing with the run.
+#[test]
+fn a_long_runs_log_is_checkpointed_by_a_thread_of_its_own_and_stays_bounded() {
+    let dir = std::env::temp_dir().join(format!(
+        "flowc-store-wal-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    let file = dir.join("runs.db");
+    let wal = dir.join("runs.db-wal");
+    let store = Store::open(&file, Durability::Normal).expect("opens SQLite");
+    let lease = Lease::new_run("long");
+    store.create_run(&record("long"), &lease).expect("creates");
+    let checkpointers = || {
+        std::fs::read_dir("/proc/self/task")
+            .expect("lists this process's threads")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "flowc-wal-ckpt")
+            .count()
+    };
+    // 12,000 commits of a 1 KiB step: more than 12,000 pages of log
+    // without a checkpoint, twelve times the mark.
+    let mut largest_log = 0;
+    for i in 0..12_000 {
+        store
+            .commit_steps(
+                &lease,
+                &[row(&format!("main.s{i}"), Some(json!("x".repeat(1024))))],
+                &[],
+                spend(i + 1),
+                None,
+            )
+            .expect("commits");
+        largest_log = largest_log.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    // Other tests' stores may have threads of their own; this store's
+    // commits, had they checkpointed themselves, would have started none.
+    assert!(checkpointers() >= 1, "no checkpoint thread");
+    // The log's file keeps its largest size once it starts over: at most
+    // four times the mark (commits back to back, as here, copy what is left
+    // there), not the run's 12,000 pages and more.
+    assert!(
+        largest_log < 5_000 * 4_096,
+        "the log grew to {largest_log} bytes"
+    );
+    assert!(
+        std::fs::metadata(&file).expect("the database").len() > 8 << 20,
+        "the steps were copied into the database"
+    );
+    let steps = store.steps("long").expect("reads them back");
+    assert_eq!(steps.len(), 12_000);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -18,6 +18,7 @@ mod review;
 mod sqlite;
 mod step_row;
 mod step_texts;
+mod wal_checkpoints;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -15,6 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::lease::owner_is_dead;
+use super::wal_checkpoints::WalCheckpoints;
 use super::{
     now, Acquired, Backend, Durability, GateRecord, Lease, NoticeStage, ReadMeeting, Reply,
     ReviewRecord, RunRecord, StepRow, StepTexts, Store, StoreError, Verdict, CLAIMABLE,
@@ -283,8 +284,10 @@ impl SqliteStore {
                 })?;
             }
         }
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         SqliteStore::configure(&conn, durability)?;
+        // Its commits leave checkpoints to a thread of their own.
+        WalCheckpoints::install(&mut conn, path.to_path_buf(), durability)?;
         let store = SqliteStore {
             conn,
             path: path.to_path_buf(),
@@ -306,8 +309,9 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", synchronous(durability))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // No checkpoint when the last connection closes: the WAL is as
-        // durable as the database, and SQLite checkpoints it as it grows
-        // (every 1,000 pages). Checkpointing at close copied the whole
+        // durable as the database, and it is checkpointed as it grows
+        // (every 1,000 pages; a store's own connection leaves that to a
+        // thread: `WalCheckpoints`). Checkpointing at close copied the whole
         // run's pages and fsynced the database at every process exit and
         // store drop: ~16 ms a run on this machine's disk, more than its
         // commits for runs of fewer than ~50 steps.
