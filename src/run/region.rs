@@ -54,6 +54,8 @@ impl Runtime<'_> {
     ) -> LocalBoxFuture<'s, Result<RegionEnd, Stop>> {
         Box::pin(async move {
             let plan = cx.plan.clone();
+            // Without a store nothing is committed, and no step row is made.
+            let durable = self.durable.is_some();
             let members = &plan.members[region.index()];
             // Per member (by its slot): how many of its dependencies have
             // not ended yet; 0 once it is ready.
@@ -94,7 +96,7 @@ impl Runtime<'_> {
                             self.settle(cx, &frame, &plan, n, None, &mut remaining, &mut ready);
                         }
                         Prepared::Done(v) => {
-                            if cx.flow.graph[n].kind.is_durable() {
+                            if durable && cx.flow.graph[n].kind.is_durable() {
                                 let row =
                                     StepRow::new(step_path(&frame, cx, n).to_string(), Some(&v));
                                 self.persist(cx, vec![row]).await?;
@@ -104,7 +106,7 @@ impl Runtime<'_> {
                             release(&plan, n, &mut remaining, &mut ready);
                         }
                         Prepared::Skip => {
-                            if cx.flow.graph[n].kind.is_durable() && !skip {
+                            if durable && cx.flow.graph[n].kind.is_durable() && !skip {
                                 let row = StepRow::new(step_path(&frame, cx, n).to_string(), None);
                                 self.persist(cx, vec![row]).await?;
                             }
@@ -137,10 +139,12 @@ impl Runtime<'_> {
                             continue;
                         }
                     };
-                    batch.push(StepRow::new(
-                        step_path(&frame, cx, n).to_string(),
-                        value.as_ref(),
-                    ));
+                    if durable {
+                        batch.push(StepRow::new(
+                            step_path(&frame, cx, n).to_string(),
+                            value.as_ref(),
+                        ));
+                    }
                     finished.push((n, value));
                 }
                 self.persist(cx, batch).await?;
