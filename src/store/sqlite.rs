@@ -432,7 +432,6 @@ impl SqliteStore {
         })
     }
 
-    /// `acquire`'s transaction.
     /// Runs `f`'s writes with `synchronous=OFF`: in WAL mode each commit is
     /// written to the WAL file but not fsynced, which a process crash cannot
     /// undo; the next synchronous commit fsyncs the WAL through it. The
@@ -448,6 +447,7 @@ impl SqliteStore {
         Ok(value)
     }
 
+    /// `acquire`'s transaction.
     fn take_lease(&self, id: &str, owner: &str, ttl: Duration) -> Result<Acquired> {
         in_write_tx(&self.conn, |tx| {
             let Some(record) = tx
