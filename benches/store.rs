@@ -14,6 +14,11 @@
 #[allow(dead_code)]
 mod postgres_server;
 
+/// The ports `postgres_server` chooses from (its `super::port`).
+#[path = "../tests/support/port.rs"]
+#[allow(dead_code)]
+mod port;
+
 use std::time::{Duration, Instant};
 
 use flowc::run::budget::Spend;

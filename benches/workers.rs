@@ -20,6 +20,11 @@
 #[allow(dead_code)]
 mod postgres_server;
 
+/// The ports `postgres_server` chooses from (its `super::port`).
+#[path = "../tests/support/port.rs"]
+#[allow(dead_code)]
+mod port;
+
 #[allow(dead_code)]
 #[path = "../tests/support/mock_server.rs"]
 mod mock_server;

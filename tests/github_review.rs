@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use support::mock_server::{MockServer, Reply, CHAT};
+use support::port;
 
 const TOKEN: &str = "ghp_test_token_never_in_traces";
 
@@ -50,12 +52,23 @@ struct Prism {
 }
 
 impl Prism {
+    /// Starts Prism on a port of its own, with a new port when another
+    /// process took the first between the choice and Prism's bind.
     fn start() -> Prism {
+        let mut taken = Vec::new();
+        for _ in 0..port::ATTEMPTS {
+            match Prism::start_on(port::unused()) {
+                Ok(prism) => return prism,
+                Err(log) if port::was_taken(&log) => taken.push(log),
+                Err(log) => panic!("Prism exited before it listened:\n{log}"),
+            }
+        }
+        panic!("every port Prism tried was taken:\n{}", taken.join("\n"));
+    }
+
+    /// Prism listening on `port`, or its log when it exited first.
+    fn start_on(port: u16) -> Result<Prism, String> {
         let dir = prism_dir();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         let mut child = Command::new(dir.join("node_modules/.bin/prism"))
             .args([
                 "mock",
@@ -77,26 +90,40 @@ impl Prism {
             let ready = ready_tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if line.contains("Prism is listening") {
+                    // Logged before it is announced, so an exit's log is whole
+                    // when the channel closes.
+                    let listening = line.contains("Prism is listening");
+                    {
+                        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                        log.push_str(&line);
+                        log.push('\n');
+                    }
+                    if listening {
                         let _ = ready.send(());
                     }
-                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                    log.push_str(&line);
-                    log.push('\n');
                 }
             });
         }
+        // Only the readers hold a sender now: when Prism exits, both
+        // streams end and the channel closes.
+        drop(ready_tx);
         let mut prism = Prism {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             log,
         };
         // Loading the 13 MB description takes 30 s on a quiet machine.
-        if ready_rx.recv_timeout(Duration::from_secs(400)).is_err() {
-            let _ = prism.child.kill();
-            panic!("Prism did not start within 400 s:\n{}", prism.log());
+        match ready_rx.recv_timeout(Duration::from_secs(400)) {
+            Ok(()) => Ok(prism),
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = prism.child.wait();
+                Err(prism.log())
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = prism.child.kill();
+                panic!("Prism did not start within 400 s:\n{}", prism.log());
+            }
         }
-        prism
     }
 
     fn log(&self) -> String {

@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod h2_server;
 pub mod mock_server;
+pub mod port;
 pub mod postgres;
 pub mod program;

@@ -5,6 +5,8 @@
 //! stopped (and its folder removed) when the test binary exits: a watcher
 //! process waits for this process to end, even if it panics or is killed.
 
+use super::port;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -53,13 +55,6 @@ fn as_server_user(program: &Path) -> Command {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn start() -> Cluster {
     let bin = bin_dir();
     let dir = std::env::temp_dir().join(format!(
@@ -88,27 +83,36 @@ fn start() -> Cluster {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let port = free_port();
-    let out = as_server_user(&bin.join("pg_ctl"))
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(dir.join("log"))
-        .arg("-o")
-        .arg(format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
-            dir.display()
-        ))
-        .args(["-w", "start"])
-        .stdout(Stdio::null())
-        .output()
-        .expect("pg_ctl starts");
-    assert!(
-        out.status.success(),
-        "pg_ctl start failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-    );
+    let log = dir.join("log");
+    let mut port = 0;
+    for attempt in 1..=port::ATTEMPTS {
+        port = port::unused();
+        let out = as_server_user(&bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
+                dir.display()
+            ))
+            .args(["-w", "start"])
+            .stdout(Stdio::null())
+            .output()
+            .expect("pg_ctl starts");
+        if out.status.success() {
+            break;
+        }
+        let server_log = std::fs::read_to_string(&log).unwrap_or_default();
+        // Another process took the port since it was chosen: choose again.
+        assert!(
+            port::was_taken(&server_log) && attempt < port::ATTEMPTS,
+            "pg_ctl start failed: {}\n{server_log}",
+            String::from_utf8_lossy(&out.stderr),
+        );
+        let _ = std::fs::remove_file(&log);
+    }
     // Stops the server when this process ends, however it ends. The watcher
     // runs as us (only we may signal our own process); `pg_ctl` as the
     // server's user.
