@@ -68,34 +68,39 @@ impl WalCheckpoints {
             thread: None,
             asked: Arc::default(),
         };
+        // The hook never fails: an error from it would make the statement
+        // that committed report it although its commit stands.
         conn.wal_hook(Some(move |wal: &mut Wal, pages: c_int| {
-            checkpoints.committed(wal, pages)
+            checkpoints.committed(wal, pages);
+            Ok(())
         }))
     }
 
     /// After a commit that left `pages` in the log.
-    fn committed(&mut self, wal: &mut Wal, pages: c_int) -> rusqlite::Result<()> {
+    fn committed(&mut self, wal: &mut Wal, pages: c_int) {
         if pages >= INLINE_PAGES {
             // Commits back to back left the thread no moment between two of
             // them to finish in, so the log never started over: this commit
             // copies what the thread has not (busy while it is copying: the
             // next commit tries again).
             let _ = wal.checkpoint();
-            return Ok(());
+            return;
         }
         if pages < LOG_PAGES || self.asked.swap(true, Ordering::AcqRel) {
-            return Ok(());
+            return;
         }
         if self.thread.is_none() {
             self.thread = self.start();
         }
         match &self.thread {
-            Some(thread) if thread.send(()).is_ok() => Ok(()),
-            // No thread: as SQLite would have, in this commit.
+            Some(thread) if thread.send(()).is_ok() => {}
+            // No thread: as SQLite would have, in this commit, whatever
+            // the checkpoint returns (busy, when another connection is
+            // copying), as SQLite's own hook does.
             _ => {
                 self.thread = None;
                 self.asked.store(false, Ordering::Release);
-                wal.checkpoint()
+                let _ = wal.checkpoint();
             }
         }
     }
