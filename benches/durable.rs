@@ -87,11 +87,14 @@ const MODEL_FANOUT_SAMPLES: usize = 30;
 
 /// [`MODEL_FANOUT_SAMPLES`], or `FLOWC_MODEL_FANOUT_PAIRS` when set.
 fn model_fanout_pairs() -> usize {
-    std::env::var("FLOWC_MODEL_FANOUT_PAIRS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .filter(|&n: &usize| n >= 10)
-        .unwrap_or(MODEL_FANOUT_SAMPLES)
+    match std::env::var("FLOWC_MODEL_FANOUT_PAIRS") {
+        Ok(n) => n
+            .parse()
+            .ok()
+            .filter(|&n: &usize| n >= 10)
+            .expect("FLOWC_MODEL_FANOUT_PAIRS: a number of pairs, 10 or more"),
+        Err(_) => MODEL_FANOUT_SAMPLES,
+    }
 }
 
 /// What the durable run of a pair took beyond the in-memory one, over the
