@@ -14,7 +14,6 @@
 use std::rc::Rc;
 
 use futures_util::future::LocalBoxFuture;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use petgraph::graph::NodeIndex;
 use serde_json::Value;
@@ -23,6 +22,7 @@ use super::error::FailureClass;
 use super::error::Stop;
 use super::eval::{eval, render_template, render_with, EvalError, Scope};
 use super::frame::{step_path, CallOutcome, FlowCtx, Frame, FrameScope, PendingGate, RegionEnd};
+use super::in_flight::InFlight;
 use super::plan::Plan;
 use super::runtime::Runtime;
 use super::step_path::StepPath;
@@ -74,7 +74,7 @@ impl Runtime<'_> {
             }
             // Deterministic start order: graph order.
             ready.reverse();
-            let mut running: FuturesUnordered<Running<'s>> = FuturesUnordered::new();
+            let mut running: InFlight<Running<'s>> = InFlight::new();
             let mut end = RegionEnd::default();
             loop {
                 while let Some(n) = ready.pop() {
@@ -445,7 +445,7 @@ impl Runtime<'_> {
         let mut failed: Vec<(usize, Value)> = Vec::new();
         // An iteration waiting at a gate leaves the whole loop without a value.
         let mut waiting = false;
-        let mut running = FuturesUnordered::new();
+        let mut running = InFlight::new();
         let mut next = 0;
         let limit = parallel.max(1) as usize;
         loop {
@@ -543,6 +543,9 @@ impl Runtime<'_> {
         fell_back: bool,
         result: &Result<CallOutcome, Stop>,
     ) {
+        if !self.trace.records() {
+            return;
+        }
         let status = match result {
             Ok(CallOutcome::Value(_)) => "ok",
             Ok(CallOutcome::Skipped) => "skipped",

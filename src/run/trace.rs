@@ -21,6 +21,8 @@ pub struct Trace {
     started: Instant,
     next: AtomicU64,
     out: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+    /// Whether `out` is a file (it is from the start or never).
+    writes_file: bool,
     /// Values that must never appear in the trace.
     secrets: Vec<String>,
     /// Every event written, for evals and tests (unless `keep` is off).
@@ -88,6 +90,7 @@ impl Trace {
             // carry a per-process prefix so they never collide (and stay
             // below 2^53, exact in JSON readers).
             next: AtomicU64::new((u64::from(fastrand::u32(..1 << 20)) << 32) | 1),
+            writes_file: out.is_some(),
             out: Mutex::new(out),
             secrets,
             events: Mutex::default(),
@@ -154,8 +157,19 @@ impl Trace {
         }
     }
 
+    /// Whether an event written now goes anywhere: to the trace file, to
+    /// memory, to an observer or to an exporter. A run with none of them
+    /// (`flowc run --ephemeral`) has no use for its events, and a caller
+    /// need not gather their details.
+    pub fn records(&self) -> bool {
+        self.keep || self.writes_file || self.observer.is_some() || self.export.is_some()
+    }
+
     /// Closes a span with its outcome and details.
     pub fn end(&self, span: Span, status: &str, data: Map<String, Value>) {
+        if !self.records() {
+            return;
+        }
         let mut event = json!({
             "run": self.run_id,
             "id": span.id,
@@ -174,6 +188,9 @@ impl Trace {
 
     /// A point event under `parent`.
     pub fn event(&self, parent: Option<SpanId>, kind: &str, name: &str, data: Map<String, Value>) {
+        if !self.records() {
+            return;
+        }
         let mut event = json!({
             "run": self.run_id,
             "id": self.next.fetch_add(1, Ordering::Relaxed),

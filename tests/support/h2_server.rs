@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -24,7 +24,8 @@ use hyper_util::server::conn::auto;
 struct Seen {
     connections: AtomicUsize,
     versions: Mutex<Vec<Version>>,
-    arrivals: Mutex<Vec<Instant>>,
+    /// When each request arrived, on [`monotonic_ns`]'s clock.
+    arrivals: Mutex<Vec<u64>>,
 }
 
 pub struct H2Server {
@@ -69,7 +70,7 @@ impl H2Server {
                         tokio::spawn(async move {
                             let service = service_fn(move |req: Request<Incoming>| {
                                 seen.versions.lock().unwrap().push(req.version());
-                                seen.arrivals.lock().unwrap().push(Instant::now());
+                                seen.arrivals.lock().unwrap().push(monotonic_ns());
                                 async move {
                                     tokio::time::sleep(delay).await;
                                     Ok::<_, Infallible>(
@@ -117,18 +118,28 @@ impl H2Server {
         self.seen.connections.load(Ordering::SeqCst)
     }
 
-    /// The time from the first request's arrival to the last one's, and
-    /// how many arrived; the record is cleared.
-    pub fn take_spread(&self) -> (Duration, usize) {
-        let arrivals = std::mem::take(&mut *self.seen.arrivals.lock().unwrap());
-        match (arrivals.first(), arrivals.last()) {
-            (Some(first), Some(last)) => (*last - *first, arrivals.len()),
-            _ => (Duration::ZERO, 0),
-        }
+    /// When each request arrived, in arrival order, on [`monotonic_ns`]'s
+    /// clock; the record is cleared.
+    pub fn take_arrivals(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.seen.arrivals.lock().unwrap())
     }
 
     /// The version of every request received so far, in arrival order.
     pub fn versions(&self) -> Vec<Version> {
         self.seen.versions.lock().unwrap().clone()
     }
+}
+
+/// The machine's monotonic clock in nanoseconds: the same clock in every
+/// process, so a client process can say when it started and the server
+/// when each of its requests arrived.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock_gettime` only writes the `timespec` it is given.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } == 0;
+    assert!(ok, "the monotonic clock reads");
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

@@ -150,12 +150,16 @@ impl Runtime<'_> {
             match result {
                 Ok(v) => {
                     self.stats.borrow_mut().tool_calls_ok += 1;
-                    self.trace.end(span, "ok", fields! {"step": step_name, "attempt": attempt, "arguments": args, "result": v, "latency_ms": latency});
+                    if self.trace.records() {
+                        self.trace.end(span, "ok", fields! {"step": step_name, "attempt": attempt, "arguments": args, "result": v, "latency_ms": latency});
+                    }
                     return Ok(v);
                 }
                 Err(err) => {
                     self.stats.borrow_mut().tool_calls_failed += 1;
-                    self.trace.end(span, "error", fields! {"step": step_name, "attempt": attempt, "arguments": args, "error": err.to_string(), "class": err.class.as_str(), "latency_ms": latency});
+                    if self.trace.records() {
+                        self.trace.end(span, "error", fields! {"step": step_name, "attempt": attempt, "arguments": args, "error": err.to_string(), "class": err.class.as_str(), "latency_ms": latency});
+                    }
                     match retry_delay(policy.as_ref(), attempt, &err) {
                         Some(delay) => {
                             self.stats.borrow_mut().retries += 1;
