@@ -33,7 +33,7 @@
 //! `/proc/self/status` and their wall time when done; the server (one that
 //! speaks HTTP/1.1 and h2c, with a backlog for a thousand connections at
 //! once) runs in this process, so its memory is not counted. Medians of
-//! `RUNS` children, alternating kinds.
+//! `RUNS` children (or `FLOWC_MEMORY_RUNS`), alternating kinds.
 //!
 //! Where the bytes go: `FLOWC_MEMORY_SERVE=600` runs only the server and
 //! prints its `MOCK_URL` and `MOCK_ORIGIN`; with those set, run one child
@@ -62,6 +62,17 @@ use h2_server::H2Server;
 const WIDTH: usize = 1_000;
 const LATENCY_MS: u64 = 500;
 const RUNS: usize = 5;
+
+/// How many children each figure is the median of.
+fn runs() -> usize {
+    match std::env::var("FLOWC_MEMORY_RUNS") {
+        Ok(n) => match n.parse() {
+            Ok(n) if n > 0 => n,
+            _ => panic!("FLOWC_MEMORY_RUNS is a number of children above 0, not {n:?}"),
+        },
+        Err(_) => RUNS,
+    }
+}
 const HTTP1_TARGET_KIB: f64 = 27.6;
 const HTTP2_TARGET_KIB: f64 = 12.0;
 const DISPATCH_TARGET_MS: f64 = 15.0;
@@ -297,7 +308,8 @@ fn main() {
             samples.push((kind, width, Vec::new()));
         }
     }
-    for _ in 0..RUNS {
+    let runs = runs();
+    for _ in 0..runs {
         for (kind, width, runs) in &mut samples {
             runs.push(measure(&server, *kind, *width));
         }
@@ -322,7 +334,7 @@ fn main() {
     let wall = |s: &Sample| Some(s.wall_ms);
     let last_arrival = |s: &Sample| s.last_arrival_ms;
     println!(
-        "memory/fanout: peak resident set, {WIDTH} branches in flight ({LATENCY_MS} ms each) against one; medians of {RUNS} processes"
+        "memory/fanout: peak resident set, {WIDTH} branches in flight ({LATENCY_MS} ms each) against one; medians of {runs} processes"
     );
     for kind in KINDS {
         let peak = |s: &Sample| Some(s.peak_kib as f64);

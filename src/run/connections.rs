@@ -91,12 +91,42 @@ struct OriginConnections {
     origin: Origin,
     /// Idle HTTP/1.1 connections, the most recently used last.
     idle: Mutex<Vec<(Http1Connection, Instant)>>,
-    /// The origin's HTTP/2 connection. Locked across connecting, so calls
-    /// that arrive meanwhile wait for it rather than open their own.
-    h2: tokio::sync::Mutex<Option<Sender2>>,
+    /// The origin's HTTP/2 connection. Calls that find it connecting wait
+    /// for `h2_settled` rather than open their own.
+    h2: Mutex<H2Slot>,
+    /// Woken when a connect of `h2` ends, whichever way.
+    h2_settled: tokio::sync::Notify,
     /// TLS agreed HTTP/1.1 with this origin: later calls skip the HTTP/2
     /// slot and connect in parallel.
     h1_only: AtomicBool,
+}
+
+/// Where an origin's HTTP/2 connection is.
+enum H2Slot {
+    /// None yet, or the last one ended, failed or was cancelled.
+    Empty,
+    /// A call is connecting for every call of the origin.
+    Connecting,
+    Live(Sender2),
+}
+
+/// The slot's end of a connect, however it ends (cancelled included): the
+/// connection made, or an empty slot for the next call to try; and the
+/// calls that waited woken.
+struct Settling<'a> {
+    conns: &'a OriginConnections,
+    made: Option<Sender2>,
+}
+
+impl Drop for Settling<'_> {
+    fn drop(&mut self) {
+        let slot = match self.made.take() {
+            Some(made) => H2Slot::Live(made),
+            None => H2Slot::Empty,
+        };
+        *self.conns.h2.lock().unwrap_or_else(|p| p.into_inner()) = slot;
+        self.conns.h2_settled.notify_waiters();
+    }
 }
 
 /// A connection ready for one request.
@@ -193,7 +223,8 @@ impl Connections {
         let made = Arc::new(OriginConnections {
             origin,
             idle: Mutex::new(Vec::new()),
-            h2: tokio::sync::Mutex::new(None),
+            h2: Mutex::new(H2Slot::Empty),
+            h2_settled: tokio::sync::Notify::new(),
             h1_only: AtomicBool::new(false),
         });
         origins.push(made.clone());
@@ -248,17 +279,30 @@ impl Connections {
     ) -> Result<(Sender, bool), SendError> {
         let origin = &conns.origin;
         let prior_knowledge = !origin.tls && self.h2c.contains(origin);
-        if prior_knowledge || (origin.tls && !conns.h1_only.load(Ordering::Relaxed)) {
-            let mut slot = conns.h2.lock().await;
-            if let Some(live) = slot.as_mut() {
-                if is_open(live) {
-                    return Ok((Sender::H2(live.clone()), false));
+        while prior_knowledge || (origin.tls && !conns.h1_only.load(Ordering::Relaxed)) {
+            // Made before the slot is read: a connect that ends in between
+            // still completes it (`notify_waiters` reaches every `Notified`
+            // made before the call).
+            let settled = conns.h2_settled.notified();
+            let connect = {
+                let mut slot = conns.h2.lock().unwrap_or_else(|p| p.into_inner());
+                if let H2Slot::Live(live) = &mut *slot {
+                    if is_open(live) {
+                        return Ok((Sender::H2(live.clone()), false));
+                    }
                 }
+                let connecting = matches!(*slot, H2Slot::Connecting);
+                *slot = H2Slot::Connecting;
+                !connecting
+            };
+            if !connect {
+                settled.await;
+                continue;
             }
-            *slot = None;
+            let mut settling = Settling { conns, made: None };
             return match Box::pin(self.connect(origin, prior_knowledge)).await? {
                 Sender::H2(made) => {
-                    *slot = Some(made.clone());
+                    settling.made = Some(made.clone());
                     Ok((Sender::H2(made), false))
                 }
                 Sender::H1(made) => {
