@@ -655,3 +655,63 @@ fn tls_connector() -> Result<tokio_rustls::TlsConnector, rustls::Error> {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback origin whose connects hang: a listener with a backlog of
+    /// none that never accepts, its one queue place taken, so the kernel
+    /// drops the next connection's SYN. Returned with what must stay alive.
+    async fn unreachable() -> (Url, tokio::net::TcpListener, TcpStream) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.bind("127.0.0.1:0".parse().unwrap()).expect("binds");
+        let listener = socket.listen(0).expect("listens");
+        let addr = listener.local_addr().expect("an address");
+        let queued = TcpStream::connect(addr)
+            .await
+            .expect("the one queued connection");
+        let url = Url::parse(&format!("http://{addr}/ping")).expect("a URL");
+        (url, listener, queued)
+    }
+
+    #[test]
+    fn a_cancelled_http2_connect_leaves_the_slot_to_the_next_call() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let (url, _listener, _queued) = unreachable().await;
+            let origin = Origin::of(&url).expect("an origin");
+            let connections = Connections::new(Arc::from([origin]));
+            let call = || {
+                connections.exchange(
+                    Method::GET,
+                    url.clone(),
+                    HeaderMap::new(),
+                    Bytes::new(),
+                    1024,
+                )
+            };
+            // The first call connects and is cancelled (a timeout) while it
+            // does; the second had found it connecting and waits for it.
+            let first = tokio::time::timeout(Duration::from_millis(200), call());
+            let second = tokio::time::timeout(Duration::from_millis(600), call());
+            let (first, second) = tokio::join!(first, second);
+            assert!(
+                first.is_err(),
+                "the connect hangs, and the call is cancelled"
+            );
+            assert!(
+                second.is_err(),
+                "the second call connects in turn, and hangs too"
+            );
+            let conns = connections.origin(&url).expect("the origin's connections");
+            assert!(
+                matches!(*conns.h2.lock().unwrap(), H2Slot::Empty),
+                "no connect left in the slot"
+            );
+        });
+    }
+}
