@@ -159,8 +159,9 @@ impl Trace {
 
     /// Whether an event written now goes anywhere: to the trace file, to
     /// memory, to an observer or to an exporter. A run with none of them
-    /// (`flowc run --ephemeral`) has no use for its events, and a caller
-    /// need not gather their details.
+    /// (`flowc run --ephemeral` with no spinner on stderr, `--quiet` or not
+    /// a terminal) has no use for its events, and a caller need not gather
+    /// their details.
     pub fn records(&self) -> bool {
         self.keep || self.writes_file || self.observer.is_some() || self.export.is_some()
     }
