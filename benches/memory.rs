@@ -62,6 +62,9 @@ use h2_server::H2Server;
 const WIDTH: usize = 1_000;
 const LATENCY_MS: u64 = 500;
 const RUNS: usize = 5;
+const HTTP1_TARGET_KIB: f64 = 27.6;
+const HTTP2_TARGET_KIB: f64 = 12.0;
+const DISPATCH_TARGET_MS: f64 = 15.0;
 
 /// How many children each figure is the median of.
 fn runs() -> usize {
@@ -73,9 +76,6 @@ fn runs() -> usize {
         Err(_) => RUNS,
     }
 }
-const HTTP1_TARGET_KIB: f64 = 27.6;
-const HTTP2_TARGET_KIB: f64 = 12.0;
-const DISPATCH_TARGET_MS: f64 = 15.0;
 
 /// What one child process runs.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -161,24 +161,13 @@ mod tests {
     #[test]
     fn a_wake_up_from_outside_a_poll_reaches_the_task() {
         let count = Arc::new(Count(AtomicUsize::new(0)));
-        let (tx, rx) = futures_channel_like();
+        let (tx, rx) = tokio::sync::oneshot::channel::<u8>();
         let mut set: InFlight<LocalBoxFuture<'_, u8>> = InFlight::new();
-        set.push(rx.boxed_local());
+        set.push(rx.map(|r| r.expect("sent")).boxed_local());
         assert!(polled(&mut set, &count).is_pending());
-        tx(7);
+        tx.send(7).expect("the receiver waits");
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert_eq!(polled(&mut set, &count), Poll::Ready(Some(7)));
         assert_eq!(polled(&mut set, &count), Poll::Ready(None));
-    }
-
-    /// A one-shot channel from tokio: its receiver waits until `send`.
-    fn futures_channel_like() -> (impl FnOnce(u8), impl Future<Output = u8>) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        (
-            move |v| {
-                let _ = tx.send(v);
-            },
-            rx.map(|r| r.expect("sent")),
-        )
     }
 }
