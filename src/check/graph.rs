@@ -1,7 +1,7 @@
 //! G001: steps that depend on each other in a circle. G002: flows that call
 //! each other recursively.
 
-use petgraph::algo::{tarjan_scc, TarjanScc};
+use petgraph::algo::kosaraju_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::code::Code;
@@ -11,56 +11,111 @@ use crate::ir::{CallTarget, Program};
 use super::calls;
 
 /// Reports cycles; returns, per flow, its steps in topological order when
-/// its graph is acyclic. Tarjan's algorithm finds the strongly connected
-/// components in reverse topological order, and in an acyclic graph each is
-/// one step, so the order the later passes need comes with the search.
+/// its graph is acyclic.
 pub(super) fn cycles(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<Option<Vec<NodeIndex>>> {
     let mut orders = Vec::with_capacity(program.flows.len());
     for flow in &program.flows {
-        let mut ok = true;
-        let mut order = Vec::with_capacity(flow.graph.node_count());
-        // Each component seen in place: `tarjan_scc` would allocate a list
-        // for every step of an acyclic graph.
-        TarjanScc::new().run(&flow.graph, |scc| {
-            let self_loop = scc.len() == 1 && flow.graph.contains_edge(scc[0], scc[0]);
-            if scc.len() < 2 && !self_loop {
-                order.extend_from_slice(scc);
-                return;
-            }
-            ok = false;
-            // Name the steps in source order, so the message is stable.
-            let mut steps: Vec<NodeIndex> = scc.to_vec();
-            steps.sort_by_key(|n| flow.graph[*n].span);
-            let named: Vec<NodeIndex> = steps
-                .iter()
-                .copied()
-                .filter(|n| flow.graph[*n].named)
-                .collect();
-            let shown = if named.is_empty() { &steps } else { &named };
-            let first = shown[0];
-            let circle: Vec<String> = shown.iter().map(|n| flow.graph[*n].display()).collect();
-            let mut d = Diagnostic::new(
-                Code::Cycle,
-                flow.graph[first].span,
-                if shown.len() == 1 {
-                    format!("{} depends on its own value", flow.graph[first].display())
-                } else {
-                    format!("{} depend on each other in a circle", and_list(&circle))
-                },
-            )
-            .label("part of the cycle")
-            .help("a flow is a graph without cycles: break the circle by computing one of these values from earlier steps");
-            for n in shown.iter().skip(1) {
-                d = d.with(flow.graph[*n].span, "also in the cycle");
-            }
-            out.push(d);
-        });
-        orders.push(ok.then(|| {
-            order.reverse();
-            order
-        }));
+        let order = topological_order(&flow.graph);
+        if order.is_none() {
+            report_cycles(flow, out);
+        }
+        orders.push(order);
     }
     orders
+}
+
+/// The steps of `graph` in topological order, or `None` when it has a
+/// cycle: a depth-first search that keeps its path in a vector, not on the
+/// call stack, so a chain of any length cannot overflow the stack (petgraph's
+/// Tarjan recurses once per step, and a chain of 20,000 steps overflowed the
+/// main thread's 8 MiB). The order is the reverse of the order in which the
+/// search finishes the steps, starting from each step in index order.
+fn topological_order<N, E>(graph: &DiGraph<N, E>) -> Option<Vec<NodeIndex>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let mut mark = vec![Mark::New; graph.node_count()];
+    let mut finished = Vec::with_capacity(graph.node_count());
+    let mut path = Vec::new();
+    for root in graph.node_indices() {
+        if mark[root.index()] != Mark::New {
+            continue;
+        }
+        mark[root.index()] = Mark::OnPath;
+        path.push((root, graph.neighbors(root)));
+        while let Some((node, next)) = path.last_mut() {
+            match next.next() {
+                Some(w) => match mark[w.index()] {
+                    // An edge back to a step on the path closes a circle.
+                    Mark::OnPath => return None,
+                    Mark::Done => {}
+                    Mark::New => {
+                        mark[w.index()] = Mark::OnPath;
+                        path.push((w, graph.neighbors(w)));
+                    }
+                },
+                None => {
+                    mark[node.index()] = Mark::Done;
+                    finished.push(*node);
+                    path.pop();
+                }
+            }
+        }
+    }
+    finished.reverse();
+    Some(finished)
+}
+
+/// How many steps of a circle G001's message names; its labels point at
+/// every one.
+const NAMED_IN_MESSAGE: usize = 10;
+
+/// One G001 per circle of a flow that has one. Kosaraju's search, unlike
+/// Tarjan's in petgraph, keeps its stack on the heap.
+fn report_cycles(flow: &crate::ir::Flow, out: &mut Vec<Diagnostic>) {
+    for scc in kosaraju_scc(&flow.graph) {
+        let self_loop = scc.len() == 1 && flow.graph.contains_edge(scc[0], scc[0]);
+        if scc.len() < 2 && !self_loop {
+            continue;
+        }
+        // Name the steps in source order, so the message is stable.
+        let mut steps = scc;
+        steps.sort_by_key(|n| flow.graph[*n].span);
+        let named: Vec<NodeIndex> = steps
+            .iter()
+            .copied()
+            .filter(|n| flow.graph[*n].named)
+            .collect();
+        let shown = if named.is_empty() { &steps } else { &named };
+        let first = shown[0];
+        let circle: Vec<String> = shown
+            .iter()
+            .take(NAMED_IN_MESSAGE)
+            .map(|n| flow.graph[*n].display())
+            .collect();
+        let circle = match shown.len() - circle.len() {
+            0 => and_list(&circle),
+            more => format!("{}, … and {more} more steps", circle.join(", ")),
+        };
+        let mut d = Diagnostic::new(
+            Code::Cycle,
+            flow.graph[first].span,
+            if shown.len() == 1 {
+                format!("{} depends on its own value", flow.graph[first].display())
+            } else {
+                format!("{circle} depend on each other in a circle")
+            },
+        )
+        .label("part of the cycle")
+        .help("a flow is a graph without cycles: break the circle by computing one of these values from earlier steps");
+        for n in shown.iter().skip(1) {
+            d = d.with(flow.graph[*n].span, "also in the cycle");
+        }
+        out.push(d);
+    }
 }
 
 /// "`a`", "`a` and `b`", "`a`, `b` and `c`".
@@ -85,7 +140,7 @@ pub(super) fn recursion(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<boo
             }
         }
     }
-    for scc in tarjan_scc(&g) {
+    for scc in kosaraju_scc(&g) {
         let self_loop = scc.len() == 1 && g.contains_edge(scc[0], scc[0]);
         if scc.len() < 2 && !self_loop {
             continue;
@@ -145,8 +200,7 @@ mod tests {
     }
 
     /// The later passes read each flow's steps in this order and need every
-    /// step after the steps it depends on: the order rests on petgraph's
-    /// Tarjan emitting components in reverse topological order.
+    /// step after the steps it depends on.
     #[test]
     fn an_acyclic_flows_order_puts_each_step_after_its_dependencies() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -184,5 +238,23 @@ mod tests {
         let mut found = Vec::new();
         assert!(cycles(&cyclic, &mut found).iter().any(Option::is_none));
         assert!(!found.is_empty());
+    }
+
+    /// A test thread's stack is 2 MiB: a search that recursed once per
+    /// step would overflow it long before the end of these chains.
+    #[test]
+    fn a_chain_of_any_length_is_ordered_and_its_cycle_found_without_recursion() {
+        let mut g: DiGraph<(), ()> = DiGraph::new();
+        let nodes: Vec<NodeIndex> = (0..200_000).map(|_| g.add_node(())).collect();
+        // Edges from each step to the one before it: the search starts at
+        // the last step to be run and walks the whole chain in one path.
+        for w in nodes.windows(2) {
+            g.add_edge(w[1], w[0], ());
+        }
+        let order = topological_order(&g).expect("a chain is acyclic");
+        assert_eq!(order.first(), Some(&nodes[199_999]));
+        assert_eq!(order.last(), Some(&nodes[0]));
+        g.add_edge(nodes[0], nodes[199_999], ());
+        assert_eq!(topological_order(&g), None);
     }
 }
