@@ -234,6 +234,62 @@ fn chains_at_the_depth_limit_check_clean_in_every_command() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A flow of `steps` steps, each a call that reads or waits for its
+/// neighbour: written in order (each reads the step before it), in reverse
+/// (each reads the step after it, so lowering meets every read before the
+/// step it names), in reverse by `after`, or closed into one circle.
+fn step_chain(order: &str, steps: usize) -> String {
+    let mut out = String::from(
+        "tool t(x: string) -> string { http GET \"http://127.0.0.1:1/{x}\" effect read timeout 5s }\n\
+         flow f(a: string) -> string {\n  budget { steps 100000, tool_calls 100000, wall 1h }\n",
+    );
+    let last = steps - 1;
+    for i in 0..steps {
+        let line = match order {
+            "forward" if i == 0 => "  let s0 = t(x: a)\n".to_string(),
+            "forward" => format!("  let s{i} = t(x: s{})\n", i - 1),
+            "reverse" | "after" | "circle" if i < last => match order {
+                "after" => format!("  let s{i} = t(x: a) after s{}\n", i + 1),
+                _ => format!("  let s{i} = t(x: s{})\n", i + 1),
+            },
+            "circle" => format!("  let s{i} = t(x: s0)\n"),
+            _ => format!("  let s{i} = t(x: a)\n"),
+        };
+        out.push_str(&line);
+    }
+    let result = if order == "forward" { last } else { 0 };
+    out.push_str(&format!("  return s{result}\n}}\n"));
+    out
+}
+
+/// Long flows go through every command without exhausting the stack:
+/// ordering the steps, lowering a step that reads a later one, and a circle
+/// as long as the flow, whose one G001 names a few of its steps and counts
+/// the rest.
+#[test]
+fn twenty_thousand_step_chains_in_any_order_check_in_every_command() {
+    let dir = scratch("steps");
+    let file = dir.join("steps.flow");
+    for order in ["forward", "reverse", "after", "circle"] {
+        std::fs::write(&file, step_chain(order, 20_000)).expect("write");
+        for args in [&["check"][..], &["graph"], &["schema"]] {
+            let (code, stderr) = run_flowc(args, &file);
+            if order == "circle" {
+                assert_eq!(code, 1, "flowc {args:?} {order}: {stderr}");
+                assert_eq!(stderr.matches("error[G001]").count(), 1, "{stderr}");
+                // miette wraps the message; its start stays on one line.
+                assert!(
+                    stderr.contains("`s9`, … and 19990 more steps depend on"),
+                    "{stderr}"
+                );
+            } else {
+                assert_eq!(code, 0, "flowc {args:?} {order}: {stderr}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The compiler in this process, on a thread with the main thread's stack
 /// (test threads get 2 MiB; the deepest expression allowed needs more in a
 /// debug build).

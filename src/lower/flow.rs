@@ -71,6 +71,12 @@ struct FlowBuilder<'a> {
 }
 
 /// An empty table with room for `capacity` entries.
+/// The stack [`FlowBuilder::define`] keeps free for one level of its
+/// recursion (a definition, its expressions and the calls in them), with a
+/// wide margin; and the size of each stack segment it adds when less is left.
+const DEFINE_RED_ZONE: usize = 128 << 10;
+const DEFINE_STACK_SEGMENT: usize = 4 << 20;
+
 fn map_with_capacity<K, V>(capacity: usize) -> HashMap<K, V> {
     HashMap::with_capacity_and_hasher(capacity, Default::default())
 }
@@ -307,10 +313,21 @@ impl<'a> FlowBuilder<'a> {
     }
 
     /// Defines a declared binding (once), in the scope it was declared in.
+    /// A step that reads a step declared after it defines that one first,
+    /// and so on down a chain as long as the flow: each level takes a few
+    /// KiB of stack, so a chain of some thousands of steps written in reverse
+    /// would overflow the thread's stack. Past [`DEFINE_RED_ZONE`] the
+    /// definition goes on in a stack segment of its own, on the heap.
     fn define(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex) {
         if self.state.get(&node) != Some(&State::Pending) {
             return;
         }
+        stacker::maybe_grow(DEFINE_RED_ZONE, DEFINE_STACK_SEGMENT, || {
+            self.define_pending(cx, node)
+        });
+    }
+
+    fn define_pending(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex) {
         let Some(&(pending, region, depth)) = self.pending.get(&node) else {
             return;
         };
