@@ -355,6 +355,29 @@ pub struct Flow {
     /// typed, validated, retried and budgeted like any `llm` step); not a
     /// flow the user can run by name.
     pub judge: bool,
+    /// The strongest effect running the flow may have: its own calls', and
+    /// those of the flows it calls, however deep (`lower/effects.rs`, once
+    /// every flow is lowered).
+    pub effect: Effect,
+}
+
+impl Flow {
+    /// Every call the flow's steps make (a step's call and its fallback's),
+    /// with the step.
+    pub fn calls(&self) -> impl Iterator<Item = (NodeIndex, CallTarget)> + '_ {
+        self.graph.node_indices().flat_map(move |n| {
+            let step = &self.graph[n];
+            let main = match &step.kind {
+                StepKind::Call { target, .. } => Some((n, *target)),
+                _ => None,
+            };
+            let fallback = match step.fallback.as_deref() {
+                Some(Fallback::Call(target, _, _)) => Some((n, *target)),
+                _ => None,
+            };
+            main.into_iter().chain(fallback)
+        })
+    }
 }
 
 /// Where an `after` clause naming one more step goes in a `let`.

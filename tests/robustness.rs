@@ -290,6 +290,73 @@ fn twenty_thousand_step_chains_in_any_order_check_in_every_command() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `flows` flows that pass a value along a chain of calls, with the
+/// declarations of `fetch` (read: its result is untrusted) and `send`
+/// (irreversible). `inward`: a fetched page goes into `f0`, which passes it
+/// down to the last flow, which sends it. Otherwise each flow returns what
+/// the one before it returned, the first one a fetched page, and `main`
+/// sends what the last one returns.
+fn flow_chain(flows: usize, inward: bool) -> String {
+    let mut out = String::from(
+        "tool fetch(x: string) -> string { http GET \"http://127.0.0.1:1/{x}\" effect read timeout 5s }\n\
+         tool send(x: string) -> string { http POST \"http://127.0.0.1:1/{x}\" effect irreversible timeout 5s }\n",
+    );
+    let flow = |name: String, body: String| {
+        format!("flow {name}(a: string) -> string {{\n  budget {{ steps 100000, tool_calls 100000, wall 1h }}\n{body}  return s\n}}\n")
+    };
+    let last = flows - 1;
+    for i in 0..flows {
+        let body = match (inward, i) {
+            (true, 0) => "  let page = fetch(x: a)\n  let s = f1(a: page)\n".to_string(),
+            (true, i) if i == last => "  let s = send(x: a)\n".to_string(),
+            (true, i) => format!("  let s = f{}(a: a)\n", i + 1),
+            (false, 0) => "  let s = fetch(x: a)\n".to_string(),
+            (false, i) => format!("  let s = f{}(a: a)\n", i - 1),
+        };
+        out.push_str(&flow(format!("f{i}"), body));
+    }
+    if !inward {
+        let body = format!("  let v = f{last}(a: a)\n  let s = send(x: v)\n");
+        out.push_str(&flow("main".into(), body));
+    }
+    out
+}
+
+/// The passes that follow values and effects through sub-flows reach the
+/// end of a chain of 20,000 flows, in either direction, and report there
+/// what they report at the end of a short one. They used to stop at 32
+/// calls deep (past which a fetched page passed down reached `send`
+/// unreported), recurse once per call (the cost pass overflowed the
+/// stack), and lengthen the path they carried at every call (20,000 flows
+/// took 24 GB before the kernel killed the check).
+#[test]
+fn a_chain_of_twenty_thousand_flows_is_followed_to_its_end() {
+    let dir = scratch("flows");
+    let file = dir.join("flows.flow");
+    for inward in [true, false] {
+        std::fs::write(&file, flow_chain(20_000, inward)).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowc"))
+            .args(["check", "--format", "short"])
+            .arg(&file)
+            .output()
+            .expect("flowc runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        let reported: Vec<&str> = stdout.lines().filter(|l| l.contains("error[")).collect();
+        let untrusted = if inward {
+            "error[A002]: untrusted content reaches argument `a` of flow `f1`, and no gate before it shows that content"
+        } else {
+            "error[A002]: untrusted content reaches argument `x` of `send`, which is irreversible, and no gate before it shows that content"
+        };
+        let ungated =
+            "error[A001]: `s` calls `send`, which is irreversible, and can run without an approval";
+        assert_eq!(reported.len(), 2, "{stdout}");
+        assert!(reported.iter().any(|l| l.ends_with(untrusted)), "{stdout}");
+        assert!(reported.iter().any(|l| l.ends_with(ungated)), "{stdout}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The compiler in this process, on a thread with the main thread's stack
 /// (test threads get 2 MiB; the deepest expression allowed needs more in a
 /// debug build).

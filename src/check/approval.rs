@@ -234,40 +234,22 @@ pub(super) fn guards(flow: &Flow, order: &[NodeIndex], output_gated: &[bool]) ->
 
 /// Per flow, whether its result is released by one of its own gates (or a
 /// sub-flow's): then a call of it guards what its caller does with it.
-pub(super) fn gated_outputs(program: &Program, orders: &[Option<Vec<NodeIndex>>]) -> Vec<bool> {
-    let mut memo: Vec<Option<bool>> = vec![None; program.flows.len()];
-    for i in 0..program.flows.len() {
-        gated_output(program, i, orders, &mut memo, 0);
-    }
-    memo.into_iter().map(|v| v.unwrap_or(false)).collect()
-}
-
-fn gated_output(
+pub(super) fn gated_outputs(
     program: &Program,
-    i: usize,
     orders: &[Option<Vec<NodeIndex>>],
-    memo: &mut Vec<Option<bool>>,
-    depth: u32,
-) -> bool {
-    if let Some(v) = memo[i] {
-        return v;
+    callees_first: &[usize],
+) -> Vec<bool> {
+    // Callees first: a call site reads its callee's answer, already made.
+    // A flow in a recursive circle (G002) or with a cycle (G001) is not
+    // gated, and neither is one it calls before its answer is made.
+    let mut gated = vec![false; program.flows.len()];
+    for &i in callees_first {
+        let flow = &program.flows[i];
+        gated[i] = match (&orders[i], flow.output_step) {
+            (Some(order), Some(out)) => guards(flow, order, &gated).of[out.index()] != 0,
+            _ => false,
+        };
     }
-    // Recursion (G002) and cycles are reported elsewhere: not gated.
-    memo[i] = Some(false);
-    let Some(order) = orders[i].as_deref().filter(|_| depth <= 32) else {
-        return false;
-    };
-    let flow = &program.flows[i];
-    for (_, target) in super::calls(flow) {
-        if let CallTarget::Flow(f) = target {
-            gated_output(program, f.index(), orders, memo, depth + 1);
-        }
-    }
-    let known: Vec<bool> = memo.iter().map(|v| v.unwrap_or(false)).collect();
-    let gated = flow
-        .output_step
-        .is_some_and(|out| guards(flow, order, &known).of[out.index()] != 0);
-    memo[i] = Some(gated);
     gated
 }
 

@@ -128,19 +128,27 @@ impl Worst {
 }
 
 /// `analyzable[i]`: flow `i` has an acyclic graph and is not recursive.
-pub(super) fn check(program: &Program, analyzable: &[bool], out: &mut Vec<Diagnostic>) {
+/// `callees_first`: every flow after the flows it calls
+/// ([`super::graph::callees_first`]).
+pub(super) fn check(
+    program: &Program,
+    analyzable: &[bool],
+    callees_first: &[usize],
+    out: &mut Vec<Diagnostic>,
+) {
     let mut memo: Vec<Option<Worst>> = vec![None; program.flows.len()];
+    // Each flow's worst case after its callees': a call reads the callee's
+    // from the memo, so no chain of flow calls, however long, recurses.
+    for &i in callees_first {
+        flow_worst(program, i, analyzable, &mut memo, out, Terms::Skip);
+    }
     for (i, flow) in program.flows.iter().enumerate() {
         if !analyzable[i] {
             continue;
         }
         let worst = flow_worst(program, i, analyzable, &mut memo, out, Terms::Skip);
         if let Some(budget) = &flow.budget {
-            let explain = || {
-                explained(program, |memo, out| {
-                    flow_worst(program, i, analyzable, memo, out, Terms::Build)
-                })
-            };
+            let explain = || explained(program, i, analyzable, &mut memo);
             compare(
                 &format!("flow `{}`", flow.name),
                 budget,
@@ -186,14 +194,19 @@ pub(super) fn check(program: &Program, analyzable: &[bool], out: &mut Vec<Diagno
         }
         let rows = eval.rows.len();
         let eval_worst = |memo: &mut Vec<Option<Worst>>, out: &mut Vec<Diagnostic>, terms| {
-            let mut row = flow_worst(program, flow.index(), analyzable, memo, out, terms);
+            let one =
+                |j: usize, memo: &mut Vec<Option<Worst>>, out: &mut Vec<Diagnostic>| match terms {
+                    Terms::Skip => flow_worst(program, j, analyzable, memo, out, terms),
+                    Terms::Build => explained(program, j, analyzable, memo),
+                };
+            let mut row = one(flow.index(), memo, out);
             for &j in &judges {
-                row.add(flow_worst(program, j, analyzable, memo, out, terms));
+                row.add(one(j, memo, out));
             }
             row.times(rows as f64, || format!("{rows} rows"))
         };
         let worst = eval_worst(&mut memo, out, Terms::Skip);
-        let explain = || explained(program, |memo, out| eval_worst(memo, out, Terms::Build));
+        let explain = || eval_worst(&mut memo, &mut Vec::new(), Terms::Build);
         compare(
             &format!("eval {:?}", eval.name),
             budget,
@@ -211,16 +224,23 @@ pub(super) fn check(program: &Program, analyzable: &[bool], out: &mut Vec<Diagno
     }
 }
 
-/// A worst case computed again with its terms: with a memo of its own (the
-/// first pass's has none) and its diagnostics dropped (the first pass
-/// reported them).
+/// Flow `i`'s worst case computed again, with its terms, for a budget it
+/// breaks: its callees' come from `memo` (a call is one term whatever the
+/// callee's own terms), and its diagnostics are dropped (the first pass
+/// reported them). `memo[i]` keeps the figures without the terms.
 fn explained(
     program: &Program,
-    worst: impl FnOnce(&mut Vec<Option<Worst>>, &mut Vec<Diagnostic>) -> Worst,
+    i: usize,
+    analyzable: &[bool],
+    memo: &mut Vec<Option<Worst>>,
 ) -> Worst {
-    worst(&mut vec![None; program.flows.len()], &mut Vec::new())
+    if !analyzable[i] {
+        return Worst::default();
+    }
+    flow_cost(program, i, analyzable, memo, &mut Vec::new(), Terms::Build)
 }
 
+/// Flow `i`'s worst case, from `memo` or computed once into it.
 fn flow_worst(
     program: &Program,
     i: usize,
@@ -235,6 +255,21 @@ fn flow_worst(
     if !analyzable[i] {
         return Worst::default();
     }
+    let w = flow_cost(program, i, analyzable, memo, out, terms);
+    memo[i] = Some(w.clone());
+    w
+}
+
+/// Adds up flow `i`'s steps; a flow it calls is looked up, or computed, in
+/// `memo`.
+fn flow_cost(
+    program: &Program,
+    i: usize,
+    analyzable: &[bool],
+    memo: &mut Vec<Option<Worst>>,
+    out: &mut Vec<Diagnostic>,
+    terms: Terms,
+) -> Worst {
     let flow = &program.flows[i];
     let mut members: Vec<Vec<NodeIndex>> = vec![Vec::new(); flow.regions.len()];
     for n in flow.graph.node_indices() {
@@ -249,9 +284,7 @@ fn flow_worst(
         out,
         terms,
     };
-    let w = cx.region(RegionId(0));
-    cx.memo[i] = Some(w.clone());
-    w
+    cx.region(RegionId(0))
 }
 
 struct FlowCost<'a, 'o> {
@@ -391,13 +424,14 @@ impl FlowCost<'_, '_> {
                 agent_worst(program, &program.agents[a.index()], span, &who, self.terms)
             }
             CallTarget::Flow(f) => {
+                // The callee's figures, without its terms: a call is one term.
                 let mut w = flow_worst(
                     program,
                     f.index(),
                     self.analyzable,
                     self.memo,
                     self.out,
-                    self.terms,
+                    Terms::Skip,
                 );
                 // The callee's own terms stay in its B004: here it is one term.
                 w.terms.clear();

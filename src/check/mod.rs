@@ -20,7 +20,7 @@ mod secrets;
 mod taint;
 
 use crate::diagnostic::{Diagnostic, Problems};
-use crate::ir::{CallTarget, Flow, FlowId, Program, StepKind};
+use crate::ir::{CallTarget, Flow, FlowId, Program};
 use crate::source::Sources;
 
 pub use seal::{DEFAULT_AGENT_TURN_RETRIES, DEFAULT_AGENT_TURN_TIMEOUT, DEFAULT_LLM_TIMEOUT};
@@ -102,7 +102,8 @@ fn passes(program: &Program, sources: &Sources, problems: &mut Problems) -> bool
     secrets::check(program, &mut found);
     dead::check(program, &mut found);
     // The graph passes below need acyclic step graphs.
-    let output_gated = approval::gated_outputs(program, &orders);
+    let callees_first = graph::callees_first(program);
+    let output_gated = approval::gated_outputs(program, &orders, &callees_first);
     for (i, flow) in program.flows.iter().enumerate() {
         let Some(order) = &orders[i] else {
             continue;
@@ -115,9 +116,16 @@ fn passes(program: &Program, sources: &Sources, problems: &mut Problems) -> bool
         .zip(&recursive)
         .map(|(o, r)| o.is_some() && !*r)
         .collect();
-    cost::check(program, &analyzable, &mut found);
+    cost::check(program, &analyzable, &callees_first, &mut found);
     context::check(program, &mut found);
-    taint::check(program, &analyzable, &orders, &output_gated, &mut found);
+    taint::check(
+        program,
+        &analyzable,
+        &callees_first,
+        &orders,
+        &output_gated,
+        &mut found,
+    );
     // The standard library is checked by flowc's own tests; users see only
     // problems in their files.
     problems.extend(
@@ -132,18 +140,7 @@ fn passes(program: &Program, sources: &Sources, problems: &mut Problems) -> bool
 pub(crate) fn calls(
     flow: &Flow,
 ) -> impl Iterator<Item = (petgraph::graph::NodeIndex, CallTarget)> + '_ {
-    flow.graph.node_indices().flat_map(move |n| {
-        let step = &flow.graph[n];
-        let main = match &step.kind {
-            StepKind::Call { target, .. } => Some((n, *target)),
-            _ => None,
-        };
-        let fallback = match step.fallback.as_deref() {
-            Some(crate::ir::Fallback::Call(target, _, _)) => Some((n, *target)),
-            _ => None,
-        };
-        main.into_iter().chain(fallback)
-    })
+    flow.calls()
 }
 
 /// Whether `n`, or a loop or branch that encloses it, lost an `after` to a
@@ -175,19 +172,9 @@ pub(crate) fn after_dropped(flow: &Flow, n: petgraph::graph::NodeIndex) -> bool 
 
 /// The strongest effect calling `target` may have.
 pub(crate) fn effect_of(program: &Program, target: CallTarget) -> crate::ast::Effect {
-    effect_at_depth(program, target, 0)
-}
-
-fn effect_at_depth(program: &Program, target: CallTarget, depth: u32) -> crate::ast::Effect {
-    use crate::ast::Effect;
     match target {
         CallTarget::Tool(t) => program.tools[t.index()].effect,
         CallTarget::Agent(a) => program.agents[a.index()].effect(&program.tools),
-        // Recursion is reported elsewhere; the depth bound keeps this finite.
-        CallTarget::Flow(_) if depth > 32 => Effect::Read,
-        CallTarget::Flow(f) => calls(&program.flows[f.index()])
-            .map(|(_, t)| effect_at_depth(program, t, depth + 1))
-            .max()
-            .unwrap_or(Effect::Read),
+        CallTarget::Flow(f) => program.flows[f.index()].effect,
     }
 }

@@ -38,8 +38,10 @@ type Hop = (Span, String);
 
 #[derive(Clone, Debug)]
 enum Origin {
-    /// Untrusted content, with the path from where it entered.
-    Source(Vec<Hop>),
+    /// Untrusted content, with the path from where it entered, and what
+    /// first produced it (a tool's result, a model's output), which a
+    /// caller names with the flow that returned it.
+    Source(Vec<Hop>, String),
     /// The flow's parameter, with the path from it.
     Param(usize, Vec<Hop>),
 }
@@ -58,9 +60,19 @@ enum Item {
     Param(usize),
 }
 
+/// How many hops of a path a report shows (the first ones, source first):
+/// a path kept in a summary is cut to this, so a chain of sub-flows that
+/// passes a value on does not make every caller's path longer than its
+/// callee's.
+const SHOWN_HOPS: usize = 8;
+
+/// `callees_first`: every flow after the flows it calls
+/// ([`super::graph::callees_first`]), so each call site reads its callee's
+/// summary, made already, and no chain of calls recurses.
 pub(super) fn check(
     program: &Program,
     analyzable: &[bool],
+    callees_first: &[usize],
     orders: &[Option<Vec<NodeIndex>>],
     output_gated: &[bool],
     out: &mut Vec<Diagnostic>,
@@ -72,12 +84,13 @@ pub(super) fn check(
         orders,
         output_gated,
     };
-    for i in 0..program.flows.len() {
-        analyze(&cx, i, &mut memo, out, 0);
+    for &i in callees_first {
+        let summary = analyze(&cx, i, &memo, out);
+        memo[i] = Some(summary);
     }
 }
 
-/// What `analyze` reads at every depth of its recursion.
+/// What `analyze` reads for every flow.
 struct Analysis<'a> {
     program: &'a Program,
     analyzable: &'a [bool],
@@ -86,29 +99,21 @@ struct Analysis<'a> {
     output_gated: &'a [bool],
 }
 
+/// Flow `i`'s summary, reporting what reaches a sink inside it; the
+/// summaries of the flows it calls are in `memo` (a recursive flow's is
+/// empty: it is not analyzed).
 fn analyze(
     cx: &Analysis<'_>,
     i: usize,
-    memo: &mut Vec<Option<Summary>>,
+    memo: &[Option<Summary>],
     out: &mut Vec<Diagnostic>,
-    depth: u32,
 ) -> Summary {
-    if let Some(s) = &memo[i] {
-        return s.clone();
-    }
-    memo[i] = Some(Summary::default());
     let program = cx.program;
     let flow = &program.flows[i];
     let order = match &cx.orders[i] {
-        Some(order) if cx.analyzable[i] && depth <= 32 => order,
+        Some(order) if cx.analyzable[i] => order,
         _ => return Summary::default(),
     };
-    // Callees first: their summaries are read at the call sites.
-    for (_, target) in super::calls(flow) {
-        if let CallTarget::Flow(f) = target {
-            analyze(cx, f.index(), memo, out, depth + 1);
-        }
-    }
     let guards = guards(flow, order, cx.output_gated);
     let cx = FlowTaint {
         program,
@@ -171,13 +176,14 @@ fn analyze(
                 };
                 for origin in cx.trace(arg, n) {
                     match origin {
-                        Origin::Source(mut path) => {
+                        Origin::Source(mut path, _) => {
                             path.extend(into.iter().cloned());
                             found.push((arg.span, name.clone(), what.clone(), path, n));
                         }
                         Origin::Param(p, mut path) => {
                             if summary.param_sinks[p].is_none() {
                                 path.extend(into.iter().cloned());
+                                path.truncate(SHOWN_HOPS);
                                 summary.param_sinks[p] = Some(path);
                             }
                         }
@@ -199,7 +205,6 @@ fn analyze(
         }
         out.push(d);
     }
-    memo[i] = Some(summary.clone());
     summary
 }
 
@@ -222,7 +227,7 @@ fn report(
     .label(format!("carries {source}"));
     // The path, source first; the last hops are the argument itself.
     let mut seen: HashSet<Span> = HashSet::from([span]);
-    for (s, text) in path.iter().take(8) {
+    for (s, text) in path.iter().take(SHOWN_HOPS) {
         if seen.insert(*s) {
             d = d.with(*s, text.clone());
         }
@@ -301,13 +306,15 @@ impl FlowTaint<'_> {
             }
             let step = &g[n];
             let mut more: Vec<(Item, Span)> = Vec::new();
-            let mut source: Option<String> = None;
+            // What the content is called here, and what produced it.
+            let mut source: Option<(String, String)> = None;
+            let produced = |what: String| Some((what.clone(), what));
             let mut via = format!("flows into {}", step.display());
             let mut calls: Vec<CallSite<'_>> = Vec::new();
             match &step.kind {
                 StepKind::Call { .. } => calls = call_sites(self.flow, n),
                 StepKind::Llm(l) => {
-                    source = Some(format!(
+                    source = produced(format!(
                         "the output of model `{}`",
                         self.program
                             .models
@@ -362,13 +369,13 @@ impl FlowTaint<'_> {
             for (target, args, _) in calls {
                 match target {
                     CallTarget::Tool(t) => {
-                        source = Some(format!(
+                        source = produced(format!(
                             "the result of tool `{}`",
                             self.program.tools[t.index()].name
                         ))
                     }
                     CallTarget::Agent(a) => {
-                        source = Some(format!(
+                        source = produced(format!(
                             "the answer of agent `{}`",
                             self.program.agents[a.index()].name
                         ))
@@ -380,12 +387,13 @@ impl FlowTaint<'_> {
                         };
                         for o in &summary.output {
                             match o {
-                                Origin::Source(inner) => {
-                                    let first =
-                                        inner.first().map(|(_, t)| t.clone()).unwrap_or_default();
-                                    source = Some(format!(
-                                        "{first}, returned by flow `{}`",
-                                        callee.name
+                                // Named by what produced it and the flow
+                                // that returned it here: through a chain
+                                // of flows the words stay this long.
+                                Origin::Source(_, produced) => {
+                                    source = Some((
+                                        format!("{produced}, returned by flow `{}`", callee.name),
+                                        produced.clone(),
                                     ));
                                 }
                                 Origin::Param(p, _) => {
@@ -408,9 +416,12 @@ impl FlowTaint<'_> {
                     }
                 }
             }
-            if let Some(what) = source {
-                next.entry(item).and_modify(|e| e.2 = what.clone());
-                origins.push(Origin::Source(self.path(&next, item, Some(step.span))));
+            if let Some((what, produced)) = source {
+                next.entry(item).and_modify(|e| e.2 = what);
+                origins.push(Origin::Source(
+                    self.path(&next, item, Some(step.span)),
+                    produced,
+                ));
                 continue;
             }
             if let Some(e) = next.get_mut(&item) {

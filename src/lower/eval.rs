@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::ast::{self, EvalClauseKind, Stmt};
+use crate::ast::{self, Effect, EvalClauseKind, Stmt};
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::ir::*;
@@ -689,6 +689,7 @@ fn judge_flow(
         dropped_after: Vec::new(),
         after_points: Default::default(),
         judge: true,
+        effect: Effect::Read,
     });
     let id = FlowId(cx.program.flows.len() as u32 - 1);
     let ident = |name: &str| ast::Ident {

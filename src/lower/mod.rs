@@ -3,6 +3,7 @@
 //! problems are reported here, where the tokens that cause them are at hand;
 //! properties of the finished graph are `check`'s job.
 
+mod effects;
 mod eval;
 mod expr;
 mod flow;
@@ -65,6 +66,7 @@ pub fn lower(ws: &Workspace, problems: &mut Vec<Diagnostic>) -> Program {
     cx.declare_all();
     cx.import_all();
     cx.define_all();
+    effects::of_flows(&mut cx.program);
     cx.program.roots = ws.roots.iter().map(|&m| ws.modules[m].file).collect();
     cx.program
 }
@@ -222,6 +224,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             dropped_after: Vec::new(),
                             after_points: Default::default(),
                             judge: false,
+                            effect: Effect::Read,
                         });
                         (
                             &f.name,
