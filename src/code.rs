@@ -62,6 +62,7 @@ codes! {
     BadReturn = "T008", "bad-return", Error, "a flow without exactly one `return`";
     Cycle = "G001", "cycle", Error, "steps that depend on each other in a circle";
     RecursiveFlow = "G002", "recursive-flow", Error, "flows that call each other recursively";
+    CallsTooDeep = "G003", "calls-too-deep", Error, "a chain of flow calls more than 32 flows deep";
     HiddenDependency = "D001", "hidden-dependency", Error, "steps that may run at once and touch the same resource, one writing";
     LoopReadsOwnResults = "D002", "loop-reads-own-results", Error, "a loop body that reads the results of its own loop";
     UndeclaredAgentTool = "U001", "undeclared-agent-tool", Error, "an agent that lists a tool that is not declared";

@@ -1,4 +1,5 @@
-//! G001: steps that depend on each other in a circle. G002: flows that call
+//! G001: steps that depend on each other in a circle. G003: chains of flow
+//! calls too deep to run. G002: flows that call
 //! each other recursively.
 
 use petgraph::algo::kosaraju_scc;
@@ -171,6 +172,80 @@ pub(super) fn callees_first(program: &Program) -> Vec<usize> {
         }
     }
     order
+}
+
+/// How many flows deep a chain of flow calls may go, the flow that starts it
+/// included. A run holds a called flow's steps in flight inside its
+/// caller's, one level of the run's stack per flow: a chain of 2,000 flows
+/// overflowed it (release build, 8 MiB), and a worker's or the approval
+/// service's threads have 2 MiB. Real flows nest a few deep; 32 keeps a
+/// run well inside the smallest stack.
+pub const MAX_CALL_DEPTH: usize = 32;
+
+/// G003: a flow that starts a chain of flow calls more than
+/// [`MAX_CALL_DEPTH`] flows deep, reported once at the top of each chain
+/// (not again at each flow below it that is also too deep). Flows in a
+/// recursive circle are G002's.
+pub(super) fn call_depth(
+    program: &Program,
+    recursive: &[bool],
+    callees_first: &[usize],
+    out: &mut Vec<Diagnostic>,
+) {
+    let flows = program.flows.len();
+    let callees = |f: usize| {
+        calls(&program.flows[f]).filter_map(move |(step, target)| match target {
+            CallTarget::Flow(c) if !recursive[c.index()] => Some((step, c.index())),
+            _ => None,
+        })
+    };
+    // Per flow: how many flows its deepest chain holds, itself included,
+    // and the call that continues it.
+    let mut depth = vec![1usize; flows];
+    let mut next: Vec<Option<(NodeIndex, usize)>> = vec![None; flows];
+    for &f in callees_first {
+        if recursive[f] {
+            continue;
+        }
+        for (step, c) in callees(f) {
+            if depth[c] + 1 > depth[f] {
+                depth[f] = depth[c] + 1;
+                next[f] = Some((step, c));
+            }
+        }
+    }
+    let mut below_a_deep_flow = vec![false; flows];
+    for f in (0..flows).filter(|&f| depth[f] > MAX_CALL_DEPTH) {
+        for (_, c) in callees(f) {
+            below_a_deep_flow[c] = true;
+        }
+    }
+    for f in 0..flows {
+        if depth[f] <= MAX_CALL_DEPTH || below_a_deep_flow[f] {
+            continue;
+        }
+        let flow = &program.flows[f];
+        let mut d = Diagnostic::new(
+            Code::CallsTooDeep,
+            flow.span,
+            format!(
+                "flow `{}` starts a chain of flow calls {} flows deep; flowc runs at most {MAX_CALL_DEPTH}",
+                flow.name, depth[f]
+            ),
+        )
+        .label("the chain starts here")
+        .help("flatten the chain: call the deeper flows' steps from a flow higher up, or fold small flows into their callers");
+        // The first calls of the chain, each in the flow that makes it.
+        let mut at = f;
+        while let Some((step, c)) = next[at].filter(|_| d.labels.len() < 3) {
+            d = d.with(
+                program.flows[at].graph[step].span,
+                format!("calls `{}`", program.flows[c].name),
+            );
+            at = c;
+        }
+        out.push(d);
+    }
 }
 
 /// Flows calling flows must form a tree: recursion has no bound. Returns,

@@ -103,6 +103,7 @@ fn passes(program: &Program, sources: &Sources, problems: &mut Problems) -> bool
     dead::check(program, &mut found);
     // The graph passes below need acyclic step graphs.
     let callees_first = graph::callees_first(program);
+    graph::call_depth(program, &recursive, &callees_first, &mut found);
     let output_gated = approval::gated_outputs(program, &orders, &callees_first);
     for (i, flow) in program.flows.iter().enumerate() {
         let Some(order) = &orders[i] else {

@@ -1706,7 +1706,7 @@ pub(crate) fn lower_test(cx: &mut Lowerer<'_, '_>, m: usize, decl: &ast::TestDec
             } => {
                 let known = test
                     .flow
-                    .map(|f| flow_has_gate(&cx.program, f, &gate.name, 0))
+                    .map(|f| flow_has_gate(&cx.program, f, &gate.name))
                     .unwrap_or(true);
                 if !known {
                     let d = Diagnostic::new(Code::UndefinedName, gate.span, format!("the flow under test has no gate named `{}`", gate.name))
@@ -1936,19 +1936,28 @@ fn given_field_mismatch(
     }
 }
 
-fn flow_has_gate(program: &Program, flow: FlowId, gate: &str, depth: u32) -> bool {
-    if depth > 32 {
-        return false;
+/// Whether `flow`, or a flow it calls at any depth, has a gate named
+/// `gate`: each flow is looked at once, however many calls reach it.
+fn flow_has_gate(program: &Program, flow: FlowId, gate: &str) -> bool {
+    let mut seen = vec![false; program.flows.len()];
+    let mut todo = vec![flow];
+    seen[flow.index()] = true;
+    while let Some(f) = todo.pop() {
+        for step in program.flows[f.index()].graph.node_weights() {
+            match &step.kind {
+                StepKind::Approve(a) if a.gate == gate => return true,
+                StepKind::Call {
+                    target: CallTarget::Flow(sub),
+                    ..
+                } if !seen[sub.index()] => {
+                    seen[sub.index()] = true;
+                    todo.push(*sub);
+                }
+                _ => {}
+            }
+        }
     }
-    let f = &program.flows[flow.index()];
-    f.graph.node_weights().any(|s| match &s.kind {
-        StepKind::Approve(a) => a.gate == gate,
-        StepKind::Call {
-            target: CallTarget::Flow(sub),
-            ..
-        } => flow_has_gate(program, *sub, gate, depth + 1),
-        _ => false,
-    })
+    false
 }
 
 fn notify(n: &ast::Notify) -> Notify {
