@@ -140,13 +140,13 @@ pub(super) fn check(
     // Each flow's worst case after its callees': a call reads the callee's
     // from the memo, so no chain of flow calls, however long, recurses.
     for &i in callees_first {
-        flow_worst(program, i, analyzable, &mut memo, out, Terms::Skip);
+        flow_worst(program, i, analyzable, &mut memo, out);
     }
     for (i, flow) in program.flows.iter().enumerate() {
         if !analyzable[i] {
             continue;
         }
-        let worst = flow_worst(program, i, analyzable, &mut memo, out, Terms::Skip);
+        let worst = flow_worst(program, i, analyzable, &mut memo, out);
         if let Some(budget) = &flow.budget {
             let explain = || explained(program, i, analyzable, &mut memo);
             compare(
@@ -196,7 +196,7 @@ pub(super) fn check(
         let eval_worst = |memo: &mut Vec<Option<Worst>>, out: &mut Vec<Diagnostic>, terms| {
             let one =
                 |j: usize, memo: &mut Vec<Option<Worst>>, out: &mut Vec<Diagnostic>| match terms {
-                    Terms::Skip => flow_worst(program, j, analyzable, memo, out, terms),
+                    Terms::Skip => flow_worst(program, j, analyzable, memo, out),
                     Terms::Build => explained(program, j, analyzable, memo),
                 };
             let mut row = one(flow.index(), memo, out);
@@ -240,14 +240,14 @@ fn explained(
     flow_cost(program, i, analyzable, memo, &mut Vec::new(), Terms::Build)
 }
 
-/// Flow `i`'s worst case, from `memo` or computed once into it.
+/// Flow `i`'s worst case, its figures without their terms, from `memo` or
+/// computed once into it.
 fn flow_worst(
     program: &Program,
     i: usize,
     analyzable: &[bool],
     memo: &mut Vec<Option<Worst>>,
     out: &mut Vec<Diagnostic>,
-    terms: Terms,
 ) -> Worst {
     if let Some(w) = &memo[i] {
         return w.clone();
@@ -255,7 +255,7 @@ fn flow_worst(
     if !analyzable[i] {
         return Worst::default();
     }
-    let w = flow_cost(program, i, analyzable, memo, out, terms);
+    let w = flow_cost(program, i, analyzable, memo, out, Terms::Skip);
     memo[i] = Some(w.clone());
     w
 }
@@ -425,14 +425,7 @@ impl FlowCost<'_, '_> {
             }
             CallTarget::Flow(f) => {
                 // The callee's figures, without its terms: a call is one term.
-                let mut w = flow_worst(
-                    program,
-                    f.index(),
-                    self.analyzable,
-                    self.memo,
-                    self.out,
-                    Terms::Skip,
-                );
+                let mut w = flow_worst(program, f.index(), self.analyzable, self.memo, self.out);
                 // The callee's own terms stay in its B004: here it is one term.
                 w.terms.clear();
                 let callee = &program.flows[f.index()].name;
