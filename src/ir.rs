@@ -359,6 +359,28 @@ pub struct Flow {
     /// those of the flows it calls, however deep (`lower/effects.rs`, once
     /// every flow is lowered).
     pub effect: Effect,
+    /// Every resource a run of the flow may touch, through the flows it
+    /// calls however deep, each once, `true` where it may write it (filled
+    /// with `effect`).
+    pub resources: Vec<(ResourceId, bool)>,
+}
+
+impl Tool {
+    /// The resources a call of the tool touches, `true` where it writes.
+    pub fn resources(&self) -> impl Iterator<Item = (ResourceId, bool)> + '_ {
+        let reads = self.reads.iter().map(|r| (*r, false));
+        reads.chain(self.writes.iter().map(|r| (*r, true)))
+    }
+}
+
+impl Agent {
+    /// The tools the agent may call: those its `may` allows.
+    pub fn allowed_tools<'t>(&'t self, tools: &'t [Tool]) -> impl Iterator<Item = &'t Tool> + 't {
+        self.tools
+            .iter()
+            .map(|(t, _)| &tools[t.index()])
+            .filter(|tool| tool.effect <= self.may)
+    }
 }
 
 impl Flow {

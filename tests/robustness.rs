@@ -366,6 +366,40 @@ fn a_chain_of_twenty_thousand_flows_is_followed_to_its_end() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Each flow calls the next one twice, 31 flows deep (as deep as G003
+/// allows): 2^30 paths of calls from the top. A check that followed each
+/// path to find the resources a call touches took minutes at 30 deep; each
+/// flow's are found once.
+#[test]
+fn a_flow_that_calls_the_next_twice_thirty_one_deep_checks_at_once() {
+    let dir = scratch("diamond");
+    let file = dir.join("diamond.flow");
+    let mut text = String::from(
+        "resource r\n\
+         tool t(x: string) -> string { http POST \"http://127.0.0.1:1/{x}\" effect write writes r timeout 5s }\n",
+    );
+    let budget = "budget { steps 100000000000, tool_calls 100000000000, wall 1h }";
+    for i in 0..30 {
+        let next = i + 1;
+        text.push_str(&format!(
+            "flow f{i}(a: string) -> string {{ {budget} let s = f{next}(a: a) let u = f{next}(a: s) return u }}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "flow f30(a: string) -> string {{ {budget} let s = t(x: a) return s }}\n"
+    ));
+    std::fs::write(&file, text).expect("write");
+    let started = std::time::Instant::now();
+    let (code, stderr) = run_flowc(&["check"], &file);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The compiler in this process, on a thread with the main thread's stack
 /// (test threads get 2 MiB; the deepest expression allowed needs more in a
 /// debug build).

@@ -328,7 +328,7 @@ fn accesses(program: &Program, flow: &Flow) -> Vec<Access> {
     let mut out: Vec<Access> = Vec::new();
     for (node, target) in calls(flow) {
         let mut rs = Vec::new();
-        target_resources(program, target, &mut rs, 0);
+        target_resources(program, target, &mut rs);
         // A node's own accesses are contiguous (a call and its fallback come
         // together): merge per resource, writing if any is a write.
         let start = out
@@ -349,32 +349,18 @@ fn accesses(program: &Program, flow: &Flow) -> Vec<Access> {
     out
 }
 
-fn target_resources(
-    program: &Program,
-    target: CallTarget,
-    out: &mut Vec<(ResourceId, bool)>,
-    depth: u32,
-) {
+/// The resources a call of `target` touches: a flow's through every flow it
+/// calls (`Flow::resources`, made once in lowering).
+fn target_resources(program: &Program, target: CallTarget, out: &mut Vec<(ResourceId, bool)>) {
     match target {
-        CallTarget::Tool(t) => {
-            let tool = &program.tools[t.index()];
-            out.extend(tool.reads.iter().map(|r| (*r, false)));
-            out.extend(tool.writes.iter().map(|r| (*r, true)));
-        }
+        CallTarget::Tool(t) => out.extend(program.tools[t.index()].resources()),
         CallTarget::Agent(a) => {
             let agent = &program.agents[a.index()];
-            for (t, _) in &agent.tools {
-                if program.tools[t.index()].effect <= agent.may {
-                    target_resources(program, CallTarget::Tool(*t), out, depth);
-                }
+            for tool in agent.allowed_tools(&program.tools) {
+                out.extend(tool.resources());
             }
         }
-        CallTarget::Flow(f) if depth < 32 => {
-            for (_, t) in calls(&program.flows[f.index()]) {
-                target_resources(program, t, out, depth + 1);
-            }
-        }
-        CallTarget::Flow(_) => {}
+        CallTarget::Flow(f) => out.extend(program.flows[f.index()].resources.iter().copied()),
     }
 }
 

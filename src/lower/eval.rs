@@ -690,6 +690,7 @@ fn judge_flow(
         after_points: Default::default(),
         judge: true,
         effect: Effect::Read,
+        resources: Vec::new(),
     });
     let id = FlowId(cx.program.flows.len() as u32 - 1);
     let ident = |name: &str| ast::Ident {

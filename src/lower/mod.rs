@@ -225,6 +225,7 @@ impl<'w, 'p> Lowerer<'w, 'p> {
                             after_points: Default::default(),
                             judge: false,
                             effect: Effect::Read,
+                            resources: Vec::new(),
                         });
                         (
                             &f.name,
