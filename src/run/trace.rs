@@ -342,6 +342,10 @@ pub fn root_span(path: &std::path::Path) -> Option<SpanId> {
         .map(|(_, id)| id)
 }
 
+/// How many levels [`render_tree`] indents: more than any run nests (flow
+/// calls are at most 32 deep, G003), fewer than a hand-made file may.
+const MAX_INDENT: usize = 64;
+
 /// Renders a trace file as an indented tree with timings and cost.
 pub fn render_tree(events: &[Value]) -> String {
     use std::borrow::Cow;
@@ -386,47 +390,59 @@ pub fn render_tree(events: &[Value]) -> String {
                 .then(a["id"].as_u64().cmp(&b["id"].as_u64()))
         });
     }
+    // Depth first, with the path on the heap: a trace file is input, and a
+    // hand-made one may nest as deep as it likes, or name an event as its own
+    // ancestor; an event is drawn once.
     let mut out = String::new();
-    fn walk(
-        out: &mut String,
-        children: &BTreeMap<Option<u64>, Vec<&Value>>,
-        parent: Option<u64>,
-        depth: usize,
-    ) {
-        let Some(list) = children.get(&parent) else {
-            return;
+    let mut drawn: std::collections::HashSet<*const Value> = std::collections::HashSet::new();
+    let mut path: Vec<std::slice::Iter<'_, &Value>> = Vec::new();
+    if let Some(roots) = children.get(&None) {
+        path.push(roots.iter());
+    }
+    while let Some(list) = path.last_mut() {
+        let Some(&e) = list.next() else {
+            path.pop();
+            continue;
         };
-        for e in list {
-            let indent = "  ".repeat(depth);
-            let kind = e["kind"].as_str().unwrap_or("?");
-            let name = e["name"].as_str().unwrap_or("");
-            let mut line = format!("{indent}{kind} {name}");
-            if let (Some(s), Some(t)) = (e["start_ms"].as_f64(), e["end_ms"].as_f64()) {
-                line.push_str(&format!("  {:.1} ms", t - s));
+        if !drawn.insert(e as *const Value) {
+            continue;
+        }
+        // Indented up to a depth a terminal shows; deeper lines say their
+        // depth, so a deep file's tree grows with its events, not their square.
+        let depth = path.len() - 1;
+        let mut indent = "  ".repeat(depth.min(MAX_INDENT));
+        if depth > MAX_INDENT {
+            indent.push_str(&format!("(depth {depth}) "));
+        }
+        let kind = e["kind"].as_str().unwrap_or("?");
+        let name = e["name"].as_str().unwrap_or("");
+        let mut line = format!("{indent}{kind} {name}");
+        if let (Some(s), Some(t)) = (e["start_ms"].as_f64(), e["end_ms"].as_f64()) {
+            line.push_str(&format!("  {:.1} ms", t - s));
+        }
+        if let Some(decision) = e["decision"].as_str() {
+            line.push_str(&format!("  [{decision}]"));
+        }
+        if let Some(status) = e["status"].as_str() {
+            line.push_str(&format!("  [{status}]"));
+        }
+        if let Some(tokens) = e["tokens"].as_u64() {
+            line.push_str(&format!("  {tokens} tokens"));
+        }
+        if let Some(cost) = e["cost"].as_f64() {
+            if cost > 0.0 {
+                line.push_str(&format!("  ${cost:.5}"));
             }
-            if let Some(decision) = e["decision"].as_str() {
-                line.push_str(&format!("  [{decision}]"));
-            }
-            if let Some(status) = e["status"].as_str() {
-                line.push_str(&format!("  [{status}]"));
-            }
-            if let Some(tokens) = e["tokens"].as_u64() {
-                line.push_str(&format!("  {tokens} tokens"));
-            }
-            if let Some(cost) = e["cost"].as_f64() {
-                if cost > 0.0 {
-                    line.push_str(&format!("  ${cost:.5}"));
-                }
-            }
-            if let Some(err) = e["error"].as_str() {
-                line.push_str(&format!("  — {err}"));
-            }
-            out.push_str(&line);
-            out.push('\n');
-            walk(out, children, e["id"].as_u64(), depth + 1);
+        }
+        if let Some(err) = e["error"].as_str() {
+            line.push_str(&format!("  — {err}"));
+        }
+        out.push_str(&line);
+        out.push('\n');
+        if let Some(list) = e["id"].as_u64().and_then(|id| children.get(&Some(id))) {
+            path.push(list.iter());
         }
     }
-    walk(&mut out, &children, None, 0);
     out
 }
 
@@ -502,5 +518,29 @@ mod tests {
             render_tree(&events),
             "run f  35.0 ms  [completed]\n  step a  1.0 ms  [ok]\n  step b  2.0 ms  [ok]\n"
         );
+    }
+
+    /// A trace file is input: a chain of 200,000 spans each inside the one
+    /// before, drawn on a test thread's 2 MiB stack, and an event that names
+    /// itself as its parent, drawn once.
+    #[test]
+    fn a_deep_or_looping_trace_file_is_drawn_without_recursion() {
+        let deep: Vec<Value> = (0..200_000u64)
+            .map(|i| {
+                let parent = if i == 0 { Value::Null } else { json!(i - 1) };
+                json!({"id": i, "parent": parent, "kind": "step", "name": "s", "start_ms": 0.0, "end_ms": 1.0})
+            })
+            .collect();
+        let tree = render_tree(&deep);
+        assert_eq!(tree.lines().count(), 200_000);
+        assert!(tree.ends_with(&format!(
+            "{}(depth 199999) step s  1.0 ms\n",
+            "  ".repeat(64)
+        )));
+        let looping = [
+            json!({"id": 5, "parent": null, "kind": "note", "name": "n", "at_ms": 1.0}),
+            json!({"id": 5, "parent": 5, "kind": "step", "name": "s", "start_ms": 2.0, "end_ms": 3.0}),
+        ];
+        assert_eq!(render_tree(&looping), "note n\n  step s  1.0 ms\n");
     }
 }
