@@ -53,8 +53,10 @@ struct FlowBuilder<'a> {
     /// once per flow, except in exclusive arms of one branch.
     names: HashMap<&'a str, Vec<(Span, RegionId)>>,
     gates: HashMap<String, Span>,
-    pending: HashMap<NodeIndex, (Pending<'a>, RegionId, usize)>,
-    state: HashMap<NodeIndex, State>,
+    /// Per node (by index): a binding's declaration, its region, the scope
+    /// depth it was declared at, and how far its definition has got; `None`
+    /// for the nodes that are not bindings.
+    bindings: Vec<Option<(Pending<'a>, RegionId, usize, State)>>,
     /// Loops being lowered, with their body region (for D002).
     open_loops: Vec<(NodeIndex, RegionId)>,
     region: RegionId,
@@ -105,8 +107,7 @@ pub(crate) fn lower_flow(cx: &mut Lowerer<'_, '_>, m: usize, id: FlowId, decl: &
         // was a fifth of lowering a big flow.
         names: map_with_capacity(steps),
         gates: HashMap::default(),
-        pending: map_with_capacity(steps),
-        state: map_with_capacity(steps),
+        bindings: Vec::with_capacity(steps),
         open_loops: Vec::new(),
         region: RegionId(0),
         checks: Vec::new(),
@@ -195,6 +196,7 @@ impl<'a> FlowBuilder<'a> {
     fn add(&mut self, step: Step) -> NodeIndex {
         let region = step.region;
         let n = self.graph.add_node(step);
+        self.bindings.push(None);
         self.region_nodes[region.index()].push(n);
         n
     }
@@ -305,8 +307,7 @@ impl<'a> FlowBuilder<'a> {
             if let Some(scope) = self.scopes.last_mut() {
                 scope.insert(name.name.as_str(), node);
             }
-            self.pending.insert(node, (pending, region, depth));
-            self.state.insert(node, State::Pending);
+            self.bindings[node.index()] = Some((pending, region, depth, State::Pending));
             out.push(node);
         }
         out
@@ -319,7 +320,7 @@ impl<'a> FlowBuilder<'a> {
     /// would overflow the thread's stack. Past [`DEFINE_RED_ZONE`] the
     /// definition goes on in a stack segment of its own, on the heap.
     fn define(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex) {
-        if self.state.get(&node) != Some(&State::Pending) {
+        if !matches!(self.bindings[node.index()], Some((.., State::Pending))) {
             return;
         }
         stacker::maybe_grow(DEFINE_RED_ZONE, DEFINE_STACK_SEGMENT, || {
@@ -328,10 +329,11 @@ impl<'a> FlowBuilder<'a> {
     }
 
     fn define_pending(&mut self, cx: &mut Lowerer<'_, '_>, node: NodeIndex) {
-        let Some(&(pending, region, depth)) = self.pending.get(&node) else {
+        let Some((pending, region, depth, state)) = &mut self.bindings[node.index()] else {
             return;
         };
-        self.state.insert(node, State::InProgress);
+        *state = State::InProgress;
+        let (pending, region, depth) = (*pending, *region, *depth);
         let saved_scopes = self.scopes.split_off(depth.min(self.scopes.len()));
         let saved_region = std::mem::replace(&mut self.region, region);
         let saved_loops = std::mem::take(&mut self.open_loops);
@@ -410,7 +412,9 @@ impl<'a> FlowBuilder<'a> {
         self.open_loops = saved_loops;
         self.region = saved_region;
         self.scopes.extend(saved_scopes);
-        self.state.insert(node, State::Done);
+        if let Some((.., state)) = &mut self.bindings[node.index()] {
+            *state = State::Done;
+        }
     }
 
     /// Whether two regions sit in different arms of one branch, so that at
