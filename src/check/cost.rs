@@ -129,7 +129,7 @@ impl Worst {
 
 /// `analyzable[i]`: flow `i` has an acyclic graph and is not recursive.
 /// `callees_first`: every flow after the flows it calls
-/// ([`super::graph::callees_first`]).
+/// ([`super::graph::recursion`]).
 pub(super) fn check(
     program: &Program,
     analyzable: &[bool],
@@ -424,10 +424,9 @@ impl FlowCost<'_, '_> {
                 agent_worst(program, &program.agents[a.index()], span, &who, self.terms)
             }
             CallTarget::Flow(f) => {
-                // The callee's figures, without its terms: a call is one term.
+                // The callee's figures, without its terms (those stay in
+                // its own B004): here the call is one term.
                 let mut w = flow_worst(program, f.index(), self.analyzable, self.memo, self.out);
-                // The callee's own terms stay in its B004: here it is one term.
-                w.terms.clear();
                 let callee = &program.flows[f.index()].name;
                 let (tokens, cost, steps, tool_calls) = (w.tokens, w.cost, w.steps, w.tool_calls);
                 w.push_term(self.terms, || {

@@ -1,6 +1,5 @@
-//! G001: steps that depend on each other in a circle. G003: chains of flow
-//! calls too deep to run. G002: flows that call
-//! each other recursively.
+//! G001: steps that depend on each other in a circle. G002: flows that call
+//! each other recursively. G003: chains of flow calls too deep to run.
 
 use petgraph::algo::kosaraju_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -8,8 +7,6 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::ir::{CallTarget, Program};
-
-use super::calls;
 
 /// Reports cycles; returns, per flow, its steps in topological order when
 /// its graph is acyclic.
@@ -128,52 +125,6 @@ fn and_list(items: &[String]) -> String {
     }
 }
 
-/// Every flow, each after the flows it calls (a flow in a recursive circle
-/// after the others of its circle that it reaches first): the order in
-/// which the passes that summarize flows (cost, taint) compute each flow's
-/// summary once its callees' are known, instead of recursing into callees,
-/// which on a chain of thousands of flows overflowed the stack.
-pub(super) fn callees_first(program: &Program) -> Vec<usize> {
-    let callees: Vec<Vec<usize>> = program
-        .flows
-        .iter()
-        .map(|flow| {
-            calls(flow)
-                .filter_map(|(_, target)| match target {
-                    CallTarget::Flow(f) => Some(f.index()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .collect();
-    let mut seen = vec![false; callees.len()];
-    let mut order = Vec::with_capacity(callees.len());
-    let mut path: Vec<(usize, usize)> = Vec::new();
-    for root in 0..callees.len() {
-        if seen[root] {
-            continue;
-        }
-        seen[root] = true;
-        path.push((root, 0));
-        while let Some((flow, next)) = path.last_mut() {
-            match callees[*flow].get(*next) {
-                Some(&callee) => {
-                    *next += 1;
-                    if !seen[callee] {
-                        seen[callee] = true;
-                        path.push((callee, 0));
-                    }
-                }
-                None => {
-                    order.push(*flow);
-                    path.pop();
-                }
-            }
-        }
-    }
-    order
-}
-
 /// How many flows deep a chain of flow calls may go, the flow that starts it
 /// included. A run holds a called flow's steps in flight inside its
 /// caller's, one level of the run's stack per flow: a chain of 2,000 flows
@@ -194,10 +145,12 @@ pub(super) fn call_depth(
 ) {
     let flows = program.flows.len();
     let callees = |f: usize| {
-        calls(&program.flows[f]).filter_map(move |(step, target)| match target {
-            CallTarget::Flow(c) if !recursive[c.index()] => Some((step, c.index())),
-            _ => None,
-        })
+        program.flows[f]
+            .calls()
+            .filter_map(move |(step, target)| match target {
+                CallTarget::Flow(c) if !recursive[c.index()] => Some((step, c.index())),
+                _ => None,
+            })
     };
     // Per flow: how many flows its deepest chain holds, itself included,
     // and the call that continues it.
@@ -249,19 +202,28 @@ pub(super) fn call_depth(
 }
 
 /// Flows calling flows must form a tree: recursion has no bound. Returns,
-/// per flow, whether it is part of a recursive circle.
-pub(super) fn recursion(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<bool> {
+/// per flow, whether it is part of a recursive circle; and every flow, each
+/// after the flows it calls (the flows of a circle together, in no set
+/// order). The passes that summarize flows (cost, taint, gated results)
+/// compute each flow's summary in that order, reading its callees' from a
+/// table instead of recursing into them, which on a chain of thousands of
+/// flows overflowed the stack.
+pub(super) fn recursion(program: &Program, out: &mut Vec<Diagnostic>) -> (Vec<bool>, Vec<usize>) {
     let mut recursive = vec![false; program.flows.len()];
     let mut g: DiGraph<usize, petgraph::graph::NodeIndex> = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..program.flows.len()).map(|i| g.add_node(i)).collect();
     for (i, flow) in program.flows.iter().enumerate() {
-        for (step, target) in calls(flow) {
+        for (step, target) in flow.calls() {
             if let CallTarget::Flow(f) = target {
                 g.add_edge(nodes[i], nodes[f.index()], step);
             }
         }
     }
-    for scc in kosaraju_scc(&g) {
+    // Kosaraju's components come in reverse topological order: callees
+    // first.
+    let components = kosaraju_scc(&g);
+    let callees_first = components.iter().flatten().map(|n| g[*n]).collect();
+    for scc in components {
         let self_loop = scc.len() == 1 && g.contains_edge(scc[0], scc[0]);
         if scc.len() < 2 && !self_loop {
             continue;
@@ -291,7 +253,7 @@ pub(super) fn recursion(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<boo
         .help("recursion has no bound on its depth or cost; write the repetition as a `for` loop over a list with a maximum length");
         for f in &flows {
             let flow = &program.flows[*f];
-            for (step, target) in calls(flow) {
+            for (step, target) in flow.calls() {
                 if let CallTarget::Flow(callee) = target {
                     if flows.contains(&callee.index()) {
                         d = d.with(
@@ -304,7 +266,7 @@ pub(super) fn recursion(program: &Program, out: &mut Vec<Diagnostic>) -> Vec<boo
         }
         out.push(d);
     }
-    recursive
+    (recursive, callees_first)
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ fn passes(program: &Program, sources: &Sources, problems: &mut Problems) -> bool
     let mut found: Vec<Diagnostic> = Vec::new();
     // Per flow, its steps in topological order, where it has no cycle.
     let orders = graph::cycles(program, &mut found);
-    let recursive = graph::recursion(program, &mut found);
+    let (recursive, callees_first) = graph::recursion(program, &mut found);
     limits::check(program, &mut found);
     retries::check(program, &mut found);
     mcp::check(program, &mut found);
@@ -102,7 +102,6 @@ fn passes(program: &Program, sources: &Sources, problems: &mut Problems) -> bool
     secrets::check(program, &mut found);
     dead::check(program, &mut found);
     // The graph passes below need acyclic step graphs.
-    let callees_first = graph::callees_first(program);
     graph::call_depth(program, &recursive, &callees_first, &mut found);
     let output_gated = approval::gated_outputs(program, &orders, &callees_first);
     for (i, flow) in program.flows.iter().enumerate() {
@@ -135,13 +134,6 @@ fn passes(program: &Program, sources: &Sources, problems: &mut Problems) -> bool
             .filter(|d| !sources.get(d.span.file).is_std()),
     );
     !problems.has_errors()
-}
-
-/// Every call a flow makes, with its node.
-pub(crate) fn calls(
-    flow: &Flow,
-) -> impl Iterator<Item = (petgraph::graph::NodeIndex, CallTarget)> + '_ {
-    flow.calls()
 }
 
 /// Whether `n`, or a loop or branch that encloses it, lost an `after` to a

@@ -8,8 +8,6 @@ use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::ir::{CallTarget, Program};
 
-use super::calls;
-
 /// `discarded`: a syntax error made the parser skip text, whose calls are unknown.
 pub(super) fn check(program: &Program, discarded: bool, out: &mut Vec<Diagnostic>) {
     for agent in &program.agents {
@@ -43,7 +41,7 @@ pub(super) fn check(program: &Program, discarded: bool, out: &mut Vec<Diagnostic
     }
     let mut reached: HashSet<usize> = HashSet::new();
     for flow in &program.flows {
-        for (_, target) in calls(flow) {
+        for (_, target) in flow.calls() {
             match target {
                 CallTarget::Tool(t) => {
                     reached.insert(t.index());

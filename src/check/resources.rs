@@ -19,8 +19,6 @@ use crate::code::Code;
 use crate::diagnostic::Diagnostic;
 use crate::ir::{AfterPoint, CallTarget, Flow, FlowId, Program, RegionId, RegionKind, ResourceId};
 
-use super::calls;
-
 #[derive(Clone, Copy)]
 struct Access {
     node: NodeIndex,
@@ -326,7 +324,7 @@ fn let_of(flow: &Flow, mut node: NodeIndex) -> Option<NodeIndex> {
 /// The resources each step reads and writes, through tools, agents and sub-flows.
 fn accesses(program: &Program, flow: &Flow) -> Vec<Access> {
     let mut out: Vec<Access> = Vec::new();
-    for (node, target) in calls(flow) {
+    for (node, target) in flow.calls() {
         let mut rs = Vec::new();
         target_resources(program, target, &mut rs);
         // A node's own accesses are contiguous (a call and its fallback come

@@ -67,7 +67,7 @@ enum Item {
 const SHOWN_HOPS: usize = 8;
 
 /// `callees_first`: every flow after the flows it calls
-/// ([`super::graph::callees_first`]), so each call site reads its callee's
+/// ([`super::graph::recursion`]), so each call site reads its callee's
 /// summary, made already, and no chain of calls recurses.
 pub(super) fn check(
     program: &Program,

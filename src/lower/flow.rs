@@ -72,13 +72,16 @@ struct FlowBuilder<'a> {
     reads: Vec<NodeIndex>,
 }
 
-/// An empty table with room for `capacity` entries.
 /// The stack [`FlowBuilder::define`] keeps free for one level of its
 /// recursion (a definition, its expressions and the calls in them), with a
-/// wide margin; and the size of each stack segment it adds when less is left.
+/// wide margin.
 const DEFINE_RED_ZONE: usize = 128 << 10;
+
+/// The size of each stack segment [`FlowBuilder::define`] adds when less
+/// than [`DEFINE_RED_ZONE`] is left.
 const DEFINE_STACK_SEGMENT: usize = 4 << 20;
 
+/// An empty table with room for `capacity` entries.
 fn map_with_capacity<K, V>(capacity: usize) -> HashMap<K, V> {
     HashMap::with_capacity_and_hasher(capacity, Default::default())
 }
