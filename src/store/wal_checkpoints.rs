@@ -12,13 +12,16 @@
 //! is copied. Only one checkpoint is asked for at a
 //! time; if the thread cannot be started, the commit checkpoints as SQLite
 //! would have. Commits back to back leave the log no moment to start over
-//! in: past four times the mark, the commit copies what is left itself.
+//! in: past four times the mark, the commit waits for the thread's pass to
+//! end and copies what is left itself, so the log is bounded whatever the
+//! thread's speed (under load, a pass that syncs the database can take
+//! longer than thousands of unsynced commits).
 
 use std::os::raw::c_int;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::hooks::Wal;
 use rusqlite::wal::CheckpointMode;
@@ -52,6 +55,10 @@ pub(super) struct WalCheckpoints {
     thread: Option<Sender<()>>,
     /// A checkpoint was asked for and has not ended.
     asked: Arc<AtomicBool>,
+    /// Held by the thread while it copies: a commit past [`INLINE_PAGES`]
+    /// waits on it, since SQLite answers a checkpoint that finds another
+    /// one running with busy, without waiting.
+    copying: Arc<Mutex<()>>,
 }
 
 impl WalCheckpoints {
@@ -67,6 +74,7 @@ impl WalCheckpoints {
             durability,
             thread: None,
             asked: Arc::default(),
+            copying: Arc::default(),
         };
         // The hook never fails: an error from it would make the statement
         // that committed report it although its commit stands.
@@ -81,8 +89,11 @@ impl WalCheckpoints {
         if pages >= INLINE_PAGES {
             // Commits back to back left the thread no moment between two of
             // them to finish in, so the log never started over: this commit
-            // copies what the thread has not (busy while it is copying: the
-            // next commit tries again).
+            // waits for the thread's pass, if one is running, and copies
+            // what is left. The thread's `PASSIVE` passes wait for no lock
+            // of SQLite's, so the wait ends; a poisoned lock only means the
+            // thread is gone.
+            let _copying = self.copying.lock().unwrap_or_else(|e| e.into_inner());
             let _ = wal.checkpoint();
             return;
         }
@@ -113,10 +124,12 @@ impl WalCheckpoints {
         SqliteStore::configure(&conn, self.durability).ok()?;
         let (sender, requests) = mpsc::channel::<()>();
         let asked = self.asked.clone();
+        let copying = self.copying.clone();
         std::thread::Builder::new()
             .name(THREAD_NAME.into())
             .spawn(move || {
                 while requests.recv().is_ok() {
+                    let copying = copying.lock().unwrap_or_else(|e| e.into_inner());
                     // Until every page of the log is in the database, for
                     // the writer to start the log over: the pages committed
                     // during one pass are copied by the next, fewer each
@@ -129,6 +142,7 @@ impl WalCheckpoints {
                             _ => break,
                         }
                     }
+                    drop(copying);
                     asked.store(false, Ordering::Release);
                 }
             })
