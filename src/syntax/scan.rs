@@ -145,6 +145,47 @@ fn punct_end(b: &[u8], i: usize) -> usize {
 
 const BOM: &[u8] = "\u{feff}".as_bytes();
 
+/// A byte class: which bytes [`skip`] passes over.
+type Class = [bool; 256];
+
+/// The bytes of a string literal that are its text and nothing else: all
+/// but `\`, `"`, `{`, `}` and the line feed.
+const STRING_TEXT: Class = class_without(b"\\\"{}\n");
+
+/// The bytes of code that [`Scanner::code_step`] steps over one at a time
+/// when it keeps no token table: all but those that start a comment, a
+/// pattern, a string, a bracket, a word or a number.
+const CODE_FILLER: Class = {
+    let mut class = class_without(b"/\"{}()[]_");
+    let mut c = 0;
+    while c < 256 {
+        if (c as u8).is_ascii_alphanumeric() {
+            class[c] = false;
+        }
+        c += 1;
+    }
+    class
+};
+
+/// Every byte but `bytes`.
+const fn class_without(bytes: &[u8]) -> Class {
+    let mut class = [true; 256];
+    let mut k = 0;
+    while k < bytes.len() {
+        class[bytes[k] as usize] = false;
+        k += 1;
+    }
+    class
+}
+
+/// The first offset from `j` whose byte is not in `class` (or the end).
+fn skip(b: &[u8], mut j: usize, class: &Class) -> usize {
+    while j < b.len() && class[b[j] as usize] {
+        j += 1;
+    }
+    j
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Mode {
     /// Code; `braces` counts the `{` open inside an interpolation, whose
@@ -334,11 +375,13 @@ impl<'t, const KEEP: bool> Scanner<'t, KEEP> {
                 brackets: self.open_brackets.len(),
             });
             self.i += 1;
-        } else {
-            if KEEP && c == b'\n' {
-                self.newlines.push(i);
-            }
+        } else if KEEP && c == b'\n' {
+            self.newlines.push(i);
             self.i += 1;
+        } else {
+            // A run of text: nothing in it but the bytes that end it can
+            // change what the scan sees.
+            self.i = skip(b, i + 1, &STRING_TEXT);
         }
     }
 
@@ -474,7 +517,9 @@ impl<'t, const KEEP: bool> Scanner<'t, KEEP> {
                 };
                 self.token(i, self.i, TokenKind::Number);
             }
-            _ if !KEEP => self.i += 1,
+            // Blanks, line ends and punctuation, in a run: only the table
+            // tells them apart.
+            _ if !KEEP => self.i = skip(b, i + 1, &CODE_FILLER),
             // The rest only matters to the token table.
             b' ' | b'\t' | b'\r' => self.i += 1,
             b'\n' => {
