@@ -546,6 +546,56 @@ test "the policy comes before a decision given for the run" {
 }
 "#;
 
+/// A test may decide a gate of any flow the flow under test may run,
+/// through a fallback's call too; a gate no such flow has stays an error.
+#[test]
+fn a_test_knows_the_gates_of_the_flow_a_fallback_calls() {
+    use crate::support::cli::Test;
+    let flow = r#"
+tool fetch(id: string) -> string {
+  http GET "https://example.com/{id}"
+  effect read
+  timeout 5s
+}
+
+flow reviewed(id: string) -> string {
+  budget { steps 5, tool_calls 5, wall 1m }
+  let ok = approve second_look { show id }
+  return ok
+}
+
+flow main(id: string) -> string {
+  budget { steps 10, tool_calls 10, wall 1m }
+  let page = fetch(id: id) fallback reviewed(id: id)
+  return page
+}
+
+test "the fallback's gate decides" {
+  run main(id: "a")
+  given fetch fails "down"
+  given approve second_look approves
+  expect output == "a"
+}
+"#;
+    Test::new()
+        .file("fallback.flow", flow)
+        .args(["test", "fallback.flow"])
+        .stdout_has("1 passed, 0 failed")
+        .run();
+    Test::new()
+        .file(
+            "fallback.flow",
+            &flow.replace(
+                "approve second_look approves",
+                "approve first_look approves",
+            ),
+        )
+        .args(["check", "fallback.flow"])
+        .status(1)
+        .stderr_has("the flow under test has no gate named `first_look`")
+        .run();
+}
+
 #[test]
 fn flowc_test_and_ephemeral_runs_apply_the_policy_without_a_store() {
     use crate::support::cli::Test;

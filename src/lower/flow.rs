@@ -1950,17 +1950,17 @@ fn flow_has_gate(program: &Program, flow: FlowId, gate: &str) -> bool {
     let mut todo = vec![flow];
     seen[flow.index()] = true;
     while let Some(f) = todo.pop() {
-        for step in program.flows[f.index()].graph.node_weights() {
-            match &step.kind {
-                StepKind::Approve(a) if a.gate == gate => return true,
-                StepKind::Call {
-                    target: CallTarget::Flow(sub),
-                    ..
-                } if !seen[sub.index()] => {
-                    seen[sub.index()] = true;
-                    todo.push(*sub);
+        let flow = &program.flows[f.index()];
+        let gated = |step: &Step| matches!(&step.kind, StepKind::Approve(a) if a.gate == gate);
+        if flow.graph.node_weights().any(gated) {
+            return true;
+        }
+        // A fallback's call runs the flow it names as much as a step's.
+        for (_, target) in flow.calls() {
+            if let CallTarget::Flow(sub) = target {
+                if !std::mem::replace(&mut seen[sub.index()], true) {
+                    todo.push(sub);
                 }
-                _ => {}
             }
         }
     }
