@@ -15,7 +15,9 @@
 //! in: past four times the mark, the commit waits for the thread's pass to
 //! end and copies what is left itself, so the log is bounded whatever the
 //! thread's speed (under load, a pass that syncs the database can take
-//! longer than thousands of unsynced commits).
+//! longer than thousands of unsynced commits). Another process's
+//! checkpoint is not waited for: SQLite answers busy, and the next commit
+//! tries again.
 
 use std::os::raw::c_int;
 use std::path::PathBuf;
