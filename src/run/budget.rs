@@ -168,25 +168,7 @@ impl Ledger {
 
     /// Reserves `amount` on this ledger and every ledger above it, or on none.
     pub fn reserve(self: &Arc<Self>, amount: Spend) -> Result<Reservation, Exhausted> {
-        let mut chain: Vec<&Ledger> = vec![self];
-        let mut p = self.parent.as_deref();
-        while let Some(l) = p {
-            chain.push(l);
-            p = l.parent.as_deref();
-        }
-        // Lock in a fixed order (child to root) and check everything before
-        // changing anything.
-        let mut guards: Vec<_> = chain
-            .iter()
-            .map(|l| l.state.lock().unwrap_or_else(|e| e.into_inner()))
-            .collect();
-        for (l, g) in chain.iter().zip(&guards) {
-            l.fits(&g.committed, &amount)?;
-        }
-        for g in &mut guards {
-            add(&mut g.committed, &amount);
-            g.open += 1;
-        }
+        self.reserve_up(&amount)?;
         Ok(Reservation {
             ledger: self.clone(),
             amount,
@@ -344,6 +326,23 @@ impl Ledger {
     /// Time left on the wall clock, if the budget limits it.
     pub fn wall_left(&self) -> Option<Duration> {
         self.limits.wall.map(|w| w.saturating_sub(self.active()))
+    }
+
+    /// Reserves `amount` here and on every ledger above, or on none. The
+    /// locks are taken in a fixed order, child to root, and each ledger is
+    /// checked before any above it; all are held until every one has
+    /// checked, so nothing changes unless everything fits. Recursive, not a
+    /// list of guards: every tool call reserves, and the chain is as deep
+    /// as the flows' calls.
+    fn reserve_up(&self, amount: &Spend) -> Result<(), Exhausted> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.fits(&state.committed, amount)?;
+        if let Some(parent) = &self.parent {
+            parent.reserve_up(amount)?;
+        }
+        add(&mut state.committed, amount);
+        state.open += 1;
+        Ok(())
     }
 
     fn fits(&self, committed: &Spend, amount: &Spend) -> Result<(), Exhausted> {

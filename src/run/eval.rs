@@ -2,6 +2,8 @@
 //! types, so a failure here means a value broke its declared type at run time
 //! (which validation reports first) or an environment variable is missing.
 
+use std::borrow::Cow;
+
 use petgraph::graph::NodeIndex;
 use serde_json::{Map, Number, Value};
 
@@ -24,6 +26,37 @@ impl std::fmt::Display for EvalError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// `null`, for a member a record does not have.
+static NULL: Value = Value::Null;
+
+/// An expression's value, borrowed from the scope where the expression
+/// names one (a parameter, a step's value, or a member of one), computed
+/// otherwise. So reading `it.id` copies the id, not the whole item, and
+/// `items.len` copies nothing.
+fn read<'a>(e: &Expr, scope: &'a dyn Scope) -> Result<Cow<'a, Value>, EvalError> {
+    Ok(match &e.kind {
+        ExprKind::Param(i) => Cow::Borrowed(
+            scope
+                .param(*i)
+                .ok_or_else(|| EvalError(format!("parameter {i} has no value")))?,
+        ),
+        ExprKind::Step(n) => Cow::Borrowed(
+            scope
+                .step(*n)
+                .ok_or_else(|| EvalError(format!("step {} has no value yet", n.index())))?,
+        ),
+        ExprKind::Member(base, field) => match read(base, scope)? {
+            Cow::Borrowed(Value::Object(map)) => Cow::Borrowed(map.get(field).unwrap_or(&NULL)),
+            Cow::Owned(Value::Object(mut map)) => {
+                Cow::Owned(map.remove(field).unwrap_or(Value::Null))
+            }
+            Cow::Borrowed(Value::Null) | Cow::Owned(Value::Null) => Cow::Borrowed(&NULL),
+            other => return Err(EvalError(format!("`.{field}` of a {}", kind(&other)))),
+        },
+        _ => Cow::Owned(eval(e, scope)?),
+    })
 }
 
 pub fn eval(e: &Expr, scope: &dyn Scope) -> Result<Value, EvalError> {
@@ -50,24 +83,14 @@ pub fn eval(e: &Expr, scope: &dyn Scope) -> Result<Value, EvalError> {
                 .env(name)
                 .ok_or_else(|| EvalError(format!("the environment variable {name} is not set")))?,
         ),
-        ExprKind::Param(i) => scope
-            .param(*i)
-            .cloned()
-            .ok_or_else(|| EvalError(format!("parameter {i} has no value")))?,
-        ExprKind::Step(n) => scope
-            .step(*n)
-            .cloned()
-            .ok_or_else(|| EvalError(format!("step {} has no value yet", n.index())))?,
-        ExprKind::Member(base, field) => match eval(base, scope)? {
-            Value::Object(mut map) => map.remove(field).unwrap_or(Value::Null),
-            Value::Null => Value::Null,
-            other => return Err(EvalError(format!("`.{field}` of a {}", kind(&other)))),
-        },
-        ExprKind::Len(base) => match eval(base, scope)? {
+        ExprKind::Param(_) | ExprKind::Step(_) | ExprKind::Member(..) => {
+            read(e, scope)?.into_owned()
+        }
+        ExprKind::Len(base) => match &*read(base, scope)? {
             Value::Array(items) => Value::from(items.len()),
             Value::String(s) => Value::from(s.chars().count()),
             Value::Null => Value::Null,
-            other => return Err(EvalError(format!("`.len` of a {}", kind(&other)))),
+            other => return Err(EvalError(format!("`.len` of a {}", kind(other)))),
         },
         ExprKind::Index(base, index) => {
             let base = eval(base, scope)?;

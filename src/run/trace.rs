@@ -134,25 +134,36 @@ impl Trace {
     }
 
     /// Opens a span; close it with [`Trace::end`].
-    pub fn begin(&self, parent: Option<SpanId>, kind: &str, name: &str) -> Span {
+    pub fn begin(&self, parent: Option<SpanId>, kind: &'static str, name: &str) -> Span {
         Span {
             id: self.next.fetch_add(1, Ordering::Relaxed),
             parent,
-            kind: kind.to_string(),
-            name: name.to_string(),
+            kind,
+            name: self.span_name(name),
             start_ms: self.ms(),
+        }
+    }
+
+    /// A span's name, kept only where its end is recorded: a fan-out's
+    /// branch opens two spans, and a run that records nothing need not copy
+    /// their names.
+    fn span_name(&self, name: &str) -> String {
+        if self.records() {
+            name.to_string()
+        } else {
+            String::new()
         }
     }
 
     /// Opens a span under an id chosen earlier: the root `run` span of a
     /// resumed run whose first process died before writing it (the id is in
     /// the run store, and the spans that process did write hang under it).
-    pub fn begin_as(&self, id: SpanId, kind: &str, name: &str) -> Span {
+    pub fn begin_as(&self, id: SpanId, kind: &'static str, name: &str) -> Span {
         Span {
             id,
             parent: None,
-            kind: kind.to_string(),
-            name: name.to_string(),
+            kind,
+            name: self.span_name(name),
             start_ms: self.ms(),
         }
     }
@@ -314,7 +325,7 @@ impl Trace {
 pub struct Span {
     pub id: SpanId,
     pub parent: Option<SpanId>,
-    kind: String,
+    kind: &'static str,
     name: String,
     start_ms: f64,
 }

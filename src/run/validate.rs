@@ -61,16 +61,23 @@ impl Validators {
     }
 
     /// A tool's arguments against its parameters, as [`Validators::check_args`].
+    /// The map is lent to a `Value` for the check and handed back: every
+    /// tool call is checked, and a copy of its arguments would cost one.
     pub fn check_tool_args(
         &self,
         types: &TypeTable,
         tool: &Tool,
-        args: &Map<String, Value>,
+        args: &mut Map<String, Value>,
     ) -> Result<(), Vec<String>> {
         let validator = self.tool_validator(&self.tool_args, tool.id, || {
             schema::params_document(types, &crate::exec::signature(&tool.params))
         })?;
-        Self::violations(&validator, &Value::Object(args.clone()))
+        let lent = Value::Object(std::mem::take(args));
+        let checked = Self::violations(&validator, &lent);
+        if let Value::Object(map) = lent {
+            *args = map;
+        }
+        checked
     }
 
     /// A tool's result against its output type, as [`Validators::accept`].
@@ -111,6 +118,11 @@ impl Validators {
 
     /// `Ok`, or one message per violation, by path.
     fn violations(validator: &jsonschema::Validator, value: &Value) -> Result<(), Vec<String>> {
+        // The common answer first: a valid value walks the schema without
+        // gathering anything.
+        if validator.is_valid(value) {
+            return Ok(());
+        }
         let mut found: Vec<(String, String)> = validator
             .iter_errors(value)
             .map(|e| (e.instance_path().to_string(), message(&e)))

@@ -26,14 +26,14 @@ impl Runtime<'_> {
         cx: &FlowCtx<'_>,
         n: NodeIndex,
         tool: &Tool,
-        args: Map<String, Value>,
+        mut args: Map<String, Value>,
         path: &StepPath<'_>,
     ) -> Result<Value, Stop> {
         self.count_call(CallTarget::Tool(tool.id));
-        let step_name = cx.flow.graph[n].name.clone();
+        let step_name = &cx.flow.graph[n].name;
         if let Err(errors) = self
             .validators
-            .check_tool_args(&self.program.types, tool, &args)
+            .check_tool_args(&self.program.types, tool, &mut args)
         {
             self.stats.borrow_mut().validation_rejections += 1;
             self.trace.event(

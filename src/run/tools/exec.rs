@@ -39,7 +39,7 @@ pub(super) async fn call(
             };
             rendered.push(render_plain(t, &scope).map_err(|e| template_error(tool, &what, e))?);
         }
-        (rendered, scope.secrets())
+        (rendered, scope.into_secrets())
     };
     let Some((program, rest)) = rendered.split_first() else {
         return Err(failed("its `exec` names no program".into()));

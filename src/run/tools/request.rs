@@ -152,7 +152,7 @@ pub(super) fn build(
             }
         }
     };
-    secrets.extend(scope.secrets());
+    secrets.extend(scope.into_secrets());
     Ok(Request {
         url,
         what,

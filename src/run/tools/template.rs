@@ -38,8 +38,9 @@ impl<'a> ToolScope<'a> {
         }
     }
 
-    pub(super) fn secrets(&self) -> Vec<String> {
-        self.seen_env.borrow().clone()
+    /// Every environment value the templates read: redacted from quoted text.
+    pub(super) fn into_secrets(self) -> Vec<String> {
+        self.seen_env.into_inner()
     }
 }
 
