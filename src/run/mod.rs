@@ -662,9 +662,9 @@ fn checked_input<'p>(
     let f = program
         .flow_named(flow)
         .ok_or_else(|| SetupError::NoSuchFlow(flow.to_string()))?;
-    let empty = Map::new();
+    let empty = Value::Object(Map::new());
     let input = match input {
-        Value::Object(map) => map,
+        Value::Object(_) => input,
         Value::Null => &empty,
         other => {
             return Err(SetupError::Input(format!(

@@ -44,20 +44,16 @@ impl Validators {
         Ok(types.project(ty, value))
     }
 
-    /// `Ok` when `args` fit a parameter list (name, type, optional): every
-    /// required parameter present, no others, each of its type.
+    /// `Ok` when `args`, an object, fit a parameter list (name, type,
+    /// optional): every required parameter present, no others, each of its
+    /// type.
     pub fn check_args(
         &self,
         types: &TypeTable,
         params: &[(String, Ty, bool)],
-        args: &Map<String, Value>,
+        args: &Value,
     ) -> Result<(), Vec<String>> {
-        // The schema wants a `Value`; validating a clone of the map is
-        // cheaper than a second code path.
-        self.check_schema(
-            &schema::params_document(types, params),
-            &Value::Object(args.clone()),
-        )
+        self.check_schema(&schema::params_document(types, params), args)
     }
 
     /// A tool's arguments against its parameters, as [`Validators::check_args`].
