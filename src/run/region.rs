@@ -31,13 +31,6 @@ use crate::fields;
 use crate::store::StepRow;
 use crate::types::Lit;
 
-/// The most iterations of a loop started, and given their first poll, in
-/// one turn of the event loop. A 1,000-wide fan-out started whole prepared
-/// every call before the first request could leave (its connection was not
-/// even made): the server saw nothing for ~11 ms, and the runtime's timers
-/// and other tasks waited as long.
-const BRANCHES_PER_TURN: usize = 64;
-
 /// A step in flight: its node and, when it ends, how.
 type Running<'a> = LocalBoxFuture<'a, (NodeIndex, Result<CallOutcome, Stop>)>;
 
@@ -456,9 +449,7 @@ impl Runtime<'_> {
         let mut next = 0;
         let limit = parallel.max(1) as usize;
         loop {
-            let mut started = 0;
-            while running.len() < limit && next < count && started < BRANCHES_PER_TURN {
-                started += 1;
+            while running.len() < limit && next < count {
                 let i = next;
                 next += 1;
                 let child = frame.child(&cx.plan, body, frame.path.iteration(name, i));
@@ -486,22 +477,7 @@ impl Runtime<'_> {
                         (usize, Result<(Option<Value>, bool), (Stop, Rc<Frame>)>),
                     >);
             }
-            let ended = if running.len() < limit && next < count {
-                // More branches may start: the batch's first polls have
-                // prepared its calls, and a turn of the event loop now puts
-                // them on the wire (and runs timers and other tasks) before
-                // the next batch is prepared.
-                match running.next_now().await {
-                    Some(ended) => ended,
-                    None => {
-                        tokio::task::yield_now().await;
-                        continue;
-                    }
-                }
-            } else {
-                running.next().await
-            };
-            let Some((i, done)) = ended else {
+            let Some((i, done)) = running.next().await else {
                 break;
             };
             match done {
