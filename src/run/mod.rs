@@ -298,11 +298,9 @@ pub fn run_sealed(
         options.trace_path.as_deref(),
         secrets,
         options.observer.take(),
+        export,
     )
     .map_err(SetupError::Trace)?;
-    if let Some(export) = export {
-        trace.set_export(export);
-    }
     if !options.keep_events {
         trace.discard_events();
     }

@@ -57,12 +57,16 @@ pub fn root_span_id() -> SpanId {
 
 impl Trace {
     /// A trace written to `path` (created, with its folders), or kept in
-    /// memory only when `path` is `None`.
+    /// memory only when `path` is `None`; with `export`, every span is sent
+    /// to an OTLP collector too. Where events may go is fixed here, before
+    /// any span begins (`discard_events` only narrows it): a span keeps its
+    /// name only when its end is recorded.
     pub fn new(
         run_id: &str,
         path: Option<&std::path::Path>,
         secrets: Vec<String>,
         observer: Option<Observer>,
+        export: Option<super::otel::Export>,
     ) -> std::io::Result<Trace> {
         let out = match path {
             Some(p) => {
@@ -97,15 +101,10 @@ impl Trace {
             keep: true,
             observer,
             trace_id: super::otel::trace_id(run_id),
-            export: None,
+            export,
             failed: Mutex::default(),
             failure: tokio::sync::Notify::new(),
         })
-    }
-
-    /// Sends every span to an OTLP collector too.
-    pub fn set_export(&mut self, export: super::otel::Export) {
-        self.export = Some(export);
     }
 
     /// The W3C `traceparent` of span `span`, for an outgoing call made in it.
@@ -502,7 +501,7 @@ mod tests {
             ("", ""),
         ] {
             std::fs::write(&path, before).expect("write");
-            let trace = Trace::new("r", Some(&path), Vec::new(), None).expect("trace");
+            let trace = Trace::new("r", Some(&path), Vec::new(), None, None).expect("trace");
             trace.event(None, "note", "n", Map::new());
             trace.flush();
             drop(trace);
