@@ -223,3 +223,77 @@ pub fn kind(v: &Value) -> &'static str {
         Value::Object(_) => "record",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Ty;
+    use serde_json::json;
+
+    struct Params(Vec<Value>);
+
+    impl Scope for Params {
+        fn param(&self, index: usize) -> Option<&Value> {
+            self.0.get(index)
+        }
+        fn step(&self, _node: NodeIndex) -> Option<&Value> {
+            None
+        }
+        fn env(&self, _name: &str) -> Option<String> {
+            None
+        }
+    }
+
+    fn expr(kind: ExprKind) -> Expr {
+        Expr {
+            kind,
+            ty: Ty::Json,
+            span: Default::default(),
+        }
+    }
+
+    fn member(base: ExprKind, field: &str) -> ExprKind {
+        ExprKind::Member(Box::new(expr(base)), field.into())
+    }
+
+    #[test]
+    fn members_and_lengths_read_through_places_and_computed_values() {
+        let scope = Params(vec![json!({"a": {"b": 7}, "n": null}), json!("text")]);
+        let value = |kind: ExprKind| eval(&expr(kind), &scope);
+        // Borrowed from the scope, nested.
+        assert_eq!(
+            value(member(member(ExprKind::Param(0), "a"), "b")),
+            Ok(json!(7))
+        );
+        // A missing member, and any member of null, is null.
+        assert_eq!(value(member(ExprKind::Param(0), "zz")), Ok(Value::Null));
+        assert_eq!(
+            value(member(member(ExprKind::Param(0), "n"), "x")),
+            Ok(Value::Null)
+        );
+        // A member of a value computed here.
+        let object = ExprKind::Object(vec![("k".into(), expr(ExprKind::Bool(true)))]);
+        assert_eq!(value(member(object, "k")), Ok(json!(true)));
+        // The errors say what was read.
+        assert_eq!(
+            value(member(ExprKind::Param(1), "x")),
+            Err(EvalError("`.x` of a string".into()))
+        );
+        assert_eq!(
+            value(ExprKind::Param(5)),
+            Err(EvalError("parameter 5 has no value".into()))
+        );
+        // `.len` of a place and of a member of one.
+        assert_eq!(
+            value(ExprKind::Len(Box::new(expr(ExprKind::Param(1))))),
+            Ok(json!(4))
+        );
+        assert_eq!(
+            value(ExprKind::Len(Box::new(expr(member(
+                ExprKind::Param(0),
+                "a"
+            ))))),
+            Err(EvalError("`.len` of a record".into()))
+        );
+    }
+}
