@@ -28,6 +28,22 @@ impl std::fmt::Display for EvalError {
     }
 }
 
+/// A scope of parameters alone: no steps, no environment (an agent's
+/// prompt).
+pub(crate) struct ParamsScope<'a>(pub &'a [Value]);
+
+impl Scope for ParamsScope<'_> {
+    fn param(&self, index: usize) -> Option<&Value> {
+        self.0.get(index)
+    }
+    fn step(&self, _node: NodeIndex) -> Option<&Value> {
+        None
+    }
+    fn env(&self, _name: &str) -> Option<String> {
+        None
+    }
+}
+
 /// `null`, for a member a record does not have.
 static NULL: Value = Value::Null;
 
@@ -230,20 +246,6 @@ mod tests {
     use crate::types::Ty;
     use serde_json::json;
 
-    struct Params(Vec<Value>);
-
-    impl Scope for Params {
-        fn param(&self, index: usize) -> Option<&Value> {
-            self.0.get(index)
-        }
-        fn step(&self, _node: NodeIndex) -> Option<&Value> {
-            None
-        }
-        fn env(&self, _name: &str) -> Option<String> {
-            None
-        }
-    }
-
     fn expr(kind: ExprKind) -> Expr {
         Expr {
             kind,
@@ -258,7 +260,8 @@ mod tests {
 
     #[test]
     fn members_and_lengths_read_through_places_and_computed_values() {
-        let scope = Params(vec![json!({"a": {"b": 7}, "n": null}), json!("text")]);
+        let params = [json!({"a": {"b": 7}, "n": null}), json!("text")];
+        let scope = ParamsScope(&params);
         let value = |kind: ExprKind| eval(&expr(kind), &scope);
         // Borrowed from the scope, nested.
         assert_eq!(

@@ -121,18 +121,19 @@ impl Runtime<'_> {
             .collect();
         let instructions = match &agent.instructions {
             Some(t) => {
-                crate::run::eval::render_template(t, &ParamsScope(&params)).map_err(|e| {
-                    self.fail(
-                        cx,
-                        n,
-                        0,
-                        FailureClass::Template,
-                        format!(
-                            "agent `{}`: cannot render its instructions: {e}",
-                            agent.name
-                        ),
-                    )
-                })?
+                crate::run::eval::render_template(t, &crate::run::eval::ParamsScope(&params))
+                    .map_err(|e| {
+                        self.fail(
+                            cx,
+                            n,
+                            0,
+                            FailureClass::Template,
+                            format!(
+                                "agent `{}`: cannot render its instructions: {e}",
+                                agent.name
+                            ),
+                        )
+                    })?
             }
             None => String::new(),
         };
@@ -348,18 +349,4 @@ enum TurnEnd {
     Failed(usize, u32, CallError),
     /// Its breaker was open after this many failures: no request was made.
     Open(Dependency, u32),
-}
-
-struct ParamsScope<'a>(&'a [Value]);
-
-impl crate::run::eval::Scope for ParamsScope<'_> {
-    fn param(&self, index: usize) -> Option<&Value> {
-        self.0.get(index)
-    }
-    fn step(&self, _node: NodeIndex) -> Option<&Value> {
-        None
-    }
-    fn env(&self, _name: &str) -> Option<String> {
-        None
-    }
 }
