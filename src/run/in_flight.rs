@@ -78,6 +78,17 @@ impl<F: Future + Unpin> InFlight<F> {
         poll_fn(|cx| self.poll_next(cx)).await
     }
 
+    /// One poll of the set, without waiting: the output of a future that
+    /// ended (`Some(None)` once none is in flight), or `None` when none has.
+    /// The futures pushed since the last poll get their first poll here.
+    pub(crate) async fn next_now(&mut self) -> Option<Option<F::Output>> {
+        poll_fn(|cx| match self.poll_next(cx) {
+            Poll::Ready(ended) => Poll::Ready(Some(ended)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await
+    }
+
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
         self.wake.task.register(cx.waker());
         let waker = waker_ref(&self.wake);
@@ -156,6 +167,31 @@ mod tests {
         assert!(polled(&mut set, &count).is_pending());
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "the task is woken");
         assert!(polls.get() <= 2, "and the future polled at most twice");
+    }
+
+    #[test]
+    fn next_now_polls_once_and_never_waits() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let (tx, rx) = tokio::sync::oneshot::channel::<u8>();
+            let polled = Rc::new(Cell::new(false));
+            let seen = polled.clone();
+            let mut set: InFlight<LocalBoxFuture<'_, u8>> = InFlight::new();
+            set.push(
+                async move {
+                    seen.set(true);
+                    rx.await.expect("sent")
+                }
+                .boxed_local(),
+            );
+            assert_eq!(set.next_now().await, None, "nothing has ended");
+            assert!(polled.get(), "the future pushed had its first poll");
+            tx.send(7).expect("the receiver waits");
+            assert_eq!(set.next_now().await, Some(Some(7)));
+            assert_eq!(set.next_now().await, Some(None), "none in flight");
+        });
     }
 
     #[test]
