@@ -448,13 +448,11 @@ impl Runtime<'_> {
         let mut running = InFlight::new();
         let mut next = 0;
         let limit = parallel.max(1) as usize;
-        // The first iteration starts alone, and the loop yields once after
-        // its first poll (see below); the rest then start together.
-        let mut starting = if limit > 1 && count > 1 { 1 } else { limit };
+        // Iterations in flight at most: the first alone until the loop has
+        // yielded once after its first poll (see below), then `limit`.
+        let mut width = if limit > 1 && count > 1 { 1 } else { limit };
         loop {
-            let mut started = 0;
-            while running.len() < limit && next < count && started < starting {
-                started += 1;
+            while running.len() < width && next < count {
                 let i = next;
                 next += 1;
                 let child = frame.child(&cx.plan, body, frame.path.iteration(name, i));
@@ -482,8 +480,8 @@ impl Runtime<'_> {
                         (usize, Result<(Option<Value>, bool), (Stop, Rc<Frame>)>),
                     >);
             }
-            let ended = if starting < limit {
-                starting = limit;
+            let ended = if width < limit {
+                width = limit;
                 // One turn of the event loop after the first iteration's
                 // first poll. Its call's timeout is then the driver's next
                 // wake-up, and the later calls' timeouts, no earlier, wake
