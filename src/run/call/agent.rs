@@ -12,6 +12,7 @@ use crate::fields;
 use crate::run::breaker::Dependency;
 use crate::run::budget::{Ledger, Spend};
 use crate::run::error::{CallError, FailureClass, Stop};
+use crate::run::eval::{render_template, ParamsScope};
 use crate::run::frame::FlowCtx;
 use crate::run::providers::{ChatRequest, ChatResponse, Message, ToolSpec};
 use crate::run::runtime::Runtime;
@@ -120,21 +121,18 @@ impl Runtime<'_> {
             .map(|p| args.get(&p.name).cloned().unwrap_or(Value::Null))
             .collect();
         let instructions = match &agent.instructions {
-            Some(t) => {
-                crate::run::eval::render_template(t, &crate::run::eval::ParamsScope(&params))
-                    .map_err(|e| {
-                        self.fail(
-                            cx,
-                            n,
-                            0,
-                            FailureClass::Template,
-                            format!(
-                                "agent `{}`: cannot render its instructions: {e}",
-                                agent.name
-                            ),
-                        )
-                    })?
-            }
+            Some(t) => render_template(t, &ParamsScope(&params)).map_err(|e| {
+                self.fail(
+                    cx,
+                    n,
+                    0,
+                    FailureClass::Template,
+                    format!(
+                        "agent `{}`: cannot render its instructions: {e}",
+                        agent.name
+                    ),
+                )
+            })?,
             None => String::new(),
         };
         let output_schema = crate::schema::document(
