@@ -188,3 +188,52 @@ fn a_listed_server_that_speaks_only_http1_fails_the_calls_as_connection_errors()
         "no HTTP/1.1 request was made"
     );
 }
+
+#[test]
+fn the_mock_server_started_for_h2c_takes_every_call_of_a_wide_fan_out_at_once() {
+    // What the durable bench's HTTP/2 model fan-out rests on. Listed in
+    // `FLOWC_H2C`, the calls can only complete over HTTP/2: flowc does not
+    // fall back to HTTP/1.1 (the test above). And the server lifts hyper's
+    // limit of 200 streams at once: with it, the 201st request would reach
+    // the server only once a reply had freed a stream, 300 ms after the
+    // first.
+    let width = 250;
+    let source = FANOUT
+        .replace("len ..100", "len ..250")
+        .replace("parallel 100", "parallel 250");
+    let server = MockServer::start_h2c();
+    server.always(
+        "GET /tools/ping",
+        Reply::delay(300, Reply::ok(json!({"ok": true}))),
+    );
+    let program = checked("fanout.flow", &source);
+    let items: Vec<Value> = (0..width).map(|i| json!({"id": format!("i{i}")})).collect();
+    let (base, origin) = (server.base_url(), server.addr().to_string());
+    let options = RunOptions {
+        concurrency: width,
+        world: World::Live,
+        env: Arc::new(move |name: &str| match name {
+            "MOCK_URL" => Some(base.clone()),
+            "FLOWC_H2C" => Some(origin.clone()),
+            _ => None,
+        }),
+        ..RunOptions::default()
+    };
+    let report = run::run(&program, "fanout", json!({ "items": items }), options).expect("runs");
+    completed(&report, width);
+    let received: Vec<_> = server
+        .requests_to("/tools/ping")
+        .iter()
+        .map(|r| r.received)
+        .collect();
+    assert_eq!(received.len(), width);
+    let (first, last) = (
+        received.iter().min().expect("requests"),
+        received.iter().max().expect("requests"),
+    );
+    assert!(
+        *last - *first < Duration::from_millis(300),
+        "the requests reached the server over {:?}: some waited for a stream",
+        *last - *first
+    );
+}

@@ -32,6 +32,10 @@
 //! The server runs on its own thread and runtime, so it serves sync tests,
 //! `current_thread` tests and concurrent requests alike. Dropping it stops
 //! it and abandons any connection still open (hung replies included).
+//!
+//! [`MockServer::start_h2c`] also speaks HTTP/2 with prior knowledge (what
+//! `FLOWC_H2C` makes flowc's client send): a wide fan-out then shares one
+//! connection, where over HTTP/1.1 each call opens its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -49,7 +53,8 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -466,9 +471,27 @@ impl State {
     }
 }
 
+/// The protocols a mock server answers in.
+#[derive(Clone, Copy)]
+enum Speaks {
+    Http1,
+    /// HTTP/1.1, or HTTP/2 on a connection that opens with its preface.
+    Http1AndH2c,
+}
+
 impl MockServer {
-    /// Binds 127.0.0.1 on an ephemeral port and starts serving at once.
+    /// Binds 127.0.0.1 on an ephemeral port and starts serving HTTP/1.1 at
+    /// once.
     pub fn start() -> MockServer {
+        MockServer::start_speaking(Speaks::Http1)
+    }
+
+    /// [`MockServer::start`], also answering HTTP/2 with prior knowledge.
+    pub fn start_h2c() -> MockServer {
+        MockServer::start_speaking(Speaks::Http1AndH2c)
+    }
+
+    fn start_speaking(speaks: Speaks) -> MockServer {
         let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         listener
             .set_nonblocking(true)
@@ -484,7 +507,7 @@ impl MockServer {
                     .enable_all()
                     .build()
                     .expect("mock server runtime");
-                runtime.block_on(serve(listener, served, stop));
+                runtime.block_on(serve(listener, served, stop, speaks));
                 // Hung connections and pending delays are dropped, not awaited.
                 runtime.shutdown_background();
             })
@@ -620,6 +643,7 @@ async fn serve(
     listener: StdTcpListener,
     state: Arc<Mutex<State>>,
     mut stop: oneshot::Receiver<()>,
+    speaks: Speaks,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
     loop {
@@ -630,7 +654,19 @@ async fn serve(
                 let state = state.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| handle(state.clone(), request));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let io = TokioIo::new(stream);
+                    match speaks {
+                        Speaks::Http1 => {
+                            let _ = http1::Builder::new().serve_connection(io, service).await;
+                        }
+                        Speaks::Http1AndH2c => {
+                            let mut builder = auto::Builder::new(TokioExecutor::new());
+                            // hyper's default, 200 streams at once, would
+                            // hold a wide fan-out's calls back in waves.
+                            builder.http2().max_concurrent_streams(None);
+                            let _ = builder.serve_connection(io, service).await;
+                        }
+                    }
                 });
             }
         }
