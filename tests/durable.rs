@@ -2575,6 +2575,125 @@ flow wide(names: [string] len ..40) -> [{ committed: bool }] {
     );
 }
 
+/// Results that no step waits for do not wait for the run's end to be
+/// committed: a fan-out's iterations end as soon as their step does, and
+/// the run's committer writes them while a call beside the loop is still in
+/// flight (the server counts the store's rows when it answers that call).
+/// The flow's last steps go with the run's end, in the same transaction.
+#[test]
+fn results_nothing_waits_for_are_committed_while_the_run_goes_on() {
+    let lab = Lab::new(
+        "committer",
+        r#"
+flow wide(names: [string] len ..8) -> { all: [Scored], late: Scored } {
+  budget { tokens 100k }
+  let all = for n in names parallel 8 {
+    llm fast -> Scored { prompt "Score {n}" }
+  }
+  let late = llm fast -> Scored { prompt "Late" }
+  return { all: all, late: late }
+}
+"#,
+    );
+    let db = lab.dir.0.join("writes.db");
+    lab.server.always(
+        CHAT,
+        Reply::from_fn(move |r| {
+            let prompt = prompt_of(r);
+            let prompt = prompt.trim();
+            if prompt != "Late" {
+                let name = prompt.strip_prefix("Score ").unwrap_or("?");
+                return Reply::chat_json(scored(name));
+            }
+            let db = db.clone();
+            Reply::delay(
+                500,
+                Reply::from_fn(move |_| {
+                    let conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                        .expect("opens the store");
+                    let rows: i64 = conn
+                        .query_row("SELECT count(*) FROM steps", [], |r| r.get(0))
+                        .expect("counts");
+                    Reply::chat_json(json!({"name": "late", "score": rows}))
+                }),
+            )
+        }),
+    );
+    let names: Vec<String> = (0..8).map(|i| format!("n{i}")).collect();
+    let (report, run) = run_durable(&lab, "wide", json!({ "names": names }));
+    let flowc::run::Outcome::Completed(output) = &report.outcome else {
+        panic!("{:?}", report.outcome);
+    };
+    assert_eq!(
+        output["late"]["score"],
+        json!(9),
+        "the eight iterations and their loop were in the store while `late` was in flight"
+    );
+    let conn = Connection::open(lab.dir.0.join("writes.db")).expect("opens");
+    let (rows, last, ended): (i64, f64, f64) = conn
+        .query_row(
+            "SELECT count(*), max(s.completed_at), r.updated_at FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.run_id = ?1",
+            [&run],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("reads");
+    assert_eq!(rows, 10, "every durable step of the run is in the store");
+    assert_eq!(
+        last, ended,
+        "`late`, which nothing waited for, was written with the run's end"
+    );
+}
+
+/// A loop's iteration holds its slot until its result is committed, though
+/// nothing waits for it: iterations running or not yet committed are never
+/// more than `parallel`, so a crash makes a resume run at most that many
+/// again. Each call's reply says how many iterations the store held when
+/// the call arrived.
+#[test]
+fn a_loop_starts_an_iteration_only_when_at_most_parallel_are_uncommitted() {
+    let lab = Lab::new(
+        "loop-slots",
+        r#"
+flow wide(names: [string] len ..8) -> [Scored] {
+  budget { tokens 100k }
+  let all = for n in names parallel 2 {
+    llm fast -> Scored { prompt "Score {n}" }
+  }
+  return all
+}
+"#,
+    );
+    let db = lab.dir.0.join("writes.db");
+    lab.server.always(
+        CHAT,
+        Reply::from_fn(move |r| {
+            let prompt = prompt_of(r);
+            let name = prompt.trim().strip_prefix("Score ").unwrap_or("?");
+            let conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .expect("opens the store");
+            let rows: i64 = conn
+                .query_row("SELECT count(*) FROM steps", [], |r| r.get(0))
+                .expect("counts");
+            Reply::chat_json(json!({"name": name, "score": rows}))
+        }),
+    );
+    let names: Vec<String> = (0..8).map(|i| format!("n{i}")).collect();
+    let (report, _) = run_durable(&lab, "wide", json!({ "names": names }));
+    let flowc::run::Outcome::Completed(Value::Array(all)) = &report.outcome else {
+        panic!("{:?}", report.outcome);
+    };
+    let committed: Vec<i64> = all
+        .iter()
+        .map(|s| s["score"].as_i64().expect("a count"))
+        .collect();
+    for (i, &rows) in committed.iter().enumerate() {
+        assert!(
+            rows >= i as i64 - 2,
+            "iteration {i} started with {rows} iterations committed: {committed:?}"
+        );
+    }
+}
+
 /// The real fault the allowance is for: a process killed while a model call
 /// is in flight, a call that went out with no write of its own (the spend
 /// last written, before the first call, covered it and the two steps'

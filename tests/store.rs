@@ -12,7 +12,7 @@ use std::time::Duration;
 use flowc::run::budget::Spend;
 use flowc::store::{
     self, Acquired, DecisionSource, Durability, GateRecord, Lease, NoticeStage, Reply,
-    ReviewRecord, RunRecord, StepRow, Store, StoreError, Verdict,
+    ReviewRecord, RunEnd, RunRecord, StepRow, Store, StoreError, Verdict,
 };
 use serde_json::json;
 
@@ -173,7 +173,15 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
         let gate = GateRecord::pending("r1", "g", "main", "g", json!([1]), None, "reject");
         lost(store.pending_gate(&old, &gate), "gate");
         lost(
-            store.finish_run(&old, "completed", Some(&json!(0)), None, spend(9), true),
+            store.finish_run(
+                &old,
+                &RunEnd {
+                    output: Some(&json!(0)),
+                    root_written: true,
+                    steps: &[StepRow::new("late", Some(&json!(1)))],
+                    ..RunEnd::bare("completed", None, spend(9))
+                },
+            ),
             "finish",
         );
         let r = store.run("r1").expect("run").expect("exists");
@@ -221,13 +229,24 @@ fn a_live_lease_is_exclusive_an_expired_one_is_taken_over_and_the_old_owner_is_f
         store
             .finish_run(
                 &new,
-                "completed",
-                Some(&json!({"ok": true})),
-                None,
-                spend(2),
-                true,
+                &RunEnd {
+                    output: Some(&json!({"ok": true})),
+                    root_written: true,
+                    steps: &[StepRow::new("last", Some(&json!("with the end")))],
+                    ..RunEnd::bare("completed", None, spend(2))
+                },
             )
             .expect("finishes");
+        let steps = store.steps("r1").expect("steps");
+        assert_eq!(
+            steps.get("last"),
+            Some(&Some(json!("with the end"))),
+            "{backend}: the run's last steps are written with its end"
+        );
+        assert!(
+            !steps.contains_key("late"),
+            "{backend}: a finish fenced out wrote none of its steps"
+        );
         let r = store.run("r1").expect("run").expect("exists");
         assert!(
             r.root_written,

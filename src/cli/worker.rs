@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use flowc::run;
-use flowc::store::{self, Lease, RunRecord, Store};
+use flowc::store::{self, Lease, RunEnd, RunRecord, Store};
 
 use crate::execute::{self, Driver, Failure, RunArgs};
 
@@ -176,7 +176,7 @@ impl Slot {
         let failed = run::status::RunStatus::Failed.as_str();
         if let Err(e) = self
             .store
-            .finish_run(lease, failed, None, Some(&why), spend, false)
+            .finish_run(lease, &RunEnd::bare(failed, Some(&why), spend))
         {
             eprintln!("worker: run {}: {e}", lease.run_id);
         }

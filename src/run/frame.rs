@@ -175,6 +175,9 @@ pub struct RegionEnd {
     /// A step waits on a gate further in (a loop iteration, a branch arm, a
     /// called flow), whose gates are in the run's waiting list.
     pub blocked: bool,
+    /// The commit that takes the last rows the region queued and nothing
+    /// in it waited for (`Runtime::queue`); 0 when there are none.
+    pub commit: u64,
 }
 
 impl RegionEnd {

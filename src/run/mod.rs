@@ -376,6 +376,7 @@ pub fn run_sealed(
                     counts: std::cell::Cell::new(base),
                     writes: Default::default(),
                     failed: Default::default(),
+                    queued: Default::default(),
                 }),
                 base,
             )
@@ -463,6 +464,8 @@ pub fn run_sealed(
         // be audited).
         tokio::select! {
             r = flow => Some(r),
+            // A failed commit that no step waited for: the run ends with it.
+            () = runtime.commit_queued() => None,
             () = signal => None,
             () = requested => None,
             () = trace.failure() => None,
@@ -569,40 +572,34 @@ pub fn run_sealed(
             _ => (None, None),
         };
         let store = d.store.get();
-        // Replies of a step that did not complete (it failed, or the run
-        // stopped) are kept too, so a resume reads them instead of paying
-        // for them again; a completed step's went with its commit.
-        let replies: Vec<_> = std::mem::take(&mut *d.replies.borrow_mut())
-            .into_iter()
-            .map(|(_, reply)| reply)
-            .collect();
-        let kept = match &outcome {
-            Outcome::Store(_) => Ok(()),
-            _ if replies.is_empty() => Ok(()),
-            _ => {
-                let spend = runtime.spend_due(d);
-                d.count_write(|w| {
-                    w.commits += 1;
-                    w.rows += u64::from(spend.is_some());
-                });
-                store.commit_steps(&d.lease, &[], &replies, d.counts.get(), spend)
-            }
-        };
-        let finished = kept.and_then(|()| match &outcome {
+        let finished = match &outcome {
             // A lost lease is no longer ours to release; a failing store
             // gets one try to let the run go.
             Outcome::Store(crate::store::StoreError::LeaseLost(_)) => Ok(()),
             Outcome::Store(_) if hold_lease => Ok(()),
             Outcome::Store(_) => store.release(&d.lease),
-            _ => store.finish_run(
-                &d.lease,
-                status.as_str(),
-                output,
-                error.as_deref(),
-                spent,
-                writes_root && trace.failed().is_none(),
-            ),
-        });
+            _ => {
+                // The run's last write takes the steps that completed
+                // after the last commit (those nothing waited for, and
+                // those beside a failure or a stop), and the replies of
+                // steps that did not complete, so a resume reads them
+                // instead of paying for them again.
+                let (steps, replies, counted) = runtime.uncommitted(d);
+                store.finish_run(
+                    &d.lease,
+                    &crate::store::RunEnd {
+                        status: status.as_str(),
+                        output,
+                        error: error.as_deref(),
+                        spend: spent,
+                        root_written: writes_root && trace.failed().is_none(),
+                        steps: &steps,
+                        replies: &replies,
+                        counted,
+                    },
+                )
+            }
+        };
         if let Err(e) = finished {
             if !matches!(outcome, Outcome::Store(_)) {
                 outcome = Outcome::Store(e);

@@ -11,6 +11,7 @@
 //! skips what depends on it; an iteration whose result is skipped drops out
 //! of its loop's list.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use futures_util::future::LocalBoxFuture;
@@ -76,11 +77,27 @@ impl Runtime<'_> {
             ready.reverse();
             let mut running: InFlight<Running<'s>> = InFlight::new();
             let mut end = RegionEnd::default();
+            // The commit that takes the rows this region queued last, and
+            // the step whose row began that wait: a step that acts or is
+            // recorded (`is_durable`) starts only once what it may depend
+            // on is in the store. Values and checks need not wait (a resume
+            // computes them again), nor does the region's end: whatever
+            // depends on it there waits, and the run's last write takes
+            // what nothing waited for.
+            let mut owed: Option<(u64, NodeIndex)> = None;
             loop {
                 while let Some(n) = ready.pop() {
                     let skip = plan.deps[n.index()]
                         .iter()
                         .any(|d| frame.skipped.borrow().contains(d));
+                    if let Some((number, queued)) = owed {
+                        if !skip && cx.flow.graph[n].kind.is_durable() {
+                            owed = None;
+                            if let Err(e) = self.committed(number).await {
+                                return Err(self.store_stop(cx, &frame, queued, e));
+                            }
+                        }
+                    }
                     let prepared = if skip {
                         Prepared::Skip
                     } else {
@@ -99,7 +116,7 @@ impl Runtime<'_> {
                             if durable && cx.flow.graph[n].kind.is_durable() {
                                 let row =
                                     StepRow::new(step_path(&frame, cx, n).to_string(), Some(&v));
-                                self.persist(cx, vec![row]).await?;
+                                owed = Some((self.queue(vec![row]), n));
                             }
                             frame.set(&plan, n, v);
                             self.finished(cx, n);
@@ -108,7 +125,7 @@ impl Runtime<'_> {
                         Prepared::Skip => {
                             if durable && cx.flow.graph[n].kind.is_durable() && !skip {
                                 let row = StepRow::new(step_path(&frame, cx, n).to_string(), None);
-                                self.persist(cx, vec![row]).await?;
+                                owed = Some((self.queue(vec![row]), n));
                             }
                             frame.skipped.borrow_mut().insert(n);
                             release(&plan, n, &mut remaining, &mut ready);
@@ -126,15 +143,21 @@ impl Runtime<'_> {
                 while let Some(Some(more)) = running.next().now_or_never() {
                     done.push(more);
                 }
+                let first_done = done[0].0;
                 let mut batch = Vec::with_capacity(done.len());
                 let mut finished = Vec::with_capacity(done.len());
+                let mut failed = None;
                 for (n, result) in done {
-                    let value = match result? {
-                        CallOutcome::Value(v) => Some(v),
-                        CallOutcome::Skipped => None,
+                    let value = match result {
+                        Err(stop) => {
+                            failed.get_or_insert(stop);
+                            continue;
+                        }
+                        Ok(CallOutcome::Value(v)) => Some(v),
+                        Ok(CallOutcome::Skipped) => None,
                         // Neither checkpointed nor released: what depends
                         // on it waits too.
-                        CallOutcome::Waiting => {
+                        Ok(CallOutcome::Waiting) => {
                             end.blocked = true;
                             continue;
                         }
@@ -147,11 +170,20 @@ impl Runtime<'_> {
                     }
                     finished.push((n, value));
                 }
-                self.persist(cx, batch).await?;
+                // The steps that completed beside a failed one are queued
+                // too: the run's last write takes them.
+                let number = self.queue(batch);
+                if let Some(stop) = failed {
+                    return Err(stop);
+                }
+                if number > 0 {
+                    owed = Some((number, first_done));
+                }
                 for (n, value) in finished {
                     self.settle(cx, &frame, &plan, n, value, &mut remaining, &mut ready);
                 }
             }
+            end.commit = owed.map_or(0, |(number, _)| number);
             Ok(end)
         })
     }
@@ -179,6 +211,24 @@ impl Runtime<'_> {
             }
         }
         release(plan, n, remaining, ready);
+    }
+
+    /// A failed commit of `queued`'s row (and those beside it), as the
+    /// run's stop.
+    fn store_stop(
+        &self,
+        cx: &FlowCtx<'_>,
+        frame: &Frame,
+        queued: NodeIndex,
+        e: crate::store::StoreError,
+    ) -> Stop {
+        Stop::Failed(super::error::RunError {
+            flow: cx.flow.name.clone(),
+            step: step_path(frame, cx, queued).to_string(),
+            attempts: 0,
+            class: FailureClass::Store,
+            message: e.to_string(),
+        })
     }
 
     fn finished(&self, cx: &FlowCtx<'_>, n: NodeIndex) {
@@ -451,8 +501,30 @@ impl Runtime<'_> {
         // Iterations in flight at most: the first alone until the loop has
         // yielded once after its first poll (see below), then `limit`.
         let mut width = if limit > 1 && count > 1 { 1 } else { limit };
+        // Ended iterations whose results are not committed yet, by the
+        // commit that takes them (in the order they ended, so ascending).
+        // Each holds its slot until then: iterations running or not yet
+        // committed are never more than `parallel`, which is all a crash
+        // can make a resume run again.
+        let mut uncommitted: VecDeque<u64> = VecDeque::new();
         loop {
-            while running.len() < width && next < count {
+            while next < count {
+                let ended = self.commits_ended();
+                while uncommitted.front().is_some_and(|&c| c <= ended) {
+                    uncommitted.pop_front();
+                }
+                if running.len() >= width {
+                    break;
+                }
+                if running.len() + uncommitted.len() >= width {
+                    let Some(oldest) = uncommitted.pop_front() else {
+                        break;
+                    };
+                    if let Err(e) = self.committed(oldest).await {
+                        return Err(self.store_stop(cx, frame, n, e));
+                    }
+                    continue;
+                }
                 let i = next;
                 next += 1;
                 let child = frame.child(&cx.plan, body, frame.path.iteration(name, i));
@@ -466,6 +538,7 @@ impl Runtime<'_> {
                         Err(stop) => return (i, Err((stop, child))),
                     };
                     let waiting = end.is_waiting();
+                    let commit = end.commit;
                     self.waiting.borrow_mut().extend(end.waiting);
                     let scope = FrameScope {
                         flow: cx.flow,
@@ -473,11 +546,11 @@ impl Runtime<'_> {
                         frame: &child,
                         store_failed: self.durable.as_ref().map(|d| &d.failed),
                     };
-                    (i, Ok((scope.step(result).cloned(), waiting)))
+                    (i, Ok((scope.step(result).cloned(), waiting, commit)))
                 })
                     as LocalBoxFuture<
                         '_,
-                        (usize, Result<(Option<Value>, bool), (Stop, Rc<Frame>)>),
+                        (usize, Result<(Option<Value>, bool, u64), (Stop, Rc<Frame>)>),
                     >);
             }
             let ended = if width < limit {
@@ -502,9 +575,12 @@ impl Runtime<'_> {
                 break;
             };
             match done {
-                Ok((v, blocked)) => {
+                Ok((v, blocked, commit)) => {
                     results[i] = v;
                     waiting |= blocked;
+                    if commit > 0 {
+                        uncommitted.push_back(commit);
+                    }
                 }
                 Err((Stop::Failed(e), child)) if tolerate.is_some() && e.class.is_tolerable() => {
                     let limit = tolerate.unwrap_or(0);

@@ -104,6 +104,8 @@ pub struct Durable {
     /// Why a write to the store failed; every later checkpoint fails with
     /// it, and the run ends with it.
     pub failed: RefCell<Option<crate::store::StoreError>>,
+    /// Told when results are queued (`Runtime::queue`), for the committer.
+    pub queued: tokio::sync::Notify,
 }
 
 impl Durable {
@@ -144,47 +146,44 @@ impl<'p> Runtime<'p> {
             .clone()
     }
 
-    /// Commits completed steps (and the run's spend) before anything that
-    /// depends on them starts. Group commit across the whole run: the
-    /// results wait one turn of the event loop, so that every step of any
-    /// region completing in that turn (a wide fan-out's calls answering
-    /// together, each in its own loop iteration) joins them; the first of
-    /// those to resume commits them all in one transaction, and the rest find
-    /// their results committed. Nobody waits on anybody else, so a region
-    /// blocked here never holds up the commit of the steps it contains.
+    /// Queues completed steps' rows (the run's spend goes with them) for
+    /// the next commit, and says which commit that is: a step that may
+    /// depend on them waits for it (`committed`) before it starts. Nothing
+    /// waits here: a loop's iteration whose last step is queued ends at
+    /// once, and its loop goes on; the run's committer (`commit_queued`)
+    /// starts the commit. `0`: nothing to wait for (no store, no rows).
+    pub fn queue(&self, rows: Vec<crate::store::StepRow>) -> u64 {
+        let Some(d) = &self.durable else {
+            return 0;
+        };
+        if rows.is_empty() {
+            return 0;
+        }
+        d.pending.borrow_mut().extend(rows);
+        d.queued.notify_one();
+        // Commits take every result pending when they start, and end in the
+        // order they start: once the next to start has ended, so have these.
+        d.started.get() + 1
+    }
+
+    /// Waits until commit `number` (from `queue`) has ended; fails with the
+    /// store's failure if a commit failed. Group commit across the whole
+    /// run: the first wait yields one turn of the event loop, so that every
+    /// step of any region completing in that turn joins the commit; then
+    /// the commit starts if nobody started it yet (here or `commit_queued`).
     ///
     /// Pipelined: while calls are in flight elsewhere in the run, the commit
     /// syncs on a blocking thread (`LentStore`), and this thread goes on
     /// finishing steps; those queue for the next commit, which starts when
     /// this one ends. With nothing else in flight, a thread would only add
     /// its hand-over to the step's latency, so the commit runs here.
-    pub async fn persist(
-        &self,
-        cx: &FlowCtx<'_>,
-        batch: Vec<crate::store::StepRow>,
-    ) -> Result<(), Stop> {
+    pub async fn committed(&self, number: u64) -> Result<(), crate::store::StoreError> {
         let Some(d) = &self.durable else {
             return Ok(());
         };
-        let Some(first) = batch.first() else {
-            return Ok(());
-        };
-        let failed = |message: String, step: String| {
-            Stop::Failed(RunError {
-                flow: cx.flow.name.clone(),
-                step,
-                attempts: 0,
-                class: FailureClass::Store,
-                message,
-            })
-        };
-        let step = first.key.clone();
-        // The commit that takes this batch: the next to start. Commits take
-        // every result pending when they start and end in the order they
-        // start, so once that one has ended, the batch is in the store.
-        let number = d.started.get() + 1;
-        d.pending.borrow_mut().extend(batch);
-        tokio::task::yield_now().await;
+        if d.store.ended() < number {
+            tokio::task::yield_now().await;
+        }
         while d.store.ended() < number {
             // Once the store is home every commit started has ended: if
             // ours has not, it has not started, and this call starts it.
@@ -197,8 +196,36 @@ impl<'p> Runtime<'p> {
             d.failed.borrow_mut().get_or_insert(e);
         }
         match &*d.failed.borrow() {
-            Some(e) => Err(failed(e.to_string(), step)),
+            Some(e) => Err(e.clone()),
             None => Ok(()),
+        }
+    }
+
+    /// The number of the last commit that ended (every commit, without a
+    /// store).
+    pub fn commits_ended(&self) -> u64 {
+        self.durable.as_ref().map_or(u64::MAX, |d| d.store.ended())
+    }
+
+    /// The run's committer, beside its flow: commits what is queued when
+    /// no step waits for it (a fan-out's iterations, the steps a region
+    /// ends with), one turn after it was queued and once the store is home,
+    /// so a crash loses no more than the results of the last commit's
+    /// sync. Ends only when a commit failed (the run ends with that).
+    pub async fn commit_queued(&self) {
+        let Some(d) = &self.durable else {
+            return std::future::pending().await;
+        };
+        loop {
+            d.queued.notified().await;
+            tokio::task::yield_now().await;
+            d.store.returned().await;
+            if d.store.failure().is_some() || d.failed.borrow().is_some() {
+                return;
+            }
+            if !d.pending.borrow().is_empty() {
+                self.start_commit(d);
+            }
         }
     }
 
@@ -206,23 +233,39 @@ impl<'p> Runtime<'p> {
     fn start_commit(&self, d: &Durable) {
         let number = d.started.get() + 1;
         d.started.set(number);
-        let batch = std::mem::take(&mut *d.pending.borrow_mut());
-        let replies = unfinished_replies(&batch, &mut d.replies.borrow_mut());
-        let counted = self.committed_spend();
-        d.counts.set(counted);
-        let spend = self.spend_due(d);
-        d.count_write(|w| {
-            w.commits += 1;
-            w.rows += u64::from(spend.is_some());
-        });
-        let lease = d.lease.clone();
-        let commit: super::lent_store::Commit =
-            Box::new(move |store| store.commit_steps(&lease, &batch, &replies, counted, spend));
+        let commit = self.next_commit(d);
         if self.permits.available_permits() < self.concurrency {
             d.store.commit_away(number, commit);
         } else {
             d.store.commit_here(number, commit);
         }
+    }
+
+    /// The commit of every result pending and the replies kept, with the
+    /// run's counts and, when due, its spend (counted as a write now).
+    fn next_commit(&self, d: &Durable) -> super::lent_store::Commit {
+        let (batch, replies, counted) = self.uncommitted(d);
+        let spend = self.spend_due(d);
+        d.count_write(|w| w.rows += u64::from(spend.is_some()));
+        let lease = d.lease.clone();
+        Box::new(move |store| store.commit_steps(&lease, &batch, &replies, counted, spend))
+    }
+
+    /// What the next commit takes: every result pending, the replies of
+    /// steps not among them, and the run's counts (counted as a commit when
+    /// there is anything to write).
+    pub fn uncommitted(
+        &self,
+        d: &Durable,
+    ) -> (Vec<crate::store::StepRow>, Vec<crate::store::Reply>, Spend) {
+        let batch = std::mem::take(&mut *d.pending.borrow_mut());
+        let replies = unfinished_replies(&batch, &mut d.replies.borrow_mut());
+        let counted = self.committed_spend();
+        d.counts.set(counted);
+        if !batch.is_empty() || !replies.is_empty() {
+            d.count_write(|w| w.commits += 1);
+        }
+        (batch, replies, counted)
     }
 
     /// Makes sure the run store's spend counts a model call about to start,

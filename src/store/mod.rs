@@ -289,17 +289,11 @@ pub trait Backend: Send {
     fn run(&self, id: &str) -> Result<Option<RunRecord>>;
     /// Runs, newest first.
     fn runs(&self) -> Result<Vec<RunRecord>>;
-    /// Records how the run ended and releases its lease; `root_written`:
-    /// this process wrote the trace's root span.
-    fn finish_run(
-        &self,
-        lease: &Lease,
-        status: &str,
-        output: Option<&Value>,
-        error: Option<&str>,
-        spend: Spend,
-        root_written: bool,
-    ) -> Result<()>;
+    /// Records how the run ended and releases its lease, after the steps
+    /// and replies its last commit takes (`RunEnd::steps`). SQLite writes
+    /// them in one transaction: a run's last steps and its end cost one
+    /// sync of the disk. PostgreSQL commits the steps first, then the end.
+    fn finish_run(&self, lease: &Lease, end: &RunEnd<'_>) -> Result<()>;
     /// Completed steps: key → value (`None` for a step that was skipped).
     fn steps(&self, run: &str) -> Result<HashMap<String, Option<Value>>> {
         let texts = self.step_texts(run)?;
@@ -454,6 +448,40 @@ pub trait Backend: Send {
 }
 
 /// A run store, whichever backend holds it.
+/// How a run ended (`Backend::finish_run`), and what its last commit takes.
+pub struct RunEnd<'a> {
+    pub status: &'a str,
+    pub output: Option<&'a Value>,
+    pub error: Option<&'a str>,
+    pub spend: Spend,
+    /// This process wrote the trace's root span.
+    pub root_written: bool,
+    /// Steps that completed and were not committed yet: what the run's
+    /// last steps queued (nothing waited for them), or what completed
+    /// beside a failure.
+    pub steps: &'a [StepRow],
+    /// Replies of steps that did not complete, for a resume to read.
+    pub replies: &'a [Reply],
+    /// The run's counts, which the step rows carry (`commit_steps`).
+    pub counted: Spend,
+}
+
+impl<'a> RunEnd<'a> {
+    /// A run's end with no steps or replies to commit with it.
+    pub fn bare(status: &'a str, error: Option<&'a str>, spend: Spend) -> RunEnd<'a> {
+        RunEnd {
+            status,
+            output: None,
+            error,
+            spend,
+            root_written: false,
+            steps: &[],
+            replies: &[],
+            counted: Spend::default(),
+        }
+    }
+}
+
 pub struct Store(Box<dyn Backend>);
 
 type Result<T> = std::result::Result<T, StoreError>;

@@ -21,7 +21,7 @@ use tokio_postgres::{Row, Statement};
 use super::inline_client::InlineClient;
 use super::lease::owner_is_dead;
 use super::{
-    now, Acquired, Backend, GateRecord, Lease, NoticeStage, Reply, ReviewRecord, RunRecord,
+    now, Acquired, Backend, GateRecord, Lease, NoticeStage, Reply, ReviewRecord, RunEnd, RunRecord,
     StepRow, StepTexts, Store, StoreError, Verdict, CLAIMABLE,
 };
 use crate::run::budget::Spend;
@@ -617,19 +617,15 @@ impl Backend for PostgresStore {
         })
     }
 
-    fn finish_run(
-        &self,
-        lease: &Lease,
-        status: &str,
-        output: Option<&Value>,
-        error: Option<&str>,
-        spend: Spend,
-        root_written: bool,
-    ) -> Result<()> {
+    fn finish_run(&self, lease: &Lease, end: &RunEnd<'_>) -> Result<()> {
+        if !end.steps.is_empty() || !end.replies.is_empty() {
+            self.commit_steps(lease, end.steps, end.replies, end.counted, None)?;
+        }
         let lease = lease.clone();
-        let status = status.to_string();
-        let output = output.map(Value::to_string);
-        let error = error.map(str::to_string);
+        let status = end.status.to_string();
+        let output = end.output.map(Value::to_string);
+        let error = end.error.map(str::to_string);
+        let (spend, root_written) = (end.spend, end.root_written);
         self.call(move |c| {
             let n = c.execute(
                 "UPDATE runs SET status = $3, output = $4, error = $5, updated_at = $6,

@@ -18,7 +18,7 @@ use super::lease::owner_is_dead;
 use super::wal_checkpoints::WalCheckpoints;
 use super::{
     now, Acquired, Backend, Durability, GateRecord, Lease, NoticeStage, ReadMeeting, Reply,
-    ReviewRecord, RunRecord, StepRow, StepTexts, Store, StoreError, Verdict, CLAIMABLE,
+    ReviewRecord, RunEnd, RunRecord, StepRow, StepTexts, Store, StoreError, Verdict, CLAIMABLE,
 };
 use crate::run::budget::Spend;
 
@@ -548,43 +548,36 @@ impl Backend for SqliteStore {
         })?)
     }
 
-    /// Records how the run ended and releases its lease (fenced).
-    fn finish_run(
-        &self,
-        lease: &Lease,
-        status: &str,
-        output: Option<&Value>,
-        error: Option<&str>,
-        spend: Spend,
-        root_written: bool,
-    ) -> Result<()> {
-        let changed = retry(|| {
-            self.conn.execute(
+    /// Records how the run ended and releases its lease (fenced), in one
+    /// transaction with the steps and replies its last commit takes.
+    fn finish_run(&self, lease: &Lease, end: &RunEnd<'_>) -> Result<()> {
+        in_write_tx(&self.conn, |tx| {
+            let at = now();
+            let changed = tx.prepare_cached(
                 "UPDATE runs SET status = ?3, output = ?4, error = ?5, updated_at = ?6,
              tokens = ?7, cost = ?8, steps = ?9, tool_calls = ?10, wall = ?11, owner = NULL, lease_until = NULL,
              root_written = max(root_written, ?12)
              WHERE id = ?1 AND epoch = ?2",
-                params![
-                    lease.run_id,
-                    lease.epoch,
-                    status,
-                    output.map(Value::to_string),
-                    error,
-                    now(),
-                    spend.tokens as i64,
-                    spend.cost,
-                    spend.steps as i64,
-                    spend.tool_calls as i64,
-                    spend.wall,
-                    root_written
-                ],
-            )
-        })?;
-        if changed == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost(lease.run_id.clone()))
-        }
+            )?
+            .execute(params![
+                lease.run_id,
+                lease.epoch,
+                end.status,
+                end.output.map(Value::to_string),
+                end.error,
+                at,
+                end.spend.tokens as i64,
+                end.spend.cost,
+                end.spend.steps as i64,
+                end.spend.tool_calls as i64,
+                end.spend.wall,
+                end.root_written
+            ])?;
+            if changed != 1 {
+                return Err(StoreError::LeaseLost(lease.run_id.clone()));
+            }
+            insert_steps(tx, lease, end.steps, end.replies, end.counted, at)
+        })
     }
 
     /// Completed steps: key → value (`None` for a step that was skipped),
@@ -623,36 +616,7 @@ impl Backend for SqliteStore {
                 Some(spend) => save_spend(tx, lease, spend, at)?,
                 None => check_epoch(tx, lease)?,
             }
-            // A plain INSERT: a run commits a step's key once (a resume
-            // replays a committed step, never runs it again), and with
-            // foreign keys on, `OR REPLACE` made SQLite keep a statement
-            // journal for every row (~5% of a commit's instructions).
-            let mut stmt = tx.prepare_cached("INSERT INTO steps (run_id, key, value, completed_at, run_steps, run_tool_calls, run_wall) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
-            for step in batch {
-                stmt.execute(params![
-                    lease.run_id,
-                    step.key,
-                    step.value,
-                    at,
-                    counted.steps as i64,
-                    counted.tool_calls as i64,
-                    counted.wall
-                ])?;
-            }
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for r in replies {
-                stmt.execute(params![
-                    lease.run_id,
-                    r.key,
-                    r.attempt,
-                    r.text,
-                    r.input_tokens as i64,
-                    r.output_tokens as i64
-                ])?;
-            }
-            Ok(())
+            insert_steps(tx, lease, batch, replies, counted, at)
         })
     }
 
@@ -1056,6 +1020,48 @@ fn synchronous(durability: Durability) -> &'static str {
 /// The run's spend so far (everything this and earlier processes paid for,
 /// with the allowance ahead), fenced by the lease, which it renews. The
 /// statement is prepared once per connection.
+/// Writes a commit's step rows (each with the run's counts `counted`) and
+/// the replies it keeps.
+fn insert_steps(
+    conn: &Connection,
+    lease: &Lease,
+    steps: &[StepRow],
+    replies: &[Reply],
+    counted: Spend,
+    at: f64,
+) -> Result<()> {
+    // A plain INSERT: a run commits a step's key once (a resume replays a
+    // committed step, never runs it again), and with foreign keys on,
+    // `OR REPLACE` made SQLite keep a statement journal for every row (~5%
+    // of a commit's instructions).
+    let mut stmt = conn.prepare_cached("INSERT INTO steps (run_id, key, value, completed_at, run_steps, run_tool_calls, run_wall) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
+    for step in steps {
+        stmt.execute(params![
+            lease.run_id,
+            step.key,
+            step.value,
+            at,
+            counted.steps as i64,
+            counted.tool_calls as i64,
+            counted.wall
+        ])?;
+    }
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO replies (run_id, key, attempt, reply, input_tokens, output_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for r in replies {
+        stmt.execute(params![
+            lease.run_id,
+            r.key,
+            r.attempt,
+            r.text,
+            r.input_tokens as i64,
+            r.output_tokens as i64
+        ])?;
+    }
+    Ok(())
+}
+
 fn save_spend(conn: &Connection, lease: &Lease, spend: Spend, at: f64) -> Result<()> {
     let changed = conn.prepare_cached(
         "UPDATE runs SET tokens = ?3, cost = ?4, steps = ?5, tool_calls = ?6, updated_at = ?7, lease_until = ?8, wall = ?9 WHERE id = ?1 AND epoch = ?2",

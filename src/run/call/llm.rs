@@ -79,9 +79,9 @@ impl Runtime<'_> {
                     extra: model.extra.clone(),
                 };
                 // A reply an earlier process of this run received is not paid for twice.
-                let reply_key = path.reply(&model.name).to_string();
                 let recorded = match &self.durable {
                     Some(d) if d.resumed => {
+                        let reply_key = path.reply(&model.name).to_string();
                         d.store.returned().await;
                         d.store
                             .with(|store| store.reply(&d.run_id, &reply_key, attempt))
@@ -103,31 +103,17 @@ impl Runtime<'_> {
                                 break;
                             }
                         };
-                        let reply = self
-                            .chat(
-                                cx,
-                                n,
-                                &ledger,
-                                model_id,
-                                &request,
-                                call.timeout,
-                                attempt,
-                                ticket,
-                            )
-                            .await?;
-                        if let (Some(d), Ok(text)) = (&self.durable, &reply) {
-                            d.replies.borrow_mut().push((
-                                path.to_string(),
-                                Reply {
-                                    key: reply_key,
-                                    attempt,
-                                    text: text.clone(),
-                                    input_tokens: 0,
-                                    output_tokens: 0,
-                                },
-                            ));
-                        }
-                        reply
+                        self.chat(
+                            cx,
+                            n,
+                            &ledger,
+                            model_id,
+                            &request,
+                            call.timeout,
+                            attempt,
+                            ticket,
+                        )
+                        .await?
                     }
                 };
                 let err = match reply {
@@ -141,6 +127,24 @@ impl Runtime<'_> {
                             return Ok(v);
                         }
                         Err(errors) => {
+                            // Kept for the run's next write, so a resume
+                            // that retries this step reads it instead of
+                            // paying for it again. A reply that completes
+                            // its step needs no keeping: the step's row,
+                            // which every commit and the run's last write
+                            // take, holds its value.
+                            if let Some(d) = &self.durable {
+                                d.replies.borrow_mut().push((
+                                    path.to_string(),
+                                    Reply {
+                                        key: path.reply(&model.name).to_string(),
+                                        attempt,
+                                        text: text.clone(),
+                                        input_tokens: 0,
+                                        output_tokens: 0,
+                                    },
+                                ));
+                            }
                             self.stats.borrow_mut().validation_rejections += 1;
                             self.trace.event(Some(cx.span), "validation", &step.name, fields! {"what": "model output", "attempt": attempt, "errors": errors});
                             // The next attempt sees its reply and what was wrong with it.
