@@ -495,6 +495,10 @@ pub fn run_sealed(
         drop(d.store.get());
         d.failed.borrow_mut().take().or_else(|| d.store.failure())
     });
+    // Nothing runs on the runtime any more, and no commit is away: its
+    // idle blocking threads (the commits') exit on their own. Waiting for
+    // them was 1.4 ms of every durable fan-out's end on this machine.
+    rt.shutdown_background();
     let outcome = match (result, store_failed) {
         (_, Some(e)) => Outcome::Store(e),
         (None, None) => Outcome::Interrupted,
