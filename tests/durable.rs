@@ -2462,18 +2462,7 @@ fn a_durable_llm_step_is_one_commit_and_only_the_first_call_writes_before_it_goe
     assert_eq!(report.spent.tokens, tokens);
 
     // Eight calls at once: one write covers all their reservations.
-    let lab = Lab::new(
-        "one-commit-fanout",
-        r#"
-flow wide(names: [string] len ..8) -> [Scored] {
-  budget { tokens 100k }
-  let all = for n in names parallel 8 {
-    llm fast -> Scored { prompt "Score {n}" }
-  }
-  return all
-}
-"#,
-    );
+    let lab = Lab::new("one-commit-fanout", &scored_fanout(8));
     let names: Vec<String> = (0..8).map(|i| format!("a{i}")).collect();
     let (report, run) = run_durable(&lab, "wide", json!({ "names": names }));
     assert!(
@@ -2575,6 +2564,30 @@ flow wide(names: [string] len ..40) -> [{ committed: bool }] {
     );
 }
 
+/// A flow scoring each of up to eight names, `parallel` at a time.
+fn scored_fanout(parallel: usize) -> String {
+    format!(
+        r#"
+flow wide(names: [string] len ..8) -> [Scored] {{
+  budget {{ tokens 100k }}
+  let all = for n in names parallel {parallel} {{
+    llm fast -> Scored {{ prompt "Score {{n}}" }}
+  }}
+  return all
+}}
+"#
+    )
+}
+
+/// The step rows committed to the store file at `db`, read by another
+/// connection while the run goes on.
+fn committed_rows(db: &std::path::Path) -> i64 {
+    Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("opens the store")
+        .query_row("SELECT count(*) FROM steps", [], |r| r.get(0))
+        .expect("counts")
+}
+
 /// Results that no step waits for do not wait for the run's end to be
 /// committed: a fan-out's iterations end as soon as their step does, and
 /// the run's committer writes them while a call beside the loop is still in
@@ -2609,12 +2622,7 @@ flow wide(names: [string] len ..8) -> { all: [Scored], late: Scored } {
             Reply::delay(
                 500,
                 Reply::from_fn(move |_| {
-                    let conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-                        .expect("opens the store");
-                    let rows: i64 = conn
-                        .query_row("SELECT count(*) FROM steps", [], |r| r.get(0))
-                        .expect("counts");
-                    Reply::chat_json(json!({"name": "late", "score": rows}))
+                    Reply::chat_json(json!({"name": "late", "score": committed_rows(&db)}))
                 }),
             )
         }),
@@ -2651,30 +2659,14 @@ flow wide(names: [string] len ..8) -> { all: [Scored], late: Scored } {
 /// the call arrived.
 #[test]
 fn a_loop_starts_an_iteration_only_when_at_most_parallel_are_uncommitted() {
-    let lab = Lab::new(
-        "loop-slots",
-        r#"
-flow wide(names: [string] len ..8) -> [Scored] {
-  budget { tokens 100k }
-  let all = for n in names parallel 2 {
-    llm fast -> Scored { prompt "Score {n}" }
-  }
-  return all
-}
-"#,
-    );
+    let lab = Lab::new("loop-slots", &scored_fanout(2));
     let db = lab.dir.0.join("writes.db");
     lab.server.always(
         CHAT,
         Reply::from_fn(move |r| {
             let prompt = prompt_of(r);
             let name = prompt.trim().strip_prefix("Score ").unwrap_or("?");
-            let conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .expect("opens the store");
-            let rows: i64 = conn
-                .query_row("SELECT count(*) FROM steps", [], |r| r.get(0))
-                .expect("counts");
-            Reply::chat_json(json!({"name": name, "score": rows}))
+            Reply::chat_json(json!({"name": name, "score": committed_rows(&db)}))
         }),
     );
     let names: Vec<String> = (0..8).map(|i| format!("n{i}")).collect();
