@@ -134,6 +134,9 @@ impl Runtime<'_> {
                         Prepared::Future(f) => running.push(Box::pin(async move { (n, f.await) })),
                     }
                 }
+                if let Some((number, _)) = owed {
+                    self.commit_soon(number);
+                }
                 let Some(first) = running.next().await else {
                     break;
                 };
@@ -174,6 +177,7 @@ impl Runtime<'_> {
                 // too: the run's last write takes them.
                 let number = self.queue(batch);
                 if let Some(stop) = failed {
+                    self.commit_soon(number);
                     return Err(stop);
                 }
                 if number > 0 {

@@ -104,7 +104,8 @@ pub struct Durable {
     /// Why a write to the store failed; every later checkpoint fails with
     /// it, and the run ends with it.
     pub failed: RefCell<Option<crate::store::StoreError>>,
-    /// Told when results are queued (`Runtime::queue`), for the committer.
+    /// Told when queued results wait for nobody (`Runtime::commit_soon`),
+    /// for the committer.
     pub queued: tokio::sync::Notify,
 }
 
@@ -150,8 +151,9 @@ impl<'p> Runtime<'p> {
     /// the next commit, and says which commit that is: a step that may
     /// depend on them waits for it (`committed`) before it starts. Nothing
     /// waits here: a loop's iteration whose last step is queued ends at
-    /// once, and its loop goes on; the run's committer (`commit_queued`)
-    /// starts the commit. `0`: nothing to wait for (no store, no rows).
+    /// once, and its loop goes on. Whoever queued rows and will not wait
+    /// for them soon asks the run's committer for them (`commit_soon`).
+    /// `0`: nothing to wait for (no store, no rows).
     pub fn queue(&self, rows: Vec<crate::store::StepRow>) -> u64 {
         let Some(d) = &self.durable else {
             return 0;
@@ -160,7 +162,6 @@ impl<'p> Runtime<'p> {
             return 0;
         }
         d.pending.borrow_mut().extend(rows);
-        d.queued.notify_one();
         // Commits take every result pending when they start, and end in the
         // order they start: once the next to start has ended, so have these.
         d.started.get() + 1
@@ -168,9 +169,10 @@ impl<'p> Runtime<'p> {
 
     /// Waits until commit `number` (from `queue`) has ended; fails with the
     /// store's failure if a commit failed. Group commit across the whole
-    /// run: the first wait yields one turn of the event loop, so that every
-    /// step of any region completing in that turn joins the commit; then
-    /// the commit starts if nobody started it yet (here or `commit_queued`).
+    /// run: while calls are in flight, the first wait yields one turn of the
+    /// event loop, so that every step of any region completing in that turn
+    /// joins the commit; then the commit starts if nobody started it yet
+    /// (here or `commit_queued`).
     ///
     /// Pipelined: while calls are in flight elsewhere in the run, the commit
     /// syncs on a blocking thread (`LentStore`), and this thread goes on
@@ -181,7 +183,10 @@ impl<'p> Runtime<'p> {
         let Some(d) = &self.durable else {
             return Ok(());
         };
-        if d.store.ended() < number {
+        // With no call in flight, little else could complete in that turn
+        // (a timer's end, at most, which would only take a commit of its
+        // own): a chain's step commits at once.
+        if d.store.ended() < number && self.calls_in_flight() {
             tokio::task::yield_now().await;
         }
         while d.store.ended() < number {
@@ -201,10 +206,27 @@ impl<'p> Runtime<'p> {
         }
     }
 
+    /// Whether some call holds one of the run's concurrency permits.
+    fn calls_in_flight(&self) -> bool {
+        self.permits.available_permits() < self.concurrency
+    }
+
     /// The number of the last commit that ended (every commit, without a
     /// store).
     pub fn commits_ended(&self) -> u64 {
         self.durable.as_ref().map_or(u64::MAX, |d| d.store.ended())
+    }
+
+    /// Asks the run's committer to commit what is queued (`commit_queued`):
+    /// a region that goes to wait for its calls, or ends, with rows that
+    /// nothing has waited for. (A region about to wait for its rows itself
+    /// does not ask: a chain's steps never wake the committer.)
+    pub fn commit_soon(&self, number: u64) {
+        if let Some(d) = &self.durable {
+            if d.store.ended() < number {
+                d.queued.notify_one();
+            }
+        }
     }
 
     /// The run's committer, beside its flow: commits what is queued when
@@ -234,7 +256,7 @@ impl<'p> Runtime<'p> {
         let number = d.started.get() + 1;
         d.started.set(number);
         let commit = self.next_commit(d);
-        if self.permits.available_permits() < self.concurrency {
+        if self.calls_in_flight() {
             d.store.commit_away(number, commit);
         } else {
             d.store.commit_here(number, commit);
