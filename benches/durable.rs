@@ -150,8 +150,9 @@ struct Results {
     resume_process: Option<(f64, f64, u64)>,
     /// Per chained `llm` step: (durable median s, in-memory median s, bare
     /// commit median s after a model call, the same back to back, the run's
-    /// store writes and reply rows)
-    model_chain: Option<(f64, f64, f64, f64, Writes)>,
+    /// store writes and reply rows, and each run's overhead over its own
+    /// commits after a model call, as ratios)
+    model_chain: Option<(f64, f64, f64, f64, Writes, Option<PairedExtra>)>,
     /// Per transport: (durable median wall s, in-memory median wall s,
     /// durable less in-memory per pair, that difference by phase in ms, the
     /// run's store writes and reply rows)
@@ -814,6 +815,9 @@ fn model_chain(c: &mut Criterion) {
     let runs = Cell::new(0usize);
     let counted: RefCell<Vec<Writes>> = RefCell::default();
     let (durable, plain, floor, burst): (Samples, Samples, Samples, Samples) = Default::default();
+    // Each run's overhead over its own in-rhythm commits: a ratio per run,
+    // which a stall of the disk in one run moves for that run alone.
+    let ratios: RefCell<Vec<f64>> = RefCell::default();
     let http = reqwest::blocking::Client::new();
     let chat_url = format!("{}{}", server.base_url(), mock_server::CHAT);
     group.bench_function(BenchmarkId::new("durable", MODEL_STEPS), |b| {
@@ -832,7 +836,8 @@ fn model_chain(c: &mut Criterion) {
                 let started = Instant::now();
                 let report =
                     run::run(&checked, "models", owned, options(Some(store), &id)).expect("runs");
-                total += started.elapsed();
+                let durable_run = started.elapsed();
+                total += durable_run;
                 check(&report);
                 counted.borrow_mut().push(writes(&report, &path, &id));
                 let owned = input.clone();
@@ -850,6 +855,7 @@ fn model_chain(c: &mut Criterion) {
                 // Each commit as far from the last as a step in memory is
                 // from the next, with a model call in between, as in the run.
                 let step = in_memory_run / MODEL_STEPS as u32;
+                let mut rhythm = Duration::ZERO;
                 let mut last = Instant::now();
                 for i in 0..MODEL_STEPS {
                     let reply = http
@@ -865,8 +871,13 @@ fn model_chain(c: &mut Criterion) {
                     let started = Instant::now();
                     bare_commit(&mut bare, &format!("{id}.r{i}"), &row);
                     last = Instant::now();
-                    commits += last - started;
+                    rhythm += last - started;
                 }
+                commits += rhythm;
+                ratios.borrow_mut().push(
+                    (durable_run.as_secs_f64() - in_memory_run.as_secs_f64())
+                        / rhythm.as_secs_f64(),
+                );
             }
             durable.borrow_mut().push((iters, total));
             plain.borrow_mut().push((iters, in_memory));
@@ -888,7 +899,8 @@ fn model_chain(c: &mut Criterion) {
         per_step(&burst),
         counts.get(counts.len() / 2),
     ) {
-        RESULTS.with(|r| r.borrow_mut().model_chain = Some((d, p, f, b, w)));
+        let ratios = PairedExtra::of(ratios.take());
+        RESULTS.with(|r| r.borrow_mut().model_chain = Some((d, p, f, b, w, ratios)));
     }
 }
 
@@ -1262,8 +1274,14 @@ fn summary(_: &mut Criterion) {
                 verdict(ms <= target)
             );
         }
-        if let Some((durable, plain, floor, burst, (txs, commits, rows, reservations, replies))) =
-            r.model_chain
+        if let Some((
+            durable,
+            plain,
+            floor,
+            burst,
+            (txs, commits, rows, reservations, replies),
+            per_run,
+        )) = r.model_chain
         {
             let overhead = durable - plain;
             let ratio = overhead / floor;
@@ -1275,6 +1293,12 @@ fn summary(_: &mut Criterion) {
                 floor * 1e6,
                 verdict(ratio <= MODEL_RATIO_TARGET)
             );
+            if let Some(x) = per_run {
+                println!(
+                    "  per run, its overhead over its own bare commits in rhythm: median {:.2}× (95% interval {:.2}× to {:.2}×) over {} runs",
+                    x.median, x.interval.0, x.interval.1, x.pairs
+                );
+            }
             println!(
                 "  bare commits back to back: {:.1} µs each ({:.2}× the overhead; not the target's floor: the disk is never idle between them)",
                 burst * 1e6,
