@@ -2564,6 +2564,19 @@ flow wide(names: [string] len ..40) -> [{ committed: bool }] {
     );
 }
 
+/// An 8-wide fan-out of model calls beside one more call, `late`, that
+/// nothing in the loop waits for.
+const FANOUT_BESIDE_A_CALL: &str = r#"
+flow wide(names: [string] len ..8) -> { all: [Scored], late: Scored } {
+  budget { tokens 100k }
+  let all = for n in names parallel 8 {
+    llm fast -> Scored { prompt "Score {n}" }
+  }
+  let late = llm fast -> Scored { prompt "Late" }
+  return { all: all, late: late }
+}
+"#;
+
 /// A flow scoring each of up to eight names, `parallel` at a time.
 fn scored_fanout(parallel: usize) -> String {
     format!(
@@ -2595,19 +2608,7 @@ fn committed_rows(db: &std::path::Path) -> i64 {
 /// The flow's last steps go with the run's end, in the same transaction.
 #[test]
 fn results_nothing_waits_for_are_committed_while_the_run_goes_on() {
-    let lab = Lab::new(
-        "committer",
-        r#"
-flow wide(names: [string] len ..8) -> { all: [Scored], late: Scored } {
-  budget { tokens 100k }
-  let all = for n in names parallel 8 {
-    llm fast -> Scored { prompt "Score {n}" }
-  }
-  let late = llm fast -> Scored { prompt "Late" }
-  return { all: all, late: late }
-}
-"#,
-    );
+    let lab = Lab::new("committer", FANOUT_BESIDE_A_CALL);
     let db = lab.dir.0.join("writes.db");
     lab.server.always(
         CHAT,
@@ -2649,6 +2650,52 @@ flow wide(names: [string] len ..8) -> { all: [Scored], late: Scored } {
     assert_eq!(
         last, ended,
         "`late`, which nothing waited for, was written with the run's end"
+    );
+}
+
+/// A commit that no step waits for, which the store refuses, ends the run
+/// at once: the run's lease is taken over (its epoch moved on in the store
+/// file) when the fan-out's first call arrives, the committer's commit of
+/// the iterations is fenced out, and the run stops with the lost lease
+/// instead of waiting five seconds for the call beside the loop.
+#[test]
+fn a_failed_commit_nothing_waited_for_ends_the_run_at_once() {
+    let lab = Lab::new("committer-fails", FANOUT_BESIDE_A_CALL);
+    let db = lab.dir.0.join("writes.db");
+    lab.server.always(
+        CHAT,
+        Reply::from_fn(move |r| {
+            let prompt = prompt_of(r);
+            let prompt = prompt.trim();
+            if prompt == "Late" {
+                return Reply::delay(5_000, Reply::chat_json(scored("late")));
+            }
+            if prompt == "Score n0" {
+                let conn = Connection::open(&db).expect("opens the store");
+                conn.busy_timeout(Duration::from_secs(5)).expect("sets");
+                conn.execute("UPDATE runs SET epoch = epoch + 1", [])
+                    .expect("takes the lease over");
+            }
+            let name = prompt.strip_prefix("Score ").unwrap_or("?");
+            Reply::chat_json(scored(name))
+        }),
+    );
+    let names: Vec<String> = (0..8).map(|i| format!("n{i}")).collect();
+    let started = Instant::now();
+    let (report, _) = run_durable(&lab, "wide", json!({ "names": names }));
+    let took = started.elapsed();
+    assert!(
+        matches!(
+            report.outcome,
+            flowc::run::Outcome::Store(flowc::store::StoreError::LeaseLost(_))
+        ),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(lab.server.hits(CHAT), 9, "every call went out");
+    assert!(
+        took < Duration::from_millis(2_500),
+        "the run waited {took:?} for a call after its commit failed"
     );
 }
 

@@ -513,9 +513,9 @@ impl Runtime<'_> {
         let mut uncommitted: VecDeque<u64> = VecDeque::new();
         loop {
             while next < count {
-                let ended = self.commits_ended();
-                while uncommitted.front().is_some_and(|&c| c <= ended) {
-                    uncommitted.pop_front();
+                if !uncommitted.is_empty() {
+                    let ended = self.commits_ended();
+                    uncommitted.retain(|&c| c > ended);
                 }
                 if running.len() >= width {
                     break;

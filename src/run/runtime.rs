@@ -223,7 +223,8 @@ impl<'p> Runtime<'p> {
     /// does not ask: a chain's steps never wake the committer.)
     pub fn commit_soon(&self, number: u64) {
         if let Some(d) = &self.durable {
-            if d.store.ended() < number {
+            // Not when a commit that took the rows has started already.
+            if d.started.get() < number {
                 d.queued.notify_one();
             }
         }

@@ -15,6 +15,7 @@ mod postgres;
 mod prefetch;
 mod read_meeting;
 mod review;
+mod run_end;
 mod sqlite;
 mod step_row;
 mod step_texts;
@@ -34,6 +35,7 @@ pub use postgres::{keep_connections, PostgresStore, COMMIT_STEPS as POSTGRES_COM
 pub use prefetch::Prefetch;
 pub use read_meeting::ReadMeeting;
 pub use review::{utc_day, ReviewRecord, Verdict};
+pub use run_end::RunEnd;
 pub use sqlite::SqliteStore;
 pub use step_row::StepRow;
 pub use step_texts::StepTexts;
@@ -448,40 +450,6 @@ pub trait Backend: Send {
 }
 
 /// A run store, whichever backend holds it.
-/// How a run ended (`Backend::finish_run`), and what its last commit takes.
-pub struct RunEnd<'a> {
-    pub status: &'a str,
-    pub output: Option<&'a Value>,
-    pub error: Option<&'a str>,
-    pub spend: Spend,
-    /// This process wrote the trace's root span.
-    pub root_written: bool,
-    /// Steps that completed and were not committed yet: what the run's
-    /// last steps queued (nothing waited for them), or what completed
-    /// beside a failure.
-    pub steps: &'a [StepRow],
-    /// Replies of steps that did not complete, for a resume to read.
-    pub replies: &'a [Reply],
-    /// The run's counts, which the step rows carry (`commit_steps`).
-    pub counted: Spend,
-}
-
-impl<'a> RunEnd<'a> {
-    /// A run's end with no steps or replies to commit with it.
-    pub fn bare(status: &'a str, error: Option<&'a str>, spend: Spend) -> RunEnd<'a> {
-        RunEnd {
-            status,
-            output: None,
-            error,
-            spend,
-            root_written: false,
-            steps: &[],
-            replies: &[],
-            counted: Spend::default(),
-        }
-    }
-}
-
 pub struct Store(Box<dyn Backend>);
 
 type Result<T> = std::result::Result<T, StoreError>;
