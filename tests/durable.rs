@@ -2699,6 +2699,41 @@ fn a_failed_commit_nothing_waited_for_ends_the_run_at_once() {
     );
 }
 
+/// A `check` reads its step before the step's commit (a resume computes a
+/// check again), so a check that fails ends the run with that step still
+/// queued: the run's last write, which records the failure, takes it.
+#[test]
+fn a_step_a_failing_check_read_is_written_with_the_failed_run() {
+    let lab = Lab::new(
+        "check-fails",
+        r#"
+flow checked(q: string) -> Scored {
+  budget { tokens 100k }
+  let s = llm fast -> Scored { prompt "Score {q}" }
+  check high { require s.score > 1000, "too low" }
+  return s
+}
+"#,
+    );
+    lab.server.always(CHAT, Reply::chat_json(scored("a")));
+    let (report, run) = run_durable(&lab, "checked", json!({ "q": "a" }));
+    assert!(
+        matches!(&report.outcome, flowc::run::Outcome::Failed(e) if e.message.contains("too low")),
+        "{:?}",
+        report.outcome
+    );
+    let conn = Connection::open(lab.dir.0.join("writes.db")).expect("opens");
+    let (rows, status): (i64, String) = conn
+        .query_row(
+            "SELECT count(s.key), r.status FROM runs r LEFT JOIN steps s ON s.run_id = r.id WHERE r.id = ?1",
+            [&run],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("reads");
+    assert_eq!((rows, status.as_str()), (1, "failed"));
+    assert_eq!(lab.server.hits(CHAT), 1);
+}
+
 /// A loop's iteration holds its slot until its result is committed, though
 /// nothing waits for it: iterations running or not yet committed are never
 /// more than `parallel`, so a crash makes a resume run at most that many
