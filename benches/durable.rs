@@ -97,10 +97,11 @@ fn model_fanout_pairs() -> usize {
     }
 }
 
-/// What the durable run of a pair took beyond the in-memory one, over the
-/// pairs: the median (the figure held to the target), the mean (which a
-/// cost paid by one run in four moves, and the median hides) and the 90th
-/// percentile, in seconds, and the number of pairs.
+/// A figure measured once per pair of runs (what the durable run took
+/// beyond the in-memory one, in seconds) or per run (a chained step's
+/// overhead over the run's own bare commits, a ratio): the median (the
+/// figure held to a target), the mean (which a cost paid by one run in four
+/// moves, and the median hides), the 90th percentile, and how many.
 #[derive(Clone, Copy)]
 struct PairedExtra {
     median: f64,
