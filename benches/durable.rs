@@ -35,6 +35,12 @@
 //!   every sample: a resume that read it would slow down. Its floor,
 //!   measured alternately in the same run: `flowc check` of the same file
 //!   (process start, parse, check). Target: ≤ 30 ms.
+//! - `model_chain/durable_50`, `model_fanout_*`: chained and fanned-out
+//!   `llm` steps against the mock model server, durable against in memory
+//!   (targets at each function). `model_chain_unsynced/durable_50` runs the
+//!   same chain with the store at `synchronous=NORMAL`, so the summary can
+//!   say how much of a chained step's overhead is flowc's and SQLite's code
+//!   and how much the disk's sync.
 //!
 //! `cargo bench --bench durable`; a summary (medians, ratios, targets) is
 //! printed at the end.
@@ -154,6 +160,9 @@ struct Results {
     /// store writes and reply rows, and each run's overhead over its own
     /// commits after a model call, as ratios)
     model_chain: Option<(f64, f64, f64, f64, Writes, Option<PairedExtra>)>,
+    /// Per chained `llm` step under `synchronous=NORMAL`: the durable run's
+    /// time less the in-memory one's, per pair of runs (seconds)
+    model_chain_unsynced: Option<PairedExtra>,
     /// Per transport: (durable median wall s, in-memory median wall s,
     /// durable less in-memory per pair, that difference by phase in ms, the
     /// run's store writes and reply rows)
@@ -787,23 +796,7 @@ fn model_chain(c: &mut Criterion) {
     let input = json!({"seed": 1});
     let dir = TempDir::new("model-chain");
     let path = dir.path("runs.db");
-    let options = |store: Option<Store>, id: &str| RunOptions {
-        world: World::Live,
-        env: env.clone(),
-        run_id: Some(id.into()),
-        durable: store.map(|store| DurableRun {
-            store,
-            record: record(id, "models", &input),
-            resume: false,
-            lease: Lease::new_run(id),
-            texts: None,
-        }),
-        ..RunOptions::default()
-    };
-    let check = |report: &run::Report| match &report.outcome {
-        Outcome::Completed(v) => assert_eq!(v, &json!({"n": 1})),
-        _ => panic!("the model chain did not complete: {:?}", report.outcome),
-    };
+    let options = |store: Option<Store>, id: &str| model_chain_options(&env, &input, store, id);
     let mut bare = bare_connection(&dir.path("bare.db"), Durability::Full);
     let row = json!({"n": 1}).to_string();
     let mut group = c.benchmark_group("model_chain");
@@ -839,7 +832,7 @@ fn model_chain(c: &mut Criterion) {
                     run::run(&checked, "models", owned, options(Some(store), &id)).expect("runs");
                 let durable_run = started.elapsed();
                 total += durable_run;
-                check(&report);
+                check_model_chain(&report);
                 counted.borrow_mut().push(writes(&report, &path, &id));
                 let owned = input.clone();
                 let started = Instant::now();
@@ -847,7 +840,7 @@ fn model_chain(c: &mut Criterion) {
                     run::run(&checked, "models", owned, options(None, "plain")).expect("runs");
                 let in_memory_run = started.elapsed();
                 in_memory += in_memory_run;
-                check(&report);
+                check_model_chain(&report);
                 let started = Instant::now();
                 for i in 0..MODEL_STEPS {
                     bare_commit(&mut bare, &format!("{id}.m{i}"), &row);
@@ -903,6 +896,94 @@ fn model_chain(c: &mut Criterion) {
         let ratios = PairedExtra::of(ratios.take());
         RESULTS.with(|r| r.borrow_mut().model_chain = Some((d, p, f, b, w, ratios)));
     }
+}
+
+/// A run of the model chain against the model server `env` names, with
+/// `store` (durable) or without.
+fn model_chain_options(
+    env: &run::Env,
+    input: &Value,
+    store: Option<Store>,
+    id: &str,
+) -> RunOptions {
+    RunOptions {
+        world: World::Live,
+        env: env.clone(),
+        run_id: Some(id.into()),
+        durable: store.map(|store| DurableRun {
+            store,
+            record: record(id, "models", input),
+            resume: false,
+            lease: Lease::new_run(id),
+            texts: None,
+        }),
+        ..RunOptions::default()
+    }
+}
+
+fn check_model_chain(report: &run::Report) {
+    match &report.outcome {
+        Outcome::Completed(v) => assert_eq!(v, &json!({"n": 1})),
+        _ => panic!("the model chain did not complete: {:?}", report.outcome),
+    }
+}
+
+/// The chain of `model_chain` with its store at `synchronous=NORMAL`,
+/// whose commits write the log and never wait for the disk's sync, against
+/// the run in memory, in pairs (each kind first in every other pair): what
+/// durability costs flowc's code and SQLite's, the sync aside. Not a target
+/// of its own: it splits the chained step's overhead into what the code can
+/// still cut and what the disk's sync takes.
+fn model_chain_unsynced(c: &mut Criterion) {
+    let (_server, env) = model_server(0, Transport::Http1);
+    let checked = compile("models.flow", &fixtures::model_chain_source(MODEL_STEPS));
+    let input = json!({"seed": 1});
+    let dir = TempDir::new("model-chain-unsynced");
+    let path = dir.path("runs.db");
+    let mut group = c.benchmark_group("model_chain_unsynced");
+    group
+        .sample_size(SAMPLES)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    group.throughput(Throughput::Elements(MODEL_STEPS as u64));
+    let runs = Cell::new(0usize);
+    // Per pair: the durable run's time less the in-memory one's, per step.
+    let extra: RefCell<Vec<f64>> = RefCell::default();
+    group.bench_function(BenchmarkId::new("durable", MODEL_STEPS), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let id = format!("unsynced-{}", runs.get());
+                let durable_first = runs.get().is_multiple_of(2);
+                runs.set(runs.get() + 1);
+                let (mut durable, mut in_memory) = (Duration::ZERO, Duration::ZERO);
+                for durable_turn in [durable_first, !durable_first] {
+                    let store = durable_turn
+                        .then(|| Store::open(&path, Durability::Normal).expect("opens the store"));
+                    let options = model_chain_options(&env, &input, store, &id);
+                    let started = Instant::now();
+                    let report =
+                        run::run(&checked, "models", input.clone(), options).expect("runs");
+                    let took = started.elapsed();
+                    check_model_chain(&report);
+                    if durable_turn {
+                        durable = took;
+                    } else {
+                        in_memory = took;
+                    }
+                }
+                total += durable;
+                extra
+                    .borrow_mut()
+                    .push((durable.as_secs_f64() - in_memory.as_secs_f64()) / MODEL_STEPS as f64);
+            }
+            total
+        })
+    });
+    group.finish();
+    let extra = PairedExtra::of(extra.take());
+    RESULTS.with(|r| r.borrow_mut().model_chain_unsynced = extra);
 }
 
 /// One bare `INSERT`+`COMMIT` of a step row.
@@ -1300,6 +1381,16 @@ fn summary(_: &mut Criterion) {
                     x.median, x.interval.0, x.interval.1, x.pairs
                 );
             }
+            if let Some(x) = r.model_chain_unsynced {
+                println!(
+                    "  without the syncs (synchronous=NORMAL), per pair of runs: overhead {:.1} µs per step (95% interval {:.1} to {:.1} µs, {} pairs) = {:.2}× the bare commit: the store's code and SQLite's; the rest is the sync",
+                    x.median * 1e6,
+                    x.interval.0 * 1e6,
+                    x.interval.1 * 1e6,
+                    x.pairs,
+                    x.median / floor
+                );
+            }
             println!(
                 "  bare commits back to back: {:.1} µs each ({:.2}× the overhead; not the target's floor: the disk is never idle between them)",
                 burst * 1e6,
@@ -1365,6 +1456,7 @@ criterion_group!(
     checkpoint_size,
     fanout,
     model_chain,
+    model_chain_unsynced,
     model_fanout,
     resume,
     resume_process,
