@@ -161,8 +161,13 @@ struct Results {
     /// commits after a model call, as ratios)
     model_chain: Option<(f64, f64, f64, f64, Writes, Option<PairedExtra>)>,
     /// Per chained `llm` step under `synchronous=NORMAL`: the durable run's
-    /// time less the in-memory one's, per pair of runs (seconds)
-    model_chain_unsynced: Option<PairedExtra>,
+    /// time less the in-memory one's, per pair of runs, and a bare commit
+    /// (seconds)
+    model_chain_unsynced: Option<(PairedExtra, PairedExtra)>,
+    /// Per chained `llm` step, against a floor measured inside a run (see
+    /// `committing_model_server`): that floor per step (seconds), and each
+    /// durable run's overhead over it (ratios)
+    model_chain_in_run: Option<(PairedExtra, PairedExtra)>,
     /// Per transport: (durable median wall s, in-memory median wall s,
     /// durable less in-memory per pair, that difference by phase in ms, the
     /// run's store writes and reply rows)
@@ -790,6 +795,15 @@ fn commits_and_replies(path: &Path, id: &str) -> (usize, usize) {
 /// together; a completed step's reply is not written) and no write before
 /// the model call but the first (`Report::store_writes` counts both kinds,
 /// printed with the figures).
+///
+/// Printed beside it, not held to the target: a second floor, measured
+/// inside a run. After each in-memory run, the same run again against a
+/// model server that commits a bare row before each reply
+/// (`committing_model_server`); its extra time over the plain run is one
+/// bare commit per step in exactly the run's rhythm, with the run's threads
+/// waiting as a durable run's do. The loop above spins to the in-memory
+/// step's pace instead, which a slow sync's aftermath does not disturb as
+/// it disturbs a run.
 fn model_chain(c: &mut Criterion) {
     let (server, env) = model_server(0, Transport::Http1);
     let checked = compile("models.flow", &fixtures::model_chain_source(MODEL_STEPS));
@@ -799,6 +813,7 @@ fn model_chain(c: &mut Criterion) {
     let options = |store: Option<Store>, id: &str| model_chain_options(&env, &input, store, id);
     let mut bare = bare_connection(&dir.path("bare.db"), Durability::Full);
     let row = json!({"n": 1}).to_string();
+    let (committing, committing_env) = committing_model_server(&dir.path("served.db"), &row);
     let mut group = c.benchmark_group("model_chain");
     group
         .sample_size(SAMPLES)
@@ -812,6 +827,9 @@ fn model_chain(c: &mut Criterion) {
     // Each run's overhead over its own in-rhythm commits: a ratio per run,
     // which a stall of the disk in one run moves for that run alone.
     let ratios: RefCell<Vec<f64>> = RefCell::default();
+    // Per run: the in-memory run against the committing server less the
+    // plain one, per step; and the durable overhead over it, as a ratio.
+    let (in_run_floor, in_run_ratios): (RefCell<Vec<f64>>, RefCell<Vec<f64>>) = Default::default();
     let http = reqwest::blocking::Client::new();
     let chat_url = format!("{}{}", server.base_url(), mock_server::CHAT);
     group.bench_function(BenchmarkId::new("durable", MODEL_STEPS), |b| {
@@ -841,6 +859,18 @@ fn model_chain(c: &mut Criterion) {
                 let in_memory_run = started.elapsed();
                 in_memory += in_memory_run;
                 check_model_chain(&report);
+                let options = model_chain_options(&committing_env, &input, None, "committing");
+                let started = Instant::now();
+                let report = run::run(&checked, "models", input.clone(), options).expect("runs");
+                let committing_run = started.elapsed();
+                check_model_chain(&report);
+                let floor_in_run = committing_run.as_secs_f64() - in_memory_run.as_secs_f64();
+                in_run_floor
+                    .borrow_mut()
+                    .push(floor_in_run / MODEL_STEPS as f64);
+                in_run_ratios
+                    .borrow_mut()
+                    .push((durable_run.as_secs_f64() - in_memory_run.as_secs_f64()) / floor_in_run);
                 let started = Instant::now();
                 for i in 0..MODEL_STEPS {
                     bare_commit(&mut bare, &format!("{id}.m{i}"), &row);
@@ -896,6 +926,41 @@ fn model_chain(c: &mut Criterion) {
         let ratios = PairedExtra::of(ratios.take());
         RESULTS.with(|r| r.borrow_mut().model_chain = Some((d, p, f, b, w, ratios)));
     }
+    if let (Some(floor), Some(ratios)) = (
+        PairedExtra::of(in_run_floor.take()),
+        PairedExtra::of(in_run_ratios.take()),
+    ) {
+        RESULTS.with(|r| r.borrow_mut().model_chain_in_run = Some((floor, ratios)));
+    }
+    drop(committing);
+}
+
+/// A model server answering as `model_server`'s does, which first commits
+/// a bare `row` into a new store file at `path` (`bare_commit`): an
+/// in-memory run against it pays one bare commit per model step, in the
+/// run's own rhythm, on the server's thread while the run waits for the
+/// reply, as a durable run waits for its commit.
+fn committing_model_server(path: &Path, row: &str) -> (MockServer, run::Env) {
+    let server = MockServer::start();
+    let bare = std::sync::Mutex::new(bare_connection(path, Durability::Full));
+    let served = std::sync::atomic::AtomicU64::new(0);
+    let row = row.to_string();
+    server.always(
+        &format!("POST {}", mock_server::CHAT),
+        Reply::from_fn(move |_| {
+            let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut bare = bare.lock().unwrap_or_else(|e| e.into_inner());
+            bare_commit(&mut bare, &format!("served.{n}"), &row);
+            Reply::chat_json(json!({"n": 1}))
+        }),
+    );
+    let base = server.openai_base_url();
+    let env: run::Env = Arc::new(move |name: &str| match name {
+        "OPENAI_BASE_URL" => Some(base.clone()),
+        "OPENAI_API_KEY" => Some("bench-key".into()),
+        _ => None,
+    });
+    (server, env)
 }
 
 /// A run of the model chain against the model server `env` names, with
@@ -931,15 +996,19 @@ fn check_model_chain(report: &run::Report) {
 /// The chain of `model_chain` with its store at `synchronous=NORMAL`,
 /// whose commits write the log and never wait for the disk's sync, against
 /// the run in memory, in pairs (each kind first in every other pair): what
-/// durability costs flowc's code and SQLite's, the sync aside. Not a target
-/// of its own: it splits the chained step's overhead into what the code can
-/// still cut and what the disk's sync takes.
+/// durability costs flowc's code and SQLite's, the sync aside; beside it,
+/// after each pair, `MODEL_STEPS` bare commits under the same pragmas, which
+/// cost SQLite's part alone. Not a target of its own: it splits the chained
+/// step's overhead into what the code can still cut and what the disk's
+/// sync takes.
 fn model_chain_unsynced(c: &mut Criterion) {
     let (_server, env) = model_server(0, Transport::Http1);
     let checked = compile("models.flow", &fixtures::model_chain_source(MODEL_STEPS));
     let input = json!({"seed": 1});
     let dir = TempDir::new("model-chain-unsynced");
     let path = dir.path("runs.db");
+    let mut bare = bare_connection(&dir.path("bare.db"), Durability::Normal);
+    let row = json!({"n": 1}).to_string();
     let mut group = c.benchmark_group("model_chain_unsynced");
     group
         .sample_size(SAMPLES)
@@ -948,8 +1017,10 @@ fn model_chain_unsynced(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(2));
     group.throughput(Throughput::Elements(MODEL_STEPS as u64));
     let runs = Cell::new(0usize);
-    // Per pair: the durable run's time less the in-memory one's, per step.
+    // Per pair: the durable run's time less the in-memory one's, per step;
+    // and the mean of the bare commits after it.
     let extra: RefCell<Vec<f64>> = RefCell::default();
+    let bare_commits: RefCell<Vec<f64>> = RefCell::default();
     group.bench_function(BenchmarkId::new("durable", MODEL_STEPS), |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -977,13 +1048,24 @@ fn model_chain_unsynced(c: &mut Criterion) {
                 extra
                     .borrow_mut()
                     .push((durable.as_secs_f64() - in_memory.as_secs_f64()) / MODEL_STEPS as f64);
+                let started = Instant::now();
+                for i in 0..MODEL_STEPS {
+                    bare_commit(&mut bare, &format!("{id}.m{i}"), &row);
+                }
+                bare_commits
+                    .borrow_mut()
+                    .push(started.elapsed().as_secs_f64() / MODEL_STEPS as f64);
             }
             total
         })
     });
     group.finish();
-    let extra = PairedExtra::of(extra.take());
-    RESULTS.with(|r| r.borrow_mut().model_chain_unsynced = extra);
+    if let (Some(extra), Some(bare)) = (
+        PairedExtra::of(extra.take()),
+        PairedExtra::of(bare_commits.take()),
+    ) {
+        RESULTS.with(|r| r.borrow_mut().model_chain_unsynced = Some((extra, bare)));
+    }
 }
 
 /// One bare `INSERT`+`COMMIT` of a step row.
@@ -1381,14 +1463,27 @@ fn summary(_: &mut Criterion) {
                     x.median, x.interval.0, x.interval.1, x.pairs
                 );
             }
-            if let Some(x) = r.model_chain_unsynced {
+            if let Some((floor, ratio)) = r.model_chain_in_run {
                 println!(
-                    "  without the syncs (synchronous=NORMAL), per pair of runs: overhead {:.1} µs per step (95% interval {:.1} to {:.1} µs, {} pairs) = {:.2}× the bare commit: the store's code and SQLite's; the rest is the sync",
+                    "  against a bare commit made inside an in-memory run (its model server commits one before each reply): {:.1} µs per step (95% interval {:.1} to {:.1} µs); each run's overhead over it: median {:.2}× (95% interval {:.2}× to {:.2}×) over {} runs",
+                    floor.median * 1e6,
+                    floor.interval.0 * 1e6,
+                    floor.interval.1 * 1e6,
+                    ratio.median,
+                    ratio.interval.0,
+                    ratio.interval.1,
+                    ratio.pairs
+                );
+            }
+            if let Some((x, bare)) = r.model_chain_unsynced {
+                println!(
+                    "  without the syncs (synchronous=NORMAL), per pair of runs: overhead {:.1} µs per step (95% interval {:.1} to {:.1} µs, {} pairs) = {:.2}× the bare commit in rhythm; a bare commit without its sync: {:.1} µs. The rest of the overhead is the sync",
                     x.median * 1e6,
                     x.interval.0 * 1e6,
                     x.interval.1 * 1e6,
                     x.pairs,
-                    x.median / floor
+                    x.median / floor,
+                    bare.median * 1e6
                 );
             }
             println!(
