@@ -744,18 +744,23 @@ fn model_server(latency_ms: u64, transport: Transport) -> (MockServer, run::Env)
         ms => Reply::delay(ms, reply),
     };
     server.always(&format!("POST {}", mock_server::CHAT), reply);
+    let env = model_env(&server, transport);
+    (server, env)
+}
+
+/// The environment of a run whose model is `server`.
+fn model_env(server: &MockServer, transport: Transport) -> run::Env {
     let base = server.openai_base_url();
     let h2c = match transport {
         Transport::Http1 => None,
         Transport::H2c => Some(server.addr().to_string()),
     };
-    let env: run::Env = Arc::new(move |name: &str| match name {
+    Arc::new(move |name: &str| match name {
         "OPENAI_BASE_URL" => Some(base.clone()),
         "OPENAI_API_KEY" => Some("bench-key".into()),
         "FLOWC_H2C" => h2c.clone(),
         _ => None,
-    });
-    (server, env)
+    })
 }
 
 /// The commit transactions of a run's steps (rows of one transaction share
@@ -813,7 +818,7 @@ fn model_chain(c: &mut Criterion) {
     let options = |store: Option<Store>, id: &str| model_chain_options(&env, &input, store, id);
     let mut bare = bare_connection(&dir.path("bare.db"), Durability::Full);
     let row = json!({"n": 1}).to_string();
-    let (committing, committing_env) = committing_model_server(&dir.path("served.db"), &row);
+    let (_committing, committing_env) = committing_model_server(&dir.path("served.db"), &row);
     let mut group = c.benchmark_group("model_chain");
     group
         .sample_size(SAMPLES)
@@ -932,7 +937,6 @@ fn model_chain(c: &mut Criterion) {
     ) {
         RESULTS.with(|r| r.borrow_mut().model_chain_in_run = Some((floor, ratios)));
     }
-    drop(committing);
 }
 
 /// A model server answering as `model_server`'s does, which first commits
@@ -954,12 +958,7 @@ fn committing_model_server(path: &Path, row: &str) -> (MockServer, run::Env) {
             Reply::chat_json(json!({"n": 1}))
         }),
     );
-    let base = server.openai_base_url();
-    let env: run::Env = Arc::new(move |name: &str| match name {
-        "OPENAI_BASE_URL" => Some(base.clone()),
-        "OPENAI_API_KEY" => Some("bench-key".into()),
-        _ => None,
-    });
+    let env = model_env(&server, Transport::Http1);
     (server, env)
 }
 
