@@ -31,7 +31,10 @@ use crate::run::budget::Spend;
 pub use decision::{DecisionSource, NoticeStage};
 pub use lease::{owner_id, ttl as lease_ttl, Acquired, Heartbeat, Lease};
 pub use pending_texts::PendingTexts;
-pub use postgres::{keep_connections, PostgresStore, COMMIT_STEPS as POSTGRES_COMMIT_STEPS};
+pub use postgres::{
+    keep_connections, PostgresStore, COMMIT_STEPS as POSTGRES_COMMIT_STEPS,
+    COMMIT_STEPS_READ_FENCE as POSTGRES_COMMIT_STEPS_READ_FENCE,
+};
 pub use prefetch::Prefetch;
 pub use read_meeting::ReadMeeting;
 pub use review::{utc_day, ReviewRecord, Verdict};
