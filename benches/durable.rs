@@ -999,6 +999,7 @@ fn model_chain_options(
     }
 }
 
+/// Panics unless a run of the model chain completed with the model's answer.
 fn check_model_chain(report: &run::Report) {
     match &report.outcome {
         Outcome::Completed(v) => assert_eq!(v, &json!({"n": 1})),
