@@ -513,9 +513,14 @@ impl Runtime<'_> {
         let mut uncommitted: VecDeque<u64> = VecDeque::new();
         loop {
             while next < count {
+                // The commits' end is read only while some iteration is
+                // uncommitted; the deque is ascending, so the committed
+                // ones are at its front.
                 if !uncommitted.is_empty() {
                     let ended = self.commits_ended();
-                    uncommitted.retain(|&c| c > ended);
+                    while uncommitted.front().is_some_and(|&c| c <= ended) {
+                        uncommitted.pop_front();
+                    }
                 }
                 if running.len() >= width {
                     break;
