@@ -657,9 +657,10 @@ fn writes(report: &run::Report, path: &Path, id: &str) -> Writes {
 /// Where a model fan-out's time went, in ms, from its trace: when its
 /// middle request and its last were sent (`model_call` spans' starts, from
 /// the run's; a durable fan-out whose calls wait for a write of the spend
-/// sends its middle one late even when its last one is on time), how long its replies took to be handled (first `model_call` end to
-/// last), from the last reply to the run span's end, and what the run took
-/// outside its span (setup before it, the run's last write after it).
+/// sends its middle one late even when its last one is on time), how long
+/// its replies took to be handled (first `model_call` end to last), from
+/// the last reply to the run span's end, and what the run took outside its
+/// span (setup before it, the run's last write after it).
 #[derive(Clone, Copy, Debug)]
 struct Phases {
     median_sent: f64,
@@ -815,7 +816,7 @@ fn commits_and_replies(path: &Path, id: &str) -> (usize, usize) {
 /// before each reply (`committing_model_server`): its extra time over the
 /// plain run is one bare commit per step made in exactly the run's rhythm.
 /// On this project's virtual disk the rhythm decides what a sync costs:
-/// ~45 µs when the device was busy a moment before, mostly 200–400 µs after
+/// ~45 µs when the device was busy a moment before, often 200–400 µs after
 /// 200–400 µs idle, so a floor measured in any other rhythm says little.
 /// Each run's overhead over the floor of its own iteration is one ratio;
 /// the target holds when the median and the upper end of its 95% interval
@@ -834,7 +835,7 @@ fn commits_and_replies(path: &Path, id: &str) -> (usize, usize) {
 /// printed beside it, with the loop floor sessions before held the target
 /// to: bare commits each after an (untimed) call to the same server and a
 /// spin to the in-memory step's pace, whose first commits are fast where a
-/// run's are slow, and which stays below any run's floor.
+/// run's are slow, and which mostly reads below the in-run floor.
 fn model_chain(c: &mut Criterion) {
     for cpus in [Cpus::One, Cpus::All] {
         let pinned = match cpus {
@@ -849,7 +850,7 @@ fn model_chain(c: &mut Criterion) {
 }
 
 /// Where a pass of [`model_chain`] runs its threads.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Cpus {
     /// The CPU the bench's thread was on when the pass began; each thread
     /// the pass starts (the model servers, the store's checkpointer, the

@@ -515,7 +515,9 @@ impl Runtime<'_> {
             while next < count {
                 // The commits' end is read only while some iteration is
                 // uncommitted; the deque is ascending, so the committed
-                // ones are at its front.
+                // ones are at its front. One out of order would only keep
+                // its slot until the commit ahead of it ends: the bound on
+                // iterations never loosens.
                 if !uncommitted.is_empty() {
                     let ended = self.commits_ended();
                     while uncommitted.front().is_some_and(|&c| c <= ended) {
