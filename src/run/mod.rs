@@ -42,6 +42,7 @@ pub mod providers;
 mod region;
 mod reply_head;
 mod runtime;
+mod secrets;
 mod send_error;
 mod spend_ceiling;
 pub mod status;

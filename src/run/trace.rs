@@ -14,6 +14,8 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
+use super::secrets::Secrets;
+
 pub type SpanId = u64;
 
 pub struct Trace {
@@ -24,7 +26,7 @@ pub struct Trace {
     /// Whether `out` is a file (it is from the start or never).
     writes_file: bool,
     /// Values that must never appear in the trace.
-    secrets: Vec<String>,
+    secrets: Secrets,
     /// Every event written, for evals and tests (unless `keep` is off).
     /// Shared with the exporter, which encodes them on its own thread.
     events: Mutex<Vec<Arc<Value>>>,
@@ -84,9 +86,7 @@ impl Trace {
             }
             None => None,
         };
-        let mut secrets: Vec<String> = secrets.into_iter().filter(|s| s.len() >= 4).collect();
-        // Longest first, so a secret containing another is scrubbed whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let secrets = Secrets::new(secrets);
         Ok(Trace {
             run_id: run_id.to_string(),
             started: Instant::now(),
@@ -216,34 +216,19 @@ impl Trace {
         self.write(event);
     }
 
-    fn write(&self, event: Value) {
-        let to_file = self.out.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-        // The line is needed to write it or to scrub it: a trace kept in
-        // memory with no secrets to hide does not serialise every event.
-        let event = if to_file || !self.secrets.is_empty() {
-            let mut line = event.to_string();
-            let mut scrubbed = false;
-            for s in &self.secrets {
-                if line.contains(s.as_str()) {
-                    line = line.replace(s.as_str(), "[redacted]");
-                    scrubbed = true;
-                }
+    fn write(&self, mut event: Value) {
+        // Scrubbed in place, before anything sees it: the file, memory, the
+        // observer and the exporter all get the same redacted event, and no
+        // event is printed only to be searched (most runs have a secret to
+        // hide: every provider's key).
+        self.secrets.scrub(&mut event);
+        if let Some(out) = self.out.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            // A trace that cannot be written is a run that cannot be
+            // audited: the run stops with the error (see `failed`).
+            if let Err(e) = writeln!(out, "{event}") {
+                self.fail(e);
             }
-            if let Some(out) = self.out.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                // A trace that cannot be written is a run that cannot be
-                // audited: the run stops with the error (see `failed`).
-                if let Err(e) = writeln!(out, "{line}") {
-                    self.fail(e);
-                }
-            }
-            if scrubbed {
-                serde_json::from_str(&line).unwrap_or(Value::Null)
-            } else {
-                event
-            }
-        } else {
-            event
-        };
+        }
         if let Some(observe) = &self.observer {
             observe(&event);
         }
