@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use flowc::exec::{ModelFamily, Protocol};
 use flowc::run::error::{CallError, ErrorClass};
 use flowc::run::providers::{
-    complete, ChatRequest, ChatResponse, Endpoint, Message, Secret, ToolCall, ToolSpec, Usage,
+    complete, ChatRequest, ChatResponse, Endpoint, Message, ResponseSchema, Secret, ToolCall,
+    ToolSpec, Usage,
 };
 use serde_json::{json, Value};
 use support::mock_server::{http_date, refused_base_url, MockServer, Reply, CHAT, MESSAGES};
@@ -169,7 +170,7 @@ async fn openai_structured_output_sends_the_schema() {
         "required": ["label", "score"],
     });
     let mut req = request("Classify");
-    req.response_schema = Some(schema.clone());
+    req.response_schema = Some(ResponseSchema::new(schema.clone()));
     let reply = call(&server, Protocol::OpenAi, &req).await.unwrap();
     let value: Value = serde_json::from_str(reply.text.as_deref().unwrap()).unwrap();
     assert_eq!(value, json!({"label": "spam", "score": 0.93}));
@@ -378,7 +379,7 @@ async fn anthropic_structured_output_is_a_forced_tool_call() {
     );
     let schema = json!({"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]});
     let mut req = request("Classify");
-    req.response_schema = Some(schema.clone());
+    req.response_schema = Some(ResponseSchema::new(schema.clone()));
     let reply = call(&server, Protocol::Anthropic, &req).await.unwrap();
     assert_eq!(
         reply.text.as_deref(),
@@ -420,7 +421,7 @@ async fn anthropic_structured_output_that_is_not_an_object_is_wrapped() {
         "$defs": {"Item": {"type": "object", "properties": {"n": {"type": "integer"}}}},
     });
     let mut req = request("List");
-    req.response_schema = Some(schema);
+    req.response_schema = Some(ResponseSchema::new(schema));
     let reply = call(&server, Protocol::Anthropic, &req).await.unwrap();
     assert_eq!(reply.text.as_deref(), Some(r#"[{"n":1},{"n":2}]"#));
     let input_schema = &server.requests()[0].body["tools"][0]["input_schema"];
@@ -444,7 +445,7 @@ async fn anthropic_text_answer_to_a_forced_tool_is_still_read() {
     let server = MockServer::start();
     server.push(MESSAGES, Reply::chat_text("{\"label\": \"spam\"}"));
     let mut req = request("Classify");
-    req.response_schema = Some(json!({"type": "object"}));
+    req.response_schema = Some(ResponseSchema::new(json!({"type": "object"})));
     let reply = call(&server, Protocol::Anthropic, &req).await.unwrap();
     assert_eq!(reply.text.as_deref(), Some("{\"label\": \"spam\"}"));
 }

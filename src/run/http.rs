@@ -6,6 +6,7 @@
 //! Nothing here knows about tools or models: callers say what they were
 //! doing (`what`), and get [`CallError`]s classified for retry policies.
 
+use std::fmt::Display;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::error::{CallError, ErrorClass};
@@ -35,7 +36,7 @@ pub struct Body {
 pub async fn read_body(
     response: &mut reqwest::Response,
     cap: usize,
-    what: &str,
+    what: &(impl Display + ?Sized),
     timeout: Duration,
 ) -> Result<Body, CallError> {
     let mut bytes = Vec::new();
@@ -59,7 +60,7 @@ pub async fn read_body(
 }
 
 /// A request that took longer than its timeout.
-pub fn timeout_error(what: &str, timeout: Duration) -> CallError {
+pub fn timeout_error(what: &(impl Display + ?Sized), timeout: Duration) -> CallError {
     CallError::new(
         ErrorClass::Timeout,
         format!("{what} did not finish within {}", seconds_text(timeout)),
@@ -68,7 +69,11 @@ pub fn timeout_error(what: &str, timeout: Duration) -> CallError {
 
 /// A failure below HTTP (connecting, sending, reading), classified; the
 /// message never holds a URL's query or user information.
-pub fn transport_error(e: &reqwest::Error, what: &str, timeout: Duration) -> CallError {
+pub fn transport_error(
+    e: &reqwest::Error,
+    what: &(impl Display + ?Sized),
+    timeout: Duration,
+) -> CallError {
     if e.is_timeout() {
         return timeout_error(what, timeout);
     }

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 
-use crate::exec::{Tool, ToolId};
+use petgraph::graph::NodeIndex;
+
+use crate::exec::{FlowId, Tool, ToolId};
+use crate::run::providers::ResponseSchema;
 use crate::schema;
 use crate::types::{Boundary, Ty, TypeTable};
 
@@ -24,6 +27,9 @@ const MAX_MESSAGE_CHARS: usize = 300;
 #[derive(Default)]
 pub struct Validators {
     cache: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
+    /// `llm` steps' outputs, by step: built at a step's first call, so a
+    /// fan-out's thousand calls neither build nor print its schemas again.
+    llm_outputs: Mutex<HashMap<(FlowId, NodeIndex), Arc<LlmOutput>>>,
     tool_args: Mutex<HashMap<ToolId, Arc<jsonschema::Validator>>>,
     tool_results: Mutex<HashMap<ToolId, Arc<jsonschema::Validator>>>,
 }
@@ -42,6 +48,33 @@ impl Validators {
     pub fn accept(&self, types: &TypeTable, ty: &Ty, value: Value) -> Result<Value, Vec<String>> {
         self.check_schema(&schema::document(types, ty, Boundary::Incoming), &value)?;
         Ok(types.project(ty, value))
+    }
+
+    /// What `llm` step `step`, whose output is a `ty`, asks of its model and
+    /// checks its replies with; built once per step.
+    pub fn llm_output(
+        &self,
+        types: &TypeTable,
+        step: (FlowId, NodeIndex),
+        ty: &Ty,
+    ) -> Arc<LlmOutput> {
+        let lock = || self.llm_outputs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(output) = lock().get(&step) {
+            return output.clone();
+        }
+        let output = Arc::new(LlmOutput {
+            // Text needs no structured output.
+            request: match types.resolve(ty) {
+                Ty::String(_) => None,
+                _ => Some(ResponseSchema::new(schema::document(
+                    types,
+                    ty,
+                    Boundary::Outgoing,
+                ))),
+            },
+            replies: self.validator(&schema::document(types, ty, Boundary::Incoming)),
+        });
+        lock().entry(step).or_insert(output).clone()
     }
 
     /// `Ok` when `args`, an object, fit a parameter list (name, type,
@@ -175,6 +208,26 @@ impl Validators {
     /// How many distinct schemas have been compiled.
     pub fn cached(&self) -> usize {
         self.lock().len()
+    }
+}
+
+/// An `llm` step's output: the schema its requests carry and the validator
+/// of its model's replies.
+pub struct LlmOutput {
+    /// Sent with each request (structured output); `None` when the output
+    /// is text.
+    pub request: Option<ResponseSchema>,
+    /// Open records accept undeclared fields (cut away after); `Err`: the
+    /// type's schema did not compile, which each reply is told.
+    replies: Result<Arc<jsonschema::Validator>, Vec<String>>,
+}
+
+impl LlmOutput {
+    /// A reply's value, as [`Validators::accept`] takes it.
+    pub fn accept(&self, types: &TypeTable, ty: &Ty, value: Value) -> Result<Value, Vec<String>> {
+        let validator = self.replies.as_ref().map_err(Clone::clone)?;
+        Validators::violations(validator, &value)?;
+        Ok(types.project(ty, value))
     }
 }
 

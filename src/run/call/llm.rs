@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use petgraph::graph::NodeIndex;
 use serde_json::Value;
 
-use super::output::parse_output;
+use super::output::reply_value;
 use super::retry::retry_delay;
 use crate::exec::{LlmCall, ModelId};
 use crate::fields;
@@ -20,7 +20,6 @@ use crate::run::runtime::Runtime;
 use crate::run::step_path::StepPath;
 use crate::run::world::{Script, Scripted, World};
 use crate::store::Reply;
-use crate::types::Ty;
 
 impl Runtime<'_> {
     /// An `llm` step: attempts with the validation errors fed back, then the
@@ -48,14 +47,9 @@ impl Runtime<'_> {
             ),
             None => cx.ledger.clone(),
         };
-        let schema = match self.program.types.resolve(&call.output) {
-            Ty::String(_) => None,
-            _ => Some(crate::schema::document(
-                &self.program.types,
-                &call.output,
-                crate::types::Boundary::Outgoing,
-            )),
-        };
+        let output = self
+            .validators
+            .llm_output(&self.program.types, (cx.flow.id, n), &call.output);
         // How the last model tried ended: a failed attempt, or its breaker
         // open (no request made).
         let mut last: Option<Ended> = None;
@@ -74,7 +68,7 @@ impl Runtime<'_> {
                     messages: messages.clone(),
                     max_tokens,
                     temperature: model.temperature,
-                    response_schema: schema.clone(),
+                    response_schema: output.request.clone(),
                     tools: Vec::new(),
                     extra: model.extra.clone(),
                 };
@@ -117,12 +111,9 @@ impl Runtime<'_> {
                     }
                 };
                 let err = match reply {
-                    Ok(text) => match parse_output(
-                        &text,
-                        &call.output,
-                        &self.program.types,
-                        &self.validators,
-                    ) {
+                    Ok(text) => match reply_value(&text, &call.output, &self.program.types)
+                        .and_then(|v| output.accept(&self.program.types, &call.output, v))
+                    {
                         Ok(v) => {
                             return Ok(v);
                         }
@@ -245,10 +236,7 @@ impl Runtime<'_> {
                 .iter()
                 .map(|t| t.parameters.to_string().len() + t.description.len())
                 .sum::<usize>()
-            + request
-                .response_schema
-                .as_ref()
-                .map_or(0, |s| s.to_string().len());
+            + request.response_schema.as_ref().map_or(0, |s| s.chars);
         // The prompt is reserved at one token per two bytes, twice what common
         // tokenizers produce for prose, so a reservation holds the real cost.
         let prompt_tokens = (prompt_chars as u64).div_ceil(2) + 16;
@@ -403,14 +391,8 @@ impl Runtime<'_> {
             };
         }
         let endpoint = self.endpoint(model_id)?;
-        providers::complete_traced(
-            self.http.for_text(&endpoint.base_url),
-            &endpoint,
-            request,
-            timeout,
-            Some(&traceparent),
-        )
-        .await
+        providers::complete_traced(&self.http, &endpoint, request, timeout, Some(&traceparent))
+            .await
     }
 
     fn endpoint(&self, model_id: ModelId) -> Result<Endpoint, CallError> {

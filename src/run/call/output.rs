@@ -23,7 +23,17 @@ pub fn parse_output(
     types: &crate::types::TypeTable,
     validators: &Validators,
 ) -> Result<Value, Vec<String>> {
-    let value = match types.resolve(ty) {
+    validators.accept(types, ty, reply_value(text, ty, types)?)
+}
+
+/// A model's reply as a value, not yet validated: text for `string`,
+/// otherwise JSON (a ```json fence around it is tolerated).
+pub fn reply_value(
+    text: &str,
+    ty: &Ty,
+    types: &crate::types::TypeTable,
+) -> Result<Value, Vec<String>> {
+    Ok(match types.resolve(ty) {
         Ty::String(_) => Value::String(text.to_string()),
         _ => {
             let trimmed = text.trim();
@@ -35,6 +45,5 @@ pub fn parse_output(
                 .trim();
             serde_json::from_str(body).map_err(|e| vec![format!("the reply is not JSON: {e}")])?
         }
-    };
-    validators.accept(types, ty, value)
+    })
 }

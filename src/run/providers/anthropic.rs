@@ -18,6 +18,7 @@ pub(crate) fn request_body(request: &ChatRequest) -> Value {
     let mut system = request.system.clone();
     let mut output_tool = None;
     if let Some(schema) = &request.response_schema {
+        let schema = &*schema.document;
         if request.tools.is_empty() {
             output_tool = Some(json!({
                 "name": OUTPUT_TOOL,
@@ -151,7 +152,7 @@ fn object_schema(schema: &Value) -> Option<Value> {
 /// when the reply did not call the output tool: a server that ignores
 /// `tool_choice` may still have answered in text.
 pub(crate) fn output_from_tool(request: &ChatRequest, tool_calls: &[ToolCall]) -> Option<String> {
-    let schema = request.response_schema.as_ref()?;
+    let schema = &*request.response_schema.as_ref()?.document;
     if !request.tools.is_empty() {
         return None;
     }

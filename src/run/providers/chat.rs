@@ -1,6 +1,8 @@
 //! What a chat call is, whatever the protocol: messages, tools offered,
 //! the reply and its usage, and the helpers both protocols' codecs share.
 
+use std::sync::Arc;
+
 use serde_json::{json, Map, Value};
 
 use crate::exec::{ModelFamily, Protocol};
@@ -79,10 +81,29 @@ pub struct ChatRequest {
     pub temperature: Option<f64>,
     /// When set, the reply must be JSON matching this schema (structured
     /// output / JSON mode).
-    pub response_schema: Option<Value>,
+    pub response_schema: Option<ResponseSchema>,
     pub tools: Vec<ToolSpec>,
     /// Other model parameters, passed through as written.
     pub extra: Vec<(String, Value)>,
+}
+
+/// The JSON Schema a reply must match, shared by every attempt of a step
+/// (built once per step and run), with its printed length: the reservation
+/// counts it as prompt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResponseSchema {
+    pub document: Arc<Value>,
+    pub chars: usize,
+}
+
+impl ResponseSchema {
+    pub fn new(document: Value) -> ResponseSchema {
+        let chars = document.to_string().len();
+        ResponseSchema {
+            document: Arc::new(document),
+            chars,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]

@@ -17,10 +17,13 @@ use serde_json::Value;
 
 use super::error::{CallError, ErrorClass};
 use super::http::{self as transport, MAX_BODY_BYTES};
+use super::http_client::HttpClients;
 use crate::exec::Protocol;
 use chat::truncate;
 
-pub use chat::{ChatRequest, ChatResponse, Endpoint, Message, Secret, ToolCall, ToolSpec, Usage};
+pub use chat::{
+    ChatRequest, ChatResponse, Endpoint, Message, ResponseSchema, Secret, ToolCall, ToolSpec, Usage,
+};
 
 /// The Anthropic API version this client speaks.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -43,13 +46,14 @@ pub async fn complete(
     request: &ChatRequest,
     timeout: Duration,
 ) -> Result<ChatResponse, CallError> {
-    complete_traced(http, endpoint, request, timeout, None).await
+    let clients = HttpClients::from(http.clone());
+    complete_traced(&clients, endpoint, request, timeout, None).await
 }
 
 /// [`complete`], sending `traceparent` (the W3C trace context of the call's
-/// span) with the request.
+/// span) with the request, by the run's client for the endpoint's origin.
 pub async fn complete_traced(
-    http: &reqwest::Client,
+    http: &HttpClients,
     endpoint: &Endpoint,
     request: &ChatRequest,
     timeout: Duration,
@@ -69,15 +73,16 @@ pub async fn complete_traced(
     outcome.map_err(|error| redact(error, endpoint.api_key.as_ref()))
 }
 
-/// Where a request went, for error messages (no credentials, no query).
-struct Target {
+/// Where a request went, for error messages (no credentials, no query:
+/// see [`shown_url`], made only when a message is).
+struct Target<'a> {
     protocol: Protocol,
-    url: String,
+    url: &'a reqwest::Url,
 }
 
-impl std::fmt::Display for Target {
+impl std::fmt::Display for Target<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (POST {})", label(self.protocol), self.url)
+        write!(f, "{} (POST {})", label(self.protocol), shown_url(self.url))
     }
 }
 
@@ -89,7 +94,7 @@ fn label(protocol: Protocol) -> &'static str {
 }
 
 async fn attempt(
-    http: &reqwest::Client,
+    http: &HttpClients,
     endpoint: &Endpoint,
     request: &ChatRequest,
     timeout: Duration,
@@ -103,9 +108,20 @@ async fn attempt(
         ),
         Protocol::Anthropic => (anthropic_url(base), anthropic::request_body(request)),
     };
+    // Parsed once: it picks the client (the origin's pool, its HTTP
+    // version) and is what the request is sent to.
+    let url = reqwest::Url::parse(&url).map_err(|e| {
+        CallError::new(
+            ErrorClass::Client,
+            format!(
+                "{} (POST an invalid URL): the request could not be built ({e})",
+                label(endpoint.protocol)
+            ),
+        )
+    })?;
     let target = Target {
         protocol: endpoint.protocol,
-        url: shown_url(&url),
+        url: &url,
     };
     let body = serde_json::to_vec(&body).unwrap_or_default();
     let body_len = body.len();
@@ -137,16 +153,16 @@ async fn attempt(
     }
 
     let mut response = http
-        .post(&url)
+        .for_url(&url)
+        .post(url.clone())
         .headers(headers)
         .body(body)
         .send()
         .await
-        .map_err(|e| transport::transport_error(&e, &target.to_string(), timeout))?;
+        .map_err(|e| transport::transport_error(&e, &target, timeout))?;
     let status = response.status().as_u16();
     let reply_headers = response.headers().clone();
-    let body =
-        transport::read_body(&mut response, MAX_BODY_BYTES, &target.to_string(), timeout).await?;
+    let body = transport::read_body(&mut response, MAX_BODY_BYTES, &target, timeout).await?;
     if body.too_large {
         return Err(CallError {
             class: ErrorClass::Invalid,
@@ -389,17 +405,13 @@ fn parse_duration_text(text: &str) -> Option<Duration> {
 }
 
 /// The URL as error messages show it: no user, password, query or fragment.
-fn shown_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) => {
-            let _ = parsed.set_username("");
-            let _ = parsed.set_password(None);
-            parsed.set_query(None);
-            parsed.set_fragment(None);
-            parsed.to_string()
-        }
-        Err(_) => "an invalid URL".to_string(),
-    }
+fn shown_url(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
 }
 
 /// Removes the API key from an error message, wherever a provider echoed it.

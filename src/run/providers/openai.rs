@@ -43,6 +43,7 @@ pub(crate) fn request_body(request: &ChatRequest) -> Value {
     let mut body = base_body(request);
     body.insert("messages".into(), Value::Array(messages));
     if let Some(schema) = &request.response_schema {
+        let schema = &*schema.document;
         body.insert(
             "response_format".into(),
             json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": false}}),
