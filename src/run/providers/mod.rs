@@ -426,20 +426,23 @@ fn redact(mut error: CallError, key: Option<&Secret>) -> CallError {
 
 /// `body` with every occurrence of `secret` replaced by `<redacted>`.
 fn scrub(body: Vec<u8>, secret: &[u8]) -> Vec<u8> {
-    if secret.is_empty() || !body.windows(secret.len()).any(|w| w == secret) {
+    if secret.is_empty() {
         return body;
     }
+    // Every reply is searched: a vectorised search, not a byte-wise one.
+    let finder = memchr::memmem::Finder::new(secret);
+    let Some(first) = finder.find(&body) else {
+        return body;
+    };
     let mut out = Vec::with_capacity(body.len());
-    let mut rest = &body[..];
-    while !rest.is_empty() {
-        if rest.starts_with(secret) {
-            out.extend_from_slice(b"<redacted>");
-            rest = &rest[secret.len()..];
-        } else {
-            out.push(rest[0]);
-            rest = &rest[1..];
-        }
+    out.extend_from_slice(&body[..first]);
+    let mut rest = &body[first..];
+    while let Some(at) = finder.find(rest) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(b"<redacted>");
+        rest = &rest[at + secret.len()..];
     }
+    out.extend_from_slice(rest);
     out
 }
 
@@ -479,6 +482,18 @@ mod tests {
 
     use super::chat::{base_body, MAX_DETAIL_CHARS};
     use crate::exec::ModelFamily;
+
+    #[test]
+    fn every_echo_of_the_key_is_scrubbed_and_nothing_else_moves() {
+        let scrubbed = |body: &str| String::from_utf8(scrub(body.into(), b"sk-KEY")).unwrap();
+        assert_eq!(scrubbed("sk-KEY"), "<redacted>");
+        assert_eq!(
+            scrubbed("a sk-KEYsk-KEY b sk-KE sk-KEY"),
+            "a <redacted><redacted> b sk-KE <redacted>"
+        );
+        assert_eq!(scrubbed("no key here"), "no key here");
+        assert_eq!(scrub(b"x".to_vec(), b""), b"x");
+    }
 
     #[test]
     fn retry_after_values() {
