@@ -181,17 +181,20 @@ impl Trace {
         if !self.records() {
             return;
         }
-        let base = [
-            ("run", Value::from(self.run_id.as_str())),
-            ("id", Value::from(span.id)),
-            ("parent", json!(span.parent)),
-            ("kind", Value::from(span.kind)),
-            ("name", Value::from(span.name)),
-            ("start_ms", json!(span.start_ms)),
-            ("end_ms", json!(self.ms())),
-            ("status", Value::from(status)),
-        ];
-        self.write(with_base(data, base));
+        let mut event = json!({
+            "run": self.run_id,
+            "id": span.id,
+            "parent": span.parent,
+            "kind": span.kind,
+            "name": span.name,
+            "start_ms": span.start_ms,
+            "end_ms": self.ms(),
+            "status": status,
+        });
+        if let Value::Object(map) = &mut event {
+            map.extend(data);
+        }
+        self.write(event);
     }
 
     /// A point event under `parent`.
@@ -199,15 +202,18 @@ impl Trace {
         if !self.records() {
             return;
         }
-        let base = [
-            ("run", Value::from(self.run_id.as_str())),
-            ("id", Value::from(self.next.fetch_add(1, Ordering::Relaxed))),
-            ("parent", json!(parent)),
-            ("kind", Value::from(kind)),
-            ("name", Value::from(name)),
-            ("at_ms", json!(self.ms())),
-        ];
-        self.write(with_base(data, base));
+        let mut event = json!({
+            "run": self.run_id,
+            "id": self.next.fetch_add(1, Ordering::Relaxed),
+            "parent": parent,
+            "kind": kind,
+            "name": name,
+            "at_ms": self.ms(),
+        });
+        if let Value::Object(map) = &mut event {
+            map.extend(data);
+        }
+        self.write(event);
     }
 
     fn write(&self, mut event: Value) {
@@ -219,7 +225,12 @@ impl Trace {
         if let Some(out) = self.out.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             // A trace that cannot be written is a run that cannot be
             // audited: the run stops with the error (see `failed`).
-            if let Err(e) = writeln!(out, "{event}") {
+            // Straight into the buffer: `Display` would go through two
+            // adapters for every token.
+            let written = serde_json::to_writer(&mut *out, &event)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"));
+            if let Err(e) = written {
                 self.fail(e);
             }
         }
@@ -296,20 +307,6 @@ impl Trace {
             .map(|e| Arc::try_unwrap(e).unwrap_or_else(|e| Value::clone(&e)))
             .collect()
     }
-}
-
-/// An event: its details with the fields every event has added where the
-/// details do not give them (a detail of the same name wins). Added to the
-/// details' map, not the details to a new one: a model call's event has
-/// twice as many details as common fields.
-fn with_base<const N: usize>(
-    mut data: Map<String, Value>,
-    base: [(&'static str, Value); N],
-) -> Value {
-    for (key, value) in base {
-        data.entry(key).or_insert(value);
-    }
-    Value::Object(data)
 }
 
 /// An open span.
