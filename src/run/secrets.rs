@@ -10,13 +10,13 @@
 use serde_json::{Map, Value};
 
 /// What a secret becomes.
-pub const REDACTED: &str = "[redacted]";
+const REDACTED: &str = "[redacted]";
 
 /// Secrets shorter than this are not scrubbed: they would match everywhere
 /// (`"1"`, `"true"`), and hide nothing worth hiding.
 const SHORTEST: usize = 4;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Secrets {
     /// Longest first, so a secret holding another is scrubbed whole.
     texts: Vec<String>,

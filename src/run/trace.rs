@@ -480,6 +480,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_file_and_memory_get_the_same_scrubbed_event() {
+        let dir = std::env::temp_dir().join(format!("flowc-scrub-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("trace.jsonl");
+        let _ = std::fs::remove_file(&path);
+        // A key JSON prints escaped, and one made of digits only.
+        let (quoted, digits) = ("k\"e\\y-7f3a", "9876543");
+        let trace = Trace::new(
+            "r",
+            Some(&path),
+            vec![quoted.into(), digits.into()],
+            None,
+            None,
+        )
+        .expect("trace");
+        let span = trace.begin(None, "tool_call", "t");
+        let mut data = Map::new();
+        data.insert(
+            "result".into(),
+            json!({"echo": format!("got {quoted}"), "n": 19876543210u64}),
+        );
+        trace.end(span, "ok", data);
+        trace.flush();
+        let text = std::fs::read_to_string(&path).expect("read");
+        let line: Value = serde_json::from_str(text.trim_end()).expect("the line is JSON");
+        assert_eq!(
+            line["result"],
+            json!({"echo": "got [redacted]", "n": "[redacted]"})
+        );
+        assert_eq!(trace.events(), vec![line]);
+        let escaped = serde_json::to_string(quoted).expect("prints");
+        for secret in [quoted, escaped.trim_matches('"'), digits] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_torn_last_line_is_cut_before_appending() {
         let dir = std::env::temp_dir().join(format!("flowc-torn-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
